@@ -16,6 +16,7 @@ pub mod hpke_seal;
 pub mod ids;
 pub mod jurisdiction;
 pub mod key;
+pub mod keyfile;
 pub mod policy;
 pub mod root;
 pub mod secret;
