@@ -48,7 +48,7 @@ impl SoftwareRoot {
         let mut body = zeroize::Zeroizing::new(kek.expose_secret().to_vec());
         let tag = self
             .key
-            .seal_in_place_separate_tag(aead::Nonce::assume_unique_for_key(nonce), aead::Aad::from(wrap_aad(key_id, version)), &mut *body)
+            .seal_in_place_separate_tag(aead::Nonce::assume_unique_for_key(nonce), aead::Aad::from(wrap_aad(key_id, version)), &mut body)
             .map_err(|_| Error::Rng)?;
         out.extend_from_slice(&body);
         out.extend_from_slice(tag.as_ref());

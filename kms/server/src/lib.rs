@@ -1,1 +1,226 @@
-//! x
+//! `kmsd`, the key management service: gRPC data plane (KeyService) and admin plane
+//! (AdminService), storage on PostgreSQL or SQLite, the seal that holds the root key, and the
+//! audit chain. [`serve`] runs the whole server on a given listener until a shutdown signal, so
+//! tests run the real thing on port 0.
+//!
+//! Never logs or returns key material; every refusal carries a stable reason.
+
+pub mod audit;
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod keys;
+pub mod seal;
+pub mod service;
+pub mod storage;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use kms_core::keyfile::AdminKeyFile;
+use kms_proto::v1::admin_service_server::AdminServiceServer;
+use kms_proto::v1::key_service_server::KeyServiceServer;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::identity::Identities;
+use crate::keys::Keys;
+use crate::seal::{Seal, SealKind};
+use crate::service::admin::{AdminPlane, NewAdmin};
+use crate::service::data::DataPlane;
+use crate::service::Audit;
+use crate::storage::Store;
+
+/// The dev admin's key file, written in the data directory when dev mode initializes.
+pub const DEV_ADMIN_KEY_FILE: &str = "dev-admin.key";
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The database could not be reached or migrated.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The seal could not be loaded.
+    #[error("seal: {0}")]
+    Seal(#[from] seal::LoadError),
+    /// TLS files could not be read or used.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// Dev-mode initialization failed.
+    #[error("dev mode: {0}")]
+    Dev(String),
+    /// The gRPC transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Runs the server on `listener` until `shutdown` completes, then drains in-flight calls and
+/// the audit queue.
+pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+    let store = Store::connect(&config.database_url, config.database_max_connections).await?;
+    let dev_dir = config.dev.as_ref().map(|d| d.data_dir.clone());
+    let seal = Arc::new(Seal::load(&store, dev_dir.clone()).await?);
+    let (audit, audit_task) = AuditLog::start(store.clone(), config.audit_batch_max);
+    let keys = Arc::new(Keys::new(store.clone(), seal.clone(), config.key_cache_ttl));
+    let admin = AdminPlane {
+        store: store.clone(),
+        seal: seal.clone(),
+        keys: keys.clone(),
+        audit: audit.clone(),
+        allowed_countries: config.allowed_countries.clone(),
+        window: config.admin_request_window,
+        allow_unattested: config.danger.allow_unattested_keys,
+    };
+    if let Some(dir) = &dev_dir {
+        dev_init(&admin, dir).await?;
+    }
+    let data = DataPlane {
+        keys: keys.clone(),
+        audit: audit.clone(),
+        identities: Arc::new(Identities::default()),
+        tls: config.tls.is_some(),
+        allow_unattested: config.danger.allow_unattested_keys,
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kms_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Tls(format!("reflection: {e}")))?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let background = tokio::spawn(background(store.clone(), keys.clone(), audit.clone(), seal.clone(), health, config.destroy_interval, stop_rx));
+
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| ServeError::Tls(format!("{}: {e}", p.display())));
+        let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+        let tls_config = ServerTlsConfig::new()
+            .identity(identity)
+            .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?));
+        builder = builder.tls_config(tls_config)?;
+    }
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tracing::info!(addr = %config.listen, tls = config.tls.is_some(), dev = dev_dir.is_some(), "kmsd serving");
+    let result = builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(KeyServiceServer::new(data))
+        .add_service(AdminServiceServer::new(admin))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    let _ = stop_tx.send(true);
+    let _ = background.await;
+    drop(audit);
+    drop(keys);
+    // The writer ends when the last handle is gone and its queue is written.
+    let _ = audit_task.await;
+    tracing::info!("kmsd stopped");
+    result.map_err(ServeError::from)
+}
+
+/// Dev mode: on an empty database, create a dev admin (key file in the data directory) and
+/// initialize with the dev seal, so `kmsctl` works at once.
+async fn dev_init(admin: &AdminPlane, dir: &std::path::Path) -> Result<(), ServeError> {
+    if admin.seal.is_initialized() {
+        return Ok(());
+    }
+    let id = kms_core::ids::AdminId::parse("dev-admin").map_err(|e| ServeError::Dev(e.to_string()))?;
+    let country = kms_core::jurisdiction::Country::parse("DE").map_err(|e| ServeError::Dev(e.to_string()))?;
+    let key = AdminKeyFile::generate(id, country).map_err(|e| ServeError::Dev(e.to_string()))?;
+    let path = dir.join(DEV_ADMIN_KEY_FILE);
+    seal::write_secret_file(&path, key.encode().expose_secret()).map_err(|e| ServeError::Dev(format!("{}: {e}", path.display())))?;
+    let public = key.public();
+    let new = NewAdmin {
+        id: key.admin_id.clone(),
+        country: key.country.clone(),
+        signing_key: public.signing_key().map_err(|e| ServeError::Dev(e.to_string()))?,
+        encryption_key: public.encryption_key().map_err(|e| ServeError::Dev(e.to_string()))?,
+        custodian: false,
+    };
+    let mut audit = Audit::new("system:dev-init", "admin.init");
+    admin
+        .initialize(SealKind::Dev, 0, vec![new], &mut audit)
+        .await
+        .map_err(|e| ServeError::Dev(e.message))?;
+    Ok(())
+}
+
+/// Periodic work: destroy keys whose deletion window ended, forget expired admin nonces, keep
+/// the health status in step with the seal.
+async fn background(
+    store: Store,
+    keys: Arc<Keys>,
+    audit: AuditLog,
+    seal: Arc<Seal>,
+    health: tonic_health::server::HealthReporter,
+    interval: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut destroy_tick = tokio::time::interval(interval);
+    let mut health_tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    let mut last_sealed = None;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = health_tick.tick() => {
+                let sealed = seal.root().is_err();
+                if last_sealed != Some(sealed) {
+                    last_sealed = Some(sealed);
+                    if sealed {
+                        health.set_not_serving::<KeyServiceServer<DataPlane>>().await;
+                    } else {
+                        health.set_serving::<KeyServiceServer<DataPlane>>().await;
+                    }
+                }
+            }
+            _ = destroy_tick.tick() => {
+                destroy_due(&store, &keys, &audit).await;
+                if let Err(e) = store.purge_nonces(kms_core::now_unix_ms()).await {
+                    tracing::warn!(error = %e, "cannot purge admin nonces");
+                }
+            }
+        }
+    }
+}
+
+/// Destroys keys whose deletion time has passed: material erased, state Destroyed, audited in
+/// the same transaction. Safe on several replicas: the conditional update lets one win.
+pub async fn destroy_due(store: &Store, keys: &Keys, _audit: &AuditLog) {
+    let now = kms_core::now_unix_ms();
+    let due = match store.due_for_destruction(now).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look for keys to destroy");
+            return;
+        }
+    };
+    for id in due {
+        let mut audit = Audit::new("system:destroyer", "destroy_key");
+        audit.key(&id);
+        let r = store
+            .change_state(
+                &id,
+                &[kms_core::key::KeyState::PendingDeletion],
+                kms_core::key::KeyState::Destroyed,
+                None,
+                Some(now),
+                now,
+                audit.allowed(),
+            )
+            .await;
+        match r {
+            Ok(Some(row)) => {
+                tracing::info!(key_id = %row.id, "key destroyed");
+                keys.remember(row);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(key_id = %id, error = ?e, "cannot destroy key"),
+        }
+    }
+}

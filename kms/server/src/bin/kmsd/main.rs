@@ -1,1 +1,162 @@
-fn main(){}
+//! `kmsd`: parses the command line and configuration, sets up logging, hardens the process
+//! (no core dumps, not ptrace-able by other users), and runs [`kms_server::serve`] until SIGTERM
+//! or SIGINT, then drains in-flight calls within a grace period.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use kms_server::config::Config;
+
+/// The key management service.
+#[derive(Parser, Debug)]
+#[command(name = "kmsd", version, about)]
+struct Args {
+    /// Configuration file (TOML). Settings can be overridden by KMSD__SECTION__KEY variables.
+    #[arg(long, conflicts_with = "dev")]
+    config: Option<PathBuf>,
+    /// Dev mode: SQLite in --data-dir, the insecure dev seal, plaintext on loopback, keys that
+    /// release plaintext without attestation allowed. Never for production.
+    #[arg(long)]
+    dev: bool,
+    /// Dev mode: address to listen on (loopback only).
+    #[arg(long, default_value = "127.0.0.1:7300", requires = "dev")]
+    listen: SocketAddr,
+    /// Dev mode: where the database, the dev root key and the dev admin key live.
+    #[arg(long, default_value = "./kms-dev", requires = "dev")]
+    data_dir: PathBuf,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+    /// Seconds to let in-flight calls finish after SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 10)]
+    grace_secs: u64,
+}
+
+const EX_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match (&args.config, args.dev) {
+        (Some(path), false) => Config::from_file(path, std::env::vars()),
+        (None, true) => std::fs::create_dir_all(&args.data_dir)
+            .map_err(|e| kms_server::config::ConfigError(format!("--data-dir {}: {e}", args.data_dir.display())))
+            .and_then(|()| {
+                let dir = std::fs::canonicalize(&args.data_dir)
+                    .map_err(|e| kms_server::config::ConfigError(format!("--data-dir {}: {e}", args.data_dir.display())))?;
+                Config::dev(args.listen, dir)
+            }),
+        _ => Err(kms_server::config::ConfigError("give --config FILE, or --dev for a local development server".into())),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kmsd: bad configuration: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    init_logging(args.log_json || config.log.format == "json", &config.log.level);
+    harden();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kmsd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config, args.grace_secs))
+}
+
+async fn run(config: Config, grace_secs: u64) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("kmsd: cannot listen on {}: {e}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(dev) = &config.dev {
+        print_dev_banner(&config, &dev.data_dir);
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(kms_server::serve(config, listener, async {
+        let _ = rx.await;
+    }));
+    shutdown_signal().await;
+    tracing::info!(grace_secs, "shutting down: draining in-flight calls");
+    let _ = tx.send(());
+    match tokio::time::timeout(Duration::from_secs(grace_secs), server).await {
+        Ok(Ok(Ok(()))) => ExitCode::SUCCESS,
+        Ok(Ok(Err(e))) => {
+            tracing::error!(error = %e, "kmsd failed");
+            eprintln!("kmsd: {e}");
+            ExitCode::FAILURE
+        }
+        Ok(Err(e)) => {
+            eprintln!("kmsd: server task failed: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            tracing::warn!("grace period over; exiting with calls still in flight");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn print_dev_banner(config: &Config, dir: &std::path::Path) {
+    eprintln!(
+        "\n  kmsd DEV MODE — INSECURE: dev seal (root key in a file), plaintext gRPC, unattested keys allowed.\n  \
+         Never use it for real data.\n\n  listening on   http://{listen}\n  data dir       {dir}\n  admin key      {dir}/{key}\n\n  \
+         try:\n    export KMSCTL_SERVER=http://{listen} KMSCTL_ADMIN_KEY={dir}/{key}\n    \
+         kmsctl key create demo --grant anonymous=all --release-policy '{{\"version\":1,\"attestation\":\"none\"}}'\n    \
+         kmsctl data generate demo --context app=demo --with-plaintext\n",
+        listen = config.listen,
+        dir = dir.display(),
+        key = kms_server::DEV_ADMIN_KEY_FILE,
+    );
+}
+
+fn init_logging(json: bool, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KMSD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// No core dumps (they would hold the root key and KEKs), and not dumpable, so other processes
+/// of the same user cannot ptrace us or read /proc/self/mem.
+fn harden() {
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    if let Err(e) = setrlimit(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    ) {
+        tracing::warn!(error = %e, "cannot disable core dumps");
+    }
+    if let Err(e) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+        tracing::warn!(error = %e, "cannot mark the process not dumpable");
+    }
+}

@@ -1,0 +1,111 @@
+//! The audit writer: group commit. Calls hand their record to one writer task per process, which
+//! appends whatever has queued up in one transaction, so durability costs one commit per batch,
+//! not per call. A call that releases key material or changes state waits for its batch to be
+//! durable before it answers (fail closed); a refusal queues its record and answers at once.
+//! Records never contain key material.
+
+use std::time::Duration;
+
+use kms_core::audit::Record;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::error::ApiError;
+use crate::storage::Store;
+
+struct Pending {
+    record: Record,
+    done: Option<oneshot::Sender<bool>>,
+}
+
+/// A handle to the audit writer. Cloning it is cheap; the writer stops when every handle is gone
+/// and the queue is empty.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditLog")
+    }
+}
+
+impl AuditLog {
+    /// Starts the writer.
+    pub fn start(store: Store, batch_max: usize) -> (Self, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(64 * 1024);
+        let handle = tokio::spawn(writer(store, rx, batch_max));
+        (Self { tx }, handle)
+    }
+
+    /// Appends `record` and waits until it is durable. An error means it is not, and the caller
+    /// must not acknowledge its operation.
+    pub async fn record_durable(&self, record: Record) -> Result<(), ApiError> {
+        let (done, wait) = oneshot::channel();
+        let unavailable = || ApiError::unavailable("audit_unavailable", "the audit log cannot be written; nothing was released");
+        self.tx
+            .send(Pending {
+                record,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| unavailable())?;
+        match wait.await {
+            Ok(true) => Ok(()),
+            _ => Err(unavailable()),
+        }
+    }
+
+    /// Queues `record` (a refusal or a read); it is written with the next batch.
+    pub async fn record(&self, record: Record) {
+        if self.tx.send(Pending { record, done: None }).await.is_err() {
+            tracing::error!("audit writer stopped; a refusal record was dropped");
+        }
+    }
+}
+
+
+async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, batch_max: usize) {
+    let mut retry: Vec<Record> = Vec::new();
+    loop {
+        let mut batch: Vec<Pending> = Vec::with_capacity(batch_max);
+        if retry.is_empty() {
+            match rx.recv().await {
+                Some(p) => batch.push(p),
+                None => return,
+            }
+        }
+        while batch.len() + retry.len() < batch_max {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut records: Vec<Record> = std::mem::take(&mut retry);
+        records.extend(batch.iter().map(|p| p.record.clone()));
+        match store.append_audit(records).await {
+            Ok(()) => {
+                for p in batch {
+                    if let Some(done) = p.done {
+                        let _ = done.send(true);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit batch not written; operations waiting on it fail");
+                // Calls waiting on durability are told it failed, so they never answer "done";
+                // their records are dropped with them. Queued refusals are kept and retried.
+                for p in batch {
+                    match p.done {
+                        Some(done) => {
+                            let _ = done.send(false);
+                        }
+                        None => retry.push(p.record),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! Server configuration: a TOML file with environment overrides (`KMSD__SECTION__KEY=value`),
+//! checked completely before anything starts. A bad setting is named in the error. Anything that
+//! weakens security is under `[danger]` and is never on by default (dev mode turns it on loudly).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kms_core::jurisdiction::AllowedCountries;
+use serde::Deserialize;
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Database URL: `postgres://…` or `sqlite://PATH`.
+    pub database_url: String,
+    /// Pool size.
+    pub database_max_connections: u32,
+    /// mTLS; `None` only in dev mode (plaintext, loopback).
+    pub tls: Option<TlsConfig>,
+    /// Countries whose admins may exist.
+    pub allowed_countries: AllowedCountries,
+    /// How far an admin request's timestamp may be from the server's clock.
+    pub admin_request_window: Duration,
+    /// How long a replica trusts its cached copy of a key's metadata (state, grants, policy)
+    /// before reading it again; changes made through this replica apply at once.
+    pub key_cache_ttl: Duration,
+    /// How often the destroyer looks for keys whose deletion window has ended.
+    pub destroy_interval: Duration,
+    /// Most audit entries written in one transaction.
+    pub audit_batch_max: usize,
+    /// Dev mode: the `dev` seal, plaintext on loopback. Never in production.
+    pub dev: Option<DevConfig>,
+    /// Settings that weaken security.
+    pub danger: Danger,
+    /// Log output.
+    pub log: LogConfig,
+}
+
+/// TLS settings (PEM files).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain.
+    pub cert: PathBuf,
+    /// Server private key.
+    pub key: PathBuf,
+    /// CA bundle that client certificates must chain to.
+    pub client_ca: PathBuf,
+}
+
+/// Dev mode settings.
+#[derive(Clone, Debug)]
+pub struct DevConfig {
+    /// Where the dev seal keeps its root key file and the dev admin's key file.
+    pub data_dir: PathBuf,
+}
+
+/// Settings that weaken security. All off by default.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Danger {
+    /// Allow keys whose release policy releases plaintext without attestation.
+    #[serde(default)]
+    pub allow_unattested_keys: bool,
+}
+
+/// Log settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+    /// A `tracing` filter, e.g. `info` or `kms_server=debug`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_format() -> String {
+    "text".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: String,
+    database: DatabaseSection,
+    tls: TlsConfig,
+    #[serde(default)]
+    admin: AdminSection,
+    #[serde(default)]
+    keys: KeysSection,
+    #[serde(default)]
+    audit: AuditSection,
+    #[serde(default)]
+    danger: Danger,
+    #[serde(default)]
+    log: LogConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatabaseSection {
+    url: String,
+    #[serde(default = "default_max_connections")]
+    max_connections: u32,
+}
+
+fn default_max_connections() -> u32 {
+    16
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminSection {
+    #[serde(default = "default_countries")]
+    allowed_countries: Vec<String>,
+    #[serde(default = "default_window")]
+    request_window_secs: u64,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            allowed_countries: default_countries(),
+            request_window_secs: default_window(),
+        }
+    }
+}
+
+fn default_countries() -> Vec<String> {
+    vec!["EU".into()]
+}
+fn default_window() -> u64 {
+    300
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysSection {
+    #[serde(default = "default_cache_ttl")]
+    cache_ttl_ms: u64,
+    #[serde(default = "default_destroy_interval")]
+    destroy_interval_secs: u64,
+}
+
+impl Default for KeysSection {
+    fn default() -> Self {
+        Self {
+            cache_ttl_ms: default_cache_ttl(),
+            destroy_interval_secs: default_destroy_interval(),
+        }
+    }
+}
+
+fn default_cache_ttl() -> u64 {
+    1000
+}
+fn default_destroy_interval() -> u64 {
+    60
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditSection {
+    #[serde(default = "default_batch")]
+    batch_max: usize,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            batch_max: default_batch(),
+        }
+    }
+}
+
+fn default_batch() -> usize {
+    512
+}
+
+/// A configuration that cannot be used; the message names the bad setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Reads `path`, applies `KMSD__…` overrides from `env`, and validates.
+    pub fn from_file(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml(&text, env).map_err(|ConfigError(m)| ConfigError(format!("{}: {m}", path.display())))
+    }
+
+    /// Parses TOML text with overrides.
+    pub fn from_toml(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut value: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError(e.to_string()))?;
+        for (k, v) in env {
+            let Some(path) = k.strip_prefix("KMSD__") else { continue };
+            let parts: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+            set_path(&mut value, &parts, &v).map_err(|m| ConfigError(format!("environment variable {k}: {m}")))?;
+        }
+        let file: File = File::deserialize(toml::Value::Table(value)).map_err(|e| ConfigError(e.to_string().trim().to_owned()))?;
+        let listen = file
+            .listen
+            .parse()
+            .map_err(|_| ConfigError(format!("listen: {:?} is not an address like 0.0.0.0:7300", file.listen)))?;
+        check_db_url(&file.database.url)?;
+        if file.database.max_connections == 0 {
+            return Err(ConfigError("database.max_connections must be at least 1".into()));
+        }
+        let allowed_countries = AllowedCountries::parse(file.admin.allowed_countries.iter().map(String::as_str))
+            .map_err(|e| ConfigError(format!("admin.allowed_countries: {e}")))?;
+        if !(10..=3600).contains(&file.admin.request_window_secs) {
+            return Err(ConfigError("admin.request_window_secs must be between 10 and 3600".into()));
+        }
+        if file.audit.batch_max == 0 || file.audit.batch_max > 2000 {
+            return Err(ConfigError("audit.batch_max must be between 1 and 2000".into()));
+        }
+        for (name, p) in [("tls.cert", &file.tls.cert), ("tls.key", &file.tls.key), ("tls.client_ca", &file.tls.client_ca)] {
+            if !p.is_file() {
+                return Err(ConfigError(format!("{name}: {} is not a readable file", p.display())));
+            }
+        }
+        Ok(Self {
+            listen,
+            database_url: file.database.url,
+            database_max_connections: file.database.max_connections,
+            tls: Some(file.tls),
+            allowed_countries,
+            admin_request_window: Duration::from_secs(file.admin.request_window_secs),
+            key_cache_ttl: Duration::from_millis(file.keys.cache_ttl_ms),
+            destroy_interval: Duration::from_secs(file.keys.destroy_interval_secs.max(1)),
+            audit_batch_max: file.audit.batch_max,
+            dev: None,
+            danger: file.danger,
+            log: file.log,
+        })
+    }
+
+    /// Dev mode: SQLite in `data_dir`, the dev seal, plaintext, unattested keys allowed. Refuses
+    /// a non-loopback address.
+    pub fn dev(listen: SocketAddr, data_dir: PathBuf) -> Result<Self, ConfigError> {
+        if !listen.ip().is_loopback() {
+            return Err(ConfigError(format!(
+                "--listen {listen}: dev mode serves plaintext and listens only on a loopback address (127.0.0.1 or ::1)"
+            )));
+        }
+        Ok(Self {
+            listen,
+            database_url: format!("sqlite://{}?mode=rwc", data_dir.join("kms.db").display()),
+            database_max_connections: 8,
+            tls: None,
+            allowed_countries: AllowedCountries::eu(),
+            admin_request_window: Duration::from_secs(default_window()),
+            key_cache_ttl: Duration::from_millis(default_cache_ttl()),
+            destroy_interval: Duration::from_secs(default_destroy_interval()),
+            audit_batch_max: default_batch(),
+            dev: Some(DevConfig { data_dir }),
+            danger: Danger {
+                allow_unattested_keys: true,
+            },
+            log: LogConfig::default(),
+        })
+    }
+}
+
+fn check_db_url(url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:") {
+        Ok(())
+    } else {
+        Err(ConfigError("database.url must start with postgres:// or sqlite://".into()))
+    }
+}
+
+fn set_path(table: &mut toml::Table, parts: &[String], raw: &str) -> Result<(), String> {
+    let (last, parents) = parts.split_last().ok_or("empty key")?;
+    let mut t = table;
+    for p in parents {
+        t = t
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("{p} is not a section"))?;
+    }
+    let value = if let Ok(i) = raw.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(b) = raw.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else if raw.starts_with('[') {
+        raw.parse::<toml::Value>()
+            .or_else(|_| format!("v = {raw}").parse::<toml::Table>().map(|mut t| t.remove("v").unwrap_or(toml::Value::String(raw.into()))))
+            .map_err(|e| e.to_string())?
+    } else {
+        toml::Value::String(raw.to_owned())
+    };
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files() -> (tempfile::TempDir, String) {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["c.pem", "k.pem", "ca.pem"] {
+            std::fs::write(d.path().join(f), "x").unwrap();
+        }
+        let base = format!(
+            "listen = \"127.0.0.1:7300\"\n[database]\nurl = \"sqlite://x.db\"\n[tls]\ncert = \"{0}/c.pem\"\nkey = \"{0}/k.pem\"\nclient_ca = \"{0}/ca.pem\"\n",
+            d.path().display()
+        );
+        (d, base)
+    }
+
+    #[test]
+    fn bad_keys_are_named() {
+        let (_d, base) = files();
+        assert!(Config::from_toml(&base, []).is_ok());
+        let e = Config::from_toml(&format!("{base}\n[admin]\nallowed_countires = [\"DE\"]\n"), []).unwrap_err().0;
+        assert!(e.contains("allowed_countires"), "{e}");
+        let e = Config::from_toml(&format!("{base}\n[admin]\nallowed_countries = [\"Germany\"]\n"), []).unwrap_err().0;
+        assert!(e.contains("allowed_countries"), "{e}");
+        let e = Config::from_toml(&base.replace("127.0.0.1:7300", "nowhere"), []).unwrap_err().0;
+        assert!(e.contains("listen"), "{e}");
+        let e = Config::from_toml(&base, [("KMSD__DATABASE__URL".into(), "mysql://x".into())]).unwrap_err().0;
+        assert!(e.contains("database.url"), "{e}");
+        let c = Config::from_toml(&base, [("KMSD__DATABASE__MAX_CONNECTIONS".into(), "7".into())]).unwrap();
+        assert_eq!(c.database_max_connections, 7);
+        assert!(!c.danger.allow_unattested_keys);
+    }
+
+    #[test]
+    fn dev_mode_is_loopback_only() {
+        assert!(Config::dev("0.0.0.0:7300".parse().unwrap(), "/tmp/x".into()).is_err());
+        assert!(Config::dev("127.0.0.1:7300".parse().unwrap(), "/tmp/x".into()).is_ok());
+    }
+}

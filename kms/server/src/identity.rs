@@ -1,0 +1,80 @@
+//! Who is calling the data plane: the principal named by the mTLS client certificate, which
+//! tonic has already verified against the configured client CA. URI SAN (e.g. SPIFFE) first,
+//! then `dns:` + DNS SAN, then `cn:` + subject CN. Plaintext connections exist only in dev mode
+//! and are `anonymous`. Parsed principals are cached by certificate digest.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use kms_core::ids::Principal;
+use ring::digest;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::error::ApiError;
+
+/// Maps client certificates to principals.
+#[derive(Default)]
+pub struct Identities {
+    cache: RwLock<HashMap<[u8; 32], Principal>>,
+}
+
+impl std::fmt::Debug for Identities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Identities")
+    }
+}
+
+impl Identities {
+    /// The caller of `request`.
+    pub fn principal<T>(&self, request: &tonic::Request<T>, tls: bool) -> Result<Principal, ApiError> {
+        if !tls {
+            return Ok(Principal::anonymous());
+        }
+        let certs = request
+            .peer_certs()
+            .ok_or_else(|| ApiError::denied("no_client_certificate", "a client certificate is required"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| ApiError::denied("no_client_certificate", "a client certificate is required"))?;
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest::digest(&digest::SHA256, leaf.as_ref()).as_ref());
+        if let Some(p) = self.cache.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(p.clone());
+        }
+        let p = principal_of(leaf.as_ref())?;
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(key, p.clone());
+        Ok(p)
+    }
+}
+
+/// The principal a certificate names.
+pub fn principal_of(der: &[u8]) -> Result<Principal, ApiError> {
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|_| ApiError::denied("bad_client_certificate", "the client certificate cannot be parsed"))?;
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        if let Some(uri) = san.value.general_names.iter().find_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        }) {
+            return Ok(Principal::new(uri));
+        }
+        if let Some(dns) = san.value.general_names.iter().find_map(|n| match n {
+            GeneralName::DNSName(d) => Some(*d),
+            _ => None,
+        }) {
+            return Ok(Principal::new(format!("dns:{dns}")));
+        }
+    }
+    if let Some(cn) = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()) {
+        return Ok(Principal::new(format!("cn:{cn}")));
+    }
+    Err(ApiError::denied(
+        "no_client_identity",
+        "the client certificate names no URI SAN, DNS SAN or common name",
+    ))
+}

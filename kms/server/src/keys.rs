@@ -1,0 +1,153 @@
+//! Keys as the data plane sees them: metadata cached for a short, configured time (so the hot
+//! path rarely reads the database, and a change made on another replica applies within that
+//! time; a change made here applies at once), and KEKs unwrapped once and cached in zeroizing
+//! memory, so the hot path never asks the seal (or, later, an HSM).
+//!
+//! Never logs a KEK, and drops every cached KEK when the server is sealed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use kms_core::blob::Kek;
+use kms_core::ids::{KeyId, KeyVersion};
+
+use crate::error::ApiError;
+use crate::seal::Seal;
+use crate::storage::{KeyRow, Store};
+
+/// The key cache.
+pub struct Keys {
+    store: Store,
+    seal: Arc<Seal>,
+    ttl: Duration,
+    meta: RwLock<HashMap<String, (Arc<KeyRow>, Instant)>>,
+    names: RwLock<HashMap<String, String>>,
+    keks: RwLock<HashMap<(KeyId, u32), Arc<Kek>>>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys")
+    }
+}
+
+impl Keys {
+    /// An empty cache.
+    pub fn new(store: Store, seal: Arc<Seal>, ttl: Duration) -> Self {
+        Self {
+            store,
+            seal,
+            ttl,
+            meta: RwLock::default(),
+            names: RwLock::default(),
+            keks: RwLock::default(),
+        }
+    }
+
+    /// The key named by `key_ref` (an id `k-…` or a name).
+    pub async fn resolve(&self, key_ref: &str) -> Result<Arc<KeyRow>, ApiError> {
+        if key_ref.is_empty() {
+            return Err(ApiError::invalid("missing_key", "no key given (an id `k-…` or a name)"));
+        }
+        if KeyId::looks_like_id(key_ref) {
+            let id = KeyId::parse(key_ref)?;
+            return self.by_id(id).await;
+        }
+        let cached_id = read(&self.names).get(key_ref).cloned();
+        if let Some(id) = cached_id {
+            if let Some(k) = self.fresh(&id) {
+                return Ok(k);
+            }
+        }
+        let row = self
+            .store
+            .key_by_name(key_ref)
+            .await?
+            .ok_or_else(|| ApiError::not_found("key_not_found", format!("no key named {key_ref:?}")))?;
+        Ok(self.remember(row))
+    }
+
+    /// The key with this id.
+    pub async fn by_id(&self, id: KeyId) -> Result<Arc<KeyRow>, ApiError> {
+        let id = id.to_string();
+        if let Some(k) = self.fresh(&id) {
+            return Ok(k);
+        }
+        let row = self
+            .store
+            .key_by_id(&id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("key_not_found", format!("no key {id}")))?;
+        Ok(self.remember(row))
+    }
+
+    /// Records a row just read or written (a change made on this replica applies at once).
+    pub fn remember(&self, row: KeyRow) -> Arc<KeyRow> {
+        if row.state == kms_core::key::KeyState::Destroyed {
+            write(&self.keks).retain(|(id, _), _| id.to_string() != row.id);
+        }
+        let row = Arc::new(row);
+        write(&self.names).insert(row.name.clone(), row.id.clone());
+        write(&self.meta).insert(row.id.clone(), (row.clone(), Instant::now()));
+        row
+    }
+
+    fn fresh(&self, id: &str) -> Option<Arc<KeyRow>> {
+        let meta = read(&self.meta);
+        let (row, at) = meta.get(id)?;
+        (at.elapsed() < self.ttl).then(|| row.clone())
+    }
+
+    /// The KEK of (key, version), unwrapped by the seal once and then cached.
+    pub async fn kek(&self, key: &KeyRow, version: KeyVersion) -> Result<Arc<Kek>, ApiError> {
+        let id = KeyId::parse(&key.id)?;
+        if let Some(k) = read(&self.keks).get(&(id, version.get())) {
+            return Ok(k.clone());
+        }
+        let root = self.seal.root()?;
+        let wrapped = match self.store.wrapped_kek(&key.id, version.get()).await? {
+            None => {
+                return Err(ApiError::not_found(
+                    "key_version_not_found",
+                    format!("key {} has no version {version}", key.id),
+                ))
+            }
+            Some(None) => {
+                return Err(ApiError::precondition(
+                    "key_destroyed",
+                    format!("key {} version {version} has been destroyed", key.id),
+                ))
+            }
+            Some(Some(w)) => w,
+        };
+        let kek = Arc::new(root.unwrap(id, version, &wrapped).map_err(|_| {
+            ApiError::internal(
+                "kek_unwrap_failed",
+                format!("cannot unwrap key {} version {version}: wrong root key or corrupted record", key.id),
+            )
+        })?);
+        write(&self.keks).insert((id, version.get()), kek.clone());
+        Ok(kek)
+    }
+
+    /// `sealed` (or `not_initialized`) unless the root of trust is available.
+    pub fn ensure_unsealed(&self) -> Result<(), ApiError> {
+        self.seal.root().map(|_| ())
+    }
+
+    /// Forgets every cached KEK (when sealing).
+    pub fn clear_keks(&self) {
+        write(&self.keks).clear();
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // Poisoning only follows a panic while holding the lock; the maps stay consistent because
+    // every write is a single insert or remove.
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}

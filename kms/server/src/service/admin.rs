@@ -1,0 +1,684 @@
+//! AdminService: key management, admins and the seal. Every call but GetSealStatus is a signed
+//! request; [`AdminPlane::authenticate`] checks it before anything else runs. State changes commit
+//! together with their audit entry (one transaction). Sensitive operations will need a quorum of
+//! admins (a later step); today one authenticated admin suffices.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kms_core::admin::AdminPublicKey;
+use kms_core::blob::Kek;
+use kms_core::hpke_seal::{self, P256};
+use kms_core::ids::{AdminId, KeyId, KeyName, KeyVersion};
+use kms_core::jurisdiction::{AllowedCountries, Country};
+use kms_core::key::{KeyState, DELETION_WINDOW_DAYS};
+use kms_core::policy::{AccessPolicy, Grant, Operation, ReleasePolicy};
+use kms_proto::v1 as pb;
+use kms_proto::v1::admin_request::Operation as Op;
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::{finish, Audit};
+use crate::audit::AuditLog;
+use crate::error::ApiError;
+use crate::keys::Keys;
+use crate::seal::{Seal, SealKind};
+use crate::storage::{AdminRow, KeyRow, Store, StoreError};
+
+/// The AdminService implementation.
+#[derive(Debug)]
+pub struct AdminPlane {
+    pub(crate) store: Store,
+    pub(crate) seal: Arc<Seal>,
+    pub(crate) keys: Arc<Keys>,
+    pub(crate) audit: AuditLog,
+    pub(crate) allowed_countries: AllowedCountries,
+    pub(crate) window: Duration,
+    pub(crate) allow_unattested: bool,
+}
+
+/// A new admin, parsed.
+#[derive(Debug)]
+pub struct NewAdmin {
+    /// Id.
+    pub id: AdminId,
+    /// Country.
+    pub country: Country,
+    /// Signing key.
+    pub signing_key: AdminPublicKey,
+    /// HPKE P-256 encryption key.
+    pub encryption_key: Vec<u8>,
+    /// Holds a share.
+    pub custodian: bool,
+}
+
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Init(_) => "init",
+        Op::GetEncryptedShare(_) => "get_encrypted_share",
+        Op::Unseal(_) => "unseal",
+        Op::Seal(_) => "seal",
+        Op::AddAdmin(_) => "add_admin",
+        Op::ListAdmins(_) => "list_admins",
+        Op::CreateKey(_) => "create_key",
+        Op::DescribeKey(_) => "describe_key",
+        Op::ListKeys(_) => "list_keys",
+        Op::RotateKey(_) => "rotate_key",
+        Op::EnableKey(_) => "enable_key",
+        Op::DisableKey(_) => "disable_key",
+        Op::ScheduleKeyDeletion(_) => "schedule_key_deletion",
+        Op::CancelKeyDeletion(_) => "cancel_key_deletion",
+    }
+}
+
+impl AdminPlane {
+    /// Parses a wire NewAdmin and checks its country against the allowed jurisdictions.
+    pub fn parse_new_admin(&self, a: &pb::NewAdmin) -> Result<NewAdmin, ApiError> {
+        let id = AdminId::parse(&a.id)?;
+        let country = Country::parse(&a.country)?;
+        if !self.allowed_countries.allows(&country) {
+            return Err(ApiError::denied(
+                "country_not_allowed",
+                format!("admin {id}: country {country} is outside the allowed jurisdictions"),
+            ));
+        }
+        let signing_key = AdminPublicKey::parse(&a.signing_public_key)
+            .map_err(|e| ApiError::invalid("invalid_public_key", format!("admin {id}: signing_public_key: {e}")))?;
+        hpke_seal::check_public_key::<P256>(&a.encryption_public_key)
+            .map_err(|_| ApiError::invalid("invalid_public_key", format!("admin {id}: encryption_public_key is not a P-256 point")))?;
+        Ok(NewAdmin {
+            id,
+            country,
+            signing_key,
+            encryption_key: a.encryption_public_key.clone(),
+            custodian: a.custodian,
+        })
+    }
+
+    /// Checks a signed request: decodes it, checks the method, freshness, the admin, the
+    /// signature over the exact bytes, and the nonce (once only, on every replica). Returns the
+    /// operation. For Init the signer must be one of the admins it names.
+    async fn authenticate(&self, signed: &pb::SignedRequest, method: &'static str, audit: &mut Audit) -> Result<(AdminId, Op), ApiError> {
+        let req = pb::AdminRequest::decode(signed.payload.as_slice())
+            .map_err(|_| ApiError::invalid("malformed_request", "the signed payload is not an AdminRequest"))?;
+        let admin_id = AdminId::parse(&req.admin_id)?;
+        *audit = Audit::new(format!("admin:{admin_id}"), audit_op(method));
+        let op = req
+            .operation
+            .ok_or_else(|| ApiError::invalid("missing_operation", "the request names no operation"))?;
+        if op_name(&op) != method {
+            return Err(ApiError::invalid(
+                "operation_mismatch",
+                format!("the signed operation is {} but the method called is {method}", op_name(&op)),
+            ));
+        }
+        let now = kms_core::now_unix_ms();
+        let window = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
+        if (now - req.timestamp_unix_ms).abs() > window {
+            return Err(ApiError::denied(
+                "stale_request",
+                format!(
+                    "the request's timestamp is {} s from the server's clock (allowed: {} s)",
+                    (now - req.timestamp_unix_ms) / 1000,
+                    window / 1000
+                ),
+            ));
+        }
+        if !(16..=64).contains(&req.nonce.len()) {
+            return Err(ApiError::invalid("bad_nonce", "the request nonce must be 16 to 64 bytes"));
+        }
+        let key = match &op {
+            Op::Init(init) => {
+                let me = init
+                    .admins
+                    .iter()
+                    .find(|a| a.id == admin_id.as_str())
+                    .ok_or_else(|| ApiError::denied("unknown_admin", "Init must be signed by one of the admins it names"))?;
+                AdminPublicKey::parse(&me.signing_public_key)?
+            }
+            _ => {
+                let row = self
+                    .store
+                    .admin(admin_id.as_str())
+                    .await?
+                    .ok_or_else(|| ApiError::denied("unknown_admin", format!("no admin {admin_id}")))?;
+                AdminPublicKey::parse(&row.signing_public_key)
+                    .map_err(|_| ApiError::internal("corrupt_admin", "stored admin key is unreadable"))?
+            }
+        };
+        key.verify(&signed.payload, &signed.signature)
+            .map_err(|_| ApiError::denied("bad_signature", format!("the signature does not verify with admin {admin_id}'s key")))?;
+        if !self.store.use_nonce(&req.nonce, req.timestamp_unix_ms + window).await? {
+            return Err(ApiError::denied("replayed_request", "this request nonce was already used"));
+        }
+        Ok((admin_id, op))
+    }
+
+    /// Initializes the database and the seal (from a signed Init, or from dev mode's start).
+    pub async fn initialize(&self, kind: SealKind, threshold: u32, admins: Vec<NewAdmin>, audit: &mut Audit) -> Result<crate::seal::Status, ApiError> {
+        if self.seal.is_initialized() {
+            return Err(ApiError::precondition("already_initialized", "the server is already initialized"));
+        }
+        if admins.is_empty() {
+            return Err(ApiError::invalid("no_admins", "Init needs at least one admin"));
+        }
+        let mut ids = BTreeSet::new();
+        for a in &admins {
+            if !ids.insert(a.id.clone()) {
+                return Err(ApiError::invalid("duplicate_admin", format!("admin {} is listed twice", a.id)));
+            }
+        }
+        let custodians: Vec<&NewAdmin> = admins.iter().filter(|a| a.custodian).collect();
+        let threshold = match kind {
+            SealKind::Dev => 0,
+            SealKind::Shamir => {
+                if custodians.is_empty() || custodians.len() > 255 {
+                    return Err(ApiError::invalid("bad_custodians", "the shamir seal needs 1 to 255 custodians"));
+                }
+                if threshold == 0 || threshold as usize > custodians.len() {
+                    return Err(ApiError::invalid(
+                        "bad_threshold",
+                        format!("threshold must be between 1 and the number of custodians ({}), not {threshold}", custodians.len()),
+                    ));
+                }
+                threshold
+            }
+        };
+        let (root, seal_row) = self.seal.new_root(kind, threshold)?;
+        let mut shares = Vec::new();
+        if kind == SealKind::Shamir {
+            let n = u8::try_from(custodians.len()).unwrap_or(u8::MAX);
+            let t = u8::try_from(threshold).unwrap_or(u8::MAX);
+            let split = kms_core::shamir::split(&root, t, n)?;
+            for (c, share) in custodians.iter().zip(split) {
+                let info = [b"kms-share-v1\0".as_slice(), c.id.as_str().as_bytes()].concat();
+                let sealed = hpke_seal::seal::<P256>(&c.encryption_key, &info, b"", share.expose_secret())?;
+                shares.push((c.id.to_string(), sealed.encapsulated_key, sealed.ciphertext));
+            }
+        }
+        let now = kms_core::now_unix_ms();
+        let rows: Vec<AdminRow> = admins
+            .iter()
+            .map(|a| AdminRow {
+                id: a.id.to_string(),
+                country: a.country.to_string(),
+                signing_public_key: a.signing_key.as_bytes().to_vec(),
+                encryption_public_key: a.encryption_key.clone(),
+                custodian: a.custodian && kind == SealKind::Shamir,
+                created_unix_ms: now,
+            })
+            .collect();
+        audit.detail("seal", kind.as_str());
+        audit.detail("threshold", threshold);
+        audit.detail("admins", rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>());
+        if kind == SealKind::Dev {
+            self.seal.write_dev_root(&root)?;
+        }
+        let record = Audit::clone_allowed(audit);
+        match self.store.initialize(&seal_row, &rows, &shares, record).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => {
+                // Another replica won the race: adopt its seal record, sealed.
+                if let Ok(Some(cfg)) = self.store.seal_config().await {
+                    self.seal.adopt_sealed(&cfg);
+                }
+                return Err(ApiError::precondition("already_initialized", "the server is already initialized"));
+            }
+            Err(e) => return Err(store_err(e)),
+        }
+        self.seal.finish_init(kind, threshold, &root)?;
+        Ok(self.seal.status())
+    }
+
+    fn key_metadata(k: &KeyRow) -> pb::KeyMetadata {
+        pb::KeyMetadata {
+            id: k.id.clone(),
+            name: k.name.clone(),
+            description: k.description.clone(),
+            tags: k.tags.clone(),
+            state: match k.state {
+                KeyState::Enabled => pb::KeyState::Enabled,
+                KeyState::Disabled => pb::KeyState::Disabled,
+                KeyState::PendingDeletion => pb::KeyState::PendingDeletion,
+                KeyState::Destroyed => pb::KeyState::Destroyed,
+            } as i32,
+            latest_version: k.latest_version,
+            created_unix_ms: k.created_unix_ms,
+            deletion_unix_ms: k.deletion_unix_ms.unwrap_or(0),
+            grants: k
+                .grants
+                .grants
+                .iter()
+                .map(|g| pb::Grant {
+                    principal: g.principal.clone(),
+                    operations: g.operations.iter().map(|o| op_to_wire(*o) as i32).collect(),
+                })
+                .collect(),
+            release_policy: k.release_policy.clone(),
+        }
+    }
+
+    async fn create_key(&self, op: pb::CreateKeyOp, audit: &mut Audit) -> Result<pb::KeyMetadata, ApiError> {
+        let name = KeyName::parse(&op.name)?;
+        if op.description.chars().count() > 1024 {
+            return Err(ApiError::invalid("invalid_argument", "description: at most 1024 characters"));
+        }
+        check_tags(&op.tags)?;
+        let grants = AccessPolicy::new(op.grants.iter().map(grant_from_wire).collect::<Result<_, _>>()?)?;
+        let policy = ReleasePolicy::parse(&op.release_policy)?;
+        if policy.allows_unattested_release() && !self.allow_unattested {
+            return Err(ApiError::precondition(
+                "unattested_keys_disabled",
+                "this server does not allow keys that release plaintext without attestation (danger.allow_unattested_keys)",
+            ));
+        }
+        let root = self.seal.root()?;
+        let id = KeyId::generate()?;
+        audit.key(&id.to_string());
+        audit.detail("name", name.as_str());
+        audit.detail("release_policy", policy.to_json());
+        let kek = Kek::generate()?;
+        let wrapped = root.wrap(id, KeyVersion::FIRST, &kek)?;
+        let now = kms_core::now_unix_ms();
+        let row = KeyRow {
+            id: id.to_string(),
+            name: name.as_str().to_owned(),
+            description: op.description,
+            tags: op.tags,
+            state: KeyState::Enabled,
+            latest_version: 1,
+            grants,
+            release_policy: policy.to_json(),
+            created_unix_ms: now,
+            deletion_unix_ms: None,
+        };
+        match self.store.create_key(&row, &wrapped, Audit::clone_allowed(audit)).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => {
+                return Err(ApiError::exists("key_name_taken", format!("a key named {:?} exists", row.name)));
+            }
+            Err(e) => return Err(store_err(e)),
+        }
+        let row = self.keys.remember(row);
+        Ok(Self::key_metadata(&row))
+    }
+
+    async fn change_state(&self, key_ref: &str, to: KeyState, from: &[KeyState], deletion: Option<i64>, audit: &mut Audit) -> Result<pb::KeyMetadata, ApiError> {
+        self.seal.root()?;
+        let key = self.keys.resolve(key_ref).await?;
+        audit.key(&key.id);
+        audit.detail("to", to.as_str());
+        let now = kms_core::now_unix_ms();
+        let changed = self
+            .store
+            .change_state(&key.id, from, to, deletion, None, now, Audit::clone_allowed(audit))
+            .await
+            .map_err(store_err)?;
+        match changed {
+            Some(row) => Ok(Self::key_metadata(&self.keys.remember(row))),
+            None => {
+                let current = self
+                    .store
+                    .key_by_id(&key.id)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("key_not_found", format!("no key {}", key.id)))?;
+                let current = self.keys.remember(current);
+                Err(ApiError::precondition(
+                    "invalid_state_transition",
+                    format!("key {} is {}; it cannot become {}", current.id, current.state, to),
+                ))
+            }
+        }
+    }
+}
+
+impl Audit {
+    /// The success record as it stands, for a transaction to write with its change.
+    fn clone_allowed(a: &Audit) -> kms_core::audit::Record {
+        Audit {
+            caller: a.caller.clone(),
+            operation: a.operation,
+            key_id: a.key_id.clone(),
+            detail: a.detail.clone(),
+        }
+        .allowed()
+    }
+}
+
+fn audit_op(method: &'static str) -> &'static str {
+    match method {
+        "init" => "admin.init",
+        "get_encrypted_share" => "admin.get_encrypted_share",
+        "unseal" => "admin.unseal",
+        "seal" => "admin.seal",
+        "add_admin" => "admin.add_admin",
+        "list_admins" => "admin.list_admins",
+        "create_key" => "admin.create_key",
+        "describe_key" => "admin.describe_key",
+        "list_keys" => "admin.list_keys",
+        "rotate_key" => "admin.rotate_key",
+        "enable_key" => "admin.enable_key",
+        "disable_key" => "admin.disable_key",
+        "schedule_key_deletion" => "admin.schedule_key_deletion",
+        "cancel_key_deletion" => "admin.cancel_key_deletion",
+        _ => "admin.unknown",
+    }
+}
+
+fn store_err(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Api(a) => a,
+        StoreError::Db(d) => d.into(),
+        StoreError::Conflict => ApiError::exists("conflict", "a concurrent change conflicts with this one; retry"),
+    }
+}
+
+fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if tags.len() > 50 {
+        return Err(ApiError::invalid("invalid_argument", "tags: at most 50"));
+    }
+    for (k, v) in tags {
+        if k.is_empty() || k.len() > 128 || v.len() > 256 {
+            return Err(ApiError::invalid(
+                "invalid_argument",
+                format!("tag {k:?}: keys are 1 to 128 bytes, values at most 256"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn op_to_wire(o: Operation) -> pb::Operation {
+    match o {
+        Operation::GenerateDataKey => pb::Operation::GenerateDataKey,
+        Operation::GenerateDataKeyWithoutPlaintext => pb::Operation::GenerateDataKeyWithoutPlaintext,
+        Operation::Encrypt => pb::Operation::Encrypt,
+        Operation::Decrypt => pb::Operation::Decrypt,
+        Operation::ReEncrypt => pb::Operation::ReEncrypt,
+    }
+}
+
+fn grant_from_wire(g: &pb::Grant) -> Result<Grant, ApiError> {
+    let mut operations = BTreeSet::new();
+    for o in &g.operations {
+        let op = match pb::Operation::try_from(*o) {
+            Ok(pb::Operation::GenerateDataKey) => Operation::GenerateDataKey,
+            Ok(pb::Operation::GenerateDataKeyWithoutPlaintext) => Operation::GenerateDataKeyWithoutPlaintext,
+            Ok(pb::Operation::Encrypt) => Operation::Encrypt,
+            Ok(pb::Operation::Decrypt) => Operation::Decrypt,
+            Ok(pb::Operation::ReEncrypt) => Operation::ReEncrypt,
+            _ => {
+                return Err(ApiError::invalid(
+                    "invalid_policy",
+                    format!("grant for {}: operation {o} is not a data-plane operation", g.principal),
+                ))
+            }
+        };
+        operations.insert(op);
+    }
+    Ok(Grant {
+        principal: g.principal.clone(),
+        operations,
+    })
+}
+
+fn wire_status(s: crate::seal::Status) -> pb::SealStatus {
+    pb::SealStatus {
+        initialized: s.initialized,
+        sealed: s.sealed,
+        seal: match s.kind {
+            None => pb::SealKind::Unspecified,
+            Some(SealKind::Shamir) => pb::SealKind::Shamir,
+            Some(SealKind::Dev) => pb::SealKind::Dev,
+        } as i32,
+        threshold: s.threshold,
+        progress: s.progress,
+        unseal_public_key: s.unseal_public_key,
+    }
+}
+
+/// Runs one admin method: authenticate, run `body`, audit, answer. `durable`: the success
+/// record must be durable before answering (reads that release nothing queue it). `in_tx`: the
+/// body's transaction already wrote the success record.
+macro_rules! admin_call {
+    ($self:ident, $request:ident, $method:literal, durable = $durable:expr, in_tx = $in_tx:expr, |$op:ident, $admin:ident, $audit:ident| $body:expr) => {{
+        let signed = $request.into_inner();
+        let mut $audit = Audit::new("unauthenticated", audit_op($method));
+        let result = async {
+            let ($admin, op) = $self.authenticate(&signed, $method, &mut $audit).await?;
+            let _ = &$admin;
+            let $op = op;
+            $body
+        }
+        .await;
+        if $in_tx && result.is_ok() {
+            Ok(Response::new(result.map_err(|e: ApiError| e.to_status())?))
+        } else {
+            finish(&$self.audit, $audit, result, $durable).await
+        }
+    }};
+}
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for AdminPlane {
+    async fn get_seal_status(&self, _request: Request<pb::GetSealStatusRequest>) -> Result<Response<pb::SealStatus>, Status> {
+        Ok(Response::new(wire_status(self.seal.status())))
+    }
+
+    async fn init(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::InitResponse>, Status> {
+        admin_call!(self, request, "init", durable = true, in_tx = true, |op, admin, audit| {
+            let Op::Init(init) = op else { unreachable!("authenticate checked the operation") };
+            let kind = match pb::SealKind::try_from(init.seal) {
+                Ok(pb::SealKind::Shamir) => SealKind::Shamir,
+                Ok(pb::SealKind::Dev) => SealKind::Dev,
+                _ => return Err(ApiError::invalid("bad_seal", "seal must be SHAMIR or DEV")),
+            };
+            let admins = init.admins.iter().map(|a| self.parse_new_admin(a)).collect::<Result<Vec<_>, _>>()?;
+            let status = self.initialize(kind, init.threshold, admins, &mut audit).await?;
+            Ok(pb::InitResponse {
+                status: Some(wire_status(status)),
+            })
+        })
+    }
+
+    async fn get_encrypted_share(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::EncryptedShare>, Status> {
+        admin_call!(self, request, "get_encrypted_share", durable = true, in_tx = false, |op, admin, audit| {
+            let _ = op;
+            let (encapsulated_key, ciphertext) = self
+                .store
+                .share_of(admin.as_str())
+                .await?
+                .ok_or_else(|| ApiError::denied("not_a_custodian", format!("admin {admin} holds no share")))?;
+            Ok(pb::EncryptedShare {
+                encapsulated_key,
+                ciphertext,
+            })
+        })
+    }
+
+    async fn unseal(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::SealStatus>, Status> {
+        admin_call!(self, request, "unseal", durable = true, in_tx = false, |op, admin, audit| {
+            let Op::Unseal(u) = op else { unreachable!("authenticate checked the operation") };
+            let row = self.store.admin(admin.as_str()).await?;
+            if !row.map(|r| r.custodian).unwrap_or(false) {
+                return Err(ApiError::denied("not_a_custodian", format!("admin {admin} holds no share")));
+            }
+            let status = self.seal.submit_share(admin.as_str(), u.encapsulated_key, u.ciphertext)?;
+            audit.detail("progress", status.progress);
+            audit.detail("sealed", status.sealed);
+            Ok(wire_status(status))
+        })
+    }
+
+    async fn seal(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::SealStatus>, Status> {
+        admin_call!(self, request, "seal", durable = true, in_tx = false, |op, admin, audit| {
+            let _ = op;
+            self.seal.seal()?;
+            self.keys.clear_keks();
+            Ok(wire_status(self.seal.status()))
+        })
+    }
+
+    async fn add_admin(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Admin>, Status> {
+        admin_call!(self, request, "add_admin", durable = true, in_tx = true, |op, admin, audit| {
+            let Op::AddAdmin(add) = op else { unreachable!("authenticate checked the operation") };
+            let new = self.parse_new_admin(&add.admin.unwrap_or_default())?;
+            if new.custodian {
+                return Err(ApiError::precondition(
+                    "custodian_needs_reshare",
+                    "a new custodian needs the root key re-shared, which is a quorum operation not available yet; add the admin without custodian",
+                ));
+            }
+            audit.detail("new_admin", new.id.to_string());
+            audit.detail("country", new.country.to_string());
+            let row = AdminRow {
+                id: new.id.to_string(),
+                country: new.country.to_string(),
+                signing_public_key: new.signing_key.as_bytes().to_vec(),
+                encryption_public_key: new.encryption_key,
+                custodian: false,
+                created_unix_ms: kms_core::now_unix_ms(),
+            };
+            match self.store.add_admin(&row, Audit::clone_allowed(&audit)).await {
+                Ok(()) => Ok(admin_to_wire(&row)),
+                Err(StoreError::Conflict) => Err(ApiError::exists("admin_exists", format!("admin {} exists", row.id))),
+                Err(e) => Err(store_err(e)),
+            }
+        })
+    }
+
+    async fn list_admins(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::ListAdminsResponse>, Status> {
+        admin_call!(self, request, "list_admins", durable = false, in_tx = false, |op, admin, audit| {
+            let _ = op;
+            Ok(pb::ListAdminsResponse {
+                admins: self.store.admins().await?.iter().map(admin_to_wire).collect(),
+            })
+        })
+    }
+
+    async fn create_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
+        admin_call!(self, request, "create_key", durable = true, in_tx = true, |op, admin, audit| {
+            let Op::CreateKey(c) = op else { unreachable!("authenticate checked the operation") };
+            self.create_key(c, &mut audit).await
+        })
+    }
+
+    async fn describe_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
+        admin_call!(self, request, "describe_key", durable = false, in_tx = false, |op, admin, audit| {
+            let Op::DescribeKey(d) = op else { unreachable!("authenticate checked the operation") };
+            self.seal.root()?;
+            let key = self.keys.resolve(&d.key).await?;
+            audit.key(&key.id);
+            Ok(Self::key_metadata(&key))
+        })
+    }
+
+    async fn list_keys(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
+        admin_call!(self, request, "list_keys", durable = false, in_tx = false, |op, admin, audit| {
+            let Op::ListKeys(l) = op else { unreachable!("authenticate checked the operation") };
+            self.seal.root()?;
+            let size = match l.page_size {
+                0 => 100,
+                n @ 1..=1000 => n,
+                n => return Err(ApiError::invalid("invalid_argument", format!("page_size {n}: at most 1000"))),
+            };
+            if !l.page_token.is_empty() {
+                KeyId::parse(&l.page_token).map_err(|_| ApiError::invalid("bad_page_token", "page_token is not one this server returned"))?;
+            }
+            let rows = self.store.list_keys(&l.page_token, size + 1).await?;
+            let more = rows.len() > size as usize;
+            let keys: Vec<pb::KeyMetadata> = rows.iter().take(size as usize).map(Self::key_metadata).collect();
+            let next_page_token = if more { keys.last().map(|k| k.id.clone()).unwrap_or_default() } else { String::new() };
+            Ok(pb::ListKeysResponse { keys, next_page_token })
+        })
+    }
+
+    async fn rotate_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
+        admin_call!(self, request, "rotate_key", durable = true, in_tx = true, |op, admin, audit| {
+            let Op::RotateKey(r) = op else { unreachable!("authenticate checked the operation") };
+            let root = self.seal.root()?;
+            let key = self.keys.resolve(&r.key).await?;
+            audit.key(&key.id);
+            let id = KeyId::parse(&key.id)?;
+            let kek = Kek::generate()?;
+            let base = Audit::clone_allowed(&audit);
+            let rotated = self
+                .store
+                .rotate_key(
+                    &key.id,
+                    kms_core::now_unix_ms(),
+                    |v| {
+                        let v = KeyVersion::new(v).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
+                        Ok(root.wrap(id, v, &kek)?)
+                    },
+                    |v| {
+                        let mut rec = base;
+                        let mut detail: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&rec.detail).unwrap_or_default();
+                        detail.insert("new_version".into(), v.into());
+                        rec.detail = serde_json::Value::Object(detail).to_string();
+                        rec
+                    },
+                )
+                .await
+                .map_err(store_err)?;
+            match rotated {
+                Some(row) => Ok(Self::key_metadata(&self.keys.remember(row))),
+                None => {
+                    let current = self.store.key_by_id(&key.id).await?.map(|r| r.state.to_string()).unwrap_or_default();
+                    Err(ApiError::precondition(
+                        "key_not_enabled",
+                        format!("key {} is {current}; only an enabled key can be rotated", key.id),
+                    ))
+                }
+            }
+        })
+    }
+
+    async fn enable_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
+        admin_call!(self, request, "enable_key", durable = true, in_tx = true, |op, admin, audit| {
+            let Op::EnableKey(e) = op else { unreachable!("authenticate checked the operation") };
+            self.change_state(&e.key, KeyState::Enabled, &[KeyState::Disabled], None, &mut audit).await
+        })
+    }
+
+    async fn disable_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
+        admin_call!(self, request, "disable_key", durable = true, in_tx = true, |op, admin, audit| {
+            let Op::DisableKey(d) = op else { unreachable!("authenticate checked the operation") };
+            self.change_state(&d.key, KeyState::Disabled, &[KeyState::Enabled], None, &mut audit).await
+        })
+    }
+
+    async fn schedule_key_deletion(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
+        admin_call!(self, request, "schedule_key_deletion", durable = true, in_tx = true, |op, admin, audit| {
+            let Op::ScheduleKeyDeletion(s) = op else { unreachable!("authenticate checked the operation") };
+            if !DELETION_WINDOW_DAYS.contains(&s.pending_window_days) {
+                return Err(ApiError::invalid(
+                    "bad_deletion_window",
+                    format!("pending_window_days {}: must be 7 to 30", s.pending_window_days),
+                ));
+            }
+            let at = kms_core::now_unix_ms() + i64::from(s.pending_window_days) * 86_400_000;
+            audit.detail("deletion_unix_ms", at);
+            self.change_state(&s.key, KeyState::PendingDeletion, &[KeyState::Enabled, KeyState::Disabled], Some(at), &mut audit)
+                .await
+        })
+    }
+
+    async fn cancel_key_deletion(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
+        admin_call!(self, request, "cancel_key_deletion", durable = true, in_tx = true, |op, admin, audit| {
+            let Op::CancelKeyDeletion(c) = op else { unreachable!("authenticate checked the operation") };
+            self.change_state(&c.key, KeyState::Disabled, &[KeyState::PendingDeletion], None, &mut audit).await
+        })
+    }
+}
+
+fn admin_to_wire(r: &AdminRow) -> pb::Admin {
+    pb::Admin {
+        id: r.id.clone(),
+        country: r.country.clone(),
+        signing_public_key: r.signing_public_key.clone(),
+        custodian: r.custodian,
+        created_unix_ms: r.created_unix_ms,
+    }
+}

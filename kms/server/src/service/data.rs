@@ -1,0 +1,248 @@
+//! KeyService: the data plane. Every call checks, in order: the seal, the request's shape, the
+//! key's state, the caller's grant, and (for plaintext) the release policy. Plaintext data keys
+//! and decrypted payloads are answered only after their audit record is durable.
+
+use std::sync::Arc;
+
+use kms_core::blob::{self, Blob};
+use kms_core::ids::{KeyId, KeyVersion, Principal};
+use kms_core::key::KeyState;
+use kms_core::policy::{Operation, ReleasePolicy};
+use kms_core::secret::DataKey;
+use kms_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::{context, finish, Audit};
+use crate::audit::AuditLog;
+use crate::error::ApiError;
+use crate::identity::Identities;
+use crate::keys::Keys;
+use crate::storage::KeyRow;
+
+/// The KeyService implementation.
+#[derive(Debug)]
+pub struct DataPlane {
+    pub(crate) keys: Arc<Keys>,
+    pub(crate) audit: AuditLog,
+    pub(crate) identities: Arc<Identities>,
+    pub(crate) tls: bool,
+    pub(crate) allow_unattested: bool,
+}
+
+impl DataPlane {
+    fn caller<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        self.identities.principal(request, self.tls).map_err(|e| e.to_status())
+    }
+
+    /// A usable key for `op` by `who`: enabled, and granted.
+    fn check_usable(key: &KeyRow, who: &Principal, op: Operation) -> Result<(), ApiError> {
+        match key.state {
+            KeyState::Enabled => {}
+            KeyState::Disabled => return Err(ApiError::precondition("key_disabled", format!("key {} is disabled", key.id))),
+            KeyState::PendingDeletion => {
+                return Err(ApiError::precondition(
+                    "key_pending_deletion",
+                    format!("key {} is pending deletion", key.id),
+                ))
+            }
+            KeyState::Destroyed => return Err(ApiError::precondition("key_destroyed", format!("key {} is destroyed", key.id))),
+        }
+        if !key.grants.allows(who, op) {
+            return Err(ApiError::denied(
+                "not_permitted",
+                format!("{who} may not call {} on key {}", op.as_str(), key.id),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether plaintext of this key may be returned to a caller that has not attested.
+    fn check_release(&self, key: &KeyRow) -> Result<(), ApiError> {
+        let policy = ReleasePolicy::parse(&key.release_policy)
+            .map_err(|_| ApiError::internal("corrupt_policy", format!("key {} has an unreadable release policy", key.id)))?;
+        if policy.allows_unattested_release() && self.allow_unattested {
+            Ok(())
+        } else {
+            Err(ApiError::precondition(
+                "attestation_required",
+                format!("key {} releases plaintext only to an attested workload", key.id),
+            ))
+        }
+    }
+
+    async fn new_data_key(&self, who: &Principal, key_ref: &str, ctx: pb::GenerateDataKeyRequest, op: Operation, audit: &mut Audit) -> Result<(Vec<u8>, DataKey, Arc<KeyRow>), ApiError> {
+        let _ = key_ref;
+        self.keys.ensure_unsealed()?;
+        let context = context(ctx.encryption_context)?;
+        let key = self.keys.resolve(&ctx.key).await?;
+        audit.key(&key.id);
+        Self::check_usable(&key, who, op)?;
+        if op == Operation::GenerateDataKey {
+            self.check_release(&key)?;
+        }
+        let version = KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
+        let kek = self.keys.kek(&key, version).await?;
+        let data_key = DataKey::generate()?;
+        let blob = blob::seal(&kek, KeyId::parse(&key.id)?, version, &context, data_key.expose_secret())?;
+        audit.detail("key_version", version.get());
+        Ok((blob, data_key, key))
+    }
+
+    async fn decrypt_blob(&self, who: &Principal, bytes: &[u8], ctx: &kms_core::context::EncryptionContext, op: Operation, audit: &mut Audit) -> Result<(kms_core::secret::SecretBytes, Arc<KeyRow>, KeyVersion), ApiError> {
+        let parsed = Blob::parse(bytes)?;
+        let key = self.keys.by_id(parsed.key_id()).await?;
+        audit.key(&key.id);
+        audit.detail("key_version", parsed.version().get());
+        Self::check_usable(&key, who, op)?;
+        if op == Operation::Decrypt {
+            self.check_release(&key)?;
+        }
+        if parsed.version().get() > key.latest_version {
+            return Err(ApiError::invalid(
+                "key_version_not_found",
+                format!("key {} has no version {}", key.id, parsed.version()),
+            ));
+        }
+        let kek = self.keys.kek(&key, parsed.version()).await?;
+        let plain = parsed.open(&kek, ctx)?;
+        Ok((plain, key, parsed.version()))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::key_service_server::KeyService for DataPlane {
+    async fn generate_data_key(&self, request: Request<pb::GenerateDataKeyRequest>) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
+        let who = self.caller(&request)?;
+        let mut audit = Audit::new(who.as_str(), "generate_data_key");
+        let req = request.into_inner();
+        let key_ref = req.key.clone();
+        let result = self
+            .new_data_key(&who, &key_ref, req, Operation::GenerateDataKey, &mut audit)
+            .await
+            .map(|(blob, dk, key)| pb::GenerateDataKeyResponse {
+                ciphertext_blob: blob,
+                plaintext: dk.expose_secret().to_vec(),
+                key_id: key.id.clone(),
+                key_version: key.latest_version,
+            });
+        finish(&self.audit, audit, result, true).await
+    }
+
+    async fn generate_data_key_without_plaintext(
+        &self,
+        request: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
+    ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
+        let who = self.caller(&request)?;
+        let mut audit = Audit::new(who.as_str(), "generate_data_key_without_plaintext");
+        let req = request.into_inner();
+        let as_gen = pb::GenerateDataKeyRequest {
+            key: req.key,
+            encryption_context: req.encryption_context,
+        };
+        let key_ref = as_gen.key.clone();
+        let result = self
+            .new_data_key(&who, &key_ref, as_gen, Operation::GenerateDataKeyWithoutPlaintext, &mut audit)
+            .await
+            .map(|(blob, _dk, key)| pb::GenerateDataKeyWithoutPlaintextResponse {
+                ciphertext_blob: blob,
+                key_id: key.id.clone(),
+                key_version: key.latest_version,
+            });
+        finish(&self.audit, audit, result, true).await
+    }
+
+    async fn encrypt(&self, request: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
+        let who = self.caller(&request)?;
+        let mut audit = Audit::new(who.as_str(), "encrypt");
+        let req = request.into_inner();
+        let result = async {
+            self.keys.ensure_unsealed()?;
+            if req.plaintext.len() > blob::MAX_PLAINTEXT {
+                return Err(ApiError::invalid(
+                    "plaintext_too_long",
+                    format!("plaintext is {} bytes; at most {} may be encrypted", req.plaintext.len(), blob::MAX_PLAINTEXT),
+                ));
+            }
+            let context = context(req.encryption_context)?;
+            let key = self.keys.resolve(&req.key).await?;
+            audit.key(&key.id);
+            Self::check_usable(&key, &who, Operation::Encrypt)?;
+            let version = KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
+            let kek = self.keys.kek(&key, version).await?;
+            let ciphertext_blob = blob::seal(&kek, KeyId::parse(&key.id)?, version, &context, &req.plaintext)?;
+            audit.detail("key_version", version.get());
+            Ok(pb::EncryptResponse {
+                ciphertext_blob,
+                key_id: key.id.clone(),
+                key_version: version.get(),
+            })
+        }
+        .await;
+        finish(&self.audit, audit, result, true).await
+    }
+
+    async fn decrypt(&self, request: Request<pb::DecryptRequest>) -> Result<Response<pb::DecryptResponse>, Status> {
+        let who = self.caller(&request)?;
+        let mut audit = Audit::new(who.as_str(), "decrypt");
+        let req = request.into_inner();
+        let result = async {
+            self.keys.ensure_unsealed()?;
+            let context = context(req.encryption_context)?;
+            if !req.key.is_empty() {
+                let expected = self.keys.resolve(&req.key).await?;
+                let named = Blob::parse(&req.ciphertext_blob)?.key_id().to_string();
+                if named != expected.id {
+                    audit.key(&named);
+                    return Err(ApiError::invalid(
+                        "key_mismatch",
+                        format!("the blob is under key {named}, not {}", expected.id),
+                    ));
+                }
+            }
+            let (plain, key, version) = self
+                .decrypt_blob(&who, &req.ciphertext_blob, &context, Operation::Decrypt, &mut audit)
+                .await?;
+            Ok(pb::DecryptResponse {
+                plaintext: plain.into_exposed(),
+                key_id: key.id.clone(),
+                key_version: version.get(),
+            })
+        }
+        .await;
+        finish(&self.audit, audit, result, true).await
+    }
+
+    async fn re_encrypt(&self, request: Request<pb::ReEncryptRequest>) -> Result<Response<pb::ReEncryptResponse>, Status> {
+        let who = self.caller(&request)?;
+        let mut audit = Audit::new(who.as_str(), "re_encrypt");
+        let req = request.into_inner();
+        let result = async {
+            self.keys.ensure_unsealed()?;
+            let src_ctx = context(req.source_encryption_context)?;
+            let dst_ctx = context(req.destination_encryption_context)?;
+            let (plain, src_key, src_version) = self
+                .decrypt_blob(&who, &req.ciphertext_blob, &src_ctx, Operation::ReEncrypt, &mut audit)
+                .await?;
+            let dst = if req.destination_key.is_empty() {
+                self.keys.by_id(KeyId::parse(&src_key.id)?).await?
+            } else {
+                self.keys.resolve(&req.destination_key).await?
+            };
+            audit.detail("destination_key_id", dst.id.clone());
+            Self::check_usable(&dst, &who, Operation::ReEncrypt)?;
+            let version = KeyVersion::new(dst.latest_version).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
+            let kek = self.keys.kek(&dst, version).await?;
+            let ciphertext_blob = blob::seal(&kek, KeyId::parse(&dst.id)?, version, &dst_ctx, plain.expose_secret())?;
+            audit.detail("destination_key_version", version.get());
+            Ok(pb::ReEncryptResponse {
+                ciphertext_blob,
+                source_key_id: src_key.id.clone(),
+                source_key_version: src_version.get(),
+                key_id: dst.id.clone(),
+                key_version: version.get(),
+            })
+        }
+        .await;
+        finish(&self.audit, audit, result, true).await
+    }
+}
