@@ -1,1 +1,462 @@
-//! x
+//! Test harness: a real `kmsd` (the `kms_server::serve` function, on port 0) over mTLS, with a
+//! throwaway CA, on SQLite (a temp dir) or PostgreSQL (a fresh database per test on the server
+//! named by `KMS_TEST_POSTGRES_URL`, which `scripts/test` starts). Admin requests are signed with
+//! software admin keys exactly as `kmsctl` signs them.
+//!
+//! When `KMS_TEST_POSTGRES_URL` is unset the PostgreSQL variants are skipped with a message,
+//! unless `KMS_TEST_REQUIRE_POSTGRES=1` (as `scripts/test` sets it), where they fail.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kms_core::admin::AdminSigner;
+use kms_core::ids::AdminId;
+use kms_core::jurisdiction::{AllowedCountries, Country};
+use kms_core::keyfile::AdminKeyFile;
+use kms_proto::v1 as pb;
+use kms_proto::v1::admin_request::Operation as Op;
+use kms_proto::v1::admin_service_client::AdminServiceClient;
+use kms_proto::v1::key_service_client::KeyServiceClient;
+use kms_server::config::{Config, Danger, LogConfig, TlsConfig};
+use prost::Message;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use sqlx::Connection;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Which database a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh database.
+pub struct Db {
+    pub url: String,
+    pub backend: Backend,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Db {
+    /// A new empty database, or `None` when PostgreSQL is not available and not required.
+    pub async fn new(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                Some(Self {
+                    url: format!("sqlite://{}?mode=rwc", dir.path().join("kms.db").display()),
+                    backend,
+                    _dir: Some(dir),
+                })
+            }
+            Backend::Postgres => {
+                let Ok(base) = std::env::var("KMS_TEST_POSTGRES_URL") else {
+                    if std::env::var("KMS_TEST_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                        panic!("KMS_TEST_POSTGRES_URL is not set but KMS_TEST_REQUIRE_POSTGRES=1");
+                    }
+                    eprintln!("SKIPPED (PostgreSQL): KMS_TEST_POSTGRES_URL is not set; scripts/test sets it");
+                    return None;
+                };
+                sqlx::any::install_default_drivers();
+                let name = format!("kms_t_{}", hex::encode(kms_core::random_array::<8>().unwrap()));
+                let mut conn = sqlx::AnyConnection::connect(&base).await.expect("connect to KMS_TEST_POSTGRES_URL");
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+                conn.close().await.unwrap();
+                let (prefix, _) = base.rsplit_once('/').unwrap();
+                Some(Self {
+                    url: format!("{prefix}/{name}"),
+                    backend,
+                    _dir: None,
+                })
+            }
+        }
+    }
+
+    /// A direct connection, for tests that look at or tamper with rows.
+    pub async fn connect(&self) -> sqlx::AnyConnection {
+        sqlx::any::install_default_drivers();
+        sqlx::AnyConnection::connect(&self.url).await.unwrap()
+    }
+}
+
+/// Defines `mod $name { sqlite, postgres }` tests that run `$body(Backend)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $body:path) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                $body($crate::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                $body($crate::Backend::Postgres).await
+            }
+        }
+    };
+}
+
+/// A throwaway CA with a server certificate for `localhost`/127.0.0.1, and client certificates
+/// on demand.
+pub struct Pki {
+    dir: tempfile::TempDir,
+    ca_params: CertificateParams,
+    ca_key: KeyPair,
+    pub ca_pem: String,
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.distinguished_name.push(DnType::CommonName, "kms test CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let ca_pem = ca.pem();
+        std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
+        let pki = Self {
+            dir,
+            ca_params,
+            ca_key,
+            ca_pem,
+        };
+        let (cert, key) = pki.issue(vec![SanType::DnsName("localhost".try_into().unwrap()), SanType::IpAddress([127, 0, 0, 1].into())], "kmsd");
+        std::fs::write(pki.dir.path().join("server.pem"), cert).unwrap();
+        std::fs::write(pki.dir.path().join("server.key"), key).unwrap();
+        pki
+    }
+
+    fn issue(&self, sans: Vec<SanType>, cn: &str) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = sans;
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A client identity whose principal is `spiffe_uri`.
+    pub fn client(&self, spiffe_uri: &str) -> Identity {
+        let (cert, key) = self.issue(vec![SanType::URI(spiffe_uri.try_into().unwrap())], "client");
+        Identity::from_pem(cert, key)
+    }
+
+    /// Writes a client identity to files (for `kmsctl` and the bench).
+    pub fn client_files(&self, spiffe_uri: &str, name: &str) -> (PathBuf, PathBuf) {
+        let (cert, key) = self.issue(vec![SanType::URI(spiffe_uri.try_into().unwrap())], name);
+        let c = self.dir.path().join(format!("{name}.pem"));
+        let k = self.dir.path().join(format!("{name}.key"));
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        (c, k)
+    }
+
+    pub fn tls_config(&self) -> TlsConfig {
+        TlsConfig {
+            cert: self.dir.path().join("server.pem"),
+            key: self.dir.path().join("server.key"),
+            client_ca: self.dir.path().join("ca.pem"),
+        }
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+/// Options for a test server.
+#[derive(Clone)]
+pub struct Options {
+    pub allow_unattested: bool,
+    pub key_cache_ttl: Duration,
+    pub destroy_interval: Duration,
+    pub allowed_countries: AllowedCountries,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            allow_unattested: true,
+            key_cache_ttl: Duration::from_millis(0),
+            destroy_interval: Duration::from_secs(3600),
+            allowed_countries: AllowedCountries::eu(),
+        }
+    }
+}
+
+/// A running `kmsd`.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<Result<(), kms_server::ServeError>>>,
+    ca: Certificate,
+}
+
+impl TestServer {
+    pub async fn start(db: &Db, pki: &Pki, opts: Options) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = Config {
+            listen: addr,
+            database_url: db.url.clone(),
+            database_max_connections: 8,
+            tls: Some(pki.tls_config()),
+            allowed_countries: opts.allowed_countries,
+            admin_request_window: Duration::from_secs(300),
+            key_cache_ttl: opts.key_cache_ttl,
+            destroy_interval: opts.destroy_interval,
+            audit_batch_max: 512,
+            dev: None,
+            danger: Danger {
+                allow_unattested_keys: opts.allow_unattested,
+            },
+            log: LogConfig::default(),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(kms_server::serve(config, listener, async {
+            let _ = rx.await;
+        }));
+        let server = Self {
+            addr,
+            stop: Some(tx),
+            handle: Some(handle),
+            ca: Certificate::from_pem(&pki.ca_pem),
+        };
+        // Wait until it answers.
+        for _ in 0..200 {
+            if let Ok(mut c) = server.try_admin(pki).await {
+                if c.get_seal_status(pb::GetSealStatusRequest {}).await.is_ok() {
+                    return server;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("kmsd did not start");
+    }
+
+    async fn channel(&self, identity: Identity) -> Result<Channel, tonic::transport::Error> {
+        let tls = ClientTlsConfig::new().ca_certificate(self.ca.clone()).identity(identity).domain_name("localhost");
+        Endpoint::from_shared(format!("https://{}", self.addr))?.tls_config(tls)?.connect().await
+    }
+
+    async fn try_admin(&self, pki: &Pki) -> Result<AdminServiceClient<Channel>, tonic::transport::Error> {
+        Ok(AdminServiceClient::new(self.channel(pki.client("spiffe://test/admin-cli")).await?))
+    }
+
+    pub async fn admin(&self, pki: &Pki) -> AdminServiceClient<Channel> {
+        self.try_admin(pki).await.unwrap()
+    }
+
+    pub async fn data(&self, pki: &Pki, principal: &str) -> KeyServiceClient<Channel> {
+        KeyServiceClient::new(self.channel(pki.client(principal)).await.unwrap())
+    }
+
+    /// Stops it and waits for it to drain.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A software admin.
+pub fn admin(id: &str, country: &str) -> AdminKeyFile {
+    AdminKeyFile::generate(AdminId::parse(id).unwrap(), Country::parse(country).unwrap()).unwrap()
+}
+
+/// The wire form of an admin's public identity.
+pub fn new_admin(k: &AdminKeyFile, custodian: bool) -> pb::NewAdmin {
+    let p = k.public();
+    pb::NewAdmin {
+        id: p.admin_id.clone(),
+        country: p.country.clone(),
+        signing_public_key: hex::decode(&p.signing_public_key).unwrap(),
+        encryption_public_key: hex::decode(&p.encryption_public_key).unwrap(),
+        custodian,
+    }
+}
+
+/// Signs `op` as `k`, as kmsctl does.
+pub fn signed(k: &AdminKeyFile, op: Op) -> pb::SignedRequest {
+    signed_at(k, op, kms_core::now_unix_ms())
+}
+
+/// Signs `op` as `k` with a given timestamp.
+pub fn signed_at(k: &AdminKeyFile, op: Op, timestamp_unix_ms: i64) -> pb::SignedRequest {
+    let req = pb::AdminRequest {
+        admin_id: k.admin_id.to_string(),
+        timestamp_unix_ms,
+        nonce: kms_core::random_array::<16>().unwrap().to_vec(),
+        operation: Some(op),
+    };
+    let payload = req.encode_to_vec();
+    let signature = k.signer().sign(&payload).unwrap();
+    pb::SignedRequest { payload, signature }
+}
+
+/// The stable reason of a refusal.
+pub fn reason(s: &tonic::Status) -> String {
+    s.metadata()
+        .get(kms_server::error::REASON_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Asserts a refusal's code and reason.
+#[track_caller]
+pub fn assert_refused<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>, code: tonic::Code, why: &str) {
+    match r {
+        Ok(v) => panic!("expected {code:?}/{why}, got success: {v:?}"),
+        Err(s) => {
+            assert_eq!((s.code(), reason(&s).as_str()), (code, why), "message: {}", s.message());
+        }
+    }
+}
+
+/// Submits `custodian`'s share as kmsctl does: fetch, open with the custodian's key, re-seal to
+/// the server's unseal key.
+pub async fn submit_share(admin: &mut AdminServiceClient<Channel>, custodian: &AdminKeyFile) -> Result<pb::SealStatus, tonic::Status> {
+    let status = admin.get_seal_status(pb::GetSealStatusRequest {}).await?.into_inner();
+    let share = admin
+        .get_encrypted_share(signed(custodian, Op::GetEncryptedShare(pb::GetEncryptedShareOp {})))
+        .await?
+        .into_inner();
+    let id = custodian.admin_id.as_str().as_bytes();
+    let plain = custodian
+        .encryption_key()
+        .open(
+            &kms_core::hpke_seal::Sealed {
+                encapsulated_key: share.encapsulated_key,
+                ciphertext: share.ciphertext,
+            },
+            &[b"kms-share-v1\0".as_slice(), id].concat(),
+            b"",
+        )
+        .unwrap();
+    let sealed = kms_core::hpke_seal::seal::<kms_core::hpke_seal::X25519>(
+        &status.unseal_public_key,
+        &[b"kms-unseal-v1\0".as_slice(), id].concat(),
+        b"",
+        plain.expose_secret(),
+    )
+    .unwrap();
+    Ok(admin
+        .unseal(signed(
+            custodian,
+            Op::Unseal(pb::UnsealOp {
+                encapsulated_key: sealed.encapsulated_key,
+                ciphertext: sealed.ciphertext,
+            }),
+        ))
+        .await?
+        .into_inner())
+}
+
+/// Grants every operation to each principal.
+pub fn grants_all(principals: &[&str]) -> Vec<pb::Grant> {
+    principals
+        .iter()
+        .map(|p| pb::Grant {
+            principal: (*p).to_owned(),
+            operations: (1..=5).collect(),
+        })
+        .collect()
+}
+
+pub const UNATTESTED: &str = r#"{"version":1,"attestation":"none"}"#;
+
+/// A server initialized with the shamir seal, 2-of-3 custodians (alice, bob, carol; DE, FR, NL).
+pub struct Ceremony {
+    pub db: Db,
+    pub pki: Pki,
+    pub server: TestServer,
+    pub admin: AdminServiceClient<Channel>,
+    pub custodians: Vec<AdminKeyFile>,
+}
+
+impl Ceremony {
+    pub async fn new(backend: Backend, opts: Options) -> Option<Self> {
+        let db = Db::new(backend).await?;
+        let pki = Pki::new();
+        let server = TestServer::start(&db, &pki, opts).await;
+        let mut admin = server.admin(&pki).await;
+        let custodians = vec![admin_key("alice", "DE"), admin_key("bob", "FR"), admin_key("carol", "NL")];
+        let init = pb::InitOp {
+            seal: pb::SealKind::Shamir as i32,
+            threshold: 2,
+            admins: custodians.iter().map(|c| new_admin(c, true)).collect(),
+        };
+        let status = admin.init(signed(&custodians[0], Op::Init(init))).await.unwrap().into_inner();
+        assert!(!status.status.unwrap().sealed);
+        Some(Self {
+            db,
+            pki,
+            server,
+            admin,
+            custodians,
+        })
+    }
+
+    /// Creates a key granting everything to `principals`.
+    pub async fn create_key(&mut self, name: &str, principals: &[&str], release_policy: &str) -> pb::KeyMetadata {
+        self.admin
+            .create_key(signed(
+                &self.custodians[0],
+                Op::CreateKey(pb::CreateKeyOp {
+                    name: name.into(),
+                    description: format!("test key {name}"),
+                    tags: [("team".to_owned(), "test".to_owned())].into(),
+                    grants: grants_all(principals),
+                    release_policy: release_policy.into(),
+                }),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Restarts the server on the same database (sealed afterwards).
+    pub async fn restart(&mut self, opts: Options) {
+        let old = std::mem::replace(&mut self.server, TestServer::start(&self.db, &self.pki, opts).await);
+        old.stop().await;
+        self.admin = self.server.admin(&self.pki).await;
+    }
+
+    /// Unseals with the first two custodians.
+    pub async fn unseal(&mut self) {
+        submit_share(&mut self.admin, &self.custodians[0]).await.unwrap();
+        let s = submit_share(&mut self.admin, &self.custodians[1]).await.unwrap();
+        assert!(!s.sealed);
+    }
+}
+
+fn admin_key(id: &str, country: &str) -> AdminKeyFile {
+    admin(id, country)
+}
