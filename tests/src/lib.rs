@@ -425,8 +425,9 @@ impl Ceremony {
     }
 
     /// Creates a key granting everything to `principals`.
-    pub async fn create_key(&mut self, name: &str, principals: &[&str], release_policy: &str) -> pb::KeyMetadata {
+    pub async fn create_key(&self, name: &str, principals: &[&str], release_policy: &str) -> pb::KeyMetadata {
         self.admin
+            .clone()
             .create_key(signed(
                 &self.custodians[0],
                 Op::CreateKey(pb::CreateKeyOp {

@@ -131,7 +131,7 @@ async fn round_trips(backend: Backend) {
 both_backends!(generate_encrypt_decrypt_rotate_reencrypt, super::round_trips);
 
 async fn bad_input(backend: Backend) {
-    let Some(mut c) = Ceremony::new(backend, Options::default()).await else { return };
+    let Some(c) = Ceremony::new(backend, Options::default()).await else { return };
     c.create_key("k", &[APP], UNATTESTED).await;
     let mut data = c.server.data(&c.pki, APP).await;
     let blob = data
