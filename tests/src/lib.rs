@@ -146,6 +146,12 @@ impl Pki {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A client identity with these SANs and common name.
+    pub fn client_with(&self, sans: Vec<SanType>, cn: &str) -> Identity {
+        let (cert, key) = self.issue(sans, cn);
+        Identity::from_pem(cert, key)
+    }
+
     /// A client identity whose principal is `spiffe_uri`.
     pub fn client(&self, spiffe_uri: &str) -> Identity {
         let (cert, key) = self.issue(vec![SanType::URI(spiffe_uri.try_into().unwrap())], "client");
@@ -200,7 +206,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<Result<(), kms_server::ServeError>>>,
-    ca: Certificate,
+    pub ca: Certificate,
 }
 
 impl TestServer {
@@ -245,7 +251,8 @@ impl TestServer {
         panic!("kmsd did not start");
     }
 
-    async fn channel(&self, identity: Identity) -> Result<Channel, tonic::transport::Error> {
+    /// A channel presenting `identity` (or no client certificate).
+    pub async fn channel(&self, identity: Identity) -> Result<Channel, tonic::transport::Error> {
         let tls = ClientTlsConfig::new().ca_certificate(self.ca.clone()).identity(identity).domain_name("localhost");
         Endpoint::from_shared(format!("https://{}", self.addr))?.tls_config(tls)?.connect().await
     }
