@@ -59,18 +59,23 @@ impl Db {
                     eprintln!("SKIPPED (PostgreSQL): KMS_TEST_POSTGRES_URL is not set; scripts/test sets it");
                     return None;
                 };
-                sqlx::any::install_default_drivers();
-                let name = format!("kms_t_{}", hex::encode(kms_core::random_array::<8>().unwrap()));
-                let mut conn = sqlx::AnyConnection::connect(&base).await.expect("connect to KMS_TEST_POSTGRES_URL");
-                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
-                conn.close().await.unwrap();
-                let (prefix, _) = base.rsplit_once('/').unwrap();
-                Some(Self {
-                    url: format!("{prefix}/{name}"),
-                    backend,
-                    _dir: None,
-                })
+                Some(Self::fresh_postgres(&base, "kms_t").await)
             }
+        }
+    }
+
+    /// A new database `<prefix>_<random>` on the PostgreSQL server of `base_url`.
+    pub async fn fresh_postgres(base_url: &str, prefix: &str) -> Self {
+        sqlx::any::install_default_drivers();
+        let name = format!("{prefix}_{}", hex::encode(kms_core::random_array::<8>().unwrap()));
+        let mut conn = sqlx::AnyConnection::connect(base_url).await.expect("connect to PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+        let (server, _) = base_url.rsplit_once('/').unwrap();
+        Self {
+            url: format!("{server}/{name}"),
+            backend: Backend::Postgres,
+            _dir: None,
         }
     }
 
