@@ -15,4 +15,3 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=kms/v1/kms.proto");
     Ok(())
 }
-

@@ -68,8 +68,13 @@ impl Db {
     pub async fn fresh_postgres(base_url: &str, prefix: &str) -> Self {
         sqlx::any::install_default_drivers();
         let name = format!("{prefix}_{}", hex::encode(kms_core::random_array::<8>().unwrap()));
-        let mut conn = sqlx::AnyConnection::connect(base_url).await.expect("connect to PostgreSQL");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        let mut conn = sqlx::AnyConnection::connect(base_url)
+            .await
+            .expect("connect to PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
         conn.close().await.unwrap();
         let (server, _) = base_url.rsplit_once('/').unwrap();
         Self {
@@ -125,7 +130,11 @@ impl Pki {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.distinguished_name.push(DnType::CommonName, "kms test CA");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let ca_pem = ca.pem();
         std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
@@ -135,7 +144,13 @@ impl Pki {
             ca_key,
             ca_pem,
         };
-        let (cert, key) = pki.issue(vec![SanType::DnsName("localhost".try_into().unwrap()), SanType::IpAddress([127, 0, 0, 1].into())], "kmsd");
+        let (cert, key) = pki.issue(
+            vec![
+                SanType::DnsName("localhost".try_into().unwrap()),
+                SanType::IpAddress([127, 0, 0, 1].into()),
+            ],
+            "kmsd",
+        );
         std::fs::write(pki.dir.path().join("server.pem"), cert).unwrap();
         std::fs::write(pki.dir.path().join("server.key"), key).unwrap();
         pki
@@ -258,12 +273,20 @@ impl TestServer {
 
     /// A channel presenting `identity` (or no client certificate).
     pub async fn channel(&self, identity: Identity) -> Result<Channel, tonic::transport::Error> {
-        let tls = ClientTlsConfig::new().ca_certificate(self.ca.clone()).identity(identity).domain_name("localhost");
-        Endpoint::from_shared(format!("https://{}", self.addr))?.tls_config(tls)?.connect().await
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(self.ca.clone())
+            .identity(identity)
+            .domain_name("localhost");
+        Endpoint::from_shared(format!("https://{}", self.addr))?
+            .tls_config(tls)?
+            .connect()
+            .await
     }
 
     async fn try_admin(&self, pki: &Pki) -> Result<AdminServiceClient<Channel>, tonic::transport::Error> {
-        Ok(AdminServiceClient::new(self.channel(pki.client("spiffe://test/admin-cli")).await?))
+        Ok(AdminServiceClient::new(
+            self.channel(pki.client("spiffe://test/admin-cli")).await?,
+        ))
     }
 
     pub async fn admin(&self, pki: &Pki) -> AdminServiceClient<Channel> {
@@ -354,7 +377,10 @@ pub fn assert_refused<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::S
 
 /// Submits `custodian`'s share as kmsctl does: fetch, open with the custodian's key, re-seal to
 /// the server's unseal key.
-pub async fn submit_share(admin: &mut AdminServiceClient<Channel>, custodian: &AdminKeyFile) -> Result<pb::SealStatus, tonic::Status> {
+pub async fn submit_share(
+    admin: &mut AdminServiceClient<Channel>,
+    custodian: &AdminKeyFile,
+) -> Result<pb::SealStatus, tonic::Status> {
     let status = admin.get_seal_status(pb::GetSealStatusRequest {}).await?.into_inner();
     let share = admin
         .get_encrypted_share(signed(custodian, Op::GetEncryptedShare(pb::GetEncryptedShareOp {})))
@@ -419,13 +445,21 @@ impl Ceremony {
         let pki = Pki::new();
         let server = TestServer::start(&db, &pki, opts).await;
         let mut admin = server.admin(&pki).await;
-        let custodians = vec![admin_key("alice", "DE"), admin_key("bob", "FR"), admin_key("carol", "NL")];
+        let custodians = vec![
+            admin_key("alice", "DE"),
+            admin_key("bob", "FR"),
+            admin_key("carol", "NL"),
+        ];
         let init = pb::InitOp {
             seal: pb::SealKind::Shamir as i32,
             threshold: 2,
             admins: custodians.iter().map(|c| new_admin(c, true)).collect(),
         };
-        let status = admin.init(signed(&custodians[0], Op::Init(init))).await.unwrap().into_inner();
+        let status = admin
+            .init(signed(&custodians[0], Op::Init(init)))
+            .await
+            .unwrap()
+            .into_inner();
         assert!(!status.status.unwrap().sealed);
         Some(Self {
             db,

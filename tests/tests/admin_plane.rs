@@ -1,6 +1,7 @@
 //! Admin plane end to end: signed requests, jurisdictions, replay and staleness, the shamir seal
 //! (sealed refusals, unseal with too few / wrong shares, restart), pagination, concurrent
 //! rotation from two servers, and the audit chain, on SQLite and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 
@@ -13,7 +14,9 @@ use tonic::Code;
 const APP: &str = "spiffe://eu.example/app";
 
 async fn authentication(backend: Backend) {
-    let Some(mut c) = Ceremony::new(backend, Options::default()).await else { return };
+    let Some(mut c) = Ceremony::new(backend, Options::default()).await else {
+        return;
+    };
     let alice = &c.custodians[0];
     let list = || Op::ListKeys(pb::ListKeysOp::default());
 
@@ -25,72 +28,172 @@ async fn authentication(backend: Backend) {
     // Stale and future timestamps.
     for skew in [-301_000i64, 301_000] {
         assert_refused(
-            c.admin.list_keys(signed_at(alice, list(), kms_core::now_unix_ms() + skew)).await,
+            c.admin
+                .list_keys(signed_at(alice, list(), kms_core::now_unix_ms() + skew))
+                .await,
             Code::PermissionDenied,
             "stale_request",
         );
     }
     // Signature by someone else's key under alice's id.
     let mallory = admin("alice", "DE");
-    assert_refused(c.admin.list_keys(signed(&mallory, list())).await, Code::PermissionDenied, "bad_signature");
+    assert_refused(
+        c.admin.list_keys(signed(&mallory, list())).await,
+        Code::PermissionDenied,
+        "bad_signature",
+    );
     // A tampered payload.
     let mut t = signed(alice, list());
     t.payload.push(0);
     let r = c.admin.list_keys(t).await;
-    assert!(matches!(r.as_ref().map_err(reason).unwrap_err().as_str(), "bad_signature" | "malformed_request"));
+    assert!(matches!(
+        r.as_ref().map_err(reason).unwrap_err().as_str(),
+        "bad_signature" | "malformed_request"
+    ));
     // Unknown admin; operation not matching the method; garbage payload.
-    assert_refused(c.admin.list_keys(signed(&admin("nobody", "DE"), list())).await, Code::PermissionDenied, "unknown_admin");
     assert_refused(
-        c.admin.list_keys(signed(alice, Op::ListAdmins(pb::ListAdminsOp {}))).await,
+        c.admin.list_keys(signed(&admin("nobody", "DE"), list())).await,
+        Code::PermissionDenied,
+        "unknown_admin",
+    );
+    assert_refused(
+        c.admin
+            .list_keys(signed(alice, Op::ListAdmins(pb::ListAdminsOp {})))
+            .await,
         Code::InvalidArgument,
         "operation_mismatch",
     );
     assert_refused(
-        c.admin.list_keys(pb::SignedRequest { payload: vec![0xff; 10], signature: vec![] }).await,
+        c.admin
+            .list_keys(pb::SignedRequest {
+                payload: vec![0xff; 10],
+                signature: vec![],
+            })
+            .await,
         Code::InvalidArgument,
         "malformed_request",
     );
     // Short nonce.
-    let req = pb::AdminRequest { admin_id: "alice".into(), timestamp_unix_ms: kms_core::now_unix_ms(), nonce: vec![1; 8], operation: Some(list()) };
+    let req = pb::AdminRequest {
+        admin_id: "alice".into(),
+        timestamp_unix_ms: kms_core::now_unix_ms(),
+        nonce: vec![1; 8],
+        operation: Some(list()),
+    };
     let payload = req.encode_to_vec();
     let signature = kms_core::admin::AdminSigner::sign(alice.signer(), &payload).unwrap();
-    assert_refused(c.admin.list_keys(pb::SignedRequest { payload, signature }).await, Code::InvalidArgument, "bad_nonce");
+    assert_refused(
+        c.admin.list_keys(pb::SignedRequest { payload, signature }).await,
+        Code::InvalidArgument,
+        "bad_nonce",
+    );
 
     // Admins: add an EU admin; a non-EU admin is refused whoever asks; duplicates refused.
     let dora = admin("dora", "IE");
-    let added = c.admin.add_admin(signed(alice, Op::AddAdmin(pb::AddAdminOp { admin: Some(new_admin(&dora, false)) }))).await.unwrap().into_inner();
+    let added = c
+        .admin
+        .add_admin(signed(
+            alice,
+            Op::AddAdmin(pb::AddAdminOp {
+                admin: Some(new_admin(&dora, false)),
+            }),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(added.country, "IE");
     for (id, cc) in [("sam", "US"), ("gb", "GB"), ("cn", "CN")] {
         assert_refused(
-            c.admin.add_admin(signed(alice, Op::AddAdmin(pb::AddAdminOp { admin: Some(new_admin(&admin(id, cc), false)) }))).await,
+            c.admin
+                .add_admin(signed(
+                    alice,
+                    Op::AddAdmin(pb::AddAdminOp {
+                        admin: Some(new_admin(&admin(id, cc), false)),
+                    }),
+                ))
+                .await,
             Code::PermissionDenied,
             "country_not_allowed",
         );
     }
     assert_refused(
-        c.admin.add_admin(signed(&dora, Op::AddAdmin(pb::AddAdminOp { admin: Some(new_admin(&dora, false)) }))).await,
+        c.admin
+            .add_admin(signed(
+                &dora,
+                Op::AddAdmin(pb::AddAdminOp {
+                    admin: Some(new_admin(&dora, false)),
+                }),
+            ))
+            .await,
         Code::AlreadyExists,
         "admin_exists",
     );
     let mut bad = new_admin(&admin("eve", "DE"), false);
     bad.signing_public_key[10] ^= 1;
-    assert_refused(c.admin.add_admin(signed(alice, Op::AddAdmin(pb::AddAdminOp { admin: Some(bad) }))).await, Code::InvalidArgument, "invalid_public_key");
-    let admins = c.admin.list_admins(signed(&dora, Op::ListAdmins(pb::ListAdminsOp {}))).await.unwrap().into_inner().admins;
-    assert_eq!(admins.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["alice", "bob", "carol", "dora"]);
+    assert_refused(
+        c.admin
+            .add_admin(signed(alice, Op::AddAdmin(pb::AddAdminOp { admin: Some(bad) })))
+            .await,
+        Code::InvalidArgument,
+        "invalid_public_key",
+    );
+    let admins = c
+        .admin
+        .list_admins(signed(&dora, Op::ListAdmins(pb::ListAdminsOp {})))
+        .await
+        .unwrap()
+        .into_inner()
+        .admins;
+    assert_eq!(
+        admins.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        ["alice", "bob", "carol", "dora"]
+    );
 
     // Key creation input checks.
     let create = |name: &str, grants: Vec<pb::Grant>, policy: &str| {
-        Op::CreateKey(pb::CreateKeyOp { name: name.into(), grants, release_policy: policy.into(), ..Default::default() })
+        Op::CreateKey(pb::CreateKeyOp {
+            name: name.into(),
+            grants,
+            release_policy: policy.into(),
+            ..Default::default()
+        })
     };
     c.create_key("dup", &[APP], UNATTESTED).await;
-    assert_refused(c.admin.create_key(signed(alice, create("dup", grants_all(&[APP]), ""))).await, Code::AlreadyExists, "key_name_taken");
-    assert_refused(c.admin.create_key(signed(alice, create("bad name", vec![], ""))).await, Code::InvalidArgument, "invalid_argument");
-    let r = c.admin.create_key(signed(alice, create("p", vec![], r#"{"version":1,"attestation":"sometimes"}"#))).await.unwrap_err();
+    assert_refused(
+        c.admin
+            .create_key(signed(alice, create("dup", grants_all(&[APP]), "")))
+            .await,
+        Code::AlreadyExists,
+        "key_name_taken",
+    );
+    assert_refused(
+        c.admin.create_key(signed(alice, create("bad name", vec![], ""))).await,
+        Code::InvalidArgument,
+        "invalid_argument",
+    );
+    let r = c
+        .admin
+        .create_key(signed(
+            alice,
+            create("p", vec![], r#"{"version":1,"attestation":"sometimes"}"#),
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(reason(&r), "invalid_policy");
     assert!(r.message().contains("sometimes"), "{}", r.message());
     let r = c
         .admin
-        .create_key(signed(alice, create("g", vec![pb::Grant { principal: APP.into(), operations: vec![0] }], "")))
+        .create_key(signed(
+            alice,
+            create(
+                "g",
+                vec![pb::Grant {
+                    principal: APP.into(),
+                    operations: vec![0],
+                }],
+                "",
+            ),
+        ))
         .await;
     assert_refused(r, Code::InvalidArgument, "invalid_policy");
 
@@ -103,7 +206,13 @@ async fn authentication(backend: Backend) {
     loop {
         let page = c
             .admin
-            .list_keys(signed(alice, Op::ListKeys(pb::ListKeysOp { page_size: 2, page_token: token.clone() })))
+            .list_keys(signed(
+                alice,
+                Op::ListKeys(pb::ListKeysOp {
+                    page_size: 2,
+                    page_token: token.clone(),
+                }),
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -117,7 +226,15 @@ async fn authentication(backend: Backend) {
     seen.sort();
     assert_eq!(seen, ["dup", "page-0", "page-1", "page-2", "page-3"]);
     assert_refused(
-        c.admin.list_keys(signed(alice, Op::ListKeys(pb::ListKeysOp { page_size: 2, page_token: "junk".into() }))).await,
+        c.admin
+            .list_keys(signed(
+                alice,
+                Op::ListKeys(pb::ListKeysOp {
+                    page_size: 2,
+                    page_token: "junk".into(),
+                }),
+            ))
+            .await,
         Code::InvalidArgument,
         "bad_page_token",
     );
@@ -131,36 +248,68 @@ async fn init_rules(backend: Backend) {
     let server = TestServer::start(&db, &pki, Options::default()).await;
     let mut admin_c = server.admin(&pki).await;
     let (a, b, us) = (admin("a", "DE"), admin("b", "FR"), admin("u", "US"));
-    let init = |admins: Vec<pb::NewAdmin>, threshold: u32, seal: pb::SealKind| Op::Init(pb::InitOp { seal: seal as i32, threshold, admins });
+    let init = |admins: Vec<pb::NewAdmin>, threshold: u32, seal: pb::SealKind| {
+        Op::Init(pb::InitOp {
+            seal: seal as i32,
+            threshold,
+            admins,
+        })
+    };
 
     // Before init: key operations say not initialized.
-    let status = admin_c.get_seal_status(pb::GetSealStatusRequest {}).await.unwrap().into_inner();
+    let status = admin_c
+        .get_seal_status(pb::GetSealStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!status.initialized);
     // A non-EU admin cannot be among the first admins; thresholds checked; dev seal refused
     // outside dev mode; Init must be signed by a listed admin.
     assert_refused(
-        admin_c.init(signed(&a, init(vec![new_admin(&a, true), new_admin(&us, true)], 1, pb::SealKind::Shamir))).await,
+        admin_c
+            .init(signed(
+                &a,
+                init(vec![new_admin(&a, true), new_admin(&us, true)], 1, pb::SealKind::Shamir),
+            ))
+            .await,
         Code::PermissionDenied,
         "country_not_allowed",
     );
     assert_refused(
-        admin_c.init(signed(&a, init(vec![new_admin(&a, true), new_admin(&b, true)], 3, pb::SealKind::Shamir))).await,
+        admin_c
+            .init(signed(
+                &a,
+                init(vec![new_admin(&a, true), new_admin(&b, true)], 3, pb::SealKind::Shamir),
+            ))
+            .await,
         Code::InvalidArgument,
         "bad_threshold",
     );
     assert_refused(
-        admin_c.init(signed(&a, init(vec![new_admin(&a, true)], 0, pb::SealKind::Dev))).await,
+        admin_c
+            .init(signed(&a, init(vec![new_admin(&a, true)], 0, pb::SealKind::Dev)))
+            .await,
         Code::FailedPrecondition,
         "dev_seal_refused",
     );
     assert_refused(
-        admin_c.init(signed(&us, init(vec![new_admin(&a, true)], 1, pb::SealKind::Shamir))).await,
+        admin_c
+            .init(signed(&us, init(vec![new_admin(&a, true)], 1, pb::SealKind::Shamir)))
+            .await,
         Code::PermissionDenied,
         "unknown_admin",
     );
-    admin_c.init(signed(&a, init(vec![new_admin(&a, true), new_admin(&b, true)], 2, pb::SealKind::Shamir))).await.unwrap();
+    admin_c
+        .init(signed(
+            &a,
+            init(vec![new_admin(&a, true), new_admin(&b, true)], 2, pb::SealKind::Shamir),
+        ))
+        .await
+        .unwrap();
     assert_refused(
-        admin_c.init(signed(&a, init(vec![new_admin(&a, true)], 1, pb::SealKind::Shamir))).await,
+        admin_c
+            .init(signed(&a, init(vec![new_admin(&a, true)], 1, pb::SealKind::Shamir)))
+            .await,
         Code::FailedPrecondition,
         "already_initialized",
     );
@@ -169,12 +318,18 @@ async fn init_rules(backend: Backend) {
 both_backends!(init_rules, super::init_rules);
 
 async fn sealing(backend: Backend) {
-    let Some(mut c) = Ceremony::new(backend, Options::default()).await else { return };
+    let Some(mut c) = Ceremony::new(backend, Options::default()).await else {
+        return;
+    };
     c.create_key("s", &[APP], UNATTESTED).await;
     let mut data = c.server.data(&c.pki, APP).await;
     let ctx: BTreeMap<String, String> = [("tenant".to_owned(), "t1".to_owned())].into();
     let blob = data
-        .encrypt(pb::EncryptRequest { key: "s".into(), plaintext: b"survives restarts".to_vec(), encryption_context: ctx.clone() })
+        .encrypt(pb::EncryptRequest {
+            key: "s".into(),
+            plaintext: b"survives restarts".to_vec(),
+            encryption_context: ctx.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -182,26 +337,53 @@ async fn sealing(backend: Backend) {
 
     // Restart: sealed; every key operation refused with UNAVAILABLE/sealed.
     c.restart(Options::default()).await;
-    let status = c.admin.get_seal_status(pb::GetSealStatusRequest {}).await.unwrap().into_inner();
+    let status = c
+        .admin
+        .get_seal_status(pb::GetSealStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert!(status.initialized && status.sealed && status.threshold == 2 && status.progress == 0);
     let mut data = c.server.data(&c.pki, APP).await;
     assert_refused(
-        data.decrypt(pb::DecryptRequest { ciphertext_blob: blob.clone(), encryption_context: ctx.clone(), key: String::new() }).await,
+        data.decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob.clone(),
+            encryption_context: ctx.clone(),
+            key: String::new(),
+        })
+        .await,
         Code::Unavailable,
         "sealed",
     );
     assert_refused(
-        data.generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest { key: "s".into(), encryption_context: ctx.clone() }).await,
+        data.generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+            key: "s".into(),
+            encryption_context: ctx.clone(),
+        })
+        .await,
         Code::Unavailable,
         "sealed",
     );
     assert_refused(
-        c.admin.create_key(signed(&c.custodians[0], Op::CreateKey(pb::CreateKeyOp { name: "n".into(), ..Default::default() }))).await,
+        c.admin
+            .create_key(signed(
+                &c.custodians[0],
+                Op::CreateKey(pb::CreateKeyOp {
+                    name: "n".into(),
+                    ..Default::default()
+                }),
+            ))
+            .await,
         Code::Unavailable,
         "sealed",
     );
     assert_refused(
-        c.admin.rotate_key(signed(&c.custodians[0], Op::RotateKey(pb::RotateKeyOp { key: "s".into() }))).await,
+        c.admin
+            .rotate_key(signed(
+                &c.custodians[0],
+                Op::RotateKey(pb::RotateKeyOp { key: "s".into() }),
+            ))
+            .await,
         Code::Unavailable,
         "sealed",
     );
@@ -212,20 +394,54 @@ async fn sealing(backend: Backend) {
     let e = submit_share(&mut c.admin, &c.custodians[0]).await.unwrap_err();
     assert_eq!(reason(&e), "share_already_submitted");
     assert_refused(
-        data.decrypt(pb::DecryptRequest { ciphertext_blob: blob.clone(), encryption_context: ctx.clone(), key: String::new() }).await,
+        data.decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob.clone(),
+            encryption_context: ctx.clone(),
+            key: String::new(),
+        })
+        .await,
         Code::Unavailable,
         "sealed",
     );
     // A non-custodian cannot submit or fetch a share.
     let dora = admin("dora", "IE");
-    c.admin.add_admin(signed(&c.custodians[0], Op::AddAdmin(pb::AddAdminOp { admin: Some(new_admin(&dora, false)) }))).await.unwrap();
-    let e = c.admin.get_encrypted_share(signed(&dora, Op::GetEncryptedShare(pb::GetEncryptedShareOp {}))).await.unwrap_err();
+    c.admin
+        .add_admin(signed(
+            &c.custodians[0],
+            Op::AddAdmin(pb::AddAdminOp {
+                admin: Some(new_admin(&dora, false)),
+            }),
+        ))
+        .await
+        .unwrap();
+    let e = c
+        .admin
+        .get_encrypted_share(signed(&dora, Op::GetEncryptedShare(pb::GetEncryptedShareOp {})))
+        .await
+        .unwrap_err();
     assert_eq!(reason(&e), "not_a_custodian");
-    let status = c.admin.get_seal_status(pb::GetSealStatusRequest {}).await.unwrap().into_inner();
-    let forged = kms_core::hpke_seal::seal::<kms_core::hpke_seal::X25519>(&status.unseal_public_key, b"kms-unseal-v1\0dora", b"", &[1; 33]).unwrap();
+    let status = c
+        .admin
+        .get_seal_status(pb::GetSealStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let forged = kms_core::hpke_seal::seal::<kms_core::hpke_seal::X25519>(
+        &status.unseal_public_key,
+        b"kms-unseal-v1\0dora",
+        b"",
+        &[1; 33],
+    )
+    .unwrap();
     assert_refused(
         c.admin
-            .unseal(signed(&dora, Op::Unseal(pb::UnsealOp { encapsulated_key: forged.encapsulated_key, ciphertext: forged.ciphertext })))
+            .unseal(signed(
+                &dora,
+                Op::Unseal(pb::UnsealOp {
+                    encapsulated_key: forged.encapsulated_key,
+                    ciphertext: forged.ciphertext,
+                }),
+            ))
             .await,
         Code::PermissionDenied,
         "not_a_custodian",
@@ -242,11 +458,24 @@ async fn sealing(backend: Backend) {
     )
     .unwrap();
     assert_refused(
-        c.admin.unseal(signed(bob, Op::Unseal(pb::UnsealOp { encapsulated_key: wrong.encapsulated_key, ciphertext: wrong.ciphertext }))).await,
+        c.admin
+            .unseal(signed(
+                bob,
+                Op::Unseal(pb::UnsealOp {
+                    encapsulated_key: wrong.encapsulated_key,
+                    ciphertext: wrong.ciphertext,
+                }),
+            ))
+            .await,
         Code::InvalidArgument,
         "wrong_share_set",
     );
-    let status = c.admin.get_seal_status(pb::GetSealStatusRequest {}).await.unwrap().into_inner();
+    let status = c
+        .admin
+        .get_seal_status(pb::GetSealStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert!(status.sealed && status.progress == 0);
 
     // The right 2 of 3 (bob and carol this time): unsealed; the old blob decrypts.
@@ -254,7 +483,11 @@ async fn sealing(backend: Backend) {
     let s = submit_share(&mut c.admin, &c.custodians[2]).await.unwrap();
     assert!(!s.sealed);
     let p = data
-        .decrypt(pb::DecryptRequest { ciphertext_blob: blob.clone(), encryption_context: ctx.clone(), key: String::new() })
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob.clone(),
+            encryption_context: ctx.clone(),
+            key: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -263,7 +496,12 @@ async fn sealing(backend: Backend) {
     // Seal at run time (one admin): refused again at once.
     c.admin.seal(signed(&dora, Op::Seal(pb::SealOp {}))).await.unwrap();
     assert_refused(
-        data.decrypt(pb::DecryptRequest { ciphertext_blob: blob, encryption_context: ctx, key: String::new() }).await,
+        data.decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob,
+            encryption_context: ctx,
+            key: String::new(),
+        })
+        .await,
         Code::Unavailable,
         "sealed",
     );
@@ -272,7 +510,9 @@ async fn sealing(backend: Backend) {
 both_backends!(shamir_seal_restart_unseal, super::sealing);
 
 async fn concurrent_rotation(backend: Backend) {
-    let Some(c) = Ceremony::new(backend, Options::default()).await else { return };
+    let Some(c) = Ceremony::new(backend, Options::default()).await else {
+        return;
+    };
     c.create_key("rot", &[APP], UNATTESTED).await;
     // A second server (replica) on the same database, unsealed by the same custodians.
     let second = TestServer::start(&c.db, &c.pki, Options::default()).await;
@@ -286,8 +526,13 @@ async fn concurrent_rotation(backend: Backend) {
         for _ in 0..per_server {
             let mut client = client.clone();
             let signer = if i == 0 { 0 } else { 1 };
-            let req = signed(&c.custodians[signer], Op::RotateKey(pb::RotateKeyOp { key: "rot".into() }));
-            tasks.push(tokio::spawn(async move { client.rotate_key(req).await.map(|r| r.into_inner().latest_version) }));
+            let req = signed(
+                &c.custodians[signer],
+                Op::RotateKey(pb::RotateKeyOp { key: "rot".into() }),
+            );
+            tasks.push(tokio::spawn(async move {
+                client.rotate_key(req).await.map(|r| r.into_inner().latest_version)
+            }));
         }
     }
     let mut versions = Vec::new();
@@ -295,21 +540,38 @@ async fn concurrent_rotation(backend: Backend) {
         versions.push(t.await.unwrap().unwrap());
     }
     versions.sort();
-    assert_eq!(versions, (2..=(1 + 2 * per_server as u32)).collect::<Vec<_>>(), "versions must be consecutive with no gap or duplicate");
+    assert_eq!(
+        versions,
+        (2..=(1 + 2 * per_server as u32)).collect::<Vec<_>>(),
+        "versions must be consecutive with no gap or duplicate"
+    );
     let mut conn = c.db.connect().await;
-    let rows: Vec<i64> = sqlx::query_scalar("SELECT version FROM key_versions ORDER BY version").fetch_all(&mut conn).await.unwrap();
+    let rows: Vec<i64> = sqlx::query_scalar("SELECT version FROM key_versions ORDER BY version")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(rows, (1..=(1 + 2 * per_server as i64)).collect::<Vec<_>>());
 
     // Every version decrypts on both replicas.
     let mut d1 = c.server.data(&c.pki, APP).await;
     let mut d2 = second.data(&c.pki, APP).await;
     let blob = d1
-        .encrypt(pb::EncryptRequest { key: "rot".into(), plaintext: b"v".to_vec(), encryption_context: Default::default() })
+        .encrypt(pb::EncryptRequest {
+            key: "rot".into(),
+            plaintext: b"v".to_vec(),
+            encryption_context: Default::default(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(blob.key_version, 1 + 2 * per_server as u32);
-    d2.decrypt(pb::DecryptRequest { ciphertext_blob: blob.ciphertext_blob, encryption_context: Default::default(), key: String::new() }).await.unwrap();
+    d2.decrypt(pb::DecryptRequest {
+        ciphertext_blob: blob.ciphertext_blob,
+        encryption_context: Default::default(),
+        key: String::new(),
+    })
+    .await
+    .unwrap();
     second.stop().await;
     c.server.stop().await;
 }

@@ -2,6 +2,7 @@
 //! caller, operation, key, outcome and reason; the chain verifies from the first entry; entries
 //! carry no key material; editing, deleting or truncating rows is caught. (The same checks
 //! through `kmsctl audit verify` are in kms/cli/tests.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use kms_core::audit::{ChainVerifier, Entry, Record};
 use kms_proto::v1 as pb;
@@ -43,21 +44,34 @@ fn verify(entries: &[Entry]) -> Result<i64, kms_core::audit::Break> {
 }
 
 async fn audit_chain(backend: Backend) {
-    let Some(c) = Ceremony::new(backend, Options::default()).await else { return };
+    let Some(c) = Ceremony::new(backend, Options::default()).await else {
+        return;
+    };
     let key = c.create_key("audited", &[APP], UNATTESTED).await;
     let mut app = c.server.data(&c.pki, APP).await;
     let mut stranger = c.server.data(&c.pki, "spiffe://eu.example/stranger").await;
     let g = app
-        .generate_data_key(pb::GenerateDataKeyRequest { key: "audited".into(), encryption_context: [("k".to_owned(), "v".to_owned())].into() })
+        .generate_data_key(pb::GenerateDataKeyRequest {
+            key: "audited".into(),
+            encryption_context: [("k".to_owned(), "v".to_owned())].into(),
+        })
         .await
         .unwrap()
         .into_inner();
     let refused = stranger
-        .decrypt(pb::DecryptRequest { ciphertext_blob: g.ciphertext_blob.clone(), encryption_context: Default::default(), key: String::new() })
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: g.ciphertext_blob.clone(),
+            encryption_context: Default::default(),
+            key: String::new(),
+        })
         .await;
     assert!(refused.is_err());
     let d = app
-        .decrypt(pb::DecryptRequest { ciphertext_blob: g.ciphertext_blob.clone(), encryption_context: [("k".to_owned(), "v".to_owned())].into(), key: String::new() })
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: g.ciphertext_blob.clone(),
+            encryption_context: [("k".to_owned(), "v".to_owned())].into(),
+            key: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -65,7 +79,16 @@ async fn audit_chain(backend: Backend) {
 
     let all = entries(&c.db).await;
     assert_eq!(verify(&all).unwrap(), all.len() as i64);
-    let ops: Vec<(&str, &str, &str)> = all.iter().map(|e| (e.record.operation.as_str(), e.record.outcome.as_str(), e.record.reason.as_str())).collect();
+    let ops: Vec<(&str, &str, &str)> = all
+        .iter()
+        .map(|e| {
+            (
+                e.record.operation.as_str(),
+                e.record.outcome.as_str(),
+                e.record.reason.as_str(),
+            )
+        })
+        .collect();
     assert_eq!(
         ops,
         [
@@ -94,11 +117,20 @@ async fn audit_chain(backend: Backend) {
     // Tampering: an edited row is named; a deleted row is named; a truncated tail disagrees with
     // the head.
     let mut conn = c.db.connect().await;
-    sqlx::query("UPDATE audit_log SET outcome = 'allowed', reason = '' WHERE seq = 4").execute(&mut conn).await.unwrap();
+    sqlx::query("UPDATE audit_log SET outcome = 'allowed', reason = '' WHERE seq = 4")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(verify(&entries(&c.db).await).unwrap_err().seq, 4);
-    sqlx::query("UPDATE audit_log SET outcome = 'refused', reason = 'not_permitted' WHERE seq = 4").execute(&mut conn).await.unwrap();
+    sqlx::query("UPDATE audit_log SET outcome = 'refused', reason = 'not_permitted' WHERE seq = 4")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(verify(&entries(&c.db).await).unwrap(), 5);
-    sqlx::query("DELETE FROM audit_log WHERE seq = 2").execute(&mut conn).await.unwrap();
+    sqlx::query("DELETE FROM audit_log WHERE seq = 2")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(verify(&entries(&c.db).await).unwrap_err().seq, 2);
 }
 both_backends!(audit_chain_records_every_call_and_detects_tampering, super::audit_chain);

@@ -1,4 +1,5 @@
 //! Data plane end to end: every KeyService RPC allowed and refused, on SQLite and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 
@@ -15,13 +16,18 @@ fn ctx(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 async fn round_trips(backend: Backend) {
-    let Some(mut c) = Ceremony::new(backend, Options::default()).await else { return };
+    let Some(mut c) = Ceremony::new(backend, Options::default()).await else {
+        return;
+    };
     let key = c.create_key("orders", &[APP], UNATTESTED).await;
     let mut data = c.server.data(&c.pki, APP).await;
 
     // GenerateDataKey: plaintext and blob; Decrypt gives the same key back.
     let g = data
-        .generate_data_key(pb::GenerateDataKeyRequest { key: "orders".into(), encryption_context: ctx(&[("order", "42")]) })
+        .generate_data_key(pb::GenerateDataKeyRequest {
+            key: "orders".into(),
+            encryption_context: ctx(&[("order", "42")]),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -29,7 +35,11 @@ async fn round_trips(backend: Backend) {
     assert_eq!(g.key_id, key.id);
     assert_eq!(g.key_version, 1);
     let d = data
-        .decrypt(pb::DecryptRequest { ciphertext_blob: g.ciphertext_blob.clone(), encryption_context: ctx(&[("order", "42")]), key: String::new() })
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: g.ciphertext_blob.clone(),
+            encryption_context: ctx(&[("order", "42")]),
+            key: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -38,7 +48,12 @@ async fn round_trips(backend: Backend) {
     // Wrong context, missing context, extra pair: refused.
     for bad in [ctx(&[("order", "43")]), ctx(&[]), ctx(&[("order", "42"), ("x", "y")])] {
         assert_refused(
-            data.decrypt(pb::DecryptRequest { ciphertext_blob: g.ciphertext_blob.clone(), encryption_context: bad, key: String::new() }).await,
+            data.decrypt(pb::DecryptRequest {
+                ciphertext_blob: g.ciphertext_blob.clone(),
+                encryption_context: bad,
+                key: String::new(),
+            })
+            .await,
             Code::InvalidArgument,
             "decrypt_failed",
         );
@@ -46,34 +61,61 @@ async fn round_trips(backend: Backend) {
 
     // WithoutPlaintext by id, Encrypt/Decrypt a payload.
     let w = data
-        .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest { key: key.id.clone(), encryption_context: ctx(&[]) })
+        .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+            key: key.id.clone(),
+            encryption_context: ctx(&[]),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(w.key_id, key.id);
     let e = data
-        .encrypt(pb::EncryptRequest { key: "orders".into(), plaintext: b"hello".to_vec(), encryption_context: ctx(&[("a", "b")]) })
+        .encrypt(pb::EncryptRequest {
+            key: "orders".into(),
+            plaintext: b"hello".to_vec(),
+            encryption_context: ctx(&[("a", "b")]),
+        })
         .await
         .unwrap()
         .into_inner();
     let p = data
-        .decrypt(pb::DecryptRequest { ciphertext_blob: e.ciphertext_blob.clone(), encryption_context: ctx(&[("a", "b")]), key: "orders".into() })
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: e.ciphertext_blob.clone(),
+            encryption_context: ctx(&[("a", "b")]),
+            key: "orders".into(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(p.plaintext, b"hello");
 
     // Rotate: new blobs use v2, old blobs still decrypt; ReEncrypt moves an old blob to v2.
-    let r = c.admin.rotate_key(signed(&c.custodians[0], Op::RotateKey(pb::RotateKeyOp { key: "orders".into() }))).await.unwrap().into_inner();
+    let r = c
+        .admin
+        .rotate_key(signed(
+            &c.custodians[0],
+            Op::RotateKey(pb::RotateKeyOp { key: "orders".into() }),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.latest_version, 2);
     let e2 = data
-        .encrypt(pb::EncryptRequest { key: "orders".into(), plaintext: b"v2".to_vec(), encryption_context: ctx(&[]) })
+        .encrypt(pb::EncryptRequest {
+            key: "orders".into(),
+            plaintext: b"v2".to_vec(),
+            encryption_context: ctx(&[]),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(e2.key_version, 2);
     let old = data
-        .decrypt(pb::DecryptRequest { ciphertext_blob: e.ciphertext_blob.clone(), encryption_context: ctx(&[("a", "b")]), key: String::new() })
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: e.ciphertext_blob.clone(),
+            encryption_context: ctx(&[("a", "b")]),
+            key: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -90,7 +132,11 @@ async fn round_trips(backend: Backend) {
         .into_inner();
     assert_eq!((re.source_key_version, re.key_version), (1, 2));
     let moved = data
-        .decrypt(pb::DecryptRequest { ciphertext_blob: re.ciphertext_blob.clone(), encryption_context: ctx(&[("moved", "yes")]), key: String::new() })
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: re.ciphertext_blob.clone(),
+            encryption_context: ctx(&[("moved", "yes")]),
+            key: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -122,7 +168,12 @@ async fn round_trips(backend: Backend) {
     );
     // Decrypt with the wrong expected key.
     assert_refused(
-        data.decrypt(pb::DecryptRequest { ciphertext_blob: e.ciphertext_blob.clone(), encryption_context: ctx(&[("a", "b")]), key: "invoices".into() }).await,
+        data.decrypt(pb::DecryptRequest {
+            ciphertext_blob: e.ciphertext_blob.clone(),
+            encryption_context: ctx(&[("a", "b")]),
+            key: "invoices".into(),
+        })
+        .await,
         Code::InvalidArgument,
         "key_mismatch",
     );
@@ -131,11 +182,17 @@ async fn round_trips(backend: Backend) {
 both_backends!(generate_encrypt_decrypt_rotate_reencrypt, super::round_trips);
 
 async fn bad_input(backend: Backend) {
-    let Some(c) = Ceremony::new(backend, Options::default()).await else { return };
+    let Some(c) = Ceremony::new(backend, Options::default()).await else {
+        return;
+    };
     c.create_key("k", &[APP], UNATTESTED).await;
     let mut data = c.server.data(&c.pki, APP).await;
     let blob = data
-        .encrypt(pb::EncryptRequest { key: "k".into(), plaintext: vec![7; 100], encryption_context: ctx(&[]) })
+        .encrypt(pb::EncryptRequest {
+            key: "k".into(),
+            plaintext: vec![7; 100],
+            encryption_context: ctx(&[]),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -145,50 +202,100 @@ async fn bad_input(backend: Backend) {
     for i in [5usize, 30, 60, blob.len() - 1] {
         let mut b = blob.clone();
         b[i] ^= 0x01;
-        let r = data.decrypt(pb::DecryptRequest { ciphertext_blob: b, encryption_context: ctx(&[]), key: String::new() }).await;
+        let r = data
+            .decrypt(pb::DecryptRequest {
+                ciphertext_blob: b,
+                encryption_context: ctx(&[]),
+                key: String::new(),
+            })
+            .await;
         let s = r.unwrap_err();
-        assert_eq!(s.code(), if i == 5 { Code::NotFound } else { Code::InvalidArgument }, "byte {i}: {s:?}");
+        assert_eq!(
+            s.code(),
+            if i == 5 { Code::NotFound } else { Code::InvalidArgument },
+            "byte {i}: {s:?}"
+        );
     }
     // Truncated at every length up to the header.
     for n in [0usize, 3, 4, 20, 56, 57, 72] {
         assert_refused(
-            data.decrypt(pb::DecryptRequest { ciphertext_blob: blob[..n].to_vec(), encryption_context: ctx(&[]), key: String::new() }).await,
+            data.decrypt(pb::DecryptRequest {
+                ciphertext_blob: blob[..n].to_vec(),
+                encryption_context: ctx(&[]),
+                key: String::new(),
+            })
+            .await,
             Code::InvalidArgument,
             "malformed_blob",
         );
     }
     // Oversized blob and payload.
     assert_refused(
-        data.decrypt(pb::DecryptRequest { ciphertext_blob: vec![0; 5000], encryption_context: ctx(&[]), key: String::new() }).await,
+        data.decrypt(pb::DecryptRequest {
+            ciphertext_blob: vec![0; 5000],
+            encryption_context: ctx(&[]),
+            key: String::new(),
+        })
+        .await,
         Code::InvalidArgument,
         "malformed_blob",
     );
     assert_refused(
-        data.encrypt(pb::EncryptRequest { key: "k".into(), plaintext: vec![0; 4097], encryption_context: ctx(&[]) }).await,
+        data.encrypt(pb::EncryptRequest {
+            key: "k".into(),
+            plaintext: vec![0; 4097],
+            encryption_context: ctx(&[]),
+        })
+        .await,
         Code::InvalidArgument,
         "plaintext_too_long",
     );
-    data.encrypt(pb::EncryptRequest { key: "k".into(), plaintext: vec![0; 4096], encryption_context: ctx(&[]) }).await.unwrap();
+    data.encrypt(pb::EncryptRequest {
+        key: "k".into(),
+        plaintext: vec![0; 4096],
+        encryption_context: ctx(&[]),
+    })
+    .await
+    .unwrap();
     // Context too large.
     let big: BTreeMap<String, String> = (0..65).map(|i| (format!("k{i}"), String::new())).collect();
     assert_refused(
-        data.encrypt(pb::EncryptRequest { key: "k".into(), plaintext: vec![1], encryption_context: big }).await,
+        data.encrypt(pb::EncryptRequest {
+            key: "k".into(),
+            plaintext: vec![1],
+            encryption_context: big,
+        })
+        .await,
         Code::InvalidArgument,
         "invalid_context",
     );
     // Unknown key, by name and id; empty key.
     assert_refused(
-        data.encrypt(pb::EncryptRequest { key: "nope".into(), plaintext: vec![1], encryption_context: ctx(&[]) }).await,
+        data.encrypt(pb::EncryptRequest {
+            key: "nope".into(),
+            plaintext: vec![1],
+            encryption_context: ctx(&[]),
+        })
+        .await,
         Code::NotFound,
         "key_not_found",
     );
     assert_refused(
-        data.encrypt(pb::EncryptRequest { key: format!("k-{}", "0".repeat(32)), plaintext: vec![1], encryption_context: ctx(&[]) }).await,
+        data.encrypt(pb::EncryptRequest {
+            key: format!("k-{}", "0".repeat(32)),
+            plaintext: vec![1],
+            encryption_context: ctx(&[]),
+        })
+        .await,
         Code::NotFound,
         "key_not_found",
     );
     assert_refused(
-        data.generate_data_key(pb::GenerateDataKeyRequest { key: String::new(), encryption_context: ctx(&[]) }).await,
+        data.generate_data_key(pb::GenerateDataKeyRequest {
+            key: String::new(),
+            encryption_context: ctx(&[]),
+        })
+        .await,
         Code::InvalidArgument,
         "missing_key",
     );
@@ -197,7 +304,9 @@ async fn bad_input(backend: Backend) {
 both_backends!(tampered_truncated_oversized_unknown, super::bad_input);
 
 async fn grants_and_release(backend: Backend) {
-    let Some(mut c) = Ceremony::new(backend, Options::default()).await else { return };
+    let Some(mut c) = Ceremony::new(backend, Options::default()).await else {
+        return;
+    };
     c.create_key("open", &[APP], UNATTESTED).await;
     let attested = c.create_key("attested", &[APP], "").await;
     assert!(attested.release_policy.contains("required"));
@@ -206,36 +315,62 @@ async fn grants_and_release(backend: Backend) {
 
     // A principal without a grant is refused every operation.
     assert_refused(
-        other.generate_data_key(pb::GenerateDataKeyRequest { key: "open".into(), encryption_context: ctx(&[]) }).await,
+        other
+            .generate_data_key(pb::GenerateDataKeyRequest {
+                key: "open".into(),
+                encryption_context: ctx(&[]),
+            })
+            .await,
         Code::PermissionDenied,
         "not_permitted",
     );
     let blob = app
-        .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest { key: "open".into(), encryption_context: ctx(&[]) })
+        .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+            key: "open".into(),
+            encryption_context: ctx(&[]),
+        })
         .await
         .unwrap()
         .into_inner()
         .ciphertext_blob;
     assert_refused(
-        other.decrypt(pb::DecryptRequest { ciphertext_blob: blob.clone(), encryption_context: ctx(&[]), key: String::new() }).await,
+        other
+            .decrypt(pb::DecryptRequest {
+                ciphertext_blob: blob.clone(),
+                encryption_context: ctx(&[]),
+                key: String::new(),
+            })
+            .await,
         Code::PermissionDenied,
         "not_permitted",
     );
 
     // An attestation-required key: no plaintext, but wrapped data keys and encryption work.
     assert_refused(
-        app.generate_data_key(pb::GenerateDataKeyRequest { key: "attested".into(), encryption_context: ctx(&[]) }).await,
+        app.generate_data_key(pb::GenerateDataKeyRequest {
+            key: "attested".into(),
+            encryption_context: ctx(&[]),
+        })
+        .await,
         Code::FailedPrecondition,
         "attestation_required",
     );
     let wrapped = app
-        .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest { key: "attested".into(), encryption_context: ctx(&[]) })
+        .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+            key: "attested".into(),
+            encryption_context: ctx(&[]),
+        })
         .await
         .unwrap()
         .into_inner()
         .ciphertext_blob;
     assert_refused(
-        app.decrypt(pb::DecryptRequest { ciphertext_blob: wrapped.clone(), encryption_context: ctx(&[]), key: String::new() }).await,
+        app.decrypt(pb::DecryptRequest {
+            ciphertext_blob: wrapped.clone(),
+            encryption_context: ctx(&[]),
+            key: String::new(),
+        })
+        .await,
         Code::FailedPrecondition,
         "attestation_required",
     );
@@ -251,20 +386,33 @@ async fn grants_and_release(backend: Backend) {
 
     // A server that does not allow unattested keys refuses to create them, and refuses plaintext
     // for such keys already in its database.
-    let opts = Options { allow_unattested: false, ..Options::default() };
+    let opts = Options {
+        allow_unattested: false,
+        ..Options::default()
+    };
     c.restart(opts).await;
     c.unseal().await;
     let r = c
         .admin
         .create_key(signed(
             &c.custodians[0],
-            Op::CreateKey(pb::CreateKeyOp { name: "x".into(), grants: grants_all(&[APP]), release_policy: UNATTESTED.into(), ..Default::default() }),
+            Op::CreateKey(pb::CreateKeyOp {
+                name: "x".into(),
+                grants: grants_all(&[APP]),
+                release_policy: UNATTESTED.into(),
+                ..Default::default()
+            }),
         ))
         .await;
     assert_refused(r, Code::FailedPrecondition, "unattested_keys_disabled");
     let mut app = c.server.data(&c.pki, APP).await;
     assert_refused(
-        app.decrypt(pb::DecryptRequest { ciphertext_blob: blob, encryption_context: ctx(&[]), key: String::new() }).await,
+        app.decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob,
+            encryption_context: ctx(&[]),
+            key: String::new(),
+        })
+        .await,
         Code::FailedPrecondition,
         "attestation_required",
     );
@@ -273,11 +421,17 @@ async fn grants_and_release(backend: Backend) {
 both_backends!(grants_and_release_policy, super::grants_and_release);
 
 async fn lifecycle(backend: Backend) {
-    let Some(mut c) = Ceremony::new(backend, Options::default()).await else { return };
+    let Some(mut c) = Ceremony::new(backend, Options::default()).await else {
+        return;
+    };
     let key = c.create_key("life", &[APP], UNATTESTED).await;
     let mut data = c.server.data(&c.pki, APP).await;
     let blob = data
-        .encrypt(pb::EncryptRequest { key: "life".into(), plaintext: b"x".to_vec(), encryption_context: ctx(&[]) })
+        .encrypt(pb::EncryptRequest {
+            key: "life".into(),
+            plaintext: b"x".to_vec(),
+            encryption_context: ctx(&[]),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -285,10 +439,20 @@ async fn lifecycle(backend: Backend) {
     let a = c.custodians[0].admin_id.to_string();
     let _ = a;
     let k = || pb::DisableKeyOp { key: "life".into() };
-    let m = c.admin.disable_key(signed(&c.custodians[0], Op::DisableKey(k()))).await.unwrap().into_inner();
+    let m = c
+        .admin
+        .disable_key(signed(&c.custodians[0], Op::DisableKey(k())))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(m.state, pb::KeyState::Disabled as i32);
     assert_refused(
-        data.decrypt(pb::DecryptRequest { ciphertext_blob: blob.clone(), encryption_context: ctx(&[]), key: String::new() }).await,
+        data.decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob.clone(),
+            encryption_context: ctx(&[]),
+            key: String::new(),
+        })
+        .await,
         Code::FailedPrecondition,
         "key_disabled",
     );
@@ -298,18 +462,41 @@ async fn lifecycle(backend: Backend) {
         "invalid_state_transition",
     );
     assert_refused(
-        c.admin.rotate_key(signed(&c.custodians[0], Op::RotateKey(pb::RotateKeyOp { key: "life".into() }))).await,
+        c.admin
+            .rotate_key(signed(
+                &c.custodians[0],
+                Op::RotateKey(pb::RotateKeyOp { key: "life".into() }),
+            ))
+            .await,
         Code::FailedPrecondition,
         "key_not_enabled",
     );
-    c.admin.enable_key(signed(&c.custodians[0], Op::EnableKey(pb::EnableKeyOp { key: "life".into() }))).await.unwrap();
-    data.decrypt(pb::DecryptRequest { ciphertext_blob: blob.clone(), encryption_context: ctx(&[]), key: String::new() }).await.unwrap();
+    c.admin
+        .enable_key(signed(
+            &c.custodians[0],
+            Op::EnableKey(pb::EnableKeyOp { key: "life".into() }),
+        ))
+        .await
+        .unwrap();
+    data.decrypt(pb::DecryptRequest {
+        ciphertext_blob: blob.clone(),
+        encryption_context: ctx(&[]),
+        key: String::new(),
+    })
+    .await
+    .unwrap();
 
     // Deletion window bounds.
     for days in [0, 6, 31] {
         assert_refused(
             c.admin
-                .schedule_key_deletion(signed(&c.custodians[0], Op::ScheduleKeyDeletion(pb::ScheduleKeyDeletionOp { key: "life".into(), pending_window_days: days })))
+                .schedule_key_deletion(signed(
+                    &c.custodians[0],
+                    Op::ScheduleKeyDeletion(pb::ScheduleKeyDeletionOp {
+                        key: "life".into(),
+                        pending_window_days: days,
+                    }),
+                ))
                 .await,
             Code::InvalidArgument,
             "bad_deletion_window",
@@ -317,44 +504,84 @@ async fn lifecycle(backend: Backend) {
     }
     let m = c
         .admin
-        .schedule_key_deletion(signed(&c.custodians[0], Op::ScheduleKeyDeletion(pb::ScheduleKeyDeletionOp { key: "life".into(), pending_window_days: 7 })))
+        .schedule_key_deletion(signed(
+            &c.custodians[0],
+            Op::ScheduleKeyDeletion(pb::ScheduleKeyDeletionOp {
+                key: "life".into(),
+                pending_window_days: 7,
+            }),
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(m.state, pb::KeyState::PendingDeletion as i32);
     assert!(m.deletion_unix_ms > kms_core::now_unix_ms() + 6 * 86_400_000);
     assert_refused(
-        data.decrypt(pb::DecryptRequest { ciphertext_blob: blob.clone(), encryption_context: ctx(&[]), key: String::new() }).await,
+        data.decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob.clone(),
+            encryption_context: ctx(&[]),
+            key: String::new(),
+        })
+        .await,
         Code::FailedPrecondition,
         "key_pending_deletion",
     );
     assert_refused(
-        c.admin.enable_key(signed(&c.custodians[0], Op::EnableKey(pb::EnableKeyOp { key: "life".into() }))).await,
+        c.admin
+            .enable_key(signed(
+                &c.custodians[0],
+                Op::EnableKey(pb::EnableKeyOp { key: "life".into() }),
+            ))
+            .await,
         Code::FailedPrecondition,
         "invalid_state_transition",
     );
     let m = c
         .admin
-        .cancel_key_deletion(signed(&c.custodians[0], Op::CancelKeyDeletion(pb::CancelKeyDeletionOp { key: "life".into() })))
+        .cancel_key_deletion(signed(
+            &c.custodians[0],
+            Op::CancelKeyDeletion(pb::CancelKeyDeletionOp { key: "life".into() }),
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!((m.state, m.deletion_unix_ms), (pb::KeyState::Disabled as i32, 0));
     c.admin
-        .schedule_key_deletion(signed(&c.custodians[0], Op::ScheduleKeyDeletion(pb::ScheduleKeyDeletionOp { key: "life".into(), pending_window_days: 30 })))
+        .schedule_key_deletion(signed(
+            &c.custodians[0],
+            Op::ScheduleKeyDeletion(pb::ScheduleKeyDeletionOp {
+                key: "life".into(),
+                pending_window_days: 30,
+            }),
+        ))
         .await
         .unwrap();
 
     // The window ends (moved into the past in the database, as time passing would), the
     // destroyer erases the material: irreversible.
     let mut conn = c.db.connect().await;
-    sqlx::query("UPDATE keys SET deletion_unix_ms = 1 WHERE id = $1").bind(&key.id).execute(&mut conn).await.unwrap();
-    let opts = Options { destroy_interval: std::time::Duration::from_millis(100), ..Options::default() };
+    sqlx::query("UPDATE keys SET deletion_unix_ms = 1 WHERE id = $1")
+        .bind(&key.id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let opts = Options {
+        destroy_interval: std::time::Duration::from_millis(100),
+        ..Options::default()
+    };
     c.restart(opts).await;
     c.unseal().await;
     let mut destroyed = false;
     for _ in 0..100 {
-        let m = c.admin.describe_key(signed(&c.custodians[0], Op::DescribeKey(pb::DescribeKeyOp { key: "life".into() }))).await.unwrap().into_inner();
+        let m = c
+            .admin
+            .describe_key(signed(
+                &c.custodians[0],
+                Op::DescribeKey(pb::DescribeKeyOp { key: "life".into() }),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
         if m.state == pb::KeyState::Destroyed as i32 {
             destroyed = true;
             break;
@@ -370,13 +597,28 @@ async fn lifecycle(backend: Backend) {
     assert_eq!(nulls, 1, "key material not erased");
     let mut data = c.server.data(&c.pki, APP).await;
     assert_refused(
-        data.decrypt(pb::DecryptRequest { ciphertext_blob: blob, encryption_context: ctx(&[]), key: String::new() }).await,
+        data.decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob,
+            encryption_context: ctx(&[]),
+            key: String::new(),
+        })
+        .await,
         Code::FailedPrecondition,
         "key_destroyed",
     );
     for r in [
-        c.admin.cancel_key_deletion(signed(&c.custodians[0], Op::CancelKeyDeletion(pb::CancelKeyDeletionOp { key: "life".into() }))).await,
-        c.admin.enable_key(signed(&c.custodians[0], Op::EnableKey(pb::EnableKeyOp { key: "life".into() }))).await,
+        c.admin
+            .cancel_key_deletion(signed(
+                &c.custodians[0],
+                Op::CancelKeyDeletion(pb::CancelKeyDeletionOp { key: "life".into() }),
+            ))
+            .await,
+        c.admin
+            .enable_key(signed(
+                &c.custodians[0],
+                Op::EnableKey(pb::EnableKeyOp { key: "life".into() }),
+            ))
+            .await,
     ] {
         assert_refused(r, Code::FailedPrecondition, "invalid_state_transition");
     }

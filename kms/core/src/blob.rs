@@ -203,7 +203,13 @@ mod tests {
     }
 
     fn ctx(pairs: &[(&str, &str)]) -> EncryptionContext {
-        EncryptionContext::new(pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect::<BTreeMap<_, _>>()).unwrap()
+        EncryptionContext::new(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -216,8 +222,14 @@ mod tests {
         assert_eq!(parsed.key_id(), id);
         assert_eq!(parsed.version(), v);
         assert_eq!(parsed.open(&kek(), &c).unwrap().expose_secret(), b"hello");
-        assert!(matches!(parsed.open(&kek(), &ctx(&[("tenant", "b")])), Err(Error::DecryptFailed)));
-        assert!(matches!(parsed.open(&kek(), &EncryptionContext::empty()), Err(Error::DecryptFailed)));
+        assert!(matches!(
+            parsed.open(&kek(), &ctx(&[("tenant", "b")])),
+            Err(Error::DecryptFailed)
+        ));
+        assert!(matches!(
+            parsed.open(&kek(), &EncryptionContext::empty()),
+            Err(Error::DecryptFailed)
+        ));
     }
 
     #[test]
@@ -235,12 +247,26 @@ mod tests {
 
     #[test]
     fn truncated_and_oversized_blobs_are_refused() {
-        let blob = seal(&kek(), KeyId::from_bytes([1; 16]), KeyVersion::FIRST, &EncryptionContext::empty(), b"x").unwrap();
+        let blob = seal(
+            &kek(),
+            KeyId::from_bytes([1; 16]),
+            KeyVersion::FIRST,
+            &EncryptionContext::empty(),
+            b"x",
+        )
+        .unwrap();
         for n in 0..blob.len() {
             let r = Blob::parse(&blob[..n]).and_then(|p| p.open(&kek(), &EncryptionContext::empty()));
             assert!(r.is_err());
         }
         assert!(Blob::parse(&vec![0u8; MAX_BLOB + 1]).is_err());
-        assert!(seal(&kek(), KeyId::from_bytes([1; 16]), KeyVersion::FIRST, &EncryptionContext::empty(), &[0u8; MAX_PLAINTEXT + 1]).is_err());
+        assert!(seal(
+            &kek(),
+            KeyId::from_bytes([1; 16]),
+            KeyVersion::FIRST,
+            &EncryptionContext::empty(),
+            &[0u8; MAX_PLAINTEXT + 1]
+        )
+        .is_err());
     }
 }

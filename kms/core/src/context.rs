@@ -92,7 +92,18 @@ mod tests {
         let a = EncryptionContext::new(BTreeMap::from([("b".into(), "2".into()), ("a".into(), "1".into())])).unwrap();
         assert_eq!(
             a.canonical_bytes(),
-            [&[0, 0, 0, 2][..], &[0, 0, 0, 1], b"a", &[0, 0, 0, 1], b"1", &[0, 0, 0, 1], b"b", &[0, 0, 0, 1], b"2"].concat()
+            [
+                &[0, 0, 0, 2][..],
+                &[0, 0, 0, 1],
+                b"a",
+                &[0, 0, 0, 1],
+                b"1",
+                &[0, 0, 0, 1],
+                b"b",
+                &[0, 0, 0, 1],
+                b"2"
+            ]
+            .concat()
         );
         let x = EncryptionContext::new(BTreeMap::from([("ab".into(), "c".into())])).unwrap();
         let y = EncryptionContext::new(BTreeMap::from([("a".into(), "bc".into())])).unwrap();

@@ -57,10 +57,18 @@ impl<K: Kem> PrivateKey<K> {
 
     /// Opens what [`seal`] sealed to this key with the same `info` and `aad`.
     pub fn open(&self, sealed: &Sealed, info: &[u8], aad: &[u8]) -> Result<SecretBytes, Error> {
-        let enc = K::EncappedKey::from_bytes(&sealed.encapsulated_key).map_err(|_| Error::Hpke("invalid encapsulated key"))?;
-        hpke::single_shot_open::<AesGcm256, HkdfSha256, K>(&OpModeR::Base, &self.sk, &enc, info, &sealed.ciphertext, aad)
-            .map(SecretBytes::new)
-            .map_err(|_| Error::Hpke("cannot open: wrong key, info, aad or tampered ciphertext"))
+        let enc = K::EncappedKey::from_bytes(&sealed.encapsulated_key)
+            .map_err(|_| Error::Hpke("invalid encapsulated key"))?;
+        hpke::single_shot_open::<AesGcm256, HkdfSha256, K>(
+            &OpModeR::Base,
+            &self.sk,
+            &enc,
+            info,
+            &sealed.ciphertext,
+            aad,
+        )
+        .map(SecretBytes::new)
+        .map_err(|_| Error::Hpke("cannot open: wrong key, info, aad or tampered ciphertext"))
     }
 }
 
@@ -74,9 +82,15 @@ pub fn check_public_key<K: Kem>(public_key: &[u8]) -> Result<(), Error> {
 /// Seals `plaintext` to `public_key` (serialized as [`PrivateKey::public_key`] gives it).
 pub fn seal<K: Kem>(public_key: &[u8], info: &[u8], aad: &[u8], plaintext: &[u8]) -> Result<Sealed, Error> {
     let pk = K::PublicKey::from_bytes(public_key).map_err(|_| Error::InvalidPublicKey("HPKE"))?;
-    let (enc, ciphertext) =
-        hpke::single_shot_seal::<AesGcm256, HkdfSha256, K, _>(&OpModeS::Base, &pk, info, plaintext, aad, &mut rand_core::UnwrapErr(rand_core::OsRng))
-            .map_err(|_| Error::Hpke("seal failed"))?;
+    let (enc, ciphertext) = hpke::single_shot_seal::<AesGcm256, HkdfSha256, K, _>(
+        &OpModeS::Base,
+        &pk,
+        info,
+        plaintext,
+        aad,
+        &mut rand_core::UnwrapErr(rand_core::OsRng),
+    )
+    .map_err(|_| Error::Hpke("seal failed"))?;
     Ok(Sealed {
         encapsulated_key: enc.to_bytes().to_vec(),
         ciphertext,

@@ -30,10 +30,12 @@ impl KeyId {
             kind: "key id",
             reason: reason.to_owned(),
         };
-        let hex_part = s
-            .strip_prefix("k-")
-            .ok_or_else(|| bad("must start with `k-`"))?;
-        if hex_part.len() != 32 || !hex_part.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        let hex_part = s.strip_prefix("k-").ok_or_else(|| bad("must start with `k-`"))?;
+        if hex_part.len() != 32
+            || !hex_part
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
             return Err(bad("must be `k-` followed by 32 lowercase hex digits"));
         }
         let mut out = [0u8; 16];
@@ -205,7 +207,14 @@ mod tests {
     fn key_id_round_trips_and_rejects_bad_forms() {
         let id = KeyId::generate().unwrap();
         assert_eq!(KeyId::parse(&id.to_string()).unwrap(), id);
-        for bad in ["", "k-", "x-00000000000000000000000000000000", "k-0000", "k-0000000000000000000000000000000G", "k-0000000000000000000000000000000A"] {
+        for bad in [
+            "",
+            "k-",
+            "x-00000000000000000000000000000000",
+            "k-0000",
+            "k-0000000000000000000000000000000G",
+            "k-0000000000000000000000000000000A",
+        ] {
             assert!(KeyId::parse(bad).is_err(), "{bad}");
         }
     }

@@ -74,7 +74,10 @@ impl AdminKeyFile {
         if s.version != 1 {
             return Err(bad(format!("version {} is unknown", s.version)));
         }
-        let pkcs8 = SecretBytes::new(B64.decode(&s.signing_pkcs8).map_err(|_| bad("signing_pkcs8 is not base64".into()))?);
+        let pkcs8 = SecretBytes::new(
+            B64.decode(&s.signing_pkcs8)
+                .map_err(|_| bad("signing_pkcs8 is not base64".into()))?,
+        );
         let enc = SecretBytes::new(
             B64.decode(&s.encryption_private_key)
                 .map_err(|_| bad("encryption_private_key is not base64".into()))?,
@@ -130,7 +133,8 @@ impl AdminPublic {
 
     /// The encryption key, checked.
     pub fn encryption_key(&self) -> Result<Vec<u8>, Error> {
-        let b = hex::decode(&self.encryption_public_key).map_err(|_| Error::InvalidPublicKey("P-256 encryption (hex)"))?;
+        let b =
+            hex::decode(&self.encryption_public_key).map_err(|_| Error::InvalidPublicKey("P-256 encryption (hex)"))?;
         crate::hpke_seal::check_public_key::<P256>(&b)?;
         Ok(b)
     }

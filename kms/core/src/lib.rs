@@ -36,9 +36,7 @@ pub fn now_unix_ms() -> i64 {
 /// Fills `buf` from the operating system's CSPRNG.
 pub fn random_fill(buf: &mut [u8]) -> Result<(), Error> {
     use ring::rand::SecureRandom;
-    ring::rand::SystemRandom::new()
-        .fill(buf)
-        .map_err(|_| Error::Rng)
+    ring::rand::SystemRandom::new().fill(buf).map_err(|_| Error::Rng)
 }
 
 /// `N` random bytes from the operating system's CSPRNG.

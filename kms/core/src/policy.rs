@@ -79,7 +79,9 @@ impl AccessPolicy {
         let mut seen = BTreeSet::new();
         for (i, g) in grants.iter().enumerate() {
             if g.principal.is_empty() || g.principal.len() > 512 || g.principal.chars().any(char::is_control) {
-                return Err(bad(format!("grants[{i}].principal must be 1 to 512 printable characters")));
+                return Err(bad(format!(
+                    "grants[{i}].principal must be 1 to 512 printable characters"
+                )));
             }
             if g.operations.is_empty() {
                 return Err(bad(format!("grants[{i}] ({}) allows no operation", g.principal)));
@@ -171,11 +173,17 @@ mod tests {
         assert_eq!(ReleasePolicy::parse("").unwrap(), ReleasePolicy::default());
         let none = ReleasePolicy::parse(r#"{"version":1,"attestation":"none"}"#).unwrap();
         assert!(none.allows_unattested_release());
-        let e = ReleasePolicy::parse(r#"{"version":1,"attestation":"maybe"}"#).unwrap_err().to_string();
+        let e = ReleasePolicy::parse(r#"{"version":1,"attestation":"maybe"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("maybe"), "{e}");
-        let e = ReleasePolicy::parse(r#"{"version":1,"attestation":"none","extra":1}"#).unwrap_err().to_string();
+        let e = ReleasePolicy::parse(r#"{"version":1,"attestation":"none","extra":1}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("extra"), "{e}");
-        let e = ReleasePolicy::parse(r#"{"version":2,"attestation":"none"}"#).unwrap_err().to_string();
+        let e = ReleasePolicy::parse(r#"{"version":2,"attestation":"none"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("version 2"), "{e}");
         assert!(ReleasePolicy::parse("not json").is_err());
     }
@@ -184,16 +192,29 @@ mod tests {
     fn grants() {
         let ops = |o: &[Operation]| o.iter().copied().collect::<BTreeSet<_>>();
         let p = AccessPolicy::new(vec![
-            Grant { principal: "*".into(), operations: ops(&[Operation::Encrypt]) },
-            Grant { principal: "spiffe://eu/app".into(), operations: ops(&[Operation::Decrypt]) },
+            Grant {
+                principal: "*".into(),
+                operations: ops(&[Operation::Encrypt]),
+            },
+            Grant {
+                principal: "spiffe://eu/app".into(),
+                operations: ops(&[Operation::Decrypt]),
+            },
         ])
         .unwrap();
         assert!(p.allows(&Principal::new("cn:x"), Operation::Encrypt));
         assert!(!p.allows(&Principal::anonymous(), Operation::Encrypt));
         assert!(p.allows(&Principal::new("spiffe://eu/app"), Operation::Decrypt));
         assert!(!p.allows(&Principal::new("cn:x"), Operation::Decrypt));
-        assert!(AccessPolicy::new(vec![Grant { principal: "a".into(), operations: ops(&[]) }]).is_err());
-        let dup = Grant { principal: "a".into(), operations: ops(&[Operation::Encrypt]) };
+        assert!(AccessPolicy::new(vec![Grant {
+            principal: "a".into(),
+            operations: ops(&[])
+        }])
+        .is_err());
+        let dup = Grant {
+            principal: "a".into(),
+            operations: ops(&[Operation::Encrypt]),
+        };
         assert!(AccessPolicy::new(vec![dup.clone(), dup]).is_err());
     }
 }

@@ -48,7 +48,11 @@ impl SoftwareRoot {
         let mut body = zeroize::Zeroizing::new(kek.expose_secret().to_vec());
         let tag = self
             .key
-            .seal_in_place_separate_tag(aead::Nonce::assume_unique_for_key(nonce), aead::Aad::from(wrap_aad(key_id, version)), &mut body)
+            .seal_in_place_separate_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(wrap_aad(key_id, version)),
+                &mut body,
+            )
             .map_err(|_| Error::Rng)?;
         out.extend_from_slice(&body);
         out.extend_from_slice(tag.as_ref());
@@ -65,7 +69,11 @@ impl SoftwareRoot {
         let mut body = zeroize::Zeroizing::new(wrapped[12..].to_vec());
         let plain = self
             .key
-            .open_in_place(aead::Nonce::assume_unique_for_key(nonce), aead::Aad::from(wrap_aad(key_id, version)), &mut body)
+            .open_in_place(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(wrap_aad(key_id, version)),
+                &mut body,
+            )
             .map_err(|_| Error::UnwrapFailed)?;
         Kek::from_slice(plain).ok_or(Error::UnwrapFailed)
     }
@@ -100,7 +108,10 @@ mod tests {
         let id = KeyId::generate().unwrap();
         let kek = Kek::generate().unwrap();
         let w = rk.wrap(id, KeyVersion::FIRST, &kek).unwrap();
-        assert_eq!(rk.unwrap(id, KeyVersion::FIRST, &w).unwrap().expose_secret(), kek.expose_secret());
+        assert_eq!(
+            rk.unwrap(id, KeyVersion::FIRST, &w).unwrap().expose_secret(),
+            kek.expose_secret()
+        );
         assert!(rk.unwrap(id, KeyVersion::new(2).unwrap(), &w).is_err());
         assert!(rk.unwrap(KeyId::generate().unwrap(), KeyVersion::FIRST, &w).is_err());
         assert!(other.unwrap(id, KeyVersion::FIRST, &w).is_err());

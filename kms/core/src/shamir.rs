@@ -57,7 +57,10 @@ mod tests {
         assert!(combine(2, &[pick(0)], &kcv).is_err());
         let mut bad = shares[1].expose_secret().to_vec();
         bad[5] ^= 1;
-        assert!(matches!(combine(2, &[pick(0), SecretBytes::new(bad)], &kcv), Err(Error::KeyCheckMismatch)));
+        assert!(matches!(
+            combine(2, &[pick(0), SecretBytes::new(bad)], &kcv),
+            Err(Error::KeyCheckMismatch)
+        ));
         let other = split(&RootKeyMaterial::generate().unwrap(), 2, 3).unwrap();
         assert!(matches!(
             combine(2, &[pick(0), SecretBytes::new(other[1].expose_secret().to_vec())], &kcv),

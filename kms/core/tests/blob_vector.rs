@@ -1,5 +1,6 @@
 //! The blob test vector of docs/blob-format.md (test_data/blob-v1.json, computed independently
 //! with pyca/cryptography): our encoder must produce it byte for byte, and our decoder open it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 
@@ -31,5 +32,8 @@ fn blob_v1_vector_matches_byte_for_byte() {
     assert_eq!(hex::encode(&got), hex::encode(&expected));
     let parsed = Blob::parse(&expected).unwrap();
     assert_eq!((parsed.key_id(), parsed.version()), (key_id, version));
-    assert_eq!(parsed.open(&kek, &context).unwrap().expose_secret(), hex("plaintext").as_slice());
+    assert_eq!(
+        parsed.open(&kek, &context).unwrap().expose_secret(),
+        hex("plaintext").as_slice()
+    );
 }

@@ -43,7 +43,12 @@ impl AuditLog {
     /// must not acknowledge its operation.
     pub async fn record_durable(&self, record: Record) -> Result<(), ApiError> {
         let (done, wait) = oneshot::channel();
-        let unavailable = || ApiError::unavailable("audit_unavailable", "the audit log cannot be written; nothing was released");
+        let unavailable = || {
+            ApiError::unavailable(
+                "audit_unavailable",
+                "the audit log cannot be written; nothing was released",
+            )
+        };
         self.tx
             .send(Pending {
                 record,
@@ -64,7 +69,6 @@ impl AuditLog {
         }
     }
 }
-
 
 async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, batch_max: usize) {
     let mut retry: Vec<Record> = Vec::new();

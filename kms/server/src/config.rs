@@ -202,7 +202,8 @@ pub struct ConfigError(pub String);
 impl Config {
     /// Reads `path`, applies `KMSD__…` overrides from `env`, and validates.
     pub fn from_file(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
         Self::from_toml(&text, env).map_err(|ConfigError(m)| ConfigError(format!("{}: {m}", path.display())))
     }
 
@@ -214,7 +215,8 @@ impl Config {
             let parts: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
             set_path(&mut value, &parts, &v).map_err(|m| ConfigError(format!("environment variable {k}: {m}")))?;
         }
-        let file: File = File::deserialize(toml::Value::Table(value)).map_err(|e| ConfigError(e.to_string().trim().to_owned()))?;
+        let file: File =
+            File::deserialize(toml::Value::Table(value)).map_err(|e| ConfigError(e.to_string().trim().to_owned()))?;
         let listen = file
             .listen
             .parse()
@@ -226,12 +228,18 @@ impl Config {
         let allowed_countries = AllowedCountries::parse(file.admin.allowed_countries.iter().map(String::as_str))
             .map_err(|e| ConfigError(format!("admin.allowed_countries: {e}")))?;
         if !(10..=3600).contains(&file.admin.request_window_secs) {
-            return Err(ConfigError("admin.request_window_secs must be between 10 and 3600".into()));
+            return Err(ConfigError(
+                "admin.request_window_secs must be between 10 and 3600".into(),
+            ));
         }
         if file.audit.batch_max == 0 || file.audit.batch_max > 2000 {
             return Err(ConfigError("audit.batch_max must be between 1 and 2000".into()));
         }
-        for (name, p) in [("tls.cert", &file.tls.cert), ("tls.key", &file.tls.key), ("tls.client_ca", &file.tls.client_ca)] {
+        for (name, p) in [
+            ("tls.cert", &file.tls.cert),
+            ("tls.key", &file.tls.key),
+            ("tls.client_ca", &file.tls.client_ca),
+        ] {
             if !p.is_file() {
                 return Err(ConfigError(format!("{name}: {} is not a readable file", p.display())));
             }
@@ -283,7 +291,9 @@ fn check_db_url(url: &str) -> Result<(), ConfigError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:") {
         Ok(())
     } else {
-        Err(ConfigError("database.url must start with postgres:// or sqlite://".into()))
+        Err(ConfigError(
+            "database.url must start with postgres:// or sqlite://".into(),
+        ))
     }
 }
 
@@ -303,7 +313,11 @@ fn set_path(table: &mut toml::Table, parts: &[String], raw: &str) -> Result<(), 
         toml::Value::Boolean(b)
     } else if raw.starts_with('[') {
         raw.parse::<toml::Value>()
-            .or_else(|_| format!("v = {raw}").parse::<toml::Table>().map(|mut t| t.remove("v").unwrap_or(toml::Value::String(raw.into()))))
+            .or_else(|_| {
+                format!("v = {raw}")
+                    .parse::<toml::Table>()
+                    .map(|mut t| t.remove("v").unwrap_or(toml::Value::String(raw.into())))
+            })
             .map_err(|e| e.to_string())?
     } else {
         toml::Value::String(raw.to_owned())
@@ -332,13 +346,21 @@ mod tests {
     fn bad_keys_are_named() {
         let (_d, base) = files();
         assert!(Config::from_toml(&base, []).is_ok());
-        let e = Config::from_toml(&format!("{base}\n[admin]\nallowed_countires = [\"DE\"]\n"), []).unwrap_err().0;
+        let e = Config::from_toml(&format!("{base}\n[admin]\nallowed_countires = [\"DE\"]\n"), [])
+            .unwrap_err()
+            .0;
         assert!(e.contains("allowed_countires"), "{e}");
-        let e = Config::from_toml(&format!("{base}\n[admin]\nallowed_countries = [\"Germany\"]\n"), []).unwrap_err().0;
+        let e = Config::from_toml(&format!("{base}\n[admin]\nallowed_countries = [\"Germany\"]\n"), [])
+            .unwrap_err()
+            .0;
         assert!(e.contains("allowed_countries"), "{e}");
-        let e = Config::from_toml(&base.replace("127.0.0.1:7300", "nowhere"), []).unwrap_err().0;
+        let e = Config::from_toml(&base.replace("127.0.0.1:7300", "nowhere"), [])
+            .unwrap_err()
+            .0;
         assert!(e.contains("listen"), "{e}");
-        let e = Config::from_toml(&base, [("KMSD__DATABASE__URL".into(), "mysql://x".into())]).unwrap_err().0;
+        let e = Config::from_toml(&base, [("KMSD__DATABASE__URL".into(), "mysql://x".into())])
+            .unwrap_err()
+            .0;
         assert!(e.contains("database.url"), "{e}");
         let c = Config::from_toml(&base, [("KMSD__DATABASE__MAX_CONNECTIONS".into(), "7".into())]).unwrap();
         assert_eq!(c.database_max_connections, 7);

@@ -124,7 +124,10 @@ impl Keys {
         let kek = Arc::new(root.unwrap(id, version, &wrapped).map_err(|_| {
             ApiError::internal(
                 "kek_unwrap_failed",
-                format!("cannot unwrap key {} version {version}: wrong root key or corrupted record", key.id),
+                format!(
+                    "cannot unwrap key {} version {version}: wrong root key or corrupted record",
+                    key.id
+                ),
             )
         })?);
         write(&self.keks).insert((id, version.get()), kek.clone());

@@ -60,7 +60,11 @@ pub enum ServeError {
 
 /// Runs the server on `listener` until `shutdown` completes, then drains in-flight calls and
 /// the audit queue.
-pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let store = Store::connect(&config.database_url, config.database_max_connections).await?;
     let dev_dir = config.dev.as_ref().map(|d| d.data_dir.clone());
     let seal = Arc::new(Seal::load(&store, dev_dir.clone()).await?);
@@ -94,7 +98,15 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
         .map_err(|e| ServeError::Tls(format!("reflection: {e}")))?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let background = tokio::spawn(background(store.clone(), keys.clone(), audit.clone(), seal.clone(), health, config.destroy_interval, stop_rx));
+    let background = tokio::spawn(background(
+        store.clone(),
+        keys.clone(),
+        audit.clone(),
+        seal.clone(),
+        health,
+        config.destroy_interval,
+        stop_rx,
+    ));
 
     let mut builder = Server::builder();
     if let Some(tls) = &config.tls {
@@ -134,7 +146,8 @@ async fn dev_init(admin: &AdminPlane, dir: &std::path::Path) -> Result<(), Serve
     let country = kms_core::jurisdiction::Country::parse("DE").map_err(|e| ServeError::Dev(e.to_string()))?;
     let key = AdminKeyFile::generate(id, country).map_err(|e| ServeError::Dev(e.to_string()))?;
     let path = dir.join(DEV_ADMIN_KEY_FILE);
-    seal::write_secret_file(&path, key.encode().expose_secret()).map_err(|e| ServeError::Dev(format!("{}: {e}", path.display())))?;
+    seal::write_secret_file(&path, key.encode().expose_secret())
+        .map_err(|e| ServeError::Dev(format!("{}: {e}", path.display())))?;
     let public = key.public();
     let new = NewAdmin {
         id: key.admin_id.clone(),

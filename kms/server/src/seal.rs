@@ -127,7 +127,8 @@ impl Seal {
         let state = match store.seal_config().await? {
             None => State::Uninitialized,
             Some(cfg) => {
-                let kind = SealKind::parse(&cfg.kind).ok_or_else(|| LoadError::Refused(format!("unknown seal kind {:?} in the database", cfg.kind)))?;
+                let kind = SealKind::parse(&cfg.kind)
+                    .ok_or_else(|| LoadError::Refused(format!("unknown seal kind {:?} in the database", cfg.kind)))?;
                 let kcv: [u8; 16] = cfg
                     .kcv
                     .as_slice()
@@ -142,7 +143,9 @@ impl Seal {
                     },
                     SealKind::Dev => {
                         let dir = dev_dir.as_ref().ok_or_else(|| {
-                            LoadError::Refused("this database uses the dev seal; it can only be served with `kmsd --dev`".into())
+                            LoadError::Refused(
+                                "this database uses the dev seal; it can only be served with `kmsd --dev`".into(),
+                            )
                         })?;
                         let root = read_dev_root(dir)?;
                         if key_check_value(&root) != kcv {
@@ -285,7 +288,12 @@ impl Seal {
     /// Opens a custodian's share sealed to this process's unseal key and adds it. When the
     /// threshold is reached the root key is rebuilt and checked; a wrong set is discarded
     /// whole so the custodians can start again.
-    pub fn submit_share(&self, admin_id: &str, encapsulated_key: Vec<u8>, ciphertext: Vec<u8>) -> Result<Status, ApiError> {
+    pub fn submit_share(
+        &self,
+        admin_id: &str,
+        encapsulated_key: Vec<u8>,
+        ciphertext: Vec<u8>,
+    ) -> Result<Status, ApiError> {
         let info = [b"kms-unseal-v1\0".as_slice(), admin_id.as_bytes()].concat();
         let share = self
             .unseal_key
@@ -307,10 +315,16 @@ impl Seal {
             let mut st = self.write();
             match &mut *st {
                 State::Uninitialized => {
-                    return Err(ApiError::precondition("not_initialized", "the server is not initialized"));
+                    return Err(ApiError::precondition(
+                        "not_initialized",
+                        "the server is not initialized",
+                    ));
                 }
                 State::Unsealed { .. } => {
-                    return Err(ApiError::precondition("already_unsealed", "the server is already unsealed"));
+                    return Err(ApiError::precondition(
+                        "already_unsealed",
+                        "the server is already unsealed",
+                    ));
                 }
                 State::Sealed {
                     kind,
@@ -356,12 +370,22 @@ impl Seal {
     pub fn seal(&self) -> Result<(), ApiError> {
         let mut st = self.write();
         let (kind, threshold, kcv) = match &*st {
-            State::Unsealed { kind, threshold, kcv, .. } => (*kind, *threshold, *kcv),
+            State::Unsealed {
+                kind, threshold, kcv, ..
+            } => (*kind, *threshold, *kcv),
             State::Sealed { .. } => return Ok(()),
-            State::Uninitialized => return Err(ApiError::precondition("not_initialized", "the server is not initialized")),
+            State::Uninitialized => {
+                return Err(ApiError::precondition(
+                    "not_initialized",
+                    "the server is not initialized",
+                ))
+            }
         };
         if kind != SealKind::Shamir {
-            return Err(ApiError::precondition("not_shamir", "only the shamir seal can be sealed at run time"));
+            return Err(ApiError::precondition(
+                "not_shamir",
+                "only the shamir seal can be sealed at run time",
+            ));
         }
         *st = State::Sealed {
             kind,
@@ -385,8 +409,11 @@ impl Seal {
 
 fn read_dev_root(dir: &std::path::Path) -> Result<RootKeyMaterial, LoadError> {
     let path = dir.join(DEV_ROOT_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| LoadError::Refused(format!("cannot read {}: {e}", path.display())))?;
-    let mut bytes = zeroize::Zeroizing::new(hex::decode(text.trim()).map_err(|_| LoadError::Refused(format!("{} is corrupt", path.display())))?);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| LoadError::Refused(format!("cannot read {}: {e}", path.display())))?;
+    let mut bytes = zeroize::Zeroizing::new(
+        hex::decode(text.trim()).map_err(|_| LoadError::Refused(format!("{} is corrupt", path.display())))?,
+    );
     RootKeyMaterial::from_slice(&mut bytes).ok_or_else(|| LoadError::Refused(format!("{} is corrupt", path.display())))
 }
 
@@ -397,7 +424,11 @@ pub fn write_secret_file(path: &std::path::Path, contents: &[u8]) -> std::io::Re
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(contents)?;
     f.sync_all()
 }

@@ -313,14 +313,16 @@ impl Store {
 
     /// Up to `limit` keys with id greater than `after`, by id.
     pub async fn list_keys(&self, after: &str, limit: u32) -> Result<Vec<KeyRow>, sqlx::Error> {
-        sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE id > $1 ORDER BY id LIMIT $2"))
-            .bind(after)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(key_row)
-            .collect()
+        sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM keys WHERE id > $1 ORDER BY id LIMIT $2"
+        ))
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(key_row)
+        .collect()
     }
 
     /// Adds the next version to an enabled key. The version number comes from an UPDATE on the
@@ -343,7 +345,8 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else { return Ok(None) };
-        let version = u32::try_from(row.try_get::<i64, _>("latest_version")?).map_err(|_| ApiError::internal("version_overflow", "version out of range"))?;
+        let version = u32::try_from(row.try_get::<i64, _>("latest_version")?)
+            .map_err(|_| ApiError::internal("version_overflow", "version out of range"))?;
         let wrapped = wrap(version)?;
         sqlx::query("INSERT INTO key_versions (key_id, version, wrapped_kek, created_unix_ms) VALUES ($1, $2, $3, $4)")
             .bind(id)
@@ -384,7 +387,12 @@ impl Store {
         );
         let sources = from;
         let mut tx = self.pool.begin().await?;
-        let mut q = sqlx::query(&sql).bind(id).bind(to.as_str()).bind(deletion_unix_ms).bind(now).bind(due_by.unwrap_or(i64::MAX));
+        let mut q = sqlx::query(&sql)
+            .bind(id)
+            .bind(to.as_str())
+            .bind(deletion_unix_ms)
+            .bind(now)
+            .bind(due_by.unwrap_or(i64::MAX));
         for s in sources {
             q = q.bind(s.as_str());
         }

@@ -1,6 +1,7 @@
 //! The `kmsd` binary itself: bad configuration exits 64 naming the bad key; dev mode refuses a
 //! non-loopback address, initializes itself and serves plaintext on loopback; SIGTERM drains and
 //! exits 0; a restart in dev mode unseals from the dev root key file and keeps its data.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +12,10 @@ const KMSD: &str = env!("CARGO_BIN_EXE_kmsd");
 
 fn run(args: &[&str]) -> (i32, String) {
     let out = Command::new(KMSD).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -22,12 +26,22 @@ fn bad_configuration_exits_64_and_names_the_problem() {
     assert!(err.contains("/nonexistent/kmsd.toml"), "{err}");
 
     let path = dir.path().join("kmsd.toml");
-    std::fs::write(&path, "listen = \"127.0.0.1:7300\"\n[database]\nurl = \"sqlite://x.db\"\nmax_conections = 3\n").unwrap();
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:7300\"\n[database]\nurl = \"sqlite://x.db\"\nmax_conections = 3\n",
+    )
+    .unwrap();
     let (code, err) = run(&["--config", path.to_str().unwrap()]);
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("max_conections"), "{err}");
 
-    let (code, err) = run(&["--dev", "--listen", "0.0.0.0:7399", "--data-dir", dir.path().to_str().unwrap()]);
+    let (code, err) = run(&[
+        "--dev",
+        "--listen",
+        "0.0.0.0:7399",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("loopback"), "{err}");
 
@@ -36,7 +50,11 @@ fn bad_configuration_exits_64_and_names_the_problem() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn wait_up(addr: &str) -> pb::admin_service_client::AdminServiceClient<tonic::transport::Channel> {
@@ -59,7 +77,10 @@ async fn sigterm_and_wait(child: &mut std::process::Child) -> i32 {
         if let Some(status) = child.try_wait().unwrap() {
             return status.code().unwrap_or(-1);
         }
-        assert!(start.elapsed() < Duration::from_secs(15), "kmsd did not stop on SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "kmsd did not stop on SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -78,7 +99,11 @@ async fn dev_mode_initializes_serves_and_stops_on_sigterm() {
     };
     let mut child = spawn();
     let mut admin = wait_up(&addr).await;
-    let status = admin.get_seal_status(pb::GetSealStatusRequest {}).await.unwrap().into_inner();
+    let status = admin
+        .get_seal_status(pb::GetSealStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert!(status.initialized && !status.sealed && status.seal == pb::SealKind::Dev as i32);
     let key_file = dir.path().join(kms_server::DEV_ADMIN_KEY_FILE);
     let meta = std::fs::metadata(&key_file).unwrap();
@@ -97,20 +122,31 @@ async fn dev_mode_initializes_serves_and_stops_on_sigterm() {
             operation: Some(op),
         };
         let payload = req.encode_to_vec();
-        pb::SignedRequest { signature: key.signer().sign(&payload).unwrap(), payload }
+        pb::SignedRequest {
+            signature: key.signer().sign(&payload).unwrap(),
+            payload,
+        }
     };
     admin
         .create_key(sign(pb::admin_request::Operation::CreateKey(pb::CreateKeyOp {
             name: "demo".into(),
-            grants: vec![pb::Grant { principal: "anonymous".into(), operations: vec![1, 4] }],
+            grants: vec![pb::Grant {
+                principal: "anonymous".into(),
+                operations: vec![1, 4],
+            }],
             release_policy: r#"{"version":1,"attestation":"none"}"#.into(),
             ..Default::default()
         })))
         .await
         .unwrap();
-    let mut data = pb::key_service_client::KeyServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut data = pb::key_service_client::KeyServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     let g = data
-        .generate_data_key(pb::GenerateDataKeyRequest { key: "demo".into(), encryption_context: Default::default() })
+        .generate_data_key(pb::GenerateDataKeyRequest {
+            key: "demo".into(),
+            encryption_context: Default::default(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -119,9 +155,15 @@ async fn dev_mode_initializes_serves_and_stops_on_sigterm() {
     // Restart: unsealed from the dev root key file, the old blob decrypts.
     let mut child = spawn();
     let _ = wait_up(&addr).await;
-    let mut data = pb::key_service_client::KeyServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut data = pb::key_service_client::KeyServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     let d = data
-        .decrypt(pb::DecryptRequest { ciphertext_blob: g.ciphertext_blob, encryption_context: Default::default(), key: String::new() })
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: g.ciphertext_blob,
+            encryption_context: Default::default(),
+            key: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();

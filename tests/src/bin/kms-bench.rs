@@ -4,6 +4,7 @@
 //! seal (HKDF-SHA256 + AES-256-GCM), both single-threaded and over all cores.
 //!
 //! Usage: kms-bench --kmsd target/release/kmsd [--database URL] [--seconds 20] [--concurrency 64]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,7 +27,13 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { kmsd: PathBuf::from("target/release/kmsd"), database: None, seconds: 20, concurrency: 64, connections: 4 };
+    let mut a = Args {
+        kmsd: PathBuf::from("target/release/kmsd"),
+        database: None,
+        seconds: 20,
+        concurrency: 64,
+        connections: 4,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().ok_or(format!("{k} needs a value"));
@@ -50,7 +57,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(run(args));
 }
 
@@ -82,7 +92,11 @@ fn baselines() -> (f64, f64, f64, f64) {
     let key = aead::LessSafeKey::new(aead::UnboundKey::new(&aead::AES_256_GCM, &[7u8; 32]).unwrap());
     let aes = |_: ()| {
         let mut buf = [9u8; 32].to_vec();
-        let _ = key.seal_in_place_separate_tag(aead::Nonce::assume_unique_for_key([1; 12]), aead::Aad::from(&[0u8; 57]), &mut buf);
+        let _ = key.seal_in_place_separate_tag(
+            aead::Nonce::assume_unique_for_key([1; 12]),
+            aead::Aad::from(&[0u8; 57]),
+            &mut buf,
+        );
         std::hint::black_box(buf);
     };
     let mut k = [3u8; 32];
@@ -93,7 +107,12 @@ fn baselines() -> (f64, f64, f64, f64) {
         std::hint::black_box(blob::seal(&kek, id, KeyVersion::FIRST, &ctx, &[5u8; 32]).unwrap());
     };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    (rate(1, 2.0, || aes(())), rate(cores, 2.0, || aes(())), rate(1, 2.0, blob_seal), rate(cores, 2.0, blob_seal))
+    (
+        rate(1, 2.0, || aes(())),
+        rate(cores, 2.0, || aes(())),
+        rate(1, 2.0, blob_seal),
+        rate(cores, 2.0, blob_seal),
+    )
 }
 
 struct Phase {
@@ -121,7 +140,11 @@ async fn run(args: Args) {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     // A fresh database each run, on the given PostgreSQL server, or SQLite in a temp dir.
     let database = match &args.database {
         Some(base) => kms_tests::Db::fresh_postgres(base, "kms_bench").await.url,
@@ -145,8 +168,15 @@ async fn run(args: Args) {
 
     let ca = tonic::transport::Certificate::from_pem(&pki.ca_pem);
     let connect = |principal: &str| {
-        let tls = ClientTlsConfig::new().ca_certificate(ca.clone()).identity(pki.client(principal)).domain_name("localhost");
-        let ep = Endpoint::from_shared(format!("https://127.0.0.1:{port}")).unwrap().tls_config(tls).unwrap().tcp_nodelay(true);
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(ca.clone())
+            .identity(pki.client(principal))
+            .domain_name("localhost");
+        let ep = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .tcp_nodelay(true);
         async move { ep.connect().await }
     };
     let start = Instant::now();
@@ -159,14 +189,26 @@ async fn run(args: Args) {
     };
     let alice = admin("alice", "DE");
     admin_c
-        .init(signed(&alice, Op::Init(pb::InitOp { seal: pb::SealKind::Shamir as i32, threshold: 1, admins: vec![new_admin(&alice, true)] })))
+        .init(signed(
+            &alice,
+            Op::Init(pb::InitOp {
+                seal: pb::SealKind::Shamir as i32,
+                threshold: 1,
+                admins: vec![new_admin(&alice, true)],
+            }),
+        ))
         .await
         .expect("init");
     let app = "spiffe://bench/app";
     admin_c
         .create_key(signed(
             &alice,
-            Op::CreateKey(pb::CreateKeyOp { name: "bench".into(), grants: grants_all(&[app]), release_policy: kms_tests::UNATTESTED.into(), ..Default::default() }),
+            Op::CreateKey(pb::CreateKeyOp {
+                name: "bench".into(),
+                grants: grants_all(&[app]),
+                release_policy: kms_tests::UNATTESTED.into(),
+                ..Default::default()
+            }),
         ))
         .await
         .expect("create key");
@@ -175,48 +217,84 @@ async fn run(args: Args) {
         channels.push(connect(app).await.expect("connect"));
     }
     let blob = pb::key_service_client::KeyServiceClient::new(channels[0].clone())
-        .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest { key: "bench".into(), encryption_context: [("app".to_owned(), "bench".to_owned())].into() })
+        .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+            key: "bench".into(),
+            encryption_context: [("app".to_owned(), "bench".to_owned())].into(),
+        })
         .await
         .expect("warm-up")
         .into_inner()
         .ciphertext_blob;
 
-    let gen = load(&channels, args.concurrency, args.seconds, "GenerateDataKeyWithoutPlaintext", |mut c| async move {
-        c.generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest { key: "bench".into(), encryption_context: [("app".to_owned(), "bench".to_owned())].into() })
+    let gen = load(
+        &channels,
+        args.concurrency,
+        args.seconds,
+        "GenerateDataKeyWithoutPlaintext",
+        |mut c| async move {
+            c.generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+                key: "bench".into(),
+                encryption_context: [("app".to_owned(), "bench".to_owned())].into(),
+            })
             .await
             .is_ok()
-    })
+        },
+    )
     .await;
     let blob = Arc::new(blob);
     let dec = load(&channels, args.concurrency, args.seconds, "Decrypt", move |mut c| {
         let blob = blob.clone();
         async move {
-            c.decrypt(pb::DecryptRequest { ciphertext_blob: blob.to_vec(), encryption_context: [("app".to_owned(), "bench".to_owned())].into(), key: String::new() })
-                .await
-                .is_ok()
+            c.decrypt(pb::DecryptRequest {
+                ciphertext_blob: blob.to_vec(),
+                encryption_context: [("app".to_owned(), "bench".to_owned())].into(),
+                key: String::new(),
+            })
+            .await
+            .is_ok()
         }
     })
     .await;
     let _ = rustix_kill(&child);
     let _ = child.wait();
 
-    let backend = if database.starts_with("sqlite") { "SQLite" } else { "PostgreSQL" };
+    let backend = if database.starts_with("sqlite") {
+        "SQLite"
+    } else {
+        "PostgreSQL"
+    };
     println!("kms-bench: kmsd over mTLS gRPC on loopback, {backend}, durable audit (group commit); load generator in the same machine");
-    println!("  cores {cores}, concurrency {}, connections {}, {} s per phase\n", args.concurrency, args.connections, args.seconds);
+    println!(
+        "  cores {cores}, concurrency {}, connections {}, {} s per phase\n",
+        args.concurrency, args.connections, args.seconds
+    );
     println!("  baseline (same run)                         ops/s");
     println!("  bare AES-256-GCM seal, 32 B, 1 thread   {aes1:>12.0}");
     println!("  bare AES-256-GCM seal, 32 B, {cores} threads  {aes_all:>12.0}");
     println!("  blob seal (HKDF + AES-GCM), 1 thread    {blob1:>12.0}");
     println!("  blob seal (HKDF + AES-GCM), {cores} threads   {blob_all:>12.0}\n");
-    println!("  operation                              req/s    p50 ms   p99 ms  errors  req/s ÷ bare AES-GCM ({cores} thr)");
+    println!(
+        "  operation                              req/s    p50 ms   p99 ms  errors  req/s ÷ bare AES-GCM ({cores} thr)"
+    );
     for p in [&gen, &dec] {
         let rps = p.count as f64 / p.secs;
-        println!("  {:<34} {rps:>9.0} {:>9.2} {:>8.2} {:>7} {:>12.5}", p.name, p.pct(0.5), p.pct(0.99), p.errors, rps / aes_all);
+        println!(
+            "  {:<34} {rps:>9.0} {:>9.2} {:>8.2} {:>7} {:>12.5}",
+            p.name,
+            p.pct(0.5),
+            p.pct(0.99),
+            p.errors,
+            rps / aes_all
+        );
     }
 }
 
 fn rustix_kill(child: &std::process::Child) -> std::io::Result<()> {
-    std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().map(|_| ())
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .map(|_| ())
 }
 
 async fn load<F, Fut>(channels: &[Channel], concurrency: usize, seconds: u64, name: &'static str, call: F) -> Phase
@@ -254,5 +332,11 @@ where
     }
     let secs = start.elapsed().as_secs_f64();
     lat_us.sort_unstable();
-    Phase { name, count: lat_us.len() as u64, errors, secs, lat_us }
+    Phase {
+        name,
+        count: lat_us.len() as u64,
+        errors,
+        secs,
+        lat_us,
+    }
 }

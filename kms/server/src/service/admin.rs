@@ -85,8 +85,12 @@ impl AdminPlane {
         }
         let signing_key = AdminPublicKey::parse(&a.signing_public_key)
             .map_err(|e| ApiError::invalid("invalid_public_key", format!("admin {id}: signing_public_key: {e}")))?;
-        hpke_seal::check_public_key::<P256>(&a.encryption_public_key)
-            .map_err(|_| ApiError::invalid("invalid_public_key", format!("admin {id}: encryption_public_key is not a P-256 point")))?;
+        hpke_seal::check_public_key::<P256>(&a.encryption_public_key).map_err(|_| {
+            ApiError::invalid(
+                "invalid_public_key",
+                format!("admin {id}: encryption_public_key is not a P-256 point"),
+            )
+        })?;
         Ok(NewAdmin {
             id,
             country,
@@ -99,7 +103,12 @@ impl AdminPlane {
     /// Checks a signed request: decodes it, checks the method, freshness, the admin, the
     /// signature over the exact bytes, and the nonce (once only, on every replica). Returns the
     /// operation. For Init the signer must be one of the admins it names.
-    async fn authenticate(&self, signed: &pb::SignedRequest, method: &'static str, audit: &mut Audit) -> Result<(AdminId, Op), ApiError> {
+    async fn authenticate(
+        &self,
+        signed: &pb::SignedRequest,
+        method: &'static str,
+        audit: &mut Audit,
+    ) -> Result<(AdminId, Op), ApiError> {
         let req = pb::AdminRequest::decode(signed.payload.as_slice())
             .map_err(|_| ApiError::invalid("malformed_request", "the signed payload is not an AdminRequest"))?;
         let admin_id = AdminId::parse(&req.admin_id)?;
@@ -110,7 +119,10 @@ impl AdminPlane {
         if op_name(&op) != method {
             return Err(ApiError::invalid(
                 "operation_mismatch",
-                format!("the signed operation is {} but the method called is {method}", op_name(&op)),
+                format!(
+                    "the signed operation is {} but the method called is {method}",
+                    op_name(&op)
+                ),
             ));
         }
         let now = kms_core::now_unix_ms();
@@ -126,15 +138,16 @@ impl AdminPlane {
             ));
         }
         if !(16..=64).contains(&req.nonce.len()) {
-            return Err(ApiError::invalid("bad_nonce", "the request nonce must be 16 to 64 bytes"));
+            return Err(ApiError::invalid(
+                "bad_nonce",
+                "the request nonce must be 16 to 64 bytes",
+            ));
         }
         let key = match &op {
             Op::Init(init) => {
-                let me = init
-                    .admins
-                    .iter()
-                    .find(|a| a.id == admin_id.as_str())
-                    .ok_or_else(|| ApiError::denied("unknown_admin", "Init must be signed by one of the admins it names"))?;
+                let me = init.admins.iter().find(|a| a.id == admin_id.as_str()).ok_or_else(|| {
+                    ApiError::denied("unknown_admin", "Init must be signed by one of the admins it names")
+                })?;
                 AdminPublicKey::parse(&me.signing_public_key)?
             }
             _ => {
@@ -147,18 +160,34 @@ impl AdminPlane {
                     .map_err(|_| ApiError::internal("corrupt_admin", "stored admin key is unreadable"))?
             }
         };
-        key.verify(&signed.payload, &signed.signature)
-            .map_err(|_| ApiError::denied("bad_signature", format!("the signature does not verify with admin {admin_id}'s key")))?;
+        key.verify(&signed.payload, &signed.signature).map_err(|_| {
+            ApiError::denied(
+                "bad_signature",
+                format!("the signature does not verify with admin {admin_id}'s key"),
+            )
+        })?;
         if !self.store.use_nonce(&req.nonce, req.timestamp_unix_ms + window).await? {
-            return Err(ApiError::denied("replayed_request", "this request nonce was already used"));
+            return Err(ApiError::denied(
+                "replayed_request",
+                "this request nonce was already used",
+            ));
         }
         Ok((admin_id, op))
     }
 
     /// Initializes the database and the seal (from a signed Init, or from dev mode's start).
-    pub async fn initialize(&self, kind: SealKind, threshold: u32, admins: Vec<NewAdmin>, audit: &mut Audit) -> Result<crate::seal::Status, ApiError> {
+    pub async fn initialize(
+        &self,
+        kind: SealKind,
+        threshold: u32,
+        admins: Vec<NewAdmin>,
+        audit: &mut Audit,
+    ) -> Result<crate::seal::Status, ApiError> {
         if self.seal.is_initialized() {
-            return Err(ApiError::precondition("already_initialized", "the server is already initialized"));
+            return Err(ApiError::precondition(
+                "already_initialized",
+                "the server is already initialized",
+            ));
         }
         if admins.is_empty() {
             return Err(ApiError::invalid("no_admins", "Init needs at least one admin"));
@@ -166,7 +195,10 @@ impl AdminPlane {
         let mut ids = BTreeSet::new();
         for a in &admins {
             if !ids.insert(a.id.clone()) {
-                return Err(ApiError::invalid("duplicate_admin", format!("admin {} is listed twice", a.id)));
+                return Err(ApiError::invalid(
+                    "duplicate_admin",
+                    format!("admin {} is listed twice", a.id),
+                ));
             }
         }
         let custodians: Vec<&NewAdmin> = admins.iter().filter(|a| a.custodian).collect();
@@ -174,12 +206,18 @@ impl AdminPlane {
             SealKind::Dev => 0,
             SealKind::Shamir => {
                 if custodians.is_empty() || custodians.len() > 255 {
-                    return Err(ApiError::invalid("bad_custodians", "the shamir seal needs 1 to 255 custodians"));
+                    return Err(ApiError::invalid(
+                        "bad_custodians",
+                        "the shamir seal needs 1 to 255 custodians",
+                    ));
                 }
                 if threshold == 0 || threshold as usize > custodians.len() {
                     return Err(ApiError::invalid(
                         "bad_threshold",
-                        format!("threshold must be between 1 and the number of custodians ({}), not {threshold}", custodians.len()),
+                        format!(
+                            "threshold must be between 1 and the number of custodians ({}), not {threshold}",
+                            custodians.len()
+                        ),
                     ));
                 }
                 threshold
@@ -223,7 +261,10 @@ impl AdminPlane {
                 if let Ok(Some(cfg)) = self.store.seal_config().await {
                     self.seal.adopt_sealed(&cfg);
                 }
-                return Err(ApiError::precondition("already_initialized", "the server is already initialized"));
+                return Err(ApiError::precondition(
+                    "already_initialized",
+                    "the server is already initialized",
+                ));
             }
             Err(e) => return Err(store_err(e)),
         }
@@ -262,7 +303,10 @@ impl AdminPlane {
     async fn create_key(&self, op: pb::CreateKeyOp, audit: &mut Audit) -> Result<pb::KeyMetadata, ApiError> {
         let name = KeyName::parse(&op.name)?;
         if op.description.chars().count() > 1024 {
-            return Err(ApiError::invalid("invalid_argument", "description: at most 1024 characters"));
+            return Err(ApiError::invalid(
+                "invalid_argument",
+                "description: at most 1024 characters",
+            ));
         }
         check_tags(&op.tags)?;
         let grants = AccessPolicy::new(op.grants.iter().map(grant_from_wire).collect::<Result<_, _>>()?)?;
@@ -296,7 +340,10 @@ impl AdminPlane {
         match self.store.create_key(&row, &wrapped, Audit::clone_allowed(audit)).await {
             Ok(()) => {}
             Err(StoreError::Conflict) => {
-                return Err(ApiError::exists("key_name_taken", format!("a key named {:?} exists", row.name)));
+                return Err(ApiError::exists(
+                    "key_name_taken",
+                    format!("a key named {:?} exists", row.name),
+                ));
             }
             Err(e) => return Err(store_err(e)),
         }
@@ -304,7 +351,14 @@ impl AdminPlane {
         Ok(Self::key_metadata(&row))
     }
 
-    async fn change_state(&self, key_ref: &str, to: KeyState, from: &[KeyState], deletion: Option<i64>, audit: &mut Audit) -> Result<pb::KeyMetadata, ApiError> {
+    async fn change_state(
+        &self,
+        key_ref: &str,
+        to: KeyState,
+        from: &[KeyState],
+        deletion: Option<i64>,
+        audit: &mut Audit,
+    ) -> Result<pb::KeyMetadata, ApiError> {
         self.seal.root()?;
         let key = self.keys.resolve(key_ref).await?;
         audit.key(&key.id);
@@ -462,214 +516,392 @@ macro_rules! admin_call {
 
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for AdminPlane {
-    async fn get_seal_status(&self, _request: Request<pb::GetSealStatusRequest>) -> Result<Response<pb::SealStatus>, Status> {
+    async fn get_seal_status(
+        &self,
+        _request: Request<pb::GetSealStatusRequest>,
+    ) -> Result<Response<pb::SealStatus>, Status> {
         Ok(Response::new(wire_status(self.seal.status())))
     }
 
     async fn init(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::InitResponse>, Status> {
-        admin_call!(self, request, "init", durable = true, in_tx = true, |op, admin, audit| {
-            let Op::Init(init) = op else { unreachable!("authenticate checked the operation") };
-            let kind = match pb::SealKind::try_from(init.seal) {
-                Ok(pb::SealKind::Shamir) => SealKind::Shamir,
-                Ok(pb::SealKind::Dev) => SealKind::Dev,
-                _ => return Err(ApiError::invalid("bad_seal", "seal must be SHAMIR or DEV")),
-            };
-            let admins = init.admins.iter().map(|a| self.parse_new_admin(a)).collect::<Result<Vec<_>, _>>()?;
-            let status = self.initialize(kind, init.threshold, admins, &mut audit).await?;
-            Ok(pb::InitResponse {
-                status: Some(wire_status(status)),
-            })
-        })
+        admin_call!(
+            self,
+            request,
+            "init",
+            durable = true,
+            in_tx = true,
+            |op, admin, audit| {
+                let Op::Init(init) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                let kind = match pb::SealKind::try_from(init.seal) {
+                    Ok(pb::SealKind::Shamir) => SealKind::Shamir,
+                    Ok(pb::SealKind::Dev) => SealKind::Dev,
+                    _ => return Err(ApiError::invalid("bad_seal", "seal must be SHAMIR or DEV")),
+                };
+                let admins = init
+                    .admins
+                    .iter()
+                    .map(|a| self.parse_new_admin(a))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let status = self.initialize(kind, init.threshold, admins, &mut audit).await?;
+                Ok(pb::InitResponse {
+                    status: Some(wire_status(status)),
+                })
+            }
+        )
     }
 
-    async fn get_encrypted_share(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::EncryptedShare>, Status> {
-        admin_call!(self, request, "get_encrypted_share", durable = true, in_tx = false, |op, admin, audit| {
-            let _ = op;
-            let (encapsulated_key, ciphertext) = self
-                .store
-                .share_of(admin.as_str())
-                .await?
-                .ok_or_else(|| ApiError::denied("not_a_custodian", format!("admin {admin} holds no share")))?;
-            Ok(pb::EncryptedShare {
-                encapsulated_key,
-                ciphertext,
-            })
-        })
+    async fn get_encrypted_share(
+        &self,
+        request: Request<pb::SignedRequest>,
+    ) -> Result<Response<pb::EncryptedShare>, Status> {
+        admin_call!(
+            self,
+            request,
+            "get_encrypted_share",
+            durable = true,
+            in_tx = false,
+            |op, admin, audit| {
+                let _ = op;
+                let (encapsulated_key, ciphertext) = self
+                    .store
+                    .share_of(admin.as_str())
+                    .await?
+                    .ok_or_else(|| ApiError::denied("not_a_custodian", format!("admin {admin} holds no share")))?;
+                Ok(pb::EncryptedShare {
+                    encapsulated_key,
+                    ciphertext,
+                })
+            }
+        )
     }
 
     async fn unseal(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::SealStatus>, Status> {
-        admin_call!(self, request, "unseal", durable = true, in_tx = false, |op, admin, audit| {
-            let Op::Unseal(u) = op else { unreachable!("authenticate checked the operation") };
-            let row = self.store.admin(admin.as_str()).await?;
-            if !row.map(|r| r.custodian).unwrap_or(false) {
-                return Err(ApiError::denied("not_a_custodian", format!("admin {admin} holds no share")));
+        admin_call!(
+            self,
+            request,
+            "unseal",
+            durable = true,
+            in_tx = false,
+            |op, admin, audit| {
+                let Op::Unseal(u) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                let row = self.store.admin(admin.as_str()).await?;
+                if !row.map(|r| r.custodian).unwrap_or(false) {
+                    return Err(ApiError::denied(
+                        "not_a_custodian",
+                        format!("admin {admin} holds no share"),
+                    ));
+                }
+                let status = self
+                    .seal
+                    .submit_share(admin.as_str(), u.encapsulated_key, u.ciphertext)?;
+                audit.detail("progress", status.progress);
+                audit.detail("sealed", status.sealed);
+                Ok(wire_status(status))
             }
-            let status = self.seal.submit_share(admin.as_str(), u.encapsulated_key, u.ciphertext)?;
-            audit.detail("progress", status.progress);
-            audit.detail("sealed", status.sealed);
-            Ok(wire_status(status))
-        })
+        )
     }
 
     async fn seal(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::SealStatus>, Status> {
-        admin_call!(self, request, "seal", durable = true, in_tx = false, |op, admin, audit| {
-            let _ = op;
-            self.seal.seal()?;
-            self.keys.clear_keks();
-            Ok(wire_status(self.seal.status()))
-        })
+        admin_call!(
+            self,
+            request,
+            "seal",
+            durable = true,
+            in_tx = false,
+            |op, admin, audit| {
+                let _ = op;
+                self.seal.seal()?;
+                self.keys.clear_keks();
+                Ok(wire_status(self.seal.status()))
+            }
+        )
     }
 
     async fn add_admin(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Admin>, Status> {
-        admin_call!(self, request, "add_admin", durable = true, in_tx = true, |op, admin, audit| {
-            let Op::AddAdmin(add) = op else { unreachable!("authenticate checked the operation") };
-            let new = self.parse_new_admin(&add.admin.unwrap_or_default())?;
-            if new.custodian {
-                return Err(ApiError::precondition(
+        admin_call!(
+            self,
+            request,
+            "add_admin",
+            durable = true,
+            in_tx = true,
+            |op, admin, audit| {
+                let Op::AddAdmin(add) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                let new = self.parse_new_admin(&add.admin.unwrap_or_default())?;
+                if new.custodian {
+                    return Err(ApiError::precondition(
                     "custodian_needs_reshare",
                     "a new custodian needs the root key re-shared, which is a quorum operation not available yet; add the admin without custodian",
                 ));
+                }
+                audit.detail("new_admin", new.id.to_string());
+                audit.detail("country", new.country.to_string());
+                let row = AdminRow {
+                    id: new.id.to_string(),
+                    country: new.country.to_string(),
+                    signing_public_key: new.signing_key.as_bytes().to_vec(),
+                    encryption_public_key: new.encryption_key,
+                    custodian: false,
+                    created_unix_ms: kms_core::now_unix_ms(),
+                };
+                match self.store.add_admin(&row, Audit::clone_allowed(&audit)).await {
+                    Ok(()) => Ok(admin_to_wire(&row)),
+                    Err(StoreError::Conflict) => {
+                        Err(ApiError::exists("admin_exists", format!("admin {} exists", row.id)))
+                    }
+                    Err(e) => Err(store_err(e)),
+                }
             }
-            audit.detail("new_admin", new.id.to_string());
-            audit.detail("country", new.country.to_string());
-            let row = AdminRow {
-                id: new.id.to_string(),
-                country: new.country.to_string(),
-                signing_public_key: new.signing_key.as_bytes().to_vec(),
-                encryption_public_key: new.encryption_key,
-                custodian: false,
-                created_unix_ms: kms_core::now_unix_ms(),
-            };
-            match self.store.add_admin(&row, Audit::clone_allowed(&audit)).await {
-                Ok(()) => Ok(admin_to_wire(&row)),
-                Err(StoreError::Conflict) => Err(ApiError::exists("admin_exists", format!("admin {} exists", row.id))),
-                Err(e) => Err(store_err(e)),
-            }
-        })
+        )
     }
 
-    async fn list_admins(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::ListAdminsResponse>, Status> {
-        admin_call!(self, request, "list_admins", durable = false, in_tx = false, |op, admin, audit| {
-            let _ = op;
-            Ok(pb::ListAdminsResponse {
-                admins: self.store.admins().await?.iter().map(admin_to_wire).collect(),
-            })
-        })
+    async fn list_admins(
+        &self,
+        request: Request<pb::SignedRequest>,
+    ) -> Result<Response<pb::ListAdminsResponse>, Status> {
+        admin_call!(
+            self,
+            request,
+            "list_admins",
+            durable = false,
+            in_tx = false,
+            |op, admin, audit| {
+                let _ = op;
+                Ok(pb::ListAdminsResponse {
+                    admins: self.store.admins().await?.iter().map(admin_to_wire).collect(),
+                })
+            }
+        )
     }
 
     async fn create_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(self, request, "create_key", durable = true, in_tx = true, |op, admin, audit| {
-            let Op::CreateKey(c) = op else { unreachable!("authenticate checked the operation") };
-            self.create_key(c, &mut audit).await
-        })
+        admin_call!(
+            self,
+            request,
+            "create_key",
+            durable = true,
+            in_tx = true,
+            |op, admin, audit| {
+                let Op::CreateKey(c) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                self.create_key(c, &mut audit).await
+            }
+        )
     }
 
     async fn describe_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(self, request, "describe_key", durable = false, in_tx = false, |op, admin, audit| {
-            let Op::DescribeKey(d) = op else { unreachable!("authenticate checked the operation") };
-            self.seal.root()?;
-            let key = self.keys.resolve(&d.key).await?;
-            audit.key(&key.id);
-            Ok(Self::key_metadata(&key))
-        })
+        admin_call!(
+            self,
+            request,
+            "describe_key",
+            durable = false,
+            in_tx = false,
+            |op, admin, audit| {
+                let Op::DescribeKey(d) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                self.seal.root()?;
+                let key = self.keys.resolve(&d.key).await?;
+                audit.key(&key.id);
+                Ok(Self::key_metadata(&key))
+            }
+        )
     }
 
     async fn list_keys(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
-        admin_call!(self, request, "list_keys", durable = false, in_tx = false, |op, admin, audit| {
-            let Op::ListKeys(l) = op else { unreachable!("authenticate checked the operation") };
-            self.seal.root()?;
-            let size = match l.page_size {
-                0 => 100,
-                n @ 1..=1000 => n,
-                n => return Err(ApiError::invalid("invalid_argument", format!("page_size {n}: at most 1000"))),
-            };
-            if !l.page_token.is_empty() {
-                KeyId::parse(&l.page_token).map_err(|_| ApiError::invalid("bad_page_token", "page_token is not one this server returned"))?;
+        admin_call!(
+            self,
+            request,
+            "list_keys",
+            durable = false,
+            in_tx = false,
+            |op, admin, audit| {
+                let Op::ListKeys(l) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                self.seal.root()?;
+                let size = match l.page_size {
+                    0 => 100,
+                    n @ 1..=1000 => n,
+                    n => {
+                        return Err(ApiError::invalid(
+                            "invalid_argument",
+                            format!("page_size {n}: at most 1000"),
+                        ))
+                    }
+                };
+                if !l.page_token.is_empty() {
+                    KeyId::parse(&l.page_token).map_err(|_| {
+                        ApiError::invalid("bad_page_token", "page_token is not one this server returned")
+                    })?;
+                }
+                let rows = self.store.list_keys(&l.page_token, size + 1).await?;
+                let more = rows.len() > size as usize;
+                let keys: Vec<pb::KeyMetadata> = rows.iter().take(size as usize).map(Self::key_metadata).collect();
+                let next_page_token = if more {
+                    keys.last().map(|k| k.id.clone()).unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                Ok(pb::ListKeysResponse { keys, next_page_token })
             }
-            let rows = self.store.list_keys(&l.page_token, size + 1).await?;
-            let more = rows.len() > size as usize;
-            let keys: Vec<pb::KeyMetadata> = rows.iter().take(size as usize).map(Self::key_metadata).collect();
-            let next_page_token = if more { keys.last().map(|k| k.id.clone()).unwrap_or_default() } else { String::new() };
-            Ok(pb::ListKeysResponse { keys, next_page_token })
-        })
+        )
     }
 
     async fn rotate_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(self, request, "rotate_key", durable = true, in_tx = true, |op, admin, audit| {
-            let Op::RotateKey(r) = op else { unreachable!("authenticate checked the operation") };
-            let root = self.seal.root()?;
-            let key = self.keys.resolve(&r.key).await?;
-            audit.key(&key.id);
-            let id = KeyId::parse(&key.id)?;
-            let kek = Kek::generate()?;
-            let base = Audit::clone_allowed(&audit);
-            let rotated = self
-                .store
-                .rotate_key(
-                    &key.id,
-                    kms_core::now_unix_ms(),
-                    |v| {
-                        let v = KeyVersion::new(v).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
-                        Ok(root.wrap(id, v, &kek)?)
-                    },
-                    |v| {
-                        let mut rec = base;
-                        let mut detail: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&rec.detail).unwrap_or_default();
-                        detail.insert("new_version".into(), v.into());
-                        rec.detail = serde_json::Value::Object(detail).to_string();
-                        rec
-                    },
-                )
-                .await
-                .map_err(store_err)?;
-            match rotated {
-                Some(row) => Ok(Self::key_metadata(&self.keys.remember(row))),
-                None => {
-                    let current = self.store.key_by_id(&key.id).await?.map(|r| r.state.to_string()).unwrap_or_default();
-                    Err(ApiError::precondition(
-                        "key_not_enabled",
-                        format!("key {} is {current}; only an enabled key can be rotated", key.id),
-                    ))
+        admin_call!(
+            self,
+            request,
+            "rotate_key",
+            durable = true,
+            in_tx = true,
+            |op, admin, audit| {
+                let Op::RotateKey(r) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                let root = self.seal.root()?;
+                let key = self.keys.resolve(&r.key).await?;
+                audit.key(&key.id);
+                let id = KeyId::parse(&key.id)?;
+                let kek = Kek::generate()?;
+                let base = Audit::clone_allowed(&audit);
+                let rotated = self
+                    .store
+                    .rotate_key(
+                        &key.id,
+                        kms_core::now_unix_ms(),
+                        |v| {
+                            let v = KeyVersion::new(v).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
+                            Ok(root.wrap(id, v, &kek)?)
+                        },
+                        |v| {
+                            let mut rec = base;
+                            let mut detail: serde_json::Map<String, serde_json::Value> =
+                                serde_json::from_str(&rec.detail).unwrap_or_default();
+                            detail.insert("new_version".into(), v.into());
+                            rec.detail = serde_json::Value::Object(detail).to_string();
+                            rec
+                        },
+                    )
+                    .await
+                    .map_err(store_err)?;
+                match rotated {
+                    Some(row) => Ok(Self::key_metadata(&self.keys.remember(row))),
+                    None => {
+                        let current = self
+                            .store
+                            .key_by_id(&key.id)
+                            .await?
+                            .map(|r| r.state.to_string())
+                            .unwrap_or_default();
+                        Err(ApiError::precondition(
+                            "key_not_enabled",
+                            format!("key {} is {current}; only an enabled key can be rotated", key.id),
+                        ))
+                    }
                 }
             }
-        })
+        )
     }
 
     async fn enable_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(self, request, "enable_key", durable = true, in_tx = true, |op, admin, audit| {
-            let Op::EnableKey(e) = op else { unreachable!("authenticate checked the operation") };
-            self.change_state(&e.key, KeyState::Enabled, &[KeyState::Disabled], None, &mut audit).await
-        })
+        admin_call!(
+            self,
+            request,
+            "enable_key",
+            durable = true,
+            in_tx = true,
+            |op, admin, audit| {
+                let Op::EnableKey(e) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                self.change_state(&e.key, KeyState::Enabled, &[KeyState::Disabled], None, &mut audit)
+                    .await
+            }
+        )
     }
 
     async fn disable_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(self, request, "disable_key", durable = true, in_tx = true, |op, admin, audit| {
-            let Op::DisableKey(d) = op else { unreachable!("authenticate checked the operation") };
-            self.change_state(&d.key, KeyState::Disabled, &[KeyState::Enabled], None, &mut audit).await
-        })
-    }
-
-    async fn schedule_key_deletion(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(self, request, "schedule_key_deletion", durable = true, in_tx = true, |op, admin, audit| {
-            let Op::ScheduleKeyDeletion(s) = op else { unreachable!("authenticate checked the operation") };
-            if !DELETION_WINDOW_DAYS.contains(&s.pending_window_days) {
-                return Err(ApiError::invalid(
-                    "bad_deletion_window",
-                    format!("pending_window_days {}: must be 7 to 30", s.pending_window_days),
-                ));
+        admin_call!(
+            self,
+            request,
+            "disable_key",
+            durable = true,
+            in_tx = true,
+            |op, admin, audit| {
+                let Op::DisableKey(d) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                self.change_state(&d.key, KeyState::Disabled, &[KeyState::Enabled], None, &mut audit)
+                    .await
             }
-            let at = kms_core::now_unix_ms() + i64::from(s.pending_window_days) * 86_400_000;
-            audit.detail("deletion_unix_ms", at);
-            self.change_state(&s.key, KeyState::PendingDeletion, &[KeyState::Enabled, KeyState::Disabled], Some(at), &mut audit)
-                .await
-        })
+        )
     }
 
-    async fn cancel_key_deletion(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(self, request, "cancel_key_deletion", durable = true, in_tx = true, |op, admin, audit| {
-            let Op::CancelKeyDeletion(c) = op else { unreachable!("authenticate checked the operation") };
-            self.change_state(&c.key, KeyState::Disabled, &[KeyState::PendingDeletion], None, &mut audit).await
-        })
+    async fn schedule_key_deletion(
+        &self,
+        request: Request<pb::SignedRequest>,
+    ) -> Result<Response<pb::KeyMetadata>, Status> {
+        admin_call!(
+            self,
+            request,
+            "schedule_key_deletion",
+            durable = true,
+            in_tx = true,
+            |op, admin, audit| {
+                let Op::ScheduleKeyDeletion(s) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                if !DELETION_WINDOW_DAYS.contains(&s.pending_window_days) {
+                    return Err(ApiError::invalid(
+                        "bad_deletion_window",
+                        format!("pending_window_days {}: must be 7 to 30", s.pending_window_days),
+                    ));
+                }
+                let at = kms_core::now_unix_ms() + i64::from(s.pending_window_days) * 86_400_000;
+                audit.detail("deletion_unix_ms", at);
+                self.change_state(
+                    &s.key,
+                    KeyState::PendingDeletion,
+                    &[KeyState::Enabled, KeyState::Disabled],
+                    Some(at),
+                    &mut audit,
+                )
+                .await
+            }
+        )
+    }
+
+    async fn cancel_key_deletion(
+        &self,
+        request: Request<pb::SignedRequest>,
+    ) -> Result<Response<pb::KeyMetadata>, Status> {
+        admin_call!(
+            self,
+            request,
+            "cancel_key_deletion",
+            durable = true,
+            in_tx = true,
+            |op, admin, audit| {
+                let Op::CancelKeyDeletion(c) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                self.change_state(
+                    &c.key,
+                    KeyState::Disabled,
+                    &[KeyState::PendingDeletion],
+                    None,
+                    &mut audit,
+                )
+                .await
+            }
+        )
     }
 }
 

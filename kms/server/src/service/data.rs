@@ -38,14 +38,24 @@ impl DataPlane {
     fn check_usable(key: &KeyRow, who: &Principal, op: Operation) -> Result<(), ApiError> {
         match key.state {
             KeyState::Enabled => {}
-            KeyState::Disabled => return Err(ApiError::precondition("key_disabled", format!("key {} is disabled", key.id))),
+            KeyState::Disabled => {
+                return Err(ApiError::precondition(
+                    "key_disabled",
+                    format!("key {} is disabled", key.id),
+                ))
+            }
             KeyState::PendingDeletion => {
                 return Err(ApiError::precondition(
                     "key_pending_deletion",
                     format!("key {} is pending deletion", key.id),
                 ))
             }
-            KeyState::Destroyed => return Err(ApiError::precondition("key_destroyed", format!("key {} is destroyed", key.id))),
+            KeyState::Destroyed => {
+                return Err(ApiError::precondition(
+                    "key_destroyed",
+                    format!("key {} is destroyed", key.id),
+                ))
+            }
         }
         if !key.grants.allows(who, op) {
             return Err(ApiError::denied(
@@ -58,8 +68,12 @@ impl DataPlane {
 
     /// Whether plaintext of this key may be returned to a caller that has not attested.
     fn check_release(&self, key: &KeyRow) -> Result<(), ApiError> {
-        let policy = ReleasePolicy::parse(&key.release_policy)
-            .map_err(|_| ApiError::internal("corrupt_policy", format!("key {} has an unreadable release policy", key.id)))?;
+        let policy = ReleasePolicy::parse(&key.release_policy).map_err(|_| {
+            ApiError::internal(
+                "corrupt_policy",
+                format!("key {} has an unreadable release policy", key.id),
+            )
+        })?;
         if policy.allows_unattested_release() && self.allow_unattested {
             Ok(())
         } else {
@@ -70,7 +84,14 @@ impl DataPlane {
         }
     }
 
-    async fn new_data_key(&self, who: &Principal, key_ref: &str, ctx: pb::GenerateDataKeyRequest, op: Operation, audit: &mut Audit) -> Result<(Vec<u8>, DataKey, Arc<KeyRow>), ApiError> {
+    async fn new_data_key(
+        &self,
+        who: &Principal,
+        key_ref: &str,
+        ctx: pb::GenerateDataKeyRequest,
+        op: Operation,
+        audit: &mut Audit,
+    ) -> Result<(Vec<u8>, DataKey, Arc<KeyRow>), ApiError> {
         let _ = key_ref;
         self.keys.ensure_unsealed()?;
         let context = context(ctx.encryption_context)?;
@@ -80,15 +101,29 @@ impl DataPlane {
         if op == Operation::GenerateDataKey {
             self.check_release(&key)?;
         }
-        let version = KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
+        let version =
+            KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
         let kek = self.keys.kek(&key, version).await?;
         let data_key = DataKey::generate()?;
-        let blob = blob::seal(&kek, KeyId::parse(&key.id)?, version, &context, data_key.expose_secret())?;
+        let blob = blob::seal(
+            &kek,
+            KeyId::parse(&key.id)?,
+            version,
+            &context,
+            data_key.expose_secret(),
+        )?;
         audit.detail("key_version", version.get());
         Ok((blob, data_key, key))
     }
 
-    async fn decrypt_blob(&self, who: &Principal, bytes: &[u8], ctx: &kms_core::context::EncryptionContext, op: Operation, audit: &mut Audit) -> Result<(kms_core::secret::SecretBytes, Arc<KeyRow>, KeyVersion), ApiError> {
+    async fn decrypt_blob(
+        &self,
+        who: &Principal,
+        bytes: &[u8],
+        ctx: &kms_core::context::EncryptionContext,
+        op: Operation,
+        audit: &mut Audit,
+    ) -> Result<(kms_core::secret::SecretBytes, Arc<KeyRow>, KeyVersion), ApiError> {
         let parsed = Blob::parse(bytes)?;
         let key = self.keys.by_id(parsed.key_id()).await?;
         audit.key(&key.id);
@@ -111,7 +146,10 @@ impl DataPlane {
 
 #[tonic::async_trait]
 impl pb::key_service_server::KeyService for DataPlane {
-    async fn generate_data_key(&self, request: Request<pb::GenerateDataKeyRequest>) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
+    async fn generate_data_key(
+        &self,
+        request: Request<pb::GenerateDataKeyRequest>,
+    ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
         let who = self.caller(&request)?;
         let mut audit = Audit::new(who.as_str(), "generate_data_key");
         let req = request.into_inner();
@@ -141,7 +179,13 @@ impl pb::key_service_server::KeyService for DataPlane {
         };
         let key_ref = as_gen.key.clone();
         let result = self
-            .new_data_key(&who, &key_ref, as_gen, Operation::GenerateDataKeyWithoutPlaintext, &mut audit)
+            .new_data_key(
+                &who,
+                &key_ref,
+                as_gen,
+                Operation::GenerateDataKeyWithoutPlaintext,
+                &mut audit,
+            )
             .await
             .map(|(blob, _dk, key)| pb::GenerateDataKeyWithoutPlaintextResponse {
                 ciphertext_blob: blob,
@@ -160,14 +204,19 @@ impl pb::key_service_server::KeyService for DataPlane {
             if req.plaintext.len() > blob::MAX_PLAINTEXT {
                 return Err(ApiError::invalid(
                     "plaintext_too_long",
-                    format!("plaintext is {} bytes; at most {} may be encrypted", req.plaintext.len(), blob::MAX_PLAINTEXT),
+                    format!(
+                        "plaintext is {} bytes; at most {} may be encrypted",
+                        req.plaintext.len(),
+                        blob::MAX_PLAINTEXT
+                    ),
                 ));
             }
             let context = context(req.encryption_context)?;
             let key = self.keys.resolve(&req.key).await?;
             audit.key(&key.id);
             Self::check_usable(&key, &who, Operation::Encrypt)?;
-            let version = KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
+            let version =
+                KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
             let kek = self.keys.kek(&key, version).await?;
             let ciphertext_blob = blob::seal(&kek, KeyId::parse(&key.id)?, version, &context, &req.plaintext)?;
             audit.detail("key_version", version.get());
@@ -212,7 +261,10 @@ impl pb::key_service_server::KeyService for DataPlane {
         finish(&self.audit, audit, result, true).await
     }
 
-    async fn re_encrypt(&self, request: Request<pb::ReEncryptRequest>) -> Result<Response<pb::ReEncryptResponse>, Status> {
+    async fn re_encrypt(
+        &self,
+        request: Request<pb::ReEncryptRequest>,
+    ) -> Result<Response<pb::ReEncryptResponse>, Status> {
         let who = self.caller(&request)?;
         let mut audit = Audit::new(who.as_str(), "re_encrypt");
         let req = request.into_inner();
@@ -230,7 +282,8 @@ impl pb::key_service_server::KeyService for DataPlane {
             };
             audit.detail("destination_key_id", dst.id.clone());
             Self::check_usable(&dst, &who, Operation::ReEncrypt)?;
-            let version = KeyVersion::new(dst.latest_version).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
+            let version =
+                KeyVersion::new(dst.latest_version).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
             let kek = self.keys.kek(&dst, version).await?;
             let ciphertext_blob = blob::seal(&kek, KeyId::parse(&dst.id)?, version, &dst_ctx, plain.expose_secret())?;
             audit.detail("destination_key_version", version.get());

@@ -65,7 +65,11 @@ impl Audit {
 
     /// The record of a refusal or failure.
     pub fn failed(self, e: &ApiError) -> Record {
-        let outcome = if e.is_refusal() { Outcome::Refused } else { Outcome::Error };
+        let outcome = if e.is_refusal() {
+            Outcome::Refused
+        } else {
+            Outcome::Error
+        };
         self.into_record(outcome, e.reason, Some(&e.message))
     }
 }
@@ -73,7 +77,12 @@ impl Audit {
 /// Ends a call: on success the record is made durable before the response is released (an audit
 /// failure turns the success into UNAVAILABLE); on failure the refusal is queued and the error
 /// returned.
-pub async fn finish<T>(log: &AuditLog, audit: Audit, result: Result<T, ApiError>, durable: bool) -> Result<tonic::Response<T>, tonic::Status> {
+pub async fn finish<T>(
+    log: &AuditLog,
+    audit: Audit,
+    result: Result<T, ApiError>,
+    durable: bool,
+) -> Result<tonic::Response<T>, tonic::Status> {
     match result {
         Ok(v) => {
             if durable {

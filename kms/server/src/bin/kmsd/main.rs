@@ -44,11 +44,14 @@ fn main() -> ExitCode {
         (None, true) => std::fs::create_dir_all(&args.data_dir)
             .map_err(|e| kms_server::config::ConfigError(format!("--data-dir {}: {e}", args.data_dir.display())))
             .and_then(|()| {
-                let dir = std::fs::canonicalize(&args.data_dir)
-                    .map_err(|e| kms_server::config::ConfigError(format!("--data-dir {}: {e}", args.data_dir.display())))?;
+                let dir = std::fs::canonicalize(&args.data_dir).map_err(|e| {
+                    kms_server::config::ConfigError(format!("--data-dir {}: {e}", args.data_dir.display()))
+                })?;
                 Config::dev(args.listen, dir)
             }),
-        _ => Err(kms_server::config::ConfigError("give --config FILE, or --dev for a local development server".into())),
+        _ => Err(kms_server::config::ConfigError(
+            "give --config FILE, or --dev for a local development server".into(),
+        )),
     };
     let config = match config {
         Ok(c) => c,
@@ -134,8 +137,11 @@ fn print_dev_banner(config: &Config, dir: &std::path::Path) {
 }
 
 fn init_logging(json: bool, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KMSD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KMSD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
