@@ -388,6 +388,27 @@ async fn sealing(backend: Backend) {
         "sealed",
     );
 
+    // Fail-safe and read-only admin operations work while sealed: a sealed replica can still
+    // disable a key.
+    let m = c
+        .admin
+        .disable_key(signed(
+            &c.custodians[0],
+            Op::DisableKey(pb::DisableKeyOp { key: "s".into() }),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(m.state, pb::KeyState::Disabled as i32);
+    c.admin
+        .enable_key(signed(
+            &c.custodians[0],
+            Op::EnableKey(pb::EnableKeyOp { key: "s".into() }),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(status.key_check_value.len(), 16);
+
     // Too few shares: still sealed. The same custodian twice: refused.
     let s = submit_share(&mut c.admin, &c.custodians[0]).await.unwrap();
     assert!(s.sealed && s.progress == 1);

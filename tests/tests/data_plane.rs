@@ -376,13 +376,37 @@ async fn grants_and_release(backend: Backend) {
     );
     // ReEncrypt of it works: plaintext never leaves.
     app.re_encrypt(pb::ReEncryptRequest {
-        ciphertext_blob: wrapped,
+        ciphertext_blob: wrapped.clone(),
         source_encryption_context: ctx(&[]),
         destination_key: String::new(),
         destination_encryption_context: ctx(&[]),
     })
     .await
     .unwrap();
+    // But not onto a key that releases without attestation: that would launder it.
+    assert_refused(
+        app.re_encrypt(pb::ReEncryptRequest {
+            ciphertext_blob: wrapped.clone(),
+            source_encryption_context: ctx(&[]),
+            destination_key: "open".into(),
+            destination_encryption_context: ctx(&[]),
+        })
+        .await,
+        Code::FailedPrecondition,
+        "release_policy_downgrade",
+    );
+    // Naming an expected key one may not use reveals nothing about the blob.
+    assert_refused(
+        other
+            .decrypt(pb::DecryptRequest {
+                ciphertext_blob: wrapped,
+                encryption_context: ctx(&[]),
+                key: "attested".into(),
+            })
+            .await,
+        Code::PermissionDenied,
+        "not_permitted",
+    );
 
     // A server that does not allow unattested keys refuses to create them, and refuses plaintext
     // for such keys already in its database.
@@ -502,6 +526,24 @@ async fn lifecycle(backend: Backend) {
             "bad_deletion_window",
         );
     }
+    // Deletion is scheduled only for a disabled key (disable first, see what breaks).
+    let schedule7 = || {
+        Op::ScheduleKeyDeletion(pb::ScheduleKeyDeletionOp {
+            key: "life".into(),
+            pending_window_days: 7,
+        })
+    };
+    assert_refused(
+        c.admin
+            .schedule_key_deletion(signed(&c.custodians[0], schedule7()))
+            .await,
+        Code::FailedPrecondition,
+        "invalid_state_transition",
+    );
+    c.admin
+        .disable_key(signed(&c.custodians[0], Op::DisableKey(k())))
+        .await
+        .unwrap();
     let m = c
         .admin
         .schedule_key_deletion(signed(

@@ -1,5 +1,6 @@
 //! The key lifecycle. State only moves forward: Enabled ⇄ Disabled → PendingDeletion → Destroyed,
 //! with PendingDeletion → Disabled when a deletion is cancelled. Destroyed is final.
+//! [`Transition`] is the one definition of these moves.
 
 use std::fmt;
 
@@ -42,23 +43,55 @@ impl KeyState {
             _ => return None,
         })
     }
+}
 
-    /// The states from which `to` may be reached.
-    pub fn sources_of(to: Self) -> &'static [Self] {
-        match to {
-            Self::Enabled => &[Self::Disabled],
-            Self::Disabled => &[Self::Enabled, Self::PendingDeletion],
-            Self::PendingDeletion => &[Self::Enabled, Self::Disabled],
-            Self::Destroyed => &[Self::PendingDeletion],
+/// A lifecycle operation: from which states it starts, and where it leads. The one definition
+/// that the admin plane and the destroyer both use.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Transition {
+    /// Disabled → Enabled.
+    Enable,
+    /// Enabled → Disabled.
+    Disable,
+    /// Disabled → PendingDeletion: a key is disabled first, so its users fail visibly before
+    /// its material is scheduled for destruction.
+    ScheduleDeletion,
+    /// PendingDeletion → Disabled.
+    CancelDeletion,
+    /// PendingDeletion → Destroyed, when the window has ended. Irreversible.
+    Destroy,
+}
+
+impl Transition {
+    /// The states the operation may start from.
+    pub fn from(self) -> &'static [KeyState] {
+        match self {
+            Self::Enable => &[KeyState::Disabled],
+            Self::Disable => &[KeyState::Enabled],
+            Self::ScheduleDeletion => &[KeyState::Disabled],
+            Self::CancelDeletion | Self::Destroy => &[KeyState::PendingDeletion],
         }
     }
 
-    /// Checks that `self → to` is allowed.
-    pub fn check_transition(self, to: Self) -> Result<(), Error> {
-        if Self::sources_of(to).contains(&self) {
+    /// The state it leads to.
+    pub fn to(self) -> KeyState {
+        match self {
+            Self::Enable => KeyState::Enabled,
+            Self::Disable | Self::CancelDeletion => KeyState::Disabled,
+            Self::ScheduleDeletion => KeyState::PendingDeletion,
+            Self::Destroy => KeyState::Destroyed,
+        }
+    }
+
+    /// Checks that the operation may start from `state`.
+    pub fn check(self, state: KeyState) -> Result<(), Error> {
+        if self.from().contains(&state) {
             Ok(())
         } else {
-            Err(Error::InvalidTransition { from: self, to })
+            Err(Error::InvalidTransition {
+                from: state,
+                to: self.to(),
+            })
         }
     }
 }
@@ -72,21 +105,29 @@ impl fmt::Display for KeyState {
 #[cfg(test)]
 mod tests {
     use super::KeyState::*;
+    use super::*;
 
     #[test]
     fn only_forward_moves() {
-        assert!(Enabled.check_transition(Disabled).is_ok());
-        assert!(Disabled.check_transition(Enabled).is_ok());
-        assert!(Disabled.check_transition(PendingDeletion).is_ok());
-        assert!(PendingDeletion.check_transition(Disabled).is_ok());
-        assert!(PendingDeletion.check_transition(Destroyed).is_ok());
-        assert!(PendingDeletion.check_transition(Enabled).is_err());
-        for to in [Enabled, Disabled, PendingDeletion] {
-            assert!(Destroyed.check_transition(to).is_err());
+        let all = [Enabled, Disabled, PendingDeletion, Destroyed];
+        let allowed = |t: Transition| all.iter().copied().filter(|s| t.check(*s).is_ok()).collect::<Vec<_>>();
+        assert_eq!(allowed(Transition::Enable), [Disabled]);
+        assert_eq!(allowed(Transition::Disable), [Enabled]);
+        assert_eq!(allowed(Transition::ScheduleDeletion), [Disabled]);
+        assert_eq!(allowed(Transition::CancelDeletion), [PendingDeletion]);
+        assert_eq!(allowed(Transition::Destroy), [PendingDeletion]);
+        // Nothing leaves Destroyed.
+        for t in [
+            Transition::Enable,
+            Transition::Disable,
+            Transition::ScheduleDeletion,
+            Transition::CancelDeletion,
+            Transition::Destroy,
+        ] {
+            assert!(t.check(Destroyed).is_err());
         }
-        assert!(Enabled.check_transition(Destroyed).is_err());
-        for s in [Enabled, Disabled, PendingDeletion, Destroyed] {
-            assert_eq!(super::KeyState::parse(s.as_str()), Some(s));
+        for s in all {
+            assert_eq!(KeyState::parse(s.as_str()), Some(s));
         }
     }
 }

@@ -66,7 +66,7 @@ pub struct AccessPolicy {
 }
 
 impl AccessPolicy {
-    /// Checks the grants: at most 100, principals of 1 to 512 characters without control
+    /// Checks the grants: at most 100, principals of 1 to 512 bytes without control
     /// characters, each principal once, each grant with at least one operation.
     pub fn new(grants: Vec<Grant>) -> Result<Self, Error> {
         let bad = |reason: String| Error::InvalidPolicy {
@@ -80,7 +80,7 @@ impl AccessPolicy {
         for (i, g) in grants.iter().enumerate() {
             if g.principal.is_empty() || g.principal.len() > 512 || g.principal.chars().any(char::is_control) {
                 return Err(bad(format!(
-                    "grants[{i}].principal must be 1 to 512 printable characters"
+                    "grants[{i}].principal must be 1 to 512 bytes without control characters"
                 )));
             }
             if g.operations.is_empty() {

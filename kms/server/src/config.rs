@@ -235,6 +235,21 @@ impl Config {
         if file.audit.batch_max == 0 || file.audit.batch_max > 2000 {
             return Err(ConfigError("audit.batch_max must be between 1 and 2000".into()));
         }
+        if !matches!(file.log.format.as_str(), "text" | "json") {
+            return Err(ConfigError(format!(
+                "log.format: {:?} is not `text` or `json`",
+                file.log.format
+            )));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&file.log.level).is_err() {
+            return Err(ConfigError(format!(
+                "log.level: {:?} is not a tracing filter (e.g. `info`)",
+                file.log.level
+            )));
+        }
+        if file.keys.destroy_interval_secs == 0 {
+            return Err(ConfigError("keys.destroy_interval_secs must be at least 1".into()));
+        }
         for (name, p) in [
             ("tls.cert", &file.tls.cert),
             ("tls.key", &file.tls.key),
@@ -252,7 +267,7 @@ impl Config {
             allowed_countries,
             admin_request_window: Duration::from_secs(file.admin.request_window_secs),
             key_cache_ttl: Duration::from_millis(file.keys.cache_ttl_ms),
-            destroy_interval: Duration::from_secs(file.keys.destroy_interval_secs.max(1)),
+            destroy_interval: Duration::from_secs(file.keys.destroy_interval_secs),
             audit_batch_max: file.audit.batch_max,
             dev: None,
             danger: file.danger,
@@ -292,7 +307,7 @@ fn check_db_url(url: &str) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(ConfigError(
-            "database.url must start with postgres:// or sqlite://".into(),
+            "database.url must start with postgres://, postgresql:// or sqlite:".into(),
         ))
     }
 }

@@ -119,7 +119,7 @@ impl From<kms_core::Error> for ApiError {
             E::Shamir(_) => Self::invalid("invalid_share", e.to_string()),
             E::KeyCheckMismatch => Self::invalid("wrong_share_set", e.to_string()),
             E::InvalidTransition { .. } => Self::precondition("invalid_state_transition", e.to_string()),
-            E::Hpke(_) => Self::invalid("hpke_failed", e.to_string()),
+            E::Hpke(_) => Self::internal("hpke_failed", e.to_string()),
             E::UnwrapFailed => Self::internal("kek_unwrap_failed", e.to_string()),
             _ => Self::internal("internal", e.to_string()),
         }

@@ -57,8 +57,10 @@ pub fn principal_of(der: &[u8]) -> Result<Principal, ApiError> {
     let (_, cert) = X509Certificate::from_der(der)
         .map_err(|_| ApiError::denied("bad_client_certificate", "the client certificate cannot be parsed"))?;
     if let Ok(Some(san)) = cert.subject_alternative_name() {
+        // Only hierarchical URIs (scheme://…, e.g. SPIFFE IDs): a URI SAN such as `dns:x`, `cn:x`
+        // or `anonymous` must not pass for a principal of another form.
         if let Some(uri) = san.value.general_names.iter().find_map(|n| match n {
-            GeneralName::URI(u) => Some(*u),
+            GeneralName::URI(u) if u.contains("://") => Some(*u),
             _ => None,
         }) {
             return Ok(Principal::new(uri));

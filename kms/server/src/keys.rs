@@ -131,6 +131,11 @@ impl Keys {
             )
         })?);
         write(&self.keks).insert((id, version.get()), kek.clone());
+        // A Seal that ran while this call unwrapped must not leave its KEK cached.
+        if self.seal.root().is_err() {
+            self.clear_keks();
+            return Err(ApiError::sealed());
+        }
         Ok(kek)
     }
 

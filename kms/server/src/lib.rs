@@ -96,12 +96,17 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Tls(format!("reflection: {e}")))?;
+    // v1alpha too: older grpcurl and grpcui speak only that.
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kms_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeError::Tls(format!("reflection: {e}")))?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let background = tokio::spawn(background(
         store.clone(),
         keys.clone(),
-        audit.clone(),
         seal.clone(),
         health,
         config.destroy_interval,
@@ -122,6 +127,7 @@ pub async fn serve(
     let result = builder
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(KeyServiceServer::new(data))
         .add_service(AdminServiceServer::new(admin))
         .serve_with_incoming_shutdown(incoming, shutdown)
@@ -169,7 +175,6 @@ async fn dev_init(admin: &AdminPlane, dir: &std::path::Path) -> Result<(), Serve
 async fn background(
     store: Store,
     keys: Arc<Keys>,
-    audit: AuditLog,
     seal: Arc<Seal>,
     health: tonic_health::server::HealthReporter,
     interval: std::time::Duration,
@@ -182,6 +187,12 @@ async fn background(
         tokio::select! {
             _ = stop.changed() => return,
             _ = health_tick.tick() => {
+                // Another replica may have run Init: pick up its seal record (sealed).
+                if !seal.is_initialized() {
+                    if let Ok(Some(cfg)) = store.seal_config().await {
+                        seal.adopt_sealed(&cfg);
+                    }
+                }
                 let sealed = seal.root().is_err();
                 if last_sealed != Some(sealed) {
                     last_sealed = Some(sealed);
@@ -193,7 +204,7 @@ async fn background(
                 }
             }
             _ = destroy_tick.tick() => {
-                destroy_due(&store, &keys, &audit).await;
+                destroy_due(&store, &keys).await;
                 if let Err(e) = store.purge_nonces(kms_core::now_unix_ms()).await {
                     tracing::warn!(error = %e, "cannot purge admin nonces");
                 }
@@ -204,7 +215,7 @@ async fn background(
 
 /// Destroys keys whose deletion time has passed: material erased, state Destroyed, audited in
 /// the same transaction. Safe on several replicas: the conditional update lets one win.
-pub async fn destroy_due(store: &Store, keys: &Keys, _audit: &AuditLog) {
+pub async fn destroy_due(store: &Store, keys: &Keys) {
     let now = kms_core::now_unix_ms();
     let due = match store.due_for_destruction(now).await {
         Ok(d) => d,
@@ -219,8 +230,7 @@ pub async fn destroy_due(store: &Store, keys: &Keys, _audit: &AuditLog) {
         let r = store
             .change_state(
                 &id,
-                &[kms_core::key::KeyState::PendingDeletion],
-                kms_core::key::KeyState::Destroyed,
+                kms_core::key::Transition::Destroy,
                 None,
                 Some(now),
                 now,

@@ -76,6 +76,9 @@ pub struct Status {
     pub progress: u32,
     /// The X25519 key custodians seal their share to.
     pub unseal_public_key: Vec<u8>,
+    /// The root key's check value, once initialized: custodians compare it with the value they
+    /// saw at init, so a database whose seal record was swapped is noticed before they unseal.
+    pub key_check_value: Vec<u8>,
 }
 
 enum State {
@@ -183,6 +186,18 @@ impl Seal {
         }
     }
 
+    /// `not_initialized` until init has run (operations that need no root key).
+    pub fn require_initialized(&self) -> Result<(), ApiError> {
+        if self.is_initialized() {
+            Ok(())
+        } else {
+            Err(ApiError::precondition(
+                "not_initialized",
+                "the server is not initialized (kmsctl init)",
+            ))
+        }
+    }
+
     /// Whether init has run.
     pub fn is_initialized(&self) -> bool {
         !matches!(&*self.read(), State::Uninitialized)
@@ -204,12 +219,13 @@ impl Seal {
                 threshold: 0,
                 progress: 0,
                 unseal_public_key,
+                key_check_value: Vec::new(),
             },
             State::Sealed {
                 kind,
                 threshold,
                 shares,
-                ..
+                kcv,
             } => Status {
                 initialized: true,
                 sealed: true,
@@ -217,14 +233,18 @@ impl Seal {
                 threshold: *threshold,
                 progress: u32::try_from(shares.len()).unwrap_or(u32::MAX),
                 unseal_public_key,
+                key_check_value: kcv.to_vec(),
             },
-            State::Unsealed { kind, threshold, .. } => Status {
+            State::Unsealed {
+                kind, threshold, kcv, ..
+            } => Status {
                 initialized: true,
                 sealed: false,
                 kind: Some(*kind),
                 threshold: *threshold,
                 progress: 0,
                 unseal_public_key,
+                key_check_value: kcv.to_vec(),
             },
         }
     }
@@ -248,14 +268,29 @@ impl Seal {
         Ok((root, row))
     }
 
-    /// Writes the dev root key file (dev seal only), before the seal record is committed.
+    /// Writes the dev root key file (dev seal only), before the seal record is committed. A file
+    /// left from an earlier, now empty, database is moved aside, not overwritten.
     pub fn write_dev_root(&self, root: &RootKeyMaterial) -> Result<(), ApiError> {
         let dir = self
             .dev_dir
             .as_ref()
             .ok_or_else(|| ApiError::precondition("dev_seal_refused", "the dev seal exists only in dev mode"))?;
-        write_secret_file(&dir.join(DEV_ROOT_FILE), hex::encode(root.expose_secret()).as_bytes())
+        let path = dir.join(DEV_ROOT_FILE);
+        if path.exists() {
+            let aside = dir.join(format!("{DEV_ROOT_FILE}.replaced-{}", kms_core::now_unix_ms()));
+            std::fs::rename(&path, &aside).map_err(|e| {
+                ApiError::internal("dev_root_write", format!("cannot move the old dev root key aside: {e}"))
+            })?;
+        }
+        write_secret_file(&path, hex::encode(root.expose_secret()).as_bytes())
             .map_err(|e| ApiError::internal("dev_root_write", format!("cannot write the dev root key: {e}")))
+    }
+
+    /// Removes the dev root key file written for an init that did not commit.
+    pub fn discard_dev_root(&self) {
+        if let Some(dir) = &self.dev_dir {
+            let _ = std::fs::remove_file(dir.join(DEV_ROOT_FILE));
+        }
     }
 
     /// After init is stored: this process holds the root key it created.

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use kms_core::audit::{self, Record};
-use kms_core::key::KeyState;
+use kms_core::key::{KeyState, Transition};
 use kms_core::policy::AccessPolicy;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row, Transaction};
@@ -365,20 +365,20 @@ impl Store {
         Ok(Some(key))
     }
 
-    /// Moves a key to `to` if it is in one of the states `from` (and, with `due_by`, its
-    /// deletion time is at or before it). `None` if it was not (the caller reads the key to say
-    /// why). Destroying erases every version's wrapped KEK in the same transaction.
-    #[allow(clippy::too_many_arguments)]
+    /// Applies a lifecycle transition if the key is in a state it starts from (and, with
+    /// `due_by`, its deletion time is at or before it). `None` if it was not (the caller reads the
+    /// key to say why). Destroying erases every version's wrapped KEK in the same transaction.
     pub async fn change_state(
         &self,
         id: &str,
-        from: &[KeyState],
-        to: KeyState,
+        transition: Transition,
         deletion_unix_ms: Option<i64>,
         due_by: Option<i64>,
         now: i64,
         record: Record,
     ) -> Result<Option<KeyRow>, StoreError> {
+        let from = transition.from();
+        let to = transition.to();
         let placeholders: Vec<String> = (0..from.len()).map(|i| format!("${}", i + 6)).collect();
         let sql = format!(
             "UPDATE keys SET state = $2, deletion_unix_ms = $3, updated_unix_ms = $4 WHERE id = $1 AND state IN ({}) \

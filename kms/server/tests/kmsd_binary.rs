@@ -47,6 +47,28 @@ fn bad_configuration_exits_64_and_names_the_problem() {
 
     let (code, err) = run(&[]);
     assert_eq!(code, 64, "{err}");
+
+    std::fs::write(&path, "listen = \"127.0.0.1:7300\"\n[database]\nurl = \"sqlite://x.db\"\n[log]\nformat = \"yaml\"\n[tls]\ncert = \"/etc/hostname\"\nkey = \"/etc/hostname\"\nclient_ca = \"/etc/hostname\"\n").unwrap();
+    let (code, err) = run(&["--config", path.to_str().unwrap()]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("log.format"), "{err}");
+}
+
+#[test]
+fn a_server_that_cannot_start_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kmsd.toml");
+    let port = free_port();
+    std::fs::write(
+        &path,
+        format!("listen = \"127.0.0.1:{port}\"\n[database]\nurl = \"sqlite:///nonexistent-dir/kms.db?mode=rwc\"\n[tls]\ncert = \"/etc/hostname\"\nkey = \"/etc/hostname\"\nclient_ca = \"/etc/hostname\"\n"),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let (code, err) = run(&["--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("database"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(10));
 }
 
 fn free_port() -> u16 {

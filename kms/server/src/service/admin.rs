@@ -12,7 +12,7 @@ use kms_core::blob::Kek;
 use kms_core::hpke_seal::{self, P256};
 use kms_core::ids::{AdminId, KeyId, KeyName, KeyVersion};
 use kms_core::jurisdiction::{AllowedCountries, Country};
-use kms_core::key::{KeyState, DELETION_WINDOW_DAYS};
+use kms_core::key::{KeyState, Transition, DELETION_WINDOW_DAYS};
 use kms_core::policy::{AccessPolicy, Grant, Operation, ReleasePolicy};
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
@@ -256,17 +256,22 @@ impl AdminPlane {
         let record = Audit::clone_allowed(audit);
         match self.store.initialize(&seal_row, &rows, &shares, record).await {
             Ok(()) => {}
-            Err(StoreError::Conflict) => {
-                // Another replica won the race: adopt its seal record, sealed.
-                if let Ok(Some(cfg)) = self.store.seal_config().await {
-                    self.seal.adopt_sealed(&cfg);
+            Err(e) => {
+                if kind == SealKind::Dev {
+                    self.seal.discard_dev_root();
                 }
-                return Err(ApiError::precondition(
-                    "already_initialized",
-                    "the server is already initialized",
-                ));
+                if let StoreError::Conflict = e {
+                    // Another replica won the race: adopt its seal record, sealed.
+                    if let Ok(Some(cfg)) = self.store.seal_config().await {
+                        self.seal.adopt_sealed(&cfg);
+                    }
+                    return Err(ApiError::precondition(
+                        "already_initialized",
+                        "the server is already initialized",
+                    ));
+                }
+                return Err(store_err(e));
             }
-            Err(e) => return Err(store_err(e)),
         }
         self.seal.finish_init(kind, threshold, &root)?;
         Ok(self.seal.status())
@@ -351,22 +356,24 @@ impl AdminPlane {
         Ok(Self::key_metadata(&row))
     }
 
+    /// Applies a lifecycle transition. Needs no root key: a sealed replica can still disable a
+    /// key (fail-safe) or schedule its deletion.
     async fn change_state(
         &self,
         key_ref: &str,
-        to: KeyState,
-        from: &[KeyState],
+        transition: Transition,
         deletion: Option<i64>,
         audit: &mut Audit,
     ) -> Result<pb::KeyMetadata, ApiError> {
-        self.seal.root()?;
+        let to = transition.to();
+        self.seal.require_initialized()?;
         let key = self.keys.resolve(key_ref).await?;
         audit.key(&key.id);
         audit.detail("to", to.as_str());
         let now = kms_core::now_unix_ms();
         let changed = self
             .store
-            .change_state(&key.id, from, to, deletion, None, now, Audit::clone_allowed(audit))
+            .change_state(&key.id, transition, deletion, None, now, Audit::clone_allowed(audit))
             .await
             .map_err(store_err)?;
         match changed {
@@ -378,9 +385,16 @@ impl AdminPlane {
                     .await?
                     .ok_or_else(|| ApiError::not_found("key_not_found", format!("no key {}", key.id)))?;
                 let current = self.keys.remember(current);
+                let allowed: Vec<&str> = transition.from().iter().map(|s| s.as_str()).collect();
                 Err(ApiError::precondition(
                     "invalid_state_transition",
-                    format!("key {} is {}; it cannot become {}", current.id, current.state, to),
+                    format!(
+                        "key {} is {}; it can become {} only from {}",
+                        current.id,
+                        current.state,
+                        to,
+                        allowed.join(" or ")
+                    ),
                 ))
             }
         }
@@ -489,6 +503,7 @@ fn wire_status(s: crate::seal::Status) -> pb::SealStatus {
         threshold: s.threshold,
         progress: s.progress,
         unseal_public_key: s.unseal_public_key,
+        key_check_value: s.key_check_value,
     }
 }
 
@@ -821,8 +836,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 let Op::EnableKey(e) = op else {
                     unreachable!("authenticate checked the operation")
                 };
-                self.change_state(&e.key, KeyState::Enabled, &[KeyState::Disabled], None, &mut audit)
-                    .await
+                self.change_state(&e.key, Transition::Enable, None, &mut audit).await
             }
         )
     }
@@ -838,8 +852,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 let Op::DisableKey(d) = op else {
                     unreachable!("authenticate checked the operation")
                 };
-                self.change_state(&d.key, KeyState::Disabled, &[KeyState::Enabled], None, &mut audit)
-                    .await
+                self.change_state(&d.key, Transition::Disable, None, &mut audit).await
             }
         )
     }
@@ -866,14 +879,8 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 }
                 let at = kms_core::now_unix_ms() + i64::from(s.pending_window_days) * 86_400_000;
                 audit.detail("deletion_unix_ms", at);
-                self.change_state(
-                    &s.key,
-                    KeyState::PendingDeletion,
-                    &[KeyState::Enabled, KeyState::Disabled],
-                    Some(at),
-                    &mut audit,
-                )
-                .await
+                self.change_state(&s.key, Transition::ScheduleDeletion, Some(at), &mut audit)
+                    .await
             }
         )
     }
@@ -892,14 +899,8 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 let Op::CancelKeyDeletion(c) = op else {
                     unreachable!("authenticate checked the operation")
                 };
-                self.change_state(
-                    &c.key,
-                    KeyState::Disabled,
-                    &[KeyState::PendingDeletion],
-                    None,
-                    &mut audit,
-                )
-                .await
+                self.change_state(&c.key, Transition::CancelDeletion, None, &mut audit)
+                    .await
             }
         )
     }

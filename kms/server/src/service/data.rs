@@ -30,8 +30,17 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    fn caller<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
-        self.identities.principal(request, self.tls).map_err(|e| e.to_status())
+    /// The caller's principal; a call whose caller cannot be identified is refused and audited.
+    async fn caller<T>(&self, request: &Request<T>, operation: &'static str) -> Result<Principal, Status> {
+        match self.identities.principal(request, self.tls) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                self.audit
+                    .record(Audit::new("unidentified", operation).failed(&e))
+                    .await;
+                Err(e.to_status())
+            }
+        }
     }
 
     /// A usable key for `op` by `who`: enabled, and granted.
@@ -66,6 +75,29 @@ impl DataPlane {
         Ok(())
     }
 
+    /// ReEncrypt must not move data to a key that releases it more easily: a blob under a key that
+    /// requires attestation cannot become a blob under a key that does not.
+    fn check_no_downgrade(src: &KeyRow, dst: &KeyRow) -> Result<(), ApiError> {
+        let parse = |k: &KeyRow| {
+            ReleasePolicy::parse(&k.release_policy).map_err(|_| {
+                ApiError::internal(
+                    "corrupt_policy",
+                    format!("key {} has an unreadable release policy", k.id),
+                )
+            })
+        };
+        if !parse(src)?.allows_unattested_release() && parse(dst)?.allows_unattested_release() {
+            return Err(ApiError::precondition(
+                "release_policy_downgrade",
+                format!(
+                    "key {} requires attestation for release and key {} does not: re-encrypting would weaken it",
+                    src.id, dst.id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether plaintext of this key may be returned to a caller that has not attested.
     fn check_release(&self, key: &KeyRow) -> Result<(), ApiError> {
         let policy = ReleasePolicy::parse(&key.release_policy).map_err(|_| {
@@ -87,12 +119,10 @@ impl DataPlane {
     async fn new_data_key(
         &self,
         who: &Principal,
-        key_ref: &str,
         ctx: pb::GenerateDataKeyRequest,
         op: Operation,
         audit: &mut Audit,
     ) -> Result<(Vec<u8>, DataKey, Arc<KeyRow>), ApiError> {
-        let _ = key_ref;
         self.keys.ensure_unsealed()?;
         let context = context(ctx.encryption_context)?;
         let key = self.keys.resolve(&ctx.key).await?;
@@ -133,7 +163,7 @@ impl DataPlane {
             self.check_release(&key)?;
         }
         if parsed.version().get() > key.latest_version {
-            return Err(ApiError::invalid(
+            return Err(ApiError::not_found(
                 "key_version_not_found",
                 format!("key {} has no version {}", key.id, parsed.version()),
             ));
@@ -150,12 +180,11 @@ impl pb::key_service_server::KeyService for DataPlane {
         &self,
         request: Request<pb::GenerateDataKeyRequest>,
     ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
-        let who = self.caller(&request)?;
+        let who = self.caller(&request, "generate_data_key").await?;
         let mut audit = Audit::new(who.as_str(), "generate_data_key");
         let req = request.into_inner();
-        let key_ref = req.key.clone();
         let result = self
-            .new_data_key(&who, &key_ref, req, Operation::GenerateDataKey, &mut audit)
+            .new_data_key(&who, req, Operation::GenerateDataKey, &mut audit)
             .await
             .map(|(blob, dk, key)| pb::GenerateDataKeyResponse {
                 ciphertext_blob: blob,
@@ -170,22 +199,15 @@ impl pb::key_service_server::KeyService for DataPlane {
         &self,
         request: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
     ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
-        let who = self.caller(&request)?;
+        let who = self.caller(&request, "generate_data_key_without_plaintext").await?;
         let mut audit = Audit::new(who.as_str(), "generate_data_key_without_plaintext");
         let req = request.into_inner();
         let as_gen = pb::GenerateDataKeyRequest {
             key: req.key,
             encryption_context: req.encryption_context,
         };
-        let key_ref = as_gen.key.clone();
         let result = self
-            .new_data_key(
-                &who,
-                &key_ref,
-                as_gen,
-                Operation::GenerateDataKeyWithoutPlaintext,
-                &mut audit,
-            )
+            .new_data_key(&who, as_gen, Operation::GenerateDataKeyWithoutPlaintext, &mut audit)
             .await
             .map(|(blob, _dk, key)| pb::GenerateDataKeyWithoutPlaintextResponse {
                 ciphertext_blob: blob,
@@ -196,7 +218,7 @@ impl pb::key_service_server::KeyService for DataPlane {
     }
 
     async fn encrypt(&self, request: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
-        let who = self.caller(&request)?;
+        let who = self.caller(&request, "encrypt").await?;
         let mut audit = Audit::new(who.as_str(), "encrypt");
         let req = request.into_inner();
         let result = async {
@@ -231,14 +253,23 @@ impl pb::key_service_server::KeyService for DataPlane {
     }
 
     async fn decrypt(&self, request: Request<pb::DecryptRequest>) -> Result<Response<pb::DecryptResponse>, Status> {
-        let who = self.caller(&request)?;
+        let who = self.caller(&request, "decrypt").await?;
         let mut audit = Audit::new(who.as_str(), "decrypt");
         let req = request.into_inner();
         let result = async {
             self.keys.ensure_unsealed()?;
             let context = context(req.encryption_context)?;
             if !req.key.is_empty() {
+                // The caller must be allowed to decrypt under the key it names before it learns
+                // anything about the blob's key (no probing of key names).
                 let expected = self.keys.resolve(&req.key).await?;
+                if !expected.grants.allows(&who, Operation::Decrypt) {
+                    audit.key(&expected.id);
+                    return Err(ApiError::denied(
+                        "not_permitted",
+                        format!("{who} may not call decrypt on key {}", expected.id),
+                    ));
+                }
                 let named = Blob::parse(&req.ciphertext_blob)?.key_id().to_string();
                 if named != expected.id {
                     audit.key(&named);
@@ -265,7 +296,7 @@ impl pb::key_service_server::KeyService for DataPlane {
         &self,
         request: Request<pb::ReEncryptRequest>,
     ) -> Result<Response<pb::ReEncryptResponse>, Status> {
-        let who = self.caller(&request)?;
+        let who = self.caller(&request, "re_encrypt").await?;
         let mut audit = Audit::new(who.as_str(), "re_encrypt");
         let req = request.into_inner();
         let result = async {
@@ -282,6 +313,7 @@ impl pb::key_service_server::KeyService for DataPlane {
             };
             audit.detail("destination_key_id", dst.id.clone());
             Self::check_usable(&dst, &who, Operation::ReEncrypt)?;
+            Self::check_no_downgrade(&src_key, &dst)?;
             let version =
                 KeyVersion::new(dst.latest_version).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
             let kek = self.keys.kek(&dst, version).await?;

@@ -84,25 +84,35 @@ async fn run(config: Config, grace_secs: u64) -> ExitCode {
         print_dev_banner(&config, &dev.data_dir);
     }
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(kms_server::serve(config, listener, async {
+    let mut server = tokio::spawn(kms_server::serve(config, listener, async {
         let _ = rx.await;
     }));
-    shutdown_signal().await;
+    // A server that fails to start (database, TLS files, seal) ends the process at once.
+    tokio::select! {
+        done = &mut server => return exit_of(done),
+        () = shutdown_signal() => {}
+    }
     tracing::info!(grace_secs, "shutting down: draining in-flight calls");
     let _ = tx.send(());
     match tokio::time::timeout(Duration::from_secs(grace_secs), server).await {
-        Ok(Ok(Ok(()))) => ExitCode::SUCCESS,
-        Ok(Ok(Err(e))) => {
+        Ok(done) => exit_of(done),
+        Err(_) => {
+            tracing::warn!("grace period over; exiting with calls still in flight");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn exit_of(done: Result<Result<(), kms_server::ServeError>, tokio::task::JoinError>) -> ExitCode {
+    match done {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             tracing::error!(error = %e, "kmsd failed");
             eprintln!("kmsd: {e}");
             ExitCode::FAILURE
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             eprintln!("kmsd: server task failed: {e}");
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            tracing::warn!("grace period over; exiting with calls still in flight");
             ExitCode::FAILURE
         }
     }
