@@ -75,6 +75,17 @@ async fn audit_chain(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
+    // A forged admin request (alice's id, another key) is recorded as unverified.
+    let mallory = admin("alice", "DE");
+    let forged = c
+        .admin
+        .clone()
+        .list_keys(signed(
+            &mallory,
+            kms_proto::v1::admin_request::Operation::ListKeys(pb::ListKeysOp::default()),
+        ))
+        .await;
+    assert!(forged.is_err());
     c.server.stop().await; // drains the audit queue
 
     let all = entries(&c.db).await;
@@ -97,12 +108,14 @@ async fn audit_chain(backend: Backend) {
             ("generate_data_key", "allowed", ""),
             ("decrypt", "refused", "not_permitted"),
             ("decrypt", "allowed", ""),
+            ("admin.list_keys", "refused", "bad_signature"),
         ]
     );
+    assert_eq!(all[5].record.caller, "unverified:alice");
     assert_eq!(all[1].record.caller, "admin:alice");
     assert_eq!(all[2].record.caller, APP);
     assert_eq!(all[3].record.caller, "spiffe://eu.example/stranger");
-    for e in &all[1..] {
+    for e in &all[1..5] {
         assert_eq!(e.record.key_id.as_deref(), Some(key.id.as_str()));
     }
     // No key material anywhere in the log, in any encoding we might have used.
@@ -126,7 +139,7 @@ async fn audit_chain(backend: Backend) {
         .execute(&mut conn)
         .await
         .unwrap();
-    assert_eq!(verify(&entries(&c.db).await).unwrap(), 5);
+    assert_eq!(verify(&entries(&c.db).await).unwrap(), 6);
     sqlx::query("DELETE FROM audit_log WHERE seq = 2")
         .execute(&mut conn)
         .await

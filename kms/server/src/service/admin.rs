@@ -112,7 +112,8 @@ impl AdminPlane {
         let req = pb::AdminRequest::decode(signed.payload.as_slice())
             .map_err(|_| ApiError::invalid("malformed_request", "the signed payload is not an AdminRequest"))?;
         let admin_id = AdminId::parse(&req.admin_id)?;
-        *audit = Audit::new(format!("admin:{admin_id}"), audit_op(method));
+        // Until the signature verifies, the caller is only who the request claims to be.
+        *audit = Audit::new(format!("unverified:{admin_id}"), audit_op(method));
         let op = req
             .operation
             .ok_or_else(|| ApiError::invalid("missing_operation", "the request names no operation"))?;
@@ -166,6 +167,7 @@ impl AdminPlane {
                 format!("the signature does not verify with admin {admin_id}'s key"),
             )
         })?;
+        audit.caller = format!("admin:{admin_id}");
         if !self.store.use_nonce(&req.nonce, req.timestamp_unix_ms + window).await? {
             return Err(ApiError::denied(
                 "replayed_request",

@@ -16,7 +16,7 @@ use crate::error::ApiError;
 /// What one call's audit record will say, filled in as the call proceeds.
 #[derive(Debug)]
 pub struct Audit {
-    caller: String,
+    pub(crate) caller: String,
     operation: &'static str,
     key_id: Option<String>,
     detail: serde_json::Map<String, serde_json::Value>,
