@@ -8,6 +8,11 @@
 
 pub mod binding;
 mod refusal;
+pub mod snp;
+pub mod tpm;
+
+#[cfg(feature = "attester")]
+pub mod attester;
 
 pub use refusal::{Check, Refusal};
 
@@ -21,5 +26,10 @@ pub trait Verifier {
 
     /// Verifies `evidence` against the binding the caller expects (see [`binding`]) at time
     /// `now` (seconds since the Unix epoch; certificates are checked for validity then).
-    fn verify(&self, evidence: &Self::Evidence, expected_binding: &[u8], now_unix: i64) -> Result<Self::Claims, Refusal>;
+    fn verify(
+        &self,
+        evidence: &Self::Evidence,
+        expected_binding: &[u8],
+        now_unix: i64,
+    ) -> Result<Self::Claims, Refusal>;
 }

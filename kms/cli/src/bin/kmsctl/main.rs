@@ -1,1 +1,66 @@
-fn main(){}
+//! `kmsctl`: the admin CLI of the key management service. This file only parses the command
+//! line, runs the chosen command on a small runtime and turns the outcome into an exit code; the
+//! work happens in the modules. It must never print secrets, and never exit with a code other
+//! than those documented in `kmsctl --help` (see `error::exit`).
+
+mod admin;
+mod args;
+mod audit;
+mod cli;
+mod client;
+mod data;
+mod error;
+mod files;
+mod keys;
+mod output;
+mod seal;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory as _, Parser as _};
+
+use crate::cli::{AdminCommand, AdminsCommand, AuditCommand, Cli, Command};
+use crate::error::Error;
+use crate::output::Printer;
+
+fn main() -> ExitCode {
+    // clap exits by itself: 0 for --help/--version, 2 for usage errors.
+    let cli = Cli::parse();
+    let printer = Printer::new(cli.global.output);
+    let outcome = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::local(format!("cannot start the async runtime: {e}")))
+        .and_then(|rt| rt.block_on(run(&cli, &printer)));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            printer.error(&e);
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn run(cli: &Cli, p: &Printer) -> Result<(), Error> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Admin(AdminCommand::Keygen { id, country, out }) => admin::keygen(p, id.clone(), country.clone(), out),
+        Command::Status => seal::status(g, p).await,
+        Command::Init(args) => admin::init(g, p, args).await,
+        Command::Unseal(args) => seal::unseal(g, p, args).await,
+        Command::Seal => seal::seal(g, p).await,
+        Command::Admins(AdminsCommand::Add {
+            public_file,
+            non_custodian,
+        }) => admin::add(g, p, public_file, *non_custodian).await,
+        Command::Admins(AdminsCommand::List) => admin::list(g, p).await,
+        Command::Key(command) => keys::run(g, p, command).await,
+        Command::Data(command) => data::run(g, p, command).await,
+        Command::Audit(AuditCommand::Verify { database, batch }) => audit::verify(p, database, *batch).await,
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "kmsctl", &mut out);
+            output::stdout(&out)
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! The workload side (feature `attester`): produces evidence on the hardware the workload runs
+//! on. Never verifies anything on the server's behalf and never holds server secrets.
+
+pub mod tpm;

@@ -1,0 +1,115 @@
+//! EK certificates from a real (software) TPM's NV chain to its manufacturer's (swtpm's local) CA;
+//! the certified key is the TPM's EK; certificates from another CA are refused.
+
+use attestation::attester::tpm::EkKind;
+use attestation::tpm::ek::{EkCaBundle, EkPublic};
+use attestation::Check;
+use x509_parser::pem::Pem;
+
+use super::support::{now_unix, Swtpm, TpmState};
+
+fn der_of(pem: &[u8]) -> Vec<u8> {
+    Pem::iter_from_buffer(pem)
+        .next()
+        .expect("a PEM block")
+        .expect("PEM parses")
+        .contents
+}
+
+#[test]
+fn ek_certificates_chain_to_the_local_ca() {
+    let swtpm = Swtpm::new();
+    let mut tpm = swtpm.attester();
+    let rsa_cert = tpm.ek_certificate(EkKind::Rsa2048).expect("RSA EK certificate in NV");
+    let rsa_ek = EkPublic::from_tpm2b_public(&tpm.ek_public(EkKind::Rsa2048).expect("EK")).expect("EK parses");
+    let p384_cert = tpm.ek_certificate(EkKind::EccP384).expect("P-384 EK certificate in NV");
+    let p384_ek = EkPublic::from_tpm2b_public(&tpm.ek_public(EkKind::EccP384).expect("EK")).expect("EK parses");
+    let missing = tpm.ek_certificate(EkKind::EccP256);
+    drop(tpm);
+    assert!(missing.is_err(), "swtpm_setup writes no P-256 EK certificate");
+    assert_eq!(rsa_cert, swtpm.ek_cert_file("rsa2048"));
+
+    let now = now_unix();
+    let root = EkCaBundle::from_pem(&swtpm.root_ca_pem()).expect("root bundle");
+    let issuer = der_of(&swtpm.issuer_ca_pem());
+    let both = EkCaBundle::from_pem(&[swtpm.root_ca_pem(), swtpm.issuer_ca_pem()].concat()).expect("bundle");
+
+    for (cert, ek, key_type) in [(&rsa_cert, &rsa_ek, "rsa-2048"), (&p384_cert, &p384_ek, "ecc-p384")] {
+        // Root in the bundle, the intermediate supplied with the EK certificate.
+        let verified = root
+            .verify(cert, &[&issuer], now)
+            .expect("chains through the intermediate");
+        assert_eq!(
+            verified.chain,
+            vec!["CN=swtpm-localca".to_owned(), "CN=swtpm-localca-rootca".to_owned()]
+        );
+        assert_eq!(verified.public.key_type(), key_type);
+        assert_eq!(
+            verified.digest,
+            ek.digest(),
+            "the certificate certifies the TPM's EK ({key_type})"
+        );
+        assert_eq!(verified.tpm_manufacturer.as_deref(), Some("id:00001014"));
+        assert_eq!(verified.tpm_model.as_deref(), Some("swtpm"));
+        assert!(verified.tpm_version.is_some());
+
+        // The intermediate trusted directly.
+        let verified = both
+            .verify(cert, &[], now)
+            .expect("chains to the bundle's intermediate");
+        assert_eq!(verified.chain, vec!["CN=swtpm-localca".to_owned()]);
+
+        // Without the intermediate there is no path.
+        assert_eq!(root.verify(cert, &[], now).unwrap_err().check, Check::CertificateChain);
+
+        // Before the certificates were issued.
+        assert_eq!(
+            root.verify(cert, &[&issuer], 0).unwrap_err().check,
+            Check::CertificateValidity
+        );
+
+        // A flipped bit in the signed part breaks the signature.
+        let mut tampered = cert.clone();
+        let at = tampered.len() / 2;
+        tampered[at] ^= 0x01;
+        let check = root.verify(&tampered, &[&issuer], now).unwrap_err().check;
+        assert!(matches!(check, Check::CertificateChain | Check::Malformed), "{check:?}");
+    }
+
+    // The EK certificate is not a CA: it cannot act as an intermediate, and a CA certificate is
+    // not an EK certificate.
+    assert_eq!(
+        root.verify(&issuer, &[], now).unwrap_err().check,
+        Check::CertificateChain
+    );
+    assert_eq!(
+        root.verify(&[0x30, 0x03, 0x02, 0x01, 0x00], &[], now)
+            .unwrap_err()
+            .check,
+        Check::Malformed
+    );
+}
+
+#[test]
+fn ek_certificate_from_another_ca_is_refused() {
+    // Two TPMs manufactured with two local CAs: same CA names, different keys.
+    let ours = TpmState::manufacture();
+    let theirs = TpmState::manufacture();
+    let now = now_unix();
+    let our_cas = EkCaBundle::from_pem(&[ours.root_ca_pem(), ours.issuer_ca_pem()].concat()).expect("bundle");
+    let our_root = EkCaBundle::from_pem(&ours.root_ca_pem()).expect("bundle");
+
+    our_cas
+        .verify(&ours.ek_cert_file("rsa2048"), &[], now)
+        .expect("our TPM");
+    for kind in ["rsa2048", "secp384r1"] {
+        let refusal = our_cas.verify(&theirs.ek_cert_file(kind), &[], now).unwrap_err();
+        assert_eq!(refusal.check, Check::CertificateChain, "{refusal}");
+        // Their intermediate does not chain to our root either.
+        let their_issuer = der_of(&theirs.issuer_ca_pem());
+        let refusal = our_root
+            .verify(&theirs.ek_cert_file(kind), &[&their_issuer], now)
+            .unwrap_err();
+        assert_eq!(refusal.check, Check::CertificateChain, "{refusal}");
+    }
+}

@@ -1,0 +1,245 @@
+//! Admin identities: generating a key file, initializing a server with its first admins, adding
+//! and listing admins. Public files are checked locally before anything is signed. It must never
+//! print or send the admin's private key: only the public half leaves the key file.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use kms_core::ids::AdminId;
+use kms_core::jurisdiction::Country;
+use kms_core::keyfile::{AdminKeyFile, AdminPublic};
+use kms_proto::v1 as pb;
+use kms_proto::v1::admin_request::Operation as Op;
+use serde_json::json;
+
+use crate::cli::{Global, InitArgs, SealArg};
+use crate::client::{Server, Signer};
+use crate::error::Error;
+use crate::files;
+use crate::output::{self, Printer};
+
+/// `kmsctl admin keygen`.
+pub(crate) fn keygen(p: &Printer, id: AdminId, country: Country, out: &Path) -> Result<(), Error> {
+    let public_path = files::public_path(out);
+    // Checked before the secret file is written, so a refusal leaves nothing behind.
+    if public_path.exists() {
+        return Err(Error::local(format!(
+            "{} exists; refusing to overwrite it",
+            public_path.display()
+        )));
+    }
+    let key = AdminKeyFile::generate(id, country).map_err(|e| Error::local(format!("cannot generate keys: {e}")))?;
+    let public = key.public();
+    let public_json = serde_json::to_string_pretty(&public).map_err(|e| Error::local(e.to_string()))? + "\n";
+    files::create_new(out, key.encode().expose_secret(), true)?;
+    if let Err(e) = files::create_new(&public_path, public_json.as_bytes(), false) {
+        // The key file was created by this run (create_new), so removing it loses nothing.
+        let _ = std::fs::remove_file(out);
+        return Err(e);
+    }
+    p.emit(
+        json!({
+            "admin_id": public.admin_id,
+            "country": public.country,
+            "key_file": out,
+            "public_file": public_path,
+            "signing_public_key": public.signing_public_key,
+            "encryption_public_key": public.encryption_public_key,
+        }),
+        || {
+            format!(
+                "admin {} ({})\nsecret key file: {} (mode 0600: keep it private, pass it as --admin-key)\npublic file:     {} (give it to whoever runs `kmsctl init` or `kmsctl admins add`)",
+                public.admin_id,
+                public.country,
+                out.display(),
+                public_path.display()
+            )
+        },
+    )
+}
+
+fn wire_admin(public: &AdminPublic, custodian: bool, from: &Path) -> Result<pb::NewAdmin, Error> {
+    let bad_hex = |e: hex::FromHexError| Error::file("use", from, e);
+    Ok(pb::NewAdmin {
+        id: public.admin_id.clone(),
+        country: public.country.clone(),
+        signing_public_key: hex::decode(&public.signing_public_key).map_err(bad_hex)?,
+        encryption_public_key: hex::decode(&public.encryption_public_key).map_err(bad_hex)?,
+        custodian,
+    })
+}
+
+/// Checks that the signing key file belongs to the admin the public file describes.
+fn same_admin(key: &AdminKeyFile, public: &AdminPublic) -> bool {
+    let mine = key.public();
+    mine.admin_id == public.admin_id
+        && mine.signing_public_key.eq_ignore_ascii_case(&public.signing_public_key)
+        && mine
+            .encryption_public_key
+            .eq_ignore_ascii_case(&public.encryption_public_key)
+}
+
+/// `kmsctl init`.
+pub(crate) async fn init(g: &Global, p: &Printer, args: &InitArgs) -> Result<(), Error> {
+    let key = files::admin_key(g.admin_key.as_deref())?;
+    let publics: Vec<(PathBuf, AdminPublic)> = args
+        .admins
+        .iter()
+        .map(|f| Ok((f.clone(), files::admin_public(f)?)))
+        .collect::<Result<_, Error>>()?;
+
+    let mut ids = BTreeSet::new();
+    for (f, a) in &publics {
+        if !ids.insert(a.admin_id.as_str()) {
+            return Err(Error::usage(format!(
+                "admin {} is given twice (again in {})",
+                a.admin_id,
+                f.display()
+            )));
+        }
+    }
+    for n in &args.non_custodian {
+        if !ids.contains(n.as_str()) {
+            return Err(Error::usage(format!(
+                "--non-custodian {n}: no --admin file names this admin"
+            )));
+        }
+    }
+    let me = key.admin_id.as_str();
+    let (my_file, my_public) = publics.iter().find(|(_, a)| a.admin_id == me).ok_or_else(|| {
+        Error::usage(format!(
+            "--admin-key is admin {me}, who is not among the --admin files; init must be signed by one of the admins it names"
+        ))
+    })?;
+    if !same_admin(&key, my_public) {
+        return Err(Error::local(format!(
+            "{} has other keys than --admin-key for admin {me}",
+            my_file.display()
+        )));
+    }
+
+    let is_custodian = |id: &str| !args.non_custodian.iter().any(|n| n.as_str() == id);
+    let custodians = publics.iter().filter(|(_, a)| is_custodian(&a.admin_id)).count();
+    let (seal, threshold) = match args.seal {
+        SealArg::Shamir => {
+            let m = args.threshold.unwrap_or(0);
+            if m == 0 || m as usize > custodians {
+                return Err(Error::usage(format!(
+                    "--threshold must be between 1 and the number of custodians ({custodians}), not {m}"
+                )));
+            }
+            (pb::SealKind::Shamir, m)
+        }
+        SealArg::Dev => {
+            if args.threshold.is_some() {
+                return Err(Error::usage("--threshold applies to the shamir seal only"));
+            }
+            (pb::SealKind::Dev, 0)
+        }
+    };
+    let admins = publics
+        .iter()
+        .map(|(f, a)| wire_admin(a, is_custodian(&a.admin_id), f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let admin_ids: Vec<String> = admins.iter().map(|a| a.id.clone()).collect();
+    let op = pb::InitOp {
+        seal: seal as i32,
+        threshold,
+        admins,
+    };
+
+    let server = Server::connect(g).await?;
+    let signer = Signer::new(&key);
+    let response = server
+        .admin_call(&signer, Op::Init(op), |mut c, r| async move { c.init(r).await })
+        .await?;
+    let status = response.status.unwrap_or_default();
+    let kcv = hex::encode(&status.key_check_value);
+    p.emit(
+        json!({
+            "initialized": true,
+            "admins": admin_ids,
+            "custodians": custodians,
+            "status": output::seal_status_json(&status),
+        }),
+        || {
+            let mut s = match seal {
+                pb::SealKind::Shamir => format!(
+                    "initialized: shamir seal, {threshold} of {custodians} custodians' shares unseal; admins: {}\n",
+                    admin_ids.join(", ")
+                ),
+                _ => format!(
+                    "initialized: dev seal (root key in the server's data directory; not for production); admins: {}\n",
+                    admin_ids.join(", ")
+                ),
+            };
+            if !kcv.is_empty() {
+                s.push_str(&format!(
+                    "key check value: {kcv}\n  custodians: record it; `kmsctl unseal --expect-kcv {kcv}` refuses a server whose root key differs\n"
+                ));
+            }
+            s.push_str(if status.sealed { "state: sealed\n" } else { "state: unsealed\n" });
+            s
+        },
+    )
+}
+
+/// `kmsctl admins add`.
+pub(crate) async fn add(g: &Global, p: &Printer, public_file: &Path, non_custodian: bool) -> Result<(), Error> {
+    let key = files::admin_key(g.admin_key.as_deref())?;
+    let public = files::admin_public(public_file)?;
+    let new = wire_admin(&public, !non_custodian, public_file)?;
+    let server = Server::connect(g).await?;
+    let signer = Signer::new(&key);
+    let admin = server
+        .admin_call(
+            &signer,
+            Op::AddAdmin(pb::AddAdminOp { admin: Some(new) }),
+            |mut c, r| async move { c.add_admin(r).await },
+        )
+        .await?;
+    p.emit(output::admin_json(&admin), || {
+        format!(
+            "added admin {} ({}, {})",
+            admin.id,
+            admin.country,
+            if admin.custodian {
+                "custodian"
+            } else {
+                "not a custodian"
+            }
+        )
+    })
+}
+
+/// `kmsctl admins list`.
+pub(crate) async fn list(g: &Global, p: &Printer) -> Result<(), Error> {
+    let key = files::admin_key(g.admin_key.as_deref())?;
+    let server = Server::connect(g).await?;
+    let signer = Signer::new(&key);
+    let response = server
+        .admin_call(&signer, Op::ListAdmins(pb::ListAdminsOp {}), |mut c, r| async move {
+            c.list_admins(r).await
+        })
+        .await?;
+    p.emit(
+        json!({ "admins": response.admins.iter().map(output::admin_json).collect::<Vec<_>>() }),
+        || output::admins_table(&response.admins),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_file_matches_only_its_own_public_half() {
+        let alice = AdminKeyFile::generate(AdminId::parse("alice").unwrap(), Country::parse("DE").unwrap()).unwrap();
+        let other = AdminKeyFile::generate(AdminId::parse("alice").unwrap(), Country::parse("DE").unwrap()).unwrap();
+        assert!(same_admin(&alice, &alice.public()));
+        assert!(!same_admin(&alice, &other.public()));
+        let wire = wire_admin(&alice.public(), true, Path::new("a")).unwrap();
+        assert_eq!(wire.signing_public_key.len(), 65);
+        assert!(wire.custodian);
+    }
+}

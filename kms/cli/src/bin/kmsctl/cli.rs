@@ -1,0 +1,457 @@
+//! The command line, as clap derive definitions: every command, option and its help text. It
+//! only describes; it must never connect, read files or sign anything.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kms_core::ids::AdminId;
+use kms_core::jurisdiction::Country;
+
+use crate::args::{parse_admin_id, parse_country, parse_grant, parse_pair, GrantArg, Pair};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the server refused the request, or a verification failed (audit chain, key check value)
+  2  usage error (bad arguments)
+  3  cannot reach the server (connection, TLS handshake, timeout) or the audit database
+  4  a local file or key is missing, unreadable, malformed, or would be overwritten
+
+Refusals print the gRPC status code, the server's stable reason code (the `kms-reason`
+metadata, e.g. `sealed`, `replayed_request`) and, where obvious, what to do about it.
+With --output json, stdout carries one JSON document, also on failure
+({\"ok\": false, \"error\": {...}}); messages for humans go to stderr.";
+
+/// kmsctl: administer the key management service.
+///
+/// Admin commands are signed with the admin key file given by --admin-key (ECDSA P-256); the
+/// server checks the signature, the timestamp and a fresh nonce on every request. Data-plane
+/// commands (`kmsctl data`) are not signed: the server identifies the caller by the TLS client
+/// certificate (--cert/--key).
+#[derive(Parser, Debug)]
+#[command(name = "kmsctl", version, after_long_help = EXIT_CODES)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every command accepts.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Global options")]
+pub(crate) struct Global {
+    /// The kmsd gRPC endpoint. https:// URLs use TLS (then --ca is needed).
+    #[arg(
+        long,
+        env = "KMSCTL_SERVER",
+        default_value = "http://127.0.0.1:7300",
+        global = true,
+        value_name = "URL"
+    )]
+    pub(crate) server: String,
+
+    /// PEM file of the CA that issued the server's certificate (https only).
+    #[arg(long, env = "KMSCTL_CA", global = true, value_name = "FILE")]
+    pub(crate) ca: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS; the data plane derives the caller's principal from it.
+    #[arg(
+        long,
+        env = "KMSCTL_CERT",
+        global = true,
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub(crate) cert: Option<PathBuf>,
+
+    /// PEM private key of the client certificate.
+    #[arg(
+        long = "key",
+        id = "client_key",
+        env = "KMSCTL_CLIENT_KEY",
+        global = true,
+        value_name = "FILE",
+        requires = "cert"
+    )]
+    pub(crate) client_key: Option<PathBuf>,
+
+    /// The name to verify the server's certificate against, when it differs from the URL's host.
+    #[arg(long, env = "KMSCTL_TLS_SERVER_NAME", global = true, value_name = "NAME")]
+    pub(crate) tls_server_name: Option<String>,
+
+    /// The admin key file (JSON, as `kmsctl admin keygen` writes it) that signs admin requests.
+    #[arg(long, env = "KMSCTL_ADMIN_KEY", global = true, value_name = "FILE")]
+    pub(crate) admin_key: Option<PathBuf>,
+
+    /// Output format: short lines for humans, or one JSON document on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human, global = true)]
+    pub(crate) output: OutputFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OutputFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Your own admin key: generate a key file.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Show whether the server is initialized and sealed (unsigned).
+    Status,
+    /// Initialize an empty server: its first admins, the seal and the quorum.
+    Init(InitArgs),
+    /// Submit your root-key share (as a custodian) to a sealed server.
+    Unseal(UnsealArgs),
+    /// Seal the server: it drops the root key and every cached key-encryption key.
+    Seal,
+    /// Add and list admins.
+    #[command(subcommand)]
+    Admins(AdminsCommand),
+    /// Create and manage keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Data-plane calls (unsigned; the caller is the TLS client certificate).
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Check the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum AdminCommand {
+    /// Generate an admin key file (secret, mode 0600) and its public half (FILE.pub.json).
+    ///
+    /// The public half is what `kmsctl init --admin` and `kmsctl admins add` take. The key file
+    /// itself never leaves your machine; production admins keep their key in an HSM instead.
+    Keygen {
+        /// Your admin id: 1 to 64 characters of A-Z a-z 0-9 . _ @ -.
+        #[arg(long, value_parser = parse_admin_id)]
+        id: AdminId,
+        /// Your country, ISO 3166-1 alpha-2 (e.g. DE); the server accepts only allowed jurisdictions.
+        #[arg(long, value_parser = parse_country)]
+        country: Country,
+        /// Where to write the key file; it must not exist.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SealArg {
+    /// The root key is split M-of-N among the custodians.
+    Shamir,
+    /// The root key sits in a file on the server (only with `kmsd --dev`).
+    Dev,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct InitArgs {
+    /// The seal that holds the root key.
+    #[arg(long, value_enum)]
+    pub(crate) seal: SealArg,
+    /// How many custodians' shares unseal the server (M of N; shamir seal only).
+    #[arg(long, value_name = "M", required_if_eq("seal", "shamir"))]
+    pub(crate) threshold: Option<u32>,
+    /// The first admins' public files (FILE.pub.json from `kmsctl admin keygen`). Your own
+    /// (--admin-key) must be among them.
+    #[arg(long = "admin", value_name = "PUBFILE", required = true, num_args = 1..)]
+    pub(crate) admins: Vec<PathBuf>,
+    /// Admins (by id) who get no root-key share. Every other admin is a custodian.
+    #[arg(long, value_name = "ADMIN_ID", num_args = 1.., value_parser = parse_admin_id)]
+    pub(crate) non_custodian: Vec<AdminId>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct UnsealArgs {
+    /// The root key check value recorded at init (hex); the share is not sent if the server's differs.
+    #[arg(long, value_name = "HEX")]
+    pub(crate) expect_kcv: Option<String>,
+    /// Send the share over plaintext HTTP to a host other than loopback. Anyone on the path can
+    /// then swap the server's unseal key for their own and read your share.
+    #[arg(long)]
+    pub(crate) danger_plaintext_unseal: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum AdminsCommand {
+    /// Add an admin from their public file.
+    Add {
+        /// The admin's public file (FILE.pub.json from `kmsctl admin keygen`).
+        #[arg(value_name = "PUBFILE")]
+        public_file: PathBuf,
+        /// The admin holds no root-key share. (The server adds custodians only with a re-share,
+        /// which is not available yet.)
+        #[arg(long)]
+        non_custodian: bool,
+    },
+    /// List the admins.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum KeyCommand {
+    /// Create a key.
+    Create(CreateKeyArgs),
+    /// Show a key's metadata, grants and release policy.
+    Describe {
+        /// The key: its id (k-...) or name.
+        key: String,
+    },
+    /// List keys.
+    List {
+        /// Keys per page (1 to 1000; the server's default is 100).
+        #[arg(long, value_name = "N")]
+        page_size: Option<u32>,
+        /// Continue a listing from a previous page's next-page token.
+        #[arg(long, value_name = "TOKEN", conflicts_with = "all")]
+        page_token: Option<String>,
+        /// Follow next-page tokens until every key is listed.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Add a new version to a key; new blobs use it, old blobs still decrypt.
+    Rotate {
+        /// The key: its id or name.
+        key: String,
+    },
+    /// Enable a disabled key.
+    Enable {
+        /// The key: its id or name.
+        key: String,
+    },
+    /// Disable a key: every data-plane call with it is refused until it is enabled again.
+    Disable {
+        /// The key: its id or name.
+        key: String,
+    },
+    /// Schedule the irreversible destruction of a key's material.
+    ScheduleDeletion {
+        /// The key: its id or name.
+        key: String,
+        /// Days until the material is destroyed (7 to 30).
+        #[arg(long, value_name = "N")]
+        days: u32,
+    },
+    /// Cancel a scheduled deletion; the key becomes disabled.
+    CancelDeletion {
+        /// The key: its id or name.
+        key: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CreateKeyArgs {
+    /// Unique name: 1 to 128 characters of A-Z a-z 0-9 / _ . -
+    pub(crate) name: String,
+    /// Free text, at most 1024 characters.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub(crate) description: String,
+    /// A tag (repeatable).
+    #[arg(long = "tag", value_name = "K=V", value_parser = parse_pair)]
+    pub(crate) tags: Vec<Pair>,
+    /// Allow a principal data-plane operations (repeatable). OP is one of generate-data-key,
+    /// generate-data-key-without-plaintext, encrypt, decrypt, re-encrypt, all. Principals are as
+    /// the server derives them from client certificates: spiffe://..., dns:NAME, cn:NAME, or *.
+    #[arg(long = "grant", value_name = "PRINCIPAL=OP[,OP...]", value_parser = parse_grant)]
+    pub(crate) grants: Vec<GrantArg>,
+    /// The release policy (JSON). Without one the server requires attestation.
+    #[arg(long, value_name = "JSON", conflicts_with = "release_policy_file")]
+    pub(crate) release_policy: Option<String>,
+    /// The release policy, from a file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) release_policy_file: Option<PathBuf>,
+}
+
+/// Where a blob comes from.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub(crate) struct BlobInput {
+    /// The ciphertext blob, base64.
+    #[arg(long, value_name = "B64")]
+    pub(crate) blob: Option<String>,
+    /// A file holding the blob, raw (as --out writes it) or base64.
+    #[arg(long = "in", value_name = "FILE")]
+    pub(crate) input: Option<PathBuf>,
+}
+
+/// What to encrypt.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub(crate) struct PlaintextInput {
+    /// The text to encrypt (UTF-8).
+    #[arg(long, value_name = "STRING")]
+    pub(crate) text: Option<String>,
+    /// A file to encrypt (at most 4096 bytes).
+    #[arg(long = "in", value_name = "FILE")]
+    pub(crate) input: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum DataCommand {
+    /// Generate a data key; prints its ciphertext blob (base64).
+    Generate {
+        /// The key: its id or name.
+        key: String,
+        /// Encryption context pair (repeatable); the same pairs are needed to decrypt.
+        #[arg(long = "context", value_name = "K=V", value_parser = parse_pair)]
+        context: Vec<Pair>,
+        /// Also return the data key in plaintext (base64). Only keys whose release policy allows
+        /// release without attestation answer this.
+        #[arg(long)]
+        with_plaintext: bool,
+    },
+    /// Encrypt up to 4096 bytes; prints the blob (base64) or writes it raw with --out.
+    Encrypt {
+        /// The key: its id or name.
+        key: String,
+        /// Encryption context pair (repeatable).
+        #[arg(long = "context", value_name = "K=V", value_parser = parse_pair)]
+        context: Vec<Pair>,
+        #[command(flatten)]
+        input: PlaintextInput,
+        /// Write the raw blob to FILE instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Decrypt a blob; prints the plaintext (as text if it is printable UTF-8, else base64), or
+    /// writes it raw with --out.
+    Decrypt {
+        #[command(flatten)]
+        input: BlobInput,
+        /// Encryption context pair (repeatable), exactly as given at encryption.
+        #[arg(long = "context", value_name = "K=V", value_parser = parse_pair)]
+        context: Vec<Pair>,
+        /// Refuse the blob unless it is under this key (id or name).
+        #[arg(long, value_name = "KEY")]
+        expect_key: Option<String>,
+        /// Write the raw plaintext to FILE (mode 0600) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Re-encrypt a blob inside the server, under another key or the newest version of its own.
+    ReEncrypt {
+        #[command(flatten)]
+        input: BlobInput,
+        /// The blob's encryption context pair (repeatable).
+        #[arg(long = "context", value_name = "K=V", value_parser = parse_pair)]
+        context: Vec<Pair>,
+        /// The destination key (id or name); default: the blob's own key.
+        #[arg(long, value_name = "KEY")]
+        to: Option<String>,
+        /// Encryption context pair for the new blob (repeatable).
+        #[arg(long = "to-context", value_name = "K=V", value_parser = parse_pair)]
+        to_context: Vec<Pair>,
+        /// Write the raw new blob to FILE instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum AuditCommand {
+    /// Verify the audit hash chain offline, straight from the database, and name the first
+    /// broken entry.
+    Verify {
+        /// The server's database: postgres://... or sqlite://PATH.
+        #[arg(long, env = "KMSCTL_AUDIT_DATABASE", value_name = "URL")]
+        database: String,
+        /// Rows read per query.
+        #[arg(long, default_value_t = 10_000, value_name = "N",
+              value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+        batch: i64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn init_takes_several_admins() {
+        let cli = Cli::try_parse_from([
+            "kmsctl",
+            "init",
+            "--seal",
+            "shamir",
+            "--threshold",
+            "2",
+            "--admin",
+            "a.pub.json",
+            "b.pub.json",
+            "--admin",
+            "c.pub.json",
+            "--non-custodian",
+            "c",
+        ])
+        .unwrap();
+        let Command::Init(init) = cli.command else {
+            panic!("not init")
+        };
+        assert_eq!(init.admins.len(), 3);
+        assert_eq!(init.non_custodian[0].as_str(), "c");
+        assert!(
+            Cli::try_parse_from(["kmsctl", "init", "--seal", "shamir", "--admin", "a"]).is_err(),
+            "shamir needs --threshold"
+        );
+        assert!(Cli::try_parse_from(["kmsctl", "init", "--seal", "dev", "--admin", "a"]).is_ok());
+    }
+
+    #[test]
+    fn inputs_are_exclusive() {
+        assert!(Cli::try_parse_from(["kmsctl", "data", "decrypt"]).is_err());
+        assert!(Cli::try_parse_from(["kmsctl", "data", "decrypt", "--blob", "x", "--in", "f"]).is_err());
+        assert!(Cli::try_parse_from(["kmsctl", "data", "encrypt", "k", "--text", "hi"]).is_ok());
+        assert!(Cli::try_parse_from([
+            "kmsctl",
+            "key",
+            "create",
+            "n",
+            "--release-policy",
+            "{}",
+            "--release-policy-file",
+            "f"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from(["kmsctl", "data", "generate", "k", "--context", "novalue"]).is_err());
+    }
+
+    #[test]
+    fn global_options_go_anywhere() {
+        let cli = Cli::try_parse_from([
+            "kmsctl",
+            "key",
+            "list",
+            "--output",
+            "json",
+            "--server",
+            "https://kms.example:7300",
+            "--cert",
+            "c.pem",
+            "--key",
+            "c.key",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        assert_eq!(cli.global.server, "https://kms.example:7300");
+        assert!(cli.global.client_key.is_some());
+        assert!(Cli::try_parse_from(["kmsctl", "status", "--cert", "c.pem"]).is_err());
+    }
+}

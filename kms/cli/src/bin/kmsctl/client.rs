@@ -1,0 +1,284 @@
+//! Talking to kmsd: the channel (plain or TLS, with an optional client certificate), signing admin
+//! requests, and turning failed calls into [`Error`]s with their reason code and a hint. Admin
+//! requests are signed only through the [`AdminSigner`] boundary, so an HSM signer can replace the
+//! key file. It must never log or print a request payload, the admin's private key or a share.
+
+use std::future::Future;
+use std::time::Duration;
+
+use kms_core::admin::AdminSigner;
+use kms_core::keyfile::AdminKeyFile;
+use kms_proto::v1 as pb;
+use kms_proto::v1::admin_request::Operation as Op;
+use kms_proto::v1::admin_service_client::AdminServiceClient;
+use kms_proto::v1::key_service_client::KeyServiceClient;
+use prost::Message as _;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::cli::Global;
+use crate::error::{Error, Refusal};
+use crate::files;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The server accepts 16 to 64; 16 random bytes never repeat in practice.
+const NONCE_LEN: usize = 16;
+
+/// A connection to one kmsd.
+pub(crate) struct Server {
+    channel: Channel,
+    url: String,
+}
+
+impl Server {
+    /// Connects now, so an unreachable server or a failed TLS handshake is reported as such
+    /// (exit code 3) before anything is signed.
+    pub(crate) async fn connect(global: &Global) -> Result<Self, Error> {
+        let url = global.server.trim_end_matches('/').to_owned();
+        let mut endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| Error::usage(format!("--server {url:?} is not a URL: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(CALL_TIMEOUT);
+        let tls = match endpoint.uri().scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => {
+                return Err(Error::usage(format!(
+                    "--server {url:?}: use an http:// or https:// URL"
+                )))
+            }
+        };
+        if tls {
+            endpoint = endpoint
+                .tls_config(tls_config(global)?)
+                .map_err(|e| Error::local(format!("TLS configuration: {}", error_chain(&e))))?;
+        } else if global.ca.is_some() || global.cert.is_some() {
+            eprintln!("warning: --ca, --cert and --key are not used with the plaintext server URL {url}");
+        }
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| Error::unreachable(&url, error_chain(&e)))?;
+        Ok(Self { channel, url })
+    }
+
+    pub(crate) fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn data(&self) -> KeyServiceClient<Channel> {
+        KeyServiceClient::new(self.channel.clone())
+    }
+
+    /// GetSealStatus (unsigned).
+    pub(crate) async fn seal_status(&self) -> Result<pb::SealStatus, Error> {
+        match self.admin().get_seal_status(pb::GetSealStatusRequest {}).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.failed(s).await),
+        }
+    }
+
+    /// Signs `op` as `admin` and makes the call `f` with it.
+    pub(crate) async fn admin_call<T, F, Fut>(&self, admin: &Signer<'_>, op: Op, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(AdminServiceClient<Channel>, pb::SignedRequest) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let request = admin.sign(op)?;
+        match f(self.admin(), request).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.failed(s).await),
+        }
+    }
+
+    /// Makes a data-plane call `f`.
+    pub(crate) async fn data_call<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(KeyServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        match f(self.data()).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.failed(s).await),
+        }
+    }
+
+    /// The error for a failed call. A `sealed` refusal gets a precise hint from the seal status.
+    pub(crate) async fn failed(&self, status: tonic::Status) -> Error {
+        let mut error = Error::from(status);
+        if let Error::Unreachable { target, .. } = &mut error {
+            target.clone_from(&self.url);
+        }
+        if let Error::Refused(Refusal {
+            reason: Some(reason),
+            hint,
+            ..
+        }) = &mut error
+        {
+            if reason == "sealed" {
+                if let Ok(Ok(s)) = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    self.admin().get_seal_status(pb::GetSealStatusRequest {}),
+                )
+                .await
+                {
+                    *hint = Some(sealed_hint(&s.into_inner()));
+                }
+            }
+        }
+        error
+    }
+}
+
+/// Whether `server_url` is plaintext HTTP to another machine, where anyone on the path can read
+/// and change what is sent.
+pub(crate) fn plaintext_to_remote(server_url: &str) -> bool {
+    let Ok(uri) = server_url.parse::<tonic::transport::Uri>() else {
+        return false;
+    };
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false);
+    uri.scheme_str() == Some("http") && !loopback
+}
+
+/// What a sealed server needs, from its status.
+pub(crate) fn sealed_hint(s: &pb::SealStatus) -> String {
+    let missing = s.threshold.saturating_sub(s.progress);
+    format!(
+        "run `kmsctl unseal` as {} custodian{} ({}/{} shares submitted so far)",
+        if s.progress == 0 {
+            s.threshold.to_string()
+        } else {
+            format!("{missing} more")
+        },
+        if missing == 1 { "" } else { "s" },
+        s.progress,
+        s.threshold
+    )
+}
+
+fn tls_config(global: &Global) -> Result<ClientTlsConfig, Error> {
+    let ca = global.ca.as_deref().ok_or_else(|| {
+        Error::usage("an https:// server needs --ca FILE (or KMSCTL_CA): the CA that issued its certificate")
+    })?;
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(files::read(ca)?));
+    if let (Some(cert), Some(key)) = (&global.cert, &global.client_key) {
+        tls = tls.identity(Identity::from_pem(files::read(cert)?, files::read(key)?));
+    }
+    if let Some(name) = &global.tls_server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    Ok(tls)
+}
+
+/// An error and its causes on one line: transport errors hide the useful part (the OS error,
+/// the certificate problem) in their sources.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = cause.source();
+    }
+    s
+}
+
+/// Who signs admin requests: an admin id and its signer.
+pub(crate) struct Signer<'a> {
+    admin_id: String,
+    signer: &'a dyn AdminSigner,
+}
+
+impl<'a> Signer<'a> {
+    pub(crate) fn new(key: &'a AdminKeyFile) -> Self {
+        Self {
+            admin_id: key.admin_id.to_string(),
+            signer: key.signer(),
+        }
+    }
+
+    pub(crate) fn admin_id(&self) -> &str {
+        &self.admin_id
+    }
+
+    /// The request for `op`: fresh timestamp and nonce, encoded once and signed over exactly
+    /// those bytes (the server never re-encodes).
+    pub(crate) fn sign(&self, op: Op) -> Result<pb::SignedRequest, Error> {
+        let nonce = kms_core::random_array::<NONCE_LEN>().map_err(|e| Error::local(format!("nonce: {e}")))?;
+        let request = pb::AdminRequest {
+            admin_id: self.admin_id.clone(),
+            timestamp_unix_ms: kms_core::now_unix_ms(),
+            nonce: nonce.to_vec(),
+            operation: Some(op),
+        };
+        let payload = request.encode_to_vec();
+        let signature = self
+            .signer
+            .sign(&payload)
+            .map_err(|e| Error::local(format!("cannot sign the request: {e}")))?;
+        Ok(pb::SignedRequest { payload, signature })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kms_core::ids::AdminId;
+    use kms_core::jurisdiction::Country;
+    use prost::Message as _;
+
+    use super::*;
+
+    #[test]
+    fn signed_requests_verify_and_differ() {
+        let key = AdminKeyFile::generate(AdminId::parse("alice").unwrap(), Country::parse("DE").unwrap()).unwrap();
+        let signer = Signer::new(&key);
+        let a = signer.sign(Op::Seal(pb::SealOp {})).unwrap();
+        let b = signer.sign(Op::Seal(pb::SealOp {})).unwrap();
+        key.public()
+            .signing_key()
+            .unwrap()
+            .verify(&a.payload, &a.signature)
+            .unwrap();
+        let req = pb::AdminRequest::decode(a.payload.as_slice()).unwrap();
+        assert_eq!(req.admin_id, "alice");
+        assert_eq!(req.nonce.len(), 16);
+        assert!(matches!(req.operation, Some(Op::Seal(_))));
+        assert_ne!(a.payload, b.payload, "every request has a fresh nonce");
+    }
+
+    #[test]
+    fn plaintext_is_remote_unless_loopback() {
+        assert!(plaintext_to_remote("http://kms.example:7300"));
+        assert!(plaintext_to_remote("http://10.0.0.1:7300"));
+        assert!(!plaintext_to_remote("http://127.0.0.1:7300"));
+        assert!(!plaintext_to_remote("http://localhost:7300"));
+        assert!(!plaintext_to_remote("http://[::1]:7300"));
+        assert!(!plaintext_to_remote("https://kms.example:7300"));
+    }
+
+    #[test]
+    fn sealed_hints_count_what_is_missing() {
+        let mut s = pb::SealStatus {
+            threshold: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            sealed_hint(&s),
+            "run `kmsctl unseal` as 2 custodians (0/2 shares submitted so far)"
+        );
+        s.progress = 1;
+        assert_eq!(
+            sealed_hint(&s),
+            "run `kmsctl unseal` as 1 more custodian (1/2 shares submitted so far)"
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! Key management (signed admin calls): create, describe, list and the lifecycle changes. The
+//! server is the authority on every rule (names, policies, transitions); this module only
+//! shapes the requests and shows the answers. It must never handle key material.
+
+use kms_proto::v1 as pb;
+use kms_proto::v1::admin_request::Operation as Op;
+use serde_json::{json, Value};
+
+use crate::args::{grants_to_wire, pairs_to_map};
+use crate::cli::{CreateKeyArgs, Global, KeyCommand};
+use crate::client::{Server, Signer};
+use crate::error::Error;
+use crate::files;
+use crate::output::{self, Printer};
+
+/// The release policy text from --release-policy or --release-policy-file, checked to be JSON
+/// so a typo is caught before anything is signed. The server checks what it means.
+fn release_policy(args: &CreateKeyArgs) -> Result<String, Error> {
+    if let Some(text) = &args.release_policy {
+        serde_json::from_str::<Value>(text).map_err(|e| Error::usage(format!("--release-policy is not JSON: {e}")))?;
+        return Ok(text.clone());
+    }
+    if let Some(path) = &args.release_policy_file {
+        let text = files::read_text(path)?;
+        serde_json::from_str::<Value>(&text).map_err(|e| Error::file("use", path, format!("not JSON: {e}")))?;
+        return Ok(text);
+    }
+    Ok(String::new())
+}
+
+/// `kmsctl key ...`.
+pub(crate) async fn run(g: &Global, p: &Printer, command: &KeyCommand) -> Result<(), Error> {
+    // Arguments are checked before the key file is read or the server contacted.
+    let op = match command {
+        KeyCommand::Create(args) => Op::CreateKey(pb::CreateKeyOp {
+            name: args.name.clone(),
+            description: args.description.clone(),
+            tags: pairs_to_map(&args.tags, "--tag")?,
+            grants: grants_to_wire(&args.grants),
+            release_policy: release_policy(args)?,
+        }),
+        KeyCommand::Describe { key } => Op::DescribeKey(pb::DescribeKeyOp { key: key.clone() }),
+        KeyCommand::List {
+            page_size,
+            page_token,
+            all,
+        } => {
+            return list(
+                g,
+                p,
+                page_size.unwrap_or(0),
+                page_token.clone().unwrap_or_default(),
+                *all,
+            )
+            .await;
+        }
+        KeyCommand::Rotate { key } => Op::RotateKey(pb::RotateKeyOp { key: key.clone() }),
+        KeyCommand::Enable { key } => Op::EnableKey(pb::EnableKeyOp { key: key.clone() }),
+        KeyCommand::Disable { key } => Op::DisableKey(pb::DisableKeyOp { key: key.clone() }),
+        KeyCommand::ScheduleDeletion { key, days } => Op::ScheduleKeyDeletion(pb::ScheduleKeyDeletionOp {
+            key: key.clone(),
+            pending_window_days: *days,
+        }),
+        KeyCommand::CancelDeletion { key } => Op::CancelKeyDeletion(pb::CancelKeyDeletionOp { key: key.clone() }),
+    };
+    let admin_key = files::admin_key(g.admin_key.as_deref())?;
+    let signer = Signer::new(&admin_key);
+    let server = Server::connect(g).await?;
+    let k = match op {
+        o @ Op::CreateKey(_) => {
+            server
+                .admin_call(&signer, o, |mut c, r| async move { c.create_key(r).await })
+                .await?
+        }
+        o @ Op::DescribeKey(_) => {
+            server
+                .admin_call(&signer, o, |mut c, r| async move { c.describe_key(r).await })
+                .await?
+        }
+        o @ Op::RotateKey(_) => {
+            server
+                .admin_call(&signer, o, |mut c, r| async move { c.rotate_key(r).await })
+                .await?
+        }
+        o @ Op::EnableKey(_) => {
+            server
+                .admin_call(&signer, o, |mut c, r| async move { c.enable_key(r).await })
+                .await?
+        }
+        o @ Op::DisableKey(_) => {
+            server
+                .admin_call(&signer, o, |mut c, r| async move { c.disable_key(r).await })
+                .await?
+        }
+        o @ Op::ScheduleKeyDeletion(_) => {
+            server
+                .admin_call(&signer, o, |mut c, r| async move { c.schedule_key_deletion(r).await })
+                .await?
+        }
+        o @ Op::CancelKeyDeletion(_) => {
+            server
+                .admin_call(&signer, o, |mut c, r| async move { c.cancel_key_deletion(r).await })
+                .await?
+        }
+        // Only key operations are built above.
+        _ => return Err(Error::usage("not a key command")),
+    };
+    p.emit(output::key_json(&k), || match command {
+        KeyCommand::Create(_) => format!("created key {} ({})\n{}", k.name, k.id, output::key_human(&k)),
+        KeyCommand::Rotate { .. } => format!("rotated {} ({}): new blobs use version {}", k.name, k.id, k.latest_version),
+        KeyCommand::Enable { .. } => format!("enabled {} ({})", k.name, k.id),
+        KeyCommand::Disable { .. } => format!(
+            "disabled {} ({}): data-plane calls with it are refused until `kmsctl key enable`",
+            k.name, k.id
+        ),
+        KeyCommand::ScheduleDeletion { .. } => format!(
+            "{} ({}) is pending deletion: its material is destroyed at {} unless `kmsctl key cancel-deletion` runs first",
+            k.name,
+            k.id,
+            output::time(k.deletion_unix_ms)
+        ),
+        KeyCommand::CancelDeletion { .. } => format!(
+            "deletion of {} ({}) cancelled; the key is {} (`kmsctl key enable` to use it again)",
+            k.name,
+            k.id,
+            output::key_state(k.state)
+        ),
+        _ => output::key_human(&k),
+    })
+}
+
+async fn list(g: &Global, p: &Printer, page_size: u32, mut page_token: String, all: bool) -> Result<(), Error> {
+    let admin_key = files::admin_key(g.admin_key.as_deref())?;
+    let signer = Signer::new(&admin_key);
+    let server = Server::connect(g).await?;
+    let mut keys = Vec::new();
+    let next = loop {
+        let op = Op::ListKeys(pb::ListKeysOp {
+            page_size,
+            page_token: std::mem::take(&mut page_token),
+        });
+        let page = server
+            .admin_call(&signer, op, |mut c, r| async move { c.list_keys(r).await })
+            .await?;
+        keys.extend(page.keys);
+        if !all || page.next_page_token.is_empty() {
+            break page.next_page_token;
+        }
+        page_token = page.next_page_token;
+    };
+    let doc = json!({
+        "keys": keys.iter().map(output::key_json).collect::<Vec<_>>(),
+        "next_page_token": (!next.is_empty()).then_some(next.as_str()),
+    });
+    p.emit(doc, || {
+        let mut out = output::keys_table(&keys);
+        if !next.is_empty() {
+            out.push_str(&format!(
+                "more keys: `kmsctl key list --page-token {next}` (or --all)\n"
+            ));
+        }
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(policy: Option<&str>) -> CreateKeyArgs {
+        CreateKeyArgs {
+            name: "n".into(),
+            description: String::new(),
+            tags: vec![],
+            grants: vec![],
+            release_policy: policy.map(str::to_owned),
+            release_policy_file: None,
+        }
+    }
+
+    #[test]
+    fn release_policies_must_be_json() {
+        assert_eq!(release_policy(&args(None)).unwrap(), "");
+        let p = r#"{"version":1,"attestation":"none"}"#;
+        assert_eq!(release_policy(&args(Some(p))).unwrap(), p);
+        let e = release_policy(&args(Some("{version:1"))).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::exit::USAGE);
+    }
+}

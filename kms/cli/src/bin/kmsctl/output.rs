@@ -1,0 +1,293 @@
+//! What `kmsctl` prints: one JSON document on stdout with `--output json`, short lines otherwise,
+//! and errors (with their hint) on stderr. Renders wire types for people and scripts. It must
+//! never print an admin's private key or a root-key share; data-key plaintext only where the
+//! command was asked for it.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use kms_proto::v1 as pb;
+use serde_json::{json, Value};
+
+use crate::args::operation_name;
+use crate::cli::OutputFormat;
+use crate::error::Error;
+
+pub(crate) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Prints results in the chosen format.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Printer {
+    format: OutputFormat,
+}
+
+impl Printer {
+    pub(crate) fn new(format: OutputFormat) -> Self {
+        Self { format }
+    }
+
+    pub(crate) fn is_json(&self) -> bool {
+        self.format == OutputFormat::Json
+    }
+
+    /// Prints `json` or, for humans, what `human` renders.
+    pub(crate) fn emit(&self, json: Value, human: impl FnOnce() -> String) -> Result<(), Error> {
+        let mut text = match self.format {
+            OutputFormat::Json => serde_json::to_string_pretty(&json).map_err(|e| Error::local(e.to_string()))?,
+            OutputFormat::Human => human(),
+        };
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        stdout(text.as_bytes())
+    }
+
+    /// Reports a failed command: the message and hint on stderr, and in JSON mode the error
+    /// document on stdout as well, so a script always gets one document.
+    pub(crate) fn error(&self, e: &Error) {
+        let mut err = std::io::stderr().lock();
+        // A verification result ("broken at entry 7: ...") is the answer, not a failure of
+        // kmsctl, so it is printed as it is.
+        let _ = match e {
+            Error::Verification { .. } => writeln!(err, "{e}"),
+            _ => writeln!(err, "kmsctl: {e}"),
+        };
+        if let Some(h) = e.hint() {
+            let _ = writeln!(err, "hint: {h}");
+        }
+        if self.is_json() {
+            if let Ok(doc) = serde_json::to_string_pretty(&e.to_json()) {
+                let _ = stdout(format!("{doc}\n").as_bytes());
+            }
+        }
+    }
+}
+
+/// Writes to stdout; a failed write (full disk behind a redirect) is an error, not a panic.
+pub(crate) fn stdout(bytes: &[u8]) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        // The reader (e.g. `| head`) has stopped reading: nothing is left to tell it.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.map_err(|e| Error::local(format!("cannot write to stdout: {e}"))),
+    }
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339 UTC, e.g. `2025-03-01T12:00:00Z`.
+pub(crate) fn time(unix_ms: i64) -> String {
+    let secs = unix_ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's days-to-civil: exact for the proleptic Gregorian calendar.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+pub(crate) fn seal_kind(kind: i32) -> &'static str {
+    match pb::SealKind::try_from(kind) {
+        Ok(pb::SealKind::Shamir) => "shamir",
+        Ok(pb::SealKind::Dev) => "dev",
+        _ => "none",
+    }
+}
+
+pub(crate) fn key_state(state: i32) -> &'static str {
+    match pb::KeyState::try_from(state) {
+        Ok(pb::KeyState::Enabled) => "enabled",
+        Ok(pb::KeyState::Disabled) => "disabled",
+        Ok(pb::KeyState::PendingDeletion) => "pending_deletion",
+        Ok(pb::KeyState::Destroyed) => "destroyed",
+        _ => "unknown",
+    }
+}
+
+pub(crate) fn seal_status_json(s: &pb::SealStatus) -> Value {
+    json!({
+        "initialized": s.initialized,
+        "sealed": s.sealed,
+        "seal": seal_kind(s.seal),
+        "threshold": s.threshold,
+        "progress": s.progress,
+        "key_check_value": hex::encode(&s.key_check_value),
+        "unseal_public_key": hex::encode(&s.unseal_public_key),
+    })
+}
+
+pub(crate) fn seal_status_human(s: &pb::SealStatus) -> String {
+    if !s.initialized {
+        return "not initialized (run `kmsctl init`)\n".into();
+    }
+    let mut out = String::new();
+    let state = if !s.sealed {
+        "unsealed".to_owned()
+    } else if s.seal == pb::SealKind::Shamir as i32 {
+        format!("sealed ({}/{} shares submitted)", s.progress, s.threshold)
+    } else {
+        "sealed".to_owned()
+    };
+    let _ = writeln!(out, "state:           {state}");
+    let _ = write!(out, "seal:            {}", seal_kind(s.seal));
+    if s.seal == pb::SealKind::Shamir as i32 {
+        let _ = write!(out, ", {} shares unseal", s.threshold);
+    }
+    out.push('\n');
+    if !s.key_check_value.is_empty() {
+        let _ = writeln!(out, "key check value: {}", hex::encode(&s.key_check_value));
+    }
+    out
+}
+
+fn release_policy_json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::from(text))
+}
+
+fn grants_json(grants: &[pb::Grant]) -> Value {
+    grants
+        .iter()
+        .map(|g| {
+            json!({
+                "principal": g.principal,
+                "operations": g.operations.iter().map(|o| operation_name(*o)).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn key_json(k: &pb::KeyMetadata) -> Value {
+    json!({
+        "id": k.id,
+        "name": k.name,
+        "description": k.description,
+        "state": key_state(k.state),
+        "latest_version": k.latest_version,
+        "created_unix_ms": k.created_unix_ms,
+        "deletion_unix_ms": (k.deletion_unix_ms != 0).then_some(k.deletion_unix_ms),
+        "tags": k.tags,
+        "grants": grants_json(&k.grants),
+        "release_policy": release_policy_json(&k.release_policy),
+    })
+}
+
+pub(crate) fn key_human(k: &pb::KeyMetadata) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "name:            {}", k.name);
+    let _ = writeln!(out, "id:              {}", k.id);
+    let _ = writeln!(out, "state:           {}", key_state(k.state));
+    if k.deletion_unix_ms != 0 {
+        let _ = writeln!(out, "destroyed at:    {}", time(k.deletion_unix_ms));
+    }
+    let _ = writeln!(out, "latest version:  {}", k.latest_version);
+    let _ = writeln!(out, "created:         {}", time(k.created_unix_ms));
+    if !k.description.is_empty() {
+        let _ = writeln!(out, "description:     {}", k.description);
+    }
+    if !k.tags.is_empty() {
+        let tags: Vec<String> = k.tags.iter().map(|(t, v)| format!("{t}={v}")).collect();
+        let _ = writeln!(out, "tags:            {}", tags.join(", "));
+    }
+    if k.grants.is_empty() {
+        let _ = writeln!(out, "grants:          none");
+    } else {
+        let _ = writeln!(out, "grants:");
+        for g in &k.grants {
+            let ops: Vec<String> = g.operations.iter().map(|o| operation_name(*o)).collect();
+            let _ = writeln!(out, "  {}: {}", g.principal, ops.join(", "));
+        }
+    }
+    let _ = writeln!(out, "release policy:  {}", k.release_policy);
+    out
+}
+
+/// One line per key: id, state, version, name.
+pub(crate) fn keys_table(keys: &[pb::KeyMetadata]) -> String {
+    if keys.is_empty() {
+        return "no keys\n".into();
+    }
+    let mut out = format!("{:<34}  {:<16}  {:>7}  NAME\n", "ID", "STATE", "VERSION");
+    for k in keys {
+        let _ = writeln!(
+            out,
+            "{:<34}  {:<16}  {:>7}  {}",
+            k.id,
+            key_state(k.state),
+            k.latest_version,
+            k.name
+        );
+    }
+    out
+}
+
+pub(crate) fn admin_json(a: &pb::Admin) -> Value {
+    json!({
+        "id": a.id,
+        "country": a.country,
+        "custodian": a.custodian,
+        "signing_public_key": hex::encode(&a.signing_public_key),
+        "created_unix_ms": a.created_unix_ms,
+    })
+}
+
+pub(crate) fn admins_table(admins: &[pb::Admin]) -> String {
+    let width = admins.iter().map(|a| a.id.len()).max().unwrap_or(0).max(2);
+    let mut out = format!("{:<width$}  COUNTRY  CUSTODIAN  ADDED\n", "ID");
+    for a in admins {
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:<7}  {:<9}  {}",
+            a.id,
+            a.country,
+            if a.custodian { "yes" } else { "no" },
+            time(a.created_unix_ms)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(time(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(time(1_735_689_599_999), "2024-12-31T23:59:59Z");
+        assert_eq!(time(-1000), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn keys_render_for_people_and_scripts() {
+        let k = pb::KeyMetadata {
+            id: "k-00000000000000000000000000000001".into(),
+            name: "payments".into(),
+            state: pb::KeyState::Enabled as i32,
+            latest_version: 2,
+            grants: vec![pb::Grant {
+                principal: "spiffe://eu/pay".into(),
+                operations: vec![pb::Operation::Encrypt as i32, pb::Operation::Decrypt as i32],
+            }],
+            release_policy: r#"{"version":1,"attestation":"required"}"#.into(),
+            ..Default::default()
+        };
+        let human = key_human(&k);
+        assert!(human.contains("state:           enabled"), "{human}");
+        assert!(human.contains("  spiffe://eu/pay: encrypt, decrypt"), "{human}");
+        let j = key_json(&k);
+        assert_eq!(j["release_policy"]["attestation"], "required");
+        assert_eq!(j["grants"][0]["operations"][1], "decrypt");
+        assert_eq!(j["deletion_unix_ms"], Value::Null);
+    }
+}
