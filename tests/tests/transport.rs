@@ -74,53 +74,41 @@ async fn health_follows_the_seal_and_reflection_lists_services() {
     c.server.stop().await;
 }
 
+async fn assert_rejected(server: &TestServer, tls: ClientTlsConfig, what: &str) {
+    let ch = Endpoint::from_shared(format!("https://{}", server.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(ch) = ch {
+        let r = kms_proto::v1::key_service_client::KeyServiceClient::new(ch)
+            .encrypt(pb::EncryptRequest {
+                key: "k".into(),
+                plaintext: vec![1],
+                encryption_context: Default::default(),
+            })
+            .await;
+        assert!(r.is_err(), "a call {what} succeeded");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_need_a_certificate_from_the_client_ca() {
     let Some(c) = Ceremony::new(Backend::Sqlite, Options::default()).await else {
         return;
     };
-    // No client certificate: the handshake or the first call fails.
-    let tls = ClientTlsConfig::new()
+    // No client certificate, or one from another CA: the handshake or the first call fails.
+    let no_cert = ClientTlsConfig::new()
         .ca_certificate(c.server.ca.clone())
         .domain_name("localhost");
-    let ch = Endpoint::from_shared(format!("https://{}", c.server.addr))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await;
-    if let Ok(ch) = ch {
-        let r = kms_proto::v1::key_service_client::KeyServiceClient::new(ch)
-            .encrypt(pb::EncryptRequest {
-                key: "k".into(),
-                plaintext: vec![1],
-                encryption_context: Default::default(),
-            })
-            .await;
-        assert!(r.is_err(), "a call without a client certificate succeeded");
-    }
-    // A certificate from another CA.
+    assert_rejected(&c.server, no_cert, "without a client certificate").await;
     let stranger = Pki::new();
-    let tls = ClientTlsConfig::new()
+    let foreign = ClientTlsConfig::new()
         .ca_certificate(c.server.ca.clone())
         .identity(stranger.client("spiffe://x"))
         .domain_name("localhost");
-    let ch = Endpoint::from_shared(format!("https://{}", c.server.addr))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await;
-    if let Ok(ch) = ch {
-        let r = kms_proto::v1::key_service_client::KeyServiceClient::new(ch)
-            .encrypt(pb::EncryptRequest {
-                key: "k".into(),
-                plaintext: vec![1],
-                encryption_context: Default::default(),
-            })
-            .await;
-        assert!(r.is_err(), "a call with a foreign client certificate succeeded");
-    }
+    assert_rejected(&c.server, foreign, "with a foreign client certificate").await;
     c.server.stop().await;
 }
 
