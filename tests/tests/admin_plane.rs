@@ -408,6 +408,16 @@ async fn sealing(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(status.key_check_value.len(), 16);
+    let d = c
+        .admin
+        .describe_key(signed(
+            &c.custodians[0],
+            Op::DescribeKey(pb::DescribeKeyOp { key: "s".into() }),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.name, "s");
 
     // Too few shares: still sealed. The same custodian twice: refused.
     let s = submit_share(&mut c.admin, &c.custodians[0]).await.unwrap();

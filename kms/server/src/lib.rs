@@ -150,10 +150,17 @@ async fn dev_init(admin: &AdminPlane, dir: &std::path::Path) -> Result<(), Serve
     }
     let id = kms_core::ids::AdminId::parse("dev-admin").map_err(|e| ServeError::Dev(e.to_string()))?;
     let country = kms_core::jurisdiction::Country::parse("DE").map_err(|e| ServeError::Dev(e.to_string()))?;
-    let key = AdminKeyFile::generate(id, country).map_err(|e| ServeError::Dev(e.to_string()))?;
     let path = dir.join(DEV_ADMIN_KEY_FILE);
-    seal::write_secret_file(&path, key.encode().expose_secret())
-        .map_err(|e| ServeError::Dev(format!("{}: {e}", path.display())))?;
+    // A dev admin key left from an earlier database in this directory is reused.
+    let key = match std::fs::read_to_string(&path) {
+        Ok(text) => AdminKeyFile::decode(&text).map_err(|e| ServeError::Dev(format!("{}: {e}", path.display())))?,
+        Err(_) => {
+            let key = AdminKeyFile::generate(id, country).map_err(|e| ServeError::Dev(e.to_string()))?;
+            seal::write_secret_file(&path, key.encode().expose_secret())
+                .map_err(|e| ServeError::Dev(format!("{}: {e}", path.display())))?;
+            key
+        }
+    };
     let public = key.public();
     let new = NewAdmin {
         id: key.admin_id.clone(),

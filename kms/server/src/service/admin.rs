@@ -723,7 +723,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 let Op::DescribeKey(d) = op else {
                     unreachable!("authenticate checked the operation")
                 };
-                self.seal.root()?;
+                self.seal.require_initialized()?;
                 let key = self.keys.resolve(&d.key).await?;
                 audit.key(&key.id);
                 Ok(Self::key_metadata(&key))
@@ -742,7 +742,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 let Op::ListKeys(l) = op else {
                     unreachable!("authenticate checked the operation")
                 };
-                self.seal.root()?;
+                self.seal.require_initialized()?;
                 let size = match l.page_size {
                     0 => 100,
                     n @ 1..=1000 => n,

@@ -8,11 +8,13 @@ use kms_core::ids::AdminId;
 use kms_core::jurisdiction::Country;
 
 use crate::args::{parse_admin_id, parse_country, parse_grant, parse_pair, GrantArg, Pair};
+use crate::verify::{parse_hex, parse_tcb, parse_time, Hex};
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  the server refused the request, or a verification failed (audit chain, key check value)
+  1  the server refused the request, or a verification failed (audit chain, key check value,
+     `kmsctl verify` evidence refused)
   2  usage error (bad arguments)
   3  cannot reach the server (connection, TLS handshake, timeout) or the audit database
   4  a local file or key is missing, unreadable, malformed, or would be overwritten
@@ -120,12 +122,92 @@ pub(crate) enum Command {
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Verify attestation evidence offline, with the server's verifier code (no server needed).
+    ///
+    /// Prints the verified claims as JSON on stdout and exits 0; on refusal prints
+    /// `refused: <check>: <detail>` on stderr and exits 1.
+    #[command(subcommand)]
+    Verify(VerifyCommand),
     /// Print a shell completion script.
     Completions {
         /// The shell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum VerifyCommand {
+    /// Verify an AMD SEV-SNP attestation report and its VCEK/VLEK against AMD's pinned roots.
+    Snp(VerifySnpArgs),
+    /// Verify a TPM 2.0 quote (as tpm2_quote writes it), optionally with the EK certificate.
+    Tpm(VerifyTpmArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct VerifySnpArgs {
+    /// The raw attestation report (1184 bytes).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) report: PathBuf,
+    /// The VCEK or VLEK certificate (DER or PEM).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) vek: Option<PathBuf>,
+    /// The ASK/ARK (or ASVK/ARK) PEM chain; it must be one of AMD's pinned chains. (Here --ca is
+    /// taken from the command line only; KMSCTL_CA is ignored.)
+    #[arg(long = "ca", id = "ca", value_name = "FILE")]
+    pub(crate) chain: Option<PathBuf>,
+    /// The expected REPORT_DATA (64 bytes, hex). Without it the report's own REPORT_DATA is
+    /// taken, so the binding is not checked.
+    #[arg(long, value_name = "HEX", value_parser = parse_hex)]
+    pub(crate) report_data: Option<Hex>,
+    /// The minimum reported TCB (for the report's product): bl=N,tee=N,snp=N,ucode=N[,fmc=N].
+    #[arg(long, value_name = "TCB", value_parser = parse_tcb)]
+    pub(crate) min_tcb: Option<attestation::snp::Tcb>,
+    /// Accept reports signed by a VLEK (a cloud provider's key, not a chip's).
+    #[arg(long)]
+    pub(crate) accept_vlek: bool,
+    /// Refuse guests whose policy allows SMT or that run with SMT enabled.
+    #[arg(long)]
+    pub(crate) no_smt: bool,
+    /// The time at which certificates must be valid: RFC 3339 (2025-06-01T00:00:00Z) or Unix
+    /// seconds. Default: now.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub(crate) at: Option<i64>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct VerifyTpmArgs {
+    /// The AK's public area, TPM2B_PUBLIC (`tpm2_createak -u`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ak_public: PathBuf,
+    /// The quote, TPMS_ATTEST (`tpm2_quote -m`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) quote: PathBuf,
+    /// The quote's signature, TPMT_SIGNATURE (`tpm2_quote -s`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) signature: PathBuf,
+    /// The PCR values (`tpm2_quote -o`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) pcrs: PathBuf,
+    /// The expected qualifying data (extraData, hex). Without it the quote's own extraData is
+    /// taken, so the binding is not checked.
+    #[arg(long, value_name = "HEX", value_parser = parse_hex)]
+    pub(crate) qualifying_data: Option<Hex>,
+    /// The enrolled AK's name (hex); a quote signed by another AK is refused.
+    #[arg(long, value_name = "HEX")]
+    pub(crate) ak_name: Option<String>,
+    /// The EK certificate (DER or PEM); validated against --ek-ca.
+    #[arg(long, value_name = "FILE", requires = "ek_ca")]
+    pub(crate) ek_cert: Option<PathBuf>,
+    /// The trusted TPM-manufacturer CA certificates (PEM bundle).
+    #[arg(long, value_name = "FILE", requires = "ek_cert")]
+    pub(crate) ek_ca: Option<PathBuf>,
+    /// Untrusted intermediate CA certificates (PEM) between the EK certificate and --ek-ca.
+    #[arg(long, value_name = "FILE", requires = "ek_cert")]
+    pub(crate) ek_intermediate: Option<PathBuf>,
+    /// The time at which the EK certificates must be valid: RFC 3339 or Unix seconds. Default: now.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub(crate) at: Option<i64>,
 }
 
 #[derive(Subcommand, Debug)]

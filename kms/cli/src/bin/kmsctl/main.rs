@@ -14,18 +14,32 @@ mod files;
 mod keys;
 mod output;
 mod seal;
+mod verify;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory as _, Parser as _};
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, FromArgMatches as _};
 
-use crate::cli::{AdminCommand, AdminsCommand, AuditCommand, Cli, Command};
+use crate::cli::{AdminCommand, AdminsCommand, AuditCommand, Cli, Command, VerifyCommand};
 use crate::error::Error;
 use crate::output::Printer;
 
 fn main() -> ExitCode {
     // clap exits by itself: 0 for --help/--version, 2 for usage errors.
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // `verify snp --ca` shares its name with the global --ca (the server's CA): only a chain
+    // given on its command line counts, never KMSCTL_CA.
+    if let Command::Verify(VerifyCommand::Snp(args)) = &mut cli.command {
+        let source = matches
+            .subcommand_matches("verify")
+            .and_then(|m| m.subcommand_matches("snp"))
+            .and_then(|m| m.value_source("ca"));
+        if source != Some(ValueSource::CommandLine) {
+            args.chain = None;
+        }
+    }
     let printer = Printer::new(cli.global.output);
     let outcome = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -57,6 +71,8 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Error> {
         Command::Key(command) => keys::run(g, p, command).await,
         Command::Data(command) => data::run(g, p, command).await,
         Command::Audit(AuditCommand::Verify { database, batch }) => audit::verify(p, database, *batch).await,
+        Command::Verify(VerifyCommand::Snp(args)) => verify::snp(args),
+        Command::Verify(VerifyCommand::Tpm(args)) => verify::tpm(args),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "kmsctl", &mut out);
