@@ -386,7 +386,6 @@ pub async fn submit_share(
         .get_encrypted_share(signed(custodian, Op::GetEncryptedShare(pb::GetEncryptedShareOp {})))
         .await?
         .into_inner();
-    let id = custodian.admin_id.as_str().as_bytes();
     let plain = custodian
         .encryption_key()
         .open(
@@ -394,13 +393,13 @@ pub async fn submit_share(
                 encapsulated_key: share.encapsulated_key,
                 ciphertext: share.ciphertext,
             },
-            &[b"kms-share-v1\0".as_slice(), id].concat(),
+            &kms_core::hpke_seal::share_info(custodian.admin_id.as_str()),
             b"",
         )
         .unwrap();
     let sealed = kms_core::hpke_seal::seal::<kms_core::hpke_seal::X25519>(
         &status.unseal_public_key,
-        &[b"kms-unseal-v1\0".as_slice(), id].concat(),
+        &kms_core::hpke_seal::unseal_info(custodian.admin_id.as_str()),
         b"",
         plain.expose_secret(),
     )

@@ -16,6 +16,17 @@ pub type P256 = DhP256HkdfSha256;
 /// DHKEM(X25519, HKDF-SHA256).
 pub type X25519 = X25519HkdfSha256;
 
+/// HPKE `info` of a root-key share sealed to custodian `admin_id` (at init). The admin id is
+/// bound so a share sealed for one custodian cannot be submitted as another's.
+pub fn share_info(admin_id: &str) -> Vec<u8> {
+    [b"kms-share-v1\0".as_slice(), admin_id.as_bytes()].concat()
+}
+
+/// HPKE `info` of a share a custodian `admin_id` re-seals to the server's unseal key.
+pub fn unseal_info(admin_id: &str) -> Vec<u8> {
+    [b"kms-unseal-v1\0".as_slice(), admin_id.as_bytes()].concat()
+}
+
 /// An HPKE ciphertext: the encapsulated key and the AEAD ciphertext.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sealed {

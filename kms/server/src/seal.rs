@@ -329,7 +329,7 @@ impl Seal {
         encapsulated_key: Vec<u8>,
         ciphertext: Vec<u8>,
     ) -> Result<Status, ApiError> {
-        let info = [b"kms-unseal-v1\0".as_slice(), admin_id.as_bytes()].concat();
+        let info = kms_core::hpke_seal::unseal_info(admin_id);
         let share = self
             .unseal_key
             .open(

@@ -232,7 +232,7 @@ impl AdminPlane {
             let t = u8::try_from(threshold).unwrap_or(u8::MAX);
             let split = kms_core::shamir::split(&root, t, n)?;
             for (c, share) in custodians.iter().zip(split) {
-                let info = [b"kms-share-v1\0".as_slice(), c.id.as_str().as_bytes()].concat();
+                let info = hpke_seal::share_info(c.id.as_str());
                 let sealed = hpke_seal::seal::<P256>(&c.encryption_key, &info, b"", share.expose_secret())?;
                 shares.push((c.id.to_string(), sealed.encapsulated_key, sealed.ciphertext));
             }

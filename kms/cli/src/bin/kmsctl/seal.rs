@@ -14,15 +14,6 @@ use crate::error::Error;
 use crate::files;
 use crate::output::{self, Printer};
 
-/// HPKE info prefixes; the admin id follows, so a share sealed for one custodian cannot be
-/// submitted as another's.
-const SHARE_INFO: &[u8] = b"kms-share-v1\0";
-const UNSEAL_INFO: &[u8] = b"kms-unseal-v1\0";
-
-fn info(prefix: &[u8], admin_id: &str) -> Vec<u8> {
-    [prefix, admin_id.as_bytes()].concat()
-}
-
 /// `kmsctl status`.
 pub(crate) async fn status(g: &Global, p: &Printer) -> Result<(), Error> {
     let server = Server::connect(g).await?;
@@ -100,7 +91,7 @@ pub(crate) async fn unseal(g: &Global, p: &Printer, args: &UnsealArgs) -> Result
                     encapsulated_key: share.encapsulated_key,
                     ciphertext: share.ciphertext,
                 },
-                &info(SHARE_INFO, &id),
+                &hpke_seal::share_info(&id),
                 b"",
             )
             .map_err(|e| {
@@ -111,7 +102,7 @@ pub(crate) async fn unseal(g: &Global, p: &Printer, args: &UnsealArgs) -> Result
         // `plain` is zeroized when this block ends; only the re-sealed form leaves it.
         hpke_seal::seal::<X25519>(
             &status.unseal_public_key,
-            &info(UNSEAL_INFO, &id),
+            &hpke_seal::unseal_info(&id),
             b"",
             plain.expose_secret(),
         )
@@ -180,10 +171,12 @@ mod tests {
         let server_unseal = PrivateKey::<X25519>::generate();
         let to_custodian =
             hpke_seal::seal::<P256>(&custodian.public_key(), b"kms-share-v1\0alice", b"", b"share").unwrap();
-        let opened = custodian.open(&to_custodian, &info(SHARE_INFO, "alice"), b"").unwrap();
+        let opened = custodian
+            .open(&to_custodian, &hpke_seal::share_info("alice"), b"")
+            .unwrap();
         let to_server = hpke_seal::seal::<X25519>(
             &server_unseal.public_key(),
-            &info(UNSEAL_INFO, "alice"),
+            &hpke_seal::unseal_info("alice"),
             b"",
             opened.expose_secret(),
         )
