@@ -208,6 +208,10 @@ pub struct Options {
     pub key_cache_ttl: Duration,
     pub destroy_interval: Duration,
     pub allowed_countries: AllowedCountries,
+    /// `[attestation]`: lifetimes, hardware countries, TPM EK CA bundle, SNP trust.
+    pub attestation: kms_server::config::AttestationConfig,
+    /// `danger.snp_test_roots`: synthetic SNP chains the server trusts.
+    pub snp_test_roots: Vec<kms_server::config::SnpTestRoot>,
 }
 
 impl Default for Options {
@@ -217,6 +221,8 @@ impl Default for Options {
             key_cache_ttl: Duration::from_millis(0),
             destroy_interval: Duration::from_secs(3600),
             allowed_countries: AllowedCountries::eu(),
+            attestation: kms_server::config::AttestationConfig::default(),
+            snp_test_roots: Vec::new(),
         }
     }
 }
@@ -244,8 +250,10 @@ impl TestServer {
             destroy_interval: opts.destroy_interval,
             audit_batch_max: 512,
             dev: None,
+            attestation: opts.attestation,
             danger: Danger {
                 allow_unattested_keys: opts.allow_unattested,
+                snp_test_roots: opts.snp_test_roots,
             },
             log: LogConfig::default(),
         };

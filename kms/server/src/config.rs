@@ -33,10 +33,103 @@ pub struct Config {
     pub audit_batch_max: usize,
     /// Dev mode: the `dev` seal, plaintext on loopback. Never in production.
     pub dev: Option<DevConfig>,
+    /// Attested release: challenge and token lifetimes, evidence trust.
+    pub attestation: AttestationConfig,
     /// Settings that weaken security.
     pub danger: Danger,
     /// Log output.
     pub log: LogConfig,
+}
+
+/// Attested release settings (`[attestation]`).
+#[derive(Clone, Debug)]
+pub struct AttestationConfig {
+    /// How long a challenge nonce is accepted (10 s to 5 min).
+    pub challenge_ttl: Duration,
+    /// How long a token is valid (10 s to 10 min).
+    pub token_ttl: Duration,
+    /// Countries where enrolled hardware may be (default: the EU member states).
+    pub allowed_countries: AllowedCountries,
+    /// TPM-manufacturer CA certificates (PEM) that EK certificates must chain to. Without it,
+    /// TPM enrolment is refused.
+    pub tpm_ek_ca_bundle: Option<PathBuf>,
+    /// What SNP evidence must show beyond a valid chain (`[attestation.snp]`).
+    pub snp: attestation::snp::SnpTrust,
+}
+
+impl Default for AttestationConfig {
+    fn default() -> Self {
+        Self {
+            challenge_ttl: Duration::from_secs(300),
+            token_ttl: Duration::from_secs(300),
+            allowed_countries: AllowedCountries::eu(),
+            tpm_ek_ca_bundle: None,
+            snp: attestation::snp::SnpTrust::default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttestationSection {
+    #[serde(default = "default_challenge_ttl")]
+    challenge_ttl_secs: u64,
+    #[serde(default = "default_token_ttl")]
+    token_ttl_secs: u64,
+    #[serde(default = "default_countries")]
+    allowed_countries: Vec<String>,
+    #[serde(default)]
+    tpm_ek_ca_bundle: Option<PathBuf>,
+    #[serde(default)]
+    snp: attestation::snp::SnpTrust,
+}
+
+impl Default for AttestationSection {
+    fn default() -> Self {
+        Self {
+            challenge_ttl_secs: default_challenge_ttl(),
+            token_ttl_secs: default_token_ttl(),
+            allowed_countries: default_countries(),
+            tpm_ek_ca_bundle: None,
+            snp: attestation::snp::SnpTrust::default(),
+        }
+    }
+}
+
+fn default_challenge_ttl() -> u64 {
+    300
+}
+fn default_token_ttl() -> u64 {
+    300
+}
+
+impl AttestationSection {
+    fn validate(self) -> Result<AttestationConfig, ConfigError> {
+        if !(10..=300).contains(&self.challenge_ttl_secs) {
+            return Err(ConfigError(
+                "attestation.challenge_ttl_secs must be between 10 and 300".into(),
+            ));
+        }
+        if !(10..=600).contains(&self.token_ttl_secs) {
+            return Err(ConfigError("attestation.token_ttl_secs must be between 10 and 600".into()));
+        }
+        let allowed_countries = AllowedCountries::parse(self.allowed_countries.iter().map(String::as_str))
+            .map_err(|e| ConfigError(format!("attestation.allowed_countries: {e}")))?;
+        if let Some(p) = &self.tpm_ek_ca_bundle {
+            let pem = std::fs::read(p).map_err(|e| {
+                ConfigError(format!("attestation.tpm_ek_ca_bundle: cannot read {}: {e}", p.display()))
+            })?;
+            attestation::tpm::ek::EkCaBundle::from_pem(&pem)
+                .map_err(|e| ConfigError(format!("attestation.tpm_ek_ca_bundle: {}: {e}", p.display())))?;
+        }
+        Ok(AttestationConfig {
+            challenge_ttl: Duration::from_secs(self.challenge_ttl_secs),
+            token_ttl: Duration::from_secs(self.token_ttl_secs),
+            allowed_countries,
+            tpm_ek_ca_bundle: self.tpm_ek_ca_bundle,
+            snp: self.snp,
+        })
+    }
 }
 
 /// TLS settings (PEM files).
@@ -65,6 +158,57 @@ pub struct Danger {
     /// Allow keys whose release policy releases plaintext without attestation.
     #[serde(default)]
     pub allow_unattested_keys: bool,
+    /// Trust these SEV-SNP roots in addition to AMD's (synthetic test chains, benchmarks). Claims
+    /// verified through one carry `danger_test_root = true`; kmsd warns at start.
+    #[serde(default)]
+    pub snp_test_roots: Vec<SnpTestRoot>,
+}
+
+/// A test-only SNP root: an ARK and the ASK (or ASVK) it issued, DER files.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnpTestRoot {
+    /// `milan`, `genoa` or `turin`.
+    pub product: String,
+    /// `vcek` or `vlek`.
+    pub signer: String,
+    /// The ARK certificate (DER file).
+    pub ark: PathBuf,
+    /// The ASK or ASVK certificate (DER file).
+    pub ask: PathBuf,
+}
+
+impl Danger {
+    /// The test roots, read and typed. The error names the bad entry.
+    pub fn snp_test_roots(&self) -> Result<Option<attestation::snp::danger::DangerTestRoots>, ConfigError> {
+        use attestation::snp::{Product, Signer};
+        if self.snp_test_roots.is_empty() {
+            return Ok(None);
+        }
+        let mut roots = Vec::new();
+        for (i, r) in self.snp_test_roots.iter().enumerate() {
+            let bad = |m: String| ConfigError(format!("danger.snp_test_roots[{i}]: {m}"));
+            let product = match r.product.as_str() {
+                "milan" => Product::Milan,
+                "genoa" => Product::Genoa,
+                "turin" => Product::Turin,
+                p => return Err(bad(format!("product {p:?} is not milan, genoa or turin"))),
+            };
+            let signer = match r.signer.as_str() {
+                "vcek" => Signer::Vcek,
+                "vlek" => Signer::Vlek,
+                s => return Err(bad(format!("signer {s:?} is not vcek or vlek"))),
+            };
+            let read = |p: &PathBuf| std::fs::read(p).map_err(|e| bad(format!("cannot read {}: {e}", p.display())));
+            roots.push(attestation::snp::danger::DangerTestRoot {
+                product,
+                signer,
+                ark_der: read(&r.ark)?,
+                ask_der: read(&r.ask)?,
+            });
+        }
+        Ok(Some(attestation::snp::danger::DangerTestRoots { roots }))
+    }
 }
 
 /// Log settings.
@@ -107,6 +251,8 @@ struct File {
     keys: KeysSection,
     #[serde(default)]
     audit: AuditSection,
+    #[serde(default)]
+    attestation: AttestationSection,
     #[serde(default)]
     danger: Danger,
     #[serde(default)]
@@ -259,6 +405,8 @@ impl Config {
                 return Err(ConfigError(format!("{name}: {} is not a readable file", p.display())));
             }
         }
+        let attestation = file.attestation.validate()?;
+        file.danger.snp_test_roots()?;
         Ok(Self {
             listen,
             database_url: file.database.url,
@@ -270,6 +418,7 @@ impl Config {
             destroy_interval: Duration::from_secs(file.keys.destroy_interval_secs),
             audit_batch_max: file.audit.batch_max,
             dev: None,
+            attestation,
             danger: file.danger,
             log: file.log,
         })
@@ -294,8 +443,10 @@ impl Config {
             destroy_interval: Duration::from_secs(default_destroy_interval()),
             audit_batch_max: default_batch(),
             dev: Some(DevConfig { data_dir }),
+            attestation: AttestationConfig::default(),
             danger: Danger {
                 allow_unattested_keys: true,
+                snp_test_roots: Vec::new(),
             },
             log: LogConfig::default(),
         })

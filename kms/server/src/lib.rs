@@ -5,6 +5,7 @@
 //!
 //! Never logs or returns key material; every refusal carries a stable reason.
 
+pub mod attest;
 pub mod audit;
 pub mod config;
 pub mod error;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 use kms_core::keyfile::AdminKeyFile;
 use kms_proto::v1::admin_service_server::AdminServiceServer;
+use kms_proto::v1::attestation_service_server::AttestationServiceServer;
 use kms_proto::v1::key_service_server::KeyServiceServer;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -30,6 +32,7 @@ use crate::identity::Identities;
 use crate::keys::Keys;
 use crate::seal::{Seal, SealKind};
 use crate::service::admin::{AdminPlane, NewAdmin};
+use crate::service::attestation::AttestationPlane;
 use crate::service::data::DataPlane;
 use crate::service::Audit;
 use crate::storage::Store;
@@ -53,6 +56,9 @@ pub enum ServeError {
     /// Dev-mode initialization failed.
     #[error("dev mode: {0}")]
     Dev(String),
+    /// The configuration cannot be used.
+    #[error("configuration: {0}")]
+    Config(String),
     /// The gRPC transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -70,6 +76,14 @@ pub async fn serve(
     let seal = Arc::new(Seal::load(&store, dev_dir.clone()).await?);
     let (audit, audit_task) = AuditLog::start(store.clone(), config.audit_batch_max);
     let keys = Arc::new(Keys::new(store.clone(), seal.clone(), config.key_cache_ttl));
+    let test_roots = config
+        .danger
+        .snp_test_roots()
+        .map_err(|e| ServeError::Config(e.0))?;
+    let attestation = Arc::new(
+        attest::Attestation::new(store.clone(), seal.clone(), config.attestation.clone(), test_roots)
+            .map_err(|e| ServeError::Config(e.0))?,
+    );
     let admin = AdminPlane {
         store: store.clone(),
         seal: seal.clone(),
@@ -78,16 +92,25 @@ pub async fn serve(
         allowed_countries: config.allowed_countries.clone(),
         window: config.admin_request_window,
         allow_unattested: config.danger.allow_unattested_keys,
+        attestation: attestation.clone(),
     };
     if let Some(dir) = &dev_dir {
         dev_init(&admin, dir).await?;
     }
+    let identities = Arc::new(Identities::default());
     let data = DataPlane {
         keys: keys.clone(),
         audit: audit.clone(),
-        identities: Arc::new(Identities::default()),
+        identities: identities.clone(),
         tls: config.tls.is_some(),
         allow_unattested: config.danger.allow_unattested_keys,
+        attestation: attestation.clone(),
+    };
+    let attestation_plane = AttestationPlane {
+        engine: attestation.clone(),
+        audit: audit.clone(),
+        identities,
+        tls: config.tls.is_some(),
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -130,6 +153,7 @@ pub async fn serve(
         .add_service(reflection_alpha)
         .add_service(KeyServiceServer::new(data))
         .add_service(AdminServiceServer::new(admin))
+        .add_service(AttestationServiceServer::new(attestation_plane))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     let _ = stop_tx.send(true);
@@ -214,6 +238,10 @@ async fn background(
                 destroy_due(&store, &keys).await;
                 if let Err(e) = store.purge_nonces(kms_core::now_unix_ms()).await {
                     tracing::warn!(error = %e, "cannot purge admin nonces");
+                }
+                // Kept an hour past expiry, so a late replay is still named as one.
+                if let Err(e) = store.purge_attestation(kms_core::now_unix_ms() - 3_600_000).await {
+                    tracing::warn!(error = %e, "cannot purge attestation challenges");
                 }
             }
         }

@@ -18,6 +18,9 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::error::ApiError;
 
+mod attest;
+pub use attest::{ChallengeUse, HardwareRow, HardwareStatus, Identity, TokenKeyRow, TpmEnrollmentRow};
+
 /// Which database.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Backend {
@@ -81,6 +84,8 @@ pub struct KeyRow {
     pub grants: AccessPolicy,
     /// Release policy JSON (canonical form).
     pub release_policy: String,
+    /// The release policy's version (1 at creation, +1 per change).
+    pub release_policy_version: u32,
     /// Created.
     pub created_unix_ms: i64,
     /// When the material will be destroyed, while pending deletion.
@@ -115,8 +120,8 @@ impl From<ApiError> for StoreError {
     }
 }
 
-const KEY_COLUMNS: &str =
-    "id, name, description, tags, state, latest_version, grants, release_policy, created_unix_ms, deletion_unix_ms";
+const KEY_COLUMNS: &str = "id, name, description, tags, state, latest_version, grants, release_policy, \
+     release_policy_version, created_unix_ms, deletion_unix_ms";
 
 impl Store {
     /// Connects and runs the embedded migrations.
@@ -288,6 +293,15 @@ impl Store {
             .bind(key.created_unix_ms)
             .execute(&mut *tx)
             .await?;
+        sqlx::query(
+            "INSERT INTO release_policies (key_id, version, document, set_unix_ms, set_by) VALUES ($1, 1, $2, $3, $4)",
+        )
+        .bind(&key.id)
+        .bind(&key.release_policy)
+        .bind(key.created_unix_ms)
+        .bind(&record.caller)
+        .execute(&mut *tx)
+        .await?;
         append_in_tx(&mut tx, vec![record]).await?;
         tx.commit().await?;
         Ok(())
@@ -537,7 +551,7 @@ fn admin_row(r: &AnyRow) -> Result<AdminRow, sqlx::Error> {
     })
 }
 
-fn key_row(r: &AnyRow) -> Result<KeyRow, sqlx::Error> {
+pub(crate) fn key_row(r: &AnyRow) -> Result<KeyRow, sqlx::Error> {
     let corrupt = |what: &str| sqlx::Error::Protocol(format!("corrupt keys row: {what}"));
     let state: String = r.try_get("state")?;
     let tags: String = r.try_get("tags")?;
@@ -551,6 +565,8 @@ fn key_row(r: &AnyRow) -> Result<KeyRow, sqlx::Error> {
         latest_version: u32::try_from(r.try_get::<i64, _>("latest_version")?).map_err(|_| corrupt("latest_version"))?,
         grants: serde_json::from_str(&grants).map_err(|_| corrupt("grants"))?,
         release_policy: r.try_get("release_policy")?,
+        release_policy_version: u32::try_from(r.try_get::<i64, _>("release_policy_version")?)
+            .map_err(|_| corrupt("release_policy_version"))?,
         created_unix_ms: r.try_get("created_unix_ms")?,
         deletion_unix_ms: r.try_get("deletion_unix_ms")?,
     })

@@ -36,6 +36,7 @@ pub struct AdminPlane {
     pub(crate) allowed_countries: AllowedCountries,
     pub(crate) window: Duration,
     pub(crate) allow_unattested: bool,
+    pub(crate) attestation: Arc<crate::attest::Attestation>,
 }
 
 /// A new admin, parsed.
@@ -69,6 +70,11 @@ fn op_name(op: &Op) -> &'static str {
         Op::DisableKey(_) => "disable_key",
         Op::ScheduleKeyDeletion(_) => "schedule_key_deletion",
         Op::CancelKeyDeletion(_) => "cancel_key_deletion",
+        Op::SetReleasePolicy(_) => "set_release_policy",
+        Op::EnrollHardware(_) => "enroll_hardware",
+        Op::DescribeHardware(_) => "describe_hardware",
+        Op::ListHardware(_) => "list_hardware",
+        Op::RevokeHardware(_) => "revoke_hardware",
     }
 }
 
@@ -279,7 +285,7 @@ impl AdminPlane {
         Ok(self.seal.status())
     }
 
-    fn key_metadata(k: &KeyRow) -> pb::KeyMetadata {
+    pub(crate) fn key_metadata(k: &KeyRow) -> pb::KeyMetadata {
         pb::KeyMetadata {
             id: k.id.clone(),
             name: k.name.clone(),
@@ -304,6 +310,7 @@ impl AdminPlane {
                 })
                 .collect(),
             release_policy: k.release_policy.clone(),
+            release_policy_version: k.release_policy_version,
         }
     }
 
@@ -341,6 +348,7 @@ impl AdminPlane {
             latest_version: 1,
             grants,
             release_policy: policy.to_json(),
+            release_policy_version: 1,
             created_unix_ms: now,
             deletion_unix_ms: None,
         };
@@ -405,7 +413,7 @@ impl AdminPlane {
 
 impl Audit {
     /// The success record as it stands, for a transaction to write with its change.
-    fn clone_allowed(a: &Audit) -> kms_core::audit::Record {
+    pub(crate) fn clone_allowed(a: &Audit) -> kms_core::audit::Record {
         Audit {
             caller: a.caller.clone(),
             operation: a.operation,
@@ -432,11 +440,16 @@ fn audit_op(method: &'static str) -> &'static str {
         "disable_key" => "admin.disable_key",
         "schedule_key_deletion" => "admin.schedule_key_deletion",
         "cancel_key_deletion" => "admin.cancel_key_deletion",
+        "set_release_policy" => "admin.set_release_policy",
+        "enroll_hardware" => "admin.enroll_hardware",
+        "describe_hardware" => "admin.describe_hardware",
+        "list_hardware" => "admin.list_hardware",
+        "revoke_hardware" => "admin.revoke_hardware",
         _ => "admin.unknown",
     }
 }
 
-fn store_err(e: StoreError) -> ApiError {
+pub(crate) fn store_err(e: StoreError) -> ApiError {
     match e {
         StoreError::Api(a) => a,
         StoreError::Db(d) => d.into(),
@@ -633,6 +646,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 let _ = op;
                 self.seal.seal()?;
                 self.keys.clear_keks();
+                self.attestation.clear();
                 Ok(wire_status(self.seal.status()))
             }
         )
@@ -903,6 +917,92 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 };
                 self.change_state(&c.key, Transition::CancelDeletion, None, &mut audit)
                     .await
+            }
+        )
+    }
+
+    async fn set_release_policy(
+        &self,
+        request: Request<pb::SignedRequest>,
+    ) -> Result<Response<pb::KeyMetadata>, Status> {
+        admin_call!(
+            self,
+            request,
+            "set_release_policy",
+            durable = true,
+            in_tx = true,
+            |op, admin, audit| {
+                let Op::SetReleasePolicy(p) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                self.set_release_policy(p, &mut audit).await
+            }
+        )
+    }
+
+    async fn enroll_hardware(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Hardware>, Status> {
+        admin_call!(
+            self,
+            request,
+            "enroll_hardware",
+            durable = true,
+            in_tx = true,
+            |op, admin, audit| {
+                let Op::EnrollHardware(e) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                self.enroll_hardware(&admin, e, &mut audit).await
+            }
+        )
+    }
+
+    async fn describe_hardware(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Hardware>, Status> {
+        admin_call!(
+            self,
+            request,
+            "describe_hardware",
+            durable = false,
+            in_tx = false,
+            |op, admin, audit| {
+                let Op::DescribeHardware(d) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                self.describe_hardware(&d.hardware_id, &mut audit).await
+            }
+        )
+    }
+
+    async fn list_hardware(
+        &self,
+        request: Request<pb::SignedRequest>,
+    ) -> Result<Response<pb::ListHardwareResponse>, Status> {
+        admin_call!(
+            self,
+            request,
+            "list_hardware",
+            durable = false,
+            in_tx = false,
+            |op, admin, audit| {
+                let Op::ListHardware(l) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                self.list_hardware(l).await
+            }
+        )
+    }
+
+    async fn revoke_hardware(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Hardware>, Status> {
+        admin_call!(
+            self,
+            request,
+            "revoke_hardware",
+            durable = true,
+            in_tx = true,
+            |op, admin, audit| {
+                let Op::RevokeHardware(r) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                self.revoke_hardware(&admin, r, &mut audit).await
             }
         )
     }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use kms_core::blob::{self, Blob};
+use kms_core::hpke_seal;
 use kms_core::ids::{KeyId, KeyVersion, Principal};
 use kms_core::key::KeyState;
 use kms_core::policy::{Operation, ReleasePolicy};
@@ -13,6 +14,7 @@ use kms_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::{context, finish, Audit};
+use crate::attest::{Attestation, Authorized};
 use crate::audit::AuditLog;
 use crate::error::ApiError;
 use crate::identity::Identities;
@@ -27,6 +29,42 @@ pub struct DataPlane {
     pub(crate) identities: Arc<Identities>,
     pub(crate) tls: bool,
     pub(crate) allow_unattested: bool,
+    pub(crate) attestation: Arc<Attestation>,
+}
+
+/// How plaintext may leave for this call.
+enum Release {
+    /// No plaintext is returned (GenerateDataKeyWithoutPlaintext, ReEncrypt).
+    Nothing,
+    /// In the clear, for an unattested key (dev, tests).
+    Unattested,
+    /// HPKE-sealed to the token's key.
+    Attested(Box<Authorized>),
+}
+
+impl Release {
+    /// Seals `plaintext` for an attested release; `None` otherwise.
+    fn seal(
+        &self,
+        operation: Operation,
+        key_id: &str,
+        version: KeyVersion,
+        blob: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Option<pb::SealedKey>, ApiError> {
+        let Release::Attested(auth) = self else { return Ok(None) };
+        let pk = auth.token.hpke_public_key()?;
+        let info = hpke_seal::release_info(operation.as_str(), key_id, version.get(), &auth.token.jti);
+        let sealed = hpke_seal::seal_release(&pk, &info, blob, plaintext)?;
+        Ok(Some(pb::SealedKey {
+            encapsulated_key: sealed.encapsulated_key,
+            ciphertext: sealed.ciphertext,
+        }))
+    }
+
+    fn is_attested(&self) -> bool {
+        matches!(self, Release::Attested(_))
+    }
 }
 
 impl DataPlane {
@@ -116,21 +154,51 @@ impl DataPlane {
         }
     }
 
+    /// Decides how plaintext may leave for `op` on `key`: with a token, the token is verified,
+    /// the machine and the key are read fresh and the key's release policy is evaluated on the
+    /// token's claims (the fresh key row then decides state and grants too); without one, only
+    /// an unattested key releases. Operations that return no plaintext need neither.
+    async fn gate(
+        &self,
+        who: &Principal,
+        key: Arc<KeyRow>,
+        token: &str,
+        op: Operation,
+        audit: &mut Audit,
+    ) -> Result<(Arc<KeyRow>, Release), ApiError> {
+        let releases = matches!(op, Operation::GenerateDataKey | Operation::Decrypt);
+        if token.is_empty() || !releases {
+            Self::check_usable(&key, who, op)?;
+            if !releases {
+                return Ok((key, Release::Nothing));
+            }
+            self.check_release(&key)?;
+            return Ok((key, Release::Unattested));
+        }
+        // Grants first: a caller without them learns nothing from the token path.
+        Self::check_usable(&key, who, op)?;
+        audit.detail("attested", true);
+        let auth = self.attestation.authorize(token, who, &key.id).await?;
+        audit.detail("token_id", auth.token.jti.as_str());
+        audit.detail("hardware_id", auth.token.sub.as_str());
+        audit.detail("release_policy_version", auth.key.release_policy_version);
+        let fresh = self.keys.remember(auth.key.clone());
+        Self::check_usable(&fresh, who, op)?;
+        Ok((fresh, Release::Attested(Box::new(auth))))
+    }
+
     async fn new_data_key(
         &self,
         who: &Principal,
         ctx: pb::GenerateDataKeyRequest,
         op: Operation,
         audit: &mut Audit,
-    ) -> Result<(Vec<u8>, DataKey, Arc<KeyRow>), ApiError> {
+    ) -> Result<(Vec<u8>, DataKey, Arc<KeyRow>, Release), ApiError> {
         self.keys.ensure_unsealed()?;
         let context = context(ctx.encryption_context)?;
         let key = self.keys.resolve(&ctx.key).await?;
         audit.key(&key.id);
-        Self::check_usable(&key, who, op)?;
-        if op == Operation::GenerateDataKey {
-            self.check_release(&key)?;
-        }
+        let (key, release) = self.gate(who, key, &ctx.attestation_token, op, audit).await?;
         let version =
             KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
         let kek = self.keys.kek(&key, version).await?;
@@ -143,7 +211,7 @@ impl DataPlane {
             data_key.expose_secret(),
         )?;
         audit.detail("key_version", version.get());
-        Ok((blob, data_key, key))
+        Ok((blob, data_key, key, release))
     }
 
     async fn decrypt_blob(
@@ -152,16 +220,14 @@ impl DataPlane {
         bytes: &[u8],
         ctx: &kms_core::context::EncryptionContext,
         op: Operation,
+        token: &str,
         audit: &mut Audit,
-    ) -> Result<(kms_core::secret::SecretBytes, Arc<KeyRow>, KeyVersion), ApiError> {
+    ) -> Result<(kms_core::secret::SecretBytes, Arc<KeyRow>, KeyVersion, Release), ApiError> {
         let parsed = Blob::parse(bytes)?;
         let key = self.keys.by_id(parsed.key_id()).await?;
         audit.key(&key.id);
         audit.detail("key_version", parsed.version().get());
-        Self::check_usable(&key, who, op)?;
-        if op == Operation::Decrypt {
-            self.check_release(&key)?;
-        }
+        let (key, release) = self.gate(who, key, token, op, audit).await?;
         if parsed.version().get() > key.latest_version {
             return Err(ApiError::not_found(
                 "key_version_not_found",
@@ -170,7 +236,7 @@ impl DataPlane {
         }
         let kek = self.keys.kek(&key, parsed.version()).await?;
         let plain = parsed.open(&kek, ctx)?;
-        Ok((plain, key, parsed.version()))
+        Ok((plain, key, parsed.version(), release))
     }
 }
 
@@ -183,15 +249,28 @@ impl pb::key_service_server::KeyService for DataPlane {
         let who = self.caller(&request, "generate_data_key").await?;
         let mut audit = Audit::new(who.as_str(), "generate_data_key");
         let req = request.into_inner();
-        let result = self
-            .new_data_key(&who, req, Operation::GenerateDataKey, &mut audit)
-            .await
-            .map(|(blob, dk, key)| pb::GenerateDataKeyResponse {
+        let result = async {
+            let (blob, dk, key, release) = self
+                .new_data_key(&who, req, Operation::GenerateDataKey, &mut audit)
+                .await?;
+            let version =
+                KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
+            let sealed_plaintext =
+                release.seal(Operation::GenerateDataKey, &key.id, version, &blob, dk.expose_secret())?;
+            Ok(pb::GenerateDataKeyResponse {
                 ciphertext_blob: blob,
-                plaintext: dk.expose_secret().to_vec(),
+                // Never in the clear for an attested release.
+                plaintext: if release.is_attested() {
+                    Vec::new()
+                } else {
+                    dk.expose_secret().to_vec()
+                },
                 key_id: key.id.clone(),
-                key_version: key.latest_version,
-            });
+                key_version: version.get(),
+                sealed_plaintext,
+            })
+        }
+        .await;
         finish(&self.audit, audit, result, true).await
     }
 
@@ -205,11 +284,12 @@ impl pb::key_service_server::KeyService for DataPlane {
         let as_gen = pb::GenerateDataKeyRequest {
             key: req.key,
             encryption_context: req.encryption_context,
+            attestation_token: String::new(),
         };
         let result = self
             .new_data_key(&who, as_gen, Operation::GenerateDataKeyWithoutPlaintext, &mut audit)
             .await
-            .map(|(blob, _dk, key)| pb::GenerateDataKeyWithoutPlaintextResponse {
+            .map(|(blob, _dk, key, _)| pb::GenerateDataKeyWithoutPlaintextResponse {
                 ciphertext_blob: blob,
                 key_id: key.id.clone(),
                 key_version: key.latest_version,
@@ -279,13 +359,32 @@ impl pb::key_service_server::KeyService for DataPlane {
                     ));
                 }
             }
-            let (plain, key, version) = self
-                .decrypt_blob(&who, &req.ciphertext_blob, &context, Operation::Decrypt, &mut audit)
+            let (plain, key, version, release) = self
+                .decrypt_blob(
+                    &who,
+                    &req.ciphertext_blob,
+                    &context,
+                    Operation::Decrypt,
+                    &req.attestation_token,
+                    &mut audit,
+                )
                 .await?;
+            let sealed_plaintext = release.seal(
+                Operation::Decrypt,
+                &key.id,
+                version,
+                &req.ciphertext_blob,
+                plain.expose_secret(),
+            )?;
             Ok(pb::DecryptResponse {
-                plaintext: plain.into_exposed(),
+                plaintext: if release.is_attested() {
+                    Vec::new()
+                } else {
+                    plain.into_exposed()
+                },
                 key_id: key.id.clone(),
                 key_version: version.get(),
+                sealed_plaintext,
             })
         }
         .await;
@@ -303,8 +402,8 @@ impl pb::key_service_server::KeyService for DataPlane {
             self.keys.ensure_unsealed()?;
             let src_ctx = context(req.source_encryption_context)?;
             let dst_ctx = context(req.destination_encryption_context)?;
-            let (plain, src_key, src_version) = self
-                .decrypt_blob(&who, &req.ciphertext_blob, &src_ctx, Operation::ReEncrypt, &mut audit)
+            let (plain, src_key, src_version, _) = self
+                .decrypt_blob(&who, &req.ciphertext_blob, &src_ctx, Operation::ReEncrypt, "", &mut audit)
                 .await?;
             let dst = if req.destination_key.is_empty() {
                 self.keys.by_id(KeyId::parse(&src_key.id)?).await?

@@ -3,7 +3,9 @@
 //! here.
 
 pub mod admin;
+pub mod attestation;
 pub mod data;
+mod hardware;
 
 use std::collections::BTreeMap;
 

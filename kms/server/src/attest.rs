@@ -1,0 +1,587 @@
+//! The attested release engine: challenges, evidence verification against the hardware registry,
+//! token issuance and verification, and the release decision. gRPC-free: the handlers in
+//! `service::attestation`, `service::data` and `service::hardware` call it.
+//!
+//! What holds whatever a key's release policy says (DESIGN §4): a token is issued only for
+//! evidence that verified, is bound to a fresh challenge and the workload's HPKE key, and comes
+//! from enrolled, active hardware in an allowed jurisdiction; every release re-reads the machine's
+//! registry entry and the key's policy; plaintext is returned only HPKE-sealed to the token's key.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use attestation::snp::{SnpClaims, SnpEvidence, SnpVerifier, REPORT_LEN};
+use attestation::tpm::ek::EkCaBundle;
+use attestation::tpm::{AkPublic, TpmClaims, TpmEvidence, TpmTrust, TpmVerifier};
+use attestation::{Check, Refusal, Verifier};
+use kms_core::claims::ReleaseClaims;
+use kms_core::ids::{KeyId, KeyVersion, Principal};
+use kms_core::jurisdiction::Country;
+use kms_core::policy::ReleasePolicy;
+use kms_core::secret::SecretKey;
+use kms_core::token::{TokenClaims, TokenSigner, TokenVerifier};
+
+use crate::config::{AttestationConfig, ConfigError};
+use crate::error::ApiError;
+use crate::seal::Seal;
+use crate::storage::{ChallengeUse, HardwareRow, HardwareStatus, Identity, KeyRow, Store, TokenKeyRow};
+
+/// The key id under which token signing seeds are wrapped by the root key (the AAD binds it and
+/// the token key version). Generated key ids are random, so none is all zero.
+const TOKEN_KEY_WRAP_ID: [u8; 16] = [0; 16];
+
+/// Token issuer and audience.
+pub const TOKEN_ISSUER: &str = "kms";
+
+/// The token keys of this deployment, unwrapped while the server is unsealed.
+struct TokenKeys {
+    signer: TokenSigner,
+    verifier: TokenVerifier,
+}
+
+/// A verified token and the inputs of a release decision.
+#[derive(Debug)]
+pub struct Authorized {
+    /// The verified token.
+    pub token: TokenClaims,
+    /// The claims the policy saw: the token's, with the registry's current location fields.
+    pub claims: ReleaseClaims,
+    /// The key, read fresh.
+    pub key: KeyRow,
+}
+
+/// What Attest returns.
+#[derive(Debug)]
+pub struct Issued {
+    /// The JWT.
+    pub token: String,
+    /// Its claims.
+    pub claims: TokenClaims,
+    /// The machine.
+    pub hardware: HardwareRow,
+}
+
+/// Evidence as received.
+#[derive(Debug)]
+pub enum Evidence {
+    /// SEV-SNP.
+    Snp(SnpEvidence),
+    /// TPM 2.0.
+    Tpm(TpmEvidence),
+}
+
+/// The engine.
+pub struct Attestation {
+    store: Store,
+    seal: Arc<Seal>,
+    config: AttestationConfig,
+    snp: SnpVerifier,
+    ek_cas: Option<EkCaBundle>,
+    tokens: RwLock<Option<Arc<TokenKeys>>>,
+    token_init: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Attestation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attestation")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> i64 {
+    kms_core::now_unix_ms()
+}
+
+fn ttl_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The stable reason for an evidence refusal.
+pub fn refusal_reason(check: Check) -> &'static str {
+    match check {
+        Check::Malformed => "evidence_malformed",
+        Check::CertificateChain => "evidence_certificate_chain",
+        Check::CertificateValidity => "evidence_certificate_validity",
+        Check::Signature => "evidence_signature",
+        Check::Binding => "evidence_binding_mismatch",
+        Check::Version => "evidence_unsupported_version",
+        Check::GuestPolicy => "evidence_guest_policy",
+        Check::Tcb => "evidence_tcb",
+        Check::Identity => "evidence_hardware_identity",
+        Check::Vmpl => "evidence_vmpl",
+        Check::SigningKey => "evidence_signing_key",
+        Check::Pcrs => "evidence_pcrs",
+        Check::Counters => "evidence_counters",
+        _ => "evidence_refused",
+    }
+}
+
+fn refused(r: Refusal) -> ApiError {
+    let status = match r.check {
+        Check::Malformed => ApiError::invalid(refusal_reason(r.check), format!("evidence refused: {r}")),
+        _ => ApiError::denied(refusal_reason(r.check), format!("evidence refused: {r}")),
+    };
+    status
+}
+
+fn db(e: sqlx::Error) -> ApiError {
+    e.into()
+}
+
+impl Attestation {
+    /// The engine for `config`. Fails if the SNP trust or the EK CA bundle cannot be used.
+    pub fn new(
+        store: Store,
+        seal: Arc<Seal>,
+        config: AttestationConfig,
+        snp_test_roots: Option<attestation::snp::danger::DangerTestRoots>,
+    ) -> Result<Self, ConfigError> {
+        let mut trust = config.snp.clone();
+        if snp_test_roots.is_some() {
+            tracing::warn!("danger.snp_test_roots is set: SNP evidence signed by test roots is accepted (claims say danger_test_root)");
+            trust.danger_test_roots = snp_test_roots;
+        }
+        let snp = SnpVerifier::new(trust).map_err(|e| ConfigError(format!("attestation.snp: {e}")))?;
+        let ek_cas = match &config.tpm_ek_ca_bundle {
+            Some(p) => {
+                let pem = std::fs::read(p)
+                    .map_err(|e| ConfigError(format!("attestation.tpm_ek_ca_bundle: {}: {e}", p.display())))?;
+                Some(
+                    EkCaBundle::from_pem(&pem)
+                        .map_err(|e| ConfigError(format!("attestation.tpm_ek_ca_bundle: {}: {e}", p.display())))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Self {
+            store,
+            seal,
+            config,
+            snp,
+            ek_cas,
+            tokens: RwLock::new(None),
+            token_init: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AttestationConfig {
+        &self.config
+    }
+
+    /// The SNP verifier (enrolment verifies reports with it too).
+    pub fn snp_verifier(&self) -> &SnpVerifier {
+        &self.snp
+    }
+
+    /// The EK CA bundle, if TPM enrolment is configured.
+    pub fn ek_cas(&self) -> Result<&EkCaBundle, ApiError> {
+        self.ek_cas.as_ref().ok_or_else(|| {
+            ApiError::precondition(
+                "tpm_enrollment_not_configured",
+                "this server has no TPM-manufacturer CA bundle (attestation.tpm_ek_ca_bundle): TPM enrolment is off",
+            )
+        })
+    }
+
+    /// Drops the unwrapped token signing key (when the server seals).
+    pub fn clear(&self) {
+        if let Ok(mut t) = self.tokens.write() {
+            *t = None;
+        }
+    }
+
+    // ----- challenges ------------------------------------------------------------------------
+
+    /// A fresh challenge nonce and its expiry.
+    pub async fn challenge(&self) -> Result<([u8; 32], i64), ApiError> {
+        let nonce: [u8; 32] = kms_core::random_array()?;
+        let expires = now_ms() + ttl_ms(self.config.challenge_ttl);
+        self.store.insert_challenge(&nonce, expires).await.map_err(db)?;
+        Ok((nonce, expires))
+    }
+
+    /// Uses a nonce once, on any replica.
+    pub async fn consume(&self, nonce: &[u8]) -> Result<(), ApiError> {
+        if nonce.len() != 32 {
+            return Err(ApiError::invalid(
+                "invalid_nonce",
+                format!("nonce: {} bytes; a challenge nonce is 32 bytes", nonce.len()),
+            ));
+        }
+        match self.store.consume_challenge(nonce, now_ms()).await.map_err(db)? {
+            ChallengeUse::Fresh => Ok(()),
+            ChallengeUse::Unknown => Err(ApiError::precondition(
+                "nonce_unknown",
+                "this nonce was not issued by this service (call GetChallenge)",
+            )),
+            ChallengeUse::Expired => Err(ApiError::precondition(
+                "nonce_expired",
+                "the challenge expired: get a new one and attest again",
+            )),
+            ChallengeUse::Replayed => Err(ApiError::precondition(
+                "nonce_replayed",
+                "the challenge was already used: every attestation needs its own",
+            )),
+        }
+    }
+
+    // ----- evidence --------------------------------------------------------------------------
+
+    /// Verifies evidence bound to (nonce, hpke key), finds its hardware, and returns the claims
+    /// the release policies see. The nonce must already be consumed.
+    pub async fn verify(
+        &self,
+        nonce: &[u8],
+        hpke_public_key: &[u8],
+        evidence: &Evidence,
+    ) -> Result<(ReleaseClaims, HardwareRow), ApiError> {
+        let now = now_ms() / 1000;
+        match evidence {
+            Evidence::Snp(ev) => {
+                let binding = attestation::binding::snp_report_data(nonce, hpke_public_key);
+                let claims = self.snp.verify(ev, &binding, now).map_err(refused)?;
+                let hw = self.snp_hardware(&claims).await?;
+                self.check_location(&hw)?;
+                Ok((snp_claims(&claims, &hw), hw))
+            }
+            Evidence::Tpm(ev) => {
+                let ak = AkPublic::from_tpm2b_public(&ev.ak_public).map_err(refused)?;
+                let ak_hex = ak.name().to_hex();
+                let hw = self
+                    .store
+                    .hardware_by_identity(Identity::TpmAkName, &ak_hex)
+                    .await
+                    .map_err(db)?;
+                let hw = active(hw, || format!("no machine is enrolled with TPM AK {ak_hex}"))?;
+                let binding = attestation::binding::tpm_qualifying_data(nonce, hpke_public_key);
+                let verifier = TpmVerifier::new(TpmTrust::enrolled_ak(ak.name().clone()));
+                let claims = verifier.verify(ev, &binding, now).map_err(refused)?;
+                self.advance_clock(&ak_hex, &claims).await?;
+                self.check_location(&hw)?;
+                Ok((tpm_claims(&claims, &hw), hw))
+            }
+        }
+    }
+
+    async fn snp_hardware(&self, claims: &SnpClaims) -> Result<HardwareRow, ApiError> {
+        if claims.chip_id_masked {
+            return Err(ApiError::denied(
+                "hardware_not_enrolled",
+                "the report's chip id is masked: the machine cannot be identified",
+            ));
+        }
+        let chip = claims.chip_id.to_hex();
+        let hw = self
+            .store
+            .hardware_by_identity(Identity::SnpChipId, &chip)
+            .await
+            .map_err(db)?;
+        let hw = active(hw, || format!("no machine is enrolled with SNP chip id {}…", &chip[..16]))?;
+        if claims.signer == attestation::snp::Signer::Vlek && !hw.snp_accept_vlek {
+            return Err(ApiError::denied(
+                "vlek_not_accepted",
+                format!("the report is VLEK-signed and machine {} was not enrolled to accept VLEK", hw.id),
+            ));
+        }
+        Ok(hw)
+    }
+
+    /// Quotes from one AK may not go back in time (reset/restart counters, clock).
+    async fn advance_clock(&self, ak_hex: &str, claims: &TpmClaims) -> Result<(), ApiError> {
+        let c = &claims.clock_info;
+        let next = (c.reset_count, c.restart_count, c.clock);
+        for _ in 0..5 {
+            let prev = self.store.tpm_clock(ak_hex).await.map_err(db)?;
+            if let Some(p) = prev {
+                let earlier = attestation::tpm::ClockInfo {
+                    clock: p.2,
+                    reset_count: p.0,
+                    restart_count: p.1,
+                    safe: true,
+                };
+                c.check_after(&earlier).map_err(refused)?;
+                if p == next {
+                    return Ok(());
+                }
+            }
+            if self.store.advance_tpm_clock(ak_hex, prev, next).await.map_err(db)? {
+                return Ok(());
+            }
+        }
+        Err(ApiError::unavailable(
+            "tpm_clock_contention",
+            "the TPM clock record kept changing; retry",
+        ))
+    }
+
+    /// The machine's country must still be in an allowed jurisdiction.
+    pub fn check_location(&self, hw: &HardwareRow) -> Result<(), ApiError> {
+        let allowed = Country::parse(&hw.country)
+            .map(|c| self.config.allowed_countries.allows(&c))
+            .unwrap_or(false);
+        if allowed {
+            Ok(())
+        } else {
+            Err(ApiError::denied(
+                "hardware_outside_jurisdiction",
+                format!(
+                    "machine {} is in {}, outside the allowed jurisdictions",
+                    hw.id, hw.country
+                ),
+            ))
+        }
+    }
+
+    // ----- tokens ----------------------------------------------------------------------------
+
+    async fn token_keys(&self) -> Result<Arc<TokenKeys>, ApiError> {
+        let root = self.seal.root()?;
+        if let Some(k) = self.tokens.read().ok().and_then(|t| t.clone()) {
+            return Ok(k);
+        }
+        let _one = self.token_init.lock().await;
+        if let Some(k) = self.tokens.read().ok().and_then(|t| t.clone()) {
+            return Ok(k);
+        }
+        let wrap_id = KeyId::from_bytes(TOKEN_KEY_WRAP_ID);
+        let mut rows = self.store.token_keys().await.map_err(db)?;
+        if rows.is_empty() {
+            let seed = SecretKey::<32>::generate()?;
+            let signer = TokenSigner::new(&seed)?;
+            let version = KeyVersion::new(1).ok_or_else(|| ApiError::internal("token_key", "version 1"))?;
+            let row = TokenKeyRow {
+                version: 1,
+                kid: signer.kid().to_owned(),
+                public_key: signer.public_key().to_vec(),
+                wrapped_seed: root.wrap(wrap_id, version, &seed)?,
+            };
+            // Another replica may win the race: then its key is the one.
+            self.store.insert_token_key(&row, now_ms()).await.map_err(db)?;
+            rows = self.store.token_keys().await.map_err(db)?;
+        }
+        let latest = rows
+            .last()
+            .ok_or_else(|| ApiError::internal("token_key", "no token signing key after creating one"))?;
+        let version = KeyVersion::new(latest.version)
+            .ok_or_else(|| ApiError::internal("token_key", "token key version 0"))?;
+        let seed = root
+            .unwrap(wrap_id, version, &latest.wrapped_seed)
+            .map_err(|_| ApiError::internal("token_key", "the token signing key does not unwrap under this root key"))?;
+        let signer = TokenSigner::new(&seed)?;
+        let verifier = TokenVerifier::new(rows.iter().filter_map(|r| {
+            let pk: [u8; 32] = r.public_key.as_slice().try_into().ok()?;
+            Some((r.kid.clone(), pk))
+        }));
+        let keys = Arc::new(TokenKeys { signer, verifier });
+        if let Ok(mut t) = self.tokens.write() {
+            *t = Some(keys.clone());
+        }
+        Ok(keys)
+    }
+
+    /// The JWKS of every token key (readable while sealed: public keys only).
+    pub async fn jwks(&self) -> Result<String, ApiError> {
+        let rows = self.store.token_keys().await.map_err(db)?;
+        let keys: Vec<(String, [u8; 32])> = rows
+            .iter()
+            .filter_map(|r| Some((r.kid.clone(), r.public_key.as_slice().try_into().ok()?)))
+            .collect();
+        Ok(kms_core::token::jwks_json(&keys))
+    }
+
+    /// Issues a token for verified claims.
+    pub async fn issue(
+        &self,
+        principal: &Principal,
+        hpke_public_key: &[u8],
+        claims: ReleaseClaims,
+        hardware: HardwareRow,
+    ) -> Result<Issued, ApiError> {
+        let keys = self.token_keys().await?;
+        let now = now_ms() / 1000;
+        let ttl = i64::try_from(self.config.token_ttl.as_secs()).unwrap_or(600);
+        let jti: [u8; 16] = kms_core::random_array()?;
+        let token = TokenClaims::new(
+            hardware.id.clone(),
+            principal.as_str().to_owned(),
+            hex::encode(jti),
+            now,
+            now + ttl,
+            hpke_public_key,
+            claims,
+        )?;
+        let jwt = keys.signer.sign(&token)?;
+        Ok(Issued {
+            token: jwt,
+            claims: token,
+            hardware,
+        })
+    }
+
+    /// Verifies a token for `principal`, re-reads the machine and the key, and evaluates the
+    /// key's release policy on the claims. Every refusal names why.
+    pub async fn authorize(&self, jwt: &str, principal: &Principal, key_id: &str) -> Result<Authorized, ApiError> {
+        let keys = self.token_keys().await?;
+        let now = now_ms() / 1000;
+        let token = match keys.verifier.verify(jwt, now) {
+            Ok(t) => t,
+            Err(kms_core::token::TokenError::UnknownKey) => {
+                // A key another replica created since this one loaded its keys.
+                self.clear();
+                self.token_keys()
+                    .await?
+                    .verifier
+                    .verify(jwt, now)
+                    .map_err(|e| ApiError::denied(e.reason(), format!("attestation token refused: {e}")))?
+            }
+            Err(e) => return Err(ApiError::denied(e.reason(), format!("attestation token refused: {e}"))),
+        };
+        if token.principal != principal.as_str() {
+            return Err(ApiError::denied(
+                "token_principal_mismatch",
+                format!("the attestation token was issued to {}, not to {principal}", token.principal),
+            ));
+        }
+        let (hw, key) = self.store.release_inputs(&token.sub, key_id).await.map_err(db)?;
+        let key = key.ok_or_else(|| ApiError::not_found("key_not_found", format!("no key {key_id}")))?;
+        let hw = hw.ok_or_else(|| {
+            ApiError::denied(
+                "hardware_not_enrolled",
+                format!("the token's machine {} is not in the registry", token.sub),
+            )
+        })?;
+        if hw.status != HardwareStatus::Active {
+            return Err(ApiError::denied(
+                "hardware_revoked",
+                format!(
+                    "machine {} was revoked: {}",
+                    hw.id,
+                    hw.revocation_reason.as_deref().unwrap_or("")
+                ),
+            ));
+        }
+        self.check_location(&hw)?;
+        let mut claims = token.kms.clone();
+        location_claims(&mut claims, &hw);
+        let policy = ReleasePolicy::parse(&key.release_policy).map_err(|_| {
+            ApiError::internal(
+                "corrupt_policy",
+                format!("key {} has an unreadable release policy", key.id),
+            )
+        })?;
+        policy.evaluate(&claims).map_err(|m| {
+            ApiError::denied(
+                "release_policy_not_met",
+                format!(
+                    "the attested claims do not meet release policy version {} of key {}: {m}",
+                    key.release_policy_version, key.id
+                ),
+            )
+        })?;
+        Ok(Authorized { token, claims, key })
+    }
+}
+
+/// An active registry entry, or the refusal that says why not.
+fn active(hw: Option<HardwareRow>, missing: impl FnOnce() -> String) -> Result<HardwareRow, ApiError> {
+    match hw {
+        Some(h) if h.status == HardwareStatus::Active => Ok(h),
+        Some(h) => Err(ApiError::denied(
+            "hardware_revoked",
+            format!(
+                "machine {} was revoked: {}",
+                h.id,
+                h.revocation_reason.as_deref().unwrap_or("")
+            ),
+        )),
+        None => Err(ApiError::denied("hardware_not_enrolled", missing())),
+    }
+}
+
+/// The registry's fields: who and where the machine is.
+fn location_claims(c: &mut ReleaseClaims, hw: &HardwareRow) {
+    c.insert_str("hardware_id", hw.id.clone());
+    c.insert_str("country", hw.country.clone());
+    let eu = Country::parse(&hw.country).map(|c| c.is_eu()).unwrap_or(false);
+    c.insert_str("jurisdiction", if eu { "EU" } else { "" });
+    c.insert_str("site", hw.site.clone());
+    c.insert_str("operator", hw.operator.clone());
+}
+
+/// The release claims of a verified SNP report on enrolled hardware.
+pub fn snp_claims(s: &SnpClaims, hw: &HardwareRow) -> ReleaseClaims {
+    let mut c = ReleaseClaims::new();
+    c.insert_str("tee", "snp");
+    location_claims(&mut c, hw);
+    c.insert_bool("danger_test_root", s.danger_test_root);
+    c.insert_str("snp.product", s.product.as_str());
+    c.insert_str(
+        "snp.signer",
+        match s.signer {
+            attestation::snp::Signer::Vcek => "vcek",
+            attestation::snp::Signer::Vlek => "vlek",
+        },
+    );
+    c.insert_int("snp.report_version", i64::from(s.report_version));
+    c.insert_str("snp.chip_id", s.chip_id.to_hex());
+    c.insert_str("snp.measurement", hex::encode(s.measurement));
+    c.insert_str("snp.host_data", hex::encode(s.host_data));
+    c.insert_str("snp.id_key_digest", hex::encode(s.id_key_digest));
+    c.insert_str("snp.author_key_digest", hex::encode(s.author_key_digest));
+    c.insert_str("snp.family_id", hex::encode(s.family_id));
+    c.insert_str("snp.image_id", hex::encode(s.image_id));
+    c.insert_int("snp.guest_svn", i64::from(s.guest_svn));
+    c.insert_int("snp.vmpl", i64::from(s.vmpl));
+    let t = &s.reported_tcb;
+    c.insert_int("snp.tcb.bootloader", i64::from(t.bootloader));
+    c.insert_int("snp.tcb.tee", i64::from(t.tee));
+    c.insert_int("snp.tcb.snp", i64::from(t.snp));
+    c.insert_int("snp.tcb.microcode", i64::from(t.microcode));
+    if let Some(fmc) = t.fmc {
+        c.insert_int("snp.tcb.fmc", i64::from(fmc));
+    }
+    let p = &s.policy;
+    c.insert_bool("snp.policy.debug", p.debug);
+    c.insert_bool("snp.policy.migration_agent", p.migration_agent);
+    c.insert_bool("snp.policy.smt", p.smt);
+    c.insert_bool("snp.policy.single_socket", p.single_socket);
+    c.insert_int("snp.policy.abi_major", i64::from(p.abi_major));
+    c.insert_int("snp.policy.abi_minor", i64::from(p.abi_minor));
+    c.insert_bool("snp.platform.smt_enabled", s.platform_info.smt_enabled);
+    c.insert_bool("snp.platform.tsme_enabled", s.platform_info.tsme_enabled);
+    c
+}
+
+/// The release claims of a verified TPM quote from enrolled hardware.
+pub fn tpm_claims(t: &TpmClaims, hw: &HardwareRow) -> ReleaseClaims {
+    let mut c = ReleaseClaims::new();
+    c.insert_str("tee", "tpm");
+    location_claims(&mut c, hw);
+    c.insert_bool("danger_test_root", false);
+    c.insert_str("tpm.ak_name", t.ak_name.to_hex());
+    if let Some(ek) = &hw.tpm_ek_digest {
+        c.insert_str("tpm.ek_digest", ek.clone());
+    }
+    c.insert_str("tpm.firmware_version", format!("{:016x}", t.firmware_version));
+    for (index, value) in t.pcrs.iter() {
+        c.insert_str(format!("tpm.pcr.{index}"), hex::encode(value));
+    }
+    c
+}
+
+/// For SNP enrolment: the REPORT_DATA of a report, so it can be verified without a challenge
+/// (enrolment names a chip; it does not release anything).
+pub fn report_data_of(report: &[u8]) -> Vec<u8> {
+    if report.len() == REPORT_LEN {
+        report[0x50..0x90].to_vec()
+    } else {
+        Vec::new()
+    }
+}

@@ -1,0 +1,344 @@
+//! Admin operations of the attested release: the hardware registry (enrol, describe, list,
+//! revoke) and release policy changes. Called from the AdminService handlers after the signed
+//! request is authenticated. One admin suffices today; enrolment and policy changes become
+//! quorum operations with the admin-plane work (issue 5).
+
+use attestation::snp::Signer;
+use attestation::Verifier;
+use kms_core::ids::AdminId;
+use kms_core::jurisdiction::Country;
+use kms_core::policy::ReleasePolicy;
+use kms_proto::v1 as pb;
+
+use super::admin::{store_err, AdminPlane};
+use super::attestation::snp_from_wire;
+use super::Audit;
+use crate::attest::{refusal_reason, report_data_of};
+use crate::error::ApiError;
+use crate::storage::{ChallengeUse, HardwareRow, HardwareStatus, Identity, StoreError};
+
+/// `hw-` followed by 32 hex digits.
+fn check_hardware_id(id: &str) -> Result<(), ApiError> {
+    let ok = id
+        .strip_prefix("hw-")
+        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "invalid_hardware_id",
+            format!("{id:?} is not a hardware id (hw- followed by 32 lowercase hex digits)"),
+        ))
+    }
+}
+
+fn check_text(what: &str, s: &str, min: usize, max: usize) -> Result<(), ApiError> {
+    let n = s.chars().count();
+    if n < min || n > max || s.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "invalid_argument",
+            format!("{what}: {min} to {max} characters without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// A registry entry on the wire.
+pub(crate) fn hardware_to_wire(h: &HardwareRow) -> pb::Hardware {
+    let eu = Country::parse(&h.country).map(|c| c.is_eu()).unwrap_or(false);
+    pb::Hardware {
+        id: h.id.clone(),
+        kind: match h.kind.as_str() {
+            "snp" => pb::HardwareKind::Snp,
+            "tpm" => pb::HardwareKind::Tpm,
+            _ => pb::HardwareKind::Unspecified,
+        } as i32,
+        status: match h.status {
+            HardwareStatus::Active => pb::HardwareStatus::Active,
+            HardwareStatus::Revoked => pb::HardwareStatus::Revoked,
+        } as i32,
+        country: h.country.clone(),
+        jurisdiction: if eu { "EU".into() } else { String::new() },
+        site: h.site.clone(),
+        operator: h.operator.clone(),
+        description: h.description.clone(),
+        snp_chip_id: h.snp_chip_id.clone().unwrap_or_default(),
+        snp_accept_vlek: h.snp_accept_vlek,
+        tpm_ek_digest: h.tpm_ek_digest.clone().unwrap_or_default(),
+        tpm_ak_name: h.tpm_ak_name.clone().unwrap_or_default(),
+        tpm_ek_certificate: h.tpm_ek_certificate.clone().unwrap_or_default(),
+        enrolled_unix_ms: h.enrolled_unix_ms,
+        enrolled_by: h.enrolled_by.clone(),
+        revoked_unix_ms: h.revoked_unix_ms.unwrap_or(0),
+        revoked_by: h.revoked_by.clone().unwrap_or_default(),
+        revocation_reason: h.revocation_reason.clone().unwrap_or_default(),
+        enrollment_record: h.enrollment_record.clone(),
+    }
+}
+
+impl AdminPlane {
+    /// Enrols a machine: its location is checked against the allowed jurisdictions, its identity
+    /// proven (SNP: a report verified against AMD's roots; TPM: the answer to a credential
+    /// challenge), and the entry written with its audit record.
+    pub(crate) async fn enroll_hardware(
+        &self,
+        admin: &AdminId,
+        op: pb::EnrollHardwareOp,
+        audit: &mut Audit,
+    ) -> Result<pb::Hardware, ApiError> {
+        self.seal.require_initialized()?;
+        let country = Country::parse(&op.country)?;
+        check_text("site", &op.site, 1, 128)?;
+        check_text("operator", &op.operator, 1, 256)?;
+        check_text("description", &op.description, 0, 1024)?;
+        audit.detail("country", country.as_str());
+        audit.detail("site", op.site.as_str());
+        audit.detail("operator", op.operator.as_str());
+        if !self.attestation.config().allowed_countries.allows(&country) {
+            return Err(ApiError::denied(
+                "hardware_outside_jurisdiction",
+                format!("country {country} is outside the allowed jurisdictions: the machine cannot be enrolled"),
+            ));
+        }
+        let id_bytes: [u8; 16] = kms_core::random_array()?;
+        let mut row = HardwareRow {
+            id: format!("hw-{}", hex::encode(id_bytes)),
+            kind: String::new(),
+            status: HardwareStatus::Active,
+            country: country.as_str().to_owned(),
+            site: op.site,
+            operator: op.operator,
+            description: op.description,
+            snp_chip_id: None,
+            snp_accept_vlek: false,
+            tpm_ek_digest: None,
+            tpm_ak_name: None,
+            tpm_ek_certificate: None,
+            enrollment_record: String::new(),
+            enrolled_unix_ms: kms_core::now_unix_ms(),
+            enrolled_by: admin.as_str().to_owned(),
+            revoked_unix_ms: None,
+            revoked_by: None,
+            revocation_reason: None,
+        };
+        match op.identity {
+            None => {
+                return Err(ApiError::invalid(
+                    "missing_identity",
+                    "identity: set `snp` (a report) or `tpm` (a credential-activation answer)",
+                ))
+            }
+            Some(pb::enroll_hardware_op::Identity::Snp(s)) => {
+                let evidence = snp_from_wire(s.evidence.unwrap_or_default())?;
+                if s.accept_vlek && !self.attestation.config().snp.accept_vlek {
+                    return Err(ApiError::precondition(
+                        "vlek_disabled",
+                        "accept_vlek needs the server setting attestation.snp.accept_vlek",
+                    ));
+                }
+                let binding = report_data_of(&evidence.report);
+                let claims = self
+                    .attestation
+                    .snp_verifier()
+                    .verify(&evidence, &binding, kms_core::now_unix_ms() / 1000)
+                    .map_err(|r| ApiError::denied(refusal_reason(r.check), format!("SNP report refused: {r}")))?;
+                if claims.chip_id_masked {
+                    return Err(ApiError::precondition(
+                        "chip_id_masked",
+                        "the report's chip id is masked: this machine cannot be enrolled by chip",
+                    ));
+                }
+                if claims.signer == Signer::Vlek && !s.accept_vlek {
+                    return Err(ApiError::denied(
+                        "vlek_not_accepted",
+                        "the report is VLEK-signed (a cloud provider's key, not chip-unique): enrol with accept_vlek to allow it",
+                    ));
+                }
+                row.kind = "snp".into();
+                row.snp_chip_id = Some(claims.chip_id.to_hex());
+                row.snp_accept_vlek = s.accept_vlek;
+                row.enrollment_record = serde_json::json!({
+                    "product": claims.product.as_str(),
+                    "signer": format!("{:?}", claims.signer).to_lowercase(),
+                    "reported_tcb": claims.reported_tcb,
+                    "measurement": hex::encode(claims.measurement),
+                    "danger_test_root": claims.danger_test_root,
+                })
+                .to_string();
+                audit.detail("snp_chip_id", claims.chip_id.to_hex());
+            }
+            Some(pb::enroll_hardware_op::Identity::Tpm(t)) => {
+                let attempt = match self
+                    .store
+                    .claim_tpm_enrollment(&t.enrollment_id, kms_core::now_unix_ms())
+                    .await?
+                {
+                    Ok(a) => a,
+                    Err(why) => {
+                        let (reason, msg) = match why {
+                            ChallengeUse::Expired => (
+                                "tpm_enrollment_expired",
+                                "the credential challenge expired: the machine must start again (BeginTpmEnrollment)",
+                            ),
+                            ChallengeUse::Replayed => (
+                                "tpm_enrollment_used",
+                                "this credential challenge was already used",
+                            ),
+                            _ => ("tpm_enrollment_unknown", "no such TPM enrolment attempt"),
+                        };
+                        return Err(ApiError::precondition(reason, msg));
+                    }
+                };
+                audit.detail("enrollment_id", attempt.id.as_str());
+                audit.detail("tpm_ek_digest", attempt.ek_digest.as_str());
+                audit.detail("tpm_ak_name", attempt.ak_name.as_str());
+                let answer = ring::digest::digest(&ring::digest::SHA256, &t.activated_secret);
+                // Constant time: the digest of a 32-byte random secret is compared.
+                let matches = answer.as_ref().len() == attempt.secret_sha256.len()
+                    && answer
+                        .as_ref()
+                        .iter()
+                        .zip(&attempt.secret_sha256)
+                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                        == 0;
+                if !matches {
+                    return Err(ApiError::denied(
+                        "tpm_credential_mismatch",
+                        "the activated secret is not the credential: this TPM does not hold the EK, or the AK is not its",
+                    ));
+                }
+                row.kind = "tpm".into();
+                row.tpm_ek_digest = Some(attempt.ek_digest);
+                row.tpm_ak_name = Some(attempt.ak_name);
+                row.tpm_ek_certificate = Some(attempt.ek_certificate);
+                row.enrollment_record = attempt.ek_record;
+            }
+        }
+        audit.detail("hardware_id", row.id.as_str());
+        audit.detail("kind", row.kind.as_str());
+        match self.store.insert_hardware(&row, Audit::clone_allowed(audit)).await {
+            Ok(()) => Ok(hardware_to_wire(&row)),
+            Err(StoreError::Conflict) => {
+                let existing = match (&row.snp_chip_id, &row.tpm_ek_digest) {
+                    (Some(chip), _) => self.store.hardware_by_identity(Identity::SnpChipId, chip).await?,
+                    (_, Some(ek)) => self.store.hardware_by_identity(Identity::TpmEkDigest, ek).await?,
+                    _ => None,
+                };
+                Err(ApiError::exists(
+                    "hardware_already_enrolled",
+                    format!(
+                        "this machine is already enrolled and active as {}: revoke it first to enrol it again",
+                        existing.map(|h| h.id).unwrap_or_default()
+                    ),
+                ))
+            }
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    pub(crate) async fn describe_hardware(&self, id: &str, audit: &mut Audit) -> Result<pb::Hardware, ApiError> {
+        check_hardware_id(id)?;
+        audit.detail("hardware_id", id);
+        let h = self
+            .store
+            .hardware(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("hardware_not_found", format!("no machine {id} in the registry")))?;
+        Ok(hardware_to_wire(&h))
+    }
+
+    pub(crate) async fn list_hardware(&self, op: pb::ListHardwareOp) -> Result<pb::ListHardwareResponse, ApiError> {
+        let size = match op.page_size {
+            0 => 100,
+            n @ 1..=1000 => n,
+            n => {
+                return Err(ApiError::invalid(
+                    "invalid_argument",
+                    format!("page_size {n}: at most 1000"),
+                ))
+            }
+        };
+        if !op.page_token.is_empty() {
+            check_hardware_id(&op.page_token)
+                .map_err(|_| ApiError::invalid("bad_page_token", "page_token is not one this server returned"))?;
+        }
+        let rows = self.store.list_hardware(&op.page_token, size + 1).await?;
+        let more = rows.len() > size as usize;
+        let hardware: Vec<pb::Hardware> = rows.iter().take(size as usize).map(hardware_to_wire).collect();
+        let next_page_token = if more {
+            hardware.last().map(|h| h.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListHardwareResponse {
+            hardware,
+            next_page_token,
+        })
+    }
+
+    /// Revokes a machine at once: the next release under any of its tokens is refused on every
+    /// replica (the data plane reads the registry entry at each call).
+    pub(crate) async fn revoke_hardware(
+        &self,
+        admin: &AdminId,
+        op: pb::RevokeHardwareOp,
+        audit: &mut Audit,
+    ) -> Result<pb::Hardware, ApiError> {
+        check_hardware_id(&op.hardware_id)?;
+        check_text("reason", &op.reason, 1, 1024)?;
+        audit.detail("hardware_id", op.hardware_id.as_str());
+        audit.detail("reason", op.reason.as_str());
+        let now = kms_core::now_unix_ms();
+        match self
+            .store
+            .revoke_hardware(&op.hardware_id, admin.as_str(), &op.reason, now, Audit::clone_allowed(audit))
+            .await
+            .map_err(store_err)?
+        {
+            Some(h) => Ok(hardware_to_wire(&h)),
+            None => match self.store.hardware(&op.hardware_id).await? {
+                None => Err(ApiError::not_found(
+                    "hardware_not_found",
+                    format!("no machine {} in the registry", op.hardware_id),
+                )),
+                Some(_) => Err(ApiError::precondition(
+                    "hardware_already_revoked",
+                    format!("machine {} is already revoked", op.hardware_id),
+                )),
+            },
+        }
+    }
+
+    /// Replaces a key's release policy (validated; the next policy version).
+    pub(crate) async fn set_release_policy(
+        &self,
+        op: pb::SetReleasePolicyOp,
+        audit: &mut Audit,
+    ) -> Result<pb::KeyMetadata, ApiError> {
+        self.seal.require_initialized()?;
+        let key = self.keys.resolve(&op.key).await?;
+        audit.key(&key.id);
+        let policy = ReleasePolicy::parse(&op.release_policy)?;
+        if policy.allows_unattested_release() && !self.allow_unattested {
+            return Err(ApiError::precondition(
+                "unattested_keys_disabled",
+                "this server does not allow keys that release plaintext without attestation (danger.allow_unattested_keys)",
+            ));
+        }
+        let document = policy.to_json();
+        audit.detail("release_policy", document.as_str());
+        let row = self
+            .store
+            .set_release_policy(&key.id, &document, kms_core::now_unix_ms(), Audit::clone_allowed(audit))
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| {
+                ApiError::precondition(
+                    "key_destroyed",
+                    format!("key {} is destroyed: its release policy cannot change", key.id),
+                )
+            })?;
+        let row = self.keys.remember(row);
+        Ok(Self::key_metadata(&row))
+    }
+}
