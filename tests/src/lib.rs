@@ -7,6 +7,8 @@
 //! unless `KMS_TEST_REQUIRE_POSTGRES=1` (as `scripts/test` sets it), where they fail.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod attest;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -350,6 +350,7 @@ async fn sealing(backend: Backend) {
             ciphertext_blob: blob.clone(),
             encryption_context: ctx.clone(),
             key: String::new(),
+            ..Default::default()
         })
         .await,
         Code::Unavailable,
@@ -429,6 +430,7 @@ async fn sealing(backend: Backend) {
             ciphertext_blob: blob.clone(),
             encryption_context: ctx.clone(),
             key: String::new(),
+            ..Default::default()
         })
         .await,
         Code::Unavailable,
@@ -518,6 +520,7 @@ async fn sealing(backend: Backend) {
             ciphertext_blob: blob.clone(),
             encryption_context: ctx.clone(),
             key: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -531,6 +534,7 @@ async fn sealing(backend: Backend) {
             ciphertext_blob: blob,
             encryption_context: ctx,
             key: String::new(),
+            ..Default::default()
         })
         .await,
         Code::Unavailable,
@@ -600,6 +604,7 @@ async fn concurrent_rotation(backend: Backend) {
         ciphertext_blob: blob.ciphertext_blob,
         encryption_context: Default::default(),
         key: String::new(),
+        ..Default::default()
     })
     .await
     .unwrap();

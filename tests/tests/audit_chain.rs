@@ -54,6 +54,7 @@ async fn audit_chain(backend: Backend) {
         .generate_data_key(pb::GenerateDataKeyRequest {
             key: "audited".into(),
             encryption_context: [("k".to_owned(), "v".to_owned())].into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -63,6 +64,7 @@ async fn audit_chain(backend: Backend) {
             ciphertext_blob: g.ciphertext_blob.clone(),
             encryption_context: Default::default(),
             key: String::new(),
+            ..Default::default()
         })
         .await;
     assert!(refused.is_err());
@@ -71,6 +73,7 @@ async fn audit_chain(backend: Backend) {
             ciphertext_blob: g.ciphertext_blob.clone(),
             encryption_context: [("k".to_owned(), "v".to_owned())].into(),
             key: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

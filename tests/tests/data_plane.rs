@@ -27,6 +27,7 @@ async fn round_trips(backend: Backend) {
         .generate_data_key(pb::GenerateDataKeyRequest {
             key: "orders".into(),
             encryption_context: ctx(&[("order", "42")]),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -39,6 +40,7 @@ async fn round_trips(backend: Backend) {
             ciphertext_blob: g.ciphertext_blob.clone(),
             encryption_context: ctx(&[("order", "42")]),
             key: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -52,6 +54,7 @@ async fn round_trips(backend: Backend) {
                 ciphertext_blob: g.ciphertext_blob.clone(),
                 encryption_context: bad,
                 key: String::new(),
+                ..Default::default()
             })
             .await,
             Code::InvalidArgument,
@@ -83,6 +86,7 @@ async fn round_trips(backend: Backend) {
             ciphertext_blob: e.ciphertext_blob.clone(),
             encryption_context: ctx(&[("a", "b")]),
             key: "orders".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -115,6 +119,7 @@ async fn round_trips(backend: Backend) {
             ciphertext_blob: e.ciphertext_blob.clone(),
             encryption_context: ctx(&[("a", "b")]),
             key: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -136,6 +141,7 @@ async fn round_trips(backend: Backend) {
             ciphertext_blob: re.ciphertext_blob.clone(),
             encryption_context: ctx(&[("moved", "yes")]),
             key: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -172,6 +178,7 @@ async fn round_trips(backend: Backend) {
             ciphertext_blob: e.ciphertext_blob.clone(),
             encryption_context: ctx(&[("a", "b")]),
             key: "invoices".into(),
+            ..Default::default()
         })
         .await,
         Code::InvalidArgument,
@@ -207,6 +214,7 @@ async fn bad_input(backend: Backend) {
                 ciphertext_blob: b,
                 encryption_context: ctx(&[]),
                 key: String::new(),
+                ..Default::default()
             })
             .await;
         let s = r.unwrap_err();
@@ -223,6 +231,7 @@ async fn bad_input(backend: Backend) {
                 ciphertext_blob: blob[..n].to_vec(),
                 encryption_context: ctx(&[]),
                 key: String::new(),
+                ..Default::default()
             })
             .await,
             Code::InvalidArgument,
@@ -235,6 +244,7 @@ async fn bad_input(backend: Backend) {
             ciphertext_blob: vec![0; 5000],
             encryption_context: ctx(&[]),
             key: String::new(),
+            ..Default::default()
         })
         .await,
         Code::InvalidArgument,
@@ -294,6 +304,7 @@ async fn bad_input(backend: Backend) {
         data.generate_data_key(pb::GenerateDataKeyRequest {
             key: String::new(),
             encryption_context: ctx(&[]),
+            ..Default::default()
         })
         .await,
         Code::InvalidArgument,
@@ -319,6 +330,7 @@ async fn grants_and_release(backend: Backend) {
             .generate_data_key(pb::GenerateDataKeyRequest {
                 key: "open".into(),
                 encryption_context: ctx(&[]),
+                ..Default::default()
             })
             .await,
         Code::PermissionDenied,
@@ -339,6 +351,7 @@ async fn grants_and_release(backend: Backend) {
                 ciphertext_blob: blob.clone(),
                 encryption_context: ctx(&[]),
                 key: String::new(),
+                ..Default::default()
             })
             .await,
         Code::PermissionDenied,
@@ -350,6 +363,7 @@ async fn grants_and_release(backend: Backend) {
         app.generate_data_key(pb::GenerateDataKeyRequest {
             key: "attested".into(),
             encryption_context: ctx(&[]),
+            ..Default::default()
         })
         .await,
         Code::FailedPrecondition,
@@ -369,6 +383,7 @@ async fn grants_and_release(backend: Backend) {
             ciphertext_blob: wrapped.clone(),
             encryption_context: ctx(&[]),
             key: String::new(),
+            ..Default::default()
         })
         .await,
         Code::FailedPrecondition,
@@ -402,6 +417,7 @@ async fn grants_and_release(backend: Backend) {
                 ciphertext_blob: wrapped,
                 encryption_context: ctx(&[]),
                 key: "attested".into(),
+                ..Default::default()
             })
             .await,
         Code::PermissionDenied,
@@ -435,6 +451,7 @@ async fn grants_and_release(backend: Backend) {
             ciphertext_blob: blob,
             encryption_context: ctx(&[]),
             key: String::new(),
+            ..Default::default()
         })
         .await,
         Code::FailedPrecondition,
@@ -475,6 +492,7 @@ async fn lifecycle(backend: Backend) {
             ciphertext_blob: blob.clone(),
             encryption_context: ctx(&[]),
             key: String::new(),
+            ..Default::default()
         })
         .await,
         Code::FailedPrecondition,
@@ -506,6 +524,7 @@ async fn lifecycle(backend: Backend) {
         ciphertext_blob: blob.clone(),
         encryption_context: ctx(&[]),
         key: String::new(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -563,6 +582,7 @@ async fn lifecycle(backend: Backend) {
             ciphertext_blob: blob.clone(),
             encryption_context: ctx(&[]),
             key: String::new(),
+            ..Default::default()
         })
         .await,
         Code::FailedPrecondition,
@@ -643,6 +663,7 @@ async fn lifecycle(backend: Backend) {
             ciphertext_blob: blob,
             encryption_context: ctx(&[]),
             key: String::new(),
+            ..Default::default()
         })
         .await,
         Code::FailedPrecondition,

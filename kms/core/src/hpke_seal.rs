@@ -27,6 +27,45 @@ pub fn unseal_info(admin_id: &str) -> Vec<u8> {
     [b"kms-unseal-v1\0".as_slice(), admin_id.as_bytes()].concat()
 }
 
+/// HPKE `info` of a secret released to an attested workload (proto `SealedKey`):
+/// `"kms-release-v1\0" ‖ operation ‖ 0x00 ‖ key_id ‖ 0x00 ‖ key_version (u32 big-endian) ‖ token_id`.
+///
+/// `operation` is `generate_data_key` or `decrypt`, `key_id` the key's id (`k-…`), `token_id` the
+/// attestation token's `jti`. None of them may contain a NUL byte (operations are fixed, ids are
+/// hex), which keeps the encoding unambiguous. The `aad` of such a release is the ciphertext blob,
+/// which binds the key id, version and encryption context; see [`seal_release`].
+pub fn release_info(operation: &str, key_id: &str, key_version: u32, token_id: &str) -> Vec<u8> {
+    [
+        b"kms-release-v1\0".as_slice(),
+        operation.as_bytes(),
+        b"\0",
+        key_id.as_bytes(),
+        b"\0",
+        &key_version.to_be_bytes(),
+        token_id.as_bytes(),
+    ]
+    .concat()
+}
+
+/// The workload's side of an attested release: an X25519 key pair whose public key the
+/// attestation binds and the token names.
+pub type ReleaseKey = PrivateKey<X25519>;
+
+/// Seals a released secret (a data key, or decrypted plaintext) to a workload's X25519
+/// `public_key` with `info` from [`release_info`] and, as `aad`, the ciphertext `blob` of the
+/// request.
+pub fn seal_release(public_key: &[u8], info: &[u8], blob: &[u8], plaintext: &[u8]) -> Result<Sealed, Error> {
+    seal::<X25519>(public_key, info, blob, plaintext)
+}
+
+impl PrivateKey<X25519> {
+    /// Opens what [`seal_release`] sealed to this key, with the same `info` (from
+    /// [`release_info`]) and ciphertext `blob`.
+    pub fn open_release(&self, sealed: &Sealed, info: &[u8], blob: &[u8]) -> Result<SecretBytes, Error> {
+        self.open(sealed, info, blob)
+    }
+}
+
 /// An HPKE ciphertext: the encapsulated key and the AEAD ciphertext.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sealed {
@@ -129,5 +168,100 @@ mod tests {
         round_trip::<X25519>();
         assert_eq!(PrivateKey::<P256>::generate().public_key().len(), 65);
         assert!(check_public_key::<P256>(&[4u8; 65]).is_err());
+    }
+
+    const KEY_ID: &str = "k-00112233445566778899aabbccddeeff";
+    const TOKEN_ID: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn release_info_layout() {
+        let info = release_info("generate_data_key", KEY_ID, 7, TOKEN_ID);
+        let expected = [
+            b"kms-release-v1\0generate_data_key\0".as_slice(),
+            KEY_ID.as_bytes(),
+            &[0, 0, 0, 0, 7],
+            TOKEN_ID.as_bytes(),
+        ]
+        .concat();
+        assert_eq!(info, expected);
+        assert_eq!(
+            release_info("decrypt", "k", 0x0102_0304, "t"),
+            b"kms-release-v1\0decrypt\0k\0\x01\x02\x03\x04t"
+        );
+    }
+
+    #[test]
+    fn release_round_trip_binds_every_field() {
+        let key = ReleaseKey::generate();
+        let info = release_info("decrypt", KEY_ID, 3, TOKEN_ID);
+        let sealed = seal_release(&key.public_key(), &info, b"blob", b"data key").unwrap();
+        assert_eq!(sealed.encapsulated_key.len(), 32);
+        assert_eq!(sealed.ciphertext.len(), b"data key".len() + 16);
+        assert_eq!(
+            key.open_release(&sealed, &info, b"blob").unwrap().expose_secret(),
+            b"data key"
+        );
+
+        let other_infos = [
+            release_info("generate_data_key", KEY_ID, 3, TOKEN_ID),
+            release_info("decrypt", "k-00112233445566778899aabbccddeefe", 3, TOKEN_ID),
+            release_info("decrypt", KEY_ID, 4, TOKEN_ID),
+            release_info("decrypt", KEY_ID, 3, "0123456789abcdef0123456789abcdee"),
+            release_info("decrypt", KEY_ID, 3, ""),
+        ];
+        for other in &other_infos {
+            assert!(key.open_release(&sealed, other, b"blob").is_err());
+        }
+        for aad in [b"".as_slice(), b"blob2", b"Blob"] {
+            assert!(key.open_release(&sealed, &info, aad).is_err());
+        }
+        assert!(ReleaseKey::generate().open_release(&sealed, &info, b"blob").is_err());
+        let mut tampered = sealed.clone();
+        tampered.ciphertext[0] ^= 1;
+        assert!(key.open_release(&tampered, &info, b"blob").is_err());
+        let mut tampered = sealed.clone();
+        tampered.encapsulated_key[0] ^= 1;
+        assert!(key.open_release(&tampered, &info, b"blob").is_err());
+        let mut truncated = sealed;
+        truncated.encapsulated_key.pop();
+        assert!(key.open_release(&truncated, &info, b"blob").is_err());
+
+        assert!(seal_release(&[9u8; 31], &info, b"blob", b"x").is_err());
+        assert!(seal_release(&[], &info, b"blob", b"x").is_err());
+    }
+
+    /// Computed independently by `test_data/hpke-release.py` (RFC 9180 written out with
+    /// pyca/cryptography primitives, checked there against pyca's own HPKE).
+    #[test]
+    fn python_release_vector() {
+        let h = |s: &str| hex::decode(s).unwrap();
+        let key = ReleaseKey::from_secret_bytes(&SecretBytes::new(h(&"a1".repeat(32)))).unwrap();
+        assert_eq!(
+            key.public_key(),
+            h("c306fb0ef2bf8b7f93bad98155fa37daec74db0c4cbeda6c6f1dba9d36558252")
+        );
+        let info = release_info("generate_data_key", KEY_ID, 7, TOKEN_ID);
+        assert_eq!(
+            info,
+            h(concat!(
+                "6b6d732d72656c656173652d76310067656e65726174655f646174615f6b6579006b2d3030313132323333",
+                "34343535363637373838393961616262636364646565666600000000073031323334353637383961626364",
+                "656630313233343536373839616263646566"
+            ))
+        );
+        let aad = b"blob: key id, version and encryption context";
+        let sealed = Sealed {
+            encapsulated_key: h("19d80204bf85f3e1118e1b23410c88f0d0eeced5156f4c5bdf347b14ed7ec63f"),
+            ciphertext: h(concat!(
+                "8965ab2ac9336834c37ea623767c0031dc2717755f6e4b6be3671ddf50a315a2",
+                "955f051c4c00a30c4491c2b03cefa11e"
+            )),
+        };
+        let plaintext: Vec<u8> = (0u8..32).collect();
+        assert_eq!(
+            key.open_release(&sealed, &info, aad).unwrap().expose_secret(),
+            plaintext
+        );
+        assert!(key.open_release(&sealed, &info, b"").is_err());
     }
 }

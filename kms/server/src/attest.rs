@@ -354,7 +354,7 @@ impl Attestation {
         let mut rows = self.store.token_keys().await.map_err(db)?;
         if rows.is_empty() {
             let seed = SecretKey::<32>::generate()?;
-            let signer = TokenSigner::new(&seed)?;
+            let signer = TokenSigner::from_seed(&seed)?;
             let version = KeyVersion::new(1).ok_or_else(|| ApiError::internal("token_key", "version 1"))?;
             let row = TokenKeyRow {
                 version: 1,
@@ -374,11 +374,12 @@ impl Attestation {
         let seed = root
             .unwrap(wrap_id, version, &latest.wrapped_seed)
             .map_err(|_| ApiError::internal("token_key", "the token signing key does not unwrap under this root key"))?;
-        let signer = TokenSigner::new(&seed)?;
-        let verifier = TokenVerifier::new(rows.iter().filter_map(|r| {
-            let pk: [u8; 32] = r.public_key.as_slice().try_into().ok()?;
-            Some((r.kid.clone(), pk))
-        }));
+        let signer = TokenSigner::from_seed(&seed)?;
+        let public: Vec<(String, [u8; 32])> = rows
+            .iter()
+            .filter_map(|r| Some((r.kid.clone(), r.public_key.as_slice().try_into().ok()?)))
+            .collect();
+        let verifier = TokenVerifier::new(&public)?;
         let keys = Arc::new(TokenKeys { signer, verifier });
         if let Ok(mut t) = self.tokens.write() {
             *t = Some(keys.clone());
@@ -407,16 +408,7 @@ impl Attestation {
         let keys = self.token_keys().await?;
         let now = now_ms() / 1000;
         let ttl = i64::try_from(self.config.token_ttl.as_secs()).unwrap_or(600);
-        let jti: [u8; 16] = kms_core::random_array()?;
-        let token = TokenClaims::new(
-            hardware.id.clone(),
-            principal.as_str().to_owned(),
-            hex::encode(jti),
-            now,
-            now + ttl,
-            hpke_public_key,
-            claims,
-        )?;
+        let token = TokenClaims::new(&hardware.id, principal.as_str(), hpke_public_key, claims, now, ttl)?;
         let jwt = keys.signer.sign(&token)?;
         Ok(Issued {
             token: jwt,
@@ -521,7 +513,7 @@ pub fn snp_claims(s: &SnpClaims, hw: &HardwareRow) -> ReleaseClaims {
     c.insert_str("tee", "snp");
     location_claims(&mut c, hw);
     c.insert_bool("danger_test_root", s.danger_test_root);
-    c.insert_str("snp.product", s.product.as_str());
+    c.insert_str("snp.product", s.product.as_str().to_lowercase());
     c.insert_str(
         "snp.signer",
         match s.signer {

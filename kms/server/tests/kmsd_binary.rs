@@ -168,6 +168,7 @@ async fn dev_mode_initializes_serves_and_stops_on_sigterm() {
         .generate_data_key(pb::GenerateDataKeyRequest {
             key: "demo".into(),
             encryption_context: Default::default(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -185,6 +186,7 @@ async fn dev_mode_initializes_serves_and_stops_on_sigterm() {
             ciphertext_blob: g.ciphertext_blob,
             encryption_context: Default::default(),
             key: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -249,6 +249,7 @@ async fn run(args: Args) {
                 ciphertext_blob: blob.to_vec(),
                 encryption_context: [("app".to_owned(), "bench".to_owned())].into(),
                 key: String::new(),
+                ..Default::default()
             })
             .await
             .is_ok()

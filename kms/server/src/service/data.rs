@@ -53,7 +53,10 @@ impl Release {
         plaintext: &[u8],
     ) -> Result<Option<pb::SealedKey>, ApiError> {
         let Release::Attested(auth) = self else { return Ok(None) };
-        let pk = auth.token.hpke_public_key()?;
+        let pk = auth
+            .token
+            .hpke_public_key()
+            .map_err(|e| ApiError::denied(e.reason(), format!("attestation token: {e}")))?;
         let info = hpke_seal::release_info(operation.as_str(), key_id, version.get(), &auth.token.jti);
         let sealed = hpke_seal::seal_release(&pk, &info, blob, plaintext)?;
         Ok(Some(pb::SealedKey {

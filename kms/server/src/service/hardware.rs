@@ -158,7 +158,7 @@ impl AdminPlane {
                 row.snp_chip_id = Some(claims.chip_id.to_hex());
                 row.snp_accept_vlek = s.accept_vlek;
                 row.enrollment_record = serde_json::json!({
-                    "product": claims.product.as_str(),
+                    "product": claims.product.as_str().to_lowercase(),
                     "signer": format!("{:?}", claims.signer).to_lowercase(),
                     "reported_tcb": claims.reported_tcb,
                     "measurement": hex::encode(claims.measurement),
