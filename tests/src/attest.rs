@@ -224,9 +224,19 @@ impl Workload {
             })
             .await?
             .into_inner();
-        assert!(r.plaintext.is_empty(), "an attested release sent plaintext in the clear");
+        assert!(
+            r.plaintext.is_empty(),
+            "an attested release sent plaintext in the clear"
+        );
         let sealed = r.sealed_plaintext.clone().expect("sealed_plaintext");
-        let plain = self.open(&sealed, "generate_data_key", &r.key_id, r.key_version, &token.token_id, &r.ciphertext_blob);
+        let plain = self.open(
+            &sealed,
+            "generate_data_key",
+            &r.key_id,
+            r.key_version,
+            &token.token_id,
+            &r.ciphertext_blob,
+        );
         Ok((r, plain))
     }
 
@@ -247,7 +257,10 @@ impl Workload {
             })
             .await?
             .into_inner();
-        assert!(r.plaintext.is_empty(), "an attested release sent plaintext in the clear");
+        assert!(
+            r.plaintext.is_empty(),
+            "an attested release sent plaintext in the clear"
+        );
         let sealed = r.sealed_plaintext.clone().expect("sealed_plaintext");
         Ok(self.open(&sealed, "decrypt", &r.key_id, r.key_version, &token.token_id, blob))
     }
@@ -306,7 +319,10 @@ pub async fn assert_audited(db: &crate::Db, operation: &str, reason: &str) {
     // Refusals are queued (group commit): give the writer a moment.
     for _ in 0..100 {
         let entries = audit_entries(db).await;
-        if entries.iter().any(|(o, out, r, _)| o == operation && out == "refused" && r == reason) {
+        if entries
+            .iter()
+            .any(|(o, out, r, _)| o == operation && out == "refused" && r == reason)
+        {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -69,7 +69,10 @@ async fn snp_round_trip(backend: Backend) {
     let mut later = Workload::new(&c.server, &c.pki, APP).await;
     let token2 = later.attest_snp(|n, pk| lab.bound(lab.report(), n, pk)).await.unwrap();
     assert_ne!(token2.token_id, token.token_id);
-    let again = later.decrypt(&g.ciphertext_blob, &token2, &[("file", "a")]).await.unwrap();
+    let again = later
+        .decrypt(&g.ciphertext_blob, &token2, &[("file", "a")])
+        .await
+        .unwrap();
     assert_eq!(again.expose_secret(), data_key.expose_secret());
 
     // The sealed key is bound to its token: another token's id does not open it.
@@ -130,7 +133,11 @@ async fn snp_round_trip(backend: Backend) {
         .iter()
         .find(|(op, out, _, _)| op == "attestation.attest" && out == "allowed")
         .unwrap();
-    assert!(attest.3.contains(&token.token_id) && attest.3.contains("snp.measurement"), "{}", attest.3);
+    assert!(
+        attest.3.contains(&token.token_id) && attest.3.contains("snp.measurement"),
+        "{}",
+        attest.3
+    );
     let gen = entries
         .iter()
         .find(|(op, out, _, _)| op == "generate_data_key" && out == "allowed")
@@ -240,7 +247,10 @@ async fn refusals(backend: Backend) {
         ..token.clone()
     };
     let s = w.generate("payroll", &garbage, &[]).await.err().unwrap();
-    assert_eq!((s.code(), reason(&s).as_str()), (Code::PermissionDenied, "token_malformed"));
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::PermissionDenied, "token_malformed")
+    );
 
     // A token presented by another principal (stolen): refused, though that principal has grants.
     let mut thief = Workload::new(&c.server, &c.pki, OTHER).await;
@@ -274,7 +284,10 @@ async fn refusals(backend: Backend) {
     // Revocation: tokens already issued stop working at once, and new attestations fail.
     revoke(&mut c.admin, &c.custodians[1], &hw.id).await.unwrap();
     let s = w.generate("payroll", &token, &[]).await.err().unwrap();
-    assert_eq!((s.code(), reason(&s).as_str()), (Code::PermissionDenied, "hardware_revoked"));
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::PermissionDenied, "hardware_revoked")
+    );
     assert_audited(&c.db, "generate_data_key", "hardware_revoked").await;
     let r = w.attest_snp(|n, pk| lab.bound(lab.report(), n, pk)).await;
     assert_status(r, Code::PermissionDenied, "hardware_revoked");
@@ -290,9 +303,7 @@ async fn refusals(backend: Backend) {
         .unwrap();
     assert_ne!(again.id, hw.id);
     assert_status(
-        enroll_snp(&mut c.admin, &c.custodians[0], lab.evidence(&lab.report()), "FR", false)
-            .await
-            ,
+        enroll_snp(&mut c.admin, &c.custodians[0], lab.evidence(&lab.report()), "FR", false).await,
         Code::AlreadyExists,
         "hardware_already_enrolled",
     );
@@ -300,9 +311,14 @@ async fn refusals(backend: Backend) {
 
     // Hardware outside the EU cannot be enrolled.
     assert_status(
-        enroll_snp(&mut c.admin, &c.custodians[0], stranger.evidence(&stranger.report()), "US", false)
-            .await
-            ,
+        enroll_snp(
+            &mut c.admin,
+            &c.custodians[0],
+            stranger.evidence(&stranger.report()),
+            "US",
+            false,
+        )
+        .await,
         Code::PermissionDenied,
         "hardware_outside_jurisdiction",
     );
@@ -362,9 +378,14 @@ async fn vlek_off(backend: Backend) {
     let r = w.attest_snp(|n, pk| vlek.bound(vlek.report(), n, pk)).await;
     assert_status(r, Code::PermissionDenied, "evidence_signing_key");
     assert_status(
-        enroll_snp(&mut c.admin, &c.custodians[0], vlek.evidence(&vlek.report()), "DE", true)
-            .await
-            ,
+        enroll_snp(
+            &mut c.admin,
+            &c.custodians[0],
+            vlek.evidence(&vlek.report()),
+            "DE",
+            true,
+        )
+        .await,
         Code::FailedPrecondition,
         "vlek_disabled",
     );
@@ -398,7 +419,10 @@ async fn expiry(backend: Backend) {
     assert_status(r, Code::FailedPrecondition, "nonce_expired");
     assert_audited(&c.db, "attestation.attest", "nonce_expired").await;
     let s = w.generate("payroll", &token, &[]).await.err().unwrap();
-    assert_eq!((s.code(), reason(&s).as_str()), (Code::PermissionDenied, "token_expired"));
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::PermissionDenied, "token_expired")
+    );
     assert_audited(&c.db, "generate_data_key", "token_expired").await;
 }
 both_backends!(expired_nonce_and_token, super::expiry);
@@ -415,8 +439,7 @@ async fn jurisdiction(backend: Backend) {
         .await
         .unwrap();
     let mut opts = options(&[&lab]);
-    opts.attestation.allowed_countries =
-        kms_core::jurisdiction::AllowedCountries::parse(["DE"]).unwrap();
+    opts.attestation.allowed_countries = kms_core::jurisdiction::AllowedCountries::parse(["DE"]).unwrap();
     c.restart(opts).await;
     c.unseal().await;
     let mut w = Workload::new(&c.server, &c.pki, APP).await;
@@ -440,10 +463,20 @@ async fn real_reports(backend: Backend) {
     else {
         return;
     };
-    let read = |f: &str| std::fs::read(format!("{}/../attestation/test_data/snp/{f}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-    for (i, name) in ["milan-vcek-report-v2", "milan-vcek-report-virtee", "azure-milan-report-v2"]
-        .iter()
-        .enumerate()
+    let read = |f: &str| {
+        std::fs::read(format!(
+            "{}/../attestation/test_data/snp/{f}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    for (i, name) in [
+        "milan-vcek-report-v2",
+        "milan-vcek-report-virtee",
+        "azure-milan-report-v2",
+    ]
+    .iter()
+    .enumerate()
     {
         let ev = pb::SnpEvidence {
             report: read(&format!("{name}.bin")),
@@ -477,7 +510,10 @@ async fn real_reports(backend: Backend) {
         vek_certificate: read("milan-vlek-report-v3.vlek.der"),
         cert_chain: Vec::new(),
     };
-    let s = enroll_snp(&mut c.admin, &c.custodians[0], ev, "DE", false).await.err().unwrap();
+    let s = enroll_snp(&mut c.admin, &c.custodians[0], ev, "DE", false)
+        .await
+        .err()
+        .unwrap();
     assert_eq!(s.code(), Code::PermissionDenied, "{}", s.message());
 }
 both_backends!(real_captured_reports_enrol, super::real_reports);
@@ -519,7 +555,13 @@ async fn two_replicas_share_nonces_and_revocations() {
     // A token from replica 1 works on replica 2 (shared signing key).
     let token = w1.attest_snp(|n, pk| lab.bound(lab.report(), n, pk)).await.unwrap();
     let (g, k) = w2.generate("payroll", &token, &[("r", "2")]).await.unwrap();
-    assert_eq!(w1.decrypt(&g.ciphertext_blob, &token, &[("r", "2")]).await.unwrap().expose_secret(), k.expose_secret());
+    assert_eq!(
+        w1.decrypt(&g.ciphertext_blob, &token, &[("r", "2")])
+            .await
+            .unwrap()
+            .expose_secret(),
+        k.expose_secret()
+    );
 
     // Revoked through replica 2: replica 1 refuses the very next release.
     revoke(&mut admin2, &c.custodians[2], &hw.id).await.unwrap();

@@ -283,11 +283,16 @@ impl Attestation {
             .hardware_by_identity(Identity::SnpChipId, &chip)
             .await
             .map_err(db)?;
-        let hw = active(hw, || format!("no machine is enrolled with SNP chip id {}…", &chip[..16]))?;
+        let hw = active(hw, || {
+            format!("no machine is enrolled with SNP chip id {}…", &chip[..16])
+        })?;
         if claims.signer == attestation::snp::Signer::Vlek && !hw.snp_accept_vlek {
             return Err(ApiError::denied(
                 "vlek_not_accepted",
-                format!("the report is VLEK-signed and machine {} was not enrolled to accept VLEK", hw.id),
+                format!(
+                    "the report is VLEK-signed and machine {} was not enrolled to accept VLEK",
+                    hw.id
+                ),
             ));
         }
         Ok(hw)
@@ -369,11 +374,11 @@ impl Attestation {
         let latest = rows
             .last()
             .ok_or_else(|| ApiError::internal("token_key", "no token signing key after creating one"))?;
-        let version = KeyVersion::new(latest.version)
-            .ok_or_else(|| ApiError::internal("token_key", "token key version 0"))?;
-        let seed = root
-            .unwrap(wrap_id, version, &latest.wrapped_seed)
-            .map_err(|_| ApiError::internal("token_key", "the token signing key does not unwrap under this root key"))?;
+        let version =
+            KeyVersion::new(latest.version).ok_or_else(|| ApiError::internal("token_key", "token key version 0"))?;
+        let seed = root.unwrap(wrap_id, version, &latest.wrapped_seed).map_err(|_| {
+            ApiError::internal("token_key", "the token signing key does not unwrap under this root key")
+        })?;
         let signer = TokenSigner::from_seed(&seed)?;
         let public: Vec<(String, [u8; 32])> = rows
             .iter()
@@ -438,7 +443,10 @@ impl Attestation {
         if token.principal != principal.as_str() {
             return Err(ApiError::denied(
                 "token_principal_mismatch",
-                format!("the attestation token was issued to {}, not to {principal}", token.principal),
+                format!(
+                    "the attestation token was issued to {}, not to {principal}",
+                    token.principal
+                ),
             ));
         }
         let (hw, key) = self.store.release_inputs(&token.sub, key_id).await.map_err(db)?;

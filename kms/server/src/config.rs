@@ -111,13 +111,18 @@ impl AttestationSection {
             ));
         }
         if !(10..=600).contains(&self.token_ttl_secs) {
-            return Err(ConfigError("attestation.token_ttl_secs must be between 10 and 600".into()));
+            return Err(ConfigError(
+                "attestation.token_ttl_secs must be between 10 and 600".into(),
+            ));
         }
         let allowed_countries = AllowedCountries::parse(self.allowed_countries.iter().map(String::as_str))
             .map_err(|e| ConfigError(format!("attestation.allowed_countries: {e}")))?;
         if let Some(p) = &self.tpm_ek_ca_bundle {
             let pem = std::fs::read(p).map_err(|e| {
-                ConfigError(format!("attestation.tpm_ek_ca_bundle: cannot read {}: {e}", p.display()))
+                ConfigError(format!(
+                    "attestation.tpm_ek_ca_bundle: cannot read {}: {e}",
+                    p.display()
+                ))
             })?;
             attestation::tpm::ek::EkCaBundle::from_pem(&pem)
                 .map_err(|e| ConfigError(format!("attestation.tpm_ek_ca_bundle: {}: {e}", p.display())))?;
@@ -531,6 +536,64 @@ mod tests {
         let c = Config::from_toml(&base, [("KMSD__DATABASE__MAX_CONNECTIONS".into(), "7".into())]).unwrap();
         assert_eq!(c.database_max_connections, 7);
         assert!(!c.danger.allow_unattested_keys);
+    }
+
+    #[test]
+    fn attestation_section() {
+        let (d, base) = files();
+        let c = Config::from_toml(&base, []).unwrap();
+        assert_eq!(c.attestation.challenge_ttl, Duration::from_secs(300));
+        assert!(c.attestation.tpm_ek_ca_bundle.is_none());
+        assert!(!c.attestation.snp.accept_vlek);
+        let text = format!(
+            "{base}\n[attestation]\nchallenge_ttl_secs = 60\ntoken_ttl_secs = 120\nallowed_countries = [\"DE\", \"FR\"]\n\
+             [attestation.snp]\naccept_vlek = true\nallowed_vmpls = [0]\n\
+             [attestation.snp.minimum_tcb.milan]\nbootloader = 3\ntee = 0\nsnp = 8\nmicrocode = 115\n"
+        );
+        let c = Config::from_toml(&text, []).unwrap();
+        assert_eq!(c.attestation.token_ttl, Duration::from_secs(120));
+        assert!(c.attestation.snp.accept_vlek);
+        assert_eq!(c.attestation.snp.minimum_tcb.milan.snp, 8);
+        let fr = kms_core::jurisdiction::Country::parse("FR").unwrap();
+        let it = kms_core::jurisdiction::Country::parse("IT").unwrap();
+        assert!(c.attestation.allowed_countries.allows(&fr));
+        assert!(!c.attestation.allowed_countries.allows(&it));
+        for (bad, named) in [
+            ("[attestation]\nchallenge_ttl_secs = 301\n", "challenge_ttl_secs"),
+            ("[attestation]\ntoken_ttl_secs = 601\n", "token_ttl_secs"),
+            (
+                "[attestation]\nallowed_countries = [\"Europe\"]\n",
+                "attestation.allowed_countries",
+            ),
+            (
+                "[attestation]\ntpm_ek_ca_bundle = \"/nonexistent.pem\"\n",
+                "tpm_ek_ca_bundle",
+            ),
+            ("[attestation.snp]\naccept_vlk = true\n", "accept_vlk"),
+        ] {
+            let e = Config::from_toml(&format!("{base}\n{bad}"), []).unwrap_err().0;
+            assert!(e.contains(named), "{bad}: {e}");
+        }
+        // An EK CA bundle that is not PEM certificates is refused at load.
+        std::fs::write(d.path().join("ek.pem"), "not a certificate").unwrap();
+        let e = Config::from_toml(
+            &format!(
+                "{base}\n[attestation]\ntpm_ek_ca_bundle = \"{}/ek.pem\"\n",
+                d.path().display()
+            ),
+            [],
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("tpm_ek_ca_bundle"), "{e}");
+        // Test roots are named danger and checked entry by entry.
+        let e = Config::from_toml(
+            &format!("{base}\n[[danger.snp_test_roots]]\nproduct = \"rome\"\nsigner = \"vcek\"\nark = \"/a\"\nask = \"/b\"\n"),
+            [],
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("danger.snp_test_roots[0]") && e.contains("rome"), "{e}");
     }
 
     #[test]

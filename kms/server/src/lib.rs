@@ -76,10 +76,7 @@ pub async fn serve(
     let seal = Arc::new(Seal::load(&store, dev_dir.clone()).await?);
     let (audit, audit_task) = AuditLog::start(store.clone(), config.audit_batch_max);
     let keys = Arc::new(Keys::new(store.clone(), seal.clone(), config.key_cache_ttl));
-    let test_roots = config
-        .danger
-        .snp_test_roots()
-        .map_err(|e| ServeError::Config(e.0))?;
+    let test_roots = config.danger.snp_test_roots().map_err(|e| ServeError::Config(e.0))?;
     let attestation = Arc::new(
         attest::Attestation::new(store.clone(), seal.clone(), config.attestation.clone(), test_roots)
             .map_err(|e| ServeError::Config(e.0))?,

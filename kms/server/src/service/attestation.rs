@@ -55,10 +55,12 @@ pub(crate) fn evidence_from_wire(e: Option<pb::attest_request::Evidence>) -> Res
             }
             let mut pcrs = PcrValues::new();
             for p in &t.pcrs {
-                let index = u8::try_from(p.index)
-                    .ok()
-                    .filter(|i| *i < 24)
-                    .ok_or_else(|| ApiError::invalid("evidence_malformed", format!("tpm.pcrs: index {} is not 0 to 23", p.index)))?;
+                let index = u8::try_from(p.index).ok().filter(|i| *i < 24).ok_or_else(|| {
+                    ApiError::invalid(
+                        "evidence_malformed",
+                        format!("tpm.pcrs: index {} is not 0 to 23", p.index),
+                    )
+                })?;
                 let value: [u8; 32] = p.sha256.as_slice().try_into().map_err(|_| {
                     ApiError::invalid(
                         "evidence_malformed",
@@ -106,7 +108,12 @@ impl AttestationPlane {
         }
     }
 
-    async fn attest(&self, who: &Principal, req: pb::AttestRequest, audit: &mut Audit) -> Result<pb::AttestResponse, ApiError> {
+    async fn attest(
+        &self,
+        who: &Principal,
+        req: pb::AttestRequest,
+        audit: &mut Audit,
+    ) -> Result<pb::AttestResponse, ApiError> {
         hpke_seal::check_public_key::<X25519>(&req.hpke_public_key).map_err(|_| {
             ApiError::invalid(
                 "invalid_hpke_public_key",
@@ -166,27 +173,20 @@ impl AttestationPlane {
                 };
                 ApiError::denied(reason, format!("EK certificate refused: {r}"))
             })?;
-        let ak = AkPublic::from_tpm2b_public(&req.ak_public).map_err(|r| {
-            ApiError::invalid(
-                refusal_reason(r.check),
-                format!("ak_public refused: {r}"),
-            )
-        })?;
+        let ak = AkPublic::from_tpm2b_public(&req.ak_public)
+            .map_err(|r| ApiError::invalid(refusal_reason(r.check), format!("ak_public refused: {r}")))?;
         let ek_digest = ek.digest.to_string();
         let ak_name = ak.name().to_hex();
         audit.detail("ek_digest", ek_digest.as_str());
         audit.detail("ak_name", ak_name.as_str());
         let secret: zeroize::Zeroizing<[u8; 32]> = zeroize::Zeroizing::new(kms_core::random_array()?);
         let blob = attestation::tpm::credential::make_credential(&ek.public, ak.name(), &secret[..]).map_err(|e| {
-            ApiError::precondition(
-                "ek_unsupported",
-                format!("cannot make a credential for this EK: {e}"),
-            )
+            ApiError::precondition("ek_unsupported", format!("cannot make a credential for this EK: {e}"))
         })?;
         let id_bytes: [u8; 16] = kms_core::random_array()?;
         let id = format!("tpme-{}", hex::encode(id_bytes));
-        let expires = kms_core::now_unix_ms()
-            + i64::try_from(self.engine.config().challenge_ttl.as_millis()).unwrap_or(300_000);
+        let expires =
+            kms_core::now_unix_ms() + i64::try_from(self.engine.config().challenge_ttl.as_millis()).unwrap_or(300_000);
         let record = serde_json::json!({
             "ek_key_type": ek.public.key_type(),
             "tpm_manufacturer": ek.tpm_manufacturer,
@@ -201,7 +201,9 @@ impl AttestationPlane {
             ek_record: record.to_string(),
             ak_public: req.ak_public,
             ak_name: ak_name.clone(),
-            secret_sha256: ring::digest::digest(&ring::digest::SHA256, &secret[..]).as_ref().to_vec(),
+            secret_sha256: ring::digest::digest(&ring::digest::SHA256, &secret[..])
+                .as_ref()
+                .to_vec(),
             requested_by: who.as_str().to_owned(),
             expires_unix_ms: expires,
         })
@@ -228,7 +230,10 @@ impl AttestationPlane {
 
 #[tonic::async_trait]
 impl pb::attestation_service_server::AttestationService for AttestationPlane {
-    async fn get_challenge(&self, request: Request<pb::GetChallengeRequest>) -> Result<Response<pb::Challenge>, Status> {
+    async fn get_challenge(
+        &self,
+        request: Request<pb::GetChallengeRequest>,
+    ) -> Result<Response<pb::Challenge>, Status> {
         let who = self.caller(&request, "attestation.get_challenge").await?;
         // Not audited when it succeeds: a challenge grants nothing, and Attest records its use.
         match self.engine.challenge().await {
@@ -252,7 +257,10 @@ impl pb::attestation_service_server::AttestationService for AttestationPlane {
         finish(&self.audit, audit, result, true).await
     }
 
-    async fn get_token_keys(&self, _request: Request<pb::GetTokenKeysRequest>) -> Result<Response<pb::TokenKeys>, Status> {
+    async fn get_token_keys(
+        &self,
+        _request: Request<pb::GetTokenKeysRequest>,
+    ) -> Result<Response<pb::TokenKeys>, Status> {
         let jwks_json = self.engine.jwks().await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::TokenKeys { jwks_json }))
     }

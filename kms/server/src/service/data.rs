@@ -406,7 +406,14 @@ impl pb::key_service_server::KeyService for DataPlane {
             let src_ctx = context(req.source_encryption_context)?;
             let dst_ctx = context(req.destination_encryption_context)?;
             let (plain, src_key, src_version, _) = self
-                .decrypt_blob(&who, &req.ciphertext_blob, &src_ctx, Operation::ReEncrypt, "", &mut audit)
+                .decrypt_blob(
+                    &who,
+                    &req.ciphertext_blob,
+                    &src_ctx,
+                    Operation::ReEncrypt,
+                    "",
+                    &mut audit,
+                )
                 .await?;
             let dst = if req.destination_key.is_empty() {
                 self.keys.by_id(KeyId::parse(&src_key.id)?).await?

@@ -180,10 +180,9 @@ impl AdminPlane {
                                 "tpm_enrollment_expired",
                                 "the credential challenge expired: the machine must start again (BeginTpmEnrollment)",
                             ),
-                            ChallengeUse::Replayed => (
-                                "tpm_enrollment_used",
-                                "this credential challenge was already used",
-                            ),
+                            ChallengeUse::Replayed => {
+                                ("tpm_enrollment_used", "this credential challenge was already used")
+                            }
                             _ => ("tpm_enrollment_unknown", "no such TPM enrolment attempt"),
                         };
                         return Err(ApiError::precondition(reason, msg));
@@ -291,7 +290,13 @@ impl AdminPlane {
         let now = kms_core::now_unix_ms();
         match self
             .store
-            .revoke_hardware(&op.hardware_id, admin.as_str(), &op.reason, now, Audit::clone_allowed(audit))
+            .revoke_hardware(
+                &op.hardware_id,
+                admin.as_str(),
+                &op.reason,
+                now,
+                Audit::clone_allowed(audit),
+            )
             .await
             .map_err(store_err)?
         {

@@ -282,7 +282,11 @@ impl Store {
 
     /// The entry for an SNP chip id (hex) or a TPM AK name (hex): the active one if there is one,
     /// else the most recently revoked one (so a refusal can say "revoked").
-    pub async fn hardware_by_identity(&self, column: Identity, value: &str) -> Result<Option<HardwareRow>, sqlx::Error> {
+    pub async fn hardware_by_identity(
+        &self,
+        column: Identity,
+        value: &str,
+    ) -> Result<Option<HardwareRow>, sqlx::Error> {
         let column = match column {
             Identity::SnpChipId => "snp_chip_id",
             Identity::TpmAkName => "tpm_ak_name",
