@@ -281,6 +281,44 @@ async fn refusals(backend: Backend) {
     assert_eq!(m.release_policy_version, 2);
     w.generate("strict", &token, &[]).await.unwrap();
 
+    // ReEncrypt cannot move a blob to a key with a weaker policy (fewer conditions), only to one
+    // at least as strict.
+    let strict_blob = w
+        .data
+        .encrypt(pb::EncryptRequest {
+            key: "strict".into(),
+            plaintext: b"secret".to_vec(),
+            encryption_context: ctx(&[]),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext_blob;
+    let re = |src: Vec<u8>, dst: &str| pb::ReEncryptRequest {
+        ciphertext_blob: src,
+        source_encryption_context: ctx(&[]),
+        destination_key: dst.into(),
+        destination_encryption_context: ctx(&[]),
+    };
+    assert_status(
+        w.data.re_encrypt(re(strict_blob.clone(), "payroll")).await,
+        Code::FailedPrecondition,
+        "release_policy_downgrade",
+    );
+    let lax_blob = w
+        .data
+        .encrypt(pb::EncryptRequest {
+            key: "payroll".into(),
+            plaintext: b"secret".to_vec(),
+            encryption_context: ctx(&[]),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext_blob;
+    w.data.re_encrypt(re(lax_blob, "strict")).await.unwrap();
+    w.data.re_encrypt(re(strict_blob, "strict")).await.unwrap();
+
     // Revocation: tokens already issued stop working at once, and new attestations fail.
     revoke(&mut c.admin, &c.custodians[1], &hw.id).await.unwrap();
     let s = w.generate("payroll", &token, &[]).await.err().unwrap();

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod audit;
 pub mod blob;
+pub mod claims;
 pub mod context;
 mod error;
 pub mod hpke_seal;
@@ -21,6 +22,7 @@ pub mod policy;
 pub mod root;
 pub mod secret;
 pub mod shamir;
+pub mod token;
 
 pub use error::Error;
 

@@ -585,3 +585,58 @@ pub fn report_data_of(report: &[u8]) -> Vec<u8> {
         Vec::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hw() -> HardwareRow {
+        HardwareRow {
+            id: format!("hw-{}", "ab".repeat(16)),
+            kind: "snp".into(),
+            status: HardwareStatus::Active,
+            country: "DE".into(),
+            site: "FRA-2".into(),
+            operator: "Example GmbH".into(),
+            description: String::new(),
+            snp_chip_id: None,
+            snp_accept_vlek: false,
+            tpm_ek_digest: Some("cd".repeat(32)),
+            tpm_ak_name: None,
+            tpm_ek_certificate: None,
+            enrollment_record: "{}".into(),
+            enrolled_unix_ms: 0,
+            enrolled_by: "alice".into(),
+            revoked_unix_ms: None,
+            revoked_by: None,
+            revocation_reason: None,
+        }
+    }
+
+    /// The claims the server builds match the schema policies are validated against, so a policy
+    /// on any claim the server emits can be written (and none is misspelt on one side).
+    #[test]
+    fn server_claims_follow_the_claim_schema() {
+        use attestation::snp::danger::test_chain::{TestChain, TestChainOptions};
+        for product in [attestation::snp::Product::Milan, attestation::snp::Product::Turin] {
+            let chain = TestChain::new(TestChainOptions::new(product, attestation::snp::Signer::Vcek)).unwrap();
+            let verifier = SnpVerifier::new(chain.trust()).unwrap();
+            let report = chain.report();
+            let claims = verifier
+                .verify(&chain.evidence(&report).unwrap(), &report.report_data, 1_800_000_000)
+                .unwrap();
+            let c = snp_claims(&claims, &hw());
+            c.validate().unwrap();
+            for (name, _) in c.iter() {
+                assert!(
+                    kms_core::claims::claim_type(name).is_some(),
+                    "{name} is not in the schema"
+                );
+            }
+            assert_eq!(
+                c.get("snp.product").and_then(|v| v.as_str()),
+                Some(product.as_str().to_lowercase().as_str())
+            );
+        }
+    }
+}

@@ -116,8 +116,10 @@ impl DataPlane {
         Ok(())
     }
 
-    /// ReEncrypt must not move data to a key that releases it more easily: a blob under a key that
-    /// requires attestation cannot become a blob under a key that does not.
+    /// ReEncrypt must not move data to a key that releases it more easily: the destination's
+    /// release policy must be at least as strict as the source's (a conservative structural
+    /// comparison: it contains the source's conditions), so an attested key's blob can move
+    /// neither to an unattested key nor to one with fewer conditions.
     fn check_no_downgrade(src: &KeyRow, dst: &KeyRow) -> Result<(), ApiError> {
         let parse = |k: &KeyRow| {
             ReleasePolicy::parse(&k.release_policy).map_err(|_| {
@@ -127,12 +129,12 @@ impl DataPlane {
                 )
             })
         };
-        if !parse(src)?.allows_unattested_release() && parse(dst)?.allows_unattested_release() {
+        if !parse(dst)?.is_at_least_as_strict_as(&parse(src)?) {
             return Err(ApiError::precondition(
                 "release_policy_downgrade",
                 format!(
-                    "key {} requires attestation for release and key {} does not: re-encrypting would weaken it",
-                    src.id, dst.id
+                    "the release policy of key {} is not at least as strict as that of key {}: re-encrypting would weaken it",
+                    dst.id, src.id
                 ),
             ));
         }
