@@ -8,6 +8,7 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod attest;
+pub mod swtpm;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
