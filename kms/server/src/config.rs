@@ -118,14 +118,7 @@ impl AttestationSection {
         let allowed_countries = AllowedCountries::parse(self.allowed_countries.iter().map(String::as_str))
             .map_err(|e| ConfigError(format!("attestation.allowed_countries: {e}")))?;
         if let Some(p) = &self.tpm_ek_ca_bundle {
-            let pem = std::fs::read(p).map_err(|e| {
-                ConfigError(format!(
-                    "attestation.tpm_ek_ca_bundle: cannot read {}: {e}",
-                    p.display()
-                ))
-            })?;
-            attestation::tpm::ek::EkCaBundle::from_pem(&pem)
-                .map_err(|e| ConfigError(format!("attestation.tpm_ek_ca_bundle: {}: {e}", p.display())))?;
+            check_ek_ca_bundle(p)?;
         }
         Ok(AttestationConfig {
             challenge_ttl: Duration::from_secs(self.challenge_ttl_secs),
@@ -429,6 +422,15 @@ impl Config {
         })
     }
 
+    /// Sets (and checks) the TPM-manufacturer CA bundle for TPM enrolment.
+    pub fn set_tpm_ek_ca_bundle(&mut self, path: Option<PathBuf>) -> Result<(), ConfigError> {
+        if let Some(p) = &path {
+            check_ek_ca_bundle(p)?;
+        }
+        self.attestation.tpm_ek_ca_bundle = path;
+        Ok(())
+    }
+
     /// Dev mode: SQLite in `data_dir`, the dev seal, plaintext, unattested keys allowed. Refuses
     /// a non-loopback address.
     pub fn dev(listen: SocketAddr, data_dir: PathBuf) -> Result<Self, ConfigError> {
@@ -456,6 +458,15 @@ impl Config {
             log: LogConfig::default(),
         })
     }
+}
+
+/// A readable PEM bundle of at least one CA certificate.
+fn check_ek_ca_bundle(p: &Path) -> Result<(), ConfigError> {
+    let pem = std::fs::read(p)
+        .map_err(|e| ConfigError(format!("attestation.tpm_ek_ca_bundle: cannot read {}: {e}", p.display())))?;
+    attestation::tpm::ek::EkCaBundle::from_pem(&pem)
+        .map_err(|e| ConfigError(format!("attestation.tpm_ek_ca_bundle: {}: {e}", p.display())))?;
+    Ok(())
 }
 
 fn check_db_url(url: &str) -> Result<(), ConfigError> {

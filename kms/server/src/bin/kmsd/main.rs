@@ -27,6 +27,10 @@ struct Args {
     /// Dev mode: where the database, the dev root key and the dev admin key live.
     #[arg(long, default_value = "./kms-dev", requires = "dev")]
     data_dir: PathBuf,
+    /// Dev mode: TPM-manufacturer CA certificates (PEM) for TPM enrolment, e.g. a swtpm local CA
+    /// (attestation.tpm_ek_ca_bundle in a configuration file).
+    #[arg(long, requires = "dev")]
+    tpm_ek_ca_bundle: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -47,7 +51,9 @@ fn main() -> ExitCode {
                 let dir = std::fs::canonicalize(&args.data_dir).map_err(|e| {
                     kms_server::config::ConfigError(format!("--data-dir {}: {e}", args.data_dir.display()))
                 })?;
-                Config::dev(args.listen, dir)
+                let mut config = Config::dev(args.listen, dir)?;
+                config.set_tpm_ek_ca_bundle(args.tpm_ek_ca_bundle.clone())?;
+                Ok(config)
             }),
         _ => Err(kms_server::config::ConfigError(
             "give --config FILE, or --dev for a local development server".into(),
