@@ -1,0 +1,274 @@
+//! The commands: check the arguments and outputs, build the evidence source, connect, call the
+//! library, write the outputs, print a summary. Secrets go only to files created 0600, or to
+//! stdout when an --insecure-print-* flag asks for it; never to stderr or a log.
+
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use kms_agent::{
+    decode_ak, encode_ak, Client, ClientConfig, EvidenceSource, SnpReporter, TlsFiles, TpmEnrollOptions, TpmQuoter,
+};
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use crate::cli::{
+    context_map, AttestArgs, Cli, Command, Connection, DecryptArgs, EnrollArgs, EvidenceArgs, GenerateArgs, TpmCommand,
+};
+use crate::error::Error;
+use crate::files;
+use crate::output::{self, time, Printer};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+pub(crate) async fn run(cli: &Cli, p: &Printer) -> Result<(), Error> {
+    match &cli.command {
+        Command::Tpm(TpmCommand::Enroll(a)) => enroll(&cli.connection, p, a).await,
+        Command::GenerateDataKey(a) => generate(&cli.connection, p, a).await,
+        Command::Decrypt(a) => decrypt(&cli.connection, p, a).await,
+        Command::Attest(a) => attest(&cli.connection, p, a).await,
+    }
+}
+
+async fn connect(c: &Connection) -> Result<Client, Error> {
+    let mut config = ClientConfig::new(c.endpoint.clone());
+    let https = c.endpoint.starts_with("https://");
+    if https {
+        let ca = c.ca.clone().ok_or_else(|| {
+            Error::usage("an https:// endpoint needs --ca FILE (or KMS_AGENT_CA): the CA that issued its certificate")
+        })?;
+        let mut tls = TlsFiles::ca(ca);
+        if let (Some(cert), Some(key)) = (&c.cert, &c.client_key) {
+            tls = tls.with_identity(cert, key);
+        }
+        tls.server_name.clone_from(&c.tls_server_name);
+        config = config.with_tls(tls);
+    } else if c.ca.is_some() || c.cert.is_some() {
+        return Err(Error::usage(format!(
+            "--ca, --cert and --key need an https:// endpoint, not {}",
+            c.endpoint
+        )));
+    }
+    if !https && !is_loopback(&c.endpoint) {
+        output::warn(&format!(
+            "{} is plaintext: the server cannot identify this workload, and anyone on the path sees the token (keys stay HPKE-sealed)",
+            c.endpoint
+        ));
+    }
+    Ok(Client::connect(&config).await?)
+}
+
+fn is_loopback(url: &str) -> bool {
+    let Ok(uri) = url.parse::<tonic::transport::Uri>() else {
+        return false;
+    };
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+/// The evidence source the arguments name, opened (AK file read, SNP device opened) before any
+/// network call.
+fn evidence_source(a: &EvidenceArgs) -> Result<Box<dyn EvidenceSource>, Error> {
+    if a.tpm {
+        let path =
+            a.ak.as_deref()
+                .ok_or_else(|| Error::usage("--tpm needs --ak FILE (written by `kms-agent tpm enroll`)"))?;
+        let ak = decode_ak(&files::read_text(path)?).map_err(|e| Error::file("use the AK file", path, e))?;
+        Ok(Box::new(TpmQuoter::new(a.tcti.clone(), ak, &a.pcrs.0)?))
+    } else if a.snp {
+        Ok(Box::new(SnpReporter::open(&a.device, a.vmpl)?))
+    } else {
+        Err(Error::usage("choose the evidence: --tpm or --snp"))
+    }
+}
+
+fn session_json(s: &kms_agent::Session) -> Value {
+    json!({
+        "token_id": s.token_id(),
+        "hardware_id": s.hardware_id(),
+        "expires_unix_ms": s.expires_unix_ms(),
+    })
+}
+
+fn session_human(out: &mut String, s: &kms_agent::Session) {
+    let _ = writeln!(out, "hardware:        {}", s.hardware_id());
+    let _ = writeln!(
+        out,
+        "token:           {} (expires {})",
+        s.token_id(),
+        time(s.expires_unix_ms())
+    );
+}
+
+async fn attest(c: &Connection, p: &Printer, a: &AttestArgs) -> Result<(), Error> {
+    let mut source = evidence_source(&a.evidence)?;
+    let client = connect(c).await?;
+    let session = client.attest(&mut *source).await?;
+    let mut doc = session_json(&session);
+    doc["claims"] = session.claims().clone();
+    p.emit(&doc, || {
+        let mut out = String::new();
+        session_human(&mut out, &session);
+        let claims = serde_json::to_string_pretty(session.claims()).unwrap_or_default();
+        let _ = writeln!(out, "claims:\n{claims}");
+        out
+    })
+}
+
+async fn generate(c: &Connection, p: &Printer, a: &GenerateArgs) -> Result<(), Error> {
+    let context = context_map(&a.context).map_err(Error::usage)?;
+    let mut outputs = vec![a.blob_out.as_path()];
+    outputs.extend(a.key_out.as_deref());
+    files::check_outputs(&outputs, a.force)?;
+    let mut source = evidence_source(&a.evidence)?;
+    let client = connect(c).await?;
+    let session = client.attest(&mut *source).await?;
+    let generated = session.generate_data_key(&a.key, &context).await?;
+    // The blob first: a key without its blob is harmless, data encrypted under a key whose blob
+    // was lost is not.
+    files::write_output(&a.blob_out, &generated.ciphertext_blob, false, a.force)?;
+    if let Some(path) = &a.key_out {
+        files::write_output(path, generated.data_key.expose_secret(), true, a.force)?;
+    }
+    let mut doc = session_json(&session);
+    doc["key_id"] = json!(generated.key_id);
+    doc["key_version"] = json!(generated.key_version);
+    doc["blob_file"] = json!(a.blob_out);
+    doc["key_file"] = json!(a.key_out);
+    let printed = if a.insecure_print_key {
+        output::warn("printing the data key on stdout (--insecure-print-key)");
+        let b64 = Zeroizing::new(B64.encode(generated.data_key.expose_secret()));
+        doc["data_key_base64"] = json!(b64.as_str());
+        Some(b64)
+    } else {
+        None
+    };
+    let result = p.emit(&doc, || {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "key:             {} version {}",
+            generated.key_id, generated.key_version
+        );
+        let _ = writeln!(out, "blob written to: {}", a.blob_out.display());
+        if let Some(path) = &a.key_out {
+            let _ = writeln!(out, "key written to:  {} (mode 0600)", path.display());
+        }
+        if let Some(b64) = &printed {
+            let _ = writeln!(out, "data key:        {}", b64.as_str());
+        }
+        session_human(&mut out, &session);
+        out
+    });
+    // The JSON document held the printed key: wipe its copy.
+    if let Some(Value::String(s)) = doc.get_mut("data_key_base64") {
+        zeroize::Zeroize::zeroize(s);
+    }
+    result
+}
+
+async fn decrypt(c: &Connection, p: &Printer, a: &DecryptArgs) -> Result<(), Error> {
+    let context = context_map(&a.context).map_err(Error::usage)?;
+    if let Some(out) = &a.out {
+        files::check_outputs(&[out], a.force)?;
+    }
+    let blob = files::read(&a.blob)?;
+    let mut source = evidence_source(&a.evidence)?;
+    let client = connect(c).await?;
+    let session = client.attest(&mut *source).await?;
+    let plaintext = session.decrypt(&blob, &context, a.key.as_deref()).await?;
+    if let Some(path) = &a.out {
+        files::write_output(path, plaintext.expose_secret(), true, a.force)?;
+    }
+    let mut doc = session_json(&session);
+    doc["bytes"] = json!(plaintext.len());
+    doc["out_file"] = json!(a.out);
+    let printed = if a.insecure_print_plaintext {
+        output::warn("printing the plaintext on stdout (--insecure-print-plaintext)");
+        let b64 = Zeroizing::new(B64.encode(plaintext.expose_secret()));
+        doc["plaintext_base64"] = json!(b64.as_str());
+        Some(b64)
+    } else {
+        None
+    };
+    let result = p.emit(&doc, || {
+        let mut out = String::new();
+        if let Some(path) = &a.out {
+            let _ = writeln!(
+                out,
+                "wrote {} bytes of plaintext to {} (mode 0600)",
+                plaintext.len(),
+                path.display()
+            );
+        }
+        if let Some(b64) = &printed {
+            let _ = writeln!(out, "plaintext:       {}", b64.as_str());
+        }
+        session_human(&mut out, &session);
+        out
+    });
+    if let Some(Value::String(s)) = doc.get_mut("plaintext_base64") {
+        zeroize::Zeroize::zeroize(s);
+    }
+    result
+}
+
+async fn enroll(c: &Connection, p: &Printer, a: &EnrollArgs) -> Result<(), Error> {
+    files::check_outputs(&[&a.ak_out, &a.request_out], a.force)?;
+    let mut options = TpmEnrollOptions::new(a.tcti.clone());
+    options.ak_scheme = a.ak_scheme.into();
+    options.ek_kind = a.ek.into();
+    for path in &a.ek_intermediates {
+        options.ek_intermediates.push(files::read_certificate(path)?);
+    }
+    let client = connect(c).await?;
+    let pending = client.enroll_tpm(&options).await?;
+    // The AK first: a request whose AK was lost enrols a machine that can never attest.
+    files::write_output(&a.ak_out, encode_ak(&pending.ak)?.as_bytes(), true, a.force)?;
+    files::write_output(&a.request_out, pending.request.to_json().as_bytes(), true, a.force)?;
+    let r = &pending.request;
+    let doc = json!({
+        "enrollment_id": r.enrollment_id,
+        "ak_name": r.ak_name,
+        "ek_digest": r.ek_digest,
+        "expires_unix_ms": pending.expires_unix_ms,
+        "ak_file": a.ak_out,
+        "request_file": a.request_out,
+    });
+    p.emit(&doc, || {
+        let mut out = String::new();
+        let _ = writeln!(out, "enrollment id:   {}", r.enrollment_id);
+        let _ = writeln!(out, "EK digest:       {}", r.ek_digest);
+        let _ = writeln!(out, "AK name:         {}", r.ak_name);
+        let _ = writeln!(
+            out,
+            "AK written to:   {} (keep it: only this AK's quotes are accepted for this machine)",
+            a.ak_out.display()
+        );
+        let _ = writeln!(out, "request written: {}", a.request_out.display());
+        let _ = writeln!(
+            out,
+            "next: an admin submits the request with EnrollHardware (country, site, operator) before {}",
+            time(pending.expires_unix_ms)
+        );
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_endpoints() {
+        assert!(is_loopback("http://127.0.0.1:7300"));
+        assert!(is_loopback("http://localhost:7300"));
+        assert!(is_loopback("http://[::1]:7300"));
+        assert!(!is_loopback("http://kms.example:7300"));
+        assert!(!is_loopback("not a url"));
+    }
+}

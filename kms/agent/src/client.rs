@@ -1,0 +1,270 @@
+//! The connection to kmsd: an endpoint URL, TLS with the server's CA and the workload's client
+//! certificate (the data plane and the attestation service identify callers by it), and the
+//! calls the agent makes. It must never log requests or answers: they carry tokens and sealed
+//! keys.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kms_proto::v1 as pb;
+use kms_proto::v1::attestation_service_client::AttestationServiceClient;
+use kms_proto::v1::key_service_client::KeyServiceClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use zeroize::Zeroizing;
+
+use crate::error::{error_chain, Error};
+
+/// How long connecting may take, by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one call may take, by default.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where kmsd is and how to reach it.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The gRPC endpoint: `https://HOST:PORT` (TLS, needs [`ClientConfig::tls`]) or
+    /// `http://HOST:PORT` (plaintext; only a dev-mode kmsd on loopback serves it).
+    pub endpoint: String,
+    /// TLS material, for an `https://` endpoint.
+    pub tls: Option<TlsFiles>,
+    /// How long connecting may take.
+    pub connect_timeout: Duration,
+    /// How long one call may take.
+    pub call_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// `endpoint` with default timeouts and no TLS material yet.
+    pub fn new(endpoint: impl Into<String>) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            tls: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+        }
+    }
+
+    /// With TLS material.
+    pub fn with_tls(mut self, tls: TlsFiles) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+}
+
+/// TLS material in PEM files.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The CA that issued the server's certificate.
+    pub ca: PathBuf,
+    /// The workload's client certificate (mutual TLS). The server derives the caller's principal
+    /// from it; a token is valid only for the principal it was issued to.
+    pub client_cert: Option<PathBuf>,
+    /// The private key of the client certificate.
+    pub client_key: Option<PathBuf>,
+    /// The name to verify the server's certificate against, when it differs from the URL's host.
+    pub server_name: Option<String>,
+}
+
+impl TlsFiles {
+    /// Only a CA: the server is authenticated, the workload is not.
+    pub fn ca(ca: impl Into<PathBuf>) -> Self {
+        Self {
+            ca: ca.into(),
+            client_cert: None,
+            client_key: None,
+            server_name: None,
+        }
+    }
+
+    /// With a client certificate and its key.
+    pub fn with_identity(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.client_cert = Some(cert.into());
+        self.client_key = Some(key.into());
+        self
+    }
+
+    fn config(&self) -> Result<ClientTlsConfig, Error> {
+        let mut tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&self.ca, "the CA certificate")?));
+        match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => {
+                let key = Zeroizing::new(read(key, "the client key")?);
+                tls = tls.identity(Identity::from_pem(
+                    read(cert, "the client certificate")?,
+                    key.as_slice(),
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::Config(
+                    "a client certificate needs its key and a key its certificate: give both or neither".into(),
+                ))
+            }
+        }
+        if let Some(name) = &self.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        Ok(tls)
+    }
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::Input(format!("cannot read {what} {}: {e}", path.display())))
+}
+
+/// A connection to one kmsd. Cheap to clone (the channel is shared).
+#[derive(Clone, Debug)]
+pub struct Client {
+    channel: Channel,
+    target: String,
+}
+
+impl Client {
+    /// Connects now, so an unreachable server or a failed TLS handshake is reported as such
+    /// before any evidence is produced.
+    pub async fn connect(config: &ClientConfig) -> Result<Self, Error> {
+        let url = config.endpoint.trim_end_matches('/').to_owned();
+        let mut endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| Error::Config(format!("endpoint {url:?} is not a URL: {e}")))?
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.call_timeout);
+        match (endpoint.uri().scheme_str(), &config.tls) {
+            (Some("https"), Some(tls)) => {
+                endpoint = endpoint
+                    .tls_config(tls.config()?)
+                    .map_err(|e| Error::Config(format!("TLS configuration: {}", error_chain(&e))))?;
+            }
+            (Some("https"), None) => {
+                return Err(Error::Config(format!(
+                    "endpoint {url}: https needs the CA certificate that issued the server's certificate (--ca)"
+                )))
+            }
+            (Some("http"), None) => {}
+            (Some("http"), Some(_)) => {
+                return Err(Error::Config(format!(
+                    "endpoint {url} is plaintext http: TLS files are not used with it; use an https:// URL"
+                )))
+            }
+            _ => {
+                return Err(Error::Config(format!(
+                    "endpoint {url:?}: use an http:// or https:// URL"
+                )))
+            }
+        }
+        let channel = endpoint.connect().await.map_err(|e| Error::Unreachable {
+            target: url.clone(),
+            detail: error_chain(&e),
+        })?;
+        Ok(Self { channel, target: url })
+    }
+
+    /// A client over a channel made elsewhere; `target` names it in errors.
+    pub fn from_channel(channel: Channel, target: impl Into<String>) -> Self {
+        Self {
+            channel,
+            target: target.into(),
+        }
+    }
+
+    /// The endpoint, for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    pub(crate) fn attestation(&self) -> AttestationServiceClient<Channel> {
+        AttestationServiceClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn keys(&self) -> KeyServiceClient<Channel> {
+        KeyServiceClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn failed(&self, status: tonic::Status) -> Error {
+        Error::from_grpc_status(status, &self.target)
+    }
+
+    /// A fresh challenge (GetChallenge).
+    pub async fn challenge(&self) -> Result<Challenge, Error> {
+        let c = self
+            .attestation()
+            .get_challenge(pb::GetChallengeRequest {})
+            .await
+            .map_err(|s| self.failed(s))?
+            .into_inner();
+        if c.nonce.len() != 32 {
+            return Err(Error::bad_response(format!(
+                "the challenge nonce is {} bytes, not 32",
+                c.nonce.len()
+            )));
+        }
+        Ok(Challenge {
+            nonce: c.nonce,
+            expires_unix_ms: c.expires_unix_ms,
+        })
+    }
+
+    /// Machine side of TPM enrolment, first step (BeginTpmEnrollment): the EK certificate (DER),
+    /// intermediates (DER) and the AK's TPM2B_PUBLIC. [`Client::enroll_tpm`] does the whole
+    /// machine side; this is for TPM stacks other than ours (e.g. tpm2-tools).
+    pub async fn begin_tpm_enrollment(
+        &self,
+        ek_certificate: Vec<u8>,
+        ek_intermediates: Vec<Vec<u8>>,
+        ak_public: Vec<u8>,
+    ) -> Result<pb::TpmEnrollmentChallenge, Error> {
+        self.attestation()
+            .begin_tpm_enrollment(pb::BeginTpmEnrollmentRequest {
+                ek_certificate,
+                ek_intermediates,
+                ak_public,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.failed(s))
+    }
+}
+
+/// A challenge from the server: a single-use nonce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    /// 32 random bytes.
+    pub nonce: Vec<u8>,
+    /// When the server stops accepting it, in milliseconds since the Unix epoch.
+    pub expires_unix_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn connect_error(config: ClientConfig) -> Error {
+        Client::connect(&config).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn bad_settings_are_config_errors() {
+        let e = connect_error(ClientConfig::new("https://127.0.0.1:1")).await;
+        assert!(matches!(&e, Error::Config(m) if m.contains("--ca")), "{e}");
+        let e = connect_error(ClientConfig::new("http://127.0.0.1:1").with_tls(TlsFiles::ca("/nonexistent"))).await;
+        assert!(matches!(&e, Error::Config(m) if m.contains("plaintext")), "{e}");
+        let e = connect_error(ClientConfig::new("ftp://x")).await;
+        assert!(matches!(&e, Error::Config(_)), "{e}");
+        let e =
+            connect_error(ClientConfig::new("https://127.0.0.1:1").with_tls(TlsFiles::ca("/nonexistent/ca.pem"))).await;
+        assert!(
+            matches!(&e, Error::Input(m) if m.contains("/nonexistent/ca.pem")),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_unreachable() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = connect_error(ClientConfig::new(format!("http://127.0.0.1:{port}"))).await;
+        assert!(matches!(e, Error::Unreachable { .. }), "{e:?}");
+    }
+}
