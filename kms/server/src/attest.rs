@@ -392,9 +392,15 @@ impl Attestation {
         Ok(keys)
     }
 
-    /// The JWKS of every token key (readable while sealed: public keys only).
+    /// The JWKS of every token key (readable while sealed: public keys only). An unsealed server
+    /// with no token key yet creates it first, so the set is never empty once unsealed.
     pub async fn jwks(&self) -> Result<String, ApiError> {
-        let rows = self.store.token_keys().await.map_err(db)?;
+        let mut rows = self.store.token_keys().await.map_err(db)?;
+        if rows.is_empty() && self.seal.root().is_ok() {
+            // Publish the key before the first token needs it.
+            self.token_keys().await?;
+            rows = self.store.token_keys().await.map_err(db)?;
+        }
         let keys: Vec<(String, [u8; 32])> = rows
             .iter()
             .filter_map(|r| Some((r.kid.clone(), r.public_key.as_slice().try_into().ok()?)))

@@ -462,8 +462,12 @@ impl Config {
 
 /// A readable PEM bundle of at least one CA certificate.
 fn check_ek_ca_bundle(p: &Path) -> Result<(), ConfigError> {
-    let pem = std::fs::read(p)
-        .map_err(|e| ConfigError(format!("attestation.tpm_ek_ca_bundle: cannot read {}: {e}", p.display())))?;
+    let pem = std::fs::read(p).map_err(|e| {
+        ConfigError(format!(
+            "attestation.tpm_ek_ca_bundle: cannot read {}: {e}",
+            p.display()
+        ))
+    })?;
     attestation::tpm::ek::EkCaBundle::from_pem(&pem)
         .map_err(|e| ConfigError(format!("attestation.tpm_ek_ca_bundle: {}: {e}", p.display())))?;
     Ok(())

@@ -116,6 +116,12 @@ pub(crate) enum Command {
     /// Create and manage keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Enrol, list, describe and revoke the machines whose evidence may obtain tokens.
+    #[command(subcommand)]
+    Hardware(HardwareCommand),
+    /// Attestation tokens: the server's verification keys, offline verification.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Data-plane calls (unsigned; the caller is the TLS client certificate).
     #[command(subcommand)]
     Data(DataCommand),
@@ -330,6 +336,139 @@ pub(crate) enum KeyCommand {
         /// The key: its id or name.
         key: String,
     },
+    /// Replace a key's release policy; it gets the next policy version.
+    ///
+    /// The new policy applies from the next release, on every replica. docs/release-policy.md
+    /// describes the language; the server refuses an invalid document and names the bad part.
+    SetReleasePolicy(SetReleasePolicyArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct SetReleasePolicyArgs {
+    /// The key: its id or name.
+    pub(crate) key: String,
+    #[command(flatten)]
+    pub(crate) policy: PolicyInput,
+}
+
+/// Where a release policy document comes from.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub(crate) struct PolicyInput {
+    /// The release policy document (JSON).
+    #[arg(long, value_name = "JSON")]
+    pub(crate) policy: Option<String>,
+    /// A file holding the release policy document; `-` reads standard input.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum HardwareCommand {
+    /// Enrol a machine: SEV-SNP by a report, TPM by its credential-activation answer.
+    ///
+    /// An SEV-SNP host is enrolled by its chip id, from an attestation report of one of its guests
+    /// verified against AMD's roots. A TPM machine is enrolled by the answer to the server's
+    /// credential challenge (the request file the workload agent writes). The server verifies the
+    /// evidence and refuses machines outside its allowed jurisdictions.
+    Enroll(EnrollArgs),
+    /// List the enrolled machines (active and revoked).
+    List {
+        /// Machines per page (1 to 1000; the server's default is 100).
+        #[arg(long, value_name = "N")]
+        page_size: Option<u32>,
+        /// Continue a listing from a previous page's next-page token.
+        #[arg(long, value_name = "TOKEN", conflicts_with = "all")]
+        page_token: Option<String>,
+        /// Follow next-page tokens until every machine is listed.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show a machine's registry entry.
+    Describe {
+        /// The machine: hw- followed by 32 hex digits.
+        #[arg(value_name = "HW_ID")]
+        hardware_id: String,
+    },
+    /// Revoke a machine at once: its tokens stop working.
+    ///
+    /// Releases under tokens already issued for the machine are refused from now on, and its
+    /// evidence obtains no new token. Irreversible; to trust the machine again, enrol it anew.
+    Revoke {
+        /// The machine: hw- followed by 32 hex digits.
+        #[arg(value_name = "HW_ID")]
+        hardware_id: String,
+        /// Why, for the audit log (1 to 1024 characters).
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct EnrollArgs {
+    /// ISO 3166-1 alpha-2 country where the machine runs (e.g. DE); the server accepts only its
+    /// allowed jurisdictions.
+    #[arg(long, value_parser = parse_country)]
+    pub(crate) country: Country,
+    /// The site (data centre), 1 to 128 characters.
+    #[arg(long, value_name = "SITE")]
+    pub(crate) site: String,
+    /// The legal entity operating the machine, 1 to 256 characters.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) operator: String,
+    /// Free text, at most 1024 characters.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub(crate) description: String,
+    #[command(flatten)]
+    pub(crate) identity: EnrollIdentity,
+    /// The VCEK or VLEK certificate (DER or PEM) that signed --snp-report.
+    #[arg(long, value_name = "FILE", conflicts_with = "tpm_request")]
+    pub(crate) vek: Option<PathBuf>,
+    /// Accept VLEK-signed reports from this machine (a cloud provider's key, not a chip's); the
+    /// server must allow VLEKs too.
+    #[arg(long, conflicts_with = "tpm_request")]
+    pub(crate) accept_vlek: bool,
+}
+
+/// How the machine proves its identity.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub(crate) struct EnrollIdentity {
+    /// SEV-SNP: a raw attestation report (1184 bytes) from a guest on the machine; its chip id is
+    /// enrolled. Any REPORT_DATA.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) snp_report: Option<PathBuf>,
+    /// TPM: the enrolment request file the workload agent writes after answering the server's
+    /// credential challenge (JSON: enrollment_id, activated_secret, ak_name, ek_digest).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) tpm_request: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum TokenCommand {
+    /// Print the keys that verify attestation tokens, as a JSON Web Key Set (unsigned call).
+    ///
+    /// The output is the JWKS itself, for `kmsctl token verify --jwks FILE`.
+    Keys,
+    /// Verify an attestation token (a JWT from Attest) and print its claims as JSON.
+    ///
+    /// Exits 0 with the claims on stdout, or 1 with the reason on stderr when the token is
+    /// refused (bad signature, expired, unknown key, malformed).
+    Verify(TokenVerifyArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct TokenVerifyArgs {
+    /// A file holding the token; `-` reads standard input.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) token: PathBuf,
+    /// The JWKS (as `kmsctl token keys` prints it), for a check without the server. Without
+    /// it the keys are fetched from --server.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) jwks: Option<PathBuf>,
+    /// The time at which the token must be valid: Unix seconds or RFC 3339. Default: now.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub(crate) at: Option<i64>,
 }
 
 #[derive(Args, Debug)]
@@ -513,6 +652,76 @@ mod tests {
         ])
         .is_err());
         assert!(Cli::try_parse_from(["kmsctl", "data", "generate", "k", "--context", "novalue"]).is_err());
+    }
+
+    #[test]
+    fn enrolment_takes_one_identity() {
+        let base = [
+            "kmsctl",
+            "hardware",
+            "enroll",
+            "--country",
+            "DE",
+            "--site",
+            "FRA-2",
+            "--operator",
+            "Ex",
+        ];
+        let parse = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra));
+        let cli = parse(&["--snp-report", "r.bin", "--vek", "v.der", "--accept-vlek"]).unwrap();
+        let Command::Hardware(HardwareCommand::Enroll(e)) = cli.command else {
+            panic!("not enroll")
+        };
+        assert!(e.accept_vlek && e.vek.is_some() && e.identity.tpm_request.is_none());
+        assert!(parse(&["--tpm-request", "req.json"]).is_ok());
+        assert!(parse(&[]).is_err(), "an identity is required");
+        assert!(parse(&["--snp-report", "r.bin", "--tpm-request", "req.json"]).is_err());
+        assert!(parse(&["--tpm-request", "req.json", "--vek", "v.der"]).is_err());
+        assert!(parse(&["--tpm-request", "req.json", "--accept-vlek"]).is_err());
+        let lower = Cli::try_parse_from([
+            "kmsctl",
+            "hardware",
+            "enroll",
+            "--country",
+            "de",
+            "--site",
+            "s",
+            "--operator",
+            "o",
+            "--tpm-request",
+            "r",
+        ]);
+        assert!(lower.is_err(), "countries are ISO 3166-1 alpha-2 in capitals");
+        assert!(
+            Cli::try_parse_from(["kmsctl", "hardware", "revoke", "hw-1"]).is_err(),
+            "--reason is required"
+        );
+        assert!(Cli::try_parse_from(["kmsctl", "hardware", "list", "--all", "--page-token", "t"]).is_err());
+    }
+
+    #[test]
+    fn release_policies_and_tokens_take_one_source() {
+        let set =
+            |extra: &[&str]| Cli::try_parse_from(["kmsctl", "key", "set-release-policy", "orders"].iter().chain(extra));
+        assert!(set(&["--policy", "{}"]).is_ok());
+        assert!(set(&["--file", "-"]).is_ok());
+        assert!(set(&[]).is_err());
+        assert!(set(&["--policy", "{}", "--file", "p.json"]).is_err());
+        let cli = Cli::try_parse_from([
+            "kmsctl",
+            "token",
+            "verify",
+            "--token",
+            "-",
+            "--at",
+            "2026-01-01T00:00:00Z",
+        ])
+        .unwrap();
+        let Command::Token(TokenCommand::Verify(v)) = cli.command else {
+            panic!("not token verify")
+        };
+        assert_eq!(v.at, Some(1_767_225_600));
+        assert!(Cli::try_parse_from(["kmsctl", "token", "verify"]).is_err());
     }
 
     #[test]

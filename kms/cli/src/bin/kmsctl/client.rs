@@ -11,6 +11,7 @@ use kms_core::keyfile::AdminKeyFile;
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
 use kms_proto::v1::admin_service_client::AdminServiceClient;
+use kms_proto::v1::attestation_service_client::AttestationServiceClient;
 use kms_proto::v1::key_service_client::KeyServiceClient;
 use prost::Message as _;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -68,6 +69,18 @@ impl Server {
 
     pub(crate) fn data(&self) -> KeyServiceClient<Channel> {
         KeyServiceClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn attestation(&self) -> AttestationServiceClient<Channel> {
+        AttestationServiceClient::new(self.channel.clone())
+    }
+
+    /// The keys that verify attestation tokens (a JWKS; unsigned).
+    pub(crate) async fn token_keys(&self) -> Result<String, Error> {
+        match self.attestation().get_token_keys(pb::GetTokenKeysRequest {}).await {
+            Ok(r) => Ok(r.into_inner().jwks_json),
+            Err(s) => Err(self.failed(s).await),
+        }
     }
 
     /// GetSealStatus (unsigned).

@@ -250,6 +250,48 @@ fn hint_for(reason: &str) -> Option<&'static str> {
             "the server cannot write to its database; nothing took effect: retry once it is back"
         }
         "bad_page_token" => "start the listing again without --page-token",
+        "invalid_policy" => {
+            "the message names the bad part of the document; docs/release-policy.md describes the language"
+        }
+        "key_destroyed" => "a destroyed key cannot change",
+        "hardware_outside_jurisdiction" => {
+            "machines can be enrolled only in the server's allowed jurisdictions (attestation.allowed_countries; by default the EU member states)"
+        }
+        "hardware_not_found" => "`kmsctl hardware list` shows the enrolled machines",
+        "invalid_hardware_id" => "a hardware id is hw- followed by 32 hex digits (`kmsctl hardware list` shows them)",
+        "hardware_already_revoked" => {
+            "nothing to do: `kmsctl hardware describe HW_ID` shows when and by whom; to trust the machine again, enrol it anew"
+        }
+        "hardware_already_enrolled" => {
+            "the message names the active entry (`kmsctl hardware describe HW_ID`); revoke it first to enrol the machine again"
+        }
+        "vlek_disabled" => "VLEK-signed machines need the server setting attestation.snp.accept_vlek = true",
+        "vlek_not_accepted" => {
+            "the report is signed by a cloud provider's VLEK, not the chip's VCEK: add --accept-vlek if you accept that key"
+        }
+        "chip_id_masked" => "take the report from a guest launched without MASK_CHIP_ID in its policy",
+        "evidence_malformed" => {
+            "--snp-report must be the raw 1184-byte report, --vek the report's VCEK/VLEK (DER or PEM)"
+        }
+        "evidence_certificate_chain" | "evidence_signing_key" | "evidence_signature" => {
+            "--vek must be the certificate of the chip and TCB that signed the report (AMD KDS serves VCEKs by chip id and reported TCB)"
+        }
+        "evidence_certificate_validity" => {
+            "the VCEK/VLEK or AMD's chain is not valid now (VLEKs expire after a year): fetch a current certificate"
+        }
+        "evidence_tcb" => "the machine's firmware TCB is below the server's minimum (attestation.snp): update the host firmware",
+        "evidence_guest_policy" | "evidence_vmpl" => {
+            "the guest's policy or VMPL is refused by the server (debug guests never enrol): take the report from a production guest at VMPL 0"
+        }
+        "tpm_enrollment_expired" | "tpm_enrollment_unknown" => {
+            "the machine must start its TPM enrolment again (the workload agent), and you enrol with the new request file promptly"
+        }
+        "tpm_enrollment_used" => {
+            "this request file was used already: `kmsctl hardware list` shows whether the machine is enrolled"
+        }
+        "tpm_credential_mismatch" => {
+            "the TPM that answered does not hold the EK of this enrolment, or the AK is not its: do not enrol the machine until you know why"
+        }
         _ => return None,
     })
 }

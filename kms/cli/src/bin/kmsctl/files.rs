@@ -3,13 +3,15 @@
 //! and never overwrite a key file.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
 use kms_core::keyfile::{AdminKeyFile, AdminPublic};
 use zeroize::Zeroizing;
 
 use crate::error::Error;
+use crate::output::B64;
 
 /// Loads the admin key file named by --admin-key.
 pub(crate) fn admin_key(path: Option<&Path>) -> Result<AdminKeyFile, Error> {
@@ -40,6 +42,61 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>, Error> {
 /// Reads a whole text file.
 pub(crate) fn read_text(path: &Path) -> Result<String, Error> {
     fs::read_to_string(path).map_err(|e| Error::file("read", path, e))
+}
+
+/// The DER certificates in `bytes`: every PEM `CERTIFICATE` block, or `bytes` itself if it is
+/// not PEM.
+pub(crate) fn certificates(path: &Path, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>, Error> {
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return Ok(vec![bytes]);
+    };
+    if !text.contains("-----BEGIN") {
+        return Ok(vec![bytes]);
+    }
+    let mut ders = Vec::new();
+    let mut body: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if line == "-----BEGIN CERTIFICATE-----" {
+            body = Some(String::new());
+        } else if line == "-----END CERTIFICATE-----" {
+            let b64 = body.take().unwrap_or_default();
+            let der = B64
+                .decode(b64.as_bytes())
+                .map_err(|e| Error::file("decode the PEM certificate in", path, e))?;
+            ders.push(der);
+        } else if let Some(b) = body.as_mut() {
+            b.push_str(line);
+        }
+    }
+    if ders.is_empty() {
+        return Err(Error::local(format!("{}: no PEM CERTIFICATE block", path.display())));
+    }
+    Ok(ders)
+}
+
+/// The single certificate (DER or PEM) in a file, e.g. a VCEK/VLEK.
+pub(crate) fn one_certificate(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
+    let mut certs = certificates(path, read(path)?)?;
+    match (certs.pop(), certs.is_empty()) {
+        (Some(cert), true) => Ok(cert),
+        _ => Err(Error::local(format!(
+            "{}: holds {} certificates, expected the {what} alone",
+            path.display(),
+            certs.len() + 1
+        ))),
+    }
+}
+
+/// Reads a whole file, or standard input when `path` is `-`.
+pub(crate) fn read_or_stdin(path: &Path) -> Result<Vec<u8>, Error> {
+    if path.as_os_str() != "-" {
+        return read(path);
+    }
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::local(format!("cannot read standard input: {e}")))?;
+    Ok(buf)
 }
 
 /// `FILE.pub.json` next to a key file `FILE`.

@@ -7,7 +7,7 @@ use kms_proto::v1::admin_request::Operation as Op;
 use serde_json::{json, Value};
 
 use crate::args::{grants_to_wire, pairs_to_map};
-use crate::cli::{CreateKeyArgs, Global, KeyCommand};
+use crate::cli::{CreateKeyArgs, Global, KeyCommand, PolicyInput};
 use crate::client::{Server, Signer};
 use crate::error::Error;
 use crate::files;
@@ -26,6 +26,34 @@ fn release_policy(args: &CreateKeyArgs) -> Result<String, Error> {
         return Ok(text);
     }
     Ok(String::new())
+}
+
+/// The new release policy for `key set-release-policy`: --policy, or --file (`-` for standard
+/// input), checked to be JSON before anything is signed (a bad --policy is a usage error, exit 2;
+/// a bad file a local one, exit 4, as for `key create`). Unlike at creation, an empty document is
+/// refused here: it would silently mean the default policy.
+fn new_release_policy(input: &PolicyInput) -> Result<String, Error> {
+    let example = r#"give the whole policy, e.g. {"version":1,"attestation":"required"}"#;
+    match (&input.policy, &input.file) {
+        (Some(text), _) => {
+            if text.trim().is_empty() {
+                return Err(Error::usage(format!("--policy is empty; {example}")));
+            }
+            serde_json::from_str::<Value>(text).map_err(|e| Error::usage(format!("--policy is not JSON: {e}")))?;
+            Ok(text.clone())
+        }
+        (None, Some(path)) => {
+            let bytes = files::read_or_stdin(path)?;
+            let text = String::from_utf8(bytes).map_err(|_| Error::file("use", path, "not UTF-8 text"))?;
+            if text.trim().is_empty() {
+                return Err(Error::file("use", path, format!("empty; {example}")));
+            }
+            serde_json::from_str::<Value>(&text).map_err(|e| Error::file("use", path, format!("not JSON: {e}")))?;
+            Ok(text)
+        }
+        // clap's argument group requires one of the two.
+        (None, None) => Err(Error::usage("give --policy or --file")),
+    }
 }
 
 /// `kmsctl key ...`.
@@ -62,6 +90,10 @@ pub(crate) async fn run(g: &Global, p: &Printer, command: &KeyCommand) -> Result
             pending_window_days: *days,
         }),
         KeyCommand::CancelDeletion { key } => Op::CancelKeyDeletion(pb::CancelKeyDeletionOp { key: key.clone() }),
+        KeyCommand::SetReleasePolicy(args) => Op::SetReleasePolicy(pb::SetReleasePolicyOp {
+            key: args.key.clone(),
+            release_policy: new_release_policy(&args.policy)?,
+        }),
     };
     let admin_key = files::admin_key(g.admin_key.as_deref())?;
     let signer = Signer::new(&admin_key);
@@ -102,6 +134,11 @@ pub(crate) async fn run(g: &Global, p: &Printer, command: &KeyCommand) -> Result
                 .admin_call(&signer, o, |mut c, r| async move { c.cancel_key_deletion(r).await })
                 .await?
         }
+        o @ Op::SetReleasePolicy(_) => {
+            server
+                .admin_call(&signer, o, |mut c, r| async move { c.set_release_policy(r).await })
+                .await?
+        }
         // Only key operations are built above.
         _ => return Err(Error::usage("not a key command")),
     };
@@ -124,6 +161,10 @@ pub(crate) async fn run(g: &Global, p: &Printer, command: &KeyCommand) -> Result
             k.name,
             k.id,
             output::key_state(k.state)
+        ),
+        KeyCommand::SetReleasePolicy(_) => format!(
+            "release policy of {} ({}) is now version {}, from the next release on:\n{}",
+            k.name, k.id, k.release_policy_version, k.release_policy
         ),
         _ => output::key_human(&k),
     })
@@ -185,5 +226,36 @@ mod tests {
         assert_eq!(release_policy(&args(Some(p))).unwrap(), p);
         let e = release_policy(&args(Some("{version:1"))).unwrap_err();
         assert_eq!(e.exit_code(), crate::error::exit::USAGE);
+    }
+
+    #[test]
+    fn new_release_policies_must_be_json_and_not_empty() {
+        let input = |policy: &str| PolicyInput {
+            policy: Some(policy.to_owned()),
+            file: None,
+        };
+        let p = r#"{"version":1,"attestation":"required","allOf":[{"claim":"jurisdiction","equals":"EU"}]}"#;
+        assert_eq!(new_release_policy(&input(p)).unwrap(), p);
+        for bad in ["", "  ", "{\"version\":1", "version=1"] {
+            let e = new_release_policy(&input(bad)).unwrap_err();
+            assert_eq!(e.exit_code(), crate::error::exit::USAGE, "{bad}");
+            assert!(e.to_string().starts_with("--policy is"), "{e}");
+        }
+        let from_file = |path: &std::path::Path| {
+            new_release_policy(&PolicyInput {
+                policy: None,
+                file: Some(path.to_owned()),
+            })
+        };
+        let missing = from_file(std::path::Path::new("/nonexistent/policy.json")).unwrap_err();
+        assert_eq!(missing.exit_code(), crate::error::exit::LOCAL);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        std::fs::write(&path, p).unwrap();
+        assert_eq!(from_file(&path).unwrap(), p);
+        std::fs::write(&path, "{version").unwrap();
+        let e = from_file(&path).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::exit::LOCAL);
+        assert!(e.to_string().contains("not JSON"), "{e}");
     }
 }

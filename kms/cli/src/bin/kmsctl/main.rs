@@ -11,9 +11,11 @@ mod client;
 mod data;
 mod error;
 mod files;
+mod hardware;
 mod keys;
 mod output;
 mod seal;
+mod token;
 mod verify;
 
 use std::process::ExitCode;
@@ -69,6 +71,8 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Error> {
         }) => admin::add(g, p, public_file, *non_custodian).await,
         Command::Admins(AdminsCommand::List) => admin::list(g, p).await,
         Command::Key(command) => keys::run(g, p, command).await,
+        Command::Hardware(command) => hardware::run(g, p, command).await,
+        Command::Token(command) => token::run(g, p, command).await,
         Command::Data(command) => data::run(g, p, command).await,
         Command::Audit(AuditCommand::Verify { database, batch }) => audit::verify(p, database, *batch).await,
         Command::Verify(VerifyCommand::Snp(args)) => verify::snp(args),

@@ -3,19 +3,16 @@
 //! a refusal names the failed check and exits 1. It must never accept evidence the library
 //! refused, nor reach the network.
 
-use std::path::Path;
-
 use attestation::snp::{MinimumTcb, SnpEvidence, SnpTrust, SnpVerifier, Tcb};
 use attestation::tpm::ek::EkCaBundle;
 use attestation::tpm::{AkName, PcrValues, TpmEvidence, TpmTrust, TpmVerifier};
 use attestation::{Refusal, Verifier as _};
-use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::cli::{VerifySnpArgs, VerifyTpmArgs};
 use crate::error::Error;
 use crate::files;
-use crate::output::{self, B64};
+use crate::output;
 
 /// Where REPORT_DATA sits in an SNP report (bytes 0x50..0x90).
 const SNP_REPORT_DATA: std::ops::Range<usize> = 0x50..0x90;
@@ -43,53 +40,14 @@ fn print_json(value: &Value) -> Result<(), Error> {
     output::stdout(format!("{text}\n").as_bytes())
 }
 
-/// The DER certificates in `bytes`: every PEM `CERTIFICATE` block, or `bytes` itself if it is
-/// not PEM.
-fn certificates(path: &Path, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>, Error> {
-    let Ok(text) = std::str::from_utf8(&bytes) else {
-        return Ok(vec![bytes]);
-    };
-    if !text.contains("-----BEGIN") {
-        return Ok(vec![bytes]);
-    }
-    let mut ders = Vec::new();
-    let mut body: Option<String> = None;
-    for line in text.lines().map(str::trim) {
-        if line == "-----BEGIN CERTIFICATE-----" {
-            body = Some(String::new());
-        } else if line == "-----END CERTIFICATE-----" {
-            let b64 = body.take().unwrap_or_default();
-            let der = B64
-                .decode(b64.as_bytes())
-                .map_err(|e| Error::file("decode the PEM certificate in", path, e))?;
-            ders.push(der);
-        } else if let Some(b) = body.as_mut() {
-            b.push_str(line);
-        }
-    }
-    if ders.is_empty() {
-        return Err(Error::local(format!("{}: no PEM CERTIFICATE block", path.display())));
-    }
-    Ok(ders)
-}
-
 /// `kmsctl verify snp`.
 pub(crate) fn snp(args: &VerifySnpArgs) -> Result<(), Error> {
     let report = files::read(&args.report)?;
-    let vek = match &args.vek {
-        Some(path) => {
-            let mut certs = certificates(path, files::read(path)?)?;
-            if certs.len() != 1 {
-                return Err(Error::local(format!(
-                    "{}: holds {} certificates, expected the VCEK/VLEK alone",
-                    path.display(),
-                    certs.len()
-                )));
-            }
-            certs.pop()
-        }
-        None => None,
-    };
+    let vek = args
+        .vek
+        .as_deref()
+        .map(|path| files::one_certificate(path, "VCEK/VLEK"))
+        .transpose()?;
     let chain = args.chain.as_deref().map(files::read).transpose()?;
 
     let expected = match &args.report_data {
@@ -144,7 +102,7 @@ pub(crate) fn tpm(args: &VerifyTpmArgs) -> Result<(), Error> {
         .transpose()?;
     let ek_ca = args.ek_ca.as_deref().map(files::read).transpose()?;
     let ek_intermediates = match args.ek_intermediate.as_deref() {
-        Some(p) => certificates(p, files::read(p)?)?,
+        Some(p) => files::certificates(p, files::read(p)?)?,
         None => Vec::new(),
     };
     let now = args.at.unwrap_or_else(now_unix);
@@ -181,7 +139,7 @@ pub(crate) fn tpm(args: &VerifyTpmArgs) -> Result<(), Error> {
     let mut value = serde_json::to_value(&claims).map_err(|e| Error::local(e.to_string()))?;
 
     if let (Some((path, cert)), Some(ca)) = (ek_cert, ek_ca) {
-        let cert = certificates(path, cert)?
+        let cert = files::certificates(path, cert)?
             .into_iter()
             .next()
             .ok_or_else(|| Error::local(format!("{}: no certificate", path.display())))?;
