@@ -757,16 +757,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                     unreachable!("authenticate checked the operation")
                 };
                 self.seal.require_initialized()?;
-                let size = match l.page_size {
-                    0 => 100,
-                    n @ 1..=1000 => n,
-                    n => {
-                        return Err(ApiError::invalid(
-                            "invalid_argument",
-                            format!("page_size {n}: at most 1000"),
-                        ))
-                    }
-                };
+                let size = super::page_size(l.page_size)?;
                 if !l.page_token.is_empty() {
                     KeyId::parse(&l.page_token).map_err(|_| {
                         ApiError::invalid("bad_page_token", "page_token is not one this server returned")

@@ -97,15 +97,7 @@ pub(crate) fn snp_from_wire(s: pb::SnpEvidence) -> Result<SnpEvidence, ApiError>
 
 impl AttestationPlane {
     async fn caller<T>(&self, request: &Request<T>, operation: &'static str) -> Result<Principal, Status> {
-        match self.identities.principal(request, self.tls) {
-            Ok(p) => Ok(p),
-            Err(e) => {
-                self.audit
-                    .record(Audit::new("unidentified", operation).failed(&e))
-                    .await;
-                Err(e.to_status())
-            }
-        }
+        super::identify(&self.identities, &self.audit, request, self.tls, operation).await
     }
 
     async fn attest(

@@ -71,17 +71,8 @@ impl Release {
 }
 
 impl DataPlane {
-    /// The caller's principal; a call whose caller cannot be identified is refused and audited.
     async fn caller<T>(&self, request: &Request<T>, operation: &'static str) -> Result<Principal, Status> {
-        match self.identities.principal(request, self.tls) {
-            Ok(p) => Ok(p),
-            Err(e) => {
-                self.audit
-                    .record(Audit::new("unidentified", operation).failed(&e))
-                    .await;
-                Err(e.to_status())
-            }
-        }
+        super::identify(&self.identities, &self.audit, request, self.tls, operation).await
     }
 
     /// A usable key for `op` by `who`: enabled, and granted.

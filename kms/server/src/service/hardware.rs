@@ -247,16 +247,7 @@ impl AdminPlane {
     }
 
     pub(crate) async fn list_hardware(&self, op: pb::ListHardwareOp) -> Result<pb::ListHardwareResponse, ApiError> {
-        let size = match op.page_size {
-            0 => 100,
-            n @ 1..=1000 => n,
-            n => {
-                return Err(ApiError::invalid(
-                    "invalid_argument",
-                    format!("page_size {n}: at most 1000"),
-                ))
-            }
-        };
+        let size = super::page_size(op.page_size)?;
         if !op.page_token.is_empty() {
             check_hardware_id(&op.page_token)
                 .map_err(|_| ApiError::invalid("bad_page_token", "page_token is not one this server returned"))?;

@@ -104,6 +104,36 @@ pub async fn finish<T>(
     }
 }
 
+/// The caller's principal from its client certificate; a call whose caller cannot be
+/// identified is refused and audited as `unidentified`.
+pub(crate) async fn identify<T>(
+    identities: &crate::identity::Identities,
+    audit: &AuditLog,
+    request: &tonic::Request<T>,
+    tls: bool,
+    operation: &'static str,
+) -> Result<kms_core::ids::Principal, tonic::Status> {
+    match identities.principal(request, tls) {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            audit.record(Audit::new("unidentified", operation).failed(&e)).await;
+            Err(e.to_status())
+        }
+    }
+}
+
+/// A page size: 1 to 1000, 0 meaning 100.
+pub(crate) fn page_size(requested: u32) -> Result<u32, ApiError> {
+    match requested {
+        0 => Ok(100),
+        n @ 1..=1000 => Ok(n),
+        n => Err(ApiError::invalid(
+            "invalid_argument",
+            format!("page_size {n}: at most 1000"),
+        )),
+    }
+}
+
 /// Parses a wire encryption context.
 pub fn context(map: BTreeMap<String, String>) -> Result<EncryptionContext, ApiError> {
     Ok(EncryptionContext::new(map)?)
