@@ -11,3 +11,55 @@ pub mod v1 {
     /// The encoded `FileDescriptorSet`, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kms_v1_descriptor");
 }
+
+/// How `kmsd` refusals travel, for every client (kmsctl, kms-agent, tests) and the server alike.
+pub mod status {
+    /// The response metadata key that carries the server's stable reason code (`kms-reason`).
+    pub const REASON_METADATA: &str = "kms-reason";
+
+    /// The stable reason code of a refusal, if the server sent one (a status without it comes from
+    /// the transport or TLS layer, not from `kmsd`).
+    pub fn reason(status: &tonic::Status) -> Option<&str> {
+        status.metadata().get(REASON_METADATA).and_then(|v| v.to_str().ok())
+    }
+
+    /// The canonical gRPC name of a status code, e.g. `PERMISSION_DENIED`.
+    pub fn code_name(code: tonic::Code) -> &'static str {
+        use tonic::Code as C;
+        match code {
+            C::Ok => "OK",
+            C::Cancelled => "CANCELLED",
+            C::Unknown => "UNKNOWN",
+            C::InvalidArgument => "INVALID_ARGUMENT",
+            C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            C::NotFound => "NOT_FOUND",
+            C::AlreadyExists => "ALREADY_EXISTS",
+            C::PermissionDenied => "PERMISSION_DENIED",
+            C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            C::FailedPrecondition => "FAILED_PRECONDITION",
+            C::Aborted => "ABORTED",
+            C::OutOfRange => "OUT_OF_RANGE",
+            C::Unimplemented => "UNIMPLEMENTED",
+            C::Internal => "INTERNAL",
+            C::Unavailable => "UNAVAILABLE",
+            C::DataLoss => "DATA_LOSS",
+            C::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+
+    /// An error and its causes on one line: transport errors hide the useful part (the OS error,
+    /// the certificate problem) in their sources.
+    pub fn error_chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut source = e.source();
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !s.contains(&text) {
+                s.push_str(": ");
+                s.push_str(&text);
+            }
+            source = cause.source();
+        }
+        s
+    }
+}

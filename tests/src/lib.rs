@@ -368,11 +368,7 @@ pub fn signed_at(k: &AdminKeyFile, op: Op, timestamp_unix_ms: i64) -> pb::Signed
 
 /// The stable reason of a refusal.
 pub fn reason(s: &tonic::Status) -> String {
-    s.metadata()
-        .get(kms_server::error::REASON_METADATA)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
+    kms_proto::status::reason(s).unwrap_or("").to_owned()
 }
 
 /// Asserts a refusal's code and reason.

@@ -7,8 +7,8 @@ use std::fmt;
 use attestation::attester::snp::SnpAttesterError;
 use attestation::attester::tpm::TpmError;
 
-/// The response metadata key that carries the server's stable reason code.
-pub const REASON_METADATA: &str = "kms-reason";
+pub use kms_proto::status::REASON_METADATA;
+use kms_proto::status::code_name;
 
 /// Why an agent operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -176,44 +176,8 @@ fn status_detail(status: &tonic::Status) -> String {
     s
 }
 
-/// An error and its causes on one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = cause.source();
-    }
-    s
-}
+pub(crate) use kms_proto::status::error_chain;
 
-/// The canonical gRPC name of a status code.
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code as C;
-    match code {
-        C::Ok => "OK",
-        C::Cancelled => "CANCELLED",
-        C::Unknown => "UNKNOWN",
-        C::InvalidArgument => "INVALID_ARGUMENT",
-        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        C::NotFound => "NOT_FOUND",
-        C::AlreadyExists => "ALREADY_EXISTS",
-        C::PermissionDenied => "PERMISSION_DENIED",
-        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        C::FailedPrecondition => "FAILED_PRECONDITION",
-        C::Aborted => "ABORTED",
-        C::OutOfRange => "OUT_OF_RANGE",
-        C::Unimplemented => "UNIMPLEMENTED",
-        C::Internal => "INTERNAL",
-        C::Unavailable => "UNAVAILABLE",
-        C::DataLoss => "DATA_LOSS",
-        C::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
 
 /// What to do about a refusal, by its stable reason code.
 fn hint_for(reason: &str) -> Option<&'static str> {

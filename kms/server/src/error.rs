@@ -5,7 +5,7 @@
 use tonic::{Code, Status};
 
 /// Metadata key of the stable reason code.
-pub const REASON_METADATA: &str = "kms-reason";
+pub use kms_proto::status::REASON_METADATA;
 
 /// A refusal or failure, with its gRPC code and stable reason.
 #[derive(Debug, Clone)]

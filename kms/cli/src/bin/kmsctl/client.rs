@@ -189,21 +189,7 @@ fn tls_config(global: &Global) -> Result<ClientTlsConfig, Error> {
     Ok(tls)
 }
 
-/// An error and its causes on one line: transport errors hide the useful part (the OS error,
-/// the certificate problem) in their sources.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = cause.source();
-    }
-    s
-}
+pub(crate) use kms_proto::status::error_chain;
 
 /// Who signs admin requests: an admin id and its signer.
 pub(crate) struct Signer<'a> {

@@ -185,8 +185,7 @@ impl From<tonic::Status> for Error {
     }
 }
 
-/// The response metadata key that carries the server's stable reason code.
-pub(crate) const REASON_METADATA: &str = "kms-reason";
+pub(crate) use kms_proto::status::REASON_METADATA;
 
 fn status_detail(status: &tonic::Status) -> String {
     let mut s = status.message().to_owned();
@@ -296,29 +295,7 @@ fn hint_for(reason: &str) -> Option<&'static str> {
     })
 }
 
-/// The canonical gRPC name of a status code.
-pub(crate) fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code as C;
-    match code {
-        C::Ok => "OK",
-        C::Cancelled => "CANCELLED",
-        C::Unknown => "UNKNOWN",
-        C::InvalidArgument => "INVALID_ARGUMENT",
-        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        C::NotFound => "NOT_FOUND",
-        C::AlreadyExists => "ALREADY_EXISTS",
-        C::PermissionDenied => "PERMISSION_DENIED",
-        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        C::FailedPrecondition => "FAILED_PRECONDITION",
-        C::Aborted => "ABORTED",
-        C::OutOfRange => "OUT_OF_RANGE",
-        C::Unimplemented => "UNIMPLEMENTED",
-        C::Internal => "INTERNAL",
-        C::Unavailable => "UNAVAILABLE",
-        C::DataLoss => "DATA_LOSS",
-        C::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
+pub(crate) use kms_proto::status::code_name;
 
 #[cfg(test)]
 mod tests {
