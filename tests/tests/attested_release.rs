@@ -607,3 +607,134 @@ async fn two_replicas_share_nonces_and_revocations() {
     assert_eq!(reason(&s), "hardware_revoked");
     second.stop().await;
 }
+
+/// Hardening found in review: a token key row written straight into the database verifies
+/// nothing; nonces belong to the principal that asked; per-principal challenge limits; refused
+/// releases name token and machine in the audit log, and the caller gets the check, not the
+/// detail; a low-order HPKE key is refused at Attest.
+async fn hardening(backend: Backend) {
+    use sqlx::Connection as _;
+    let lab = SnpLab::new();
+    let mut opts = options(&[&lab]);
+    opts.attestation.max_open_challenges = 3;
+    let Some(mut c) = Ceremony::new(backend, opts).await else {
+        return;
+    };
+    c.create_key("payroll", &[APP, OTHER], &measurement_policy(&hex::encode([0x99u8; 48])))
+        .await;
+    let hw = enroll_snp(&mut c.admin, &c.custodians[0], lab.evidence(&lab.report()), "DE", false)
+        .await
+        .unwrap();
+    let mut w = Workload::new(&c.server, &c.pki, APP).await;
+    let token = w.attest_snp(|n, pk| lab.bound(lab.report(), n, pk)).await.unwrap();
+
+    // A forged key row: the attacker's Ed25519 key, no seed wrapped under the root key.
+    let evil_seed = kms_core::secret::SecretKey::<32>::generate().unwrap();
+    let evil = kms_core::token::TokenSigner::from_seed(&evil_seed).unwrap();
+    let mut conn = c.db.connect().await;
+    sqlx::query("INSERT INTO token_keys (version, kid, public_key, wrapped_seed, created_unix_ms) VALUES ($1, $2, $3, $4, $5)")
+        .bind(0i64)
+        .bind(evil.kid().to_owned())
+        .bind(evil.public_key().to_vec())
+        .bind(vec![0u8; 60])
+        .bind(0i64)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let mut claims = kms_core::claims::ReleaseClaims::from_json(&token.claims_json).unwrap();
+    claims.insert_str("snp.measurement", hex::encode([0x99u8; 48]));
+    let now = kms_core::now_unix_ms() / 1000;
+    let forged_claims =
+        kms_core::token::TokenClaims::new(&hw.id, APP, &w.public_key(), claims, now, 300).unwrap();
+    let forged = pb::AttestResponse {
+        token: evil.sign(&forged_claims).unwrap(),
+        token_id: forged_claims.jti.clone(),
+        ..token.clone()
+    };
+    let s = w.generate("payroll", &forged, &[]).await.err().expect("a forged token is refused");
+    assert_eq!((s.code(), reason(&s).as_str()), (Code::PermissionDenied, "token_unknown_key"));
+    let jwks = w
+        .attestation
+        .get_token_keys(pb::GetTokenKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jwks_json;
+    assert!(!jwks.contains(evil.kid()), "{jwks}");
+    let verifier = kms_core::token::TokenVerifier::from_jwks_json(&jwks).unwrap();
+    assert_eq!(verifier.keys().len(), 1);
+    verifier.verify(&token.token, now).unwrap();
+
+    // A refused release names the token and the machine in the audit log; the caller gets the
+    // failing condition, the audit log the values.
+    let s = w.generate("payroll", &token, &[]).await.err().unwrap();
+    assert_eq!(reason(&s), "release_policy_not_met");
+    assert!(!s.message().contains(&hex::encode([0x99u8; 48])), "{}", s.message());
+    assert_audited(&c.db, "generate_data_key", "release_policy_not_met").await;
+    let entries = audit_entries(&c.db).await;
+    let refusal = entries
+        .iter()
+        .rev()
+        .find(|(op, _, r, _)| op == "generate_data_key" && r == "release_policy_not_met")
+        .unwrap();
+    assert!(refusal.3.contains(&token.token_id) && refusal.3.contains(&hw.id), "{}", refusal.3);
+    assert!(refusal.3.contains(&hex::encode([0x99u8; 48])), "{}", refusal.3);
+
+    // Evidence refusals: the check for the caller, the verifier's detail for the audit log.
+    let s = w
+        .attest_snp(|n, _| lab.bound(lab.report(), n, &[1; 32]))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(reason(&s), "evidence_binding_mismatch");
+    assert_audited(&c.db, "attestation.attest", "evidence_binding_mismatch").await;
+    let entries = audit_entries(&c.db).await;
+    let refusal = entries
+        .iter()
+        .rev()
+        .find(|(op, _, r, _)| op == "attestation.attest" && r == "evidence_binding_mismatch")
+        .unwrap();
+    assert!(refusal.3.contains("refusal_detail"), "{}", refusal.3);
+
+    // Nonces belong to the principal that asked: another cannot use (or burn) them.
+    let mut other = Workload::new(&c.server, &c.pki, OTHER).await;
+    let nonce = w.challenge().await;
+    let ev = lab.bound(lab.report(), &nonce, &other.public_key());
+    assert_status(
+        other.attest(nonce.clone(), pb::attest_request::Evidence::Snp(ev)).await,
+        Code::FailedPrecondition,
+        "nonce_unknown",
+    );
+    let ev = lab.bound(lab.report(), &nonce, &w.public_key());
+    w.attest(nonce, pb::attest_request::Evidence::Snp(ev)).await.unwrap();
+
+    // At most 3 open challenges per principal here; using one frees a slot.
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(w.challenge().await);
+    }
+    assert_status(
+        w.attestation.get_challenge(pb::GetChallengeRequest {}).await,
+        Code::ResourceExhausted,
+        "too_many_challenges",
+    );
+    other.challenge().await;
+    let n = open.pop().unwrap();
+    let ev = lab.bound(lab.report(), &n, &w.public_key());
+    w.attest(n, pb::attest_request::Evidence::Snp(ev)).await.unwrap();
+    w.challenge().await;
+
+    // A low-order X25519 point is not a key anything can be sealed to.
+    let n = open.pop().unwrap();
+    let r = w
+        .attestation
+        .attest(pb::AttestRequest {
+            nonce: n.clone(),
+            hpke_public_key: vec![0; 32],
+            evidence: Some(pb::attest_request::Evidence::Snp(lab.bound(lab.report(), &n, &[0; 32]))),
+        })
+        .await;
+    assert_status(r, Code::InvalidArgument, "invalid_hpke_public_key");
+}
+both_backends!(review_hardening, super::hardening);

@@ -58,6 +58,8 @@ async fn enroll_tpm(
                 identity: Some(pb::enroll_hardware_op::Identity::Tpm(pb::TpmEnrollment {
                     enrollment_id: challenge.enrollment_id,
                     activated_secret: secret,
+                    expected_ek_digest: challenge.ek_digest,
+                    expected_ak_name: challenge.ak_name,
                 })),
             }),
         ))
@@ -235,7 +237,7 @@ async fn tpm_enrolment_refusals(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    let enroll = |id: &str, secret: Vec<u8>| {
+    let enroll = |id: &str, secret: Vec<u8>, ek: &str, ak: &str| {
         signed(
             &c.custodians[1],
             Op::EnrollHardware(pb::EnrollHardwareOp {
@@ -246,13 +248,15 @@ async fn tpm_enrolment_refusals(backend: Backend) {
                 identity: Some(pb::enroll_hardware_op::Identity::Tpm(pb::TpmEnrollment {
                     enrollment_id: id.into(),
                     activated_secret: secret,
+                    expected_ek_digest: ek.into(),
+                    expected_ak_name: ak.into(),
                 })),
             }),
         )
     };
     assert_status(
         c.admin
-            .enroll_hardware(enroll(&challenge.enrollment_id, vec![0; 32]))
+            .enroll_hardware(enroll(&challenge.enrollment_id, vec![0; 32], &challenge.ek_digest, &challenge.ak_name))
             .await,
         Code::PermissionDenied,
         "tpm_credential_mismatch",
@@ -264,15 +268,44 @@ async fn tpm_enrolment_refusals(backend: Backend) {
         .unwrap()
         .to_vec();
     assert_status(
-        c.admin.enroll_hardware(enroll(&challenge.enrollment_id, real)).await,
+        c.admin
+            .enroll_hardware(enroll(&challenge.enrollment_id, real.clone(), &challenge.ek_digest, &challenge.ak_name))
+            .await,
         Code::FailedPrecondition,
         "tpm_enrollment_used",
     );
     assert_status(
-        c.admin.enroll_hardware(enroll("tpme-unknown", vec![0; 32])).await,
+        c.admin
+            .enroll_hardware(enroll("tpme-unknown", vec![0; 32], &challenge.ek_digest, &challenge.ak_name))
+            .await,
         Code::FailedPrecondition,
         "tpm_enrollment_unknown",
     );
+
+    // A swapped attempt: the signed request expects another EK than the attempt's.
+    let again = w
+        .attestation
+        .begin_tpm_enrollment(pb::BeginTpmEnrollmentRequest {
+            ek_certificate: ek_cert.clone(),
+            ek_intermediates: Vec::new(),
+            ak_public: ak.public.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let secret = Tpm::open(&swtpm.tcti())
+        .unwrap()
+        .activate_credential(&ak, EkKind::Rsa2048, &again.id_object, &again.encrypted_secret)
+        .unwrap()
+        .to_vec();
+    assert_status(
+        c.admin
+            .enroll_hardware(enroll(&again.enrollment_id, secret, &"00".repeat(32), &again.ak_name))
+            .await,
+        Code::PermissionDenied,
+        "tpm_identity_mismatch",
+    );
+    assert_audited(&c.db, "admin.enroll_hardware", "tpm_identity_mismatch").await;
 
     // An EK certificate from another manufacturer's CA (another swtpm_setup local CA).
     let foreign = Swtpm::start();

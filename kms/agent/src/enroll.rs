@@ -160,6 +160,8 @@ impl EnrollmentRequest {
         pb::TpmEnrollment {
             enrollment_id: self.enrollment_id.clone(),
             activated_secret: self.activated_secret.to_vec(),
+            expected_ek_digest: self.ek_digest.clone(),
+            expected_ak_name: self.ak_name.clone(),
         }
     }
 

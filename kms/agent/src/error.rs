@@ -7,8 +7,8 @@ use std::fmt;
 use attestation::attester::snp::SnpAttesterError;
 use attestation::attester::tpm::TpmError;
 
-pub use kms_proto::status::REASON_METADATA;
 use kms_proto::status::code_name;
+pub use kms_proto::status::REASON_METADATA;
 
 /// Why an agent operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +177,6 @@ fn status_detail(status: &tonic::Status) -> String {
 }
 
 pub(crate) use kms_proto::status::error_chain;
-
 
 /// What to do about a refusal, by its stable reason code.
 fn hint_for(reason: &str) -> Option<&'static str> {

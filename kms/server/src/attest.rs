@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use attestation::snp::{SnpClaims, SnpEvidence, SnpVerifier, REPORT_LEN};
 use attestation::tpm::ek::EkCaBundle;
-use attestation::tpm::{AkPublic, TpmClaims, TpmEvidence, TpmTrust, TpmVerifier};
+use attestation::tpm::{TpmClaims, TpmEvidence, TpmTrust, TpmVerifier};
 use attestation::{Check, Refusal, Verifier};
 use kms_core::claims::ReleaseClaims;
 use kms_core::ids::{KeyId, KeyVersion, Principal};
@@ -37,6 +37,8 @@ pub const TOKEN_ISSUER: &str = "kms";
 struct TokenKeys {
     signer: TokenSigner,
     verifier: TokenVerifier,
+    /// (kid, public key) of every trusted key, for the JWKS.
+    public: Vec<(String, [u8; 32])>,
 }
 
 /// A verified token and the inputs of a release decision.
@@ -79,6 +81,7 @@ pub struct Attestation {
     ek_cas: Option<EkCaBundle>,
     tokens: RwLock<Option<Arc<TokenKeys>>>,
     token_init: tokio::sync::Mutex<()>,
+    last_reload: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Attestation {
@@ -117,12 +120,17 @@ pub fn refusal_reason(check: Check) -> &'static str {
     }
 }
 
+/// An evidence refusal: the caller learns which check failed, the audit log what exactly.
 fn refused(r: Refusal) -> ApiError {
-    let status = match r.check {
-        Check::Malformed => ApiError::invalid(refusal_reason(r.check), format!("evidence refused: {r}")),
-        _ => ApiError::denied(refusal_reason(r.check), format!("evidence refused: {r}")),
+    let message = format!(
+        "evidence refused: the {} check failed (the audit log has the detail)",
+        r.check.as_str()
+    );
+    let e = match r.check {
+        Check::Malformed => ApiError::invalid(refusal_reason(r.check), message),
+        _ => ApiError::denied(refusal_reason(r.check), message),
     };
-    status
+    e.with_audit_detail(r.to_string())
 }
 
 fn db(e: sqlx::Error) -> ApiError {
@@ -162,6 +170,7 @@ impl Attestation {
             ek_cas,
             tokens: RwLock::new(None),
             token_init: tokio::sync::Mutex::new(()),
+            last_reload: std::sync::Mutex::new(None),
         })
     }
 
@@ -190,6 +199,19 @@ impl Attestation {
         })
     }
 
+    /// Whether an unknown token key id may trigger a reload now: at most once a second.
+    fn may_reload(&self) -> bool {
+        let Ok(mut last) = self.last_reload.lock() else { return false };
+        let now = std::time::Instant::now();
+        match *last {
+            Some(t) if now.duration_since(t) < Duration::from_secs(1) => false,
+            _ => {
+                *last = Some(now);
+                true
+            }
+        }
+    }
+
     /// Drops the unwrapped token signing key (when the server seals).
     pub fn clear(&self) {
         if let Ok(mut t) = self.tokens.write() {
@@ -200,26 +222,45 @@ impl Attestation {
     // ----- challenges ------------------------------------------------------------------------
 
     /// A fresh challenge nonce and its expiry.
-    pub async fn challenge(&self) -> Result<([u8; 32], i64), ApiError> {
+    pub async fn challenge(&self, principal: &Principal) -> Result<([u8; 32], i64), ApiError> {
+        let now = now_ms();
+        let open = self.store.open_challenges(principal.as_str(), now).await.map_err(db)?;
+        if open >= i64::from(self.config.max_open_challenges) {
+            return Err(ApiError::exhausted(
+                "too_many_challenges",
+                format!(
+                    "{principal} holds {open} open challenges (at most {}): use or let them expire",
+                    self.config.max_open_challenges
+                ),
+            ));
+        }
         let nonce: [u8; 32] = kms_core::random_array()?;
-        let expires = now_ms() + ttl_ms(self.config.challenge_ttl);
-        self.store.insert_challenge(&nonce, expires).await.map_err(db)?;
+        let expires = now + ttl_ms(self.config.challenge_ttl);
+        self.store
+            .insert_challenge(&nonce, principal.as_str(), expires)
+            .await
+            .map_err(db)?;
         Ok((nonce, expires))
     }
 
     /// Uses a nonce once, on any replica.
-    pub async fn consume(&self, nonce: &[u8]) -> Result<(), ApiError> {
+    pub async fn consume(&self, nonce: &[u8], principal: &Principal) -> Result<(), ApiError> {
         if nonce.len() != 32 {
             return Err(ApiError::invalid(
                 "invalid_nonce",
                 format!("nonce: {} bytes; a challenge nonce is 32 bytes", nonce.len()),
             ));
         }
-        match self.store.consume_challenge(nonce, now_ms()).await.map_err(db)? {
+        match self
+            .store
+            .consume_challenge(nonce, principal.as_str(), now_ms())
+            .await
+            .map_err(db)?
+        {
             ChallengeUse::Fresh => Ok(()),
             ChallengeUse::Unknown => Err(ApiError::precondition(
                 "nonce_unknown",
-                "this nonce was not issued by this service (call GetChallenge)",
+                "this nonce was not issued by this service to this caller (call GetChallenge)",
             )),
             ChallengeUse::Expired => Err(ApiError::precondition(
                 "nonce_expired",
@@ -252,17 +293,19 @@ impl Attestation {
                 Ok((snp_claims(&claims, &hw), hw))
             }
             Evidence::Tpm(ev) => {
-                let ak = AkPublic::from_tpm2b_public(&ev.ak_public).map_err(refused)?;
-                let ak_hex = ak.name().to_hex();
+                // The quote is verified before the registry is consulted, so nobody learns
+                // whether an AK is enrolled without a quote that AK signed. The registry lookup
+                // by the quoting AK's name is then the enrolled-AK check.
+                let binding = attestation::binding::tpm_qualifying_data(nonce, hpke_public_key);
+                let verifier = TpmVerifier::new(TpmTrust::ak_checked_by_caller());
+                let claims = verifier.verify(ev, &binding, now).map_err(refused)?;
+                let ak_hex = claims.ak_name.to_hex();
                 let hw = self
                     .store
                     .hardware_by_identity(Identity::TpmAkName, &ak_hex)
                     .await
                     .map_err(db)?;
                 let hw = active(hw, || format!("no machine is enrolled with TPM AK {ak_hex}"))?;
-                let binding = attestation::binding::tpm_qualifying_data(nonce, hpke_public_key);
-                let verifier = TpmVerifier::new(TpmTrust::enrolled_ak(ak.name().clone()));
-                let claims = verifier.verify(ev, &binding, now).map_err(refused)?;
                 self.advance_clock(&ak_hex, &claims).await?;
                 self.check_location(&hw)?;
                 Ok((tpm_claims(&claims, &hw), hw))
@@ -347,14 +390,24 @@ impl Attestation {
     // ----- tokens ----------------------------------------------------------------------------
 
     async fn token_keys(&self) -> Result<Arc<TokenKeys>, ApiError> {
-        let root = self.seal.root()?;
+        self.seal.root()?;
         if let Some(k) = self.tokens.read().ok().and_then(|t| t.clone()) {
             return Ok(k);
         }
+        self.load_token_keys().await
+    }
+
+    /// Loads the token keys from the database: creates the first one if there is none, and
+    /// trusts a row only if its seed unwraps under the root key and derives the row's public key
+    /// and kid. A row written into the database by anyone else (a public key without a seed
+    /// wrapped under this root key) is ignored and logged, so it can neither verify a forged
+    /// token nor appear in the published key set.
+    async fn load_token_keys(&self) -> Result<Arc<TokenKeys>, ApiError> {
         let _one = self.token_init.lock().await;
         if let Some(k) = self.tokens.read().ok().and_then(|t| t.clone()) {
             return Ok(k);
         }
+        let root = self.seal.root()?;
         let wrap_id = KeyId::from_bytes(TOKEN_KEY_WRAP_ID);
         let mut rows = self.store.token_keys().await.map_err(db)?;
         if rows.is_empty() {
@@ -371,41 +424,46 @@ impl Attestation {
             self.store.insert_token_key(&row, now_ms()).await.map_err(db)?;
             rows = self.store.token_keys().await.map_err(db)?;
         }
-        let latest = rows
-            .last()
-            .ok_or_else(|| ApiError::internal("token_key", "no token signing key after creating one"))?;
-        let version =
-            KeyVersion::new(latest.version).ok_or_else(|| ApiError::internal("token_key", "token key version 0"))?;
-        let seed = root.unwrap(wrap_id, version, &latest.wrapped_seed).map_err(|_| {
-            ApiError::internal("token_key", "the token signing key does not unwrap under this root key")
-        })?;
-        let signer = TokenSigner::from_seed(&seed)?;
-        let public: Vec<(String, [u8; 32])> = rows
-            .iter()
-            .filter_map(|r| Some((r.kid.clone(), r.public_key.as_slice().try_into().ok()?)))
-            .collect();
+        let mut signers = Vec::new();
+        for row in &rows {
+            let signer = KeyVersion::new(row.version)
+                .and_then(|v| root.unwrap(wrap_id, v, &row.wrapped_seed).ok())
+                .and_then(|seed| TokenSigner::from_seed(&seed).ok())
+                .filter(|s| s.kid() == row.kid && s.public_key().as_slice() == row.public_key.as_slice());
+            match signer {
+                Some(s) => signers.push(s),
+                None => tracing::error!(
+                    version = row.version,
+                    kid = %row.kid,
+                    "token key row ignored: its seed does not unwrap under the root key to its public key (altered database?)"
+                ),
+            }
+        }
+        let public: Vec<(String, [u8; 32])> = signers.iter().map(|s| (s.kid().to_owned(), s.public_key())).collect();
         let verifier = TokenVerifier::new(&public)?;
-        let keys = Arc::new(TokenKeys { signer, verifier });
+        let signer = signers
+            .pop()
+            .ok_or_else(|| ApiError::internal("token_key", "no token signing key unwraps under this root key"))?;
+        let keys = Arc::new(TokenKeys {
+            signer,
+            verifier,
+            public,
+        });
         if let Ok(mut t) = self.tokens.write() {
+            // Checked under the lock that `clear` takes: a Seal that happened meanwhile wins.
+            if self.seal.root().is_err() {
+                return Err(ApiError::sealed());
+            }
             *t = Some(keys.clone());
         }
         Ok(keys)
     }
 
-    /// The JWKS of every token key (readable while sealed: public keys only). An unsealed server
-    /// with no token key yet creates it first, so the set is never empty once unsealed.
+    /// The JWKS of the token keys this server trusts (each verified against its wrapped seed),
+    /// created first if there is none yet. Needs the server unsealed.
     pub async fn jwks(&self) -> Result<String, ApiError> {
-        let mut rows = self.store.token_keys().await.map_err(db)?;
-        if rows.is_empty() && self.seal.root().is_ok() {
-            // Publish the key before the first token needs it.
-            self.token_keys().await?;
-            rows = self.store.token_keys().await.map_err(db)?;
-        }
-        let keys: Vec<(String, [u8; 32])> = rows
-            .iter()
-            .filter_map(|r| Some((r.kid.clone(), r.public_key.as_slice().try_into().ok()?)))
-            .collect();
-        Ok(kms_core::token::jwks_json(&keys))
+        let keys = self.token_keys().await?;
+        Ok(kms_core::token::jwks_json(&keys.public))
     }
 
     /// Issues a token for verified claims.
@@ -430,15 +488,25 @@ impl Attestation {
 
     /// Verifies a token for `principal`, re-reads the machine and the key, and evaluates the
     /// key's release policy on the claims. Every refusal names why.
-    pub async fn authorize(&self, jwt: &str, principal: &Principal, key_id: &str) -> Result<Authorized, ApiError> {
+    pub async fn authorize(
+        &self,
+        jwt: &str,
+        principal: &Principal,
+        key_id: &str,
+        audit: &mut crate::service::Audit,
+    ) -> Result<Authorized, ApiError> {
         let keys = self.token_keys().await?;
         let now = now_ms() / 1000;
         let token = match keys.verifier.verify(jwt, now) {
             Ok(t) => t,
-            Err(kms_core::token::TokenError::UnknownKey) => {
-                // A key another replica created since this one loaded its keys.
-                self.clear();
-                self.token_keys()
+            Err(kms_core::token::TokenError::UnknownKey) if self.may_reload() => {
+                // Perhaps a key another replica created since this one loaded its keys. Reloads
+                // are rate-limited so that tokens with made-up key ids cannot keep the server
+                // reading and unwrapping.
+                if let Ok(mut t) = self.tokens.write() {
+                    *t = None;
+                }
+                self.load_token_keys()
                     .await?
                     .verifier
                     .verify(jwt, now)
@@ -446,6 +514,9 @@ impl Attestation {
             }
             Err(e) => return Err(ApiError::denied(e.reason(), format!("attestation token refused: {e}"))),
         };
+        // Named in the audit entry as soon as the signature is known good, refused or not.
+        audit.detail("token_id", token.jti.as_str());
+        audit.detail("hardware_id", token.sub.as_str());
         if token.principal != principal.as_str() {
             return Err(ApiError::denied(
                 "token_principal_mismatch",
@@ -464,16 +535,10 @@ impl Attestation {
             )
         })?;
         if hw.status != HardwareStatus::Active {
-            return Err(ApiError::denied(
-                "hardware_revoked",
-                format!(
-                    "machine {} was revoked: {}",
-                    hw.id,
-                    hw.revocation_reason.as_deref().unwrap_or("")
-                ),
-            ));
+            return Err(revoked(&hw));
         }
         self.check_location(&hw)?;
+        audit.detail("release_policy_version", key.release_policy_version);
         let mut claims = token.kms.clone();
         location_claims(&mut claims, &hw);
         let policy = ReleasePolicy::parse(&key.release_policy).map_err(|_| {
@@ -486,27 +551,33 @@ impl Attestation {
             ApiError::denied(
                 "release_policy_not_met",
                 format!(
-                    "the attested claims do not meet release policy version {} of key {}: {m}",
-                    key.release_policy_version, key.id
+                    "the attested claims do not meet release policy version {} of key {}: {}",
+                    key.release_policy_version,
+                    key.id,
+                    m.summary()
                 ),
             )
+            .with_audit_detail(m.detail().to_owned())
         })?;
         Ok(Authorized { token, claims, key })
     }
+}
+
+/// The refusal for a revoked machine; the admin's reason goes to the audit log only.
+fn revoked(h: &HardwareRow) -> ApiError {
+    ApiError::denied("hardware_revoked", format!("machine {} is revoked", h.id)).with_audit_detail(format!(
+        "revoked by {} at {}: {}",
+        h.revoked_by.as_deref().unwrap_or(""),
+        h.revoked_unix_ms.unwrap_or(0),
+        h.revocation_reason.as_deref().unwrap_or("")
+    ))
 }
 
 /// An active registry entry, or the refusal that says why not.
 fn active(hw: Option<HardwareRow>, missing: impl FnOnce() -> String) -> Result<HardwareRow, ApiError> {
     match hw {
         Some(h) if h.status == HardwareStatus::Active => Ok(h),
-        Some(h) => Err(ApiError::denied(
-            "hardware_revoked",
-            format!(
-                "machine {} was revoked: {}",
-                h.id,
-                h.revocation_reason.as_deref().unwrap_or("")
-            ),
-        )),
+        Some(h) => Err(revoked(&h)),
         None => Err(ApiError::denied("hardware_not_enrolled", missing())),
     }
 }

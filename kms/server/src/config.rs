@@ -55,6 +55,10 @@ pub struct AttestationConfig {
     pub tpm_ek_ca_bundle: Option<PathBuf>,
     /// What SNP evidence must show beyond a valid chain (`[attestation.snp]`).
     pub snp: attestation::snp::SnpTrust,
+    /// Most open (unused, unexpired) challenges one principal may hold.
+    pub max_open_challenges: u32,
+    /// Most open TPM credential-activation attempts one principal may hold.
+    pub max_open_tpm_enrollments: u32,
 }
 
 impl Default for AttestationConfig {
@@ -65,6 +69,8 @@ impl Default for AttestationConfig {
             allowed_countries: AllowedCountries::eu(),
             tpm_ek_ca_bundle: None,
             snp: attestation::snp::SnpTrust::default(),
+            max_open_challenges: default_max_open_challenges(),
+            max_open_tpm_enrollments: default_max_open_tpm_enrollments(),
         }
     }
 }
@@ -82,6 +88,17 @@ struct AttestationSection {
     tpm_ek_ca_bundle: Option<PathBuf>,
     #[serde(default)]
     snp: attestation::snp::SnpTrust,
+    #[serde(default = "default_max_open_challenges")]
+    max_open_challenges: u32,
+    #[serde(default = "default_max_open_tpm_enrollments")]
+    max_open_tpm_enrollments: u32,
+}
+
+fn default_max_open_challenges() -> u32 {
+    10_000
+}
+fn default_max_open_tpm_enrollments() -> u32 {
+    16
 }
 
 impl Default for AttestationSection {
@@ -92,6 +109,8 @@ impl Default for AttestationSection {
             allowed_countries: default_countries(),
             tpm_ek_ca_bundle: None,
             snp: attestation::snp::SnpTrust::default(),
+            max_open_challenges: default_max_open_challenges(),
+            max_open_tpm_enrollments: default_max_open_tpm_enrollments(),
         }
     }
 }
@@ -120,7 +139,14 @@ impl AttestationSection {
         if let Some(p) = &self.tpm_ek_ca_bundle {
             check_ek_ca_bundle(p)?;
         }
+        if self.max_open_challenges == 0 || self.max_open_tpm_enrollments == 0 {
+            return Err(ConfigError(
+                "attestation.max_open_challenges and attestation.max_open_tpm_enrollments must be at least 1".into(),
+            ));
+        }
         Ok(AttestationConfig {
+            max_open_challenges: self.max_open_challenges,
+            max_open_tpm_enrollments: self.max_open_tpm_enrollments,
             challenge_ttl: Duration::from_secs(self.challenge_ttl_secs),
             token_ttl: Duration::from_secs(self.token_ttl_secs),
             allowed_countries,

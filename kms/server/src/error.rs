@@ -16,6 +16,9 @@ pub struct ApiError {
     pub reason: &'static str,
     /// For humans.
     pub message: String,
+    /// More than the caller is told, for the audit log only (e.g. which values failed a policy
+    /// condition, the verifier's full refusal).
+    pub audit_detail: Option<String>,
 }
 
 impl ApiError {
@@ -24,7 +27,14 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
+            audit_detail: None,
         }
+    }
+
+    /// Adds a detail for the audit log that the caller does not see.
+    pub fn with_audit_detail(mut self, detail: impl Into<String>) -> Self {
+        self.audit_detail = Some(detail.into());
+        self
     }
 
     /// INVALID_ARGUMENT.
@@ -50,6 +60,11 @@ impl ApiError {
     /// ALREADY_EXISTS.
     pub fn exists(reason: &'static str, message: impl Into<String>) -> Self {
         Self::new(Code::AlreadyExists, reason, message)
+    }
+
+    /// RESOURCE_EXHAUSTED: a per-caller limit.
+    pub fn exhausted(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Code::ResourceExhausted, reason, message)
     }
 
     /// UNAVAILABLE with reason `sealed`.

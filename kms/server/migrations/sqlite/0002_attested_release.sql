@@ -16,14 +16,16 @@ CREATE TABLE release_policies (
 INSERT INTO release_policies (key_id, version, document, set_unix_ms, set_by)
     SELECT id, 1, release_policy, created_unix_ms, 'migration' FROM keys;
 
--- Attestation challenges. A nonce is consumed by one conditional UPDATE, so across every replica
--- exactly one Attest can use it.
+-- Attestation challenges, each for the principal that asked. A nonce is consumed by one
+-- conditional UPDATE, so across every replica exactly one Attest can use it.
 CREATE TABLE attestation_nonces (
     nonce BLOB PRIMARY KEY,
+    principal TEXT NOT NULL,
     expires_unix_ms INTEGER NOT NULL,
     used_unix_ms INTEGER
 );
 CREATE INDEX attestation_nonces_expiry ON attestation_nonces (expires_unix_ms);
+CREATE INDEX attestation_nonces_principal ON attestation_nonces (principal, expires_unix_ms);
 
 -- Approved hardware. An identity (chip id, EK, AK) can be active in one entry only; revoked
 -- entries stay for the record.
@@ -66,6 +68,7 @@ CREATE TABLE tpm_enrollments (
     used_unix_ms INTEGER
 );
 CREATE INDEX tpm_enrollments_expiry ON tpm_enrollments (expires_unix_ms);
+CREATE INDEX tpm_enrollments_principal ON tpm_enrollments (requested_by, expires_unix_ms);
 
 -- The newest clock info seen from each AK: quotes may not go back in time.
 CREATE TABLE tpm_clocks (

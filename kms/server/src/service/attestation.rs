@@ -115,6 +115,14 @@ impl AttestationPlane {
                 ),
             )
         })?;
+        // A key HPKE cannot seal to (e.g. a low-order X25519 point) would make every release
+        // under the token fail: refuse it now.
+        hpke_seal::seal_release(&req.hpke_public_key, b"kms-attest-check", b"", b"").map_err(|_| {
+            ApiError::invalid(
+                "invalid_hpke_public_key",
+                "hpke_public_key: not an X25519 public key HPKE can seal to",
+            )
+        })?;
         let evidence = evidence_from_wire(req.evidence)?;
         audit.detail(
             "tee",
@@ -123,7 +131,7 @@ impl AttestationPlane {
                 Evidence::Tpm(_) => "tpm",
             },
         );
-        self.engine.consume(&req.nonce).await?;
+        self.engine.consume(&req.nonce, who).await?;
         let (claims, hw) = self.engine.verify(&req.nonce, &req.hpke_public_key, &evidence).await?;
         audit.detail("hardware_id", hw.id.as_str());
         let issued = self.engine.issue(who, &req.hpke_public_key, claims, hw).await?;
@@ -147,6 +155,18 @@ impl AttestationPlane {
         audit: &mut Audit,
     ) -> Result<pb::TpmEnrollmentChallenge, ApiError> {
         let cas = self.engine.ek_cas()?;
+        let limit = self.engine.config().max_open_tpm_enrollments;
+        let open = self
+            .engine
+            .store()
+            .open_tpm_enrollments(who.as_str(), kms_core::now_unix_ms())
+            .await?;
+        if open >= i64::from(limit) {
+            return Err(ApiError::exhausted(
+                "too_many_tpm_enrollments",
+                format!("{who} holds {open} open TPM enrolment attempts (at most {limit}): complete them or let them expire"),
+            ));
+        }
         check_size("ek_certificate", &req.ek_certificate)?;
         check_size("ak_public", &req.ak_public)?;
         if req.ek_intermediates.len() > 8 {
@@ -228,7 +248,7 @@ impl pb::attestation_service_server::AttestationService for AttestationPlane {
     ) -> Result<Response<pb::Challenge>, Status> {
         let who = self.caller(&request, "attestation.get_challenge").await?;
         // Not audited when it succeeds: a challenge grants nothing, and Attest records its use.
-        match self.engine.challenge().await {
+        match self.engine.challenge(&who).await {
             Ok((nonce, expires)) => Ok(Response::new(pb::Challenge {
                 nonce: nonce.to_vec(),
                 expires_unix_ms: expires,

@@ -174,10 +174,7 @@ impl DataPlane {
         // Grants first: a caller without them learns nothing from the token path.
         Self::check_usable(&key, who, op)?;
         audit.detail("attested", true);
-        let auth = self.attestation.authorize(token, who, &key.id).await?;
-        audit.detail("token_id", auth.token.jti.as_str());
-        audit.detail("hardware_id", auth.token.sub.as_str());
-        audit.detail("release_policy_version", auth.key.release_policy_version);
+        let auth = self.attestation.authorize(token, who, &key.id, audit).await?;
         let fresh = self.keys.remember(auth.key.clone());
         Self::check_usable(&fresh, who, op)?;
         Ok((fresh, Release::Attested(Box::new(auth))))

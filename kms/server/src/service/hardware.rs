@@ -189,6 +189,18 @@ impl AdminPlane {
                     }
                 };
                 audit.detail("enrollment_id", attempt.id.as_str());
+                if !t.expected_ek_digest.eq_ignore_ascii_case(&attempt.ek_digest)
+                    || !t.expected_ak_name.eq_ignore_ascii_case(&attempt.ak_name)
+                {
+                    return Err(ApiError::denied(
+                        "tpm_identity_mismatch",
+                        format!(
+                            "the enrolment attempt is for EK {} / AK {}, not the EK {:?} / AK {:?} this request expects: \
+                             the request file does not describe the machine that answered",
+                            attempt.ek_digest, attempt.ak_name, t.expected_ek_digest, t.expected_ak_name
+                        ),
+                    ));
+                }
                 audit.detail("tpm_ek_digest", attempt.ek_digest.as_str());
                 audit.detail("tpm_ak_name", attempt.ak_name.as_str());
                 let answer = ring::digest::digest(&ring::digest::SHA256, &t.activated_secret);

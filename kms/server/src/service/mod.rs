@@ -45,9 +45,12 @@ impl Audit {
         self.detail.insert(k.to_owned(), v.into());
     }
 
-    fn into_record(mut self, outcome: Outcome, reason: &str, message: Option<&str>) -> Record {
+    fn into_record(mut self, outcome: Outcome, reason: &str, message: Option<&str>, extra: Option<&str>) -> Record {
         if let Some(m) = message {
             self.detail.insert("message".into(), m.into());
+        }
+        if let Some(d) = extra {
+            self.detail.insert("refusal_detail".into(), d.into());
         }
         Record {
             time_unix_ms: kms_core::now_unix_ms(),
@@ -62,7 +65,7 @@ impl Audit {
 
     /// The record of a success.
     pub fn allowed(self) -> Record {
-        self.into_record(Outcome::Allowed, "", None)
+        self.into_record(Outcome::Allowed, "", None, None)
     }
 
     /// The record of a refusal or failure.
@@ -72,7 +75,7 @@ impl Audit {
         } else {
             Outcome::Error
         };
-        self.into_record(outcome, e.reason, Some(&e.message))
+        self.into_record(outcome, e.reason, Some(&e.message), e.audit_detail.as_deref())
     }
 }
 

@@ -190,34 +190,52 @@ impl Store {
 
     // ----- challenges ------------------------------------------------------------------------
 
-    /// Records an issued challenge.
-    pub async fn insert_challenge(&self, nonce: &[u8], expires_unix_ms: i64) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO attestation_nonces (nonce, expires_unix_ms) VALUES ($1, $2)")
+    /// How many challenges issued to `principal` are still open (unused, unexpired).
+    pub async fn open_challenges(&self, principal: &str, now: i64) -> Result<i64, sqlx::Error> {
+        sqlx::query(
+            "SELECT COUNT(*) AS n FROM attestation_nonces WHERE principal = $1 AND expires_unix_ms > $2 AND used_unix_ms IS NULL",
+        )
+        .bind(principal)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")
+    }
+
+    /// Records a challenge issued to `principal`.
+    pub async fn insert_challenge(&self, nonce: &[u8], principal: &str, expires_unix_ms: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO attestation_nonces (nonce, principal, expires_unix_ms) VALUES ($1, $2, $3)")
             .bind(nonce)
+            .bind(principal)
             .bind(expires_unix_ms)
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
-    /// Uses a challenge: one conditional UPDATE, so of any number of concurrent callers on any
-    /// replicas exactly one gets `Fresh`.
-    pub async fn consume_challenge(&self, nonce: &[u8], now: i64) -> Result<ChallengeUse, sqlx::Error> {
+    /// Uses a challenge issued to `principal`: one conditional UPDATE, so of any number of
+    /// concurrent callers on any replicas exactly one gets `Fresh`. Another principal's nonce is
+    /// `Unknown` to this one (and stays usable by its owner).
+    pub async fn consume_challenge(&self, nonce: &[u8], principal: &str, now: i64) -> Result<ChallengeUse, sqlx::Error> {
         let used = sqlx::query(
-            "UPDATE attestation_nonces SET used_unix_ms = $2 WHERE nonce = $1 AND used_unix_ms IS NULL AND expires_unix_ms > $2",
+            "UPDATE attestation_nonces SET used_unix_ms = $2 WHERE nonce = $1 AND principal = $3 AND used_unix_ms IS NULL AND expires_unix_ms > $2",
         )
         .bind(nonce)
         .bind(now)
+        .bind(principal)
         .execute(&self.pool)
         .await?
         .rows_affected();
         if used == 1 {
             return Ok(ChallengeUse::Fresh);
         }
-        let row = sqlx::query("SELECT expires_unix_ms, used_unix_ms FROM attestation_nonces WHERE nonce = $1")
-            .bind(nonce)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT expires_unix_ms, used_unix_ms FROM attestation_nonces WHERE nonce = $1 AND principal = $2",
+        )
+        .bind(nonce)
+        .bind(principal)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(match row {
             None => ChallengeUse::Unknown,
             Some(r) if r.try_get::<Option<i64>, _>("used_unix_ms")?.is_some() => ChallengeUse::Replayed,
@@ -365,6 +383,18 @@ impl Store {
     }
 
     // ----- TPM enrolment ---------------------------------------------------------------------
+
+    /// How many credential-activation attempts `principal` has open (unused, unexpired).
+    pub async fn open_tpm_enrollments(&self, principal: &str, now: i64) -> Result<i64, sqlx::Error> {
+        sqlx::query(
+            "SELECT COUNT(*) AS n FROM tpm_enrollments WHERE requested_by = $1 AND expires_unix_ms > $2 AND used_unix_ms IS NULL",
+        )
+        .bind(principal)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")
+    }
 
     /// Records a credential-activation attempt.
     pub async fn insert_tpm_enrollment(&self, e: &TpmEnrollmentRow) -> Result<(), sqlx::Error> {

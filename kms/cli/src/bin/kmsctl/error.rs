@@ -291,6 +291,9 @@ fn hint_for(reason: &str) -> Option<&'static str> {
         "tpm_credential_mismatch" => {
             "the TPM that answered does not hold the EK of this enrolment, or the AK is not its: do not enrol the machine until you know why"
         }
+        "tpm_identity_mismatch" => {
+            "the enrolment attempt is for another EK or AK than the request file names: the file was altered or mixed up; have the machine run its enrolment again"
+        }
         _ => return None,
     })
 }

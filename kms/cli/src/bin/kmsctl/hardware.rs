@@ -77,14 +77,15 @@ where
 
 /// What a TPM machine's enrolment request file holds: the JSON the workload agent writes after
 /// TPM2_ActivateCredential, `{"enrollment_id", "activated_secret" (hex), "ak_name" (hex),
-/// "ek_digest" (hex)}`. The AK name and EK digest are informational (the server recorded the
-/// real ones at BeginTpmEnrollment): they are shown so the admin can compare them with what the
-/// machine showed, and compared with what the server enrolled.
+/// "ek_digest" (hex)}`. The AK name and EK digest are what the machine showed: they are shown so
+/// the admin can compare them with the machine, signed into the request so the server refuses an
+/// attempt for any other EK or AK (`tpm_identity_mismatch`), and compared again with what the
+/// server enrolled.
 struct TpmRequest {
     enrollment_id: String,
     activated_secret: Zeroizing<Vec<u8>>,
-    ak_name: Option<String>,
-    ek_digest: Option<String>,
+    ak_name: String,
+    ek_digest: String,
 }
 
 /// An optional string field, removed from `map`.
@@ -130,8 +131,9 @@ fn parse_tpm_request(text: &str) -> Result<TpmRequest, String> {
     Ok(TpmRequest {
         enrollment_id: enrollment_id.trim().to_owned(),
         activated_secret,
-        ak_name: take_hex(&mut map, "ak_name")?,
-        ek_digest: take_hex(&mut map, "ek_digest")?,
+        ak_name: take_hex(&mut map, "ak_name")?.ok_or("\"ak_name\" is missing (the server checks the machine's AK against it)")?,
+        ek_digest: take_hex(&mut map, "ek_digest")?
+            .ok_or("\"ek_digest\" is missing (the server checks the machine's EK against it)")?,
     })
 }
 
@@ -177,12 +179,10 @@ fn tpm_mismatches(request: &TpmRequest, h: &pb::Hardware) -> Vec<String> {
         ("AK name", &request.ak_name, &h.tpm_ak_name),
     ];
     for (what, file, server) in pairs {
-        if let Some(file) = file {
-            if !file.eq_ignore_ascii_case(server) {
-                out.push(format!(
-                    "the server enrolled {what} {server}, the request file says {file}"
-                ));
-            }
+        if !file.eq_ignore_ascii_case(server) {
+            out.push(format!(
+                "the server enrolled {what} {server}, the request file says {file}"
+            ));
         }
     }
     out
@@ -198,6 +198,8 @@ async fn enroll(g: &Global, p: &Printer, args: &EnrollArgs) -> Result<(), Error>
             let identity = Identity::Tpm(pb::TpmEnrollment {
                 enrollment_id: request.enrollment_id.clone(),
                 activated_secret: request.activated_secret.to_vec(),
+                expected_ek_digest: request.ek_digest.clone(),
+                expected_ak_name: request.ak_name.clone(),
             });
             (identity, Some(request))
         }
@@ -208,8 +210,7 @@ async fn enroll(g: &Global, p: &Printer, args: &EnrollArgs) -> Result<(), Error>
         eprintln!(
             "TPM enrolment {}:\n  EK digest: {}\n  AK name:   {}\n  compare them with what the machine showed (the agent prints both)",
             r.enrollment_id,
-            r.ek_digest.as_deref().unwrap_or("(not in the request file)"),
-            r.ak_name.as_deref().unwrap_or("(not in the request file)"),
+            r.ek_digest, r.ak_name,
         );
     }
     let op = Op::EnrollHardware(pb::EnrollHardwareOp {
@@ -241,10 +242,7 @@ async fn enroll(g: &Global, p: &Printer, args: &EnrollArgs) -> Result<(), Error>
     p.emit(output::hardware_json(&h), || {
         let mut out = format!("enrolled {} ({})\n", h.id, output::hardware_kind(h.kind));
         out.push_str(&output::hardware_human(&h));
-        if tpm
-            .as_ref()
-            .is_some_and(|r| r.ek_digest.is_some() && r.ak_name.is_some())
-        {
+        if tpm.is_some() {
             out.push_str("the enrolled EK digest and AK name match the request file\n");
         }
         out
@@ -302,16 +300,21 @@ mod tests {
         .unwrap();
         assert_eq!(r.enrollment_id, "tpme-01");
         assert_eq!(r.activated_secret.as_slice(), &[0x00, 0xff, 0x10]);
-        assert_eq!(r.ak_name.as_deref(), Some("000baa"));
-        assert_eq!(r.ek_digest.as_deref(), Some("cdcd"));
-
-        let minimal = parse_tpm_request(r#"{"enrollment_id":"e","activated_secret":"01"}"#).unwrap();
-        assert!(minimal.ak_name.is_none() && minimal.ek_digest.is_none());
+        assert_eq!(r.ak_name, "000baa");
+        assert_eq!(r.ek_digest, "cdcd");
 
         for (text, why) in [
             ("[]", "not a JSON object"),
             ("{", "not JSON"),
             (r#"{"enrollment_id":"e"}"#, "\"activated_secret\" is missing"),
+            (
+                r#"{"enrollment_id":"e","activated_secret":"01","ak_name":"00"}"#,
+                "\"ek_digest\" is missing",
+            ),
+            (
+                r#"{"enrollment_id":"e","activated_secret":"01","ek_digest":"00"}"#,
+                "\"ak_name\" is missing",
+            ),
             (r#"{"enrollment_id":"e","activated_secret":"zz9"}"#, "not hex (an even"),
             (r#"{"enrollment_id":"e","activated_secret":""}"#, "is empty"),
             (r#"{"enrollment_id":"e","activated_secret":7}"#, "must be a string"),
