@@ -620,8 +620,12 @@ async fn hardening(backend: Backend) {
     let Some(mut c) = Ceremony::new(backend, opts).await else {
         return;
     };
-    c.create_key("payroll", &[APP, OTHER], &measurement_policy(&hex::encode([0x99u8; 48])))
-        .await;
+    c.create_key(
+        "payroll",
+        &[APP, OTHER],
+        &measurement_policy(&hex::encode([0x99u8; 48])),
+    )
+    .await;
     let hw = enroll_snp(&mut c.admin, &c.custodians[0], lab.evidence(&lab.report()), "DE", false)
         .await
         .unwrap();
@@ -632,28 +636,36 @@ async fn hardening(backend: Backend) {
     let evil_seed = kms_core::secret::SecretKey::<32>::generate().unwrap();
     let evil = kms_core::token::TokenSigner::from_seed(&evil_seed).unwrap();
     let mut conn = c.db.connect().await;
-    sqlx::query("INSERT INTO token_keys (version, kid, public_key, wrapped_seed, created_unix_ms) VALUES ($1, $2, $3, $4, $5)")
-        .bind(0i64)
-        .bind(evil.kid().to_owned())
-        .bind(evil.public_key().to_vec())
-        .bind(vec![0u8; 60])
-        .bind(0i64)
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO token_keys (version, kid, public_key, wrapped_seed, created_unix_ms) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(0i64)
+    .bind(evil.kid().to_owned())
+    .bind(evil.public_key().to_vec())
+    .bind(vec![0u8; 60])
+    .bind(0i64)
+    .execute(&mut conn)
+    .await
+    .unwrap();
     conn.close().await.unwrap();
     let mut claims = kms_core::claims::ReleaseClaims::from_json(&token.claims_json).unwrap();
     claims.insert_str("snp.measurement", hex::encode([0x99u8; 48]));
     let now = kms_core::now_unix_ms() / 1000;
-    let forged_claims =
-        kms_core::token::TokenClaims::new(&hw.id, APP, &w.public_key(), claims, now, 300).unwrap();
+    let forged_claims = kms_core::token::TokenClaims::new(&hw.id, APP, &w.public_key(), claims, now, 300).unwrap();
     let forged = pb::AttestResponse {
         token: evil.sign(&forged_claims).unwrap(),
         token_id: forged_claims.jti.clone(),
         ..token.clone()
     };
-    let s = w.generate("payroll", &forged, &[]).await.err().expect("a forged token is refused");
-    assert_eq!((s.code(), reason(&s).as_str()), (Code::PermissionDenied, "token_unknown_key"));
+    let s = w
+        .generate("payroll", &forged, &[])
+        .await
+        .err()
+        .expect("a forged token is refused");
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::PermissionDenied, "token_unknown_key")
+    );
     let jwks = w
         .attestation
         .get_token_keys(pb::GetTokenKeysRequest {})
@@ -678,7 +690,11 @@ async fn hardening(backend: Backend) {
         .rev()
         .find(|(op, _, r, _)| op == "generate_data_key" && r == "release_policy_not_met")
         .unwrap();
-    assert!(refusal.3.contains(&token.token_id) && refusal.3.contains(&hw.id), "{}", refusal.3);
+    assert!(
+        refusal.3.contains(&token.token_id) && refusal.3.contains(&hw.id),
+        "{}",
+        refusal.3
+    );
     assert!(refusal.3.contains(&hex::encode([0x99u8; 48])), "{}", refusal.3);
 
     // Evidence refusals: the check for the caller, the verifier's detail for the audit log.

@@ -256,7 +256,12 @@ async fn tpm_enrolment_refusals(backend: Backend) {
     };
     assert_status(
         c.admin
-            .enroll_hardware(enroll(&challenge.enrollment_id, vec![0; 32], &challenge.ek_digest, &challenge.ak_name))
+            .enroll_hardware(enroll(
+                &challenge.enrollment_id,
+                vec![0; 32],
+                &challenge.ek_digest,
+                &challenge.ak_name,
+            ))
             .await,
         Code::PermissionDenied,
         "tpm_credential_mismatch",
@@ -269,14 +274,24 @@ async fn tpm_enrolment_refusals(backend: Backend) {
         .to_vec();
     assert_status(
         c.admin
-            .enroll_hardware(enroll(&challenge.enrollment_id, real.clone(), &challenge.ek_digest, &challenge.ak_name))
+            .enroll_hardware(enroll(
+                &challenge.enrollment_id,
+                real.clone(),
+                &challenge.ek_digest,
+                &challenge.ak_name,
+            ))
             .await,
         Code::FailedPrecondition,
         "tpm_enrollment_used",
     );
     assert_status(
         c.admin
-            .enroll_hardware(enroll("tpme-unknown", vec![0; 32], &challenge.ek_digest, &challenge.ak_name))
+            .enroll_hardware(enroll(
+                "tpme-unknown",
+                vec![0; 32],
+                &challenge.ek_digest,
+                &challenge.ak_name,
+            ))
             .await,
         Code::FailedPrecondition,
         "tpm_enrollment_unknown",

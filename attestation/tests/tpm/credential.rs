@@ -6,7 +6,7 @@ use attestation::tpm::credential::make_credential;
 use attestation::tpm::ek::EkPublic;
 use attestation::tpm::{AkName, AkPublic};
 
-use super::support::Swtpm;
+use super::support::{Swtpm, SwtpmExt};
 
 fn secret(tag: u8) -> [u8; 32] {
     let mut s = [0u8; 32];
@@ -17,7 +17,7 @@ fn secret(tag: u8) -> [u8; 32] {
 }
 
 fn attester_activation(ek_kind: EkKind, ak_scheme: AkScheme) {
-    let swtpm = Swtpm::new();
+    let swtpm = Swtpm::start();
     let mut tpm = swtpm.attester();
     let ak = tpm.create_ak(ak_scheme).expect("create AK");
     let other = tpm.create_ak(ak_scheme).expect("create another AK");
@@ -78,7 +78,7 @@ fn ecc_p256_ek_credential_activates_with_tss_esapi() {
 /// tpm2_createek/createak, our credential blob in tpm2_makecredential's file format,
 /// tpm2_activatecredential with the EK policy session.
 fn tools_activation(ek_algorithm: &str) {
-    let swtpm = Swtpm::new();
+    let swtpm = Swtpm::start();
     swtpm.tpm2("tpm2_createek", &["-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
     if ek_algorithm != "rsa" {
         swtpm.tpm2(

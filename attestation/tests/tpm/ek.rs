@@ -6,7 +6,7 @@ use attestation::tpm::ek::{EkCaBundle, EkPublic};
 use attestation::Check;
 use x509_parser::pem::Pem;
 
-use super::support::{now_unix, Swtpm, TpmState};
+use super::support::{now_unix, Swtpm, SwtpmExt, TpmState};
 
 fn der_of(pem: &[u8]) -> Vec<u8> {
     Pem::iter_from_buffer(pem)
@@ -18,7 +18,7 @@ fn der_of(pem: &[u8]) -> Vec<u8> {
 
 #[test]
 fn ek_certificates_chain_to_the_local_ca() {
-    let swtpm = Swtpm::new();
+    let swtpm = Swtpm::start();
     let mut tpm = swtpm.attester();
     let rsa_cert = tpm.ek_certificate(EkKind::Rsa2048).expect("RSA EK certificate in NV");
     let rsa_ek = EkPublic::from_tpm2b_public(&tpm.ek_public(EkKind::Rsa2048).expect("EK")).expect("EK parses");
@@ -27,7 +27,7 @@ fn ek_certificates_chain_to_the_local_ca() {
     let missing = tpm.ek_certificate(EkKind::EccP256);
     drop(tpm);
     assert!(missing.is_err(), "swtpm_setup writes no P-256 EK certificate");
-    assert_eq!(rsa_cert, swtpm.ek_cert_file("rsa2048"));
+    assert_eq!(rsa_cert, swtpm.ek_certificate("rsa2048"));
 
     let now = now_unix();
     let root = EkCaBundle::from_pem(&swtpm.root_ca_pem()).expect("root bundle");
@@ -100,15 +100,15 @@ fn ek_certificate_from_another_ca_is_refused() {
     let our_root = EkCaBundle::from_pem(&ours.root_ca_pem()).expect("bundle");
 
     our_cas
-        .verify(&ours.ek_cert_file("rsa2048"), &[], now)
+        .verify(&ours.ek_certificate("rsa2048"), &[], now)
         .expect("our TPM");
     for kind in ["rsa2048", "secp384r1"] {
-        let refusal = our_cas.verify(&theirs.ek_cert_file(kind), &[], now).unwrap_err();
+        let refusal = our_cas.verify(&theirs.ek_certificate(kind), &[], now).unwrap_err();
         assert_eq!(refusal.check, Check::CertificateChain, "{refusal}");
         // Their intermediate does not chain to our root either.
         let their_issuer = der_of(&theirs.issuer_ca_pem());
         let refusal = our_root
-            .verify(&theirs.ek_cert_file(kind), &[&their_issuer], now)
+            .verify(&theirs.ek_certificate(kind), &[&their_issuer], now)
             .unwrap_err();
         assert_eq!(refusal.check, Check::CertificateChain, "{refusal}");
     }

@@ -8,7 +8,7 @@ use attestation::{Check, Verifier};
 use tss_esapi::structures::{Attest, AttestInfo, PublicBuffer, Signature};
 use tss_esapi::traits::UnMarshall;
 
-use super::support::Swtpm;
+use super::support::{Swtpm, SwtpmExt};
 
 const PCRS: &[u8] = &[0, 1, 2, 3, 7, 16];
 const PCR_LIST: &str = "sha256:0,1,2,3,7,16";
@@ -113,7 +113,7 @@ fn assert_tss_agrees(evidence: &TpmEvidence, claims: &attestation::tpm::TpmClaim
 }
 
 fn attester_quote(scheme: AkScheme, expected: SignatureScheme) {
-    let swtpm = Swtpm::new();
+    let swtpm = Swtpm::start();
     extend_pcr16(&swtpm);
     let mut tpm: Tpm = swtpm.attester();
     let ak = tpm.create_ak(scheme).expect("create AK");
@@ -166,7 +166,7 @@ fn attester_ecdsa_quote_verifies() {
 
 /// tpm2_createek + tpm2_createak + tpm2_quote, files read as the server would receive them.
 fn tools_quote(key: &str, scheme: &str, expected: SignatureScheme) {
-    let swtpm = Swtpm::new();
+    let swtpm = Swtpm::start();
     extend_pcr16(&swtpm);
     swtpm.tpm2("tpm2_createek", &["-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
     let create_ak = |n: &str| {
@@ -280,7 +280,7 @@ fn tpm2_tools_ecdsa_quote_verifies() {
 
 #[test]
 fn quotes_of_one_ak_keep_counters_moving_forward() {
-    let swtpm = Swtpm::new();
+    let swtpm = Swtpm::start();
     let mut tpm = swtpm.attester();
     let ak = tpm.create_ak(AkScheme::EcdsaP256).expect("create AK");
     let first = tpm.quote(&ak, &binding(), &[0]).expect("first quote");

@@ -762,7 +762,10 @@ async fn tpm_enrolment_cases(backend: Backend) {
     let file = k.file("lie.json", &tpm_request(&ch.enrollment_id, &secret, &ch.ak_name, &lie));
     let out = enroll(file).await.expect(1);
     assert!(out.stderr.contains("tpm_identity_mismatch"), "{}", out.stderr);
-    let list = k.run(&["--output", "json", "hardware", "list", "--all"]).await.expect(0);
+    let list = k
+        .run(&["--output", "json", "hardware", "list", "--all"])
+        .await
+        .expect(0);
     assert!(!list.stdout.contains("\"active\""), "{}", list.stdout);
 
     // Unknown attempts and malformed files.

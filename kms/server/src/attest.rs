@@ -201,7 +201,9 @@ impl Attestation {
 
     /// Whether an unknown token key id may trigger a reload now: at most once a second.
     fn may_reload(&self) -> bool {
-        let Ok(mut last) = self.last_reload.lock() else { return false };
+        let Ok(mut last) = self.last_reload.lock() else {
+            return false;
+        };
         let now = std::time::Instant::now();
         match *last {
             Some(t) if now.duration_since(t) < Duration::from_secs(1) => false,

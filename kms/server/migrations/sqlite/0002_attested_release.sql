@@ -25,7 +25,8 @@ CREATE TABLE attestation_nonces (
     used_unix_ms INTEGER
 );
 CREATE INDEX attestation_nonces_expiry ON attestation_nonces (expires_unix_ms);
-CREATE INDEX attestation_nonces_principal ON attestation_nonces (principal, expires_unix_ms);
+-- Open challenges per principal (the per-principal limit counts them): used rows left out.
+CREATE INDEX attestation_nonces_principal ON attestation_nonces (principal, expires_unix_ms) WHERE used_unix_ms IS NULL;
 
 -- Approved hardware. An identity (chip id, EK, AK) can be active in one entry only; revoked
 -- entries stay for the record.
@@ -68,7 +69,7 @@ CREATE TABLE tpm_enrollments (
     used_unix_ms INTEGER
 );
 CREATE INDEX tpm_enrollments_expiry ON tpm_enrollments (expires_unix_ms);
-CREATE INDEX tpm_enrollments_principal ON tpm_enrollments (requested_by, expires_unix_ms);
+CREATE INDEX tpm_enrollments_principal ON tpm_enrollments (requested_by, expires_unix_ms) WHERE used_unix_ms IS NULL;
 
 -- The newest clock info seen from each AK: quotes may not go back in time.
 CREATE TABLE tpm_clocks (

@@ -203,7 +203,12 @@ impl Store {
     }
 
     /// Records a challenge issued to `principal`.
-    pub async fn insert_challenge(&self, nonce: &[u8], principal: &str, expires_unix_ms: i64) -> Result<(), sqlx::Error> {
+    pub async fn insert_challenge(
+        &self,
+        nonce: &[u8],
+        principal: &str,
+        expires_unix_ms: i64,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query("INSERT INTO attestation_nonces (nonce, principal, expires_unix_ms) VALUES ($1, $2, $3)")
             .bind(nonce)
             .bind(principal)
@@ -216,7 +221,12 @@ impl Store {
     /// Uses a challenge issued to `principal`: one conditional UPDATE, so of any number of
     /// concurrent callers on any replicas exactly one gets `Fresh`. Another principal's nonce is
     /// `Unknown` to this one (and stays usable by its owner).
-    pub async fn consume_challenge(&self, nonce: &[u8], principal: &str, now: i64) -> Result<ChallengeUse, sqlx::Error> {
+    pub async fn consume_challenge(
+        &self,
+        nonce: &[u8],
+        principal: &str,
+        now: i64,
+    ) -> Result<ChallengeUse, sqlx::Error> {
         let used = sqlx::query(
             "UPDATE attestation_nonces SET used_unix_ms = $2 WHERE nonce = $1 AND principal = $3 AND used_unix_ms IS NULL AND expires_unix_ms > $2",
         )

@@ -131,7 +131,8 @@ fn parse_tpm_request(text: &str) -> Result<TpmRequest, String> {
     Ok(TpmRequest {
         enrollment_id: enrollment_id.trim().to_owned(),
         activated_secret,
-        ak_name: take_hex(&mut map, "ak_name")?.ok_or("\"ak_name\" is missing (the server checks the machine's AK against it)")?,
+        ak_name: take_hex(&mut map, "ak_name")?
+            .ok_or("\"ak_name\" is missing (the server checks the machine's AK against it)")?,
         ek_digest: take_hex(&mut map, "ek_digest")?
             .ok_or("\"ek_digest\" is missing (the server checks the machine's EK against it)")?,
     })
