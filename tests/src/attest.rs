@@ -215,12 +215,14 @@ impl Workload {
         token: &pb::AttestResponse,
         context: &[(&str, &str)],
     ) -> Result<(pb::GenerateDataKeyResponse, SecretBytes), tonic::Status> {
+        let nonce = kms_core::random_array::<16>().unwrap();
         let r = self
             .data
             .generate_data_key(pb::GenerateDataKeyRequest {
                 key: key.into(),
                 encryption_context: ctx(context),
                 attestation_token: token.token.clone(),
+                client_nonce: nonce.to_vec(),
             })
             .await?
             .into_inner();
@@ -231,10 +233,7 @@ impl Workload {
         let sealed = r.sealed_plaintext.clone().expect("sealed_plaintext");
         let plain = self.open(
             &sealed,
-            "generate_data_key",
-            &r.key_id,
-            r.key_version,
-            &token.token_id,
+            &hpke_seal::release_info("generate_data_key", &r.key_id, r.key_version, &token.token_id, &nonce),
             &r.ciphertext_blob,
         );
         Ok((r, plain))
@@ -247,6 +246,7 @@ impl Workload {
         token: &pb::AttestResponse,
         context: &[(&str, &str)],
     ) -> Result<SecretBytes, tonic::Status> {
+        let nonce = kms_core::random_array::<16>().unwrap();
         let r = self
             .data
             .decrypt(pb::DecryptRequest {
@@ -254,6 +254,7 @@ impl Workload {
                 encryption_context: ctx(context),
                 key: String::new(),
                 attestation_token: token.token.clone(),
+                client_nonce: nonce.to_vec(),
             })
             .await?
             .into_inner();
@@ -262,27 +263,23 @@ impl Workload {
             "an attested release sent plaintext in the clear"
         );
         let sealed = r.sealed_plaintext.clone().expect("sealed_plaintext");
-        Ok(self.open(&sealed, "decrypt", &r.key_id, r.key_version, &token.token_id, blob))
+        Ok(self.open(
+            &sealed,
+            &hpke_seal::release_info("decrypt", &r.key_id, r.key_version, &token.token_id, &nonce),
+            blob,
+        ))
     }
 
-    /// Opens a sealed release as the workload does.
-    pub fn open(
-        &self,
-        sealed: &pb::SealedKey,
-        operation: &str,
-        key_id: &str,
-        version: u32,
-        token_id: &str,
-        blob: &[u8],
-    ) -> SecretBytes {
-        let info = hpke_seal::release_info(operation, key_id, version, token_id);
+    /// Opens a sealed release as the workload does, with the HPKE `info`
+    /// ([`hpke_seal::release_info`]) of the request it answers.
+    pub fn open(&self, sealed: &pb::SealedKey, info: &[u8], blob: &[u8]) -> SecretBytes {
         self.key
             .open(
                 &Sealed {
                     encapsulated_key: sealed.encapsulated_key.clone(),
                     ciphertext: sealed.ciphertext.clone(),
                 },
-                &info,
+                info,
                 blob,
             )
             .expect("the sealed key opens with the workload's key")

@@ -75,20 +75,57 @@ async fn snp_round_trip(backend: Backend) {
         .unwrap();
     assert_eq!(again.expose_secret(), data_key.expose_secret());
 
-    // The sealed key is bound to its token: another token's id does not open it.
+    // The sealed key is bound to its token and to the request's client nonce: another token's id,
+    // or another request's nonce (a replayed answer), does not open it.
+    let decrypt_request = |nonce: Vec<u8>| pb::DecryptRequest {
+        ciphertext_blob: g.ciphertext_blob.clone(),
+        encryption_context: ctx(&[("file", "a")]),
+        key: String::new(),
+        attestation_token: token2.token.clone(),
+        client_nonce: nonce,
+    };
+    let nonce = vec![0x5C; 16];
     let r = later
         .data
-        .decrypt(pb::DecryptRequest {
-            ciphertext_blob: g.ciphertext_blob.clone(),
-            encryption_context: ctx(&[("file", "a")]),
-            key: String::new(),
-            attestation_token: token2.token.clone(),
-        })
+        .decrypt(decrypt_request(nonce.clone()))
         .await
         .unwrap()
         .into_inner();
     let sealed = r.sealed_plaintext.unwrap();
-    let info = kms_core::hpke_seal::release_info("decrypt", &r.key_id, r.key_version, &token.token_id);
+    let pb_sealed = pb::SealedKey {
+        encapsulated_key: sealed.encapsulated_key.clone(),
+        ciphertext: sealed.ciphertext.clone(),
+    };
+    let opened = later.open(
+        &pb_sealed,
+        &kms_core::hpke_seal::release_info("decrypt", &r.key_id, r.key_version, &token2.token_id, &nonce),
+        &g.ciphertext_blob,
+    );
+    assert_eq!(opened.expose_secret(), data_key.expose_secret());
+    let info = kms_core::hpke_seal::release_info("decrypt", &r.key_id, r.key_version, &token2.token_id, &[0x5D; 16]);
+    assert!(later
+        .key
+        .open(
+            &kms_core::hpke_seal::Sealed {
+                encapsulated_key: sealed.encapsulated_key.clone(),
+                ciphertext: sealed.ciphertext.clone(),
+            },
+            &info,
+            &g.ciphertext_blob,
+        )
+        .is_err());
+    for (bad, why) in [
+        (Vec::new(), "missing_client_nonce"),
+        (vec![1; 8], "invalid_client_nonce"),
+        (vec![1; 65], "invalid_client_nonce"),
+    ] {
+        assert_status(
+            later.data.decrypt(decrypt_request(bad)).await,
+            Code::InvalidArgument,
+            why,
+        );
+    }
+    let info = kms_core::hpke_seal::release_info("decrypt", &r.key_id, r.key_version, &token.token_id, &nonce);
     assert!(later
         .key
         .open(
@@ -101,7 +138,7 @@ async fn snp_round_trip(backend: Backend) {
         )
         .is_err());
     // ... nor does the first workload's key.
-    let info = kms_core::hpke_seal::release_info("decrypt", &r.key_id, r.key_version, &token2.token_id);
+    let info = kms_core::hpke_seal::release_info("decrypt", &r.key_id, r.key_version, &token2.token_id, &nonce);
     assert!(w
         .key
         .open(
@@ -121,6 +158,7 @@ async fn snp_round_trip(backend: Backend) {
                 key: "payroll".into(),
                 encryption_context: ctx(&[]),
                 attestation_token: String::new(),
+                client_nonce: Vec::new(),
             })
             .await,
         Code::FailedPrecondition,

@@ -156,6 +156,7 @@ impl Session {
         key: &str,
         context: &BTreeMap<String, String>,
     ) -> Result<GeneratedKey, Error> {
+        let client_nonce = client_nonce()?;
         let mut r = self
             .client
             .keys()
@@ -163,6 +164,7 @@ impl Session {
                 key: key.to_owned(),
                 encryption_context: context.clone().into_iter().collect(),
                 attestation_token: self.token.to_string(),
+                client_nonce: client_nonce.to_vec(),
             })
             .await
             .map_err(|s| self.client.failed(s))?
@@ -173,6 +175,7 @@ impl Session {
             &self.token_id,
             Answer {
                 blob: &r.ciphertext_blob,
+                client_nonce: &client_nonce,
                 key_id: &r.key_id,
                 key_version: r.key_version,
                 plaintext: &mut r.plaintext,
@@ -211,6 +214,7 @@ impl Session {
                 )));
             }
         }
+        let client_nonce = client_nonce()?;
         let mut r = self
             .client
             .keys()
@@ -219,6 +223,7 @@ impl Session {
                 encryption_context: context.clone().into_iter().collect(),
                 key: expected_key.unwrap_or_default().to_owned(),
                 attestation_token: self.token.to_string(),
+                client_nonce: client_nonce.to_vec(),
             })
             .await
             .map_err(|s| self.client.failed(s))?
@@ -229,6 +234,7 @@ impl Session {
             &self.token_id,
             Answer {
                 blob: ciphertext_blob,
+                client_nonce: &client_nonce,
                 key_id: &r.key_id,
                 key_version: r.key_version,
                 plaintext: &mut r.plaintext,
@@ -266,10 +272,18 @@ struct Answer<'a> {
     /// The blob the released secret belongs to (the answer's for GenerateDataKey, the request's
     /// for Decrypt): the HPKE `aad`.
     blob: &'a [u8],
+    /// The random value this request carried, bound into the HPKE `info`.
+    client_nonce: &'a [u8],
     key_id: &'a str,
     key_version: u32,
     plaintext: &'a mut Vec<u8>,
     sealed: Option<&'a pb::SealedKey>,
+}
+
+/// 16 random bytes for one request: the server binds them into the sealed answer, so an earlier
+/// answer replayed by anything in between does not open.
+fn client_nonce() -> Result<[u8; 16], Error> {
+    kms_core::random_array::<16>().map_err(|e| Error::Input(format!("random number generator: {e}")))
 }
 
 /// Checks an answer and opens its sealed secret.
@@ -298,7 +312,13 @@ fn open_release(
             blob.version()
         )));
     }
-    let info = release_info(operation.as_str(), &blob_key, blob.version().get(), token_id);
+    let info = release_info(
+        operation.as_str(),
+        &blob_key,
+        blob.version().get(),
+        token_id,
+        answer.client_nonce,
+    );
     key.open_release(
         &Sealed {
             encapsulated_key: sealed.encapsulated_key.clone(),
@@ -324,6 +344,7 @@ mod tests {
     use super::*;
 
     const TOKEN_ID: &str = "tok-1";
+    const NONCE: &[u8] = &[9; 16];
 
     fn blob(version: u32) -> (KeyId, Vec<u8>) {
         let id = KeyId::generate().unwrap();
@@ -347,6 +368,7 @@ mod tests {
             &parsed.key_id().to_string(),
             parsed.version().get(),
             token_id,
+            NONCE,
         );
         let s = seal::<X25519>(&key.public_key(), &info, blob, &[0x42; 32]).unwrap();
         pb::SealedKey {
@@ -370,6 +392,7 @@ mod tests {
             TOKEN_ID,
             Answer {
                 blob,
+                client_nonce: NONCE,
                 key_id,
                 key_version: version,
                 plaintext,

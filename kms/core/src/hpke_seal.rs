@@ -28,13 +28,16 @@ pub fn unseal_info(admin_id: &str) -> Vec<u8> {
 }
 
 /// HPKE `info` of a secret released to an attested workload (proto `SealedKey`):
-/// `"kms-release-v1\0" ‖ operation ‖ 0x00 ‖ key_id ‖ 0x00 ‖ key_version (u32 big-endian) ‖ token_id`.
+/// `"kms-release-v1\0" ‖ operation ‖ 0x00 ‖ key_id ‖ 0x00 ‖ key_version (u32 big-endian) ‖ token_id
+/// ‖ client_nonce`.
 ///
 /// `operation` is `generate_data_key` or `decrypt`, `key_id` the key's id (`k-…`), `token_id` the
 /// attestation token's `jti`. None of them may contain a NUL byte (operations are fixed, ids are
 /// hex), which keeps the encoding unambiguous. The `aad` of such a release is the ciphertext blob,
-/// which binds the key id, version and encryption context; see [`seal_release`].
-pub fn release_info(operation: &str, key_id: &str, key_version: u32, token_id: &str) -> Vec<u8> {
+/// which binds the key id, version and encryption context; see [`seal_release`]. `client_nonce` is
+/// the workload's random value for this request (the token id before it has a fixed length, 32
+/// hex digits, so the encoding stays unambiguous): a response to another request does not open.
+pub fn release_info(operation: &str, key_id: &str, key_version: u32, token_id: &str, client_nonce: &[u8]) -> Vec<u8> {
     [
         b"kms-release-v1\0".as_slice(),
         operation.as_bytes(),
@@ -43,6 +46,7 @@ pub fn release_info(operation: &str, key_id: &str, key_version: u32, token_id: &
         b"\0",
         &key_version.to_be_bytes(),
         token_id.as_bytes(),
+        client_nonce,
     ]
     .concat()
 }
@@ -175,7 +179,7 @@ mod tests {
 
     #[test]
     fn release_info_layout() {
-        let info = release_info("generate_data_key", KEY_ID, 7, TOKEN_ID);
+        let info = release_info("generate_data_key", KEY_ID, 7, TOKEN_ID, b"");
         let expected = [
             b"kms-release-v1\0generate_data_key\0".as_slice(),
             KEY_ID.as_bytes(),
@@ -185,7 +189,7 @@ mod tests {
         .concat();
         assert_eq!(info, expected);
         assert_eq!(
-            release_info("decrypt", "k", 0x0102_0304, "t"),
+            release_info("decrypt", "k", 0x0102_0304, "t", b""),
             b"kms-release-v1\0decrypt\0k\0\x01\x02\x03\x04t"
         );
     }
@@ -193,7 +197,7 @@ mod tests {
     #[test]
     fn release_round_trip_binds_every_field() {
         let key = ReleaseKey::generate();
-        let info = release_info("decrypt", KEY_ID, 3, TOKEN_ID);
+        let info = release_info("decrypt", KEY_ID, 3, TOKEN_ID, b"");
         let sealed = seal_release(&key.public_key(), &info, b"blob", b"data key").unwrap();
         assert_eq!(sealed.encapsulated_key.len(), 32);
         assert_eq!(sealed.ciphertext.len(), b"data key".len() + 16);
@@ -203,11 +207,12 @@ mod tests {
         );
 
         let other_infos = [
-            release_info("generate_data_key", KEY_ID, 3, TOKEN_ID),
-            release_info("decrypt", "k-00112233445566778899aabbccddeefe", 3, TOKEN_ID),
-            release_info("decrypt", KEY_ID, 4, TOKEN_ID),
-            release_info("decrypt", KEY_ID, 3, "0123456789abcdef0123456789abcdee"),
-            release_info("decrypt", KEY_ID, 3, ""),
+            release_info("generate_data_key", KEY_ID, 3, TOKEN_ID, b""),
+            release_info("decrypt", "k-00112233445566778899aabbccddeefe", 3, TOKEN_ID, b""),
+            release_info("decrypt", KEY_ID, 4, TOKEN_ID, b""),
+            release_info("decrypt", KEY_ID, 3, "0123456789abcdef0123456789abcdee", b""),
+            release_info("decrypt", KEY_ID, 3, "", b""),
+            release_info("decrypt", KEY_ID, 3, TOKEN_ID, &[1; 16]),
         ];
         for other in &other_infos {
             assert!(key.open_release(&sealed, other, b"blob").is_err());
@@ -240,7 +245,7 @@ mod tests {
             key.public_key(),
             h("c306fb0ef2bf8b7f93bad98155fa37daec74db0c4cbeda6c6f1dba9d36558252")
         );
-        let info = release_info("generate_data_key", KEY_ID, 7, TOKEN_ID);
+        let info = release_info("generate_data_key", KEY_ID, 7, TOKEN_ID, b"");
         assert_eq!(
             info,
             h(concat!(

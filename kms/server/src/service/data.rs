@@ -32,14 +32,29 @@ pub struct DataPlane {
     pub(crate) attestation: Arc<Attestation>,
 }
 
+/// What a request brings for an attested release: the token and its client nonce (both empty
+/// without one).
+#[derive(Clone, Copy)]
+struct Proof<'a> {
+    token: &'a str,
+    client_nonce: &'a [u8],
+}
+
+impl Proof<'_> {
+    const NONE: Proof<'static> = Proof {
+        token: "",
+        client_nonce: &[],
+    };
+}
+
 /// How plaintext may leave for this call.
 enum Release {
     /// No plaintext is returned (GenerateDataKeyWithoutPlaintext, ReEncrypt).
     Nothing,
     /// In the clear, for an unattested key (dev, tests).
     Unattested,
-    /// HPKE-sealed to the token's key.
-    Attested(Box<Authorized>),
+    /// HPKE-sealed to the token's key, bound to the request's client nonce.
+    Attested(Box<Authorized>, Vec<u8>),
 }
 
 impl Release {
@@ -52,12 +67,14 @@ impl Release {
         blob: &[u8],
         plaintext: &[u8],
     ) -> Result<Option<pb::SealedKey>, ApiError> {
-        let Release::Attested(auth) = self else { return Ok(None) };
+        let Release::Attested(auth, client_nonce) = self else {
+            return Ok(None);
+        };
         let pk = auth
             .token
             .hpke_public_key()
             .map_err(|e| ApiError::denied(e.reason(), format!("attestation token: {e}")))?;
-        let info = hpke_seal::release_info(operation.as_str(), key_id, version.get(), &auth.token.jti);
+        let info = hpke_seal::release_info(operation.as_str(), key_id, version.get(), &auth.token.jti, client_nonce);
         let sealed = hpke_seal::seal_release(&pk, &info, blob, plaintext)?;
         Ok(Some(pb::SealedKey {
             encapsulated_key: sealed.encapsulated_key,
@@ -66,7 +83,7 @@ impl Release {
     }
 
     fn is_attested(&self) -> bool {
-        matches!(self, Release::Attested(_))
+        matches!(self, Release::Attested(..))
     }
 }
 
@@ -158,10 +175,11 @@ impl DataPlane {
         &self,
         who: &Principal,
         key: Arc<KeyRow>,
-        token: &str,
+        proof: Proof<'_>,
         op: Operation,
         audit: &mut Audit,
     ) -> Result<(Arc<KeyRow>, Release), ApiError> {
+        let Proof { token, client_nonce } = proof;
         let releases = matches!(op, Operation::GenerateDataKey | Operation::Decrypt);
         if token.is_empty() || !releases {
             Self::check_usable(&key, who, op)?;
@@ -173,11 +191,26 @@ impl DataPlane {
         }
         // Grants first: a caller without them learns nothing from the token path.
         Self::check_usable(&key, who, op)?;
+        match client_nonce.len() {
+            0 => {
+                return Err(ApiError::invalid(
+                    "missing_client_nonce",
+                    "client_nonce: an attested release needs 16 to 64 random bytes chosen for this request",
+                ))
+            }
+            16..=64 => {}
+            n => {
+                return Err(ApiError::invalid(
+                    "invalid_client_nonce",
+                    format!("client_nonce: {n} bytes; 16 to 64 are allowed"),
+                ))
+            }
+        }
         audit.detail("attested", true);
         let auth = self.attestation.authorize(token, who, &key.id, audit).await?;
         let fresh = self.keys.remember(auth.key.clone());
         Self::check_usable(&fresh, who, op)?;
-        Ok((fresh, Release::Attested(Box::new(auth))))
+        Ok((fresh, Release::Attested(Box::new(auth), client_nonce.to_vec())))
     }
 
     async fn new_data_key(
@@ -191,7 +224,18 @@ impl DataPlane {
         let context = context(ctx.encryption_context)?;
         let key = self.keys.resolve(&ctx.key).await?;
         audit.key(&key.id);
-        let (key, release) = self.gate(who, key, &ctx.attestation_token, op, audit).await?;
+        let (key, release) = self
+            .gate(
+                who,
+                key,
+                Proof {
+                    token: &ctx.attestation_token,
+                    client_nonce: &ctx.client_nonce,
+                },
+                op,
+                audit,
+            )
+            .await?;
         let version =
             KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
         let kek = self.keys.kek(&key, version).await?;
@@ -213,14 +257,14 @@ impl DataPlane {
         bytes: &[u8],
         ctx: &kms_core::context::EncryptionContext,
         op: Operation,
-        token: &str,
+        proof: Proof<'_>,
         audit: &mut Audit,
     ) -> Result<(kms_core::secret::SecretBytes, Arc<KeyRow>, KeyVersion, Release), ApiError> {
         let parsed = Blob::parse(bytes)?;
         let key = self.keys.by_id(parsed.key_id()).await?;
         audit.key(&key.id);
         audit.detail("key_version", parsed.version().get());
-        let (key, release) = self.gate(who, key, token, op, audit).await?;
+        let (key, release) = self.gate(who, key, proof, op, audit).await?;
         if parsed.version().get() > key.latest_version {
             return Err(ApiError::not_found(
                 "key_version_not_found",
@@ -278,6 +322,7 @@ impl pb::key_service_server::KeyService for DataPlane {
             key: req.key,
             encryption_context: req.encryption_context,
             attestation_token: String::new(),
+            client_nonce: Vec::new(),
         };
         let result = self
             .new_data_key(&who, as_gen, Operation::GenerateDataKeyWithoutPlaintext, &mut audit)
@@ -358,7 +403,10 @@ impl pb::key_service_server::KeyService for DataPlane {
                     &req.ciphertext_blob,
                     &context,
                     Operation::Decrypt,
-                    &req.attestation_token,
+                    Proof {
+                        token: &req.attestation_token,
+                        client_nonce: &req.client_nonce,
+                    },
                     &mut audit,
                 )
                 .await?;
@@ -401,7 +449,7 @@ impl pb::key_service_server::KeyService for DataPlane {
                     &req.ciphertext_blob,
                     &src_ctx,
                     Operation::ReEncrypt,
-                    "",
+                    Proof::NONE,
                     &mut audit,
                 )
                 .await?;

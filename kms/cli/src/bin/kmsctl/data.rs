@@ -79,6 +79,7 @@ async fn generate(g: &Global, p: &Printer, key: &str, context: &[Pair], with_pla
                 // kmsctl holds no attested TEE key to open a sealed release: only keys that
                 // allow unattested release answer with plaintext here.
                 attestation_token: String::new(),
+                client_nonce: Vec::new(),
             })
             .await
         })
@@ -208,6 +209,7 @@ async fn decrypt(
                 encryption_context,
                 key: expect_key.unwrap_or_default().to_owned(),
                 attestation_token: String::new(),
+                client_nonce: Vec::new(),
             })
             .await
         })
