@@ -47,6 +47,23 @@ pub mod status {
         }
     }
 
+    /// A status's message and its transport causes on one line.
+    pub fn detail(status: &tonic::Status) -> String {
+        let mut s = status.message().to_owned();
+        let mut source = std::error::Error::source(status);
+        while let Some(e) = source {
+            let text = e.to_string();
+            if !s.contains(&text) {
+                if !s.is_empty() {
+                    s.push_str(": ");
+                }
+                s.push_str(&text);
+            }
+            source = e.source();
+        }
+        s
+    }
+
     /// An error and its causes on one line: transport errors hide the useful part (the OS error,
     /// the certificate problem) in their sources.
     pub fn error_chain(e: &dyn std::error::Error) -> String {

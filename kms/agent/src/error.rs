@@ -158,23 +158,7 @@ impl EvidenceError {
     }
 }
 
-/// The status message and its transport causes on one line: transport errors hide the useful
-/// part (the OS error, the certificate problem) in their sources.
-fn status_detail(status: &tonic::Status) -> String {
-    let mut s = status.message().to_owned();
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !s.contains(&text) {
-            if !s.is_empty() {
-                s.push_str(": ");
-            }
-            s.push_str(&text);
-        }
-        source = e.source();
-    }
-    s
-}
+use kms_proto::status::detail as status_detail;
 
 pub(crate) use kms_proto::status::error_chain;
 

@@ -187,21 +187,7 @@ impl From<tonic::Status> for Error {
 
 pub(crate) use kms_proto::status::REASON_METADATA;
 
-fn status_detail(status: &tonic::Status) -> String {
-    let mut s = status.message().to_owned();
-    let mut source = std::error::Error::source(status);
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !s.contains(&text) {
-            if !s.is_empty() {
-                s.push_str(": ");
-            }
-            s.push_str(&text);
-        }
-        source = e.source();
-    }
-    s
-}
+use kms_proto::status::detail as status_detail;
 
 /// What to do about a refusal, by its stable reason code. `sealed` gets a more precise hint from
 /// the client, which can ask for the seal status.
