@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use attestation::attester::tpm::{AkKey, AkScheme, EkKind, Tpm};
+use attestation::tpm::credential::CredentialBlob;
 use attestation::tpm::PcrValues;
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
@@ -407,31 +408,8 @@ async fn tpm_with_tpm2_tools(backend: Backend) {
     let ek_cert = swtpm.read("ek.crt");
     let hw = enroll_tpm(&mut c, &mut w, ek_cert, swtpm.read("ak.pub"), |ch| {
         assert_eq!(hex::encode(swtpm.read("ak.name")), ch.ak_name);
-        // tpm2-tools' credential file: magic, version, TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET.
-        let mut blob = 0xBADC_C0DEu32.to_be_bytes().to_vec();
-        blob.extend_from_slice(&1u32.to_be_bytes());
-        blob.extend_from_slice(&ch.id_object);
-        blob.extend_from_slice(&ch.encrypted_secret);
-        swtpm.write("cred.blob", &blob);
-        swtpm.tpm2("tpm2_startauthsession", &["--policy-session", "-S", "session.ctx"]);
-        swtpm.tpm2("tpm2_policysecret", &["-S", "session.ctx", "-c", "e"]);
-        swtpm.tpm2(
-            "tpm2_activatecredential",
-            &[
-                "-c",
-                "ak.ctx",
-                "-C",
-                "ek.ctx",
-                "-i",
-                "cred.blob",
-                "-o",
-                "secret.out",
-                "-P",
-                "session:session.ctx",
-            ],
-        );
-        swtpm.tpm2("tpm2_flushcontext", &["session.ctx"]);
-        swtpm.read("secret.out")
+        let credential = CredentialBlob::from_parts(ch.id_object.clone(), ch.encrypted_secret.clone()).to_tpm2_tools();
+        swtpm.activate_credential_with_tools("ak.ctx", "ek.ctx", &credential)
     })
     .await
     .unwrap();

@@ -46,6 +46,16 @@ pub struct CredentialBlob {
 }
 
 impl CredentialBlob {
+    /// A credential as received on the wire (the machine side of enrolment): the marshalled
+    /// TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET, e.g. to write [`CredentialBlob::to_tpm2_tools`]
+    /// for `tpm2_activatecredential`.
+    pub fn from_parts(id_object: Vec<u8>, encrypted_secret: Vec<u8>) -> Self {
+        Self {
+            id_object,
+            encrypted_secret,
+        }
+    }
+
     /// TPM2B_ID_OBJECT, marshalled (u16 size ‖ TPM2B integrity HMAC ‖ encIdentity).
     pub fn id_object(&self) -> &[u8] {
         &self.id_object

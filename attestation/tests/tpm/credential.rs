@@ -107,32 +107,8 @@ fn tools_activation(ek_algorithm: &str) {
     );
     let ek = EkPublic::from_tpm2b_public(&swtpm.read(ek_pub)).expect("EK public");
     let blob = make_credential(&ek, &ak_name, &secret(2)).expect("make credential");
-    swtpm.write("cred.blob", &blob.to_tpm2_tools());
-
-    swtpm.tpm2("tpm2_startauthsession", &["--policy-session", "-S", "session.ctx"]);
-    swtpm.tpm2("tpm2_policysecret", &["-S", "session.ctx", "-c", "e"]);
-    let out = swtpm.tpm2_output(
-        "tpm2_activatecredential",
-        &[
-            "-c",
-            "ak.ctx",
-            "-C",
-            ek_ctx,
-            "-i",
-            "cred.blob",
-            "-o",
-            "secret.out",
-            "-P",
-            "session:session.ctx",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "tpm2_activatecredential failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    swtpm.tpm2("tpm2_flushcontext", &["session.ctx"]);
-    assert_eq!(swtpm.read("secret.out"), secret(2));
+    let recovered = swtpm.activate_credential_with_tools("ak.ctx", ek_ctx, &blob.to_tpm2_tools());
+    assert_eq!(recovered, secret(2));
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! evidence through the same adapter, and the `kms-agent` binary (files, modes, exit codes).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use attestation::tpm::credential::CredentialBlob;
 use std::collections::BTreeMap;
 
 use attestation::attester::tpm::Tpm;
@@ -207,37 +208,10 @@ async fn tpm2_tools_evidence_through_from_fn() {
         .await
         .unwrap();
     assert_eq!(challenge.ak_name, hex::encode(tpm.read("ak.name")));
-    // tpm2_makecredential's file format: magic, version, TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET.
-    let mut blob = Vec::new();
-    blob.extend_from_slice(&0xBADC_C0DEu32.to_be_bytes());
-    blob.extend_from_slice(&1u32.to_be_bytes());
-    blob.extend_from_slice(&challenge.id_object);
-    blob.extend_from_slice(&challenge.encrypted_secret);
-    tpm.write("cred.blob", &blob);
-    tpm.tpm2("tpm2_startauthsession", &["--policy-session", "-S", "session.ctx"]);
-    tpm.tpm2("tpm2_policysecret", &["-S", "session.ctx", "-c", "e"]);
-    tpm.tpm2(
-        "tpm2_activatecredential",
-        &[
-            "-c",
-            "ak.ctx",
-            "-C",
-            "ek.ctx",
-            "-i",
-            "cred.blob",
-            "-o",
-            "secret.out",
-            "-P",
-            "session:session.ctx",
-        ],
-    );
-    tpm.tpm2("tpm2_flushcontext", &["session.ctx"]);
-    let request = EnrollmentRequest::new(
-        challenge.enrollment_id,
-        tpm.read("secret.out"),
-        challenge.ak_name,
-        challenge.ek_digest,
-    );
+    let credential =
+        CredentialBlob::from_parts(challenge.id_object.clone(), challenge.encrypted_secret.clone()).to_tpm2_tools();
+    let secret = tpm.activate_credential_with_tools("ak.ctx", "ek.ctx", &credential);
+    let request = EnrollmentRequest::new(challenge.enrollment_id, secret, challenge.ak_name, challenge.ek_digest);
     let hw = enroll(&c, &request).await.unwrap();
     c.create_key("payroll", &[APP], &policy(&request.ek_digest, PCR7_BOOTED))
         .await;

@@ -276,6 +276,34 @@ impl Swtpm {
         );
         out
     }
+
+    /// Runs TPM2_ActivateCredential with tpm2-tools: writes `credential_file` (the format
+    /// `tpm2_makecredential -o` writes) as `cred.blob`, opens the EK policy session
+    /// (PolicySecret on the endorsement hierarchy), activates into the AK loaded from `ak_ctx`
+    /// with the EK from `ek_ctx`, flushes the session, and returns the recovered secret.
+    #[track_caller]
+    pub fn activate_credential_with_tools(&self, ak_ctx: &str, ek_ctx: &str, credential_file: &[u8]) -> Vec<u8> {
+        self.write("cred.blob", credential_file);
+        self.tpm2("tpm2_startauthsession", &["--policy-session", "-S", "session.ctx"]);
+        self.tpm2("tpm2_policysecret", &["-S", "session.ctx", "-c", "e"]);
+        self.tpm2(
+            "tpm2_activatecredential",
+            &[
+                "-c",
+                ak_ctx,
+                "-C",
+                ek_ctx,
+                "-i",
+                "cred.blob",
+                "-o",
+                "secret.out",
+                "-P",
+                "session:session.ctx",
+            ],
+        );
+        self.tpm2("tpm2_flushcontext", &["session.ctx"]);
+        self.read("secret.out")
+    }
 }
 
 /// Runs `swtpm_setup` in `root` with a fresh local CA: RSA 2048 and ECC P-384 EKs with
