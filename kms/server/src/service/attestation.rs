@@ -206,20 +206,22 @@ impl AttestationPlane {
             "tpm_version": ek.tpm_version,
             "ek_chain": ek.chain,
         });
-        self.engine_store_enrollment(&TpmEnrollmentRow {
-            id: id.clone(),
-            ek_digest: ek_digest.clone(),
-            ek_certificate: req.ek_certificate,
-            ek_record: record.to_string(),
-            ak_public: req.ak_public,
-            ak_name: ak_name.clone(),
-            secret_sha256: ring::digest::digest(&ring::digest::SHA256, &secret[..])
-                .as_ref()
-                .to_vec(),
-            requested_by: who.as_str().to_owned(),
-            expires_unix_ms: expires,
-        })
-        .await?;
+        self.engine
+            .store()
+            .insert_tpm_enrollment(&TpmEnrollmentRow {
+                id: id.clone(),
+                ek_digest: ek_digest.clone(),
+                ek_certificate: req.ek_certificate,
+                ek_record: record.to_string(),
+                ak_public: req.ak_public,
+                ak_name: ak_name.clone(),
+                secret_sha256: ring::digest::digest(&ring::digest::SHA256, &secret[..])
+                    .as_ref()
+                    .to_vec(),
+                requested_by: who.as_str().to_owned(),
+                expires_unix_ms: expires,
+            })
+            .await?;
         audit.detail("enrollment_id", id.as_str());
         Ok(pb::TpmEnrollmentChallenge {
             enrollment_id: id,
@@ -229,14 +231,6 @@ impl AttestationPlane {
             ak_name,
             ek_digest,
         })
-    }
-
-    async fn engine_store_enrollment(&self, row: &TpmEnrollmentRow) -> Result<(), ApiError> {
-        self.engine
-            .store()
-            .insert_tpm_enrollment(row)
-            .await
-            .map_err(ApiError::from)
     }
 }
 
