@@ -215,6 +215,16 @@ pub struct Options {
     pub attestation: kms_server::config::AttestationConfig,
     /// `danger.snp_test_roots`: synthetic SNP chains the server trusts.
     pub snp_test_roots: Vec<kms_server::config::SnpTestRoot>,
+    /// M of the approval quorum the Ceremony initializes with (0 means 1).
+    pub approval_quorum: u32,
+    /// `admin.proposal_ttl_secs`.
+    pub proposal_ttl: Duration,
+    /// `[seal.pkcs11]`.
+    pub hsm: Option<kms_server::seal::HsmSealConfig>,
+    /// `[seal]` rotation pace.
+    pub rotation: kms_server::rotation::RotationPace,
+    /// `audit.checkpoint_interval_secs`.
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for Options {
@@ -226,6 +236,14 @@ impl Default for Options {
             allowed_countries: AllowedCountries::eu(),
             attestation: kms_server::config::AttestationConfig::default(),
             snp_test_roots: Vec::new(),
+            approval_quorum: 1,
+            proposal_ttl: Duration::from_secs(86_400),
+            hsm: None,
+            rotation: kms_server::rotation::RotationPace {
+                batch_size: 500,
+                pause: Duration::ZERO,
+            },
+            checkpoint_interval: Duration::from_secs(60),
         }
     }
 }
@@ -249,9 +267,13 @@ impl TestServer {
             tls: Some(pki.tls_config()),
             allowed_countries: opts.allowed_countries,
             admin_request_window: Duration::from_secs(300),
+            proposal_ttl: opts.proposal_ttl,
             key_cache_ttl: opts.key_cache_ttl,
             destroy_interval: opts.destroy_interval,
             audit_batch_max: 512,
+            checkpoint_interval: opts.checkpoint_interval,
+            hsm: opts.hsm,
+            rotation: opts.rotation,
             dev: None,
             attestation: opts.attestation,
             danger: Danger {
@@ -393,34 +415,23 @@ pub async fn submit_share(
         .get_encrypted_share(signed(custodian, Op::GetEncryptedShare(pb::GetEncryptedShareOp {})))
         .await?
         .into_inner();
-    let plain = custodian
-        .encryption_key()
-        .open(
-            &kms_core::hpke_seal::Sealed {
-                encapsulated_key: share.encapsulated_key,
-                ciphertext: share.ciphertext,
-            },
-            &kms_core::hpke_seal::share_info(custodian.admin_id.as_str()),
-            b"",
-        )
-        .unwrap();
-    let sealed = kms_core::hpke_seal::seal::<kms_core::hpke_seal::X25519>(
-        &status.unseal_public_key,
-        &kms_core::hpke_seal::unseal_info(custodian.admin_id.as_str()),
-        b"",
-        plain.expose_secret(),
-    )
-    .unwrap();
+    let envelope = kms_core::share_wrap::ShareEnvelope::decode(&share.envelope).unwrap();
+    let plain = share_key(custodian).open(&envelope).unwrap();
+    let rewrapped = kms_core::share_wrap::seal(&status.unseal_public_key, plain.expose_secret()).unwrap();
     Ok(admin
         .unseal(signed(
             custodian,
             Op::Unseal(pb::UnsealOp {
-                encapsulated_key: sealed.encapsulated_key,
-                ciphertext: sealed.ciphertext,
+                envelope: rewrapped.encode(),
             }),
         ))
         .await?
         .into_inner())
+}
+
+/// A key file custodian's share key (the software counterpart of an HSM share key).
+pub fn share_key(custodian: &AdminKeyFile) -> kms_core::share_wrap::UnsealKey {
+    kms_core::share_wrap::UnsealKey::from_bytes(&custodian.encryption_key().to_secret_bytes()).unwrap()
 }
 
 /// Grants every operation to each principal.
@@ -449,6 +460,7 @@ impl Ceremony {
     pub async fn new(backend: Backend, opts: Options) -> Option<Self> {
         let db = Db::new(backend).await?;
         let pki = Pki::new();
+        let approval_quorum = opts.approval_quorum.max(1);
         let server = TestServer::start(&db, &pki, opts).await;
         let mut admin = server.admin(&pki).await;
         let custodians = vec![
@@ -460,6 +472,7 @@ impl Ceremony {
             seal: pb::SealKind::Shamir as i32,
             threshold: 2,
             admins: custodians.iter().map(|c| new_admin(c, true)).collect(),
+            approval_quorum,
         };
         let status = admin
             .init(signed(&custodians[0], Op::Init(init)))

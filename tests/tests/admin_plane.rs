@@ -58,7 +58,10 @@ async fn authentication(backend: Backend) {
     );
     assert_refused(
         c.admin
-            .list_keys(signed(alice, Op::ListAdmins(pb::ListAdminsOp {})))
+            .list_keys(signed(
+                alice,
+                Op::ListAdmins(pb::ListAdminsOp { include_removed: false }),
+            ))
             .await,
         Code::InvalidArgument,
         "operation_mismatch",
@@ -139,7 +142,10 @@ async fn authentication(backend: Backend) {
     );
     let admins = c
         .admin
-        .list_admins(signed(&dora, Op::ListAdmins(pb::ListAdminsOp {})))
+        .list_admins(signed(
+            &dora,
+            Op::ListAdmins(pb::ListAdminsOp { include_removed: false }),
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -253,6 +259,7 @@ async fn init_rules(backend: Backend) {
             seal: seal as i32,
             threshold,
             admins,
+            approval_quorum: 1,
         })
     };
 
@@ -459,11 +466,9 @@ async fn sealing(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    let forged = kms_core::hpke_seal::seal::<kms_core::hpke_seal::X25519>(
+    let forged = kms_core::share_wrap::seal(
         &status.unseal_public_key,
-        b"kms-unseal-v1\0dora",
-        b"",
-        &[1; 33],
+        kms_core::share_wrap::share_plaintext("dora", &[1; 33]).expose_secret(),
     )
     .unwrap();
     assert_refused(
@@ -471,8 +476,7 @@ async fn sealing(backend: Backend) {
             .unseal(signed(
                 &dora,
                 Op::Unseal(pb::UnsealOp {
-                    encapsulated_key: forged.encapsulated_key,
-                    ciphertext: forged.ciphertext,
+                    envelope: forged.encode(),
                 }),
             ))
             .await,
@@ -483,11 +487,10 @@ async fn sealing(backend: Backend) {
     // A wrong share (right custodian, wrong bytes) completes the threshold: detected by the key
     // check value, every share discarded, still sealed.
     let bob = &c.custodians[1];
-    let wrong = kms_core::hpke_seal::seal::<kms_core::hpke_seal::X25519>(
+    // A share labelled for another custodian is refused before it counts.
+    let not_his = kms_core::share_wrap::seal(
         &status.unseal_public_key,
-        &[b"kms-unseal-v1\0".as_slice(), b"bob"].concat(),
-        b"",
-        &[2; 33],
+        kms_core::share_wrap::share_plaintext("alice", &[2; 33]).expose_secret(),
     )
     .unwrap();
     assert_refused(
@@ -495,8 +498,24 @@ async fn sealing(backend: Backend) {
             .unseal(signed(
                 bob,
                 Op::Unseal(pb::UnsealOp {
-                    encapsulated_key: wrong.encapsulated_key,
-                    ciphertext: wrong.ciphertext,
+                    envelope: not_his.encode(),
+                }),
+            ))
+            .await,
+        Code::PermissionDenied,
+        "share_not_yours",
+    );
+    let wrong = kms_core::share_wrap::seal(
+        &status.unseal_public_key,
+        kms_core::share_wrap::share_plaintext("bob", &[2; 33]).expose_secret(),
+    )
+    .unwrap();
+    assert_refused(
+        c.admin
+            .unseal(signed(
+                bob,
+                Op::Unseal(pb::UnsealOp {
+                    envelope: wrong.encode(),
                 }),
             ))
             .await,

@@ -3,6 +3,10 @@
 //! CLI re-computes the chain offline with this same code. Entries never carry key material.
 
 use ring::digest;
+use ring::signature::{self, KeyPair as _};
+
+use crate::secret::SecretKey;
+use crate::Error;
 
 /// The hash before the first entry.
 pub const GENESIS: [u8; 32] = [0u8; 32];
@@ -174,6 +178,435 @@ impl ChainVerifier {
     }
 }
 
+// ----- signed checkpoints ----------------------------------------------------------------------
+
+const CHECKPOINT_LABEL: &[u8] = b"kms-audit-checkpoint-v1\0";
+
+/// A statement that the chain had `hash` at `seq` at a time, signed by the key `kid`. A
+/// checkpoint pins everything up to `seq`: rewriting or dropping an entry at or before it (even
+/// with every later hash recomputed) no longer matches the signed hash.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Checkpoint {
+    /// The last entry covered.
+    pub seq: i64,
+    /// That entry's hash.
+    pub hash: [u8; 32],
+    /// When it was signed, in milliseconds since the Unix epoch.
+    pub time_unix_ms: i64,
+    /// The signing key's id ([`CheckpointKey::kid_for`]).
+    pub kid: String,
+}
+
+/// What a checkpoint signature covers: "kms-audit-checkpoint-v1\0" ‖ seq (i64 BE) ‖ hash ‖ time
+/// (i64 BE) ‖ kid (UTF-8, the rest of the message).
+pub fn checkpoint_message(c: &Checkpoint) -> Vec<u8> {
+    let mut m = Vec::with_capacity(CHECKPOINT_LABEL.len() + 48 + c.kid.len());
+    m.extend_from_slice(CHECKPOINT_LABEL);
+    m.extend_from_slice(&c.seq.to_be_bytes());
+    m.extend_from_slice(&c.hash);
+    m.extend_from_slice(&c.time_unix_ms.to_be_bytes());
+    m.extend_from_slice(c.kid.as_bytes());
+    m
+}
+
+/// The signature algorithms of checkpoint keys (JOSE names).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CheckpointAlgorithm {
+    /// Ed25519 (software seals: the seed is wrapped under the root key).
+    EdDsa,
+    /// ECDSA P-256 with SHA-256, ASN.1 DER signatures (a key inside the pkcs11 seal's HSM).
+    Es256,
+}
+
+impl CheckpointAlgorithm {
+    /// The JOSE name: `EdDSA` or `ES256`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EdDsa => "EdDSA",
+            Self::Es256 => "ES256",
+        }
+    }
+
+    /// Parses a JOSE name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "EdDSA" => Some(Self::EdDsa),
+            "ES256" => Some(Self::Es256),
+            _ => None,
+        }
+    }
+}
+
+/// A public key that verifies checkpoints. Parsed: its public key has the algorithm's form and
+/// its kid is derived from it, so a key whose kid was changed cannot be built.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct CheckpointKey {
+    kid: String,
+    algorithm: CheckpointAlgorithm,
+    public_key: Vec<u8>,
+}
+
+impl CheckpointKey {
+    /// The key for `public_key` (EdDSA: 32 bytes; ES256: a SEC1 uncompressed P-256 point, 65
+    /// bytes).
+    pub fn new(algorithm: CheckpointAlgorithm, public_key: Vec<u8>) -> Result<Self, Error> {
+        let ok = match algorithm {
+            CheckpointAlgorithm::EdDsa => public_key.len() == 32,
+            // Whether the point is on the curve is checked by every verification.
+            CheckpointAlgorithm::Es256 => public_key.len() == 65 && public_key.first() == Some(&4),
+        };
+        if !ok {
+            return Err(Error::InvalidPublicKey(match algorithm {
+                CheckpointAlgorithm::EdDsa => "Ed25519 checkpoint",
+                CheckpointAlgorithm::Es256 => "ES256 checkpoint",
+            }));
+        }
+        Ok(Self {
+            kid: Self::kid_for(&public_key),
+            algorithm,
+            public_key,
+        })
+    }
+
+    /// Parses a key as stored or published: the algorithm's JOSE name and the public key, and
+    /// checks that `kid` is the one the public key derives.
+    pub fn parse(kid: &str, algorithm: &str, public_key: Vec<u8>) -> Result<Self, Error> {
+        let alg = CheckpointAlgorithm::parse(algorithm).ok_or_else(|| Error::InvalidId {
+            kind: "checkpoint key algorithm",
+            reason: format!("{algorithm:?} is neither EdDSA nor ES256"),
+        })?;
+        let key = Self::new(alg, public_key)?;
+        if key.kid != kid {
+            return Err(Error::InvalidId {
+                kind: "checkpoint key id",
+                reason: format!("{kid:?} is not the id of its public key ({})", key.kid),
+            });
+        }
+        Ok(key)
+    }
+
+    /// The key id of `public_key`: hex of the first 16 bytes of its SHA-256.
+    pub fn kid_for(public_key: &[u8]) -> String {
+        let d = digest::digest(&digest::SHA256, public_key);
+        hex::encode(&d.as_ref()[..16])
+    }
+
+    /// The key id.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The algorithm.
+    pub fn algorithm(&self) -> CheckpointAlgorithm {
+        self.algorithm
+    }
+
+    /// The public key bytes.
+    pub fn public_key(&self) -> &[u8] {
+        &self.public_key
+    }
+
+    /// Checks `signature` over `checkpoint`, which must name this key.
+    pub fn verify(&self, checkpoint: &Checkpoint, signature: &[u8]) -> Result<(), Error> {
+        if checkpoint.kid != self.kid {
+            return Err(Error::BadSignature);
+        }
+        let alg: &dyn signature::VerificationAlgorithm = match self.algorithm {
+            CheckpointAlgorithm::EdDsa => &signature::ED25519,
+            CheckpointAlgorithm::Es256 => &signature::ECDSA_P256_SHA256_ASN1,
+        };
+        signature::UnparsedPublicKey::new(alg, &self.public_key)
+            .verify(&checkpoint_message(checkpoint), signature)
+            .map_err(|_| Error::BadSignature)
+    }
+}
+
+/// An Ed25519 checkpoint signing key (software seals). Holds the private key: no `Debug`,
+/// `Clone` or `Serialize`.
+pub struct CheckpointSigner {
+    pair: signature::Ed25519KeyPair,
+    key: CheckpointKey,
+}
+
+impl CheckpointSigner {
+    /// The signer of an Ed25519 seed.
+    pub fn from_seed(seed: &SecretKey<32>) -> Result<Self, Error> {
+        // ring refuses only a seed of the wrong length, which the type rules out.
+        let pair = signature::Ed25519KeyPair::from_seed_unchecked(seed.expose_secret())
+            .map_err(|_| Error::InvalidPublicKey("Ed25519 checkpoint"))?;
+        let key = CheckpointKey::new(CheckpointAlgorithm::EdDsa, pair.public_key().as_ref().to_vec())?;
+        Ok(Self { pair, key })
+    }
+
+    /// Its public key.
+    pub fn key(&self) -> &CheckpointKey {
+        &self.key
+    }
+
+    /// Signs `checkpoint` (whose kid must be this key's, or the signature will not verify).
+    pub fn sign(&self, checkpoint: &Checkpoint) -> Vec<u8> {
+        self.pair.sign(&checkpoint_message(checkpoint)).as_ref().to_vec()
+    }
+}
+
+/// Why a checkpoint does not vouch for the chain.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum CheckpointFault {
+    /// Signed with a key id that is not among the trusted (pinned) keys.
+    UnknownKey,
+    /// The signature does not verify under the key it names.
+    BadSignature,
+    /// The chain's hash at the checkpoint's seq differs from the signed one: an entry at or
+    /// before it was edited, removed or inserted, and the chain recomputed after it.
+    HashMismatch {
+        /// The chain's hash at that seq.
+        chain: [u8; 32],
+    },
+    /// The checkpoint is past the end of the chain: entries were removed from the end.
+    BeyondChain {
+        /// The last seq of the chain.
+        chain_end: i64,
+    },
+}
+
+impl std::fmt::Display for CheckpointFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::UnknownKey => f.write_str("it is signed by a key that is not trusted (not pinned)"),
+            Self::BadSignature => f.write_str("its signature does not verify (forged or altered checkpoint)"),
+            Self::HashMismatch { chain } => write!(
+                f,
+                "the chain's hash there is {}, not the signed one (entries up to it were rewritten)",
+                hex::encode(chain)
+            ),
+            Self::BeyondChain { chain_end } => write!(
+                f,
+                "it is past the end of the chain at {chain_end} (entries were removed from the end)"
+            ),
+        }
+    }
+}
+
+/// A checkpoint that does not vouch for the chain.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct BadCheckpoint {
+    /// The checkpoint's seq.
+    pub seq: i64,
+    /// The key id it names.
+    pub kid: String,
+    /// What is wrong.
+    pub fault: CheckpointFault,
+}
+
+/// The entries after the last valid checkpoint: nothing vouches for them but the chain itself,
+/// which whoever can write the database can recompute.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Gap {
+    /// How many.
+    pub entries: i64,
+    /// The time of the first of them.
+    pub first_time_unix_ms: Option<i64>,
+    /// The time of the last of them.
+    pub last_time_unix_ms: Option<i64>,
+}
+
+/// What [`AuditVerifier::finish`] found.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct AuditReport {
+    /// Entries whose chain verified, from the first.
+    pub entries: i64,
+    /// The hash of the last verified entry.
+    pub head: [u8; 32],
+    /// The first broken entry, if the chain breaks.
+    pub chain_break: Option<Break>,
+    /// Checkpoints whose signature verified and whose hash matched the chain.
+    pub checkpoints_verified: usize,
+    /// Checkpoints that do not vouch for the chain, by seq.
+    pub bad_checkpoints: Vec<BadCheckpoint>,
+    /// Checkpoints with good signatures past a chain break, which could not be compared.
+    pub checkpoints_unchecked: usize,
+    /// The last checkpoint that verified.
+    pub last_checkpoint: Option<Checkpoint>,
+    /// The entries after it (after the start of the chain if there is none).
+    pub gap: Gap,
+}
+
+impl AuditReport {
+    /// Whether the chain and every checkpoint verified.
+    pub fn is_ok(&self) -> bool {
+        self.chain_break.is_none() && self.bad_checkpoints.is_empty()
+    }
+
+    /// The earliest problem: the chain's first break or the lowest bad checkpoint.
+    pub fn first_break(&self) -> Option<Break> {
+        let checkpoint = self.bad_checkpoints.first().map(|b| Break {
+            seq: b.seq,
+            what: format!("checkpoint {} (key {}): {}", b.seq, b.kid, b.fault),
+        });
+        match (self.chain_break.clone(), checkpoint) {
+            (Some(c), Some(k)) => Some(if k.seq < c.seq { k } else { c }),
+            (c, k) => c.or(k),
+        }
+    }
+}
+
+/// Checks the chain ([`ChainVerifier`]) and the signed checkpoints together. Signatures are
+/// checked against the trusted keys when the checkpoints are given; entries are then pushed in
+/// order (streaming, so the chain need not fit in memory), and each checkpoint's hash is
+/// compared with the chain's at its seq as the chain passes it.
+pub struct AuditVerifier {
+    chain: ChainVerifier,
+    broken: Option<Break>,
+    /// Whether the break is inside the entries (so checkpoints past it cannot be compared).
+    broken_in_chain: bool,
+    /// Checkpoints whose signature verified, by descending seq (the next one is last).
+    pending: Vec<Checkpoint>,
+    bad: Vec<BadCheckpoint>,
+    verified: usize,
+    last_checkpoint: Option<Checkpoint>,
+    gap: Gap,
+}
+
+impl std::fmt::Debug for AuditVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditVerifier")
+            .field("entries", &self.chain.count())
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+impl AuditVerifier {
+    /// A verifier trusting `keys`, for `checkpoints` with their signatures (in any order).
+    pub fn new(keys: &[CheckpointKey], checkpoints: Vec<(Checkpoint, Vec<u8>)>) -> Self {
+        let mut pending = Vec::new();
+        let mut bad = Vec::new();
+        for (c, sig) in checkpoints {
+            let fault = match keys.iter().find(|k| k.kid() == c.kid) {
+                None => Some(CheckpointFault::UnknownKey),
+                Some(k) => k.verify(&c, &sig).err().map(|_| CheckpointFault::BadSignature),
+            };
+            match fault {
+                Some(fault) => bad.push(BadCheckpoint {
+                    seq: c.seq,
+                    kid: c.kid,
+                    fault,
+                }),
+                None => pending.push(c),
+            }
+        }
+        pending.sort_by_key(|c| std::cmp::Reverse(c.seq));
+        let mut v = Self {
+            chain: ChainVerifier::default(),
+            broken: None,
+            broken_in_chain: false,
+            pending,
+            bad,
+            verified: 0,
+            last_checkpoint: None,
+            gap: Gap::default(),
+        };
+        // A checkpoint of the empty chain (or of a seq that cannot exist) is settled now.
+        v.settle(0, GENESIS);
+        v
+    }
+
+    /// Checks the next entry. After the chain breaks, the rest is ignored: the break is the
+    /// answer, reported by [`AuditVerifier::finish`].
+    pub fn push(&mut self, e: &Entry) {
+        if self.broken_in_chain {
+            return;
+        }
+        if let Err(b) = self.chain.push(e) {
+            self.broken = Some(b);
+            self.broken_in_chain = true;
+            return;
+        }
+        self.gap.entries += 1;
+        self.gap.first_time_unix_ms.get_or_insert(e.record.time_unix_ms);
+        self.gap.last_time_unix_ms = Some(e.record.time_unix_ms);
+        self.settle(e.seq, e.hash);
+    }
+
+    /// Records a break found outside the entries' hashes: `in_chain` for one that stops the
+    /// chain where it is (an unreadable row), not for a finding after the last entry (a head
+    /// that disagrees with the chain). The first break is kept.
+    pub fn fail(&mut self, b: Break, in_chain: bool) {
+        if self.broken.is_none() {
+            self.broken = Some(b);
+            self.broken_in_chain = in_chain;
+        }
+    }
+
+    /// Entries verified so far.
+    pub fn count(&self) -> i64 {
+        self.chain.count()
+    }
+
+    /// The hash of the last verified entry.
+    pub fn head(&self) -> [u8; 32] {
+        self.chain.head()
+    }
+
+    /// Whether the chain broke inside the entries (further entries are not looked at).
+    pub fn chain_broken(&self) -> bool {
+        self.broken_in_chain
+    }
+
+    /// Compares the checkpoints at or before `seq` with the chain's hash `hash` at `seq`.
+    fn settle(&mut self, seq: i64, hash: [u8; 32]) {
+        while let Some(c) = self.pending.last() {
+            if c.seq > seq {
+                break;
+            }
+            let Some(c) = self.pending.pop() else { break };
+            if c.seq == seq && c.hash == hash {
+                self.verified += 1;
+                self.gap = Gap::default();
+                self.last_checkpoint = Some(c);
+            } else {
+                // Below the seq the chain is at: a seq that is not in the chain (0 but for the
+                // genesis hash, or negative).
+                let chain = if c.seq == seq { hash } else { GENESIS };
+                self.bad.push(BadCheckpoint {
+                    seq: c.seq,
+                    kid: c.kid,
+                    fault: CheckpointFault::HashMismatch { chain },
+                });
+            }
+        }
+    }
+
+    /// The result, once every entry has been pushed.
+    pub fn finish(mut self) -> AuditReport {
+        let end = self.chain.count();
+        let mut unchecked = 0;
+        if self.broken_in_chain {
+            unchecked = self.pending.len();
+        } else {
+            for c in std::mem::take(&mut self.pending) {
+                self.bad.push(BadCheckpoint {
+                    seq: c.seq,
+                    kid: c.kid,
+                    fault: CheckpointFault::BeyondChain { chain_end: end },
+                });
+            }
+        }
+        self.bad.sort_by_key(|b| b.seq);
+        AuditReport {
+            entries: end,
+            head: self.chain.head(),
+            chain_break: self.broken,
+            checkpoints_verified: self.verified,
+            bad_checkpoints: self.bad,
+            checkpoints_unchecked: unchecked,
+            last_checkpoint: self.last_checkpoint,
+            gap: self.gap,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +621,248 @@ mod tests {
             reason: String::new(),
             detail: "{}".into(),
         }
+    }
+
+    fn signer() -> CheckpointSigner {
+        CheckpointSigner::from_seed(&SecretKey::generate().unwrap()).unwrap()
+    }
+
+    fn signed(s: &CheckpointSigner, e: &Entry) -> (Checkpoint, Vec<u8>) {
+        let c = Checkpoint {
+            seq: e.seq,
+            hash: e.hash,
+            time_unix_ms: 1_000 + e.seq,
+            kid: s.key().kid().to_owned(),
+        };
+        let sig = s.sign(&c);
+        (c, sig)
+    }
+
+    fn run(keys: &[CheckpointKey], cps: Vec<(Checkpoint, Vec<u8>)>, entries: &[Entry]) -> AuditReport {
+        let mut v = AuditVerifier::new(keys, cps);
+        entries.iter().for_each(|e| v.push(e));
+        v.finish()
+    }
+
+    /// Rewrites the chain from `entries` as an attacker with write access would: every hash
+    /// recomputed, sequence numbers renumbered.
+    fn rechain(entries: &[Entry]) -> Vec<Entry> {
+        chain(0, GENESIS, entries.iter().map(|e| e.record.clone()).collect())
+    }
+
+    #[test]
+    fn checkpoint_message_layout() {
+        let c = Checkpoint {
+            seq: 258,
+            hash: [7; 32],
+            time_unix_ms: 1,
+            kid: "ab".into(),
+        };
+        let m = checkpoint_message(&c);
+        assert_eq!(&m[..24], b"kms-audit-checkpoint-v1\0");
+        assert_eq!(&m[24..32], &[0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(&m[32..64], &[7; 32]);
+        assert_eq!(&m[64..72], &[0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(&m[72..], b"ab");
+    }
+
+    #[test]
+    fn keys_are_parsed_and_verify_both_algorithms() {
+        let s = signer();
+        let k = s.key().clone();
+        assert_eq!(k.kid(), CheckpointKey::kid_for(k.public_key()));
+        assert_eq!(k.kid().len(), 32);
+        let (c, sig) = signed(&s, &chain(0, GENESIS, vec![rec(1)])[0]);
+        k.verify(&c, &sig).unwrap();
+        let mut other = c.clone();
+        other.time_unix_ms += 1;
+        assert!(k.verify(&other, &sig).is_err());
+        assert!(CheckpointKey::parse(k.kid(), "EdDSA", k.public_key().to_vec()).is_ok());
+        assert!(CheckpointKey::parse(&"00".repeat(16), "EdDSA", k.public_key().to_vec()).is_err());
+        assert!(CheckpointKey::parse(k.kid(), "RS256", k.public_key().to_vec()).is_err());
+        assert!(CheckpointKey::new(CheckpointAlgorithm::EdDsa, vec![0; 31]).is_err());
+        assert!(CheckpointKey::new(CheckpointAlgorithm::Es256, vec![4; 64]).is_err());
+        assert!(CheckpointKey::new(CheckpointAlgorithm::Es256, vec![2; 65]).is_err());
+
+        // ES256 as an HSM signs: ECDSA P-256 / SHA-256, DER.
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+        let pair =
+            signature::EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+                .unwrap();
+        let es = CheckpointKey::new(CheckpointAlgorithm::Es256, pair.public_key().as_ref().to_vec()).unwrap();
+        let c = Checkpoint {
+            kid: es.kid().to_owned(),
+            ..c
+        };
+        let sig = pair.sign(&rng, &checkpoint_message(&c)).unwrap();
+        es.verify(&c, sig.as_ref()).unwrap();
+        // A signature by one key is not accepted under another's kid.
+        assert!(k.verify(&c, sig.as_ref()).is_err());
+    }
+
+    #[test]
+    fn a_clean_chain_with_checkpoints_verifies_and_reports_the_gap() {
+        let s = signer();
+        let entries = chain(0, GENESIS, (0..10).map(rec).collect());
+        let cps = vec![signed(&s, &entries[6]), signed(&s, &entries[2])];
+        let r = run(&[s.key().clone()], cps, &entries);
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(r.entries, 10);
+        assert_eq!(r.checkpoints_verified, 2);
+        assert_eq!(r.last_checkpoint.as_ref().unwrap().seq, 7);
+        assert_eq!(
+            r.gap,
+            Gap {
+                entries: 3,
+                first_time_unix_ms: Some(7),
+                last_time_unix_ms: Some(9),
+            }
+        );
+        assert!(r.first_break().is_none());
+
+        let none = run(&[s.key().clone()], vec![], &entries);
+        assert!(none.is_ok());
+        assert_eq!(none.gap.entries, 10);
+        assert!(none.last_checkpoint.is_none());
+    }
+
+    #[test]
+    fn an_edited_row_breaks_the_chain() {
+        let s = signer();
+        let entries = chain(0, GENESIS, (0..6).map(rec).collect());
+        let cps = vec![signed(&s, &entries[4])];
+        let mut edited = entries.clone();
+        edited[1].record.detail = "{\"x\":1}".into();
+        let r = run(&[s.key().clone()], cps, &edited);
+        assert!(!r.is_ok());
+        assert_eq!(r.chain_break.as_ref().unwrap().seq, 2);
+        assert_eq!(r.first_break().unwrap().seq, 2);
+        assert_eq!(r.checkpoints_unchecked, 1);
+    }
+
+    #[test]
+    fn an_edited_and_rechained_row_is_caught_by_the_checkpoint() {
+        let s = signer();
+        let entries = chain(0, GENESIS, (0..6).map(rec).collect());
+        let cps = vec![signed(&s, &entries[1]), signed(&s, &entries[4])];
+        let mut edited = entries.clone();
+        edited[3].record.detail = "{\"x\":1}".into();
+        let edited = rechain(&edited);
+        let r = run(&[s.key().clone()], cps, &edited);
+        assert!(r.chain_break.is_none());
+        assert_eq!(r.checkpoints_verified, 1);
+        assert_eq!(r.bad_checkpoints.len(), 1);
+        assert_eq!(r.bad_checkpoints[0].seq, 5);
+        assert!(
+            matches!(r.bad_checkpoints[0].fault, CheckpointFault::HashMismatch { chain } if chain == edited[4].hash)
+        );
+        let b = r.first_break().unwrap();
+        assert_eq!(b.seq, 5);
+        assert!(b.what.contains("rewritten"), "{}", b.what);
+        // The last valid checkpoint is the one at 2: everything after it is unvouched.
+        assert_eq!(r.last_checkpoint.unwrap().seq, 2);
+        assert_eq!(r.gap.entries, 4);
+    }
+
+    #[test]
+    fn a_deleted_row_is_caught_with_or_without_rechaining() {
+        let s = signer();
+        let entries = chain(0, GENESIS, (0..6).map(rec).collect());
+        let cps = || vec![signed(&s, &entries[4])];
+        let mut removed = entries.clone();
+        removed.remove(2);
+        let r = run(&[s.key().clone()], cps(), &removed);
+        assert_eq!(r.first_break().unwrap().seq, 3);
+        assert!(r.chain_break.unwrap().what.contains("missing"));
+
+        let r = run(&[s.key().clone()], cps(), &rechain(&removed));
+        assert!(r.chain_break.is_none());
+        assert_eq!(r.first_break().unwrap().seq, 5);
+        assert!(matches!(
+            r.bad_checkpoints[0].fault,
+            CheckpointFault::HashMismatch { .. }
+        ));
+    }
+
+    #[test]
+    fn a_truncated_chain_leaves_a_checkpoint_beyond_its_end() {
+        let s = signer();
+        let entries = chain(0, GENESIS, (0..6).map(rec).collect());
+        let cps = vec![signed(&s, &entries[1]), signed(&s, &entries[5])];
+        let r = run(&[s.key().clone()], cps, &entries[..4]);
+        assert!(r.chain_break.is_none());
+        assert_eq!(
+            r.bad_checkpoints,
+            vec![BadCheckpoint {
+                seq: 6,
+                kid: s.key().kid().to_owned(),
+                fault: CheckpointFault::BeyondChain { chain_end: 4 },
+            }]
+        );
+        assert!(r.first_break().unwrap().what.contains("past the end"));
+
+        // A break after the last entry (the head disagrees) still lets the end be judged.
+        let mut v = AuditVerifier::new(&[s.key().clone()], vec![signed(&s, &entries[5])]);
+        entries[..4].iter().for_each(|e| v.push(e));
+        v.fail(
+            Break {
+                seq: 5,
+                what: "head".into(),
+            },
+            false,
+        );
+        let r = v.finish();
+        assert_eq!(r.bad_checkpoints.len(), 1);
+        assert_eq!(r.first_break().unwrap().seq, 5);
+    }
+
+    #[test]
+    fn forged_and_unknown_key_checkpoints_are_flagged() {
+        let s = signer();
+        let attacker = signer();
+        let entries = chain(0, GENESIS, (0..4).map(rec).collect());
+        // The attacker's key, under its own kid: not pinned.
+        let unknown = signed(&attacker, &entries[3]);
+        // The attacker's signature under the pinned kid: does not verify.
+        let mut forged = signed(&attacker, &entries[2]);
+        forged.0.kid = s.key().kid().to_owned();
+        forged.1 = attacker.sign(&forged.0);
+        // A genuine checkpoint whose time was altered.
+        let mut altered = signed(&s, &entries[1]);
+        altered.0.time_unix_ms += 1;
+        let r = run(&[s.key().clone()], vec![unknown, forged, altered], &entries);
+        assert!(r.chain_break.is_none());
+        assert_eq!(r.checkpoints_verified, 0);
+        let faults: Vec<(i64, CheckpointFault)> = r.bad_checkpoints.iter().map(|b| (b.seq, b.fault.clone())).collect();
+        assert_eq!(
+            faults,
+            vec![
+                (2, CheckpointFault::BadSignature),
+                (3, CheckpointFault::BadSignature),
+                (4, CheckpointFault::UnknownKey),
+            ]
+        );
+        assert_eq!(r.gap.entries, 4);
+        assert!(r.first_break().unwrap().what.contains("does not verify"));
+    }
+
+    #[test]
+    fn a_checkpoint_of_the_empty_chain() {
+        let s = signer();
+        let c = Checkpoint {
+            seq: 0,
+            hash: GENESIS,
+            time_unix_ms: 0,
+            kid: s.key().kid().to_owned(),
+        };
+        let sig = s.sign(&c);
+        let r = run(&[s.key().clone()], vec![(c.clone(), sig)], &[]);
+        assert!(r.is_ok());
+        assert_eq!(r.checkpoints_verified, 1);
+        let bad = Checkpoint { hash: [1; 32], ..c };
+        let sig = s.sign(&bad);
+        assert!(!run(&[s.key().clone()], vec![(bad, sig)], &[]).is_ok());
     }
 
     #[test]

@@ -58,4 +58,14 @@ pub enum Error {
         /// The requested state.
         to: crate::key::KeyState,
     },
+    /// A share envelope is malformed, or cannot be opened with the key given (wrong key,
+    /// tampered envelope, or a share sealed for another admin).
+    #[error("share envelope: {0}")]
+    ShareEnvelope(&'static str),
+    /// A signer (e.g. an HSM) could not sign; the message says why and never carries a secret.
+    #[error("signing failed: {0}")]
+    Signer(String),
+    /// The HSM holding a root key failed (module, token or key unavailable); never a secret.
+    #[error("HSM: {0}")]
+    Hsm(String),
 }

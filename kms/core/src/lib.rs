@@ -22,6 +22,7 @@ pub mod policy;
 pub mod root;
 pub mod secret;
 pub mod shamir;
+pub mod share_wrap;
 pub mod token;
 
 pub use error::Error;

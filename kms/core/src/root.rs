@@ -87,6 +87,13 @@ fn wrap_aad(key_id: KeyId, version: KeyVersion) -> Vec<u8> {
     aad
 }
 
+/// The AAD that binds a wrapped KEK to its key id and version: `"kms-kek-wrap-v1\0" ‖ key id ‖
+/// version (u32 big-endian)`. Every root-key implementation (software or HSM) wraps with this AAD,
+/// so their wrapped KEKs have one format.
+pub fn kek_wrap_aad(key_id: KeyId, version: KeyVersion) -> Vec<u8> {
+    wrap_aad(key_id, version)
+}
+
 /// The key check value: HMAC-SHA256(RK, "kms-root-kcv-v1"), first 16 bytes. It tells the right
 /// root key from a wrong one and reveals nothing about it.
 pub fn key_check_value(material: &RootKeyMaterial) -> [u8; 16] {

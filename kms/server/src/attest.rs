@@ -28,7 +28,7 @@ use crate::storage::{ChallengeUse, HardwareRow, HardwareStatus, Identity, KeyRow
 
 /// The key id under which token signing seeds are wrapped by the root key (the AAD binds it and
 /// the token key version). Generated key ids are random, so none is all zero.
-const TOKEN_KEY_WRAP_ID: [u8; 16] = [0; 16];
+pub(crate) const TOKEN_KEY_WRAP_ID: [u8; 16] = [0; 16];
 
 /// Token issuer and audience.
 pub const TOKEN_ISSUER: &str = "kms";
@@ -421,6 +421,7 @@ impl Attestation {
                 kid: signer.kid().to_owned(),
                 public_key: signer.public_key().to_vec(),
                 wrapped_seed: root.wrap(wrap_id, version, &seed)?,
+                root_generation: root.generation(),
             };
             // Another replica may win the race: then its key is the one.
             self.store.insert_token_key(&row, now_ms()).await.map_err(db)?;

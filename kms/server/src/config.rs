@@ -24,6 +24,8 @@ pub struct Config {
     pub allowed_countries: AllowedCountries,
     /// How far an admin request's timestamp may be from the server's clock.
     pub admin_request_window: Duration,
+    /// How long a quorum proposal stays open (default and maximum).
+    pub proposal_ttl: Duration,
     /// How long a replica trusts its cached copy of a key's metadata (state, grants, policy)
     /// before reading it again; changes made through this replica apply at once.
     pub key_cache_ttl: Duration,
@@ -31,6 +33,12 @@ pub struct Config {
     pub destroy_interval: Duration,
     /// Most audit entries written in one transaction.
     pub audit_batch_max: usize,
+    /// How often a signed audit checkpoint is written (when the chain advanced).
+    pub checkpoint_interval: Duration,
+    /// The pkcs11 seal's HSM, if configured (`[seal.pkcs11]`).
+    pub hsm: Option<crate::seal::HsmSealConfig>,
+    /// How fast a root rotation re-wraps.
+    pub rotation: crate::rotation::RotationPace,
     /// Dev mode: the `dev` seal, plaintext on loopback. Never in production.
     pub dev: Option<DevConfig>,
     /// Attested release: challenge and token lifetimes, evidence trust.
@@ -276,6 +284,8 @@ struct File {
     #[serde(default)]
     audit: AuditSection,
     #[serde(default)]
+    seal: SealSection,
+    #[serde(default)]
     attestation: AttestationSection,
     #[serde(default)]
     danger: Danger,
@@ -302,6 +312,8 @@ struct AdminSection {
     allowed_countries: Vec<String>,
     #[serde(default = "default_window")]
     request_window_secs: u64,
+    #[serde(default = "default_proposal_ttl")]
+    proposal_ttl_secs: u64,
 }
 
 impl Default for AdminSection {
@@ -309,6 +321,7 @@ impl Default for AdminSection {
         Self {
             allowed_countries: default_countries(),
             request_window_secs: default_window(),
+            proposal_ttl_secs: default_proposal_ttl(),
         }
     }
 }
@@ -318,6 +331,9 @@ fn default_countries() -> Vec<String> {
 }
 fn default_window() -> u64 {
     300
+}
+fn default_proposal_ttl() -> u64 {
+    86_400
 }
 
 #[derive(Deserialize)]
@@ -350,12 +366,99 @@ fn default_destroy_interval() -> u64 {
 struct AuditSection {
     #[serde(default = "default_batch")]
     batch_max: usize,
+    #[serde(default = "default_checkpoint_interval")]
+    checkpoint_interval_secs: u64,
+}
+
+fn default_checkpoint_interval() -> u64 {
+    60
+}
+
+/// `[seal]`: the pkcs11 seal's HSM and the root rotation's pace.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SealSection {
+    #[serde(default = "default_rotation_batch")]
+    rotation_batch_size: u32,
+    #[serde(default)]
+    rotation_batch_pause_ms: u64,
+    pkcs11: Option<Pkcs11Section>,
+}
+
+impl Default for SealSection {
+    fn default() -> Self {
+        Self {
+            rotation_batch_size: default_rotation_batch(),
+            rotation_batch_pause_ms: 0,
+            pkcs11: None,
+        }
+    }
+}
+
+fn default_rotation_batch() -> u32 {
+    500
+}
+
+/// `[seal.pkcs11]`: where the HSM is. The PIN is read from a file (mode 0600) or an
+/// environment variable, never from this file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pkcs11Section {
+    module: PathBuf,
+    token: String,
+    pin_file: Option<PathBuf>,
+    pin_env: Option<String>,
+}
+
+impl SealSection {
+    fn validate(&self) -> Result<(crate::rotation::RotationPace, Option<crate::seal::HsmSealConfig>), ConfigError> {
+        if !(1..=10_000).contains(&self.rotation_batch_size) {
+            return Err(ConfigError(
+                "seal.rotation_batch_size must be between 1 and 10000".into(),
+            ));
+        }
+        let pace = crate::rotation::RotationPace {
+            batch_size: self.rotation_batch_size,
+            pause: Duration::from_millis(self.rotation_batch_pause_ms),
+        };
+        let hsm = match &self.pkcs11 {
+            None => None,
+            Some(p) => {
+                let token = p
+                    .token
+                    .parse()
+                    .map_err(|e| ConfigError(format!("seal.pkcs11.token: {e}")))?;
+                let pin = match (&p.pin_file, &p.pin_env) {
+                    (Some(f), None) => kms_hsm::PinSource::File(f.clone()),
+                    (None, Some(v)) => kms_hsm::PinSource::Env(v.clone()),
+                    _ => {
+                        return Err(ConfigError(
+                            "seal.pkcs11: set exactly one of pin_file and pin_env".into(),
+                        ))
+                    }
+                };
+                if !p.module.is_file() {
+                    return Err(ConfigError(format!(
+                        "seal.pkcs11.module: {} is not a readable file",
+                        p.module.display()
+                    )));
+                }
+                Some(crate::seal::HsmSealConfig {
+                    module: p.module.clone(),
+                    token,
+                    pin,
+                })
+            }
+        };
+        Ok((pace, hsm))
+    }
 }
 
 impl Default for AuditSection {
     fn default() -> Self {
         Self {
             batch_max: default_batch(),
+            checkpoint_interval_secs: default_checkpoint_interval(),
         }
     }
 }
@@ -402,6 +505,11 @@ impl Config {
                 "admin.request_window_secs must be between 10 and 3600".into(),
             ));
         }
+        if !(60..=30 * 86_400).contains(&file.admin.proposal_ttl_secs) {
+            return Err(ConfigError(
+                "admin.proposal_ttl_secs must be between 60 and 2592000 (30 days)".into(),
+            ));
+        }
         if file.audit.batch_max == 0 || file.audit.batch_max > 2000 {
             return Err(ConfigError("audit.batch_max must be between 1 and 2000".into()));
         }
@@ -430,6 +538,12 @@ impl Config {
             }
         }
         let attestation = file.attestation.validate()?;
+        if !(1..=86_400).contains(&file.audit.checkpoint_interval_secs) {
+            return Err(ConfigError(
+                "audit.checkpoint_interval_secs must be between 1 and 86400".into(),
+            ));
+        }
+        let (rotation, hsm) = file.seal.validate()?;
         file.danger.snp_test_roots()?;
         Ok(Self {
             listen,
@@ -438,9 +552,13 @@ impl Config {
             tls: Some(file.tls),
             allowed_countries,
             admin_request_window: Duration::from_secs(file.admin.request_window_secs),
+            proposal_ttl: Duration::from_secs(file.admin.proposal_ttl_secs),
             key_cache_ttl: Duration::from_millis(file.keys.cache_ttl_ms),
             destroy_interval: Duration::from_secs(file.keys.destroy_interval_secs),
             audit_batch_max: file.audit.batch_max,
+            checkpoint_interval: Duration::from_secs(file.audit.checkpoint_interval_secs),
+            hsm,
+            rotation,
             dev: None,
             attestation,
             danger: file.danger,
@@ -472,9 +590,16 @@ impl Config {
             tls: None,
             allowed_countries: AllowedCountries::eu(),
             admin_request_window: Duration::from_secs(default_window()),
+            proposal_ttl: Duration::from_secs(default_proposal_ttl()),
             key_cache_ttl: Duration::from_millis(default_cache_ttl()),
             destroy_interval: Duration::from_secs(default_destroy_interval()),
             audit_batch_max: default_batch(),
+            checkpoint_interval: Duration::from_secs(default_checkpoint_interval()),
+            hsm: None,
+            rotation: crate::rotation::RotationPace {
+                batch_size: default_rotation_batch(),
+                pause: Duration::ZERO,
+            },
             dev: Some(DevConfig { data_dir }),
             attestation: AttestationConfig::default(),
             danger: Danger {

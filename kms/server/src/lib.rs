@@ -7,10 +7,12 @@
 
 pub mod attest;
 pub mod audit;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod identity;
 pub mod keys;
+pub mod rotation;
 pub mod seal;
 pub mod service;
 pub mod storage;
@@ -73,7 +75,9 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let store = Store::connect(&config.database_url, config.database_max_connections).await?;
     let dev_dir = config.dev.as_ref().map(|d| d.data_dir.clone());
-    let seal = Arc::new(Seal::load(&store, dev_dir.clone()).await?);
+    let seal = Arc::new(Seal::load(&store, dev_dir.clone(), config.hsm.clone()).await?);
+    let rotation_task = rotation::spawn(store.clone(), seal.clone(), config.rotation);
+    let checkpoints = checkpoint::spawn(store.clone(), seal.clone(), config.checkpoint_interval);
     let (audit, audit_task) = AuditLog::start(store.clone(), config.audit_batch_max);
     let keys = Arc::new(Keys::new(store.clone(), seal.clone(), config.key_cache_ttl));
     let test_roots = config.danger.snp_test_roots().map_err(|e| ServeError::Config(e.0))?;
@@ -88,6 +92,7 @@ pub async fn serve(
         audit: audit.clone(),
         allowed_countries: config.allowed_countries.clone(),
         window: config.admin_request_window,
+        proposal_ttl: config.proposal_ttl,
         allow_unattested: config.danger.allow_unattested_keys,
         attestation: attestation.clone(),
     };
@@ -155,10 +160,18 @@ pub async fn serve(
         .await;
     let _ = stop_tx.send(true);
     let _ = background.await;
+    rotation_task.abort();
+    checkpoints.abort();
     drop(audit);
     drop(keys);
     // The writer ends when the last handle is gone and its queue is written.
     let _ = audit_task.await;
+    // A last checkpoint covers everything written up to the stop.
+    if seal.root().is_ok() {
+        if let Err(e) = checkpoint::checkpoint_now(&store, &seal).await {
+            tracing::warn!(reason = e.reason, error = %e.message, "final audit checkpoint not signed");
+        }
+    }
     tracing::info!("kmsd stopped");
     result.map_err(ServeError::from)
 }
@@ -192,7 +205,7 @@ async fn dev_init(admin: &AdminPlane, dir: &std::path::Path) -> Result<(), Serve
     };
     let mut audit = Audit::new("system:dev-init", "admin.init");
     admin
-        .initialize(SealKind::Dev, 0, vec![new], &mut audit)
+        .initialize(SealKind::Dev, 0, 1, vec![new], &mut audit)
         .await
         .map_err(|e| ServeError::Dev(e.message))?;
     Ok(())
@@ -218,7 +231,7 @@ async fn background(
                 // Another replica may have run Init: pick up its seal record (sealed).
                 if !seal.is_initialized() {
                     if let Ok(Some(cfg)) = store.seal_config().await {
-                        seal.adopt_sealed(&cfg);
+                        seal.adopt_initialized(&store, &cfg).await;
                     }
                 }
                 let sealed = seal.root().is_err();
@@ -266,6 +279,7 @@ pub async fn destroy_due(store: &Store, keys: &Keys) {
                 None,
                 Some(now),
                 now,
+                None,
                 audit.allowed(),
             )
             .await;

@@ -1,22 +1,31 @@
 //! The seal: how the root key is held, behind one boundary. The rest of the server asks the seal
 //! for a [`RootOfTrust`] that wraps and unwraps KEKs, and never touches root key material.
-//! Implementations: `shamir` (the root key rebuilt in memory from M custodians' shares) and
-//! `dev` (a root key file, only with `kmsd --dev`). An HSM seal is another `RootOfTrust`.
+//! Implementations: `shamir` (the root key rebuilt in memory from M custodians' shares),
+//! `pkcs11` (a non-extractable AES-256 key in an HSM; the process unseals itself at start) and
+//! `dev` (a root key file, only with `kmsd --dev`).
 //!
-//! Never logs, returns or stores the root key or a share.
+//! Root keys have generations. A rotation (or a migration between seals) adds generation g+1
+//! while g is current; until every wrapped secret has been re-wrapped (see `rotation`), the
+//! process holds both ([`Roots`]): new secrets are wrapped under g+1, and unwrapping tries g+1
+//! then g (AES-GCM authenticates, so the wrong root fails cleanly). A software next root is kept
+//! wrapped under the current root in the database, so an interrupted rotation resumes after the
+//! current root is unsealed again.
+//!
+//! Never logs, returns or stores the root key or a share in the clear.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use kms_core::blob::Kek;
-use kms_core::hpke_seal::{PrivateKey, X25519};
 use kms_core::ids::{KeyId, KeyVersion};
-use kms_core::root::{key_check_value, RootKeyMaterial, SoftwareRoot};
+use kms_core::root::{kek_wrap_aad, key_check_value, RootKeyMaterial, SoftwareRoot};
 use kms_core::secret::SecretBytes;
+use kms_core::share_wrap::{self, ShareEnvelope, UnsealKey};
+use kms_hsm::{Hsm, HsmRoot, HsmSigner, PinSource, TokenSelector};
 
 use crate::error::ApiError;
-use crate::storage::{SealConfigRow, Store};
+use crate::storage::{RootGenerationRow, SealConfigRow, Store};
 
 /// Wraps and unwraps KEKs under the root key.
 pub trait RootOfTrust: Send + Sync {
@@ -24,15 +33,25 @@ pub trait RootOfTrust: Send + Sync {
     fn wrap(&self, key_id: KeyId, version: KeyVersion, kek: &Kek) -> Result<Vec<u8>, kms_core::Error>;
     /// Unwraps what [`RootOfTrust::wrap`] wrapped for the same (key, version).
     fn unwrap(&self, key_id: KeyId, version: KeyVersion, wrapped: &[u8]) -> Result<Kek, kms_core::Error>;
+    /// The root key generation [`RootOfTrust::wrap`] wraps under (stored with what it wraps).
+    fn generation(&self) -> u64;
+    /// The seal's own checkpoint signing key, if it holds one in hardware (pkcs11). Software
+    /// seals return `None`: their checkpoint key is a secret wrapped under the root key.
+    fn checkpoint_signer(&self) -> Option<Arc<dyn SealSigner>> {
+        None
+    }
 }
 
-impl RootOfTrust for SoftwareRoot {
-    fn wrap(&self, key_id: KeyId, version: KeyVersion, kek: &Kek) -> Result<Vec<u8>, kms_core::Error> {
-        SoftwareRoot::wrap(self, key_id, version, kek)
-    }
-    fn unwrap(&self, key_id: KeyId, version: KeyVersion, wrapped: &[u8]) -> Result<Kek, kms_core::Error> {
-        SoftwareRoot::unwrap(self, key_id, version, wrapped)
-    }
+/// A signing key the seal holds in hardware (the pkcs11 seal's HSM): signs audit checkpoints.
+pub trait SealSigner: Send + Sync {
+    /// JOSE algorithm name: "ES256" (ECDSA P-256, SHA-256, ASN.1 DER signatures).
+    fn algorithm(&self) -> &'static str;
+    /// The public key (ES256: SEC1 uncompressed point).
+    fn public_key(&self) -> Vec<u8>;
+    /// The key's label in the HSM.
+    fn label(&self) -> String;
+    /// Signs `message` (hashing included); ASN.1 DER signature.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, kms_core::Error>;
 }
 
 /// The seal kinds.
@@ -42,6 +61,8 @@ pub enum SealKind {
     Shamir,
     /// Dev mode root key file.
     Dev,
+    /// A non-extractable key in a PKCS#11 HSM.
+    Pkcs11,
 }
 
 impl SealKind {
@@ -50,15 +71,29 @@ impl SealKind {
         match self {
             Self::Shamir => "shamir",
             Self::Dev => "dev",
+            Self::Pkcs11 => "pkcs11",
         }
     }
-    fn parse(s: &str) -> Option<Self> {
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
             "shamir" => Some(Self::Shamir),
             "dev" => Some(Self::Dev),
+            "pkcs11" => Some(Self::Pkcs11),
             _ => None,
         }
     }
+}
+
+/// Where the pkcs11 seal's HSM is (`[seal.pkcs11]` in the configuration).
+#[derive(Clone, Debug)]
+pub struct HsmSealConfig {
+    /// The PKCS#11 module.
+    pub module: PathBuf,
+    /// The token.
+    pub token: TokenSelector,
+    /// Where the user PIN comes from (a file or an environment variable; never the config).
+    pub pin: PinSource,
 }
 
 /// What the seal reports.
@@ -74,34 +109,163 @@ pub struct Status {
     pub threshold: u32,
     /// Shares submitted.
     pub progress: u32,
-    /// The X25519 key custodians seal their share to.
+    /// The P-256 key custodians' tokens re-wrap their share to.
     pub unseal_public_key: Vec<u8>,
     /// The root key's check value, once initialized: custodians compare it with the value they
     /// saw at init, so a database whose seal record was swapped is noticed before they unseal.
     pub key_check_value: Vec<u8>,
+    /// The current generation.
+    pub generation: u64,
+    /// The generation being rotated to, and its kind.
+    pub rotating_to: Option<(u64, SealKind)>,
+}
+
+/// One root key generation's public facts.
+#[derive(Clone, Copy, Debug)]
+struct Generation {
+    number: u64,
+    kind: SealKind,
+    threshold: u32,
+    kcv: [u8; 16],
+}
+
+/// A generation's root key held by this process.
+struct Held {
+    number: u64,
+    kind: SealKind,
+    root: Arc<dyn RootOfTrust>,
+}
+
+/// The roots this process holds: the current generation's and, during a rotation, the next.
+/// As a [`RootOfTrust`] it wraps under the newest and unwraps with whichever root wrapped.
+pub struct Roots {
+    current: Held,
+    next: Option<Held>,
+}
+
+impl Roots {
+    fn newest(&self) -> &Held {
+        self.next.as_ref().unwrap_or(&self.current)
+    }
+
+    /// The current generation's root (the one a rotation moves away from).
+    pub fn current(&self) -> (u64, Arc<dyn RootOfTrust>) {
+        (self.current.number, self.current.root.clone())
+    }
+
+    /// The next generation's root, during a rotation.
+    pub fn next(&self) -> Option<(u64, Arc<dyn RootOfTrust>)> {
+        self.next.as_ref().map(|h| (h.number, h.root.clone()))
+    }
+}
+
+impl RootOfTrust for Roots {
+    fn wrap(&self, key_id: KeyId, version: KeyVersion, kek: &Kek) -> Result<Vec<u8>, kms_core::Error> {
+        self.newest().root.wrap(key_id, version, kek)
+    }
+    fn unwrap(&self, key_id: KeyId, version: KeyVersion, wrapped: &[u8]) -> Result<Kek, kms_core::Error> {
+        match &self.next {
+            Some(next) => next
+                .root
+                .unwrap(key_id, version, wrapped)
+                .or_else(|_| self.current.root.unwrap(key_id, version, wrapped)),
+            None => self.current.root.unwrap(key_id, version, wrapped),
+        }
+    }
+    fn generation(&self) -> u64 {
+        self.newest().number
+    }
+    fn checkpoint_signer(&self) -> Option<Arc<dyn SealSigner>> {
+        self.newest().root.checkpoint_signer()
+    }
+}
+
+/// The pkcs11 seal's root: AES-256-GCM in the HSM, byte-for-byte the wrapped format of
+/// [`SoftwareRoot`], and the HSM-held audit checkpoint key.
+struct Pkcs11Root {
+    root: HsmRoot,
+    signer: Arc<HsmCheckpointSigner>,
+    generation: u64,
+}
+
+impl RootOfTrust for Pkcs11Root {
+    fn wrap(&self, key_id: KeyId, version: KeyVersion, kek: &Kek) -> Result<Vec<u8>, kms_core::Error> {
+        self.root
+            .encrypt(&kek_wrap_aad(key_id, version), kek.expose_secret())
+            .map_err(|e| kms_core::Error::Hsm(e.to_string()))
+    }
+    fn unwrap(&self, key_id: KeyId, version: KeyVersion, wrapped: &[u8]) -> Result<Kek, kms_core::Error> {
+        let plain = self
+            .root
+            .decrypt(&kek_wrap_aad(key_id, version), wrapped)
+            .map_err(|_| kms_core::Error::UnwrapFailed)?;
+        let mut bytes = zeroize::Zeroizing::new(plain.expose_secret().to_vec());
+        Kek::from_slice(&mut bytes).ok_or(kms_core::Error::UnwrapFailed)
+    }
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+    fn checkpoint_signer(&self) -> Option<Arc<dyn SealSigner>> {
+        Some(self.signer.clone())
+    }
+}
+
+/// A software root of one generation.
+struct GenerationRoot {
+    root: SoftwareRoot,
+    generation: u64,
+}
+
+impl RootOfTrust for GenerationRoot {
+    fn wrap(&self, key_id: KeyId, version: KeyVersion, kek: &Kek) -> Result<Vec<u8>, kms_core::Error> {
+        self.root.wrap(key_id, version, kek)
+    }
+    fn unwrap(&self, key_id: KeyId, version: KeyVersion, wrapped: &[u8]) -> Result<Kek, kms_core::Error> {
+        self.root.unwrap(key_id, version, wrapped)
+    }
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+struct HsmCheckpointSigner(HsmSigner);
+
+impl SealSigner for HsmCheckpointSigner {
+    fn algorithm(&self) -> &'static str {
+        "ES256"
+    }
+    fn public_key(&self) -> Vec<u8> {
+        self.0.public_key_bytes().to_vec()
+    }
+    fn label(&self) -> String {
+        self.0.label().to_owned()
+    }
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, kms_core::Error> {
+        self.0
+            .sign_raw(message)
+            .map_err(|e| kms_core::Error::Hsm(e.to_string()))
+    }
 }
 
 enum State {
     Uninitialized,
     Sealed {
-        kind: SealKind,
-        threshold: u32,
-        kcv: [u8; 16],
+        generation: Generation,
         shares: BTreeMap<String, SecretBytes>,
     },
     Unsealed {
-        kind: SealKind,
-        threshold: u32,
-        kcv: [u8; 16],
-        root: Arc<dyn RootOfTrust>,
+        generation: Generation,
+        roots: Arc<Roots>,
     },
 }
 
 /// The seal.
 pub struct Seal {
     state: RwLock<State>,
-    unseal_key: PrivateKey<X25519>,
+    unseal_key: UnsealKey,
     dev_dir: Option<PathBuf>,
+    hsm_config: Option<HsmSealConfig>,
+    hsm: std::sync::Mutex<Option<Arc<Hsm>>>,
 }
 
 impl std::fmt::Debug for Seal {
@@ -122,68 +286,125 @@ pub enum LoadError {
 }
 
 const DEV_ROOT_FILE: &str = "dev-root-key";
+/// The reserved key id under which a software next root is wrapped by the current root (its
+/// version is the next generation number).
+const NEXT_ROOT_WRAP_ID: [u8; 16] = [0xff; 16];
+/// The AAD of the pkcs11 root's check value: a fixed value encrypted at init and decrypted at
+/// every start, so the wrong key (or token) is noticed before anything is served.
+const PKCS11_CANARY_ID: [u8; 16] = [0xfe; 16];
+
+fn generation_of(row: &RootGenerationRow) -> Result<Generation, LoadError> {
+    let kind = SealKind::parse(&row.kind)
+        .ok_or_else(|| LoadError::Refused(format!("unknown seal kind {:?} in the database", row.kind)))?;
+    let kcv = check_value(kind, &row.kcv)
+        .ok_or_else(|| LoadError::Refused("corrupt key check value in the database".into()))?;
+    Ok(Generation {
+        number: row.generation,
+        kind,
+        threshold: row.threshold,
+        kcv,
+    })
+}
+
+/// The 16-byte check value shown for a stored one: software roots store their KCV; the pkcs11
+/// seal stores a canary whose SHA-256 prefix is shown.
+fn check_value(kind: SealKind, stored: &[u8]) -> Option<[u8; 16]> {
+    match kind {
+        SealKind::Pkcs11 => {
+            let d = ring::digest::digest(&ring::digest::SHA256, stored);
+            d.as_ref()[..16].try_into().ok()
+        }
+        _ => stored.try_into().ok(),
+    }
+}
 
 impl Seal {
-    /// Loads the seal state at start: uninitialized, sealed (shamir), or unsealed from the dev
-    /// root key file (dev seal, dev mode only).
-    pub async fn load(store: &Store, dev_dir: Option<PathBuf>) -> Result<Self, LoadError> {
-        let state = match store.seal_config().await? {
-            None => State::Uninitialized,
-            Some(cfg) => {
-                let kind = SealKind::parse(&cfg.kind)
-                    .ok_or_else(|| LoadError::Refused(format!("unknown seal kind {:?} in the database", cfg.kind)))?;
-                let kcv: [u8; 16] = cfg
-                    .kcv
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| LoadError::Refused("corrupt key check value in the database".into()))?;
-                match kind {
-                    SealKind::Shamir => State::Sealed {
-                        kind,
-                        threshold: cfg.threshold,
-                        kcv,
-                        shares: BTreeMap::new(),
-                    },
-                    SealKind::Dev => {
-                        let dir = dev_dir.as_ref().ok_or_else(|| {
-                            LoadError::Refused(
-                                "this database uses the dev seal; it can only be served with `kmsd --dev`".into(),
-                            )
-                        })?;
-                        let root = read_dev_root(dir)?;
-                        if key_check_value(&root) != kcv {
-                            return Err(LoadError::Refused(format!(
-                                "{} does not hold the root key of this database",
-                                dir.join(DEV_ROOT_FILE).display()
-                            )));
-                        }
-                        State::Unsealed {
-                            kind,
-                            threshold: cfg.threshold,
-                            kcv,
-                            root: Arc::new(SoftwareRoot::new(&root).map_err(|e| LoadError::Refused(e.to_string()))?),
-                        }
-                    }
+    /// Loads the seal state at start: uninitialized; sealed (shamir); or unsealed from the HSM
+    /// (pkcs11) or the dev root key file (dev seal, dev mode only). A rotation in progress is
+    /// picked up when the current root is available ([`Seal::adopt_rotation`]).
+    pub async fn load(
+        store: &Store,
+        dev_dir: Option<PathBuf>,
+        hsm_config: Option<HsmSealConfig>,
+    ) -> Result<Self, LoadError> {
+        let seal = Self {
+            state: RwLock::new(State::Uninitialized),
+            unseal_key: UnsealKey::generate().map_err(|e| LoadError::Refused(e.to_string()))?,
+            dev_dir,
+            hsm_config,
+            hsm: std::sync::Mutex::new(None),
+        };
+        let Some(cfg) = store.seal_config().await? else {
+            return Ok(seal);
+        };
+        let row = store
+            .root_generation(cfg.root_generation)
+            .await?
+            .ok_or_else(|| LoadError::Refused(format!("root generation {} is missing", cfg.root_generation)))?;
+        let generation = generation_of(&row)?;
+        let state = match generation.kind {
+            SealKind::Shamir => State::Sealed {
+                generation,
+                shares: BTreeMap::new(),
+            },
+            SealKind::Dev => {
+                let dir = seal.dev_dir.as_ref().ok_or_else(|| {
+                    LoadError::Refused(
+                        "this database uses the dev seal; it can only be served with `kmsd --dev`".into(),
+                    )
+                })?;
+                let root = read_dev_root(dir)?;
+                if key_check_value(&root) != generation.kcv {
+                    return Err(LoadError::Refused(format!(
+                        "{} does not hold the root key of this database",
+                        dir.join(DEV_ROOT_FILE).display()
+                    )));
+                }
+                State::Unsealed {
+                    generation,
+                    roots: Arc::new(Roots {
+                        current: software_held(generation.number, SealKind::Dev, &root)
+                            .map_err(|e| LoadError::Refused(e.message))?,
+                        next: None,
+                    }),
+                }
+            }
+            SealKind::Pkcs11 => {
+                let label = row.hsm_label.clone().unwrap_or_default();
+                let held = seal
+                    .hsm_held(generation.number, &label, &row.kcv)
+                    .map_err(|e| LoadError::Refused(format!("pkcs11 seal: {}", e.message)))?;
+                State::Unsealed {
+                    generation,
+                    roots: Arc::new(Roots {
+                        current: held,
+                        next: None,
+                    }),
                 }
             }
         };
-        Ok(Self {
-            state: RwLock::new(state),
-            unseal_key: PrivateKey::generate(),
-            dev_dir,
-        })
+        *seal.write() = state;
+        seal.adopt_rotation(store)
+            .await
+            .map_err(|e| LoadError::Refused(format!("root rotation in progress: {}", e.message)))?;
+        Ok(seal)
     }
 
-    /// The root of trust, or `sealed`.
-    pub fn root(&self) -> Result<Arc<dyn RootOfTrust>, ApiError> {
+    /// The roots, or `sealed`.
+    pub fn roots(&self) -> Result<Arc<Roots>, ApiError> {
         match &*self.read() {
-            State::Unsealed { root, .. } => Ok(root.clone()),
+            State::Unsealed { roots, .. } => Ok(roots.clone()),
             State::Uninitialized => Err(ApiError::precondition(
                 "not_initialized",
                 "the server is not initialized (kmsctl init)",
             )),
             State::Sealed { .. } => Err(ApiError::sealed()),
         }
+    }
+
+    /// The root of trust (wrapping under the newest generation), or `sealed`.
+    pub fn root(&self) -> Result<Arc<dyn RootOfTrust>, ApiError> {
+        Ok(self.roots()?)
     }
 
     /// `not_initialized` until init has run (operations that need no root key).
@@ -220,52 +441,145 @@ impl Seal {
                 progress: 0,
                 unseal_public_key,
                 key_check_value: Vec::new(),
+                generation: 0,
+                rotating_to: None,
             },
-            State::Sealed {
-                kind,
-                threshold,
-                shares,
-                kcv,
-            } => Status {
+            State::Sealed { generation, shares } => Status {
                 initialized: true,
                 sealed: true,
-                kind: Some(*kind),
-                threshold: *threshold,
+                kind: Some(generation.kind),
+                threshold: generation.threshold,
                 progress: u32::try_from(shares.len()).unwrap_or(u32::MAX),
                 unseal_public_key,
-                key_check_value: kcv.to_vec(),
+                key_check_value: generation.kcv.to_vec(),
+                generation: generation.number,
+                rotating_to: None,
             },
-            State::Unsealed {
-                kind, threshold, kcv, ..
-            } => Status {
+            State::Unsealed { generation, roots } => Status {
                 initialized: true,
                 sealed: false,
-                kind: Some(*kind),
-                threshold: *threshold,
+                kind: Some(generation.kind),
+                threshold: generation.threshold,
                 progress: 0,
                 unseal_public_key,
-                key_check_value: kcv.to_vec(),
+                key_check_value: generation.kcv.to_vec(),
+                generation: generation.number,
+                rotating_to: roots.next.as_ref().map(|h| (h.number, h.kind)),
             },
         }
     }
 
-    /// Creates a fresh root key for init. For the dev seal it is also written to the dev root key
-    /// file. Returns the material (to split into shares) and the seal record to store; the seal
-    /// becomes unsealed with it only after the record is stored ([`Seal::finish_init`]).
-    pub fn new_root(&self, kind: SealKind, threshold: u32) -> Result<(RootKeyMaterial, SealConfigRow), ApiError> {
-        if kind == SealKind::Dev && self.dev_dir.is_none() {
-            return Err(ApiError::precondition(
+    /// Whether this process has a `[seal.pkcs11]` configuration.
+    pub fn has_hsm_config(&self) -> bool {
+        self.hsm_config.is_some()
+    }
+
+    /// The HSM of the pkcs11 seal, opened once (PIN read from its source then).
+    fn hsm(&self) -> Result<Arc<Hsm>, ApiError> {
+        let mut slot = self.hsm.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = slot.as_ref() {
+            return Ok(h.clone());
+        }
+        let cfg = self.hsm_config.as_ref().ok_or_else(|| {
+            ApiError::precondition(
+                "pkcs11_not_configured",
+                "this server has no [seal.pkcs11] configuration (module, token, pin_file or pin_env)",
+            )
+        })?;
+        let pin = cfg
+            .pin
+            .read()
+            .map_err(|e| ApiError::unavailable("hsm_unavailable", format!("HSM PIN: {e}")))?;
+        let hsm = Arc::new(
+            Hsm::open(&cfg.module, &cfg.token, &pin)
+                .map_err(|e| ApiError::unavailable("hsm_unavailable", e.to_string()))?,
+        );
+        *slot = Some(hsm.clone());
+        Ok(hsm)
+    }
+
+    /// Opens a pkcs11 generation's root key (and its checkpoint key) and checks it against the
+    /// stored canary.
+    fn hsm_held(&self, generation: u64, label: &str, canary: &[u8]) -> Result<Held, ApiError> {
+        let hsm = self.hsm()?;
+        let root = hsm.root_key(label).map_err(|e| {
+            ApiError::unavailable(
+                "hsm_key_missing",
+                format!("root key {label:?} of generation {generation}: {e}"),
+            )
+        })?;
+        let signer = hsm.signing_key(&format!("{label}-audit")).map_err(|e| {
+            ApiError::unavailable(
+                "hsm_key_missing",
+                format!("audit checkpoint key of generation {generation}: {e}"),
+            )
+        })?;
+        let held = Pkcs11Root {
+            root,
+            signer: Arc::new(HsmCheckpointSigner(signer)),
+            generation,
+        };
+        held.unwrap(KeyId::from_bytes(PKCS11_CANARY_ID), version_of(generation)?, canary)
+            .map_err(|_| {
+                ApiError::precondition(
+                    "wrong_root_key",
+                    format!("the HSM key {label:?} is not the root key of generation {generation} (its check value does not open)"),
+                )
+            })?;
+        Ok(Held {
+            number: generation,
+            kind: SealKind::Pkcs11,
+            root: Arc::new(held),
+        })
+    }
+
+    /// Creates a fresh root key for a generation. Software seals return the material (to split
+    /// into shares or write to the dev file) with its KCV; the pkcs11 seal generates the key in
+    /// the HSM and returns no material, with the canary as check value.
+    pub fn create_root(&self, kind: SealKind, generation: u64) -> Result<NewRoot, ApiError> {
+        match kind {
+            SealKind::Dev if self.dev_dir.is_none() => Err(ApiError::precondition(
                 "dev_seal_refused",
                 "the dev seal exists only in dev mode (kmsd --dev)",
-            ));
+            )),
+            SealKind::Dev | SealKind::Shamir => {
+                let material = RootKeyMaterial::generate()?;
+                let held = software_held(generation, kind, &material)?;
+                Ok(NewRoot {
+                    check: key_check_value(&material).to_vec(),
+                    hsm_label: None,
+                    material: Some(material),
+                    held,
+                })
+            }
+            SealKind::Pkcs11 => {
+                let hsm = self.hsm()?;
+                let label = format!("kms-root-g{generation}-{}", hex::encode(kms_core::random_array::<6>()?));
+                let hsm_err = |e: kms_hsm::HsmError| ApiError::unavailable("hsm_unavailable", e.to_string());
+                let root = hsm.generate_root_key(&label).map_err(hsm_err)?;
+                let signer = hsm.generate_signing_key(&format!("{label}-audit")).map_err(hsm_err)?;
+                let held = Pkcs11Root {
+                    root,
+                    signer: Arc::new(HsmCheckpointSigner(signer)),
+                    generation,
+                };
+                let canary = held.wrap(
+                    KeyId::from_bytes(PKCS11_CANARY_ID),
+                    version_of(generation)?,
+                    &Kek::generate()?,
+                )?;
+                Ok(NewRoot {
+                    check: canary,
+                    hsm_label: Some(label),
+                    material: None,
+                    held: Held {
+                        number: generation,
+                        kind,
+                        root: Arc::new(held),
+                    },
+                })
+            }
         }
-        let root = RootKeyMaterial::generate()?;
-        let row = SealConfigRow {
-            kind: kind.as_str().to_owned(),
-            threshold,
-            kcv: key_check_value(&root).to_vec(),
-        };
-        Ok((root, row))
     }
 
     /// Writes the dev root key file (dev seal only), before the seal record is committed. A file
@@ -294,58 +608,202 @@ impl Seal {
     }
 
     /// After init is stored: this process holds the root key it created.
-    pub fn finish_init(&self, kind: SealKind, threshold: u32, root: &RootKeyMaterial) -> Result<(), ApiError> {
-        let software = SoftwareRoot::new(root)?;
+    pub fn finish_init(&self, kind: SealKind, threshold: u32, root: NewRoot) -> Result<(), ApiError> {
+        let kcv = check_value(kind, &root.check)
+            .ok_or_else(|| ApiError::internal("kcv", "check value of the wrong length"))?;
         *self.write() = State::Unsealed {
-            kind,
-            threshold,
-            kcv: software.kcv(),
-            root: Arc::new(software),
+            generation: Generation {
+                number: 1,
+                kind,
+                threshold,
+                kcv,
+            },
+            roots: Arc::new(Roots {
+                current: root.held,
+                next: None,
+            }),
         };
         Ok(())
     }
 
-    /// Another replica initialized the database: load its seal record (sealed).
-    pub fn adopt_sealed(&self, cfg: &SealConfigRow) {
+    /// Another replica initialized the database: load its seal record (sealed, or unsealed by
+    /// the HSM).
+    pub async fn adopt_initialized(&self, store: &Store, cfg: &SealConfigRow) {
+        if !matches!(&*self.read(), State::Uninitialized) {
+            return;
+        }
+        let Ok(Some(row)) = store.root_generation(cfg.root_generation).await else {
+            return;
+        };
+        let Ok(generation) = generation_of(&row) else { return };
+        let state = match generation.kind {
+            SealKind::Pkcs11 => {
+                match self.hsm_held(generation.number, row.hsm_label.as_deref().unwrap_or(""), &row.kcv) {
+                    Ok(held) => State::Unsealed {
+                        generation,
+                        roots: Arc::new(Roots {
+                            current: held,
+                            next: None,
+                        }),
+                    },
+                    Err(e) => {
+                        tracing::warn!(reason = e.reason, message = %e.message, "cannot open the pkcs11 root of the database initialized by another replica");
+                        return;
+                    }
+                }
+            }
+            _ => State::Sealed {
+                generation,
+                shares: BTreeMap::new(),
+            },
+        };
         let mut st = self.write();
         if matches!(&*st, State::Uninitialized) {
-            if let (Some(kind), Ok(kcv)) = (SealKind::parse(&cfg.kind), <[u8; 16]>::try_from(cfg.kcv.as_slice())) {
-                *st = State::Sealed {
-                    kind,
-                    threshold: cfg.threshold,
-                    kcv,
-                    shares: BTreeMap::new(),
+            *st = state;
+        }
+    }
+
+    /// Picks up the database's rotation state: a pending next generation is opened (a software
+    /// one by unwrapping it with the current root; a pkcs11 one from the HSM) so new secrets are
+    /// wrapped under it and secrets already re-wrapped open; a completed rotation (done by
+    /// another replica) makes the next generation current. Does nothing while sealed.
+    pub async fn adopt_rotation(&self, store: &Store) -> Result<(), ApiError> {
+        let (generation, roots) = match &*self.read() {
+            State::Unsealed { generation, roots } => (*generation, roots.clone()),
+            _ => return Ok(()),
+        };
+        let Some(cfg) = store.seal_config().await? else {
+            return Ok(());
+        };
+        if cfg.root_generation > generation.number {
+            // Completed elsewhere: the pending generation we hold became current.
+            if let Some(next) = &roots.next {
+                if next.number == cfg.root_generation {
+                    if let Some(row) = store.root_generation(next.number).await? {
+                        let g =
+                            generation_of(&row).map_err(|e| ApiError::internal("root_generation", e.to_string()))?;
+                        self.promote(g);
+                        return Ok(());
+                    }
+                }
+            }
+            // We never saw it: a software root cannot be recovered any more; reseal.
+            return Err(ApiError::precondition(
+                "generation_changed",
+                format!(
+                    "the root key was rotated to generation {} while this process held generation {}: unseal again",
+                    cfg.root_generation, generation.number
+                ),
+            ));
+        }
+        if roots.next.is_some() {
+            return Ok(());
+        }
+        let Some(row) = store.pending_root_generation().await? else {
+            return Ok(());
+        };
+        let g = generation_of(&row).map_err(|e| ApiError::internal("root_generation", e.to_string()))?;
+        let held = match g.kind {
+            SealKind::Pkcs11 => self.hsm_held(g.number, row.hsm_label.as_deref().unwrap_or(""), &row.kcv)?,
+            kind => {
+                let wrapped = row.next_root_wrapped.as_deref().ok_or_else(|| {
+                    ApiError::internal(
+                        "root_generation",
+                        "pending software generation without its wrapped root",
+                    )
+                })?;
+                let material = roots
+                    .current
+                    .root
+                    .unwrap(KeyId::from_bytes(NEXT_ROOT_WRAP_ID), version_of(g.number)?, wrapped)
+                    .map_err(|_| ApiError::internal("root_generation", "the next root does not unwrap"))?;
+                software_held(g.number, kind, &material)?
+            }
+        };
+        self.install_held(g.number, held);
+        Ok(())
+    }
+
+    /// Wraps a software next root under the current root (for the rotation record).
+    pub fn wrap_next_root(&self, next_generation: u64, material: &RootKeyMaterial) -> Result<Vec<u8>, ApiError> {
+        let roots = self.roots()?;
+        Ok(roots.current.root.wrap(
+            KeyId::from_bytes(NEXT_ROOT_WRAP_ID),
+            version_of(next_generation)?,
+            material,
+        )?)
+    }
+
+    /// Holds a next generation's root once its rotation record is stored.
+    pub fn install_next(&self, number: u64, root: NewRoot) {
+        self.install_held(number, root.held);
+    }
+
+    fn install_held(&self, number: u64, held_root: Held) {
+        let mut st = self.write();
+        if let State::Unsealed { generation, roots } = &*st {
+            if roots.next.is_none() && number == generation.number + 1 {
+                let new = Roots {
+                    current: Held {
+                        number: roots.current.number,
+                        kind: roots.current.kind,
+                        root: roots.current.root.clone(),
+                    },
+                    next: Some(held_root),
+                };
+                let generation = *generation;
+                *st = State::Unsealed {
+                    generation,
+                    roots: Arc::new(new),
                 };
             }
         }
     }
 
-    /// Opens a custodian's share sealed to this process's unseal key and adds it. When the
-    /// threshold is reached the root key is rebuilt and checked; a wrong set is discarded
-    /// whole so the custodians can start again.
-    pub fn submit_share(
-        &self,
-        admin_id: &str,
-        encapsulated_key: Vec<u8>,
-        ciphertext: Vec<u8>,
-    ) -> Result<Status, ApiError> {
-        let info = kms_core::hpke_seal::unseal_info(admin_id);
-        let share = self
-            .unseal_key
-            .open(
-                &kms_core::hpke_seal::Sealed {
-                    encapsulated_key,
-                    ciphertext,
-                },
-                &info,
-                b"",
+    /// The rotation completed: the next generation becomes current.
+    fn promote(&self, g: Generation) {
+        let mut st = self.write();
+        if let State::Unsealed { roots, .. } = &*st {
+            if let Some(next) = &roots.next {
+                if next.number == g.number {
+                    let current = Held {
+                        number: next.number,
+                        kind: next.kind,
+                        root: next.root.clone(),
+                    };
+                    *st = State::Unsealed {
+                        generation: g,
+                        roots: Arc::new(Roots { current, next: None }),
+                    };
+                }
+            }
+        }
+    }
+
+    /// After the rotation's completing transaction: promote the next generation.
+    pub async fn complete_rotation(&self, store: &Store) -> Result<(), ApiError> {
+        self.adopt_rotation(store).await
+    }
+
+    /// Opens a custodian's share re-wrapped to this process's unseal key and adds it. The
+    /// envelope must carry the share labelled for this admin. When the threshold is reached the
+    /// root key is rebuilt and checked; a wrong set is discarded whole so the custodians can
+    /// start again.
+    pub fn submit_share(&self, admin_id: &str, envelope: &[u8]) -> Result<Status, ApiError> {
+        let unreadable = || {
+            ApiError::invalid(
+                "share_unreadable",
+                "the share is not wrapped to this server's current unseal key for this admin (fetch the status again)",
             )
-            .map_err(|_| {
-                ApiError::invalid(
-                    "share_unreadable",
-                    "the share is not sealed to this server's current unseal key for this admin (fetch the status again)",
-                )
-            })?;
+        };
+        let envelope = ShareEnvelope::decode(envelope).map_err(|_| unreadable())?;
+        let plaintext = self.unseal_key.open(&envelope).map_err(|_| unreadable())?;
+        let share = share_wrap::parse_share_plaintext(admin_id, &plaintext).map_err(|_| {
+            ApiError::denied(
+                "share_not_yours",
+                format!("the submitted share is not the one sealed to admin {admin_id}"),
+            )
+        })?;
         {
             let mut st = self.write();
             match &mut *st {
@@ -361,13 +819,8 @@ impl Seal {
                         "the server is already unsealed",
                     ));
                 }
-                State::Sealed {
-                    kind,
-                    threshold,
-                    kcv,
-                    shares,
-                } => {
-                    if *kind != SealKind::Shamir {
+                State::Sealed { generation, shares } => {
+                    if generation.kind != SealKind::Shamir {
                         return Err(ApiError::precondition("not_shamir", "this seal takes no shares"));
                     }
                     if shares.contains_key(admin_id) {
@@ -377,22 +830,23 @@ impl Seal {
                         ));
                     }
                     shares.insert(admin_id.to_owned(), share);
-                    if u32::try_from(shares.len()).unwrap_or(u32::MAX) >= *threshold {
+                    if u32::try_from(shares.len()).unwrap_or(u32::MAX) >= generation.threshold {
                         let all: Vec<SecretBytes> = std::mem::take(shares).into_values().collect();
-                        let t = u8::try_from(*threshold).unwrap_or(u8::MAX);
-                        let root = kms_core::shamir::combine(t, &all, kcv).map_err(|e| match e {
+                        let t = u8::try_from(generation.threshold).unwrap_or(u8::MAX);
+                        let root = kms_core::shamir::combine(t, &all, &generation.kcv).map_err(|e| match e {
                             kms_core::Error::KeyCheckMismatch => ApiError::invalid(
                                 "wrong_share_set",
                                 "the submitted shares do not rebuild this server's root key; all shares were discarded, start again",
                             ),
                             other => ApiError::invalid("invalid_share", format!("{other}; all shares were discarded, start again")),
                         })?;
-                        let software = SoftwareRoot::new(&root)?;
+                        let generation = *generation;
                         *st = State::Unsealed {
-                            kind: *kind,
-                            threshold: *threshold,
-                            kcv: *kcv,
-                            root: Arc::new(software),
+                            generation,
+                            roots: Arc::new(Roots {
+                                current: software_held(generation.number, SealKind::Shamir, &root)?,
+                                next: None,
+                            }),
                         };
                     }
                 }
@@ -401,13 +855,11 @@ impl Seal {
         Ok(self.status())
     }
 
-    /// Drops the root key (shamir only: a dev seal would unseal itself at the next start anyway).
+    /// Drops the root keys (shamir only: the other seals unseal themselves at the next start).
     pub fn seal(&self) -> Result<(), ApiError> {
         let mut st = self.write();
-        let (kind, threshold, kcv) = match &*st {
-            State::Unsealed {
-                kind, threshold, kcv, ..
-            } => (*kind, *threshold, *kcv),
+        let generation = match &*st {
+            State::Unsealed { generation, .. } => *generation,
             State::Sealed { .. } => return Ok(()),
             State::Uninitialized => {
                 return Err(ApiError::precondition(
@@ -416,16 +868,14 @@ impl Seal {
                 ))
             }
         };
-        if kind != SealKind::Shamir {
+        if generation.kind != SealKind::Shamir {
             return Err(ApiError::precondition(
                 "not_shamir",
-                "only the shamir seal can be sealed at run time",
+                "only the shamir seal can be sealed at run time (stop the process to seal the others)",
             ));
         }
         *st = State::Sealed {
-            kind,
-            threshold,
-            kcv,
+            generation,
             shares: BTreeMap::new(),
         };
         Ok(())
@@ -440,6 +890,36 @@ impl Seal {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A root a generation will have: the material for software seals (to split or write), its
+/// check value (KCV, or the pkcs11 canary) and the held root.
+pub struct NewRoot {
+    /// Stored check value.
+    pub check: Vec<u8>,
+    /// The HSM key label (pkcs11).
+    pub hsm_label: Option<String>,
+    /// Software seals' material.
+    pub material: Option<RootKeyMaterial>,
+    held: Held,
+}
+
+fn software_held(generation: u64, kind: SealKind, material: &RootKeyMaterial) -> Result<Held, ApiError> {
+    Ok(Held {
+        number: generation,
+        kind,
+        root: Arc::new(GenerationRoot {
+            root: SoftwareRoot::new(material)?,
+            generation,
+        }),
+    })
+}
+
+fn version_of(generation: u64) -> Result<KeyVersion, ApiError> {
+    u32::try_from(generation)
+        .ok()
+        .and_then(KeyVersion::new)
+        .ok_or_else(|| ApiError::internal("root_generation", "generation out of range"))
 }
 
 fn read_dev_root(dir: &std::path::Path) -> Result<RootKeyMaterial, LoadError> {

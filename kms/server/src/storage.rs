@@ -19,7 +19,12 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 use crate::error::ApiError;
 
 mod attest;
+pub(crate) mod checkpoint;
+mod quorum;
+mod rotation;
 pub use attest::{ChallengeUse, HardwareRow, HardwareStatus, Identity, TokenKeyRow, TpmEnrollmentRow};
+pub use quorum::{ApprovalAdded, ApprovalRow, ProposalRow, ProposalStatus, QuorumClose};
+pub use rotation::{RewrapItem, RootGenerationRow, SecretTable};
 
 /// Which database.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -46,6 +51,10 @@ pub struct SealConfigRow {
     pub threshold: u32,
     /// Root key check value.
     pub kcv: Vec<u8>,
+    /// M of the approval quorum.
+    pub approval_quorum: u32,
+    /// The current root key generation.
+    pub root_generation: u64,
 }
 
 /// An admin.
@@ -63,6 +72,8 @@ pub struct AdminRow {
     pub custodian: bool,
     /// Created.
     pub created_unix_ms: i64,
+    /// Removed (the row stays for the record).
+    pub removed_unix_ms: Option<i64>,
 }
 
 /// A key's metadata.
@@ -159,14 +170,17 @@ impl Store {
 
     /// The seal record, if initialized.
     pub async fn seal_config(&self) -> Result<Option<SealConfigRow>, sqlx::Error> {
-        let row = sqlx::query("SELECT kind, threshold, kcv FROM seal_config WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT kind, threshold, kcv, approval_quorum, root_generation FROM seal_config WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|r| {
             Ok(SealConfigRow {
                 kind: r.try_get("kind")?,
                 threshold: u32::try_from(r.try_get::<i64, _>("threshold")?).unwrap_or(0),
                 kcv: r.try_get("kcv")?,
+                approval_quorum: u32::try_from(r.try_get::<i64, _>("approval_quorum")?).unwrap_or(u32::MAX),
+                root_generation: u64::try_from(r.try_get::<i64, _>("root_generation")?).unwrap_or(0),
             })
         })
         .transpose()
@@ -178,25 +192,41 @@ impl Store {
         &self,
         seal: &SealConfigRow,
         admins: &[AdminRow],
-        shares: &[(String, Vec<u8>, Vec<u8>)],
+        shares: &[(String, Vec<u8>)],
+        hsm_label: Option<&str>,
         record: Record,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO seal_config (id, kind, threshold, kcv, created_unix_ms) VALUES (1, $1, $2, $3, $4)")
-            .bind(&seal.kind)
-            .bind(i64::from(seal.threshold))
-            .bind(&seal.kcv)
-            .bind(record.time_unix_ms)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO seal_config (id, kind, threshold, kcv, created_unix_ms, approval_quorum, root_generation) \
+             VALUES (1, $1, $2, $3, $4, $5, 1)",
+        )
+        .bind(&seal.kind)
+        .bind(i64::from(seal.threshold))
+        .bind(&seal.kcv)
+        .bind(record.time_unix_ms)
+        .bind(i64::from(seal.approval_quorum))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO root_generations (generation, kind, status, threshold, kcv, hsm_label, created_unix_ms, created_by) \
+             VALUES (1, $1, 'active', $2, $3, $4, $5, $6)",
+        )
+        .bind(&seal.kind)
+        .bind(i64::from(seal.threshold))
+        .bind(&seal.kcv)
+        .bind(hsm_label)
+        .bind(record.time_unix_ms)
+        .bind(&record.caller)
+        .execute(&mut *tx)
+        .await?;
         for a in admins {
             insert_admin(&mut tx, a).await?;
         }
-        for (admin, enc, ct) in shares {
-            sqlx::query("INSERT INTO custodian_shares (admin_id, encapsulated_key, ciphertext) VALUES ($1, $2, $3)")
+        for (admin, envelope) in shares {
+            sqlx::query("INSERT INTO root_shares (generation, admin_id, envelope) VALUES (1, $1, $2)")
                 .bind(admin)
-                .bind(enc)
-                .bind(ct)
+                .bind(envelope)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -205,30 +235,33 @@ impl Store {
         Ok(())
     }
 
-    /// A custodian's sealed share.
-    pub async fn share_of(&self, admin_id: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, sqlx::Error> {
-        let row = sqlx::query("SELECT encapsulated_key, ciphertext FROM custodian_shares WHERE admin_id = $1")
+    /// A custodian's share envelope of a root key generation.
+    pub async fn share_of(&self, admin_id: &str, generation: u64) -> Result<Option<Vec<u8>>, sqlx::Error> {
+        let row = sqlx::query("SELECT envelope FROM root_shares WHERE admin_id = $1 AND generation = $2")
             .bind(admin_id)
+            .bind(i64::try_from(generation).unwrap_or(i64::MAX))
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| Ok((r.try_get("encapsulated_key")?, r.try_get("ciphertext")?)))
-            .transpose()
+        row.map(|r| r.try_get("envelope")).transpose()
     }
 
-    /// One admin.
+    /// One admin (also a removed one: callers check `removed_unix_ms`).
     pub async fn admin(&self, id: &str) -> Result<Option<AdminRow>, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT id, country, signing_public_key, encryption_public_key, custodian, created_unix_ms FROM admins WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(&format!("SELECT {ADMIN_COLUMNS} FROM admins WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| admin_row(&r)).transpose()
     }
 
-    /// Every admin, by id.
-    pub async fn admins(&self) -> Result<Vec<AdminRow>, sqlx::Error> {
-        sqlx::query("SELECT id, country, signing_public_key, encryption_public_key, custodian, created_unix_ms FROM admins ORDER BY id")
+    /// Every admin, by id: active ones, or all.
+    pub async fn admins(&self, include_removed: bool) -> Result<Vec<AdminRow>, sqlx::Error> {
+        let filter = if include_removed {
+            ""
+        } else {
+            "WHERE removed_unix_ms IS NULL"
+        };
+        sqlx::query(&format!("SELECT {ADMIN_COLUMNS} FROM admins {filter} ORDER BY id"))
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -236,10 +269,113 @@ impl Store {
             .collect()
     }
 
-    /// Adds an admin with its audit entry. `Conflict` if the id exists.
-    pub async fn add_admin(&self, admin: &AdminRow, record: Record) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+    /// Adds an admin with its audit entry. `Conflict` if the id exists (also removed).
+    pub async fn add_admin(
+        &self,
+        admin: &AdminRow,
+        close: Option<&QuorumClose>,
+        record: Record,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write(close).await?;
         insert_admin(&mut tx, admin).await?;
+        append_in_tx(&mut tx, vec![record]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes an admin (the row stays, marked removed) with its audit entry. Refused inside the
+    /// transaction if fewer active admins than the approval quorum, or fewer active custodians
+    /// of the current root generation than its unseal threshold, would remain. The admin's
+    /// approvals of pending proposals stop counting.
+    pub async fn remove_admin(
+        &self,
+        id: &str,
+        by: &str,
+        now: i64,
+        close: Option<&QuorumClose>,
+        record: Record,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write(close).await?;
+        let done = sqlx::query(
+            "UPDATE admins SET removed_unix_ms = $2, removed_by = $3 WHERE id = $1 AND removed_unix_ms IS NULL",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(by)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if done != 1 {
+            return Err(StoreError::Api(ApiError::not_found(
+                "admin_not_found",
+                format!("no active admin {id}"),
+            )));
+        }
+        let row = sqlx::query(
+            "SELECT s.approval_quorum AS quorum, s.threshold AS threshold, s.kind AS kind, \
+             (SELECT COUNT(*) FROM admins WHERE removed_unix_ms IS NULL) AS admins, \
+             (SELECT COUNT(*) FROM root_shares r JOIN admins a ON a.id = r.admin_id \
+               WHERE r.generation = s.root_generation AND a.removed_unix_ms IS NULL) AS custodians \
+             FROM seal_config s WHERE s.id = 1",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let (quorum, threshold, kind): (i64, i64, String) =
+            (row.try_get("quorum")?, row.try_get("threshold")?, row.try_get("kind")?);
+        let (admins, custodians): (i64, i64) = (row.try_get("admins")?, row.try_get("custodians")?);
+        if admins < quorum {
+            return Err(StoreError::Api(ApiError::precondition(
+                "quorum_unreachable",
+                format!("removing {id} would leave {admins} admins for an approval quorum of {quorum}: lower the quorum first"),
+            )));
+        }
+        if kind == "shamir" && custodians < threshold {
+            return Err(StoreError::Api(ApiError::precondition(
+                "too_few_custodians",
+                format!("removing {id} would leave {custodians} custodians for an unseal threshold of {threshold}: rotate the root key to other custodians first"),
+            )));
+        }
+        sqlx::query(
+            "UPDATE proposals SET approvals = approvals - 1 WHERE status = 'pending' \
+             AND id IN (SELECT proposal_id FROM approvals WHERE admin_id = $1)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM approvals WHERE admin_id = $1 AND proposal_id IN (SELECT id FROM proposals WHERE status = 'pending')",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        append_in_tx(&mut tx, vec![record]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Sets M of the approval quorum, refused inside the transaction if there are fewer active
+    /// admins.
+    pub async fn set_approval_quorum(
+        &self,
+        quorum: u32,
+        close: Option<&QuorumClose>,
+        record: Record,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write(close).await?;
+        sqlx::query("UPDATE seal_config SET approval_quorum = $1 WHERE id = 1")
+            .bind(i64::from(quorum))
+            .execute(&mut *tx)
+            .await?;
+        let admins: i64 = sqlx::query("SELECT COUNT(*) AS n FROM admins WHERE removed_unix_ms IS NULL")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if admins < i64::from(quorum) {
+            return Err(StoreError::Api(ApiError::precondition(
+                "quorum_unreachable",
+                format!("there are {admins} admins: a quorum of {quorum} could never be reached"),
+            )));
+        }
         append_in_tx(&mut tx, vec![record]).await?;
         tx.commit().await?;
         Ok(())
@@ -271,7 +407,13 @@ impl Store {
     // ----- keys ------------------------------------------------------------------------------
 
     /// Creates a key with version 1. `Conflict` if the name (or id) exists.
-    pub async fn create_key(&self, key: &KeyRow, wrapped_v1: &[u8], record: Record) -> Result<(), StoreError> {
+    pub async fn create_key(
+        &self,
+        key: &KeyRow,
+        wrapped_v1: &[u8],
+        root_generation: u64,
+        record: Record,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO keys (id, name, description, tags, state, latest_version, grants, release_policy, created_unix_ms, updated_unix_ms, deletion_unix_ms) \
@@ -287,10 +429,13 @@ impl Store {
         .bind(key.created_unix_ms)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("INSERT INTO key_versions (key_id, version, wrapped_kek, created_unix_ms) VALUES ($1, 1, $2, $3)")
-            .bind(&key.id)
-            .bind(wrapped_v1)
-            .bind(key.created_unix_ms)
+        sqlx::query(
+            "INSERT INTO key_versions (key_id, version, wrapped_kek, created_unix_ms, root_generation) VALUES ($1, 1, $2, $3, $4)",
+        )
+        .bind(&key.id)
+        .bind(wrapped_v1)
+        .bind(key.created_unix_ms)
+        .bind(i64::try_from(root_generation).unwrap_or(i64::MAX))
             .execute(&mut *tx)
             .await?;
         sqlx::query(
@@ -347,6 +492,7 @@ impl Store {
         &self,
         id: &str,
         now: i64,
+        root_generation: u64,
         wrap: impl FnOnce(u32) -> Result<Vec<u8>, ApiError>,
         make_record: impl FnOnce(u32) -> Record,
     ) -> Result<Option<KeyRow>, StoreError> {
@@ -362,13 +508,16 @@ impl Store {
         let version = u32::try_from(row.try_get::<i64, _>("latest_version")?)
             .map_err(|_| ApiError::internal("version_overflow", "version out of range"))?;
         let wrapped = wrap(version)?;
-        sqlx::query("INSERT INTO key_versions (key_id, version, wrapped_kek, created_unix_ms) VALUES ($1, $2, $3, $4)")
-            .bind(id)
-            .bind(i64::from(version))
-            .bind(wrapped)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO key_versions (key_id, version, wrapped_kek, created_unix_ms, root_generation) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(i64::from(version))
+        .bind(wrapped)
+        .bind(now)
+        .bind(i64::try_from(root_generation).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
         append_in_tx(&mut tx, vec![make_record(version)]).await?;
         let key = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = $1"))
             .bind(id)
@@ -389,6 +538,7 @@ impl Store {
         deletion_unix_ms: Option<i64>,
         due_by: Option<i64>,
         now: i64,
+        close: Option<&QuorumClose>,
         record: Record,
     ) -> Result<Option<KeyRow>, StoreError> {
         let from = transition.from();
@@ -400,7 +550,7 @@ impl Store {
             placeholders.join(", ")
         );
         let sources = from;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write(close).await?;
         let mut q = sqlx::query(&sql)
             .bind(id)
             .bind(to.as_str())
@@ -525,6 +675,9 @@ pub(crate) async fn append_in_tx(tx: &mut Transaction<'static, Any>, records: Ve
     Ok(())
 }
 
+const ADMIN_COLUMNS: &str =
+    "id, country, signing_public_key, encryption_public_key, custodian, created_unix_ms, removed_unix_ms";
+
 async fn insert_admin(tx: &mut Transaction<'static, Any>, a: &AdminRow) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO admins (id, country, signing_public_key, encryption_public_key, custodian, created_unix_ms) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -548,6 +701,7 @@ fn admin_row(r: &AnyRow) -> Result<AdminRow, sqlx::Error> {
         encryption_public_key: r.try_get("encryption_public_key")?,
         custodian: r.try_get::<i64, _>("custodian")? != 0,
         created_unix_ms: r.try_get("created_unix_ms")?,
+        removed_unix_ms: r.try_get("removed_unix_ms")?,
     })
 }
 

@@ -462,6 +462,7 @@ async fn run(args: Args) {
                 seal: pb::SealKind::Shamir as i32,
                 threshold: 1,
                 admins: vec![new_admin(&alice, true)],
+                approval_quorum: 1,
             }),
         ))
         .await

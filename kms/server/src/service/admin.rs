@@ -14,17 +14,20 @@ use kms_core::ids::{AdminId, KeyId, KeyName, KeyVersion};
 use kms_core::jurisdiction::{AllowedCountries, Country};
 use kms_core::key::{KeyState, Transition, DELETION_WINDOW_DAYS};
 use kms_core::policy::{AccessPolicy, Grant, Operation, ReleasePolicy};
+use kms_core::share_wrap;
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
+use kms_proto::v1::quorum_operation::Operation as QOp;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use super::quorum::Exec;
 use super::{finish, Audit};
 use crate::audit::AuditLog;
 use crate::error::ApiError;
 use crate::keys::Keys;
 use crate::seal::{Seal, SealKind};
-use crate::storage::{AdminRow, KeyRow, Store, StoreError};
+use crate::storage::{AdminRow, KeyRow, QuorumClose, SealConfigRow, Store, StoreError};
 
 /// The AdminService implementation.
 #[derive(Debug)]
@@ -35,6 +38,7 @@ pub struct AdminPlane {
     pub(crate) audit: AuditLog,
     pub(crate) allowed_countries: AllowedCountries,
     pub(crate) window: Duration,
+    pub(crate) proposal_ttl: Duration,
     pub(crate) allow_unattested: bool,
     pub(crate) attestation: Arc<crate::attest::Attestation>,
 }
@@ -75,6 +79,11 @@ fn op_name(op: &Op) -> &'static str {
         Op::DescribeHardware(_) => "describe_hardware",
         Op::ListHardware(_) => "list_hardware",
         Op::RevokeHardware(_) => "revoke_hardware",
+        Op::Propose(_) => "propose",
+        Op::Approve(_) => "approve",
+        Op::Reject(_) => "reject",
+        Op::DescribeProposal(_) => "describe_proposal",
+        Op::ListProposals(_) => "list_proposals",
     }
 }
 
@@ -163,6 +172,12 @@ impl AdminPlane {
                     .admin(admin_id.as_str())
                     .await?
                     .ok_or_else(|| ApiError::denied("unknown_admin", format!("no admin {admin_id}")))?;
+                if row.removed_unix_ms.is_some() {
+                    return Err(ApiError::denied(
+                        "admin_removed",
+                        format!("admin {admin_id} was removed"),
+                    ));
+                }
                 AdminPublicKey::parse(&row.signing_public_key)
                     .map_err(|_| ApiError::internal("corrupt_admin", "stored admin key is unreadable"))?
             }
@@ -188,6 +203,7 @@ impl AdminPlane {
         &self,
         kind: SealKind,
         threshold: u32,
+        approval_quorum: u32,
         admins: Vec<NewAdmin>,
         audit: &mut Audit,
     ) -> Result<crate::seal::Status, ApiError> {
@@ -209,9 +225,18 @@ impl AdminPlane {
                 ));
             }
         }
+        if approval_quorum == 0 || approval_quorum as usize > admins.len() {
+            return Err(ApiError::invalid(
+                "bad_quorum",
+                format!(
+                    "approval_quorum {approval_quorum}: must be between 1 and the number of admins ({})",
+                    admins.len()
+                ),
+            ));
+        }
         let custodians: Vec<&NewAdmin> = admins.iter().filter(|a| a.custodian).collect();
         let threshold = match kind {
-            SealKind::Dev => 0,
+            SealKind::Dev | SealKind::Pkcs11 => 0,
             SealKind::Shamir => {
                 if custodians.is_empty() || custodians.len() > 255 {
                     return Err(ApiError::invalid(
@@ -231,16 +256,23 @@ impl AdminPlane {
                 threshold
             }
         };
-        let (root, seal_row) = self.seal.new_root(kind, threshold)?;
+        let root = self.seal.create_root(kind, 1)?;
+        let seal_row = SealConfigRow {
+            kind: kind.as_str().to_owned(),
+            threshold,
+            kcv: root.check.clone(),
+            approval_quorum,
+            root_generation: 1,
+        };
         let mut shares = Vec::new();
-        if kind == SealKind::Shamir {
+        if let (SealKind::Shamir, Some(material)) = (kind, &root.material) {
             let n = u8::try_from(custodians.len()).unwrap_or(u8::MAX);
             let t = u8::try_from(threshold).unwrap_or(u8::MAX);
-            let split = kms_core::shamir::split(&root, t, n)?;
+            let split = kms_core::shamir::split(material, t, n)?;
             for (c, share) in custodians.iter().zip(split) {
-                let info = hpke_seal::share_info(c.id.as_str());
-                let sealed = hpke_seal::seal::<P256>(&c.encryption_key, &info, b"", share.expose_secret())?;
-                shares.push((c.id.to_string(), sealed.encapsulated_key, sealed.ciphertext));
+                let plaintext = share_wrap::share_plaintext(c.id.as_str(), share.expose_secret());
+                let envelope = share_wrap::seal(&c.encryption_key, plaintext.expose_secret())?;
+                shares.push((c.id.to_string(), envelope.encode()));
             }
         }
         let now = kms_core::now_unix_ms();
@@ -253,16 +285,25 @@ impl AdminPlane {
                 encryption_public_key: a.encryption_key.clone(),
                 custodian: a.custodian && kind == SealKind::Shamir,
                 created_unix_ms: now,
+                removed_unix_ms: None,
             })
             .collect();
         audit.detail("seal", kind.as_str());
         audit.detail("threshold", threshold);
+        audit.detail("approval_quorum", approval_quorum);
+        if let Some(label) = &root.hsm_label {
+            audit.detail("hsm_label", label.as_str());
+        }
         audit.detail("admins", rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>());
-        if kind == SealKind::Dev {
-            self.seal.write_dev_root(&root)?;
+        if let (SealKind::Dev, Some(material)) = (kind, &root.material) {
+            self.seal.write_dev_root(material)?;
         }
         let record = Audit::clone_allowed(audit);
-        match self.store.initialize(&seal_row, &rows, &shares, record).await {
+        match self
+            .store
+            .initialize(&seal_row, &rows, &shares, root.hsm_label.as_deref(), record)
+            .await
+        {
             Ok(()) => {}
             Err(e) => {
                 if kind == SealKind::Dev {
@@ -271,7 +312,7 @@ impl AdminPlane {
                 if let StoreError::Conflict = e {
                     // Another replica won the race: adopt its seal record, sealed.
                     if let Ok(Some(cfg)) = self.store.seal_config().await {
-                        self.seal.adopt_sealed(&cfg);
+                        self.seal.adopt_initialized(&self.store, &cfg).await;
                     }
                     return Err(ApiError::precondition(
                         "already_initialized",
@@ -281,8 +322,156 @@ impl AdminPlane {
                 return Err(store_err(e));
             }
         }
-        self.seal.finish_init(kind, threshold, &root)?;
+        self.seal.finish_init(kind, threshold, root)?;
         Ok(self.seal.status())
+    }
+
+    /// AddAdmin (quorum). The country is checked by the server whatever the quorum: an admin
+    /// outside the allowed jurisdictions cannot be added.
+    pub(crate) async fn add_admin_op(
+        &self,
+        add: pb::AddAdminOp,
+        audit: &mut Audit,
+        exec: Exec<'_>,
+    ) -> Result<Option<pb::Admin>, ApiError> {
+        let new = self.parse_new_admin(&add.admin.unwrap_or_default())?;
+        if new.custodian {
+            return Err(ApiError::precondition(
+                "custodian_needs_reshare",
+                "an admin becomes a custodian when the root key is re-shared: add the admin without custodian, then rotate the root key with the new custodian set (rotate_root)",
+            ));
+        }
+        audit.detail("new_admin", new.id.to_string());
+        audit.detail("country", new.country.to_string());
+        if self.store.admin(new.id.as_str()).await?.is_some() {
+            return Err(ApiError::exists("admin_exists", format!("admin {} exists", new.id)));
+        }
+        let row = AdminRow {
+            id: new.id.to_string(),
+            country: new.country.to_string(),
+            signing_public_key: new.signing_key.as_bytes().to_vec(),
+            encryption_public_key: new.encryption_key,
+            custodian: false,
+            created_unix_ms: kms_core::now_unix_ms(),
+            removed_unix_ms: None,
+        };
+        let Exec::Run(close) = exec else { return Ok(None) };
+        match self.store.add_admin(&row, close, Audit::clone_allowed(audit)).await {
+            Ok(()) => Ok(Some(admin_to_wire(&row))),
+            Err(StoreError::Conflict) => Err(ApiError::exists("admin_exists", format!("admin {} exists", row.id))),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    /// RemoveAdmin (quorum).
+    pub(crate) async fn remove_admin_op(
+        &self,
+        by: &AdminId,
+        op: pb::RemoveAdminOp,
+        audit: &mut Audit,
+        exec: Exec<'_>,
+    ) -> Result<Option<pb::Admin>, ApiError> {
+        let id = AdminId::parse(&op.admin_id)?;
+        if op.reason.trim().is_empty() || op.reason.len() > 1024 {
+            return Err(ApiError::invalid(
+                "bad_reason",
+                "reason: 1 to 1024 characters, required",
+            ));
+        }
+        audit.detail("removed_admin", id.to_string());
+        audit.detail("reason", op.reason.as_str());
+        let row = self
+            .store
+            .admin(id.as_str())
+            .await?
+            .filter(|r| r.removed_unix_ms.is_none())
+            .ok_or_else(|| ApiError::not_found("admin_not_found", format!("no active admin {id}")))?;
+        let Exec::Run(close) = exec else { return Ok(None) };
+        let now = kms_core::now_unix_ms();
+        self.store
+            .remove_admin(id.as_str(), by.as_str(), now, close, Audit::clone_allowed(audit))
+            .await
+            .map_err(store_err)?;
+        let mut removed = row;
+        removed.removed_unix_ms = Some(now);
+        Ok(Some(admin_to_wire(&removed)))
+    }
+
+    /// SetQuorum (quorum).
+    pub(crate) async fn set_quorum_op(
+        &self,
+        op: pb::SetQuorumOp,
+        audit: &mut Audit,
+        exec: Exec<'_>,
+    ) -> Result<Option<pb::SealStatus>, ApiError> {
+        let admins = self.store.admins(false).await?.len();
+        if op.approval_quorum == 0 || op.approval_quorum as usize > admins {
+            return Err(ApiError::invalid(
+                "bad_quorum",
+                format!(
+                    "approval_quorum {}: must be between 1 and the number of admins ({admins})",
+                    op.approval_quorum
+                ),
+            ));
+        }
+        audit.detail("approval_quorum", op.approval_quorum);
+        let Exec::Run(close) = exec else { return Ok(None) };
+        self.store
+            .set_approval_quorum(op.approval_quorum, close, Audit::clone_allowed(audit))
+            .await
+            .map_err(store_err)?;
+        Ok(Some(self.wire_status().await?))
+    }
+
+    /// ScheduleKeyDeletion (quorum).
+    pub(crate) async fn schedule_deletion_op(
+        &self,
+        s: pb::ScheduleKeyDeletionOp,
+        audit: &mut Audit,
+        exec: Exec<'_>,
+    ) -> Result<Option<pb::KeyMetadata>, ApiError> {
+        if !DELETION_WINDOW_DAYS.contains(&s.pending_window_days) {
+            return Err(ApiError::invalid(
+                "bad_deletion_window",
+                format!("pending_window_days {}: must be 7 to 30", s.pending_window_days),
+            ));
+        }
+        audit.detail("pending_window_days", s.pending_window_days);
+        let Exec::Run(close) = exec else {
+            self.seal.require_initialized()?;
+            let key = self.keys.resolve(&s.key).await?;
+            audit.key(&key.id);
+            if !Transition::ScheduleDeletion.from().contains(&key.state) {
+                return Err(ApiError::precondition(
+                    "invalid_state_transition",
+                    format!(
+                        "key {} is {}: only a disabled key can be scheduled for deletion (disable it first)",
+                        key.id, key.state
+                    ),
+                ));
+            }
+            return Ok(None);
+        };
+        // The window starts when the quorum is reached, not when it was proposed.
+        let at = kms_core::now_unix_ms() + i64::from(s.pending_window_days) * 86_400_000;
+        audit.detail("deletion_unix_ms", at);
+        self.change_state(&s.key, Transition::ScheduleDeletion, Some(at), close, audit)
+            .await
+            .map(Some)
+    }
+
+    /// The seal status with the quorum and generation from the database.
+    pub(crate) async fn wire_status(&self) -> Result<pb::SealStatus, ApiError> {
+        let status = self.seal.status();
+        let from = status.generation;
+        let mut wire = wire_status(status);
+        if let Some(cfg) = self.store.seal_config().await? {
+            wire.approval_quorum = cfg.approval_quorum;
+        }
+        if let Some(r) = wire.rotation.as_mut() {
+            r.remaining = self.store.remaining_under(from).await?;
+        }
+        Ok(wire)
     }
 
     pub(crate) fn key_metadata(k: &KeyRow) -> pb::KeyMetadata {
@@ -352,7 +541,11 @@ impl AdminPlane {
             created_unix_ms: now,
             deletion_unix_ms: None,
         };
-        match self.store.create_key(&row, &wrapped, Audit::clone_allowed(audit)).await {
+        match self
+            .store
+            .create_key(&row, &wrapped, root.generation(), Audit::clone_allowed(audit))
+            .await
+        {
             Ok(()) => {}
             Err(StoreError::Conflict) => {
                 return Err(ApiError::exists(
@@ -373,6 +566,7 @@ impl AdminPlane {
         key_ref: &str,
         transition: Transition,
         deletion: Option<i64>,
+        close: Option<&QuorumClose>,
         audit: &mut Audit,
     ) -> Result<pb::KeyMetadata, ApiError> {
         let to = transition.to();
@@ -383,7 +577,15 @@ impl AdminPlane {
         let now = kms_core::now_unix_ms();
         let changed = self
             .store
-            .change_state(&key.id, transition, deletion, None, now, Audit::clone_allowed(audit))
+            .change_state(
+                &key.id,
+                transition,
+                deletion,
+                None,
+                now,
+                close,
+                Audit::clone_allowed(audit),
+            )
             .await
             .map_err(store_err)?;
         match changed {
@@ -422,6 +624,17 @@ impl Audit {
         }
         .allowed()
     }
+
+    /// The refusal record as it stands.
+    pub(crate) fn clone_failed(a: &Audit, e: &ApiError) -> kms_core::audit::Record {
+        Audit {
+            caller: a.caller.clone(),
+            operation: a.operation,
+            key_id: a.key_id.clone(),
+            detail: a.detail.clone(),
+        }
+        .failed(e)
+    }
 }
 
 fn audit_op(method: &'static str) -> &'static str {
@@ -445,6 +658,11 @@ fn audit_op(method: &'static str) -> &'static str {
         "describe_hardware" => "admin.describe_hardware",
         "list_hardware" => "admin.list_hardware",
         "revoke_hardware" => "admin.revoke_hardware",
+        "propose" => "admin.propose",
+        "approve" => "admin.approve",
+        "reject" => "admin.reject",
+        "describe_proposal" => "admin.describe_proposal",
+        "list_proposals" => "admin.list_proposals",
         _ => "admin.unknown",
     }
 }
@@ -514,11 +732,23 @@ fn wire_status(s: crate::seal::Status) -> pb::SealStatus {
             None => pb::SealKind::Unspecified,
             Some(SealKind::Shamir) => pb::SealKind::Shamir,
             Some(SealKind::Dev) => pb::SealKind::Dev,
+            Some(SealKind::Pkcs11) => pb::SealKind::Pkcs11,
         } as i32,
         threshold: s.threshold,
         progress: s.progress,
         unseal_public_key: s.unseal_public_key,
         key_check_value: s.key_check_value,
+        root_generation: s.generation,
+        approval_quorum: 0,
+        rotation: s.rotating_to.map(|(to, kind)| pb::RootRotation {
+            to_generation: to,
+            seal: match kind {
+                SealKind::Shamir => pb::SealKind::Shamir,
+                SealKind::Dev => pb::SealKind::Dev,
+                SealKind::Pkcs11 => pb::SealKind::Pkcs11,
+            } as i32,
+            remaining: 0,
+        }),
     }
 }
 
@@ -526,11 +756,21 @@ fn wire_status(s: crate::seal::Status) -> pb::SealStatus {
 /// record must be durable before answering (reads that release nothing queue it). `in_tx`: the
 /// body's transaction already wrote the success record.
 macro_rules! admin_call {
-    ($self:ident, $request:ident, $method:literal, durable = $durable:expr, in_tx = $in_tx:expr, |$op:ident, $admin:ident, $audit:ident| $body:expr) => {{
-        let signed = $request.into_inner();
+    ($self:ident, $request:ident, $method:literal, durable = $durable:expr, in_tx = $in_tx:expr, |$op:ident, $admin:ident, $audit:ident| $body:expr) => {
+        admin_call!(
+            $self,
+            $request,
+            $method,
+            durable = $durable,
+            in_tx = $in_tx,
+            |$op, $admin, $audit, _signed| $body
+        )
+    };
+    ($self:ident, $request:ident, $method:literal, durable = $durable:expr, in_tx = $in_tx:expr, |$op:ident, $admin:ident, $audit:ident, $signed:ident| $body:expr) => {{
+        let $signed = $request.into_inner();
         let mut $audit = Audit::new("unauthenticated", audit_op($method));
         let result = async {
-            let ($admin, op) = $self.authenticate(&signed, $method, &mut $audit).await?;
+            let ($admin, op) = $self.authenticate(&$signed, $method, &mut $audit).await?;
             let _ = &$admin;
             let $op = op;
             $body
@@ -550,7 +790,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
         &self,
         _request: Request<pb::GetSealStatusRequest>,
     ) -> Result<Response<pb::SealStatus>, Status> {
-        Ok(Response::new(wire_status(self.seal.status())))
+        self.wire_status().await.map(Response::new).map_err(|e| e.to_status())
     }
 
     async fn init(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::InitResponse>, Status> {
@@ -567,16 +807,18 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 let kind = match pb::SealKind::try_from(init.seal) {
                     Ok(pb::SealKind::Shamir) => SealKind::Shamir,
                     Ok(pb::SealKind::Dev) => SealKind::Dev,
-                    _ => return Err(ApiError::invalid("bad_seal", "seal must be SHAMIR or DEV")),
+                    Ok(pb::SealKind::Pkcs11) => SealKind::Pkcs11,
+                    _ => return Err(ApiError::invalid("bad_seal", "seal must be SHAMIR, PKCS11 or DEV")),
                 };
                 let admins = init
                     .admins
                     .iter()
                     .map(|a| self.parse_new_admin(a))
                     .collect::<Result<Vec<_>, _>>()?;
-                let status = self.initialize(kind, init.threshold, admins, &mut audit).await?;
+                self.initialize(kind, init.threshold, init.approval_quorum, admins, &mut audit)
+                    .await?;
                 Ok(pb::InitResponse {
-                    status: Some(wire_status(status)),
+                    status: Some(self.wire_status().await?),
                 })
             }
         )
@@ -594,15 +836,16 @@ impl pb::admin_service_server::AdminService for AdminPlane {
             in_tx = false,
             |op, admin, audit| {
                 let _ = op;
-                let (encapsulated_key, ciphertext) = self
-                    .store
-                    .share_of(admin.as_str())
-                    .await?
-                    .ok_or_else(|| ApiError::denied("not_a_custodian", format!("admin {admin} holds no share")))?;
-                Ok(pb::EncryptedShare {
-                    encapsulated_key,
-                    ciphertext,
-                })
+                self.seal.require_initialized()?;
+                let generation = self.seal.status().generation;
+                audit.detail("generation", generation);
+                let envelope = self.store.share_of(admin.as_str(), generation).await?.ok_or_else(|| {
+                    ApiError::denied(
+                        "not_a_custodian",
+                        format!("admin {admin} holds no share of root generation {generation}"),
+                    )
+                })?;
+                Ok(pb::EncryptedShare { envelope, generation })
             }
         )
     }
@@ -618,19 +861,20 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 let Op::Unseal(u) = op else {
                     unreachable!("authenticate checked the operation")
                 };
-                let row = self.store.admin(admin.as_str()).await?;
-                if !row.map(|r| r.custodian).unwrap_or(false) {
+                let generation = self.seal.status().generation;
+                audit.detail("generation", generation);
+                if self.store.share_of(admin.as_str(), generation).await?.is_none() {
                     return Err(ApiError::denied(
                         "not_a_custodian",
-                        format!("admin {admin} holds no share"),
+                        format!("admin {admin} holds no share of root generation {generation}"),
                     ));
                 }
-                let status = self
-                    .seal
-                    .submit_share(admin.as_str(), u.encapsulated_key, u.ciphertext)?;
+                let status = self.seal.submit_share(admin.as_str(), &u.envelope)?;
                 audit.detail("progress", status.progress);
                 audit.detail("sealed", status.sealed);
-                Ok(wire_status(status))
+                let mut wire = self.wire_status().await?;
+                wire.progress = status.progress;
+                Ok(wire)
             }
         )
     }
@@ -647,7 +891,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 self.seal.seal()?;
                 self.keys.clear_keks();
                 self.attestation.clear();
-                Ok(wire_status(self.seal.status()))
+                self.wire_status().await
             }
         )
     }
@@ -659,33 +903,13 @@ impl pb::admin_service_server::AdminService for AdminPlane {
             "add_admin",
             durable = true,
             in_tx = true,
-            |op, admin, audit| {
+            |op, admin, audit, signed| {
                 let Op::AddAdmin(add) = op else {
                     unreachable!("authenticate checked the operation")
                 };
-                let new = self.parse_new_admin(&add.admin.unwrap_or_default())?;
-                if new.custodian {
-                    return Err(ApiError::precondition(
-                    "custodian_needs_reshare",
-                    "a new custodian needs the root key re-shared, which is a quorum operation not available yet; add the admin without custodian",
-                ));
-                }
-                audit.detail("new_admin", new.id.to_string());
-                audit.detail("country", new.country.to_string());
-                let row = AdminRow {
-                    id: new.id.to_string(),
-                    country: new.country.to_string(),
-                    signing_public_key: new.signing_key.as_bytes().to_vec(),
-                    encryption_public_key: new.encryption_key,
-                    custodian: false,
-                    created_unix_ms: kms_core::now_unix_ms(),
-                };
-                match self.store.add_admin(&row, Audit::clone_allowed(&audit)).await {
-                    Ok(()) => Ok(admin_to_wire(&row)),
-                    Err(StoreError::Conflict) => {
-                        Err(ApiError::exists("admin_exists", format!("admin {} exists", row.id)))
-                    }
-                    Err(e) => Err(store_err(e)),
+                match self.direct(&admin, &signed, QOp::AddAdmin(add), &mut audit).await? {
+                    pb::proposal::Result::Admin(a) => Ok(a),
+                    _ => Err(ApiError::internal("quorum_result", "unexpected result")),
                 }
             }
         )
@@ -702,9 +926,17 @@ impl pb::admin_service_server::AdminService for AdminPlane {
             durable = false,
             in_tx = false,
             |op, admin, audit| {
-                let _ = op;
+                let Op::ListAdmins(l) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
                 Ok(pb::ListAdminsResponse {
-                    admins: self.store.admins().await?.iter().map(admin_to_wire).collect(),
+                    admins: self
+                        .store
+                        .admins(l.include_removed)
+                        .await?
+                        .iter()
+                        .map(admin_to_wire)
+                        .collect(),
                 })
             }
         )
@@ -798,6 +1030,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                     .rotate_key(
                         &key.id,
                         kms_core::now_unix_ms(),
+                        root.generation(),
                         |v| {
                             let v = KeyVersion::new(v).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
                             Ok(root.wrap(id, v, &kek)?)
@@ -843,7 +1076,8 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 let Op::EnableKey(e) = op else {
                     unreachable!("authenticate checked the operation")
                 };
-                self.change_state(&e.key, Transition::Enable, None, &mut audit).await
+                self.change_state(&e.key, Transition::Enable, None, None, &mut audit)
+                    .await
             }
         )
     }
@@ -859,7 +1093,8 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 let Op::DisableKey(d) = op else {
                     unreachable!("authenticate checked the operation")
                 };
-                self.change_state(&d.key, Transition::Disable, None, &mut audit).await
+                self.change_state(&d.key, Transition::Disable, None, None, &mut audit)
+                    .await
             }
         )
     }
@@ -874,20 +1109,17 @@ impl pb::admin_service_server::AdminService for AdminPlane {
             "schedule_key_deletion",
             durable = true,
             in_tx = true,
-            |op, admin, audit| {
+            |op, admin, audit, signed| {
                 let Op::ScheduleKeyDeletion(s) = op else {
                     unreachable!("authenticate checked the operation")
                 };
-                if !DELETION_WINDOW_DAYS.contains(&s.pending_window_days) {
-                    return Err(ApiError::invalid(
-                        "bad_deletion_window",
-                        format!("pending_window_days {}: must be 7 to 30", s.pending_window_days),
-                    ));
+                match self
+                    .direct(&admin, &signed, QOp::ScheduleKeyDeletion(s), &mut audit)
+                    .await?
+                {
+                    pb::proposal::Result::Key(k) => Ok(k),
+                    _ => Err(ApiError::internal("quorum_result", "unexpected result")),
                 }
-                let at = kms_core::now_unix_ms() + i64::from(s.pending_window_days) * 86_400_000;
-                audit.detail("deletion_unix_ms", at);
-                self.change_state(&s.key, Transition::ScheduleDeletion, Some(at), &mut audit)
-                    .await
             }
         )
     }
@@ -906,7 +1138,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 let Op::CancelKeyDeletion(c) = op else {
                     unreachable!("authenticate checked the operation")
                 };
-                self.change_state(&c.key, Transition::CancelDeletion, None, &mut audit)
+                self.change_state(&c.key, Transition::CancelDeletion, None, None, &mut audit)
                     .await
             }
         )
@@ -922,11 +1154,17 @@ impl pb::admin_service_server::AdminService for AdminPlane {
             "set_release_policy",
             durable = true,
             in_tx = true,
-            |op, admin, audit| {
+            |op, admin, audit, signed| {
                 let Op::SetReleasePolicy(p) = op else {
                     unreachable!("authenticate checked the operation")
                 };
-                self.set_release_policy(p, &mut audit).await
+                match self
+                    .direct(&admin, &signed, QOp::SetReleasePolicy(p), &mut audit)
+                    .await?
+                {
+                    pb::proposal::Result::Key(k) => Ok(k),
+                    _ => Err(ApiError::internal("quorum_result", "unexpected result")),
+                }
             }
         )
     }
@@ -938,11 +1176,14 @@ impl pb::admin_service_server::AdminService for AdminPlane {
             "enroll_hardware",
             durable = true,
             in_tx = true,
-            |op, admin, audit| {
+            |op, admin, audit, signed| {
                 let Op::EnrollHardware(e) = op else {
                     unreachable!("authenticate checked the operation")
                 };
-                self.enroll_hardware(&admin, e, &mut audit).await
+                match self.direct(&admin, &signed, QOp::EnrollHardware(e), &mut audit).await? {
+                    pb::proposal::Result::Hardware(h) => Ok(h),
+                    _ => Err(ApiError::internal("quorum_result", "unexpected result")),
+                }
             }
         )
     }
@@ -997,14 +1238,109 @@ impl pb::admin_service_server::AdminService for AdminPlane {
             }
         )
     }
+
+    async fn propose(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Proposal>, Status> {
+        admin_call!(
+            self,
+            request,
+            "propose",
+            durable = true,
+            in_tx = true,
+            |op, admin, audit, signed| {
+                let Op::Propose(p) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                self.submit(&admin, &signed, p.operation, p.ttl_secs, &mut audit).await
+            }
+        )
+    }
+
+    async fn approve(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Proposal>, Status> {
+        admin_call!(
+            self,
+            request,
+            "approve",
+            durable = true,
+            in_tx = true,
+            |op, admin, audit, signed| {
+                let Op::Approve(a) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                self.approve(&admin, &signed, a, &mut audit).await
+            }
+        )
+    }
+
+    async fn reject(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Proposal>, Status> {
+        admin_call!(
+            self,
+            request,
+            "reject",
+            durable = true,
+            in_tx = true,
+            |op, admin, audit| {
+                let Op::Reject(r) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                self.reject(&admin, r, &mut audit).await
+            }
+        )
+    }
+
+    async fn describe_proposal(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Proposal>, Status> {
+        admin_call!(
+            self,
+            request,
+            "describe_proposal",
+            durable = false,
+            in_tx = false,
+            |op, admin, audit| {
+                let Op::DescribeProposal(d) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                self.describe_proposal(&d.proposal_id, &mut audit).await
+            }
+        )
+    }
+
+    async fn list_proposals(
+        &self,
+        request: Request<pb::SignedRequest>,
+    ) -> Result<Response<pb::ListProposalsResponse>, Status> {
+        admin_call!(
+            self,
+            request,
+            "list_proposals",
+            durable = false,
+            in_tx = false,
+            |op, admin, audit| {
+                let Op::ListProposals(l) = op else {
+                    unreachable!("authenticate checked the operation")
+                };
+                self.list_proposals(l).await
+            }
+        )
+    }
+
+    async fn get_audit_checkpoint_keys(
+        &self,
+        _request: Request<pb::GetAuditCheckpointKeysRequest>,
+    ) -> Result<Response<pb::AuditCheckpointKeys>, Status> {
+        let keys = crate::checkpoint::published_keys(&self.store, &self.seal)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::AuditCheckpointKeys { keys }))
+    }
 }
 
-fn admin_to_wire(r: &AdminRow) -> pb::Admin {
+pub(crate) fn admin_to_wire(r: &AdminRow) -> pb::Admin {
     pb::Admin {
         id: r.id.clone(),
         country: r.country.clone(),
         signing_public_key: r.signing_public_key.clone(),
         custodian: r.custodian,
         created_unix_ms: r.created_unix_ms,
+        encryption_public_key: r.encryption_public_key.clone(),
+        removed_unix_ms: r.removed_unix_ms.unwrap_or(0),
     }
 }

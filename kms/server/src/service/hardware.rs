@@ -12,6 +12,7 @@ use kms_proto::v1 as pb;
 
 use super::admin::{store_err, AdminPlane};
 use super::attestation::snp_from_wire;
+use super::quorum::Exec;
 use super::Audit;
 use crate::attest::{refusal_reason, report_data_of};
 use crate::error::ApiError;
@@ -85,7 +86,8 @@ impl AdminPlane {
         admin: &AdminId,
         op: pb::EnrollHardwareOp,
         audit: &mut Audit,
-    ) -> Result<pb::Hardware, ApiError> {
+        exec: Exec<'_>,
+    ) -> Result<Option<pb::Hardware>, ApiError> {
         self.seal.require_initialized()?;
         let country = Country::parse(&op.country)?;
         check_text("site", &op.site, 1, 128)?;
@@ -100,6 +102,10 @@ impl AdminPlane {
                 format!("country {country} is outside the allowed jurisdictions: the machine cannot be enrolled"),
             ));
         }
+        let attempt_id = match &op.identity {
+            Some(pb::enroll_hardware_op::Identity::Tpm(t)) => Some(t.enrollment_id.clone()),
+            _ => None,
+        };
         let id_bytes: [u8; 16] = kms_core::random_array()?;
         let mut row = HardwareRow {
             id: format!("hw-{}", hex::encode(id_bytes)),
@@ -170,7 +176,7 @@ impl AdminPlane {
             Some(pb::enroll_hardware_op::Identity::Tpm(t)) => {
                 let attempt = match self
                     .store
-                    .claim_tpm_enrollment(&t.enrollment_id, kms_core::now_unix_ms())
+                    .tpm_enrollment(&t.enrollment_id, kms_core::now_unix_ms())
                     .await?
                 {
                     Ok(a) => a,
@@ -225,10 +231,15 @@ impl AdminPlane {
                 row.enrollment_record = attempt.ek_record;
             }
         }
-        audit.detail("hardware_id", row.id.as_str());
         audit.detail("kind", row.kind.as_str());
-        match self.store.insert_hardware(&row, Audit::clone_allowed(audit)).await {
-            Ok(()) => Ok(hardware_to_wire(&row)),
+        let Exec::Run(close) = exec else { return Ok(None) };
+        audit.detail("hardware_id", row.id.as_str());
+        match self
+            .store
+            .insert_hardware(&row, attempt_id.as_deref(), close, Audit::clone_allowed(audit))
+            .await
+        {
+            Ok(()) => Ok(Some(hardware_to_wire(&row))),
             Err(StoreError::Conflict) => {
                 let existing = match (&row.snp_chip_id, &row.tpm_ek_digest) {
                     (Some(chip), _) => self.store.hardware_by_identity(Identity::SnpChipId, chip).await?,
@@ -322,7 +333,8 @@ impl AdminPlane {
         &self,
         op: pb::SetReleasePolicyOp,
         audit: &mut Audit,
-    ) -> Result<pb::KeyMetadata, ApiError> {
+        exec: Exec<'_>,
+    ) -> Result<Option<pb::KeyMetadata>, ApiError> {
         self.seal.require_initialized()?;
         let key = self.keys.resolve(&op.key).await?;
         audit.key(&key.id);
@@ -335,9 +347,16 @@ impl AdminPlane {
         }
         let document = policy.to_json();
         audit.detail("release_policy", document.as_str());
+        let Exec::Run(close) = exec else { return Ok(None) };
         let row = self
             .store
-            .set_release_policy(&key.id, &document, kms_core::now_unix_ms(), Audit::clone_allowed(audit))
+            .set_release_policy(
+                &key.id,
+                &document,
+                kms_core::now_unix_ms(),
+                close,
+                Audit::clone_allowed(audit),
+            )
             .await
             .map_err(store_err)?
             .ok_or_else(|| {
@@ -347,6 +366,6 @@ impl AdminPlane {
                 )
             })?;
         let row = self.keys.remember(row);
-        Ok(Self::key_metadata(&row))
+        Ok(Some(Self::key_metadata(&row)))
     }
 }

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod attestation;
 pub mod data;
 mod hardware;
+pub(crate) mod quorum;
 
 use std::collections::BTreeMap;
 
@@ -33,6 +34,11 @@ impl Audit {
             key_id: None,
             detail: serde_json::Map::new(),
         }
+    }
+
+    /// The operation recorded (a quorum call records the operation it runs).
+    pub(crate) fn set_operation(&mut self, operation: &'static str) {
+        self.operation = operation;
     }
 
     /// The key concerned.

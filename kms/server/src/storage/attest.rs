@@ -5,7 +5,8 @@ use kms_core::audit::Record;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{append_in_tx, key_row, KeyRow, Store, StoreError, KEY_COLUMNS};
+use super::{append_in_tx, key_row, KeyRow, QuorumClose, Store, StoreError, KEY_COLUMNS};
+use crate::error::ApiError;
 
 /// What consuming a challenge nonce found.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -114,6 +115,8 @@ pub struct TokenKeyRow {
     pub public_key: Vec<u8>,
     /// The seed, wrapped under the root key.
     pub wrapped_seed: Vec<u8>,
+    /// The root key generation that wrapped it.
+    pub root_generation: u64,
 }
 
 const HARDWARE_COLUMNS: &str = "id, kind, status, country, site, operator, description, snp_chip_id, snp_accept_vlek, \
@@ -159,9 +162,10 @@ impl Store {
         id: &str,
         document: &str,
         now: i64,
+        close: Option<&QuorumClose>,
         record: Record,
     ) -> Result<Option<KeyRow>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write(close).await?;
         let row = sqlx::query(&format!(
             "UPDATE keys SET release_policy = $2, release_policy_version = release_policy_version + 1, \
              updated_unix_ms = $3 WHERE id = $1 AND state <> 'destroyed' RETURNING {KEY_COLUMNS}"
@@ -272,8 +276,32 @@ impl Store {
 
     /// Enrols a machine with its audit record. `Conflict` if one of its identities is already
     /// active in another entry.
-    pub async fn insert_hardware(&self, h: &HardwareRow, record: Record) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+    /// With `tpm_enrollment`, the credential-activation attempt is claimed (marked used) in the
+    /// same transaction: refused if it was used meanwhile. Its expiry was checked when the
+    /// enrolment was proposed (the approvals that follow have the proposal's lifetime).
+    pub async fn insert_hardware(
+        &self,
+        h: &HardwareRow,
+        tpm_enrollment: Option<&str>,
+        close: Option<&QuorumClose>,
+        record: Record,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write(close).await?;
+        if let Some(attempt) = tpm_enrollment {
+            let claimed =
+                sqlx::query("UPDATE tpm_enrollments SET used_unix_ms = $2 WHERE id = $1 AND used_unix_ms IS NULL")
+                    .bind(attempt)
+                    .bind(h.enrolled_unix_ms)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            if claimed != 1 {
+                return Err(StoreError::Api(ApiError::precondition(
+                    "tpm_enrollment_used",
+                    "the credential challenge was used meanwhile (by another enrolment): the machine must start again (BeginTpmEnrollment)",
+                )));
+            }
+        }
         sqlx::query(&format!(
             "INSERT INTO hardware ({HARDWARE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, NULL, NULL, NULL)"
         ))
@@ -426,16 +454,17 @@ impl Store {
         Ok(())
     }
 
-    /// Claims an attempt for completion: marks it used (once, on any replica) and returns it.
-    /// `Err(why)` names why it cannot be used: unknown, expired or already used.
-    pub async fn claim_tpm_enrollment(
+    /// An attempt that can still complete (unused, unexpired). `Err(why)` names why it cannot:
+    /// unknown, expired or already used. It is claimed (marked used, once, on any replica) by
+    /// [`Store::insert_hardware`] in the enrolment's transaction.
+    pub async fn tpm_enrollment(
         &self,
         id: &str,
         now: i64,
     ) -> Result<Result<TpmEnrollmentRow, ChallengeUse>, sqlx::Error> {
         let row = sqlx::query(
-            "UPDATE tpm_enrollments SET used_unix_ms = $2 WHERE id = $1 AND used_unix_ms IS NULL AND expires_unix_ms > $2 \
-             RETURNING id, ek_digest, ek_certificate, ek_record, ak_public, ak_name, secret_sha256, requested_by, expires_unix_ms",
+            "SELECT id, ek_digest, ek_certificate, ek_record, ak_public, ak_name, secret_sha256, requested_by, expires_unix_ms \
+             FROM tpm_enrollments WHERE id = $1 AND used_unix_ms IS NULL AND expires_unix_ms > $2",
         )
         .bind(id)
         .bind(now)
@@ -533,7 +562,7 @@ impl Store {
 
     /// Every token signing key, oldest first.
     pub async fn token_keys(&self) -> Result<Vec<TokenKeyRow>, sqlx::Error> {
-        sqlx::query("SELECT version, kid, public_key, wrapped_seed FROM token_keys ORDER BY version")
+        sqlx::query("SELECT version, kid, public_key, wrapped_seed, root_generation FROM token_keys ORDER BY version")
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -544,6 +573,7 @@ impl Store {
                     kid: r.try_get("kid")?,
                     public_key: r.try_get("public_key")?,
                     wrapped_seed: r.try_get("wrapped_seed")?,
+                    root_generation: u64::try_from(r.try_get::<i64, _>("root_generation")?).unwrap_or(0),
                 })
             })
             .collect()
@@ -552,13 +582,14 @@ impl Store {
     /// Adds a token signing key; `false` if another replica added that version first.
     pub async fn insert_token_key(&self, k: &TokenKeyRow, now: i64) -> Result<bool, sqlx::Error> {
         match sqlx::query(
-            "INSERT INTO token_keys (version, kid, public_key, wrapped_seed, created_unix_ms) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO token_keys (version, kid, public_key, wrapped_seed, created_unix_ms, root_generation) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(i64::from(k.version))
         .bind(&k.kid)
         .bind(&k.public_key)
         .bind(&k.wrapped_seed)
         .bind(now)
+        .bind(i64::try_from(k.root_generation).unwrap_or(i64::MAX))
         .execute(&self.pool)
         .await
         {

@@ -13,7 +13,8 @@ use kms_proto::v1::admin_request::Operation as Op;
 use serde_json::json;
 
 use crate::cli::{Global, InitArgs, SealArg};
-use crate::client::{Server, Signer};
+use crate::client::Server;
+use crate::credential::Credential;
 use crate::error::Error;
 use crate::files;
 use crate::output::{self, Printer};
@@ -69,19 +70,9 @@ fn wire_admin(public: &AdminPublic, custodian: bool, from: &Path) -> Result<pb::
     })
 }
 
-/// Checks that the signing key file belongs to the admin the public file describes.
-fn same_admin(key: &AdminKeyFile, public: &AdminPublic) -> bool {
-    let mine = key.public();
-    mine.admin_id == public.admin_id
-        && mine.signing_public_key.eq_ignore_ascii_case(&public.signing_public_key)
-        && mine
-            .encryption_public_key
-            .eq_ignore_ascii_case(&public.encryption_public_key)
-}
-
 /// `kmsctl init`.
 pub(crate) async fn init(g: &Global, p: &Printer, args: &InitArgs) -> Result<(), Error> {
-    let key = files::admin_key(g.admin_key.as_deref())?;
+    let key = Credential::load(g)?;
     let publics: Vec<(PathBuf, AdminPublic)> = args
         .admins
         .iter()
@@ -105,15 +96,15 @@ pub(crate) async fn init(g: &Global, p: &Printer, args: &InitArgs) -> Result<(),
             )));
         }
     }
-    let me = key.admin_id.as_str();
+    let me = key.admin_id();
     let (my_file, my_public) = publics.iter().find(|(_, a)| a.admin_id == me).ok_or_else(|| {
         Error::usage(format!(
-            "--admin-key is admin {me}, who is not among the --admin files; init must be signed by one of the admins it names"
+            "the signing credential is admin {me}, who is not among the --admin files; init must be signed by one of the admins it names"
         ))
     })?;
-    if !same_admin(&key, my_public) {
+    if !key.matches(my_public)? {
         return Err(Error::local(format!(
-            "{} has other keys than --admin-key for admin {me}",
+            "{} has other keys than the signing credential (--admin-key or the HSM) for admin {me}",
             my_file.display()
         )));
     }
@@ -146,10 +137,11 @@ pub(crate) async fn init(g: &Global, p: &Printer, args: &InitArgs) -> Result<(),
         seal: seal as i32,
         threshold,
         admins,
+        approval_quorum: args.quorum,
     };
 
     let server = Server::connect(g).await?;
-    let signer = Signer::new(&key);
+    let signer = key.signer();
     let response = server
         .admin_call(&signer, Op::Init(op), |mut c, r| async move { c.init(r).await })
         .await?;
@@ -186,11 +178,11 @@ pub(crate) async fn init(g: &Global, p: &Printer, args: &InitArgs) -> Result<(),
 
 /// `kmsctl admins add`.
 pub(crate) async fn add(g: &Global, p: &Printer, public_file: &Path, non_custodian: bool) -> Result<(), Error> {
-    let key = files::admin_key(g.admin_key.as_deref())?;
+    let key = Credential::load(g)?;
     let public = files::admin_public(public_file)?;
     let new = wire_admin(&public, !non_custodian, public_file)?;
     let server = Server::connect(g).await?;
-    let signer = Signer::new(&key);
+    let signer = key.signer();
     let admin = server
         .admin_call(
             &signer,
@@ -214,11 +206,11 @@ pub(crate) async fn add(g: &Global, p: &Printer, public_file: &Path, non_custodi
 
 /// `kmsctl admins list`.
 pub(crate) async fn list(g: &Global, p: &Printer) -> Result<(), Error> {
-    let key = files::admin_key(g.admin_key.as_deref())?;
+    let key = Credential::load(g)?;
     let server = Server::connect(g).await?;
-    let signer = Signer::new(&key);
+    let signer = key.signer();
     let response = server
-        .admin_call(&signer, Op::ListAdmins(pb::ListAdminsOp {}), |mut c, r| async move {
+        .admin_call(&signer, Op::ListAdmins(pb::ListAdminsOp { include_removed: false }), |mut c, r| async move {
             c.list_admins(r).await
         })
         .await?;

@@ -1,34 +1,28 @@
-//! Offline audit verification: reads `audit_log` and `audit_head` straight from the server's
-//! database (PostgreSQL or SQLite) in one read-only snapshot, re-computes the hash chain with
-//! kms-core's [`ChainVerifier`] and names the first broken entry. It must never write to the
-//! database, and never trust a hash it did not recompute.
+//! Offline audit verification: reads `audit_log`, `audit_head` and the signed checkpoints
+//! straight from the server's database (PostgreSQL or SQLite) in one read-only snapshot,
+//! re-computes the hash chain and checks each checkpoint against pinned keys with kms-core's
+//! [`AuditVerifier`], and names the first break and the entries no checkpoint vouches for. It
+//! must never write to the database, never trust a hash it did not recompute, and never take the
+//! database's own checkpoint keys for pinned ones.
 
-use kms_core::audit::{Break, ChainVerifier, Entry, Record};
-use serde_json::json;
+use std::path::PathBuf;
+
+use kms_core::audit::{AuditReport, AuditVerifier, Break, Checkpoint, CheckpointFault, CheckpointKey, Entry, Record};
+use kms_proto::v1 as pb;
+use serde_json::{json, Value};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, Row as _, Transaction};
 
-use crate::client::error_chain;
+use crate::cli::Global;
+use crate::client::{error_chain, Server};
 use crate::error::Error;
-use crate::output::Printer;
+use crate::files;
+use crate::output::{self, Printer};
 
 fn db_error(e: sqlx::Error) -> Error {
     match e {
         sqlx::Error::Configuration(c) => Error::usage(format!("--database: {c}")),
         other => Error::database_unreachable(error_chain(&other)),
-    }
-}
-
-/// A chain break as the error `kmsctl` exits with.
-fn broken(b: Break, verified: i64) -> Error {
-    Error::Verification {
-        what: format!("broken at entry {}: {}", b.seq, b.what),
-        json: json!({
-            "ok": false,
-            "first_broken_seq": b.seq,
-            "reason": b.what,
-            "verified_entries": verified,
-        }),
     }
 }
 
@@ -99,17 +93,144 @@ async fn snapshot(database: &str) -> Result<Transaction<'static, Any>, Error> {
     Ok(tx)
 }
 
-/// `kmsctl audit verify`.
-pub(crate) async fn verify(p: &Printer, database: &str, batch: i64) -> Result<(), Error> {
+/// The keys that verify checkpoints, and whether they were pinned by the operator.
+struct TrustedKeys {
+    keys: Vec<CheckpointKey>,
+    pinned: bool,
+}
+
+/// Reads `--checkpoint-key` files: JSON as `kmsctl audit checkpoint-keys` writes it,
+/// `{"keys": [{"kid", "algorithm", "public_key" (hex)}, ...]}`. Each kid must be its public key's.
+fn read_key_files(paths: &[PathBuf]) -> Result<Vec<CheckpointKey>, Error> {
+    let mut keys = Vec::new();
+    for path in paths {
+        let text = files::read_text(path)?;
+        keys.extend(parse_key_file(&text).map_err(|e| Error::file("use the checkpoint key file", path, e))?);
+    }
+    Ok(keys)
+}
+
+fn parse_key_file(text: &str) -> Result<Vec<CheckpointKey>, String> {
+    let doc: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let list = doc
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or("no \"keys\" array (write it with `kmsctl audit checkpoint-keys`)")?;
+    if list.is_empty() {
+        return Err("it holds no key".into());
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let field = |name: &str| {
+                k.get(name)
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!("key {i}: no {name:?} string"))
+            };
+            let public_key =
+                hex::decode(field("public_key")?).map_err(|e| format!("key {i}: public_key is not hex: {e}"))?;
+            CheckpointKey::parse(field("kid")?, field("algorithm")?, public_key).map_err(|e| format!("key {i}: {e}"))
+        })
+        .collect()
+}
+
+fn key_json(kid: &str, algorithm: &str, public_key: &[u8], created: i64, retired: i64) -> Value {
+    json!({
+        "kid": kid,
+        "algorithm": algorithm,
+        "public_key": hex::encode(public_key),
+        "created_unix_ms": created,
+        "retired_unix_ms": (retired != 0).then_some(retired),
+    })
+}
+
+/// The keys in the database's `checkpoint_keys` table, and the kids of rows that cannot be used.
+async fn database_keys(tx: &mut Transaction<'static, Any>) -> Result<(Vec<CheckpointKey>, Vec<String>), Error> {
+    let rows = sqlx::query("SELECT kid, algorithm, public_key FROM checkpoint_keys ORDER BY created_unix_ms, kid")
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    let mut keys = Vec::new();
+    let mut unusable = Vec::new();
+    for r in &rows {
+        let kid: String = r.try_get("kid").map_err(db_error)?;
+        let parsed = r
+            .try_get::<String, _>("algorithm")
+            .ok()
+            .zip(r.try_get::<Vec<u8>, _>("public_key").ok())
+            .and_then(|(alg, pk)| CheckpointKey::parse(&kid, &alg, pk).ok());
+        match parsed {
+            Some(k) => keys.push(k),
+            None => unusable.push(kid),
+        }
+    }
+    Ok((keys, unusable))
+}
+
+/// Every stored checkpoint with its signature. A hash that is not 32 bytes is read as zeros, so
+/// the checkpoint is reported as not verifying.
+async fn checkpoints(tx: &mut Transaction<'static, Any>) -> Result<Vec<(Checkpoint, Vec<u8>)>, Error> {
+    let rows = sqlx::query("SELECT seq, hash, time_unix_ms, kid, signature FROM audit_checkpoints ORDER BY seq")
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    rows.iter()
+        .map(|r| {
+            let hash: Vec<u8> = r.try_get("hash").map_err(db_error)?;
+            Ok((
+                Checkpoint {
+                    seq: r.try_get("seq").map_err(db_error)?,
+                    hash: <[u8; 32]>::try_from(hash.as_slice()).unwrap_or([0; 32]),
+                    time_unix_ms: r.try_get("time_unix_ms").map_err(db_error)?,
+                    kid: r.try_get("kid").map_err(db_error)?,
+                },
+                r.try_get("signature").map_err(db_error)?,
+            ))
+        })
+        .collect()
+}
+
+/// `kmsctl audit verify`: the chain, the head, and the signed checkpoints against the keys in
+/// `checkpoint_keys` files (pinned) or, without any, the database's own (with a warning).
+pub(crate) async fn verify(p: &Printer, database: &str, batch: i64, checkpoint_keys: &[PathBuf]) -> Result<(), Error> {
+    let pinned = read_key_files(checkpoint_keys)?;
     let mut tx = snapshot(database).await?;
     let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
         .fetch_optional(&mut *tx)
         .await
         .map_err(db_error)?;
+    let (db_keys, unusable) = database_keys(&mut tx).await?;
+    let trusted = if pinned.is_empty() {
+        eprintln!(
+            "warning: no --checkpoint-key: checkpoints are checked against the keys in the database itself, which \
+             whoever can write the database can replace; they prove nothing against such an attacker. Pin the \
+             server's keys: `kmsctl audit checkpoint-keys > checkpoint-keys.json`, then --checkpoint-key checkpoint-keys.json"
+        );
+        TrustedKeys {
+            keys: db_keys.clone(),
+            pinned: false,
+        }
+    } else {
+        TrustedKeys {
+            keys: pinned,
+            pinned: true,
+        }
+    };
+    // Keys the database holds that the operator did not pin: the server's new key (pin it), or
+    // one someone else wrote there.
+    let mut not_pinned: Vec<String> = db_keys
+        .iter()
+        .map(|k| k.kid().to_owned())
+        .filter(|kid| !trusted.keys.iter().any(|k| k.kid() == kid))
+        .collect();
+    not_pinned.extend(unusable.iter().cloned());
+    for kid in &not_pinned {
+        eprintln!("warning: the database's checkpoint_keys holds key {kid}, which is not pinned");
+    }
+    let mut verifier = AuditVerifier::new(&trusted.keys, checkpoints(&mut tx).await?);
 
-    let mut verifier = ChainVerifier::default();
     let mut last_seq = 0i64;
-    loop {
+    'read: loop {
         let rows = sqlx::query(
             "SELECT seq, time_unix_ms, caller, operation, key_id, outcome, reason, detail, prev_hash, hash \
              FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
@@ -120,9 +241,16 @@ pub(crate) async fn verify(p: &Printer, database: &str, batch: i64) -> Result<()
         .await
         .map_err(db_error)?;
         for row in &rows {
-            let e = entry(row)?.map_err(|b| broken(b, verifier.count()))?;
-            verifier.push(&e).map_err(|b| broken(b, verifier.count()))?;
-            last_seq = e.seq;
+            match entry(row)? {
+                Ok(e) => {
+                    verifier.push(&e);
+                    last_seq = e.seq;
+                }
+                Err(b) => verifier.fail(b, true),
+            }
+            if verifier.chain_broken() {
+                break 'read;
+            }
         }
         if i64::try_from(rows.len()).unwrap_or(i64::MAX) < batch {
             break;
@@ -131,26 +259,260 @@ pub(crate) async fn verify(p: &Printer, database: &str, batch: i64) -> Result<()
     // Nothing was written; ending the snapshot explicitly keeps it short on a busy server.
     let _ = tx.rollback().await;
 
-    let count = verifier.count();
-    let Some(head) = head else {
-        return Err(broken(
-            Break {
-                seq: count + 1,
-                what: "the audit_head row is missing".into(),
-            },
-            count,
-        ));
-    };
-    let head_seq: i64 = head.try_get("seq").map_err(db_error)?;
-    let head_hash = head.try_get::<Vec<u8>, _>("hash").map_err(db_error)?;
-    let head_hash = hash32(head_hash, head_seq, "head hash").map_err(|b| broken(b, count))?;
-    if let Some(b) = head_mismatch(count, verifier.head(), head_seq, head_hash) {
-        return Err(broken(b, count));
+    if !verifier.chain_broken() {
+        let count = verifier.count();
+        match head {
+            None => verifier.fail(
+                Break {
+                    seq: count + 1,
+                    what: "the audit_head row is missing".into(),
+                },
+                false,
+            ),
+            Some(head) => {
+                let head_seq: i64 = head.try_get("seq").map_err(db_error)?;
+                let head_hash = head.try_get::<Vec<u8>, _>("hash").map_err(db_error)?;
+                match hash32(head_hash, head_seq, "head hash") {
+                    Err(b) => verifier.fail(b, false),
+                    Ok(h) => {
+                        if let Some(b) = head_mismatch(count, verifier.head(), head_seq, h) {
+                            verifier.fail(b, false);
+                        }
+                    }
+                }
+            }
+        }
     }
-    let head_hex = hex::encode(verifier.head());
-    p.emit(json!({ "ok": true, "entries": count, "head": head_hex }), || {
-        format!("ok: {count} entries, head {head_hex}")
+    let report = verifier.finish();
+    let doc = report_json(&report, &trusted, &not_pinned);
+    match report.first_break() {
+        Some(b) => Err(Error::Verification {
+            what: format!(
+                "broken at entry {}: {}\n{}",
+                b.seq,
+                b.what,
+                report_human(&report, &trusted)
+            ),
+            json: doc,
+        }),
+        None => p.emit(doc, || {
+            format!(
+                "ok: {} entries, head {}\n{}",
+                report.entries,
+                hex::encode(report.head),
+                report_human(&report, &trusted)
+            )
+        }),
+    }
+}
+
+fn gap_text(report: &AuditReport) -> String {
+    let g = &report.gap;
+    let span = match (g.first_time_unix_ms, g.last_time_unix_ms) {
+        (Some(a), Some(b)) if g.entries > 0 => format!(" ({} to {})", output::time(a), output::time(b)),
+        _ => String::new(),
+    };
+    match &report.last_checkpoint {
+        Some(c) => format!(
+            "{} entries after the last checkpoint at seq {} ({}){span}",
+            g.entries,
+            c.seq,
+            output::time(c.time_unix_ms)
+        ),
+        None => format!("{} entries and no valid checkpoint{span}", g.entries),
+    }
+}
+
+fn report_human(report: &AuditReport, keys: &TrustedKeys) -> String {
+    let mut out = format!(
+        "checkpoints: {} verified{}{}, {} key{} {}\n",
+        report.checkpoints_verified,
+        if report.bad_checkpoints.is_empty() {
+            String::new()
+        } else {
+            format!(", {} bad", report.bad_checkpoints.len())
+        },
+        if report.checkpoints_unchecked == 0 {
+            String::new()
+        } else {
+            format!(", {} past the break not checked", report.checkpoints_unchecked)
+        },
+        keys.keys.len(),
+        if keys.keys.len() == 1 { "" } else { "s" },
+        if keys.pinned {
+            "pinned"
+        } else {
+            "from the database (NOT pinned)"
+        },
+    );
+    for b in &report.bad_checkpoints {
+        out.push_str(&format!(
+            "bad checkpoint at seq {} (key {}): {}\n",
+            b.seq, b.kid, b.fault
+        ));
+    }
+    out.push_str(&gap_text(report));
+    out
+}
+
+fn report_json(report: &AuditReport, keys: &TrustedKeys, not_pinned: &[String]) -> Value {
+    let first = report.first_break();
+    let g = &report.gap;
+    json!({
+        "ok": first.is_none(),
+        "entries": report.entries,
+        "verified_entries": report.entries,
+        "head": hex::encode(report.head),
+        "first_broken_seq": first.as_ref().map(|b| b.seq),
+        "reason": first.as_ref().map(|b| b.what.clone()),
+        "chain_break": report.chain_break.as_ref().map(|b| json!({ "seq": b.seq, "reason": b.what })),
+        "checkpoints": {
+            "verified": report.checkpoints_verified,
+            "unchecked": report.checkpoints_unchecked,
+            "bad": report.bad_checkpoints.iter().map(|b| json!({
+                "seq": b.seq,
+                "kid": b.kid,
+                "fault": fault_name(&b.fault),
+                "reason": b.fault.to_string(),
+            })).collect::<Vec<_>>(),
+        },
+        "keys": {
+            "pinned": keys.pinned,
+            "kids": keys.keys.iter().map(CheckpointKey::kid).collect::<Vec<_>>(),
+            "in_database_not_pinned": not_pinned,
+        },
+        "last_checkpoint": report.last_checkpoint.as_ref().map(|c| json!({
+            "seq": c.seq,
+            "hash": hex::encode(c.hash),
+            "time_unix_ms": c.time_unix_ms,
+            "time": output::time(c.time_unix_ms),
+            "kid": c.kid,
+        })),
+        "gap": {
+            "entries": g.entries,
+            "first_time_unix_ms": g.first_time_unix_ms,
+            "last_time_unix_ms": g.last_time_unix_ms,
+            "summary": gap_text(report),
+        },
     })
+}
+
+fn fault_name(f: &CheckpointFault) -> &'static str {
+    match f {
+        CheckpointFault::UnknownKey => "unknown_key",
+        CheckpointFault::BadSignature => "bad_signature",
+        CheckpointFault::HashMismatch { .. } => "hash_mismatch",
+        CheckpointFault::BeyondChain { .. } => "beyond_chain",
+        _ => "other",
+    }
+}
+
+/// `kmsctl audit checkpoint-keys`: the server's checkpoint keys (GetAuditCheckpointKeys,
+/// unsigned) as the JSON document `audit verify --checkpoint-key` reads, on stdout in both
+/// formats so it can be saved. Each key's kid is checked against its public key first.
+pub(crate) async fn checkpoint_keys(g: &Global, p: &Printer) -> Result<(), Error> {
+    let server = Server::connect(g).await?;
+    let keys = match server
+        .admin()
+        .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest {})
+        .await
+    {
+        Ok(r) => r.into_inner().keys,
+        Err(s) => return Err(server.failed(s).await),
+    };
+    let mut list = Vec::new();
+    for k in &keys {
+        CheckpointKey::parse(&k.kid, &k.algorithm, k.public_key.clone())
+            .map_err(|e| Error::local(format!("the server sent an unusable checkpoint key {}: {e}", k.kid)))?;
+        list.push(key_json(
+            &k.kid,
+            &k.algorithm,
+            &k.public_key,
+            k.created_unix_ms,
+            k.retired_unix_ms,
+        ));
+    }
+    if !p.is_json() {
+        eprintln!(
+            "{} checkpoint key{}: {}",
+            keys.len(),
+            if keys.len() == 1 { "" } else { "s" },
+            keys.iter()
+                .map(|k| format!("kid {} ({})", k.kid, k.algorithm))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    let doc = json!({ "keys": list });
+    let pretty = serde_json::to_string_pretty(&doc).map_err(|e| Error::local(e.to_string()))?;
+    p.emit(doc, || pretty)
+}
+
+/// `kmsctl audit tail`: the last `count` entries, oldest first (not verified: `audit verify`
+/// does that).
+pub(crate) async fn tail(p: &Printer, database: &str, count: i64) -> Result<(), Error> {
+    let mut tx = snapshot(database).await?;
+    let rows = sqlx::query(
+        "SELECT seq, time_unix_ms, caller, operation, key_id, outcome, reason, detail, prev_hash, hash \
+         FROM audit_log ORDER BY seq DESC LIMIT $1",
+    )
+    .bind(count)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    let _ = tx.rollback().await;
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in rows.iter().rev() {
+        match entry(row)? {
+            Ok(e) => entries.push(e),
+            Err(b) => return Err(Error::local(format!("entry {}: {}", b.seq, b.what))),
+        }
+    }
+    let doc: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            json!({
+                "seq": e.seq,
+                "time_unix_ms": e.record.time_unix_ms,
+                "time": output::time(e.record.time_unix_ms),
+                "caller": e.record.caller,
+                "operation": e.record.operation,
+                "key_id": e.record.key_id,
+                "outcome": e.record.outcome,
+                "reason": e.record.reason,
+                "detail": serde_json::from_str::<Value>(&e.record.detail).unwrap_or_else(|_| Value::from(e.record.detail.clone())),
+                "hash": hex::encode(e.hash),
+            })
+        })
+        .collect();
+    p.emit(Value::from(doc), || {
+        if entries.is_empty() {
+            return "the audit log is empty".into();
+        }
+        entries.iter().map(tail_line).collect::<Vec<_>>().join("\n")
+    })
+}
+
+fn tail_line(e: &Entry) -> String {
+    let r = &e.record;
+    let mut line = format!(
+        "{} {} {} {} {}",
+        e.seq,
+        output::time(r.time_unix_ms),
+        r.caller,
+        r.operation,
+        r.outcome
+    );
+    if let Some(k) = &r.key_id {
+        line.push_str(&format!(" key={k}"));
+    }
+    if !r.reason.is_empty() {
+        line.push_str(&format!(" reason={}", r.reason));
+    }
+    if r.detail != "{}" && !r.detail.is_empty() {
+        line.push_str(&format!(" {}", r.detail));
+    }
+    line
 }
 
 /// Whether the verified chain ends where `audit_head` says it does: a truncated (or extended)
@@ -215,17 +577,66 @@ mod tests {
     }
 
     #[test]
-    fn breaks_report_the_seq_in_both_formats() {
-        let e = broken(
-            Break {
-                seq: 7,
-                what: "x".into(),
-            },
-            6,
+    fn key_files_are_parsed_and_kids_checked() {
+        let seed = kms_core::secret::SecretKey::<32>::generate().unwrap();
+        let signer = kms_core::audit::CheckpointSigner::from_seed(&seed).unwrap();
+        let k = signer.key();
+        let doc = json!({ "keys": [key_json(k.kid(), "EdDSA", k.public_key(), 1, 0)] }).to_string();
+        assert_eq!(parse_key_file(&doc).unwrap(), vec![k.clone()]);
+        let wrong = json!({ "keys": [key_json(&"00".repeat(16), "EdDSA", k.public_key(), 1, 0)] }).to_string();
+        assert!(parse_key_file(&wrong).unwrap_err().contains("not the id"));
+        assert!(parse_key_file("{}").is_err());
+        assert!(parse_key_file(r#"{"keys": []}"#).is_err());
+    }
+
+    #[test]
+    fn reports_name_the_first_break_and_the_gap() {
+        let seed = kms_core::secret::SecretKey::<32>::generate().unwrap();
+        let signer = kms_core::audit::CheckpointSigner::from_seed(&seed).unwrap();
+        let entries = chain(
+            0,
+            GENESIS,
+            (0..4)
+                .map(|i| Record {
+                    time_unix_ms: i,
+                    caller: "cn:a".into(),
+                    operation: "decrypt".into(),
+                    key_id: None,
+                    outcome: "allowed".into(),
+                    reason: String::new(),
+                    detail: "{}".into(),
+                })
+                .collect(),
         );
-        assert_eq!(e.to_string(), "broken at entry 7: x");
-        let j = e.to_json();
-        assert_eq!(j["first_broken_seq"], 7);
+        let c = Checkpoint {
+            seq: 2,
+            hash: entries[1].hash,
+            time_unix_ms: 0,
+            kid: signer.key().kid().to_owned(),
+        };
+        let sig = signer.sign(&c);
+        let keys = TrustedKeys {
+            keys: vec![signer.key().clone()],
+            pinned: true,
+        };
+        let mut v = AuditVerifier::new(&keys.keys, vec![(c, sig)]);
+        entries.iter().for_each(|e| v.push(e));
+        let r = v.finish();
+        let j = report_json(&r, &keys, &[]);
+        assert_eq!(j["ok"], true);
+        assert_eq!(j["checkpoints"]["verified"], 1);
+        assert_eq!(j["gap"]["entries"], 2);
+        assert!(report_human(&r, &keys).ends_with(
+            "2 entries after the last checkpoint at seq 2 (1970-01-01T00:00:00Z) (1970-01-01T00:00:00Z to 1970-01-01T00:00:00Z)"
+        ), "{}", report_human(&r, &keys));
+
+        let mut v = AuditVerifier::new(&[], vec![]);
+        entries[..2].iter().for_each(|e| v.push(e));
+        v.push(&entries[3]);
+        let r = v.finish();
+        let j = report_json(&r, &keys, &["x".into()]);
         assert_eq!(j["ok"], false);
+        assert_eq!(j["first_broken_seq"], 3);
+        assert_eq!(j["keys"]["in_database_not_pinned"][0], "x");
     }
 }

@@ -258,6 +258,10 @@ pub(crate) struct InitArgs {
     /// Admins (by id) who get no root-key share. Every other admin is a custodian.
     #[arg(long, value_name = "ADMIN_ID", num_args = 1.., value_parser = parse_admin_id)]
     pub(crate) non_custodian: Vec<AdminId>,
+    /// M of the approval quorum: how many distinct admins must approve a quorum operation
+    /// (enrolling hardware, release policies, deletions, admins, the quorum, root rotation).
+    #[arg(long, value_name = "M")]
+    pub(crate) quorum: u32,
 }
 
 #[derive(Args, Debug)]

@@ -7,7 +7,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use kms_core::admin::AdminSigner;
-use kms_core::keyfile::AdminKeyFile;
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
 use kms_proto::v1::admin_service_client::AdminServiceClient;
@@ -198,11 +197,9 @@ pub(crate) struct Signer<'a> {
 }
 
 impl<'a> Signer<'a> {
-    pub(crate) fn new(key: &'a AdminKeyFile) -> Self {
-        Self {
-            admin_id: key.admin_id.to_string(),
-            signer: key.signer(),
-        }
+    /// Signs as `admin_id` with `signer` (a key file's or a token's key).
+    pub(crate) fn new(admin_id: String, signer: &'a dyn AdminSigner) -> Self {
+        Self { admin_id, signer }
     }
 
     pub(crate) fn admin_id(&self) -> &str {
@@ -232,6 +229,7 @@ impl<'a> Signer<'a> {
 mod tests {
     use kms_core::ids::AdminId;
     use kms_core::jurisdiction::Country;
+    use kms_core::keyfile::AdminKeyFile;
     use prost::Message as _;
 
     use super::*;
@@ -239,7 +237,7 @@ mod tests {
     #[test]
     fn signed_requests_verify_and_differ() {
         let key = AdminKeyFile::generate(AdminId::parse("alice").unwrap(), Country::parse("DE").unwrap()).unwrap();
-        let signer = Signer::new(&key);
+        let signer = Signer::new(key.admin_id.to_string(), key.signer());
         let a = signer.sign(Op::Seal(pb::SealOp {})).unwrap();
         let b = signer.sign(Op::Seal(pb::SealOp {})).unwrap();
         key.public()

@@ -16,7 +16,7 @@ use crate::output::B64;
 /// Loads the admin key file named by --admin-key.
 pub(crate) fn admin_key(path: Option<&Path>) -> Result<AdminKeyFile, Error> {
     let path =
-        path.ok_or_else(|| Error::usage("this command is signed: pass --admin-key FILE (or set KMSCTL_ADMIN_KEY)"))?;
+        path.ok_or_else(|| Error::usage("this command is signed: pass --admin-key FILE (or KMSCTL_ADMIN_KEY), or an HSM credential (--hsm-module, --hsm-token, --hsm-pin, --admin-pub)"))?;
     warn_if_readable_by_others(path);
     let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| Error::file("read the admin key file", path, e))?);
     AdminKeyFile::decode(&text).map_err(|e| Error::file("use the admin key file", path, e))

@@ -13,7 +13,8 @@ use serde_json::{json, Map, Value};
 use zeroize::Zeroizing;
 
 use crate::cli::{EnrollArgs, Global, HardwareCommand};
-use crate::client::{Server, Signer};
+use crate::client::Server;
+use crate::credential::Credential;
 use crate::error::Error;
 use crate::files;
 use crate::output::{self, Printer};
@@ -69,8 +70,8 @@ where
     F: FnOnce(pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>, pb::SignedRequest) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<pb::Hardware>, tonic::Status>>,
 {
-    let admin_key = files::admin_key(g.admin_key.as_deref())?;
-    let signer = Signer::new(&admin_key);
+    let admin_key = Credential::load(g)?;
+    let signer = admin_key.signer();
     let server = Server::connect(g).await?;
     server.admin_call(&signer, op, f).await
 }
@@ -252,8 +253,8 @@ async fn enroll(g: &Global, p: &Printer, args: &EnrollArgs) -> Result<(), Error>
 
 /// `kmsctl hardware list`.
 async fn list(g: &Global, p: &Printer, page_size: u32, mut page_token: String, all: bool) -> Result<(), Error> {
-    let admin_key = files::admin_key(g.admin_key.as_deref())?;
-    let signer = Signer::new(&admin_key);
+    let admin_key = Credential::load(g)?;
+    let signer = admin_key.signer();
     let server = Server::connect(g).await?;
     let mut machines = Vec::new();
     let next = loop {

@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 
 use crate::args::{grants_to_wire, pairs_to_map};
 use crate::cli::{CreateKeyArgs, Global, KeyCommand, PolicyInput};
-use crate::client::{Server, Signer};
+use crate::client::Server;
+use crate::credential::Credential;
 use crate::error::Error;
 use crate::files;
 use crate::output::{self, Printer};
@@ -95,8 +96,8 @@ pub(crate) async fn run(g: &Global, p: &Printer, command: &KeyCommand) -> Result
             release_policy: new_release_policy(&args.policy)?,
         }),
     };
-    let admin_key = files::admin_key(g.admin_key.as_deref())?;
-    let signer = Signer::new(&admin_key);
+    let admin_key = Credential::load(g)?;
+    let signer = admin_key.signer();
     let server = Server::connect(g).await?;
     let k = match op {
         o @ Op::CreateKey(_) => {
@@ -171,8 +172,8 @@ pub(crate) async fn run(g: &Global, p: &Printer, command: &KeyCommand) -> Result
 }
 
 async fn list(g: &Global, p: &Printer, page_size: u32, mut page_token: String, all: bool) -> Result<(), Error> {
-    let admin_key = files::admin_key(g.admin_key.as_deref())?;
-    let signer = Signer::new(&admin_key);
+    let admin_key = Credential::load(g)?;
+    let signer = admin_key.signer();
     let server = Server::connect(g).await?;
     let mut keys = Vec::new();
     let next = loop {

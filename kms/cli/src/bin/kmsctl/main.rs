@@ -74,7 +74,7 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Error> {
         Command::Hardware(command) => hardware::run(g, p, command).await,
         Command::Token(command) => token::run(g, p, command).await,
         Command::Data(command) => data::run(g, p, command).await,
-        Command::Audit(AuditCommand::Verify { database, batch }) => audit::verify(p, database, *batch).await,
+        Command::Audit(AuditCommand::Verify { database, batch }) => audit::verify(p, database, *batch, &[]).await,
         Command::Verify(VerifyCommand::Snp(args)) => verify::snp(args),
         Command::Verify(VerifyCommand::Tpm(args)) => verify::tpm(args),
         Command::Completions { shell } => {

@@ -1,17 +1,17 @@
 //! The seal: showing its status, submitting a custodian's root-key share, sealing. The share is
-//! opened with the custodian's key and re-sealed to the server's ephemeral unseal key in memory
-//! only. It must never print, log or write a share, and never send one over plaintext to another
+//! re-sealed to the server's ephemeral unseal key by the custodian's credential: inside the token
+//! for an HSM, in memory only for a key file. It must never print, log or write a share, and never send one over plaintext to another
 //! machine unless the operator said `--danger-plaintext-unseal`.
 
-use kms_core::hpke_seal::{self, Sealed, X25519};
+use kms_core::share_wrap::ShareEnvelope;
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
 use serde_json::json;
 
 use crate::cli::{Global, UnsealArgs};
-use crate::client::{plaintext_to_remote, sealed_hint, Server, Signer};
+use crate::client::{plaintext_to_remote, sealed_hint, Server};
+use crate::credential::Credential;
 use crate::error::Error;
-use crate::files;
 use crate::output::{self, Printer};
 
 /// `kmsctl status`.
@@ -29,7 +29,7 @@ pub(crate) async fn status(g: &Global, p: &Printer) -> Result<(), Error> {
 
 /// `kmsctl unseal`.
 pub(crate) async fn unseal(g: &Global, p: &Printer, args: &UnsealArgs) -> Result<(), Error> {
-    let key = files::admin_key(g.admin_key.as_deref())?;
+    let key = Credential::load(g)?;
     let expected_kcv = args
         .expect_kcv
         .as_deref()
@@ -74,7 +74,7 @@ pub(crate) async fn unseal(g: &Global, p: &Printer, args: &UnsealArgs) -> Result
         }
     }
 
-    let signer = Signer::new(&key);
+    let signer = key.signer();
     let id = signer.admin_id().to_owned();
     let share = server
         .admin_call(
@@ -83,37 +83,14 @@ pub(crate) async fn unseal(g: &Global, p: &Printer, args: &UnsealArgs) -> Result
             |mut c, r| async move { c.get_encrypted_share(r).await },
         )
         .await?;
-    let sealed = {
-        let plain = key
-            .encryption_key()
-            .open(
-                &Sealed {
-                    encapsulated_key: share.encapsulated_key,
-                    ciphertext: share.ciphertext,
-                },
-                &hpke_seal::share_info(&id),
-                b"",
-            )
-            .map_err(|e| {
-                Error::local(format!(
-                    "cannot open your share with the encryption key in --admin-key ({e}); is it the key file given at init?"
-                ))
-            })?;
-        // `plain` is zeroized when this block ends; only the re-sealed form leaves it.
-        hpke_seal::seal::<X25519>(
-            &status.unseal_public_key,
-            &hpke_seal::unseal_info(&id),
-            b"",
-            plain.expose_secret(),
-        )
-        .map_err(|e| Error::server_state("bad_unseal_key", format!("the server's unseal public key: {e}")))?
-    };
+    let envelope = ShareEnvelope::decode(&share.envelope)
+        .map_err(|e| Error::server_state("bad_share", format!("the server sent an unreadable share envelope: {e}")))?;
+    let rewrapped = key.rewrap_share(&envelope, &status.unseal_public_key)?;
     let after = server
         .admin_call(
             &signer,
             Op::Unseal(pb::UnsealOp {
-                encapsulated_key: sealed.encapsulated_key,
-                ciphertext: sealed.ciphertext,
+                envelope: rewrapped.encode(),
             }),
             |mut c, r| async move { c.unseal(r).await },
         )
@@ -141,9 +118,9 @@ pub(crate) async fn unseal(g: &Global, p: &Printer, args: &UnsealArgs) -> Result
 
 /// `kmsctl seal`.
 pub(crate) async fn seal(g: &Global, p: &Printer) -> Result<(), Error> {
-    let key = files::admin_key(g.admin_key.as_deref())?;
+    let key = Credential::load(g)?;
     let server = Server::connect(g).await?;
-    let signer = Signer::new(&key);
+    let signer = key.signer();
     let s = server
         .admin_call(
             &signer,
@@ -161,28 +138,22 @@ pub(crate) async fn seal(g: &Global, p: &Printer) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
-    use kms_core::hpke_seal::{PrivateKey, P256};
+    use kms_core::ids::AdminId;
+    use kms_core::jurisdiction::Country;
+    use kms_core::keyfile::AdminKeyFile;
+    use kms_core::share_wrap::{self, UnsealKey};
 
     use super::*;
 
     #[test]
-    fn shares_round_trip_through_the_infos_the_server_uses() {
-        let custodian = PrivateKey::<P256>::generate();
-        let server_unseal = PrivateKey::<X25519>::generate();
-        let to_custodian =
-            hpke_seal::seal::<P256>(&custodian.public_key(), b"kms-share-v1\0alice", b"", b"share").unwrap();
-        let opened = custodian
-            .open(&to_custodian, &hpke_seal::share_info("alice"), b"")
-            .unwrap();
-        let to_server = hpke_seal::seal::<X25519>(
-            &server_unseal.public_key(),
-            &hpke_seal::unseal_info("alice"),
-            b"",
-            opened.expose_secret(),
-        )
-        .unwrap();
-        let got = server_unseal.open(&to_server, b"kms-unseal-v1\0alice", b"").unwrap();
-        assert_eq!(got.expose_secret(), b"share");
-        assert!(server_unseal.open(&to_server, b"kms-unseal-v1\0bob", b"").is_err());
+    fn a_key_file_rewraps_its_share_to_the_server() {
+        let key = AdminKeyFile::generate(AdminId::parse("alice").unwrap(), Country::parse("DE").unwrap()).unwrap();
+        let to_custodian = share_wrap::seal(&key.public().encryption_key().unwrap(), &[7u8; 32]).unwrap();
+        let server = UnsealKey::generate().unwrap();
+        let credential = Credential::KeyFile(key);
+        let to_server = credential.rewrap_share(&to_custodian, &server.public_key()).unwrap();
+        assert_eq!(server.open(&to_server).unwrap().expose_secret(), &[7u8; 32]);
+        let other = UnsealKey::generate().unwrap();
+        assert!(credential.rewrap_share(&to_server, &other.public_key()).is_err());
     }
 }

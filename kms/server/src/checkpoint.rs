@@ -1,0 +1,574 @@
+//! Signed audit checkpoints (DESIGN §6): every so often the server signs the audit chain's head
+//! (sequence number, hash, time) with a key the seal holds, so that rewriting the chain up to a
+//! checkpoint, or cutting it short, is caught offline by `kmsctl audit verify` even against
+//! someone who can write the database and recompute every hash.
+//!
+//! The key: with a seal that holds a signing key in hardware ([`RootOfTrust::checkpoint_signer`],
+//! the pkcs11 seal's HSM) that ES256 key, recorded in `checkpoint_keys` without any secret;
+//! otherwise an Ed25519 seed generated here and stored wrapped under the root key. A stored key
+//! is used or published only after it is checked against the seal (the seed unwraps and derives
+//! the row's public key and kid, or the HSM holds it), so a row an attacker writes into the
+//! database never signs nor is offered for pinning.
+//!
+//! Must never log, return or store the seed unwrapped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kms_core::audit::{Checkpoint, CheckpointAlgorithm, CheckpointKey, CheckpointSigner};
+use kms_core::ids::{KeyId, KeyVersion};
+use kms_core::secret::SecretKey;
+use kms_proto::v1 as pb;
+use tokio::task::JoinHandle;
+
+use crate::error::ApiError;
+use crate::seal::{RootOfTrust, Seal, SealSigner};
+use crate::storage::checkpoint::CheckpointKeyRow;
+use crate::storage::Store;
+
+/// The key id under which checkpoint signing seeds are wrapped by the root key (the AAD binds it
+/// and [`CHECKPOINT_KEY_WRAP_VERSION`]). Distinct from the token keys' (all zero); generated key
+/// ids are random, so none is this one.
+pub const CHECKPOINT_KEY_WRAP_ID: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// The key version in the wrapping AAD of every checkpoint seed. `checkpoint_keys` has no
+/// version column: a seed is tied to its row by deriving the row's public key and kid.
+pub const CHECKPOINT_KEY_WRAP_VERSION: u32 = 1;
+
+/// The key that signs, as the seal holds it.
+enum Signer {
+    /// Ed25519, seed unwrapped from the database.
+    Software(CheckpointSigner),
+    /// ES256 in the seal's HSM.
+    Hsm(Arc<dyn SealSigner>, CheckpointKey),
+}
+
+impl Signer {
+    fn key(&self) -> &CheckpointKey {
+        match self {
+            Self::Software(s) => s.key(),
+            Self::Hsm(_, k) => k,
+        }
+    }
+
+    async fn sign(&self, c: &Checkpoint) -> Result<Vec<u8>, ApiError> {
+        match self {
+            Self::Software(s) => Ok(s.sign(c)),
+            Self::Hsm(hsm, _) => {
+                // A PKCS#11 call blocks; keep it off the async workers.
+                let hsm = hsm.clone();
+                let message = kms_core::audit::checkpoint_message(c);
+                tokio::task::spawn_blocking(move || hsm.sign(&message))
+                    .await
+                    .map_err(|_| ApiError::internal("checkpoint_sign", "the HSM signing task failed"))?
+                    .map_err(|e| {
+                        ApiError::internal("checkpoint_sign", format!("the HSM cannot sign the checkpoint: {e}"))
+                    })
+            }
+        }
+    }
+}
+
+pub(crate) fn wrap_id() -> (KeyId, Option<KeyVersion>) {
+    (
+        KeyId::from_bytes(CHECKPOINT_KEY_WRAP_ID),
+        KeyVersion::new(CHECKPOINT_KEY_WRAP_VERSION),
+    )
+}
+
+/// The seal's HSM key as a checkpoint key, if the seal holds one.
+/// The seal's HSM signer with its public key parsed.
+struct HsmKey {
+    signer: Arc<dyn SealSigner>,
+    key: CheckpointKey,
+}
+
+fn hsm_key(root: &dyn RootOfTrust) -> Result<Option<HsmKey>, ApiError> {
+    let Some(hsm) = root.checkpoint_signer() else {
+        return Ok(None);
+    };
+    let alg = CheckpointAlgorithm::parse(hsm.algorithm())
+        .filter(|a| *a == CheckpointAlgorithm::Es256)
+        .ok_or_else(|| {
+            ApiError::internal(
+                "checkpoint_key",
+                format!("the seal's checkpoint key is {}, not ES256", hsm.algorithm()),
+            )
+        })?;
+    let key = CheckpointKey::new(alg, hsm.public_key())
+        .map_err(|e| ApiError::internal("checkpoint_key", format!("the seal's checkpoint key: {e}")))?;
+    Ok(Some(HsmKey { signer: hsm, key }))
+}
+
+/// The row's key if the seal vouches for it: an HSM row whose key the seal's HSM holds, or a
+/// software row whose seed unwraps under the root key to the row's public key and kid.
+fn trusted(row: &CheckpointKeyRow, root: &dyn RootOfTrust, hsm: Option<&CheckpointKey>) -> Option<Trusted> {
+    let key = CheckpointKey::parse(&row.kid, &row.algorithm, row.public_key.clone()).ok()?;
+    match (&row.wrapped_secret, key.algorithm()) {
+        (Some(wrapped), CheckpointAlgorithm::EdDsa) => {
+            let (id, version) = wrap_id();
+            let seed: SecretKey<32> = root.unwrap(id, version?, wrapped).ok()?;
+            let signer = CheckpointSigner::from_seed(&seed).ok()?;
+            (signer.key() == &key).then_some(Trusted::Software(signer))
+        }
+        (None, CheckpointAlgorithm::Es256) => (hsm == Some(&key)).then_some(Trusted::Hsm(key)),
+        _ => None,
+    }
+}
+
+enum Trusted {
+    Software(CheckpointSigner),
+    Hsm(CheckpointKey),
+}
+
+impl Trusted {
+    fn key(&self) -> &CheckpointKey {
+        match self {
+            Self::Software(s) => s.key(),
+            Self::Hsm(k) => k,
+        }
+    }
+}
+
+/// The rows the seal vouches for, in the stored order (oldest first), each with its row.
+fn trusted_rows<'a>(
+    rows: &'a [CheckpointKeyRow],
+    root: &dyn RootOfTrust,
+    hsm: Option<&CheckpointKey>,
+) -> Vec<(&'a CheckpointKeyRow, Trusted)> {
+    rows.iter()
+        .filter_map(|row| match trusted(row, root, hsm) {
+            Some(t) => Some((row, t)),
+            None => {
+                tracing::error!(
+                    kid = %row.kid,
+                    algorithm = %row.algorithm,
+                    root_generation = row.root_generation,
+                    "checkpoint key row ignored: the seal does not hold its key (altered database?)"
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+/// The signing key: with an HSM seal its key, else the oldest trusted software key in use.
+/// Creates (and records) it if there is none; of replicas racing to create one, one wins and
+/// all use its key.
+async fn signing_key(store: &Store, root: &dyn RootOfTrust) -> Result<Signer, ApiError> {
+    let hsm = hsm_key(root)?;
+    if let Some(HsmKey { signer: hsm, key }) = hsm {
+        let row = CheckpointKeyRow {
+            kid: key.kid().to_owned(),
+            algorithm: key.algorithm().as_str().to_owned(),
+            public_key: key.public_key().to_vec(),
+            wrapped_secret: None,
+            hsm_label: Some(hsm.label()),
+            root_generation: i64::try_from(root.generation()).unwrap_or(i64::MAX),
+            created_unix_ms: kms_core::now_unix_ms(),
+            retired_unix_ms: None,
+        };
+        let kid = row.kid.clone();
+        let added = store
+            .insert_checkpoint_key_unless(&row, |rows| rows.iter().any(|r| r.kid == kid))
+            .await?;
+        if added {
+            tracing::info!(kid = %key.kid(), label = %hsm.label(), "audit checkpoint key recorded (HSM, ES256)");
+        }
+        // A row with this kid that is not the HSM's key cannot exist: the kid is a hash of the
+        // public key, and a different public key under it is refused when read.
+        return Ok(Signer::Hsm(hsm, key));
+    }
+
+    let pick = |rows: &[CheckpointKeyRow]| -> Option<CheckpointSigner> {
+        trusted_rows(rows, root, None)
+            .into_iter()
+            .filter(|(row, _)| row.retired_unix_ms.is_none())
+            .find_map(|(_, t)| match t {
+                Trusted::Software(s) => Some(s),
+                Trusted::Hsm(_) => None,
+            })
+    };
+    if let Some(s) = pick(&store.checkpoint_keys().await?) {
+        return Ok(Signer::Software(s));
+    }
+    let seed = SecretKey::<32>::generate()?;
+    let signer = CheckpointSigner::from_seed(&seed)?;
+    let (id, version) = wrap_id();
+    let version = version.ok_or_else(|| ApiError::internal("checkpoint_key", "wrap version 0"))?;
+    let row = CheckpointKeyRow {
+        kid: signer.key().kid().to_owned(),
+        algorithm: CheckpointAlgorithm::EdDsa.as_str().to_owned(),
+        public_key: signer.key().public_key().to_vec(),
+        wrapped_secret: Some(root.wrap(id, version, &seed)?),
+        hsm_label: None,
+        root_generation: i64::try_from(root.generation()).unwrap_or(i64::MAX),
+        created_unix_ms: kms_core::now_unix_ms(),
+        retired_unix_ms: None,
+    };
+    // Checked again under the lock: another replica may have created one meanwhile.
+    if store
+        .insert_checkpoint_key_unless(&row, |rows| pick(rows).is_some())
+        .await?
+    {
+        tracing::info!(kid = %row.kid, "audit checkpoint key created (Ed25519, wrapped under the root key)");
+    }
+    pick(&store.checkpoint_keys().await?)
+        .map(Signer::Software)
+        .ok_or_else(|| {
+            ApiError::internal(
+                "checkpoint_key",
+                "no checkpoint signing key unwraps under this root key",
+            )
+        })
+}
+
+/// Signs the audit head if it advanced past the newest checkpoint and stores the checkpoint.
+/// `None` if there was nothing to sign (empty chain, head already checkpointed, or another
+/// replica stored a checkpoint for this head first). Needs the server unsealed.
+pub async fn checkpoint_now(store: &Store, seal: &Seal) -> Result<Option<Checkpoint>, ApiError> {
+    sign_head(store, seal.root()?.as_ref()).await
+}
+
+async fn sign_head(store: &Store, root: &dyn RootOfTrust) -> Result<Option<Checkpoint>, ApiError> {
+    let (seq, hash) = store.audit_head().await?;
+    if seq == 0 {
+        return Ok(None);
+    }
+    if store.latest_checkpoint_seq().await?.is_some_and(|newest| newest >= seq) {
+        return Ok(None);
+    }
+    let signer = signing_key(store, root).await?;
+    let checkpoint = Checkpoint {
+        seq,
+        hash,
+        time_unix_ms: kms_core::now_unix_ms(),
+        kid: signer.key().kid().to_owned(),
+    };
+    let signature = signer.sign(&checkpoint).await?;
+    if !store.insert_checkpoint(&checkpoint, &signature).await? {
+        return Ok(None);
+    }
+    tracing::debug!(seq, kid = %checkpoint.kid, "audit checkpoint signed");
+    Ok(Some(checkpoint))
+}
+
+/// Starts the periodic signer: every `interval`, while unsealed, [`checkpoint_now`]. Stop it
+/// with [`JoinHandle::abort`] (a checkpoint is one INSERT: stopping between two is harmless),
+/// then call [`checkpoint_now`] once for the final head.
+pub fn spawn(store: Store, seal: Arc<Seal>, interval: Duration) -> JoinHandle<()> {
+    let period = interval.max(Duration::from_millis(100));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if seal.root().is_err() {
+                continue;
+            }
+            if let Err(e) = checkpoint_now(&store, &seal).await {
+                tracing::warn!(reason = e.reason, error = %e.message, "audit checkpoint not signed");
+            }
+        }
+    })
+}
+
+/// The checkpoint keys the seal vouches for (in use and retired), created first if there is
+/// none, for GetAuditCheckpointKeys. Needs the server unsealed: only the seal can tell the
+/// server's keys from rows someone else wrote into the database, and publishing those for
+/// pinning would let them sign checkpoints.
+pub(crate) async fn published_keys(store: &Store, seal: &Seal) -> Result<Vec<pb::AuditCheckpointKey>, ApiError> {
+    vouched_keys(store, seal.root()?.as_ref()).await
+}
+
+async fn vouched_keys(store: &Store, root: &dyn RootOfTrust) -> Result<Vec<pb::AuditCheckpointKey>, ApiError> {
+    signing_key(store, root).await?;
+    let hsm = hsm_key(root)?.map(|h| h.key);
+    let rows = store.checkpoint_keys().await?;
+    Ok(trusted_rows(&rows, root, hsm.as_ref())
+        .into_iter()
+        .map(|(row, t)| pb::AuditCheckpointKey {
+            kid: t.key().kid().to_owned(),
+            algorithm: t.key().algorithm().as_str().to_owned(),
+            public_key: t.key().public_key().to_vec(),
+            created_unix_ms: row.created_unix_ms,
+            retired_unix_ms: row.retired_unix_ms.unwrap_or(0),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use kms_core::audit::{Record, GENESIS};
+    use kms_core::blob::Kek;
+    use kms_core::root::{RootKeyMaterial, SoftwareRoot};
+    use ring::signature::{self, KeyPair as _};
+
+    use super::*;
+
+    async fn store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("kms.db").display());
+        let store = Store::connect(&url, 4).await.unwrap();
+        sqlx::query(
+            "INSERT INTO seal_config (id, kind, threshold, kcv, created_unix_ms) VALUES (1, 'shamir', 1, $1, 0)",
+        )
+        .bind(vec![0u8; 16])
+        .execute(store.pool())
+        .await
+        .unwrap();
+        (store, dir)
+    }
+
+    /// A software root of generation 1.
+    struct Soft(SoftwareRoot);
+
+    impl RootOfTrust for Soft {
+        fn wrap(&self, key_id: KeyId, version: KeyVersion, kek: &Kek) -> Result<Vec<u8>, kms_core::Error> {
+            self.0.wrap(key_id, version, kek)
+        }
+        fn unwrap(&self, key_id: KeyId, version: KeyVersion, wrapped: &[u8]) -> Result<Kek, kms_core::Error> {
+            self.0.unwrap(key_id, version, wrapped)
+        }
+        fn generation(&self) -> u64 {
+            1
+        }
+    }
+
+    fn new_root() -> Soft {
+        Soft(SoftwareRoot::new(&RootKeyMaterial::generate().unwrap()).unwrap())
+    }
+
+    fn record(i: i64) -> Record {
+        Record {
+            time_unix_ms: i,
+            caller: "cn:test".into(),
+            operation: "decrypt".into(),
+            key_id: None,
+            outcome: "allowed".into(),
+            reason: String::new(),
+            detail: "{}".into(),
+        }
+    }
+
+    fn pinned(keys: &[pb::AuditCheckpointKey]) -> Vec<CheckpointKey> {
+        keys.iter()
+            .map(|k| CheckpointKey::parse(&k.kid, &k.algorithm, k.public_key.clone()).unwrap())
+            .collect()
+    }
+
+    /// Checks every stored checkpoint against `keys` and the stored chain.
+    async fn verify_all(store: &Store, keys: &[CheckpointKey]) -> kms_core::audit::AuditReport {
+        let mut v = kms_core::audit::AuditVerifier::new(keys, store.checkpoints().await.unwrap());
+        let (head, _) = store.audit_head().await.unwrap();
+        // The chain is rebuilt from the head's records only through the stored rows.
+        let rows = sqlx::query("SELECT seq, time_unix_ms, caller, operation, key_id, outcome, reason, detail, prev_hash, hash FROM audit_log ORDER BY seq")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        use sqlx::Row as _;
+        for r in &rows {
+            v.push(&kms_core::audit::Entry {
+                seq: r.get("seq"),
+                record: Record {
+                    time_unix_ms: r.get("time_unix_ms"),
+                    caller: r.get("caller"),
+                    operation: r.get("operation"),
+                    key_id: r.get("key_id"),
+                    outcome: r.get("outcome"),
+                    reason: r.get("reason"),
+                    detail: r.get("detail"),
+                },
+                prev_hash: r.get::<Vec<u8>, _>("prev_hash").try_into().unwrap(),
+                hash: r.get::<Vec<u8>, _>("hash").try_into().unwrap(),
+            });
+        }
+        assert_eq!(v.count(), head);
+        v.finish()
+    }
+
+    #[tokio::test]
+    async fn checkpoints_follow_the_head_and_verify_under_the_published_key() {
+        let (store, _dir) = store().await;
+        let root = new_root();
+        assert!(sign_head(&store, &root).await.unwrap().is_none(), "empty chain");
+        store.append_audit((0..3).map(record).collect()).await.unwrap();
+        let c = sign_head(&store, &root).await.unwrap().unwrap();
+        assert_eq!(c.seq, 3);
+        assert_eq!(c.hash, store.audit_head().await.unwrap().1);
+        assert!(sign_head(&store, &root).await.unwrap().is_none(), "head already signed");
+        store.append_audit((3..5).map(record).collect()).await.unwrap();
+        let c2 = sign_head(&store, &root).await.unwrap().unwrap();
+        assert_eq!((c2.seq, &c2.kid), (5, &c.kid), "one key signs both");
+
+        let keys = vouched_keys(&store, &root).await.unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].kid, c.kid);
+        assert_eq!(keys[0].algorithm, "EdDSA");
+        assert_eq!(keys[0].retired_unix_ms, 0);
+        let rows = store.checkpoint_keys().await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert!(rows[0].hsm_label.is_none());
+        assert_eq!(rows[0].root_generation, 1);
+        // The seed is stored wrapped, never as the seed itself.
+        let wrapped = rows[0].wrapped_secret.clone().unwrap();
+        assert_ne!(wrapped.len(), 32);
+
+        let report = verify_all(&store, &pinned(&keys)).await;
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(report.checkpoints_verified, 2);
+        assert_eq!(report.gap.entries, 0);
+    }
+
+    #[tokio::test]
+    async fn a_key_row_written_by_someone_else_is_neither_used_nor_published() {
+        let (store, _dir) = store().await;
+        let root = new_root();
+        // The attacker's own seed, "wrapped" under a root key they made up, is written first.
+        let attacker_root = new_root();
+        let seed = SecretKey::<32>::generate().unwrap();
+        let attacker = CheckpointSigner::from_seed(&seed).unwrap();
+        let (id, version) = wrap_id();
+        let forged = CheckpointKeyRow {
+            kid: attacker.key().kid().to_owned(),
+            algorithm: "EdDSA".into(),
+            public_key: attacker.key().public_key().to_vec(),
+            wrapped_secret: Some(attacker_root.wrap(id, version.unwrap(), &seed).unwrap()),
+            hsm_label: None,
+            root_generation: 1,
+            created_unix_ms: 0,
+            retired_unix_ms: None,
+        };
+        assert!(store.insert_checkpoint_key_unless(&forged, |_| false).await.unwrap());
+        // And a row pairing the attacker's public key with a genuine wrapped seed of ours.
+        store.append_audit(vec![record(1)]).await.unwrap();
+        let c = sign_head(&store, &root).await.unwrap().unwrap();
+        assert_ne!(c.kid, attacker.key().kid());
+        let ours = store
+            .checkpoint_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.kid == c.kid)
+            .unwrap();
+        let mut swapped = forged.clone();
+        swapped.kid = CheckpointKey::kid_for(&[1; 32]);
+        swapped.public_key = vec![1; 32];
+        swapped.wrapped_secret = ours.wrapped_secret.clone();
+        assert!(store.insert_checkpoint_key_unless(&swapped, |_| false).await.unwrap());
+
+        let keys = vouched_keys(&store, &root).await.unwrap();
+        assert_eq!(
+            keys.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(),
+            vec![c.kid.as_str()]
+        );
+        store.append_audit(vec![record(2)]).await.unwrap();
+        assert_eq!(sign_head(&store, &root).await.unwrap().unwrap().kid, c.kid);
+    }
+
+    #[tokio::test]
+    async fn racing_replicas_end_with_one_key() {
+        let (store, _dir) = store().await;
+        let root = Arc::new(new_root());
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let (store, root) = (store.clone(), root.clone());
+            tasks.push(tokio::spawn(async move {
+                signing_key(&store, root.as_ref())
+                    .await
+                    .map(|s| s.key().kid().to_owned())
+            }));
+        }
+        let mut kids = Vec::new();
+        for t in tasks {
+            kids.push(t.await.unwrap().unwrap());
+        }
+        kids.dedup();
+        assert_eq!(kids.len(), 1, "{kids:?}");
+        assert_eq!(store.checkpoint_keys().await.unwrap().len(), 1);
+        // Two checkpoints of the same head: the second is not stored.
+        store.append_audit(vec![record(1)]).await.unwrap();
+        let c = sign_head(&store, root.as_ref()).await.unwrap().unwrap();
+        assert!(!store.insert_checkpoint(&c, b"sig").await.unwrap());
+    }
+
+    struct FakeHsm {
+        pair: signature::EcdsaKeyPair,
+    }
+
+    impl SealSigner for FakeHsm {
+        fn algorithm(&self) -> &'static str {
+            "ES256"
+        }
+        fn public_key(&self) -> Vec<u8> {
+            self.pair.public_key().as_ref().to_vec()
+        }
+        fn label(&self) -> String {
+            "kms-audit-checkpoint".into()
+        }
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, kms_core::Error> {
+            let rng = ring::rand::SystemRandom::new();
+            Ok(self
+                .pair
+                .sign(&rng, message)
+                .map_err(|_| kms_core::Error::Rng)?
+                .as_ref()
+                .to_vec())
+        }
+    }
+
+    struct HsmRoot {
+        inner: SoftwareRoot,
+        hsm: Arc<FakeHsm>,
+    }
+
+    impl RootOfTrust for HsmRoot {
+        fn wrap(&self, key_id: KeyId, version: KeyVersion, kek: &Kek) -> Result<Vec<u8>, kms_core::Error> {
+            self.inner.wrap(key_id, version, kek)
+        }
+        fn unwrap(&self, key_id: KeyId, version: KeyVersion, wrapped: &[u8]) -> Result<Kek, kms_core::Error> {
+            self.inner.unwrap(key_id, version, wrapped)
+        }
+        fn checkpoint_signer(&self) -> Option<Arc<dyn SealSigner>> {
+            Some(self.hsm.clone())
+        }
+        fn generation(&self) -> u64 {
+            1
+        }
+    }
+
+    #[tokio::test]
+    async fn an_hsm_seal_signs_with_its_own_es256_key() {
+        let (store, _dir) = store().await;
+        let rng = ring::rand::SystemRandom::new();
+        let alg = &signature::ECDSA_P256_SHA256_ASN1_SIGNING;
+        let pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
+        let hsm = Arc::new(FakeHsm {
+            pair: signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap(),
+        });
+        let root = HsmRoot {
+            inner: new_root().0,
+            hsm: hsm.clone(),
+        };
+        store.append_audit((0..2).map(record).collect()).await.unwrap();
+        let c = sign_head(&store, &root).await.unwrap().unwrap();
+        let rows = store.checkpoint_keys().await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].algorithm, "ES256");
+        assert_eq!(rows[0].hsm_label.as_deref(), Some("kms-audit-checkpoint"));
+        assert!(rows[0].wrapped_secret.is_none());
+        assert_eq!(c.kid, rows[0].kid);
+        let keys = vouched_keys(&store, &root).await.unwrap();
+        assert_eq!(keys.len(), 1);
+        let report = verify_all(&store, &pinned(&keys)).await;
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(report.checkpoints_verified, 1);
+        // Signing again on another replica records nothing new.
+        store.append_audit(vec![record(3)]).await.unwrap();
+        assert!(sign_head(&store, &root).await.unwrap().is_some());
+        assert_eq!(store.checkpoint_keys().await.unwrap().len(), 1);
+        assert_ne!(c.hash, GENESIS);
+    }
+}

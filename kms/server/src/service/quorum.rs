@@ -1,0 +1,518 @@
+//! Quorum (M-of-N) operations. A proposal stores the exact bytes of a `QuorumOperation`; the
+//! proposer's signed request is the first approval, and each further approval is a signed
+//! request carrying the SHA-256 of those bytes, so every approval is an HSM signature over the
+//! operation itself. The operation is checked when proposed (a bad one is refused at once) and
+//! run, checked again, in the transaction of the approval that reaches M (see
+//! `storage::quorum`): exactly once, on any number of replicas.
+//!
+//! M lives in `seal_config.approval_quorum`; it is set at init and changed only by a quorum.
+//! With M = 1 a proposal executes at once, and the operation's own RPC (AddAdmin,
+//! EnrollHardware, ...) works as a proposal that executes at once; with M > 1 those RPCs refuse
+//! with `quorum_required`.
+
+use kms_proto::v1 as pb;
+use kms_proto::v1::quorum_operation::Operation as QOp;
+use prost::Message;
+
+use super::admin::{store_err, AdminPlane};
+use super::Audit;
+use crate::error::ApiError;
+use crate::storage::{ApprovalAdded, ApprovalRow, ProposalRow, ProposalStatus, QuorumClose, StoreError};
+use kms_core::ids::AdminId;
+
+/// How a quorum operation is run.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Exec<'a> {
+    /// Validate only (when proposed): nothing is written.
+    Check,
+    /// Run it, closing the proposal (if any) in the same transaction.
+    Run(Option<&'a QuorumClose>),
+}
+
+/// The operation's name, as stored in proposals.
+pub(crate) fn quorum_op_name(op: &QOp) -> &'static str {
+    match op {
+        QOp::AddAdmin(_) => "add_admin",
+        QOp::RemoveAdmin(_) => "remove_admin",
+        QOp::SetQuorum(_) => "set_quorum",
+        QOp::EnrollHardware(_) => "enroll_hardware",
+        QOp::SetReleasePolicy(_) => "set_release_policy",
+        QOp::ScheduleKeyDeletion(_) => "schedule_key_deletion",
+        QOp::RotateRoot(_) => "rotate_root",
+    }
+}
+
+/// The audit operation of a quorum operation's execution.
+fn quorum_audit_op(op: &QOp) -> &'static str {
+    match op {
+        QOp::AddAdmin(_) => "admin.add_admin",
+        QOp::RemoveAdmin(_) => "admin.remove_admin",
+        QOp::SetQuorum(_) => "admin.set_quorum",
+        QOp::EnrollHardware(_) => "admin.enroll_hardware",
+        QOp::SetReleasePolicy(_) => "admin.set_release_policy",
+        QOp::ScheduleKeyDeletion(_) => "admin.schedule_key_deletion",
+        QOp::RotateRoot(_) => "admin.rotate_root",
+    }
+}
+
+/// Decodes proposal bytes, refusing any encoding but the canonical one (so an operation has one
+/// digest) and an empty operation.
+pub(crate) fn decode_operation(bytes: &[u8]) -> Result<QOp, ApiError> {
+    let op = pb::QuorumOperation::decode(bytes)
+        .map_err(|_| ApiError::invalid("malformed_operation", "operation is not a serialized QuorumOperation"))?;
+    if op.encode_to_vec() != bytes {
+        return Err(ApiError::invalid(
+            "non_canonical_operation",
+            "operation is not in canonical encoding (unknown fields, or fields out of order): re-encode it",
+        ));
+    }
+    op.operation
+        .ok_or_else(|| ApiError::invalid("missing_operation", "the QuorumOperation names no operation"))
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().to_vec()
+}
+
+impl AdminPlane {
+    /// Runs (or, with [`Exec::Check`], validates) a quorum operation.
+    pub(crate) async fn execute(
+        &self,
+        admin: &AdminId,
+        op: QOp,
+        audit: &mut Audit,
+        exec: Exec<'_>,
+    ) -> Result<Option<pb::proposal::Result>, ApiError> {
+        use pb::proposal::Result as R;
+        Ok(match op {
+            QOp::AddAdmin(a) => self.add_admin_op(a, audit, exec).await?.map(R::Admin),
+            QOp::RemoveAdmin(r) => self.remove_admin_op(admin, r, audit, exec).await?.map(R::Admin),
+            QOp::SetQuorum(q) => self.set_quorum_op(q, audit, exec).await?.map(R::SealStatus),
+            QOp::EnrollHardware(e) => self.enroll_hardware(admin, e, audit, exec).await?.map(R::Hardware),
+            QOp::SetReleasePolicy(p) => self.set_release_policy(p, audit, exec).await?.map(R::Key),
+            QOp::ScheduleKeyDeletion(s) => self.schedule_deletion_op(s, audit, exec).await?.map(R::Key),
+            QOp::RotateRoot(r) => self.rotate_root_op(admin, r, audit, exec).await?.map(R::SealStatus),
+        })
+    }
+
+    /// A quorum operation called through its own RPC: with M = 1 it runs at once (recorded as a
+    /// proposal executed at once); otherwise it must be proposed.
+    pub(crate) async fn direct(
+        &self,
+        admin: &AdminId,
+        signed: &pb::SignedRequest,
+        op: QOp,
+        audit: &mut Audit,
+    ) -> Result<pb::proposal::Result, ApiError> {
+        self.seal.require_initialized()?;
+        let quorum = self.store.approval_quorum().await?;
+        if quorum > 1 {
+            return Err(ApiError::precondition(
+                "quorum_required",
+                format!(
+                    "{} needs the approval of {quorum} admins: propose it (kmsctl ... --propose, or the Propose RPC) and have the others approve",
+                    quorum_op_name(&op)
+                ),
+            ));
+        }
+        let bytes = pb::QuorumOperation { operation: Some(op) }.encode_to_vec();
+        let proposal = self.submit(admin, signed, bytes, 0, audit).await?;
+        proposal
+            .result
+            .ok_or_else(|| ApiError::internal("quorum_no_result", "the operation ran but returned nothing"))
+    }
+
+    /// Proposes an operation: checks it, records it with the proposer's approval, and runs it
+    /// at once if M = 1.
+    pub(crate) async fn submit(
+        &self,
+        admin: &AdminId,
+        signed: &pb::SignedRequest,
+        bytes: Vec<u8>,
+        ttl_secs: u32,
+        audit: &mut Audit,
+    ) -> Result<pb::Proposal, ApiError> {
+        self.seal.require_initialized()?;
+        let op = decode_operation(&bytes)?;
+        let name = quorum_op_name(&op);
+        audit.detail("operation", name);
+        let max = self.proposal_ttl.as_secs();
+        let ttl = match u64::from(ttl_secs) {
+            0 => max,
+            t if t < 60 || t > max => {
+                return Err(ApiError::invalid(
+                    "bad_ttl",
+                    format!("ttl_secs {t}: must be between 60 and {max} (admin.proposal_ttl_secs)"),
+                ))
+            }
+            t => t,
+        };
+        // Checked now, so a bad operation never waits for approvals; checked again when it runs.
+        let mut scratch = Audit::new(audit.caller.clone(), "admin.propose");
+        self.execute(admin, op.clone(), &mut scratch, Exec::Check).await?;
+        let summary = self.summarize(&op).await;
+        let now = kms_core::now_unix_ms();
+        let id = format!("prop-{}", hex::encode(kms_core::random_array::<16>()?));
+        audit.detail("proposal", id.as_str());
+        audit.detail("summary", summary.as_str());
+        let digest = sha256(&bytes);
+        audit.detail("operation_sha256", hex::encode(&digest));
+        let row = ProposalRow {
+            id: id.clone(),
+            operation: name.to_owned(),
+            payload: bytes,
+            digest,
+            summary,
+            proposed_by: admin.to_string(),
+            created_unix_ms: now,
+            expires_unix_ms: now + i64::try_from(ttl).unwrap_or(i64::MAX / 2) * 1000,
+            approvals: 1,
+            status: ProposalStatus::Pending,
+            closed_unix_ms: None,
+            closed_by: None,
+            outcome: String::new(),
+        };
+        let approval = ApprovalRow {
+            proposal_id: id.clone(),
+            admin_id: admin.to_string(),
+            signed_payload: signed.payload.clone(),
+            signature: signed.signature.clone(),
+            approved_unix_ms: now,
+        };
+        let quorum = self.store.approval_quorum().await?;
+        if quorum <= 1 {
+            audit.set_operation(quorum_audit_op(&op));
+            audit.detail("approved_by", vec![admin.to_string()]);
+            let close = QuorumClose::Immediate {
+                proposal: row.clone(),
+                approval,
+            };
+            let result = self.execute(admin, op, audit, Exec::Run(Some(&close))).await?;
+            let mut executed = row;
+            executed.status = ProposalStatus::Executed;
+            executed.closed_unix_ms = Some(now);
+            executed.closed_by = Some(admin.to_string());
+            executed.outcome = "executed".into();
+            let mut wire = self.proposal_to_wire(&executed, quorum).await?;
+            wire.result = result;
+            return Ok(wire);
+        }
+        self.store
+            .insert_proposal(&row, &approval, Audit::clone_allowed(audit))
+            .await
+            .map_err(store_err)?;
+        self.proposal_to_wire(&row, quorum).await
+    }
+
+    /// Approves a proposal; the approval that reaches M runs the operation.
+    pub(crate) async fn approve(
+        &self,
+        admin: &AdminId,
+        signed: &pb::SignedRequest,
+        op: pb::ApproveOp,
+        audit: &mut Audit,
+    ) -> Result<pb::Proposal, ApiError> {
+        let proposal = self.open_proposal(&op.proposal_id, audit).await?;
+        if op.operation_sha256 != proposal.digest {
+            return Err(ApiError::invalid(
+                "digest_mismatch",
+                format!(
+                    "the approval is for operation sha256 {} but proposal {} is sha256 {}: check what you approve (kmsctl proposal show)",
+                    hex::encode(&op.operation_sha256),
+                    proposal.id,
+                    hex::encode(&proposal.digest)
+                ),
+            ));
+        }
+        if self
+            .store
+            .approvals(&proposal.id)
+            .await?
+            .iter()
+            .any(|a| a.admin_id == admin.as_str())
+        {
+            return Err(ApiError::precondition(
+                "already_approved",
+                format!("admin {admin} has already approved proposal {}", proposal.id),
+            ));
+        }
+        let qop = decode_operation(&proposal.payload)?;
+        audit.detail("operation", proposal.operation.as_str());
+        let now = kms_core::now_unix_ms();
+        let approval = ApprovalRow {
+            proposal_id: proposal.id.clone(),
+            admin_id: admin.to_string(),
+            signed_payload: signed.payload.clone(),
+            signature: signed.signature.clone(),
+            approved_unix_ms: now,
+        };
+        let quorum = self.store.approval_quorum().await?;
+        if proposal.approvals + 1 < quorum {
+            match self
+                .store
+                .add_approval(&approval, Audit::clone_allowed(audit))
+                .await
+                .map_err(store_err)?
+            {
+                ApprovalAdded::Recorded(_) => {
+                    let row = self.proposal_row(&proposal.id).await?;
+                    return self.proposal_to_wire(&row, quorum).await;
+                }
+                ApprovalAdded::QuorumReached => {}
+            }
+        }
+        // This approval reaches M: run the operation, closing the proposal in its transaction.
+        let mut approvers: Vec<String> = self
+            .store
+            .approvals(&proposal.id)
+            .await?
+            .into_iter()
+            .map(|a| a.admin_id)
+            .collect();
+        approvers.push(admin.to_string());
+        audit.set_operation(quorum_audit_op(&qop));
+        audit.detail("approved_by", approvers);
+        let close = QuorumClose::Final { approval };
+        let result = match self.execute(admin, qop, audit, Exec::Run(Some(&close))).await {
+            Ok(r) => r,
+            Err(e) if e.is_refusal() && !matches!(e.reason, "proposal_closed" | "already_approved") => {
+                // The quorum was reached but the operation is refused now (e.g. the key was
+                // destroyed meanwhile): the proposal fails, for good, with this approval.
+                let QuorumClose::Final { approval } = close else {
+                    unreachable!("built above")
+                };
+                let record = Audit::clone_failed(audit, &e);
+                let outcome = format!("{}: {}", e.reason, e.message);
+                self.store
+                    .close_proposal(
+                        &proposal.id,
+                        ProposalStatus::Failed,
+                        admin.as_str(),
+                        &outcome,
+                        now,
+                        Some(&approval),
+                        Some(record),
+                    )
+                    .await
+                    .map_err(store_err)?;
+                let row = self.proposal_row(&proposal.id).await?;
+                return self.proposal_to_wire(&row, quorum).await;
+            }
+            Err(e) => return Err(e),
+        };
+        let row = self.proposal_row(&proposal.id).await?;
+        let mut wire = self.proposal_to_wire(&row, quorum).await?;
+        wire.result = result;
+        Ok(wire)
+    }
+
+    /// Rejects a pending proposal (any admin: refusing is fail-safe).
+    pub(crate) async fn reject(
+        &self,
+        admin: &AdminId,
+        op: pb::RejectOp,
+        audit: &mut Audit,
+    ) -> Result<pb::Proposal, ApiError> {
+        let proposal = self.open_proposal(&op.proposal_id, audit).await?;
+        if op.reason.trim().is_empty() || op.reason.len() > 1024 {
+            return Err(ApiError::invalid(
+                "bad_reason",
+                "reason: 1 to 1024 characters, required",
+            ));
+        }
+        audit.detail("operation", proposal.operation.as_str());
+        audit.detail("reason", op.reason.as_str());
+        let outcome = format!("rejected by {admin}: {}", op.reason);
+        let closed = self
+            .store
+            .close_proposal(
+                &proposal.id,
+                ProposalStatus::Rejected,
+                admin.as_str(),
+                &outcome,
+                kms_core::now_unix_ms(),
+                None,
+                Some(Audit::clone_allowed(audit)),
+            )
+            .await
+            .map_err(store_err)?;
+        if !closed {
+            return Err(ApiError::precondition(
+                "proposal_closed",
+                format!("proposal {} is no longer pending", proposal.id),
+            ));
+        }
+        let row = self.proposal_row(&proposal.id).await?;
+        self.proposal_to_wire(&row, self.store.approval_quorum().await?).await
+    }
+
+    /// One proposal with its approvals.
+    pub(crate) async fn describe_proposal(&self, id: &str, audit: &mut Audit) -> Result<pb::Proposal, ApiError> {
+        audit.detail("proposal", id);
+        let row = self.proposal_row(id).await?;
+        self.proposal_to_wire(&row, self.store.approval_quorum().await?).await
+    }
+
+    /// Proposals, pending ones unless `include_closed`.
+    pub(crate) async fn list_proposals(&self, op: pb::ListProposalsOp) -> Result<pb::ListProposalsResponse, ApiError> {
+        self.seal.require_initialized()?;
+        let size = super::page_size(op.page_size)?;
+        let now = kms_core::now_unix_ms();
+        let rows = self
+            .store
+            .list_proposals(op.include_closed, now, &op.page_token, size + 1)
+            .await?;
+        let more = rows.len() > size as usize;
+        let quorum = self.store.approval_quorum().await?;
+        let mut proposals = Vec::new();
+        for r in rows.iter().take(size as usize) {
+            proposals.push(self.proposal_to_wire(r, quorum).await?);
+        }
+        let next_page_token = if more {
+            proposals.last().map(|p| p.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListProposalsResponse {
+            proposals,
+            next_page_token,
+        })
+    }
+
+    /// A proposal that can still be approved or rejected.
+    async fn open_proposal(&self, id: &str, audit: &mut Audit) -> Result<ProposalRow, ApiError> {
+        self.seal.require_initialized()?;
+        audit.detail("proposal", id);
+        let row = self.proposal_row(id).await?;
+        let now = kms_core::now_unix_ms();
+        match row.status_at(now) {
+            ProposalStatus::Pending => Ok(row),
+            ProposalStatus::Expired => {
+                // Recorded as expired for good (the housekeeping would do it later anyway).
+                let _ = self
+                    .store
+                    .close_proposal(id, ProposalStatus::Expired, "system", "expired", now, None, None)
+                    .await;
+                Err(ApiError::precondition(
+                    "proposal_expired",
+                    format!(
+                        "proposal {id} expired at {} without reaching the quorum: propose it again",
+                        kms_core::rfc3339_utc(row.expires_unix_ms)
+                    ),
+                ))
+            }
+            other => Err(ApiError::precondition(
+                "proposal_closed",
+                format!("proposal {id} is {} ({})", other.as_str(), row.outcome),
+            )),
+        }
+    }
+
+    async fn proposal_row(&self, id: &str) -> Result<ProposalRow, ApiError> {
+        if !id.starts_with("prop-") || id.len() != 37 || !id[5..].bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::invalid(
+                "bad_proposal_id",
+                format!("{id:?} is not a proposal id (prop- and 32 hex digits)"),
+            ));
+        }
+        self.store
+            .proposal(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("proposal_not_found", format!("no proposal {id}")))
+    }
+
+    async fn proposal_to_wire(&self, r: &ProposalRow, quorum: u32) -> Result<pb::Proposal, ApiError> {
+        let approvals = self
+            .store
+            .approvals(&r.id)
+            .await?
+            .into_iter()
+            .map(|a| pb::Approval {
+                admin_id: a.admin_id,
+                approved_unix_ms: a.approved_unix_ms,
+            })
+            .collect();
+        let status = match r.status_at(kms_core::now_unix_ms()) {
+            ProposalStatus::Pending => pb::ProposalStatus::Pending,
+            ProposalStatus::Executed => pb::ProposalStatus::Executed,
+            ProposalStatus::Rejected => pb::ProposalStatus::Rejected,
+            ProposalStatus::Expired => pb::ProposalStatus::Expired,
+            ProposalStatus::Failed => pb::ProposalStatus::Failed,
+        };
+        Ok(pb::Proposal {
+            id: r.id.clone(),
+            operation: r.operation.clone(),
+            summary: r.summary.clone(),
+            operation_bytes: r.payload.clone(),
+            operation_sha256: r.digest.clone(),
+            proposed_by: r.proposed_by.clone(),
+            created_unix_ms: r.created_unix_ms,
+            expires_unix_ms: r.expires_unix_ms,
+            status: status as i32,
+            approvals,
+            approvals_required: quorum,
+            outcome: r.outcome.clone(),
+            result: None,
+        })
+    }
+
+    /// A one-line description of an operation for approvers (they should also read the
+    /// operation itself: `kmsctl proposal show` decodes it locally).
+    async fn summarize(&self, op: &QOp) -> String {
+        match op {
+            QOp::AddAdmin(a) => {
+                let n = a.admin.clone().unwrap_or_default();
+                format!(
+                    "add admin {} ({}), signing key sha256:{}",
+                    n.id,
+                    n.country,
+                    hex::encode(&sha256(&n.signing_public_key)[..8])
+                )
+            }
+            QOp::RemoveAdmin(r) => format!("remove admin {}: {}", r.admin_id, r.reason),
+            QOp::SetQuorum(q) => format!("set the approval quorum to {}", q.approval_quorum),
+            QOp::EnrollHardware(e) => {
+                let what = match &e.identity {
+                    Some(pb::enroll_hardware_op::Identity::Snp(_)) => "SEV-SNP machine".to_owned(),
+                    Some(pb::enroll_hardware_op::Identity::Tpm(t)) => {
+                        format!("TPM machine (EK {}, AK {})", t.expected_ek_digest, t.expected_ak_name)
+                    }
+                    None => "machine".to_owned(),
+                };
+                format!(
+                    "enrol {what} in {}, site {:?}, operator {:?}",
+                    e.country, e.site, e.operator
+                )
+            }
+            QOp::SetReleasePolicy(p) => {
+                format!("set the release policy of key {} to {}", p.key, p.release_policy)
+            }
+            QOp::ScheduleKeyDeletion(s) => {
+                format!("schedule deletion of key {} in {} days", s.key, s.pending_window_days)
+            }
+            QOp::RotateRoot(r) => {
+                let seal = match pb::SealKind::try_from(r.seal) {
+                    Ok(pb::SealKind::Shamir) => "shamir",
+                    Ok(pb::SealKind::Pkcs11) => "pkcs11",
+                    _ => "?",
+                };
+                if r.custodians.is_empty() {
+                    format!("rotate the root key (new seal: {seal}, threshold {})", r.threshold)
+                } else {
+                    format!(
+                        "rotate the root key (new seal: {seal}, {}-of-{} custodians {})",
+                        r.threshold,
+                        r.custodians.len(),
+                        r.custodians.join(", ")
+                    )
+                }
+            }
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        store_err(e)
+    }
+}
