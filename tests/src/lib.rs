@@ -258,6 +258,14 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(db: &Db, pki: &Pki, opts: Options) -> Self {
+        match Self::try_start(db, pki, opts).await {
+            Ok(s) => s,
+            Err(e) => panic!("kmsd did not start: {e}"),
+        }
+    }
+
+    /// Starts a server; `Err` with the server's error if it stops at start.
+    pub async fn try_start(db: &Db, pki: &Pki, opts: Options) -> Result<Self, String> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config = Config {
@@ -286,22 +294,30 @@ impl TestServer {
         let handle = tokio::spawn(kms_server::serve(config, listener, async {
             let _ = rx.await;
         }));
-        let server = Self {
+        let mut server = Self {
             addr,
             stop: Some(tx),
             handle: Some(handle),
             ca: Certificate::from_pem(&pki.ca_pem),
         };
         // Wait until it answers.
-        for _ in 0..200 {
+        for _ in 0..400 {
+            if server.handle.as_ref().is_some_and(|h| h.is_finished()) {
+                let h = server.handle.take().expect("checked");
+                return Err(match h.await {
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(())) => "stopped".into(),
+                    Err(e) => e.to_string(),
+                });
+            }
             if let Ok(mut c) = server.try_admin(pki).await {
                 if c.get_seal_status(pb::GetSealStatusRequest {}).await.is_ok() {
-                    return server;
+                    return Ok(server);
                 }
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("kmsd did not start");
+        Err("no answer within 10 s".into())
     }
 
     /// A channel presenting `identity` (or no client certificate).
@@ -525,4 +541,130 @@ impl Ceremony {
 
 fn admin_key(id: &str, country: &str) -> AdminKeyFile {
     admin(id, country)
+}
+
+/// The `kmsd` binary next to this test executable (`target/<profile>/kmsd`). `scripts/test`
+/// builds it before the tests run; a missing binary fails the test with what to do.
+pub fn kmsd_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let path = dir.join("kmsd");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first (cargo build -p kms-server --bin kmsd)",
+        path.display()
+    );
+    path
+}
+
+/// A `kmsd` run as its own process (so a test can kill -9 it), on `db`, mTLS with `pki`'s
+/// server certificate, with `extra` appended to its configuration file.
+pub struct KmsdProcess {
+    child: Option<std::process::Child>,
+    pub addr: SocketAddr,
+    pub ca: Certificate,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl KmsdProcess {
+    /// Writes the configuration and starts the process; returns once it answers.
+    pub async fn start(db: &Db, pki: &Pki, extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let tls = pki.tls_config();
+        let config = dir.path().join("kmsd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\n[database]\nurl = \"{}\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n[danger]\nallow_unattested_keys = true\n[log]\nlevel = \"warn\"\n{extra}",
+                db.url,
+                tls.cert.display(),
+                tls.key.display(),
+                tls.client_ca.display()
+            ),
+        )
+        .unwrap();
+        let mut p = Self {
+            child: None,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            ca: Certificate::from_pem(&pki.ca_pem),
+            config,
+            _dir: dir,
+        };
+        p.spawn(pki).await;
+        p
+    }
+
+    async fn spawn(&mut self, pki: &Pki) {
+        let mut child = std::process::Command::new(kmsd_binary())
+            .arg("--config")
+            .arg(&self.config)
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        for _ in 0..400 {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("kmsd exited at start: {status}");
+            }
+            if let Ok(mut c) = self.try_admin(pki).await {
+                if c.get_seal_status(pb::GetSealStatusRequest {}).await.is_ok() {
+                    self.child = Some(child);
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let _ = child.kill();
+        panic!("kmsd did not answer within 10 s");
+    }
+
+    /// SIGKILL: no draining, no cleanup, as a crash or an OOM kill.
+    pub fn kill_9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Starts the process again with the same configuration.
+    pub async fn restart(&mut self, pki: &Pki) {
+        self.kill_9();
+        self.spawn(pki).await;
+    }
+
+    async fn channel(&self, identity: Identity) -> Result<Channel, tonic::transport::Error> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(self.ca.clone())
+            .identity(identity)
+            .domain_name("localhost");
+        Endpoint::from_shared(format!("https://{}", self.addr))?
+            .tls_config(tls)?
+            .connect()
+            .await
+    }
+
+    async fn try_admin(&self, pki: &Pki) -> Result<AdminServiceClient<Channel>, tonic::transport::Error> {
+        Ok(AdminServiceClient::new(
+            self.channel(pki.client("spiffe://test/admin-cli")).await?,
+        ))
+    }
+
+    pub async fn admin(&self, pki: &Pki) -> AdminServiceClient<Channel> {
+        self.try_admin(pki).await.unwrap()
+    }
+
+    pub async fn data(&self, pki: &Pki, principal: &str) -> KeyServiceClient<Channel> {
+        KeyServiceClient::new(self.channel(pki.client(principal)).await.unwrap())
+    }
+}
+
+impl Drop for KmsdProcess {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
 }

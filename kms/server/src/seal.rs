@@ -702,25 +702,8 @@ impl Seal {
         let Some(row) = store.pending_root_generation().await? else {
             return Ok(());
         };
-        let g = generation_of(&row).map_err(|e| ApiError::internal("root_generation", e.to_string()))?;
-        let held = match g.kind {
-            SealKind::Pkcs11 => self.hsm_held(g.number, row.hsm_label.as_deref().unwrap_or(""), &row.kcv)?,
-            kind => {
-                let wrapped = row.next_root_wrapped.as_deref().ok_or_else(|| {
-                    ApiError::internal(
-                        "root_generation",
-                        "pending software generation without its wrapped root",
-                    )
-                })?;
-                let material = roots
-                    .current
-                    .root
-                    .unwrap(KeyId::from_bytes(NEXT_ROOT_WRAP_ID), version_of(g.number)?, wrapped)
-                    .map_err(|_| ApiError::internal("root_generation", "the next root does not unwrap"))?;
-                software_held(g.number, kind, &material)?
-            }
-        };
-        self.install_held(g.number, held);
+        let held = self.open_pending(&row, &roots.current)?;
+        self.install_held(row.generation, held);
         Ok(())
     }
 
@@ -787,9 +770,34 @@ impl Seal {
 
     /// Opens a custodian's share re-wrapped to this process's unseal key and adds it. The
     /// envelope must carry the share labelled for this admin. When the threshold is reached the
-    /// root key is rebuilt and checked; a wrong set is discarded whole so the custodians can
-    /// start again.
-    pub fn submit_share(&self, admin_id: &str, envelope: &[u8]) -> Result<Status, ApiError> {
+    /// root key is rebuilt and checked (a wrong set is discarded whole so the custodians can
+    /// start again), and a rotation in progress is picked up before anything is served, so
+    /// secrets already re-wrapped under the next generation open at once.
+    pub async fn submit_share(&self, store: &Store, admin_id: &str, envelope: &[u8]) -> Result<Status, ApiError> {
+        let Some((generation, root)) = self.add_share(admin_id, envelope)? else {
+            return Ok(self.status());
+        };
+        let current = software_held(generation.number, SealKind::Shamir, &root)?;
+        let next = match store.pending_root_generation().await? {
+            Some(row) => Some(self.open_pending(&row, &current)?),
+            None => None,
+        };
+        {
+            let mut st = self.write();
+            if let State::Sealed { generation: g, .. } = &*st {
+                if g.number == generation.number {
+                    *st = State::Unsealed {
+                        generation,
+                        roots: Arc::new(Roots { current, next }),
+                    };
+                }
+            }
+        }
+        Ok(self.status())
+    }
+
+    /// Adds a share; with the threshold reached, takes the shares and returns the rebuilt root.
+    fn add_share(&self, admin_id: &str, envelope: &[u8]) -> Result<Option<(Generation, RootKeyMaterial)>, ApiError> {
         let unreadable = || {
             ApiError::invalid(
                 "share_unreadable",
@@ -840,19 +848,34 @@ impl Seal {
                             ),
                             other => ApiError::invalid("invalid_share", format!("{other}; all shares were discarded, start again")),
                         })?;
-                        let generation = *generation;
-                        *st = State::Unsealed {
-                            generation,
-                            roots: Arc::new(Roots {
-                                current: software_held(generation.number, SealKind::Shamir, &root)?,
-                                next: None,
-                            }),
-                        };
+                        return Ok(Some((*generation, root)));
                     }
                 }
             }
         }
-        Ok(self.status())
+        Ok(None)
+    }
+
+    /// Opens a pending generation's root: from the HSM (pkcs11) or by unwrapping it with the
+    /// current root (software).
+    fn open_pending(&self, row: &RootGenerationRow, current: &Held) -> Result<Held, ApiError> {
+        let g = generation_of(row).map_err(|e| ApiError::internal("root_generation", e.to_string()))?;
+        match g.kind {
+            SealKind::Pkcs11 => self.hsm_held(g.number, row.hsm_label.as_deref().unwrap_or(""), &row.kcv),
+            kind => {
+                let wrapped = row.next_root_wrapped.as_deref().ok_or_else(|| {
+                    ApiError::internal(
+                        "root_generation",
+                        "pending software generation without its wrapped root",
+                    )
+                })?;
+                let material = current
+                    .root
+                    .unwrap(KeyId::from_bytes(NEXT_ROOT_WRAP_ID), version_of(g.number)?, wrapped)
+                    .map_err(|_| ApiError::internal("root_generation", "the next root does not unwrap"))?;
+                software_held(g.number, kind, &material)
+            }
+        }
     }
 
     /// Drops the root keys (shamir only: the other seals unseal themselves at the next start).

@@ -869,7 +869,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                         format!("admin {admin} holds no share of root generation {generation}"),
                     ));
                 }
-                let status = self.seal.submit_share(admin.as_str(), &u.envelope)?;
+                let status = self.seal.submit_share(&self.store, admin.as_str(), &u.envelope).await?;
                 audit.detail("progress", status.progress);
                 audit.detail("sealed", status.sealed);
                 let mut wire = self.wire_status().await?;

@@ -12,12 +12,63 @@ use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
 use serde_json::json;
 
-use crate::cli::{Global, InitArgs, SealArg};
+use kms_proto::v1::quorum_operation::Operation as QOp;
+
+use crate::cli::{Global, InitArgs, ProposeArgs, SealArg};
 use crate::client::Server;
-use crate::credential::Credential;
+use crate::credential::{self, Credential, TokenArgs};
 use crate::error::Error;
 use crate::files;
 use crate::output::{self, Printer};
+use crate::proposal;
+
+/// `kmsctl admin keygen --hsm`: both keys inside the token, only the public file written.
+pub(crate) fn keygen_hsm(g: &Global, p: &Printer, id: &AdminId, country: &Country, out: &Path) -> Result<(), Error> {
+    let token = TokenArgs::from_global(g)?
+        .ok_or_else(|| Error::usage("--hsm needs --hsm-module, --hsm-token and --hsm-pin (the token to generate in)"))?;
+    if g.admin_key.is_some() {
+        return Err(Error::usage("--hsm generates keys in a token: --admin-key does not apply"));
+    }
+    // Checked before the token is touched, so a refusal leaves nothing behind.
+    if out.exists() {
+        return Err(Error::local(format!("{} exists; refusing to overwrite it", out.display())));
+    }
+    let label = g.hsm_key.clone().unwrap_or_else(|| id.to_string());
+    let public = credential::generate_in_token(
+        &token,
+        &label,
+        AdminPublic {
+            admin_id: id.to_string(),
+            country: country.as_str().to_owned(),
+            signing_public_key: String::new(),
+            encryption_public_key: String::new(),
+        },
+    )?;
+    let public_json = serde_json::to_string_pretty(&public).map_err(|e| Error::local(e.to_string()))? + "\n";
+    files::create_new(out, public_json.as_bytes(), false)?;
+    p.emit(
+        json!({
+            "admin_id": public.admin_id,
+            "country": public.country,
+            "public_file": out,
+            "signing_key_label": format!("{label}{}", credential::SIGN_SUFFIX),
+            "share_key_label": format!("{label}{}", credential::SHARE_SUFFIX),
+            "signing_public_key": public.signing_public_key,
+            "encryption_public_key": public.encryption_public_key,
+        }),
+        || {
+            format!(
+                "admin {} ({})\nkeys in the token (non-extractable): {label}{} (signing), {label}{} (share)\npublic file: {} (give it to whoever runs `kmsctl init` or `kmsctl admins add`; pass it as --admin-pub{})",
+                public.admin_id,
+                public.country,
+                credential::SIGN_SUFFIX,
+                credential::SHARE_SUFFIX,
+                out.display(),
+                if label == public.admin_id { String::new() } else { format!(" with --hsm-key {label}") }
+            )
+        },
+    )
+}
 
 /// `kmsctl admin keygen`.
 pub(crate) fn keygen(p: &Printer, id: AdminId, country: Country, out: &Path) -> Result<(), Error> {
@@ -177,10 +228,20 @@ pub(crate) async fn init(g: &Global, p: &Printer, args: &InitArgs) -> Result<(),
 }
 
 /// `kmsctl admins add`.
-pub(crate) async fn add(g: &Global, p: &Printer, public_file: &Path, non_custodian: bool) -> Result<(), Error> {
-    let key = Credential::load(g)?;
+pub(crate) async fn add(
+    g: &Global,
+    p: &Printer,
+    public_file: &Path,
+    non_custodian: bool,
+    propose: ProposeArgs,
+) -> Result<(), Error> {
     let public = files::admin_public(public_file)?;
     let new = wire_admin(&public, !non_custodian, public_file)?;
+    if propose.propose {
+        let op = QOp::AddAdmin(pb::AddAdminOp { admin: Some(new) });
+        return proposal::propose(g, p, op, propose.ttl).await;
+    }
+    let key = Credential::load(g)?;
     let server = Server::connect(g).await?;
     let signer = key.signer();
     let admin = server
@@ -202,6 +263,15 @@ pub(crate) async fn add(g: &Global, p: &Printer, public_file: &Path, non_custodi
             }
         )
     })
+}
+
+/// `kmsctl admins remove`: always a proposal.
+pub(crate) async fn remove(g: &Global, p: &Printer, admin_id: &AdminId, reason: &str, ttl: Option<u32>) -> Result<(), Error> {
+    let op = QOp::RemoveAdmin(pb::RemoveAdminOp {
+        admin_id: admin_id.to_string(),
+        reason: reason.to_owned(),
+    });
+    proposal::propose(g, p, op, ttl).await
 }
 
 /// `kmsctl admins list`.
@@ -228,9 +298,12 @@ mod tests {
     fn a_key_file_matches_only_its_own_public_half() {
         let alice = AdminKeyFile::generate(AdminId::parse("alice").unwrap(), Country::parse("DE").unwrap()).unwrap();
         let other = AdminKeyFile::generate(AdminId::parse("alice").unwrap(), Country::parse("DE").unwrap()).unwrap();
-        assert!(same_admin(&alice, &alice.public()));
-        assert!(!same_admin(&alice, &other.public()));
-        let wire = wire_admin(&alice.public(), true, Path::new("a")).unwrap();
+        let other = other.public();
+        let public = alice.public();
+        let alice = Credential::KeyFile(alice);
+        assert!(alice.matches(&public).unwrap());
+        assert!(!alice.matches(&other).unwrap());
+        let wire = wire_admin(&public, true, Path::new("a")).unwrap();
         assert_eq!(wire.signing_public_key.len(), 65);
         assert!(wire.custodian);
     }

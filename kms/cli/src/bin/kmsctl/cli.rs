@@ -26,8 +26,10 @@ With --output json, stdout carries one JSON document, also on failure
 
 /// kmsctl: administer the key management service.
 ///
-/// Admin commands are signed with the admin key file given by --admin-key (ECDSA P-256); the
-/// server checks the signature, the timestamp and a fresh nonce on every request. Data-plane
+/// Admin commands are signed (ECDSA P-256) with the admin's credential: production admins keep
+/// their keys in an HSM (--hsm-module, --hsm-token, --hsm-pin, --admin-pub); a key file
+/// (--admin-key) is the software path for development and tests. The server checks the signature,
+/// the timestamp and a fresh nonce on every request. Data-plane
 /// commands (`kmsctl data`) are not signed: the server identifies the caller by the TLS client
 /// certificate (--cert/--key).
 #[derive(Parser, Debug)]
@@ -83,8 +85,40 @@ pub(crate) struct Global {
     pub(crate) tls_server_name: Option<String>,
 
     /// The admin key file (JSON, as `kmsctl admin keygen` writes it) that signs admin requests.
+    /// The software path, for development and tests: production admins use an HSM (--hsm-module).
     #[arg(long, env = "KMSCTL_ADMIN_KEY", global = true, value_name = "FILE")]
     pub(crate) admin_key: Option<PathBuf>,
+
+    /// The PKCS#11 module of the HSM holding your admin keys (instead of --admin-key).
+    #[arg(long, env = "KMSCTL_HSM_MODULE", global = true, value_name = "PATH", help_heading = "HSM credential")]
+    pub(crate) hsm_module: Option<PathBuf>,
+
+    /// The token in --hsm-module: label:NAME, slot:N or serial:S.
+    #[arg(long, env = "KMSCTL_HSM_TOKEN", global = true, value_name = "SELECTOR", help_heading = "HSM credential")]
+    pub(crate) hsm_token: Option<String>,
+
+    /// Where the token's user PIN comes from: env:VAR, file:PATH (mode 0600) or prompt (on the
+    /// terminal). A PIN is never given on the command line.
+    #[arg(
+        long,
+        env = "KMSCTL_HSM_PIN",
+        global = true,
+        value_name = "SOURCE",
+        default_value = "prompt",
+        help_heading = "HSM credential"
+    )]
+    pub(crate) hsm_pin: String,
+
+    /// The label prefix of your keys in the token: the signing key is LABEL-sign, the share key
+    /// LABEL-share. Default: your admin id.
+    #[arg(long, env = "KMSCTL_HSM_KEY", global = true, value_name = "LABEL", help_heading = "HSM credential")]
+    pub(crate) hsm_key: Option<String>,
+
+    /// Your public file (FILE.pub.json, as `kmsctl admin keygen --hsm` wrote it): it names the
+    /// admin (id, country) whose keys are in the token, and kmsctl checks that the token's signing
+    /// key is the one it lists.
+    #[arg(long, env = "KMSCTL_ADMIN_PUB", global = true, value_name = "FILE", help_heading = "HSM credential")]
+    pub(crate) admin_pub: Option<PathBuf>,
 
     /// Output format: short lines for humans, or one JSON document on stdout.
     #[arg(long, value_enum, default_value_t = OutputFormat::Human, global = true)]
@@ -125,6 +159,15 @@ pub(crate) enum Command {
     /// Data-plane calls (unsigned; the caller is the TLS client certificate).
     #[command(subcommand)]
     Data(DataCommand),
+    /// Proposals of quorum operations: list, show, approve, reject.
+    #[command(subcommand)]
+    Proposal(ProposalCommand),
+    /// The approval quorum (always proposed).
+    #[command(subcommand)]
+    Quorum(QuorumCommand),
+    /// The root key (always proposed).
+    #[command(subcommand)]
+    Root(RootCommand),
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -218,11 +261,19 @@ pub(crate) struct VerifyTpmArgs {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum AdminCommand {
-    /// Generate an admin key file (secret, mode 0600) and its public half (FILE.pub.json).
+    /// Generate an admin key file (secret, mode 0600) and its public half (FILE.pub.json), or
+    /// with --hsm your keys inside a token.
     ///
     /// The public half is what `kmsctl init --admin` and `kmsctl admins add` take. The key file
-    /// itself never leaves your machine; production admins keep their key in an HSM instead.
+    /// itself never leaves your machine; production admins keep their keys in an HSM instead:
+    /// `--hsm` generates the signing key (LABEL-sign) and the share key (LABEL-share) inside the
+    /// token given by --hsm-module/--hsm-token/--hsm-pin (non-extractable; LABEL is --hsm-key, by
+    /// default the admin id) and writes only the public file, to --out. Later commands use the
+    /// token with --admin-pub set to that file.
     Keygen {
+        /// Generate the keys inside the HSM; --out is then the public file (e.g. me.pub.json).
+        #[arg(long)]
+        hsm: bool,
         /// Your admin id: 1 to 64 characters of A-Z a-z 0-9 . _ @ -.
         #[arg(long, value_parser = parse_admin_id)]
         id: AdminId,
@@ -286,6 +337,20 @@ pub(crate) enum AdminsCommand {
         /// which is not available yet.)
         #[arg(long)]
         non_custodian: bool,
+        #[command(flatten)]
+        propose: ProposeArgs,
+    },
+    /// Remove an admin (a quorum operation: always proposed; with a quorum of 1 it runs at once).
+    Remove {
+        /// The admin's id.
+        #[arg(value_name = "ADMIN_ID", value_parser = parse_admin_id)]
+        admin_id: AdminId,
+        /// Why, for the audit log.
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+        /// How long the proposal stays open, in seconds (default and maximum: the server's).
+        #[arg(long, value_name = "SECS")]
+        ttl: Option<u32>,
     },
     /// List the admins.
     List,
@@ -334,6 +399,8 @@ pub(crate) enum KeyCommand {
         /// Days until the material is destroyed (7 to 30).
         #[arg(long, value_name = "N")]
         days: u32,
+        #[command(flatten)]
+        propose: ProposeArgs,
     },
     /// Cancel a scheduled deletion; the key becomes disabled.
     CancelDeletion {
@@ -353,6 +420,94 @@ pub(crate) struct SetReleasePolicyArgs {
     pub(crate) key: String,
     #[command(flatten)]
     pub(crate) policy: PolicyInput,
+    #[command(flatten)]
+    pub(crate) propose: ProposeArgs,
+}
+
+/// For commands that are quorum operations: propose instead of running at once.
+#[derive(Args, Debug, Clone, Copy, Default)]
+pub(crate) struct ProposeArgs {
+    /// Propose the operation for the approval quorum instead of running it (needed when the
+    /// quorum is above 1; other admins then run `kmsctl proposal approve ID`).
+    #[arg(long)]
+    pub(crate) propose: bool,
+    /// How long the proposal stays open, in seconds (default and maximum: the server's).
+    #[arg(long, value_name = "SECS", requires = "propose")]
+    pub(crate) ttl: Option<u32>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ProposalCommand {
+    /// List open proposals (--all: also executed, rejected, expired and failed ones).
+    List {
+        /// Also closed proposals.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show a proposal, with its operation decoded here from the exact bytes approvals sign.
+    ///
+    /// The SHA-256 of the operation is recomputed locally; a difference from the server's digest
+    /// is reported (and the command exits 1).
+    Show {
+        /// The proposal id.
+        id: String,
+    },
+    /// Approve a proposal: shows the operation decoded here and signs the SHA-256 computed here
+    /// from its bytes (never the server's digest). Exits 1 if the operation then fails.
+    Approve {
+        /// The proposal id.
+        id: String,
+    },
+    /// Reject a proposal.
+    Reject {
+        /// The proposal id.
+        id: String,
+        /// Why (kept in the proposal and the audit log).
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum QuorumCommand {
+    /// Propose a new M: how many distinct admins must approve a quorum operation.
+    Set {
+        /// The new M.
+        #[arg(value_name = "M")]
+        approval_quorum: u32,
+        /// How long the proposal stays open, in seconds (default and maximum: the server's).
+        #[arg(long, value_name = "SECS")]
+        ttl: Option<u32>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RotateSealArg {
+    /// Split M-of-N among custodians.
+    Shamir,
+    /// A non-extractable key in the server's HSM.
+    Pkcs11,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum RootCommand {
+    /// Propose a new root key generation (and possibly a seal migration); every key-encryption
+    /// key is re-wrapped under it in the background.
+    Rotate {
+        /// The seal of the new generation.
+        #[arg(long, value_enum)]
+        seal: RotateSealArg,
+        /// shamir: how many shares unseal the new generation.
+        #[arg(long, value_name = "T", required_if_eq("seal", "shamir"))]
+        threshold: Option<u32>,
+        /// shamir: an admin who receives a share of the new generation (repeatable; default: the
+        /// current custodians).
+        #[arg(long = "custodian", value_name = "ADMIN_ID", value_parser = parse_admin_id)]
+        custodians: Vec<AdminId>,
+        /// How long the proposal stays open, in seconds (default and maximum: the server's).
+        #[arg(long, value_name = "SECS")]
+        ttl: Option<u32>,
+    },
 }
 
 /// Where a release policy document comes from.
@@ -425,6 +580,8 @@ pub(crate) struct EnrollArgs {
     pub(crate) description: String,
     #[command(flatten)]
     pub(crate) identity: EnrollIdentity,
+    #[command(flatten)]
+    pub(crate) propose: ProposeArgs,
     /// The VCEK or VLEK certificate (DER or PEM) that signed --snp-report.
     #[arg(long, value_name = "FILE", conflicts_with = "tpm_request")]
     pub(crate) vek: Option<PathBuf>,
@@ -625,6 +782,8 @@ mod tests {
             "c.pub.json",
             "--non-custodian",
             "c",
+            "--quorum",
+            "2",
         ])
         .unwrap();
         let Command::Init(init) = cli.command else {
@@ -633,10 +792,42 @@ mod tests {
         assert_eq!(init.admins.len(), 3);
         assert_eq!(init.non_custodian[0].as_str(), "c");
         assert!(
-            Cli::try_parse_from(["kmsctl", "init", "--seal", "shamir", "--admin", "a"]).is_err(),
+            Cli::try_parse_from(["kmsctl", "init", "--seal", "shamir", "--admin", "a", "--quorum", "1"]).is_err(),
             "shamir needs --threshold"
         );
-        assert!(Cli::try_parse_from(["kmsctl", "init", "--seal", "dev", "--admin", "a"]).is_ok());
+        assert!(Cli::try_parse_from(["kmsctl", "init", "--seal", "dev", "--admin", "a", "--quorum", "1"]).is_ok());
+        assert_eq!(init.quorum, 2);
+    }
+
+    #[test]
+    fn quorum_operations_can_be_proposed() {
+        let cli = Cli::try_parse_from(["kmsctl", "admins", "add", "d.pub.json", "--propose", "--ttl", "60"]).unwrap();
+        let Command::Admins(AdminsCommand::Add { propose, .. }) = cli.command else {
+            panic!("not admins add")
+        };
+        assert!(propose.propose && propose.ttl == Some(60));
+        assert!(Cli::try_parse_from(["kmsctl", "admins", "add", "d.pub.json", "--ttl", "60"]).is_err());
+        assert!(Cli::try_parse_from(["kmsctl", "key", "schedule-deletion", "k", "--days", "7", "--propose"]).is_ok());
+        assert!(Cli::try_parse_from(["kmsctl", "key", "set-release-policy", "k", "--policy", "{}", "--propose"]).is_ok());
+        assert!(Cli::try_parse_from(["kmsctl", "admins", "remove", "bob"]).is_err(), "--reason is required");
+        assert!(Cli::try_parse_from(["kmsctl", "quorum", "set", "2"]).is_ok());
+        assert!(Cli::try_parse_from(["kmsctl", "root", "rotate", "--seal", "shamir"]).is_err());
+        let cli = Cli::try_parse_from([
+            "kmsctl", "root", "rotate", "--seal", "shamir", "--threshold", "2", "--custodian", "a", "--custodian", "b",
+        ])
+        .unwrap();
+        let Command::Root(RootCommand::Rotate { custodians, .. }) = cli.command else {
+            panic!("not root rotate")
+        };
+        assert_eq!(custodians.len(), 2);
+        assert!(Cli::try_parse_from(["kmsctl", "proposal", "reject", "p-1"]).is_err());
+    }
+
+    #[test]
+    fn pins_come_from_a_source_never_argv() {
+        let cli = Cli::try_parse_from(["kmsctl", "status", "--hsm-module", "m.so", "--hsm-token", "label:t"]).unwrap();
+        assert_eq!(cli.global.hsm_pin, "prompt");
+        assert!(Cli::try_parse_from(["kmsctl", "admin", "keygen", "--hsm", "--id", "a", "--country", "DE", "--out", "a.pub.json"]).is_ok());
     }
 
     #[test]

@@ -195,6 +195,9 @@ fn hint_for(reason: &str) -> Option<&'static str> {
     Some(match reason {
         "sealed" => "run `kmsctl unseal` as enough custodians (`kmsctl status` shows how many)",
         "not_initialized" => "initialize the server with `kmsctl init`",
+        "quorum_required" => {
+            "the approval quorum is above 1: run the same command again with --propose; other admins then run `kmsctl proposal approve ID`"
+        }
         "replayed_request" => {
             "every run signs a fresh nonce, so run the command again; if this repeats, something between you and the server replays requests"
         }

@@ -9,6 +9,7 @@ use std::path::Path;
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
 use kms_proto::v1::enroll_hardware_op::Identity;
+use kms_proto::v1::quorum_operation::Operation as QOp;
 use serde_json::{json, Map, Value};
 use zeroize::Zeroizing;
 
@@ -18,6 +19,7 @@ use crate::credential::Credential;
 use crate::error::Error;
 use crate::files;
 use crate::output::{self, Printer};
+use crate::proposal;
 
 /// The size of an SEV-SNP attestation report (AMD SEV-SNP ABI, ATTESTATION_REPORT).
 const SNP_REPORT_LEN: usize = 1184;
@@ -215,13 +217,19 @@ async fn enroll(g: &Global, p: &Printer, args: &EnrollArgs) -> Result<(), Error>
             r.ek_digest, r.ak_name,
         );
     }
-    let op = Op::EnrollHardware(pb::EnrollHardwareOp {
+    let enroll = pb::EnrollHardwareOp {
         country: args.country.as_str().to_owned(),
         site: args.site.clone(),
         operator: args.operator.clone(),
         description: args.description.clone(),
         identity: Some(identity),
-    });
+    };
+    if args.propose.propose {
+        // The approvers see the EK digest and AK name in `kmsctl proposal show`; the enrolled
+        // identity is then checked by the server against the same expected values.
+        return proposal::propose(g, p, QOp::EnrollHardware(enroll), args.propose.ttl).await;
+    }
+    let op = Op::EnrollHardware(enroll);
     let h = signed_call(g, op, |mut c, r| async move { c.enroll_hardware(r).await }).await?;
     if let Some(request) = &tpm {
         let mismatches = tpm_mismatches(request, &h);
@@ -365,6 +373,7 @@ mod tests {
                 snp_report: Some(path.clone()),
                 tpm_request: None,
             },
+            propose: crate::cli::ProposeArgs::default(),
             vek: None,
             accept_vlek: false,
         };

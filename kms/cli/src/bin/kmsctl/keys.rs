@@ -7,12 +7,15 @@ use kms_proto::v1::admin_request::Operation as Op;
 use serde_json::{json, Value};
 
 use crate::args::{grants_to_wire, pairs_to_map};
-use crate::cli::{CreateKeyArgs, Global, KeyCommand, PolicyInput};
+use kms_proto::v1::quorum_operation::Operation as QOp;
+
+use crate::cli::{CreateKeyArgs, Global, KeyCommand, PolicyInput, ProposeArgs};
 use crate::client::Server;
 use crate::credential::Credential;
 use crate::error::Error;
 use crate::files;
 use crate::output::{self, Printer};
+use crate::proposal;
 
 /// The release policy text from --release-policy or --release-policy-file, checked to be JSON
 /// so a typo is caught before anything is signed. The server checks what it means.
@@ -86,7 +89,7 @@ pub(crate) async fn run(g: &Global, p: &Printer, command: &KeyCommand) -> Result
         KeyCommand::Rotate { key } => Op::RotateKey(pb::RotateKeyOp { key: key.clone() }),
         KeyCommand::Enable { key } => Op::EnableKey(pb::EnableKeyOp { key: key.clone() }),
         KeyCommand::Disable { key } => Op::DisableKey(pb::DisableKeyOp { key: key.clone() }),
-        KeyCommand::ScheduleDeletion { key, days } => Op::ScheduleKeyDeletion(pb::ScheduleKeyDeletionOp {
+        KeyCommand::ScheduleDeletion { key, days, .. } => Op::ScheduleKeyDeletion(pb::ScheduleKeyDeletionOp {
             key: key.clone(),
             pending_window_days: *days,
         }),
@@ -96,6 +99,21 @@ pub(crate) async fn run(g: &Global, p: &Printer, command: &KeyCommand) -> Result
             release_policy: new_release_policy(&args.policy)?,
         }),
     };
+    // Quorum operations, when asked, are proposed instead of run.
+    let propose = match command {
+        KeyCommand::ScheduleDeletion { propose, .. } => *propose,
+        KeyCommand::SetReleasePolicy(args) => args.propose,
+        _ => ProposeArgs::default(),
+    };
+    if propose.propose {
+        let q = match op {
+            Op::ScheduleKeyDeletion(o) => QOp::ScheduleKeyDeletion(o),
+            Op::SetReleasePolicy(o) => QOp::SetReleasePolicy(o),
+            // Only the two quorum operations above can carry --propose.
+            _ => return Err(Error::usage("--propose applies to quorum operations only")),
+        };
+        return proposal::propose(g, p, q, propose.ttl).await;
+    }
     let admin_key = Credential::load(g)?;
     let signer = admin_key.signer();
     let server = Server::connect(g).await?;

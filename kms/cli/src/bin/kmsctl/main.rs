@@ -8,12 +8,14 @@ mod args;
 mod audit;
 mod cli;
 mod client;
+mod credential;
 mod data;
 mod error;
 mod files;
 mod hardware;
 mod keys;
 mod output;
+mod proposal;
 mod seal;
 mod token;
 mod verify;
@@ -23,7 +25,7 @@ use std::process::ExitCode;
 use clap::parser::ValueSource;
 use clap::{CommandFactory as _, FromArgMatches as _};
 
-use crate::cli::{AdminCommand, AdminsCommand, AuditCommand, Cli, Command, VerifyCommand};
+use crate::cli::{AdminCommand, AdminsCommand, AuditCommand, Cli, Command, QuorumCommand, RootCommand, VerifyCommand};
 use crate::error::Error;
 use crate::output::Printer;
 
@@ -60,7 +62,13 @@ fn main() -> ExitCode {
 async fn run(cli: &Cli, p: &Printer) -> Result<(), Error> {
     let g = &cli.global;
     match &cli.command {
-        Command::Admin(AdminCommand::Keygen { id, country, out }) => admin::keygen(p, id.clone(), country.clone(), out),
+        Command::Admin(AdminCommand::Keygen {
+            hsm: true,
+            id,
+            country,
+            out,
+        }) => admin::keygen_hsm(g, p, id, country, out),
+        Command::Admin(AdminCommand::Keygen { id, country, out, .. }) => admin::keygen(p, id.clone(), country.clone(), out),
         Command::Status => seal::status(g, p).await,
         Command::Init(args) => admin::init(g, p, args).await,
         Command::Unseal(args) => seal::unseal(g, p, args).await,
@@ -68,7 +76,27 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Error> {
         Command::Admins(AdminsCommand::Add {
             public_file,
             non_custodian,
-        }) => admin::add(g, p, public_file, *non_custodian).await,
+            propose,
+        }) => admin::add(g, p, public_file, *non_custodian, *propose).await,
+        Command::Admins(AdminsCommand::Remove { admin_id, reason, ttl }) => {
+            admin::remove(g, p, admin_id, reason, *ttl).await
+        }
+        Command::Proposal(command) => proposal::run(g, p, command).await,
+        Command::Quorum(QuorumCommand::Set { approval_quorum, ttl }) => {
+            let op = kms_proto::v1::quorum_operation::Operation::SetQuorum(kms_proto::v1::SetQuorumOp {
+                approval_quorum: *approval_quorum,
+            });
+            proposal::propose(g, p, op, *ttl).await
+        }
+        Command::Root(RootCommand::Rotate {
+            seal,
+            threshold,
+            custodians,
+            ttl,
+        }) => {
+            let custodians: Vec<String> = custodians.iter().map(ToString::to_string).collect();
+            proposal::propose(g, p, proposal::rotate_root(*seal, *threshold, &custodians)?, *ttl).await
+        }
         Command::Admins(AdminsCommand::List) => admin::list(g, p).await,
         Command::Key(command) => keys::run(g, p, command).await,
         Command::Hardware(command) => hardware::run(g, p, command).await,

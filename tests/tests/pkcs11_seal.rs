@@ -1,0 +1,346 @@
+//! The pkcs11 seal and root key rotation against a real kmsd and a real SoftHSM2 token, on
+//! SQLite and PostgreSQL: init with the root key in the HSM and restart without humans; a
+//! wrong token refused at start; root rotation shamir -> pkcs11 -> shamir (seal migration both
+//! ways, by quorum), re-wrapping every KEK in small batches while blobs keep decrypting, a
+//! server stopped in the middle resuming after restart, and the new custodians' shares
+//! unsealing the last generation.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use kms_proto::v1 as pb;
+use kms_proto::v1::admin_request::Operation as Op;
+use kms_proto::v1::key_service_client::KeyServiceClient;
+use kms_proto::v1::quorum_operation::Operation as QOp;
+use kms_tests::*;
+use prost::Message;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const APP: &str = "spiffe://eu.example/app";
+
+/// SoftHSM2 sees only tokens that exist when the module is loaded into the process: every token
+/// this file uses is made before any server starts.
+struct Tokens {
+    sqlite: softhsm_fixture::TestToken,
+    postgres: softhsm_fixture::TestToken,
+    other: softhsm_fixture::TestToken,
+    dir: tempfile::TempDir,
+}
+
+fn tokens() -> &'static Tokens {
+    static T: OnceLock<Tokens> = OnceLock::new();
+    T.get_or_init(|| Tokens {
+        sqlite: softhsm_fixture::init_token(&softhsm_fixture::unique_label("kms-sqlite")),
+        postgres: softhsm_fixture::init_token(&softhsm_fixture::unique_label("kms-pg")),
+        other: softhsm_fixture::init_token(&softhsm_fixture::unique_label("kms-other")),
+        dir: tempfile::tempdir().unwrap(),
+    })
+}
+
+fn hsm_config(token: &softhsm_fixture::TestToken) -> kms_server::seal::HsmSealConfig {
+    kms_server::seal::HsmSealConfig {
+        module: softhsm_fixture::module_path(),
+        token: kms_hsm::TokenSelector::Label(token.label.clone()),
+        pin: kms_hsm::PinSource::File(token.pin_file(tokens().dir.path())),
+    }
+}
+
+fn token_for(backend: Backend) -> &'static softhsm_fixture::TestToken {
+    match backend {
+        Backend::Sqlite => &tokens().sqlite,
+        Backend::Postgres => &tokens().postgres,
+    }
+}
+
+fn opts(backend: Backend) -> Options {
+    Options {
+        hsm: Some(hsm_config(token_for(backend))),
+        // Small, slow batches, so a rotation is observable (and interruptible) mid-way.
+        rotation: kms_server::rotation::RotationPace {
+            batch_size: 2,
+            pause: Duration::from_millis(100),
+        },
+        ..Options::default()
+    }
+}
+
+async fn encrypt_all(data: &mut KeyServiceClient<Channel>, keys: &[String]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let plaintext = format!("secret {i}").into_bytes();
+        let e = data
+            .encrypt(pb::EncryptRequest {
+                key: k.clone(),
+                plaintext: plaintext.clone(),
+                encryption_context: Default::default(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.push((e.ciphertext_blob, plaintext));
+    }
+    out
+}
+
+async fn decrypt_all(data: &mut KeyServiceClient<Channel>, blobs: &[(Vec<u8>, Vec<u8>)]) {
+    for (blob, plaintext) in blobs {
+        let d = data
+            .decrypt(pb::DecryptRequest {
+                ciphertext_blob: blob.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|s| panic!("a blob no longer decrypts: {s:?}"))
+            .into_inner();
+        assert_eq!(&d.plaintext, plaintext);
+    }
+}
+
+async fn status(admin: &mut pb::admin_service_client::AdminServiceClient<Channel>) -> pb::SealStatus {
+    admin
+        .get_seal_status(pb::GetSealStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn rotate(seal: pb::SealKind, threshold: u32, custodians: &[&str]) -> QOp {
+    QOp::RotateRoot(pb::RotateRootOp {
+        seal: seal as i32,
+        threshold,
+        custodians: custodians.iter().map(|c| (*c).to_owned()).collect(),
+    })
+}
+
+fn propose(by: &kms_core::keyfile::AdminKeyFile, op: QOp) -> pb::SignedRequest {
+    signed(
+        by,
+        Op::Propose(pb::ProposeOp {
+            operation: pb::QuorumOperation { operation: Some(op) }.encode_to_vec(),
+            ttl_secs: 0,
+        }),
+    )
+}
+
+/// Waits until the rotation to `generation` has completed, decrypting every blob meanwhile.
+async fn wait_rotated(
+    c: &mut Ceremony,
+    data: &mut KeyServiceClient<Channel>,
+    blobs: &[(Vec<u8>, Vec<u8>)],
+    generation: u64,
+) {
+    let start = Instant::now();
+    loop {
+        // Blobs decrypt throughout.
+        decrypt_all(data, blobs).await;
+        let s = status(&mut c.admin).await;
+        if s.root_generation == generation && s.rotation.is_none() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "rotation did not complete: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn generation_counts(db: &Db) -> Vec<(i64, i64)> {
+    use sqlx::Row as _;
+    let mut conn = db.connect().await;
+    sqlx::query(
+        "SELECT root_generation, COUNT(*) AS n FROM key_versions GROUP BY root_generation ORDER BY root_generation",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.try_get("root_generation").unwrap(), r.try_get("n").unwrap()))
+    .collect()
+}
+
+async fn pkcs11_init_and_restart(backend: Backend) {
+    let Some(db) = Db::new(backend).await else { return };
+    let pki = Pki::new();
+    let mut server = TestServer::start(&db, &pki, opts(backend)).await;
+    let mut admin_c = server.admin(&pki).await;
+    let alice = admin("alice", "DE");
+    let init = admin_c
+        .init(signed(
+            &alice,
+            Op::Init(pb::InitOp {
+                seal: pb::SealKind::Pkcs11 as i32,
+                threshold: 0,
+                admins: vec![new_admin(&alice, false)],
+                approval_quorum: 1,
+            }),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(
+        (init.seal, init.sealed, init.root_generation),
+        (pb::SealKind::Pkcs11 as i32, false, 1)
+    );
+    admin_c
+        .create_key(signed(
+            &alice,
+            Op::CreateKey(pb::CreateKeyOp {
+                name: "orders".into(),
+                grants: grants_all(&[APP]),
+                release_policy: UNATTESTED.into(),
+                ..Default::default()
+            }),
+        ))
+        .await
+        .unwrap();
+    let mut data = server.data(&pki, APP).await;
+    let blobs = encrypt_all(&mut data, &["orders".to_owned()]).await;
+
+    // Restart: the server unseals itself from the HSM; no custodian involved.
+    server.stop().await;
+    server = TestServer::start(&db, &pki, opts(backend)).await;
+    let mut admin_c = server.admin(&pki).await;
+    let s = status(&mut admin_c).await;
+    assert!(!s.sealed, "{s:?}");
+    assert_eq!(s.key_check_value, init.key_check_value);
+    let mut data = server.data(&pki, APP).await;
+    decrypt_all(&mut data, &blobs).await;
+    // The pkcs11 seal cannot be sealed at run time (stopping the process does that).
+    assert_refused(
+        admin_c.seal(signed(&alice, Op::Seal(pb::SealOp {}))).await,
+        Code::FailedPrecondition,
+        "not_shamir",
+    );
+    server.stop().await;
+
+    // Another token (without this root key) is refused at start, naming the problem.
+    let wrong = Options {
+        hsm: Some(hsm_config(&tokens().other)),
+        ..opts(backend)
+    };
+    let Err(err) = TestServer::try_start(&db, &pki, wrong).await else {
+        panic!("a server with the wrong token must not start")
+    };
+    assert!(err.contains("pkcs11 seal") && err.contains("kms-root-g1"), "{err}");
+}
+both_backends!(pkcs11_seal_init_and_restart, super::pkcs11_init_and_restart);
+
+async fn rotation_and_migration(backend: Backend) {
+    let Some(mut c) = Ceremony::new(backend, opts(backend)).await else {
+        return;
+    };
+    let alice = admin_clone(&c.custodians[0]);
+    let mut keys = Vec::new();
+    for i in 0..7 {
+        let name = format!("k{i}");
+        c.create_key(&name, &[APP], UNATTESTED).await;
+        keys.push(name);
+    }
+    let mut data = c.server.data(&c.pki, APP).await;
+    let blobs = encrypt_all(&mut data, &keys).await;
+
+    // shamir -> pkcs11 (quorum of one here: executes at once).
+    let p = c
+        .admin
+        .propose(propose(&alice, rotate(pb::SealKind::Pkcs11, 0, &[])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.status, pb::ProposalStatus::Executed as i32, "{p:?}");
+    let s = status(&mut c.admin).await;
+    let r = s.rotation.clone().expect("rotation in progress");
+    assert_eq!((r.to_generation, r.seal), (2, pb::SealKind::Pkcs11 as i32));
+    // A second rotation cannot start meanwhile.
+    assert_refused(
+        c.admin
+            .propose(propose(&alice, rotate(pb::SealKind::Pkcs11, 0, &[])))
+            .await,
+        Code::FailedPrecondition,
+        "rotation_in_progress",
+    );
+    // New keys made during the rotation are wrapped under the new root.
+    c.create_key("during", &[APP], UNATTESTED).await;
+    keys.push("during".into());
+    let mut blobs = blobs;
+    blobs.extend(encrypt_all(&mut data, &["during".to_owned()]).await);
+
+    // Stopped in the middle (some KEKs moved, some not), restarted: the server is sealed
+    // (generation 1 is shamir), custodians unseal it with their generation-1 shares, and the
+    // rotation resumes from where it stopped.
+    let start = Instant::now();
+    loop {
+        let counts = generation_counts(&c.db).await;
+        if counts.iter().any(|(g, _)| *g == 2) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no batch moved: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.restart(opts(backend)).await;
+    let mid = generation_counts(&c.db).await;
+    assert!(
+        mid.iter().any(|(g, _)| *g == 1),
+        "stopped too late to test resumption: {mid:?}"
+    );
+    assert!(status(&mut c.admin).await.sealed);
+    c.unseal().await;
+    let mut data = c.server.data(&c.pki, APP).await;
+    wait_rotated(&mut c, &mut data, &blobs, 2).await;
+    assert_eq!(generation_counts(&c.db).await, vec![(2, 8)]);
+    let s = status(&mut c.admin).await;
+    assert_eq!((s.seal, s.sealed), (pb::SealKind::Pkcs11 as i32, false));
+
+    // Now the HSM holds the root: a restart needs no custodian.
+    c.restart(opts(backend)).await;
+    assert!(!status(&mut c.admin).await.sealed);
+    let mut data = c.server.data(&c.pki, APP).await;
+    decrypt_all(&mut data, &blobs).await;
+    // The shamir shares of generation 1 are gone: custodians hold none now.
+    assert_refused(
+        c.admin
+            .get_encrypted_share(signed(&alice, Op::GetEncryptedShare(pb::GetEncryptedShareOp {})))
+            .await,
+        Code::PermissionDenied,
+        "not_a_custodian",
+    );
+
+    // pkcs11 -> shamir, 2-of-2 among bob and carol.
+    let p = c
+        .admin
+        .propose(propose(&alice, rotate(pb::SealKind::Shamir, 2, &["bob", "carol"])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.status, pb::ProposalStatus::Executed as i32, "{p:?}");
+    wait_rotated(&mut c, &mut data, &blobs, 3).await;
+    assert_eq!(generation_counts(&c.db).await, vec![(3, 8)]);
+    c.restart(opts(backend)).await;
+    let s = status(&mut c.admin).await;
+    assert!(
+        s.sealed && s.seal == pb::SealKind::Shamir as i32 && s.threshold == 2,
+        "{s:?}"
+    );
+    // Alice is no longer a custodian; bob and carol unseal generation 3.
+    assert_refused(
+        c.admin
+            .get_encrypted_share(signed(&alice, Op::GetEncryptedShare(pb::GetEncryptedShareOp {})))
+            .await,
+        Code::PermissionDenied,
+        "not_a_custodian",
+    );
+    submit_share(&mut c.admin, &c.custodians[1]).await.unwrap();
+    let s = submit_share(&mut c.admin, &c.custodians[2]).await.unwrap();
+    assert!(!s.sealed, "{s:?}");
+    let mut data = c.server.data(&c.pki, APP).await;
+    decrypt_all(&mut data, &blobs).await;
+}
+both_backends!(root_rotation_and_seal_migration, super::rotation_and_migration);
+
+fn admin_clone(k: &kms_core::keyfile::AdminKeyFile) -> kms_core::keyfile::AdminKeyFile {
+    kms_core::keyfile::AdminKeyFile::decode(std::str::from_utf8(k.encode().expose_secret()).unwrap()).unwrap()
+}

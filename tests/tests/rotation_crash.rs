@@ -1,0 +1,185 @@
+//! Root key rotation interrupted by `kill -9` of a real `kmsd` process (pkcs11 seal on a real
+//! SoftHSM2 token), on SQLite and PostgreSQL: the restarted process unseals itself from the HSM,
+//! resumes re-wrapping where the killed one stopped, and completes; every blob decrypts before,
+//! after the kill and after the rotation.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use kms_proto::v1 as pb;
+use kms_proto::v1::admin_request::Operation as Op;
+use kms_proto::v1::key_service_client::KeyServiceClient;
+use kms_proto::v1::quorum_operation::Operation as QOp;
+use kms_tests::*;
+use prost::Message;
+use sqlx::Row as _;
+use tonic::transport::Channel;
+
+const APP: &str = "spiffe://eu.example/app";
+
+struct Setup {
+    tokens: [softhsm_fixture::TestToken; 2],
+    dir: tempfile::TempDir,
+}
+
+/// Tokens exist before any kmsd loads the module.
+fn setup() -> &'static Setup {
+    static S: OnceLock<Setup> = OnceLock::new();
+    S.get_or_init(|| Setup {
+        tokens: [
+            softhsm_fixture::init_token(&softhsm_fixture::unique_label("crash-sqlite")),
+            softhsm_fixture::init_token(&softhsm_fixture::unique_label("crash-pg")),
+        ],
+        dir: tempfile::tempdir().unwrap(),
+    })
+}
+
+async fn counts(db: &Db) -> (i64, i64) {
+    let mut conn = db.connect().await;
+    let rows = sqlx::query("SELECT root_generation, COUNT(*) AS n FROM key_versions GROUP BY root_generation")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    let mut out = (0, 0);
+    for r in rows {
+        match r.try_get::<i64, _>("root_generation").unwrap() {
+            1 => out.0 = r.try_get("n").unwrap(),
+            2 => out.1 = r.try_get("n").unwrap(),
+            g => panic!("unexpected generation {g}"),
+        }
+    }
+    out
+}
+
+async fn decrypt_all(data: &mut KeyServiceClient<Channel>, blobs: &[(Vec<u8>, Vec<u8>)]) {
+    for (blob, plaintext) in blobs {
+        let d = data
+            .decrypt(pb::DecryptRequest {
+                ciphertext_blob: blob.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|s| panic!("a blob no longer decrypts: {s:?}"))
+            .into_inner();
+        assert_eq!(&d.plaintext, plaintext);
+    }
+}
+
+async fn killed_mid_rotation(backend: Backend) {
+    let token = &setup().tokens[matches!(backend, Backend::Postgres) as usize];
+    let Some(db) = Db::new(backend).await else { return };
+    let pki = Pki::new();
+    let extra = format!(
+        "[seal]\nrotation_batch_size = 1\nrotation_batch_pause_ms = 150\n[seal.pkcs11]\nmodule = \"{}\"\ntoken = \"label:{}\"\npin_file = \"{}\"\n",
+        softhsm_fixture::module_path().display(),
+        token.label,
+        token.pin_file(setup().dir.path()).display()
+    );
+    let mut kmsd = KmsdProcess::start(&db, &pki, &extra).await;
+    let mut admin_c = kmsd.admin(&pki).await;
+    let alice = admin("alice", "DE");
+    admin_c
+        .init(signed(
+            &alice,
+            Op::Init(pb::InitOp {
+                seal: pb::SealKind::Pkcs11 as i32,
+                threshold: 0,
+                admins: vec![new_admin(&alice, false)],
+                approval_quorum: 1,
+            }),
+        ))
+        .await
+        .unwrap();
+    let mut blobs = Vec::new();
+    let mut data = kmsd.data(&pki, APP).await;
+    for i in 0..12 {
+        let name = format!("k{i}");
+        admin_c
+            .create_key(signed(
+                &alice,
+                Op::CreateKey(pb::CreateKeyOp {
+                    name: name.clone(),
+                    grants: grants_all(&[APP]),
+                    release_policy: UNATTESTED.into(),
+                    ..Default::default()
+                }),
+            ))
+            .await
+            .unwrap();
+        let plaintext = format!("blob {i}").into_bytes();
+        let e = data
+            .encrypt(pb::EncryptRequest {
+                key: name,
+                plaintext: plaintext.clone(),
+                encryption_context: Default::default(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        blobs.push((e.ciphertext_blob, plaintext));
+    }
+
+    // A new root key in the HSM; the worker moves one KEK per 150 ms.
+    let rotate = pb::QuorumOperation {
+        operation: Some(QOp::RotateRoot(pb::RotateRootOp {
+            seal: pb::SealKind::Pkcs11 as i32,
+            threshold: 0,
+            custodians: Vec::new(),
+        })),
+    };
+    admin_c
+        .propose(signed(
+            &alice,
+            Op::Propose(pb::ProposeOp {
+                operation: rotate.encode_to_vec(),
+                ttl_secs: 0,
+            }),
+        ))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let (old, new) = counts(&db).await;
+        if new >= 2 && old >= 2 {
+            break;
+        }
+        assert!(old >= 2, "the rotation ran too fast to be interrupted: {old} left");
+        assert!(start.elapsed() < Duration::from_secs(30), "no KEK moved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    decrypt_all(&mut data, &blobs).await;
+    kmsd.kill_9();
+    let (old, new) = counts(&db).await;
+    assert!(old > 0 && new > 0, "killed mid-way: {old} / {new}");
+
+    // Restarted: unsealed from the HSM without anyone, both roots held, rotation resumed.
+    kmsd.restart(&pki).await;
+    let mut admin_c = kmsd.admin(&pki).await;
+    let mut data = kmsd.data(&pki, APP).await;
+    let start = Instant::now();
+    loop {
+        decrypt_all(&mut data, &blobs).await;
+        let s = admin_c
+            .get_seal_status(pb::GetSealStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!s.sealed);
+        if s.root_generation == 2 && s.rotation.is_none() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "rotation did not resume: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(counts(&db).await, (0, 12));
+    decrypt_all(&mut data, &blobs).await;
+    // And from a fresh process holding only generation 2.
+    kmsd.restart(&pki).await;
+    let mut data = kmsd.data(&pki, APP).await;
+    decrypt_all(&mut data, &blobs).await;
+}
+both_backends!(rotation_killed_and_resumed, super::killed_mid_rotation);
