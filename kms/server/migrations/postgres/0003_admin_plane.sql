@@ -39,6 +39,8 @@ ALTER TABLE token_keys ADD COLUMN root_generation BIGINT NOT NULL DEFAULT 1;
 
 -- Custodians' root-key shares per generation, each sealed to the custodian's share key (P-256
 -- ECDH + AES-KW-PAD, see kms_core::share_wrap) so only their token opens it.
+-- custodian_shares (HPKE-sealed shares of the pre-release format) is no longer read: a shamir
+-- database initialized before this migration has to be initialized again (there was no release).
 CREATE TABLE root_shares (
     generation BIGINT NOT NULL,
     admin_id TEXT NOT NULL REFERENCES admins (id),

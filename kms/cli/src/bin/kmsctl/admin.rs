@@ -24,14 +24,20 @@ use crate::proposal;
 
 /// `kmsctl admin keygen --hsm`: both keys inside the token, only the public file written.
 pub(crate) fn keygen_hsm(g: &Global, p: &Printer, id: &AdminId, country: &Country, out: &Path) -> Result<(), Error> {
-    let token = TokenArgs::from_global(g)?
-        .ok_or_else(|| Error::usage("--hsm needs --hsm-module, --hsm-token and --hsm-pin (the token to generate in)"))?;
+    let token = TokenArgs::from_global(g)?.ok_or_else(|| {
+        Error::usage("--hsm needs --hsm-module, --hsm-token and --hsm-pin (the token to generate in)")
+    })?;
     if g.admin_key.is_some() {
-        return Err(Error::usage("--hsm generates keys in a token: --admin-key does not apply"));
+        return Err(Error::usage(
+            "--hsm generates keys in a token: --admin-key does not apply",
+        ));
     }
     // Checked before the token is touched, so a refusal leaves nothing behind.
     if out.exists() {
-        return Err(Error::local(format!("{} exists; refusing to overwrite it", out.display())));
+        return Err(Error::local(format!(
+            "{} exists; refusing to overwrite it",
+            out.display()
+        )));
     }
     let label = g.hsm_key.clone().unwrap_or_else(|| id.to_string());
     let public = credential::generate_in_token(
@@ -266,7 +272,13 @@ pub(crate) async fn add(
 }
 
 /// `kmsctl admins remove`: always a proposal.
-pub(crate) async fn remove(g: &Global, p: &Printer, admin_id: &AdminId, reason: &str, ttl: Option<u32>) -> Result<(), Error> {
+pub(crate) async fn remove(
+    g: &Global,
+    p: &Printer,
+    admin_id: &AdminId,
+    reason: &str,
+    ttl: Option<u32>,
+) -> Result<(), Error> {
     let op = QOp::RemoveAdmin(pb::RemoveAdminOp {
         admin_id: admin_id.to_string(),
         reason: reason.to_owned(),
@@ -280,9 +292,11 @@ pub(crate) async fn list(g: &Global, p: &Printer) -> Result<(), Error> {
     let server = Server::connect(g).await?;
     let signer = key.signer();
     let response = server
-        .admin_call(&signer, Op::ListAdmins(pb::ListAdminsOp { include_removed: false }), |mut c, r| async move {
-            c.list_admins(r).await
-        })
+        .admin_call(
+            &signer,
+            Op::ListAdmins(pb::ListAdminsOp { include_removed: false }),
+            |mut c, r| async move { c.list_admins(r).await },
+        )
         .await?;
     p.emit(
         json!({ "admins": response.admins.iter().map(output::admin_json).collect::<Vec<_>>() }),

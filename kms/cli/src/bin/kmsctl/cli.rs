@@ -90,11 +90,23 @@ pub(crate) struct Global {
     pub(crate) admin_key: Option<PathBuf>,
 
     /// The PKCS#11 module of the HSM holding your admin keys (instead of --admin-key).
-    #[arg(long, env = "KMSCTL_HSM_MODULE", global = true, value_name = "PATH", help_heading = "HSM credential")]
+    #[arg(
+        long,
+        env = "KMSCTL_HSM_MODULE",
+        global = true,
+        value_name = "PATH",
+        help_heading = "HSM credential"
+    )]
     pub(crate) hsm_module: Option<PathBuf>,
 
     /// The token in --hsm-module: label:NAME, slot:N or serial:S.
-    #[arg(long, env = "KMSCTL_HSM_TOKEN", global = true, value_name = "SELECTOR", help_heading = "HSM credential")]
+    #[arg(
+        long,
+        env = "KMSCTL_HSM_TOKEN",
+        global = true,
+        value_name = "SELECTOR",
+        help_heading = "HSM credential"
+    )]
     pub(crate) hsm_token: Option<String>,
 
     /// Where the token's user PIN comes from: env:VAR, file:PATH (mode 0600) or prompt (on the
@@ -111,13 +123,25 @@ pub(crate) struct Global {
 
     /// The label prefix of your keys in the token: the signing key is LABEL-sign, the share key
     /// LABEL-share. Default: your admin id.
-    #[arg(long, env = "KMSCTL_HSM_KEY", global = true, value_name = "LABEL", help_heading = "HSM credential")]
+    #[arg(
+        long,
+        env = "KMSCTL_HSM_KEY",
+        global = true,
+        value_name = "LABEL",
+        help_heading = "HSM credential"
+    )]
     pub(crate) hsm_key: Option<String>,
 
     /// Your public file (FILE.pub.json, as `kmsctl admin keygen --hsm` wrote it): it names the
     /// admin (id, country) whose keys are in the token, and kmsctl checks that the token's signing
     /// key is the one it lists.
-    #[arg(long, env = "KMSCTL_ADMIN_PUB", global = true, value_name = "FILE", help_heading = "HSM credential")]
+    #[arg(
+        long,
+        env = "KMSCTL_ADMIN_PUB",
+        global = true,
+        value_name = "FILE",
+        help_heading = "HSM credential"
+    )]
     pub(crate) admin_pub: Option<PathBuf>,
 
     /// Output format: short lines for humans, or one JSON document on stdout.
@@ -808,12 +832,34 @@ mod tests {
         assert!(propose.propose && propose.ttl == Some(60));
         assert!(Cli::try_parse_from(["kmsctl", "admins", "add", "d.pub.json", "--ttl", "60"]).is_err());
         assert!(Cli::try_parse_from(["kmsctl", "key", "schedule-deletion", "k", "--days", "7", "--propose"]).is_ok());
-        assert!(Cli::try_parse_from(["kmsctl", "key", "set-release-policy", "k", "--policy", "{}", "--propose"]).is_ok());
-        assert!(Cli::try_parse_from(["kmsctl", "admins", "remove", "bob"]).is_err(), "--reason is required");
+        assert!(Cli::try_parse_from([
+            "kmsctl",
+            "key",
+            "set-release-policy",
+            "k",
+            "--policy",
+            "{}",
+            "--propose"
+        ])
+        .is_ok());
+        assert!(
+            Cli::try_parse_from(["kmsctl", "admins", "remove", "bob"]).is_err(),
+            "--reason is required"
+        );
         assert!(Cli::try_parse_from(["kmsctl", "quorum", "set", "2"]).is_ok());
         assert!(Cli::try_parse_from(["kmsctl", "root", "rotate", "--seal", "shamir"]).is_err());
         let cli = Cli::try_parse_from([
-            "kmsctl", "root", "rotate", "--seal", "shamir", "--threshold", "2", "--custodian", "a", "--custodian", "b",
+            "kmsctl",
+            "root",
+            "rotate",
+            "--seal",
+            "shamir",
+            "--threshold",
+            "2",
+            "--custodian",
+            "a",
+            "--custodian",
+            "b",
         ])
         .unwrap();
         let Command::Root(RootCommand::Rotate { custodians, .. }) = cli.command else {
@@ -827,7 +873,19 @@ mod tests {
     fn pins_come_from_a_source_never_argv() {
         let cli = Cli::try_parse_from(["kmsctl", "status", "--hsm-module", "m.so", "--hsm-token", "label:t"]).unwrap();
         assert_eq!(cli.global.hsm_pin, "prompt");
-        assert!(Cli::try_parse_from(["kmsctl", "admin", "keygen", "--hsm", "--id", "a", "--country", "DE", "--out", "a.pub.json"]).is_ok());
+        assert!(Cli::try_parse_from([
+            "kmsctl",
+            "admin",
+            "keygen",
+            "--hsm",
+            "--id",
+            "a",
+            "--country",
+            "DE",
+            "--out",
+            "a.pub.json"
+        ])
+        .is_ok());
     }
 
     #[test]

@@ -144,7 +144,11 @@ impl Credential {
 
     /// Re-seals the share in `envelope` (sealed to this admin) to the server's unseal key. A
     /// key file opens it in this process (zeroized at once); a token re-wraps it inside.
-    pub(crate) fn rewrap_share(&self, envelope: &ShareEnvelope, server_public_key: &[u8]) -> Result<ShareEnvelope, Error> {
+    pub(crate) fn rewrap_share(
+        &self,
+        envelope: &ShareEnvelope,
+        server_public_key: &[u8],
+    ) -> Result<ShareEnvelope, Error> {
         match self {
             Self::KeyFile(key) => {
                 let opener = UnsealKey::from_bytes(&key.encryption_key().to_secret_bytes())

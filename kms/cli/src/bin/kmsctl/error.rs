@@ -195,6 +195,11 @@ fn hint_for(reason: &str) -> Option<&'static str> {
     Some(match reason {
         "sealed" => "run `kmsctl unseal` as enough custodians (`kmsctl status` shows how many)",
         "not_initialized" => "initialize the server with `kmsctl init`",
+        "already_approved" => "each admin approves once: another admin must approve (`kmsctl proposal show ID` shows who has)",
+        "proposal_not_found" => "`kmsctl proposal list --all` shows the proposals",
+        "proposal_closed" | "proposal_expired" => {
+            "the proposal is no longer open (`kmsctl proposal show ID` shows its outcome); propose the operation again if it is still wanted"
+        }
         "quorum_required" => {
             "the approval quorum is above 1: run the same command again with --propose; other admins then run `kmsctl proposal approve ID`"
         }

@@ -68,7 +68,9 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Error> {
             country,
             out,
         }) => admin::keygen_hsm(g, p, id, country, out),
-        Command::Admin(AdminCommand::Keygen { id, country, out, .. }) => admin::keygen(p, id.clone(), country.clone(), out),
+        Command::Admin(AdminCommand::Keygen { id, country, out, .. }) => {
+            admin::keygen(p, id.clone(), country.clone(), out)
+        }
         Command::Status => seal::status(g, p).await,
         Command::Init(args) => admin::init(g, p, args).await,
         Command::Unseal(args) => seal::unseal(g, p, args).await,

@@ -72,7 +72,9 @@ fn rotate_seal(seal: RotateSealArg) -> pb::SealKind {
 /// `kmsctl root rotate`'s operation.
 pub(crate) fn rotate_root(seal: RotateSealArg, threshold: Option<u32>, custodians: &[String]) -> Result<QOp, Error> {
     if seal == RotateSealArg::Pkcs11 && (threshold.is_some() || !custodians.is_empty()) {
-        return Err(Error::usage("--threshold and --custodian apply to the shamir seal only"));
+        return Err(Error::usage(
+            "--threshold and --custodian apply to the shamir seal only",
+        ));
     }
     Ok(QOp::RotateRoot(pb::RotateRootOp {
         seal: rotate_seal(seal) as i32,

@@ -83,8 +83,12 @@ pub(crate) async fn unseal(g: &Global, p: &Printer, args: &UnsealArgs) -> Result
             |mut c, r| async move { c.get_encrypted_share(r).await },
         )
         .await?;
-    let envelope = ShareEnvelope::decode(&share.envelope)
-        .map_err(|e| Error::server_state("bad_share", format!("the server sent an unreadable share envelope: {e}")))?;
+    let envelope = ShareEnvelope::decode(&share.envelope).map_err(|e| {
+        Error::server_state(
+            "bad_share",
+            format!("the server sent an unreadable share envelope: {e}"),
+        )
+    })?;
     let rewrapped = key.rewrap_share(&envelope, &status.unseal_public_key)?;
     let after = server
         .admin_call(
