@@ -48,7 +48,7 @@ const ATTEST_PRINCIPALS: usize = 32;
 const MAX_PREPARED: usize = ATTEST_PRINCIPALS * 6_000;
 /// The bytes an SNP report signature covers (0x000–0x29F): what kmsd hashes and verifies.
 const SNP_SIGNED_LEN: usize = 0x2A0;
-const USAGE: &str = "usage: kms-bench --kmsd PATH [--database URL] [--seconds N] [--concurrency N] [--connections N] [--phases gen,dec,attest,attested-gen,e2e] [--e2e-iterations N]";
+const USAGE: &str = "usage: kms-bench --kmsd PATH [--database URL] [--seconds N] [--concurrency N] [--connections N] [--phases gen,dec,attest,attested-gen,e2e,rotate] [--e2e-iterations N] [--rotate-keys N]";
 
 #[derive(Clone, Copy)]
 struct Phases {
@@ -57,6 +57,7 @@ struct Phases {
     attest: bool,
     attested_gen: bool,
     e2e: bool,
+    rotate: bool,
 }
 
 impl Phases {
@@ -66,6 +67,7 @@ impl Phases {
         attest: true,
         attested_gen: true,
         e2e: true,
+        rotate: true,
     };
 
     fn parse(list: &str) -> Result<Self, String> {
@@ -75,6 +77,7 @@ impl Phases {
             attest: false,
             attested_gen: false,
             e2e: false,
+            rotate: false,
         };
         for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match name {
@@ -83,15 +86,16 @@ impl Phases {
                 "attest" => p.attest = true,
                 "attested-gen" => p.attested_gen = true,
                 "e2e" => p.e2e = true,
+                "rotate" => p.rotate = true,
                 "all" => p = Self::ALL,
                 _ => {
                     return Err(format!(
-                        "--phases: unknown phase {name:?} (gen, dec, attest, attested-gen, e2e)"
+                        "--phases: unknown phase {name:?} (gen, dec, attest, attested-gen, e2e, rotate)"
                     ))
                 }
             }
         }
-        if !(p.gen || p.dec || p.attested()) {
+        if !(p.gen || p.dec || p.rotate || p.attested()) {
             return Err("--phases: name at least one phase".into());
         }
         Ok(p)
@@ -111,6 +115,7 @@ struct Args {
     connections: usize,
     phases: Phases,
     e2e_iterations: usize,
+    rotate_keys: u32,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -122,6 +127,7 @@ fn parse_args() -> Result<Args, String> {
         connections: 4,
         phases: Phases::ALL,
         e2e_iterations: 300,
+        rotate_keys: 2000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -134,6 +140,7 @@ fn parse_args() -> Result<Args, String> {
             "--connections" => a.connections = v()?.parse().map_err(|_| "--connections: a number")?,
             "--phases" => a.phases = Phases::parse(&v()?)?,
             "--e2e-iterations" => a.e2e_iterations = v()?.parse().map_err(|_| "--e2e-iterations: a number")?,
+            "--rotate-keys" => a.rotate_keys = v()?.parse().map_err(|_| "--rotate-keys: a number")?,
             _ => return Err(format!("unknown argument {k}")),
         }
     }
@@ -583,6 +590,11 @@ async fn run(args: Args) {
             notes.push(note);
         }
     }
+    let rotation = if phases.rotate {
+        Some(rotate_root(&mut admin_c, &alice, args.rotate_keys).await)
+    } else {
+        None
+    };
     drop(kmsd);
 
     let backend = if database.starts_with("sqlite") {
@@ -671,6 +683,19 @@ async fn run(args: Args) {
         }
         println!();
     }
+    if let Some(r) = &rotation {
+        let base_rate = rewrap_baseline();
+        println!("  root key rotation (shamir -> shamir, {} KEK versions + token/checkpoint keys)", r.secrets);
+        println!(
+            "    re-wrapped {:>8.0} secrets/s   ({} batches of up to 500, one transaction each; {:.2} s)",
+            r.rate, r.batches_hint, r.secs
+        );
+        println!(
+            "    baseline: software unwrap + wrap, 1 thread {base_rate:>10.0} /s   ratio {:.4}",
+            r.rate / base_rate
+        );
+        println!();
+    }
     let all = results.iter().chain(&attest_phase).chain(&attested_gen).chain(&e2e);
     for p in all {
         if p.exhausted {
@@ -686,6 +711,104 @@ async fn run(args: Args) {
             println!("  ERRORS preparing {}: {n} × {what}: {message}", p.name);
         }
     }
+}
+
+/// What the rotation phase measured.
+struct Rotation {
+    secrets: u64,
+    rate: f64,
+    secs: f64,
+    batches_hint: u64,
+}
+
+/// Creates `keys` keys, starts a root rotation (quorum of one: it executes at once) and times
+/// the re-wrapping from the first batch to completion by polling the seal status.
+async fn rotate_root(
+    admin_c: &mut pb::admin_service_client::AdminServiceClient<Channel>,
+    alice: &kms_core::keyfile::AdminKeyFile,
+    keys: u32,
+) -> Rotation {
+    use prost::Message as _;
+    for i in 0..keys {
+        admin_c
+            .create_key(signed(
+                alice,
+                Op::CreateKey(pb::CreateKeyOp {
+                    name: format!("rotate-{i}"),
+                    grants: grants_all(&[APP]),
+                    release_policy: kms_tests::UNATTESTED.into(),
+                    ..Default::default()
+                }),
+            ))
+            .await
+            .expect("create key");
+    }
+    let op = pb::QuorumOperation {
+        operation: Some(pb::quorum_operation::Operation::RotateRoot(pb::RotateRootOp {
+            seal: pb::SealKind::Shamir as i32,
+            threshold: 1,
+            custodians: vec!["alice".into()],
+        })),
+    };
+    admin_c
+        .propose(signed(
+            alice,
+            Op::Propose(pb::ProposeOp {
+                operation: op.encode_to_vec(),
+                ttl_secs: 0,
+            }),
+        ))
+        .await
+        .expect("rotate root");
+    let mut first: Option<(Instant, u64)> = None;
+    let mut total = 0;
+    loop {
+        let s = admin_c
+            .get_seal_status(pb::GetSealStatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        match s.rotation {
+            Some(r) => {
+                total = total.max(r.remaining);
+                if first.is_none() && r.remaining < total {
+                    first = Some((Instant::now(), r.remaining));
+                }
+            }
+            None => break,
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let end = Instant::now();
+    // The first observed decrease happened at most one batch (and a poll) after the start: the
+    // rate counts from there.
+    let (t0, remaining_then) = first.unwrap_or((end, 0));
+    let secs = end.duration_since(t0).as_secs_f64().max(1e-3);
+    Rotation {
+        secrets: total,
+        rate: remaining_then as f64 / secs,
+        secs,
+        batches_hint: total.div_ceil(500),
+    }
+}
+
+/// Software unwrap under one root and wrap under another, per KEK, on one thread.
+fn rewrap_baseline() -> f64 {
+    let a = kms_core::root::SoftwareRoot::new(&kms_core::root::RootKeyMaterial::generate().unwrap()).unwrap();
+    let b = kms_core::root::SoftwareRoot::new(&kms_core::root::RootKeyMaterial::generate().unwrap()).unwrap();
+    let id = KeyId::generate().unwrap();
+    let v = KeyVersion::FIRST;
+    let wrapped = a.wrap(id, v, &Kek::generate().unwrap()).unwrap();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_millis(500) {
+        for _ in 0..1000 {
+            let k = a.unwrap(id, v, &wrapped).unwrap();
+            std::hint::black_box(b.wrap(id, v, &k).unwrap());
+        }
+        n += 1000;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
 }
 
 /// The kmsd process: stopped with SIGTERM (so it drains and flushes its audit log) when

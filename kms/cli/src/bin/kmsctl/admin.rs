@@ -314,7 +314,7 @@ mod tests {
         let other = AdminKeyFile::generate(AdminId::parse("alice").unwrap(), Country::parse("DE").unwrap()).unwrap();
         let other = other.public();
         let public = alice.public();
-        let alice = Credential::KeyFile(alice);
+        let alice = Credential::KeyFile(Box::new(alice));
         assert!(alice.matches(&public).unwrap());
         assert!(!alice.matches(&other).unwrap());
         let wire = wire_admin(&public, true, Path::new("a")).unwrap();

@@ -66,7 +66,7 @@ pub(crate) struct HsmAdmin {
 /// What signs this run's admin requests.
 pub(crate) enum Credential {
     /// A key file (--admin-key): development and tests.
-    KeyFile(AdminKeyFile),
+    KeyFile(Box<AdminKeyFile>),
     /// Keys in a PKCS#11 token (--hsm-module ... --admin-pub).
     Hsm(Box<HsmAdmin>),
 }
@@ -78,7 +78,7 @@ impl Credential {
             (Some(_), Some(_)) => Err(Error::usage(
                 "give either --admin-key (a key file) or --hsm-module (keys in a token), not both",
             )),
-            (None, key_file) => Ok(Self::KeyFile(files::admin_key(key_file)?)),
+            (None, key_file) => Ok(Self::KeyFile(Box::new(files::admin_key(key_file)?))),
             (Some(token), None) => {
                 let pub_path = g.admin_pub.as_deref().ok_or_else(|| {
                     Error::usage(

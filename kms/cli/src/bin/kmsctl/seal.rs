@@ -154,7 +154,7 @@ mod tests {
         let key = AdminKeyFile::generate(AdminId::parse("alice").unwrap(), Country::parse("DE").unwrap()).unwrap();
         let to_custodian = share_wrap::seal(&key.public().encryption_key().unwrap(), &[7u8; 32]).unwrap();
         let server = UnsealKey::generate().unwrap();
-        let credential = Credential::KeyFile(key);
+        let credential = Credential::KeyFile(Box::new(key));
         let to_server = credential.rewrap_share(&to_custodian, &server.public_key()).unwrap();
         assert_eq!(server.open(&to_server).unwrap().expose_secret(), &[7u8; 32]);
         let other = UnsealKey::generate().unwrap();
