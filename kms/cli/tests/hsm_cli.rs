@@ -241,6 +241,12 @@ async fn hsm_admins_init_unseal_and_approve_proposals() {
         public: alice.public.clone(),
     };
     lab.run_as(&wrong, &["admins", "list"]).await.expect(4);
+    // A PIN where its source belongs is refused without being repeated.
+    let mut literal = alice.hsm_args();
+    literal[5] = alice.token.user_pin.clone();
+    literal.extend(["admins".to_owned(), "list".to_owned()]);
+    let out = run(alice, &literal).await.expect(2);
+    assert!(!out.stderr.contains(&alice.token.user_pin), "{}", out.stderr);
 
     // init, signed with alice's token.
     let pubs: Vec<String> = [alice, bob, carol]

@@ -213,6 +213,9 @@ async fn proposals_reject_approve_and_execute_at_once_with_a_quorum_of_one() {
         done.stderr
     );
 
+    let status = k.run(BOB, &["--output", "json", "status"]).await.expect(0).json();
+    assert_eq!(status["approval_quorum"], 1, "{status}");
+
     // With M = 1 a proposal executes at once and prints its result.
     let removed = k
         .run(

@@ -304,7 +304,7 @@ pub(crate) enum AdminCommand {
         /// Your country, ISO 3166-1 alpha-2 (e.g. DE); the server accepts only allowed jurisdictions.
         #[arg(long, value_parser = parse_country)]
         country: Country,
-        /// Where to write the key file; it must not exist.
+        /// Where to write the key file (with --hsm: the public file); it must not exist.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
@@ -776,6 +776,23 @@ pub(crate) enum AuditCommand {
         #[arg(long, default_value_t = 10_000, value_name = "N",
               value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
         batch: i64,
+        /// A pinned audit checkpoint key (the JSON `kmsctl audit checkpoint-keys` writes);
+        /// repeatable. Without one, the keys in the database are used, with a warning: an
+        /// attacker who can write the database can add their own.
+        #[arg(long, value_name = "FILE")]
+        checkpoint_key: Vec<PathBuf>,
+    },
+    /// Fetch the server's audit checkpoint public keys (JSON on stdout), to pin for `verify`.
+    CheckpointKeys,
+    /// Print the last entries of the audit log, straight from the database.
+    Tail {
+        /// The server's database: postgres://... or sqlite://PATH.
+        #[arg(long, env = "KMSCTL_AUDIT_DATABASE", value_name = "URL")]
+        database: String,
+        /// How many entries.
+        #[arg(long, short = 'n', default_value_t = 20, value_name = "N",
+              value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+        count: i64,
     },
 }
 

@@ -40,10 +40,12 @@ impl<'a> TokenArgs<'a> {
             .ok_or_else(|| Error::usage("--hsm-module needs --hsm-token label:NAME|slot:N|serial:S"))?
             .parse::<TokenSelector>()
             .map_err(|e| Error::usage(format!("--hsm-token: {e}")))?;
-        let pin = g
-            .hsm_pin
-            .parse::<PinSource>()
-            .map_err(|e| Error::usage(format!("--hsm-pin: {e}")))?;
+        // The refusal does not repeat the value: it may be a PIN typed where a source belongs.
+        let pin = g.hsm_pin.parse::<PinSource>().map_err(|_| {
+            Error::usage(
+                "--hsm-pin (or KMSCTL_HSM_PIN) must be env:VAR, file:PATH or prompt; a PIN itself is never given there",
+            )
+        })?;
         Ok(Some(Self { module, token, pin }))
     }
 

@@ -104,7 +104,13 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Error> {
         Command::Hardware(command) => hardware::run(g, p, command).await,
         Command::Token(command) => token::run(g, p, command).await,
         Command::Data(command) => data::run(g, p, command).await,
-        Command::Audit(AuditCommand::Verify { database, batch }) => audit::verify(p, database, *batch, &[]).await,
+        Command::Audit(AuditCommand::Verify {
+            database,
+            batch,
+            checkpoint_key,
+        }) => audit::verify(p, database, *batch, checkpoint_key).await,
+        Command::Audit(AuditCommand::CheckpointKeys) => audit::checkpoint_keys(g, p).await,
+        Command::Audit(AuditCommand::Tail { database, count }) => audit::tail(p, database, *count).await,
         Command::Verify(VerifyCommand::Snp(args)) => verify::snp(args),
         Command::Verify(VerifyCommand::Tpm(args)) => verify::tpm(args),
         Command::Completions { shell } => {

@@ -83,6 +83,7 @@ pub(crate) fn seal_kind(kind: i32) -> &'static str {
     match pb::SealKind::try_from(kind) {
         Ok(pb::SealKind::Shamir) => "shamir",
         Ok(pb::SealKind::Dev) => "dev",
+        Ok(pb::SealKind::Pkcs11) => "pkcs11",
         _ => "none",
     }
 }
@@ -106,6 +107,13 @@ pub(crate) fn seal_status_json(s: &pb::SealStatus) -> Value {
         "progress": s.progress,
         "key_check_value": hex::encode(&s.key_check_value),
         "unseal_public_key": hex::encode(&s.unseal_public_key),
+        "root_generation": s.root_generation,
+        "approval_quorum": s.approval_quorum,
+        "rotation": s.rotation.as_ref().map(|r| json!({
+            "to_generation": r.to_generation,
+            "seal": seal_kind(r.seal),
+            "remaining": r.remaining,
+        })),
     })
 }
 
@@ -129,6 +137,21 @@ pub(crate) fn seal_status_human(s: &pb::SealStatus) -> String {
     out.push('\n');
     if !s.key_check_value.is_empty() {
         let _ = writeln!(out, "key check value: {}", hex::encode(&s.key_check_value));
+    }
+    if s.root_generation != 0 {
+        let _ = writeln!(out, "root generation: {}", s.root_generation);
+    }
+    if s.approval_quorum != 0 {
+        let _ = writeln!(out, "approval quorum: {} admins", s.approval_quorum);
+    }
+    if let Some(r) = &s.rotation {
+        let _ = writeln!(
+            out,
+            "root rotation:   to generation {} ({} seal), {} secrets left to re-wrap",
+            r.to_generation,
+            seal_kind(r.seal),
+            r.remaining
+        );
     }
     out
 }
