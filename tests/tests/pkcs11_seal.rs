@@ -344,3 +344,86 @@ both_backends!(root_rotation_and_seal_migration, super::rotation_and_migration);
 fn admin_clone(k: &kms_core::keyfile::AdminKeyFile) -> kms_core::keyfile::AdminKeyFile {
     kms_core::keyfile::AdminKeyFile::decode(std::str::from_utf8(k.encode().expose_secret()).unwrap()).unwrap()
 }
+
+/// Three replicas on one PostgreSQL: A runs a rotation (new custodians), C is unsealed and must
+/// follow it (adopt the next root before any KEK moves, then promote it), B is sealed throughout
+/// and afterwards is unsealed by the new generation's custodians.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_follow_a_rotation() {
+    let backend = Backend::Postgres;
+    let Some(mut c) = Ceremony::new(backend, opts(backend)).await else {
+        return;
+    };
+    let alice = admin_clone(&c.custodians[0]);
+    let replica_c = TestServer::start(&c.db, &c.pki, opts(backend)).await;
+    let replica_b = TestServer::start(&c.db, &c.pki, opts(backend)).await;
+    let mut admin_c = replica_c.admin(&c.pki).await;
+    let mut admin_b = replica_b.admin(&c.pki).await;
+    submit_share(&mut admin_c, &c.custodians[0]).await.unwrap();
+    assert!(!submit_share(&mut admin_c, &c.custodians[1]).await.unwrap().sealed);
+
+    let mut keys = Vec::new();
+    for i in 0..6 {
+        let name = format!("r{i}");
+        c.create_key(&name, &[APP], UNATTESTED).await;
+        keys.push(name);
+    }
+    let mut data_a = c.server.data(&c.pki, APP).await;
+    let blobs = encrypt_all(&mut data_a, &keys).await;
+    let mut data_c = replica_c.data(&c.pki, APP).await;
+    decrypt_all(&mut data_c, &blobs).await;
+
+    let p = c
+        .admin
+        .propose(propose(&alice, rotate(pb::SealKind::Shamir, 2, &["bob", "carol"])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.status, pb::ProposalStatus::Executed as i32, "{p:?}");
+    // C decrypts every blob throughout, while A's worker moves the KEKs.
+    let start = Instant::now();
+    loop {
+        decrypt_all(&mut data_c, &blobs).await;
+        let s = status(&mut c.admin).await;
+        if s.root_generation == 2 && s.rotation.is_none() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "rotation did not complete: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    decrypt_all(&mut data_c, &blobs).await;
+    // C promoted the new generation within a second.
+    let start = Instant::now();
+    while status(&mut admin_c).await.root_generation != 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "replica C still on generation 1"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // B, sealed throughout, follows to generation 2: alice's old share is gone, bob and carol
+    // unseal it with theirs.
+    let start = Instant::now();
+    while status(&mut admin_b).await.root_generation != 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "replica B still on generation 1"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_refused(
+        admin_b
+            .get_encrypted_share(signed(&alice, Op::GetEncryptedShare(pb::GetEncryptedShareOp {})))
+            .await,
+        Code::PermissionDenied,
+        "not_a_custodian",
+    );
+    submit_share(&mut admin_b, &c.custodians[1]).await.unwrap();
+    assert!(!submit_share(&mut admin_b, &c.custodians[2]).await.unwrap().sealed);
+    let mut data_b = replica_b.data(&c.pki, APP).await;
+    decrypt_all(&mut data_b, &blobs).await;
+}

@@ -150,31 +150,55 @@ async fn two_of_three(backend: Backend) {
         "country_not_allowed",
     );
 
-    // Rejected proposals are closed for good.
+    // One rejection cannot veto: with N = 4 admins and M = 2, a proposal closes as rejected only
+    // once more than N - M = 2 admins rejected it (M approvals can no longer be reached).
+    let reject = |by: &kms_core::keyfile::AdminKeyFile, id: &str| {
+        signed(
+            by,
+            Op::Reject(pb::RejectOp {
+                proposal_id: id.to_owned(),
+                reason: "not agreed".into(),
+            }),
+        )
+    };
     let r = c
         .admin
         .propose(propose(alice, add(&admin("erin", "NL"))))
         .await
         .unwrap()
         .into_inner();
-    let rejected = c
-        .admin
-        .reject(signed(
-            carol,
-            Op::Reject(pb::RejectOp {
-                proposal_id: r.id.clone(),
-                reason: "not agreed".into(),
-            }),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(rejected.status, pb::ProposalStatus::Rejected as i32);
+    let after_one = c.admin.reject(reject(carol, &r.id)).await.unwrap().into_inner();
+    assert_eq!(after_one.status, pb::ProposalStatus::Pending as i32);
+    assert_eq!(after_one.rejections.len(), 1);
+    assert_refused(
+        c.admin.reject(reject(carol, &r.id)).await,
+        Code::FailedPrecondition,
+        "already_rejected",
+    );
+    let after_two = c.admin.reject(reject(&dave, &r.id)).await.unwrap().into_inner();
+    assert_eq!(after_two.status, pb::ProposalStatus::Pending as i32);
+    let rejected = c.admin.reject(reject(bob, &r.id)).await.unwrap().into_inner();
+    assert_eq!(
+        rejected.status,
+        pb::ProposalStatus::Rejected as i32,
+        "{}",
+        rejected.outcome
+    );
     assert_refused(
         c.admin.approve(approve(bob, &r)).await,
         Code::FailedPrecondition,
         "proposal_closed",
     );
+    // The proposer withdraws at once.
+    let w = c
+        .admin
+        .propose(propose(alice, add(&admin("zed", "NL"))))
+        .await
+        .unwrap()
+        .into_inner();
+    let withdrawn = c.admin.reject(reject(alice, &w.id)).await.unwrap().into_inner();
+    assert_eq!(withdrawn.status, pb::ProposalStatus::Rejected as i32);
+    assert!(withdrawn.outcome.contains("withdrawn"), "{}", withdrawn.outcome);
 
     // Two proposals for the same admin: the second fails when its quorum is reached.
     let f1 = c

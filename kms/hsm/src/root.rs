@@ -74,7 +74,9 @@ impl Hsm {
         })
     }
 
-    /// The root key labelled `label`.
+    /// The root key labelled `label`. Only a key generated in the token and never extractable
+    /// matches (`CKA_LOCAL`, `CKA_SENSITIVE`, `CKA_NEVER_EXTRACTABLE`, not `CKA_EXTRACTABLE`): a
+    /// key someone imported under that label, whose value they know, is not found.
     pub fn root_key(&self, label: &str) -> Result<HsmRoot, HsmError> {
         let t = &self.token;
         t.with_session(|s| {
@@ -83,6 +85,10 @@ impl Hsm {
                 Attribute::KeyType(KeyType::AES),
                 Attribute::Encrypt(true),
                 Attribute::Decrypt(true),
+                Attribute::Local(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::NeverExtractable(true),
             ];
             let key = t.find_one(s, KIND, label, &template)?;
             Ok(HsmRoot {

@@ -424,7 +424,10 @@ impl Attestation {
                 root_generation: root.generation(),
             };
             // Another replica may win the race: then its key is the one.
-            self.store.insert_token_key(&row, now_ms()).await.map_err(db)?;
+            self.store
+                .insert_token_key(&row, now_ms())
+                .await
+                .map_err(crate::service::admin::store_err)?;
             rows = self.store.token_keys().await.map_err(db)?;
         }
         let mut signers = Vec::new();

@@ -246,6 +246,11 @@ async fn background(
             }
             _ = destroy_tick.tick() => {
                 destroy_due(&store, &keys).await;
+                match store.expire_proposals(kms_core::now_unix_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(expired = n, "proposals expired"),
+                    Err(e) => tracing::warn!(error = %e, "cannot expire proposals"),
+                }
                 if let Err(e) = store.purge_nonces(kms_core::now_unix_ms()).await {
                     tracing::warn!(error = %e, "cannot purge admin nonces");
                 }

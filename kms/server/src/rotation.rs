@@ -137,32 +137,59 @@ pub async fn run_pending(store: &Store, seal: &Seal, pace: RotationPace) -> Resu
     Ok(done)
 }
 
-/// The worker: every second, picks up rotations (started here or on another replica) and runs
-/// them, waiting [`ADOPT_GRACE`] after a rotation starts.
+/// A replica that has not refreshed its row for this long is not waited for (it stopped; when
+/// it is unsealed again it adopts the rotation before serving).
+const REPLICA_LIVENESS_MS: i64 = 5_000;
+
+/// The worker: every second, records which generations this process holds (`replicas`),
+/// follows rotations started or completed elsewhere, and runs a pending rotation — once every
+/// live replica that holds the current generation also holds the next one (so no replica ever
+/// reads a secret it cannot open), and no sooner than [`ADOPT_GRACE`] after it started.
 pub fn spawn(store: Store, seal: Arc<Seal>, pace: RotationPace) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_wait_log = 0i64;
         loop {
             tick.tick().await;
-            if seal.roots().is_err() {
-                continue;
+            let now = kms_core::now_unix_ms();
+            if let Err(e) = seal.refresh_sealed(&store).await {
+                tracing::warn!(reason = e.reason, message = %e.message, "cannot refresh the seal's generation");
             }
-            let pending = match store.pending_root_generation().await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the root rotation state");
-                    continue;
-                }
-            };
             if let Err(e) = seal.adopt_rotation(&store).await {
                 tracing::warn!(reason = e.reason, message = %e.message, "cannot adopt the root rotation");
+            }
+            let Ok(roots) = seal.roots() else {
+                let _ = store.forget_replica(seal.replica_id(), now - 60_000).await;
+                continue;
+            };
+            let (current, _) = roots.current();
+            let next = roots.next().map(|(n, _)| n);
+            if let Err(e) = store.heartbeat(seal.replica_id(), current, next, now).await {
+                tracing::warn!(error = %e, "cannot record this replica's root generations");
                 continue;
             }
-            let Some(pending) = pending else { continue };
-            let started = store.rotation_started_unix_ms(pending.generation).await.unwrap_or(None);
+            let Some(new) = next else { continue };
+            let started = store.rotation_started_unix_ms(new).await.unwrap_or(None);
             let grace = i64::try_from(ADOPT_GRACE.as_millis()).unwrap_or(3000);
-            if started.is_some_and(|t| kms_core::now_unix_ms() - t < grace) {
+            if started.is_some_and(|t| now - t < grace) {
                 continue;
+            }
+            match store.replicas_behind(current, new, now - REPLICA_LIVENESS_MS).await {
+                Ok(behind) if !behind.is_empty() => {
+                    if now - last_wait_log > 30_000 {
+                        last_wait_log = now;
+                        tracing::warn!(
+                            replicas = ?behind,
+                            "root rotation waits for replicas that do not hold the next root yet (a pkcs11 target needs [seal.pkcs11] on every replica)"
+                        );
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the replicas' root generations");
+                    continue;
+                }
             }
             if let Err(e) = run_pending(&store, &seal, pace).await {
                 tracing::warn!(reason = e.reason, message = %e.message, "root rotation step failed; retrying");
@@ -290,10 +317,17 @@ impl AdminPlane {
             hsm_label: new_root.hsm_label.clone(),
             next_root_wrapped,
         };
-        self.store
+        if let Err(e) = self
+            .store
             .start_rotation(&row, &shares, close, Audit::clone_allowed(audit))
             .await
-            .map_err(store_err)?;
+        {
+            // Nothing refers to the keys just made in the HSM: remove them.
+            if let Some(label) = &new_root.hsm_label {
+                self.seal.discard_hsm_root(label);
+            }
+            return Err(store_err(e));
+        }
         self.seal.install_next(new_gen, new_root);
         self.wire_status().await.map(Some)
     }

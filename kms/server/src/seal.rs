@@ -266,6 +266,7 @@ pub struct Seal {
     dev_dir: Option<PathBuf>,
     hsm_config: Option<HsmSealConfig>,
     hsm: std::sync::Mutex<Option<Arc<Hsm>>>,
+    replica_id: String,
 }
 
 impl std::fmt::Debug for Seal {
@@ -333,6 +334,10 @@ impl Seal {
             dev_dir,
             hsm_config,
             hsm: std::sync::Mutex::new(None),
+            replica_id: format!(
+                "replica-{}",
+                hex::encode(kms_core::random_array::<8>().map_err(|e| LoadError::Refused(e.to_string()))?)
+            ),
         };
         let Some(cfg) = store.seal_config().await? else {
             return Ok(seal);
@@ -469,6 +474,61 @@ impl Seal {
         }
     }
 
+    /// This process's id in the `replicas` table.
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
+    }
+
+    /// Replaces the state with generation `number` of the database: unsealed from the HSM
+    /// (pkcs11; sealed if the HSM cannot be used) or sealed (shamir), shares collected so far
+    /// dropped.
+    async fn take_generation(&self, store: &Store, number: u64) -> Result<(), ApiError> {
+        let row = store
+            .root_generation(number)
+            .await?
+            .ok_or_else(|| ApiError::internal("root_generation", format!("generation {number} is missing")))?;
+        let g = generation_of(&row).map_err(|e| ApiError::internal("root_generation", e.to_string()))?;
+        let state = match g.kind {
+            SealKind::Pkcs11 => match self.hsm_held(g.number, row.hsm_label.as_deref().unwrap_or(""), &row.kcv) {
+                Ok(held) => State::Unsealed {
+                    generation: g,
+                    roots: Arc::new(Roots {
+                        current: held,
+                        next: None,
+                    }),
+                },
+                Err(e) => {
+                    tracing::warn!(reason = e.reason, message = %e.message, "cannot open the current pkcs11 root; sealed");
+                    State::Sealed {
+                        generation: g,
+                        shares: BTreeMap::new(),
+                    }
+                }
+            },
+            _ => State::Sealed {
+                generation: g,
+                shares: BTreeMap::new(),
+            },
+        };
+        *self.write() = state;
+        Ok(())
+    }
+
+    /// A sealed process follows the database's current generation (rotated by another
+    /// replica): its shares of the old generation would no longer match anything stored.
+    pub async fn refresh_sealed(&self, store: &Store) -> Result<(), ApiError> {
+        let held = match &*self.read() {
+            State::Sealed { generation, .. } => generation.number,
+            _ => return Ok(()),
+        };
+        if let Some(cfg) = store.seal_config().await? {
+            if cfg.root_generation != held {
+                self.take_generation(store, cfg.root_generation).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether this process has a `[seal.pkcs11]` configuration.
     pub fn has_hsm_config(&self) -> bool {
         self.hsm_config.is_some()
@@ -582,6 +642,17 @@ impl Seal {
         }
     }
 
+    /// Deletes the HSM keys of a root whose generation was never stored.
+    pub fn discard_hsm_root(&self, label: &str) {
+        if let Ok(hsm) = self.hsm() {
+            for l in [label.to_owned(), format!("{label}-audit")] {
+                if let Err(e) = hsm.delete_object(&l) {
+                    tracing::warn!(label = %l, error = %e, "cannot delete an unused HSM key");
+                }
+            }
+        }
+    }
+
     /// Writes the dev root key file (dev seal only), before the seal record is committed. A file
     /// left from an earlier, now empty, database is moved aside, not overwritten.
     pub fn write_dev_root(&self, root: &RootKeyMaterial) -> Result<(), ApiError> {
@@ -687,14 +758,16 @@ impl Seal {
                     }
                 }
             }
-            // We never saw it: a software root cannot be recovered any more; reseal.
-            return Err(ApiError::precondition(
-                "generation_changed",
-                format!(
-                    "the root key was rotated to generation {} while this process held generation {}: unseal again",
-                    cfg.root_generation, generation.number
-                ),
-            ));
+            // We never held it: this process must not go on with a retired root. It takes the
+            // current generation instead: from the HSM (pkcs11), or sealed, for custodians to
+            // unseal with their shares of that generation.
+            tracing::warn!(
+                held = generation.number,
+                current = cfg.root_generation,
+                "the root key was rotated past the generation this process holds: switching to the current one"
+            );
+            self.take_generation(store, cfg.root_generation).await?;
+            return Ok(());
         }
         if roots.next.is_some() {
             return Ok(());
@@ -777,6 +850,19 @@ impl Seal {
         let Some((generation, root)) = self.add_share(admin_id, envelope)? else {
             return Ok(self.status());
         };
+        // The shares rebuilt generation g; if the database moved on meanwhile, g is retired.
+        if let Some(cfg) = store.seal_config().await? {
+            if cfg.root_generation != generation.number {
+                self.take_generation(store, cfg.root_generation).await?;
+                return Err(ApiError::precondition(
+                    "generation_changed",
+                    format!(
+                        "the root key was rotated to generation {} meanwhile: unseal with your shares of that generation",
+                        cfg.root_generation
+                    ),
+                ));
+            }
+        }
         let current = software_held(generation.number, SealKind::Shamir, &root)?;
         let next = match store.pending_root_generation().await? {
             Some(row) => Some(self.open_pending(&row, &current)?),

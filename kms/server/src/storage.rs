@@ -23,7 +23,7 @@ pub(crate) mod checkpoint;
 mod quorum;
 mod rotation;
 pub use attest::{ChallengeUse, HardwareRow, HardwareStatus, Identity, TokenKeyRow, TpmEnrollmentRow};
-pub use quorum::{ApprovalAdded, ApprovalRow, ProposalRow, ProposalStatus, QuorumClose};
+pub use quorum::{ApprovalAdded, ApprovalRow, ProposalRow, ProposalStatus, QuorumClose, RejectionAdded, RejectionRow};
 pub use rotation::{RewrapItem, RootGenerationRow, SecretTable};
 
 /// Which database.
@@ -285,8 +285,9 @@ impl Store {
 
     /// Removes an admin (the row stays, marked removed) with its audit entry. Refused inside the
     /// transaction if fewer active admins than the approval quorum, or fewer active custodians
-    /// of the current root generation than its unseal threshold, would remain. The admin's
-    /// approvals of pending proposals stop counting.
+    /// of the current root generation than its unseal threshold, would remain, and while a root
+    /// rotation is in progress (its new custodians are fixed). The admin's approvals and
+    /// rejections of pending proposals stop counting.
     pub async fn remove_admin(
         &self,
         id: &str,
@@ -323,6 +324,16 @@ impl Store {
         let (quorum, threshold, kind): (i64, i64, String) =
             (row.try_get("quorum")?, row.try_get("threshold")?, row.try_get("kind")?);
         let (admins, custodians): (i64, i64) = (row.try_get("admins")?, row.try_get("custodians")?);
+        let pending: i64 = sqlx::query("SELECT COUNT(*) AS n FROM root_generations WHERE status = 'pending'")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if pending > 0 {
+            return Err(StoreError::Api(ApiError::precondition(
+                "rotation_in_progress",
+                "a root key rotation is in progress: remove the admin after it completes",
+            )));
+        }
         if admins < quorum {
             return Err(StoreError::Api(ApiError::precondition(
                 "quorum_unreachable",
@@ -335,19 +346,8 @@ impl Store {
                 format!("removing {id} would leave {custodians} custodians for an unseal threshold of {threshold}: rotate the root key to other custodians first"),
             )));
         }
-        sqlx::query(
-            "UPDATE proposals SET approvals = approvals - 1 WHERE status = 'pending' \
-             AND id IN (SELECT proposal_id FROM approvals WHERE admin_id = $1)",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "DELETE FROM approvals WHERE admin_id = $1 AND proposal_id IN (SELECT id FROM proposals WHERE status = 'pending')",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        // The admin's approvals and rejections of pending proposals stay on record but stop
+        // counting: quorum counts join the active admins.
         append_in_tx(&mut tx, vec![record]).await?;
         tx.commit().await?;
         Ok(())
@@ -415,6 +415,7 @@ impl Store {
         record: Record,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        lock_generation(&mut tx, root_generation).await?;
         sqlx::query(
             "INSERT INTO keys (id, name, description, tags, state, latest_version, grants, release_policy, created_unix_ms, updated_unix_ms, deletion_unix_ms) \
              VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $8, NULL)",
@@ -497,6 +498,7 @@ impl Store {
         make_record: impl FnOnce(u32) -> Record,
     ) -> Result<Option<KeyRow>, StoreError> {
         let mut tx = self.pool.begin().await?;
+        lock_generation(&mut tx, root_generation).await?;
         let row = sqlx::query(
             "UPDATE keys SET latest_version = latest_version + 1, updated_unix_ms = $2 WHERE id = $1 AND state = 'enabled' RETURNING latest_version",
         )
@@ -672,6 +674,26 @@ pub(crate) async fn append_in_tx(tx: &mut Transaction<'static, Any>, records: Ve
         .bind(last_hash)
         .execute(&mut **tx)
         .await?;
+    Ok(())
+}
+
+/// Locks the seal record and refuses a secret wrapped under a root generation older than the
+/// current one (a replica that missed a rotation): otherwise it could be stored under a retired
+/// generation nothing can open any more. The lock orders the write against the transaction that
+/// completes a rotation (which locks the same row first).
+pub(crate) async fn lock_generation(tx: &mut Transaction<'static, Any>, generation: u64) -> Result<(), StoreError> {
+    let n =
+        sqlx::query("UPDATE seal_config SET root_generation = root_generation WHERE id = 1 AND root_generation <= $1")
+            .bind(i64::try_from(generation).unwrap_or(i64::MAX))
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+    if n != 1 {
+        return Err(StoreError::Api(ApiError::unavailable(
+            "generation_changed",
+            "the root key was rotated and this replica still holds the previous generation; retry in a moment",
+        )));
+    }
     Ok(())
 }
 

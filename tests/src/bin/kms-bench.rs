@@ -685,7 +685,10 @@ async fn run(args: Args) {
     }
     if let Some(r) = &rotation {
         let base_rate = rewrap_baseline();
-        println!("  root key rotation (shamir -> shamir, {} KEK versions + token/checkpoint keys)", r.secrets);
+        println!(
+            "  root key rotation (shamir -> shamir, {} KEK versions + token/checkpoint keys)",
+            r.secrets
+        );
         println!(
             "    re-wrapped {:>8.0} secrets/s   ({} batches of up to 500, one transaction each; {:.2} s)",
             r.rate, r.batches_hint, r.secs

@@ -80,6 +80,29 @@ CREATE TABLE approvals (
     PRIMARY KEY (proposal_id, admin_id)
 );
 
+-- Rejections: a proposal closes as rejected once M approvals can no longer be reached (more
+-- than N - M active admins rejected it), or when its proposer withdraws it; one admin alone
+-- cannot veto. One per admin and proposal, each the admin's signed request.
+CREATE TABLE rejections (
+    proposal_id TEXT NOT NULL REFERENCES proposals (id),
+    admin_id TEXT NOT NULL REFERENCES admins (id),
+    reason TEXT NOT NULL,
+    signed_payload BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    rejected_unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (proposal_id, admin_id)
+);
+
+-- Unsealed replicas and the root generations they hold, refreshed every second: a rotation
+-- re-wraps nothing until every live replica holding the current generation also holds the next
+-- one, so no replica ever reads a secret it cannot open.
+CREATE TABLE replicas (
+    id TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    next_generation INTEGER,
+    seen_unix_ms INTEGER NOT NULL
+);
+
 -- Keys that sign audit checkpoints. Held by the seal: an ECDSA P-256 key in the HSM (pkcs11
 -- seal, hsm_label set) or an Ed25519 seed wrapped under the root key (software seals,
 -- wrapped_secret set).

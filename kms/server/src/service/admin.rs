@@ -309,6 +309,9 @@ impl AdminPlane {
                 if kind == SealKind::Dev {
                     self.seal.discard_dev_root();
                 }
+                if let Some(label) = &root.hsm_label {
+                    self.seal.discard_hsm_root(label);
+                }
                 if let StoreError::Conflict = e {
                     // Another replica won the race: adopt its seal record, sealed.
                     if let Ok(Some(cfg)) = self.store.seal_config().await {
@@ -837,6 +840,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
             |op, admin, audit| {
                 let _ = op;
                 self.seal.require_initialized()?;
+                self.seal.refresh_sealed(&self.store).await?;
                 let generation = self.seal.status().generation;
                 audit.detail("generation", generation);
                 let envelope = self.store.share_of(admin.as_str(), generation).await?.ok_or_else(|| {
@@ -861,6 +865,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 let Op::Unseal(u) = op else {
                     unreachable!("authenticate checked the operation")
                 };
+                self.seal.refresh_sealed(&self.store).await?;
                 let generation = self.seal.status().generation;
                 audit.detail("generation", generation);
                 if self.store.share_of(admin.as_str(), generation).await?.is_none() {
@@ -1278,11 +1283,11 @@ impl pb::admin_service_server::AdminService for AdminPlane {
             "reject",
             durable = true,
             in_tx = true,
-            |op, admin, audit| {
+            |op, admin, audit, signed| {
                 let Op::Reject(r) = op else {
                     unreachable!("authenticate checked the operation")
                 };
-                self.reject(&admin, r, &mut audit).await
+                self.reject(&admin, &signed, r, &mut audit).await
             }
         )
     }

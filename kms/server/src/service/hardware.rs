@@ -176,7 +176,10 @@ impl AdminPlane {
             Some(pb::enroll_hardware_op::Identity::Tpm(t)) => {
                 let attempt = match self
                     .store
-                    .tpm_enrollment(&t.enrollment_id, kms_core::now_unix_ms())
+                    .tpm_enrollment(
+                        &t.enrollment_id,
+                        matches!(exec, Exec::Check).then(kms_core::now_unix_ms),
+                    )
                     .await?
                 {
                     Ok(a) => a,
@@ -198,6 +201,9 @@ impl AdminPlane {
                 if !t.expected_ek_digest.eq_ignore_ascii_case(&attempt.ek_digest)
                     || !t.expected_ak_name.eq_ignore_ascii_case(&attempt.ak_name)
                 {
+                    self.store
+                        .burn_tpm_enrollment(&attempt.id, kms_core::now_unix_ms())
+                        .await?;
                     return Err(ApiError::denied(
                         "tpm_identity_mismatch",
                         format!(
@@ -219,6 +225,9 @@ impl AdminPlane {
                         .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                         == 0;
                 if !matches {
+                    self.store
+                        .burn_tpm_enrollment(&attempt.id, kms_core::now_unix_ms())
+                        .await?;
                     return Err(ApiError::denied(
                         "tpm_credential_mismatch",
                         "the activated secret is not the credential: this TPM does not hold the EK, or the AK is not its",

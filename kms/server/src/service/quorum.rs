@@ -17,7 +17,9 @@ use prost::Message;
 use super::admin::{store_err, AdminPlane};
 use super::Audit;
 use crate::error::ApiError;
-use crate::storage::{ApprovalAdded, ApprovalRow, ProposalRow, ProposalStatus, QuorumClose, StoreError};
+use crate::storage::{
+    ApprovalAdded, ApprovalRow, ProposalRow, ProposalStatus, QuorumClose, RejectionAdded, RejectionRow, StoreError,
+};
 use kms_core::ids::AdminId;
 
 /// How a quorum operation is run.
@@ -275,7 +277,19 @@ impl AdminPlane {
         let close = QuorumClose::Final { approval };
         let result = match self.execute(admin, qop, audit, Exec::Run(Some(&close))).await {
             Ok(r) => r,
-            Err(e) if e.is_refusal() && !matches!(e.reason, "proposal_closed" | "already_approved") => {
+            // Transient or caller-side refusals leave the proposal pending (approve again).
+            Err(e)
+                if e.is_refusal()
+                    && !matches!(
+                        e.reason,
+                        "proposal_closed"
+                            | "already_approved"
+                            | "quorum_not_reached"
+                            | "quorum_required"
+                            | "admin_removed"
+                            | "conflict"
+                    ) =>
+            {
                 // The quorum was reached but the operation is refused now (e.g. the key was
                 // destroyed meanwhile): the proposal fails, for good, with this approval.
                 let QuorumClose::Final { approval } = close else {
@@ -283,7 +297,8 @@ impl AdminPlane {
                 };
                 let record = Audit::clone_failed(audit, &e);
                 let outcome = format!("{}: {}", e.reason, e.message);
-                self.store
+                let closed = self
+                    .store
                     .close_proposal(
                         &proposal.id,
                         ProposalStatus::Failed,
@@ -295,6 +310,12 @@ impl AdminPlane {
                     )
                     .await
                     .map_err(store_err)?;
+                if !closed {
+                    return Err(ApiError::precondition(
+                        "proposal_closed",
+                        format!("proposal {} was closed meanwhile (by another replica)", proposal.id),
+                    ));
+                }
                 let row = self.proposal_row(&proposal.id).await?;
                 return self.proposal_to_wire(&row, quorum).await;
             }
@@ -306,10 +327,12 @@ impl AdminPlane {
         Ok(wire)
     }
 
-    /// Rejects a pending proposal (any admin: refusing is fail-safe).
+    /// Rejects a pending proposal: the proposer withdraws it; others' rejections close it once M
+    /// approvals can no longer be reached, so no single admin can veto (e.g. their own removal).
     pub(crate) async fn reject(
         &self,
         admin: &AdminId,
+        signed: &pb::SignedRequest,
         op: pb::RejectOp,
         audit: &mut Audit,
     ) -> Result<pb::Proposal, ApiError> {
@@ -322,25 +345,21 @@ impl AdminPlane {
         }
         audit.detail("operation", proposal.operation.as_str());
         audit.detail("reason", op.reason.as_str());
-        let outcome = format!("rejected by {admin}: {}", op.reason);
-        let closed = self
+        let rejection = RejectionRow {
+            proposal_id: proposal.id.clone(),
+            admin_id: admin.to_string(),
+            reason: op.reason,
+            signed_payload: signed.payload.clone(),
+            signature: signed.signature.clone(),
+            rejected_unix_ms: kms_core::now_unix_ms(),
+        };
+        let added = self
             .store
-            .close_proposal(
-                &proposal.id,
-                ProposalStatus::Rejected,
-                admin.as_str(),
-                &outcome,
-                kms_core::now_unix_ms(),
-                None,
-                Some(Audit::clone_allowed(audit)),
-            )
+            .add_rejection(&rejection, Audit::clone_allowed(audit))
             .await
             .map_err(store_err)?;
-        if !closed {
-            return Err(ApiError::precondition(
-                "proposal_closed",
-                format!("proposal {} is no longer pending", proposal.id),
-            ));
+        if let RejectionAdded::Recorded(n) = added {
+            tracing::info!(proposal = %proposal.id, rejections = n, "proposal rejection recorded; still pending");
         }
         let row = self.proposal_row(&proposal.id).await?;
         self.proposal_to_wire(&row, self.store.approval_quorum().await?).await
@@ -388,11 +407,10 @@ impl AdminPlane {
         match row.status_at(now) {
             ProposalStatus::Pending => Ok(row),
             ProposalStatus::Expired => {
-                // Recorded as expired for good (the housekeeping would do it later anyway).
-                let _ = self
-                    .store
-                    .close_proposal(id, ProposalStatus::Expired, "system", "expired", now, None, None)
-                    .await;
+                // Recorded as expired for good, audited (the housekeeping would do it soon).
+                if let Err(e) = self.store.expire_proposals(now).await {
+                    tracing::warn!(error = %e, "cannot mark expired proposals");
+                }
                 Err(ApiError::precondition(
                     "proposal_expired",
                     format!(
@@ -452,6 +470,17 @@ impl AdminPlane {
             approvals,
             approvals_required: quorum,
             outcome: r.outcome.clone(),
+            rejections: self
+                .store
+                .rejections(&r.id)
+                .await?
+                .into_iter()
+                .map(|(admin_id, reason, rejected_unix_ms)| pb::Rejection {
+                    admin_id,
+                    reason,
+                    rejected_unix_ms,
+                })
+                .collect(),
             result: None,
         })
     }

@@ -457,17 +457,19 @@ impl Store {
     /// An attempt that can still complete (unused, unexpired). `Err(why)` names why it cannot:
     /// unknown, expired or already used. It is claimed (marked used, once, on any replica) by
     /// [`Store::insert_hardware`] in the enrolment's transaction.
+    /// With `now = None` the expiry is not checked (an enrolment proposed in time and
+    /// approved later).
     pub async fn tpm_enrollment(
         &self,
         id: &str,
-        now: i64,
+        now: Option<i64>,
     ) -> Result<Result<TpmEnrollmentRow, ChallengeUse>, sqlx::Error> {
         let row = sqlx::query(
             "SELECT id, ek_digest, ek_certificate, ek_record, ak_public, ak_name, secret_sha256, requested_by, expires_unix_ms \
              FROM tpm_enrollments WHERE id = $1 AND used_unix_ms IS NULL AND expires_unix_ms > $2",
         )
         .bind(id)
-        .bind(now)
+        .bind(now.unwrap_or(i64::MIN))
         .fetch_optional(&self.pool)
         .await?;
         if let Some(r) = row {
@@ -492,6 +494,16 @@ impl Store {
             Some(r) if r.try_get::<Option<i64>, _>("used_unix_ms")?.is_some() => ChallengeUse::Replayed,
             Some(_) => ChallengeUse::Expired,
         }))
+    }
+
+    /// Marks an attempt used after a wrong answer, so a credential challenge gets one try.
+    pub async fn burn_tpm_enrollment(&self, id: &str, now: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE tpm_enrollments SET used_unix_ms = $2 WHERE id = $1 AND used_unix_ms IS NULL")
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     // ----- TPM clocks ------------------------------------------------------------------------
@@ -580,7 +592,9 @@ impl Store {
     }
 
     /// Adds a token signing key; `false` if another replica added that version first.
-    pub async fn insert_token_key(&self, k: &TokenKeyRow, now: i64) -> Result<bool, sqlx::Error> {
+    pub async fn insert_token_key(&self, k: &TokenKeyRow, now: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        super::lock_generation(&mut tx, k.root_generation).await?;
         match sqlx::query(
             "INSERT INTO token_keys (version, kid, public_key, wrapped_seed, created_unix_ms, root_generation) VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -590,12 +604,15 @@ impl Store {
         .bind(&k.wrapped_seed)
         .bind(now)
         .bind(i64::try_from(k.root_generation).unwrap_or(i64::MAX))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                tx.commit().await?;
+                Ok(true)
+            }
             Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 }

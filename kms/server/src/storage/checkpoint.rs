@@ -73,10 +73,18 @@ impl Store {
         have_one: impl FnOnce(&[CheckpointKeyRow]) -> bool,
     ) -> Result<bool, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE seal_config SET root_generation = root_generation WHERE id = 1 RETURNING root_generation")
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| sqlx::Error::Protocol("no seal record: the server is not initialized".into()))?;
+        // Locks the seal record, and refuses a secret wrapped under a generation older than the
+        // current one (this replica missed a rotation).
+        sqlx::query(
+            "UPDATE seal_config SET root_generation = root_generation WHERE id = 1 AND root_generation <= $1 \
+             RETURNING root_generation",
+        )
+        .bind(row.root_generation)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| {
+            sqlx::Error::Protocol("no seal record, or the root key was rotated past this replica's generation".into())
+        })?;
         let rows = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS} FROM checkpoint_keys ORDER BY created_unix_ms, kid"
         ))

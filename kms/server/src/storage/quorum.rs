@@ -125,6 +125,32 @@ pub enum QuorumClose {
     },
 }
 
+/// One rejection: the admin's signed request and its signature.
+#[derive(Clone, Debug)]
+pub struct RejectionRow {
+    /// The proposal.
+    pub proposal_id: String,
+    /// The rejecting admin.
+    pub admin_id: String,
+    /// Why.
+    pub reason: String,
+    /// The signed AdminRequest bytes.
+    pub signed_payload: Vec<u8>,
+    /// The signature.
+    pub signature: Vec<u8>,
+    /// When.
+    pub rejected_unix_ms: i64,
+}
+
+/// What a rejection did.
+#[derive(Debug)]
+pub enum RejectionAdded {
+    /// Recorded; this many rejections by active admins now; still pending.
+    Recorded(u32),
+    /// The proposal is closed as rejected.
+    Closed,
+}
+
 /// What adding a non-final approval did.
 #[derive(Debug)]
 pub enum ApprovalAdded {
@@ -156,20 +182,30 @@ impl Store {
             None => {}
             Some(QuorumClose::Immediate { proposal, approval }) => {
                 insert_proposal(&mut tx, proposal, ProposalStatus::Executed, Some(&approval.admin_id)).await?;
+                lock_active_admin(&mut tx, &approval.admin_id).await?;
+                // M is read (and locked) here: a quorum raised meanwhile refuses the call.
+                let quorum = locked_quorum(&mut tx).await?;
+                if quorum > 1 {
+                    return Err(closed(
+                        "quorum_required",
+                        format!("the approval quorum is now {quorum}: propose the operation"),
+                    ));
+                }
                 insert_approval(&mut tx, approval).await?;
             }
             Some(QuorumClose::Final { approval }) => {
                 let now = approval.approved_unix_ms;
-                let row = sqlx::query(
+                let done = sqlx::query(
                     "UPDATE proposals SET status = 'executed', approvals = approvals + 1, closed_unix_ms = $2, closed_by = $3, \
-                     outcome = 'executed' WHERE id = $1 AND status = 'pending' AND expires_unix_ms > $2 RETURNING approvals",
+                     outcome = 'executed' WHERE id = $1 AND status = 'pending' AND expires_unix_ms > $2",
                 )
                 .bind(&approval.proposal_id)
                 .bind(now)
                 .bind(&approval.admin_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(row) = row else {
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if done != 1 {
                     return Err(closed(
                         "proposal_closed",
                         format!(
@@ -177,19 +213,22 @@ impl Store {
                             approval.proposal_id
                         ),
                     ));
-                };
-                let approvals: i64 = row.try_get("approvals")?;
-                let quorum = quorum_in_tx(&mut tx).await?;
+                }
+                lock_active_admin(&mut tx, &approval.admin_id).await?;
+                insert_approval(&mut tx, approval).await.map_err(already_approved)?;
+                // Counted here, under the locks: approvals of admins removed meanwhile do not
+                // count, and M is the one committed now.
+                let approvals = active_approvals(&mut tx, &approval.proposal_id).await?;
+                let quorum = locked_quorum(&mut tx).await?;
                 if approvals < i64::from(quorum) {
                     return Err(closed(
                         "quorum_not_reached",
                         format!(
-                            "proposal {} has {approvals} of {quorum} approvals",
+                            "proposal {} has {approvals} of {quorum} approvals from active admins (M or the admins changed meanwhile): approve again",
                             approval.proposal_id
                         ),
                     ));
                 }
-                insert_approval(&mut tx, approval).await.map_err(already_approved)?;
             }
         }
         Ok(tx)
@@ -214,28 +253,155 @@ impl Store {
     /// it does (approvals arrived concurrently), nothing is written and the caller executes.
     pub async fn add_approval(&self, approval: &ApprovalRow, record: Record) -> Result<ApprovalAdded, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "UPDATE proposals SET approvals = approvals + 1 WHERE id = $1 AND status = 'pending' AND expires_unix_ms > $2 \
-             RETURNING approvals",
+        let done = sqlx::query(
+            "UPDATE proposals SET approvals = approvals + 1 WHERE id = $1 AND status = 'pending' AND expires_unix_ms > $2",
         )
         .bind(&approval.proposal_id)
         .bind(approval.approved_unix_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if done != 1 {
+            return Err(closed(
+                "proposal_closed",
+                format!("proposal {} is no longer pending", approval.proposal_id),
+            ));
+        }
+        lock_active_admin(&mut tx, &approval.admin_id).await?;
+        insert_approval(&mut tx, approval).await.map_err(already_approved)?;
+        let approvals = active_approvals(&mut tx, &approval.proposal_id).await?;
+        if approvals >= i64::from(locked_quorum(&mut tx).await?) {
+            // Rolled back: the caller runs the operation instead.
+            return Ok(ApprovalAdded::QuorumReached);
+        }
+        append_in_tx(&mut tx, vec![record]).await?;
+        tx.commit().await?;
+        Ok(ApprovalAdded::Recorded(u32::try_from(approvals).unwrap_or(u32::MAX)))
+    }
+
+    /// Records a rejection. The proposal closes as rejected when its proposer withdraws it or
+    /// when M approvals from active admins can no longer be reached (more than N - M active
+    /// admins rejected it); otherwise it stays pending, so one admin alone cannot veto. An admin
+    /// who approved cannot reject.
+    pub async fn add_rejection(&self, rejection: &RejectionRow, record: Record) -> Result<RejectionAdded, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE proposals SET status = status WHERE id = $1 AND status = 'pending' AND expires_unix_ms > $2 \
+             RETURNING proposed_by",
+        )
+        .bind(&rejection.proposal_id)
+        .bind(rejection.rejected_unix_ms)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
             return Err(closed(
                 "proposal_closed",
-                format!("proposal {} is no longer pending", approval.proposal_id),
+                format!("proposal {} is no longer pending", rejection.proposal_id),
             ));
         };
-        let approvals: i64 = row.try_get("approvals")?;
-        if approvals >= i64::from(quorum_in_tx(&mut tx).await?) {
-            return Ok(ApprovalAdded::QuorumReached);
+        let proposer: String = row.try_get("proposed_by")?;
+        lock_active_admin(&mut tx, &rejection.admin_id).await?;
+        let withdrawn = rejection.admin_id == proposer;
+        if !withdrawn {
+            let approved: i64 =
+                sqlx::query("SELECT COUNT(*) AS n FROM approvals WHERE proposal_id = $1 AND admin_id = $2")
+                    .bind(&rejection.proposal_id)
+                    .bind(&rejection.admin_id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+            if approved > 0 {
+                return Err(closed(
+                    "already_approved",
+                    format!(
+                        "admin {} approved proposal {}: an approval cannot be turned into a rejection",
+                        rejection.admin_id, rejection.proposal_id
+                    ),
+                ));
+            }
         }
-        insert_approval(&mut tx, approval).await.map_err(already_approved)?;
+        match sqlx::query(
+            "INSERT INTO rejections (proposal_id, admin_id, reason, signed_payload, signature, rejected_unix_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&rejection.proposal_id)
+        .bind(&rejection.admin_id)
+        .bind(&rejection.reason)
+        .bind(&rejection.signed_payload)
+        .bind(&rejection.signature)
+        .bind(rejection.rejected_unix_ms)
+        .execute(&mut *tx)
+        .await
+        {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                return Err(closed(
+                    "already_rejected",
+                    "this admin has already rejected this proposal",
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let rejections: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM rejections r JOIN admins d ON d.id = r.admin_id \
+             WHERE r.proposal_id = $1 AND d.removed_unix_ms IS NULL",
+        )
+        .bind(&rejection.proposal_id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+        let admins: i64 = sqlx::query("SELECT COUNT(*) AS n FROM admins WHERE removed_unix_ms IS NULL")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        let quorum = i64::from(locked_quorum(&mut tx).await?);
+        let closes = withdrawn || rejections > admins - quorum;
+        if closes {
+            let outcome = if withdrawn {
+                format!("withdrawn by {}: {}", rejection.admin_id, rejection.reason)
+            } else {
+                format!(
+                    "rejected: {rejections} of {admins} admins rejected it, so {quorum} approvals can no longer be reached (last: {}: {})",
+                    rejection.admin_id, rejection.reason
+                )
+            };
+            sqlx::query(
+                "UPDATE proposals SET status = 'rejected', closed_unix_ms = $2, closed_by = $3, outcome = $4 WHERE id = $1",
+            )
+            .bind(&rejection.proposal_id)
+            .bind(rejection.rejected_unix_ms)
+            .bind(&rejection.admin_id)
+            .bind(outcome)
+            .execute(&mut *tx)
+            .await?;
+        }
         append_in_tx(&mut tx, vec![record]).await?;
         tx.commit().await?;
-        Ok(ApprovalAdded::Recorded(u32::try_from(approvals).unwrap_or(u32::MAX)))
+        Ok(if closes {
+            RejectionAdded::Closed
+        } else {
+            RejectionAdded::Recorded(u32::try_from(rejections).unwrap_or(u32::MAX))
+        })
+    }
+
+    /// A proposal's rejections by active admins: (admin, reason, when).
+    pub async fn rejections(&self, proposal_id: &str) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+        sqlx::query(
+            "SELECT r.admin_id, r.reason, r.rejected_unix_ms FROM rejections r JOIN admins d ON d.id = r.admin_id \
+             WHERE r.proposal_id = $1 AND d.removed_unix_ms IS NULL ORDER BY r.rejected_unix_ms, r.admin_id",
+        )
+        .bind(proposal_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok((
+                r.try_get("admin_id")?,
+                r.try_get("reason")?,
+                r.try_get("rejected_unix_ms")?,
+            ))
+        })
+        .collect()
     }
 
     /// Closes a pending proposal without executing it (rejected, expired, or failed — then
@@ -336,17 +502,39 @@ impl Store {
         .collect()
     }
 
-    /// Marks pending proposals past their expiry as expired (housekeeping; reads already treat
-    /// them as expired).
-    pub async fn expire_proposals(&self, now: i64) -> Result<u64, sqlx::Error> {
-        Ok(sqlx::query(
-            "UPDATE proposals SET status = 'expired', closed_unix_ms = expires_unix_ms, outcome = 'expired' \
-             WHERE status = 'pending' AND expires_unix_ms <= $1",
+    /// Marks pending proposals past their expiry as expired, each with an audit record, in one
+    /// transaction. Returns how many.
+    pub async fn expire_proposals(&self, now: i64) -> Result<usize, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE proposals SET status = 'expired', closed_unix_ms = expires_unix_ms, closed_by = 'system', outcome = 'expired' \
+             WHERE status = 'pending' AND expires_unix_ms <= $1 RETURNING id, operation, proposed_by",
         )
         .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut records = Vec::new();
+        for r in &rows {
+            let id: String = r.try_get("id")?;
+            let operation: String = r.try_get("operation")?;
+            let proposed_by: String = r.try_get("proposed_by")?;
+            records.push(Record {
+                time_unix_ms: now,
+                caller: "system:proposals".into(),
+                operation: "admin.proposal_expired".into(),
+                key_id: None,
+                outcome: kms_core::audit::Outcome::Allowed.as_str().to_owned(),
+                reason: String::new(),
+                detail: serde_json::json!({ "proposal": id, "operation": operation, "proposed_by": proposed_by })
+                    .to_string(),
+            });
+        }
+        let n = records.len();
+        if n > 0 {
+            append_in_tx(&mut tx, records).await?;
+        }
+        tx.commit().await?;
+        Ok(n)
     }
 
     /// M, the approval quorum.
@@ -361,11 +549,42 @@ impl Store {
     }
 }
 
-async fn quorum_in_tx(tx: &mut Transaction<'static, Any>) -> Result<u32, sqlx::Error> {
-    let row = sqlx::query("SELECT approval_quorum FROM seal_config WHERE id = 1")
-        .fetch_one(&mut **tx)
-        .await?;
+/// M, read with the seal record's row lock (a concurrent SetQuorum waits or is waited for).
+async fn locked_quorum(tx: &mut Transaction<'static, Any>) -> Result<u32, sqlx::Error> {
+    let row =
+        sqlx::query("UPDATE seal_config SET approval_quorum = approval_quorum WHERE id = 1 RETURNING approval_quorum")
+            .fetch_one(&mut **tx)
+            .await?;
     Ok(u32::try_from(row.try_get::<i64, _>("approval_quorum")?).unwrap_or(u32::MAX))
+}
+
+/// Locks the admin's row and requires it active: a removal that commits first makes this
+/// approval (or rejection) fail; one that comes later waits for it.
+async fn lock_active_admin(tx: &mut Transaction<'static, Any>, admin_id: &str) -> Result<(), StoreError> {
+    let n = sqlx::query("UPDATE admins SET id = id WHERE id = $1 AND removed_unix_ms IS NULL")
+        .bind(admin_id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if n != 1 {
+        return Err(StoreError::Api(ApiError::denied(
+            "admin_removed",
+            format!("admin {admin_id} was removed"),
+        )));
+    }
+    Ok(())
+}
+
+/// Approvals of a proposal by admins who are still active.
+async fn active_approvals(tx: &mut Transaction<'static, Any>, proposal_id: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query(
+        "SELECT COUNT(*) AS n FROM approvals a JOIN admins d ON d.id = a.admin_id \
+         WHERE a.proposal_id = $1 AND d.removed_unix_ms IS NULL",
+    )
+    .bind(proposal_id)
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get("n")
 }
 
 fn already_approved(e: sqlx::Error) -> StoreError {

@@ -267,6 +267,47 @@ impl Store {
         Ok(moved)
     }
 
+    /// Records that replica `id` (unsealed) holds `generation` and, during a rotation, `next`.
+    pub async fn heartbeat(&self, id: &str, generation: u64, next: Option<u64>, now: i64) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO replicas (id, generation, next_generation, seen_unix_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO UPDATE SET generation = $2, next_generation = $3, seen_unix_ms = $4",
+        )
+        .bind(id)
+        .bind(g(generation))
+        .bind(next.map(g))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets a replica (sealed or stopping); rows not refreshed for a while are ignored anyway.
+    pub async fn forget_replica(&self, id: &str, before: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM replicas WHERE id = $1 OR seen_unix_ms < $2")
+            .bind(id)
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Live replicas (seen since `since`) that hold `old` but not yet `new`.
+    pub async fn replicas_behind(&self, old: u64, new: u64, since: i64) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query(
+            "SELECT id FROM replicas WHERE seen_unix_ms > $1 AND generation = $2 \
+             AND (next_generation IS NULL OR next_generation <> $3) ORDER BY id",
+        )
+        .bind(since)
+        .bind(g(old))
+        .bind(g(new))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| r.try_get("id"))
+        .collect()
+    }
+
     /// How many secrets are still under generation `old`.
     pub async fn remaining_under(&self, old: u64) -> Result<u64, sqlx::Error> {
         let n: i64 = sqlx::query(
@@ -287,6 +328,18 @@ impl Store {
     /// nothing to complete (done by another replica, or secrets remain).
     pub async fn complete_rotation(&self, old: u64, new: u64, record: Record) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The seal record's lock first: a write wrapping under `old` (which takes the same lock)
+        // either committed before, and is counted below, or waits and is then refused.
+        let locked = sqlx::query(
+            "UPDATE seal_config SET root_generation = root_generation WHERE id = 1 AND root_generation = $1",
+        )
+        .bind(g(old))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if locked != 1 {
+            return Ok(false);
+        }
         let done = sqlx::query(
             "UPDATE root_generations SET status = 'active', next_root_wrapped = NULL, completed_unix_ms = $2 \
              WHERE generation = $1 AND status = 'pending'",
