@@ -253,7 +253,7 @@ async fn rotation_and_migration(backend: Backend) {
         .into_inner();
     assert_eq!(p.status, pb::ProposalStatus::Executed as i32, "{p:?}");
     let s = status(&mut c.admin).await;
-    let r = s.rotation.clone().expect("rotation in progress");
+    let r = s.rotation.expect("rotation in progress");
     assert_eq!((r.to_generation, r.seal), (2, pb::SealKind::Pkcs11 as i32));
     // A second rotation cannot start meanwhile.
     assert_refused(

@@ -108,19 +108,13 @@ pub async fn run_pending(store: &Store, seal: &Seal, pace: RotationPace) -> Resu
         return Ok(false);
     };
     let (old_gen, _) = roots.current();
-    let Some(row) = store.root_generation(new_gen).await? else {
+    if store.root_generation(new_gen).await?.is_none() {
         return Ok(false);
-    };
-    let _ = row;
-    loop {
-        match step(store, seal, pace.batch_size).await? {
-            Some(moved) => {
-                tracing::info!(from = old_gen, to = new_gen, moved, "root rotation: batch re-wrapped");
-                if !pace.pause.is_zero() {
-                    tokio::time::sleep(pace.pause).await;
-                }
-            }
-            None => break,
+    }
+    while let Some(moved) = step(store, seal, pace.batch_size).await? {
+        tracing::info!(from = old_gen, to = new_gen, moved, "root rotation: batch re-wrapped");
+        if !pace.pause.is_zero() {
+            tokio::time::sleep(pace.pause).await;
         }
     }
     let mut audit = Audit::new("system:rotation", "admin.rotate_root.complete");

@@ -533,6 +533,7 @@ impl Store {
     /// Applies a lifecycle transition if the key is in a state it starts from (and, with
     /// `due_by`, its deletion time is at or before it). `None` if it was not (the caller reads the
     /// key to say why). Destroying erases every version's wrapped KEK in the same transaction.
+    #[allow(clippy::too_many_arguments)] // each is a column or a guard of the one UPDATE
     pub async fn change_state(
         &self,
         id: &str,

@@ -186,7 +186,7 @@ impl AdminPlane {
             audit.set_operation(quorum_audit_op(&op));
             audit.detail("approved_by", vec![admin.to_string()]);
             let close = QuorumClose::Immediate {
-                proposal: row.clone(),
+                proposal: Box::new(row.clone()),
                 approval,
             };
             let result = self.execute(admin, op, audit, Exec::Run(Some(&close))).await?;
@@ -299,15 +299,7 @@ impl AdminPlane {
                 let outcome = format!("{}: {}", e.reason, e.message);
                 let closed = self
                     .store
-                    .close_proposal(
-                        &proposal.id,
-                        ProposalStatus::Failed,
-                        admin.as_str(),
-                        &outcome,
-                        now,
-                        Some(&approval),
-                        Some(record),
-                    )
+                    .fail_proposal(&approval, &outcome, record)
                     .await
                     .map_err(store_err)?;
                 if !closed {

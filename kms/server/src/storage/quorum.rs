@@ -114,7 +114,7 @@ pub enum QuorumClose {
     /// Proposed while the quorum is one: the proposal is recorded as executed at once.
     Immediate {
         /// The proposal (status is written as executed).
-        proposal: ProposalRow,
+        proposal: Box<ProposalRow>,
         /// The proposer's approval.
         approval: ApprovalRow,
     },
@@ -404,29 +404,23 @@ impl Store {
         .collect()
     }
 
-    /// Closes a pending proposal without executing it (rejected, expired, or failed — then
-    /// with the approval that reached the quorum). `false` if it was not pending.
-    pub async fn close_proposal(
+    /// Closes a pending proposal as failed: its quorum was reached (`approval` is the one that
+    /// reached it, recorded too) but the operation was refused. `false` if it was not pending.
+    pub async fn fail_proposal(
         &self,
-        id: &str,
-        status: ProposalStatus,
-        by: &str,
+        approval: &ApprovalRow,
         outcome: &str,
-        now: i64,
-        approval: Option<&ApprovalRow>,
-        record: Option<Record>,
+        record: Record,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
-            "UPDATE proposals SET status = $2, closed_unix_ms = $3, closed_by = $4, outcome = $5, \
-             approvals = approvals + $6 WHERE id = $1 AND status = 'pending'",
+            "UPDATE proposals SET status = 'failed', closed_unix_ms = $2, closed_by = $3, outcome = $4, \
+             approvals = approvals + 1 WHERE id = $1 AND status = 'pending'",
         )
-        .bind(id)
-        .bind(status.as_str())
-        .bind(now)
-        .bind(by)
+        .bind(&approval.proposal_id)
+        .bind(approval.approved_unix_ms)
+        .bind(&approval.admin_id)
         .bind(outcome)
-        .bind(i64::from(approval.is_some()))
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -434,12 +428,8 @@ impl Store {
         if !done {
             return Ok(false);
         }
-        if let Some(a) = approval {
-            insert_approval(&mut tx, a).await.map_err(already_approved)?;
-        }
-        if let Some(r) = record {
-            append_in_tx(&mut tx, vec![r]).await?;
-        }
+        insert_approval(&mut tx, approval).await.map_err(already_approved)?;
+        append_in_tx(&mut tx, vec![record]).await?;
         tx.commit().await?;
         Ok(true)
     }

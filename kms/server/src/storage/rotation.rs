@@ -100,14 +100,12 @@ impl Store {
 
     /// When the rotation to `generation` started.
     pub async fn rotation_started_unix_ms(&self, generation: u64) -> Result<Option<i64>, sqlx::Error> {
-        Ok(
-            sqlx::query("SELECT created_unix_ms FROM root_generations WHERE generation = $1")
-                .bind(g(generation))
-                .fetch_optional(&self.pool)
-                .await?
-                .map(|r| r.try_get("created_unix_ms"))
-                .transpose()?,
-        )
+        sqlx::query("SELECT created_unix_ms FROM root_generations WHERE generation = $1")
+            .bind(g(generation))
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get("created_unix_ms"))
+            .transpose()
     }
 
     /// Starts a rotation to `next` (status pending) with the new custodians' shares. Refused if
