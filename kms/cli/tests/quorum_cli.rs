@@ -175,7 +175,9 @@ async fn proposals_reject_approve_and_execute_at_once_with_a_quorum_of_one() {
         "{}",
         human.stdout
     );
-    let rejected = k
+    // One rejection cannot veto (N = 3, M = 2): it closes once M approvals can no longer be
+    // reached, here at the second.
+    let one = k
         .run(
             BOB,
             &["--output", "json", "proposal", "reject", &id, "--reason", "not now"],
@@ -183,8 +185,17 @@ async fn proposals_reject_approve_and_execute_at_once_with_a_quorum_of_one() {
         .await
         .expect(0)
         .json();
+    assert_eq!(one["status"], "pending", "{one}");
+    let rejected = k
+        .run(
+            CAROL,
+            &["--output", "json", "proposal", "reject", &id, "--reason", "agreed, not now"],
+        )
+        .await
+        .expect(0)
+        .json();
     assert_eq!(rejected["status"], "rejected", "{rejected}");
-    let late = k.run(CAROL, &["proposal", "approve", &id]).await.expect(1);
+    let late = k.run(BOB, &["proposal", "approve", &id]).await.expect(1);
     assert!(late.stderr.contains("proposal_closed"), "{}", late.stderr);
     let key = k
         .run(ALICE, &["--output", "json", "key", "describe", "orders"])
