@@ -357,8 +357,8 @@ pub(crate) enum AdminsCommand {
         /// The admin's public file (FILE.pub.json from `kmsctl admin keygen`).
         #[arg(value_name = "PUBFILE")]
         public_file: PathBuf,
-        /// The admin holds no root-key share. (The server adds custodians only with a re-share,
-        /// which is not available yet.)
+        /// The admin holds no root-key share (required): custodians change only when the root
+        /// key is re-shared, with `kmsctl root rotate --custodian ...`.
         #[arg(long)]
         non_custodian: bool,
         #[command(flatten)]
