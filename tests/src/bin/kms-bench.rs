@@ -127,7 +127,7 @@ fn parse_args() -> Result<Args, String> {
         connections: 4,
         phases: Phases::ALL,
         e2e_iterations: 300,
-        rotate_keys: 2000,
+        rotate_keys: 10_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -686,7 +686,7 @@ async fn run(args: Args) {
     if let Some(r) = &rotation {
         let base_rate = rewrap_baseline();
         println!(
-            "  root key rotation (shamir -> shamir, {} KEK versions + token/checkpoint keys)",
+            "  root key rotation (shamir -> shamir): {} root-wrapped secrets (KEK versions, token and checkpoint keys)",
             r.secrets
         );
         println!(
