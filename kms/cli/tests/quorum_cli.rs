@@ -189,7 +189,15 @@ async fn proposals_reject_approve_and_execute_at_once_with_a_quorum_of_one() {
     let rejected = k
         .run(
             CAROL,
-            &["--output", "json", "proposal", "reject", &id, "--reason", "agreed, not now"],
+            &[
+                "--output",
+                "json",
+                "proposal",
+                "reject",
+                &id,
+                "--reason",
+                "agreed, not now",
+            ],
         )
         .await
         .expect(0)

@@ -594,7 +594,8 @@ impl Config {
             key_cache_ttl: Duration::from_millis(default_cache_ttl()),
             destroy_interval: Duration::from_secs(default_destroy_interval()),
             audit_batch_max: default_batch(),
-            checkpoint_interval: Duration::from_secs(default_checkpoint_interval()),
+            // Dev mode checkpoints often, so the feature shows within a demo.
+            checkpoint_interval: Duration::from_secs(5),
             hsm: None,
             rotation: crate::rotation::RotationPace {
                 batch_size: default_rotation_batch(),

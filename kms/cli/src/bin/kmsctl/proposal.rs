@@ -436,7 +436,8 @@ pub(crate) async fn run(g: &Global, p: &Printer, command: &ProposalCommand) -> R
             if let Some(op) = &d.operation {
                 // What is being signed, for the record of whoever runs this.
                 eprint!(
-                    "approving proposal {} by {}:\n{}sha-256 (computed here): {}\n",
+                    "approving, as {}, proposal {} (proposed by {}):\n{}sha-256 (computed here): {}\n",
+                    signer.admin_id(),
                     pr.id,
                     pr.proposed_by,
                     operation_human(op),
