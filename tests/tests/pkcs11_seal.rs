@@ -216,7 +216,44 @@ async fn pkcs11_init_and_restart(backend: Backend) {
         Code::FailedPrecondition,
         "not_shamir",
     );
+    // Audit checkpoints are signed by an ECDSA key in the HSM (one was written when the first
+    // server stopped), and the published key verifies them.
+    let keys = admin_c
+        .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    let es256: Vec<_> = keys.iter().filter(|k| k.algorithm == "ES256").collect();
+    assert_eq!(es256.len(), 1, "{keys:?}");
+    let key = kms_core::audit::CheckpointKey::parse(&es256[0].kid, "ES256", es256[0].public_key.clone()).unwrap();
     server.stop().await;
+    {
+        use sqlx::Row as _;
+        let mut conn = db.connect().await;
+        let rows = sqlx::query("SELECT seq, hash, time_unix_ms, kid, signature FROM audit_checkpoints ORDER BY seq")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        let mut verified = 0;
+        for r in &rows {
+            let kid: String = r.try_get("kid").unwrap();
+            if kid != es256[0].kid {
+                continue;
+            }
+            let hash: Vec<u8> = r.try_get("hash").unwrap();
+            let checkpoint = kms_core::audit::Checkpoint {
+                seq: r.try_get("seq").unwrap(),
+                hash: hash.try_into().unwrap(),
+                time_unix_ms: r.try_get("time_unix_ms").unwrap(),
+                kid,
+            };
+            let sig: Vec<u8> = r.try_get("signature").unwrap();
+            key.verify(&checkpoint, &sig).unwrap();
+            verified += 1;
+        }
+        assert!(verified >= 1, "no HSM-signed checkpoint among {} rows", rows.len());
+    }
 
     // Another token (without this root key) is refused at start, naming the problem.
     let wrong = Options {
