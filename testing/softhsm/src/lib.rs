@@ -159,6 +159,10 @@ pub fn init_token(label: &str) -> TestToken {
         "SoftHSM2 token labels are at most 32 bytes: {label:?}"
     );
     let conf = conf_path();
+    // `softhsm2-util --init-token --free` picks the first free slot: two at once in one process
+    // race for it ("Could not get info about the token in slot 0"). One at a time.
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INIT.lock().unwrap_or_else(|p| p.into_inner());
     let token = TestToken {
         label: label.to_owned(),
         user_pin: random_hex(8),
