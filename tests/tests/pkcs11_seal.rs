@@ -255,15 +255,45 @@ async fn pkcs11_init_and_restart(backend: Backend) {
         assert!(verified >= 1, "no HSM-signed checkpoint among {} rows", rows.len());
     }
 
-    // Another token (without this root key) is refused at start, naming the problem.
+    // A token without this root key (an HSM partition not there yet): the server starts sealed,
+    // serves nothing key-related, and keeps trying.
     let wrong = Options {
         hsm: Some(hsm_config(&tokens().other)),
         ..opts(backend)
     };
-    let Err(err) = TestServer::try_start(&db, &pki, wrong).await else {
-        panic!("a server with the wrong token must not start")
+    let server = TestServer::start(&db, &pki, wrong).await;
+    let mut admin_c = server.admin(&pki).await;
+    let s = status(&mut admin_c).await;
+    assert!(s.sealed && s.seal == pb::SealKind::Pkcs11 as i32, "{s:?}");
+    let mut data = server.data(&pki, APP).await;
+    let e = data
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: blobs[0].0.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), reason(&e).as_str()), (Code::Unavailable, "sealed"));
+    server.stop().await;
+
+    // A wrong PIN is not retried (tokens lock after wrong PINs): the server does not start.
+    let pin = tokens()
+        .dir
+        .path()
+        .join(format!("{}-wrong.pin", token_for(backend).label));
+    std::fs::write(&pin, "0000000000000000").unwrap();
+    std::fs::set_permissions(&pin, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let wrong_pin = Options {
+        hsm: Some(kms_server::seal::HsmSealConfig {
+            pin: kms_hsm::PinSource::File(pin),
+            ..hsm_config(token_for(backend))
+        }),
+        ..opts(backend)
     };
-    assert!(err.contains("pkcs11 seal") && err.contains("kms-root-g1"), "{err}");
+    let Err(err) = TestServer::try_start(&db, &pki, wrong_pin).await else {
+        panic!("a server with a wrong HSM PIN must not start")
+    };
+    assert!(err.contains("pkcs11 seal") && err.contains("PIN"), "{err}");
 }
 both_backends!(pkcs11_seal_init_and_restart, super::pkcs11_init_and_restart);
 

@@ -266,6 +266,7 @@ pub struct Seal {
     dev_dir: Option<PathBuf>,
     hsm_config: Option<HsmSealConfig>,
     hsm: std::sync::Mutex<Option<Arc<Hsm>>>,
+    hsm_login_refused: std::sync::Mutex<Option<String>>,
     replica_id: String,
 }
 
@@ -334,6 +335,7 @@ impl Seal {
             dev_dir,
             hsm_config,
             hsm: std::sync::Mutex::new(None),
+            hsm_login_refused: std::sync::Mutex::new(None),
             replica_id: format!(
                 "replica-{}",
                 hex::encode(kms_core::random_array::<8>().map_err(|e| LoadError::Refused(e.to_string()))?)
@@ -376,15 +378,26 @@ impl Seal {
             }
             SealKind::Pkcs11 => {
                 let label = row.hsm_label.clone().unwrap_or_default();
-                let held = seal
-                    .hsm_held(generation.number, &label, &row.kcv)
-                    .map_err(|e| LoadError::Refused(format!("pkcs11 seal: {}", e.message)))?;
-                State::Unsealed {
-                    generation,
-                    roots: Arc::new(Roots {
-                        current: held,
-                        next: None,
-                    }),
+                match seal.hsm_held(generation.number, &label, &row.kcv) {
+                    Ok(held) => State::Unsealed {
+                        generation,
+                        roots: Arc::new(Roots {
+                            current: held,
+                            next: None,
+                        }),
+                    },
+                    // The HSM (or the key's partition) does not answer yet: start sealed and try
+                    // again every second; unsealed as soon as it answers.
+                    Err(e) if matches!(e.reason, "hsm_unavailable" | "hsm_key_missing") => {
+                        tracing::warn!(message = %e.message, "pkcs11 seal: the HSM does not answer; sealed until it does");
+                        State::Sealed {
+                            generation,
+                            shares: BTreeMap::new(),
+                        }
+                    }
+                    // No configuration, a refused PIN, or the wrong key under the label: an
+                    // operator must fix it; never retried (a token locks after wrong PINs).
+                    Err(e) => return Err(LoadError::Refused(format!("pkcs11 seal: {}", e.message))),
                 }
             }
         };
@@ -498,7 +511,7 @@ impl Seal {
                     }),
                 },
                 Err(e) => {
-                    tracing::warn!(reason = e.reason, message = %e.message, "cannot open the current pkcs11 root; sealed");
+                    tracing::debug!(reason = e.reason, message = %e.message, "cannot open the current pkcs11 root; sealed");
                     State::Sealed {
                         generation: g,
                         shares: BTreeMap::new(),
@@ -516,13 +529,14 @@ impl Seal {
 
     /// A sealed process follows the database's current generation (rotated by another
     /// replica): its shares of the old generation would no longer match anything stored.
+    /// A sealed pkcs11 process retries the HSM.
     pub async fn refresh_sealed(&self, store: &Store) -> Result<(), ApiError> {
-        let held = match &*self.read() {
-            State::Sealed { generation, .. } => generation.number,
+        let (held, kind) = match &*self.read() {
+            State::Sealed { generation, .. } => (generation.number, generation.kind),
             _ => return Ok(()),
         };
         if let Some(cfg) = store.seal_config().await? {
-            if cfg.root_generation != held {
+            if cfg.root_generation != held || kind == SealKind::Pkcs11 {
                 self.take_generation(store, cfg.root_generation).await?;
             }
         }
@@ -546,16 +560,34 @@ impl Seal {
                 "this server has no [seal.pkcs11] configuration (module, token, pin_file or pin_env)",
             )
         })?;
+        if let Some(why) = self
+            .hsm_login_refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            // Never try a refused PIN again: tokens lock after a few wrong PINs.
+            return Err(ApiError::precondition("hsm_login_refused", why.clone()));
+        }
         let pin = cfg
             .pin
             .read()
-            .map_err(|e| ApiError::unavailable("hsm_unavailable", format!("HSM PIN: {e}")))?;
-        let hsm = Arc::new(
-            Hsm::open(&cfg.module, &cfg.token, &pin)
-                .map_err(|e| ApiError::unavailable("hsm_unavailable", e.to_string()))?,
-        );
+            .map_err(|e| self.login_refused(format!("HSM PIN: {e}")))?;
+        let hsm = Arc::new(Hsm::open(&cfg.module, &cfg.token, &pin).map_err(|e| match e {
+            kms_hsm::HsmError::PinIncorrect { .. }
+            | kms_hsm::HsmError::Login { .. }
+            | kms_hsm::HsmError::PinSource(_)
+            | kms_hsm::HsmError::InvalidSelector(_) => self.login_refused(e.to_string()),
+            other => ApiError::unavailable("hsm_unavailable", other.to_string()),
+        })?);
         *slot = Some(hsm.clone());
         Ok(hsm)
+    }
+
+    /// Records a login refusal (wrong PIN, unreadable PIN source): not retried until restart.
+    fn login_refused(&self, why: String) -> ApiError {
+        *self.hsm_login_refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+        ApiError::precondition("hsm_login_refused", why)
     }
 
     /// Opens a pkcs11 generation's root key (and its checkpoint key) and checks it against the
