@@ -212,6 +212,7 @@ fn proposal_json(pr: &pb::Proposal) -> Value {
         "expires_unix_ms": pr.expires_unix_ms,
         "approvals": pr.approvals.iter().map(|a| json!({ "admin_id": a.admin_id, "approved_unix_ms": a.approved_unix_ms })).collect::<Vec<_>>(),
         "approvals_required": pr.approvals_required,
+        "rejections": pr.rejections.iter().map(|r| json!({ "admin_id": r.admin_id, "reason": r.reason, "rejected_unix_ms": r.rejected_unix_ms })).collect::<Vec<_>>(),
         "outcome": (!pr.outcome.is_empty()).then_some(pr.outcome.as_str()),
         "result": result_json(pr.result.as_ref()),
     })
@@ -237,6 +238,14 @@ fn proposal_human(pr: &pb::Proposal) -> String {
         pr.approvals_required,
         approvers(pr)
     );
+    if !pr.rejections.is_empty() {
+        let list: Vec<String> = pr
+            .rejections
+            .iter()
+            .map(|r| format!("{}: {}", r.admin_id, r.reason))
+            .collect();
+        let _ = writeln!(out, "rejections:      {} ({})", pr.rejections.len(), list.join("; "));
+    }
     let _ = writeln!(
         out,
         "proposed by:     {} at {}",
@@ -462,7 +471,16 @@ pub(crate) async fn run(g: &Global, p: &Printer, command: &ProposalCommand) -> R
                 .admin_call(&signer, op, |mut c, r| async move { c.reject(r).await })
                 .await?;
             p.emit(proposal_json(&pr), || {
-                format!("rejected {}\n{}", pr.id, proposal_human(&pr))
+                if pr.status == pb::ProposalStatus::Pending as i32 {
+                    format!(
+                        "rejection of {} recorded; still pending (it closes once {} approvals can no longer be reached, or when its proposer withdraws it)\n{}",
+                        pr.id,
+                        pr.approvals_required,
+                        proposal_human(&pr)
+                    )
+                } else {
+                    format!("rejected {}\n{}", pr.id, proposal_human(&pr))
+                }
             })
         }
     }
