@@ -91,6 +91,20 @@ async fn killed_mid_rotation(backend: Backend) {
         ))
         .await
         .unwrap();
+    // The audit checkpoint key of generation 1 (ES256 in the HSM), pinned by an auditor.
+    let es256 = |keys: &[pb::AuditCheckpointKey]| -> Vec<String> {
+        keys.iter()
+            .filter(|k| k.algorithm == "ES256")
+            .map(|k| k.kid.clone())
+            .collect()
+    };
+    let first = admin_c
+        .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert_eq!(es256(&first).len(), 1, "{first:?}");
     let mut blobs = Vec::new();
     let mut data = kmsd.data(&pki, APP).await;
     for i in 0..12 {
@@ -177,6 +191,17 @@ async fn killed_mid_rotation(backend: Backend) {
     }
     assert_eq!(counts(&db).await, (0, 12));
     decrypt_all(&mut data, &blobs).await;
+    // Both generations' checkpoint keys are still published (the retired one's key is still in
+    // the HSM), so checkpoints signed before the rotation stay verifiable.
+    let after = admin_c
+        .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    let kids = es256(&after);
+    assert_eq!(kids.len(), 2, "{after:?}");
+    assert!(kids.contains(&es256(&first)[0]), "{after:?}");
     // And from a fresh process holding only generation 2.
     kmsd.restart(&pki).await;
     let mut data = kmsd.data(&pki, APP).await;

@@ -111,7 +111,14 @@ fn trusted(row: &CheckpointKeyRow, root: &dyn RootOfTrust, hsm: Option<&Checkpoi
             let signer = CheckpointSigner::from_seed(&seed).ok()?;
             (signer.key() == &key).then_some(Trusted::Software(signer))
         }
-        (None, CheckpointAlgorithm::Es256) => (hsm == Some(&key)).then_some(Trusted::Hsm(key)),
+        (None, CheckpointAlgorithm::Es256) => {
+            let held = hsm == Some(&key)
+                || row
+                    .hsm_label
+                    .as_deref()
+                    .is_some_and(|label| root.holds_checkpoint_key(label, key.public_key()));
+            held.then_some(Trusted::Hsm(key))
+        }
         _ => None,
     }
 }

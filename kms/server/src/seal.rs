@@ -40,6 +40,13 @@ pub trait RootOfTrust: Send + Sync {
     fn checkpoint_signer(&self) -> Option<Arc<dyn SealSigner>> {
         None
     }
+    /// Whether the seal's HSM holds the checkpoint signing key `label` with this public key
+    /// (also a retired generation's), so its earlier checkpoints stay verifiable by the
+    /// published keys.
+    fn holds_checkpoint_key(&self, label: &str, public_key: &[u8]) -> bool {
+        let _ = (label, public_key);
+        false
+    }
 }
 
 /// A signing key the seal holds in hardware (the pkcs11 seal's HSM): signs audit checkpoints.
@@ -178,6 +185,12 @@ impl RootOfTrust for Roots {
     fn checkpoint_signer(&self) -> Option<Arc<dyn SealSigner>> {
         self.newest().root.checkpoint_signer()
     }
+    fn holds_checkpoint_key(&self, label: &str, public_key: &[u8]) -> bool {
+        self.next
+            .as_ref()
+            .is_some_and(|n| n.root.holds_checkpoint_key(label, public_key))
+            || self.current.root.holds_checkpoint_key(label, public_key)
+    }
 }
 
 /// The pkcs11 seal's root: AES-256-GCM in the HSM, byte-for-byte the wrapped format of
@@ -186,6 +199,7 @@ struct Pkcs11Root {
     root: HsmRoot,
     signer: Arc<HsmCheckpointSigner>,
     generation: u64,
+    hsm: Arc<Hsm>,
 }
 
 impl RootOfTrust for Pkcs11Root {
@@ -207,6 +221,11 @@ impl RootOfTrust for Pkcs11Root {
     }
     fn checkpoint_signer(&self) -> Option<Arc<dyn SealSigner>> {
         Some(self.signer.clone())
+    }
+    fn holds_checkpoint_key(&self, label: &str, public_key: &[u8]) -> bool {
+        self.hsm
+            .signing_key(label)
+            .is_ok_and(|k| k.public_key_bytes() == public_key)
     }
 }
 
@@ -610,6 +629,7 @@ impl Seal {
             root,
             signer: Arc::new(HsmCheckpointSigner(signer)),
             generation,
+            hsm: hsm.clone(),
         };
         held.unwrap(KeyId::from_bytes(PKCS11_CANARY_ID), version_of(generation)?, canary)
             .map_err(|_| {
@@ -654,6 +674,7 @@ impl Seal {
                     root,
                     signer: Arc::new(HsmCheckpointSigner(signer)),
                     generation,
+                    hsm: hsm.clone(),
                 };
                 let canary = held.wrap(
                     KeyId::from_bytes(PKCS11_CANARY_ID),
