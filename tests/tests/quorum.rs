@@ -175,6 +175,12 @@ async fn two_of_three(backend: Backend) {
         Code::FailedPrecondition,
         "already_rejected",
     );
+    // A rejection cannot be turned into an approval (nor count on both sides).
+    assert_refused(
+        c.admin.approve(approve(carol, &r)).await,
+        Code::FailedPrecondition,
+        "already_rejected",
+    );
     let after_two = c.admin.reject(reject(&dave, &r.id)).await.unwrap().into_inner();
     assert_eq!(after_two.status, pb::ProposalStatus::Pending as i32);
     let rejected = c.admin.reject(reject(bob, &r.id)).await.unwrap().into_inner();

@@ -111,7 +111,20 @@ pub async fn run_pending(store: &Store, seal: &Seal, pace: RotationPace) -> Resu
     if store.root_generation(new_gen).await?.is_none() {
         return Ok(false);
     }
-    while let Some(moved) = step(store, seal, pace.batch_size).await? {
+    loop {
+        // A replica that was sealed may have been unsealed meanwhile: it adopts the next root
+        // before serving, but wait for its report anyway.
+        let now = kms_core::now_unix_ms();
+        if !store
+            .replicas_behind(old_gen, new_gen, now - REPLICA_LIVENESS_MS)
+            .await?
+            .is_empty()
+        {
+            return Ok(false);
+        }
+        let Some(moved) = step(store, seal, pace.batch_size).await? else {
+            break;
+        };
         tracing::info!(from = old_gen, to = new_gen, moved, "root rotation: batch re-wrapped");
         if !pace.pause.is_zero() {
             tokio::time::sleep(pace.pause).await;
@@ -316,9 +329,12 @@ impl AdminPlane {
             .start_rotation(&row, &shares, close, Audit::clone_allowed(audit))
             .await
         {
-            // Nothing refers to the keys just made in the HSM: remove them.
+            // Nothing refers to the keys just made in the HSM: remove them — unless the error
+            // came after a commit that did happen (then the generation row exists).
             if let Some(label) = &new_root.hsm_label {
-                self.seal.discard_hsm_root(label);
+                if matches!(self.store.root_generation(new_gen).await, Ok(None)) {
+                    self.seal.discard_hsm_root(label);
+                }
             }
             return Err(store_err(e));
         }

@@ -304,6 +304,10 @@ pub enum LoadError {
     /// Configuration mismatch or corrupt state.
     #[error("{0}")]
     Refused(String),
+    /// The HSM refused the pkcs11 seal's PIN. Not to be retried by a supervisor (each try
+    /// counts towards locking the token): `kmsd` exits with its own code.
+    #[error("pkcs11 seal: {0}")]
+    HsmLoginRefused(String),
 }
 
 const DEV_ROOT_FILE: &str = "dev-root-key";
@@ -414,8 +418,9 @@ impl Seal {
                             shares: BTreeMap::new(),
                         }
                     }
-                    // No configuration, a refused PIN, or the wrong key under the label: an
-                    // operator must fix it; never retried (a token locks after wrong PINs).
+                    // A refused PIN: never retried (a token locks after wrong PINs).
+                    Err(e) if e.reason == "hsm_login_refused" => return Err(LoadError::HsmLoginRefused(e.message)),
+                    // No configuration, or the wrong key under the label: an operator must fix it.
                     Err(e) => return Err(LoadError::Refused(format!("pkcs11 seal: {}", e.message))),
                 }
             }
@@ -515,35 +520,69 @@ impl Seal {
     /// (pkcs11; sealed if the HSM cannot be used) or sealed (shamir), shares collected so far
     /// dropped.
     async fn take_generation(&self, store: &Store, number: u64) -> Result<(), ApiError> {
+        // What this replaces: only if no one changed the state meanwhile (e.g. the background
+        // tick installing a next root, or custodians completing an unseal).
+        let before = self.state_key();
         let row = store
             .root_generation(number)
             .await?
             .ok_or_else(|| ApiError::internal("root_generation", format!("generation {number} is missing")))?;
         let g = generation_of(&row).map_err(|e| ApiError::internal("root_generation", e.to_string()))?;
+        let sealed = || State::Sealed {
+            generation: g,
+            shares: BTreeMap::new(),
+        };
         let state = match g.kind {
             SealKind::Pkcs11 => match self.hsm_held(g.number, row.hsm_label.as_deref().unwrap_or(""), &row.kcv) {
-                Ok(held) => State::Unsealed {
-                    generation: g,
-                    roots: Arc::new(Roots {
-                        current: held,
-                        next: None,
-                    }),
-                },
-                Err(e) => {
-                    tracing::debug!(reason = e.reason, message = %e.message, "cannot open the current pkcs11 root; sealed");
-                    State::Sealed {
-                        generation: g,
-                        shares: BTreeMap::new(),
+                Ok(held) => {
+                    // A rotation in progress: hold its next root before serving anything.
+                    let next = match store.pending_root_generation().await? {
+                        Some(p) => match self.open_pending(&p, &held) {
+                            Ok(n) => Some(n),
+                            Err(e) => {
+                                tracing::warn!(reason = e.reason, message = %e.message, "cannot open the pending root; staying sealed");
+                                None
+                            }
+                        },
+                        None => None,
+                    };
+                    let pending = store.pending_root_generation().await?.is_some();
+                    if pending && next.is_none() {
+                        sealed()
+                    } else {
+                        State::Unsealed {
+                            generation: g,
+                            roots: Arc::new(Roots { current: held, next }),
+                        }
                     }
                 }
+                Err(e) => {
+                    if e.reason == "hsm_login_refused" {
+                        tracing::error!(message = %e.message, "pkcs11 seal: the HSM refused the login; sealed until kmsd is restarted with the right PIN");
+                    } else {
+                        tracing::debug!(reason = e.reason, message = %e.message, "cannot open the current pkcs11 root; sealed");
+                        // A dead login (HSM restarted) is reopened at the next try.
+                        self.drop_hsm();
+                    }
+                    sealed()
+                }
             },
-            _ => State::Sealed {
-                generation: g,
-                shares: BTreeMap::new(),
-            },
+            _ => sealed(),
         };
-        *self.write() = state;
+        let mut st = self.write();
+        if state_key_of(&st) == before {
+            *st = state;
+        }
         Ok(())
+    }
+
+    /// The state's identity for compare-and-swap: (sealed, generation, next generation).
+    fn state_key(&self) -> (bool, u64, Option<u64>) {
+        state_key_of(&self.read())
+    }
+
+    fn drop_hsm(&self) {
+        *self.hsm.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// A sealed process follows the database's current generation (rotated by another
@@ -593,10 +632,13 @@ impl Seal {
             .read()
             .map_err(|e| self.login_refused(format!("HSM PIN: {e}")))?;
         let hsm = Arc::new(Hsm::open(&cfg.module, &cfg.token, &pin).map_err(|e| match e {
-            kms_hsm::HsmError::PinIncorrect { .. }
-            | kms_hsm::HsmError::Login { .. }
-            | kms_hsm::HsmError::PinSource(_)
-            | kms_hsm::HsmError::InvalidSelector(_) => self.login_refused(e.to_string()),
+            // The PIN itself was refused (incorrect, locked, expired, not initialized): trying
+            // it again would count towards locking the token.
+            kms_hsm::HsmError::PinIncorrect { .. } | kms_hsm::HsmError::PinSource(_) => {
+                self.login_refused(e.to_string())
+            }
+            kms_hsm::HsmError::Login { ref reason, .. } if reason.contains("PIN") => self.login_refused(e.to_string()),
+            // Anything else (device error, token absent, session lost) may pass: retried.
             other => ApiError::unavailable("hsm_unavailable", other.to_string()),
         })?);
         *slot = Some(hsm.clone());
@@ -1051,6 +1093,14 @@ impl Seal {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn state_key_of(st: &State) -> (bool, u64, Option<u64>) {
+    match st {
+        State::Uninitialized => (true, 0, None),
+        State::Sealed { generation, .. } => (true, generation.number, None),
+        State::Unsealed { generation, roots } => (false, generation.number, roots.next.as_ref().map(|n| n.number)),
     }
 }
 

@@ -297,6 +297,10 @@ impl Store {
         record: Record,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write(close).await?;
+        // Lock order: seal record before admin rows (as approvals and rotations take them).
+        sqlx::query("UPDATE seal_config SET approval_quorum = approval_quorum WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
         let done = sqlx::query(
             "UPDATE admins SET removed_unix_ms = $2, removed_by = $3 WHERE id = $1 AND removed_unix_ms IS NULL",
         )

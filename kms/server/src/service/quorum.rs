@@ -249,19 +249,19 @@ impl AdminPlane {
             approved_unix_ms: now,
         };
         let quorum = self.store.approval_quorum().await?;
-        if proposal.approvals + 1 < quorum {
-            match self
-                .store
-                .add_approval(&approval, Audit::clone_allowed(audit))
-                .await
-                .map_err(store_err)?
-            {
-                ApprovalAdded::Recorded(_) => {
-                    let row = self.proposal_row(&proposal.id).await?;
-                    return self.proposal_to_wire(&row, quorum).await;
-                }
-                ApprovalAdded::QuorumReached => {}
+        // Counted inside the transaction (active admins only, M under its lock): either the
+        // approval is recorded, or it reaches M and the operation runs below.
+        match self
+            .store
+            .add_approval(&approval, Audit::clone_allowed(audit))
+            .await
+            .map_err(store_err)?
+        {
+            ApprovalAdded::Recorded(_) => {
+                let row = self.proposal_row(&proposal.id).await?;
+                return self.proposal_to_wire(&row, quorum).await;
             }
+            ApprovalAdded::QuorumReached => {}
         }
         // This approval reaches M: run the operation, closing the proposal in its transaction.
         let mut approvers: Vec<String> = self
@@ -284,6 +284,7 @@ impl AdminPlane {
                         e.reason,
                         "proposal_closed"
                             | "already_approved"
+                            | "already_rejected"
                             | "quorum_not_reached"
                             | "quorum_required"
                             | "admin_removed"

@@ -182,9 +182,10 @@ impl Store {
             None => {}
             Some(QuorumClose::Immediate { proposal, approval }) => {
                 insert_proposal(&mut tx, proposal, ProposalStatus::Executed, Some(&approval.admin_id)).await?;
-                lock_active_admin(&mut tx, &approval.admin_id).await?;
+                // Lock order everywhere: proposal row, seal record, admin rows.
                 // M is read (and locked) here: a quorum raised meanwhile refuses the call.
                 let quorum = locked_quorum(&mut tx).await?;
+                lock_active_admin(&mut tx, &approval.admin_id).await?;
                 if quorum > 1 {
                     return Err(closed(
                         "quorum_required",
@@ -214,12 +215,14 @@ impl Store {
                         ),
                     ));
                 }
-                lock_active_admin(&mut tx, &approval.admin_id).await?;
-                insert_approval(&mut tx, approval).await.map_err(already_approved)?;
-                // Counted here, under the locks: approvals of admins removed meanwhile do not
-                // count, and M is the one committed now.
-                let approvals = active_approvals(&mut tx, &approval.proposal_id).await?;
+                // Seal record first (M, and the lock every admin change takes), then the
+                // approver's row; counted after both: approvals of admins removed meanwhile do
+                // not count, and M is the one committed now.
                 let quorum = locked_quorum(&mut tx).await?;
+                lock_active_admin(&mut tx, &approval.admin_id).await?;
+                refuse_if_rejected(&mut tx, approval).await?;
+                insert_approval(&mut tx, approval).await.map_err(already_approved)?;
+                let approvals = active_approvals(&mut tx, &approval.proposal_id).await?;
                 if approvals < i64::from(quorum) {
                     return Err(closed(
                         "quorum_not_reached",
@@ -267,10 +270,12 @@ impl Store {
                 format!("proposal {} is no longer pending", approval.proposal_id),
             ));
         }
+        let quorum = locked_quorum(&mut tx).await?;
         lock_active_admin(&mut tx, &approval.admin_id).await?;
+        refuse_if_rejected(&mut tx, approval).await?;
         insert_approval(&mut tx, approval).await.map_err(already_approved)?;
         let approvals = active_approvals(&mut tx, &approval.proposal_id).await?;
-        if approvals >= i64::from(locked_quorum(&mut tx).await?) {
+        if approvals >= i64::from(quorum) {
             // Rolled back: the caller runs the operation instead.
             return Ok(ApprovalAdded::QuorumReached);
         }
@@ -300,6 +305,7 @@ impl Store {
             ));
         };
         let proposer: String = row.try_get("proposed_by")?;
+        let quorum = i64::from(locked_quorum(&mut tx).await?);
         lock_active_admin(&mut tx, &rejection.admin_id).await?;
         let withdrawn = rejection.admin_id == proposer;
         if !withdrawn {
@@ -354,7 +360,6 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?
             .try_get("n")?;
-        let quorum = i64::from(locked_quorum(&mut tx).await?);
         let closes = withdrawn || rejections > admins - quorum;
         if closes {
             let outcome = if withdrawn {
@@ -415,7 +420,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE proposals SET status = 'failed', closed_unix_ms = $2, closed_by = $3, outcome = $4, \
-             approvals = approvals + 1 WHERE id = $1 AND status = 'pending'",
+             approvals = approvals + 1 WHERE id = $1 AND status = 'pending' AND expires_unix_ms > $2",
         )
         .bind(&approval.proposal_id)
         .bind(approval.approved_unix_ms)
@@ -428,7 +433,20 @@ impl Store {
         if !done {
             return Ok(false);
         }
+        // Only a quorum can fail a proposal, as only a quorum can execute it.
+        let quorum = locked_quorum(&mut tx).await?;
+        lock_active_admin(&mut tx, &approval.admin_id).await?;
+        refuse_if_rejected(&mut tx, approval).await?;
         insert_approval(&mut tx, approval).await.map_err(already_approved)?;
+        if active_approvals(&mut tx, &approval.proposal_id).await? < i64::from(quorum) {
+            return Err(closed(
+                "quorum_not_reached",
+                format!(
+                    "proposal {} no longer has {quorum} approvals from active admins: approve again",
+                    approval.proposal_id
+                ),
+            ));
+        }
         append_in_tx(&mut tx, vec![record]).await?;
         tx.commit().await?;
         Ok(true)
@@ -560,6 +578,26 @@ async fn lock_active_admin(tx: &mut Transaction<'static, Any>, admin_id: &str) -
         return Err(StoreError::Api(ApiError::denied(
             "admin_removed",
             format!("admin {admin_id} was removed"),
+        )));
+    }
+    Ok(())
+}
+
+/// An admin who rejected a proposal cannot approve it (or count on both sides).
+async fn refuse_if_rejected(tx: &mut Transaction<'static, Any>, approval: &ApprovalRow) -> Result<(), StoreError> {
+    let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM rejections WHERE proposal_id = $1 AND admin_id = $2")
+        .bind(&approval.proposal_id)
+        .bind(&approval.admin_id)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("n")?;
+    if n > 0 {
+        return Err(StoreError::Api(ApiError::precondition(
+            "already_rejected",
+            format!(
+                "admin {} rejected proposal {}: a rejection cannot be turned into an approval",
+                approval.admin_id, approval.proposal_id
+            ),
         )));
     }
     Ok(())

@@ -109,9 +109,18 @@ async fn run(config: Config, grace_secs: u64) -> ExitCode {
     }
 }
 
+/// The pkcs11 seal's HSM refused the PIN: a supervisor must not restart kmsd (each try counts
+/// towards locking the token). systemd: `RestartPreventExitStatus=78`.
+const EX_HSM_PIN_REFUSED: u8 = 78;
+
 fn exit_of(done: Result<Result<(), kms_server::ServeError>, tokio::task::JoinError>) -> ExitCode {
     match done {
         Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e @ kms_server::ServeError::Seal(kms_server::seal::LoadError::HsmLoginRefused(_)))) => {
+            tracing::error!(error = %e, "kmsd cannot start: the HSM refused the PIN");
+            eprintln!("kmsd: {e}");
+            ExitCode::from(EX_HSM_PIN_REFUSED)
+        }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "kmsd failed");
             eprintln!("kmsd: {e}");
