@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 pub use attestation::snp::danger::test_chain::{KeySet, TestChain, TestChainOptions, TestReport};
 pub use attestation::snp::{Product, Signer, Tcb};
 
-use crate::{signed, Pki, TestServer};
+use crate::{signed, Pki, Reachable, TestServer};
 
 /// A synthetic SNP platform: a test chain (ARK → ASK → VCEK, or ASVK → VLEK) whose root files
 /// the server is configured with.

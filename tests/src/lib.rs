@@ -256,6 +256,62 @@ pub struct TestServer {
     pub ca: Certificate,
 }
 
+/// A running server reachable over mTLS: channels and clients for test principals.
+#[allow(async_fn_in_trait)] // test harness: callers await on the same runtime
+pub trait Reachable {
+    /// Where it listens.
+    fn addr(&self) -> SocketAddr;
+    /// The CA of its server certificate.
+    fn ca(&self) -> &Certificate;
+
+    /// A channel presenting `identity` (or no client certificate).
+    async fn channel(&self, identity: Identity) -> Result<Channel, tonic::transport::Error> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(self.ca().clone())
+            .identity(identity)
+            .domain_name("localhost");
+        Endpoint::from_shared(format!("https://{}", self.addr()))?
+            .tls_config(tls)?
+            .connect()
+            .await
+    }
+
+    /// The admin service, as the admin CLI's client certificate.
+    async fn try_admin(&self, pki: &Pki) -> Result<AdminServiceClient<Channel>, tonic::transport::Error> {
+        Ok(AdminServiceClient::new(
+            self.channel(pki.client("spiffe://test/admin-cli")).await?,
+        ))
+    }
+
+    /// [`Reachable::try_admin`], which must connect.
+    async fn admin(&self, pki: &Pki) -> AdminServiceClient<Channel> {
+        self.try_admin(pki).await.unwrap()
+    }
+
+    /// The key service as `principal`.
+    async fn data(&self, pki: &Pki, principal: &str) -> KeyServiceClient<Channel> {
+        KeyServiceClient::new(self.channel(pki.client(principal)).await.unwrap())
+    }
+}
+
+impl Reachable for TestServer {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn ca(&self) -> &Certificate {
+        &self.ca
+    }
+}
+
+impl Reachable for KmsdProcess {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn ca(&self) -> &Certificate {
+        &self.ca
+    }
+}
+
 impl TestServer {
     pub async fn start(db: &Db, pki: &Pki, opts: Options) -> Self {
         match Self::try_start(db, pki, opts).await {
@@ -318,32 +374,6 @@ impl TestServer {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         Err("no answer within 10 s".into())
-    }
-
-    /// A channel presenting `identity` (or no client certificate).
-    pub async fn channel(&self, identity: Identity) -> Result<Channel, tonic::transport::Error> {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(self.ca.clone())
-            .identity(identity)
-            .domain_name("localhost");
-        Endpoint::from_shared(format!("https://{}", self.addr))?
-            .tls_config(tls)?
-            .connect()
-            .await
-    }
-
-    async fn try_admin(&self, pki: &Pki) -> Result<AdminServiceClient<Channel>, tonic::transport::Error> {
-        Ok(AdminServiceClient::new(
-            self.channel(pki.client("spiffe://test/admin-cli")).await?,
-        ))
-    }
-
-    pub async fn admin(&self, pki: &Pki) -> AdminServiceClient<Channel> {
-        self.try_admin(pki).await.unwrap()
-    }
-
-    pub async fn data(&self, pki: &Pki, principal: &str) -> KeyServiceClient<Channel> {
-        KeyServiceClient::new(self.channel(pki.client(principal)).await.unwrap())
     }
 
     /// Stops it and waits for it to drain.
@@ -432,7 +462,7 @@ pub async fn submit_share(
         .await?
         .into_inner();
     let envelope = kms_core::share_wrap::ShareEnvelope::decode(&share.envelope).unwrap();
-    let plain = share_key(custodian).open(&envelope).unwrap();
+    let plain = custodian.share_key().open(&envelope).unwrap();
     let rewrapped = kms_core::share_wrap::seal(&status.unseal_public_key, plain.expose_secret()).unwrap();
     Ok(admin
         .unseal(signed(
@@ -443,11 +473,6 @@ pub async fn submit_share(
         ))
         .await?
         .into_inner())
-}
-
-/// A key file custodian's share key (the software counterpart of an HSM share key).
-pub fn share_key(custodian: &AdminKeyFile) -> kms_core::share_wrap::UnsealKey {
-    kms_core::share_wrap::UnsealKey::from_bytes(&custodian.encryption_key().to_secret_bytes()).unwrap()
 }
 
 /// Grants every operation to each principal.
@@ -636,35 +661,139 @@ impl KmsdProcess {
         self.kill_9();
         self.spawn(pki).await;
     }
-
-    async fn channel(&self, identity: Identity) -> Result<Channel, tonic::transport::Error> {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(self.ca.clone())
-            .identity(identity)
-            .domain_name("localhost");
-        Endpoint::from_shared(format!("https://{}", self.addr))?
-            .tls_config(tls)?
-            .connect()
-            .await
-    }
-
-    async fn try_admin(&self, pki: &Pki) -> Result<AdminServiceClient<Channel>, tonic::transport::Error> {
-        Ok(AdminServiceClient::new(
-            self.channel(pki.client("spiffe://test/admin-cli")).await?,
-        ))
-    }
-
-    pub async fn admin(&self, pki: &Pki) -> AdminServiceClient<Channel> {
-        self.try_admin(pki).await.unwrap()
-    }
-
-    pub async fn data(&self, pki: &Pki, principal: &str) -> KeyServiceClient<Channel> {
-        KeyServiceClient::new(self.channel(pki.client(principal)).await.unwrap())
-    }
 }
 
 impl Drop for KmsdProcess {
     fn drop(&mut self) {
         self.kill_9();
+    }
+}
+
+/// What one run of a command-line tool printed.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<std::process::Output> for Out {
+    fn from(out: std::process::Output) -> Self {
+        Self {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Out {
+    /// Asserts the exit code (showing both outputs if it differs).
+    #[track_caller]
+    pub fn expect(self, code: i32) -> Self {
+        assert_eq!(
+            self.code, code,
+            "exit code\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Stdout as JSON.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+/// Every environment variable `kmsctl` reads its settings from.
+pub const KMSCTL_VARS: &[&str] = &[
+    "KMSCTL_SERVER",
+    "KMSCTL_CA",
+    "KMSCTL_CERT",
+    "KMSCTL_CLIENT_KEY",
+    "KMSCTL_ADMIN_KEY",
+    "KMSCTL_TLS_SERVER_NAME",
+    "KMSCTL_HSM_MODULE",
+    "KMSCTL_HSM_TOKEN",
+    "KMSCTL_HSM_PIN",
+    "KMSCTL_HSM_KEY",
+    "KMSCTL_ADMIN_PUB",
+    "KMSCTL_AUDIT_DATABASE",
+];
+
+/// The `kmsctl` binary at `path`, with none of the `KMSCTL_*` settings of the environment that
+/// runs the tests, no stdin and captured output.
+pub fn kmsctl_command(path: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(path);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for var in KMSCTL_VARS {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// A quorum operation serialized as a proposal carries it.
+pub fn op_bytes(op: pb::quorum_operation::Operation) -> Vec<u8> {
+    pb::QuorumOperation { operation: Some(op) }.encode_to_vec()
+}
+
+/// `by` proposes `op` (default lifetime).
+pub fn propose(by: &AdminKeyFile, op: pb::quorum_operation::Operation) -> pb::SignedRequest {
+    signed(
+        by,
+        Op::Propose(pb::ProposeOp {
+            operation: op_bytes(op),
+            ttl_secs: 0,
+        }),
+    )
+}
+
+/// `by` approves `p`, signing the SHA-256 of its operation bytes computed here.
+pub fn approve(by: &AdminKeyFile, p: &pb::Proposal) -> pb::SignedRequest {
+    let digest = ring::digest::digest(&ring::digest::SHA256, &p.operation_bytes);
+    signed(
+        by,
+        Op::Approve(pb::ApproveOp {
+            proposal_id: p.id.clone(),
+            operation_sha256: digest.as_ref().to_vec(),
+        }),
+    )
+}
+
+/// Encrypts `"secret i"` under each key (empty context); returns (blob, plaintext) pairs.
+pub async fn encrypt_all(data: &mut KeyServiceClient<Channel>, keys: &[String]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let plaintext = format!("secret {i}").into_bytes();
+        let e = data
+            .encrypt(pb::EncryptRequest {
+                key: k.clone(),
+                plaintext: plaintext.clone(),
+                encryption_context: Default::default(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.push((e.ciphertext_blob, plaintext));
+    }
+    out
+}
+
+/// Asserts that every (blob, plaintext) pair still decrypts to its plaintext.
+pub async fn decrypt_all(data: &mut KeyServiceClient<Channel>, blobs: &[(Vec<u8>, Vec<u8>)]) {
+    for (blob, plaintext) in blobs {
+        let d = data
+            .decrypt(pb::DecryptRequest {
+                ciphertext_blob: blob.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|s| panic!("a blob no longer decrypts: {s:?}"))
+            .into_inner();
+        assert_eq!(&d.plaintext, plaintext);
     }
 }

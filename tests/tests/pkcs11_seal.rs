@@ -14,7 +14,6 @@ use kms_proto::v1::admin_request::Operation as Op;
 use kms_proto::v1::key_service_client::KeyServiceClient;
 use kms_proto::v1::quorum_operation::Operation as QOp;
 use kms_tests::*;
-use prost::Message;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -66,38 +65,6 @@ fn opts(backend: Backend) -> Options {
     }
 }
 
-async fn encrypt_all(data: &mut KeyServiceClient<Channel>, keys: &[String]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut out = Vec::new();
-    for (i, k) in keys.iter().enumerate() {
-        let plaintext = format!("secret {i}").into_bytes();
-        let e = data
-            .encrypt(pb::EncryptRequest {
-                key: k.clone(),
-                plaintext: plaintext.clone(),
-                encryption_context: Default::default(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        out.push((e.ciphertext_blob, plaintext));
-    }
-    out
-}
-
-async fn decrypt_all(data: &mut KeyServiceClient<Channel>, blobs: &[(Vec<u8>, Vec<u8>)]) {
-    for (blob, plaintext) in blobs {
-        let d = data
-            .decrypt(pb::DecryptRequest {
-                ciphertext_blob: blob.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|s| panic!("a blob no longer decrypts: {s:?}"))
-            .into_inner();
-        assert_eq!(&d.plaintext, plaintext);
-    }
-}
-
 async fn status(admin: &mut pb::admin_service_client::AdminServiceClient<Channel>) -> pb::SealStatus {
     admin
         .get_seal_status(pb::GetSealStatusRequest {})
@@ -112,16 +79,6 @@ fn rotate(seal: pb::SealKind, threshold: u32, custodians: &[&str]) -> QOp {
         threshold,
         custodians: custodians.iter().map(|c| (*c).to_owned()).collect(),
     })
-}
-
-fn propose(by: &kms_core::keyfile::AdminKeyFile, op: QOp) -> pb::SignedRequest {
-    signed(
-        by,
-        Op::Propose(pb::ProposeOp {
-            operation: pb::QuorumOperation { operation: Some(op) }.encode_to_vec(),
-            ttl_secs: 0,
-        }),
-    )
 }
 
 /// Waits until the rotation to `generation` has completed, decrypting every blob meanwhile.

@@ -10,38 +10,12 @@ use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
 use kms_proto::v1::quorum_operation::Operation as QOp;
 use kms_tests::*;
-use prost::Message;
 use tonic::Code;
-
-fn op_bytes(op: QOp) -> Vec<u8> {
-    pb::QuorumOperation { operation: Some(op) }.encode_to_vec()
-}
 
 fn add(k: &kms_core::keyfile::AdminKeyFile) -> QOp {
     QOp::AddAdmin(pb::AddAdminOp {
         admin: Some(new_admin(k, false)),
     })
-}
-
-fn propose(by: &kms_core::keyfile::AdminKeyFile, op: QOp) -> pb::SignedRequest {
-    signed(
-        by,
-        Op::Propose(pb::ProposeOp {
-            operation: op_bytes(op),
-            ttl_secs: 0,
-        }),
-    )
-}
-
-fn approve(by: &kms_core::keyfile::AdminKeyFile, p: &pb::Proposal) -> pb::SignedRequest {
-    let digest = ring::digest::digest(&ring::digest::SHA256, &p.operation_bytes);
-    signed(
-        by,
-        Op::Approve(pb::ApproveOp {
-            proposal_id: p.id.clone(),
-            operation_sha256: digest.as_ref().to_vec(),
-        }),
-    )
 }
 
 async fn admins(c: &Ceremony) -> Vec<String> {

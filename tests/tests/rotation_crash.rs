@@ -9,12 +9,9 @@ use std::time::{Duration, Instant};
 
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
-use kms_proto::v1::key_service_client::KeyServiceClient;
 use kms_proto::v1::quorum_operation::Operation as QOp;
 use kms_tests::*;
-use prost::Message;
 use sqlx::Row as _;
-use tonic::transport::Channel;
 
 const APP: &str = "spiffe://eu.example/app";
 
@@ -50,20 +47,6 @@ async fn counts(db: &Db) -> (i64, i64) {
         }
     }
     out
-}
-
-async fn decrypt_all(data: &mut KeyServiceClient<Channel>, blobs: &[(Vec<u8>, Vec<u8>)]) {
-    for (blob, plaintext) in blobs {
-        let d = data
-            .decrypt(pb::DecryptRequest {
-                ciphertext_blob: blob.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|s| panic!("a blob no longer decrypts: {s:?}"))
-            .into_inner();
-        assert_eq!(&d.plaintext, plaintext);
-    }
 }
 
 async fn killed_mid_rotation(backend: Backend) {
@@ -135,19 +118,13 @@ async fn killed_mid_rotation(backend: Backend) {
     }
 
     // A new root key in the HSM; the worker moves one KEK per 150 ms.
-    let rotate = pb::QuorumOperation {
-        operation: Some(QOp::RotateRoot(pb::RotateRootOp {
-            seal: pb::SealKind::Pkcs11 as i32,
-            threshold: 0,
-            custodians: Vec::new(),
-        })),
-    };
     admin_c
-        .propose(signed(
+        .propose(propose(
             &alice,
-            Op::Propose(pb::ProposeOp {
-                operation: rotate.encode_to_vec(),
-                ttl_secs: 0,
+            QOp::RotateRoot(pb::RotateRootOp {
+                seal: pb::SealKind::Pkcs11 as i32,
+                threshold: 0,
+                custodians: Vec::new(),
             }),
         ))
         .await

@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use kms_tests::*;
 use snapbox::{Assert, Data, Redactions};
@@ -24,22 +23,6 @@ const KMSCTL: &str = env!("CARGO_BIN_EXE_kmsctl");
 
 /// The variable the admins' PINs are passed in (`KMSCTL_HSM_PIN=env:KMSCTL_CASE_PIN`).
 const PIN_VAR: &str = "KMSCTL_CASE_PIN";
-
-/// Every `KMSCTL_*` variable kmsctl reads: none leaks in from the caller's environment.
-const KMSCTL_VARS: &[&str] = &[
-    "KMSCTL_SERVER",
-    "KMSCTL_CA",
-    "KMSCTL_CERT",
-    "KMSCTL_CLIENT_KEY",
-    "KMSCTL_ADMIN_KEY",
-    "KMSCTL_TLS_SERVER_NAME",
-    "KMSCTL_HSM_MODULE",
-    "KMSCTL_HSM_TOKEN",
-    "KMSCTL_HSM_PIN",
-    "KMSCTL_HSM_KEY",
-    "KMSCTL_ADMIN_PUB",
-    "KMSCTL_AUDIT_DATABASE",
-];
 
 fn cases_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases")
@@ -178,12 +161,6 @@ struct Lab {
     vars: BTreeMap<String, String>,
 }
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 impl Lab {
     fn admin(&self, id: &str) -> &HsmAdmin {
         self.admins
@@ -214,15 +191,8 @@ impl Lab {
 
     /// Runs kmsctl as `who` (an admin id, or `nobody`: no admin credential).
     async fn run(&self, who: &str, args: &[String], env: &[(String, String)]) -> Out {
-        let mut cmd = tokio::process::Command::new(KMSCTL);
-        cmd.args(args)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for var in KMSCTL_VARS {
-            cmd.env_remove(var);
-        }
+        let mut cmd = kmsctl_command(KMSCTL);
+        cmd.args(args).current_dir(self.dir.path());
         cmd.envs(self.server.iter().map(|(k, v)| (k, v)));
         if who != "nobody" {
             let a = self.admin(who);
@@ -238,11 +208,7 @@ impl Lab {
             cmd.env(k, self.substitute(v));
         }
         let out = cmd.output().await.expect("run kmsctl");
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Out::from(out)
     }
 
     async fn must(&self, who: &str, args: &[&str]) -> Out {

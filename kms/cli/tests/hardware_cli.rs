@@ -38,31 +38,6 @@ fn chip_id(report: &str) -> String {
     hex::encode(&std::fs::read(data(report)).unwrap()[0x1A0..0x1E0])
 }
 
-/// What one run printed.
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    #[track_caller]
-    fn expect(self, code: i32) -> Self {
-        assert_eq!(
-            self.code, code,
-            "exit code\nstdout: {}\nstderr: {}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-
-    #[track_caller]
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
-    }
-}
-
 /// `kmsctl` pointed at a test server as alice (a custodian, DE), with a client certificate.
 struct Kmsctl {
     global: Vec<String>,
@@ -73,7 +48,7 @@ impl Kmsctl {
     fn new(c: &Ceremony) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let admin_key = dir.path().join("alice.key");
-        write_private(&admin_key, c.custodians[0].encode().expose_secret());
+        kms_server::seal::write_secret_file(&admin_key, c.custodians[0].encode().expose_secret()).unwrap();
         let (cert, key) = c.pki.client_files("spiffe://test/kmsctl", "kmsctl");
         let path = |p: &Path| p.to_str().unwrap().to_owned();
         let global = vec![
@@ -105,21 +80,10 @@ impl Kmsctl {
     }
 
     async fn run_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Out {
-        let mut cmd = tokio::process::Command::new(KMSCTL);
-        cmd.args(&self.global)
-            .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for var in [
-            "KMSCTL_SERVER",
-            "KMSCTL_CA",
-            "KMSCTL_CERT",
-            "KMSCTL_CLIENT_KEY",
-            "KMSCTL_ADMIN_KEY",
-            "KMSCTL_TLS_SERVER_NAME",
-        ] {
-            cmd.env_remove(var);
+        let mut cmd = kmsctl_command(KMSCTL);
+        cmd.args(&self.global).args(args);
+        if stdin.is_some() {
+            cmd.stdin(Stdio::piped());
         }
         let mut child = cmd.spawn().expect("run kmsctl");
         if let Some(input) = stdin {
@@ -128,24 +92,8 @@ impl Kmsctl {
             drop(pipe);
         }
         let out = child.wait_with_output().await.unwrap();
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Out::from(out)
     }
-}
-
-fn write_private(path: &Path, contents: &[u8]) {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap();
-    f.write_all(contents).unwrap();
 }
 
 async fn snp_enrolment_lifecycle(backend: Backend) {

@@ -6,38 +6,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use kms_tests::*;
 use serde_json::Value;
 use softhsm_fixture::TestToken;
 
 const KMSCTL: &str = env!("CARGO_BIN_EXE_kmsctl");
-
-/// What one run printed.
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    #[track_caller]
-    fn expect(self, code: i32) -> Self {
-        assert_eq!(
-            self.code, code,
-            "exit code\nstdout: {}\nstderr: {}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-
-    #[track_caller]
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
-    }
-}
 
 /// How an admin gives the PIN to kmsctl.
 enum PinBy {
@@ -113,34 +87,12 @@ impl Lab {
 }
 
 async fn run(admin: &HsmAdmin, args: &[String]) -> Out {
-    let mut cmd = tokio::process::Command::new(KMSCTL);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for var in [
-        "KMSCTL_SERVER",
-        "KMSCTL_CA",
-        "KMSCTL_CERT",
-        "KMSCTL_CLIENT_KEY",
-        "KMSCTL_ADMIN_KEY",
-        "KMSCTL_TLS_SERVER_NAME",
-        "KMSCTL_HSM_MODULE",
-        "KMSCTL_HSM_TOKEN",
-        "KMSCTL_HSM_PIN",
-        "KMSCTL_HSM_KEY",
-        "KMSCTL_ADMIN_PUB",
-    ] {
-        cmd.env_remove(var);
-    }
+    let mut cmd = kmsctl_command(KMSCTL);
+    cmd.args(args);
     let (conf_var, conf) = admin.token.env();
     cmd.env(conf_var, conf).env(admin.pin_var(), &admin.token.user_pin);
     let out = cmd.output().await.expect("run kmsctl");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Out::from(out)
 }
 
 /// Every admin's token, made before any process loads the SoftHSM2 module.

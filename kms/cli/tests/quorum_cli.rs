@@ -3,56 +3,18 @@
 //! approving a quorum change, and with M = 1 proposals that execute at once (or fail, exiting 1).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 
 use kms_core::keyfile::AdminKeyFile;
 use kms_tests::*;
-use serde_json::Value;
 
 const KMSCTL: &str = env!("CARGO_BIN_EXE_kmsctl");
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    #[track_caller]
-    fn expect(self, code: i32) -> Self {
-        assert_eq!(
-            self.code, code,
-            "exit code\nstdout: {}\nstderr: {}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-
-    #[track_caller]
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
-    }
-}
 
 /// kmsctl against the ceremony's server, as any of its admins (by key file).
 struct Kmsctl {
     server: Vec<String>,
     keys: Vec<PathBuf>,
     _dir: tempfile::TempDir,
-}
-
-fn write_private(path: &Path, contents: &[u8]) {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap();
-    f.write_all(contents).unwrap();
 }
 
 impl Kmsctl {
@@ -63,7 +25,7 @@ impl Kmsctl {
             .iter()
             .map(|k: &AdminKeyFile| {
                 let path = dir.path().join(format!("{}.key", k.admin_id));
-                write_private(&path, k.encode().expose_secret());
+                kms_server::seal::write_secret_file(&path, k.encode().expose_secret()).unwrap();
                 path
             })
             .collect();
@@ -89,35 +51,13 @@ impl Kmsctl {
 
     /// Runs kmsctl as custodian `who` (0 alice, 1 bob, 2 carol).
     async fn run(&self, who: usize, args: &[&str]) -> Out {
-        let mut cmd = tokio::process::Command::new(KMSCTL);
+        let mut cmd = kmsctl_command(KMSCTL);
         cmd.args(&self.server)
             .arg("--admin-key")
             .arg(&self.keys[who])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for var in [
-            "KMSCTL_SERVER",
-            "KMSCTL_CA",
-            "KMSCTL_CERT",
-            "KMSCTL_CLIENT_KEY",
-            "KMSCTL_ADMIN_KEY",
-            "KMSCTL_TLS_SERVER_NAME",
-            "KMSCTL_HSM_MODULE",
-            "KMSCTL_HSM_TOKEN",
-            "KMSCTL_HSM_PIN",
-            "KMSCTL_HSM_KEY",
-            "KMSCTL_ADMIN_PUB",
-        ] {
-            cmd.env_remove(var);
-        }
+            .args(args);
         let out = cmd.output().await.expect("run kmsctl");
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Out::from(out)
     }
 }
 

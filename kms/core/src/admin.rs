@@ -27,11 +27,7 @@ pub struct AdminPublicKey(Vec<u8>);
 impl AdminPublicKey {
     /// Parses a SEC1 uncompressed P-256 point (65 bytes starting 0x04).
     pub fn parse(bytes: &[u8]) -> Result<Self, Error> {
-        if bytes.len() != 65 || bytes[0] != 4 {
-            return Err(Error::InvalidPublicKey("P-256 (65-byte SEC1 uncompressed)"));
-        }
-        crate::hpke_seal::check_public_key::<crate::hpke_seal::P256>(bytes)
-            .map_err(|_| Error::InvalidPublicKey("P-256 (not a point on the curve)"))?;
+        crate::share_wrap::check_public_key(bytes)?;
         Ok(Self(bytes.to_vec()))
     }
 

@@ -1,31 +1,17 @@
-//! HPKE (RFC 9180, base mode) with HKDF-SHA256 and AES-256-GCM, over two KEMs:
-//! DHKEM(P-256, HKDF-SHA256) for sealing root-key shares to custodians' P-256 keys, and
-//! DHKEM(X25519, HKDF-SHA256) for sealing to ephemeral keys (the sealed server's unseal key; a
-//! TEE's key in the attested release). One module, so every caller uses the same suite.
+//! HPKE (RFC 9180, base mode) with DHKEM(X25519, HKDF-SHA256), HKDF-SHA256 and AES-256-GCM: a
+//! secret released to an attested workload is sealed to its TEE's key. (Root-key shares use
+//! `share_wrap`, which a custodian's HSM can open itself.)
 
 use hpke::aead::AesGcm256;
 use hpke::kdf::HkdfSha256;
-use hpke::kem::{DhP256HkdfSha256, X25519HkdfSha256};
+use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, Kem, OpModeR, OpModeS, Serializable};
 
 use crate::secret::SecretBytes;
 use crate::Error;
 
-/// DHKEM(P-256, HKDF-SHA256).
-pub type P256 = DhP256HkdfSha256;
 /// DHKEM(X25519, HKDF-SHA256).
 pub type X25519 = X25519HkdfSha256;
-
-/// HPKE `info` of a root-key share sealed to custodian `admin_id` (at init). The admin id is
-/// bound so a share sealed for one custodian cannot be submitted as another's.
-pub fn share_info(admin_id: &str) -> Vec<u8> {
-    [b"kms-share-v1\0".as_slice(), admin_id.as_bytes()].concat()
-}
-
-/// HPKE `info` of a share a custodian `admin_id` re-seals to the server's unseal key.
-pub fn unseal_info(admin_id: &str) -> Vec<u8> {
-    [b"kms-unseal-v1\0".as_slice(), admin_id.as_bytes()].concat()
-}
 
 /// HPKE `info` of a secret released to an attested workload (proto `SealedKey`):
 /// `"kms-release-v1\0" ‖ operation ‖ 0x00 ‖ key_id ‖ 0x00 ‖ key_version (u32 big-endian) ‖ token_id
@@ -167,11 +153,9 @@ mod tests {
     }
 
     #[test]
-    fn p256_and_x25519_round_trip() {
-        round_trip::<P256>();
+    fn x25519_round_trip() {
         round_trip::<X25519>();
-        assert_eq!(PrivateKey::<P256>::generate().public_key().len(), 65);
-        assert!(check_public_key::<P256>(&[4u8; 65]).is_err());
+        assert_eq!(PrivateKey::<X25519>::generate().public_key().len(), 32);
     }
 
     const KEY_ID: &str = "k-00112233445566778899aabbccddeeff";

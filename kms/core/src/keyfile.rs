@@ -8,10 +8,10 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{AdminPublicKey, AdminSigner, SoftwareSigner};
-use crate::hpke_seal::{PrivateKey, P256};
 use crate::ids::AdminId;
 use crate::jurisdiction::Country;
 use crate::secret::SecretBytes;
+use crate::share_wrap::ShareKey;
 use crate::Error;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -48,7 +48,7 @@ pub struct AdminKeyFile {
     pub country: Country,
     signer: SoftwareSigner,
     pkcs8: SecretBytes,
-    encryption: PrivateKey<P256>,
+    share: ShareKey,
 }
 
 impl AdminKeyFile {
@@ -60,7 +60,7 @@ impl AdminKeyFile {
             country,
             signer: SoftwareSigner::from_pkcs8(&pkcs8)?,
             pkcs8,
-            encryption: PrivateKey::generate(),
+            share: ShareKey::generate()?,
         })
     }
 
@@ -87,7 +87,7 @@ impl AdminKeyFile {
             country: Country::parse(&s.country)?,
             signer: SoftwareSigner::from_pkcs8(&pkcs8)?,
             pkcs8,
-            encryption: PrivateKey::from_secret_bytes(&enc)?,
+            share: ShareKey::from_bytes(&enc)?,
         })
     }
 
@@ -98,7 +98,7 @@ impl AdminKeyFile {
             admin_id: self.admin_id.to_string(),
             country: self.country.to_string(),
             signing_pkcs8: B64.encode(self.pkcs8.expose_secret()),
-            encryption_private_key: B64.encode(self.encryption.to_secret_bytes().expose_secret()),
+            encryption_private_key: B64.encode(self.share.to_bytes().expose_secret()),
         };
         SecretBytes::new(serde_json::to_vec_pretty(&stored).unwrap_or_default())
     }
@@ -109,7 +109,7 @@ impl AdminKeyFile {
             admin_id: self.admin_id.to_string(),
             country: self.country.to_string(),
             signing_public_key: hex::encode(self.signer.public_key().as_bytes()),
-            encryption_public_key: hex::encode(self.encryption.public_key()),
+            encryption_public_key: hex::encode(self.share.public_key()),
         }
     }
 
@@ -118,9 +118,10 @@ impl AdminKeyFile {
         &self.signer
     }
 
-    /// The HPKE key that opens this admin's root-key share.
-    pub fn encryption_key(&self) -> &PrivateKey<P256> {
-        &self.encryption
+    /// The key that opens this admin's root-key share envelopes (`share_wrap`; an HSM holds it
+    /// for production admins).
+    pub fn share_key(&self) -> &ShareKey {
+        &self.share
     }
 }
 
@@ -135,7 +136,7 @@ impl AdminPublic {
     pub fn encryption_key(&self) -> Result<Vec<u8>, Error> {
         let b =
             hex::decode(&self.encryption_public_key).map_err(|_| Error::InvalidPublicKey("P-256 encryption (hex)"))?;
-        crate::hpke_seal::check_public_key::<P256>(&b)?;
+        crate::share_wrap::check_public_key(&b)?;
         Ok(b)
     }
 }

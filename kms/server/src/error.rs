@@ -136,6 +136,8 @@ impl From<kms_core::Error> for ApiError {
             E::InvalidTransition { .. } => Self::precondition("invalid_state_transition", e.to_string()),
             E::Hpke(_) => Self::internal("hpke_failed", e.to_string()),
             E::UnwrapFailed => Self::internal("kek_unwrap_failed", e.to_string()),
+            E::ShareEnvelope(_) => Self::internal("share_envelope", e.to_string()),
+            E::Hsm(_) => Self::unavailable("hsm_unavailable", e.to_string()),
             _ => Self::internal("internal", e.to_string()),
         }
     }

@@ -223,13 +223,7 @@ impl Store {
         for a in admins {
             insert_admin(&mut tx, a).await?;
         }
-        for (admin, envelope) in shares {
-            sqlx::query("INSERT INTO root_shares (generation, admin_id, envelope) VALUES (1, $1, $2)")
-                .bind(admin)
-                .bind(envelope)
-                .execute(&mut *tx)
-                .await?;
-        }
+        rotation::insert_shares(&mut tx, 1, shares).await?;
         append_in_tx(&mut tx, vec![record]).await?;
         tx.commit().await?;
         Ok(())
@@ -328,16 +322,7 @@ impl Store {
         let (quorum, threshold, kind): (i64, i64, String) =
             (row.try_get("quorum")?, row.try_get("threshold")?, row.try_get("kind")?);
         let (admins, custodians): (i64, i64) = (row.try_get("admins")?, row.try_get("custodians")?);
-        let pending: i64 = sqlx::query("SELECT COUNT(*) AS n FROM root_generations WHERE status = 'pending'")
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("n")?;
-        if pending > 0 {
-            return Err(StoreError::Api(ApiError::precondition(
-                "rotation_in_progress",
-                "a root key rotation is in progress: remove the admin after it completes",
-            )));
-        }
+        rotation::refuse_if_rotating(&mut tx).await?;
         if admins < quorum {
             return Err(StoreError::Api(ApiError::precondition(
                 "quorum_unreachable",

@@ -731,7 +731,6 @@ async fn rotate_root(
     alice: &kms_core::keyfile::AdminKeyFile,
     keys: u32,
 ) -> Rotation {
-    use prost::Message as _;
     for i in 0..keys {
         admin_c
             .create_key(signed(
@@ -746,19 +745,13 @@ async fn rotate_root(
             .await
             .expect("create key");
     }
-    let op = pb::QuorumOperation {
-        operation: Some(pb::quorum_operation::Operation::RotateRoot(pb::RotateRootOp {
-            seal: pb::SealKind::Shamir as i32,
-            threshold: 1,
-            custodians: vec!["alice".into()],
-        })),
-    };
     admin_c
-        .propose(signed(
+        .propose(kms_tests::propose(
             alice,
-            Op::Propose(pb::ProposeOp {
-                operation: op.encode_to_vec(),
-                ttl_secs: 0,
+            pb::quorum_operation::Operation::RotateRoot(pb::RotateRootOp {
+                seal: pb::SealKind::Shamir as i32,
+                threshold: 1,
+                custodians: vec!["alice".into()],
             }),
         ))
         .await

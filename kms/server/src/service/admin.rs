@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use kms_core::admin::AdminPublicKey;
 use kms_core::blob::Kek;
-use kms_core::hpke_seal::{self, P256};
 use kms_core::ids::{AdminId, KeyId, KeyName, KeyVersion};
 use kms_core::jurisdiction::{AllowedCountries, Country};
 use kms_core::key::{KeyState, Transition, DELETION_WINDOW_DAYS};
@@ -100,12 +99,8 @@ impl AdminPlane {
         }
         let signing_key = AdminPublicKey::parse(&a.signing_public_key)
             .map_err(|e| ApiError::invalid("invalid_public_key", format!("admin {id}: signing_public_key: {e}")))?;
-        hpke_seal::check_public_key::<P256>(&a.encryption_public_key).map_err(|_| {
-            ApiError::invalid(
-                "invalid_public_key",
-                format!("admin {id}: encryption_public_key is not a P-256 point"),
-            )
-        })?;
+        share_wrap::check_public_key(&a.encryption_public_key)
+            .map_err(|e| ApiError::invalid("invalid_public_key", format!("admin {id}: encryption_public_key: {e}")))?;
         Ok(NewAdmin {
             id,
             country,

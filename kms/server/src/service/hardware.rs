@@ -16,7 +16,7 @@ use super::quorum::Exec;
 use super::Audit;
 use crate::attest::{refusal_reason, report_data_of};
 use crate::error::ApiError;
-use crate::storage::{ChallengeUse, HardwareRow, HardwareStatus, Identity, StoreError};
+use crate::storage::{ChallengeUse, HardwareRow, HardwareStatus, Identity, QuorumClose, StoreError};
 
 /// `hw-` followed by 32 hex digits.
 fn check_hardware_id(id: &str) -> Result<(), ApiError> {
@@ -178,7 +178,9 @@ impl AdminPlane {
                     .store
                     .tpm_enrollment(
                         &t.enrollment_id,
-                        matches!(exec, Exec::Check).then(kms_core::now_unix_ms),
+                        // Expiry matters until the enrolment is proposed: approvals may come
+                        // later, within the proposal's lifetime.
+                        (!matches!(exec, Exec::Run(Some(QuorumClose::Final { .. })))).then(kms_core::now_unix_ms),
                     )
                     .await?
                 {

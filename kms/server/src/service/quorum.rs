@@ -149,9 +149,13 @@ impl AdminPlane {
             }
             t => t,
         };
-        // Checked now, so a bad operation never waits for approvals; checked again when it runs.
-        let mut scratch = Audit::new(audit.caller.clone(), "admin.propose");
-        self.execute(admin, op.clone(), &mut scratch, Exec::Check).await?;
+        // With M > 1, checked now, so a bad operation never waits for approvals (and checked
+        // again when it runs); with M = 1 it runs at once, and running checks it.
+        let quorum = self.store.approval_quorum().await?;
+        if quorum > 1 {
+            let mut scratch = Audit::new(audit.caller.clone(), "admin.propose");
+            self.execute(admin, op.clone(), &mut scratch, Exec::Check).await?;
+        }
         let summary = self.summarize(&op).await;
         let now = kms_core::now_unix_ms();
         let id = format!("prop-{}", hex::encode(kms_core::random_array::<16>()?));
@@ -181,7 +185,6 @@ impl AdminPlane {
             signature: signed.signature.clone(),
             approved_unix_ms: now,
         };
-        let quorum = self.store.approval_quorum().await?;
         if quorum <= 1 {
             audit.set_operation(quorum_audit_op(&op));
             audit.detail("approved_by", vec![admin.to_string()]);
@@ -224,18 +227,6 @@ impl AdminPlane {
                     proposal.id,
                     hex::encode(&proposal.digest)
                 ),
-            ));
-        }
-        if self
-            .store
-            .approvals(&proposal.id)
-            .await?
-            .iter()
-            .any(|a| a.admin_id == admin.as_str())
-        {
-            return Err(ApiError::precondition(
-                "already_approved",
-                format!("admin {admin} has already approved proposal {}", proposal.id),
             ));
         }
         let qop = decode_operation(&proposal.payload)?;

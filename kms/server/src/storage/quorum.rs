@@ -221,7 +221,7 @@ impl Store {
                 let quorum = locked_quorum(&mut tx).await?;
                 lock_active_admin(&mut tx, &approval.admin_id).await?;
                 refuse_if_rejected(&mut tx, approval).await?;
-                insert_approval(&mut tx, approval).await.map_err(already_approved)?;
+                insert_new_approval(&mut tx, approval).await?;
                 let approvals = active_approvals(&mut tx, &approval.proposal_id).await?;
                 if approvals < i64::from(quorum) {
                     return Err(closed(
@@ -273,7 +273,7 @@ impl Store {
         let quorum = locked_quorum(&mut tx).await?;
         lock_active_admin(&mut tx, &approval.admin_id).await?;
         refuse_if_rejected(&mut tx, approval).await?;
-        insert_approval(&mut tx, approval).await.map_err(already_approved)?;
+        insert_new_approval(&mut tx, approval).await?;
         let approvals = active_approvals(&mut tx, &approval.proposal_id).await?;
         if approvals >= i64::from(quorum) {
             // Rolled back: the caller runs the operation instead.
@@ -437,7 +437,7 @@ impl Store {
         let quorum = locked_quorum(&mut tx).await?;
         lock_active_admin(&mut tx, &approval.admin_id).await?;
         refuse_if_rejected(&mut tx, approval).await?;
-        insert_approval(&mut tx, approval).await.map_err(already_approved)?;
+        insert_new_approval(&mut tx, approval).await?;
         if active_approvals(&mut tx, &approval.proposal_id).await? < i64::from(quorum) {
             return Err(closed(
                 "quorum_not_reached",
@@ -615,14 +615,15 @@ async fn active_approvals(tx: &mut Transaction<'static, Any>, proposal_id: &str)
     .try_get("n")
 }
 
-fn already_approved(e: sqlx::Error) -> StoreError {
-    match StoreError::from(e) {
+/// Inserts an approval; the primary key on (proposal, admin) refuses a second one.
+async fn insert_new_approval(tx: &mut Transaction<'static, Any>, a: &ApprovalRow) -> Result<(), StoreError> {
+    insert_approval(tx, a).await.map_err(|e| match StoreError::from(e) {
         StoreError::Conflict => StoreError::Api(ApiError::precondition(
             "already_approved",
-            "this admin has already approved this proposal",
+            format!("admin {} has already approved proposal {}", a.admin_id, a.proposal_id),
         )),
         other => other,
-    }
+    })
 }
 
 async fn insert_proposal(

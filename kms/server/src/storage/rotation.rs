@@ -6,7 +6,7 @@
 
 use kms_core::audit::Record;
 use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::{Any, Row, Transaction};
 
 use super::{append_in_tx, QuorumClose, Store, StoreError};
 use crate::error::ApiError;
@@ -68,6 +68,38 @@ fn generation_row(r: &AnyRow) -> Result<RootGenerationRow, sqlx::Error> {
         hsm_label: r.try_get("hsm_label")?,
         next_root_wrapped: r.try_get("next_root_wrapped")?,
     })
+}
+
+/// Stores the custodians' share envelopes of a root generation.
+pub(super) async fn insert_shares(
+    tx: &mut Transaction<'static, Any>,
+    generation: u64,
+    shares: &[(String, Vec<u8>)],
+) -> Result<(), sqlx::Error> {
+    for (admin, envelope) in shares {
+        sqlx::query("INSERT INTO root_shares (generation, admin_id, envelope) VALUES ($1, $2, $3)")
+            .bind(g(generation))
+            .bind(admin)
+            .bind(envelope)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// `rotation_in_progress` while a generation is pending (its custodians and root are fixed).
+pub(super) async fn refuse_if_rotating(tx: &mut Transaction<'static, Any>) -> Result<(), StoreError> {
+    let pending: i64 = sqlx::query("SELECT COUNT(*) AS n FROM root_generations WHERE status = 'pending'")
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("n")?;
+    if pending > 0 {
+        return Err(StoreError::Api(ApiError::precondition(
+            "rotation_in_progress",
+            "a root key rotation is in progress: wait for it to complete (kmsctl status)",
+        )));
+    }
+    Ok(())
 }
 
 fn g(n: u64) -> i64 {
@@ -132,16 +164,7 @@ impl Store {
                 "the root key generation changed meanwhile: propose the rotation again",
             )));
         }
-        let pending: i64 = sqlx::query("SELECT COUNT(*) AS n FROM root_generations WHERE status = 'pending'")
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("n")?;
-        if pending > 0 {
-            return Err(StoreError::Api(ApiError::precondition(
-                "rotation_in_progress",
-                "a root key rotation is already in progress: wait for it to complete",
-            )));
-        }
+        refuse_if_rotating(&mut tx).await?;
         sqlx::query(
             "INSERT INTO root_generations (generation, kind, status, threshold, kcv, hsm_label, next_root_wrapped, created_unix_ms, created_by) \
              VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8)",
@@ -156,14 +179,7 @@ impl Store {
         .bind(&record.caller)
         .execute(&mut *tx)
         .await?;
-        for (admin, envelope) in shares {
-            sqlx::query("INSERT INTO root_shares (generation, admin_id, envelope) VALUES ($1, $2, $3)")
-                .bind(g(next.generation))
-                .bind(admin)
-                .bind(envelope)
-                .execute(&mut *tx)
-                .await?;
-        }
+        insert_shares(&mut tx, next.generation, shares).await?;
         append_in_tx(&mut tx, vec![record]).await?;
         tx.commit().await?;
         Ok(())

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use kms_core::admin::AdminSigner;
 use kms_core::keyfile::{AdminKeyFile, AdminPublic};
-use kms_core::share_wrap::{self, ShareEnvelope, UnsealKey};
+use kms_core::share_wrap::{self, ShareEnvelope};
 use kms_hsm::{Hsm, HsmShareKey, HsmSigner, PinSource, TokenSelector};
 
 use crate::cli::Global;
@@ -153,9 +153,7 @@ impl Credential {
     ) -> Result<ShareEnvelope, Error> {
         match self {
             Self::KeyFile(key) => {
-                let opener = UnsealKey::from_bytes(&key.encryption_key().to_secret_bytes())
-                    .map_err(|e| Error::local(format!("the encryption key in --admin-key: {e}")))?;
-                let plain = opener.open(envelope).map_err(|e| {
+                let plain = key.share_key().open(envelope).map_err(|e| {
                     Error::local(format!(
                         "cannot open your share with the encryption key in --admin-key ({e}); is it the key file given at init?"
                     ))
