@@ -225,6 +225,12 @@ pub struct Options {
     pub rotation: kms_server::rotation::RotationPace,
     /// `audit.checkpoint_interval_secs`.
     pub checkpoint_interval: Duration,
+    /// `admin.init_admins`: the fingerprints Init must name (the Ceremony sets its own).
+    pub init_admins: Option<Vec<String>>,
+    /// `integrity.scan_interval_secs`.
+    pub integrity_scan_interval: Duration,
+    /// How far ahead the destroyer's clock runs (`Config::danger_destroyer_clock_ahead`).
+    pub destroyer_clock_ahead: Duration,
 }
 
 impl Default for Options {
@@ -244,6 +250,9 @@ impl Default for Options {
                 pause: Duration::ZERO,
             },
             checkpoint_interval: Duration::from_secs(60),
+            init_admins: None,
+            integrity_scan_interval: Duration::from_secs(300),
+            destroyer_clock_ahead: Duration::ZERO,
         }
     }
 }
@@ -331,9 +340,13 @@ impl TestServer {
             tls: Some(pki.tls_config()),
             allowed_countries: opts.allowed_countries,
             admin_request_window: Duration::from_secs(300),
+            admin_clock_skew: Duration::from_secs(30),
+            init_admins: opts.init_admins,
+            integrity_scan_interval: opts.integrity_scan_interval,
             proposal_ttl: opts.proposal_ttl,
             key_cache_ttl: opts.key_cache_ttl,
             destroy_interval: opts.destroy_interval,
+            danger_destroyer_clock_ahead: opts.destroyer_clock_ahead,
             audit_batch_max: 512,
             checkpoint_interval: opts.checkpoint_interval,
             hsm: opts.hsm,
@@ -416,22 +429,144 @@ pub fn new_admin(k: &AdminKeyFile, custodian: bool) -> pb::NewAdmin {
     }
 }
 
-/// Signs `op` as `k`, as kmsctl does.
+/// Which deployment each admin key (by its signing key) signs for: set when a test initializes
+/// a server through the harness, so [`signed`] names the right deployment in parallel tests.
+fn deployments() -> &'static std::sync::Mutex<std::collections::HashMap<Vec<u8>, String>> {
+    static MAP: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<Vec<u8>, String>>> =
+        std::sync::OnceLock::new();
+    MAP.get_or_init(Default::default)
+}
+
+thread_local! {
+    /// The deployment the current test (on this thread) last initialized: what admins it made
+    /// later (added by AddAdmin) sign for.
+    static CURRENT_DEPLOYMENT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Initializes the server behind `admin` with `op`, signed by `by`, and records the deployment
+/// for every admin `op` names (so [`signed`] names it).
+pub async fn init(
+    admin: &mut AdminServiceClient<Channel>,
+    by: &AdminKeyFile,
+    op: pb::InitOp,
+) -> Result<pb::SealStatus, tonic::Status> {
+    let keys: Vec<Vec<u8>> = op.admins.iter().map(|a| a.signing_public_key.clone()).collect();
+    let status = admin
+        .init(signed(by, Op::Init(op)))
+        .await?
+        .into_inner()
+        .status
+        .unwrap_or_default();
+    let mut map = deployments().lock().unwrap();
+    for k in keys {
+        map.insert(k, status.deployment_id.clone());
+    }
+    CURRENT_DEPLOYMENT.with(|c| *c.borrow_mut() = Some(status.deployment_id.clone()));
+    Ok(status)
+}
+
+/// Every stored checkpoint with its signature (as `kmsctl audit verify` reads them).
+pub async fn stored_checkpoints(db: &Db) -> Vec<(kms_core::audit::Checkpoint, Vec<u8>)> {
+    use sqlx::Row as _;
+    let mut conn = db.connect().await;
+    let h32 = |v: Option<Vec<u8>>| -> [u8; 32] { v.and_then(|b| b.try_into().ok()).unwrap_or([0; 32]) };
+    sqlx::query(
+        "SELECT seq, hash, time_unix_ms, kid, signature, prev_seq, prev_id, state_version, state_seq, state_hash          FROM audit_checkpoints ORDER BY seq",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        (
+            kms_core::audit::Checkpoint {
+                seq: r.get("seq"),
+                hash: h32(r.get("hash")),
+                time_unix_ms: r.get("time_unix_ms"),
+                kid: r.get("kid"),
+                prev_seq: r.get("prev_seq"),
+                prev_id: h32(r.get("prev_id")),
+                state: kms_core::integrity::StateHead {
+                    version: r.get("state_version"),
+                    seq: r.get("state_seq"),
+                    hash: h32(r.get("state_hash")),
+                },
+            },
+            r.get("signature"),
+        )
+    })
+    .collect()
+}
+
+/// Records that `keys` sign for `deployment` (and makes it this thread's current deployment).
+pub fn register_deployment<'a>(keys: impl IntoIterator<Item = &'a AdminKeyFile>, deployment: &str) {
+    let mut map = deployments().lock().unwrap();
+    for k in keys {
+        map.insert(k.signer().public_key().as_bytes().to_vec(), deployment.to_owned());
+    }
+    CURRENT_DEPLOYMENT.with(|c| *c.borrow_mut() = Some(deployment.to_owned()));
+}
+
+/// The deployment `k` signs for: its registered one, else this thread's current one.
+pub fn deployment_of(k: &AdminKeyFile) -> String {
+    let key = k.signer().public_key().as_bytes().to_vec();
+    if let Some(d) = deployments().lock().unwrap().get(&key) {
+        return d.clone();
+    }
+    CURRENT_DEPLOYMENT.with(|c| c.borrow().clone()).unwrap_or_else(|| {
+        panic!(
+            "admin {} signs for no known deployment: register it (kms_tests::register_deployment)",
+            k.admin_id
+        )
+    })
+}
+
+/// Signs `op` as `k`, as kmsctl does, for `k`'s deployment (none for Init).
 pub fn signed(k: &AdminKeyFile, op: Op) -> pb::SignedRequest {
     signed_at(k, op, kms_core::now_unix_ms())
 }
 
 /// Signs `op` as `k` with a given timestamp.
 pub fn signed_at(k: &AdminKeyFile, op: Op, timestamp_unix_ms: i64) -> pb::SignedRequest {
+    let deployment = if matches!(op, Op::Init(_)) {
+        String::new()
+    } else {
+        deployment_of(k)
+    };
+    signed_for(k, &deployment, op, timestamp_unix_ms)
+}
+
+/// Signs `op` as `k` for `deployment` with a given timestamp.
+pub fn signed_for(k: &AdminKeyFile, deployment: &str, op: Op, timestamp_unix_ms: i64) -> pb::SignedRequest {
     let req = pb::AdminRequest {
         admin_id: k.admin_id.to_string(),
         timestamp_unix_ms,
         nonce: kms_core::random_array::<16>().unwrap().to_vec(),
         operation: Some(op),
+        deployment_id: deployment.to_owned(),
     };
     let payload = req.encode_to_vec();
     let signature = k.signer().sign(&payload).unwrap();
     pb::SignedRequest { payload, signature }
+}
+
+/// The fingerprints (for `admin.init_admins`) of the admins in public files (`*.pub.json`).
+pub fn fingerprints_of<P: AsRef<std::path::Path>>(public_files: &[P]) -> Vec<String> {
+    public_files
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p).unwrap();
+            serde_json::from_str::<kms_core::keyfile::AdminPublic>(&text)
+                .unwrap()
+                .fingerprint()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// The fingerprints (for `admin.init_admins`) of `keys`.
+pub fn fingerprints<'a>(keys: impl IntoIterator<Item = &'a AdminKeyFile>) -> Vec<String> {
+    keys.into_iter().map(|k| k.public().fingerprint().unwrap()).collect()
 }
 
 /// The stable reason of a refusal.
@@ -498,17 +633,20 @@ pub struct Ceremony {
 }
 
 impl Ceremony {
-    pub async fn new(backend: Backend, opts: Options) -> Option<Self> {
+    pub async fn new(backend: Backend, mut opts: Options) -> Option<Self> {
         let db = Db::new(backend).await?;
         let pki = Pki::new();
         let approval_quorum = opts.approval_quorum.max(1);
-        let server = TestServer::start(&db, &pki, opts).await;
-        let mut admin = server.admin(&pki).await;
         let custodians = vec![
             admin_key("alice", "DE"),
             admin_key("bob", "FR"),
             admin_key("carol", "NL"),
         ];
+        if opts.init_admins.is_none() {
+            opts.init_admins = Some(fingerprints(&custodians));
+        }
+        let server = TestServer::start(&db, &pki, opts).await;
+        let mut admin = server.admin(&pki).await;
         let init = pb::InitOp {
             seal: pb::SealKind::Shamir as i32,
             threshold: 2,
@@ -519,8 +657,11 @@ impl Ceremony {
             .init(signed(&custodians[0], Op::Init(init)))
             .await
             .unwrap()
-            .into_inner();
-        assert!(!status.status.unwrap().sealed);
+            .into_inner()
+            .status
+            .unwrap();
+        assert!(!status.sealed);
+        register_deployment(&custodians, &status.deployment_id);
         Some(Self {
             db,
             pki,
@@ -550,7 +691,10 @@ impl Ceremony {
     }
 
     /// Restarts the server on the same database (sealed afterwards).
-    pub async fn restart(&mut self, opts: Options) {
+    pub async fn restart(&mut self, mut opts: Options) {
+        if opts.init_admins.is_none() {
+            opts.init_admins = Some(fingerprints(&self.custodians));
+        }
         let old = std::mem::replace(&mut self.server, TestServer::start(&self.db, &self.pki, opts).await);
         old.stop().await;
         self.admin = self.server.admin(&self.pki).await;
@@ -721,6 +865,7 @@ pub const KMSCTL_VARS: &[&str] = &[
     "KMSCTL_HSM_KEY",
     "KMSCTL_ADMIN_PUB",
     "KMSCTL_AUDIT_DATABASE",
+    "KMSCTL_DEPLOYMENT",
 ];
 
 /// The `kmsctl` binary at `path`, with none of the `KMSCTL_*` settings of the environment that

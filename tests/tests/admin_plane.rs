@@ -25,16 +25,28 @@ async fn authentication(backend: Backend) {
     c.admin.list_keys(req.clone()).await.unwrap();
     assert_refused(c.admin.list_keys(req).await, Code::PermissionDenied, "replayed_request");
 
-    // Stale and future timestamps.
-    for skew in [-301_000i64, 301_000] {
+    // Stale timestamps (older than the window), and timestamps further in the future than the
+    // clock-skew margin (30 s here); a little ahead is fine.
+    assert_refused(
+        c.admin
+            .list_keys(signed_at(alice, list(), kms_core::now_unix_ms() - 301_000))
+            .await,
+        Code::PermissionDenied,
+        "stale_request",
+    );
+    for ahead in [31_000i64, 301_000] {
         assert_refused(
             c.admin
-                .list_keys(signed_at(alice, list(), kms_core::now_unix_ms() + skew))
+                .list_keys(signed_at(alice, list(), kms_core::now_unix_ms() + ahead))
                 .await,
             Code::PermissionDenied,
-            "stale_request",
+            "future_request",
         );
     }
+    c.admin
+        .list_keys(signed_at(alice, list(), kms_core::now_unix_ms() + 20_000))
+        .await
+        .unwrap();
     // Signature by someone else's key under alice's id.
     let mallory = admin("alice", "DE");
     assert_refused(
@@ -82,6 +94,7 @@ async fn authentication(backend: Backend) {
         timestamp_unix_ms: kms_core::now_unix_ms(),
         nonce: vec![1; 8],
         operation: Some(list()),
+        deployment_id: deployment_of(alice),
     };
     let payload = req.encode_to_vec();
     let signature = kms_core::admin::AdminSigner::sign(alice.signer(), &payload).unwrap();
@@ -251,9 +264,61 @@ both_backends!(admin_authentication_and_inputs, super::authentication);
 async fn init_rules(backend: Backend) {
     let Some(db) = Db::new(backend).await else { return };
     let pki = Pki::new();
+    let (a, b, us) = (admin("a", "DE"), admin("b", "FR"), admin("u", "US"));
+    let ab = || vec![new_admin(&a, true), new_admin(&b, true)];
+    let shamir = |admins: Vec<pb::NewAdmin>| {
+        Op::Init(pb::InitOp {
+            seal: pb::SealKind::Shamir as i32,
+            threshold: 2,
+            admins,
+            approval_quorum: 1,
+        })
+    };
+
+    // Not first come, first served: a server that pins no initial admin set refuses Init, and
+    // one that pins a set refuses any other (also a set of genuine admins missing one).
     let server = TestServer::start(&db, &pki, Options::default()).await;
     let mut admin_c = server.admin(&pki).await;
-    let (a, b, us) = (admin("a", "DE"), admin("b", "FR"), admin("u", "US"));
+    assert_refused(
+        admin_c.init(signed(&a, shamir(ab()))).await,
+        Code::FailedPrecondition,
+        "init_not_pinned",
+    );
+    server.stop().await;
+    let pinned = Options {
+        init_admins: Some(fingerprints([&a, &b])),
+        ..Options::default()
+    };
+    let server = TestServer::start(&db, &pki, pinned).await;
+    let mut admin_c = server.admin(&pki).await;
+    let mallory = admin("m", "DE");
+    for (by, admins) in [
+        (&mallory, vec![new_admin(&mallory, true)]),
+        (&a, vec![new_admin(&a, true), new_admin(&mallory, true)]),
+        (&a, vec![new_admin(&a, true)]),
+    ] {
+        let op = Op::Init(pb::InitOp {
+            seal: pb::SealKind::Shamir as i32,
+            threshold: 1,
+            admins,
+            approval_quorum: 1,
+        });
+        assert_refused(
+            admin_c.init(signed(by, op)).await,
+            Code::PermissionDenied,
+            "init_admins_mismatch",
+        );
+    }
+    // The same admin with another share key is another admin.
+    let mut swapped = new_admin(&a, true);
+    swapped.encryption_public_key = new_admin(&mallory, true).encryption_public_key;
+    assert_refused(
+        admin_c
+            .init(signed(&a, shamir(vec![swapped, new_admin(&b, true)])))
+            .await,
+        Code::PermissionDenied,
+        "init_admins_mismatch",
+    );
     let init = |admins: Vec<pb::NewAdmin>, threshold: u32, seal: pb::SealKind| {
         Op::Init(pb::InitOp {
             seal: seal as i32,
@@ -293,9 +358,7 @@ async fn init_rules(backend: Backend) {
         "bad_threshold",
     );
     assert_refused(
-        admin_c
-            .init(signed(&a, init(vec![new_admin(&a, true)], 0, pb::SealKind::Dev)))
-            .await,
+        admin_c.init(signed(&a, init(ab(), 0, pb::SealKind::Dev))).await,
         Code::FailedPrecondition,
         "dev_seal_refused",
     );
@@ -341,6 +404,17 @@ async fn sealing(backend: Backend) {
         .unwrap()
         .into_inner()
         .ciphertext_blob;
+
+    let dora = admin("dora", "IE");
+    c.admin
+        .add_admin(signed(
+            &c.custodians[0],
+            Op::AddAdmin(pb::AddAdminOp {
+                admin: Some(new_admin(&dora, false)),
+            }),
+        ))
+        .await
+        .unwrap();
 
     // Restart: sealed; every key operation refused with UNAVAILABLE/sealed.
     c.restart(Options::default()).await;
@@ -396,36 +470,30 @@ async fn sealing(backend: Backend) {
         "sealed",
     );
 
-    // Fail-safe and read-only admin operations work while sealed: a sealed replica can still
-    // disable a key.
-    let m = c
-        .admin
-        .disable_key(signed(
-            &c.custodians[0],
-            Op::DisableKey(pb::DisableKeyOp { key: "s".into() }),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(m.state, pb::KeyState::Disabled as i32);
-    c.admin
-        .enable_key(signed(
-            &c.custodians[0],
-            Op::EnableKey(pb::EnableKeyOp { key: "s".into() }),
-        ))
-        .await
-        .unwrap();
+    // While sealed the database's rows cannot be verified, so nothing is read or written: not
+    // even a fail-safe change (disable a key through an unsealed replica).
+    assert_refused(
+        c.admin
+            .disable_key(signed(
+                &c.custodians[0],
+                Op::DisableKey(pb::DisableKeyOp { key: "s".into() }),
+            ))
+            .await,
+        Code::Unavailable,
+        "sealed",
+    );
+    assert_refused(
+        c.admin
+            .describe_key(signed(
+                &c.custodians[0],
+                Op::DescribeKey(pb::DescribeKeyOp { key: "s".into() }),
+            ))
+            .await,
+        Code::Unavailable,
+        "sealed",
+    );
     assert_eq!(status.key_check_value.len(), 16);
-    let d = c
-        .admin
-        .describe_key(signed(
-            &c.custodians[0],
-            Op::DescribeKey(pb::DescribeKeyOp { key: "s".into() }),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(d.name, "s");
+    assert!(status.deployment_id.starts_with("dep-"), "{status:?}");
 
     // Too few shares: still sealed. The same custodian twice: refused.
     let s = submit_share(&mut c.admin, &c.custodians[0]).await.unwrap();
@@ -444,16 +512,6 @@ async fn sealing(backend: Backend) {
         "sealed",
     );
     // A non-custodian cannot submit or fetch a share.
-    let dora = admin("dora", "IE");
-    c.admin
-        .add_admin(signed(
-            &c.custodians[0],
-            Op::AddAdmin(pb::AddAdminOp {
-                admin: Some(new_admin(&dora, false)),
-            }),
-        ))
-        .await
-        .unwrap();
     let e = c
         .admin
         .get_encrypted_share(signed(&dora, Op::GetEncryptedShare(pb::GetEncryptedShareOp {})))

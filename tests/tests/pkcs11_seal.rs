@@ -121,24 +121,25 @@ async fn generation_counts(db: &Db) -> Vec<(i64, i64)> {
 async fn pkcs11_init_and_restart(backend: Backend) {
     let Some(db) = Db::new(backend).await else { return };
     let pki = Pki::new();
+    let alice = admin("alice", "DE");
+    let opts = |backend| Options {
+        init_admins: Some(fingerprints([&alice])),
+        ..opts(backend)
+    };
     let mut server = TestServer::start(&db, &pki, opts(backend)).await;
     let mut admin_c = server.admin(&pki).await;
-    let alice = admin("alice", "DE");
-    let init = admin_c
-        .init(signed(
-            &alice,
-            Op::Init(pb::InitOp {
-                seal: pb::SealKind::Pkcs11 as i32,
-                threshold: 0,
-                admins: vec![new_admin(&alice, false)],
-                approval_quorum: 1,
-            }),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let init = init(
+        &mut admin_c,
+        &alice,
+        pb::InitOp {
+            seal: pb::SealKind::Pkcs11 as i32,
+            threshold: 0,
+            admins: vec![new_admin(&alice, false)],
+            approval_quorum: 1,
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (init.seal, init.sealed, init.root_generation),
         (pb::SealKind::Pkcs11 as i32, false, 1)
@@ -186,27 +187,13 @@ async fn pkcs11_init_and_restart(backend: Backend) {
     let key = kms_core::audit::CheckpointKey::parse(&es256[0].kid, "ES256", es256[0].public_key.clone()).unwrap();
     server.stop().await;
     {
-        use sqlx::Row as _;
-        let mut conn = db.connect().await;
-        let rows = sqlx::query("SELECT seq, hash, time_unix_ms, kid, signature FROM audit_checkpoints ORDER BY seq")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
+        let rows = stored_checkpoints(&db).await;
         let mut verified = 0;
-        for r in &rows {
-            let kid: String = r.try_get("kid").unwrap();
-            if kid != es256[0].kid {
+        for (checkpoint, sig) in &rows {
+            if checkpoint.kid != es256[0].kid {
                 continue;
             }
-            let hash: Vec<u8> = r.try_get("hash").unwrap();
-            let checkpoint = kms_core::audit::Checkpoint {
-                seq: r.try_get("seq").unwrap(),
-                hash: hash.try_into().unwrap(),
-                time_unix_ms: r.try_get("time_unix_ms").unwrap(),
-                kid,
-            };
-            let sig: Vec<u8> = r.try_get("signature").unwrap();
-            key.verify(&checkpoint, &sig).unwrap();
+            key.verify(checkpoint, sig).unwrap();
             verified += 1;
         }
         assert!(verified >= 1, "no HSM-signed checkpoint among {} rows", rows.len());

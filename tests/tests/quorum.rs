@@ -340,6 +340,9 @@ async fn exactly_once_with_two_replicas() {
     };
     let second = TestServer::start(&c.db, &c.pki, opts).await;
     let mut admin2 = second.admin(&c.pki).await;
+    // A replica serves nothing until it is unsealed (it cannot verify the rows before).
+    submit_share(&mut admin2, &c.custodians[0]).await.unwrap();
+    assert!(!submit_share(&mut admin2, &c.custodians[1]).await.unwrap().sealed);
     for round in 0..5 {
         let p = c
             .admin

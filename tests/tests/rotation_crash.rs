@@ -53,27 +53,28 @@ async fn killed_mid_rotation(backend: Backend) {
     let token = &setup().tokens[matches!(backend, Backend::Postgres) as usize];
     let Some(db) = Db::new(backend).await else { return };
     let pki = Pki::new();
+    let alice = admin("alice", "DE");
     let extra = format!(
-        "[seal]\nrotation_batch_size = 1\nrotation_batch_pause_ms = 150\n[seal.pkcs11]\nmodule = \"{}\"\ntoken = \"label:{}\"\npin_file = \"{}\"\n",
+        "[admin]\ninit_admins = [\"{}\"]\n[seal]\nrotation_batch_size = 1\nrotation_batch_pause_ms = 150\n[seal.pkcs11]\nmodule = \"{}\"\ntoken = \"label:{}\"\npin_file = \"{}\"\n",
+        alice.public().fingerprint().unwrap(),
         softhsm_fixture::module_path().display(),
         token.label,
         token.pin_file(setup().dir.path()).display()
     );
     let mut kmsd = KmsdProcess::start(&db, &pki, &extra).await;
     let mut admin_c = kmsd.admin(&pki).await;
-    let alice = admin("alice", "DE");
-    admin_c
-        .init(signed(
-            &alice,
-            Op::Init(pb::InitOp {
-                seal: pb::SealKind::Pkcs11 as i32,
-                threshold: 0,
-                admins: vec![new_admin(&alice, false)],
-                approval_quorum: 1,
-            }),
-        ))
-        .await
-        .unwrap();
+    init(
+        &mut admin_c,
+        &alice,
+        pb::InitOp {
+            seal: pb::SealKind::Pkcs11 as i32,
+            threshold: 0,
+            admins: vec![new_admin(&alice, false)],
+            approval_quorum: 1,
+        },
+    )
+    .await
+    .unwrap();
     // The audit checkpoint key of generation 1 (ES256 in the HSM), pinned by an auditor.
     let es256 = |keys: &[pb::AuditCheckpointKey]| -> Vec<String> {
         keys.iter()

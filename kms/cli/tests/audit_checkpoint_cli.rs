@@ -269,6 +269,9 @@ async fn checkpoint_cases(backend: Backend) {
         hash: original[0].hash,
         time_unix_ms: original[0].record.time_unix_ms,
         kid,
+        prev_seq: 0,
+        prev_id: [0; 32],
+        state: kms_core::integrity::StateHead::default(),
     };
     insert_checkpoint(&mut conn, &forged, &attacker.sign(&forged)).await;
     v.broken(1, "does not verify");
@@ -300,10 +303,22 @@ async fn checkpoint_cases(backend: Backend) {
         )),
         "{err}"
     );
-    // Trusting the database instead of a pinned key is exactly what this attack fools.
+    // Trusting the database instead of a pinned key: the attacker's checkpoint alone breaks the
+    // checkpoint chain (the server's first checkpoint follows it without naming it) ...
+    let (code, _, err) = kmsctl(&["audit", "verify", "--database", &c.db.url]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("claims to be the first checkpoint"), "{err}");
+    // ... but with the server's checkpoints removed, the attacker's own chain is all there is,
+    // and only a pinned key tells it from the server's.
+    sqlx::query("DELETE FROM audit_checkpoints WHERE kid <> $1")
+        .bind(attacker.key().kid().to_owned())
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let (code, _, err) = kmsctl(&["audit", "verify", "--database", &c.db.url]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("warning: no --checkpoint-key"), "{err}");
+    v.broken(2, "not trusted (not pinned)");
 
     // `audit tail` shows the last entries, oldest first.
     let (code, out, err) = kmsctl(&[
@@ -327,15 +342,23 @@ async fn checkpoint_cases(backend: Backend) {
 }
 
 async fn insert_checkpoint(conn: &mut sqlx::AnyConnection, c: &Checkpoint, signature: &[u8]) {
-    sqlx::query("INSERT INTO audit_checkpoints (seq, hash, time_unix_ms, kid, signature) VALUES ($1, $2, $3, $4, $5)")
-        .bind(c.seq)
-        .bind(c.hash.to_vec())
-        .bind(c.time_unix_ms)
-        .bind(c.kid.clone())
-        .bind(signature.to_vec())
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO audit_checkpoints (seq, hash, time_unix_ms, kid, signature, prev_seq, prev_id, state_version, state_seq, state_hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(c.seq)
+    .bind(c.hash.to_vec())
+    .bind(c.time_unix_ms)
+    .bind(c.kid.clone())
+    .bind(signature.to_vec())
+    .bind(c.prev_seq)
+    .bind(c.prev_id.to_vec())
+    .bind(c.state.version)
+    .bind(c.state.seq)
+    .bind(c.state.hash.to_vec())
+    .execute(&mut *conn)
+    .await
+    .unwrap();
 }
 
 both_backends!(audit_checkpoints_catch_tampering, super::checkpoint_cases);

@@ -365,12 +365,17 @@ async fn cases(backend: Backend) {
     }
 
     let pki = Pki::new();
-    let server = TestServer::start(&db, &pki, Options::default()).await;
-    lab.point_at(&server, &pki);
     let pubs: Vec<String> = ["alice", "bob", "carol"]
         .iter()
         .map(|id| lab.admin(id).public.display().to_string())
         .collect();
+    // The server pins the three admins' fingerprints: only they can initialize it.
+    let pinned = || Options {
+        init_admins: Some(fingerprints_of(&pubs)),
+        ..Options::default()
+    };
+    let server = TestServer::start(&db, &pki, pinned()).await;
+    lab.point_at(&server, &pki);
     lab.must(
         "alice",
         &[
@@ -395,7 +400,7 @@ async fn cases(backend: Backend) {
 
     // Restarted on the same database: sealed; two custodians unseal with their tokens.
     server.stop().await;
-    let server = TestServer::start(&db, &pki, Options::default()).await;
+    let server = TestServer::start(&db, &pki, pinned()).await;
     lab.point_at(&server, &pki);
     lab.must("alice", &["unseal"]).await;
     lab.must("bob", &["unseal"]).await;

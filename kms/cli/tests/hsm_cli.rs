@@ -177,7 +177,12 @@ async fn hsm_admins_init_unseal_and_approve_proposals() {
 
     let db = Db::new(Backend::Sqlite).await.unwrap();
     let pki = Pki::new();
-    let server = TestServer::start(&db, &pki, Options::default()).await;
+    // The server pins the three admins' fingerprints: only they can initialize it.
+    let pinned = || Options {
+        init_admins: Some(fingerprints_of(&[&alice.public, &bob.public, &carol.public])),
+        ..Options::default()
+    };
+    let server = TestServer::start(&db, &pki, pinned()).await;
     lab.point_at(&server, &pki);
 
     // A wrong PIN file (another token's PIN) is refused locally.
@@ -232,7 +237,7 @@ async fn hsm_admins_init_unseal_and_approve_proposals() {
 
     // Restarted on the same database: sealed. Two custodians unseal with their tokens.
     server.stop().await;
-    let server = TestServer::start(&db, &pki, Options::default()).await;
+    let server = TestServer::start(&db, &pki, pinned()).await;
     lab.point_at(&server, &pki);
     let status = lab
         .run_as(alice, &["--output", "json", "status"])

@@ -44,6 +44,22 @@ impl AdminPublicKey {
     }
 }
 
+/// An admin's fingerprint: `sha256:` and the hex SHA-256 of "kms-admin-fingerprint-v1\0" ‖ id ‖
+/// 0 ‖ country ‖ 0 ‖ signing key (SEC1) ‖ share key (SEC1). `kmsd` refuses Init unless the admins
+/// it names have exactly the fingerprints pinned in its configuration (`admin.init_admins`), so
+/// whoever reaches a fresh server first cannot make it theirs; `kmsctl admin fingerprint` prints it.
+pub fn fingerprint(id: &str, country: &str, signing_public_key: &[u8], encryption_public_key: &[u8]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"kms-admin-fingerprint-v1\0");
+    ctx.update(id.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(country.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(signing_public_key);
+    ctx.update(encryption_public_key);
+    format!("sha256:{}", hex::encode(ctx.finish().as_ref()))
+}
+
 /// Something that signs admin requests: a software key, or an HSM.
 pub trait AdminSigner {
     /// The public key the server has on record for this admin.

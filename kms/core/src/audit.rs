@@ -5,6 +5,7 @@
 use ring::digest;
 use ring::signature::{self, KeyPair as _};
 
+use crate::integrity::StateHead;
 use crate::secret::SecretKey;
 use crate::Error;
 
@@ -180,11 +181,14 @@ impl ChainVerifier {
 
 // ----- signed checkpoints ----------------------------------------------------------------------
 
-const CHECKPOINT_LABEL: &[u8] = b"kms-audit-checkpoint-v1\0";
+const CHECKPOINT_LABEL: &[u8] = b"kms-audit-checkpoint-v2\0";
 
 /// A statement that the chain had `hash` at `seq` at a time, signed by the key `kid`. A
 /// checkpoint pins everything up to `seq`: rewriting or dropping an entry at or before it (even
-/// with every later hash recomputed) no longer matches the signed hash.
+/// with every later hash recomputed) no longer matches the signed hash. Checkpoints form a chain
+/// of their own (each names the one before it), so one cannot be removed from the middle, and each
+/// signs the head of the server's state log ([`StateHead`]), so the authenticated rows of the
+/// database cannot be rolled back behind a checkpoint either.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Checkpoint {
     /// The last entry covered.
@@ -195,18 +199,102 @@ pub struct Checkpoint {
     pub time_unix_ms: i64,
     /// The signing key's id ([`CheckpointKey::kid_for`]).
     pub kid: String,
+    /// The previous checkpoint's seq (0 for the first checkpoint).
+    pub prev_seq: i64,
+    /// The previous checkpoint's id ([`Checkpoint::id`]; zeros for the first checkpoint).
+    pub prev_id: [u8; 32],
+    /// The head of the state log when the checkpoint was signed.
+    pub state: StateHead,
 }
 
-/// What a checkpoint signature covers: "kms-audit-checkpoint-v1\0" ‖ seq (i64 BE) ‖ hash ‖ time
-/// (i64 BE) ‖ kid (UTF-8, the rest of the message).
+impl Checkpoint {
+    /// The checkpoint's id: SHA-256 of what its signature covers ([`checkpoint_message`]), which
+    /// the next checkpoint names.
+    pub fn id(&self) -> [u8; 32] {
+        let d = digest::digest(&digest::SHA256, &checkpoint_message(self));
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        out
+    }
+
+    /// Whether this is the first checkpoint of a chain (it names no previous one).
+    pub fn is_first(&self) -> bool {
+        self.prev_seq == 0 && self.prev_id == [0; 32]
+    }
+}
+
+/// What a checkpoint signature covers: "kms-audit-checkpoint-v2\0" ‖ seq (i64 BE) ‖ hash ‖ time
+/// (i64 BE) ‖ previous checkpoint's seq (i64 BE) ‖ its id ‖ state version (i64 BE) ‖ state log
+/// seq (i64 BE) ‖ state log hash ‖ kid (UTF-8, the rest of the message).
 pub fn checkpoint_message(c: &Checkpoint) -> Vec<u8> {
-    let mut m = Vec::with_capacity(CHECKPOINT_LABEL.len() + 48 + c.kid.len());
+    let mut m = Vec::with_capacity(CHECKPOINT_LABEL.len() + 168 + c.kid.len());
     m.extend_from_slice(CHECKPOINT_LABEL);
     m.extend_from_slice(&c.seq.to_be_bytes());
     m.extend_from_slice(&c.hash);
     m.extend_from_slice(&c.time_unix_ms.to_be_bytes());
+    m.extend_from_slice(&c.prev_seq.to_be_bytes());
+    m.extend_from_slice(&c.prev_id);
+    m.extend_from_slice(&c.state.version.to_be_bytes());
+    m.extend_from_slice(&c.state.seq.to_be_bytes());
+    m.extend_from_slice(&c.state.hash);
     m.extend_from_slice(c.kid.as_bytes());
     m
+}
+
+/// What a server keeps outside the database (in its HSM) of the last checkpoint it signed: its
+/// seq, its id and the state head it signed. A database rolled back behind it is caught when
+/// the server starts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct CheckpointAnchor {
+    /// The checkpoint's seq.
+    pub seq: i64,
+    /// Its id ([`Checkpoint::id`]).
+    pub id: [u8; 32],
+    /// The state head it signed.
+    pub state: StateHead,
+}
+
+const ANCHOR_LABEL: &[u8] = b"kms-anchor-v1\0";
+
+impl CheckpointAnchor {
+    /// The anchor of `c`.
+    pub fn of(c: &Checkpoint) -> Self {
+        Self {
+            seq: c.seq,
+            id: c.id(),
+            state: c.state,
+        }
+    }
+
+    /// "kms-anchor-v1\0" ‖ seq ‖ id ‖ state version ‖ state seq ‖ state hash (integers i64 BE).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut m = Vec::with_capacity(ANCHOR_LABEL.len() + 88);
+        m.extend_from_slice(ANCHOR_LABEL);
+        m.extend_from_slice(&self.seq.to_be_bytes());
+        m.extend_from_slice(&self.id);
+        m.extend_from_slice(&self.state.version.to_be_bytes());
+        m.extend_from_slice(&self.state.seq.to_be_bytes());
+        m.extend_from_slice(&self.state.hash);
+        m
+    }
+
+    /// Parses [`CheckpointAnchor::encode`]'s output.
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let b = b.strip_prefix(ANCHOR_LABEL)?;
+        if b.len() != 8 + 32 + 8 + 8 + 32 {
+            return None;
+        }
+        let i64_at = |i: usize| b[i..i + 8].try_into().ok().map(i64::from_be_bytes);
+        Some(Self {
+            seq: i64_at(0)?,
+            id: b[8..40].try_into().ok()?,
+            state: StateHead {
+                version: i64_at(40)?,
+                seq: i64_at(48)?,
+                hash: b[56..88].try_into().ok()?,
+            },
+        })
+    }
 }
 
 /// The signature algorithms of checkpoint keys (JOSE names).
@@ -368,6 +456,13 @@ pub enum CheckpointFault {
         /// The last seq of the chain.
         chain_end: i64,
     },
+    /// The checkpoint it names as the previous one is not stored (a checkpoint was removed
+    /// from the middle of the checkpoint chain), or it claims to be the first while earlier
+    /// checkpoints exist.
+    ChainBroken {
+        /// The previous checkpoint's seq it names (0: it claims to be the first).
+        prev_seq: i64,
+    },
 }
 
 impl std::fmt::Display for CheckpointFault {
@@ -383,6 +478,13 @@ impl std::fmt::Display for CheckpointFault {
             Self::BeyondChain { chain_end } => write!(
                 f,
                 "it is past the end of the chain at {chain_end} (entries were removed from the end)"
+            ),
+            Self::ChainBroken { prev_seq: 0 } => {
+                f.write_str("it claims to be the first checkpoint, but earlier checkpoints are stored")
+            }
+            Self::ChainBroken { prev_seq } => write!(
+                f,
+                "the checkpoint before it (at {prev_seq}) is not stored as it signed it (a checkpoint was removed or replaced)"
             ),
         }
     }
@@ -430,12 +532,14 @@ pub struct AuditReport {
     pub last_checkpoint: Option<Checkpoint>,
     /// The entries after it (after the start of the chain if there is none).
     pub gap: Gap,
+    /// With an anchor ([`AuditVerifier::with_anchor`]): why the checkpoints do not extend it.
+    pub anchor_fault: Option<String>,
 }
 
 impl AuditReport {
-    /// Whether the chain and every checkpoint verified.
+    /// Whether the chain and every checkpoint verified (and extend the anchor, if one was given).
     pub fn is_ok(&self) -> bool {
-        self.chain_break.is_none() && self.bad_checkpoints.is_empty()
+        self.chain_break.is_none() && self.bad_checkpoints.is_empty() && self.anchor_fault.is_none()
     }
 
     /// The earliest problem: the chain's first break or the lowest bad checkpoint.
@@ -466,6 +570,17 @@ pub struct AuditVerifier {
     verified: usize,
     last_checkpoint: Option<Checkpoint>,
     gap: Gap,
+    /// Every stored checkpoint's id and link by seq.
+    stored: std::collections::BTreeMap<i64, StoredLink>,
+    /// The checkpoint an earlier verification ended at, which the chain must extend.
+    anchor: Option<Checkpoint>,
+}
+
+/// A stored checkpoint's id and the seq of the one it names as previous.
+#[derive(Clone, Copy, Debug)]
+struct StoredLink {
+    id: [u8; 32],
+    prev_seq: i64,
 }
 
 impl std::fmt::Debug for AuditVerifier {
@@ -482,10 +597,33 @@ impl AuditVerifier {
     pub fn new(keys: &[CheckpointKey], checkpoints: Vec<(Checkpoint, Vec<u8>)>) -> Self {
         let mut pending = Vec::new();
         let mut bad = Vec::new();
+        // Every stored checkpoint by seq, with its id: what the previous-checkpoint links point at.
+        let stored: std::collections::BTreeMap<i64, StoredLink> = checkpoints
+            .iter()
+            .map(|(c, _)| {
+                (
+                    c.seq,
+                    StoredLink {
+                        id: c.id(),
+                        prev_seq: c.prev_seq,
+                    },
+                )
+            })
+            .collect();
+        let lowest = stored.keys().next().copied();
         for (c, sig) in checkpoints {
             let fault = match keys.iter().find(|k| k.kid() == c.kid) {
                 None => Some(CheckpointFault::UnknownKey),
-                Some(k) => k.verify(&c, &sig).err().map(|_| CheckpointFault::BadSignature),
+                Some(k) => match k.verify(&c, &sig) {
+                    Err(_) => Some(CheckpointFault::BadSignature),
+                    Ok(()) if c.is_first() && lowest != Some(c.seq) => {
+                        Some(CheckpointFault::ChainBroken { prev_seq: 0 })
+                    }
+                    Ok(()) if !c.is_first() && stored.get(&c.prev_seq).map(|l| l.id) != Some(c.prev_id) => {
+                        Some(CheckpointFault::ChainBroken { prev_seq: c.prev_seq })
+                    }
+                    Ok(()) => None,
+                },
             };
             match fault {
                 Some(fault) => bad.push(BadCheckpoint {
@@ -506,10 +644,21 @@ impl AuditVerifier {
             verified: 0,
             last_checkpoint: None,
             gap: Gap::default(),
+            stored,
+            anchor: None,
         };
         // A checkpoint of the empty chain (or of a seq that cannot exist) is settled now.
         v.settle(0, GENESIS);
         v
+    }
+
+    /// Requires the chain to extend `anchor`, the last checkpoint an earlier verification ended
+    /// at (an auditor's state file): it must still be stored exactly as it was, and the newest
+    /// verified checkpoint must descend from it. A database rolled back to before the anchor,
+    /// or whose checkpoints after it were rewritten, fails.
+    pub fn with_anchor(mut self, anchor: Checkpoint) -> Self {
+        self.anchor = Some(anchor);
+        self
     }
 
     /// Checks the next entry. After the chain breaks, the rest is ignored: the break is the
@@ -594,6 +743,7 @@ impl AuditVerifier {
             }
         }
         self.bad.sort_by_key(|b| b.seq);
+        let anchor_fault = self.anchor.as_ref().and_then(|a| self.anchor_fault(a));
         AuditReport {
             entries: end,
             head: self.chain.head(),
@@ -603,7 +753,46 @@ impl AuditVerifier {
             checkpoints_unchecked: unchecked,
             last_checkpoint: self.last_checkpoint,
             gap: self.gap,
+            anchor_fault,
         }
+    }
+
+    /// Why the verified checkpoints do not extend `anchor`, if they do not.
+    fn anchor_fault(&self, anchor: &Checkpoint) -> Option<String> {
+        match self.stored.get(&anchor.seq) {
+            None => {
+                return Some(format!(
+                    "the checkpoint at {} that an earlier verification ended at is no longer stored: the database was rolled back or its checkpoints removed",
+                    anchor.seq
+                ))
+            }
+            Some(l) if l.id != anchor.id() => {
+                return Some(format!(
+                    "the checkpoint stored at {} is not the one an earlier verification ended at: the checkpoints were rewritten",
+                    anchor.seq
+                ))
+            }
+            Some(_) => {}
+        }
+        let Some(newest) = self.last_checkpoint.as_ref().filter(|c| c.seq >= anchor.seq) else {
+            return Some(format!(
+                "no checkpoint at or after {} (the one an earlier verification ended at) verifies",
+                anchor.seq
+            ));
+        };
+        let mut at = newest.seq;
+        while at > anchor.seq {
+            match self.stored.get(&at) {
+                Some(l) if l.prev_seq < at => at = l.prev_seq,
+                _ => break,
+            }
+        }
+        (at != anchor.seq).then(|| {
+            format!(
+                "the newest checkpoint ({}) does not descend from the one an earlier verification ended at ({})",
+                newest.seq, anchor.seq
+            )
+        })
     }
 }
 
@@ -627,15 +816,38 @@ mod tests {
         CheckpointSigner::from_seed(&SecretKey::generate().unwrap()).unwrap()
     }
 
+    /// A first checkpoint of `e`.
     fn signed(s: &CheckpointSigner, e: &Entry) -> (Checkpoint, Vec<u8>) {
+        signed_after(s, e, None)
+    }
+
+    /// A checkpoint of `e` that names `prev` as the one before it.
+    fn signed_after(s: &CheckpointSigner, e: &Entry, prev: Option<&Checkpoint>) -> (Checkpoint, Vec<u8>) {
         let c = Checkpoint {
             seq: e.seq,
             hash: e.hash,
             time_unix_ms: 1_000 + e.seq,
             kid: s.key().kid().to_owned(),
+            prev_seq: prev.map_or(0, |p| p.seq),
+            prev_id: prev.map_or([0; 32], Checkpoint::id),
+            state: StateHead {
+                version: e.seq,
+                seq: e.seq * 2,
+                hash: [e.seq as u8; 32],
+            },
         };
         let sig = s.sign(&c);
         (c, sig)
+    }
+
+    /// Checkpoints of `at`, each naming the one before.
+    fn chained(s: &CheckpointSigner, at: &[&Entry]) -> Vec<(Checkpoint, Vec<u8>)> {
+        let mut out: Vec<(Checkpoint, Vec<u8>)> = Vec::new();
+        for e in at {
+            let next = signed_after(s, e, out.last().map(|(c, _)| c));
+            out.push(next);
+        }
+        out
     }
 
     fn run(keys: &[CheckpointKey], cps: Vec<(Checkpoint, Vec<u8>)>, entries: &[Entry]) -> AuditReport {
@@ -651,19 +863,44 @@ mod tests {
     }
 
     #[test]
+    fn anchors_round_trip() {
+        let s = signer();
+        let e = &chain(0, GENESIS, vec![rec(1)])[0];
+        let (c, _) = signed(&s, e);
+        let a = CheckpointAnchor::of(&c);
+        assert_eq!(CheckpointAnchor::decode(&a.encode()), Some(a));
+        assert_eq!(a.id, c.id());
+        assert!(CheckpointAnchor::decode(&a.encode()[1..]).is_none());
+        assert!(CheckpointAnchor::decode(b"kms-anchor-v1\0short").is_none());
+    }
+
+    #[test]
     fn checkpoint_message_layout() {
         let c = Checkpoint {
             seq: 258,
             hash: [7; 32],
             time_unix_ms: 1,
             kid: "ab".into(),
+            prev_seq: 3,
+            prev_id: [9; 32],
+            state: StateHead {
+                version: 4,
+                seq: 5,
+                hash: [6; 32],
+            },
         };
         let m = checkpoint_message(&c);
-        assert_eq!(&m[..24], b"kms-audit-checkpoint-v1\0");
+        assert_eq!(&m[..24], b"kms-audit-checkpoint-v2\0");
         assert_eq!(&m[24..32], &[0, 0, 0, 0, 0, 0, 1, 2]);
         assert_eq!(&m[32..64], &[7; 32]);
         assert_eq!(&m[64..72], &[0, 0, 0, 0, 0, 0, 0, 1]);
-        assert_eq!(&m[72..], b"ab");
+        assert_eq!(&m[72..80], &3i64.to_be_bytes());
+        assert_eq!(&m[80..112], &[9; 32]);
+        assert_eq!(&m[112..120], &4i64.to_be_bytes());
+        assert_eq!(&m[120..128], &5i64.to_be_bytes());
+        assert_eq!(&m[128..160], &[6; 32]);
+        assert_eq!(&m[160..], b"ab");
+        assert_eq!(c.id().as_slice(), digest::digest(&digest::SHA256, &m).as_ref());
     }
 
     #[test]
@@ -705,7 +942,8 @@ mod tests {
     fn a_clean_chain_with_checkpoints_verifies_and_reports_the_gap() {
         let s = signer();
         let entries = chain(0, GENESIS, (0..10).map(rec).collect());
-        let cps = vec![signed(&s, &entries[6]), signed(&s, &entries[2])];
+        let mut cps = chained(&s, &[&entries[2], &entries[6]]);
+        cps.reverse();
         let r = run(&[s.key().clone()], cps, &entries);
         assert!(r.is_ok(), "{r:?}");
         assert_eq!(r.entries, 10);
@@ -745,7 +983,7 @@ mod tests {
     fn an_edited_and_rechained_row_is_caught_by_the_checkpoint() {
         let s = signer();
         let entries = chain(0, GENESIS, (0..6).map(rec).collect());
-        let cps = vec![signed(&s, &entries[1]), signed(&s, &entries[4])];
+        let cps = chained(&s, &[&entries[1], &entries[4]]);
         let mut edited = entries.clone();
         edited[3].record.detail = "{\"x\":1}".into();
         let edited = rechain(&edited);
@@ -789,7 +1027,7 @@ mod tests {
     fn a_truncated_chain_leaves_a_checkpoint_beyond_its_end() {
         let s = signer();
         let entries = chain(0, GENESIS, (0..6).map(rec).collect());
-        let cps = vec![signed(&s, &entries[1]), signed(&s, &entries[5])];
+        let cps = chained(&s, &[&entries[1], &entries[5]]);
         let r = run(&[s.key().clone()], cps, &entries[..4]);
         assert!(r.chain_break.is_none());
         assert_eq!(
@@ -855,6 +1093,9 @@ mod tests {
             hash: GENESIS,
             time_unix_ms: 0,
             kid: s.key().kid().to_owned(),
+            prev_seq: 0,
+            prev_id: [0; 32],
+            state: StateHead::default(),
         };
         let sig = s.sign(&c);
         let r = run(&[s.key().clone()], vec![(c.clone(), sig)], &[]);
@@ -863,6 +1104,61 @@ mod tests {
         let bad = Checkpoint { hash: [1; 32], ..c };
         let sig = s.sign(&bad);
         assert!(!run(&[s.key().clone()], vec![(bad, sig)], &[]).is_ok());
+    }
+
+    #[test]
+    fn a_checkpoint_removed_from_the_middle_breaks_the_checkpoint_chain() {
+        let s = signer();
+        let entries = chain(0, GENESIS, (0..8).map(rec).collect());
+        let mut cps = chained(&s, &[&entries[1], &entries[3], &entries[5]]);
+        let r = run(&[s.key().clone()], cps.clone(), &entries);
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(r.checkpoints_verified, 3);
+        // The one at 4 removed: the one at 6 names it.
+        cps.remove(1);
+        let r = run(&[s.key().clone()], cps.clone(), &entries);
+        assert_eq!(
+            r.bad_checkpoints
+                .iter()
+                .map(|b| (b.seq, b.fault.clone()))
+                .collect::<Vec<_>>(),
+            vec![(6, CheckpointFault::ChainBroken { prev_seq: 4 })]
+        );
+        assert!(r.first_break().unwrap().what.contains("removed or replaced"));
+        // The first removed: the next names a checkpoint that is not there.
+        let mut cps = chained(&s, &[&entries[1], &entries[3]]);
+        cps.remove(0);
+        assert!(!run(&[s.key().clone()], cps, &entries).is_ok());
+        // A second "first" checkpoint after earlier ones: the server lost track of the chain.
+        let mut cps = chained(&s, &[&entries[1]]);
+        cps.push(signed(&s, &entries[4]));
+        let r = run(&[s.key().clone()], cps, &entries);
+        assert_eq!(r.bad_checkpoints[0].fault, CheckpointFault::ChainBroken { prev_seq: 0 });
+    }
+
+    #[test]
+    fn an_anchor_must_be_extended() {
+        let s = signer();
+        let entries = chain(0, GENESIS, (0..8).map(rec).collect());
+        let cps = chained(&s, &[&entries[1], &entries[3], &entries[5]]);
+        let anchored = |cps: Vec<(Checkpoint, Vec<u8>)>, entries: &[Entry], anchor: &Checkpoint| {
+            let mut v = AuditVerifier::new(&[s.key().clone()], cps).with_anchor(anchor.clone());
+            entries.iter().for_each(|e| v.push(e));
+            v.finish()
+        };
+        // The newest descends from the anchor; the anchor itself is fine too.
+        assert!(anchored(cps.clone(), &entries, &cps[1].0).is_ok());
+        assert!(anchored(cps.clone(), &entries, &cps[2].0).is_ok());
+        // Rolled back to before the anchor: the chain and its checkpoints end at 4.
+        let r = anchored(cps[..2].to_vec(), &entries[..5], &cps[2].0);
+        assert!(r.chain_break.is_none() && r.bad_checkpoints.is_empty());
+        assert!(r.anchor_fault.as_deref().unwrap().contains("no longer stored"), "{r:?}");
+        assert!(!r.is_ok());
+        // A checkpoint at the anchor's seq that is not the anchor.
+        let mut other = cps[1].0.clone();
+        other.time_unix_ms += 1;
+        let r = anchored(cps.clone(), &entries, &other);
+        assert!(r.anchor_fault.as_deref().unwrap().contains("rewritten"), "{r:?}");
     }
 
     #[test]

@@ -30,6 +30,24 @@ pub struct AdminPublic {
     pub encryption_public_key: String,
 }
 
+impl AdminPublic {
+    /// The admin's fingerprint ([`crate::admin::fingerprint`]); `Err` if a key is not hex.
+    pub fn fingerprint(&self) -> Result<String, Error> {
+        let hex = |s: &str| {
+            hex::decode(s).map_err(|_| Error::InvalidId {
+                kind: "admin public key",
+                reason: "not hex".into(),
+            })
+        };
+        Ok(crate::admin::fingerprint(
+            &self.admin_id,
+            &self.country,
+            &hex(&self.signing_public_key)?,
+            &hex(&self.encryption_public_key)?,
+        ))
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Stored {

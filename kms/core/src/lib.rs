@@ -15,6 +15,7 @@ pub mod context;
 mod error;
 pub mod hpke_seal;
 pub mod ids;
+pub mod integrity;
 pub mod jurisdiction;
 pub mod key;
 pub mod keyfile;

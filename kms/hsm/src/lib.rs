@@ -8,6 +8,7 @@
 //! | signing key    | `CKM_EC_KEY_PAIR_GEN` (P-256); SHA-256 in software + `CKM_ECDSA` |
 //! | share key      | `CKM_EC_KEY_PAIR_GEN`; `CKM_ECDH1_DERIVE` (`CKD_NULL`); `CKM_AES_KEY_WRAP_PAD` |
 //! | root key       | `CKM_AES_KEY_GEN` (256); `CKM_AES_GCM` (IV from the OS, 128-bit tag) |
+//! | anchor         | a private `CKO_DATA` object (the last audit checkpoint kmsd signed) |
 //!
 //! Facts about SoftHSM2 2.6.1 (and cryptoki 0.12) this crate is built on, found by experiment:
 //! - SoftHSM2 scans its token directory only in `C_Initialize`: a token initialised (e.g. by
@@ -42,6 +43,7 @@
 //! wrapped and is destroyed before it returns.
 #![warn(missing_docs)]
 
+mod data;
 mod der;
 mod error;
 mod pin;

@@ -24,7 +24,7 @@ use kms_core::token::{TokenClaims, TokenSigner, TokenVerifier};
 use crate::config::{AttestationConfig, ConfigError};
 use crate::error::ApiError;
 use crate::seal::Seal;
-use crate::storage::{ChallengeUse, HardwareRow, HardwareStatus, Identity, KeyRow, Store, TokenKeyRow};
+use crate::storage::{ChallengeUse, HardwareRow, HardwareStatus, Identity, KeyRow, Store, TokenKeyRow, TpmClockRow};
 
 /// The key id under which token signing seeds are wrapped by the root key (the AAD binds it and
 /// the token key version). Generated key ids are random, so none is all zero.
@@ -133,7 +133,7 @@ fn refused(r: Refusal) -> ApiError {
     e.with_audit_detail(r.to_string())
 }
 
-fn db(e: sqlx::Error) -> ApiError {
+fn db(e: crate::storage::StoreError) -> ApiError {
     e.into()
 }
 
@@ -346,22 +346,27 @@ impl Attestation {
     /// Quotes from one AK may not go back in time (reset/restart counters, clock).
     async fn advance_clock(&self, ak_hex: &str, claims: &TpmClaims) -> Result<(), ApiError> {
         let c = &claims.clock_info;
-        let next = (c.reset_count, c.restart_count, c.clock);
+        let next = TpmClockRow {
+            ak_name: ak_hex.to_owned(),
+            reset_count: c.reset_count,
+            restart_count: c.restart_count,
+            clock: c.clock,
+        };
         for _ in 0..5 {
             let prev = self.store.tpm_clock(ak_hex).await.map_err(db)?;
-            if let Some(p) = prev {
+            if let Some(p) = &prev {
                 let earlier = attestation::tpm::ClockInfo {
-                    clock: p.2,
-                    reset_count: p.0,
-                    restart_count: p.1,
+                    clock: p.clock,
+                    reset_count: p.reset_count,
+                    restart_count: p.restart_count,
                     safe: true,
                 };
                 c.check_after(&earlier).map_err(refused)?;
-                if p == next {
+                if p.row == next {
                     return Ok(());
                 }
             }
-            if self.store.advance_tpm_clock(ak_hex, prev, next).await.map_err(db)? {
+            if self.store.advance_tpm_clock(prev.as_ref(), &next).await.map_err(db)? {
                 return Ok(());
             }
         }
@@ -421,13 +426,11 @@ impl Attestation {
                 kid: signer.kid().to_owned(),
                 public_key: signer.public_key().to_vec(),
                 wrapped_seed: root.wrap(wrap_id, version, &seed)?,
+                created_unix_ms: now_ms(),
                 root_generation: root.generation(),
             };
             // Another replica may win the race: then its key is the one.
-            self.store
-                .insert_token_key(&row, now_ms())
-                .await
-                .map_err(crate::service::admin::store_err)?;
+            self.store.insert_token_key(&row).await.map_err(db)?;
             rows = self.store.token_keys().await.map_err(db)?;
         }
         let mut signers = Vec::new();

@@ -89,7 +89,7 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, batch_max: usize)
         let mut records: Vec<Record> = std::mem::take(&mut retry);
         records.extend(batch.iter().map(|p| p.record.clone()));
         match store.append_audit(records).await {
-            Ok(()) => {
+            Ok(_) => {
                 for p in batch {
                     if let Some(done) = p.done {
                         let _ = done.send(true);

@@ -15,16 +15,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kms_core::audit::{Checkpoint, CheckpointAlgorithm, CheckpointKey, CheckpointSigner};
+use kms_core::audit::{Checkpoint, CheckpointAlgorithm, CheckpointAnchor, CheckpointKey, CheckpointSigner, GENESIS};
 use kms_core::ids::{KeyId, KeyVersion};
 use kms_core::secret::SecretKey;
 use kms_proto::v1 as pb;
 use tokio::task::JoinHandle;
 
 use crate::error::ApiError;
-use crate::seal::{RootOfTrust, Seal, SealSigner};
-use crate::storage::checkpoint::CheckpointKeyRow;
-use crate::storage::Store;
+use crate::seal::{AnchorStore, RootOfTrust, Seal, SealSigner};
+use crate::storage::{CheckpointKeyRow, Store, Violation, ViolationKind};
 
 /// The key id under which checkpoint signing seeds are wrapped by the root key (the AAD binds it
 /// and [`CHECKPOINT_KEY_WRAP_VERSION`]). Distinct from the token keys' (all zero); generated key
@@ -230,50 +229,287 @@ async fn signing_key(store: &Store, root: &dyn RootOfTrust) -> Result<Signer, Ap
         })
 }
 
-/// Signs the audit head if it advanced past the newest checkpoint and stores the checkpoint.
-/// `None` if there was nothing to sign (empty chain, head already checkpointed, or another
-/// replica stored a checkpoint for this head first). Needs the server unsealed.
-pub async fn checkpoint_now(store: &Store, seal: &Seal) -> Result<Option<Checkpoint>, ApiError> {
-    sign_head(store, seal.root()?.as_ref()).await
+/// The signer of checkpoints for this process, with what it remembers of them: the last
+/// checkpoint it verified or signed. Before each signature it checks that the database still
+/// holds that checkpoint, that every checkpoint stored since (by other replicas) verifies and
+/// descends from it, recomputes the audit chain from it to the head (and checks that the newest
+/// entry this process wrote is still there), and that the state log extends the state it
+/// signed; the new checkpoint then names the newest one as its previous. If the database went
+/// backwards it raises the integrity alarm instead (audited; nothing is signed or served any
+/// more until the process restarts).
+pub struct Checkpoints {
+    store: Store,
+    last: tokio::sync::Mutex<Option<Checkpoint>>,
 }
 
-async fn sign_head(store: &Store, root: &dyn RootOfTrust) -> Result<Option<Checkpoint>, ApiError> {
-    let (seq, hash) = store.audit_head().await?;
-    if seq == 0 {
-        return Ok(None);
+impl std::fmt::Debug for Checkpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Checkpoints")
     }
-    if store.latest_checkpoint_seq().await?.is_some_and(|newest| newest >= seq) {
-        return Ok(None);
+}
+
+/// How many stored checkpoints a process that remembers none looks back through for the newest
+/// one that verifies.
+const TAIL: u32 = 64;
+
+/// How many audit entries are read at a time while the chain is recomputed.
+const PAGE: i64 = 5_000;
+
+impl Checkpoints {
+    /// The signer for `store`.
+    pub fn new(store: Store) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            last: tokio::sync::Mutex::new(None),
+        })
     }
-    let signer = signing_key(store, root).await?;
-    let checkpoint = Checkpoint {
-        seq,
-        hash,
-        time_unix_ms: kms_core::now_unix_ms(),
-        kid: signer.key().kid().to_owned(),
-    };
-    let signature = signer.sign(&checkpoint).await?;
-    if !store.insert_checkpoint(&checkpoint, &signature).await? {
-        return Ok(None);
+
+    /// The last checkpoint this process verified or signed.
+    pub async fn last(&self) -> Option<Checkpoint> {
+        self.last.lock().await.clone()
     }
-    tracing::debug!(seq, kid = %checkpoint.kid, "audit checkpoint signed");
-    Ok(Some(checkpoint))
+
+    fn rollback(&self, table: &'static str, seq: i64, detail: String) -> ApiError {
+        self.store
+            .integrity()
+            .raise(Violation {
+                table,
+                key: format!("[\"{seq}\"]"),
+                kind: ViolationKind::StateRollback,
+                detail,
+            })
+            .into()
+    }
+
+    /// Signs the audit head with the seal's checkpoint key if it advanced past the newest
+    /// checkpoint, after the checks above. `None` if there was nothing to sign (empty chain, head
+    /// already checkpointed, or another replica stored a checkpoint for this head first).
+    pub async fn sign(&self, root: &dyn RootOfTrust) -> Result<Option<Checkpoint>, ApiError> {
+        self.store.integrity().check_alarm()?;
+        let mut last = self.last.lock().await;
+        // The state first: verified, and never behind what this process saw.
+        self.store.integrity().catch_up(&self.store).await?;
+        let state = self.store.integrity().head();
+        let (head_seq, head_hash) = self.store.audit_head().await?;
+        let signer = signing_key(&self.store, root).await?;
+        let keys: Vec<CheckpointKey> = {
+            let hsm = hsm_key(root)?.map(|h| h.key);
+            let rows = self.store.checkpoint_keys().await?;
+            trusted_rows(&rows, root, hsm.as_ref())
+                .into_iter()
+                .map(|(_, t)| t.key().clone())
+                .collect()
+        };
+        let stored = match &*last {
+            Some(l) => self.store.checkpoints_from(l.seq).await?,
+            None => self.store.checkpoints_tail(TAIL).await?,
+        };
+        let mut valid: Vec<Checkpoint> = Vec::new();
+        for (c, sig) in stored {
+            match keys.iter().find(|k| k.kid() == c.kid).map(|k| k.verify(&c, &sig)) {
+                Some(Ok(())) => valid.push(c),
+                _ => self.store.integrity().report(Violation {
+                    table: "audit_checkpoints",
+                    key: format!("[\"{}\"]", c.seq),
+                    kind: ViolationKind::Integrity,
+                    detail: "its signature does not verify under a checkpoint key the seal holds (written by someone else); it is ignored".into(),
+                }),
+            }
+        }
+        if let Some(l) = &*last {
+            if !valid.iter().any(|c| c.seq == l.seq && c.id() == l.id()) {
+                return Err(self.rollback(
+                    "audit_checkpoints",
+                    l.seq,
+                    format!(
+                        "checkpoint {} that this server signed or verified is gone or changed: the audit log was rolled back or rewritten",
+                        l.seq
+                    ),
+                ));
+            }
+        }
+        let base = valid.last().cloned().or_else(|| last.clone());
+        // Every checkpoint since the last one known here descends from it.
+        if let (Some(l), Some(b)) = (&*last, &base) {
+            let mut at = b.clone();
+            while at.seq > l.seq {
+                match valid.iter().find(|c| c.seq == at.prev_seq && c.id() == at.prev_id) {
+                    Some(p) => at = p.clone(),
+                    None => break,
+                }
+            }
+            if at.seq != l.seq {
+                return Err(self.rollback(
+                    "audit_checkpoints",
+                    b.seq,
+                    format!(
+                        "checkpoint {} does not descend from checkpoint {} that this server knows",
+                        b.seq, l.seq
+                    ),
+                ));
+            }
+        }
+        let (from_seq, from_hash) = match (&*last, &base) {
+            (Some(l), _) => (l.seq, l.hash),
+            (None, Some(b)) => (b.seq, b.hash),
+            (None, None) => (0, GENESIS),
+        };
+        if head_seq < from_seq {
+            return Err(self.rollback(
+                "audit_head",
+                head_seq,
+                format!("the audit log ends at {head_seq}, before checkpoint {from_seq}: entries were removed"),
+            ));
+        }
+        let written = self.store.integrity().audit_written();
+        if let Some((w, _)) = written {
+            if w > head_seq {
+                return Err(self.rollback(
+                    "audit_head",
+                    head_seq,
+                    format!("the audit log ends at {head_seq}, but this server wrote entry {w}: entries were removed"),
+                ));
+            }
+        }
+        // The chain from the last checkpoint known here to the head, recomputed.
+        let mut at = from_seq;
+        let mut prev = from_hash;
+        while at < head_seq {
+            let upto = head_seq.min(at + PAGE);
+            let entries = self.store.audit_entries(at, upto).await?;
+            for e in &entries {
+                if e.seq != at + 1
+                    || e.prev_hash != prev
+                    || kms_core::audit::entry_hash(&prev, e.seq, &e.record) != e.hash
+                {
+                    return Err(self.rollback(
+                        "audit_log",
+                        at + 1,
+                        format!("audit entry {} is missing or altered (the chain after checkpoint {from_seq} does not recompute)", at + 1),
+                    ));
+                }
+                if valid.iter().any(|c| c.seq == e.seq && c.hash != e.hash)
+                    || written.is_some_and(|(w, h)| w == e.seq && h != e.hash)
+                {
+                    return Err(self.rollback(
+                        "audit_log",
+                        e.seq,
+                        format!("audit entry {} is not the one that was written or checkpointed", e.seq),
+                    ));
+                }
+                prev = e.hash;
+                at = e.seq;
+            }
+            if entries.is_empty() {
+                break;
+            }
+        }
+        if at != head_seq || prev != head_hash {
+            return Err(self.rollback(
+                "audit_head",
+                head_seq,
+                format!("the audit head ({head_seq}) is not where the chain from checkpoint {from_seq} ends"),
+            ));
+        }
+        // The state signed last is still the start of the state log this process replayed.
+        if let Some(b) = &base {
+            let logged = if b.state.seq == 0 {
+                Some(kms_core::integrity::STATE_GENESIS)
+            } else {
+                self.store.state_log_hash(b.state.seq).await?
+            };
+            if !b.state.is_extended_by(&state) || logged != Some(b.state.hash) {
+                return Err(self.rollback(
+                    "state_log",
+                    b.state.seq,
+                    format!(
+                        "the state (version {}) does not extend state version {} signed into checkpoint {}: the database was rolled back",
+                        state.version, b.state.version, b.seq
+                    ),
+                ));
+            }
+        }
+        if head_seq == 0 || base.as_ref().is_some_and(|b| b.seq >= head_seq) {
+            *last = base;
+            return Ok(None);
+        }
+        let checkpoint = Checkpoint {
+            seq: head_seq,
+            hash: head_hash,
+            time_unix_ms: kms_core::now_unix_ms(),
+            kid: signer.key().kid().to_owned(),
+            prev_seq: base.as_ref().map_or(0, |b| b.seq),
+            prev_id: base.as_ref().map_or([0; 32], Checkpoint::id),
+            state,
+        };
+        let signature = signer.sign(&checkpoint).await?;
+        if !self.store.insert_checkpoint(&checkpoint, &signature).await? {
+            // Another replica signed this head first; its checkpoint is checked next time.
+            *last = base;
+            return Ok(None);
+        }
+        tracing::debug!(seq = checkpoint.seq, kid = %checkpoint.kid, state = state.version, "audit checkpoint signed");
+        *last = Some(checkpoint.clone());
+        drop(last);
+        if let Some(anchors) = root.anchor_store() {
+            self.anchor(anchors, &checkpoint).await;
+        }
+        Ok(Some(checkpoint))
+    }
+
+    /// Records `c` in the seal's HSM (if it is newer than what the HSM holds), so a database
+    /// rolled back behind it is refused at the next start.
+    async fn anchor(&self, anchors: Arc<dyn AnchorStore>, c: &Checkpoint) {
+        let Ok(Some(cfg)) = self.store.seal_config().await else {
+            return;
+        };
+        let label = anchor_label(&cfg.deployment_id);
+        let value = CheckpointAnchor::of(c).encode();
+        let seq = c.seq;
+        let done = tokio::task::spawn_blocking(move || {
+            let newer = match anchors.read(&label)? {
+                Some(old) => CheckpointAnchor::decode(&old).is_none_or(|a| a.seq < seq),
+                None => true,
+            };
+            if newer {
+                anchors.write(&label, &value)?;
+            }
+            Ok::<(), kms_core::Error>(())
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot record the checkpoint anchor in the HSM"),
+            Err(_) => tracing::warn!("the HSM anchor task failed"),
+        }
+    }
+}
+
+/// The HSM data object that anchors a deployment's checkpoints.
+pub fn anchor_label(deployment_id: &str) -> String {
+    format!("kms-anchor-{deployment_id}")
+}
+
+/// Signs a checkpoint now with the seal's key (see [`Checkpoints::sign`]). Needs the server
+/// unsealed.
+pub async fn checkpoint_now(checkpoints: &Checkpoints, seal: &Seal) -> Result<Option<Checkpoint>, ApiError> {
+    checkpoints.sign(seal.root()?.as_ref()).await
 }
 
 /// Starts the periodic signer: every `interval`, while unsealed, [`checkpoint_now`]. Stop it
 /// with [`JoinHandle::abort`] (a checkpoint is one INSERT: stopping between two is harmless),
 /// then call [`checkpoint_now`] once for the final head.
-pub fn spawn(store: Store, seal: Arc<Seal>, interval: Duration) -> JoinHandle<()> {
+pub fn spawn(checkpoints: Arc<Checkpoints>, seal: Arc<Seal>, interval: Duration) -> JoinHandle<()> {
     let period = interval.max(Duration::from_millis(100));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if seal.root().is_err() {
+            if seal.root().is_err() || checkpoints.store.integrity().alarm().is_some() {
                 continue;
             }
-            if let Err(e) = checkpoint_now(&store, &seal).await {
+            if let Err(e) = checkpoint_now(&checkpoints, &seal).await {
                 tracing::warn!(reason = e.reason, error = %e.message, "audit checkpoint not signed");
             }
         }
@@ -316,17 +552,11 @@ mod tests {
     use super::*;
 
     async fn store() -> (Store, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("kms.db").display());
-        let store = Store::connect(&url, 4).await.unwrap();
-        sqlx::query(
-            "INSERT INTO seal_config (id, kind, threshold, kcv, created_unix_ms) VALUES (1, 'shamir', 1, $1, 0)",
-        )
-        .bind(vec![0u8; 16])
-        .execute(store.pool())
-        .await
-        .unwrap();
-        (store, dir)
+        crate::storage::test_store().await
+    }
+
+    async fn sign_head(store: &Store, root: &dyn RootOfTrust) -> Result<Option<Checkpoint>, ApiError> {
+        Checkpoints::new(store.clone()).sign(root).await
     }
 
     /// A software root of generation 1.

@@ -22,8 +22,17 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Countries whose admins may exist.
     pub allowed_countries: AllowedCountries,
-    /// How far an admin request's timestamp may be from the server's clock.
+    /// How old an admin request's timestamp may be.
     pub admin_request_window: Duration,
+    /// How far in the future an admin request's timestamp may be, and how much longer than the
+    /// window a request nonce is kept (clocks of admins and replicas differ by at most this).
+    pub admin_clock_skew: Duration,
+    /// The fingerprints (`sha256:…`, `kmsctl admin fingerprint`) of exactly the admins Init must
+    /// name (`admin.init_admins`). Without it Init is refused (outside dev mode), so whoever
+    /// reaches an uninitialized server first cannot make it theirs.
+    pub init_admins: Option<Vec<String>>,
+    /// How often every row is read and checked, and missing rows looked for (`integrity`).
+    pub integrity_scan_interval: Duration,
     /// How long a quorum proposal stays open (default and maximum).
     pub proposal_ttl: Duration,
     /// How long a replica trusts its cached copy of a key's metadata (state, grants, policy)
@@ -31,6 +40,10 @@ pub struct Config {
     pub key_cache_ttl: Duration,
     /// How often the destroyer looks for keys whose deletion window has ended.
     pub destroy_interval: Duration,
+    /// Tests only, never read from a configuration file: how far ahead of the real clock the
+    /// destroyer's clock runs, so a test can see a deletion window end without waiting 7 days
+    /// (or writing the database, which kmsd refuses). Zero everywhere else.
+    pub danger_destroyer_clock_ahead: Duration,
     /// Most audit entries written in one transaction.
     pub audit_batch_max: usize,
     /// How often a signed audit checkpoint is written (when the chain advanced).
@@ -288,6 +301,8 @@ struct File {
     #[serde(default)]
     attestation: AttestationSection,
     #[serde(default)]
+    integrity: IntegritySection,
+    #[serde(default)]
     danger: Danger,
     #[serde(default)]
     log: LogConfig,
@@ -314,6 +329,10 @@ struct AdminSection {
     request_window_secs: u64,
     #[serde(default = "default_proposal_ttl")]
     proposal_ttl_secs: u64,
+    #[serde(default = "default_clock_skew")]
+    max_clock_skew_secs: u64,
+    #[serde(default)]
+    init_admins: Option<Vec<String>>,
 }
 
 impl Default for AdminSection {
@@ -322,8 +341,58 @@ impl Default for AdminSection {
             allowed_countries: default_countries(),
             request_window_secs: default_window(),
             proposal_ttl_secs: default_proposal_ttl(),
+            max_clock_skew_secs: default_clock_skew(),
+            init_admins: None,
         }
     }
+}
+
+fn default_clock_skew() -> u64 {
+    30
+}
+
+/// `[integrity]`: how often every row is checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntegritySection {
+    #[serde(default = "default_scan_interval")]
+    scan_interval_secs: u64,
+}
+
+impl Default for IntegritySection {
+    fn default() -> Self {
+        Self {
+            scan_interval_secs: default_scan_interval(),
+        }
+    }
+}
+
+fn default_scan_interval() -> u64 {
+    300
+}
+
+/// Checks pinned admin fingerprints: `sha256:` and 64 lowercase hex digits, no duplicates.
+fn check_init_admins(list: &[String]) -> Result<Vec<String>, ConfigError> {
+    if list.is_empty() {
+        return Err(ConfigError(
+            "admin.init_admins: list at least one admin fingerprint".into(),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, f) in list.iter().enumerate() {
+        let ok = f
+            .strip_prefix("sha256:")
+            .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        if !ok {
+            return Err(ConfigError(format!(
+                "admin.init_admins[{i}]: {f:?} is not an admin fingerprint (sha256: and 64 hex digits, as `kmsctl admin fingerprint` prints)"
+            )));
+        }
+        if !seen.insert(f.clone()) {
+            return Err(ConfigError(format!("admin.init_admins[{i}]: {f} is listed twice")));
+        }
+    }
+    Ok(list.to_vec())
 }
 
 fn default_countries() -> Vec<String> {
@@ -505,6 +574,15 @@ impl Config {
                 "admin.request_window_secs must be between 10 and 3600".into(),
             ));
         }
+        if file.admin.max_clock_skew_secs > 600 {
+            return Err(ConfigError("admin.max_clock_skew_secs must be at most 600".into()));
+        }
+        let init_admins = file.admin.init_admins.as_deref().map(check_init_admins).transpose()?;
+        if !(10..=86_400).contains(&file.integrity.scan_interval_secs) {
+            return Err(ConfigError(
+                "integrity.scan_interval_secs must be between 10 and 86400".into(),
+            ));
+        }
         if !(60..=30 * 86_400).contains(&file.admin.proposal_ttl_secs) {
             return Err(ConfigError(
                 "admin.proposal_ttl_secs must be between 60 and 2592000 (30 days)".into(),
@@ -552,9 +630,13 @@ impl Config {
             tls: Some(file.tls),
             allowed_countries,
             admin_request_window: Duration::from_secs(file.admin.request_window_secs),
+            admin_clock_skew: Duration::from_secs(file.admin.max_clock_skew_secs),
+            init_admins,
+            integrity_scan_interval: Duration::from_secs(file.integrity.scan_interval_secs),
             proposal_ttl: Duration::from_secs(file.admin.proposal_ttl_secs),
             key_cache_ttl: Duration::from_millis(file.keys.cache_ttl_ms),
             destroy_interval: Duration::from_secs(file.keys.destroy_interval_secs),
+            danger_destroyer_clock_ahead: Duration::ZERO,
             audit_batch_max: file.audit.batch_max,
             checkpoint_interval: Duration::from_secs(file.audit.checkpoint_interval_secs),
             hsm,
@@ -590,9 +672,14 @@ impl Config {
             tls: None,
             allowed_countries: AllowedCountries::eu(),
             admin_request_window: Duration::from_secs(default_window()),
+            admin_clock_skew: Duration::from_secs(default_clock_skew()),
+            // Dev mode initializes itself with its own dev admin.
+            init_admins: None,
+            integrity_scan_interval: Duration::from_secs(60),
             proposal_ttl: Duration::from_secs(default_proposal_ttl()),
             key_cache_ttl: Duration::from_millis(default_cache_ttl()),
             destroy_interval: Duration::from_secs(default_destroy_interval()),
+            danger_destroyer_clock_ahead: Duration::ZERO,
             audit_batch_max: default_batch(),
             // Dev mode checkpoints often, so the feature shows within a demo.
             checkpoint_interval: Duration::from_secs(5),

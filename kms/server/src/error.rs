@@ -120,6 +120,131 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<crate::storage::StoreError> for ApiError {
+    fn from(e: crate::storage::StoreError) -> Self {
+        use crate::storage::StoreError as E;
+        match e {
+            E::Conflict => Self::exists("conflict", "a concurrent change conflicts with this one; retry"),
+            E::Db(d) => d.into(),
+            E::Sealed => Self::sealed(),
+            E::Integrity(v) => Self::precondition(
+                "row_integrity",
+                format!(
+                    "the {} row {} in the database is not as kmsd wrote it, so it is not used (an operator must look: see the audit log)",
+                    v.table, v.key
+                ),
+            )
+            .with_audit_detail(v.detail),
+            E::Rollback(v) => {
+                let message = match v.kind {
+                    crate::storage::ViolationKind::StateRollback => format!(
+                        "the database went back behind a state this server saw ({}): nothing is served until an operator restores it and restarts kmsd",
+                        v.detail
+                    ),
+                    _ => format!(
+                        "the {} row {} in the database is an older version than kmsd last wrote, or was removed, so it is not used (an operator must look: see the audit log)",
+                        v.table, v.key
+                    ),
+                };
+                Self::precondition(v.kind.reason(), message).with_audit_detail(v.detail)
+            }
+            E::Refused(r) => refusal(r),
+            E::Crypto(c) => c.into(),
+        }
+    }
+}
+
+/// The wire form of a refusal decided inside a transaction.
+fn refusal(r: crate::storage::Refusal) -> ApiError {
+    use crate::storage::Refusal as R;
+    match r {
+        R::NotInitialized => ApiError::precondition("not_initialized", "the server is not initialized (kmsctl init)"),
+        R::AdminNotFound(id) => ApiError::not_found("admin_not_found", format!("no active admin {id}")),
+        R::AdminRemoved(id) => ApiError::denied("admin_removed", format!("admin {id} was removed")),
+        R::QuorumUnreachable {
+            admins,
+            quorum,
+            removing: Some(id),
+        } => ApiError::precondition(
+            "quorum_unreachable",
+            format!("removing {id} would leave {admins} admins for an approval quorum of {quorum}: lower the quorum first"),
+        ),
+        R::QuorumUnreachable { admins, quorum, .. } => ApiError::precondition(
+            "quorum_unreachable",
+            format!("there are {admins} admins: a quorum of {quorum} could never be reached"),
+        ),
+        R::TooFewCustodians {
+            removing,
+            custodians,
+            threshold,
+        } => ApiError::precondition(
+            "too_few_custodians",
+            format!("removing {removing} would leave {custodians} custodians for an unseal threshold of {threshold}: rotate the root key to other custodians first"),
+        ),
+        R::RotationInProgress => ApiError::precondition(
+            "rotation_in_progress",
+            "a root key rotation is in progress: wait for it to complete (kmsctl status)",
+        ),
+        R::GenerationChanged => ApiError::unavailable(
+            "generation_changed",
+            "the root key was rotated and this replica still holds the previous generation; retry in a moment",
+        ),
+        R::RotationRaced => ApiError::precondition(
+            "generation_changed",
+            "the root key generation changed meanwhile: propose the rotation again",
+        ),
+        R::TpmEnrollmentUsed => ApiError::precondition(
+            "tpm_enrollment_used",
+            "the credential challenge was used meanwhile (by another enrolment): the machine must start again (BeginTpmEnrollment)",
+        ),
+        R::QuorumRequired(quorum) => ApiError::precondition(
+            "quorum_required",
+            format!("the approval quorum is now {quorum}: propose the operation"),
+        ),
+        R::ProposalClosed(id) => ApiError::precondition(
+            "proposal_closed",
+            format!("proposal {id} is no longer pending (executed, rejected or expired meanwhile)"),
+        ),
+        R::QuorumNotReached {
+            proposal,
+            approvals,
+            quorum,
+        } => ApiError::precondition(
+            "quorum_not_reached",
+            format!("proposal {proposal} has {approvals} of {quorum} approvals from active admins (M or the admins changed meanwhile): approve again"),
+        ),
+        R::AlreadyApproved {
+            admin,
+            proposal,
+            rejecting: true,
+        } => ApiError::precondition(
+            "already_approved",
+            format!("admin {admin} approved proposal {proposal}: an approval cannot be turned into a rejection"),
+        ),
+        R::AlreadyApproved { admin, proposal, .. } => ApiError::precondition(
+            "already_approved",
+            format!("admin {admin} has already approved proposal {proposal}"),
+        ),
+        R::AlreadyRejected {
+            admin,
+            proposal,
+            approving: true,
+        } => ApiError::precondition(
+            "already_rejected",
+            format!("admin {admin} rejected proposal {proposal}: a rejection cannot be turned into an approval"),
+        ),
+        R::AlreadyRejected { .. } => {
+            ApiError::precondition("already_rejected", "this admin has already rejected this proposal")
+        }
+        R::ApprovalInvalid { proposal, admin, what } => ApiError::precondition(
+            "approval_invalid",
+            format!("proposal {proposal} cannot run: the stored approval of {admin} does not verify ({what})"),
+        ),
+        R::VersionOverflow => ApiError::internal("version_overflow", "version out of range"),
+        R::Internal(what) => ApiError::internal("storage_invariant", what),
+    }
+}
+
 impl From<kms_core::Error> for ApiError {
     fn from(e: kms_core::Error) -> Self {
         use kms_core::Error as E;

@@ -139,9 +139,11 @@ impl Keys {
         Ok(kek)
     }
 
-    /// `sealed` (or `not_initialized`) unless the root of trust is available.
+    /// `sealed` (or `not_initialized`) unless the root of trust is available; `state_rollback`
+    /// once this server found the database gone back behind a state it saw.
     pub fn ensure_unsealed(&self) -> Result<(), ApiError> {
-        self.seal.root().map(|_| ())
+        self.seal.root()?;
+        self.store.integrity().check_alarm().map_err(ApiError::from)
     }
 
     /// Forgets every cached KEK (when sealing).

@@ -77,8 +77,10 @@ pub async fn serve(
     let dev_dir = config.dev.as_ref().map(|d| d.data_dir.clone());
     let seal = Arc::new(Seal::load(&store, dev_dir.clone(), config.hsm.clone()).await?);
     let rotation_task = rotation::spawn(store.clone(), seal.clone(), config.rotation);
-    let checkpoints = checkpoint::spawn(store.clone(), seal.clone(), config.checkpoint_interval);
+    let checkpointer = checkpoint::Checkpoints::new(store.clone());
+    let checkpoints = checkpoint::spawn(checkpointer.clone(), seal.clone(), config.checkpoint_interval);
     let (audit, audit_task) = AuditLog::start(store.clone(), config.audit_batch_max);
+    let violations = tokio::spawn(audit_violations(store.clone(), audit.clone()));
     let keys = Arc::new(Keys::new(store.clone(), seal.clone(), config.key_cache_ttl));
     let test_roots = config.danger.snp_test_roots().map_err(|e| ServeError::Config(e.0))?;
     let attestation = Arc::new(
@@ -92,6 +94,8 @@ pub async fn serve(
         audit: audit.clone(),
         allowed_countries: config.allowed_countries.clone(),
         window: config.admin_request_window,
+        skew: config.admin_clock_skew,
+        init_admins: config.init_admins.clone(),
         proposal_ttl: config.proposal_ttl,
         allow_unattested: config.danger.allow_unattested_keys,
         attestation: attestation.clone(),
@@ -134,7 +138,11 @@ pub async fn serve(
         keys.clone(),
         seal.clone(),
         health,
-        config.destroy_interval,
+        Intervals {
+            destroy: config.destroy_interval,
+            scan: config.integrity_scan_interval,
+            destroyer_ahead_ms: i64::try_from(config.danger_destroyer_clock_ahead.as_millis()).unwrap_or(0),
+        },
         stop_rx,
     ));
 
@@ -162,13 +170,14 @@ pub async fn serve(
     let _ = background.await;
     rotation_task.abort();
     checkpoints.abort();
+    violations.abort();
     drop(audit);
     drop(keys);
     // The writer ends when the last handle is gone and its queue is written.
     let _ = audit_task.await;
     // A last checkpoint covers everything written up to the stop.
-    if seal.root().is_ok() {
-        if let Err(e) = checkpoint::checkpoint_now(&store, &seal).await {
+    if seal.root().is_ok() && store.integrity().alarm().is_none() {
+        if let Err(e) = checkpoint::checkpoint_now(&checkpointer, &seal).await {
             tracing::warn!(reason = e.reason, error = %e.message, "final audit checkpoint not signed");
         }
     }
@@ -211,17 +220,51 @@ async fn dev_init(admin: &AdminPlane, dir: &std::path::Path) -> Result<(), Serve
     Ok(())
 }
 
+/// Writes every row the integrity checks refused into the audit log (each at most once a
+/// minute), so an operator sees what someone did to the database.
+async fn audit_violations(store: Store, audit: AuditLog) {
+    let Some(mut rx) = store.integrity().take_violations() else {
+        return;
+    };
+    while let Some(v) = rx.recv().await {
+        let mut a = Audit::new("system:integrity", "integrity.violation");
+        if v.table == "keys" {
+            if let Some(id) = serde_json::from_str::<Vec<String>>(&v.key)
+                .ok()
+                .and_then(|k| k.into_iter().next())
+            {
+                a.key(&id);
+            }
+        }
+        a.detail("table", v.table);
+        a.detail("row", v.key.as_str());
+        a.detail("found", v.detail.as_str());
+        let e = error::ApiError::precondition(v.kind.reason(), format!("{}", v));
+        audit.record(a.failed(&e)).await;
+    }
+}
+
+/// How often the periodic work runs.
+struct Intervals {
+    destroy: std::time::Duration,
+    scan: std::time::Duration,
+    destroyer_ahead_ms: i64,
+}
+
 /// Periodic work: destroy keys whose deletion window ended, forget expired admin nonces, keep
-/// the health status in step with the seal.
+/// the health status in step with the seal, follow the state log (other replicas' writes, and
+/// whether the database went back), and check every row now and then.
 async fn background(
     store: Store,
     keys: Arc<Keys>,
     seal: Arc<Seal>,
     health: tonic_health::server::HealthReporter,
-    interval: std::time::Duration,
+    every: Intervals,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut destroy_tick = tokio::time::interval(interval);
+    let mut destroy_tick = tokio::time::interval(every.destroy);
+    let mut scan_tick = tokio::time::interval(every.scan);
+    scan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut health_tick = tokio::time::interval(std::time::Duration::from_millis(500));
     let mut last_sealed = None;
     loop {
@@ -230,11 +273,17 @@ async fn background(
             _ = health_tick.tick() => {
                 // Another replica may have run Init: pick up its seal record (sealed).
                 if !seal.is_initialized() {
-                    if let Ok(Some(cfg)) = store.seal_config().await {
+                    if let Ok(Some(cfg)) = store.seal_config_unverified().await {
                         seal.adopt_initialized(&store, &cfg).await;
                     }
                 }
-                let sealed = seal.root().is_err();
+                let sealed = seal.root().is_err() || store.integrity().alarm().is_some();
+                if !sealed {
+                    // Learns of other replicas' writes, and notices a database that went back.
+                    if let Err(e) = store.integrity().catch_up(&store).await {
+                        tracing::warn!(error = %e, "cannot follow the state log");
+                    }
+                }
                 if last_sealed != Some(sealed) {
                     last_sealed = Some(sealed);
                     if sealed {
@@ -244,8 +293,20 @@ async fn background(
                     }
                 }
             }
+            _ = scan_tick.tick() => {
+                if seal.root().is_ok() && store.integrity().alarm().is_none() {
+                    match store.integrity().scan(&store).await {
+                        Ok(v) if v.is_empty() => tracing::debug!("integrity scan: every row verifies"),
+                        Ok(v) => tracing::error!(refused = v.len(), "integrity scan: rows that kmsd did not write are refused (see the audit log)"),
+                        Err(e) => tracing::warn!(error = %e, "integrity scan failed"),
+                    }
+                }
+            }
             _ = destroy_tick.tick() => {
-                destroy_due(&store, &keys).await;
+                if seal.root().is_err() {
+                    continue;
+                }
+                destroy_due(&store, &keys, kms_core::now_unix_ms() + every.destroyer_ahead_ms).await;
                 match store.expire_proposals(kms_core::now_unix_ms()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(expired = n, "proposals expired"),
@@ -263,10 +324,10 @@ async fn background(
     }
 }
 
-/// Destroys keys whose deletion time has passed: material erased, state Destroyed, audited in
-/// the same transaction. Safe on several replicas: the conditional update lets one win.
-pub async fn destroy_due(store: &Store, keys: &Keys) {
-    let now = kms_core::now_unix_ms();
+/// Destroys keys whose deletion time is at or before `now`: material erased, state Destroyed,
+/// audited in the same transaction. Safe on several replicas: write transactions serialize and
+/// re-check the state.
+pub async fn destroy_due(store: &Store, keys: &Keys, now: i64) {
     let due = match store.due_for_destruction(now).await {
         Ok(d) => d,
         Err(e) => {

@@ -25,7 +25,7 @@ use crate::seal::{Seal, SealKind};
 use crate::service::admin::{store_err, AdminPlane};
 use crate::service::quorum::Exec;
 use crate::service::Audit;
-use crate::storage::{RewrapItem, RootGenerationRow, SecretTable, Store};
+use crate::storage::{RewrapItem, RootGenerationRow, SecretTable, ShareRow, Store};
 
 /// How long after a rotation starts the worker waits before re-wrapping (replicas adopt the
 /// next root within a second).
@@ -129,6 +129,20 @@ pub async fn run_pending(store: &Store, seal: &Seal, pace: RotationPace) -> Resu
         if !pace.pause.is_zero() {
             tokio::time::sleep(pace.pause).await;
         }
+    }
+    // Every row is re-authenticated under the next generation's integrity key before the old
+    // one is dropped (content and versions unchanged; resumable the same way).
+    let moved = store
+        .reauthenticate_all(new_gen, pace.batch_size, pace.pause)
+        .await
+        .map_err(store_err)?;
+    if moved > 0 {
+        tracing::info!(
+            from = old_gen,
+            to = new_gen,
+            moved,
+            "root rotation: rows re-authenticated"
+        );
     }
     let mut audit = Audit::new("system:rotation", "admin.rotate_root.complete");
     audit.detail("from_generation", old_gen);
@@ -311,7 +325,11 @@ impl AdminPlane {
             for ((id, key), share) in custodians.iter().zip(split) {
                 let plaintext = share_wrap::share_plaintext(id, share.expose_secret());
                 let envelope = share_wrap::seal(key, plaintext.expose_secret())?;
-                shares.push((id.clone(), envelope.encode()));
+                shares.push(ShareRow {
+                    generation: new_gen,
+                    admin_id: id.clone(),
+                    envelope: envelope.encode(),
+                });
             }
             next_root_wrapped = Some(self.seal.wrap_next_root(new_gen, material)?);
         }
@@ -323,6 +341,10 @@ impl AdminPlane {
             kcv: new_root.check.clone(),
             hsm_label: new_root.hsm_label.clone(),
             next_root_wrapped,
+            created_unix_ms: kms_core::now_unix_ms(),
+            created_by: audit.caller.clone(),
+            completed_unix_ms: None,
+            integrity_key: Some(new_root.integrity_key.clone()),
         };
         if let Err(e) = self
             .store

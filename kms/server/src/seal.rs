@@ -19,13 +19,14 @@ use std::sync::{Arc, RwLock};
 
 use kms_core::blob::Kek;
 use kms_core::ids::{KeyId, KeyVersion};
+use kms_core::integrity::IntegrityKey;
 use kms_core::root::{kek_wrap_aad, key_check_value, RootKeyMaterial, SoftwareRoot};
-use kms_core::secret::SecretBytes;
+use kms_core::secret::{SecretBytes, SecretKey};
 use kms_core::share_wrap::{self, ShareEnvelope, UnsealKey};
 use kms_hsm::{Hsm, HsmRoot, HsmSigner, PinSource, TokenSelector};
 
 use crate::error::ApiError;
-use crate::storage::{RootGenerationRow, SealConfigRow, Store};
+use crate::storage::{KeyRing, RootGenerationRow, SealConfigRow, Store, StoreError, Table};
 
 /// Wraps and unwraps KEKs under the root key.
 pub trait RootOfTrust: Send + Sync {
@@ -46,6 +47,32 @@ pub trait RootOfTrust: Send + Sync {
     fn holds_checkpoint_key(&self, label: &str, public_key: &[u8]) -> bool {
         let _ = (label, public_key);
         false
+    }
+    /// Memory outside the database that the seal holds (the pkcs11 seal's HSM), where the last
+    /// signed audit checkpoint is anchored. `None` for software seals.
+    fn anchor_store(&self) -> Option<Arc<dyn AnchorStore>> {
+        None
+    }
+}
+
+/// A small value kept outside the database (in the seal's HSM).
+pub trait AnchorStore: Send + Sync {
+    /// The value under `label`, if any.
+    fn read(&self, label: &str) -> Result<Option<Vec<u8>>, kms_core::Error>;
+    /// Sets the value under `label`.
+    fn write(&self, label: &str, value: &[u8]) -> Result<(), kms_core::Error>;
+}
+
+struct HsmAnchor(Arc<Hsm>);
+
+impl AnchorStore for HsmAnchor {
+    fn read(&self, label: &str) -> Result<Option<Vec<u8>>, kms_core::Error> {
+        self.0.read_data(label).map_err(|e| kms_core::Error::Hsm(e.to_string()))
+    }
+    fn write(&self, label: &str, value: &[u8]) -> Result<(), kms_core::Error> {
+        self.0
+            .write_data(label, value)
+            .map_err(|e| kms_core::Error::Hsm(e.to_string()))
     }
 }
 
@@ -136,11 +163,14 @@ struct Generation {
     kcv: [u8; 16],
 }
 
-/// A generation's root key held by this process.
+/// A generation's root key held by this process, with the generation's integrity key (which
+/// authenticates database rows; wrapped under that root in its generation row).
+#[derive(Clone)]
 struct Held {
     number: u64,
     kind: SealKind,
     root: Arc<dyn RootOfTrust>,
+    integrity: Arc<IntegrityKey>,
 }
 
 /// The roots this process holds: the current generation's and, during a rotation, the next.
@@ -163,6 +193,15 @@ impl Roots {
     /// The next generation's root, during a rotation.
     pub fn next(&self) -> Option<(u64, Arc<dyn RootOfTrust>)> {
         self.next.as_ref().map(|h| (h.number, h.root.clone()))
+    }
+
+    /// The integrity keys of the generations held.
+    fn key_ring(&self) -> Option<KeyRing> {
+        let mut keys = vec![(self.current.number, self.current.integrity.clone())];
+        if let Some(n) = &self.next {
+            keys.push((n.number, n.integrity.clone()));
+        }
+        KeyRing::new(keys)
     }
 }
 
@@ -190,6 +229,9 @@ impl RootOfTrust for Roots {
             .as_ref()
             .is_some_and(|n| n.root.holds_checkpoint_key(label, public_key))
             || self.current.root.holds_checkpoint_key(label, public_key)
+    }
+    fn anchor_store(&self) -> Option<Arc<dyn AnchorStore>> {
+        self.newest().root.anchor_store()
     }
 }
 
@@ -226,6 +268,9 @@ impl RootOfTrust for Pkcs11Root {
         self.hsm
             .signing_key(label)
             .is_ok_and(|k| k.public_key_bytes() == public_key)
+    }
+    fn anchor_store(&self) -> Option<Arc<dyn AnchorStore>> {
+        Some(Arc::new(HsmAnchor(self.hsm.clone())))
     }
 }
 
@@ -287,6 +332,9 @@ pub struct Seal {
     hsm: std::sync::Mutex<Option<Arc<Hsm>>>,
     hsm_login_refused: std::sync::Mutex<Option<String>>,
     replica_id: String,
+    /// The database whose rows the held integrity keys authenticate (published to it whenever
+    /// the state changes).
+    store: Store,
 }
 
 impl std::fmt::Debug for Seal {
@@ -300,7 +348,7 @@ impl std::fmt::Debug for Seal {
 pub enum LoadError {
     /// Database.
     #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(String),
     /// Configuration mismatch or corrupt state.
     #[error("{0}")]
     Refused(String),
@@ -310,6 +358,15 @@ pub enum LoadError {
     HsmLoginRefused(String),
 }
 
+impl From<StoreError> for LoadError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Db(d) => Self::Db(d.to_string()),
+            other => Self::Refused(ApiError::from(other).message),
+        }
+    }
+}
+
 const DEV_ROOT_FILE: &str = "dev-root-key";
 /// The reserved key id under which a software next root is wrapped by the current root (its
 /// version is the next generation number).
@@ -317,6 +374,44 @@ const NEXT_ROOT_WRAP_ID: [u8; 16] = [0xff; 16];
 /// The AAD of the pkcs11 root's check value: a fixed value encrypted at init and decrypted at
 /// every start, so the wrong key (or token) is noticed before anything is served.
 const PKCS11_CANARY_ID: [u8; 16] = [0xfe; 16];
+/// The reserved key id under which each generation's integrity key is wrapped by that
+/// generation's root (its version is the generation number).
+const INTEGRITY_KEY_WRAP_ID: [u8; 16] = [0xfd; 16];
+
+/// A fresh integrity key for `generation`, and it wrapped under that generation's root.
+fn new_integrity(root: &dyn RootOfTrust, generation: u64) -> Result<(Arc<IntegrityKey>, Vec<u8>), ApiError> {
+    let secret = SecretKey::<32>::generate()?;
+    let wrapped = root.wrap(
+        KeyId::from_bytes(INTEGRITY_KEY_WRAP_ID),
+        version_of(generation)?,
+        &secret,
+    )?;
+    Ok((Arc::new(IntegrityKey::new(&secret)), wrapped))
+}
+
+/// Unwraps a generation's integrity key with its root. A generation row without one (written
+/// before row authentication existed) cannot be used: the database must be initialized again.
+fn open_integrity(
+    root: &dyn RootOfTrust,
+    generation: u64,
+    wrapped: Option<&[u8]>,
+) -> Result<Arc<IntegrityKey>, ApiError> {
+    let wrapped = wrapped.ok_or_else(|| {
+        ApiError::precondition(
+            "row_integrity",
+            format!("root generation {generation} has no integrity key (a database from before row authentication): initialize a new database"),
+        )
+    })?;
+    let secret = root
+        .unwrap(KeyId::from_bytes(INTEGRITY_KEY_WRAP_ID), version_of(generation)?, wrapped)
+        .map_err(|_| {
+            ApiError::precondition(
+                "row_integrity",
+                format!("the integrity key of root generation {generation} does not unwrap under its root key (the generation row was altered)"),
+            )
+        })?;
+    Ok(Arc::new(IntegrityKey::new(&secret)))
+}
 
 fn generation_of(row: &RootGenerationRow) -> Result<Generation, LoadError> {
     let kind = SealKind::parse(&row.kind)
@@ -345,8 +440,9 @@ fn check_value(kind: SealKind, stored: &[u8]) -> Option<[u8; 16]> {
 
 impl Seal {
     /// Loads the seal state at start: uninitialized; sealed (shamir); or unsealed from the HSM
-    /// (pkcs11) or the dev root key file (dev seal, dev mode only). A rotation in progress is
-    /// picked up when the current root is available ([`Seal::adopt_rotation`]).
+    /// (pkcs11) or the dev root key file (dev seal, dev mode only), with a rotation in progress
+    /// picked up, once the database's rows verify ([`Seal::open`]). A pkcs11 or dev seal whose
+    /// database does not verify starts sealed and says why.
     pub async fn load(
         store: &Store,
         dev_dir: Option<PathBuf>,
@@ -363,20 +459,22 @@ impl Seal {
                 "replica-{}",
                 hex::encode(kms_core::random_array::<8>().map_err(|e| LoadError::Refused(e.to_string()))?)
             ),
+            store: store.clone(),
         };
-        let Some(cfg) = store.seal_config().await? else {
+        let Some(cfg) = store.seal_config_unverified().await? else {
             return Ok(seal);
         };
         let row = store
-            .root_generation(cfg.root_generation)
+            .root_generation_unverified(cfg.root_generation)
             .await?
             .ok_or_else(|| LoadError::Refused(format!("root generation {} is missing", cfg.root_generation)))?;
         let generation = generation_of(&row)?;
-        let state = match generation.kind {
-            SealKind::Shamir => State::Sealed {
-                generation,
-                shares: BTreeMap::new(),
-            },
+        let sealed = State::Sealed {
+            generation,
+            shares: BTreeMap::new(),
+        };
+        let held = match generation.kind {
+            SealKind::Shamir => None,
             SealKind::Dev => {
                 let dir = seal.dev_dir.as_ref().ok_or_else(|| {
                     LoadError::Refused(
@@ -390,46 +488,112 @@ impl Seal {
                         dir.join(DEV_ROOT_FILE).display()
                     )));
                 }
-                State::Unsealed {
-                    generation,
-                    roots: Arc::new(Roots {
-                        current: software_held(generation.number, SealKind::Dev, &root)
-                            .map_err(|e| LoadError::Refused(e.message))?,
-                        next: None,
-                    }),
-                }
+                Some(software_held(&row, SealKind::Dev, &root).map_err(|e| LoadError::Refused(e.message))?)
             }
-            SealKind::Pkcs11 => {
-                let label = row.hsm_label.clone().unwrap_or_default();
-                match seal.hsm_held(generation.number, &label, &row.kcv) {
-                    Ok(held) => State::Unsealed {
-                        generation,
-                        roots: Arc::new(Roots {
-                            current: held,
-                            next: None,
-                        }),
-                    },
-                    // The HSM (or the key's partition) does not answer yet: start sealed and try
-                    // again every second; unsealed as soon as it answers.
-                    Err(e) if matches!(e.reason, "hsm_unavailable" | "hsm_key_missing") => {
-                        tracing::warn!(message = %e.message, "pkcs11 seal: the HSM does not answer; sealed until it does");
-                        State::Sealed {
-                            generation,
-                            shares: BTreeMap::new(),
-                        }
-                    }
-                    // A refused PIN: never retried (a token locks after wrong PINs).
-                    Err(e) if e.reason == "hsm_login_refused" => return Err(LoadError::HsmLoginRefused(e.message)),
-                    // No configuration, or the wrong key under the label: an operator must fix it.
-                    Err(e) => return Err(LoadError::Refused(format!("pkcs11 seal: {}", e.message))),
+            SealKind::Pkcs11 => match seal.hsm_held(&row) {
+                Ok(held) => Some(held),
+                // The HSM (or the key's partition) does not answer yet: start sealed and try
+                // again every second; unsealed as soon as it answers.
+                Err(e) if matches!(e.reason, "hsm_unavailable" | "hsm_key_missing") => {
+                    tracing::warn!(message = %e.message, "pkcs11 seal: the HSM does not answer; sealed until it does");
+                    None
                 }
-            }
+                // A refused PIN: never retried (a token locks after wrong PINs).
+                Err(e) if e.reason == "hsm_login_refused" => return Err(LoadError::HsmLoginRefused(e.message)),
+                // No configuration, or the wrong key under the label: an operator must fix it.
+                Err(e) => return Err(LoadError::Refused(format!("pkcs11 seal: {}", e.message))),
+            },
         };
-        *seal.write() = state;
-        seal.adopt_rotation(store)
-            .await
-            .map_err(|e| LoadError::Refused(format!("root rotation in progress: {}", e.message)))?;
+        let state = match held {
+            None => sealed,
+            Some(current) => match seal.open(store, generation, current).await {
+                Ok(state) => state,
+                Err(e) => {
+                    tracing::error!(reason = e.reason, message = %e.message, "the database does not verify: staying sealed");
+                    sealed
+                }
+            },
+        };
+        seal.replace(&mut seal.write(), state);
         Ok(seal)
+    }
+
+    /// Opens the database under `current` (and the pending generation's root, if a rotation is
+    /// in progress): the integrity keys are published to the store, the whole state log is
+    /// replayed and every row checked. Refused (and the keys withdrawn) if the state or the seal's
+    /// own rows do not verify; other rows that do not verify are reported and stay refused one by
+    /// one. Returns the unsealed state to install.
+    async fn open(&self, store: &Store, generation: Generation, current: Held) -> Result<State, ApiError> {
+        let next = match store.pending_root_generation_unverified().await? {
+            Some(p) => Some(self.open_pending(&p, &current)?),
+            None => None,
+        };
+        let roots = Roots { current, next };
+        store.integrity().set_keys(roots.key_ring());
+        let opened = store.integrity().open(store).await;
+        let refusal = match opened {
+            Err(e) => Some(ApiError::from(e)),
+            Ok(violations) => violations
+                .into_iter()
+                .find(|v| {
+                    matches!(
+                        Table::parse(v.table),
+                        Some(Table::SealConfig | Table::RootGenerations | Table::RootShares)
+                    )
+                })
+                .map(|v| ApiError::from(StoreError::Integrity(v))),
+        };
+        let refusal = match refusal {
+            Some(e) => Some(e),
+            None => self.check_anchor(store, &roots).await.err(),
+        };
+        if let Some(e) = refusal {
+            // The state is not changed here: its own keys again.
+            self.republish(&self.read());
+            return Err(e);
+        }
+        Ok(State::Unsealed {
+            generation,
+            roots: Arc::new(roots),
+        })
+    }
+
+    /// With a seal that keeps an anchor outside the database (the pkcs11 seal's HSM): the
+    /// database must still hold the last checkpoint any replica anchored there, and a state that
+    /// extends the state it signed. A database restored from an older backup (or rolled back by
+    /// its operator) is refused here, before anything is served.
+    async fn check_anchor(&self, store: &Store, roots: &Roots) -> Result<(), ApiError> {
+        let Some(anchors) = roots.anchor_store() else {
+            return Ok(());
+        };
+        let cfg = store
+            .seal_config()
+            .await?
+            .ok_or_else(|| ApiError::precondition("not_initialized", "the server is not initialized"))?;
+        let stored = anchors
+            .read(&crate::checkpoint::anchor_label(&cfg.deployment_id))
+            .map_err(|e| ApiError::unavailable("hsm_unavailable", format!("reading the checkpoint anchor: {e}")))?;
+        let Some(bytes) = stored else {
+            return Ok(());
+        };
+        let anchor = kms_core::audit::CheckpointAnchor::decode(&bytes).ok_or_else(|| {
+            ApiError::precondition("state_rollback", "the checkpoint anchor in the HSM is unreadable")
+        })?;
+        store.check_anchor(&anchor).await.map_err(|e| {
+            let e = ApiError::from(store.integrity().reported_error(e));
+            tracing::error!(reason = e.reason, message = %e.message, "the database is behind the checkpoint anchored in the HSM");
+            e
+        })
+    }
+
+    /// Replaces the state and publishes its integrity keys to the store (none unless unsealed).
+    fn replace(&self, st: &mut std::sync::RwLockWriteGuard<'_, State>, new: State) {
+        let ring = match &new {
+            State::Unsealed { roots, .. } => roots.key_ring(),
+            _ => None,
+        };
+        **st = new;
+        self.store.integrity().set_keys(ring);
     }
 
     /// The roots, or `sealed`.
@@ -524,7 +688,7 @@ impl Seal {
         // tick installing a next root, or custodians completing an unseal).
         let before = self.state_key();
         let row = store
-            .root_generation(number)
+            .root_generation_unverified(number)
             .await?
             .ok_or_else(|| ApiError::internal("root_generation", format!("generation {number} is missing")))?;
         let g = generation_of(&row).map_err(|e| ApiError::internal("root_generation", e.to_string()))?;
@@ -533,29 +697,15 @@ impl Seal {
             shares: BTreeMap::new(),
         };
         let state = match g.kind {
-            SealKind::Pkcs11 => match self.hsm_held(g.number, row.hsm_label.as_deref().unwrap_or(""), &row.kcv) {
-                Ok(held) => {
-                    // A rotation in progress: hold its next root before serving anything.
-                    let next = match store.pending_root_generation().await? {
-                        Some(p) => match self.open_pending(&p, &held) {
-                            Ok(n) => Some(n),
-                            Err(e) => {
-                                tracing::warn!(reason = e.reason, message = %e.message, "cannot open the pending root; staying sealed");
-                                None
-                            }
-                        },
-                        None => None,
-                    };
-                    let pending = store.pending_root_generation().await?.is_some();
-                    if pending && next.is_none() {
+            SealKind::Pkcs11 => match self.hsm_held(&row) {
+                // A rotation in progress: its next root is held before anything is served.
+                Ok(held) => match self.open(store, g, held).await {
+                    Ok(state) => state,
+                    Err(e) => {
+                        tracing::warn!(reason = e.reason, message = %e.message, "cannot open the database under the current pkcs11 root; staying sealed");
                         sealed()
-                    } else {
-                        State::Unsealed {
-                            generation: g,
-                            roots: Arc::new(Roots { current: held, next }),
-                        }
                     }
-                }
+                },
                 Err(e) => {
                     if e.reason == "hsm_login_refused" {
                         tracing::error!(message = %e.message, "pkcs11 seal: the HSM refused the login; sealed until kmsd is restarted with the right PIN");
@@ -571,9 +721,20 @@ impl Seal {
         };
         let mut st = self.write();
         if state_key_of(&st) == before {
-            *st = state;
+            self.replace(&mut st, state);
+        } else {
+            self.republish(&st);
         }
         Ok(())
+    }
+
+    /// Publishes the current state's integrity keys again (after an attempt that did not
+    /// change the state).
+    fn republish(&self, st: &State) {
+        self.store.integrity().set_keys(match st {
+            State::Unsealed { roots, .. } => roots.key_ring(),
+            _ => None,
+        });
     }
 
     /// The state's identity for compare-and-swap: (sealed, generation, next generation).
@@ -593,7 +754,7 @@ impl Seal {
             State::Sealed { generation, .. } => (generation.number, generation.kind),
             _ => return Ok(()),
         };
-        if let Some(cfg) = store.seal_config().await? {
+        if let Some(cfg) = store.seal_config_unverified().await? {
             if cfg.root_generation != held || kind == SealKind::Pkcs11 {
                 self.take_generation(store, cfg.root_generation).await?;
             }
@@ -653,7 +814,8 @@ impl Seal {
 
     /// Opens a pkcs11 generation's root key (and its checkpoint key) and checks it against the
     /// stored canary.
-    fn hsm_held(&self, generation: u64, label: &str, canary: &[u8]) -> Result<Held, ApiError> {
+    fn hsm_held(&self, row: &RootGenerationRow) -> Result<Held, ApiError> {
+        let (generation, label, canary) = (row.generation, row.hsm_label.as_deref().unwrap_or(""), &row.kcv);
         let hsm = self.hsm()?;
         let root = hsm.root_key(label).map_err(|e| {
             ApiError::unavailable(
@@ -680,10 +842,12 @@ impl Seal {
                     format!("the HSM key {label:?} is not the root key of generation {generation} (its check value does not open)"),
                 )
             })?;
+        let integrity = open_integrity(&held, generation, row.integrity_key.as_deref())?;
         Ok(Held {
             number: generation,
             kind: SealKind::Pkcs11,
             root: Arc::new(held),
+            integrity,
         })
     }
 
@@ -698,12 +862,22 @@ impl Seal {
             )),
             SealKind::Dev | SealKind::Shamir => {
                 let material = RootKeyMaterial::generate()?;
-                let held = software_held(generation, kind, &material)?;
+                let root: Arc<dyn RootOfTrust> = Arc::new(GenerationRoot {
+                    root: SoftwareRoot::new(&material)?,
+                    generation,
+                });
+                let (integrity, integrity_key) = new_integrity(root.as_ref(), generation)?;
                 Ok(NewRoot {
                     check: key_check_value(&material).to_vec(),
                     hsm_label: None,
                     material: Some(material),
-                    held,
+                    integrity_key,
+                    held: Held {
+                        number: generation,
+                        kind,
+                        root,
+                        integrity,
+                    },
                 })
             }
             SealKind::Pkcs11 => {
@@ -723,14 +897,17 @@ impl Seal {
                     version_of(generation)?,
                     &Kek::generate()?,
                 )?;
+                let (integrity, integrity_key) = new_integrity(&held, generation)?;
                 Ok(NewRoot {
                     check: canary,
                     hsm_label: Some(label),
                     material: None,
+                    integrity_key,
                     held: Held {
                         number: generation,
                         kind,
                         root: Arc::new(held),
+                        integrity,
                     },
                 })
             }
@@ -777,7 +954,7 @@ impl Seal {
     pub fn finish_init(&self, kind: SealKind, threshold: u32, root: NewRoot) -> Result<(), ApiError> {
         let kcv = check_value(kind, &root.check)
             .ok_or_else(|| ApiError::internal("kcv", "check value of the wrong length"))?;
-        *self.write() = State::Unsealed {
+        let state = State::Unsealed {
             generation: Generation {
                 number: 1,
                 kind,
@@ -789,6 +966,7 @@ impl Seal {
                 next: None,
             }),
         };
+        self.replace(&mut self.write(), state);
         Ok(())
     }
 
@@ -798,20 +976,18 @@ impl Seal {
         if !matches!(&*self.read(), State::Uninitialized) {
             return;
         }
-        let Ok(Some(row)) = store.root_generation(cfg.root_generation).await else {
+        let Ok(Some(row)) = store.root_generation_unverified(cfg.root_generation).await else {
             return;
         };
         let Ok(generation) = generation_of(&row) else { return };
         let state = match generation.kind {
             SealKind::Pkcs11 => {
-                match self.hsm_held(generation.number, row.hsm_label.as_deref().unwrap_or(""), &row.kcv) {
-                    Ok(held) => State::Unsealed {
-                        generation,
-                        roots: Arc::new(Roots {
-                            current: held,
-                            next: None,
-                        }),
-                    },
+                let opened = match self.hsm_held(&row) {
+                    Ok(held) => self.open(store, generation, held).await,
+                    Err(e) => Err(e),
+                };
+                match opened {
+                    Ok(state) => state,
                     Err(e) => {
                         tracing::warn!(reason = e.reason, message = %e.message, "cannot open the pkcs11 root of the database initialized by another replica");
                         return;
@@ -825,7 +1001,7 @@ impl Seal {
         };
         let mut st = self.write();
         if matches!(&*st, State::Uninitialized) {
-            *st = state;
+            self.replace(&mut st, state);
         }
     }
 
@@ -838,7 +1014,9 @@ impl Seal {
             State::Unsealed { generation, roots } => (*generation, roots.clone()),
             _ => return Ok(()),
         };
-        let Some(cfg) = store.seal_config().await? else {
+        // As stored: a generation this process does not hold authenticates it after a rotation
+        // it missed (the rows it acts on are verified once it holds that generation).
+        let Some(cfg) = store.seal_config_unverified().await? else {
             return Ok(());
         };
         if cfg.root_generation > generation.number {
@@ -895,18 +1073,17 @@ impl Seal {
         if let State::Unsealed { generation, roots } = &*st {
             if roots.next.is_none() && number == generation.number + 1 {
                 let new = Roots {
-                    current: Held {
-                        number: roots.current.number,
-                        kind: roots.current.kind,
-                        root: roots.current.root.clone(),
-                    },
+                    current: roots.current.clone(),
                     next: Some(held_root),
                 };
                 let generation = *generation;
-                *st = State::Unsealed {
-                    generation,
-                    roots: Arc::new(new),
-                };
+                self.replace(
+                    &mut st,
+                    State::Unsealed {
+                        generation,
+                        roots: Arc::new(new),
+                    },
+                );
             }
         }
     }
@@ -917,15 +1094,14 @@ impl Seal {
         if let State::Unsealed { roots, .. } = &*st {
             if let Some(next) = &roots.next {
                 if next.number == g.number {
-                    let current = Held {
-                        number: next.number,
-                        kind: next.kind,
-                        root: next.root.clone(),
-                    };
-                    *st = State::Unsealed {
-                        generation: g,
-                        roots: Arc::new(Roots { current, next: None }),
-                    };
+                    let current = next.clone();
+                    self.replace(
+                        &mut st,
+                        State::Unsealed {
+                            generation: g,
+                            roots: Arc::new(Roots { current, next: None }),
+                        },
+                    );
                 }
             }
         }
@@ -946,7 +1122,7 @@ impl Seal {
             return Ok(self.status());
         };
         // The shares rebuilt generation g; if the database moved on meanwhile, g is retired.
-        if let Some(cfg) = store.seal_config().await? {
+        if let Some(cfg) = store.seal_config_unverified().await? {
             if cfg.root_generation != generation.number {
                 self.take_generation(store, cfg.root_generation).await?;
                 return Err(ApiError::precondition(
@@ -958,20 +1134,25 @@ impl Seal {
                 ));
             }
         }
-        let current = software_held(generation.number, SealKind::Shamir, &root)?;
-        let next = match store.pending_root_generation().await? {
-            Some(row) => Some(self.open_pending(&row, &current)?),
-            None => None,
-        };
+        let row = store
+            .root_generation_unverified(generation.number)
+            .await?
+            .ok_or_else(|| ApiError::internal("root_generation", "the current generation is missing"))?;
+        let current = software_held(&row, SealKind::Shamir, &root)?;
+        // The rows are checked before anything is served: a seal record, generation or share
+        // that kmsd did not write refuses the unseal (the custodians start again once an
+        // operator has looked).
+        let unsealed = self.open(store, generation, current).await?;
         {
             let mut st = self.write();
             if let State::Sealed { generation: g, .. } = &*st {
                 if g.number == generation.number {
-                    *st = State::Unsealed {
-                        generation,
-                        roots: Arc::new(Roots { current, next }),
-                    };
+                    self.replace(&mut st, unsealed);
+                } else {
+                    self.republish(&st);
                 }
+            } else {
+                self.republish(&st);
             }
         }
         Ok(self.status())
@@ -1042,7 +1223,7 @@ impl Seal {
     fn open_pending(&self, row: &RootGenerationRow, current: &Held) -> Result<Held, ApiError> {
         let g = generation_of(row).map_err(|e| ApiError::internal("root_generation", e.to_string()))?;
         match g.kind {
-            SealKind::Pkcs11 => self.hsm_held(g.number, row.hsm_label.as_deref().unwrap_or(""), &row.kcv),
+            SealKind::Pkcs11 => self.hsm_held(row),
             kind => {
                 let wrapped = row.next_root_wrapped.as_deref().ok_or_else(|| {
                     ApiError::internal(
@@ -1054,7 +1235,7 @@ impl Seal {
                     .root
                     .unwrap(KeyId::from_bytes(NEXT_ROOT_WRAP_ID), version_of(g.number)?, wrapped)
                     .map_err(|_| ApiError::internal("root_generation", "the next root does not unwrap"))?;
-                software_held(g.number, kind, &material)
+                software_held(row, kind, &material)
             }
         }
     }
@@ -1078,10 +1259,13 @@ impl Seal {
                 "only the shamir seal can be sealed at run time (stop the process to seal the others)",
             ));
         }
-        *st = State::Sealed {
-            generation,
-            shares: BTreeMap::new(),
-        };
+        self.replace(
+            &mut st,
+            State::Sealed {
+                generation,
+                shares: BTreeMap::new(),
+            },
+        );
         Ok(())
     }
 
@@ -1113,17 +1297,31 @@ pub struct NewRoot {
     pub hsm_label: Option<String>,
     /// Software seals' material.
     pub material: Option<RootKeyMaterial>,
+    /// The generation's integrity key, wrapped under the new root (stored in its generation
+    /// row).
+    pub integrity_key: Vec<u8>,
     held: Held,
 }
 
-fn software_held(generation: u64, kind: SealKind, material: &RootKeyMaterial) -> Result<Held, ApiError> {
+impl NewRoot {
+    /// The new generation's integrity key, as a ring (what Init authenticates its rows with).
+    pub fn key_ring(&self) -> Option<KeyRing> {
+        KeyRing::new(vec![(self.held.number, self.held.integrity.clone())])
+    }
+}
+
+/// A software root of the generation `row` describes, with its integrity key.
+fn software_held(row: &RootGenerationRow, kind: SealKind, material: &RootKeyMaterial) -> Result<Held, ApiError> {
+    let root: Arc<dyn RootOfTrust> = Arc::new(GenerationRoot {
+        root: SoftwareRoot::new(material)?,
+        generation: row.generation,
+    });
+    let integrity = open_integrity(root.as_ref(), row.generation, row.integrity_key.as_deref())?;
     Ok(Held {
-        number: generation,
+        number: row.generation,
         kind,
-        root: Arc::new(GenerationRoot {
-            root: SoftwareRoot::new(material)?,
-            generation,
-        }),
+        root,
+        integrity,
     })
 }
 

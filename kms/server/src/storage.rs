@@ -1,30 +1,46 @@
 //! Storage: the only module that speaks SQL. One schema on PostgreSQL (production, several
 //! replicas) and SQLite (single node, dev), through sqlx's `Any` driver with `$n` placeholders,
-//! which both accept. Every state change is one transaction that also appends its audit entry,
-//! so a change is never durable without its record. Transactions that write begin with their
-//! write (an UPDATE), which takes PostgreSQL's row lock or SQLite's write lock before any read, so
-//! concurrent replicas serialize instead of deadlocking. Uniqueness (names, versions, nonces,
-//! audit sequence numbers) is guarded by constraints, not by application checks.
+//! which both accept.
 //!
-//! Never stores a usable key: KEKs arrive here wrapped.
-
-use std::collections::BTreeMap;
+//! The database is not trusted (docs/threat-model.md): every row of an authenticated table is
+//! decoded in one place, [`integrity`], which refuses a row `kmsd` did not write as it is
+//! (`row_integrity`) or an older version of it (`row_rollback`), and every state change is one
+//! [`Tx`]: it locks the state row first (so write transactions serialize on every replica),
+//! reads and verifies the rows it decides on inside that lock, writes them authenticated, records
+//! them in the state log and appends its audit entry, in one commit. Uniqueness (names, versions,
+//! nonces, audit sequence numbers) is still guarded by constraints.
+//!
+//! Storage returns typed rows and its own errors ([`StoreError`], [`Refusal`]); the mapping to
+//! the wire is in `crate::error`. It never stores a usable key: KEKs arrive here wrapped.
 
 use kms_core::audit::{self, Record};
+use kms_core::integrity::Value;
 use kms_core::key::{KeyState, Transition};
-use kms_core::policy::AccessPolicy;
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Row, Transaction};
-
-use crate::error::ApiError;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{Any, AnyPool, Row as _, Transaction};
+use std::sync::Arc;
 
 mod attest;
 pub(crate) mod checkpoint;
+pub mod integrity;
 mod quorum;
 mod rotation;
-pub use attest::{ChallengeUse, HardwareRow, HardwareStatus, Identity, TokenKeyRow, TpmEnrollmentRow};
-pub use quorum::{ApprovalAdded, ApprovalRow, ProposalRow, ProposalStatus, QuorumClose, RejectionAdded, RejectionRow};
-pub use rotation::{RewrapItem, RootGenerationRow, SecretTable};
+pub(crate) mod row;
+mod tables;
+
+pub use attest::{ChallengeUse, Identity};
+pub use integrity::{Integrity, KeyRing, Violation, ViolationKind};
+pub use quorum::{ApprovalAdded, QuorumClose, RejectionAdded};
+pub use rotation::{RewrapItem, SecretTable};
+pub use row::Table;
+pub use tables::{
+    AdminRow, ApprovalRow, CheckpointKeyRow, HardwareRow, HardwareStatus, KeyRow, KeyVersionRow, ProposalRow,
+    ProposalStatus, RejectionRow, ReleasePolicyRow, ReplicaRow, RootGenerationRow, SealConfigRow, ShareRow,
+    TokenKeyRow, TpmClockRow, TpmEnrollmentRow,
+};
+
+pub(crate) use integrity::{Stored, Tx};
+use row::Row;
 
 /// Which database.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -36,83 +52,136 @@ pub enum Backend {
 }
 
 /// The database.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    integrity: Arc<Integrity>,
 }
 
-/// The seal's record.
-#[derive(Clone, Debug)]
-pub struct SealConfigRow {
-    /// `shamir` or `dev`.
-    pub kind: String,
-    /// Shares needed.
-    pub threshold: u32,
-    /// Root key check value.
-    pub kcv: Vec<u8>,
-    /// M of the approval quorum.
-    pub approval_quorum: u32,
-    /// The current root key generation.
-    pub root_generation: u64,
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("backend", &self.backend).finish()
+    }
 }
 
-/// An admin.
-#[derive(Clone, Debug)]
-pub struct AdminRow {
-    /// Id.
-    pub id: String,
-    /// Country.
-    pub country: String,
-    /// SEC1 signing key.
-    pub signing_public_key: Vec<u8>,
-    /// SEC1 encryption key.
-    pub encryption_public_key: Vec<u8>,
-    /// Holds a share.
-    pub custodian: bool,
-    /// Created.
-    pub created_unix_ms: i64,
-    /// Removed (the row stays for the record).
-    pub removed_unix_ms: Option<i64>,
-}
-
-/// A key's metadata.
-#[derive(Clone, Debug)]
-pub struct KeyRow {
-    /// `k-…`.
-    pub id: String,
-    /// Unique name.
-    pub name: String,
-    /// Description.
-    pub description: String,
-    /// Tags.
-    pub tags: BTreeMap<String, String>,
-    /// State.
-    pub state: KeyState,
-    /// Newest version.
-    pub latest_version: u32,
-    /// Grants.
-    pub grants: AccessPolicy,
-    /// Release policy JSON (canonical form).
-    pub release_policy: String,
-    /// The release policy's version (1 at creation, +1 per change).
-    pub release_policy_version: u32,
-    /// Created.
-    pub created_unix_ms: i64,
-    /// When the material will be destroyed, while pending deletion.
-    pub deletion_unix_ms: Option<i64>,
-}
-
-/// A failure to store.
+/// A failure to store or read.
 #[derive(Debug)]
 pub enum StoreError {
-    /// A uniqueness constraint refused the row.
+    /// A uniqueness constraint refused the row, or a row changed under a conditional write.
     Conflict,
     /// The database failed.
     Db(sqlx::Error),
-    /// A refusal computed inside the transaction.
-    Api(ApiError),
+    /// Rows cannot be verified or written: the seal holds no integrity key (sealed).
+    Sealed,
+    /// A row (or the state row) that `kmsd` did not write as it is.
+    Integrity(Violation),
+    /// An older genuine row, a row `kmsd` deleted put back or one it wrote gone, or the whole
+    /// state gone back.
+    Rollback(Violation),
+    /// A refusal decided inside the transaction.
+    Refused(Refusal),
+    /// A wrapping callback failed.
+    Crypto(kms_core::Error),
 }
+
+/// Why a transaction refused, decided under its locks (the wire's codes and messages are in
+/// `crate::error`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Init has not run.
+    NotInitialized,
+    /// No active admin with this id.
+    AdminNotFound(String),
+    /// The admin was removed (or is not active).
+    AdminRemoved(String),
+    /// The change would leave fewer active admins than M.
+    QuorumUnreachable {
+        /// Active admins that would remain.
+        admins: i64,
+        /// M.
+        quorum: u32,
+        /// The admin being removed, if that is the change.
+        removing: Option<String>,
+    },
+    /// Removing the admin would leave fewer custodians than the unseal threshold.
+    TooFewCustodians {
+        /// The admin.
+        removing: String,
+        /// Custodians that would remain.
+        custodians: i64,
+        /// The threshold.
+        threshold: u32,
+    },
+    /// A root rotation is in progress.
+    RotationInProgress,
+    /// This replica wraps under a generation older than the current one (retry).
+    GenerationChanged,
+    /// A rotation was proposed from a generation that is no longer current.
+    RotationRaced,
+    /// A TPM credential challenge was used meanwhile.
+    TpmEnrollmentUsed,
+    /// M > 1: the operation must be proposed.
+    QuorumRequired(u32),
+    /// The proposal is no longer pending.
+    ProposalClosed(String),
+    /// The approvals of active admins no longer reach M.
+    QuorumNotReached {
+        /// The proposal.
+        proposal: String,
+        /// Approvals that count.
+        approvals: i64,
+        /// M.
+        quorum: u32,
+    },
+    /// This admin approved already (or, rejecting, had approved).
+    AlreadyApproved {
+        /// The admin.
+        admin: String,
+        /// The proposal.
+        proposal: String,
+        /// Whether the admin tried to reject.
+        rejecting: bool,
+    },
+    /// This admin rejected already (or, approving, had rejected).
+    AlreadyRejected {
+        /// The admin.
+        admin: String,
+        /// The proposal.
+        proposal: String,
+        /// Whether the admin tried to approve.
+        approving: bool,
+    },
+    /// A stored approval does not verify at execution (its signature, its signer or what it
+    /// approves), so the proposal cannot run.
+    ApprovalInvalid {
+        /// The proposal.
+        proposal: String,
+        /// The approver.
+        admin: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// A key version number overflowed.
+    VersionOverflow,
+    /// A bug: an invariant of the storage code does not hold.
+    Internal(&'static str),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Conflict => f.write_str("a uniqueness constraint or a concurrent change refused the write"),
+            Self::Db(e) => write!(f, "database: {e}"),
+            Self::Sealed => f.write_str("sealed: no integrity key is held"),
+            Self::Integrity(v) | Self::Rollback(v) => write!(f, "{}: {v}", v.kind.reason()),
+            Self::Refused(r) => write!(f, "refused: {r:?}"),
+            Self::Crypto(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
@@ -125,14 +194,21 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-impl From<ApiError> for StoreError {
-    fn from(e: ApiError) -> Self {
-        Self::Api(e)
+impl From<Refusal> for StoreError {
+    fn from(r: Refusal) -> Self {
+        Self::Refused(r)
     }
 }
 
-const KEY_COLUMNS: &str = "id, name, description, tags, state, latest_version, grants, release_policy, \
-     release_policy_version, created_unix_ms, deletion_unix_ms";
+impl From<kms_core::Error> for StoreError {
+    fn from(e: kms_core::Error) -> Self {
+        Self::Crypto(e)
+    }
+}
+
+pub(crate) fn g(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
 
 impl Store {
     /// Connects and runs the embedded migrations.
@@ -148,7 +224,11 @@ impl Store {
             .min_connections(1)
             .connect(url)
             .await?;
-        let store = Self { pool, backend };
+        let store = Self {
+            pool,
+            backend,
+            integrity: Arc::new(Integrity::new()),
+        };
         match backend {
             Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&store.pool).await?,
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&store.pool).await?,
@@ -166,101 +246,152 @@ impl Store {
         &self.pool
     }
 
-    // ----- seal and admins -------------------------------------------------------------------
-
-    /// The seal record, if initialized.
-    pub async fn seal_config(&self) -> Result<Option<SealConfigRow>, sqlx::Error> {
-        let row =
-            sqlx::query("SELECT kind, threshold, kcv, approval_quorum, root_generation FROM seal_config WHERE id = 1")
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|r| {
-            Ok(SealConfigRow {
-                kind: r.try_get("kind")?,
-                threshold: u32::try_from(r.try_get::<i64, _>("threshold")?).unwrap_or(0),
-                kcv: r.try_get("kcv")?,
-                approval_quorum: u32::try_from(r.try_get::<i64, _>("approval_quorum")?).unwrap_or(u32::MAX),
-                root_generation: u64::try_from(r.try_get::<i64, _>("root_generation")?).unwrap_or(0),
-            })
-        })
-        .transpose()
+    /// The integrity state: keys held, the state log view, the alarm.
+    pub fn integrity(&self) -> &Integrity {
+        &self.integrity
     }
 
-    /// Initializes an empty database: seal record, admins, shares, audit entry, in one
-    /// transaction. `Conflict` if already initialized (on any replica).
+    // ----- generic reads ---------------------------------------------------------------------
+
+    /// The row of `T` with primary key `key`, verified.
+    pub(crate) async fn get<T: Row>(&self, key: &[Value]) -> Result<Option<Stored<T>>, StoreError> {
+        let sql = row::select::<T>(&row::key_where::<T>(1));
+        let mut q = sqlx::query(&sql);
+        for v in key {
+            q = row::bind(q, v);
+        }
+        match q.fetch_optional(&self.pool).await? {
+            Some(r) => self.integrity.verify::<T>(self, &r).await.map(Some),
+            None => match self.integrity.missing::<T>(&row::key_of(key)) {
+                Some(e) => Err(e),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Rows of `T` selected by `rest` with `binds`, verified; rows that fail are reported and
+    /// left out.
+    pub(crate) async fn all<T: Row>(&self, rest: &str, binds: &[Value]) -> Result<Vec<Stored<T>>, StoreError> {
+        let sql = row::select::<T>(rest);
+        let mut q = sqlx::query(&sql);
+        for v in binds {
+            q = row::bind(q, v);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        self.integrity.verify_all::<T>(self, &rows).await
+    }
+
+    /// Rows of `T` selected by `rest`, as stored and **not verified**: only for what must be
+    /// read while sealed (the seal record, generations, shares, the admins who unseal), each of
+    /// which is verified when the seal opens.
+    pub(crate) async fn unverified<T: Row>(&self, rest: &str, binds: &[Value]) -> Result<Vec<T>, StoreError> {
+        let sql = row::select::<T>(rest);
+        let mut q = sqlx::query(&sql);
+        for v in binds {
+            q = row::bind(q, v);
+        }
+        q.fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                let values = row::read_values(r, T::COLUMNS)?;
+                T::from_values(&row::Values {
+                    columns: T::COLUMNS,
+                    values: &values,
+                })
+                .map_err(|e| {
+                    StoreError::Integrity(Violation {
+                        table: T::TABLE.name(),
+                        key: row::key_of(&values[..T::KEY]),
+                        kind: ViolationKind::Integrity,
+                        detail: format!("it does not decode: {e}"),
+                    })
+                })
+            })
+            .collect()
+    }
+
+    // ----- seal and admins -------------------------------------------------------------------
+
+    /// The seal record, verified.
+    pub async fn seal_config(&self) -> Result<Option<SealConfigRow>, StoreError> {
+        Ok(self.get::<SealConfigRow>(&[Value::int(1)]).await?.map(|s| s.row))
+    }
+
+    /// The seal record as stored, not verified: for a sealed server (it is verified when the seal
+    /// opens; custodians compare its check value with the one they pinned).
+    pub async fn seal_config_unverified(&self) -> Result<Option<SealConfigRow>, StoreError> {
+        Ok(self
+            .unverified::<SealConfigRow>("WHERE id = 1", &[])
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Initializes an empty database in one transaction: the state row, the seal record, the
+    /// first root generation, the admins, the custodians' shares and the audit entry, every row
+    /// authenticated under `ring` (the first generation's integrity key). `Conflict` if already
+    /// initialized (on any replica).
     pub async fn initialize(
         &self,
         seal: &SealConfigRow,
+        generation: &RootGenerationRow,
         admins: &[AdminRow],
-        shares: &[(String, Vec<u8>)],
-        hsm_label: Option<&str>,
+        shares: &[ShareRow],
+        ring: KeyRing,
         record: Record,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO seal_config (id, kind, threshold, kcv, created_unix_ms, approval_quorum, root_generation) \
-             VALUES (1, $1, $2, $3, $4, $5, 1)",
-        )
-        .bind(&seal.kind)
-        .bind(i64::from(seal.threshold))
-        .bind(&seal.kcv)
-        .bind(record.time_unix_ms)
-        .bind(i64::from(seal.approval_quorum))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO root_generations (generation, kind, status, threshold, kcv, hsm_label, created_unix_ms, created_by) \
-             VALUES (1, $1, 'active', $2, $3, $4, $5, $6)",
-        )
-        .bind(&seal.kind)
-        .bind(i64::from(seal.threshold))
-        .bind(&seal.kcv)
-        .bind(hsm_label)
-        .bind(record.time_unix_ms)
-        .bind(&record.caller)
-        .execute(&mut *tx)
-        .await?;
+        let mut tx = Tx::begin_init(self, ring).await?;
+        tx.insert(seal).await?;
+        tx.insert(generation).await?;
         for a in admins {
-            insert_admin(&mut tx, a).await?;
+            tx.insert(a).await?;
         }
-        rotation::insert_shares(&mut tx, 1, shares).await?;
-        append_in_tx(&mut tx, vec![record]).await?;
-        tx.commit().await?;
-        Ok(())
+        for s in shares {
+            tx.insert(s).await?;
+        }
+        tx.audit(vec![record]).await?;
+        tx.commit().await
     }
 
-    /// A custodian's share envelope of a root key generation.
-    pub async fn share_of(&self, admin_id: &str, generation: u64) -> Result<Option<Vec<u8>>, sqlx::Error> {
-        let row = sqlx::query("SELECT envelope FROM root_shares WHERE admin_id = $1 AND generation = $2")
-            .bind(admin_id)
-            .bind(i64::try_from(generation).unwrap_or(i64::MAX))
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| r.try_get("envelope")).transpose()
-    }
-
-    /// One admin (also a removed one: callers check `removed_unix_ms`).
-    pub async fn admin(&self, id: &str) -> Result<Option<AdminRow>, sqlx::Error> {
-        let row = sqlx::query(&format!("SELECT {ADMIN_COLUMNS} FROM admins WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| admin_row(&r)).transpose()
-    }
-
-    /// Every admin, by id: active ones, or all.
-    pub async fn admins(&self, include_removed: bool) -> Result<Vec<AdminRow>, sqlx::Error> {
-        let filter = if include_removed {
-            ""
-        } else {
-            "WHERE removed_unix_ms IS NULL"
-        };
-        sqlx::query(&format!("SELECT {ADMIN_COLUMNS} FROM admins {filter} ORDER BY id"))
-            .fetch_all(&self.pool)
+    /// A custodian's share envelope of a root key generation, as stored (read while sealed; a
+    /// swapped envelope does not rebuild the root key whose check value custodians pin).
+    pub async fn share_of_unverified(&self, admin_id: &str, generation: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .unverified::<ShareRow>(
+                "WHERE admin_id = $1 AND generation = $2",
+                &[Value::text(admin_id), Value::int(g(generation))],
+            )
             .await?
-            .iter()
-            .map(admin_row)
-            .collect()
+            .into_iter()
+            .next()
+            .map(|s| s.envelope))
+    }
+
+    /// One admin (also a removed one: callers check `removed_unix_ms`), verified.
+    pub async fn admin(&self, id: &str) -> Result<Option<AdminRow>, StoreError> {
+        Ok(self.get::<AdminRow>(&[Value::text(id)]).await?.map(|s| s.row))
+    }
+
+    /// One admin as stored, not verified: for the custodians' requests while sealed (a custodian
+    /// whose key someone swapped cannot rebuild the root key; the rows are verified at unseal).
+    pub async fn admin_unverified(&self, id: &str) -> Result<Option<AdminRow>, StoreError> {
+        Ok(self
+            .unverified::<AdminRow>("WHERE id = $1", &[Value::text(id)])
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Every admin that verifies, by id: active ones, or all.
+    pub async fn admins(&self, include_removed: bool) -> Result<Vec<AdminRow>, StoreError> {
+        Ok(self
+            .all::<AdminRow>("ORDER BY id", &[])
+            .await?
+            .into_iter()
+            .map(|s| s.row)
+            .filter(|a| include_removed || a.removed_unix_ms.is_none())
+            .collect())
     }
 
     /// Adds an admin with its audit entry. `Conflict` if the id exists (also removed).
@@ -271,17 +402,19 @@ impl Store {
         record: Record,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write(close).await?;
-        insert_admin(&mut tx, admin).await?;
-        append_in_tx(&mut tx, vec![record]).await?;
-        tx.commit().await?;
-        Ok(())
+        if tx.get::<AdminRow>(&[Value::text(&admin.id)]).await?.is_some() {
+            return Err(StoreError::Conflict);
+        }
+        tx.insert(admin).await?;
+        tx.audit(vec![record]).await?;
+        tx.commit().await
     }
 
-    /// Removes an admin (the row stays, marked removed) with its audit entry. Refused inside the
-    /// transaction if fewer active admins than the approval quorum, or fewer active custodians
-    /// of the current root generation than its unseal threshold, would remain, and while a root
-    /// rotation is in progress (its new custodians are fixed). The admin's approvals and
-    /// rejections of pending proposals stop counting.
+    /// Removes an admin (the row stays, marked removed) with its audit entry. Refused if fewer
+    /// active admins than the approval quorum, or fewer active custodians of the current root
+    /// generation than its unseal threshold, would remain, and while a root rotation is in
+    /// progress (its new custodians are fixed). The admin's approvals and rejections of pending
+    /// proposals stop counting.
     pub async fn remove_admin(
         &self,
         id: &str,
@@ -289,61 +422,59 @@ impl Store {
         now: i64,
         close: Option<&QuorumClose>,
         record: Record,
-    ) -> Result<(), StoreError> {
+    ) -> Result<AdminRow, StoreError> {
         let mut tx = self.begin_write(close).await?;
-        // Lock order: seal record before admin rows (as approvals and rotations take them).
-        sqlx::query("UPDATE seal_config SET approval_quorum = approval_quorum WHERE id = 1")
-            .execute(&mut *tx)
-            .await?;
-        let done = sqlx::query(
-            "UPDATE admins SET removed_unix_ms = $2, removed_by = $3 WHERE id = $1 AND removed_unix_ms IS NULL",
-        )
-        .bind(id)
-        .bind(now)
-        .bind(by)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if done != 1 {
-            return Err(StoreError::Api(ApiError::not_found(
-                "admin_not_found",
-                format!("no active admin {id}"),
-            )));
-        }
-        let row = sqlx::query(
-            "SELECT s.approval_quorum AS quorum, s.threshold AS threshold, s.kind AS kind, \
-             (SELECT COUNT(*) FROM admins WHERE removed_unix_ms IS NULL) AS admins, \
-             (SELECT COUNT(*) FROM root_shares r JOIN admins a ON a.id = r.admin_id \
-               WHERE r.generation = s.root_generation AND a.removed_unix_ms IS NULL) AS custodians \
-             FROM seal_config s WHERE s.id = 1",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let (quorum, threshold, kind): (i64, i64, String) =
-            (row.try_get("quorum")?, row.try_get("threshold")?, row.try_get("kind")?);
-        let (admins, custodians): (i64, i64) = (row.try_get("admins")?, row.try_get("custodians")?);
+        let seal = seal_in(&mut tx).await?;
         rotation::refuse_if_rotating(&mut tx).await?;
-        if admins < quorum {
-            return Err(StoreError::Api(ApiError::precondition(
-                "quorum_unreachable",
-                format!("removing {id} would leave {admins} admins for an approval quorum of {quorum}: lower the quorum first"),
-            )));
+        let admins = tx.all::<AdminRow>("", &[]).await?;
+        let Some(old) = admins
+            .iter()
+            .find(|a| a.id == id && a.removed_unix_ms.is_none())
+            .cloned()
+        else {
+            return Err(Refusal::AdminNotFound(id.to_owned()).into());
+        };
+        let remaining: Vec<&Stored<AdminRow>> = admins
+            .iter()
+            .filter(|a| a.removed_unix_ms.is_none() && a.id != id)
+            .collect();
+        let active = i64::try_from(remaining.len()).unwrap_or(i64::MAX);
+        if active < i64::from(seal.approval_quorum) {
+            return Err(Refusal::QuorumUnreachable {
+                admins: active,
+                quorum: seal.approval_quorum,
+                removing: Some(id.to_owned()),
+            }
+            .into());
         }
-        if kind == "shamir" && custodians < threshold {
-            return Err(StoreError::Api(ApiError::precondition(
-                "too_few_custodians",
-                format!("removing {id} would leave {custodians} custodians for an unseal threshold of {threshold}: rotate the root key to other custodians first"),
-            )));
+        if seal.kind == "shamir" {
+            let shares = tx
+                .all::<ShareRow>("WHERE generation = $1", &[Value::int(g(seal.root_generation))])
+                .await?;
+            let custodians = shares
+                .iter()
+                .filter(|s| remaining.iter().any(|a| a.id == s.admin_id))
+                .count();
+            let custodians = i64::try_from(custodians).unwrap_or(i64::MAX);
+            if custodians < i64::from(seal.threshold) {
+                return Err(Refusal::TooFewCustodians {
+                    removing: id.to_owned(),
+                    custodians,
+                    threshold: seal.threshold,
+                }
+                .into());
+            }
         }
-        // The admin's approvals and rejections of pending proposals stay on record but stop
-        // counting: quorum counts join the active admins.
-        append_in_tx(&mut tx, vec![record]).await?;
+        let mut removed = old.row.clone();
+        removed.removed_unix_ms = Some(now);
+        removed.removed_by = Some(by.to_owned());
+        tx.update(&old, &removed).await?;
+        tx.audit(vec![record]).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(removed)
     }
 
-    /// Sets M of the approval quorum, refused inside the transaction if there are fewer active
-    /// admins.
+    /// Sets M of the approval quorum, refused if there are fewer active admins.
     pub async fn set_approval_quorum(
         &self,
         quorum: u32,
@@ -351,27 +482,26 @@ impl Store {
         record: Record,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write(close).await?;
-        sqlx::query("UPDATE seal_config SET approval_quorum = $1 WHERE id = 1")
-            .bind(i64::from(quorum))
-            .execute(&mut *tx)
-            .await?;
-        let admins: i64 = sqlx::query("SELECT COUNT(*) AS n FROM admins WHERE removed_unix_ms IS NULL")
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("n")?;
+        let old = seal_stored(&mut tx).await?;
+        let admins = active_admins(&mut tx).await?;
         if admins < i64::from(quorum) {
-            return Err(StoreError::Api(ApiError::precondition(
-                "quorum_unreachable",
-                format!("there are {admins} admins: a quorum of {quorum} could never be reached"),
-            )));
+            return Err(Refusal::QuorumUnreachable {
+                admins,
+                quorum,
+                removing: None,
+            }
+            .into());
         }
-        append_in_tx(&mut tx, vec![record]).await?;
-        tx.commit().await?;
-        Ok(())
+        let mut new = old.row.clone();
+        new.approval_quorum = quorum;
+        tx.update(&old, &new).await?;
+        tx.audit(vec![record]).await?;
+        tx.commit().await
     }
 
-    /// Records an admin request nonce. `false` if it was seen before (a replay).
-    pub async fn use_nonce(&self, nonce: &[u8], expires_unix_ms: i64) -> Result<bool, sqlx::Error> {
+    /// Records an admin request nonce until `expires_unix_ms`. `false` if it was seen before (a
+    /// replay).
+    pub async fn use_nonce(&self, nonce: &[u8], expires_unix_ms: i64) -> Result<bool, StoreError> {
         match sqlx::query("INSERT INTO admin_nonces (nonce, expires_unix_ms) VALUES ($1, $2)")
             .bind(nonce)
             .bind(expires_unix_ms)
@@ -380,12 +510,12 @@ impl Store {
         {
             Ok(_) => Ok(true),
             Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Forgets nonces whose requests can no longer be fresh.
-    pub async fn purge_nonces(&self, now_unix_ms: i64) -> Result<u64, sqlx::Error> {
+    pub async fn purge_nonces(&self, now_unix_ms: i64) -> Result<u64, StoreError> {
         Ok(sqlx::query("DELETE FROM admin_nonces WHERE expires_unix_ms < $1")
             .bind(now_unix_ms)
             .execute(&self.pool)
@@ -395,7 +525,8 @@ impl Store {
 
     // ----- keys ------------------------------------------------------------------------------
 
-    /// Creates a key with version 1. `Conflict` if the name (or id) exists.
+    /// Creates a key with version 1 and its first release policy. `Conflict` if the name (or id)
+    /// exists.
     pub async fn create_key(
         &self,
         key: &KeyRow,
@@ -403,118 +534,98 @@ impl Store {
         root_generation: u64,
         record: Record,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        lock_generation(&mut tx, root_generation).await?;
-        sqlx::query(
-            "INSERT INTO keys (id, name, description, tags, state, latest_version, grants, release_policy, created_unix_ms, updated_unix_ms, deletion_unix_ms) \
-             VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $8, NULL)",
-        )
-        .bind(&key.id)
-        .bind(&key.name)
-        .bind(&key.description)
-        .bind(serde_json::to_string(&key.tags).unwrap_or_default())
-        .bind(key.state.as_str())
-        .bind(serde_json::to_string(&key.grants).unwrap_or_default())
-        .bind(&key.release_policy)
-        .bind(key.created_unix_ms)
-        .execute(&mut *tx)
+        let mut tx = Tx::begin(self).await?;
+        require_generation(&mut tx, root_generation).await?;
+        tx.insert(key).await?;
+        tx.insert(&KeyVersionRow {
+            key_id: key.id.clone(),
+            version: 1,
+            wrapped_kek: Some(wrapped_v1.to_vec()),
+            created_unix_ms: key.created_unix_ms,
+            destroyed_unix_ms: None,
+            root_generation,
+        })
         .await?;
-        sqlx::query(
-            "INSERT INTO key_versions (key_id, version, wrapped_kek, created_unix_ms, root_generation) VALUES ($1, 1, $2, $3, $4)",
-        )
-        .bind(&key.id)
-        .bind(wrapped_v1)
-        .bind(key.created_unix_ms)
-        .bind(i64::try_from(root_generation).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO release_policies (key_id, version, document, set_unix_ms, set_by) VALUES ($1, 1, $2, $3, $4)",
-        )
-        .bind(&key.id)
-        .bind(&key.release_policy)
-        .bind(key.created_unix_ms)
-        .bind(&record.caller)
-        .execute(&mut *tx)
+        tx.insert(&ReleasePolicyRow {
+            key_id: key.id.clone(),
+            version: 1,
+            document: key.release_policy.clone(),
+            set_unix_ms: key.created_unix_ms,
+            set_by: record.caller.clone(),
+        })
         .await?;
-        append_in_tx(&mut tx, vec![record]).await?;
-        tx.commit().await?;
-        Ok(())
+        tx.audit(vec![record]).await?;
+        tx.commit().await
     }
 
     /// A key by id.
-    pub async fn key_by_id(&self, id: &str) -> Result<Option<KeyRow>, sqlx::Error> {
-        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| key_row(&r)).transpose()
+    pub async fn key_by_id(&self, id: &str) -> Result<Option<KeyRow>, StoreError> {
+        Ok(self.get::<KeyRow>(&[Value::text(id)]).await?.map(|s| s.row))
     }
 
-    /// A key by name.
-    pub async fn key_by_name(&self, name: &str) -> Result<Option<KeyRow>, sqlx::Error> {
-        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE name = $1"))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| key_row(&r)).transpose()
+    /// A key by name (the row that verifies; if only rows that do not verify have the name,
+    /// their refusal).
+    pub async fn key_by_name(&self, name: &str) -> Result<Option<KeyRow>, StoreError> {
+        let sql = row::select::<KeyRow>("WHERE name = $1");
+        let rows = sqlx::query(&sql).bind(name).fetch_all(&self.pool).await?;
+        let mut refused = None;
+        for r in &rows {
+            match self.integrity.verify::<KeyRow>(self, r).await {
+                Ok(s) => return Ok(Some(s.row)),
+                Err(e @ (StoreError::Integrity(_) | StoreError::Rollback(_))) => refused = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        refused.map_or(Ok(None), Err)
     }
 
-    /// Up to `limit` keys with id greater than `after`, by id.
-    pub async fn list_keys(&self, after: &str, limit: u32) -> Result<Vec<KeyRow>, sqlx::Error> {
-        sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM keys WHERE id > $1 ORDER BY id LIMIT $2"
-        ))
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(key_row)
-        .collect()
+    /// Up to `limit` keys that verify with id greater than `after`, by id.
+    pub async fn list_keys(&self, after: &str, limit: u32) -> Result<Vec<KeyRow>, StoreError> {
+        Ok(self
+            .all::<KeyRow>(
+                "WHERE id > $1 ORDER BY id LIMIT $2",
+                &[Value::text(after), Value::int(limit)],
+            )
+            .await?
+            .into_iter()
+            .map(|s| s.row)
+            .collect())
     }
 
-    /// Adds the next version to an enabled key. The version number comes from an UPDATE on the
-    /// key's row, so concurrent rotations on any replica get consecutive numbers; the primary
-    /// key on (key, version) would refuse a duplicate anyway. `wrap` wraps the new KEK for the
-    /// version it is given; `make_record` writes the audit entry for it.
+    /// Adds the next version to an enabled key, in one transaction with its audit entry.
+    /// `wrap` wraps the new KEK for the version it is given; `make_record` writes the audit
+    /// entry for it. `None` if the key is not enabled (or not there).
     pub async fn rotate_key(
         &self,
         id: &str,
         now: i64,
         root_generation: u64,
-        wrap: impl FnOnce(u32) -> Result<Vec<u8>, ApiError>,
+        wrap: impl FnOnce(u32) -> Result<Vec<u8>, kms_core::Error>,
         make_record: impl FnOnce(u32) -> Record,
     ) -> Result<Option<KeyRow>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        lock_generation(&mut tx, root_generation).await?;
-        let row = sqlx::query(
-            "UPDATE keys SET latest_version = latest_version + 1, updated_unix_ms = $2 WHERE id = $1 AND state = 'enabled' RETURNING latest_version",
-        )
-        .bind(id)
-        .bind(now)
-        .fetch_optional(&mut *tx)
+        let mut tx = Tx::begin(self).await?;
+        require_generation(&mut tx, root_generation).await?;
+        let Some(old) = tx.get::<KeyRow>(&[Value::text(id)]).await? else {
+            return Ok(None);
+        };
+        if old.state != KeyState::Enabled {
+            return Ok(None);
+        }
+        let version = old.latest_version.checked_add(1).ok_or(Refusal::VersionOverflow)?;
+        let mut key = old.row.clone();
+        key.latest_version = version;
+        key.updated_unix_ms = now;
+        tx.update(&old, &key).await?;
+        tx.insert(&KeyVersionRow {
+            key_id: id.to_owned(),
+            version,
+            wrapped_kek: Some(wrap(version)?),
+            created_unix_ms: now,
+            destroyed_unix_ms: None,
+            root_generation,
+        })
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let version = u32::try_from(row.try_get::<i64, _>("latest_version")?)
-            .map_err(|_| ApiError::internal("version_overflow", "version out of range"))?;
-        let wrapped = wrap(version)?;
-        sqlx::query(
-            "INSERT INTO key_versions (key_id, version, wrapped_kek, created_unix_ms, root_generation) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(id)
-        .bind(i64::from(version))
-        .bind(wrapped)
-        .bind(now)
-        .bind(i64::try_from(root_generation).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
-        append_in_tx(&mut tx, vec![make_record(version)]).await?;
-        let key = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = $1"))
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let key = key_row(&key)?;
+        tx.audit(vec![make_record(version)]).await?;
         tx.commit().await?;
         Ok(Some(key))
     }
@@ -522,7 +633,7 @@ impl Store {
     /// Applies a lifecycle transition if the key is in a state it starts from (and, with
     /// `due_by`, its deletion time is at or before it). `None` if it was not (the caller reads the
     /// key to say why). Destroying erases every version's wrapped KEK in the same transaction.
-    #[allow(clippy::too_many_arguments)] // each is a column or a guard of the one UPDATE
+    #[allow(clippy::too_many_arguments)] // each is a column or a guard of the one change
     pub async fn change_state(
         &self,
         id: &str,
@@ -533,80 +644,102 @@ impl Store {
         close: Option<&QuorumClose>,
         record: Record,
     ) -> Result<Option<KeyRow>, StoreError> {
-        let from = transition.from();
-        let to = transition.to();
-        let placeholders: Vec<String> = (0..from.len()).map(|i| format!("${}", i + 6)).collect();
-        let sql = format!(
-            "UPDATE keys SET state = $2, deletion_unix_ms = $3, updated_unix_ms = $4 WHERE id = $1 AND state IN ({}) \
-             AND COALESCE(deletion_unix_ms, 0) <= $5 RETURNING {KEY_COLUMNS}",
-            placeholders.join(", ")
-        );
-        let sources = from;
         let mut tx = self.begin_write(close).await?;
-        let mut q = sqlx::query(&sql)
-            .bind(id)
-            .bind(to.as_str())
-            .bind(deletion_unix_ms)
-            .bind(now)
-            .bind(due_by.unwrap_or(i64::MAX));
-        for s in sources {
-            q = q.bind(s.as_str());
-        }
-        let Some(row) = q.fetch_optional(&mut *tx).await? else {
+        let Some(old) = tx.get::<KeyRow>(&[Value::text(id)]).await? else {
             return Ok(None);
         };
-        let key = key_row(&row)?;
+        if !transition.from().contains(&old.state) || old.deletion_unix_ms.unwrap_or(0) > due_by.unwrap_or(i64::MAX) {
+            return Ok(None);
+        }
+        let to = transition.to();
+        let mut key = old.row.clone();
+        key.state = to;
+        key.deletion_unix_ms = deletion_unix_ms;
+        key.updated_unix_ms = now;
+        tx.update(&old, &key).await?;
         if to == KeyState::Destroyed {
             // Erase the material: after this no blob under this key can ever be decrypted.
-            sqlx::query("UPDATE key_versions SET wrapped_kek = NULL, destroyed_unix_ms = $2 WHERE key_id = $1")
-                .bind(id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            let versions = tx.all::<KeyVersionRow>("WHERE key_id = $1", &[Value::text(id)]).await?;
+            for v in versions {
+                let mut erased = v.row.clone();
+                erased.wrapped_kek = None;
+                erased.destroyed_unix_ms = Some(now);
+                tx.update(&v, &erased).await?;
+            }
         }
-        append_in_tx(&mut tx, vec![record]).await?;
+        tx.audit(vec![record]).await?;
         tx.commit().await?;
         Ok(Some(key))
     }
 
     /// The wrapped KEK of one version: `None` if no such version, `Some(None)` if destroyed.
-    pub async fn wrapped_kek(&self, id: &str, version: u32) -> Result<Option<Option<Vec<u8>>>, sqlx::Error> {
-        let row = sqlx::query("SELECT wrapped_kek FROM key_versions WHERE key_id = $1 AND version = $2")
-            .bind(id)
-            .bind(i64::from(version))
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| r.try_get::<Option<Vec<u8>>, _>("wrapped_kek")).transpose()
+    pub async fn wrapped_kek(&self, id: &str, version: u32) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+        Ok(self
+            .get::<KeyVersionRow>(&[Value::text(id), Value::int(version)])
+            .await?
+            .map(|s| s.row.wrapped_kek))
     }
 
     /// Keys whose deletion window has ended.
-    pub async fn due_for_destruction(&self, now: i64) -> Result<Vec<String>, sqlx::Error> {
-        sqlx::query("SELECT id FROM keys WHERE state = 'pending_deletion' AND deletion_unix_ms <= $1")
-            .bind(now)
-            .fetch_all(&self.pool)
+    pub async fn due_for_destruction(&self, now: i64) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .all::<KeyRow>(
+                "WHERE state = 'pending_deletion' AND deletion_unix_ms <= $1",
+                &[Value::int(now)],
+            )
             .await?
-            .iter()
-            .map(|r| r.try_get("id"))
-            .collect()
+            .into_iter()
+            .map(|s| s.row.id)
+            .collect())
     }
 
     // ----- audit -----------------------------------------------------------------------------
 
     /// Appends records to the chain in one transaction.
-    pub async fn append_audit(&self, records: Vec<Record>) -> Result<(), sqlx::Error> {
+    pub async fn append_audit(&self, records: Vec<Record>) -> Result<(i64, [u8; 32]), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        append_in_tx(&mut tx, records).await?;
-        tx.commit().await
+        let head = append_in_tx(&mut tx, records).await?;
+        tx.commit().await?;
+        self.integrity.wrote_audit(head);
+        Ok(head)
     }
 }
 
-/// Appends `records` after the chain head inside `tx`. The first statement updates the head row,
-/// which serializes writers on every replica; the sequence numbers' primary key would refuse a
-/// duplicate in any case.
-pub(crate) async fn append_in_tx(tx: &mut Transaction<'static, Any>, records: Vec<Record>) -> Result<(), sqlx::Error> {
-    if records.is_empty() {
-        return Ok(());
+/// The seal record, read and verified inside a write transaction.
+pub(crate) async fn seal_stored(tx: &mut Tx) -> Result<Stored<SealConfigRow>, StoreError> {
+    tx.get::<SealConfigRow>(&[Value::int(1)])
+        .await?
+        .ok_or(StoreError::Refused(Refusal::NotInitialized))
+}
+
+pub(crate) async fn seal_in(tx: &mut Tx) -> Result<SealConfigRow, StoreError> {
+    Ok(seal_stored(tx).await?.row)
+}
+
+/// Active admins that verify, counted inside a write transaction.
+pub(crate) async fn active_admins(tx: &mut Tx) -> Result<i64, StoreError> {
+    let n = tx.all::<AdminRow>("WHERE removed_unix_ms IS NULL", &[]).await?.len();
+    Ok(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// Refuses a secret wrapped under a root generation older than the current one (a replica that
+/// missed a rotation): it would be stored under a generation nothing can open any more. Write
+/// transactions serialize on the state row, so the transaction completing a rotation is either
+/// before this one (and seen here) or after it.
+pub(crate) async fn require_generation(tx: &mut Tx, generation: u64) -> Result<(), StoreError> {
+    if seal_in(tx).await?.root_generation > generation {
+        return Err(Refusal::GenerationChanged.into());
     }
+    Ok(())
+}
+
+/// Appends `records` after the chain head inside `tx`; returns the new head. The first
+/// statement updates the head row, which serializes writers on every replica; the sequence
+/// numbers' primary key would refuse a duplicate in any case.
+pub(crate) async fn append_in_tx(
+    tx: &mut Transaction<'static, Any>,
+    records: Vec<Record>,
+) -> Result<(i64, [u8; 32]), sqlx::Error> {
     let n = i64::try_from(records.len()).unwrap_or(i64::MAX);
     let head = sqlx::query("UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash")
         .bind(n)
@@ -614,11 +747,13 @@ pub(crate) async fn append_in_tx(tx: &mut Transaction<'static, Any>, records: Ve
         .await?;
     let new_last: i64 = head.try_get("seq")?;
     let prev: Vec<u8> = head.try_get("hash")?;
-    let mut prev_hash = [0u8; 32];
-    if prev.len() != 32 {
-        return Err(sqlx::Error::Protocol("audit_head.hash is not 32 bytes".into()));
+    let prev_hash: [u8; 32] = prev
+        .as_slice()
+        .try_into()
+        .map_err(|_| sqlx::Error::Protocol("audit_head.hash is not 32 bytes".into()))?;
+    if records.is_empty() {
+        return Ok((new_last, prev_hash));
     }
-    prev_hash.copy_from_slice(&prev);
     let entries = audit::chain(new_last - n, prev_hash, records);
     for chunk in entries.chunks(200) {
         let mut sql = String::from(
@@ -659,81 +794,84 @@ pub(crate) async fn append_in_tx(tx: &mut Transaction<'static, Any>, records: Ve
         }
         q.execute(&mut **tx).await?;
     }
-    let last_hash = entries.last().map(|e| e.hash.to_vec()).unwrap_or(prev);
+    let last_hash = entries.last().map(|e| e.hash).unwrap_or(prev_hash);
     sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-        .bind(last_hash)
+        .bind(last_hash.to_vec())
         .execute(&mut **tx)
         .await?;
-    Ok(())
+    Ok((new_last, last_hash))
 }
 
-/// Locks the seal record and refuses a secret wrapped under a root generation older than the
-/// current one (a replica that missed a rotation): otherwise it could be stored under a retired
-/// generation nothing can open any more. The lock orders the write against the transaction that
-/// completes a rotation (which locks the same row first).
-pub(crate) async fn lock_generation(tx: &mut Transaction<'static, Any>, generation: u64) -> Result<(), StoreError> {
-    let n =
-        sqlx::query("UPDATE seal_config SET root_generation = root_generation WHERE id = 1 AND root_generation <= $1")
-            .bind(i64::try_from(generation).unwrap_or(i64::MAX))
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-    if n != 1 {
-        return Err(StoreError::Api(ApiError::unavailable(
-            "generation_changed",
-            "the root key was rotated and this replica still holds the previous generation; retry in a moment",
-        )));
-    }
-    Ok(())
-}
-
-const ADMIN_COLUMNS: &str =
-    "id, country, signing_public_key, encryption_public_key, custodian, created_unix_ms, removed_unix_ms";
-
-async fn insert_admin(tx: &mut Transaction<'static, Any>, a: &AdminRow) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO admins (id, country, signing_public_key, encryption_public_key, custodian, created_unix_ms) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(&a.id)
-    .bind(&a.country)
-    .bind(&a.signing_public_key)
-    .bind(&a.encryption_public_key)
-    .bind(i64::from(a.custodian))
-    .bind(a.created_unix_ms)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-fn admin_row(r: &AnyRow) -> Result<AdminRow, sqlx::Error> {
-    Ok(AdminRow {
-        id: r.try_get("id")?,
-        country: r.try_get("country")?,
-        signing_public_key: r.try_get("signing_public_key")?,
-        encryption_public_key: r.try_get("encryption_public_key")?,
-        custodian: r.try_get::<i64, _>("custodian")? != 0,
-        created_unix_ms: r.try_get("created_unix_ms")?,
-        removed_unix_ms: r.try_get("removed_unix_ms")?,
-    })
-}
-
-pub(crate) fn key_row(r: &AnyRow) -> Result<KeyRow, sqlx::Error> {
-    let corrupt = |what: &str| sqlx::Error::Protocol(format!("corrupt keys row: {what}"));
-    let state: String = r.try_get("state")?;
-    let tags: String = r.try_get("tags")?;
-    let grants: String = r.try_get("grants")?;
-    Ok(KeyRow {
-        id: r.try_get("id")?,
-        name: r.try_get("name")?,
-        description: r.try_get("description")?,
-        tags: serde_json::from_str(&tags).map_err(|_| corrupt("tags"))?,
-        state: KeyState::parse(&state).ok_or_else(|| corrupt("state"))?,
-        latest_version: u32::try_from(r.try_get::<i64, _>("latest_version")?).map_err(|_| corrupt("latest_version"))?,
-        grants: serde_json::from_str(&grants).map_err(|_| corrupt("grants"))?,
-        release_policy: r.try_get("release_policy")?,
-        release_policy_version: u32::try_from(r.try_get::<i64, _>("release_policy_version")?)
-            .map_err(|_| corrupt("release_policy_version"))?,
-        created_unix_ms: r.try_get("created_unix_ms")?,
-        deletion_unix_ms: r.try_get("deletion_unix_ms")?,
-    })
+/// A fresh SQLite store, initialized (one admin, generation 1, dev seal) with a random integrity
+/// key that the store holds, for unit tests of what sits on storage.
+#[cfg(test)]
+pub(crate) async fn test_store() -> (Store, tempfile::TempDir) {
+    #![allow(clippy::unwrap_used)]
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("kms.db").display());
+    let store = Store::connect(&url, 4).await.unwrap();
+    let key = Arc::new(kms_core::integrity::IntegrityKey::new(
+        &kms_core::secret::SecretKey::generate().unwrap(),
+    ));
+    let ring = || KeyRing::new(vec![(1, key.clone())]).unwrap();
+    let seal = SealConfigRow {
+        kind: "dev".into(),
+        threshold: 0,
+        kcv: vec![0; 16],
+        created_unix_ms: 0,
+        approval_quorum: 1,
+        root_generation: 1,
+        deployment_id: "dep-test".into(),
+    };
+    let generation = RootGenerationRow {
+        generation: 1,
+        kind: "dev".into(),
+        status: "active".into(),
+        threshold: 0,
+        kcv: vec![0; 16],
+        hsm_label: None,
+        next_root_wrapped: None,
+        created_unix_ms: 0,
+        created_by: "test".into(),
+        completed_unix_ms: None,
+        integrity_key: Some(vec![0; 60]),
+    };
+    let admin = AdminRow {
+        id: "alice".into(),
+        country: "DE".into(),
+        signing_public_key: vec![4; 65],
+        encryption_public_key: vec![4; 65],
+        custodian: false,
+        created_unix_ms: 0,
+        removed_unix_ms: None,
+        removed_by: None,
+    };
+    let record = Record {
+        time_unix_ms: 0,
+        caller: "test".into(),
+        operation: "admin.init".into(),
+        key_id: None,
+        outcome: "allowed".into(),
+        reason: String::new(),
+        detail: "{}".into(),
+    };
+    store
+        .initialize(&seal, &generation, &[admin], &[], ring(), record)
+        .await
+        .unwrap();
+    // The audit chain starts empty for the tests (Init wrote one entry), and the store handed out
+    // is another process's, which did not write it.
+    sqlx::query("DELETE FROM audit_log")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_head SET seq = 0, hash = $1")
+        .bind(vec![0u8; 32])
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let store = Store::connect(&url, 4).await.unwrap();
+    store.integrity().set_keys(Some(ring()));
+    store.integrity().open(&store).await.unwrap();
+    (store, dir)
 }

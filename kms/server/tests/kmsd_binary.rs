@@ -134,6 +134,8 @@ async fn dev_mode_initializes_serves_and_stops_on_sigterm() {
     let key = kms_core::keyfile::AdminKeyFile::decode(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
 
     // Create an unattested key as the dev admin and round-trip a data key as `anonymous`.
+    let deployment = status.deployment_id.clone();
+    assert!(deployment.starts_with("dep-"), "{status:?}");
     let sign = |op| {
         use kms_core::admin::AdminSigner;
         use prost::Message;
@@ -142,6 +144,7 @@ async fn dev_mode_initializes_serves_and_stops_on_sigterm() {
             timestamp_unix_ms: kms_core::now_unix_ms(),
             nonce: kms_core::random_array::<16>().unwrap().to_vec(),
             operation: Some(op),
+            deployment_id: deployment.clone(),
         };
         let payload = req.encode_to_vec();
         pb::SignedRequest {

@@ -26,7 +26,7 @@ use crate::audit::AuditLog;
 use crate::error::ApiError;
 use crate::keys::Keys;
 use crate::seal::{Seal, SealKind};
-use crate::storage::{AdminRow, KeyRow, QuorumClose, SealConfigRow, Store, StoreError};
+use crate::storage::{AdminRow, KeyRow, QuorumClose, RootGenerationRow, SealConfigRow, ShareRow, Store, StoreError};
 
 /// The AdminService implementation.
 #[derive(Debug)]
@@ -37,6 +37,8 @@ pub struct AdminPlane {
     pub(crate) audit: AuditLog,
     pub(crate) allowed_countries: AllowedCountries,
     pub(crate) window: Duration,
+    pub(crate) skew: Duration,
+    pub(crate) init_admins: Option<Vec<String>>,
     pub(crate) proposal_ttl: Duration,
     pub(crate) allow_unattested: bool,
     pub(crate) attestation: Arc<crate::attest::Attestation>,
@@ -138,13 +140,24 @@ impl AdminPlane {
         }
         let now = kms_core::now_unix_ms();
         let window = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
-        if (now - req.timestamp_unix_ms).abs() > window {
+        let skew = i64::try_from(self.skew.as_millis()).unwrap_or(i64::MAX);
+        if now - req.timestamp_unix_ms > window {
             return Err(ApiError::denied(
                 "stale_request",
                 format!(
-                    "the request's timestamp is {} s from the server's clock (allowed: {} s)",
+                    "the request's timestamp is {} s behind the server's clock (allowed: {} s)",
                     (now - req.timestamp_unix_ms) / 1000,
                     window / 1000
+                ),
+            ));
+        }
+        if req.timestamp_unix_ms - now > skew {
+            return Err(ApiError::denied(
+                "future_request",
+                format!(
+                    "the request's timestamp is {} s ahead of the server's clock (allowed: {} s)",
+                    (req.timestamp_unix_ms - now) / 1000,
+                    skew / 1000
                 ),
             ));
         }
@@ -154,19 +167,47 @@ impl AdminPlane {
                 "the request nonce must be 16 to 64 bytes",
             ));
         }
+        // The custodians' own requests are served while sealed, from rows that are verified
+        // when the seal opens; every other request needs the rows to verify now.
+        let sealed_ok =
+            matches!(op, Op::GetEncryptedShare(_) | Op::Unseal(_) | Op::Seal(_)) && self.seal.root().is_err();
         let key = match &op {
             Op::Init(init) => {
+                if !req.deployment_id.is_empty() {
+                    return Err(ApiError::invalid(
+                        "wrong_deployment",
+                        "an Init request names no deployment (the deployment is made by Init)",
+                    ));
+                }
                 let me = init.admins.iter().find(|a| a.id == admin_id.as_str()).ok_or_else(|| {
                     ApiError::denied("unknown_admin", "Init must be signed by one of the admins it names")
                 })?;
                 AdminPublicKey::parse(&me.signing_public_key)?
             }
             _ => {
-                let row = self
-                    .store
-                    .admin(admin_id.as_str())
-                    .await?
-                    .ok_or_else(|| ApiError::denied("unknown_admin", format!("no admin {admin_id}")))?;
+                let seal_record = if sealed_ok {
+                    self.store.seal_config_unverified().await?
+                } else {
+                    self.store.seal_config().await?
+                }
+                .ok_or_else(|| {
+                    ApiError::precondition("not_initialized", "the server is not initialized (kmsctl init)")
+                })?;
+                if req.deployment_id != seal_record.deployment_id {
+                    return Err(ApiError::denied(
+                        "wrong_deployment",
+                        format!(
+                            "the request is signed for deployment {:?}, but this is deployment {} (a request for another deployment cannot be replayed here)",
+                            req.deployment_id, seal_record.deployment_id
+                        ),
+                    ));
+                }
+                let row = if sealed_ok {
+                    self.store.admin_unverified(admin_id.as_str()).await?
+                } else {
+                    self.store.admin(admin_id.as_str()).await?
+                }
+                .ok_or_else(|| ApiError::denied("unknown_admin", format!("no admin {admin_id}")))?;
                 if row.removed_unix_ms.is_some() {
                     return Err(ApiError::denied(
                         "admin_removed",
@@ -184,13 +225,59 @@ impl AdminPlane {
             )
         })?;
         audit.caller = format!("admin:{admin_id}");
-        if !self.store.use_nonce(&req.nonce, req.timestamp_unix_ms + window).await? {
+        // Kept until the request is stale on every replica (whose clocks may lag by the skew).
+        if !self
+            .store
+            .use_nonce(
+                &req.nonce,
+                req.timestamp_unix_ms.saturating_add(window).saturating_add(skew),
+            )
+            .await?
+        {
             return Err(ApiError::denied(
                 "replayed_request",
                 "this request nonce was already used",
             ));
         }
         Ok((admin_id, op))
+    }
+
+    /// Init is refused unless the admins it names are exactly those whose fingerprints the
+    /// configuration pins (`admin.init_admins`), so whoever reaches an uninitialized server
+    /// first cannot make it theirs. Without a pinned set only dev mode initializes (itself).
+    fn check_pinned_admins(&self, admins: &[NewAdmin], audit: &mut Audit) -> Result<(), ApiError> {
+        let offered: BTreeSet<String> = admins
+            .iter()
+            .map(|a| {
+                kms_core::admin::fingerprint(
+                    a.id.as_str(),
+                    a.country.as_str(),
+                    a.signing_key.as_bytes(),
+                    &a.encryption_key,
+                )
+            })
+            .collect();
+        audit.detail("admin_fingerprints", offered.iter().cloned().collect::<Vec<_>>());
+        let Some(pinned) = &self.init_admins else {
+            return Err(ApiError::precondition(
+                "init_not_pinned",
+                "this server pins no initial admin set (admin.init_admins in its configuration): list the fingerprints of the admins Init will name (kmsctl admin fingerprint) and restart it",
+            ));
+        };
+        let pinned: BTreeSet<String> = pinned.iter().cloned().collect();
+        if offered != pinned {
+            let unexpected: Vec<&String> = offered.difference(&pinned).collect();
+            let missing = pinned.difference(&offered).count();
+            return Err(ApiError::denied(
+                "init_admins_mismatch",
+                format!(
+                    "the admins of this Init are not the set pinned in the server's configuration (admin.init_admins): {} not pinned ({}), {missing} pinned admin(s) missing",
+                    unexpected.len(),
+                    unexpected.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Initializes the database and the seal (from a signed Init, or from dev mode's start).
@@ -251,13 +338,34 @@ impl AdminPlane {
                 threshold
             }
         };
+        // Dev mode initializes itself, with its own dev admin.
+        if !self.seal.dev_mode() {
+            self.check_pinned_admins(&admins, audit)?;
+        }
         let root = self.seal.create_root(kind, 1)?;
+        let now = kms_core::now_unix_ms();
+        let deployment_id = format!("dep-{}", hex::encode(kms_core::random_array::<16>()?));
         let seal_row = SealConfigRow {
             kind: kind.as_str().to_owned(),
             threshold,
             kcv: root.check.clone(),
+            created_unix_ms: now,
             approval_quorum,
             root_generation: 1,
+            deployment_id: deployment_id.clone(),
+        };
+        let generation = RootGenerationRow {
+            generation: 1,
+            kind: kind.as_str().to_owned(),
+            status: "active".into(),
+            threshold,
+            kcv: root.check.clone(),
+            hsm_label: root.hsm_label.clone(),
+            next_root_wrapped: None,
+            created_unix_ms: now,
+            created_by: audit.caller.clone(),
+            completed_unix_ms: None,
+            integrity_key: Some(root.integrity_key.clone()),
         };
         let mut shares = Vec::new();
         if let (SealKind::Shamir, Some(material)) = (kind, &root.material) {
@@ -267,10 +375,13 @@ impl AdminPlane {
             for (c, share) in custodians.iter().zip(split) {
                 let plaintext = share_wrap::share_plaintext(c.id.as_str(), share.expose_secret());
                 let envelope = share_wrap::seal(&c.encryption_key, plaintext.expose_secret())?;
-                shares.push((c.id.to_string(), envelope.encode()));
+                shares.push(ShareRow {
+                    generation: 1,
+                    admin_id: c.id.to_string(),
+                    envelope: envelope.encode(),
+                });
             }
         }
-        let now = kms_core::now_unix_ms();
         let rows: Vec<AdminRow> = admins
             .iter()
             .map(|a| AdminRow {
@@ -281,8 +392,10 @@ impl AdminPlane {
                 custodian: a.custodian && kind == SealKind::Shamir,
                 created_unix_ms: now,
                 removed_unix_ms: None,
+                removed_by: None,
             })
             .collect();
+        audit.detail("deployment_id", deployment_id.as_str());
         audit.detail("seal", kind.as_str());
         audit.detail("threshold", threshold);
         audit.detail("approval_quorum", approval_quorum);
@@ -294,9 +407,12 @@ impl AdminPlane {
             self.seal.write_dev_root(material)?;
         }
         let record = Audit::clone_allowed(audit);
+        let ring = root
+            .key_ring()
+            .ok_or_else(|| ApiError::internal("integrity_key", "the new root has no integrity key"))?;
         match self
             .store
-            .initialize(&seal_row, &rows, &shares, root.hsm_label.as_deref(), record)
+            .initialize(&seal_row, &generation, &rows, &shares, ring, record)
             .await
         {
             Ok(()) => {}
@@ -309,7 +425,7 @@ impl AdminPlane {
                 }
                 if let StoreError::Conflict = e {
                     // Another replica won the race: adopt its seal record, sealed.
-                    if let Ok(Some(cfg)) = self.store.seal_config().await {
+                    if let Ok(Some(cfg)) = self.store.seal_config_unverified().await {
                         self.seal.adopt_initialized(&self.store, &cfg).await;
                     }
                     return Err(ApiError::precondition(
@@ -352,6 +468,7 @@ impl AdminPlane {
             custodian: false,
             created_unix_ms: kms_core::now_unix_ms(),
             removed_unix_ms: None,
+            removed_by: None,
         };
         let Exec::Run(close) = exec else { return Ok(None) };
         match self.store.add_admin(&row, close, Audit::clone_allowed(audit)).await {
@@ -378,20 +495,18 @@ impl AdminPlane {
         }
         audit.detail("removed_admin", id.to_string());
         audit.detail("reason", op.reason.as_str());
-        let row = self
-            .store
+        self.store
             .admin(id.as_str())
             .await?
             .filter(|r| r.removed_unix_ms.is_none())
             .ok_or_else(|| ApiError::not_found("admin_not_found", format!("no active admin {id}")))?;
         let Exec::Run(close) = exec else { return Ok(None) };
         let now = kms_core::now_unix_ms();
-        self.store
+        let removed = self
+            .store
             .remove_admin(id.as_str(), by.as_str(), now, close, Audit::clone_allowed(audit))
             .await
             .map_err(store_err)?;
-        let mut removed = row;
-        removed.removed_unix_ms = Some(now);
         Ok(Some(admin_to_wire(&removed)))
     }
 
@@ -462,9 +577,21 @@ impl AdminPlane {
     pub(crate) async fn wire_status(&self) -> Result<pb::SealStatus, ApiError> {
         let status = self.seal.status();
         let from = status.generation;
+        let sealed = status.sealed;
         let mut wire = wire_status(status);
-        if let Some(cfg) = self.store.seal_config().await? {
+        // While sealed the record cannot be verified yet (it is, when the seal opens).
+        let cfg = if sealed {
+            self.store.seal_config_unverified().await?
+        } else {
+            self.store.seal_config().await?
+        };
+        if let Some(cfg) = cfg {
             wire.approval_quorum = cfg.approval_quorum;
+            wire.deployment_id = cfg.deployment_id;
+        }
+        wire.state_version = u64::try_from(self.store.integrity().head().version).unwrap_or(0);
+        if let Some(alarm) = self.store.integrity().alarm() {
+            wire.integrity_alarm = alarm.detail;
         }
         if let Some(r) = wire.rotation.as_mut() {
             r.remaining = self.store.remaining_under(from).await?;
@@ -537,6 +664,7 @@ impl AdminPlane {
             release_policy: policy.to_json(),
             release_policy_version: 1,
             created_unix_ms: now,
+            updated_unix_ms: now,
             deletion_unix_ms: None,
         };
         match self
@@ -666,11 +794,7 @@ fn audit_op(method: &'static str) -> &'static str {
 }
 
 pub(crate) fn store_err(e: StoreError) -> ApiError {
-    match e {
-        StoreError::Api(a) => a,
-        StoreError::Db(d) => d.into(),
-        StoreError::Conflict => ApiError::exists("conflict", "a concurrent change conflicts with this one; retry"),
-    }
+    ApiError::from(e)
 }
 
 fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
@@ -738,6 +862,9 @@ fn wire_status(s: crate::seal::Status) -> pb::SealStatus {
         key_check_value: s.key_check_value,
         root_generation: s.generation,
         approval_quorum: 0,
+        deployment_id: String::new(),
+        state_version: 0,
+        integrity_alarm: String::new(),
         rotation: s.rotating_to.map(|(to, kind)| pb::RootRotation {
             to_generation: to,
             seal: match kind {
@@ -838,12 +965,16 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 self.seal.refresh_sealed(&self.store).await?;
                 let generation = self.seal.status().generation;
                 audit.detail("generation", generation);
-                let envelope = self.store.share_of(admin.as_str(), generation).await?.ok_or_else(|| {
-                    ApiError::denied(
-                        "not_a_custodian",
-                        format!("admin {admin} holds no share of root generation {generation}"),
-                    )
-                })?;
+                let envelope = self
+                    .store
+                    .share_of_unverified(admin.as_str(), generation)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::denied(
+                            "not_a_custodian",
+                            format!("admin {admin} holds no share of root generation {generation}"),
+                        )
+                    })?;
                 Ok(pb::EncryptedShare { envelope, generation })
             }
         )
@@ -863,7 +994,12 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 self.seal.refresh_sealed(&self.store).await?;
                 let generation = self.seal.status().generation;
                 audit.detail("generation", generation);
-                if self.store.share_of(admin.as_str(), generation).await?.is_none() {
+                if self
+                    .store
+                    .share_of_unverified(admin.as_str(), generation)
+                    .await?
+                    .is_none()
+                {
                     return Err(ApiError::denied(
                         "not_a_custodian",
                         format!("admin {admin} holds no share of root generation {generation}"),
@@ -1032,8 +1168,11 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                         kms_core::now_unix_ms(),
                         root.generation(),
                         |v| {
-                            let v = KeyVersion::new(v).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
-                            Ok(root.wrap(id, v, &kek)?)
+                            let v = KeyVersion::new(v).ok_or_else(|| kms_core::Error::InvalidId {
+                                kind: "key version",
+                                reason: "version 0".into(),
+                            })?;
+                            root.wrap(id, v, &kek)
                         },
                         |v| {
                             let mut rec = base;

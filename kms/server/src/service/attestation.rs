@@ -220,6 +220,7 @@ impl AttestationPlane {
                     .to_vec(),
                 requested_by: who.as_str().to_owned(),
                 expires_unix_ms: expires,
+                used_unix_ms: None,
             })
             .await?;
         audit.detail("enrollment_id", id.as_str());

@@ -14,13 +14,17 @@ use kms_proto::v1 as pb;
 use kms_proto::v1::quorum_operation::Operation as QOp;
 use prost::Message;
 
+use kms_core::admin::AdminPublicKey;
+use kms_core::ids::AdminId;
+use kms_proto::v1::admin_request::Operation as Op;
+
 use super::admin::{store_err, AdminPlane};
 use super::Audit;
 use crate::error::ApiError;
 use crate::storage::{
-    ApprovalAdded, ApprovalRow, ProposalRow, ProposalStatus, QuorumClose, RejectionAdded, RejectionRow, StoreError,
+    AdminRow, ApprovalAdded, ApprovalRow, ProposalRow, ProposalStatus, QuorumClose, RejectionAdded, RejectionRow,
+    SealConfigRow,
 };
-use kms_core::ids::AdminId;
 
 /// How a quorum operation is run.
 #[derive(Clone, Copy, Debug)]
@@ -265,7 +269,11 @@ impl AdminPlane {
         approvers.push(admin.to_string());
         audit.set_operation(quorum_audit_op(&qop));
         audit.detail("approved_by", approvers);
-        let close = QuorumClose::Final { approval };
+        let close = QuorumClose::Final {
+            approval,
+            payload: proposal.payload.clone(),
+            check: approval_check,
+        };
         let result = match self.execute(admin, qop, audit, Exec::Run(Some(&close))).await {
             Ok(r) => r,
             // Transient or caller-side refusals leave the proposal pending (approve again).
@@ -284,14 +292,14 @@ impl AdminPlane {
             {
                 // The quorum was reached but the operation is refused now (e.g. the key was
                 // destroyed meanwhile): the proposal fails, for good, with this approval.
-                let QuorumClose::Final { approval } = close else {
+                let QuorumClose::Final { approval, .. } = close else {
                     unreachable!("built above")
                 };
                 let record = Audit::clone_failed(audit, &e);
                 let outcome = format!("{}: {}", e.reason, e.message);
                 let closed = self
                     .store
-                    .fail_proposal(&approval, &outcome, record)
+                    .fail_proposal(&approval, approval_check, &outcome, record)
                     .await
                     .map_err(store_err)?;
                 if !closed {
@@ -459,10 +467,10 @@ impl AdminPlane {
                 .rejections(&r.id)
                 .await?
                 .into_iter()
-                .map(|(admin_id, reason, rejected_unix_ms)| pb::Rejection {
-                    admin_id,
-                    reason,
-                    rejected_unix_ms,
+                .map(|r| pb::Rejection {
+                    admin_id: r.admin_id,
+                    reason: r.reason,
+                    rejected_unix_ms: r.rejected_unix_ms,
                 })
                 .collect(),
             result: None,
@@ -524,8 +532,54 @@ impl AdminPlane {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        store_err(e)
+/// Re-verifies a stored approval when its proposal executes: the stored request decodes, is
+/// the approving admin's, for this deployment, signed by the admin's key, and approves exactly
+/// this proposal's operation: an Approve naming the proposal and the SHA-256 of its stored bytes,
+/// or the proposer's own Propose (or direct call) of those very bytes.
+pub(crate) fn approval_check(
+    proposal: &ProposalRow,
+    approval: &ApprovalRow,
+    admin: &AdminRow,
+    seal: &SealConfigRow,
+) -> Result<(), String> {
+    let req = pb::AdminRequest::decode(approval.signed_payload.as_slice())
+        .map_err(|_| "its stored request is not an AdminRequest".to_owned())?;
+    if req.admin_id != approval.admin_id || admin.id != approval.admin_id {
+        return Err(format!(
+            "its stored request is signed as {}, not {}",
+            req.admin_id, approval.admin_id
+        ));
     }
+    if req.deployment_id != seal.deployment_id {
+        return Err("its stored request is for another deployment".into());
+    }
+    AdminPublicKey::parse(&admin.signing_public_key)
+        .and_then(|k| k.verify(&approval.signed_payload, &approval.signature))
+        .map_err(|_| format!("its signature does not verify under {}'s key", admin.id))?;
+    let digest = sha256(&proposal.payload);
+    let approves = match req.operation {
+        Some(Op::Approve(a)) => a.proposal_id == proposal.id && a.operation_sha256 == digest,
+        Some(Op::Propose(p)) => approval.admin_id == proposal.proposed_by && p.operation == proposal.payload,
+        Some(direct) => {
+            approval.admin_id == proposal.proposed_by
+                && direct_operation(direct)
+                    .is_some_and(|op| pb::QuorumOperation { operation: Some(op) }.encode_to_vec() == proposal.payload)
+        }
+        None => false,
+    };
+    if !approves {
+        return Err("its stored request does not approve this proposal's operation".into());
+    }
+    Ok(())
+}
+
+/// The quorum operation a direct RPC call carries (with M = 1 the call is its own proposal).
+fn direct_operation(op: Op) -> Option<QOp> {
+    Some(match op {
+        Op::AddAdmin(a) => QOp::AddAdmin(a),
+        Op::SetReleasePolicy(p) => QOp::SetReleasePolicy(p),
+        Op::ScheduleKeyDeletion(s) => QOp::ScheduleKeyDeletion(s),
+        Op::EnrollHardware(e) => QOp::EnrollHardware(e),
+        _ => return None,
+    })
 }

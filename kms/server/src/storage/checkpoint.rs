@@ -1,128 +1,115 @@
-//! SQL of signed audit checkpoints: the keys that sign them (`checkpoint_keys`), the checkpoints
-//! (`audit_checkpoints`) and the chain head they sign. Never stores a usable private key: a
-//! software key's secret arrives here wrapped under the root key, an HSM key's not at all.
+//! SQL of signed audit checkpoints: the keys that sign them (`checkpoint_keys`, authenticated
+//! rows), the checkpoints (`audit_checkpoints`, which their signatures authenticate) and the
+//! chain they sign. Never stores a usable private key: a software key's secret arrives here
+//! wrapped under the root key, an HSM key's not at all.
 
-use kms_core::audit::Checkpoint;
+use kms_core::audit::{Checkpoint, CheckpointAnchor, Entry, Record};
+use kms_core::integrity::{StateHead, Value};
 use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::Row as _;
 
-use super::Store;
+use super::tables::CheckpointKeyRow;
+use super::{require_generation, Store, StoreError, Tx, Violation, ViolationKind};
 
-/// A checkpoint signing key as stored. Nothing in it is trusted until the checkpoint module has
-/// checked it against the seal (the secret unwraps to the public key, or the HSM holds it).
-#[derive(Clone, Debug)]
-pub(crate) struct CheckpointKeyRow {
-    /// Hex of the first 16 bytes of SHA-256(public key); the primary key.
-    pub(crate) kid: String,
-    /// `EdDSA` or `ES256`.
-    pub(crate) algorithm: String,
-    /// Ed25519: 32 bytes; ES256: SEC1 uncompressed point.
-    pub(crate) public_key: Vec<u8>,
-    /// Software keys: the Ed25519 seed wrapped under the root key.
-    pub(crate) wrapped_secret: Option<Vec<u8>>,
-    /// HSM keys: the key's label in the HSM.
-    pub(crate) hsm_label: Option<String>,
-    /// The root key generation that wrapped the secret (or held by the seal at creation).
-    pub(crate) root_generation: i64,
-    /// Created.
-    pub(crate) created_unix_ms: i64,
-    /// No longer signs (still verifies the checkpoints it signed).
-    pub(crate) retired_unix_ms: Option<i64>,
+fn hash32(bytes: &[u8], what: &str) -> Result<[u8; 32], StoreError> {
+    <[u8; 32]>::try_from(bytes).map_err(|_| StoreError::Db(sqlx::Error::Protocol(format!("{what} is not 32 bytes"))))
 }
 
-fn key_row(r: &AnyRow) -> Result<CheckpointKeyRow, sqlx::Error> {
-    Ok(CheckpointKeyRow {
-        kid: r.try_get("kid")?,
-        algorithm: r.try_get("algorithm")?,
-        public_key: r.try_get("public_key")?,
-        wrapped_secret: r.try_get("wrapped_secret")?,
-        hsm_label: r.try_get("hsm_label")?,
-        root_generation: r.try_get("root_generation")?,
-        created_unix_ms: r.try_get("created_unix_ms")?,
-        retired_unix_ms: r.try_get("retired_unix_ms")?,
+const CHECKPOINT_COLUMNS: &str =
+    "seq, hash, time_unix_ms, kid, signature, prev_seq, prev_id, state_version, state_seq, state_hash";
+
+fn checkpoint_row(r: &AnyRow) -> Result<(Checkpoint, Vec<u8>), StoreError> {
+    let hash: Vec<u8> = r.try_get("hash")?;
+    let prev_id: Option<Vec<u8>> = r.try_get("prev_id")?;
+    let state_hash: Option<Vec<u8>> = r.try_get("state_hash")?;
+    Ok((
+        Checkpoint {
+            seq: r.try_get("seq")?,
+            hash: hash32(&hash, "audit_checkpoints.hash")?,
+            time_unix_ms: r.try_get("time_unix_ms")?,
+            kid: r.try_get("kid")?,
+            prev_seq: r.try_get("prev_seq")?,
+            prev_id: hash32(prev_id.as_deref().unwrap_or(&[0; 32]), "audit_checkpoints.prev_id")?,
+            state: StateHead {
+                version: r.try_get("state_version")?,
+                seq: r.try_get("state_seq")?,
+                hash: hash32(
+                    state_hash.as_deref().unwrap_or(&[0; 32]),
+                    "audit_checkpoints.state_hash",
+                )?,
+            },
+        },
+        r.try_get("signature")?,
+    ))
+}
+
+fn entry_row(r: &AnyRow) -> Result<Entry, StoreError> {
+    let prev: Vec<u8> = r.try_get("prev_hash")?;
+    let hash: Vec<u8> = r.try_get("hash")?;
+    Ok(Entry {
+        seq: r.try_get("seq")?,
+        record: Record {
+            time_unix_ms: r.try_get("time_unix_ms")?,
+            caller: r.try_get("caller")?,
+            operation: r.try_get("operation")?,
+            key_id: r.try_get("key_id")?,
+            outcome: r.try_get("outcome")?,
+            reason: r.try_get("reason")?,
+            detail: r.try_get("detail")?,
+        },
+        prev_hash: hash32(&prev, "audit_log.prev_hash")?,
+        hash: hash32(&hash, "audit_log.hash")?,
     })
 }
 
-const KEY_COLUMNS: &str =
-    "kid, algorithm, public_key, wrapped_secret, hsm_label, root_generation, created_unix_ms, retired_unix_ms";
-
-fn hash32(bytes: &[u8], what: &str) -> Result<[u8; 32], sqlx::Error> {
-    <[u8; 32]>::try_from(bytes).map_err(|_| sqlx::Error::Protocol(format!("{what} is not 32 bytes")))
-}
-
 impl Store {
-    /// Every checkpoint key, oldest first (ties by kid), so every replica picks the same one.
-    pub(crate) async fn checkpoint_keys(&self) -> Result<Vec<CheckpointKeyRow>, sqlx::Error> {
-        sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM checkpoint_keys ORDER BY created_unix_ms, kid"
-        ))
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(key_row)
-        .collect()
+    /// Every checkpoint key that verifies, oldest first (ties by kid), so every replica picks the
+    /// same one.
+    pub(crate) async fn checkpoint_keys(&self) -> Result<Vec<CheckpointKeyRow>, StoreError> {
+        let mut rows: Vec<CheckpointKeyRow> = self
+            .all::<CheckpointKeyRow>("", &[])
+            .await?
+            .into_iter()
+            .map(|s| s.row)
+            .collect();
+        rows.sort_by(|a, b| (a.created_unix_ms, &a.kid).cmp(&(b.created_unix_ms, &b.kid)));
+        Ok(rows)
     }
 
-    /// Adds `row` unless `have_one` says the keys already stored include a usable one. Replicas
-    /// serialize on the seal record's row (updated first, as every writing transaction here
-    /// begins), so of two racing replicas the second sees the first one's key and adds none.
-    /// The row carries the root generation that wrapped its secret. `false` if nothing was added.
+    /// Adds `row` unless `have_one` says the keys already stored include a usable one. Write
+    /// transactions serialize on the state row, so of two racing replicas the second sees the
+    /// first one's key and adds none. The row carries the root generation that wrapped its
+    /// secret, which must be current. `false` if nothing was added.
     pub(crate) async fn insert_checkpoint_key_unless(
         &self,
         row: &CheckpointKeyRow,
         have_one: impl FnOnce(&[CheckpointKeyRow]) -> bool,
-    ) -> Result<bool, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        // Locks the seal record, and refuses a secret wrapped under a generation older than the
-        // current one (this replica missed a rotation).
-        sqlx::query(
-            "UPDATE seal_config SET root_generation = root_generation WHERE id = 1 AND root_generation <= $1 \
-             RETURNING root_generation",
-        )
-        .bind(row.root_generation)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| {
-            sqlx::Error::Protocol("no seal record, or the root key was rotated past this replica's generation".into())
-        })?;
-        let rows = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM checkpoint_keys ORDER BY created_unix_ms, kid"
-        ))
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(key_row)
-        .collect::<Result<Vec<_>, _>>()?;
-        if have_one(&rows) {
-            tx.rollback().await?;
+    ) -> Result<bool, StoreError> {
+        let mut tx = Tx::begin(self).await?;
+        require_generation(&mut tx, u64::try_from(row.root_generation).unwrap_or(0)).await?;
+        let mut rows: Vec<CheckpointKeyRow> = tx
+            .all::<CheckpointKeyRow>("", &[])
+            .await?
+            .into_iter()
+            .map(|s| s.row)
+            .collect();
+        rows.sort_by(|a, b| (a.created_unix_ms, &a.kid).cmp(&(b.created_unix_ms, &b.kid)));
+        if have_one(&rows) || tx.get::<CheckpointKeyRow>(&[Value::text(&row.kid)]).await?.is_some() {
             return Ok(false);
         }
-        let inserted = sqlx::query(&format!(
-            "INSERT INTO checkpoint_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)"
-        ))
-        .bind(&row.kid)
-        .bind(&row.algorithm)
-        .bind(&row.public_key)
-        .bind(row.wrapped_secret.clone())
-        .bind(row.hsm_label.clone())
-        .bind(row.root_generation)
-        .bind(row.created_unix_ms)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {
+        match tx.insert(row).await {
+            Ok(()) => {
                 tx.commit().await?;
                 Ok(true)
             }
-            // The same kid is there already (an HSM key another replica recorded).
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
+            Err(StoreError::Conflict) => Ok(false),
             Err(e) => Err(e),
         }
     }
 
     /// The chain head: the last sequence number and its hash (0 and the genesis hash when the
     /// chain is empty).
-    pub(crate) async fn audit_head(&self) -> Result<(i64, [u8; 32]), sqlx::Error> {
+    pub(crate) async fn audit_head(&self) -> Result<(i64, [u8; 32]), StoreError> {
         let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
             .fetch_one(&self.pool)
             .await?;
@@ -130,53 +117,124 @@ impl Store {
         Ok((row.try_get("seq")?, hash32(&hash, "audit_head.hash")?))
     }
 
-    /// The sequence number of the newest checkpoint, if any.
-    pub(crate) async fn latest_checkpoint_seq(&self) -> Result<Option<i64>, sqlx::Error> {
-        let row = sqlx::query("SELECT seq FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| r.try_get("seq")).transpose()
+    /// Audit entries with `after < seq <= upto`, in order.
+    pub(crate) async fn audit_entries(&self, after: i64, upto: i64) -> Result<Vec<Entry>, StoreError> {
+        sqlx::query(
+            "SELECT seq, time_unix_ms, caller, operation, key_id, outcome, reason, detail, prev_hash, hash \
+             FROM audit_log WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+        )
+        .bind(after)
+        .bind(upto)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(entry_row)
+        .collect()
+    }
+
+    /// Checkpoints with `seq >= from`, by seq.
+    pub(crate) async fn checkpoints_from(&self, from: i64) -> Result<Vec<(Checkpoint, Vec<u8>)>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE seq >= $1 ORDER BY seq"
+        ))
+        .bind(from)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(checkpoint_row)
+        .collect()
     }
 
     /// Stores a signed checkpoint. `false` if one for that seq exists (another replica signed
     /// the same head first).
-    pub(crate) async fn insert_checkpoint(&self, c: &Checkpoint, signature: &[u8]) -> Result<bool, sqlx::Error> {
-        match sqlx::query(
-            "INSERT INTO audit_checkpoints (seq, hash, time_unix_ms, kid, signature) VALUES ($1, $2, $3, $4, $5)",
-        )
+    pub(crate) async fn insert_checkpoint(&self, c: &Checkpoint, signature: &[u8]) -> Result<bool, StoreError> {
+        match sqlx::query(&format!(
+            "INSERT INTO audit_checkpoints ({CHECKPOINT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ))
         .bind(c.seq)
         .bind(c.hash.to_vec())
         .bind(c.time_unix_ms)
         .bind(&c.kid)
         .bind(signature)
+        .bind(c.prev_seq)
+        .bind(c.prev_id.to_vec())
+        .bind(c.state.version)
+        .bind(c.state.seq)
+        .bind(c.state.hash.to_vec())
         .execute(&self.pool)
         .await
         {
             Ok(_) => Ok(true),
             Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// The newest `n` checkpoints, by seq.
+    pub(crate) async fn checkpoints_tail(&self, n: u32) -> Result<Vec<(Checkpoint, Vec<u8>)>, StoreError> {
+        let mut out = sqlx::query(&format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY seq DESC LIMIT $1"
+        ))
+        .bind(i64::from(n))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(checkpoint_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The hash of state log entry `seq`, if it exists.
+    pub(crate) async fn state_log_hash(&self, seq: i64) -> Result<Option<[u8; 32]>, StoreError> {
+        sqlx::query("SELECT hash FROM state_log WHERE seq = $1")
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| hash32(&r.try_get::<Vec<u8>, _>("hash")?, "state_log.hash"))
+            .transpose()
+    }
+
+    /// Checks that the database still holds what `anchor` (kept outside it, in the HSM) says a
+    /// server signed: the checkpoint at its seq with its id, and a state that extends its state
+    /// head. A `state_rollback` violation if not.
+    pub(crate) async fn check_anchor(&self, anchor: &CheckpointAnchor) -> Result<(), StoreError> {
+        let fail = |detail: String| {
+            StoreError::Rollback(Violation {
+                table: "audit_checkpoints",
+                key: format!("[\"{}\"]", anchor.seq),
+                kind: ViolationKind::StateRollback,
+                detail,
+            })
+        };
+        let stored = self.checkpoints_from(anchor.seq).await?;
+        if !stored
+            .first()
+            .is_some_and(|(c, _)| c.seq == anchor.seq && c.id() == anchor.id)
+        {
+            return Err(fail(format!(
+                "the HSM's anchor names checkpoint {}, which the database no longer holds as it was signed: the database was rolled back or its checkpoints rewritten",
+                anchor.seq
+            )));
+        }
+        let head = self.integrity.head();
+        let log_hash = if anchor.state.seq == 0 {
+            Some(kms_core::integrity::STATE_GENESIS)
+        } else {
+            self.state_log_hash(anchor.state.seq).await?
+        };
+        if head.version < anchor.state.version || head.seq < anchor.state.seq || log_hash != Some(anchor.state.hash) {
+            return Err(fail(format!(
+                "the database's state (version {}) is behind the state version {} that the HSM's anchor records: the database was rolled back",
+                head.version, anchor.state.version
+            )));
+        }
+        Ok(())
     }
 
     /// Every checkpoint with its signature, by seq.
     #[cfg(test)]
-    pub(crate) async fn checkpoints(&self) -> Result<Vec<(Checkpoint, Vec<u8>)>, sqlx::Error> {
-        sqlx::query("SELECT seq, hash, time_unix_ms, kid, signature FROM audit_checkpoints ORDER BY seq")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| {
-                let hash: Vec<u8> = r.try_get("hash")?;
-                Ok((
-                    Checkpoint {
-                        seq: r.try_get("seq")?,
-                        hash: hash32(&hash, "audit_checkpoints.hash")?,
-                        time_unix_ms: r.try_get("time_unix_ms")?,
-                        kid: r.try_get("kid")?,
-                    },
-                    r.try_get("signature")?,
-                ))
-            })
-            .collect()
+    pub(crate) async fn checkpoints(&self) -> Result<Vec<(Checkpoint, Vec<u8>)>, StoreError> {
+        self.checkpoints_from(i64::MIN).await
     }
 }

@@ -1,34 +1,19 @@
 //! Root key generations and their rotation: the pending generation, the batches that re-wrap
 //! every root-wrapped secret (KEK versions, token signing seeds, checkpoint signing secrets) from
-//! generation g to g+1, and the transaction that completes it. Each batch is one transaction of
-//! conditional UPDATEs (`... AND root_generation = g`), so a batch interrupted by a crash leaves
-//! every row under exactly one generation, and two replicas re-wrapping at once do each row once.
+//! generation g to g+1, the batches that re-authenticate every row under g+1's integrity key,
+//! and the transaction that completes it. A re-wrap batch is one write transaction (the secrets
+//! change, so the state log records them); a re-authentication batch changes no content or
+//! version, only the authenticator, each row by a conditional UPDATE on its old authenticator.
+//! Both leave every row under exactly one generation when interrupted, and resume.
 
 use kms_core::audit::Record;
-use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use kms_core::integrity::Value;
+use sqlx::Row as _;
 
-use super::{append_in_tx, QuorumClose, Store, StoreError};
-use crate::error::ApiError;
-
-/// One root key generation.
-#[derive(Clone, Debug)]
-pub struct RootGenerationRow {
-    /// Its number (1 at init).
-    pub generation: u64,
-    /// The seal that holds it.
-    pub kind: String,
-    /// `active`, `pending` (being rotated to) or `retired`.
-    pub status: String,
-    /// Shares needed to unseal it (shamir).
-    pub threshold: u32,
-    /// Its check value (KCV; the pkcs11 seal's canary).
-    pub kcv: Vec<u8>,
-    /// pkcs11: the key's label in the HSM.
-    pub hsm_label: Option<String>,
-    /// While pending and held in software: the root wrapped under the current root.
-    pub next_root_wrapped: Option<Vec<u8>>,
-}
+use super::integrity::reauthenticate;
+use super::row::{self, Row, Table};
+use super::tables::*;
+use super::{g, seal_stored, QuorumClose, Refusal, Store, StoreError, Tx};
 
 /// The tables holding secrets wrapped under the root key.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -55,89 +40,61 @@ pub struct RewrapItem {
     pub wrapped: Option<Vec<u8>>,
 }
 
-const GENERATION_COLUMNS: &str = "generation, kind, status, threshold, kcv, hsm_label, next_root_wrapped";
-
-fn generation_row(r: &AnyRow) -> Result<RootGenerationRow, sqlx::Error> {
-    Ok(RootGenerationRow {
-        generation: u64::try_from(r.try_get::<i64, _>("generation")?)
-            .map_err(|_| sqlx::Error::Protocol("corrupt root_generations row".into()))?,
-        kind: r.try_get("kind")?,
-        status: r.try_get("status")?,
-        threshold: u32::try_from(r.try_get::<i64, _>("threshold")?).unwrap_or(0),
-        kcv: r.try_get("kcv")?,
-        hsm_label: r.try_get("hsm_label")?,
-        next_root_wrapped: r.try_get("next_root_wrapped")?,
-    })
-}
-
-/// Stores the custodians' share envelopes of a root generation.
-pub(super) async fn insert_shares(
-    tx: &mut Transaction<'static, Any>,
-    generation: u64,
-    shares: &[(String, Vec<u8>)],
-) -> Result<(), sqlx::Error> {
-    for (admin, envelope) in shares {
-        sqlx::query("INSERT INTO root_shares (generation, admin_id, envelope) VALUES ($1, $2, $3)")
-            .bind(g(generation))
-            .bind(admin)
-            .bind(envelope)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
-}
-
 /// `rotation_in_progress` while a generation is pending (its custodians and root are fixed).
-pub(super) async fn refuse_if_rotating(tx: &mut Transaction<'static, Any>) -> Result<(), StoreError> {
-    let pending: i64 = sqlx::query("SELECT COUNT(*) AS n FROM root_generations WHERE status = 'pending'")
-        .fetch_one(&mut **tx)
+pub(super) async fn refuse_if_rotating(tx: &mut Tx) -> Result<(), StoreError> {
+    if !tx
+        .all::<RootGenerationRow>("WHERE status = 'pending'", &[])
         .await?
-        .try_get("n")?;
-    if pending > 0 {
-        return Err(StoreError::Api(ApiError::precondition(
-            "rotation_in_progress",
-            "a root key rotation is in progress: wait for it to complete (kmsctl status)",
-        )));
+        .is_empty()
+    {
+        return Err(Refusal::RotationInProgress.into());
     }
     Ok(())
-}
-
-fn g(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 impl Store {
-    /// One generation.
-    pub async fn root_generation(&self, generation: u64) -> Result<Option<RootGenerationRow>, sqlx::Error> {
-        sqlx::query(&format!(
-            "SELECT {GENERATION_COLUMNS} FROM root_generations WHERE generation = $1"
-        ))
-        .bind(g(generation))
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| generation_row(&r))
-        .transpose()
+    /// One generation, verified.
+    pub async fn root_generation(&self, generation: u64) -> Result<Option<RootGenerationRow>, StoreError> {
+        Ok(self
+            .get::<RootGenerationRow>(&[Value::int(g(generation))])
+            .await?
+            .map(|s| s.row))
     }
 
-    /// The generation being rotated to, if a rotation is in progress.
-    pub async fn pending_root_generation(&self) -> Result<Option<RootGenerationRow>, sqlx::Error> {
-        sqlx::query(&format!(
-            "SELECT {GENERATION_COLUMNS} FROM root_generations WHERE status = 'pending' ORDER BY generation LIMIT 1"
-        ))
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| generation_row(&r))
-        .transpose()
+    /// One generation as stored, not verified: what the seal reads to open a root (the root's
+    /// own check value or canary, and its wrapped integrity key, authenticate what matters; the
+    /// row is verified once its integrity key is held).
+    pub async fn root_generation_unverified(&self, generation: u64) -> Result<Option<RootGenerationRow>, StoreError> {
+        Ok(self
+            .unverified::<RootGenerationRow>("WHERE generation = $1", &[Value::int(g(generation))])
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// The generation being rotated to, if a rotation is in progress, verified.
+    pub async fn pending_root_generation(&self) -> Result<Option<RootGenerationRow>, StoreError> {
+        Ok(self
+            .all::<RootGenerationRow>("WHERE status = 'pending' ORDER BY generation", &[])
+            .await?
+            .into_iter()
+            .next()
+            .map(|s| s.row))
+    }
+
+    /// The pending generation as stored, not verified (see
+    /// [`Store::root_generation_unverified`]).
+    pub async fn pending_root_generation_unverified(&self) -> Result<Option<RootGenerationRow>, StoreError> {
+        Ok(self
+            .unverified::<RootGenerationRow>("WHERE status = 'pending' ORDER BY generation", &[])
+            .await?
+            .into_iter()
+            .next())
     }
 
     /// When the rotation to `generation` started.
-    pub async fn rotation_started_unix_ms(&self, generation: u64) -> Result<Option<i64>, sqlx::Error> {
-        sqlx::query("SELECT created_unix_ms FROM root_generations WHERE generation = $1")
-            .bind(g(generation))
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| r.try_get("created_unix_ms"))
-            .transpose()
+    pub async fn rotation_started_unix_ms(&self, generation: u64) -> Result<Option<i64>, StoreError> {
+        Ok(self.root_generation(generation).await?.map(|r| r.created_unix_ms))
     }
 
     /// Starts a rotation to `next` (status pending) with the new custodians' shares. Refused if
@@ -145,159 +102,246 @@ impl Store {
     pub async fn start_rotation(
         &self,
         next: &RootGenerationRow,
-        shares: &[(String, Vec<u8>)],
+        shares: &[ShareRow],
         close: Option<&QuorumClose>,
         record: Record,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write(close).await?;
-        let current = g(next.generation) - 1;
-        let locked = sqlx::query(
-            "UPDATE seal_config SET root_generation = root_generation WHERE id = 1 AND root_generation = $1",
-        )
-        .bind(current)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if locked != 1 {
-            return Err(StoreError::Api(ApiError::precondition(
-                "generation_changed",
-                "the root key generation changed meanwhile: propose the rotation again",
-            )));
+        let seal = seal_stored(&mut tx).await?;
+        if seal.root_generation + 1 != next.generation {
+            return Err(Refusal::RotationRaced.into());
         }
         refuse_if_rotating(&mut tx).await?;
-        sqlx::query(
-            "INSERT INTO root_generations (generation, kind, status, threshold, kcv, hsm_label, next_root_wrapped, created_unix_ms, created_by) \
-             VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(g(next.generation))
-        .bind(&next.kind)
-        .bind(i64::from(next.threshold))
-        .bind(&next.kcv)
-        .bind(next.hsm_label.as_deref())
-        .bind(next.next_root_wrapped.as_deref())
-        .bind(record.time_unix_ms)
-        .bind(&record.caller)
-        .execute(&mut *tx)
-        .await?;
-        insert_shares(&mut tx, next.generation, shares).await?;
-        append_in_tx(&mut tx, vec![record]).await?;
-        tx.commit().await?;
-        Ok(())
+        tx.insert(next).await?;
+        for s in shares {
+            tx.insert(s).await?;
+        }
+        tx.audit(vec![record]).await?;
+        tx.commit().await
     }
 
-    /// Up to `limit` secrets still under generation `old`: KEK versions first, then token and
-    /// checkpoint keys.
-    pub async fn rewrap_batch(&self, old: u64, limit: u32) -> Result<Vec<RewrapItem>, sqlx::Error> {
-        let mut out = Vec::new();
-        let rows = sqlx::query(
-            "SELECT key_id, version, wrapped_kek FROM key_versions WHERE root_generation = $1 ORDER BY key_id, version LIMIT $2",
-        )
-        .bind(g(old))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        for r in &rows {
-            out.push(RewrapItem {
+    /// Up to `limit` secrets still under generation `old` (rows that verify): KEK versions
+    /// first, then token and checkpoint keys.
+    pub async fn rewrap_batch(&self, old: u64, limit: u32) -> Result<Vec<RewrapItem>, StoreError> {
+        let under = [Value::int(g(old)), Value::int(limit)];
+        let rest = "WHERE root_generation = $1 ORDER BY key_id, version LIMIT $2";
+        let out: Vec<RewrapItem> = self
+            .all::<KeyVersionRow>(rest, &under)
+            .await?
+            .into_iter()
+            .map(|r| RewrapItem {
                 table: SecretTable::KeyVersions,
-                id: r.try_get("key_id")?,
-                number: r.try_get("version")?,
-                wrapped: r.try_get("wrapped_kek")?,
-            });
-        }
+                id: r.row.key_id,
+                number: i64::from(r.row.version),
+                wrapped: r.row.wrapped_kek,
+            })
+            .collect();
         if !out.is_empty() {
             return Ok(out);
         }
-        for r in &sqlx::query(
-            "SELECT version, wrapped_seed FROM token_keys WHERE root_generation = $1 ORDER BY version LIMIT $2",
-        )
-        .bind(g(old))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?
-        {
-            out.push(RewrapItem {
+        let out: Vec<RewrapItem> = self
+            .all::<TokenKeyRow>("WHERE root_generation = $1 ORDER BY version LIMIT $2", &under)
+            .await?
+            .into_iter()
+            .map(|r| RewrapItem {
                 table: SecretTable::TokenKeys,
                 id: String::new(),
-                number: r.try_get("version")?,
-                wrapped: Some(r.try_get("wrapped_seed")?),
-            });
-        }
+                number: i64::from(r.row.version),
+                wrapped: Some(r.row.wrapped_seed),
+            })
+            .collect();
         if !out.is_empty() {
             return Ok(out);
         }
-        for r in &sqlx::query(
-            "SELECT kid, wrapped_secret FROM checkpoint_keys WHERE root_generation = $1 ORDER BY kid LIMIT $2",
-        )
-        .bind(g(old))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?
-        {
-            out.push(RewrapItem {
+        Ok(self
+            .all::<CheckpointKeyRow>("WHERE root_generation = $1 ORDER BY kid LIMIT $2", &under)
+            .await?
+            .into_iter()
+            .map(|r| RewrapItem {
                 table: SecretTable::CheckpointKeys,
-                id: r.try_get("kid")?,
+                id: r.row.kid,
                 number: 0,
-                wrapped: r.try_get("wrapped_secret")?,
-            });
-        }
-        Ok(out)
+                wrapped: r.row.wrapped_secret,
+            })
+            .collect())
     }
 
     /// Stores one batch of re-wrapped secrets (each `(item, new wrapped)`) under `new`, in one
-    /// transaction; rows no longer under `old` are left alone. Returns the rows moved.
+    /// write transaction; rows no longer under `old` are left alone. Returns the rows moved.
     pub async fn apply_rewrap(
         &self,
         old: u64,
         new: u64,
         batch: &[(RewrapItem, Option<Vec<u8>>)],
-    ) -> Result<u64, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+    ) -> Result<u64, StoreError> {
+        let mut tx = Tx::begin(self).await?;
         let mut moved = 0;
         for (item, wrapped) in batch {
-            let q = match item.table {
-                SecretTable::KeyVersions => sqlx::query(
-                    "UPDATE key_versions SET wrapped_kek = CASE WHEN wrapped_kek IS NULL THEN NULL ELSE $1 END, root_generation = $2 \
-                     WHERE key_id = $3 AND version = $4 AND root_generation = $5",
-                ),
-                SecretTable::TokenKeys => sqlx::query(
-                    "UPDATE token_keys SET wrapped_seed = $1, root_generation = $2 WHERE $3 = '' AND version = $4 AND root_generation = $5",
-                ),
-                SecretTable::CheckpointKeys => sqlx::query(
-                    "UPDATE checkpoint_keys SET wrapped_secret = CASE WHEN wrapped_secret IS NULL THEN NULL ELSE $1 END, \
-                     root_generation = $2 WHERE kid = $3 AND $4 = 0 AND root_generation = $5",
-                ),
+            let done = match item.table {
+                SecretTable::KeyVersions => {
+                    let version = u32::try_from(item.number).map_err(|_| Refusal::Internal("version out of range"))?;
+                    match tx
+                        .get::<KeyVersionRow>(&[Value::text(&item.id), Value::int(version)])
+                        .await?
+                    {
+                        Some(r) if r.root_generation == old => {
+                            let mut n = r.row.clone();
+                            n.root_generation = new;
+                            if n.wrapped_kek.is_some() {
+                                n.wrapped_kek = wrapped.clone();
+                            }
+                            tx.update(&r, &n).await?;
+                            true
+                        }
+                        _ => false,
+                    }
+                }
+                SecretTable::TokenKeys => {
+                    let version = u32::try_from(item.number).map_err(|_| Refusal::Internal("version out of range"))?;
+                    match tx.get::<TokenKeyRow>(&[Value::int(version)]).await? {
+                        Some(r) if r.root_generation == old => {
+                            let mut n = r.row.clone();
+                            n.root_generation = new;
+                            if let Some(w) = wrapped {
+                                n.wrapped_seed = w.clone();
+                            }
+                            tx.update(&r, &n).await?;
+                            true
+                        }
+                        _ => false,
+                    }
+                }
+                SecretTable::CheckpointKeys => match tx.get::<CheckpointKeyRow>(&[Value::text(&item.id)]).await? {
+                    Some(r) if r.root_generation == g(old) => {
+                        let mut n = r.row.clone();
+                        n.root_generation = g(new);
+                        if n.wrapped_secret.is_some() {
+                            n.wrapped_secret = wrapped.clone();
+                        }
+                        tx.update(&r, &n).await?;
+                        true
+                    }
+                    _ => false,
+                },
             };
-            moved += q
-                .bind(wrapped.as_deref())
-                .bind(g(new))
-                .bind(&item.id)
-                .bind(item.number)
-                .bind(g(old))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            moved += u64::from(done);
         }
         tx.commit().await?;
         Ok(moved)
     }
 
+    /// Re-authenticates every row still authenticated under a generation older than `newest`
+    /// (the newest key held): every table, then the state row. Pages of `page` rows by primary
+    /// key, each page one transaction of conditional UPDATEs on the old authenticator, with
+    /// `pause` between pages; rows that do not verify are reported and left (they stay refused).
+    /// Content and versions do not change. Returns how many rows moved. Resumable: a row moved
+    /// is never selected again.
+    pub async fn reauthenticate_all(
+        &self,
+        newest: u64,
+        page: u32,
+        pause: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        let mut moved = 0u64;
+        moved += self.reauthenticate_table::<SealConfigRow>(newest, page, pause).await?;
+        moved += self
+            .reauthenticate_table::<RootGenerationRow>(newest, page, pause)
+            .await?;
+        moved += self.reauthenticate_table::<ShareRow>(newest, page, pause).await?;
+        moved += self.reauthenticate_table::<AdminRow>(newest, page, pause).await?;
+        moved += self.reauthenticate_table::<KeyRow>(newest, page, pause).await?;
+        moved += self.reauthenticate_table::<KeyVersionRow>(newest, page, pause).await?;
+        moved += self
+            .reauthenticate_table::<ReleasePolicyRow>(newest, page, pause)
+            .await?;
+        moved += self.reauthenticate_table::<HardwareRow>(newest, page, pause).await?;
+        moved += self
+            .reauthenticate_table::<TpmEnrollmentRow>(newest, page, pause)
+            .await?;
+        moved += self.reauthenticate_table::<ProposalRow>(newest, page, pause).await?;
+        moved += self.reauthenticate_table::<ApprovalRow>(newest, page, pause).await?;
+        moved += self.reauthenticate_table::<RejectionRow>(newest, page, pause).await?;
+        moved += self.reauthenticate_table::<TokenKeyRow>(newest, page, pause).await?;
+        moved += self
+            .reauthenticate_table::<CheckpointKeyRow>(newest, page, pause)
+            .await?;
+        moved += self.reauthenticate_table::<ReplicaRow>(newest, page, pause).await?;
+        moved += self.reauthenticate_table::<TpmClockRow>(newest, page, pause).await?;
+        moved += u64::from(self.integrity.reauthenticate_state(self).await?);
+        Ok(moved)
+    }
+
+    async fn reauthenticate_table<T: Row>(
+        &self,
+        newest: u64,
+        page: u32,
+        pause: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        let ring = self.integrity.ring_for_rotation()?;
+        let order = key_order::<T>();
+        let mut after: Option<Vec<Value>> = None;
+        let mut moved = 0;
+        loop {
+            let mut binds = vec![Value::int(g(newest)), Value::int(page)];
+            let rest = match &after {
+                None => format!("WHERE row_generation < $1 ORDER BY {order} LIMIT $2"),
+                Some(last) => {
+                    let params: Vec<String> = (0..T::KEY).map(|i| format!("${}", i + 3)).collect();
+                    binds.extend(last.iter().cloned());
+                    format!(
+                        "WHERE row_generation < $1 AND ({order}) > ({}) ORDER BY {order} LIMIT $2",
+                        params.join(", ")
+                    )
+                }
+            };
+            let sql = row::select::<T>(&rest);
+            let mut q = sqlx::query(&sql);
+            for b in &binds {
+                q = row::bind(q, b);
+            }
+            let rows = q.fetch_all(&self.pool).await?;
+            let Some(last) = rows.last() else { break };
+            after = Some(row::read_values(last, &T::COLUMNS[..T::KEY])?);
+            let verified = self.integrity.verify_all::<T>(self, &rows).await?;
+            let mut tx = self.pool.begin().await?;
+            for r in &verified {
+                if reauthenticate::<T>(&mut tx, &ring, r).await? {
+                    moved += 1;
+                }
+            }
+            tx.commit().await?;
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        Ok(moved)
+    }
+
     /// Records that replica `id` (unsealed) holds `generation` and, during a rotation, `next`.
-    pub async fn heartbeat(&self, id: &str, generation: u64, next: Option<u64>, now: i64) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO replicas (id, generation, next_generation, seen_unix_ms) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (id) DO UPDATE SET generation = $2, next_generation = $3, seen_unix_ms = $4",
-        )
-        .bind(id)
-        .bind(g(generation))
-        .bind(next.map(g))
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    pub async fn heartbeat(&self, id: &str, generation: u64, next: Option<u64>, now: i64) -> Result<(), StoreError> {
+        let row = ReplicaRow {
+            id: id.to_owned(),
+            generation,
+            next_generation: next,
+            seen_unix_ms: now,
+        };
+        let previous = match self.get::<ReplicaRow>(&[Value::text(id)]).await {
+            Ok(p) => p,
+            // A row of ours that does not verify (someone wrote it): replace it.
+            Err(StoreError::Integrity(_)) => {
+                sqlx::query("DELETE FROM replicas WHERE id = $1")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        self.put_untracked(previous.as_ref(), &row).await
     }
 
     /// Forgets a replica (sealed or stopping); rows not refreshed for a while are ignored anyway.
-    pub async fn forget_replica(&self, id: &str, before: i64) -> Result<(), sqlx::Error> {
+    pub async fn forget_replica(&self, id: &str, before: i64) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM replicas WHERE id = $1 OR seen_unix_ms < $2")
             .bind(id)
             .bind(before)
@@ -306,105 +350,120 @@ impl Store {
         Ok(())
     }
 
-    /// Live replicas (seen since `since`) that hold `old` but not yet `new`.
-    pub async fn replicas_behind(&self, old: u64, new: u64, since: i64) -> Result<Vec<String>, sqlx::Error> {
-        sqlx::query(
-            "SELECT id FROM replicas WHERE seen_unix_ms > $1 AND generation = $2 \
-             AND (next_generation IS NULL OR next_generation <> $3) ORDER BY id",
-        )
-        .bind(since)
-        .bind(g(old))
-        .bind(g(new))
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| r.try_get("id"))
-        .collect()
+    /// Live replicas (seen since `since`, rows that verify) that hold `old` but not yet `new`.
+    pub async fn replicas_behind(&self, old: u64, new: u64, since: i64) -> Result<Vec<String>, StoreError> {
+        let mut ids: Vec<String> = self
+            .all::<ReplicaRow>("WHERE seen_unix_ms > $1", &[Value::int(since)])
+            .await?
+            .into_iter()
+            .filter(|r| r.generation == old && r.next_generation != Some(new))
+            .map(|r| r.row.id)
+            .collect();
+        ids.sort();
+        Ok(ids)
     }
 
-    /// How many secrets are still under generation `old`.
-    pub async fn remaining_under(&self, old: u64) -> Result<u64, sqlx::Error> {
-        let n: i64 = sqlx::query(
+    /// How many secrets are still wrapped under generation `old`, and how many rows are still
+    /// authenticated under it (for progress reports; the worker decides by its batches).
+    pub async fn remaining_under(&self, old: u64) -> Result<u64, StoreError> {
+        let mut sql = String::from(
             "SELECT (SELECT COUNT(*) FROM key_versions WHERE root_generation = $1) \
              + (SELECT COUNT(*) FROM token_keys WHERE root_generation = $1) \
-             + (SELECT COUNT(*) FROM checkpoint_keys WHERE root_generation = $1) AS n",
-        )
-        .bind(g(old))
-        .fetch_one(&self.pool)
-        .await?
-        .try_get("n")?;
+             + (SELECT COUNT(*) FROM checkpoint_keys WHERE root_generation = $1)",
+        );
+        for t in Table::ALL {
+            sql.push_str(&format!(
+                " + (SELECT COUNT(*) FROM {} WHERE row_generation = $1)",
+                t.name()
+            ));
+        }
+        sql.push_str(" AS n");
+        let n: i64 = sqlx::query(&sql)
+            .bind(g(old))
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// Completes the rotation from `old` to `new` once nothing is left under `old`: `new`
-    /// becomes the seal's current generation (kind, threshold, check value), `old` is retired
-    /// and its shares deleted, custodian flags follow the new shares. `false` if there is
-    /// nothing to complete (done by another replica, or secrets remain).
+    /// Completes the rotation from `old` to `new` once no secret that verifies is left under
+    /// `old` (and the worker re-authenticated every row under `new`): `new` becomes the seal's current generation (kind, threshold, check value),
+    /// `old` is retired and its shares deleted, custodian flags follow the new shares. `false` if
+    /// there is nothing to complete (done by another replica, or secrets remain).
     pub async fn complete_rotation(&self, old: u64, new: u64, record: Record) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // The seal record's lock first: a write wrapping under `old` (which takes the same lock)
-        // either committed before, and is counted below, or waits and is then refused.
-        let locked = sqlx::query(
-            "UPDATE seal_config SET root_generation = root_generation WHERE id = 1 AND root_generation = $1",
-        )
-        .bind(g(old))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if locked != 1 {
+        let mut tx = Tx::begin(self).await?;
+        let seal = seal_stored(&mut tx).await?;
+        if seal.root_generation != old {
             return Ok(false);
         }
-        let done = sqlx::query(
-            "UPDATE root_generations SET status = 'active', next_root_wrapped = NULL, completed_unix_ms = $2 \
-             WHERE generation = $1 AND status = 'pending'",
-        )
-        .bind(g(new))
-        .bind(record.time_unix_ms)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if done != 1 {
+        let Some(next) = tx.get::<RootGenerationRow>(&[Value::int(g(new))]).await? else {
+            return Ok(false);
+        };
+        if next.status != "pending" {
             return Ok(false);
         }
-        let left: i64 = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM key_versions WHERE root_generation = $1) \
-             + (SELECT COUNT(*) FROM token_keys WHERE root_generation = $1) \
-             + (SELECT COUNT(*) FROM checkpoint_keys WHERE root_generation = $1) AS n",
-        )
-        .bind(g(old))
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("n")?;
-        if left > 0 {
+        let under = [Value::int(g(old))];
+        if !tx
+            .all::<KeyVersionRow>("WHERE root_generation = $1", &under)
+            .await?
+            .is_empty()
+            || !tx
+                .all::<TokenKeyRow>("WHERE root_generation = $1", &under)
+                .await?
+                .is_empty()
+            || !tx
+                .all::<CheckpointKeyRow>("WHERE root_generation = $1", &under)
+                .await?
+                .is_empty()
+        {
             return Ok(false);
         }
-        sqlx::query("UPDATE root_generations SET status = 'retired', completed_unix_ms = $2 WHERE generation = $1")
-            .bind(g(old))
-            .bind(record.time_unix_ms)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "UPDATE seal_config SET root_generation = $1, \
-             kind = (SELECT kind FROM root_generations WHERE generation = $1), \
-             threshold = (SELECT threshold FROM root_generations WHERE generation = $1), \
-             kcv = (SELECT kcv FROM root_generations WHERE generation = $1) WHERE id = 1",
-        )
-        .bind(g(new))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM root_shares WHERE generation = $1")
-            .bind(g(old))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "UPDATE admins SET custodian = CASE WHEN EXISTS \
-             (SELECT 1 FROM root_shares r WHERE r.admin_id = admins.id AND r.generation = $1) THEN 1 ELSE 0 END",
-        )
-        .bind(g(new))
-        .execute(&mut *tx)
-        .await?;
-        append_in_tx(&mut tx, vec![record]).await?;
+        let now = record.time_unix_ms;
+        let mut promoted = next.row.clone();
+        promoted.status = "active".into();
+        promoted.next_root_wrapped = None;
+        promoted.completed_unix_ms = Some(now);
+        tx.update(&next, &promoted).await?;
+        if let Some(prev) = tx.get::<RootGenerationRow>(&[Value::int(g(old))]).await? {
+            let mut retired = prev.row.clone();
+            retired.status = "retired".into();
+            retired.completed_unix_ms = Some(now);
+            tx.update(&prev, &retired).await?;
+        }
+        let mut cfg = seal.row.clone();
+        cfg.root_generation = new;
+        cfg.kind = promoted.kind.clone();
+        cfg.threshold = promoted.threshold;
+        cfg.kcv = promoted.kcv.clone();
+        tx.update(&seal, &cfg).await?;
+        for s in tx.all::<ShareRow>("WHERE generation = $1", &under).await? {
+            tx.delete(&s).await?;
+        }
+        let custodians: Vec<String> = tx
+            .all::<ShareRow>("WHERE generation = $1", &[Value::int(g(new))])
+            .await?
+            .into_iter()
+            .map(|s| s.row.admin_id)
+            .collect();
+        for a in tx.all::<AdminRow>("", &[]).await? {
+            let custodian = custodians.contains(&a.id);
+            if a.custodian != custodian {
+                let mut n = a.row.clone();
+                n.custodian = custodian;
+                tx.update(&a, &n).await?;
+            }
+        }
+        tx.audit(vec![record]).await?;
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// `ORDER BY` of a table's primary key.
+fn key_order<T: Row>() -> String {
+    T::COLUMNS[..T::KEY]
+        .iter()
+        .map(|c| c.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -61,16 +61,44 @@ pub(crate) fn keygen_hsm(g: &Global, p: &Printer, id: &AdminId, country: &Countr
             "share_key_label": format!("{label}{}", credential::SHARE_SUFFIX),
             "signing_public_key": public.signing_public_key,
             "encryption_public_key": public.encryption_public_key,
+            "fingerprint": fingerprint_of(&public, out)?,
         }),
         || {
             format!(
-                "admin {} ({})\nkeys in the token (non-extractable): {label}{} (signing), {label}{} (share)\npublic file: {} (give it to whoever runs `kmsctl init` or `kmsctl admins add`; pass it as --admin-pub{})",
+                "admin {} ({})\nkeys in the token (non-extractable): {label}{} (signing), {label}{} (share)\npublic file: {} (give it to whoever runs `kmsctl init` or `kmsctl admins add`; pass it as --admin-pub{})\nfingerprint: {} (what a new server's admin.init_admins pins)",
                 public.admin_id,
                 public.country,
                 credential::SIGN_SUFFIX,
                 credential::SHARE_SUFFIX,
                 out.display(),
-                if label == public.admin_id { String::new() } else { format!(" with --hsm-key {label}") }
+                if label == public.admin_id { String::new() } else { format!(" with --hsm-key {label}") },
+                fingerprint_of(&public, out).unwrap_or_default()
+            )
+        },
+    )
+}
+
+fn fingerprint_of(public: &AdminPublic, from: &Path) -> Result<String, Error> {
+    public.fingerprint().map_err(|e| Error::file("use", from, e))
+}
+
+/// `kmsctl admin fingerprint`.
+pub(crate) fn fingerprint(p: &Printer, public_files: &[PathBuf]) -> Result<(), Error> {
+    let mut out = Vec::new();
+    for path in public_files {
+        let public = files::admin_public(path)?;
+        out.push((public.admin_id.clone(), fingerprint_of(&public, path)?));
+    }
+    p.emit(
+        json!(out
+            .iter()
+            .map(|(id, f)| json!({ "admin_id": id, "fingerprint": f }))
+            .collect::<Vec<_>>()),
+        || {
+            let lines: Vec<String> = out.iter().map(|(id, f)| format!("{f}  {id}")).collect();
+            format!(
+                "{}\n(list them in the server's configuration: [admin] init_admins = [\"sha256:...\", ...])",
+                lines.join("\n")
             )
         },
     )
@@ -103,14 +131,16 @@ pub(crate) fn keygen(p: &Printer, id: AdminId, country: Country, out: &Path) -> 
             "public_file": public_path,
             "signing_public_key": public.signing_public_key,
             "encryption_public_key": public.encryption_public_key,
+            "fingerprint": fingerprint_of(&public, &public_path)?,
         }),
         || {
             format!(
-                "admin {} ({})\nsecret key file: {} (mode 0600: keep it private, pass it as --admin-key)\npublic file:     {} (give it to whoever runs `kmsctl init` or `kmsctl admins add`)",
+                "admin {} ({})\nsecret key file: {} (mode 0600: keep it private, pass it as --admin-key)\npublic file:     {} (give it to whoever runs `kmsctl init` or `kmsctl admins add`)\nfingerprint:     {} (what a new server's admin.init_admins pins)",
                 public.admin_id,
                 public.country,
                 out.display(),
-                public_path.display()
+                public_path.display(),
+                fingerprint_of(&public, &public_path).unwrap_or_default()
             )
         },
     )
@@ -225,6 +255,12 @@ pub(crate) async fn init(g: &Global, p: &Printer, args: &InitArgs) -> Result<(),
             if !kcv.is_empty() {
                 s.push_str(&format!(
                     "key check value: {kcv}\n  custodians: record it; `kmsctl unseal --expect-kcv {kcv}` refuses a server whose root key differs\n"
+                ));
+            }
+            if !status.deployment_id.is_empty() {
+                s.push_str(&format!(
+                    "deployment: {}\n  every signed request names it; pin it with --deployment (KMSCTL_DEPLOYMENT)\n",
+                    status.deployment_id
                 ));
             }
             s.push_str(if status.sealed { "state: sealed\n" } else { "state: unsealed\n" });

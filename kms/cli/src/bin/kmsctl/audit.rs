@@ -5,9 +5,10 @@
 //! must never write to the database, never trust a hash it did not recompute, and never take the
 //! database's own checkpoint keys for pinned ones.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use kms_core::audit::{AuditReport, AuditVerifier, Break, Checkpoint, CheckpointFault, CheckpointKey, Entry, Record};
+use kms_core::integrity::StateHead;
 use kms_proto::v1 as pb;
 use serde_json::{json, Value};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -167,22 +168,36 @@ async fn database_keys(tx: &mut Transaction<'static, Any>) -> Result<(Vec<Checkp
     Ok((keys, unusable))
 }
 
+/// A 32-byte column, or zeros (so whatever it is part of is reported as not verifying).
+fn bytes32(r: &AnyRow, column: &str) -> Result<[u8; 32], Error> {
+    let v: Option<Vec<u8>> = r.try_get(column).map_err(db_error)?;
+    Ok(v.as_deref().and_then(|b| b.try_into().ok()).unwrap_or([0; 32]))
+}
+
 /// Every stored checkpoint with its signature. A hash that is not 32 bytes is read as zeros, so
 /// the checkpoint is reported as not verifying.
 async fn checkpoints(tx: &mut Transaction<'static, Any>) -> Result<Vec<(Checkpoint, Vec<u8>)>, Error> {
-    let rows = sqlx::query("SELECT seq, hash, time_unix_ms, kid, signature FROM audit_checkpoints ORDER BY seq")
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_error)?;
+    let rows = sqlx::query(
+        "SELECT seq, hash, time_unix_ms, kid, signature, prev_seq, prev_id, state_version, state_seq, state_hash          FROM audit_checkpoints ORDER BY seq",
+    )
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_error)?;
     rows.iter()
         .map(|r| {
-            let hash: Vec<u8> = r.try_get("hash").map_err(db_error)?;
             Ok((
                 Checkpoint {
                     seq: r.try_get("seq").map_err(db_error)?,
-                    hash: <[u8; 32]>::try_from(hash.as_slice()).unwrap_or([0; 32]),
+                    hash: bytes32(r, "hash")?,
                     time_unix_ms: r.try_get("time_unix_ms").map_err(db_error)?,
                     kid: r.try_get("kid").map_err(db_error)?,
+                    prev_seq: r.try_get("prev_seq").map_err(db_error)?,
+                    prev_id: bytes32(r, "prev_id")?,
+                    state: StateHead {
+                        version: r.try_get("state_version").map_err(db_error)?,
+                        seq: r.try_get("state_seq").map_err(db_error)?,
+                        hash: bytes32(r, "state_hash")?,
+                    },
                 },
                 r.try_get("signature").map_err(db_error)?,
             ))
@@ -190,10 +205,129 @@ async fn checkpoints(tx: &mut Transaction<'static, Any>) -> Result<Vec<(Checkpoi
         .collect()
 }
 
+/// The state log recomputed: entries that chain from the genesis hash, and the hash at each
+/// seq a verified checkpoint names. `Err` names the first entry that does not chain.
+async fn state_log(
+    tx: &mut Transaction<'static, Any>,
+    wanted: &[i64],
+) -> Result<Result<(i64, std::collections::BTreeMap<i64, [u8; 32]>), String>, Error> {
+    let rows = sqlx::query("SELECT seq, version, tbl, row_key, op, prev_hash, hash FROM state_log ORDER BY seq")
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    let mut prev = kms_core::integrity::STATE_GENESIS;
+    let mut at = 0i64;
+    let mut found = std::collections::BTreeMap::new();
+    if wanted.contains(&0) {
+        found.insert(0, prev);
+    }
+    for r in &rows {
+        let seq: i64 = r.try_get("seq").map_err(db_error)?;
+        let op: String = r.try_get("op").map_err(db_error)?;
+        let Some(op) = kms_core::integrity::StateOp::parse(&op) else {
+            return Ok(Err(format!("state log entry {seq} has an unknown operation")));
+        };
+        let entry = kms_core::integrity::StateEntry {
+            seq,
+            version: r.try_get("version").map_err(db_error)?,
+            table: r.try_get("tbl").map_err(db_error)?,
+            key: r.try_get("row_key").map_err(db_error)?,
+            op,
+        };
+        let hash = bytes32(r, "hash")?;
+        if seq != at + 1
+            || bytes32(r, "prev_hash")? != prev
+            || kms_core::integrity::state_entry_hash(&prev, &entry) != hash
+        {
+            return Ok(Err(format!("state log entry {} is missing or altered", at + 1)));
+        }
+        prev = hash;
+        at = seq;
+        if wanted.contains(&seq) {
+            found.insert(seq, hash);
+        }
+    }
+    Ok(Ok((at, found)))
+}
+
+/// The auditor's state file: the checkpoint the last verification that passed ended at.
+fn read_state_file(path: &Path) -> Result<Option<Checkpoint>, Error> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = files::read_text(path)?;
+    let parse = || -> Result<Checkpoint, String> {
+        let v: Value = serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))?;
+        let c = v.get("checkpoint").ok_or("no \"checkpoint\"")?;
+        let int = |k: &str| c.get(k).and_then(Value::as_i64).ok_or(format!("no integer {k:?}"));
+        let h32 = |k: &str| -> Result<[u8; 32], String> {
+            let s = c.get(k).and_then(Value::as_str).ok_or(format!("no {k:?}"))?;
+            hex::decode(s)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or(format!("{k} is not 32 bytes of hex"))
+        };
+        Ok(Checkpoint {
+            seq: int("seq")?,
+            hash: h32("hash")?,
+            time_unix_ms: int("time_unix_ms")?,
+            kid: c.get("kid").and_then(Value::as_str).ok_or("no \"kid\"")?.to_owned(),
+            prev_seq: int("prev_seq")?,
+            prev_id: h32("prev_id")?,
+            state: StateHead {
+                version: int("state_version")?,
+                seq: int("state_seq")?,
+                hash: h32("state_hash")?,
+            },
+        })
+    };
+    parse()
+        .map(Some)
+        .map_err(|e| Error::file("use the audit state file", path, e))
+}
+
+fn checkpoint_json(c: &Checkpoint) -> Value {
+    json!({
+        "seq": c.seq,
+        "hash": hex::encode(c.hash),
+        "time_unix_ms": c.time_unix_ms,
+        "time": output::time(c.time_unix_ms),
+        "kid": c.kid,
+        "id": hex::encode(c.id()),
+        "prev_seq": c.prev_seq,
+        "prev_id": hex::encode(c.prev_id),
+        "state_version": c.state.version,
+        "state_seq": c.state.seq,
+        "state_hash": hex::encode(c.state.hash),
+    })
+}
+
+/// Replaces the state file (written next to it, then renamed over it).
+fn write_state_file(path: &Path, c: &Checkpoint) -> Result<(), Error> {
+    let doc = json!({
+        "about": "kmsctl audit verify --state: the last checkpoint a verification of this deployment's audit log ended at",
+        "verified_at": output::time(kms_core::now_unix_ms()),
+        "checkpoint": checkpoint_json(c),
+    });
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    files::write(&tmp, format!("{doc:#}\n").as_bytes(), false)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::file("replace", path, e))
+}
+
 /// `kmsctl audit verify`: the chain, the head, and the signed checkpoints against the keys in
 /// `checkpoint_keys` files (pinned) or, without any, the database's own (with a warning).
-pub(crate) async fn verify(p: &Printer, database: &str, batch: i64, checkpoint_keys: &[PathBuf]) -> Result<(), Error> {
+pub(crate) async fn verify(
+    p: &Printer,
+    database: &str,
+    batch: i64,
+    checkpoint_keys: &[PathBuf],
+    state_file: Option<&Path>,
+    checkpoint_interval_secs: u64,
+) -> Result<(), Error> {
     let pinned = read_key_files(checkpoint_keys)?;
+    let anchor = state_file.map(read_state_file).transpose()?.flatten();
     let mut tx = snapshot(database).await?;
     let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
         .fetch_optional(&mut *tx)
@@ -227,7 +361,15 @@ pub(crate) async fn verify(p: &Printer, database: &str, batch: i64, checkpoint_k
     for kid in &not_pinned {
         eprintln!("warning: the database's checkpoint_keys holds key {kid}, which is not pinned");
     }
-    let mut verifier = AuditVerifier::new(&trusted.keys, checkpoints(&mut tx).await?);
+    let stored = checkpoints(&mut tx).await?;
+    let state_seqs: Vec<i64> = stored.iter().map(|(c, _)| c.state.seq).collect();
+    let stored_states: Vec<(i64, i64, [u8; 32])> =
+        stored.iter().map(|(c, _)| (c.seq, c.state.seq, c.state.hash)).collect();
+    let mut verifier = AuditVerifier::new(&trusted.keys, stored);
+    if let Some(a) = &anchor {
+        verifier = verifier.with_anchor(a.clone());
+    }
+    let state = state_log(&mut tx, &state_seqs).await?;
 
     let mut last_seq = 0i64;
     'read: loop {
@@ -284,8 +426,59 @@ pub(crate) async fn verify(p: &Printer, database: &str, batch: i64, checkpoint_k
         }
     }
     let report = verifier.finish();
-    let doc = report_json(&report, &trusted, &not_pinned);
-    match report.first_break() {
+    // The state log (which rows kmsd wrote, at which version) must chain, and hold at each
+    // checkpoint the head that checkpoint signed.
+    let state_fault = match &state {
+        Err(what) => Some(what.clone()),
+        Ok((_, found)) => stored_states
+            .iter()
+            .filter(|(seq, _, _)| report.last_checkpoint.as_ref().is_some_and(|c| *seq <= c.seq))
+            .find(|(_, s, h)| found.get(s) != Some(h))
+            .map(|(seq, s, _)| format!("checkpoint {seq} signed state log entry {s}, which the state log does not hold as signed: the database was rolled back or rewritten")),
+    };
+    let now = kms_core::now_unix_ms();
+    let age_secs = report
+        .last_checkpoint
+        .as_ref()
+        .map(|c| (now - c.time_unix_ms).max(0) / 1000);
+    let stale = age_secs.is_some_and(|a| a > i64::try_from(checkpoint_interval_secs).unwrap_or(i64::MAX));
+    if let (true, Some(a)) = (stale, age_secs) {
+        eprintln!(
+            "warning: the newest checkpoint is {a} s old, older than the checkpoint interval ({checkpoint_interval_secs} s): \
+             the server stopped signing, or newer checkpoints were removed"
+        );
+    }
+    let mut doc = report_json(&report, &trusted, &not_pinned);
+    doc["state_log"] = json!({
+        "ok": state_fault.is_none(),
+        "entries": state.as_ref().map(|(n, _)| *n).unwrap_or(0),
+        "reason": state_fault,
+    });
+    doc["newest_checkpoint_age_secs"] = json!(age_secs);
+    doc["stale"] = json!(stale);
+    doc["anchor"] = json!(anchor.as_ref().map(|a| json!({
+        "seq": a.seq,
+        "extended": report.anchor_fault.is_none(),
+        "reason": report.anchor_fault,
+    })));
+    let first = report.first_break().or_else(|| {
+        report.anchor_fault.as_ref().map(|what| Break {
+            seq: anchor.as_ref().map_or(0, |a| a.seq),
+            what: what.clone(),
+        })
+    });
+    let first = first.or_else(|| {
+        state_fault.as_ref().map(|what| Break {
+            seq: report.entries,
+            what: what.clone(),
+        })
+    });
+    if first.is_some() {
+        doc["ok"] = json!(false);
+    } else if let (Some(path), Some(c)) = (state_file, &report.last_checkpoint) {
+        write_state_file(path, c)?;
+    }
+    match first {
         Some(b) => Err(Error::Verification {
             what: format!(
                 "broken at entry {}: {}\n{}",
@@ -296,12 +489,29 @@ pub(crate) async fn verify(p: &Printer, database: &str, batch: i64, checkpoint_k
             json: doc,
         }),
         None => p.emit(doc, || {
-            format!(
+            let mut out = format!(
                 "ok: {} entries, head {}\n{}",
                 report.entries,
                 hex::encode(report.head),
                 report_human(&report, &trusted)
-            )
+            );
+            if let Ok((n, _)) = &state {
+                out.push_str(&format!("\nstate log: {n} entries, as the checkpoints signed it"));
+            }
+            if let Some(a) = &anchor {
+                out.push_str(&format!(
+                    "\nstate file: the checkpoints extend checkpoint {} verified before",
+                    a.seq
+                ));
+            }
+            if let (Some(path), Some(c)) = (state_file, &report.last_checkpoint) {
+                out.push_str(&format!(
+                    "\nstate file {} now names checkpoint {}",
+                    path.display(),
+                    c.seq
+                ));
+            }
+            out
         }),
     }
 }
@@ -403,6 +613,7 @@ fn fault_name(f: &CheckpointFault) -> &'static str {
         CheckpointFault::BadSignature => "bad_signature",
         CheckpointFault::HashMismatch { .. } => "hash_mismatch",
         CheckpointFault::BeyondChain { .. } => "beyond_chain",
+        CheckpointFault::ChainBroken { .. } => "chain_broken",
         _ => "other",
     }
 }
@@ -613,6 +824,9 @@ mod tests {
             hash: entries[1].hash,
             time_unix_ms: 0,
             kid: signer.key().kid().to_owned(),
+            prev_seq: 0,
+            prev_id: [0; 32],
+            state: StateHead::default(),
         };
         let sig = signer.sign(&c);
         let keys = TrustedKeys {

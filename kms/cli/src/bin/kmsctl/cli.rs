@@ -84,6 +84,12 @@ pub(crate) struct Global {
     #[arg(long, env = "KMSCTL_TLS_SERVER_NAME", global = true, value_name = "NAME")]
     pub(crate) tls_server_name: Option<String>,
 
+    /// The deployment you administer (dep-…, as `kmsctl status` shows it after init): signed
+    /// requests name it, and kmsctl refuses to sign for a server that reports another one.
+    /// Without it, the deployment the server reports is signed for.
+    #[arg(long, env = "KMSCTL_DEPLOYMENT", global = true, value_name = "ID")]
+    pub(crate) deployment: Option<String>,
+
     /// The admin key file (JSON, as `kmsctl admin keygen` writes it) that signs admin requests.
     /// The software path, for development and tests: production admins use an HSM (--hsm-module).
     #[arg(long, env = "KMSCTL_ADMIN_KEY", global = true, value_name = "FILE")]
@@ -307,6 +313,13 @@ pub(crate) enum AdminCommand {
         /// Where to write the key file (with --hsm: the public file); it must not exist.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+    },
+    /// Print an admin's fingerprint (sha256:…) from their public file: what the server's
+    /// admin.init_admins pins, so that only these admins can initialize it.
+    Fingerprint {
+        /// The admin's public file (FILE.pub.json); repeatable.
+        #[arg(value_name = "PUBFILE", required = true, num_args = 1..)]
+        public_files: Vec<PathBuf>,
     },
 }
 
@@ -781,6 +794,16 @@ pub(crate) enum AuditCommand {
         /// attacker who can write the database can add their own.
         #[arg(long, value_name = "FILE")]
         checkpoint_key: Vec<PathBuf>,
+        /// The auditor's state file: the last checkpoint a verification ended at. If it exists,
+        /// the database's checkpoints must still hold it and extend it (a database rolled back
+        /// behind it fails); after a verification that passes, it is replaced by the newest
+        /// verified checkpoint. Keep it where the database's operator cannot write.
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        /// The server's audit.checkpoint_interval_secs: a newest checkpoint older than this is
+        /// warned about (the server stopped signing, or newer checkpoints were removed).
+        #[arg(long, default_value_t = 60, value_name = "SECS")]
+        checkpoint_interval: u64,
     },
     /// Fetch the server's audit checkpoint public keys (JSON on stdout), to pin for `verify`.
     CheckpointKeys,

@@ -28,6 +28,10 @@ const NONCE_LEN: usize = 16;
 pub(crate) struct Server {
     channel: Channel,
     url: String,
+    /// The deployment pinned by --deployment, if any.
+    pinned_deployment: Option<String>,
+    /// The deployment the server reported, once asked.
+    deployment: tokio::sync::OnceCell<String>,
 }
 
 impl Server {
@@ -59,7 +63,37 @@ impl Server {
             .connect()
             .await
             .map_err(|e| Error::unreachable(&url, error_chain(&e)))?;
-        Ok(Self { channel, url })
+        Ok(Self {
+            channel,
+            url,
+            pinned_deployment: global.deployment.clone(),
+            deployment: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The deployment signed requests name: the server's (from its status), which must be the
+    /// pinned one if --deployment is given.
+    async fn deployment(&self) -> Result<&str, Error> {
+        self.deployment
+            .get_or_try_init(|| async {
+                let status = self.seal_status().await?;
+                if !status.initialized {
+                    return Err(Error::local(
+                        "the server is not initialized: it has no deployment to sign requests for (kmsctl init first)",
+                    ));
+                }
+                if let Some(pinned) = &self.pinned_deployment {
+                    if pinned != &status.deployment_id {
+                        return Err(Error::local(format!(
+                            "{} is deployment {:?}, not {pinned:?} (--deployment): refusing to sign for it",
+                            self.url, status.deployment_id
+                        )));
+                    }
+                }
+                Ok(status.deployment_id)
+            })
+            .await
+            .map(String::as_str)
     }
 
     pub(crate) fn admin(&self) -> AdminServiceClient<Channel> {
@@ -96,7 +130,12 @@ impl Server {
         F: FnOnce(AdminServiceClient<Channel>, pb::SignedRequest) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let request = admin.sign(op)?;
+        let deployment = match op {
+            // Init makes the deployment.
+            Op::Init(_) => "",
+            _ => self.deployment().await?,
+        };
+        let request = admin.sign(deployment, op)?;
         match f(self.admin(), request).await {
             Ok(r) => Ok(r.into_inner()),
             Err(s) => Err(self.failed(s).await),
@@ -206,15 +245,16 @@ impl<'a> Signer<'a> {
         &self.admin_id
     }
 
-    /// The request for `op`: fresh timestamp and nonce, encoded once and signed over exactly
-    /// those bytes (the server never re-encodes).
-    pub(crate) fn sign(&self, op: Op) -> Result<pb::SignedRequest, Error> {
+    /// The request for `op` in `deployment`: fresh timestamp and nonce, encoded once and
+    /// signed over exactly those bytes (the server never re-encodes).
+    pub(crate) fn sign(&self, deployment: &str, op: Op) -> Result<pb::SignedRequest, Error> {
         let nonce = kms_core::random_array::<NONCE_LEN>().map_err(|e| Error::local(format!("nonce: {e}")))?;
         let request = pb::AdminRequest {
             admin_id: self.admin_id.clone(),
             timestamp_unix_ms: kms_core::now_unix_ms(),
             nonce: nonce.to_vec(),
             operation: Some(op),
+            deployment_id: deployment.to_owned(),
         };
         let payload = request.encode_to_vec();
         let signature = self
@@ -238,8 +278,8 @@ mod tests {
     fn signed_requests_verify_and_differ() {
         let key = AdminKeyFile::generate(AdminId::parse("alice").unwrap(), Country::parse("DE").unwrap()).unwrap();
         let signer = Signer::new(key.admin_id.to_string(), key.signer());
-        let a = signer.sign(Op::Seal(pb::SealOp {})).unwrap();
-        let b = signer.sign(Op::Seal(pb::SealOp {})).unwrap();
+        let a = signer.sign("dep-1", Op::Seal(pb::SealOp {})).unwrap();
+        let b = signer.sign("dep-1", Op::Seal(pb::SealOp {})).unwrap();
         key.public()
             .signing_key()
             .unwrap()
@@ -247,6 +287,7 @@ mod tests {
             .unwrap();
         let req = pb::AdminRequest::decode(a.payload.as_slice()).unwrap();
         assert_eq!(req.admin_id, "alice");
+        assert_eq!(req.deployment_id, "dep-1");
         assert_eq!(req.nonce.len(), 16);
         assert!(matches!(req.operation, Some(Op::Seal(_))));
         assert_ne!(a.payload, b.payload, "every request has a fresh nonce");

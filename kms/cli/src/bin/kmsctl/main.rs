@@ -71,6 +71,7 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Error> {
         Command::Admin(AdminCommand::Keygen { id, country, out, .. }) => {
             admin::keygen(p, id.clone(), country.clone(), out)
         }
+        Command::Admin(AdminCommand::Fingerprint { public_files }) => admin::fingerprint(p, public_files),
         Command::Status => seal::status(g, p).await,
         Command::Init(args) => admin::init(g, p, args).await,
         Command::Unseal(args) => seal::unseal(g, p, args).await,
@@ -108,7 +109,19 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Error> {
             database,
             batch,
             checkpoint_key,
-        }) => audit::verify(p, database, *batch, checkpoint_key).await,
+            state,
+            checkpoint_interval,
+        }) => {
+            audit::verify(
+                p,
+                database,
+                *batch,
+                checkpoint_key,
+                state.as_deref(),
+                *checkpoint_interval,
+            )
+            .await
+        }
         Command::Audit(AuditCommand::CheckpointKeys) => audit::checkpoint_keys(g, p).await,
         Command::Audit(AuditCommand::Tail { database, count }) => audit::tail(p, database, *count).await,
         Command::Verify(VerifyCommand::Snp(args)) => verify::snp(args),

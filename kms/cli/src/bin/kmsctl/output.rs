@@ -109,6 +109,9 @@ pub(crate) fn seal_status_json(s: &pb::SealStatus) -> Value {
         "unseal_public_key": hex::encode(&s.unseal_public_key),
         "root_generation": s.root_generation,
         "approval_quorum": s.approval_quorum,
+        "deployment_id": s.deployment_id,
+        "state_version": s.state_version,
+        "integrity_alarm": (!s.integrity_alarm.is_empty()).then_some(s.integrity_alarm.as_str()),
         "rotation": s.rotation.as_ref().map(|r| json!({
             "to_generation": r.to_generation,
             "seal": seal_kind(r.seal),
@@ -130,6 +133,16 @@ pub(crate) fn seal_status_human(s: &pb::SealStatus) -> String {
         "sealed".to_owned()
     };
     let _ = writeln!(out, "state:           {state}");
+    if !s.integrity_alarm.is_empty() {
+        let _ = writeln!(
+            out,
+            "INTEGRITY ALARM: {} (nothing is served until the database is restored and kmsd restarted)",
+            s.integrity_alarm
+        );
+    }
+    if !s.deployment_id.is_empty() {
+        let _ = writeln!(out, "deployment:      {}", s.deployment_id);
+    }
     let _ = write!(out, "seal:            {}", seal_kind(s.seal));
     if s.seal == pb::SealKind::Shamir as i32 {
         let _ = write!(out, ", {} shares unseal", s.threshold);
@@ -143,6 +156,9 @@ pub(crate) fn seal_status_human(s: &pb::SealStatus) -> String {
     }
     if s.approval_quorum != 0 {
         let _ = writeln!(out, "approval quorum: {} admins", s.approval_quorum);
+    }
+    if s.state_version != 0 {
+        let _ = writeln!(out, "state version:   {}", s.state_version);
     }
     if let Some(r) = &s.rotation {
         let _ = writeln!(

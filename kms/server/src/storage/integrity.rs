@@ -1,0 +1,1142 @@
+//! The one place where rows become trusted: every row of an authenticated table that `kmsd`
+//! reads is decoded here, and only here, after its authenticator verifies under an integrity key
+//! the seal holds and its version is the one the state log says `kmsd` last wrote
+//! ([`Integrity::verify`]); every row `kmsd` writes is written through a [`Tx`], which
+//! authenticates it, records it in the state log and moves the state head in the same
+//! transaction.
+//!
+//! The state log view ([`LogView`]) is this process's replay of the log: for every tracked row,
+//! the version last written (or that it was deleted). It is rebuilt from the whole log when the
+//! seal opens, kept current by reading new entries (every second, inside every write
+//! transaction, and when a row newer than the view is read), and never moves backwards: a state
+//! head older than one this process has seen, or a log rewritten behind it, raises the
+//! `state_rollback` alarm, after which nothing is served until the process restarts.
+//!
+//! Must never act on a row that did not verify, and never log a key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use kms_core::audit::Record;
+use kms_core::integrity::{state_entry_hash, IntegrityKey, StateEntry, StateHead, StateOp, Value, STATE_GENESIS};
+use sqlx::any::AnyRow;
+use sqlx::{Any, AnyConnection, Row as _, Transaction};
+
+use super::row::{self, Row, Table, Values};
+use super::{append_in_tx, Store, StoreError};
+
+/// The integrity keys this process holds: one per root generation it holds (two during a
+/// rotation), and which one new authenticators are made with.
+pub struct KeyRing {
+    keys: Vec<(u64, Arc<IntegrityKey>)>,
+    newest: u64,
+}
+
+impl KeyRing {
+    /// A ring of `keys` (generation, key); new rows are authenticated under the highest.
+    pub fn new(keys: Vec<(u64, Arc<IntegrityKey>)>) -> Option<Self> {
+        let newest = keys.iter().map(|(g, _)| *g).max()?;
+        Some(Self { keys, newest })
+    }
+
+    fn key(&self, generation: u64) -> Option<&IntegrityKey> {
+        self.keys
+            .iter()
+            .find(|(g, _)| *g == generation)
+            .map(|(_, k)| k.as_ref())
+    }
+
+    fn newest(&self) -> (u64, &IntegrityKey) {
+        // `new` refuses an empty ring, so the newest generation's key is there.
+        let k = self
+            .key(self.newest)
+            .unwrap_or_else(|| unreachable!("the ring holds its newest key"));
+        (self.newest, k)
+    }
+
+    /// The generations held.
+    pub fn generations(&self) -> Vec<u64> {
+        self.keys.iter().map(|(g, _)| *g).collect()
+    }
+}
+
+/// How a row fails.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum ViolationKind {
+    /// Its authenticator is missing or does not verify, or it does not decode: `kmsd` did not
+    /// write it as it is (`row_integrity`).
+    Integrity,
+    /// An older genuine version of a row, or a row `kmsd` deleted, put back; or a row `kmsd`
+    /// wrote that is gone (`row_rollback`).
+    Rollback,
+    /// The state head went back, or the state log was rewritten (`state_rollback`).
+    StateRollback,
+}
+
+impl ViolationKind {
+    /// The stable reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Integrity => "row_integrity",
+            Self::Rollback => "row_rollback",
+            Self::StateRollback => "state_rollback",
+        }
+    }
+}
+
+/// A row (or the state) found not to be what `kmsd` wrote.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Violation {
+    /// The table (`integrity_state` / `state_log` for the state itself).
+    pub table: &'static str,
+    /// The row's primary key (canonical text), if it could be read.
+    pub key: String,
+    /// How it fails.
+    pub kind: ViolationKind,
+    /// What exactly (for the log and the audit entry; never key material).
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} row {}: {}", self.table, self.key, self.detail)
+    }
+}
+
+/// What the log says of one tracked row.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Seen {
+    version: i64,
+    deleted: bool,
+}
+
+/// This process's replay of the state log.
+#[derive(Default)]
+struct LogView {
+    /// The head replayed up to.
+    head: StateHead,
+    /// Whether the whole log has been replayed since the process started.
+    loaded: bool,
+    /// Every tracked row's last version.
+    rows: HashMap<(Table, String), Seen>,
+}
+
+/// What a version check found.
+enum VersionCheck {
+    Current,
+    Older(i64),
+    Deleted(i64),
+    Unknown,
+}
+
+/// The integrity state of a [`Store`], shared by its clones.
+pub struct Integrity {
+    ring: RwLock<Option<Arc<KeyRing>>>,
+    view: RwLock<LogView>,
+    catch_up: tokio::sync::Mutex<()>,
+    alarm: RwLock<Option<Violation>>,
+    reported: std::sync::Mutex<HashMap<(&'static str, String, ViolationKind), Instant>>,
+    violations: tokio::sync::mpsc::UnboundedSender<Violation>,
+    receiver: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Violation>>>,
+    /// The newest audit entry this process wrote (seq, hash): the chain must keep it.
+    audit_written: std::sync::Mutex<Option<(i64, [u8; 32])>>,
+}
+
+/// How often the same violation of the same row is reported again.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // Poisoned only by a panic while held; every writer replaces whole values.
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The state row.
+struct StateRow {
+    head: StateHead,
+    generation: u64,
+    mac: Vec<u8>,
+}
+
+const STATE_COLUMNS: [row::Column; 4] = [
+    row::int("id"),
+    row::int("version"),
+    row::int("log_seq"),
+    row::bytes("log_hash"),
+];
+
+fn state_values(head: &StateHead) -> Vec<Value> {
+    vec![
+        Value::int(1),
+        Value::int(head.version),
+        Value::int(head.seq),
+        Value::bytes(head.hash.to_vec()),
+    ]
+}
+
+fn state_violation(kind: ViolationKind, detail: impl Into<String>) -> Violation {
+    Violation {
+        table: "integrity_state",
+        key: "[\"1\"]".into(),
+        kind,
+        detail: detail.into(),
+    }
+}
+
+fn hash32(b: &[u8]) -> Option<[u8; 32]> {
+    b.try_into().ok()
+}
+
+impl Integrity {
+    pub(super) fn new() -> Self {
+        let (violations, receiver) = tokio::sync::mpsc::unbounded_channel();
+        Self {
+            ring: RwLock::new(None),
+            view: RwLock::new(LogView::default()),
+            catch_up: tokio::sync::Mutex::new(()),
+            alarm: RwLock::new(None),
+            reported: std::sync::Mutex::new(HashMap::new()),
+            violations,
+            receiver: std::sync::Mutex::new(Some(receiver)),
+            audit_written: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Notes an audit head this process committed.
+    pub(crate) fn wrote_audit(&self, head: (i64, [u8; 32])) {
+        let mut w = self.audit_written.lock().unwrap_or_else(|p| p.into_inner());
+        if w.is_none_or(|(seq, _)| head.0 > seq) {
+            *w = Some(head);
+        }
+    }
+
+    /// The newest audit entry this process wrote.
+    pub fn audit_written(&self) -> Option<(i64, [u8; 32])> {
+        *self.audit_written.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the keys the seal holds (`None` when sealed).
+    pub fn set_keys(&self, ring: Option<KeyRing>) {
+        *write(&self.ring) = ring.map(Arc::new);
+    }
+
+    /// The keys held, or `Sealed`.
+    fn ring(&self) -> Result<Arc<KeyRing>, StoreError> {
+        read(&self.ring).clone().ok_or(StoreError::Sealed)
+    }
+
+    /// The keys held, for a rotation's re-authentication.
+    pub(crate) fn ring_for_rotation(&self) -> Result<Arc<KeyRing>, StoreError> {
+        self.ring()
+    }
+
+    /// Re-authenticates the state row under the newest key if it is under an older one
+    /// (conditional on its old authenticator: a write transaction that moved it meanwhile
+    /// authenticated it under the newest key already). Whether it moved.
+    pub(crate) async fn reauthenticate_state(&self, store: &Store) -> Result<bool, StoreError> {
+        let ring = self.ring()?;
+        let mut conn = store.pool.acquire().await?;
+        let Some(state) = read_state(&mut conn, &ring).await? else {
+            return Ok(false);
+        };
+        let (generation, key) = ring.newest();
+        if state.generation >= generation {
+            return Ok(false);
+        }
+        let mac = key
+            .tag(&row::encoding(
+                "integrity_state",
+                &STATE_COLUMNS,
+                &state_values(&state.head),
+                0,
+            ))
+            .to_vec();
+        let n =
+            sqlx::query("UPDATE integrity_state SET row_generation = $1, row_mac = $2 WHERE id = 1 AND row_mac = $3")
+                .bind(i64::try_from(generation).unwrap_or(i64::MAX))
+                .bind(mac)
+                .bind(state.mac)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// The generations whose keys are held.
+    pub fn held_generations(&self) -> Vec<u64> {
+        read(&self.ring).as_ref().map(|r| r.generations()).unwrap_or_default()
+    }
+
+    /// The `state_rollback` alarm, once raised (until the process restarts).
+    pub fn alarm(&self) -> Option<Violation> {
+        read(&self.alarm).clone()
+    }
+
+    /// `Err` once the alarm is raised.
+    pub fn check_alarm(&self) -> Result<(), StoreError> {
+        match self.alarm() {
+            Some(v) => Err(StoreError::Rollback(v)),
+            None => Ok(()),
+        }
+    }
+
+    /// Raises the alarm (the first violation is kept).
+    pub(crate) fn raise(&self, v: Violation) -> StoreError {
+        {
+            let mut a = write(&self.alarm);
+            if a.is_none() {
+                tracing::error!(detail = %v, "integrity alarm: the database went back behind a state this server saw; nothing is served until it restarts");
+                *a = Some(v.clone());
+            }
+        }
+        self.report(v.clone());
+        StoreError::Rollback(v)
+    }
+
+    /// The head this process has replayed up to.
+    pub fn head(&self) -> StateHead {
+        read(&self.view).head
+    }
+
+    /// Takes the receiver of violations (the server audits them); once.
+    pub fn take_violations(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Violation>> {
+        self.receiver.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Logs and queues `v` for the audit log, at most once a minute per row and kind.
+    pub(crate) fn report(&self, v: Violation) {
+        let now = Instant::now();
+        {
+            let mut seen = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+            let k = (v.table, v.key.clone(), v.kind);
+            if seen.get(&k).is_some_and(|t| now.duration_since(*t) < REPORT_EVERY) {
+                return;
+            }
+            if seen.len() > 10_000 {
+                seen.retain(|_, t| now.duration_since(*t) < REPORT_EVERY);
+            }
+            seen.insert(k, now);
+        }
+        tracing::error!(table = v.table, key = %v.key, reason = v.kind.reason(), detail = %v.detail, "a database row is refused");
+        let _ = self.violations.send(v);
+    }
+
+    /// The authenticator of an untracked row (version 0) under the newest key held.
+    pub(crate) fn untracked_authenticator<T: Row>(&self, values: &[Value]) -> Result<(u64, Vec<u8>), StoreError> {
+        self.check_alarm()?;
+        let ring = self.ring()?;
+        let (generation, key) = ring.newest();
+        Ok((
+            generation,
+            key.tag(&row::encoding(T::TABLE.name(), T::COLUMNS, values, 0)).to_vec(),
+        ))
+    }
+
+    fn violation<T: Row>(&self, key: &str, kind: ViolationKind, detail: impl Into<String>) -> Violation {
+        Violation {
+            table: T::TABLE.name(),
+            key: key.to_owned(),
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    /// Checks a row's authenticator and decodes it; the version is checked by the caller.
+    fn authenticate<T: Row>(&self, ring: &KeyRing, r: &AnyRow) -> Result<(Stored<T>, String), StoreError> {
+        let values = row::read_values(r, T::COLUMNS)?;
+        let key = row::key_of(&values[..T::KEY]);
+        let version: i64 = r.try_get("row_version")?;
+        let generation: i64 = r.try_get("row_generation")?;
+        let mac: Option<Vec<u8>> = r.try_get("row_mac")?;
+        let fail = |detail: String| StoreError::Integrity(self.violation::<T>(&key, ViolationKind::Integrity, detail));
+        let Some(mac) = mac else {
+            return Err(fail("it has no authenticator (kmsd did not write it)".into()));
+        };
+        let ik = u64::try_from(generation)
+            .ok()
+            .and_then(|g| ring.key(g))
+            .ok_or_else(|| {
+                fail(format!(
+                    "it is authenticated under root generation {generation}, which this server does not hold"
+                ))
+            })?;
+        ik.verify(&row::encoding(T::TABLE.name(), T::COLUMNS, &values, version), &mac)
+            .map_err(|_| {
+                fail("its authenticator does not match its content (it was written or changed by someone else)".into())
+            })?;
+        let parsed = T::from_values(&Values {
+            columns: T::COLUMNS,
+            values: &values,
+        })
+        .map_err(|e| fail(format!("it does not decode: {e}")))?;
+        Ok((
+            Stored {
+                row: parsed,
+                version,
+                generation: u64::try_from(generation).unwrap_or(0),
+                mac,
+            },
+            key,
+        ))
+    }
+
+    fn check_version(&self, table: Table, key: &str, version: i64) -> VersionCheck {
+        if !table.tracked() {
+            return VersionCheck::Current;
+        }
+        match read(&self.view).rows.get(&(table, key.to_owned())) {
+            Some(s) if s.deleted && s.version >= version => VersionCheck::Deleted(s.version),
+            Some(s) if s.version == version && !s.deleted => VersionCheck::Current,
+            Some(s) if s.version > version => VersionCheck::Older(s.version),
+            _ => VersionCheck::Unknown,
+        }
+    }
+
+    fn version_violation<T: Row>(&self, key: &str, version: i64, check: &VersionCheck) -> Option<Violation> {
+        let detail = match check {
+            VersionCheck::Current => return None,
+            VersionCheck::Older(current) => format!(
+                "it is version {version}, but kmsd last wrote version {current} of it (an older row was put back)"
+            ),
+            VersionCheck::Deleted(at) => {
+                format!("kmsd deleted it at version {at}, yet it is there (version {version}: put back)")
+            }
+            VersionCheck::Unknown => {
+                return Some(self.violation::<T>(
+                    key,
+                    ViolationKind::Integrity,
+                    format!("the state log has no version {version} of it (kmsd did not write it)"),
+                ))
+            }
+        };
+        Some(self.violation::<T>(key, ViolationKind::Rollback, detail))
+    }
+
+    /// Verifies and decodes a row read outside a write transaction: its authenticator, and that
+    /// it is the version the state log says was written last (reading new log entries if the row
+    /// is newer than this process's view).
+    pub(crate) async fn verify<T: Row>(&self, store: &Store, r: &AnyRow) -> Result<Stored<T>, StoreError> {
+        self.check_alarm()?;
+        let ring = self.ring()?;
+        let (stored, key) = match self.authenticate::<T>(&ring, r) {
+            Ok(x) => x,
+            Err(e) => return Err(self.reported(e)),
+        };
+        let mut check = self.check_version(T::TABLE, &key, stored.version);
+        if matches!(check, VersionCheck::Unknown) {
+            self.catch_up(store).await?;
+            check = self.check_version(T::TABLE, &key, stored.version);
+        }
+        match self.version_violation::<T>(&key, stored.version, &check) {
+            None => Ok(stored),
+            Some(v) => Err(self.reported(match v.kind {
+                ViolationKind::Integrity => StoreError::Integrity(v),
+                _ => StoreError::Rollback(v),
+            })),
+        }
+    }
+
+    /// Like [`Integrity::verify`] for many rows: those that fail are reported and left out, so
+    /// the rows that verify are still served.
+    pub(crate) async fn verify_all<T: Row>(
+        &self,
+        store: &Store,
+        rows: &[AnyRow],
+    ) -> Result<Vec<Stored<T>>, StoreError> {
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            match self.verify::<T>(store, r).await {
+                Ok(s) => out.push(s),
+                Err(StoreError::Integrity(_) | StoreError::Rollback(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.check_alarm()?;
+        Ok(out)
+    }
+
+    /// Reports an integrity error (passes others through).
+    pub(crate) fn reported_error(&self, e: StoreError) -> StoreError {
+        self.reported(e)
+    }
+
+    /// Reports an integrity error (passes others through).
+    fn reported(&self, e: StoreError) -> StoreError {
+        if let StoreError::Integrity(v) | StoreError::Rollback(v) = &e {
+            self.report(v.clone());
+        }
+        e
+    }
+
+    /// A row whose primary key the state log knows but which is not there: deleted by someone
+    /// else (a `row_rollback`), or `None` if the log does not have it (it does not exist).
+    pub(crate) fn missing<T: Row>(&self, key: &str) -> Option<StoreError> {
+        if !T::TABLE.tracked() {
+            return None;
+        }
+        let seen = read(&self.view).rows.get(&(T::TABLE, key.to_owned())).copied()?;
+        if seen.deleted {
+            return None;
+        }
+        let v = self.violation::<T>(
+            key,
+            ViolationKind::Rollback,
+            format!(
+                "kmsd wrote version {} of it, but it is gone (deleted by someone else)",
+                seen.version
+            ),
+        );
+        Some(self.reported(StoreError::Rollback(v)))
+    }
+
+    /// Reads new state log entries (all of them the first time) and the state row, and checks
+    /// that they extend what this process saw. Raises the alarm if they do not.
+    pub(crate) async fn catch_up(&self, store: &Store) -> Result<(), StoreError> {
+        // The connection first: whoever holds the lock never waits for one.
+        let mut conn = store.pool.acquire().await?;
+        let _one = self.catch_up.lock().await;
+        self.catch_up_on(&mut conn).await
+    }
+
+    /// [`Integrity::catch_up`] on a connection (inside a write transaction that holds the state
+    /// row's lock, so nothing moves meanwhile). The caller holds the catch-up lock.
+    async fn catch_up_on(&self, conn: &mut AnyConnection) -> Result<(), StoreError> {
+        self.check_alarm()?;
+        let ring = self.ring()?;
+        let Some(state) = read_state(conn, &ring).await? else {
+            // Not initialized: nothing to replay (a view that saw a state means a deletion).
+            let head = self.head();
+            if head.version > 0 {
+                return Err(self.raise(state_violation(
+                    ViolationKind::StateRollback,
+                    format!(
+                        "the state row is gone, but this server saw state version {}",
+                        head.version
+                    ),
+                )));
+            }
+            return Ok(());
+        };
+        let (start, loaded) = {
+            let v = read(&self.view);
+            (v.head, v.loaded)
+        };
+        if !start.is_extended_by(&state.head) {
+            return Err(self.raise(state_violation(
+                ViolationKind::StateRollback,
+                format!(
+                    "the database's state is version {} (log entry {}), behind version {} (log entry {}) that this server saw, or its log differs: the database was rolled back",
+                    state.head.version, state.head.seq, start.version, start.seq
+                ),
+            )));
+        }
+        if loaded && state.head == start {
+            return Ok(());
+        }
+        let from = if loaded { start.seq } else { 0 };
+        let rows = sqlx::query(
+            "SELECT seq, version, tbl, row_key, op, prev_hash, hash FROM state_log WHERE seq >= $1 AND seq <= $2 ORDER BY seq",
+        )
+        .bind(from.max(1))
+        .bind(state.head.seq)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut prev = if from == 0 { STATE_GENESIS } else { start.hash };
+        let mut expect = if from == 0 { 1 } else { start.seq };
+        let mut applied: Vec<((Table, String), Seen)> = Vec::with_capacity(rows.len());
+        let mut last_version = if from == 0 { 0 } else { start.version };
+        let broken = |detail: String| self.raise(state_violation(ViolationKind::StateRollback, detail));
+        for (i, r) in rows.iter().enumerate() {
+            let seq: i64 = r.try_get("seq")?;
+            let hash_col: Vec<u8> = r.try_get("hash")?;
+            let stored_hash = hash32(&hash_col).ok_or_else(|| broken(format!("state log entry {seq}: bad hash")))?;
+            if i == 0 && from > 0 {
+                // The entry this process replayed last must still be the same.
+                if seq != start.seq || stored_hash != start.hash {
+                    return Err(broken(format!(
+                        "state log entry {} is not the one this server replayed: the log was rewritten",
+                        start.seq
+                    )));
+                }
+                expect = seq + 1;
+                continue;
+            }
+            let entry = StateEntry {
+                seq,
+                version: r.try_get("version")?,
+                table: r.try_get("tbl")?,
+                key: r.try_get("row_key")?,
+                op: StateOp::parse(&r.try_get::<String, _>("op")?)
+                    .ok_or_else(|| broken(format!("state log entry {seq}: unknown operation")))?,
+            };
+            let prev_col: Vec<u8> = r.try_get("prev_hash")?;
+            if seq != expect
+                || hash32(&prev_col) != Some(prev)
+                || state_entry_hash(&prev, &entry) != stored_hash
+                || entry.version < last_version
+                || entry.version > state.head.version
+            {
+                return Err(broken(format!(
+                    "state log entry {expect} is missing or altered (the log does not chain)"
+                )));
+            }
+            let table = Table::parse(&entry.table)
+                .filter(|t| t.tracked())
+                .ok_or_else(|| broken(format!("state log entry {seq}: unknown table {:?}", entry.table)))?;
+            applied.push((
+                (table, entry.key),
+                Seen {
+                    version: entry.version,
+                    deleted: entry.op == StateOp::Delete,
+                },
+            ));
+            last_version = entry.version;
+            prev = stored_hash;
+            expect = seq + 1;
+        }
+        if expect != state.head.seq + 1 || prev != state.head.hash {
+            return Err(broken(format!(
+                "the state log ends before entry {} that the state row names",
+                state.head.seq
+            )));
+        }
+        let mut v = write(&self.view);
+        if v.head != start || v.loaded != loaded {
+            // Only this function moves the view, under the catch-up lock.
+            return Ok(());
+        }
+        if !loaded {
+            v.rows.clear();
+        }
+        for (k, s) in applied {
+            v.rows.insert(k, s);
+        }
+        v.head = state.head;
+        v.loaded = true;
+        Ok(())
+    }
+
+    /// Replays the whole state log (when the seal opens) and checks every tracked row of every
+    /// table: see [`Integrity::scan`].
+    pub(crate) async fn open(&self, store: &Store) -> Result<Vec<Violation>, StoreError> {
+        self.catch_up(store).await?;
+        self.scan(store).await
+    }
+
+    /// Reads every row of every authenticated table and checks it, and that every row the log
+    /// says exists is there. Returns (and reports) what fails; the rows that verify stay usable.
+    pub(crate) async fn scan(&self, store: &Store) -> Result<Vec<Violation>, StoreError> {
+        self.catch_up(store).await?;
+        let mut found = Vec::new();
+        let mut present: std::collections::HashSet<(Table, String)> = std::collections::HashSet::new();
+        for table in Table::ALL {
+            let rows = sqlx::query(&format!("SELECT * FROM {}", table.name()))
+                .fetch_all(&store.pool)
+                .await?;
+            for r in &rows {
+                match scan_one(self, store, table, r).await {
+                    Ok(key) => {
+                        present.insert((table, key));
+                    }
+                    Err(StoreError::Integrity(v) | StoreError::Rollback(v)) => {
+                        present.insert((table, v.key.clone()));
+                        found.push(v);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let expected: Vec<((Table, String), Seen)> = read(&self.view)
+            .rows
+            .iter()
+            .filter(|(_, s)| !s.deleted)
+            .map(|(k, s)| (k.clone(), *s))
+            .collect();
+        for ((table, key), seen) in expected {
+            if !present.contains(&(table, key.clone())) {
+                let v = Violation {
+                    table: table.name(),
+                    key,
+                    kind: ViolationKind::Rollback,
+                    detail: format!(
+                        "kmsd wrote version {} of it, but it is gone (deleted by someone else)",
+                        seen.version
+                    ),
+                };
+                self.report(v.clone());
+                found.push(v);
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Checks one row of `table` during a scan; the row's key if it verifies.
+async fn scan_one(i: &Integrity, store: &Store, table: Table, r: &AnyRow) -> Result<String, StoreError> {
+    use super::tables::*;
+    macro_rules! check {
+        ($t:ty) => {
+            i.verify::<$t>(store, r).await.map(|s| s.row.key())
+        };
+    }
+    match table {
+        Table::SealConfig => check!(SealConfigRow),
+        Table::RootGenerations => check!(RootGenerationRow),
+        Table::RootShares => check!(ShareRow),
+        Table::Admins => check!(AdminRow),
+        Table::Keys => check!(KeyRow),
+        Table::KeyVersions => check!(KeyVersionRow),
+        Table::ReleasePolicies => check!(ReleasePolicyRow),
+        Table::Hardware => check!(HardwareRow),
+        Table::TpmEnrollments => check!(TpmEnrollmentRow),
+        Table::Proposals => check!(ProposalRow),
+        Table::Approvals => check!(ApprovalRow),
+        Table::Rejections => check!(RejectionRow),
+        Table::TokenKeys => check!(TokenKeyRow),
+        Table::CheckpointKeys => check!(CheckpointKeyRow),
+        Table::Replicas => check!(ReplicaRow),
+        Table::TpmClocks => check!(TpmClockRow),
+    }
+}
+
+/// The state row, verified. `None` before Init.
+async fn read_state(conn: &mut AnyConnection, ring: &KeyRing) -> Result<Option<StateRow>, StoreError> {
+    let Some(r) =
+        sqlx::query("SELECT version, log_seq, log_hash, row_generation, row_mac FROM integrity_state WHERE id = 1")
+            .fetch_optional(&mut *conn)
+            .await?
+    else {
+        return Ok(None);
+    };
+    decode_state(&r, ring).map(Some)
+}
+
+fn decode_state(r: &AnyRow, ring: &KeyRing) -> Result<StateRow, StoreError> {
+    let bad = |d: &str| StoreError::Integrity(state_violation(ViolationKind::Integrity, d));
+    let hash: Vec<u8> = r.try_get("log_hash")?;
+    let head = StateHead {
+        version: r.try_get("version")?,
+        seq: r.try_get("log_seq")?,
+        hash: hash32(&hash).ok_or_else(|| bad("the state log hash is not 32 bytes"))?,
+    };
+    let generation = u64::try_from(r.try_get::<i64, _>("row_generation")?).unwrap_or(0);
+    let mac: Vec<u8> = r.try_get("row_mac")?;
+    let key = ring.key(generation).ok_or_else(|| {
+        bad(&format!(
+            "the state row is authenticated under root generation {generation}, which this server does not hold"
+        ))
+    })?;
+    key.verify(
+        &row::encoding("integrity_state", &STATE_COLUMNS, &state_values(&head), 0),
+        &mac,
+    )
+    .map_err(|_| bad("the state row's authenticator does not match (it was written by someone else)"))?;
+    Ok(StateRow { head, generation, mac })
+}
+
+/// A row as read and verified, with what a later update of it needs.
+#[derive(Clone, Debug)]
+pub(crate) struct Stored<T> {
+    /// The row.
+    pub(crate) row: T,
+    /// Its version.
+    pub(crate) version: i64,
+    /// The root generation whose integrity key authenticated it.
+    pub(crate) generation: u64,
+    /// Its authenticator.
+    pub(crate) mac: Vec<u8>,
+}
+
+impl<T> std::ops::Deref for Stored<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.row
+    }
+}
+
+/// A write transaction: every authenticated row it writes is authenticated at the
+/// transaction's state version and recorded in the state log; the state row moves in the same
+/// commit. It begins by locking the state row, so write transactions serialize on every replica
+/// (and then read every row they decide on inside the lock).
+pub(crate) struct Tx {
+    tx: Transaction<'static, Any>,
+    store: Store,
+    ring: Arc<KeyRing>,
+    start: StateHead,
+    version: i64,
+    entries: Vec<(Table, String, StateOp)>,
+    written: HashMap<(Table, String), Seen>,
+    audit_head: Option<(i64, [u8; 32])>,
+}
+
+impl Tx {
+    /// Begins: locks the state row, verifies it, and replays log entries this process has not
+    /// seen (another replica's writes).
+    pub(crate) async fn begin(store: &Store) -> Result<Self, StoreError> {
+        let integrity = store.integrity.clone();
+        integrity.check_alarm()?;
+        let ring = integrity.ring()?;
+        let mut tx = store.pool.begin().await?;
+        let Some(r) = sqlx::query(
+            "UPDATE integrity_state SET version = version WHERE id = 1 RETURNING version, log_seq, log_hash, row_generation, row_mac",
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Err(StoreError::Refused(super::Refusal::NotInitialized));
+        };
+        let state = match decode_state(&r, &ring) {
+            Ok(s) => s,
+            Err(e) => return Err(integrity.reported(e)),
+        };
+        {
+            // While this transaction holds the state row's lock no other write commits, so the
+            // view cannot move between here and the commit.
+            let _one = integrity.catch_up.lock().await;
+            integrity.catch_up_on(&mut tx).await?;
+        }
+        if integrity.head() != state.head {
+            return Err(integrity.raise(state_violation(
+                ViolationKind::StateRollback,
+                "the state row changed while it was locked",
+            )));
+        }
+        Ok(Self {
+            tx,
+            store: store.clone(),
+            ring,
+            start: state.head,
+            version: state.head.version + 1,
+            entries: Vec::new(),
+            written: HashMap::new(),
+            audit_head: None,
+        })
+    }
+
+    /// Begins the transaction of Init: creates the state row (a second Init on any replica
+    /// conflicts on its primary key), authenticating under `ring`.
+    pub(crate) async fn begin_init(store: &Store, ring: KeyRing) -> Result<Self, StoreError> {
+        let integrity = store.integrity.clone();
+        integrity.check_alarm()?;
+        let mut tx = store.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO integrity_state (id, version, log_seq, log_hash, row_generation, row_mac) VALUES (1, 0, 0, $1, 0, $2)",
+        )
+        .bind(STATE_GENESIS.to_vec())
+        .bind(Vec::<u8>::new())
+        .execute(&mut *tx)
+        .await?;
+        Ok(Self {
+            tx,
+            store: store.clone(),
+            ring: Arc::new(ring),
+            start: StateHead::default(),
+            version: 1,
+            entries: Vec::new(),
+            written: HashMap::new(),
+            audit_head: None,
+        })
+    }
+
+    /// Rows of `T` selected by `rest` (`WHERE …`, `$1…` bound to `binds`), verified against the
+    /// view and this transaction's own writes. Rows that fail are reported and left out.
+    pub(crate) async fn all<T: Row>(&mut self, rest: &str, binds: &[Value]) -> Result<Vec<Stored<T>>, StoreError> {
+        let sql = row::select::<T>(rest);
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = row::bind(q, b);
+        }
+        let rows = q.fetch_all(&mut *self.tx).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            match self.check::<T>(r) {
+                Ok(s) => out.push(s),
+                Err(StoreError::Integrity(v) | StoreError::Rollback(v)) => self.store.integrity.report(v),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The one row of `T` with primary key `key` (its key columns' values), verified; a row the
+    /// log says exists but which is gone is a `row_rollback`.
+    pub(crate) async fn get<T: Row>(&mut self, key: &[Value]) -> Result<Option<Stored<T>>, StoreError> {
+        let sql = row::select::<T>(&row::key_where::<T>(1));
+        let mut q = sqlx::query(&sql);
+        for b in key {
+            q = row::bind(q, b);
+        }
+        match q.fetch_optional(&mut *self.tx).await? {
+            Some(r) => match self.check::<T>(&r) {
+                Ok(s) => Ok(Some(s)),
+                Err(e) => Err(self.store.integrity.reported(e)),
+            },
+            None => {
+                let k = row::key_of(key);
+                if self.written.get(&(T::TABLE, k.clone())).is_some_and(|s| s.deleted) {
+                    return Ok(None);
+                }
+                match self.store.integrity.missing::<T>(&k) {
+                    Some(e) => Err(e),
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+
+    fn check<T: Row>(&self, r: &AnyRow) -> Result<Stored<T>, StoreError> {
+        let i = &self.store.integrity;
+        let (stored, key) = i.authenticate::<T>(&self.ring, r)?;
+        if !T::TABLE.tracked() {
+            return Ok(stored);
+        }
+        let check = match self.written.get(&(T::TABLE, key.clone())) {
+            Some(s) if s.deleted => VersionCheck::Deleted(s.version),
+            Some(s) if s.version == stored.version => VersionCheck::Current,
+            Some(s) => VersionCheck::Older(s.version),
+            None => i.check_version(T::TABLE, &key, stored.version),
+        };
+        match i.version_violation::<T>(&key, stored.version, &check) {
+            None => Ok(stored),
+            Some(v) if v.kind == ViolationKind::Integrity => Err(StoreError::Integrity(v)),
+            Some(v) => Err(StoreError::Rollback(v)),
+        }
+    }
+
+    fn authenticator<T: Row>(&self, values: &[Value], version: i64) -> (u64, Vec<u8>) {
+        let (generation, key) = self.ring.newest();
+        (
+            generation,
+            key.tag(&row::encoding(T::TABLE.name(), T::COLUMNS, values, version))
+                .to_vec(),
+        )
+    }
+
+    fn record<T: Row>(&mut self, key: String, op: StateOp) {
+        if T::TABLE.tracked() {
+            self.written.insert(
+                (T::TABLE, key.clone()),
+                Seen {
+                    version: self.version,
+                    deleted: op == StateOp::Delete,
+                },
+            );
+            self.entries.push((T::TABLE, key, op));
+        }
+    }
+
+    fn row_version<T: Row>(&self) -> i64 {
+        if T::TABLE.tracked() {
+            self.version
+        } else {
+            0
+        }
+    }
+
+    /// Inserts `row`. `Conflict` on a uniqueness violation.
+    pub(crate) async fn insert<T: Row>(&mut self, row: &T) -> Result<(), StoreError> {
+        let values = row.to_values();
+        let version = self.row_version::<T>();
+        let (generation, mac) = self.authenticator::<T>(&values, version);
+        let sql = row::insert_sql::<T>();
+        let mut q = sqlx::query(&sql);
+        for v in &values {
+            q = row::bind(q, v);
+        }
+        q.bind(version)
+            .bind(i64::try_from(generation).unwrap_or(i64::MAX))
+            .bind(mac)
+            .execute(&mut *self.tx)
+            .await?;
+        self.record::<T>(row::key_of(&values[..T::KEY]), StateOp::Put);
+        Ok(())
+    }
+
+    /// Replaces `old` (as read in this transaction) by `new` (same primary key).
+    pub(crate) async fn update<T: Row>(&mut self, old: &Stored<T>, new: &T) -> Result<(), StoreError> {
+        let values = new.to_values();
+        let key = row::key_of(&values[..T::KEY]);
+        if key != old.row.key() {
+            return Err(StoreError::Refused(super::Refusal::Internal(
+                "an update changes a primary key",
+            )));
+        }
+        let version = self.row_version::<T>();
+        let (generation, mac) = self.authenticator::<T>(&values, version);
+        let sql = row::update_sql::<T>();
+        let mut q = sqlx::query(&sql);
+        for v in &values[T::KEY..] {
+            q = row::bind(q, v);
+        }
+        q = q
+            .bind(version)
+            .bind(i64::try_from(generation).unwrap_or(i64::MAX))
+            .bind(mac);
+        for v in &values[..T::KEY] {
+            q = row::bind(q, v);
+        }
+        let n = q.bind(old.version).execute(&mut *self.tx).await?.rows_affected();
+        if n != 1 {
+            return Err(StoreError::Conflict);
+        }
+        self.record::<T>(key, StateOp::Put);
+        Ok(())
+    }
+
+    /// Deletes `old` (as read in this transaction).
+    pub(crate) async fn delete<T: Row>(&mut self, old: &Stored<T>) -> Result<(), StoreError> {
+        let values = old.row.to_values();
+        let sql = row::delete_sql::<T>();
+        let mut q = sqlx::query(&sql);
+        for v in &values[..T::KEY] {
+            q = row::bind(q, v);
+        }
+        let n = q.bind(old.version).execute(&mut *self.tx).await?.rows_affected();
+        if n != 1 {
+            return Err(StoreError::Conflict);
+        }
+        self.record::<T>(row::key_of(&values[..T::KEY]), StateOp::Delete);
+        Ok(())
+    }
+
+    /// Appends audit records in this transaction.
+    pub(crate) async fn audit(&mut self, records: Vec<Record>) -> Result<(), StoreError> {
+        self.audit_head = Some(append_in_tx(&mut self.tx, records).await?);
+        Ok(())
+    }
+
+    /// Writes the state log entries and the state row, and commits. Without any authenticated
+    /// write, nothing of the state moves.
+    pub(crate) async fn commit(mut self) -> Result<(), StoreError> {
+        if self.entries.is_empty() && self.start.version > 0 {
+            self.tx.commit().await?;
+            if let Some(h) = self.audit_head {
+                self.store.integrity.wrote_audit(h);
+            }
+            return Ok(());
+        }
+        let mut head = self.start;
+        let mut logged = Vec::with_capacity(self.entries.len());
+        for (table, key, op) in std::mem::take(&mut self.entries) {
+            let entry = StateEntry {
+                seq: head.seq + 1,
+                version: self.version,
+                table: table.name().to_owned(),
+                key,
+                op,
+            };
+            let hash = state_entry_hash(&head.hash, &entry);
+            logged.push((entry, head.hash, hash));
+            head.seq += 1;
+            head.hash = hash;
+        }
+        head.version = self.version;
+        for chunk in logged.chunks(100) {
+            let mut sql =
+                String::from("INSERT INTO state_log (seq, version, tbl, row_key, op, prev_hash, hash) VALUES ");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                let b = i * 7;
+                sql.push_str(&format!(
+                    "(${},${},${},${},${},${},${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7
+                ));
+            }
+            let mut q = sqlx::query(&sql);
+            for (e, prev, hash) in chunk {
+                q = q
+                    .bind(e.seq)
+                    .bind(e.version)
+                    .bind(e.table.clone())
+                    .bind(e.key.clone())
+                    .bind(e.op.as_str())
+                    .bind(prev.to_vec())
+                    .bind(hash.to_vec());
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        let (generation, key) = self.ring.newest();
+        let mac = key
+            .tag(&row::encoding(
+                "integrity_state",
+                &STATE_COLUMNS,
+                &state_values(&head),
+                0,
+            ))
+            .to_vec();
+        sqlx::query(
+            "UPDATE integrity_state SET version = $1, log_seq = $2, log_hash = $3, row_generation = $4, row_mac = $5 WHERE id = 1",
+        )
+        .bind(head.version)
+        .bind(head.seq)
+        .bind(head.hash.to_vec())
+        .bind(i64::try_from(generation).unwrap_or(i64::MAX))
+        .bind(mac)
+        .execute(&mut *self.tx)
+        .await?;
+        self.tx.commit().await?;
+        if let Some(h) = self.audit_head {
+            self.store.integrity.wrote_audit(h);
+        }
+        // The view follows this commit (the catch-up lock is held, so nothing else moved it).
+        let mut v = write(&self.store.integrity.view);
+        if v.head == self.start && (v.loaded || self.start.seq == 0) {
+            for ((table, key), seen) in self.written.drain() {
+                v.rows.insert((table, key), seen);
+            }
+            v.head = head;
+            v.loaded = true;
+        }
+        Ok(())
+    }
+}
+
+/// Re-authenticates `old` (verified under its generation) under the newest key without changing
+/// its version (a root rotation moves rows to the next generation's key; content and version
+/// stay). `false` if the row changed meanwhile.
+pub(crate) async fn reauthenticate<T: Row>(
+    conn: &mut AnyConnection,
+    ring: &KeyRing,
+    old: &Stored<T>,
+) -> Result<bool, StoreError> {
+    let values = old.row.to_values();
+    let (generation, key) = ring.newest();
+    if old.generation == generation {
+        return Ok(true);
+    }
+    let mac = key
+        .tag(&row::encoding(T::TABLE.name(), T::COLUMNS, &values, old.version))
+        .to_vec();
+    let sql = format!(
+        "UPDATE {} SET row_generation = $1, row_mac = $2 {} AND row_version = ${} AND row_mac = ${}",
+        T::TABLE.name(),
+        row::key_where::<T>(3),
+        3 + T::KEY,
+        4 + T::KEY
+    );
+    let mut q = sqlx::query(&sql)
+        .bind(i64::try_from(generation).unwrap_or(i64::MAX))
+        .bind(mac);
+    for v in &values[..T::KEY] {
+        q = row::bind(q, v);
+    }
+    let n = q
+        .bind(old.version)
+        .bind(old.mac.clone())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    Ok(n == 1)
+}
