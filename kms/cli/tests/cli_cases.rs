@@ -252,6 +252,11 @@ impl Lab {
         )
         .unwrap();
         r.insert(
+            "[STATE_VERSION]",
+            regex::Regex::new(r#"(state_version": |state version:   )(?<redacted>\d+)"#).unwrap(),
+        )
+        .unwrap();
+        r.insert(
             "[UNIX_MS]",
             regex::Regex::new(r#"_unix_ms": (?<redacted>\d+)"#).unwrap(),
         )
@@ -408,6 +413,8 @@ async fn cases(backend: Backend) {
     let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     let kcv = status["key_check_value"].as_str().unwrap().to_owned();
     lab.vars.insert("KCV".into(), kcv);
+    let deployment = status["deployment_id"].as_str().unwrap().to_owned();
+    lab.vars.insert("DEPLOYMENT".into(), deployment);
 
     let mut files: Vec<PathBuf> = std::fs::read_dir(cases_dir())
         .unwrap()

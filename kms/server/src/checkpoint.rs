@@ -287,6 +287,8 @@ impl Checkpoints {
     pub async fn sign(&self, root: &dyn RootOfTrust) -> Result<Option<Checkpoint>, ApiError> {
         self.store.integrity().check_alarm()?;
         let mut last = self.last.lock().await;
+        // What this process wrote, before the head is read: the head can only be at or past it.
+        let written = self.store.integrity().audit_written();
         // The state first: verified, and never behind what this process saw.
         self.store.integrity().catch_up(&self.store).await?;
         let state = self.store.integrity().head();
@@ -361,7 +363,6 @@ impl Checkpoints {
                 format!("the audit log ends at {head_seq}, before checkpoint {from_seq}: entries were removed"),
             ));
         }
-        let written = self.store.integrity().audit_written();
         if let Some((w, _)) = written {
             if w > head_seq {
                 return Err(self.rollback(

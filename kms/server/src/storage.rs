@@ -253,16 +253,50 @@ impl Store {
 
     // ----- generic reads ---------------------------------------------------------------------
 
+    /// Runs `sql` (a select of `T`'s columns) with `binds` and verifies every row. A row read
+    /// before this process learned of a newer version of it (written meanwhile) is read again:
+    /// the whole query, up to three times. Rows that do not verify are `Err` in the result.
+    pub(crate) async fn fetch<T: Row>(
+        &self,
+        sql: &str,
+        binds: &[Value],
+    ) -> Result<Vec<Result<Stored<T>, StoreError>>, StoreError> {
+        for _ in 0..3 {
+            let read_at = self.integrity.read_at();
+            let mut q = sqlx::query(sql);
+            for v in binds {
+                q = row::bind(q, v);
+            }
+            let rows = q.fetch_all(&self.pool).await?;
+            let mut out = Vec::with_capacity(rows.len());
+            let mut stale = false;
+            for r in &rows {
+                match self.integrity.verify::<T>(self, r, read_at).await {
+                    Ok(Some(s)) => out.push(Ok(s)),
+                    Ok(None) => {
+                        stale = true;
+                        break;
+                    }
+                    Err(e @ (StoreError::Integrity(_) | StoreError::Rollback(_))) => out.push(Err(e)),
+                    Err(e) => return Err(e),
+                }
+            }
+            self.integrity.check_alarm()?;
+            if !stale {
+                return Ok(out);
+            }
+        }
+        // Rewritten at every read: let the caller retry later.
+        Err(StoreError::Conflict)
+    }
+
     /// The row of `T` with primary key `key`, verified.
     pub(crate) async fn get<T: Row>(&self, key: &[Value]) -> Result<Option<Stored<T>>, StoreError> {
         let sql = row::select::<T>(&row::key_where::<T>(1));
-        let mut q = sqlx::query(&sql);
-        for v in key {
-            q = row::bind(q, v);
-        }
-        match q.fetch_optional(&self.pool).await? {
-            Some(r) => self.integrity.verify::<T>(self, &r).await.map(Some),
-            None => match self.integrity.missing::<T>(&row::key_of(key)) {
+        let read_at = self.integrity.read_at();
+        match self.fetch::<T>(&sql, key).await?.into_iter().next() {
+            Some(r) => r.map(Some),
+            None => match self.integrity.missing::<T>(self, &row::key_of(key), read_at).await? {
                 Some(e) => Err(e),
                 None => Ok(None),
             },
@@ -272,13 +306,25 @@ impl Store {
     /// Rows of `T` selected by `rest` with `binds`, verified; rows that fail are reported and
     /// left out.
     pub(crate) async fn all<T: Row>(&self, rest: &str, binds: &[Value]) -> Result<Vec<Stored<T>>, StoreError> {
-        let sql = row::select::<T>(rest);
-        let mut q = sqlx::query(&sql);
-        for v in binds {
-            q = row::bind(q, v);
+        Ok(self
+            .fetch::<T>(&row::select::<T>(rest), binds)
+            .await?
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect())
+    }
+
+    /// The first row of `T` selected by `rest` that verifies; if only rows that do not verify are
+    /// selected, the refusal of the first of them.
+    pub(crate) async fn first<T: Row>(&self, rest: &str, binds: &[Value]) -> Result<Option<Stored<T>>, StoreError> {
+        let mut refused = None;
+        for r in self.fetch::<T>(&row::select::<T>(rest), binds).await? {
+            match r {
+                Ok(s) => return Ok(Some(s)),
+                Err(e) => refused = refused.or(Some(e)),
+            }
         }
-        let rows = q.fetch_all(&self.pool).await?;
-        self.integrity.verify_all::<T>(self, &rows).await
+        refused.map_or(Ok(None), Err)
     }
 
     /// Rows of `T` selected by `rest`, as stored and **not verified**: only for what must be
@@ -566,17 +612,10 @@ impl Store {
     /// A key by name (the row that verifies; if only rows that do not verify have the name,
     /// their refusal).
     pub async fn key_by_name(&self, name: &str) -> Result<Option<KeyRow>, StoreError> {
-        let sql = row::select::<KeyRow>("WHERE name = $1");
-        let rows = sqlx::query(&sql).bind(name).fetch_all(&self.pool).await?;
-        let mut refused = None;
-        for r in &rows {
-            match self.integrity.verify::<KeyRow>(self, r).await {
-                Ok(s) => return Ok(Some(s.row)),
-                Err(e @ (StoreError::Integrity(_) | StoreError::Rollback(_))) => refused = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        refused.map_or(Ok(None), Err)
+        Ok(self
+            .first::<KeyRow>("WHERE name = $1", &[Value::text(name)])
+            .await?
+            .map(|s| s.row))
     }
 
     /// Up to `limit` keys that verify with id greater than `after`, by id.

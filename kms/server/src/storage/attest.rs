@@ -212,11 +212,10 @@ impl Store {
             Identity::TpmEkDigest => "tpm_ek_digest",
         };
         let sql = row::select::<HardwareRow>(&format!("WHERE {column} = $1"));
-        let rows = sqlx::query(&sql).bind(value).fetch_all(&self.pool).await?;
         let mut best: Option<HardwareRow> = None;
         let mut refused = None;
-        for r in &rows {
-            match self.integrity.verify::<HardwareRow>(self, r).await {
+        for r in self.fetch::<HardwareRow>(&sql, &[Value::text(value)]).await? {
+            match r {
                 Ok(s) => {
                     let better = match &best {
                         None => true,
@@ -229,8 +228,7 @@ impl Store {
                         best = Some(s.row);
                     }
                 }
-                Err(e @ (StoreError::Integrity(_) | StoreError::Rollback(_))) => refused = Some(e),
-                Err(e) => return Err(e),
+                Err(e) => refused = Some(e),
             }
         }
         match (best, refused) {

@@ -109,6 +109,8 @@ impl std::fmt::Display for Violation {
 struct Seen {
     version: i64,
     deleted: bool,
+    /// The log entry that said so: a row read before the view learned of it may be older.
+    seq: i64,
 }
 
 /// This process's replay of the state log.
@@ -127,6 +129,8 @@ enum VersionCheck {
     Current,
     Older(i64),
     Deleted(i64),
+    /// Newer than the view knows, or older than a version the view learned only after the row
+    /// was read: the view must catch up (or the row be read again) before anything is decided.
     Unknown,
 }
 
@@ -384,13 +388,17 @@ impl Integrity {
         ))
     }
 
-    fn check_version(&self, table: Table, key: &str, version: i64) -> VersionCheck {
+    /// Checks a row's `version` against the view. `read_at` is the log position the view was at
+    /// before the row was read: a newer version the view learned after that may have been
+    /// written after the read, so it proves nothing yet.
+    fn check_version(&self, table: Table, key: &str, version: i64, read_at: i64) -> VersionCheck {
         if !table.tracked() {
             return VersionCheck::Current;
         }
         match read(&self.view).rows.get(&(table, key.to_owned())) {
-            Some(s) if s.deleted && s.version >= version => VersionCheck::Deleted(s.version),
             Some(s) if s.version == version && !s.deleted => VersionCheck::Current,
+            Some(s) if s.seq > read_at => VersionCheck::Unknown,
+            Some(s) if s.deleted && s.version >= version => VersionCheck::Deleted(s.version),
             Some(s) if s.version > version => VersionCheck::Older(s.version),
             _ => VersionCheck::Unknown,
         }
@@ -416,47 +424,49 @@ impl Integrity {
         Some(self.violation::<T>(key, ViolationKind::Rollback, detail))
     }
 
-    /// Verifies and decodes a row read outside a write transaction: its authenticator, and that
-    /// it is the version the state log says was written last (reading new log entries if the row
-    /// is newer than this process's view).
-    pub(crate) async fn verify<T: Row>(&self, store: &Store, r: &AnyRow) -> Result<Stored<T>, StoreError> {
+    /// The log position of the view, taken before a read so that [`Integrity::verify`] can tell
+    /// a row older than the view from one read before the view learned of a newer version.
+    pub(crate) fn read_at(&self) -> i64 {
+        read(&self.view).head.seq
+    }
+
+    /// Verifies and decodes a row read outside a write transaction (the read began when the view
+    /// was at `read_at`): its authenticator, and that it is the version the state log says was
+    /// written last (reading new log entries if the row is newer than this process's view).
+    /// `Ok(None)` if the row may simply have been read before a newer version was written (the
+    /// view learned of that version after the read began): the caller reads it again.
+    pub(crate) async fn verify<T: Row>(
+        &self,
+        store: &Store,
+        r: &AnyRow,
+        read_at: i64,
+    ) -> Result<Option<Stored<T>>, StoreError> {
         self.check_alarm()?;
         let ring = self.ring()?;
         let (stored, key) = match self.authenticate::<T>(&ring, r) {
             Ok(x) => x,
             Err(e) => return Err(self.reported(e)),
         };
-        let mut check = self.check_version(T::TABLE, &key, stored.version);
+        let mut check = self.check_version(T::TABLE, &key, stored.version, read_at);
         if matches!(check, VersionCheck::Unknown) {
             self.catch_up(store).await?;
-            check = self.check_version(T::TABLE, &key, stored.version);
+            check = self.check_version(T::TABLE, &key, stored.version, read_at);
+            if matches!(check, VersionCheck::Unknown)
+                && read(&self.view)
+                    .rows
+                    .get(&(T::TABLE, key.clone()))
+                    .is_some_and(|s| s.seq > read_at)
+            {
+                return Ok(None);
+            }
         }
         match self.version_violation::<T>(&key, stored.version, &check) {
-            None => Ok(stored),
+            None => Ok(Some(stored)),
             Some(v) => Err(self.reported(match v.kind {
                 ViolationKind::Integrity => StoreError::Integrity(v),
                 _ => StoreError::Rollback(v),
             })),
         }
-    }
-
-    /// Like [`Integrity::verify`] for many rows: those that fail are reported and left out, so
-    /// the rows that verify are still served.
-    pub(crate) async fn verify_all<T: Row>(
-        &self,
-        store: &Store,
-        rows: &[AnyRow],
-    ) -> Result<Vec<Stored<T>>, StoreError> {
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            match self.verify::<T>(store, r).await {
-                Ok(s) => out.push(s),
-                Err(StoreError::Integrity(_) | StoreError::Rollback(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.check_alarm()?;
-        Ok(out)
     }
 
     /// Reports an integrity error (passes others through).
@@ -473,8 +483,39 @@ impl Integrity {
     }
 
     /// A row whose primary key the state log knows but which is not there: deleted by someone
-    /// else (a `row_rollback`), or `None` if the log does not have it (it does not exist).
-    pub(crate) fn missing<T: Row>(&self, key: &str) -> Option<StoreError> {
+    /// else (a `row_rollback`), or `None` if the log does not have it (it does not exist) or it
+    /// was written only after the read that missed it began (the read began at `read_at`).
+    /// Reads new log entries first (a deletion by another replica is no rollback).
+    pub(crate) async fn missing<T: Row>(
+        &self,
+        store: &Store,
+        key: &str,
+        read_at: i64,
+    ) -> Result<Option<StoreError>, StoreError> {
+        if !T::TABLE.tracked() {
+            return Ok(None);
+        }
+        let known = |v: &LogView| v.rows.get(&(T::TABLE, key.to_owned())).copied();
+        if known(&read(&self.view)).is_none_or(|s| s.deleted) {
+            return Ok(None);
+        }
+        self.catch_up(store).await?;
+        let Some(seen) = known(&read(&self.view)).filter(|s| !s.deleted && s.seq <= read_at) else {
+            return Ok(None);
+        };
+        let v = self.violation::<T>(
+            key,
+            ViolationKind::Rollback,
+            format!(
+                "kmsd wrote version {} of it, but it is gone (deleted by someone else)",
+                seen.version
+            ),
+        );
+        Ok(Some(self.reported(StoreError::Rollback(v))))
+    }
+
+    /// The same, inside a write transaction (whose view is the database's state).
+    pub(crate) fn missing_in_tx<T: Row>(&self, key: &str) -> Option<StoreError> {
         if !T::TABLE.tracked() {
             return None;
         }
@@ -592,6 +633,7 @@ impl Integrity {
                 Seen {
                     version: entry.version,
                     deleted: entry.op == StateOp::Delete,
+                    seq,
                 },
             ));
             last_version = entry.version;
@@ -633,12 +675,15 @@ impl Integrity {
         self.catch_up(store).await?;
         let mut found = Vec::new();
         let mut present: std::collections::HashSet<(Table, String)> = std::collections::HashSet::new();
+        let mut read_at: HashMap<Table, i64> = HashMap::new();
         for table in Table::ALL {
+            let at = self.read_at();
+            read_at.insert(table, at);
             let rows = sqlx::query(&format!("SELECT * FROM {}", table.name()))
                 .fetch_all(&store.pool)
                 .await?;
             for r in &rows {
-                match scan_one(self, store, table, r).await {
+                match scan_one(self, store, table, r, at).await {
                     Ok(key) => {
                         present.insert((table, key));
                     }
@@ -650,10 +695,13 @@ impl Integrity {
                 }
             }
         }
+        // Rows kmsd wrote that are gone: known before their table was read, and not deleted
+        // since (by any replica).
+        self.catch_up(store).await?;
         let expected: Vec<((Table, String), Seen)> = read(&self.view)
             .rows
             .iter()
-            .filter(|(_, s)| !s.deleted)
+            .filter(|((t, _), s)| !s.deleted && read_at.get(t).is_some_and(|at| s.seq <= *at))
             .map(|(k, s)| (k.clone(), *s))
             .collect();
         for ((table, key), seen) in expected {
@@ -675,12 +723,19 @@ impl Integrity {
     }
 }
 
-/// Checks one row of `table` during a scan; the row's key if it verifies.
-async fn scan_one(i: &Integrity, store: &Store, table: Table, r: &AnyRow) -> Result<String, StoreError> {
+/// Checks one row of `table` during a scan; the row's key if it verifies (or was written anew
+/// while the scan read it).
+async fn scan_one(i: &Integrity, store: &Store, table: Table, r: &AnyRow, read_at: i64) -> Result<String, StoreError> {
     use super::tables::*;
     macro_rules! check {
         ($t:ty) => {
-            i.verify::<$t>(store, r).await.map(|s| s.row.key())
+            match i.verify::<$t>(store, r, read_at).await? {
+                Some(s) => Ok(s.row.key()),
+                None => Ok(row::key_of(&row::read_values(
+                    r,
+                    &<$t as Row>::COLUMNS[..<$t as Row>::KEY],
+                )?)),
+            }
         };
     }
     match table {
@@ -880,7 +935,7 @@ impl Tx {
                 if self.written.get(&(T::TABLE, k.clone())).is_some_and(|s| s.deleted) {
                     return Ok(None);
                 }
-                match self.store.integrity.missing::<T>(&k) {
+                match self.store.integrity.missing_in_tx::<T>(&k) {
                     Some(e) => Err(e),
                     None => Ok(None),
                 }
@@ -898,7 +953,8 @@ impl Tx {
             Some(s) if s.deleted => VersionCheck::Deleted(s.version),
             Some(s) if s.version == stored.version => VersionCheck::Current,
             Some(s) => VersionCheck::Older(s.version),
-            None => i.check_version(T::TABLE, &key, stored.version),
+            // The transaction holds the state lock: the view is the database's state.
+            None => i.check_version(T::TABLE, &key, stored.version, i64::MAX),
         };
         match i.version_violation::<T>(&key, stored.version, &check) {
             None => Ok(stored),
@@ -918,14 +974,16 @@ impl Tx {
 
     fn record<T: Row>(&mut self, key: String, op: StateOp) {
         if T::TABLE.tracked() {
+            self.entries.push((T::TABLE, key.clone(), op));
             self.written.insert(
-                (T::TABLE, key.clone()),
+                (T::TABLE, key),
                 Seen {
                     version: self.version,
                     deleted: op == StateOp::Delete,
+                    // Its log position, once committed.
+                    seq: self.start.seq + i64::try_from(self.entries.len()).unwrap_or(i64::MAX),
                 },
             );
-            self.entries.push((T::TABLE, key, op));
         }
     }
 

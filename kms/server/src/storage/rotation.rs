@@ -294,15 +294,14 @@ impl Store {
                     )
                 }
             };
-            let sql = row::select::<T>(&rest);
-            let mut q = sqlx::query(&sql);
-            for b in &binds {
-                q = row::bind(q, b);
-            }
-            let rows = q.fetch_all(&self.pool).await?;
+            let rows = self.fetch::<T>(&row::select::<T>(&rest), &binds).await?;
             let Some(last) = rows.last() else { break };
-            after = Some(row::read_values(last, &T::COLUMNS[..T::KEY])?);
-            let verified = self.integrity.verify_all::<T>(self, &rows).await?;
+            after = Some(match last {
+                Ok(s) => s.row.to_values()[..T::KEY].to_vec(),
+                Err(StoreError::Integrity(v) | StoreError::Rollback(v)) => key_values::<T>(&v.key)?,
+                Err(_) => break,
+            });
+            let verified: Vec<_> = rows.into_iter().filter_map(Result::ok).collect();
             let mut tx = self.pool.begin().await?;
             for r in &verified {
                 if reauthenticate::<T>(&mut tx, &ring, r).await? {
@@ -457,6 +456,27 @@ impl Store {
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// A primary key's values back from its canonical text (for paging past a row that does not
+/// verify).
+fn key_values<T: Row>(key: &str) -> Result<Vec<Value>, StoreError> {
+    let parts: Vec<String> =
+        serde_json::from_str(key).map_err(|_| StoreError::Refused(Refusal::Internal("unreadable row key")))?;
+    T::COLUMNS[..T::KEY]
+        .iter()
+        .zip(parts)
+        .map(|(c, p)| match c.kind {
+            row::Kind::Int => p
+                .parse::<i64>()
+                .map(Value::int)
+                .map_err(|_| StoreError::Refused(Refusal::Internal("unreadable row key"))),
+            row::Kind::Text => Ok(Value::text(p)),
+            row::Kind::Bytes => hex::decode(p)
+                .map(Value::bytes)
+                .map_err(|_| StoreError::Refused(Refusal::Internal("unreadable row key"))),
+        })
+        .collect()
 }
 
 /// `ORDER BY` of a table's primary key.
