@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 pub use attestation::snp::danger::test_chain::{KeySet, TestChain, TestChainOptions, TestReport};
 pub use attestation::snp::{Product, Signer, Tcb};
 
-use crate::{signed, Pki, Reachable, TestServer};
+use crate::{signed, Pki, Reachable};
 
 /// A synthetic SNP platform: a test chain (ARK → ASK → VCEK, or ASVK → VLEK) whose root files
 /// the server is configured with.
@@ -160,7 +160,7 @@ pub struct Workload {
 }
 
 impl Workload {
-    pub async fn new(server: &TestServer, pki: &Pki, principal: &str) -> Self {
+    pub async fn new(server: &impl Reachable, pki: &Pki, principal: &str) -> Self {
         let channel = server.channel(pki.client(principal)).await.unwrap();
         Self {
             attestation: AttestationServiceClient::new(channel.clone()),

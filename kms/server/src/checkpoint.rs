@@ -240,6 +240,18 @@ async fn signing_key(store: &Store, root: &dyn RootOfTrust) -> Result<Signer, Ap
 pub struct Checkpoints {
     store: Store,
     last: tokio::sync::Mutex<Option<Checkpoint>>,
+    keys: tokio::sync::Mutex<KnownKeys>,
+}
+
+/// The checkpoint keys this process has verified against the seal: the signer of the current
+/// root generation and every key seen vouched for since the process started. Kept in memory, so
+/// a key row changed in the database afterwards neither stops the server from signing nor makes
+/// its own earlier checkpoints look forged.
+#[derive(Default)]
+struct KnownKeys {
+    generation: u64,
+    signer: Option<Signer>,
+    known: Vec<CheckpointKey>,
 }
 
 impl std::fmt::Debug for Checkpoints {
@@ -261,6 +273,7 @@ impl Checkpoints {
         Arc::new(Self {
             store,
             last: tokio::sync::Mutex::new(None),
+            keys: tokio::sync::Mutex::new(KnownKeys::default()),
         })
     }
 
@@ -293,19 +306,43 @@ impl Checkpoints {
         self.store.integrity().catch_up(&self.store).await?;
         let state = self.store.integrity().head();
         let (head_seq, head_hash) = self.store.audit_head().await?;
-        let signer = signing_key(&self.store, root).await?;
-        let keys: Vec<CheckpointKey> = {
+        let mut known = self.keys.lock().await;
+        if known.signer.is_none() || known.generation != root.generation() {
+            let signer = signing_key(&self.store, root).await?;
             let hsm = hsm_key(root)?.map(|h| h.key);
             let rows = self.store.checkpoint_keys().await?;
-            trusted_rows(&rows, root, hsm.as_ref())
+            let mut keys: Vec<CheckpointKey> = trusted_rows(&rows, root, hsm.as_ref())
                 .into_iter()
                 .map(|(_, t)| t.key().clone())
-                .collect()
-        };
+                .collect();
+            keys.push(signer.key().clone());
+            for k in keys {
+                if !known.known.contains(&k) {
+                    known.known.push(k);
+                }
+            }
+            known.signer = Some(signer);
+            known.generation = root.generation();
+        }
+        let keys = &known.known;
         let stored = match &*last {
             Some(l) => self.store.checkpoints_from(l.seq).await?,
             None => self.store.checkpoints_tail(TAIL).await?,
         };
+        // A key another replica started using (or a new generation's): vouched for by the seal?
+        if stored.iter().any(|(c, _)| !keys.iter().any(|k| k.kid() == c.kid)) {
+            let hsm = hsm_key(root)?.map(|h| h.key);
+            let rows = self.store.checkpoint_keys().await?;
+            for (_, t) in trusted_rows(&rows, root, hsm.as_ref()) {
+                if !known.known.contains(t.key()) {
+                    known.known.push(t.key().clone());
+                }
+            }
+        }
+        let Some(signer) = known.signer.as_ref() else {
+            return Err(ApiError::internal("checkpoint_key", "no checkpoint signing key"));
+        };
+        let keys = &known.known;
         let mut valid: Vec<Checkpoint> = Vec::new();
         for (c, sig) in stored {
             match keys.iter().find(|k| k.kid() == c.kid).map(|k| k.verify(&c, &sig)) {

@@ -578,9 +578,9 @@ impl Config {
             return Err(ConfigError("admin.max_clock_skew_secs must be at most 600".into()));
         }
         let init_admins = file.admin.init_admins.as_deref().map(check_init_admins).transpose()?;
-        if !(10..=86_400).contains(&file.integrity.scan_interval_secs) {
+        if !(1..=86_400).contains(&file.integrity.scan_interval_secs) {
             return Err(ConfigError(
-                "integrity.scan_interval_secs must be between 10 and 86400".into(),
+                "integrity.scan_interval_secs must be between 1 and 86400".into(),
             ));
         }
         if !(60..=30 * 86_400).contains(&file.admin.proposal_ttl_secs) {

@@ -340,6 +340,13 @@ impl Integrity {
         ))
     }
 
+    fn forget_reported(&self, table: &'static str, key: &str) {
+        let mut seen = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        if !seen.is_empty() {
+            seen.retain(|(t, k, _), _| !(*t == table && k == key));
+        }
+    }
+
     fn violation<T: Row>(&self, key: &str, kind: ViolationKind, detail: impl Into<String>) -> Violation {
         Violation {
             table: T::TABLE.name(),
@@ -685,6 +692,9 @@ impl Integrity {
             for r in &rows {
                 match scan_one(self, store, table, r, at).await {
                     Ok(key) => {
+                        // A row that verifies again ends its incident: a new one is reported
+                        // at once.
+                        self.forget_reported(table.name(), &key);
                         present.insert((table, key));
                     }
                     Err(StoreError::Integrity(v) | StoreError::Rollback(v)) => {

@@ -1,0 +1,1070 @@
+//! The database is hostile (docs/threat-model.md, adversary 1): a real `kmsd` process (shamir
+//! seal, mTLS) on SQLite and PostgreSQL, and an attacker who runs SQL against its database and
+//! holds no admin key, no TPM and no HSM. Every row `kmsd` acts on is authenticated, and every
+//! tracked row's version is in the state log, so:
+//!
+//! - the tamper matrix, over every authenticated table: a forged row inserted, a row given
+//!   another row's authenticator, each column of a row changed, a row deleted — each is refused
+//!   (`row_integrity`, or `row_rollback` for the deletion), written to the audit log, and the
+//!   rows that verify keep being served;
+//! - the attacks of issue 10, each played against the running server: an inserted admin, a
+//!   replaced admin key, widened grants, a deletion time moved into the past, a TPM AK name
+//!   replaced by one that was never credential-activated, a proposal's stored operation changed
+//!   after approval, and older genuine rows put back (a revoked machine active again, a removed
+//!   admin restored, an earlier policy, an earlier quorum) — refused, audited, nothing released.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use attestation::attester::tpm::{AkKey, AkScheme, EkKind, Tpm};
+use kms_core::keyfile::AdminKeyFile;
+use kms_proto::v1 as pb;
+use kms_proto::v1::admin_request::Operation as Op;
+use kms_proto::v1::admin_service_client::AdminServiceClient;
+use kms_tests::attest::*;
+use kms_tests::swtpm::*;
+use kms_tests::*;
+use sqlx::Row as _;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const APP: &str = "spiffe://eu.example/app";
+const MALLORY: &str = "spiffe://eu.example/mallory";
+
+/// The authenticated tables and their primary keys.
+const TABLES: &[(&str, &[&str])] = &[
+    ("seal_config", &["id"]),
+    ("root_generations", &["generation"]),
+    ("root_shares", &["generation", "admin_id"]),
+    ("admins", &["id"]),
+    ("keys", &["id"]),
+    ("key_versions", &["key_id", "version"]),
+    ("release_policies", &["key_id", "version"]),
+    ("hardware", &["id"]),
+    ("tpm_enrollments", &["id"]),
+    ("proposals", &["id"]),
+    ("approvals", &["proposal_id", "admin_id"]),
+    ("rejections", &["proposal_id", "admin_id"]),
+    ("token_keys", &["version"]),
+    ("checkpoint_keys", &["kid"]),
+    ("replicas", &["id"]),
+    ("tpm_clocks", &["ak_name"]),
+];
+
+const AUTH: [&str; 3] = ["row_version", "row_generation", "row_mac"];
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Int,
+    Text,
+    Bytes,
+}
+
+/// A kmsd process under attack, with a machine of each kind enrolled and keys in use.
+struct Lab {
+    backend: Backend,
+    db: Db,
+    pki: Pki,
+    kmsd: KmsdProcess,
+    admin: AdminServiceClient<Channel>,
+    custodians: Vec<AdminKeyFile>,
+    snp: SnpLab,
+    swtpm: Swtpm,
+    _dir: tempfile::TempDir,
+}
+
+impl Lab {
+    async fn start(backend: Backend) -> Option<Self> {
+        let db = Db::new(backend).await?;
+        let pki = Pki::new();
+        let snp = SnpLab::new();
+        let swtpm = Swtpm::start();
+        let dir = tempfile::tempdir().unwrap();
+        let custodians = vec![admin("alice", "DE"), admin("bob", "FR"), admin("carol", "NL")];
+        let roots = snp
+            .roots()
+            .iter()
+            .map(|r| {
+                format!(
+                    "[[danger.snp_test_roots]]\nproduct = \"{}\"\nsigner = \"{}\"\nark = \"{}\"\nask = \"{}\"\n",
+                    r.product,
+                    r.signer,
+                    r.ark.display(),
+                    r.ask.display()
+                )
+            })
+            .collect::<String>();
+        let pinned = fingerprints(&custodians)
+            .iter()
+            .map(|f| format!("\"{f}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Every row checked each second; key metadata read from the database at every call.
+        let extra = format!(
+            "[admin]\ninit_admins = [{pinned}]\n[integrity]\nscan_interval_secs = 1\n[keys]\ncache_ttl_ms = 0\n\
+             [audit]\ncheckpoint_interval_secs = 1\n[attestation]\ntpm_ek_ca_bundle = \"{}\"\n{roots}",
+            swtpm.ca_bundle_path().display()
+        );
+        let kmsd = KmsdProcess::start(&db, &pki, &extra).await;
+        let mut admin_c = kmsd.admin(&pki).await;
+        let status = init(
+            &mut admin_c,
+            &custodians[0],
+            pb::InitOp {
+                seal: pb::SealKind::Shamir as i32,
+                threshold: 2,
+                admins: custodians.iter().map(|c| new_admin(c, true)).collect(),
+                approval_quorum: 1,
+            },
+        )
+        .await
+        .unwrap();
+        assert!(!status.sealed);
+        Some(Self {
+            backend,
+            db,
+            pki,
+            kmsd,
+            admin: admin_c,
+            custodians,
+            snp,
+            swtpm,
+            _dir: dir,
+        })
+    }
+
+    fn alice(&self) -> &AdminKeyFile {
+        &self.custodians[0]
+    }
+
+    /// The attacker's connection: with foreign keys not enforced (the operator of the database
+    /// can drop them; SQLite just turns them off).
+    async fn attacker(&self) -> sqlx::AnyConnection {
+        let mut conn = self.db.connect().await;
+        if self.backend == Backend::Sqlite {
+            sqlx::query("PRAGMA foreign_keys = OFF")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        conn
+    }
+
+    /// Drops every foreign key of the schema (PostgreSQL: the tables' owner can).
+    async fn drop_foreign_keys(&self) {
+        if self.backend != Backend::Postgres {
+            return;
+        }
+        let mut conn = self.db.connect().await;
+        let fks: Vec<(String, String)> = sqlx::query(
+            "SELECT table_name::text AS t, constraint_name::text AS c FROM information_schema.table_constraints \
+             WHERE constraint_type = 'FOREIGN KEY' AND table_schema = current_schema()",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get("t"), r.get("c")))
+        .collect();
+        for (t, c) in fks {
+            self.sql(&format!("ALTER TABLE {t} DROP CONSTRAINT {c}")).await;
+        }
+    }
+
+    async fn sql(&self, sql: &str) {
+        let mut conn = self.attacker().await;
+        sqlx::query(sql)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    async fn sql_all(&self, statements: &[String]) {
+        let mut conn = self.attacker().await;
+        for sql in statements {
+            sqlx::query(sql)
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    }
+
+    async fn create_key(&self, name: &str, principals: &[&str], policy: &str) -> pb::KeyMetadata {
+        self.admin
+            .clone()
+            .create_key(signed(
+                self.alice(),
+                Op::CreateKey(pb::CreateKeyOp {
+                    name: name.into(),
+                    grants: grants_all(principals),
+                    release_policy: policy.into(),
+                    ..Default::default()
+                }),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn encrypt(&self, principal: &str, key: &str) -> Result<Vec<u8>, tonic::Status> {
+        self.kmsd
+            .data(&self.pki, principal)
+            .await
+            .encrypt(pb::EncryptRequest {
+                key: key.into(),
+                plaintext: b"payroll 2026".to_vec(),
+                encryption_context: Default::default(),
+            })
+            .await
+            .map(|r| r.into_inner().ciphertext_blob)
+    }
+
+    async fn decrypt(&self, principal: &str, blob: &[u8]) -> Result<Vec<u8>, tonic::Status> {
+        self.kmsd
+            .data(&self.pki, principal)
+            .await
+            .decrypt(pb::DecryptRequest {
+                ciphertext_blob: blob.to_vec(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().plaintext)
+    }
+
+    async fn audit_seq(&self) -> i64 {
+        let mut conn = self.db.connect().await;
+        sqlx::query("SELECT seq FROM audit_head WHERE id = 1")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .get("seq")
+    }
+
+    /// The integrity violations audited after `after`: (table, row, reason).
+    async fn violations(&self, after: i64) -> BTreeSet<(String, String, String)> {
+        let mut conn = self.db.connect().await;
+        sqlx::query("SELECT reason, detail FROM audit_log WHERE operation = 'integrity.violation' AND seq > $1")
+            .bind(after)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let d: serde_json::Value = serde_json::from_str(&r.get::<String, _>("detail")).unwrap();
+                (
+                    d["table"].as_str().unwrap().to_owned(),
+                    d["row"].as_str().unwrap().to_owned(),
+                    r.get::<String, _>("reason"),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until every `(table, row, reason)` of `expected` is audited after `after`.
+    async fn expect_violations(&self, after: i64, expected: &BTreeSet<(String, String, String)>) {
+        let mut found = BTreeSet::new();
+        for _ in 0..150 {
+            found = self.violations(after).await;
+            if expected.is_subset(&found) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let missing: Vec<_> = expected.difference(&found).collect();
+        panic!("not audited: {missing:?}\naudited: {found:?}");
+    }
+
+    /// Every column of `table`, in schema order, with its kind.
+    async fn columns(&self, table: &str) -> Vec<(String, Kind)> {
+        let mut conn = self.db.connect().await;
+        let rows = match self.backend {
+            Backend::Sqlite => sqlx::query(&format!(
+                "SELECT name, type FROM pragma_table_info('{table}') ORDER BY cid"
+            ))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap(),
+            Backend::Postgres => sqlx::query(
+                "SELECT column_name::text AS name, data_type::text AS type FROM information_schema.columns \
+                 WHERE table_name = $1 AND table_schema = current_schema() ORDER BY ordinal_position",
+            )
+            .bind(table)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap(),
+        };
+        rows.iter()
+            .map(|r| {
+                let t: String = r.get("type");
+                let kind = match t.to_ascii_lowercase().as_str() {
+                    "integer" | "bigint" => Kind::Int,
+                    "text" => Kind::Text,
+                    "blob" | "bytea" => Kind::Bytes,
+                    other => panic!("{table}: column type {other}"),
+                };
+                (r.get("name"), kind)
+            })
+            .collect()
+    }
+
+    /// The primary keys (as text, in key-column order) of `table`'s rows.
+    async fn keys(&self, table: &str, pk: &[&str]) -> Vec<Vec<String>> {
+        let mut conn = self.db.connect().await;
+        let cols: Vec<String> = pk.iter().map(|c| format!("CAST({c} AS TEXT) AS {c}")).collect();
+        sqlx::query(&format!(
+            "SELECT {} FROM {table} ORDER BY {}",
+            cols.join(", "),
+            pk.join(", ")
+        ))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| pk.iter().map(|c| r.get::<String, _>(*c)).collect())
+        .collect()
+    }
+
+    fn bytes_append(&self, col: &str) -> String {
+        match self.backend {
+            Backend::Sqlite => format!("CAST(COALESCE({col}, x'') || x'00' AS BLOB)"),
+            Backend::Postgres => format!("COALESCE({col}, '\\x'::bytea) || '\\x00'::bytea"),
+        }
+    }
+
+    /// `col` changed to another value of its kind.
+    fn changed(&self, col: &str, kind: Kind) -> String {
+        match kind {
+            Kind::Int => format!("COALESCE({col}, 0) + 1"),
+            Kind::Text => format!("COALESCE({col}, '') || 'x'"),
+            Kind::Bytes => self.bytes_append(col),
+        }
+    }
+}
+
+fn where_key(pk: &[&str], key: &[String]) -> String {
+    pk.iter()
+        .zip(key)
+        .map(|(c, v)| format!("CAST({c} AS TEXT) = '{}'", v.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+fn row_key(key: &[String]) -> String {
+    serde_json::to_string(key).unwrap()
+}
+
+fn violation(table: &str, key: &[String], reason: &str) -> (String, String, String) {
+    (table.to_owned(), row_key(key), reason.to_owned())
+}
+
+/// Fills every authenticated table with at least one row (two where the table can hold more):
+/// keys, an SNP and a TPM machine (a TPM attestation writes its clock), a pending proposal
+/// withdrawn by its proposer (a rejection) with the quorum at 2 for it, and back to 1.
+async fn populate(lab: &mut Lab) -> (pb::KeyMetadata, Vec<u8>) {
+    let kept = lab.create_key("kept", &[APP], UNATTESTED).await;
+    lab.create_key("second", &[APP], UNATTESTED).await;
+    let blob = lab.encrypt(APP, "kept").await.unwrap();
+    let mut admin_c = lab.admin.clone();
+    enroll_snp(
+        &mut admin_c,
+        lab.alice(),
+        lab.snp.evidence(&lab.snp.report()),
+        "DE",
+        false,
+    )
+    .await
+    .unwrap();
+    let mut w = Workload::new(&lab.kmsd, &lab.pki, APP).await;
+    let (ak, _) = enroll_tpm(lab, &mut w).await;
+    attest_tpm(&mut w, &lab.swtpm, &ak).await.unwrap();
+    // A second, unused credential-activation attempt.
+    let ek = Tpm::open(&lab.swtpm.tcti())
+        .unwrap()
+        .ek_certificate(EkKind::Rsa2048)
+        .unwrap();
+    w.attestation
+        .begin_tpm_enrollment(pb::BeginTpmEnrollmentRequest {
+            ek_certificate: ek,
+            ek_intermediates: Vec::new(),
+            ak_public: ak.public.clone(),
+        })
+        .await
+        .unwrap();
+    // Proposals, approvals and a rejection: M raised to 2, a proposal withdrawn by its proposer,
+    // another approved (M back to 1).
+    lab.admin.propose(signed_quorum(lab.alice(), 2)).await.unwrap();
+    let withdrawn = lab
+        .admin
+        .propose(signed_quorum(lab.alice(), 3))
+        .await
+        .unwrap()
+        .into_inner();
+    lab.admin
+        .reject(signed(
+            lab.alice(),
+            Op::Reject(pb::RejectOp {
+                proposal_id: withdrawn.id,
+                reason: "not now".into(),
+            }),
+        ))
+        .await
+        .unwrap();
+    let p = lab
+        .admin
+        .propose(signed_quorum(lab.alice(), 1))
+        .await
+        .unwrap()
+        .into_inner();
+    lab.admin.approve(approve(&lab.custodians[1], &p)).await.unwrap();
+    // A checkpoint key, token keys: made by the server on first use.
+    lab.admin
+        .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest {})
+        .await
+        .unwrap();
+    (kept, blob)
+}
+
+fn signed_quorum(by: &AdminKeyFile, m: u32) -> pb::SignedRequest {
+    signed(
+        by,
+        Op::Propose(pb::ProposeOp {
+            operation: op_bytes(pb::quorum_operation::Operation::SetQuorum(pb::SetQuorumOp {
+                approval_quorum: m,
+            })),
+            ttl_secs: 0,
+        }),
+    )
+}
+
+/// Enrols the lab's software TPM by credential activation; returns its AK and the entry.
+async fn enroll_tpm(lab: &mut Lab, w: &mut Workload) -> (AkKey, pb::Hardware) {
+    let (ek_cert, ak) = {
+        let mut tpm = Tpm::open(&lab.swtpm.tcti()).unwrap();
+        (
+            tpm.ek_certificate(EkKind::Rsa2048).unwrap(),
+            tpm.create_ak(AkScheme::RsaSsa).unwrap(),
+        )
+    };
+    let challenge = w
+        .attestation
+        .begin_tpm_enrollment(pb::BeginTpmEnrollmentRequest {
+            ek_certificate: ek_cert,
+            ek_intermediates: Vec::new(),
+            ak_public: ak.public.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let secret = Tpm::open(&lab.swtpm.tcti())
+        .unwrap()
+        .activate_credential(&ak, EkKind::Rsa2048, &challenge.id_object, &challenge.encrypted_secret)
+        .unwrap();
+    let hw = lab
+        .admin
+        .enroll_hardware(signed(
+            lab.alice(),
+            Op::EnrollHardware(pb::EnrollHardwareOp {
+                country: "AT".into(),
+                site: "VIE-1".into(),
+                operator: "Example Rechenzentrum GmbH".into(),
+                description: "swtpm".into(),
+                identity: Some(pb::enroll_hardware_op::Identity::Tpm(pb::TpmEnrollment {
+                    enrollment_id: challenge.enrollment_id,
+                    activated_secret: secret.to_vec(),
+                    expected_ek_digest: challenge.ek_digest,
+                    expected_ak_name: challenge.ak_name,
+                })),
+            }),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    (ak, hw)
+}
+
+fn tpm_wire(ev: attestation::tpm::TpmEvidence) -> pb::attest_request::Evidence {
+    pb::attest_request::Evidence::Tpm(pb::TpmEvidence {
+        ak_public: ev.ak_public,
+        quote: ev.quote,
+        signature: ev.signature,
+        pcrs: ev
+            .pcrs
+            .iter()
+            .map(|(index, value)| pb::PcrValue {
+                index: u32::from(index),
+                sha256: value.to_vec(),
+            })
+            .collect(),
+    })
+}
+
+async fn attest_tpm(w: &mut Workload, swtpm: &Swtpm, ak: &AkKey) -> Result<pb::AttestResponse, tonic::Status> {
+    let nonce = w.challenge().await;
+    let qd = attestation::binding::tpm_qualifying_data(&nonce, &w.public_key());
+    let ev = Tpm::open(&swtpm.tcti()).unwrap().quote(ak, &qd, &[0, 1, 7]).unwrap();
+    w.attest(nonce, tpm_wire(ev)).await
+}
+
+/// The server still serves what verifies: the untouched key decrypts its blob.
+async fn still_serving(lab: &Lab, blob: &[u8]) {
+    assert_eq!(lab.decrypt(APP, blob).await.unwrap(), b"payroll 2026");
+}
+
+async fn matrix(backend: Backend) {
+    let Some(mut lab) = Lab::start(backend).await else {
+        return;
+    };
+    let (kept, blob) = populate(&mut lab).await;
+    // "kept" is the row served throughout; every other row may be attacked.
+    let spared = |table: &str, key: &[String]| {
+        matches!(table, "keys" | "key_versions" | "release_policies") && key[0] == kept.id
+    };
+    let mut keys = std::collections::BTreeMap::new();
+    for (table, pk) in TABLES {
+        // The replica's heartbeat (every second) and the first checkpoint key come on their own.
+        let mut k = Vec::new();
+        for _ in 0..50 {
+            k = lab.keys(table, pk).await;
+            if !k.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!k.is_empty(), "{table} has no row to attack");
+        keys.insert(*table, k);
+    }
+    lab.drop_foreign_keys().await;
+    let snap = |t: &str| format!("snap_{t}");
+    for (table, _) in TABLES {
+        lab.sql(&format!("CREATE TABLE {} AS SELECT * FROM {table}", snap(table)))
+            .await;
+    }
+    let restore: Vec<String> = TABLES
+        .iter()
+        .flat_map(|(t, _)| {
+            [
+                format!("DELETE FROM {t}"),
+                format!("INSERT INTO {t} SELECT * FROM {}", snap(t)),
+            ]
+        })
+        .collect();
+
+    // 1. A forged row in every table: a copy of a genuine row under a new primary key.
+    let after = lab.audit_seq().await;
+    let mut expected = BTreeSet::new();
+    for (table, pk) in TABLES {
+        let key = keys[table].iter().find(|k| !spared(table, k)).unwrap().clone();
+        let cols = lab.columns(table).await;
+        let last_pk = pk.last().unwrap();
+        let kind = cols.iter().find(|(c, _)| c == last_pk).unwrap().1;
+        let forged_value = match kind {
+            Kind::Int => "999".to_owned(),
+            _ => format!("{}-forged", key.last().unwrap()),
+        };
+        // Unique columns besides the key get another value too (the database would refuse a
+        // duplicate before kmsd ever saw it).
+        let unique = |c: &str| match (*table, c) {
+            ("keys", "name") | ("token_keys", "kid") => Some(format!("{c} || '-forged'")),
+            ("hardware", "status") => Some("'revoked'".to_owned()),
+            _ => None,
+        };
+        let select: Vec<String> = cols
+            .iter()
+            .map(|(c, _)| {
+                if c == last_pk {
+                    match kind {
+                        Kind::Int => "999".to_owned(),
+                        _ => format!("'{forged_value}'"),
+                    }
+                } else {
+                    unique(c).unwrap_or_else(|| c.clone())
+                }
+            })
+            .collect();
+        if *table == "seal_config" {
+            // One row only (id = 1, checked): a forged seal record is the altered one, below.
+            continue;
+        }
+        lab.sql(&format!(
+            "INSERT INTO {table} SELECT {} FROM {table} WHERE {}",
+            select.join(", "),
+            where_key(pk, &key)
+        ))
+        .await;
+        let mut forged_key = key.clone();
+        *forged_key.last_mut().unwrap() = forged_value;
+        expected.insert(violation(table, &forged_key, "row_integrity"));
+    }
+    lab.expect_violations(after, &expected).await;
+    still_serving(&lab, &blob).await;
+    lab.sql_all(&restore).await;
+    // The server reports a row once a minute while it stays altered; a scan that sees it
+    // verify again ends that, so the next round's change of the same row is reported anew.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // 2. A row given another row's authenticator (version, generation and tag).
+    let after = lab.audit_seq().await;
+    let mut expected = BTreeSet::new();
+    for (table, pk) in TABLES {
+        let victim = keys[table].iter().find(|k| !spared(table, k)).unwrap().clone();
+        // The donor: another row of the table, or the seal record for single-row tables.
+        let (donor_table, donor_pk, donor) = match keys[table].iter().find(|k| **k != victim) {
+            Some(d) => (*table, *pk, d.clone()),
+            None => ("keys", &["id"][..], vec![kept.id.clone()]),
+        };
+        for col in AUTH {
+            lab.sql(&format!(
+                "UPDATE {table} SET {col} = (SELECT {col} FROM {donor_table} WHERE {}) WHERE {}",
+                where_key(donor_pk, &donor),
+                where_key(pk, &victim)
+            ))
+            .await;
+        }
+        expected.insert(violation(table, &victim, "row_integrity"));
+    }
+    lab.expect_violations(after, &expected).await;
+    still_serving(&lab, &blob).await;
+    lab.sql_all(&restore).await;
+    // The server reports a row once a minute while it stays altered; a scan that sees it
+    // verify again ends that, so the next round's change of the same row is reported anew.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // 3. Each column of a row changed, column by column (the primary key included: the row is
+    //    then another row with a stolen authenticator).
+    let mut by_table = Vec::new();
+    for (table, pk) in TABLES {
+        let cols: Vec<(String, Kind)> = lab
+            .columns(table)
+            .await
+            .into_iter()
+            .filter(|(c, _)| !AUTH.contains(&c.as_str()))
+            .collect();
+        let victim = keys[table].iter().find(|k| !spared(table, k)).unwrap().clone();
+        by_table.push((*table, *pk, cols, victim));
+    }
+    let rounds = by_table.iter().map(|(_, _, c, _)| c.len()).max().unwrap();
+    for round in 0..rounds {
+        let after = lab.audit_seq().await;
+        let mut expected = BTreeSet::new();
+        for (table, pk, cols, victim) in &by_table {
+            let Some((col, kind)) = cols.get(round) else { continue };
+            if *table == "seal_config" && col == "id" {
+                // CHECK (id = 1): the database refuses another id.
+                continue;
+            }
+            lab.sql(&format!(
+                "UPDATE {table} SET {col} = {} WHERE {}",
+                lab.changed(col, *kind),
+                where_key(pk, victim)
+            ))
+            .await;
+            let mut key = victim.clone();
+            if let Some(i) = pk.iter().position(|p| p == col) {
+                // The key column changed: the row now goes by its new key.
+                key[i] = match kind {
+                    Kind::Int => (key[i].parse::<i64>().unwrap() + 1).to_string(),
+                    _ => format!("{}x", key[i]),
+                };
+            }
+            expected.insert(violation(table, &key, "row_integrity"));
+        }
+        lab.expect_violations(after, &expected).await;
+        still_serving(&lab, &blob).await;
+        lab.sql_all(&restore).await;
+        // The server reports a row once a minute while it stays altered; a scan that sees it
+        // verify again ends that, so the next round's change of the same row is reported anew.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+
+    // 4. A row deleted: gone, though the state log says kmsd wrote it.
+    let after = lab.audit_seq().await;
+    let mut expected = BTreeSet::new();
+    for (table, pk) in TABLES {
+        if matches!(*table, "replicas" | "tpm_clocks" | "seal_config") {
+            // Untracked rows (a replica forgets itself; a clock is rewritten at will); the seal
+            // record's deletion is noticed when the seal opens.
+            continue;
+        }
+        let victim = keys[table].iter().find(|k| !spared(table, k)).unwrap().clone();
+        lab.sql(&format!("DELETE FROM {table} WHERE {}", where_key(pk, &victim)))
+            .await;
+        expected.insert(violation(table, &victim, "row_rollback"));
+    }
+    lab.expect_violations(after, &expected).await;
+    still_serving(&lab, &blob).await;
+    lab.sql_all(&restore).await;
+    // The server reports a row once a minute while it stays altered; a scan that sees it
+    // verify again ends that, so the next round's change of the same row is reported anew.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Restored genuine rows verify again; the data plane never stopped.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = lab.audit_seq().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        lab.violations(after).await.is_empty(),
+        "the restored database still fails"
+    );
+    still_serving(&lab, &blob).await;
+}
+both_backends!(tamper_matrix, super::matrix);
+
+async fn attacks(backend: Backend) {
+    let Some(mut lab) = Lab::start(backend).await else {
+        return;
+    };
+    lab.drop_foreign_keys().await;
+    lab.create_key("kept", &[APP], UNATTESTED).await;
+    let blob = lab.encrypt(APP, "kept").await.unwrap();
+    lab.create_key("payroll", &[APP], UNATTESTED).await;
+    let secret = lab.encrypt(APP, "payroll").await.unwrap();
+    let alice = lab.alice().admin_id.to_string();
+
+    // (1) An admin inserted: a copy of alice's row with the attacker's keys. Requests signed
+    //     with those keys are refused; nothing is done.
+    let mallory = admin("mallory", "DE");
+    let m = new_admin(&mallory, true);
+    lab.sql(&format!(
+        "INSERT INTO admins SELECT 'mallory', country, {}, {}, custodian, created_unix_ms, removed_unix_ms, removed_by, \
+         row_version, row_generation, row_mac FROM admins WHERE id = '{alice}'",
+        hex_literal(lab.backend, &m.signing_public_key),
+        hex_literal(lab.backend, &m.encryption_public_key),
+    ))
+    .await;
+    register_deployment([&mallory], &deployment_of(lab.alice()));
+    let refused = lab
+        .admin
+        .list_keys(signed(&mallory, Op::ListKeys(pb::ListKeysOp::default())))
+        .await;
+    assert_refused(refused, Code::FailedPrecondition, "row_integrity");
+    assert_refused(
+        lab.admin.propose(signed_quorum(&mallory, 1)).await,
+        Code::FailedPrecondition,
+        "row_integrity",
+    );
+    assert_audited(&lab.db, "admin.list_keys", "row_integrity").await;
+    lab.sql("DELETE FROM admins WHERE id = 'mallory'").await;
+
+    // (2) alice's signing key replaced by the attacker's: the attacker cannot sign as alice,
+    //     and alice's own requests are refused until an operator restores the row.
+    let as_alice = admin("alice", "DE");
+    register_deployment([&as_alice], &deployment_of(lab.alice()));
+    lab.sql(&format!(
+        "CREATE TABLE alice_row AS SELECT * FROM admins WHERE id = '{alice}'"
+    ))
+    .await;
+    lab.sql(&format!(
+        "UPDATE admins SET signing_public_key = {} WHERE id = '{alice}'",
+        hex_literal(lab.backend, &new_admin(&as_alice, true).signing_public_key)
+    ))
+    .await;
+    assert_refused(
+        lab.admin
+            .list_keys(signed(&as_alice, Op::ListKeys(pb::ListKeysOp::default())))
+            .await,
+        Code::FailedPrecondition,
+        "row_integrity",
+    );
+    lab.sql(&format!("DELETE FROM admins WHERE id = '{alice}'")).await;
+    lab.sql("INSERT INTO admins SELECT * FROM alice_row").await;
+    // (The harness's registry now names the attacker's key for alice: the genuine one again.)
+    register_deployment([lab.alice()], &deployment_of(lab.alice()));
+    lab.admin
+        .list_keys(signed(lab.alice(), Op::ListKeys(pb::ListKeysOp::default())))
+        .await
+        .unwrap();
+
+    // (3) A key's grants widened to the attacker's principal, its state and its deletion time
+    //     changed: nothing is released to anyone from that row; the other key serves on.
+    lab.sql("CREATE TABLE payroll_row AS SELECT * FROM keys WHERE name = 'payroll'")
+        .await;
+    let grants_column: String = {
+        let mut conn = lab.db.connect().await;
+        sqlx::query("SELECT grants FROM keys WHERE name = 'payroll'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+            .get("grants")
+    };
+    assert!(grants_column.contains(APP), "{grants_column}");
+    let with_mallory = grants_column.replacen(APP, MALLORY, 1);
+    lab.sql(&format!(
+        "UPDATE keys SET grants = '{}' WHERE name = 'payroll'",
+        with_mallory.replace('\'', "''")
+    ))
+    .await;
+    assert_refused(
+        lab.kmsd
+            .data(&lab.pki, MALLORY)
+            .await
+            .decrypt(pb::DecryptRequest {
+                ciphertext_blob: secret.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::FailedPrecondition,
+        "row_integrity",
+    );
+    assert_audited(&lab.db, "decrypt", "row_integrity").await;
+    still_serving(&lab, &blob).await;
+    for tamper in [
+        "UPDATE keys SET state = 'pending_deletion', deletion_unix_ms = 1 WHERE name = 'payroll'",
+        "UPDATE keys SET latest_version = 7 WHERE name = 'payroll'",
+        "UPDATE keys SET release_policy = '{\"version\":1,\"attestation\":\"none\",\"x\":1}' WHERE name = 'payroll'",
+        "UPDATE keys SET release_policy_version = 9 WHERE name = 'payroll'",
+    ] {
+        lab.sql("DELETE FROM keys WHERE name = 'payroll'").await;
+        lab.sql("INSERT INTO keys SELECT * FROM payroll_row").await;
+        lab.sql(tamper).await;
+        assert_status(
+            lab.decrypt(APP, &secret).await,
+            Code::FailedPrecondition,
+            "row_integrity",
+        );
+        still_serving(&lab, &blob).await;
+    }
+    lab.sql("DELETE FROM keys WHERE name = 'payroll'").await;
+    lab.sql("INSERT INTO keys SELECT * FROM payroll_row").await;
+    assert_eq!(lab.decrypt(APP, &secret).await.unwrap(), b"payroll 2026");
+    // A disabled key re-enabled in its row: still disabled to kmsd.
+    lab.admin
+        .disable_key(signed(
+            lab.alice(),
+            Op::DisableKey(pb::DisableKeyOp { key: "payroll".into() }),
+        ))
+        .await
+        .unwrap();
+    assert_status(
+        lab.decrypt(APP, &secret).await,
+        Code::FailedPrecondition,
+        "key_disabled",
+    );
+    lab.sql("UPDATE keys SET state = 'enabled' WHERE name = 'payroll'")
+        .await;
+    assert_status(
+        lab.decrypt(APP, &secret).await,
+        Code::FailedPrecondition,
+        "row_integrity",
+    );
+    lab.sql("UPDATE keys SET state = 'disabled' WHERE name = 'payroll'")
+        .await;
+    lab.admin
+        .enable_key(signed(
+            lab.alice(),
+            Op::EnableKey(pb::EnableKeyOp { key: "payroll".into() }),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(lab.decrypt(APP, &secret).await.unwrap(), b"payroll 2026");
+
+    // (4) The enrolled TPM machine's AK name replaced by a key of the same TPM that was never
+    //     credential-activated: its quotes get no token (and so no data key).
+    let mut w = Workload::new(&lab.kmsd, &lab.pki, APP).await;
+    let (ak, hw) = enroll_tpm(&mut lab, &mut w).await;
+    attest_tpm(&mut w, &lab.swtpm, &ak).await.unwrap();
+    lab.sql(&format!(
+        "CREATE TABLE hw_genuine AS SELECT * FROM hardware WHERE id = '{}'",
+        hw.id
+    ))
+    .await;
+    let rogue = Tpm::open(&lab.swtpm.tcti())
+        .unwrap()
+        .create_ak(AkScheme::RsaSsa)
+        .unwrap();
+    let rogue_name = rogue.parsed_public().unwrap().name().to_hex();
+    lab.sql(&format!(
+        "UPDATE hardware SET tpm_ak_name = '{rogue_name}' WHERE id = '{}'",
+        hw.id
+    ))
+    .await;
+    assert_status(
+        attest_tpm(&mut w, &lab.swtpm, &rogue).await,
+        Code::FailedPrecondition,
+        "row_integrity",
+    );
+    assert_audited(&lab.db, "attestation.attest", "row_integrity").await;
+    lab.sql(&format!("DELETE FROM hardware WHERE id = '{}'", hw.id)).await;
+    lab.sql("INSERT INTO hardware SELECT * FROM hw_genuine").await;
+    attest_tpm(&mut w, &lab.swtpm, &ak).await.unwrap();
+
+    // A proposal whose stored operation is changed after it was approved does not run.
+    lab.admin.propose(signed_quorum(lab.alice(), 2)).await.unwrap();
+    let p = lab
+        .admin
+        .propose(propose(
+            lab.alice(),
+            pb::quorum_operation::Operation::AddAdmin(pb::AddAdminOp {
+                admin: Some(new_admin(&admin("dora", "IE"), false)),
+            }),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let swapped = op_bytes(pb::quorum_operation::Operation::AddAdmin(pb::AddAdminOp {
+        admin: Some(new_admin(&mallory, false)),
+    }));
+    lab.sql(&format!(
+        "UPDATE proposals SET payload = {}, digest = {} WHERE id = '{}'",
+        hex_literal(lab.backend, &swapped),
+        hex_literal(
+            lab.backend,
+            ring::digest::digest(&ring::digest::SHA256, &swapped).as_ref()
+        ),
+        p.id
+    ))
+    .await;
+    assert_refused(
+        lab.admin.approve(approve(&lab.custodians[1], &p)).await,
+        Code::FailedPrecondition,
+        "row_integrity",
+    );
+    let admins = lab
+        .admin
+        .list_admins(signed(
+            lab.alice(),
+            Op::ListAdmins(pb::ListAdminsOp { include_removed: true }),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .admins;
+    assert!(admins.iter().all(|a| a.id != "mallory" && a.id != "dora"), "{admins:?}");
+
+    // Older genuine rows put back: the earlier quorum (M = 1, so one admin could act alone).
+    lab.sql("CREATE TABLE seal_before AS SELECT * FROM seal_config").await;
+    let p = lab
+        .admin
+        .propose(propose(
+            lab.alice(),
+            pb::quorum_operation::Operation::SetQuorum(pb::SetQuorumOp { approval_quorum: 3 }),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    lab.admin.approve(approve(&lab.custodians[1], &p)).await.unwrap();
+    lab.sql("CREATE TABLE seal_after AS SELECT * FROM seal_config").await;
+    lab.sql("DELETE FROM seal_config").await;
+    lab.sql("INSERT INTO seal_config SELECT * FROM seal_before").await;
+    assert_refused(
+        lab.admin.propose(signed_quorum(lab.alice(), 1)).await,
+        Code::FailedPrecondition,
+        "row_rollback",
+    );
+    assert_audited(&lab.db, "admin.propose", "row_rollback").await;
+    lab.sql("DELETE FROM seal_config").await;
+    lab.sql("INSERT INTO seal_config SELECT * FROM seal_after").await;
+
+    // A revoked machine made active again.
+    lab.sql(&format!(
+        "CREATE TABLE hw_active AS SELECT * FROM hardware WHERE id = '{}'",
+        hw.id
+    ))
+    .await;
+    let mut admin_c = lab.admin.clone();
+    revoke(&mut admin_c, lab.alice(), &hw.id).await.unwrap();
+    lab.sql(&format!("DELETE FROM hardware WHERE id = '{}'", hw.id)).await;
+    lab.sql("INSERT INTO hardware SELECT * FROM hw_active").await;
+    // (Its AK is the genuine one again in this copy: only the version betrays it.)
+    assert_status(
+        attest_tpm(&mut w, &lab.swtpm, &ak).await,
+        Code::FailedPrecondition,
+        "row_rollback",
+    );
+    assert_audited(&lab.db, "attestation.attest", "row_rollback").await;
+
+    // An earlier release policy put back: the key row of before the change.
+    lab.sql("DROP TABLE payroll_row").await;
+    lab.sql("CREATE TABLE payroll_row AS SELECT * FROM keys WHERE name = 'kept'")
+        .await;
+    let p = lab
+        .admin
+        .propose(propose(
+            lab.alice(),
+            pb::quorum_operation::Operation::SetReleasePolicy(pb::SetReleasePolicyOp {
+                key: "kept".into(),
+                release_policy: r#"{"version":1,"attestation":"required"}"#.into(),
+            }),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // M is 3 now: two more approvals.
+    lab.admin.approve(approve(&lab.custodians[1], &p)).await.unwrap();
+    lab.admin.approve(approve(&lab.custodians[2], &p)).await.unwrap();
+    assert_status(
+        lab.decrypt(APP, &blob).await,
+        Code::FailedPrecondition,
+        "attestation_required",
+    );
+    lab.sql("DELETE FROM keys WHERE name = 'kept'").await;
+    lab.sql("INSERT INTO keys SELECT * FROM payroll_row").await;
+    assert_status(lab.decrypt(APP, &blob).await, Code::FailedPrecondition, "row_rollback");
+
+    // A removed admin restored.
+    lab.sql("CREATE TABLE carol_row AS SELECT * FROM admins WHERE id = 'carol'")
+        .await;
+    let p = lab
+        .admin
+        .propose(propose(
+            lab.alice(),
+            pb::quorum_operation::Operation::SetQuorum(pb::SetQuorumOp { approval_quorum: 2 }),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    lab.admin.approve(approve(&lab.custodians[1], &p)).await.unwrap();
+    lab.admin.approve(approve(&lab.custodians[2], &p)).await.unwrap();
+    let p = lab
+        .admin
+        .propose(propose(
+            lab.alice(),
+            pb::quorum_operation::Operation::RemoveAdmin(pb::RemoveAdminOp {
+                admin_id: "carol".into(),
+                reason: "left".into(),
+            }),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // carol is a custodian of a 2-of-3 split: removing her leaves 2, enough.
+    lab.admin.approve(approve(&lab.custodians[1], &p)).await.unwrap();
+    lab.sql("DELETE FROM admins WHERE id = 'carol'").await;
+    lab.sql("INSERT INTO admins SELECT * FROM carol_row").await;
+    assert_refused(
+        lab.admin
+            .list_keys(signed(&lab.custodians[2], Op::ListKeys(pb::ListKeysOp::default())))
+            .await,
+        Code::FailedPrecondition,
+        "row_rollback",
+    );
+    assert_eq!(lab.decrypt(APP, &secret).await.unwrap(), b"payroll 2026");
+
+    // The state row changed: no write goes through (none could be recorded), while the rows
+    // already verified keep being served.
+    lab.sql("UPDATE integrity_state SET version = version + 5").await;
+    let refused = lab
+        .admin
+        .clone()
+        .create_key(signed(
+            lab.alice(),
+            Op::CreateKey(pb::CreateKeyOp {
+                name: "late".into(),
+                grants: grants_all(&[APP]),
+                release_policy: UNATTESTED.into(),
+                ..Default::default()
+            }),
+        ))
+        .await;
+    assert_refused(refused, Code::FailedPrecondition, "row_integrity");
+    assert_eq!(lab.decrypt(APP, &secret).await.unwrap(), b"payroll 2026");
+}
+both_backends!(issue_attacks, super::attacks);
+
+/// A binary literal of `b` in the backend's SQL.
+fn hex_literal(backend: Backend, b: &[u8]) -> String {
+    match backend {
+        Backend::Sqlite => format!("x'{}'", hex::encode(b)),
+        Backend::Postgres => format!("'\\x{}'::bytea", hex::encode(b)),
+    }
+}
