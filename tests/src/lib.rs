@@ -715,12 +715,21 @@ fn admin_key(id: &str, country: &str) -> AdminKeyFile {
 /// The `kmsd` binary next to this test executable (`target/<profile>/kmsd`). `scripts/test`
 /// builds it before the tests run; a missing binary fails the test with what to do.
 pub fn kmsd_binary() -> PathBuf {
+    workspace_binary("kmsd", "kms-server")
+}
+
+/// The `kmsctl` binary next to this test executable (built by `cargo test --workspace`).
+pub fn kmsctl_binary() -> PathBuf {
+    workspace_binary("kmsctl", "kmsctl")
+}
+
+fn workspace_binary(name: &str, package: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
-    let path = dir.join("kmsd");
+    let path = dir.join(name);
     assert!(
         path.is_file(),
-        "{} is missing: build it first (cargo build -p kms-server --bin kmsd)",
+        "{} is missing: build it first (cargo build -p {package} --bin {name})",
         path.display()
     );
     path

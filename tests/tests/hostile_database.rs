@@ -1068,3 +1068,276 @@ fn hex_literal(backend: Backend, b: &[u8]) -> String {
         Backend::Postgres => format!("'\\x{}'::bytea", hex::encode(b)),
     }
 }
+
+/// Every table of the schema (but sqlx's own).
+async fn all_tables(lab: &Lab) -> Vec<String> {
+    let mut conn = lab.db.connect().await;
+    let sql = match lab.backend {
+        Backend::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite%' AND name NOT LIKE 'snap%'",
+        Backend::Postgres => "SELECT table_name::text AS name FROM information_schema.tables WHERE table_schema = current_schema() AND table_name NOT LIKE '\\_%' AND table_name NOT LIKE 'snap%'",
+    };
+    sqlx::query(sql)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>("name"))
+        .collect()
+}
+
+/// The whole database copied aside (as its operator can at any time), and put back.
+async fn snapshot(lab: &Lab, tag: &str) -> Vec<String> {
+    let tables = all_tables(lab).await;
+    let mut restore = Vec::new();
+    for t in &tables {
+        lab.sql(&format!("CREATE TABLE snap{tag}_{t} AS SELECT * FROM {t}"))
+            .await;
+        restore.push(format!("DELETE FROM {t}"));
+        restore.push(format!("INSERT INTO {t} SELECT * FROM snap{tag}_{t}"));
+    }
+    restore
+}
+
+async fn checkpoints(lab: &Lab) -> Vec<(i64, String)> {
+    stored_checkpoints(&lab.db)
+        .await
+        .into_iter()
+        .map(|(c, _)| (c.seq, c.kid))
+        .collect()
+}
+
+async fn wait_checkpoint_past(lab: &Lab, seq: i64) -> i64 {
+    for _ in 0..100 {
+        if let Some((s, _)) = checkpoints(lab).await.last() {
+            if *s > seq {
+                return *s;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no checkpoint past {seq}");
+}
+
+fn kmsctl(args: &[&str]) -> Out {
+    std::process::Command::new(kmsctl_binary())
+        .args(args)
+        .env_remove("KMSCTL_SERVER")
+        .output()
+        .unwrap()
+        .into()
+}
+
+async fn status(lab: &Lab) -> pb::SealStatus {
+    lab.admin
+        .clone()
+        .get_seal_status(pb::GetSealStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Issue 10's attack (5): audit entries deleted after a checkpoint, the checkpoints that cover
+/// them too, and the head rewritten to match. The running server does not sign over the
+/// forged head: it raises the integrity alarm (audited) and serves nothing more; an auditor who
+/// kept the last checkpoint they verified refuses the database too.
+async fn audit_cut(backend: Backend) {
+    let Some(lab) = Lab::start(backend).await else { return };
+    lab.create_key("kept", &[APP], UNATTESTED).await;
+    let blob = lab.encrypt(APP, "kept").await.unwrap();
+    let first = wait_checkpoint_past(&lab, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("checkpoint-keys.json");
+    let state = dir.path().join("auditor.state");
+    let (cert, key) = lab.pki.client_files("spiffe://test/auditor", "auditor");
+    let server = format!("https://{}", lab.kmsd.addr);
+    let pinned = kmsctl(&[
+        "--server",
+        &server,
+        "--tls-server-name",
+        "localhost",
+        "--ca",
+        lab.pki.ca_path().to_str().unwrap(),
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "audit",
+        "checkpoint-keys",
+    ])
+    .expect(0);
+    std::fs::write(&keys, pinned.stdout).unwrap();
+    let verify = |with_state: bool| {
+        let mut args = vec![
+            "audit",
+            "verify",
+            "--database",
+            lab.db.url.as_str(),
+            "--checkpoint-key",
+            keys.to_str().unwrap(),
+        ];
+        if with_state {
+            args.extend(["--state", state.to_str().unwrap()]);
+        }
+        kmsctl(&args)
+    };
+    // More entries and checkpoints; the auditor verifies and keeps where it got to.
+    for _ in 0..3 {
+        lab.encrypt(APP, "kept").await.unwrap();
+    }
+    let second = wait_checkpoint_past(&lab, first).await;
+    let ok = verify(true).expect(0);
+    assert!(ok.stdout.contains("now names checkpoint"), "{}", ok.stdout);
+
+    // The cut: everything after the first checkpoint, and the checkpoints after it.
+    let (head_hash,): (Vec<u8>,) = {
+        let mut conn = lab.db.connect().await;
+        let r = sqlx::query("SELECT hash FROM audit_log WHERE seq = $1")
+            .bind(first)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        (r.get("hash"),)
+    };
+    lab.sql_all(&[
+        format!("DELETE FROM audit_log WHERE seq > {first}"),
+        format!("DELETE FROM audit_checkpoints WHERE seq > {first}"),
+        format!(
+            "UPDATE audit_head SET seq = {first}, hash = {} WHERE id = 1",
+            hex_literal(lab.backend, &head_hash)
+        ),
+    ])
+    .await;
+    assert!(second > first);
+    // The next checkpoint is refused: the alarm is up, shown in the status, and nothing is
+    // served any more.
+    let mut alarm = String::new();
+    for _ in 0..100 {
+        alarm = status(&lab).await.integrity_alarm;
+        if !alarm.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        alarm.contains("checkpoint") || alarm.contains("entries were removed"),
+        "{alarm:?}"
+    );
+    assert_status(
+        lab.decrypt(APP, &blob).await,
+        Code::FailedPrecondition,
+        "state_rollback",
+    );
+    assert!(
+        checkpoints(&lab).await.iter().all(|(s, _)| *s <= first),
+        "a checkpoint was signed over the cut"
+    );
+    let mut conn = lab.db.connect().await;
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_log WHERE operation = 'integrity.violation' AND reason = 'state_rollback'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(audited >= 1);
+    // The auditor: the chain alone verifies (it was cut cleanly), but it no longer holds the
+    // checkpoint the auditor verified last.
+    let cut = verify(true).expect(1);
+    assert!(cut.stderr.contains("no longer stored"), "{}", cut.stderr);
+}
+both_backends!(audit_log_cut, super::audit_cut);
+
+/// The whole database put back to an earlier, genuine state (every table, the state log and the
+/// audit log with it) while kmsd runs: a machine revoked since is active again in that copy.
+/// The server that saw the later state refuses it at once.
+async fn whole_rollback(backend: Backend) {
+    let Some(mut lab) = Lab::start(backend).await else {
+        return;
+    };
+    lab.drop_foreign_keys().await;
+    lab.create_key("kept", &[APP], UNATTESTED).await;
+    let blob = lab.encrypt(APP, "kept").await.unwrap();
+    let mut w = Workload::new(&lab.kmsd, &lab.pki, APP).await;
+    let (ak, hw) = enroll_tpm(&mut lab, &mut w).await;
+    attest_tpm(&mut w, &lab.swtpm, &ak).await.unwrap();
+    let restore = snapshot(&lab, "a").await;
+    let mut admin_c = lab.admin.clone();
+    revoke(&mut admin_c, lab.alice(), &hw.id).await.unwrap();
+    assert_status(
+        attest_tpm(&mut w, &lab.swtpm, &ak).await,
+        Code::PermissionDenied,
+        "hardware_revoked",
+    );
+    let before = status(&lab).await.state_version;
+    lab.sql_all(&restore).await;
+    let mut alarm = String::new();
+    for _ in 0..100 {
+        alarm = status(&lab).await.integrity_alarm;
+        if !alarm.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(alarm.contains("rolled back"), "{alarm:?}");
+    assert_status(
+        attest_tpm(&mut w, &lab.swtpm, &ak).await,
+        Code::FailedPrecondition,
+        "state_rollback",
+    );
+    assert_status(
+        lab.decrypt(APP, &blob).await,
+        Code::FailedPrecondition,
+        "state_rollback",
+    );
+    assert!(before > 0);
+}
+both_backends!(whole_database_rolled_back, super::whole_rollback);
+
+/// A request signed for one deployment (staging) is refused by another (production), though the
+/// same admin's key is valid in both; so is a request that names no deployment.
+async fn replay(backend: Backend) {
+    let Some(prod) = Lab::start(backend).await else { return };
+    let Some(staging) = Lab::start(backend).await else {
+        return;
+    };
+    let alice_prod = deployment_of(prod.alice());
+    let alice_staging = deployment_of(staging.alice());
+    assert_ne!(alice_prod, alice_staging);
+    // Staging's alice signs a key creation for staging; a proxy replays it to production (where
+    // production's alice, another key, is no admin "alice" of staging): production refuses it
+    // before even looking the admin up.
+    let op = || {
+        Op::CreateKey(pb::CreateKeyOp {
+            name: "replayed".into(),
+            grants: grants_all(&[APP]),
+            release_policy: UNATTESTED.into(),
+            ..Default::default()
+        })
+    };
+    let for_staging = signed_for(staging.alice(), &alice_staging, op(), kms_core::now_unix_ms());
+    staging.admin.clone().create_key(for_staging.clone()).await.unwrap();
+    assert_refused(
+        prod.admin.clone().create_key(for_staging).await,
+        Code::PermissionDenied,
+        "wrong_deployment",
+    );
+    // The same admin key in both deployments: a request for staging does not run in production.
+    let for_other = signed_for(prod.alice(), &alice_staging, op(), kms_core::now_unix_ms());
+    assert_refused(
+        prod.admin.clone().create_key(for_other).await,
+        Code::PermissionDenied,
+        "wrong_deployment",
+    );
+    let unnamed = signed_for(prod.alice(), "", op(), kms_core::now_unix_ms());
+    assert_refused(
+        prod.admin.clone().create_key(unnamed).await,
+        Code::PermissionDenied,
+        "wrong_deployment",
+    );
+    assert_audited(&prod.db, "admin.create_key", "wrong_deployment").await;
+    prod.admin
+        .clone()
+        .create_key(signed_for(prod.alice(), &alice_prod, op(), kms_core::now_unix_ms()))
+        .await
+        .unwrap();
+}
+both_backends!(cross_deployment_replay, super::replay);

@@ -579,8 +579,9 @@ impl AdminPlane {
         let from = status.generation;
         let sealed = status.sealed;
         let mut wire = wire_status(status);
-        // While sealed the record cannot be verified yet (it is, when the seal opens).
-        let cfg = if sealed {
+        // While sealed the record cannot be verified yet (it is, when the seal opens); after the
+        // integrity alarm nothing is trusted, and the status says why.
+        let cfg = if sealed || self.store.integrity().alarm().is_some() {
             self.store.seal_config_unverified().await?
         } else {
             self.store.seal_config().await?

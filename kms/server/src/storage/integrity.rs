@@ -555,6 +555,12 @@ impl Integrity {
     async fn catch_up_on(&self, conn: &mut AnyConnection) -> Result<(), StoreError> {
         self.check_alarm()?;
         let ring = self.ring()?;
+        // The view first: a write transaction moves it only after its commit, so the state
+        // read below is at least as new, unless the database went back.
+        let (start, loaded) = {
+            let v = read(&self.view);
+            (v.head, v.loaded)
+        };
         let Some(state) = read_state(conn, &ring).await? else {
             // Not initialized: nothing to replay (a view that saw a state means a deletion).
             let head = self.head();
@@ -568,10 +574,6 @@ impl Integrity {
                 )));
             }
             return Ok(());
-        };
-        let (start, loaded) = {
-            let v = read(&self.view);
-            (v.head, v.loaded)
         };
         if !start.is_extended_by(&state.head) {
             return Err(self.raise(state_violation(
