@@ -49,6 +49,39 @@ async fn counts(db: &Db) -> (i64, i64) {
     out
 }
 
+/// Rows of every authenticated table still authenticated under `generation`'s integrity key.
+async fn rows_under(db: &Db, generation: i64) -> i64 {
+    let mut conn = db.connect().await;
+    let mut n = 0;
+    for t in [
+        "seal_config",
+        "root_generations",
+        "root_shares",
+        "admins",
+        "keys",
+        "key_versions",
+        "release_policies",
+        "hardware",
+        "tpm_enrollments",
+        "proposals",
+        "approvals",
+        "rejections",
+        "token_keys",
+        "checkpoint_keys",
+        "replicas",
+        "tpm_clocks",
+        "integrity_state",
+    ] {
+        let c: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {t} WHERE row_generation = $1"))
+            .bind(generation)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        n += c;
+    }
+    n
+}
+
 async fn killed_mid_rotation(backend: Backend) {
     let token = &setup().tokens[matches!(backend, Backend::Postgres) as usize];
     let Some(db) = Db::new(backend).await else { return };
@@ -145,12 +178,26 @@ async fn killed_mid_rotation(backend: Backend) {
     let (old, new) = counts(&db).await;
     assert!(old > 0 && new > 0, "killed mid-way: {old} / {new}");
 
-    // Restarted: unsealed from the HSM without anyone, both roots held, rotation resumed.
+    // Restarted: unsealed from the HSM without anyone, both roots held, rotation resumed. Once
+    // every KEK is re-wrapped the worker re-authenticates every row under generation 2's
+    // integrity key: killed again in the middle of that, it resumes it too.
     kmsd.restart(&pki).await;
     let mut admin_c = kmsd.admin(&pki).await;
     let mut data = kmsd.data(&pki, APP).await;
     let start = Instant::now();
+    let mut killed_in_reauthentication = false;
     loop {
+        if !killed_in_reauthentication && counts(&db).await == (0, 12) {
+            let left = rows_under(&db, 1).await;
+            if left > 0 {
+                kmsd.kill_9();
+                assert!(rows_under(&db, 1).await > 0 && rows_under(&db, 2).await > 0);
+                killed_in_reauthentication = true;
+                kmsd.restart(&pki).await;
+                admin_c = kmsd.admin(&pki).await;
+                data = kmsd.data(&pki, APP).await;
+            }
+        }
         decrypt_all(&mut data, &blobs).await;
         let s = admin_c
             .get_seal_status(pb::GetSealStatusRequest {})
@@ -168,6 +215,8 @@ async fn killed_mid_rotation(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(counts(&db).await, (0, 12));
+    assert!(killed_in_reauthentication, "the re-authentication ran too fast to be interrupted");
+    assert_eq!(rows_under(&db, 1).await, 0, "rows left under generation 1's integrity key");
     decrypt_all(&mut data, &blobs).await;
     // Both generations' checkpoint keys are still published (the retired one's key is still in
     // the HSM), so checkpoints signed before the rotation stay verifiable.

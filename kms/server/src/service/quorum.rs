@@ -583,3 +583,134 @@ fn direct_operation(op: Op) -> Option<QOp> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use kms_core::ids::AdminId;
+    use kms_core::jurisdiction::Country;
+    use kms_core::keyfile::AdminKeyFile;
+
+    use super::*;
+    use crate::storage::{AdminRow, ProposalStatus};
+
+    fn key(id: &str) -> AdminKeyFile {
+        AdminKeyFile::generate(AdminId::parse(id).unwrap(), Country::parse("DE").unwrap()).unwrap()
+    }
+
+    fn row(k: &AdminKeyFile) -> AdminRow {
+        let p = k.public();
+        AdminRow {
+            id: p.admin_id.clone(),
+            country: p.country.clone(),
+            signing_public_key: hex::decode(&p.signing_public_key).unwrap(),
+            encryption_public_key: hex::decode(&p.encryption_public_key).unwrap(),
+            custodian: true,
+            created_unix_ms: 0,
+            removed_unix_ms: None,
+            removed_by: None,
+        }
+    }
+
+    fn seal(deployment: &str) -> SealConfigRow {
+        SealConfigRow {
+            kind: "shamir".into(),
+            threshold: 2,
+            kcv: vec![0; 16],
+            created_unix_ms: 0,
+            approval_quorum: 2,
+            root_generation: 1,
+            deployment_id: deployment.into(),
+        }
+    }
+
+    fn request(k: &AdminKeyFile, deployment: &str, op: Op) -> (Vec<u8>, Vec<u8>) {
+        use kms_core::admin::AdminSigner as _;
+        let payload = pb::AdminRequest {
+            admin_id: k.admin_id.to_string(),
+            timestamp_unix_ms: 1,
+            nonce: vec![7; 16],
+            operation: Some(op),
+            deployment_id: deployment.into(),
+        }
+        .encode_to_vec();
+        let signature = k.signer().sign(&payload).unwrap();
+        (payload, signature)
+    }
+
+    fn approval(k: &AdminKeyFile, proposal: &str, (signed_payload, signature): (Vec<u8>, Vec<u8>)) -> ApprovalRow {
+        ApprovalRow {
+            proposal_id: proposal.into(),
+            admin_id: k.admin_id.to_string(),
+            signed_payload,
+            signature,
+            approved_unix_ms: 1,
+        }
+    }
+
+    /// What runs is what every counted approval signed: the stored bytes, their digest, this
+    /// proposal, this deployment, the approver's own key.
+    #[test]
+    fn approvals_are_checked_against_the_stored_operation() {
+        let (alice, bob, mallory) = (key("alice"), key("bob"), key("mallory"));
+        let op = pb::QuorumOperation {
+            operation: Some(QOp::SetQuorum(pb::SetQuorumOp { approval_quorum: 1 })),
+        }
+        .encode_to_vec();
+        let proposal = ProposalRow {
+            id: format!("prop-{}", "a".repeat(32)),
+            operation: "set_quorum".into(),
+            payload: op.clone(),
+            digest: sha256(&op),
+            summary: String::new(),
+            proposed_by: "alice".into(),
+            created_unix_ms: 0,
+            expires_unix_ms: i64::MAX,
+            approvals: 1,
+            status: ProposalStatus::Pending,
+            closed_unix_ms: None,
+            closed_by: None,
+            outcome: String::new(),
+        };
+        let dep = "dep-1";
+        let approve_op = |id: &str, digest: Vec<u8>| {
+            Op::Approve(pb::ApproveOp {
+                proposal_id: id.into(),
+                operation_sha256: digest,
+            })
+        };
+        let propose_op = |bytes: Vec<u8>| Op::Propose(pb::ProposeOp { operation: bytes, ttl_secs: 0 });
+        let good = approval(&bob, &proposal.id, request(&bob, dep, approve_op(&proposal.id, sha256(&op))));
+        approval_check(&proposal, &good, &row(&bob), &seal(dep)).unwrap();
+        let proposer = approval(&alice, &proposal.id, request(&alice, dep, propose_op(op.clone())));
+        approval_check(&proposal, &proposer, &row(&alice), &seal(dep)).unwrap();
+
+        let refused = |a: &ApprovalRow, admin: &AdminRow, s: &SealConfigRow| approval_check(&proposal, a, admin, s).unwrap_err();
+        // The stored operation changed after the approvals: the digest they signed differs.
+        let mut swapped = proposal.clone();
+        swapped.payload = pb::QuorumOperation {
+            operation: Some(QOp::SetQuorum(pb::SetQuorumOp { approval_quorum: 5 })),
+        }
+        .encode_to_vec();
+        swapped.digest = sha256(&swapped.payload);
+        assert!(approval_check(&swapped, &good, &row(&bob), &seal(dep)).unwrap_err().contains("does not approve"));
+        assert!(approval_check(&swapped, &proposer, &row(&alice), &seal(dep)).is_err());
+        // An approval of another proposal, for another deployment, signed by someone else, or
+        // a Propose by someone who did not propose.
+        let other = approval(&bob, &proposal.id, request(&bob, dep, approve_op("prop-other", sha256(&op))));
+        assert!(refused(&other, &row(&bob), &seal(dep)).contains("does not approve"));
+        assert!(refused(&good, &row(&bob), &seal("dep-2")).contains("another deployment"));
+        let mut forged = good.clone();
+        forged.signature = request(&mallory, dep, approve_op(&proposal.id, sha256(&op))).1;
+        assert!(refused(&forged, &row(&bob), &seal(dep)).contains("signature"));
+        assert!(refused(&good, &row(&mallory), &seal(dep)).contains("signed as"));
+        let not_proposer = approval(&bob, &proposal.id, request(&bob, dep, propose_op(op.clone())));
+        assert!(refused(&not_proposer, &row(&bob), &seal(dep)).contains("does not approve"));
+        let garbage = ApprovalRow {
+            signed_payload: vec![0xff; 4],
+            ..good.clone()
+        };
+        assert!(refused(&garbage, &row(&bob), &seal(dep)).contains("not an AdminRequest"));
+    }
+}
