@@ -465,6 +465,82 @@ pub async fn init(
     Ok(status)
 }
 
+/// The database's operator at work: runs `statements` with foreign keys not enforced (SQLite
+/// turns them off per connection; on PostgreSQL [`drop_foreign_keys`] first).
+pub async fn run_as_operator(db: &Db, statements: &[String]) {
+    let mut conn = db.connect().await;
+    if db.backend == Backend::Sqlite {
+        sqlx::query("PRAGMA foreign_keys = OFF")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    for sql in statements {
+        sqlx::query(sql)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+/// Drops every foreign key of a PostgreSQL schema (its tables' owner can); nothing on SQLite.
+pub async fn drop_foreign_keys(db: &Db) {
+    use sqlx::Row as _;
+    if db.backend != Backend::Postgres {
+        return;
+    }
+    let mut conn = db.connect().await;
+    let fks: Vec<String> = sqlx::query(
+        "SELECT table_name::text AS t, constraint_name::text AS c FROM information_schema.table_constraints \
+         WHERE constraint_type = 'FOREIGN KEY' AND table_schema = current_schema()",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        format!(
+            "ALTER TABLE {} DROP CONSTRAINT {}",
+            r.get::<String, _>("t"),
+            r.get::<String, _>("c")
+        )
+    })
+    .collect();
+    run_as_operator(db, &fks).await;
+}
+
+/// Copies every table of the database aside (as its operator can at any time); returns the
+/// statements that put it back as it was.
+pub async fn snapshot_database(db: &Db, tag: &str) -> Vec<String> {
+    use sqlx::Row as _;
+    let mut conn = db.connect().await;
+    let sql = match db.backend {
+        Backend::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite%' AND name NOT LIKE 'snap%'",
+        Backend::Postgres => "SELECT table_name::text AS name FROM information_schema.tables WHERE table_schema = current_schema() AND table_name NOT LIKE '\\_%' AND table_name NOT LIKE 'snap%'",
+    };
+    let tables: Vec<String> = sqlx::query(sql)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>("name"))
+        .collect();
+    let copies: Vec<String> = tables
+        .iter()
+        .map(|t| format!("CREATE TABLE snap{tag}_{t} AS SELECT * FROM {t}"))
+        .collect();
+    run_as_operator(db, &copies).await;
+    tables
+        .iter()
+        .flat_map(|t| {
+            [
+                format!("DELETE FROM {t}"),
+                format!("INSERT INTO {t} SELECT * FROM snap{tag}_{t}"),
+            ]
+        })
+        .collect()
+}
+
 /// Every stored checkpoint with its signature (as `kmsctl audit verify` reads them).
 pub async fn stored_checkpoints(db: &Db) -> Vec<(kms_core::audit::Checkpoint, Vec<u8>)> {
     use sqlx::Row as _;

@@ -438,3 +438,88 @@ async fn replicas_follow_a_rotation() {
     let mut data_b = replica_b.data(&c.pki, APP).await;
     decrypt_all(&mut data_b, &blobs).await;
 }
+
+/// With the pkcs11 seal the last checkpoint is anchored in the HSM: a database put back to an
+/// earlier, genuine state (every table, its state log, audit log and checkpoints with it) is
+/// refused when the server starts, though every row of it verifies: the server stays sealed and
+/// says why.
+async fn anchored_rollback(backend: Backend) {
+    let Some(db) = Db::new(backend).await else { return };
+    let pki = Pki::new();
+    let alice = admin("alice", "DE");
+    let opts = || Options {
+        init_admins: Some(fingerprints([&alice])),
+        checkpoint_interval: Duration::from_millis(200),
+        ..opts(backend)
+    };
+    let server = TestServer::start(&db, &pki, opts()).await;
+    let mut admin_c = server.admin(&pki).await;
+    init(
+        &mut admin_c,
+        &alice,
+        pb::InitOp {
+            seal: pb::SealKind::Pkcs11 as i32,
+            threshold: 0,
+            admins: vec![new_admin(&alice, false)],
+            approval_quorum: 1,
+        },
+    )
+    .await
+    .unwrap();
+    let create = |name: &str| {
+        signed(
+            &alice,
+            Op::CreateKey(pb::CreateKeyOp {
+                name: name.into(),
+                grants: grants_all(&[APP]),
+                release_policy: UNATTESTED.into(),
+                ..Default::default()
+            }),
+        )
+    };
+    admin_c.create_key(create("before")).await.unwrap();
+    let wait_checkpoint = |above: i64| {
+        let db = &db;
+        async move {
+            for _ in 0..100 {
+                if let Some((c, _)) = stored_checkpoints(db).await.last() {
+                    if c.seq > above {
+                        return c.seq;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("no checkpoint past {above}");
+        }
+    };
+    let first = wait_checkpoint(0).await;
+    drop_foreign_keys(&db).await;
+    let restore = snapshot_database(&db, "early").await;
+    // Later: a key created, checkpointed (and anchored in the HSM).
+    admin_c.create_key(create("after")).await.unwrap();
+    wait_checkpoint(first).await;
+    server.stop().await;
+
+    // The operator puts the earlier copy back: genuine rows, a consistent state log and audit
+    // log, earlier checkpoints. No replica remembers the later state, but the HSM does.
+    run_as_operator(&db, &restore).await;
+    let server = TestServer::start(&db, &pki, opts()).await;
+    let mut admin_c = server.admin(&pki).await;
+    let s = status(&mut admin_c).await;
+    assert!(s.sealed, "{s:?}");
+    assert!(
+        s.integrity_alarm.starts_with("state_rollback") && s.integrity_alarm.contains("anchor"),
+        "{s:?}"
+    );
+    let mut data = server.data(&pki, APP).await;
+    let e = data
+        .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+            key: "before".into(),
+            encryption_context: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "sealed");
+    server.stop().await;
+}
+both_backends!(pkcs11_seal_refuses_a_rolled_back_database, super::anchored_rollback);

@@ -215,8 +215,15 @@ async fn killed_mid_rotation(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(counts(&db).await, (0, 12));
-    assert!(killed_in_reauthentication, "the re-authentication ran too fast to be interrupted");
-    assert_eq!(rows_under(&db, 1).await, 0, "rows left under generation 1's integrity key");
+    assert!(
+        killed_in_reauthentication,
+        "the re-authentication ran too fast to be interrupted"
+    );
+    assert_eq!(
+        rows_under(&db, 1).await,
+        0,
+        "rows left under generation 1's integrity key"
+    );
     decrypt_all(&mut data, &blobs).await;
     // Both generations' checkpoint keys are still published (the retired one's key is still in
     // the HSM), so checkpoints signed before the rotation stay verifiable.

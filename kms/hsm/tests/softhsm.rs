@@ -426,3 +426,19 @@ fn concurrent_signing_from_several_threads() {
         w.join().unwrap();
     }
 }
+
+#[test]
+fn data_objects_hold_a_value_across_sessions() {
+    let t = tokens();
+    let label = unique_label("anchor");
+    let hsm = open(&t.main);
+    assert!(hsm.read_data(&label).unwrap().is_empty());
+    hsm.write_data(&label, b"first").unwrap();
+    assert_eq!(hsm.read_data(&label).unwrap(), vec![b"first".to_vec()]);
+    hsm.write_data(&label, b"second, longer").unwrap();
+    drop(hsm);
+    let again = open(&t.main);
+    assert_eq!(again.read_data(&label).unwrap(), vec![b"second, longer".to_vec()]);
+    // One object under the label, not two.
+    assert_eq!(again.delete_object(&label).unwrap(), 1);
+}

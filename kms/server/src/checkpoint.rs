@@ -505,10 +505,11 @@ impl Checkpoints {
         let value = CheckpointAnchor::of(c).encode();
         let seq = c.seq;
         let done = tokio::task::spawn_blocking(move || {
-            let newer = match anchors.read(&label)? {
-                Some(old) => CheckpointAnchor::decode(&old).is_none_or(|a| a.seq < seq),
-                None => true,
-            };
+            let newer = anchors
+                .read(&label)?
+                .iter()
+                .filter_map(|b| CheckpointAnchor::decode(b))
+                .all(|a| a.seq < seq);
             if newer {
                 anchors.write(&label, &value)?;
             }

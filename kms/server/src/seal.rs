@@ -57,8 +57,8 @@ pub trait RootOfTrust: Send + Sync {
 
 /// A small value kept outside the database (in the seal's HSM).
 pub trait AnchorStore: Send + Sync {
-    /// The value under `label`, if any.
-    fn read(&self, label: &str) -> Result<Option<Vec<u8>>, kms_core::Error>;
+    /// The values under `label` (more than one after an interrupted write).
+    fn read(&self, label: &str) -> Result<Vec<Vec<u8>>, kms_core::Error>;
     /// Sets the value under `label`.
     fn write(&self, label: &str, value: &[u8]) -> Result<(), kms_core::Error>;
 }
@@ -66,7 +66,7 @@ pub trait AnchorStore: Send + Sync {
 struct HsmAnchor(Arc<Hsm>);
 
 impl AnchorStore for HsmAnchor {
-    fn read(&self, label: &str) -> Result<Option<Vec<u8>>, kms_core::Error> {
+    fn read(&self, label: &str) -> Result<Vec<Vec<u8>>, kms_core::Error> {
         self.0.read_data(label).map_err(|e| kms_core::Error::Hsm(e.to_string()))
     }
     fn write(&self, label: &str, value: &[u8]) -> Result<(), kms_core::Error> {
@@ -331,6 +331,9 @@ pub struct Seal {
     hsm_config: Option<HsmSealConfig>,
     hsm: std::sync::Mutex<Option<Arc<Hsm>>>,
     hsm_login_refused: std::sync::Mutex<Option<String>>,
+    /// Why the database was last refused when the seal tried to open it (reported in the status
+    /// until an open succeeds).
+    open_refused: std::sync::Mutex<Option<String>>,
     replica_id: String,
     /// The database whose rows the held integrity keys authenticate (published to it whenever
     /// the state changes).
@@ -455,6 +458,7 @@ impl Seal {
             hsm_config,
             hsm: std::sync::Mutex::new(None),
             hsm_login_refused: std::sync::Mutex::new(None),
+            open_refused: std::sync::Mutex::new(None),
             replica_id: format!(
                 "replica-{}",
                 hex::encode(kms_core::random_array::<8>().map_err(|e| LoadError::Refused(e.to_string()))?)
@@ -550,8 +554,10 @@ impl Seal {
         if let Some(e) = refusal {
             // The state is not changed here: its own keys again.
             self.republish(&self.read());
+            *self.open_refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{}: {}", e.reason, e.message));
             return Err(e);
         }
+        *self.open_refused.lock().unwrap_or_else(|p| p.into_inner()) = None;
         Ok(State::Unsealed {
             generation,
             roots: Arc::new(roots),
@@ -573,12 +579,16 @@ impl Seal {
         let stored = anchors
             .read(&crate::checkpoint::anchor_label(&cfg.deployment_id))
             .map_err(|e| ApiError::unavailable("hsm_unavailable", format!("reading the checkpoint anchor: {e}")))?;
-        let Some(bytes) = stored else {
+        if stored.is_empty() {
             return Ok(());
-        };
-        let anchor = kms_core::audit::CheckpointAnchor::decode(&bytes).ok_or_else(|| {
-            ApiError::precondition("state_rollback", "the checkpoint anchor in the HSM is unreadable")
-        })?;
+        }
+        let anchor = stored
+            .iter()
+            .filter_map(|b| kms_core::audit::CheckpointAnchor::decode(b))
+            .max_by_key(|a| a.seq)
+            .ok_or_else(|| {
+                ApiError::precondition("state_rollback", "the checkpoint anchor in the HSM is unreadable")
+            })?;
         store.check_anchor(&anchor).await.map_err(|e| {
             let e = ApiError::from(store.integrity().reported_error(e));
             tracing::error!(reason = e.reason, message = %e.message, "the database is behind the checkpoint anchored in the HSM");
@@ -673,6 +683,12 @@ impl Seal {
                 rotating_to: roots.next.as_ref().map(|h| (h.number, h.kind)),
             },
         }
+    }
+
+    /// Why the seal last refused to open the database (its rows or state did not verify), if it
+    /// did and has not opened it since.
+    pub fn open_refused(&self) -> Option<String> {
+        self.open_refused.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// This process's id in the `replicas` table.

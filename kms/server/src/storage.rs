@@ -949,17 +949,19 @@ mod tests {
     #[tokio::test]
     async fn row_types_cover_every_column() {
         let dir = tempfile::tempdir().unwrap();
-        let mut stores = vec![Store::connect(
-            &format!("sqlite://{}?mode=rwc", dir.path().join("kms.db").display()),
-            2,
-        )
-        .await
-        .unwrap()];
+        let mut stores = vec![
+            Store::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("kms.db").display()), 2)
+                .await
+                .unwrap(),
+        ];
         if let Ok(base) = std::env::var("KMS_TEST_POSTGRES_URL") {
             use sqlx::Connection as _;
             let name = format!("kms_schema_{}", hex::encode(kms_core::random_array::<6>().unwrap()));
             let mut c = sqlx::AnyConnection::connect(&base).await.unwrap();
-            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut c).await.unwrap();
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut c)
+                .await
+                .unwrap();
             let (server, _) = base.rsplit_once('/').unwrap();
             stores.push(Store::connect(&format!("{server}/{name}"), 2).await.unwrap());
         }

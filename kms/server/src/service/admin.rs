@@ -593,6 +593,8 @@ impl AdminPlane {
         wire.state_version = u64::try_from(self.store.integrity().head().version).unwrap_or(0);
         if let Some(alarm) = self.store.integrity().alarm() {
             wire.integrity_alarm = alarm.detail;
+        } else if let Some(refused) = self.seal.open_refused() {
+            wire.integrity_alarm = refused;
         }
         if let Some(r) = wire.rotation.as_mut() {
             r.remaining = self.store.remaining_under(from).await?;

@@ -680,13 +680,23 @@ mod tests {
                 operation_sha256: digest,
             })
         };
-        let propose_op = |bytes: Vec<u8>| Op::Propose(pb::ProposeOp { operation: bytes, ttl_secs: 0 });
-        let good = approval(&bob, &proposal.id, request(&bob, dep, approve_op(&proposal.id, sha256(&op))));
+        let propose_op = |bytes: Vec<u8>| {
+            Op::Propose(pb::ProposeOp {
+                operation: bytes,
+                ttl_secs: 0,
+            })
+        };
+        let good = approval(
+            &bob,
+            &proposal.id,
+            request(&bob, dep, approve_op(&proposal.id, sha256(&op))),
+        );
         approval_check(&proposal, &good, &row(&bob), &seal(dep)).unwrap();
         let proposer = approval(&alice, &proposal.id, request(&alice, dep, propose_op(op.clone())));
         approval_check(&proposal, &proposer, &row(&alice), &seal(dep)).unwrap();
 
-        let refused = |a: &ApprovalRow, admin: &AdminRow, s: &SealConfigRow| approval_check(&proposal, a, admin, s).unwrap_err();
+        let refused =
+            |a: &ApprovalRow, admin: &AdminRow, s: &SealConfigRow| approval_check(&proposal, a, admin, s).unwrap_err();
         // The stored operation changed after the approvals: the digest they signed differs.
         let mut swapped = proposal.clone();
         swapped.payload = pb::QuorumOperation {
@@ -694,11 +704,17 @@ mod tests {
         }
         .encode_to_vec();
         swapped.digest = sha256(&swapped.payload);
-        assert!(approval_check(&swapped, &good, &row(&bob), &seal(dep)).unwrap_err().contains("does not approve"));
+        assert!(approval_check(&swapped, &good, &row(&bob), &seal(dep))
+            .unwrap_err()
+            .contains("does not approve"));
         assert!(approval_check(&swapped, &proposer, &row(&alice), &seal(dep)).is_err());
         // An approval of another proposal, for another deployment, signed by someone else, or
         // a Propose by someone who did not propose.
-        let other = approval(&bob, &proposal.id, request(&bob, dep, approve_op("prop-other", sha256(&op))));
+        let other = approval(
+            &bob,
+            &proposal.id,
+            request(&bob, dep, approve_op("prop-other", sha256(&op))),
+        );
         assert!(refused(&other, &row(&bob), &seal(dep)).contains("does not approve"));
         assert!(refused(&good, &row(&bob), &seal("dep-2")).contains("another deployment"));
         let mut forged = good.clone();
