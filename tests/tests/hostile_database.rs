@@ -1210,7 +1210,10 @@ async fn whole_rollback(backend: Backend) {
     }
     // Caught by whichever looks first: the state log (behind the state this server saw) or the
     // audit checkpointer (entries this server wrote are gone).
-    assert!(alarm.contains("rolled back") || alarm.contains("entries were removed"), "{alarm:?}");
+    assert!(
+        alarm.contains("rolled back") || alarm.contains("entries were removed"),
+        "{alarm:?}"
+    );
     assert_status(
         attest_tpm(&mut w, &lab.swtpm, &ak).await,
         Code::FailedPrecondition,

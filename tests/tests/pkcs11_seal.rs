@@ -43,6 +43,7 @@ fn hsm_config(token: &softhsm_fixture::TestToken) -> kms_server::seal::HsmSealCo
         module: softhsm_fixture::module_path(),
         token: kms_hsm::TokenSelector::Label(token.label.clone()),
         pin: kms_hsm::PinSource::File(token.pin_file(tokens().dir.path())),
+        danger_accept_restored_database: false,
     }
 }
 
@@ -520,6 +521,56 @@ async fn anchored_rollback(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(reason(&e), "sealed");
+    server.stop().await;
+
+    // The restore was meant (a backup put back after losing the database): the host's operator
+    // accepts it for one start. It is audited, the earlier state is served, the later one is
+    // gone, and the next checkpoint is anchored again.
+    let accept = Options {
+        hsm: Some(kms_server::seal::HsmSealConfig {
+            danger_accept_restored_database: true,
+            ..hsm_config(token_for(backend))
+        }),
+        ..opts()
+    };
+    let server = TestServer::start(&db, &pki, accept).await;
+    let mut admin_c = server.admin(&pki).await;
+    let s = status(&mut admin_c).await;
+    assert!(!s.sealed && s.integrity_alarm.is_empty(), "{s:?}");
+    let mut data = server.data(&pki, APP).await;
+    let gen = |name: &str| pb::GenerateDataKeyWithoutPlaintextRequest {
+        key: name.into(),
+        encryption_context: Default::default(),
+    };
+    data.generate_data_key_without_plaintext(gen("before")).await.unwrap();
+    let e = data
+        .generate_data_key_without_plaintext(gen("after"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "key_not_found");
+    let restored_at = wait_checkpoint(first).await;
+    let mut conn = db.connect().await;
+    let accepted: Vec<String> = sqlx::query_scalar(
+        "SELECT detail FROM audit_log WHERE operation = 'integrity.violation' AND reason = 'state_rollback'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(
+        accepted
+            .iter()
+            .any(|d| d.contains("accepted by --danger-accept-restored-database")),
+        "{accepted:?}"
+    );
+    drop(conn);
+    server.stop().await;
+
+    // An ordinary start afterwards: the anchor names the restored deployment's own checkpoint.
+    let server = TestServer::start(&db, &pki, opts()).await;
+    let mut admin_c = server.admin(&pki).await;
+    let s = status(&mut admin_c).await;
+    assert!(!s.sealed && s.integrity_alarm.is_empty(), "{s:?}");
+    assert!(stored_checkpoints(&db).await.iter().any(|(c, _)| c.seq == restored_at));
     server.stop().await;
 }
 both_backends!(pkcs11_seal_refuses_a_rolled_back_database, super::anchored_rollback);

@@ -516,6 +516,7 @@ impl SealSection {
                     module: p.module.clone(),
                     token,
                     pin,
+                    danger_accept_restored_database: false,
                 })
             }
         };
@@ -646,6 +647,21 @@ impl Config {
             danger: file.danger,
             log: file.log,
         })
+    }
+
+    /// `kmsd --danger-accept-restored-database`: at this start, accept a database behind the
+    /// checkpoint anchored in the pkcs11 seal's HSM (a backup restored on purpose). Only with a
+    /// `[seal.pkcs11]` section, the one seal that keeps an anchor.
+    pub fn danger_accept_restored_database(&mut self) -> Result<(), ConfigError> {
+        match self.hsm.as_mut() {
+            Some(h) => {
+                h.danger_accept_restored_database = true;
+                Ok(())
+            }
+            None => Err(ConfigError(
+                "--danger-accept-restored-database: only the pkcs11 seal keeps a checkpoint anchor to accept a restored database against; this configuration has no [seal.pkcs11]".into(),
+            )),
+        }
     }
 
     /// Sets (and checks) the TPM-manufacturer CA bundle for TPM enrolment.

@@ -61,6 +61,8 @@ pub trait AnchorStore: Send + Sync {
     fn read(&self, label: &str) -> Result<Vec<Vec<u8>>, kms_core::Error>;
     /// Sets the value under `label`.
     fn write(&self, label: &str, value: &[u8]) -> Result<(), kms_core::Error>;
+    /// Removes the value under `label`.
+    fn clear(&self, label: &str) -> Result<(), kms_core::Error>;
 }
 
 struct HsmAnchor(Arc<Hsm>);
@@ -72,6 +74,12 @@ impl AnchorStore for HsmAnchor {
     fn write(&self, label: &str, value: &[u8]) -> Result<(), kms_core::Error> {
         self.0
             .write_data(label, value)
+            .map_err(|e| kms_core::Error::Hsm(e.to_string()))
+    }
+    fn clear(&self, label: &str) -> Result<(), kms_core::Error> {
+        self.0
+            .delete_object(label)
+            .map(|_| ())
             .map_err(|e| kms_core::Error::Hsm(e.to_string()))
     }
 }
@@ -128,6 +136,10 @@ pub struct HsmSealConfig {
     pub token: TokenSelector,
     /// Where the user PIN comes from (a file or an environment variable; never the config).
     pub pin: PinSource,
+    /// `kmsd --danger-accept-restored-database`, never in a configuration file: at this start,
+    /// a database behind the checkpoint anchored in the HSM (a backup restored on purpose) is
+    /// accepted, audited, and the anchor moved to it, instead of being refused.
+    pub danger_accept_restored_database: bool,
 }
 
 /// What the seal reports.
@@ -589,11 +601,35 @@ impl Seal {
             .ok_or_else(|| {
                 ApiError::precondition("state_rollback", "the checkpoint anchor in the HSM is unreadable")
             })?;
-        store.check_anchor(&anchor).await.map_err(|e| {
+        let Err(e) = store.check_anchor(&anchor).await else {
+            return Ok(());
+        };
+        let accept = self
+            .hsm_config
+            .as_ref()
+            .is_some_and(|c| c.danger_accept_restored_database);
+        if !accept || !matches!(e, StoreError::Rollback(_)) {
             let e = ApiError::from(store.integrity().reported_error(e));
             tracing::error!(reason = e.reason, message = %e.message, "the database is behind the checkpoint anchored in the HSM");
-            e
-        })
+            return Err(e);
+        }
+        // A restore the operator of this host asked for: the earlier state becomes the one this
+        // deployment continues from. Recorded in the audit log; the next checkpoint is anchored.
+        let StoreError::Rollback(mut v) = e else {
+            unreachable!("matched above")
+        };
+        v.detail = format!(
+            "accepted by --danger-accept-restored-database: {} (the HSM's anchor named checkpoint {}, state version {}; the database continues from state version {})",
+            v.detail,
+            anchor.seq,
+            anchor.state.version,
+            store.integrity().head().version
+        );
+        tracing::error!(detail = %v.detail, "a database behind the HSM's checkpoint anchor is accepted: the later state is abandoned");
+        store.integrity().report(v);
+        anchors
+            .clear(&crate::checkpoint::anchor_label(&cfg.deployment_id))
+            .map_err(|e| ApiError::unavailable("hsm_unavailable", format!("clearing the checkpoint anchor: {e}")))
     }
 
     /// Replaces the state and publishes its integrity keys to the store (none unless unsealed).

@@ -1,4 +1,5 @@
-//! The `kmsd` binary itself: bad configuration exits 64 naming the bad key; dev mode refuses a
+//! The `kmsd` binary itself: bad configuration exits 64 naming the bad key (and a danger flag
+//! without what it applies to); dev mode refuses a
 //! non-loopback address, initializes itself and serves plaintext on loopback; SIGTERM drains and
 //! exits 0; a restart in dev mode unseals from the dev root key file and keeps its data.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -52,6 +53,15 @@ fn bad_configuration_exits_64_and_names_the_problem() {
     let (code, err) = run(&["--config", path.to_str().unwrap()]);
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("log.format"), "{err}");
+
+    // Accepting a restored database is for the pkcs11 seal's anchor only, and never in dev mode.
+    std::fs::write(&path, "listen = \"127.0.0.1:7300\"\n[database]\nurl = \"sqlite://x.db\"\n[tls]\ncert = \"/etc/hostname\"\nkey = \"/etc/hostname\"\nclient_ca = \"/etc/hostname\"\n").unwrap();
+    let (code, err) = run(&["--config", path.to_str().unwrap(), "--danger-accept-restored-database"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("[seal.pkcs11]"), "{err}");
+    let (code, err) = run(&["--dev", "--danger-accept-restored-database"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("not dev mode"), "{err}");
 }
 
 #[test]

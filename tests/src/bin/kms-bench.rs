@@ -48,7 +48,7 @@ const ATTEST_PRINCIPALS: usize = 32;
 const MAX_PREPARED: usize = ATTEST_PRINCIPALS * 6_000;
 /// The bytes an SNP report signature covers (0x000–0x29F): what kmsd hashes and verifies.
 const SNP_SIGNED_LEN: usize = 0x2A0;
-const USAGE: &str = "usage: kms-bench --kmsd PATH [--database URL] [--seconds N] [--concurrency N] [--connections N] [--phases gen,dec,attest,attested-gen,e2e,rotate] [--e2e-iterations N] [--rotate-keys N]";
+const USAGE: &str = "usage: kms-bench --kmsd PATH [--baseline-kmsd PATH] [--database URL] [--seconds N] [--concurrency N] [--connections N] [--phases gen,dec,attest,attested-gen,e2e,rotate] [--e2e-iterations N] [--rotate-keys N]";
 
 #[derive(Clone, Copy)]
 struct Phases {
@@ -109,6 +109,10 @@ impl Phases {
 
 struct Args {
     kmsd: PathBuf,
+    /// Another kmsd (e.g. the one before a change), measured on the data-plane phases in the same
+    /// run for a before/after comparison. It speaks the protocol of before deployment ids and
+    /// pinned Init (issue 10), which the current kmsd also accepts from the bench's side.
+    baseline_kmsd: Option<PathBuf>,
     database: Option<String>,
     seconds: u64,
     concurrency: usize,
@@ -121,6 +125,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         kmsd: PathBuf::from("target/release/kmsd"),
+        baseline_kmsd: None,
         database: None,
         seconds: 20,
         concurrency: 64,
@@ -134,6 +139,7 @@ fn parse_args() -> Result<Args, String> {
         let mut v = || it.next().ok_or(format!("{k} needs a value"));
         match k.as_str() {
             "--kmsd" => a.kmsd = v()?.into(),
+            "--baseline-kmsd" => a.baseline_kmsd = Some(v()?.into()),
             "--database" => a.database = Some(v()?),
             "--seconds" => a.seconds = v()?.parse().map_err(|_| "--seconds: a number")?,
             "--concurrency" => a.concurrency = v()?.parse().map_err(|_| "--concurrency: a number")?,
@@ -400,170 +406,31 @@ async fn run(args: Args) {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    // A fresh database each run, on the given PostgreSQL server, or SQLite in a temp dir.
-    let database = match &args.database {
-        Some(base) => kms_tests::Db::fresh_postgres(base, "kms_bench").await.url,
-        None => format!("sqlite://{}?mode=rwc", dir.path().join("kms.db").display()),
-    };
     // The synthetic SNP platform: its ARK/ASK are written as DER files that kmsd trusts as a
     // `danger` test root (claims verified through it carry `danger_test_root = true`).
     let lab = phases.attested().then(SnpLab::new);
-    let mut snp_roots = String::new();
-    for root in lab.iter().flat_map(SnpLab::roots) {
-        snp_roots.push_str(&format!(
-            "[[danger.snp_test_roots]]\nproduct = \"{}\"\nsigner = \"{}\"\nark = \"{}\"\nask = \"{}\"\n",
-            root.product,
-            root.signer,
-            root.ark.display(),
-            root.ask.display()
-        ));
-    }
-    let tls = pki.tls_config();
-    let config = format!(
-        "listen = \"127.0.0.1:{port}\"\n[database]\nurl = \"{database}\"\nmax_connections = 16\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n[keys]\ncache_ttl_ms = 1000\n[attestation]\nchallenge_ttl_secs = {CHALLENGE_TTL_SECS}\ntoken_ttl_secs = {TOKEN_TTL_SECS}\n[danger]\nallow_unattested_keys = true\n{snp_roots}[log]\nlevel = \"warn\"\n",
-        tls.cert.display(),
-        tls.key.display(),
-        tls.client_ca.display()
-    );
-    let config_path = dir.path().join("kmsd.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let kmsd = std::process::Command::new(&args.kmsd)
-        .arg("--config")
-        .arg(&config_path)
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .map(Kmsd)
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", args.kmsd.display()));
 
-    let ca = tonic::transport::Certificate::from_pem(&pki.ca_pem);
-    let connect = |principal: &str| {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(ca.clone())
-            .identity(pki.client(principal))
-            .domain_name("localhost");
-        let ep = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .tcp_nodelay(true);
-        async move { ep.connect().await }
-    };
-    let start = Instant::now();
-    let mut admin_c = loop {
-        if let Ok(ch) = connect("spiffe://bench/admin").await {
-            break pb::admin_service_client::AdminServiceClient::new(ch);
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "kmsd did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let alice = admin("alice", "DE");
-    admin_c
-        .init(signed(
-            &alice,
-            Op::Init(pb::InitOp {
-                seal: pb::SealKind::Shamir as i32,
-                threshold: 1,
-                admins: vec![new_admin(&alice, true)],
-                approval_quorum: 1,
-            }),
-        ))
-        .await
-        .expect("init");
-    admin_c
-        .create_key(signed(
-            &alice,
-            Op::CreateKey(pb::CreateKeyOp {
-                name: "bench".into(),
-                grants: grants_all(&[APP]),
-                release_policy: kms_tests::UNATTESTED.into(),
-                ..Default::default()
-            }),
-        ))
-        .await
-        .expect("create key");
-    if let Some(lab) = &lab {
-        // The lab's machine, enrolled in Germany; a key that releases only to its measurement
-        // on EU hardware.
-        let report = lab.report();
-        enroll_snp(&mut admin_c, &alice, lab.evidence(&report), "DE", false)
-            .await
-            .expect("enrol the synthetic SNP machine");
-        let policy = format!(
-            r#"{{"version":1,"attestation":"required","allOf":[{{"claim":"jurisdiction","equals":"EU"}},{{"claim":"snp.measurement","in":["{}"]}}]}}"#,
-            hex::encode(report.measurement)
-        );
-        admin_c
-            .create_key(signed(
-                &alice,
-                Op::CreateKey(pb::CreateKeyOp {
-                    name: ATTESTED_KEY.into(),
-                    grants: grants_all(&[APP]),
-                    release_policy: policy,
-                    ..Default::default()
-                }),
-            ))
-            .await
-            .expect("create the attested key");
+    // Before: the baseline kmsd, data-plane phases only, on a database of its own.
+    let mut before: Vec<Phase> = Vec::new();
+    if let Some(baseline) = &args.baseline_kmsd {
+        eprintln!("kms-bench: the baseline kmsd {} ...", baseline.display());
+        let b = Started::new(&args, baseline, true, None, &pki, &dir.path().join("baseline")).await;
+        before = data_plane(&b, &args).await;
+        drop(b);
     }
-    let mut channels = Vec::new();
-    for _ in 0..args.connections {
-        channels.push(connect(APP).await.expect("connect"));
-    }
-    let blob = KeyServiceClient::new(channels[0].clone())
-        .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
-            key: "bench".into(),
-            encryption_context: bench_context(),
-        })
-        .await
-        .expect("warm-up")
-        .into_inner()
-        .ciphertext_blob;
 
-    let mut results: Vec<Phase> = Vec::new();
-    if phases.gen {
-        results.push(
-            load(
-                &channels,
-                args.concurrency,
-                args.seconds,
-                "GenerateDataKeyWithoutPlaintext",
-                |_, ch| async move {
-                    KeyServiceClient::new(ch)
-                        .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
-                            key: "bench".into(),
-                            encryption_context: bench_context(),
-                        })
-                        .await
-                        .into()
-                },
-            )
-            .await,
-        );
-    }
-    if phases.dec {
-        let blob = Arc::new(blob);
-        results.push(
-            load(&channels, args.concurrency, args.seconds, "Decrypt", move |_, ch| {
-                let blob = blob.clone();
-                async move {
-                    KeyServiceClient::new(ch)
-                        .decrypt(pb::DecryptRequest {
-                            ciphertext_blob: blob.to_vec(),
-                            encryption_context: bench_context(),
-                            ..Default::default()
-                        })
-                        .await
-                        .into()
-                }
-            })
-            .await,
-        );
-    }
+    let started = Started::new(&args, &args.kmsd, false, lab.as_ref(), &pki, dir.path()).await;
+    let Started {
+        kmsd,
+        mut admin_c,
+        channels,
+        blob,
+        alice,
+        database,
+        connect,
+    } = started;
+    let connect = |principal: &str| connect(principal.to_owned());
+    let results: Vec<Phase> = data_plane_phases(&channels, &blob, &args).await;
 
     let mut notes: Vec<String> = Vec::new();
     let mut attest_phase = None;
@@ -631,6 +498,30 @@ async fn run(args: Args) {
             );
         }
         println!();
+        if !before.is_empty() {
+            println!(
+                "  before/after (same run): the baseline kmsd {}",
+                args.baseline_kmsd
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            );
+            println!(
+                "  operation                         before req/s  after req/s   after ÷ before  p99 ms before/after"
+            );
+            for (b, a) in before.iter().zip(&results) {
+                println!(
+                    "  {:<34} {:>11.0} {:>12.0} {:>15.3}  {:>7.2} / {:.2}",
+                    a.name,
+                    b.rps(),
+                    a.rps(),
+                    a.rps() / b.rps(),
+                    b.pct(0.99),
+                    a.pct(0.99)
+                );
+            }
+            println!();
+        }
     }
     if let Some(ab) = &base.attested {
         println!("  attested-release baseline (same run)                      ops/s");
@@ -809,6 +700,222 @@ fn rewrap_baseline() -> f64 {
 
 /// The kmsd process: stopped with SIGTERM (so it drains and flushes its audit log) when
 /// dropped, also when the bench panics.
+/// A kmsd started for the bench: initialized (one custodian, quorum 1), the "bench" key
+/// created, the load generator's connections open and a blob of the key for Decrypt.
+struct Started<'a> {
+    kmsd: Kmsd,
+    admin_c: pb::admin_service_client::AdminServiceClient<Channel>,
+    channels: Vec<Channel>,
+    blob: Vec<u8>,
+    alice: kms_core::keyfile::AdminKeyFile,
+    database: String,
+    connect: Box<dyn Fn(String) -> ChannelFuture + 'a>,
+}
+
+type ChannelFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Channel, tonic::transport::Error>>>>;
+
+impl<'a> Started<'a> {
+    /// Starts `binary` on a fresh database. `legacy`: it predates deployment ids and pinned
+    /// Init (its configuration has no `admin.init_admins`, its requests name no deployment).
+    async fn new(
+        args: &Args,
+        binary: &std::path::Path,
+        legacy: bool,
+        lab: Option<&SnpLab>,
+        pki: &'a Pki,
+        dir: &std::path::Path,
+    ) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // A fresh database each run, on the given PostgreSQL server, or SQLite in a temp dir.
+        let database = match &args.database {
+            Some(base) => kms_tests::Db::fresh_postgres(base, "kms_bench").await.url,
+            None => format!("sqlite://{}?mode=rwc", dir.join("kms.db").display()),
+        };
+        let mut snp_roots = String::new();
+        for root in lab.iter().flat_map(|l| l.roots()) {
+            snp_roots.push_str(&format!(
+                "[[danger.snp_test_roots]]\nproduct = \"{}\"\nsigner = \"{}\"\nark = \"{}\"\nask = \"{}\"\n",
+                root.product,
+                root.signer,
+                root.ark.display(),
+                root.ask.display()
+            ));
+        }
+        let alice = admin("alice", "DE");
+        let pinned = if legacy {
+            String::new()
+        } else {
+            format!(
+                "[admin]\ninit_admins = [\"{}\"]\n",
+                alice.public().fingerprint().unwrap()
+            )
+        };
+        let tls = pki.tls_config();
+        let config = format!(
+            "listen = \"127.0.0.1:{port}\"\n[database]\nurl = \"{database}\"\nmax_connections = 16\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n{pinned}[keys]\ncache_ttl_ms = 1000\n[attestation]\nchallenge_ttl_secs = {CHALLENGE_TTL_SECS}\ntoken_ttl_secs = {TOKEN_TTL_SECS}\n[danger]\nallow_unattested_keys = true\n{snp_roots}[log]\nlevel = \"warn\"\n",
+            tls.cert.display(),
+            tls.key.display(),
+            tls.client_ca.display()
+        );
+        let config_path = dir.join("kmsd.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let kmsd = std::process::Command::new(binary)
+            .arg("--config")
+            .arg(&config_path)
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .map(Kmsd)
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+
+        let ca = tonic::transport::Certificate::from_pem(&pki.ca_pem);
+        let connect = move |principal: String| -> ChannelFuture {
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(ca.clone())
+                .identity(pki.client(&principal))
+                .domain_name("localhost");
+            let ep = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .tcp_nodelay(true);
+            Box::pin(async move { ep.connect().await })
+        };
+        let start = Instant::now();
+        let mut admin_c = loop {
+            if let Ok(ch) = connect("spiffe://bench/admin".into()).await {
+                break pb::admin_service_client::AdminServiceClient::new(ch);
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "kmsd did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let op = pb::InitOp {
+            seal: pb::SealKind::Shamir as i32,
+            threshold: 1,
+            admins: vec![new_admin(&alice, true)],
+            approval_quorum: 1,
+        };
+        if legacy {
+            admin_c.init(signed(&alice, Op::Init(op))).await.expect("init");
+        } else {
+            kms_tests::init(&mut admin_c, &alice, op).await.expect("init");
+        }
+        let sign = |o: Op| {
+            if legacy {
+                kms_tests::signed_for(&alice, "", o, kms_core::now_unix_ms())
+            } else {
+                signed(&alice, o)
+            }
+        };
+        admin_c
+            .create_key(sign(Op::CreateKey(pb::CreateKeyOp {
+                name: "bench".into(),
+                grants: grants_all(&[APP]),
+                release_policy: kms_tests::UNATTESTED.into(),
+                ..Default::default()
+            })))
+            .await
+            .expect("create key");
+        if let Some(lab) = lab {
+            // The lab's machine, enrolled in Germany; a key that releases only to its measurement
+            // on EU hardware.
+            let report = lab.report();
+            enroll_snp(&mut admin_c, &alice, lab.evidence(&report), "DE", false)
+                .await
+                .expect("enrol the synthetic SNP machine");
+            let policy = format!(
+                r#"{{"version":1,"attestation":"required","allOf":[{{"claim":"jurisdiction","equals":"EU"}},{{"claim":"snp.measurement","in":["{}"]}}]}}"#,
+                hex::encode(report.measurement)
+            );
+            admin_c
+                .create_key(sign(Op::CreateKey(pb::CreateKeyOp {
+                    name: ATTESTED_KEY.into(),
+                    grants: grants_all(&[APP]),
+                    release_policy: policy,
+                    ..Default::default()
+                })))
+                .await
+                .expect("create the attested key");
+        }
+        let mut channels = Vec::new();
+        for _ in 0..args.connections {
+            channels.push(connect(APP.into()).await.expect("connect"));
+        }
+        let blob = KeyServiceClient::new(channels[0].clone())
+            .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+                key: "bench".into(),
+                encryption_context: bench_context(),
+            })
+            .await
+            .expect("warm-up")
+            .into_inner()
+            .ciphertext_blob;
+        Self {
+            kmsd,
+            admin_c,
+            channels,
+            blob,
+            alice,
+            database,
+            connect: Box::new(connect),
+        }
+    }
+}
+
+/// The data-plane phases against `s`.
+async fn data_plane(s: &Started<'_>, args: &Args) -> Vec<Phase> {
+    data_plane_phases(&s.channels, &s.blob, args).await
+}
+
+/// GenerateDataKeyWithoutPlaintext and Decrypt (as `--phases` asks) over `channels`.
+async fn data_plane_phases(channels: &[Channel], blob: &[u8], args: &Args) -> Vec<Phase> {
+    let mut results = Vec::new();
+    if args.phases.gen {
+        results.push(
+            load(
+                channels,
+                args.concurrency,
+                args.seconds,
+                "GenerateDataKeyWithoutPlaintext",
+                |_, ch| async move {
+                    KeyServiceClient::new(ch)
+                        .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+                            key: "bench".into(),
+                            encryption_context: bench_context(),
+                        })
+                        .await
+                        .into()
+                },
+            )
+            .await,
+        );
+    }
+    if args.phases.dec {
+        let blob = Arc::new(blob.to_vec());
+        results.push(
+            load(channels, args.concurrency, args.seconds, "Decrypt", move |_, ch| {
+                let blob = blob.clone();
+                async move {
+                    KeyServiceClient::new(ch)
+                        .decrypt(pb::DecryptRequest {
+                            ciphertext_blob: blob.to_vec(),
+                            encryption_context: bench_context(),
+                            ..Default::default()
+                        })
+                        .await
+                        .into()
+                }
+            })
+            .await,
+        );
+    }
+    results
+}
+
 struct Kmsd(std::process::Child);
 
 impl Drop for Kmsd {

@@ -285,6 +285,7 @@ impl AdminPlane {
                             | "already_approved"
                             | "already_rejected"
                             | "quorum_not_reached"
+                            | "approval_invalid"
                             | "quorum_required"
                             | "admin_removed"
                             | "conflict"

@@ -31,6 +31,11 @@ struct Args {
     /// (attestation.tpm_ek_ca_bundle in a configuration file).
     #[arg(long, requires = "dev")]
     tpm_ek_ca_bundle: Option<PathBuf>,
+    /// pkcs11 seal: accept, at this start only, a database behind the last checkpoint anchored
+    /// in the HSM (a backup restored on purpose; otherwise kmsd stays sealed with
+    /// `state_rollback`). Audited. Everything written after the backup is abandoned.
+    #[arg(long)]
+    danger_accept_restored_database: bool,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -44,7 +49,16 @@ const EX_CONFIG: u8 = 64;
 fn main() -> ExitCode {
     let args = Args::parse();
     let config = match (&args.config, args.dev) {
-        (Some(path), false) => Config::from_file(path, std::env::vars()),
+        (Some(path), false) => Config::from_file(path, std::env::vars()).and_then(|mut c| {
+            if args.danger_accept_restored_database {
+                c.danger_accept_restored_database()?;
+            }
+            Ok(c)
+        }),
+        (None, true) if args.danger_accept_restored_database => Err(kms_server::config::ConfigError(
+            "--danger-accept-restored-database is for a production server's pkcs11 seal (--config), not dev mode"
+                .into(),
+        )),
         (None, true) => std::fs::create_dir_all(&args.data_dir)
             .map_err(|e| kms_server::config::ConfigError(format!("--data-dir {}: {e}", args.data_dir.display())))
             .and_then(|()| {
