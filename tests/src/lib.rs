@@ -465,6 +465,25 @@ pub async fn init(
     Ok(status)
 }
 
+/// Initializes a pkcs11-sealed server whose one admin, `by` (not a custodian: the HSM holds the
+/// root), approves alone (M = 1).
+pub async fn init_pkcs11_alone(
+    admin: &mut AdminServiceClient<Channel>,
+    by: &AdminKeyFile,
+) -> Result<pb::SealStatus, tonic::Status> {
+    init(
+        admin,
+        by,
+        pb::InitOp {
+            seal: pb::SealKind::Pkcs11 as i32,
+            threshold: 0,
+            admins: vec![new_admin(by, false)],
+            approval_quorum: 1,
+        },
+    )
+    .await
+}
+
 /// The database's operator at work: runs `statements` with foreign keys not enforced (SQLite
 /// turns them off per connection; on PostgreSQL [`drop_foreign_keys`] first).
 pub async fn run_as_operator(db: &Db, statements: &[String]) {

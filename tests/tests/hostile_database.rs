@@ -471,6 +471,23 @@ async fn still_serving(lab: &Lab, blob: &[u8]) {
     assert_eq!(lab.decrypt(APP, blob).await.unwrap(), b"payroll 2026");
 }
 
+/// The end of one round of the matrix: exactly the `expected` violations were audited since
+/// `after`, the untouched key still serves, and the database is put back as kmsd wrote it.
+async fn end_round(
+    lab: &Lab,
+    after: i64,
+    expected: &BTreeSet<(String, String, String)>,
+    blob: &[u8],
+    restore: &[String],
+) {
+    lab.expect_violations(after, expected).await;
+    still_serving(lab, blob).await;
+    lab.sql_all(restore).await;
+    // The server reports a row once a minute while it stays altered; a scan that sees it
+    // verify again ends that, so the next round's change of the same row is reported anew.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+}
+
 async fn matrix(backend: Backend) {
     let Some(mut lab) = Lab::start(backend).await else {
         return;
@@ -556,12 +573,7 @@ async fn matrix(backend: Backend) {
         *forged_key.last_mut().unwrap() = forged_value;
         expected.insert(violation(table, &forged_key, "row_integrity"));
     }
-    lab.expect_violations(after, &expected).await;
-    still_serving(&lab, &blob).await;
-    lab.sql_all(&restore).await;
-    // The server reports a row once a minute while it stays altered; a scan that sees it
-    // verify again ends that, so the next round's change of the same row is reported anew.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    end_round(&lab, after, &expected, &blob, &restore).await;
 
     // 2. A row given another row's authenticator (version, generation and tag).
     let after = lab.audit_seq().await;
@@ -583,12 +595,7 @@ async fn matrix(backend: Backend) {
         }
         expected.insert(violation(table, &victim, "row_integrity"));
     }
-    lab.expect_violations(after, &expected).await;
-    still_serving(&lab, &blob).await;
-    lab.sql_all(&restore).await;
-    // The server reports a row once a minute while it stays altered; a scan that sees it
-    // verify again ends that, so the next round's change of the same row is reported anew.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    end_round(&lab, after, &expected, &blob, &restore).await;
 
     // 3. Each column of a row changed, column by column (the primary key included: the row is
     //    then another row with a stolen authenticator).
@@ -629,12 +636,7 @@ async fn matrix(backend: Backend) {
             }
             expected.insert(violation(table, &key, "row_integrity"));
         }
-        lab.expect_violations(after, &expected).await;
-        still_serving(&lab, &blob).await;
-        lab.sql_all(&restore).await;
-        // The server reports a row once a minute while it stays altered; a scan that sees it
-        // verify again ends that, so the next round's change of the same row is reported anew.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        end_round(&lab, after, &expected, &blob, &restore).await;
     }
 
     // 4. A row deleted: gone, though the state log says kmsd wrote it.
@@ -651,12 +653,7 @@ async fn matrix(backend: Backend) {
             .await;
         expected.insert(violation(table, &victim, "row_rollback"));
     }
-    lab.expect_violations(after, &expected).await;
-    still_serving(&lab, &blob).await;
-    lab.sql_all(&restore).await;
-    // The server reports a row once a minute while it stays altered; a scan that sees it
-    // verify again ends that, so the next round's change of the same row is reported anew.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    end_round(&lab, after, &expected, &blob, &restore).await;
 
     // Restored genuine rows verify again; the data plane never stopped.
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -129,18 +129,7 @@ async fn pkcs11_init_and_restart(backend: Backend) {
     };
     let mut server = TestServer::start(&db, &pki, opts(backend)).await;
     let mut admin_c = server.admin(&pki).await;
-    let init = init(
-        &mut admin_c,
-        &alice,
-        pb::InitOp {
-            seal: pb::SealKind::Pkcs11 as i32,
-            threshold: 0,
-            admins: vec![new_admin(&alice, false)],
-            approval_quorum: 1,
-        },
-    )
-    .await
-    .unwrap();
+    let init = init_pkcs11_alone(&mut admin_c, &alice).await.unwrap();
     assert_eq!(
         (init.seal, init.sealed, init.root_generation),
         (pb::SealKind::Pkcs11 as i32, false, 1)
@@ -455,18 +444,7 @@ async fn anchored_rollback(backend: Backend) {
     };
     let server = TestServer::start(&db, &pki, opts()).await;
     let mut admin_c = server.admin(&pki).await;
-    init(
-        &mut admin_c,
-        &alice,
-        pb::InitOp {
-            seal: pb::SealKind::Pkcs11 as i32,
-            threshold: 0,
-            admins: vec![new_admin(&alice, false)],
-            approval_quorum: 1,
-        },
-    )
-    .await
-    .unwrap();
+    init_pkcs11_alone(&mut admin_c, &alice).await.unwrap();
     let create = |name: &str| {
         signed(
             &alice,

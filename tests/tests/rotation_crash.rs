@@ -96,18 +96,7 @@ async fn killed_mid_rotation(backend: Backend) {
     );
     let mut kmsd = KmsdProcess::start(&db, &pki, &extra).await;
     let mut admin_c = kmsd.admin(&pki).await;
-    init(
-        &mut admin_c,
-        &alice,
-        pb::InitOp {
-            seal: pb::SealKind::Pkcs11 as i32,
-            threshold: 0,
-            admins: vec![new_admin(&alice, false)],
-            approval_quorum: 1,
-        },
-    )
-    .await
-    .unwrap();
+    init_pkcs11_alone(&mut admin_c, &alice).await.unwrap();
     // The audit checkpoint key of generation 1 (ES256 in the HSM), pinned by an auditor.
     let es256 = |keys: &[pb::AuditCheckpointKey]| -> Vec<String> {
         keys.iter()

@@ -618,10 +618,11 @@ impl Store {
             .map(|s| s.row))
     }
 
-    /// Up to `limit` keys that verify with id greater than `after`, by id.
-    pub async fn list_keys(&self, after: &str, limit: u32) -> Result<Vec<KeyRow>, StoreError> {
+    /// Up to `limit` rows of a table keyed by `id` that verify with id greater than `after`, by
+    /// id (one page of a listing).
+    pub(crate) async fn page<T: Row>(&self, after: &str, limit: u32) -> Result<Vec<T>, StoreError> {
         Ok(self
-            .all::<KeyRow>(
+            .all::<T>(
                 "WHERE id > $1 ORDER BY id LIMIT $2",
                 &[Value::text(after), Value::int(limit)],
             )
@@ -629,6 +630,11 @@ impl Store {
             .into_iter()
             .map(|s| s.row)
             .collect())
+    }
+
+    /// Up to `limit` keys that verify with id greater than `after`, by id.
+    pub async fn list_keys(&self, after: &str, limit: u32) -> Result<Vec<KeyRow>, StoreError> {
+        self.page(after, limit).await
     }
 
     /// Adds the next version to an enabled key, in one transaction with its audit entry.
@@ -795,28 +801,10 @@ pub(crate) async fn append_in_tx(
     }
     let entries = audit::chain(new_last - n, prev_hash, records);
     for chunk in entries.chunks(200) {
-        let mut sql = String::from(
-            "INSERT INTO audit_log (seq, time_unix_ms, caller, operation, key_id, outcome, reason, detail, prev_hash, hash) VALUES ",
+        let sql = format!(
+            "INSERT INTO audit_log (seq, time_unix_ms, caller, operation, key_id, outcome, reason, detail, prev_hash, hash) VALUES {}",
+            row::values_params(chunk.len(), 10)
         );
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push(',');
-            }
-            let b = i * 10;
-            sql.push_str(&format!(
-                "(${},${},${},${},${},${},${},${},${},${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7,
-                b + 8,
-                b + 9,
-                b + 10
-            ));
-        }
         let mut q = sqlx::query(&sql);
         for e in chunk {
             q = q

@@ -240,15 +240,7 @@ impl Store {
 
     /// Up to `limit` entries that verify with id greater than `after`, by id.
     pub async fn list_hardware(&self, after: &str, limit: u32) -> Result<Vec<HardwareRow>, StoreError> {
-        Ok(self
-            .all::<HardwareRow>(
-                "WHERE id > $1 ORDER BY id LIMIT $2",
-                &[Value::text(after), Value::int(limit)],
-            )
-            .await?
-            .into_iter()
-            .map(|s| s.row)
-            .collect())
+        self.page(after, limit).await
     }
 
     /// Revokes an active entry with its audit record. `None` if there is no active entry with

@@ -62,18 +62,19 @@ fn entry_row(r: &AnyRow) -> Result<Entry, StoreError> {
     })
 }
 
+/// Checkpoint keys oldest first, ties by kid: the same order on every replica.
+const KEYS_IN_ORDER: &str = "ORDER BY created_unix_ms, kid";
+
 impl Store {
     /// Every checkpoint key that verifies, oldest first (ties by kid), so every replica picks the
     /// same one.
     pub(crate) async fn checkpoint_keys(&self) -> Result<Vec<CheckpointKeyRow>, StoreError> {
-        let mut rows: Vec<CheckpointKeyRow> = self
-            .all::<CheckpointKeyRow>("", &[])
+        Ok(self
+            .all::<CheckpointKeyRow>(KEYS_IN_ORDER, &[])
             .await?
             .into_iter()
             .map(|s| s.row)
-            .collect();
-        rows.sort_by(|a, b| (a.created_unix_ms, &a.kid).cmp(&(b.created_unix_ms, &b.kid)));
-        Ok(rows)
+            .collect())
     }
 
     /// Adds `row` unless `have_one` says the keys already stored include a usable one. Write
@@ -87,13 +88,12 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let mut tx = Tx::begin(self).await?;
         require_generation(&mut tx, u64::try_from(row.root_generation).unwrap_or(0)).await?;
-        let mut rows: Vec<CheckpointKeyRow> = tx
-            .all::<CheckpointKeyRow>("", &[])
+        let rows: Vec<CheckpointKeyRow> = tx
+            .all::<CheckpointKeyRow>(KEYS_IN_ORDER, &[])
             .await?
             .into_iter()
             .map(|s| s.row)
             .collect();
-        rows.sort_by(|a, b| (a.created_unix_ms, &a.kid).cmp(&(b.created_unix_ms, &b.kid)));
         if have_one(&rows) || tx.get::<CheckpointKeyRow>(&[Value::text(&row.kid)]).await?.is_some() {
             return Ok(false);
         }

@@ -1106,24 +1106,10 @@ impl Tx {
         }
         head.version = self.version;
         for chunk in logged.chunks(100) {
-            let mut sql =
-                String::from("INSERT INTO state_log (seq, version, tbl, row_key, op, prev_hash, hash) VALUES ");
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push(',');
-                }
-                let b = i * 7;
-                sql.push_str(&format!(
-                    "(${},${},${},${},${},${},${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7
-                ));
-            }
+            let sql = format!(
+                "INSERT INTO state_log (seq, version, tbl, row_key, op, prev_hash, hash) VALUES {}",
+                row::values_params(chunk.len(), 7)
+            );
             let mut q = sqlx::query(&sql);
             for (e, prev, hash) in chunk {
                 q = q

@@ -148,6 +148,39 @@ async fn counted_approvals(
     Ok(n)
 }
 
+/// Records `approval` (the one that reaches M) and closes `proposal` with `status` and
+/// `outcome`, once the approvals of active admins, re-verified with `check` under the locks,
+/// reach M.
+async fn close_with_quorum(
+    tx: &mut Tx,
+    proposal: &Stored<ProposalRow>,
+    approval: &ApprovalRow,
+    check: ApprovalCheck,
+    status: ProposalStatus,
+    outcome: &str,
+) -> Result<(), StoreError> {
+    let seal = seal_in(tx).await?;
+    active_admin(tx, &approval.admin_id).await?;
+    refuse_if_rejected(tx, approval).await?;
+    insert_new_approval(tx, approval).await?;
+    let approvals = counted_approvals(tx, proposal, &seal, Some(check)).await?;
+    if approvals < i64::from(seal.approval_quorum) {
+        return Err(Refusal::QuorumNotReached {
+            proposal: proposal.id.clone(),
+            approvals,
+            quorum: seal.approval_quorum,
+        }
+        .into());
+    }
+    let mut closed = proposal.row.clone();
+    closed.status = status;
+    closed.approvals = u32::try_from(approvals).unwrap_or(u32::MAX);
+    closed.closed_unix_ms = Some(approval.approved_unix_ms);
+    closed.closed_by = Some(approval.admin_id.clone());
+    closed.outcome = outcome.to_owned();
+    tx.update(proposal, &closed).await
+}
+
 impl Store {
     /// Begins a write transaction; with `close`, first closes the proposal (recording the
     /// approval) so the operation's statements and the proposal's execution commit together or
@@ -189,26 +222,15 @@ impl Store {
                     }
                     .into());
                 }
-                let seal = seal_in(&mut tx).await?;
-                active_admin(&mut tx, &approval.admin_id).await?;
-                refuse_if_rejected(&mut tx, approval).await?;
-                insert_new_approval(&mut tx, approval).await?;
-                let approvals = counted_approvals(&mut tx, &proposal, &seal, Some(*check)).await?;
-                if approvals < i64::from(seal.approval_quorum) {
-                    return Err(Refusal::QuorumNotReached {
-                        proposal: proposal.id.clone(),
-                        approvals,
-                        quorum: seal.approval_quorum,
-                    }
-                    .into());
-                }
-                let mut executed = proposal.row.clone();
-                executed.status = ProposalStatus::Executed;
-                executed.approvals = u32::try_from(approvals).unwrap_or(u32::MAX);
-                executed.closed_unix_ms = Some(now);
-                executed.closed_by = Some(approval.admin_id.clone());
-                executed.outcome = "executed".into();
-                tx.update(&proposal, &executed).await?;
+                close_with_quorum(
+                    &mut tx,
+                    &proposal,
+                    approval,
+                    *check,
+                    ProposalStatus::Executed,
+                    "executed",
+                )
+                .await?;
             }
         }
         Ok(tx)
@@ -352,26 +374,7 @@ impl Store {
             Err(e) => return Err(e),
         };
         // Only a quorum can fail a proposal, as only a quorum can execute it.
-        let seal = seal_in(&mut tx).await?;
-        active_admin(&mut tx, &approval.admin_id).await?;
-        refuse_if_rejected(&mut tx, approval).await?;
-        insert_new_approval(&mut tx, approval).await?;
-        let approvals = counted_approvals(&mut tx, &proposal, &seal, Some(check)).await?;
-        if approvals < i64::from(seal.approval_quorum) {
-            return Err(Refusal::QuorumNotReached {
-                proposal: proposal.id.clone(),
-                approvals,
-                quorum: seal.approval_quorum,
-            }
-            .into());
-        }
-        let mut failed = proposal.row.clone();
-        failed.status = ProposalStatus::Failed;
-        failed.approvals = u32::try_from(approvals).unwrap_or(u32::MAX);
-        failed.closed_unix_ms = Some(approval.approved_unix_ms);
-        failed.closed_by = Some(approval.admin_id.clone());
-        failed.outcome = outcome.to_owned();
-        tx.update(&proposal, &failed).await?;
+        close_with_quorum(&mut tx, &proposal, approval, check, ProposalStatus::Failed, outcome).await?;
         tx.audit(vec![record]).await?;
         tx.commit().await?;
         Ok(true)
@@ -391,19 +394,15 @@ impl Store {
         after: &str,
         limit: u32,
     ) -> Result<Vec<ProposalRow>, StoreError> {
-        let rows = if include_closed {
-            self.all::<ProposalRow>(
-                "WHERE id > $1 ORDER BY id LIMIT $2",
-                &[Value::text(after), Value::int(limit)],
-            )
-            .await?
-        } else {
-            self.all::<ProposalRow>(
+        if include_closed {
+            return self.page(after, limit).await;
+        }
+        let rows = self
+            .all::<ProposalRow>(
                 "WHERE id > $1 AND status = 'pending' AND expires_unix_ms > $3 ORDER BY id LIMIT $2",
                 &[Value::text(after), Value::int(limit), Value::int(now)],
             )
-            .await?
-        };
+            .await?;
         Ok(rows.into_iter().map(|s| s.row).collect())
     }
 
@@ -463,5 +462,107 @@ impl Store {
     /// M, the approval quorum (1 before Init).
     pub async fn approval_quorum(&self) -> Result<u32, StoreError> {
         Ok(self.seal_config().await?.map_or(1, |s| s.approval_quorum))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::storage::test_store;
+
+    fn record() -> Record {
+        Record {
+            time_unix_ms: 1,
+            caller: "test".into(),
+            operation: "admin.approve".into(),
+            key_id: None,
+            outcome: "allowed".into(),
+            reason: String::new(),
+            detail: "{}".into(),
+        }
+    }
+
+    fn refuse_all(_: &ProposalRow, a: &ApprovalRow, _: &AdminRow, _: &SealConfigRow) -> Result<(), String> {
+        Err(format!("{}'s signature does not verify", a.admin_id))
+    }
+
+    fn accept_all(_: &ProposalRow, _: &ApprovalRow, _: &AdminRow, _: &SealConfigRow) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The approval that reaches M runs the operation only if every counted approval, as stored,
+    /// passes the re-verification inside the executing transaction: rows that authenticate are
+    /// not enough. A refusal leaves the proposal pending and the approval unrecorded.
+    #[tokio::test]
+    async fn execution_re_verifies_every_counted_approval() {
+        let (store, _dir) = test_store().await;
+        let mut tx = Tx::begin(&store).await.unwrap();
+        let bob = AdminRow {
+            id: "bob".into(),
+            ..store.admin("alice").await.unwrap().unwrap()
+        };
+        tx.insert(&bob).await.unwrap();
+        tx.commit().await.unwrap();
+        let payload = b"the operation".to_vec();
+        let proposal = ProposalRow {
+            id: format!("prop-{}", "b".repeat(32)),
+            operation: "set_quorum".into(),
+            payload: payload.clone(),
+            digest: sha256(&payload),
+            summary: String::new(),
+            proposed_by: "alice".into(),
+            created_unix_ms: 0,
+            expires_unix_ms: i64::MAX,
+            approvals: 1,
+            status: ProposalStatus::Pending,
+            closed_unix_ms: None,
+            closed_by: None,
+            outcome: String::new(),
+        };
+        let approval = |admin: &str| ApprovalRow {
+            proposal_id: proposal.id.clone(),
+            admin_id: admin.into(),
+            signed_payload: vec![1],
+            signature: vec![2],
+            approved_unix_ms: 1,
+        };
+        store
+            .insert_proposal(&proposal, &approval("alice"), record())
+            .await
+            .unwrap();
+        let close = |check: ApprovalCheck, payload: Vec<u8>| QuorumClose::Final {
+            approval: approval("bob"),
+            payload,
+            check,
+        };
+
+        let Err(StoreError::Refused(Refusal::ApprovalInvalid { admin, what, .. })) =
+            store.begin_write(Some(&close(refuse_all, payload.clone()))).await
+        else {
+            panic!("a counted approval that does not verify must stop the execution")
+        };
+        assert_eq!(
+            (admin.as_str(), what.as_str()),
+            ("alice", "alice's signature does not verify")
+        );
+        // Other bytes than the stored ones are never run either.
+        let Err(StoreError::Refused(Refusal::ApprovalInvalid { .. })) = store
+            .begin_write(Some(&close(accept_all, b"other bytes".to_vec())))
+            .await
+        else {
+            panic!("bytes other than the proposal's must not run")
+        };
+        let stored = store.proposal(&proposal.id).await.unwrap().unwrap();
+        assert_eq!(stored.status, ProposalStatus::Pending);
+        assert_eq!(store.approvals(&proposal.id).await.unwrap().len(), 1);
+
+        // The same approval, every stored one verifying: the proposal executes.
+        let mut tx = store.begin_write(Some(&close(accept_all, payload))).await.unwrap();
+        tx.audit(vec![record()]).await.unwrap();
+        tx.commit().await.unwrap();
+        let stored = store.proposal(&proposal.id).await.unwrap().unwrap();
+        assert_eq!((stored.status, stored.approvals), (ProposalStatus::Executed, 2));
     }
 }

@@ -281,6 +281,17 @@ pub(crate) fn insert_sql<T: Row>() -> String {
     )
 }
 
+/// The parameters of a multi-row `VALUES`: `($1,…,$cols),($cols+1,…),…` for `rows` rows.
+pub(crate) fn values_params(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let params: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+            format!("({})", params.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// `UPDATE <table> SET <every non-key column and the authentication> WHERE <key> AND
 /// row_version = <old>`: parameters are the non-key values, the three authentication values, the
 /// key values and the old version, in that order.
