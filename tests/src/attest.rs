@@ -193,6 +193,22 @@ impl Workload {
         self.attest(nonce, pb::attest_request::Evidence::Snp(evidence)).await
     }
 
+    /// Attest with a quote by `ak` from the software TPM `swtpm` over PCRs 0, 1, 7, bound to a
+    /// fresh challenge and this workload's key.
+    pub async fn attest_tpm(
+        &mut self,
+        swtpm: &crate::swtpm::Swtpm,
+        ak: &attestation::attester::tpm::AkKey,
+    ) -> Result<pb::AttestResponse, tonic::Status> {
+        let nonce = self.challenge().await;
+        let qd = attestation::binding::tpm_qualifying_data(&nonce, &self.public_key());
+        let ev = attestation::attester::tpm::Tpm::open(&swtpm.tcti())
+            .unwrap()
+            .quote(ak, &qd, &[0, 1, 7])
+            .unwrap();
+        self.attest(nonce, tpm_evidence(ev)).await
+    }
+
     pub async fn attest(
         &mut self,
         nonce: Vec<u8>,
@@ -341,4 +357,21 @@ pub fn assert_status<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: toni
             );
         }
     }
+}
+
+/// TPM evidence (as the attester makes it) on the wire.
+pub fn tpm_evidence(ev: attestation::tpm::TpmEvidence) -> pb::attest_request::Evidence {
+    pb::attest_request::Evidence::Tpm(pb::TpmEvidence {
+        ak_public: ev.ak_public,
+        quote: ev.quote,
+        signature: ev.signature,
+        pcrs: ev
+            .pcrs
+            .iter()
+            .map(|(index, value)| pb::PcrValue {
+                index: u32::from(index),
+                sha256: value.to_vec(),
+            })
+            .collect(),
+    })
 }

@@ -4,7 +4,7 @@
 //! twice: with our attester (tss-esapi), and with tpm2-tools as an independent TPM stack.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use attestation::attester::tpm::{AkKey, AkScheme, EkKind, Tpm};
+use attestation::attester::tpm::{AkScheme, EkKind, Tpm};
 use attestation::tpm::credential::CredentialBlob;
 use attestation::tpm::PcrValues;
 use kms_proto::v1 as pb;
@@ -68,30 +68,6 @@ async fn enroll_tpm(
         .map(tonic::Response::into_inner)
 }
 
-fn wire(ev: attestation::tpm::TpmEvidence) -> pb::attest_request::Evidence {
-    pb::attest_request::Evidence::Tpm(pb::TpmEvidence {
-        ak_public: ev.ak_public,
-        quote: ev.quote,
-        signature: ev.signature,
-        pcrs: ev
-            .pcrs
-            .iter()
-            .map(|(index, value)| pb::PcrValue {
-                index: u32::from(index),
-                sha256: value.to_vec(),
-            })
-            .collect(),
-    })
-}
-
-/// Attest with a quote from our attester over PCRs 0, 1, 7.
-async fn attest_tpm(w: &mut Workload, swtpm: &Swtpm, ak: &AkKey) -> Result<pb::AttestResponse, tonic::Status> {
-    let nonce = w.challenge().await;
-    let qd = attestation::binding::tpm_qualifying_data(&nonce, &w.public_key());
-    let ev = Tpm::open(&swtpm.tcti()).unwrap().quote(ak, &qd, &[0, 1, 7]).unwrap();
-    w.attest(nonce, wire(ev)).await
-}
-
 async fn tpm_with_attester(backend: Backend) {
     let swtpm = Swtpm::start();
     let Some(mut c) = Ceremony::new(backend, options(&swtpm)).await else {
@@ -125,7 +101,7 @@ async fn tpm_with_attester(backend: Backend) {
     assert_eq!(hw.tpm_ek_digest.len(), 64);
 
     // Attest, generate, open; later decrypt with a fresh attestation.
-    let token = attest_tpm(&mut w, &swtpm, &ak).await.unwrap();
+    let token = w.attest_tpm(&swtpm, &ak).await.unwrap();
     assert_eq!(token.hardware_id, hw.id);
     let claims = kms_core::claims::ReleaseClaims::from_json(&token.claims_json).unwrap();
     claims.validate().unwrap();
@@ -142,7 +118,7 @@ async fn tpm_with_attester(backend: Backend) {
     let (g, data_key) = w.generate("tpm-data", &token, &[("doc", "1")]).await.unwrap();
     assert_eq!(g.key_id, key.id);
     let mut later = Workload::new(&c.server, &c.pki, APP).await;
-    let token2 = attest_tpm(&mut later, &swtpm, &ak).await.unwrap();
+    let token2 = later.attest_tpm(&swtpm, &ak).await.unwrap();
     let plain = later
         .decrypt(&g.ciphertext_blob, &token2, &[("doc", "1")])
         .await
@@ -151,7 +127,7 @@ async fn tpm_with_attester(backend: Backend) {
 
     // A quote signed by an AK nobody enrolled (same TPM, same EK).
     let stranger = Tpm::open(&swtpm.tcti()).unwrap().create_ak(AkScheme::RsaSsa).unwrap();
-    let r = attest_tpm(&mut w, &swtpm, &stranger).await;
+    let r = w.attest_tpm(&swtpm, &stranger).await;
     assert_status(r, Code::PermissionDenied, "hardware_not_enrolled");
     assert_audited(&c.db, "attestation.attest", "hardware_not_enrolled").await;
 
@@ -164,14 +140,18 @@ async fn tpm_with_attester(backend: Backend) {
         pcrs.insert(i, if i == 7 { [0xAA; 32] } else { *v });
     }
     ev.pcrs = pcrs;
-    assert_status(w.attest(nonce, wire(ev)).await, Code::PermissionDenied, "evidence_pcrs");
+    assert_status(
+        w.attest(nonce, tpm_evidence(ev)).await,
+        Code::PermissionDenied,
+        "evidence_pcrs",
+    );
     let nonce = w.challenge().await;
     let qd = attestation::binding::tpm_qualifying_data(&nonce, &w.public_key());
     let mut ev = Tpm::open(&swtpm.tcti()).unwrap().quote(&ak, &qd, &[0, 1, 7]).unwrap();
     let last = ev.signature.len() - 1;
     ev.signature[last] ^= 1;
     assert_status(
-        w.attest(nonce, wire(ev)).await,
+        w.attest(nonce, tpm_evidence(ev)).await,
         Code::PermissionDenied,
         "evidence_signature",
     );
@@ -180,7 +160,7 @@ async fn tpm_with_attester(backend: Backend) {
     let qd = attestation::binding::tpm_qualifying_data(&[0; 32], &w.public_key());
     let ev = Tpm::open(&swtpm.tcti()).unwrap().quote(&ak, &qd, &[0, 1, 7]).unwrap();
     assert_status(
-        w.attest(nonce, wire(ev)).await,
+        w.attest(nonce, tpm_evidence(ev)).await,
         Code::PermissionDenied,
         "evidence_binding_mismatch",
     );
@@ -190,7 +170,7 @@ async fn tpm_with_attester(backend: Backend) {
         "tpm2_pcrextend",
         &["7:sha256=b5bb9d8014a0f9b1d61e21e796d78dccdf1352f23cd32812f4850b878ae4944c"],
     );
-    let token3 = attest_tpm(&mut w, &swtpm, &ak).await.unwrap();
+    let token3 = w.attest_tpm(&swtpm, &ak).await.unwrap();
     let s = w.generate("tpm-data", &token3, &[]).await.err().unwrap();
     assert_eq!(
         (s.code(), reason(&s).as_str()),
@@ -442,7 +422,7 @@ async fn tpm_with_tpm2_tools(backend: Backend) {
         signature: swtpm.read("quote.sig"),
         pcrs: PcrValues::from_tpm2_tools(&swtpm.read("pcrs.out")).unwrap(),
     };
-    let token = w.attest(nonce, wire(ev)).await.unwrap();
+    let token = w.attest(nonce, tpm_evidence(ev)).await.unwrap();
     assert_eq!(token.hardware_id, hw.id);
     let (g, k) = w
         .generate("tools-data", &token, &[("via", "tpm2-tools")])

@@ -337,7 +337,7 @@ async fn populate(lab: &mut Lab) -> (pb::KeyMetadata, Vec<u8>) {
     .unwrap();
     let mut w = Workload::new(&lab.kmsd, &lab.pki, APP).await;
     let (ak, _) = enroll_tpm(lab, &mut w).await;
-    attest_tpm(&mut w, &lab.swtpm, &ak).await.unwrap();
+    w.attest_tpm(&lab.swtpm, &ak).await.unwrap();
     // A second, unused credential-activation attempt.
     let ek = Tpm::open(&lab.swtpm.tcti())
         .unwrap()
@@ -443,27 +443,16 @@ async fn enroll_tpm(lab: &mut Lab, w: &mut Workload) -> (AkKey, pb::Hardware) {
     (ak, hw)
 }
 
-fn tpm_wire(ev: attestation::tpm::TpmEvidence) -> pb::attest_request::Evidence {
-    pb::attest_request::Evidence::Tpm(pb::TpmEvidence {
-        ak_public: ev.ak_public,
-        quote: ev.quote,
-        signature: ev.signature,
-        pcrs: ev
-            .pcrs
-            .iter()
-            .map(|(index, value)| pb::PcrValue {
-                index: u32::from(index),
-                sha256: value.to_vec(),
-            })
-            .collect(),
-    })
-}
-
-async fn attest_tpm(w: &mut Workload, swtpm: &Swtpm, ak: &AkKey) -> Result<pb::AttestResponse, tonic::Status> {
-    let nonce = w.challenge().await;
-    let qd = attestation::binding::tpm_qualifying_data(&nonce, &w.public_key());
-    let ev = Tpm::open(&swtpm.tcti()).unwrap().quote(ak, &qd, &[0, 1, 7]).unwrap();
-    w.attest(nonce, tpm_wire(ev)).await
+/// The integrity alarm in the status, once raised (empty if not within 10 s).
+async fn wait_alarm(lab: &Lab) -> String {
+    for _ in 0..100 {
+        let alarm = status(lab).await.integrity_alarm;
+        if !alarm.is_empty() {
+            return alarm;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    String::new()
 }
 
 /// The server still serves what verifies: the untouched key decrypts its blob.
@@ -819,7 +808,7 @@ async fn attacks(backend: Backend) {
     //     credential-activated: its quotes get no token (and so no data key).
     let mut w = Workload::new(&lab.kmsd, &lab.pki, APP).await;
     let (ak, hw) = enroll_tpm(&mut lab, &mut w).await;
-    attest_tpm(&mut w, &lab.swtpm, &ak).await.unwrap();
+    w.attest_tpm(&lab.swtpm, &ak).await.unwrap();
     lab.sql(&format!(
         "CREATE TABLE hw_genuine AS SELECT * FROM hardware WHERE id = '{}'",
         hw.id
@@ -836,14 +825,14 @@ async fn attacks(backend: Backend) {
     ))
     .await;
     assert_status(
-        attest_tpm(&mut w, &lab.swtpm, &rogue).await,
+        w.attest_tpm(&lab.swtpm, &rogue).await,
         Code::FailedPrecondition,
         "row_integrity",
     );
     assert_audited(&lab.db, "attestation.attest", "row_integrity").await;
     lab.sql(&format!("DELETE FROM hardware WHERE id = '{}'", hw.id)).await;
     lab.sql("INSERT INTO hardware SELECT * FROM hw_genuine").await;
-    attest_tpm(&mut w, &lab.swtpm, &ak).await.unwrap();
+    w.attest_tpm(&lab.swtpm, &ak).await.unwrap();
 
     // A proposal whose stored operation is changed after it was approved does not run.
     lab.admin.propose(signed_quorum(lab.alice(), 2)).await.unwrap();
@@ -924,7 +913,7 @@ async fn attacks(backend: Backend) {
     lab.sql("INSERT INTO hardware SELECT * FROM hw_active").await;
     // (Its AK is the genuine one again in this copy: only the version betrays it.)
     assert_status(
-        attest_tpm(&mut w, &lab.swtpm, &ak).await,
+        w.attest_tpm(&lab.swtpm, &ak).await,
         Code::FailedPrecondition,
         "row_rollback",
     );
@@ -1138,14 +1127,7 @@ async fn audit_cut(backend: Backend) {
     assert!(second > first);
     // The next checkpoint is refused: the alarm is up, shown in the status, and nothing is
     // served any more.
-    let mut alarm = String::new();
-    for _ in 0..100 {
-        alarm = status(&lab).await.integrity_alarm;
-        if !alarm.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let alarm = wait_alarm(&lab).await;
     assert!(
         alarm.contains("checkpoint") || alarm.contains("entries were removed"),
         "{alarm:?}"
@@ -1186,25 +1168,18 @@ async fn whole_rollback(backend: Backend) {
     let blob = lab.encrypt(APP, "kept").await.unwrap();
     let mut w = Workload::new(&lab.kmsd, &lab.pki, APP).await;
     let (ak, hw) = enroll_tpm(&mut lab, &mut w).await;
-    attest_tpm(&mut w, &lab.swtpm, &ak).await.unwrap();
+    w.attest_tpm(&lab.swtpm, &ak).await.unwrap();
     let restore = snapshot_database(&lab.db, "a").await;
     let mut admin_c = lab.admin.clone();
     revoke(&mut admin_c, lab.alice(), &hw.id).await.unwrap();
     assert_status(
-        attest_tpm(&mut w, &lab.swtpm, &ak).await,
+        w.attest_tpm(&lab.swtpm, &ak).await,
         Code::PermissionDenied,
         "hardware_revoked",
     );
     let before = status(&lab).await.state_version;
     lab.sql_all(&restore).await;
-    let mut alarm = String::new();
-    for _ in 0..100 {
-        alarm = status(&lab).await.integrity_alarm;
-        if !alarm.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let alarm = wait_alarm(&lab).await;
     // Caught by whichever looks first: the state log (behind the state this server saw) or the
     // audit checkpointer (entries this server wrote are gone).
     assert!(
@@ -1212,7 +1187,7 @@ async fn whole_rollback(backend: Backend) {
         "{alarm:?}"
     );
     assert_status(
-        attest_tpm(&mut w, &lab.swtpm, &ak).await,
+        w.attest_tpm(&lab.swtpm, &ak).await,
         Code::FailedPrecondition,
         "state_rollback",
     );

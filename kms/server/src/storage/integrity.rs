@@ -510,15 +510,17 @@ impl Integrity {
         let Some(seen) = known(&read(&self.view)).filter(|s| !s.deleted && s.seq <= read_at) else {
             return Ok(None);
         };
-        let v = self.violation::<T>(
+        let v = self.gone::<T>(key, seen.version);
+        Ok(Some(self.reported(StoreError::Rollback(v))))
+    }
+
+    /// The violation of a row `kmsd` wrote at `version` that is not there.
+    fn gone<T: Row>(&self, key: &str, version: i64) -> Violation {
+        self.violation::<T>(
             key,
             ViolationKind::Rollback,
-            format!(
-                "kmsd wrote version {} of it, but it is gone (deleted by someone else)",
-                seen.version
-            ),
-        );
-        Ok(Some(self.reported(StoreError::Rollback(v))))
+            format!("kmsd wrote version {version} of it, but it is gone (deleted by someone else)"),
+        )
     }
 
     /// The same, inside a write transaction (whose view is the database's state).
@@ -530,14 +532,7 @@ impl Integrity {
         if seen.deleted {
             return None;
         }
-        let v = self.violation::<T>(
-            key,
-            ViolationKind::Rollback,
-            format!(
-                "kmsd wrote version {} of it, but it is gone (deleted by someone else)",
-                seen.version
-            ),
-        );
+        let v = self.gone::<T>(key, seen.version);
         Some(self.reported(StoreError::Rollback(v)))
     }
 
