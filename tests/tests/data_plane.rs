@@ -424,6 +424,77 @@ async fn grants_and_release(backend: Backend) {
         "not_permitted",
     );
 
+    // ReEncrypt never moves data to a key that more principals may decrypt. A rotation job that
+    // may only re-encrypt moves blobs between keys with the same readers, and nowhere else.
+    const ROTATOR: &str = "spiffe://eu.example/rotator";
+    let key_with = |name: &str, grants: Vec<(&str, Vec<pb::Operation>)>| {
+        let op = Op::CreateKey(pb::CreateKeyOp {
+            name: name.into(),
+            grants: grants
+                .into_iter()
+                .map(|(p, ops)| pb::Grant {
+                    principal: p.into(),
+                    operations: ops.into_iter().map(|o| o as i32).collect(),
+                })
+                .collect(),
+            release_policy: UNATTESTED.into(),
+            ..Default::default()
+        });
+        let mut admin = c.admin.clone();
+        let by = &c.custodians[0];
+        async move { admin.create_key(signed(by, op)).await.unwrap() }
+    };
+    use pb::Operation::{Decrypt as D, Encrypt as E, ReEncrypt as R};
+    key_with("ledger", vec![(APP, vec![D, E]), (ROTATOR, vec![R])]).await;
+    key_with("ledger-2027", vec![(APP, vec![D, E]), (ROTATOR, vec![R])]).await;
+    key_with(
+        "ledger-shared",
+        vec![(APP, vec![D]), (OTHER, vec![D]), (ROTATOR, vec![R])],
+    )
+    .await;
+    let ledger = app
+        .encrypt(pb::EncryptRequest {
+            key: "ledger".into(),
+            plaintext: b"ledger entry".to_vec(),
+            encryption_context: ctx(&[]),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext_blob;
+    let mut rotator = c.server.data(&c.pki, ROTATOR).await;
+    let move_to = |dst: &str| pb::ReEncryptRequest {
+        ciphertext_blob: ledger.clone(),
+        source_encryption_context: ctx(&[]),
+        destination_key: dst.into(),
+        destination_encryption_context: ctx(&[]),
+    };
+    let moved = rotator.re_encrypt(move_to("ledger-2027")).await.unwrap().into_inner();
+    let back = app
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: moved.ciphertext_blob,
+            encryption_context: ctx(&[]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(back.plaintext, b"ledger entry");
+    let refused = rotator.re_encrypt(move_to("ledger-shared")).await;
+    assert_refused(refused, Code::FailedPrecondition, "grants_widened");
+    // The rotator itself may not read what it moves.
+    assert_refused(
+        rotator
+            .decrypt(pb::DecryptRequest {
+                ciphertext_blob: ledger.clone(),
+                encryption_context: ctx(&[]),
+                ..Default::default()
+            })
+            .await,
+        Code::PermissionDenied,
+        "not_permitted",
+    );
+
     // A server that does not allow unattested keys refuses to create them, and refuses plaintext
     // for such keys already in its database.
     let opts = Options {

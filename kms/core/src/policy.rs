@@ -109,6 +109,28 @@ impl AccessPolicy {
             matches && g.operations.contains(&op)
         })
     }
+
+    /// The first principal (or `*`) that these grants allow `op` and `other` does not: `None`
+    /// if everyone allowed `op` here is allowed it by `other` too. `*` here is covered only by
+    /// `*` there. ReEncrypt uses it so that data never moves to a key that more principals may
+    /// decrypt.
+    pub fn widens(&self, other: &AccessPolicy, op: Operation) -> Option<&str> {
+        self.grants
+            .iter()
+            .filter(|g| g.operations.contains(&op))
+            .find(|g| {
+                let covered = if g.principal == "*" {
+                    other
+                        .grants
+                        .iter()
+                        .any(|o| o.principal == "*" && o.operations.contains(&op))
+                } else {
+                    other.allows(&Principal::new(g.principal.as_str()), op)
+                };
+                !covered
+            })
+            .map(|g| g.principal.as_str())
+    }
 }
 
 /// What a release policy requires before plaintext leaves the server.
@@ -913,6 +935,43 @@ impl<'de> Visitor<'de> for JsonVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn policy_of(list: &[(&str, &[Operation])]) -> AccessPolicy {
+        AccessPolicy::new(
+            list.iter()
+                .map(|(p, ops)| Grant {
+                    principal: (*p).into(),
+                    operations: ops.iter().copied().collect(),
+                })
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    /// Who may decrypt under a destination must be allowed to decrypt under the source: a named
+    /// principal by name or `*`, `*` only by `*`, `anonymous` only by name.
+    #[test]
+    fn widening_is_decided_per_principal() {
+        use Operation::{Decrypt, Encrypt, ReEncrypt};
+        let src = policy_of(&[("app", &[Decrypt, Encrypt]), ("rotator", &[ReEncrypt])]);
+        let same = policy_of(&[("app", &[Decrypt]), ("rotator", &[ReEncrypt])]);
+        assert_eq!(same.widens(&src, Decrypt), None);
+        // Other operations do not count: a destination may let someone else encrypt.
+        let more_encrypt = policy_of(&[("app", &[Decrypt]), ("billing", &[Encrypt])]);
+        assert_eq!(more_encrypt.widens(&src, Decrypt), None);
+        let other_reader = policy_of(&[("app", &[Decrypt]), ("mallory", &[Decrypt])]);
+        assert_eq!(other_reader.widens(&src, Decrypt), Some("mallory"));
+        let the_rotator_reads = policy_of(&[("rotator", &[Decrypt])]);
+        assert_eq!(the_rotator_reads.widens(&src, Decrypt), Some("rotator"));
+        let everyone = policy_of(&[("*", &[Decrypt])]);
+        assert_eq!(everyone.widens(&src, Decrypt), Some("*"));
+        assert_eq!(everyone.widens(&everyone, Decrypt), None);
+        // A source open to every authenticated principal covers any named one, not anonymous.
+        assert_eq!(other_reader.widens(&everyone, Decrypt), None);
+        let anonymous = policy_of(&[("anonymous", &[Decrypt])]);
+        assert_eq!(anonymous.widens(&everyone, Decrypt), Some("anonymous"));
+        assert_eq!(anonymous.widens(&anonymous, Decrypt), None);
+    }
 
     #[test]
     fn release_policy_parsing_names_the_bad_part() {

@@ -315,8 +315,7 @@ async fn background(
                 if let Err(e) = store.purge_nonces(kms_core::now_unix_ms()).await {
                     tracing::warn!(error = %e, "cannot purge admin nonces");
                 }
-                // Kept an hour past expiry, so a late replay is still named as one.
-                if let Err(e) = store.purge_attestation(kms_core::now_unix_ms() - 3_600_000).await {
+                if let Err(e) = service::hardware::purge_attestation(&store, kms_core::now_unix_ms()).await {
                     tracing::warn!(error = %e, "cannot purge attestation challenges");
                 }
             }

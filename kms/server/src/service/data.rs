@@ -149,6 +149,23 @@ impl DataPlane {
         Ok(())
     }
 
+    /// ReEncrypt must not move data to a key that more principals may decrypt: everyone the
+    /// destination's grants let decrypt must be allowed to decrypt under the source too. A
+    /// principal that may only re-encrypt (a rotation job) can so move blobs between keys with
+    /// the same readers, never to a key that someone else reads.
+    fn check_no_grant_widening(src: &KeyRow, dst: &KeyRow) -> Result<(), ApiError> {
+        if let Some(who) = dst.grants.widens(&src.grants, Operation::Decrypt) {
+            return Err(ApiError::precondition(
+                "grants_widened",
+                format!(
+                    "{who} may decrypt under key {} but not under key {}: re-encrypting would let more principals read the data",
+                    dst.id, src.id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether plaintext of this key may be returned to a caller that has not attested.
     fn check_release(&self, key: &KeyRow) -> Result<(), ApiError> {
         let policy = ReleasePolicy::parse(&key.release_policy).map_err(|_| {
@@ -461,6 +478,7 @@ impl pb::key_service_server::KeyService for DataPlane {
             audit.detail("destination_key_id", dst.id.clone());
             Self::check_usable(&dst, &who, Operation::ReEncrypt)?;
             Self::check_no_downgrade(&src_key, &dst)?;
+            Self::check_no_grant_widening(&src_key, &dst)?;
             let version =
                 KeyVersion::new(dst.latest_version).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
             let kek = self.keys.kek(&dst, version).await?;

@@ -77,6 +77,25 @@ pub(crate) fn hardware_to_wire(h: &HardwareRow) -> pb::Hardware {
     }
 }
 
+/// Housekeeping: forgets attestation challenges and TPM enrolment attempts an hour after they
+/// expired (so a late replay is still named as one), except the attempts that a pending
+/// enrolment proposal names, whose approvals may take the proposal's whole lifetime.
+pub(crate) async fn purge_attestation(store: &crate::storage::Store, now: i64) -> Result<u64, StoreError> {
+    let mut awaiting = std::collections::BTreeSet::new();
+    for p in store.pending_proposals("enroll_hardware", now).await? {
+        // The bytes were checked as a canonical QuorumOperation when proposed.
+        if let Ok(pb::QuorumOperation {
+            operation: Some(pb::quorum_operation::Operation::EnrollHardware(op)),
+        }) = <pb::QuorumOperation as prost::Message>::decode(p.payload.as_slice())
+        {
+            if let Some(pb::enroll_hardware_op::Identity::Tpm(t)) = op.identity {
+                awaiting.insert(t.enrollment_id);
+            }
+        }
+    }
+    store.purge_attestation(now - 3_600_000, &awaiting).await
+}
+
 impl AdminPlane {
     /// Enrols a machine: its location is checked against the allowed jurisdictions, its identity
     /// proven (SNP: a report verified against AMD's roots; TPM: the answer to a credential
@@ -378,5 +397,96 @@ impl AdminPlane {
             })?;
         let row = self.keys.remember(row);
         Ok(Some(Self::key_metadata(&row)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use prost::Message as _;
+
+    use super::*;
+    use crate::storage::{test_store, ProposalRow, ProposalStatus, TpmEnrollmentRow, Tx};
+
+    fn attempt(id: &str, expires_unix_ms: i64) -> TpmEnrollmentRow {
+        TpmEnrollmentRow {
+            id: id.into(),
+            ek_digest: "ee".into(),
+            ek_certificate: vec![1],
+            ek_record: "{}".into(),
+            ak_public: vec![2],
+            ak_name: "aa".into(),
+            secret_sha256: vec![0; 32],
+            requested_by: "spiffe://eu.example/host".into(),
+            expires_unix_ms,
+            used_unix_ms: None,
+        }
+    }
+
+    /// An attempt expired long ago is forgotten, unless a pending enrolment proposal names it:
+    /// its approvals may take the proposal's lifetime, longer than the purge's hour.
+    #[tokio::test]
+    async fn attempts_awaiting_approval_are_kept() {
+        let (store, _dir) = test_store().await;
+        let now = kms_core::now_unix_ms();
+        let long_ago = now - 2 * 3_600_000;
+        let mut tx = Tx::begin(&store).await.unwrap();
+        for id in ["tpm-awaited", "tpm-abandoned", "tpm-of-a-closed-proposal"] {
+            tx.insert(&attempt(id, long_ago)).await.unwrap();
+        }
+        tx.insert(&attempt("tpm-fresh", now + 60_000)).await.unwrap();
+        let enrol = |attempt: &str| {
+            pb::QuorumOperation {
+                operation: Some(pb::quorum_operation::Operation::EnrollHardware(pb::EnrollHardwareOp {
+                    country: "DE".into(),
+                    site: "FRA-2".into(),
+                    operator: "Example Cloud GmbH".into(),
+                    description: String::new(),
+                    identity: Some(pb::enroll_hardware_op::Identity::Tpm(pb::TpmEnrollment {
+                        enrollment_id: attempt.into(),
+                        activated_secret: vec![3; 32],
+                        expected_ek_digest: "ee".into(),
+                        expected_ak_name: "aa".into(),
+                    })),
+                })),
+            }
+            .encode_to_vec()
+        };
+        let proposal = |n: char, attempt: &str, status: ProposalStatus| {
+            let payload = enrol(attempt);
+            ProposalRow {
+                id: format!("prop-{}", n.to_string().repeat(32)),
+                operation: "enroll_hardware".into(),
+                digest: ring::digest::digest(&ring::digest::SHA256, &payload).as_ref().to_vec(),
+                payload,
+                summary: String::new(),
+                proposed_by: "alice".into(),
+                created_unix_ms: long_ago,
+                expires_unix_ms: now + 86_400_000,
+                approvals: 1,
+                status,
+                closed_unix_ms: None,
+                closed_by: None,
+                outcome: String::new(),
+            }
+        };
+        tx.insert(&proposal('a', "tpm-awaited", ProposalStatus::Pending))
+            .await
+            .unwrap();
+        tx.insert(&proposal('b', "tpm-of-a-closed-proposal", ProposalStatus::Rejected))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        assert_eq!(purge_attestation(&store, now).await.unwrap(), 2);
+        let left = |id: &'static str| {
+            let store = store.clone();
+            async move { store.tpm_enrollment(id, None).await.unwrap().is_ok() }
+        };
+        assert!(left("tpm-awaited").await);
+        assert!(left("tpm-fresh").await);
+        assert!(!left("tpm-abandoned").await);
+        assert!(!left("tpm-of-a-closed-proposal").await);
     }
 }

@@ -5,7 +5,7 @@
 pub mod admin;
 pub mod attestation;
 pub mod data;
-mod hardware;
+pub(crate) mod hardware;
 pub(crate) mod quorum;
 
 use std::collections::BTreeMap;

@@ -3,6 +3,8 @@
 //! are not authenticated: a nonce row someone else writes is useless without evidence that binds
 //! it, from a workload holding the calling principal's mTLS key (docs/threat-model.md).
 
+use std::collections::BTreeSet;
+
 use kms_core::audit::Record;
 use kms_core::integrity::Value;
 use sqlx::Row as _;
@@ -138,27 +140,30 @@ impl Store {
         })
     }
 
-    /// Forgets challenges and TPM enrolment attempts that expired before `before` (the attempts
-    /// in one transaction, recorded in the state log as deletions).
-    pub async fn purge_attestation(&self, before: i64) -> Result<u64, StoreError> {
+    /// Forgets challenges and TPM enrolment attempts that expired before `before`, but not the
+    /// attempts in `keep` (those a pending enrolment proposal names: its approvals may take the
+    /// proposal's lifetime). The attempts go in one transaction, recorded in the state log as
+    /// deletions.
+    pub async fn purge_attestation(&self, before: i64, keep: &BTreeSet<String>) -> Result<u64, StoreError> {
         let a = sqlx::query("DELETE FROM attestation_nonces WHERE expires_unix_ms < $1")
             .bind(before)
             .execute(&self.pool)
             .await?
             .rows_affected();
-        if self
-            .all::<TpmEnrollmentRow>("WHERE expires_unix_ms < $1", &[Value::int(before)])
-            .await?
-            .is_empty()
-        {
+        let expired = |rows: &[Stored<TpmEnrollmentRow>]| rows.iter().any(|r| !keep.contains(&r.id));
+        if !expired(
+            &self
+                .all::<TpmEnrollmentRow>("WHERE expires_unix_ms < $1", &[Value::int(before)])
+                .await?,
+        ) {
             return Ok(a);
         }
         let mut tx = Tx::begin(self).await?;
-        let expired = tx
+        let rows = tx
             .all::<TpmEnrollmentRow>("WHERE expires_unix_ms < $1", &[Value::int(before)])
             .await?;
         let mut b = 0;
-        for e in &expired {
+        for e in rows.iter().filter(|r| !keep.contains(&r.id)) {
             tx.delete(e).await?;
             b += 1;
         }

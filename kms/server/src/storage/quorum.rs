@@ -406,6 +406,17 @@ impl Store {
         Ok(rows.into_iter().map(|s| s.row).collect())
     }
 
+    /// The pending proposals (still open at `now`) of `operation` that verify.
+    pub async fn pending_proposals(&self, operation: &str, now: i64) -> Result<Vec<ProposalRow>, StoreError> {
+        let rows = self
+            .all::<ProposalRow>(
+                "WHERE operation = $1 AND status = 'pending' AND expires_unix_ms > $2",
+                &[Value::text(operation), Value::int(now)],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|s| s.row).collect())
+    }
+
     /// A proposal's approvals that verify, oldest first.
     pub async fn approvals(&self, proposal_id: &str) -> Result<Vec<ApprovalRow>, StoreError> {
         Ok(self
