@@ -33,6 +33,9 @@ pub enum Check {
     Pcrs,
     /// Clock or reset counters went backwards.
     Counters,
+    /// An EK certificate does not follow the TCG EK Credential Profile (EK key purpose, TPM
+    /// manufacturer, model and version in the subjectAltName).
+    EkProfile,
 }
 
 impl Check {
@@ -52,6 +55,7 @@ impl Check {
             Self::SigningKey => "signing_key",
             Self::Pcrs => "pcrs",
             Self::Counters => "counters",
+            Self::EkProfile => "ek_profile",
         }
     }
 }

@@ -61,10 +61,12 @@ const CASES: [Case; 4] = [
     },
 ];
 
+/// Every genuine report (these captures come from hosts with SMT on, firmware without the
+/// alias check, and a VMPL 1 guest), VLEKs too.
 fn verifier() -> SnpVerifier {
     SnpVerifier::new(SnpTrust {
         accept_vlek: true,
-        ..SnpTrust::default()
+        ..SnpTrust::insecure_any_platform()
     })
     .expect("built-in roots")
 }
@@ -429,4 +431,67 @@ fn a_cached_vcek_need_not_be_sent_again() {
         refusal(verifier.verify(&without, &binding, 1_950_000_000)),
         Check::CertificateValidity
     );
+}
+
+/// The strict defaults refuse what these real hosts show, each for its own reason, until the
+/// deployment accepts it explicitly: SMT on, the memory alias check not done (firmware 1.52,
+/// before the BadRAM fix), a guest at VMPL 1, no floor for the product.
+#[test]
+fn the_default_trust_refuses_these_hosts_for_their_reasons() {
+    let case = &CASES[0];
+    let ev = evidence(case);
+    let binding = report_data(&ev.report);
+    let with = |adjust: &dyn Fn(&mut SnpTrust)| {
+        let mut trust = SnpTrust {
+            products: [Product::Milan].into(),
+            minimum_tcb: attestation::snp::MinimumTcb {
+                milan: Some(case.reported_tcb),
+                ..Default::default()
+            },
+            ..SnpTrust::default()
+        };
+        adjust(&mut trust);
+        SnpVerifier::new(trust).expect("trust").verify(&ev, &binding, NOW)
+    };
+    let smt = with(&|_| {}).unwrap_err();
+    assert_eq!(smt.check, Check::GuestPolicy);
+    assert!(smt.detail.contains("SMT"), "{smt}");
+    let alias = with(&|t| t.allow_smt = true).unwrap_err();
+    assert_eq!(alias.check, Check::GuestPolicy);
+    assert!(alias.detail.contains("alias check"), "{alias}");
+    with(&|t| {
+        t.allow_smt = true;
+        t.require_alias_check = false;
+    })
+    .expect("both accepted explicitly");
+    let no_floor = SnpVerifier::new(SnpTrust {
+        allow_smt: true,
+        require_alias_check: false,
+        ..SnpTrust::default()
+    })
+    .expect("trust")
+    .verify(&ev, &binding, NOW)
+    .unwrap_err();
+    assert_eq!(no_floor.check, Check::Tcb);
+    let raised = with(&|t| {
+        t.allow_smt = true;
+        t.require_alias_check = false;
+        t.minimum_tcb.milan = Some(Tcb {
+            snp: case.reported_tcb.snp + 1,
+            ..case.reported_tcb
+        });
+    })
+    .unwrap_err();
+    assert_eq!(raised.check, Check::Tcb);
+    // The VLEK capture is a VMPL 1 guest.
+    let vlek = evidence(&CASES[3]);
+    let at_vmpl1 = SnpVerifier::new(SnpTrust {
+        accept_vlek: true,
+        allowed_vmpls: [0].into(),
+        ..SnpTrust::insecure_any_platform()
+    })
+    .expect("trust")
+    .verify(&vlek, &report_data(&vlek.report), NOW)
+    .unwrap_err();
+    assert_eq!(at_vmpl1.check, Check::Vmpl);
 }

@@ -134,7 +134,7 @@ fn vmpl_follows_the_trust_configuration() {
     let chain = milan();
     let (mut report, binding) = bound_report(&chain);
     report.vmpl = 2;
-    verify_with(&chain, &report, &binding, |_| {}).expect("VMPL 2 is allowed by default");
+    verify_with(&chain, &report, &binding, |_| {}).expect("VMPL 2 is allowed when listed");
     assert_eq!(
         check(verify_with(&chain, &report, &binding, |t| t.allowed_vmpls = [0].into())),
         Check::Vmpl
@@ -142,12 +142,14 @@ fn vmpl_follows_the_trust_configuration() {
     for vmpl in [4, u32::MAX] {
         report.vmpl = vmpl;
         assert_eq!(
-            check(verify_with(&chain, &report, &binding, |t| {
-                t.allowed_vmpls.insert(vmpl);
-            })),
+            check(verify_with(&chain, &report, &binding, |_| {})),
             Check::Vmpl,
             "{vmpl}"
         );
+        // And no configuration can list it.
+        let mut trust = chain.trust();
+        trust.allowed_vmpls.insert(vmpl);
+        assert!(SnpVerifier::new(trust).is_err(), "{vmpl}");
     }
 }
 
@@ -156,7 +158,7 @@ fn tcb_below_the_minimum_is_refused_per_component() {
     let chain = milan();
     let (report, binding) = bound_report(&chain);
     let tcb = chain.options().tcb;
-    verify_with(&chain, &report, &binding, |t| t.minimum_tcb.milan = tcb).expect("equal to the minimum");
+    verify_with(&chain, &report, &binding, |t| t.minimum_tcb.milan = Some(tcb)).expect("equal to the minimum");
     for raise in [
         |m: &mut Tcb| m.bootloader += 1,
         |m: &mut Tcb| m.tee += 1,
@@ -166,12 +168,18 @@ fn tcb_below_the_minimum_is_refused_per_component() {
         let mut minimum = tcb;
         raise(&mut minimum);
         assert_eq!(
-            check(verify_with(&chain, &report, &binding, |t| t.minimum_tcb.milan = minimum)),
+            check(verify_with(&chain, &report, &binding, |t| t.minimum_tcb.milan = Some(minimum))),
             Check::Tcb
         );
     }
     // Another product's floor does not apply.
-    verify_with(&chain, &report, &binding, |t| t.minimum_tcb.genoa.snp = 200).expect("Genoa's floor");
+    verify_with(&chain, &report, &binding, |t| {
+        t.minimum_tcb.genoa = Some(Tcb {
+            snp: 200,
+            ..Tcb::default()
+        })
+    })
+    .expect("Genoa's floor");
 }
 
 #[test]
@@ -179,9 +187,15 @@ fn turin_fmc_minimum_applies() {
     let chain = chain(Product::Turin, Signer::Vcek);
     let (report, binding) = bound_report(&chain);
     let fmc = chain.options().tcb.fmc.expect("Turin has an FMC");
-    verify_with(&chain, &report, &binding, |t| t.minimum_tcb.turin.fmc = Some(fmc)).expect("equal");
+    let floor = |fmc| {
+        Some(Tcb {
+            fmc: Some(fmc),
+            ..Tcb::default()
+        })
+    };
+    verify_with(&chain, &report, &binding, |t| t.minimum_tcb.turin = floor(fmc)).expect("equal");
     assert_eq!(
-        check(verify_with(&chain, &report, &binding, |t| t.minimum_tcb.turin.fmc = Some(fmc + 1))),
+        check(verify_with(&chain, &report, &binding, |t| t.minimum_tcb.turin = floor(fmc + 1))),
         Check::Tcb
     );
 }
@@ -438,4 +452,50 @@ fn bad_test_roots_are_a_configuration_error() {
 fn the_verifier_is_shareable_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<SnpVerifier>();
+}
+
+/// The defaults accept nothing they cannot justify: a product only once it has a floor, VMPL 0
+/// only, no SMT, the memory alias check done.
+#[test]
+fn the_default_trust_is_strict() {
+    let chain = milan();
+    let (report, binding) = bound_report(&chain);
+    let strict = |report: &TestReport, adjust: &dyn Fn(&mut SnpTrust)| {
+        let mut trust = chain.strict_trust(chain.options().tcb);
+        adjust(&mut trust);
+        verifier(trust).verify(&chain.evidence(report).expect("sign"), &binding, VALID_AT)
+    };
+    // What the test chain makes by default is what most hosts run: SMT on, no alias check.
+    let mut good = report.clone();
+    good.policy &= !TestReport::POLICY_SMT;
+    good.platform_info = 1 << 5;
+    strict(&good, &|_| {}).expect("no SMT, alias check complete, VMPL 0, floor met");
+    assert_eq!(check(strict(&report, &|_| {})), Check::GuestPolicy, "SMT");
+    let mut smt_host = good.clone();
+    smt_host.platform_info |= 1;
+    assert_eq!(check(strict(&smt_host, &|_| {})), Check::GuestPolicy, "SMT on the host");
+    strict(&smt_host, &|t| t.allow_smt = true).expect("SMT accepted explicitly");
+    let mut no_alias_check = good.clone();
+    no_alias_check.platform_info = 0;
+    let refusal = strict(&no_alias_check, &|_| {}).unwrap_err();
+    assert_eq!(refusal.check, Check::GuestPolicy);
+    assert!(refusal.detail.contains("alias check"), "{refusal}");
+    strict(&no_alias_check, &|t| t.require_alias_check = false).expect("alias check waived explicitly");
+    let mut vmpl1 = good.clone();
+    vmpl1.vmpl = 1;
+    assert_eq!(check(strict(&vmpl1, &|_| {})), Check::Vmpl);
+    strict(&vmpl1, &|t| t.allowed_vmpls = [0, 1].into()).expect("VMPL 1 listed");
+    // A product without a floor is not accepted, even with a floor for another one.
+    let refusal = strict(&good, &|t| {
+        t.products = [Product::Genoa].into();
+        t.minimum_tcb.milan = None;
+        t.minimum_tcb.genoa = Some(Tcb::default());
+    })
+    .unwrap_err();
+    assert_eq!(refusal.check, Check::Tcb);
+    assert!(refusal.detail.contains("not accepted"), "{refusal}");
+    // A product listed without a floor is a configuration error, not a verifier.
+    let mut unfloored = chain.strict_trust(Tcb::default());
+    unfloored.minimum_tcb.milan = None;
+    assert!(SnpVerifier::new(unfloored).is_err());
 }

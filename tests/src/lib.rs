@@ -240,7 +240,12 @@ impl Default for Options {
             key_cache_ttl: Duration::from_millis(0),
             destroy_interval: Duration::from_secs(3600),
             allowed_countries: AllowedCountries::eu(),
-            attestation: kms_server::config::AttestationConfig::default(),
+            // Every genuine SNP report of the synthetic labs (tests of the trust settings set
+            // them as a deployment would).
+            attestation: kms_server::config::AttestationConfig {
+                snp: attestation::snp::SnpTrust::insecure_any_platform(),
+                ..kms_server::config::AttestationConfig::default()
+            },
             snp_test_roots: Vec::new(),
             approval_quorum: 1,
             proposal_ttl: Duration::from_secs(86_400),
@@ -717,6 +722,22 @@ pub fn grants_all(principals: &[&str]) -> Vec<pb::Grant> {
 }
 
 pub const UNATTESTED: &str = r#"{"version":1,"attestation":"none"}"#;
+
+/// `[attestation.snp]` for a kmsd process's configuration file that accepts every genuine report
+/// of the synthetic labs, as `SnpTrust::insecure_any_platform` does in process (tests of the
+/// protocol, not of the trust settings): every product with a zero floor, SMT, VMPLs 0 to 3, no
+/// alias check.
+pub fn snp_any_platform_toml() -> String {
+    let mut t = String::from(
+        "[attestation.snp]\nproducts = [\"milan\", \"genoa\", \"turin\"]\nallow_smt = true\nrequire_alias_check = false\nallowed_vmpls = [0, 1, 2, 3]\n",
+    );
+    for p in ["milan", "genoa", "turin"] {
+        t.push_str(&format!(
+            "[attestation.snp.minimum_tcb.{p}]\nbootloader = 0\ntee = 0\nsnp = 0\nmicrocode = 0\n"
+        ));
+    }
+    t
+}
 
 /// A server initialized with the shamir seal, 2-of-3 custodians (alice, bob, carol; DE, FR, NL).
 pub struct Ceremony {

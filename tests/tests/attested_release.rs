@@ -410,7 +410,7 @@ async fn tcb_and_vlek(backend: Backend) {
     let vlek = SnpLab::with(vlek_options);
     let mut opts = options(&[&lab, &vlek]);
     // The floor equals the lab's TCB (snp = 8); the server accepts VLEKs where a machine allows.
-    opts.attestation.snp.minimum_tcb.milan = lab.chain.options().tcb;
+    opts.attestation.snp.minimum_tcb.milan = Some(lab.chain.options().tcb);
     opts.attestation.snp.accept_vlek = true;
     let Some(mut c) = Ceremony::new(backend, opts).await else {
         return;
@@ -436,6 +436,56 @@ async fn tcb_and_vlek(backend: Backend) {
     assert_audited(&c.db, "attestation.attest", "vlek_not_accepted").await;
 }
 both_backends!(tcb_floor_and_vlek_policy, super::tcb_and_vlek);
+
+/// A server with the default SNP trust and a floor for Milan, as a deployment configures it:
+/// SMT, a higher VMPL and a missing memory alias check are refused (at enrolment and at
+/// Attest), each audited with its reason; a report from a host without them is accepted.
+async fn strict_defaults(backend: Backend) {
+    use attestation::snp::danger::test_chain::TestReport;
+    let lab = SnpLab::new();
+    let mut opts = options(&[&lab]);
+    opts.attestation.snp = attestation::snp::SnpTrust {
+        products: [Product::Milan].into(),
+        minimum_tcb: attestation::snp::MinimumTcb {
+            milan: Some(lab.chain.options().tcb),
+            ..Default::default()
+        },
+        ..attestation::snp::SnpTrust::default()
+    };
+    let Some(mut c) = Ceremony::new(backend, opts).await else {
+        return;
+    };
+    c.create_key("payroll", &[APP], ATTESTED).await;
+    // What most hosts run: SMT on, no alias check reported.
+    let smt = lab.report();
+    assert_status(
+        enroll_snp(&mut c.admin, &c.custodians[0], lab.evidence(&smt), "DE", false).await,
+        Code::PermissionDenied,
+        "evidence_guest_policy",
+    );
+    let mut good = lab.report();
+    good.policy &= !TestReport::POLICY_SMT;
+    good.platform_info = 1 << 5;
+    enroll_snp(&mut c.admin, &c.custodians[0], lab.evidence(&good), "DE", false)
+        .await
+        .unwrap();
+    let mut w = Workload::new(&c.server, &c.pki, APP).await;
+    let token = w.attest_snp(|n, pk| lab.bound(good.clone(), n, pk)).await.unwrap();
+    w.generate("payroll", &token, &[]).await.unwrap();
+    let r = w.attest_snp(|n, pk| lab.bound(smt.clone(), n, pk)).await;
+    assert_status(r, Code::PermissionDenied, "evidence_guest_policy");
+    let mut vmpl1 = good.clone();
+    vmpl1.vmpl = 1;
+    let r = w.attest_snp(|n, pk| lab.bound(vmpl1.clone(), n, pk)).await;
+    assert_status(r, Code::PermissionDenied, "evidence_vmpl");
+    assert_audited(&c.db, "attestation.attest", "evidence_vmpl").await;
+    let mut no_alias_check = good.clone();
+    no_alias_check.platform_info = 0;
+    let r = w.attest_snp(|n, pk| lab.bound(no_alias_check.clone(), n, pk)).await;
+    assert_status(r, Code::PermissionDenied, "evidence_guest_policy");
+    assert_audited(&c.db, "attestation.attest", "evidence_guest_policy").await;
+}
+both_backends!(strict_snp_defaults_refuse_smt_vmpl_and_alias, super::strict_defaults);
 
 /// Without `attestation.snp.accept_vlek`, VLEK evidence is refused by the verifier itself, and a
 /// VLEK enrolment cannot be asked for.

@@ -321,6 +321,24 @@ async fn tpm_enrolment_refusals(backend: Backend) {
         "ek_certificate_untrusted",
     );
     assert_audited(&c.db, "attestation.begin_tpm_enrollment", "ek_certificate_untrusted").await;
+    // A certificate for this very EK from the manufacturer's own CA, but not an EK certificate
+    // under the TCG profile (no TPM identity, no EK key purpose): refused, audited.
+    let not_ek = swtpm.issue_by_ek_ca(
+        "rsa2048",
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,keyEncipherment",
+    );
+    assert_status(
+        w.attestation
+            .begin_tpm_enrollment(pb::BeginTpmEnrollmentRequest {
+                ek_certificate: not_ek,
+                ek_intermediates: Vec::new(),
+                ak_public: ak.public.clone(),
+            })
+            .await,
+        Code::PermissionDenied,
+        "ek_certificate_not_ek",
+    );
+    assert_audited(&c.db, "attestation.begin_tpm_enrollment", "ek_certificate_not_ek").await;
     // Garbage instead of a certificate or an AK.
     assert_status(
         w.attestation

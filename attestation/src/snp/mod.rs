@@ -139,6 +139,7 @@ impl SnpVerifier {
     /// A verifier with AMD's pinned roots for Milan, Genoa and Turin (VCEK and VLEK chains), plus
     /// `trust.danger_test_roots` if set.
     pub fn new(trust: SnpTrust) -> Result<Self, SnpConfigError> {
+        trust.check().map_err(SnpConfigError)?;
         let mut roots = builtin_roots().map_err(|e| SnpConfigError(format!("built-in AMD root: {e}")))?;
         if let Some(test_roots) = &trust.danger_test_roots {
             for root in &test_roots.roots {
@@ -293,6 +294,12 @@ impl SnpVerifier {
                     "SMT is not allowed (policy allows SMT: {}, platform has SMT enabled: {})",
                     policy.smt, platform.smt_enabled
                 ),
+            ));
+        }
+        if self.trust.require_alias_check && !platform.alias_check_complete {
+            return Err(Refusal::new(
+                Check::GuestPolicy,
+                "the platform has not completed the memory alias check (PLATFORM_INFO ALIAS_CHECK_COMPLETE is clear: firmware without the BadRAM fix, or the check is pending)",
             ));
         }
         let vmpl = report.vmpl();
@@ -455,9 +462,23 @@ impl Verifier for SnpVerifier {
                 ),
             ));
         }
+        let floor = self
+            .trust
+            .minimum_tcb
+            .for_product(facts.product)
+            .filter(|_| self.trust.products.contains(&facts.product))
+            .ok_or_else(|| {
+                Refusal::new(
+                    Check::Tcb,
+                    format!(
+                        "reports from {} are not accepted (not among the trusted products, which each need a minimum TCB)",
+                        facts.product
+                    ),
+                )
+            })?;
         facts
             .tcb
-            .meets(self.trust.minimum_tcb.for_product(facts.product))
+            .meets(floor)
             .map_err(|e| Refusal::new(Check::Tcb, format!("reported TCB on {}: {e}", facts.product)))?;
         Self::check_identity(&report, &facts)?;
         Ok(Self::claims(&report, &facts))

@@ -4,7 +4,11 @@
 //!
 //! EK certificates do not pass WebPKI-style validators (critical subjectAltName with a directory
 //! name, TCG key purposes, empty subjects), so the path is built here with x509-parser and every
-//! signature is checked with ring. Revocation (CRLs) is not checked.
+//! signature is checked with ring. The leaf must also follow the TCG EK Credential Profile
+//! ([`EkProfile`]): a certificate the manufacturer's CA issued for anything else is not an EK
+//! certificate. Revocation (CRLs) is not checked.
+
+use std::collections::BTreeSet;
 
 use std::fmt;
 use std::str::FromStr;
@@ -43,6 +47,56 @@ const OID_MGF1: &str = "1.2.840.113549.1.1.8";
 const OID_TPM_MANUFACTURER: &str = "2.23.133.2.1";
 const OID_TPM_MODEL: &str = "2.23.133.2.2";
 const OID_TPM_VERSION: &str = "2.23.133.2.3";
+// TCG EK Credential Profile: tcg-kp-EKCertificate, the EK certificate's extended key usage.
+const OID_TCG_KP_EK_CERTIFICATE: &str = "2.23.133.8.1";
+
+/// What the TCG EK Credential Profile requires of an EK certificate beyond its chain: the
+/// subjectAltName names the TPM (manufacturer, model and version, a directory name), and the
+/// extended key usage is tcg-kp-EKCertificate (2.23.133.8.1). Some manufacturers' older
+/// certificates omit the key usage: listing the manufacturer (`id:` and 8 hex digits, as the
+/// subjectAltName names it) waives that one requirement for its certificates, never the
+/// subjectAltName.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EkProfile {
+    /// Manufacturers whose EK certificates may lack the EK extended key usage.
+    pub eku_exempt_manufacturers: BTreeSet<String>,
+}
+
+impl EkProfile {
+    fn check(
+        &self,
+        leaf: &X509Certificate<'_>,
+        identity: &(Option<String>, Option<String>, Option<String>),
+    ) -> Result<(), Refusal> {
+        let profile = |detail: String| Refusal::new(Check::EkProfile, detail);
+        let (Some(manufacturer), Some(_), Some(_)) = identity else {
+            return Err(profile(format!(
+                "{} names no TPM manufacturer, model and version in its subjectAltName: not an EK certificate (TCG EK Credential Profile)",
+                subject(leaf)
+            )));
+        };
+        let eku = match leaf.extended_key_usage() {
+            Ok(Some(eku)) => eku
+                .value
+                .other
+                .iter()
+                .any(|o| o.to_id_string() == OID_TCG_KP_EK_CERTIFICATE),
+            Ok(None) => false,
+            Err(e) => return Err(malformed(format!("extended key usage: {e}"))),
+        };
+        let exempt = self
+            .eku_exempt_manufacturers
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(manufacturer));
+        if !eku && !exempt {
+            return Err(profile(format!(
+                "{} (TPM manufacturer {manufacturer}) lacks the EK extended key usage {OID_TCG_KP_EK_CERTIFICATE}: not an EK certificate (TCG EK Credential Profile), unless this manufacturer is exempted",
+                subject(leaf)
+            )));
+        }
+        Ok(())
+    }
+}
 
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub(crate) enum EkKey {
@@ -367,6 +421,7 @@ pub struct VerifiedEk {
 #[derive(Clone, Debug)]
 pub struct EkCaBundle {
     cas: Vec<Vec<u8>>,
+    profile: EkProfile,
 }
 
 fn parse_cert<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, Refusal> {
@@ -404,7 +459,15 @@ impl EkCaBundle {
         for (i, der) in cas.iter().enumerate() {
             parse_cert(der, &format!("CA bundle certificate {i}"))?;
         }
-        Ok(Self { cas })
+        Ok(Self {
+            cas,
+            profile: EkProfile::default(),
+        })
+    }
+
+    /// The same bundle with `profile`'s exemptions.
+    pub fn with_profile(self, profile: EkProfile) -> Self {
+        Self { profile, ..self }
     }
 
     /// Validates `ek_cert` (DER) at `now_unix`: its chain, through the optional untrusted
@@ -412,7 +475,8 @@ impl EkCaBundle {
     /// within its validity period (`CertificateValidity`); every signature must verify, issuers
     /// must be CAs allowed to sign certificates, path lengths must hold, and no certificate may
     /// carry a critical extension this code does not understand (`CertificateChain`). The EK
-    /// certificate must not be a CA and must hold an RSA or P-256/P-384 key (`Malformed`).
+    /// certificate must not be a CA and must hold an RSA or P-256/P-384 key (`Malformed`), and
+    /// must follow the TCG EK profile (`EkProfile`), checked once its chain verifies.
     pub fn verify(&self, ek_cert: &[u8], intermediates: &[&[u8]], now_unix: i64) -> Result<VerifiedEk, Refusal> {
         let leaf = parse_cert(ek_cert, "EK certificate")?;
         check_validity(&leaf, now_unix)?;
@@ -432,7 +496,9 @@ impl EkCaBundle {
             if let Ok(Some(ca)) = trusted {
                 check_issuer(ca, depth, now_unix)?;
                 names.push(subject(ca));
-                let (tpm_manufacturer, tpm_model, tpm_version) = tpm_identity(&leaf);
+                let identity = tpm_identity(&leaf);
+                self.profile.check(&leaf, &identity)?;
+                let (tpm_manufacturer, tpm_model, tpm_version) = identity;
                 return Ok(VerifiedEk {
                     digest: public.digest(),
                     public,

@@ -2,7 +2,7 @@
 //! the certified key is the TPM's EK; certificates from another CA are refused.
 
 use attestation::attester::tpm::EkKind;
-use attestation::tpm::ek::{EkCaBundle, EkPublic};
+use attestation::tpm::ek::{EkCaBundle, EkProfile, EkPublic};
 use attestation::Check;
 use x509_parser::pem::Pem;
 
@@ -112,4 +112,51 @@ fn ek_certificate_from_another_ca_is_refused() {
             .unwrap_err();
         assert_eq!(refusal.check, Check::CertificateChain, "{refusal}");
     }
+}
+
+/// What the manufacturer's CA signs is an EK certificate only under the TCG EK profile: a
+/// certificate of the same CA without the TPM's subjectAltName, or without the EK key purpose,
+/// is refused (`EkProfile`), though its chain and key are the EK's. The key purpose alone can be
+/// waived for a listed manufacturer.
+#[test]
+fn certificates_outside_the_tcg_ek_profile_are_refused() {
+    let state = TpmState::manufacture();
+    let now = now_unix();
+    let cas = EkCaBundle::from_pem(&state.ca_bundle_pem()).expect("bundle");
+    cas.verify(&state.ek_certificate("rsa2048"), &[], now)
+        .expect("swtpm's EK certificate follows the profile");
+    const BASE: &str = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,keyEncipherment";
+    const SAN: &str = "subjectAltName=critical,dirName:tpm\n[tpm]\n0.2.23.133.2.1=id:00001014\n1.2.23.133.2.2=swtpm\n2.2.23.133.2.3=id:20191023";
+    let plain = state.issue_by_ek_ca("rsa2048", BASE);
+    let refusal = cas.verify(&plain, &[], now).unwrap_err();
+    assert_eq!(refusal.check, Check::EkProfile, "{refusal}");
+    assert!(refusal.detail.contains("subjectAltName"), "{refusal}");
+    let eku_only = state.issue_by_ek_ca("rsa2048", &format!("{BASE}\nextendedKeyUsage=2.23.133.8.1"));
+    assert_eq!(cas.verify(&eku_only, &[], now).unwrap_err().check, Check::EkProfile);
+    let san_only = state.issue_by_ek_ca("rsa2048", &format!("{BASE}\n{SAN}"));
+    let refusal = cas.verify(&san_only, &[], now).unwrap_err();
+    assert_eq!(refusal.check, Check::EkProfile, "{refusal}");
+    assert!(refusal.detail.contains("2.23.133.8.1"), "{refusal}");
+    let complete = state.issue_by_ek_ca("rsa2048", &format!("{BASE}\nextendedKeyUsage=2.23.133.8.1\n{SAN}"));
+    cas.verify(&complete, &[], now)
+        .expect("the profile's parts, issued by the CA");
+
+    // The key purpose waived for this manufacturer (case of the hex digits aside), never the
+    // subjectAltName, and only for the manufacturer listed.
+    let exempt = |m: &str| {
+        EkCaBundle::from_pem(&state.ca_bundle_pem())
+            .expect("bundle")
+            .with_profile(EkProfile {
+                eku_exempt_manufacturers: [m.to_owned()].into(),
+            })
+    };
+    exempt("ID:00001014").verify(&san_only, &[], now).expect("exempted");
+    assert_eq!(
+        exempt("id:00001014").verify(&plain, &[], now).unwrap_err().check,
+        Check::EkProfile
+    );
+    assert_eq!(
+        exempt("id:49465800").verify(&san_only, &[], now).unwrap_err().check,
+        Check::EkProfile
+    );
 }

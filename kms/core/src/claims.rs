@@ -36,9 +36,11 @@
 //! | `snp.vmpl` | integer | VMPL (0x030) |
 //! | `snp.tcb.bootloader`, `snp.tcb.tee`, `snp.tcb.snp`, `snp.tcb.microcode` | integer | REPORTED_TCB (0x180) |
 //! | `snp.tcb.fmc` | integer | REPORTED_TCB (0x180), Turin only |
+//! | `snp.committed_tcb.*`, `snp.launch_tcb.*` (same five components) | integer | COMMITTED_TCB (0x1E0): the anti-rollback floor the platform owner committed; LAUNCH_TCB (0x1F0): the TCB when the guest launched |
 //! | `snp.policy.debug`, `snp.policy.migration_agent`, `snp.policy.smt`, `snp.policy.single_socket` | boolean | POLICY (0x008) bits 19, 18, 16, 20 |
 //! | `snp.policy.abi_major`, `snp.policy.abi_minor` | integer | POLICY (0x008) bits 15:8, 7:0 |
 //! | `snp.platform.smt_enabled`, `snp.platform.tsme_enabled` | boolean | PLATFORM_INFO (0x040) bits 0, 1 |
+//! | `snp.platform.alias_check_complete` | boolean | PLATFORM_INFO (0x040) bit 5 |
 //! | `tpm.ak_name` | hex, any length | the name of the quoting AK (enrolled) |
 //! | `tpm.ek_digest` | hex, 32 bytes | hardware registry (SHA-256 of the EK public key) |
 //! | `tpm.firmware_version` | hex, 8 bytes (16 digits) | TPMS_ATTEST.firmwareVersion |
@@ -292,6 +294,16 @@ const SCHEMA: &[(&str, ClaimType)] = &[
     ("snp.tcb.snp", ClaimType::Int),
     ("snp.tcb.microcode", ClaimType::Int),
     ("snp.tcb.fmc", ClaimType::Int),
+    ("snp.committed_tcb.bootloader", ClaimType::Int),
+    ("snp.committed_tcb.tee", ClaimType::Int),
+    ("snp.committed_tcb.snp", ClaimType::Int),
+    ("snp.committed_tcb.microcode", ClaimType::Int),
+    ("snp.committed_tcb.fmc", ClaimType::Int),
+    ("snp.launch_tcb.bootloader", ClaimType::Int),
+    ("snp.launch_tcb.tee", ClaimType::Int),
+    ("snp.launch_tcb.snp", ClaimType::Int),
+    ("snp.launch_tcb.microcode", ClaimType::Int),
+    ("snp.launch_tcb.fmc", ClaimType::Int),
     ("snp.policy.debug", ClaimType::Bool),
     ("snp.policy.migration_agent", ClaimType::Bool),
     ("snp.policy.smt", ClaimType::Bool),
@@ -300,6 +312,7 @@ const SCHEMA: &[(&str, ClaimType)] = &[
     ("snp.policy.abi_minor", ClaimType::Int),
     ("snp.platform.smt_enabled", ClaimType::Bool),
     ("snp.platform.tsme_enabled", ClaimType::Bool),
+    ("snp.platform.alias_check_complete", ClaimType::Bool),
     ("tpm.ak_name", ClaimType::HexAnyLength),
     ("tpm.ek_digest", ClaimType::Hex { bytes: 32 }),
     ("tpm.firmware_version", ClaimType::Hex { bytes: 8 }),
@@ -540,7 +553,7 @@ mod tests {
         for (name, _) in SCHEMA {
             assert!(claim_type(name).is_some(), "{name}");
         }
-        assert_eq!(SCHEMA.len(), 35);
+        assert_eq!(SCHEMA.len(), 46);
         for i in 0..=23 {
             assert_eq!(claim_type(&format!("tpm.pcr.{i}")), Some(ClaimType::Hex { bytes: 32 }));
         }

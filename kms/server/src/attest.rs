@@ -116,6 +116,7 @@ pub fn refusal_reason(check: Check) -> &'static str {
         Check::SigningKey => "evidence_signing_key",
         Check::Pcrs => "evidence_pcrs",
         Check::Counters => "evidence_counters",
+        Check::EkProfile => "evidence_ek_profile",
         _ => "evidence_refused",
     }
 }
@@ -157,7 +158,10 @@ impl Attestation {
                     .map_err(|e| ConfigError(format!("attestation.tpm_ek_ca_bundle: {}: {e}", p.display())))?;
                 Some(
                     EkCaBundle::from_pem(&pem)
-                        .map_err(|e| ConfigError(format!("attestation.tpm_ek_ca_bundle: {}: {e}", p.display())))?,
+                        .map_err(|e| ConfigError(format!("attestation.tpm_ek_ca_bundle: {}: {e}", p.display())))?
+                        .with_profile(attestation::tpm::ek::EkProfile {
+                            eku_exempt_manufacturers: config.tpm_ek_eku_exempt_manufacturers.clone(),
+                        }),
                 )
             }
             None => None,
@@ -625,13 +629,18 @@ pub fn snp_claims(s: &SnpClaims, hw: &HardwareRow) -> ReleaseClaims {
     c.insert_str("snp.image_id", hex::encode(s.image_id));
     c.insert_int("snp.guest_svn", i64::from(s.guest_svn));
     c.insert_int("snp.vmpl", i64::from(s.vmpl));
-    let t = &s.reported_tcb;
-    c.insert_int("snp.tcb.bootloader", i64::from(t.bootloader));
-    c.insert_int("snp.tcb.tee", i64::from(t.tee));
-    c.insert_int("snp.tcb.snp", i64::from(t.snp));
-    c.insert_int("snp.tcb.microcode", i64::from(t.microcode));
-    if let Some(fmc) = t.fmc {
-        c.insert_int("snp.tcb.fmc", i64::from(fmc));
+    for (prefix, t) in [
+        ("snp.tcb", &s.reported_tcb),
+        ("snp.committed_tcb", &s.committed_tcb),
+        ("snp.launch_tcb", &s.launch_tcb),
+    ] {
+        c.insert_int(format!("{prefix}.bootloader"), i64::from(t.bootloader));
+        c.insert_int(format!("{prefix}.tee"), i64::from(t.tee));
+        c.insert_int(format!("{prefix}.snp"), i64::from(t.snp));
+        c.insert_int(format!("{prefix}.microcode"), i64::from(t.microcode));
+        if let Some(fmc) = t.fmc {
+            c.insert_int(format!("{prefix}.fmc"), i64::from(fmc));
+        }
     }
     let p = &s.policy;
     c.insert_bool("snp.policy.debug", p.debug);
@@ -642,6 +651,10 @@ pub fn snp_claims(s: &SnpClaims, hw: &HardwareRow) -> ReleaseClaims {
     c.insert_int("snp.policy.abi_minor", i64::from(p.abi_minor));
     c.insert_bool("snp.platform.smt_enabled", s.platform_info.smt_enabled);
     c.insert_bool("snp.platform.tsme_enabled", s.platform_info.tsme_enabled);
+    c.insert_bool(
+        "snp.platform.alias_check_complete",
+        s.platform_info.alias_check_complete,
+    );
     c
 }
 

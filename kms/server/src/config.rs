@@ -74,6 +74,10 @@ pub struct AttestationConfig {
     /// TPM-manufacturer CA certificates (PEM) that EK certificates must chain to. Without it,
     /// TPM enrolment is refused.
     pub tpm_ek_ca_bundle: Option<PathBuf>,
+    /// TPM manufacturers (`id:` and 8 hex digits) whose EK certificates may lack the TCG EK
+    /// extended key usage (`attestation.tpm_ek_eku_exempt_manufacturers`); every other part of
+    /// the TCG EK profile is always required. Default: none.
+    pub tpm_ek_eku_exempt_manufacturers: std::collections::BTreeSet<String>,
     /// What SNP evidence must show beyond a valid chain (`[attestation.snp]`).
     pub snp: attestation::snp::SnpTrust,
     /// Most open (unused, unexpired) challenges one principal may hold.
@@ -89,6 +93,7 @@ impl Default for AttestationConfig {
             token_ttl: Duration::from_secs(300),
             allowed_countries: AllowedCountries::eu(),
             tpm_ek_ca_bundle: None,
+            tpm_ek_eku_exempt_manufacturers: Default::default(),
             snp: attestation::snp::SnpTrust::default(),
             max_open_challenges: default_max_open_challenges(),
             max_open_tpm_enrollments: default_max_open_tpm_enrollments(),
@@ -107,6 +112,8 @@ struct AttestationSection {
     allowed_countries: Vec<String>,
     #[serde(default)]
     tpm_ek_ca_bundle: Option<PathBuf>,
+    #[serde(default)]
+    tpm_ek_eku_exempt_manufacturers: Vec<String>,
     #[serde(default)]
     snp: attestation::snp::SnpTrust,
     #[serde(default = "default_max_open_challenges")]
@@ -129,6 +136,7 @@ impl Default for AttestationSection {
             token_ttl_secs: default_token_ttl(),
             allowed_countries: default_countries(),
             tpm_ek_ca_bundle: None,
+            tpm_ek_eku_exempt_manufacturers: Vec::new(),
             snp: attestation::snp::SnpTrust::default(),
             max_open_challenges: default_max_open_challenges(),
             max_open_tpm_enrollments: default_max_open_tpm_enrollments(),
@@ -165,6 +173,21 @@ impl AttestationSection {
                 "attestation.max_open_challenges and attestation.max_open_tpm_enrollments must be at least 1".into(),
             ));
         }
+        self.snp
+            .check()
+            .map_err(|e| ConfigError(format!("attestation.snp.{e}")))?;
+        let mut exempt = std::collections::BTreeSet::new();
+        for (i, m) in self.tpm_ek_eku_exempt_manufacturers.iter().enumerate() {
+            let ok = m
+                .strip_prefix("id:")
+                .is_some_and(|h| h.len() == 8 && h.chars().all(|c| c.is_ascii_hexdigit()));
+            if !ok {
+                return Err(ConfigError(format!(
+                    "attestation.tpm_ek_eku_exempt_manufacturers[{i}]: {m:?} is not a TPM manufacturer id (id: and 8 hex digits, as EK certificates name it, e.g. id:49465800)"
+                )));
+            }
+            exempt.insert(m.clone());
+        }
         Ok(AttestationConfig {
             max_open_challenges: self.max_open_challenges,
             max_open_tpm_enrollments: self.max_open_tpm_enrollments,
@@ -172,6 +195,7 @@ impl AttestationSection {
             token_ttl: Duration::from_secs(self.token_ttl_secs),
             allowed_countries,
             tpm_ek_ca_bundle: self.tpm_ek_ca_bundle,
+            tpm_ek_eku_exempt_manufacturers: exempt,
             snp: self.snp,
         })
     }
@@ -705,7 +729,11 @@ impl Config {
                 pause: Duration::ZERO,
             },
             dev: Some(DevConfig { data_dir }),
-            attestation: AttestationConfig::default(),
+            // Dev mode accepts every genuine SNP report (no floors, SMT, any VMPL).
+            attestation: AttestationConfig {
+                snp: attestation::snp::SnpTrust::insecure_any_platform(),
+                ..AttestationConfig::default()
+            },
             danger: Danger {
                 allow_unattested_keys: true,
                 snp_test_roots: Vec::new(),
@@ -817,13 +845,13 @@ mod tests {
         assert!(!c.attestation.snp.accept_vlek);
         let text = format!(
             "{base}\n[attestation]\nchallenge_ttl_secs = 60\ntoken_ttl_secs = 120\nallowed_countries = [\"DE\", \"FR\"]\n\
-             [attestation.snp]\naccept_vlek = true\nallowed_vmpls = [0]\n\
+             [attestation.snp]\nproducts = [\"milan\"]\naccept_vlek = true\nallowed_vmpls = [0]\n\
              [attestation.snp.minimum_tcb.milan]\nbootloader = 3\ntee = 0\nsnp = 8\nmicrocode = 115\n"
         );
         let c = Config::from_toml(&text, []).unwrap();
         assert_eq!(c.attestation.token_ttl, Duration::from_secs(120));
         assert!(c.attestation.snp.accept_vlek);
-        assert_eq!(c.attestation.snp.minimum_tcb.milan.snp, 8);
+        assert_eq!(c.attestation.snp.minimum_tcb.milan.map(|t| t.snp), Some(8));
         let fr = kms_core::jurisdiction::Country::parse("FR").unwrap();
         let it = kms_core::jurisdiction::Country::parse("IT").unwrap();
         assert!(c.attestation.allowed_countries.allows(&fr));
@@ -840,6 +868,16 @@ mod tests {
                 "tpm_ek_ca_bundle",
             ),
             ("[attestation.snp]\naccept_vlk = true\n", "accept_vlk"),
+            // An accepted product needs a floor; a floor needs its product.
+            (
+                "[attestation.snp]\nproducts = [\"genoa\"]\n",
+                "attestation.snp.minimum_tcb.genoa: required",
+            ),
+            (
+                "[attestation.snp.minimum_tcb.milan]\nbootloader = 3\ntee = 0\nsnp = 8\nmicrocode = 115\n",
+                "milan is not in products",
+            ),
+            ("[attestation.snp]\nproducts = [\"rome\"]\n", "rome"),
         ] {
             let e = Config::from_toml(&format!("{base}\n{bad}"), []).unwrap_err().0;
             assert!(e.contains(named), "{bad}: {e}");

@@ -54,6 +54,12 @@ fn bad_configuration_exits_64_and_names_the_problem() {
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("log.format"), "{err}");
 
+    // SEV-SNP accepted for a product without a minimum TCB: refused before anything starts.
+    std::fs::write(&path, "listen = \"127.0.0.1:7300\"\n[database]\nurl = \"sqlite://x.db\"\n[tls]\ncert = \"/etc/hostname\"\nkey = \"/etc/hostname\"\nclient_ca = \"/etc/hostname\"\n[attestation.snp]\nproducts = [\"milan\"]\n").unwrap();
+    let (code, err) = run(&["--config", path.to_str().unwrap()]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("attestation.snp.minimum_tcb.milan: required"), "{err}");
+
     // Accepting a restored database is for the pkcs11 seal's anchor only, and never in dev mode.
     std::fs::write(&path, "listen = \"127.0.0.1:7300\"\n[database]\nurl = \"sqlite://x.db\"\n[tls]\ncert = \"/etc/hostname\"\nkey = \"/etc/hostname\"\nclient_ca = \"/etc/hostname\"\n").unwrap();
     let (code, err) = run(&["--config", path.to_str().unwrap(), "--danger-accept-restored-database"]);

@@ -119,6 +119,56 @@ impl TpmState {
         self.read(&format!("certs/ek-{kind}.crt"))
     }
 
+    /// A certificate for the EK of `kind` (`rsa2048` or `secp384r1`) issued by this state's
+    /// EK-issuing CA with the openssl x509v3 `extensions` (an `[ext]` section's lines) and
+    /// nothing else: what a manufacturer's CA key signs that is not an EK certificate under the
+    /// TCG profile. DER.
+    #[track_caller]
+    pub fn issue_by_ek_ca(&self, kind: &str, extensions: &str) -> Vec<u8> {
+        let dir = self.dir();
+        let pubkey = Command::new("openssl")
+            .args(["x509", "-inform", "der", "-noout", "-pubkey", "-in"])
+            .arg(dir.join(format!("certs/ek-{kind}.crt")))
+            .output()
+            .unwrap_or_else(|e| panic!("openssl (scripts/setup installs it): {e}"));
+        assert!(
+            pubkey.status.success(),
+            "openssl -pubkey: {}",
+            String::from_utf8_lossy(&pubkey.stderr)
+        );
+        self.write("issued.pub.pem", &pubkey.stdout);
+        self.write("issued.ext", format!("[ext]\n{extensions}\n").as_bytes());
+        let out = Command::new("openssl")
+            .args([
+                "x509",
+                "-new",
+                "-subj",
+                "/CN=issued by the EK CA",
+                "-days",
+                "30",
+                "-outform",
+                "der",
+            ])
+            .arg("-force_pubkey")
+            .arg(dir.join("issued.pub.pem"))
+            .arg("-CA")
+            .arg(dir.join("ca/issuercert.pem"))
+            .arg("-CAkey")
+            .arg(dir.join("ca/signkey.pem"))
+            .arg("-extfile")
+            .arg(dir.join("issued.ext"))
+            .args(["-extensions", "ext", "-out"])
+            .arg(dir.join("issued.der"))
+            .output()
+            .unwrap_or_else(|e| panic!("openssl: {e}"));
+        assert!(
+            out.status.success(),
+            "openssl x509 -new: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.read("issued.der")
+    }
+
     /// Reads a file in [`TpmState::dir`] (what the tools wrote).
     #[track_caller]
     pub fn read(&self, name: &str) -> Vec<u8> {

@@ -357,20 +357,40 @@ impl TestChain {
         }
     }
 
-    /// The default trust configuration plus this chain's root (VLEKs accepted if it is a VLEK
-    /// chain).
+    /// Every genuine report ([`SnpTrust::insecure_any_platform`]) plus this chain's root (VLEKs
+    /// accepted if it is a VLEK chain): tests narrow it to what they check.
     pub fn trust(&self) -> SnpTrust {
         SnpTrust {
             accept_vlek: self.options.signer == Signer::Vlek,
             danger_test_roots: Some(DangerTestRoots {
                 roots: vec![self.danger_root()],
             }),
-            ..SnpTrust::default()
+            ..SnpTrust::insecure_any_platform()
         }
     }
 
-    /// A report that this chain's verifier accepts as is (version 3, debug off, VMPL 0, SMT on
-    /// as on real hardware), to modify before signing.
+    /// The strict default trust ([`SnpTrust::default`]) for this chain's product, with `floor`
+    /// as its minimum TCB, plus this chain's root.
+    pub fn strict_trust(&self, floor: Tcb) -> SnpTrust {
+        let mut trust = SnpTrust {
+            products: [self.options.product].into(),
+            accept_vlek: self.options.signer == Signer::Vlek,
+            danger_test_roots: Some(DangerTestRoots {
+                roots: vec![self.danger_root()],
+            }),
+            ..SnpTrust::default()
+        };
+        match self.options.product {
+            Product::Milan => trust.minimum_tcb.milan = Some(floor),
+            Product::Genoa => trust.minimum_tcb.genoa = Some(floor),
+            Product::Turin => trust.minimum_tcb.turin = Some(floor),
+        }
+        trust
+    }
+
+    /// A report that this chain's [`TestChain::trust`] accepts as is (version 3, debug off,
+    /// VMPL 0, SMT on as on most real hosts, alias check not reported), to modify before
+    /// signing.
     pub fn report(&self) -> TestReport {
         let o = &self.options;
         let (family, model) = o.product.cpuid();

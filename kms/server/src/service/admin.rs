@@ -592,7 +592,7 @@ impl AdminPlane {
         }
         wire.state_version = u64::try_from(self.store.integrity().head().version).unwrap_or(0);
         if let Some(alarm) = self.store.integrity().alarm() {
-            wire.integrity_alarm = alarm.detail;
+            wire.integrity_alarm = format!("{}: {alarm}", alarm.kind.reason());
         } else if let Some(refused) = self.seal.open_refused() {
             wire.integrity_alarm = refused;
         }

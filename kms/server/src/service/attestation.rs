@@ -181,6 +181,7 @@ impl AttestationPlane {
             .map_err(|r| {
                 let reason = match r.check {
                     attestation::Check::Malformed => "ek_certificate_malformed",
+                    attestation::Check::EkProfile => "ek_certificate_not_ek",
                     _ => "ek_certificate_untrusted",
                 };
                 ApiError::denied(reason, format!("EK certificate refused: {r}"))

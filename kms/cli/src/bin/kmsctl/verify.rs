@@ -57,16 +57,14 @@ pub(crate) fn snp(args: &VerifySnpArgs) -> Result<(), Error> {
             report.get(SNP_REPORT_DATA).map(<[u8]>::to_vec).unwrap_or_default()
         }
     };
-    let minimum_tcb = args.min_tcb.map_or_else(MinimumTcb::default, |tcb| MinimumTcb {
-        milan: tcb,
-        genoa: tcb,
-        turin: tcb,
-    });
+    // An inspection tool: every genuine report, narrowed by the flags (the server's own trust
+    // is its [attestation.snp] configuration).
+    let base = SnpTrust::insecure_any_platform();
     let trust = SnpTrust {
-        minimum_tcb,
+        minimum_tcb: args.min_tcb.map_or(base.minimum_tcb.clone(), MinimumTcb::all),
         allow_smt: !args.no_smt,
         accept_vlek: args.accept_vlek,
-        ..SnpTrust::default()
+        ..base
     };
     let verifier = SnpVerifier::new(trust).map_err(|e| Error::local(e.to_string()))?;
     let evidence = SnpEvidence { report, vek, chain };
