@@ -8,6 +8,7 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod attest;
+pub mod proxy;
 pub mod swtpm;
 
 use std::net::SocketAddr;
@@ -169,6 +170,19 @@ impl Pki {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A server identity for `localhost` (and 127.0.0.1) issued by this CA: what an operator's
+    /// TLS-terminating proxy presents.
+    pub fn server_identity(&self, cn: &str) -> Identity {
+        let (cert, key) = self.issue(
+            vec![
+                SanType::DnsName("localhost".try_into().unwrap()),
+                SanType::IpAddress([127, 0, 0, 1].into()),
+            ],
+            cn,
+        );
+        Identity::from_pem(cert, key)
+    }
+
     /// A client identity with these SANs and common name.
     pub fn client_with(&self, sans: Vec<SanType>, cn: &str) -> Identity {
         let (cert, key) = self.issue(sans, cn);
@@ -221,6 +235,9 @@ pub struct Options {
     pub proposal_ttl: Duration,
     /// `[seal.pkcs11]`.
     pub hsm: Option<kms_server::seal::HsmSealConfig>,
+    /// Where the node identity's evidence comes from (default: none; tests of node attestation
+    /// give kmsd a TPM of its own).
+    pub node: kms_server::node::NodeEvidence,
     /// `[seal]` rotation pace.
     pub rotation: kms_server::rotation::RotationPace,
     /// `audit.checkpoint_interval_secs`.
@@ -250,6 +267,7 @@ impl Default for Options {
             approval_quorum: 1,
             proposal_ttl: Duration::from_secs(86_400),
             hsm: None,
+            node: kms_server::node::NodeEvidence::None,
             rotation: kms_server::rotation::RotationPace {
                 batch_size: 500,
                 pause: Duration::ZERO,
@@ -355,6 +373,7 @@ impl TestServer {
             audit_batch_max: 512,
             checkpoint_interval: opts.checkpoint_interval,
             hsm: opts.hsm,
+            node: opts.node,
             rotation: opts.rotation,
             dev: None,
             attestation: opts.attestation,
@@ -991,6 +1010,7 @@ pub const KMSCTL_VARS: &[&str] = &[
     "KMSCTL_ADMIN_PUB",
     "KMSCTL_AUDIT_DATABASE",
     "KMSCTL_DEPLOYMENT",
+    "KMSCTL_NODE_POLICY",
 ];
 
 /// The `kmsctl` binary at `path`, with none of the `KMSCTL_*` settings of the environment that

@@ -95,6 +95,7 @@ async fn snp_round_trip(backend: Backend) {
     let pb_sealed = pb::SealedKey {
         encapsulated_key: sealed.encapsulated_key.clone(),
         ciphertext: sealed.ciphertext.clone(),
+        ..Default::default()
     };
     let opened = later.open(
         &pb_sealed,

@@ -135,6 +135,62 @@ impl AkKey {
     }
 }
 
+/// The AK file's format tag.
+const AK_FILE_FORMAT: &str = "kms-agent-tpm-ak-v1";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AkFile {
+    format: String,
+    /// Informational: the AK's name, checked against the public area when read.
+    name: String,
+    public: String,
+    private: String,
+}
+
+impl AkKey {
+    /// The AK file (JSON): the AK's TPM2B_PUBLIC and TPM2B_PRIVATE in hex, and its name. The
+    /// private part is wrapped by the TPM (only that TPM can load it). `kms-agent` keeps a
+    /// workload's AK in one, `kmsd` its node AK.
+    pub fn to_file(&self) -> Result<String, TpmError> {
+        let doc = AkFile {
+            format: AK_FILE_FORMAT.into(),
+            name: self.parsed_public()?.name().to_string(),
+            public: hex::encode(&self.public),
+            private: hex::encode(&self.private),
+        };
+        serde_json::to_string_pretty(&doc)
+            .map(|s| s + "\n")
+            .map_err(|e| TpmError::Input(format!("AK file: {e}")))
+    }
+
+    /// Parses an AK file written by [`AkKey::to_file`], checking the public area and its name.
+    pub fn from_file(text: &str) -> Result<Self, TpmError> {
+        let doc: AkFile = serde_json::from_str(text).map_err(|e| TpmError::Input(format!("not an AK file: {e}")))?;
+        if doc.format != AK_FILE_FORMAT {
+            return Err(TpmError::Input(format!(
+                "AK file format {:?}, expected {AK_FILE_FORMAT:?}",
+                doc.format
+            )));
+        }
+        let hex_field = |name: &str, value: &str| {
+            hex::decode(value).map_err(|e| TpmError::Input(format!("AK file: {name} is not hex: {e}")))
+        };
+        let ak = Self {
+            public: hex_field("public", &doc.public)?,
+            private: hex_field("private", &doc.private)?,
+        };
+        let name = ak.parsed_public()?.name().to_string();
+        if !name.eq_ignore_ascii_case(&doc.name) {
+            return Err(TpmError::Input(format!(
+                "AK file: its public area is named {name}, the file says {}",
+                doc.name
+            )));
+        }
+        Ok(ak)
+    }
+}
+
 /// Strips the u16 size of a marshalled TPM2B, checking it.
 fn tpm2b_body<'a>(bytes: &'a [u8], what: &str) -> Result<&'a [u8], TpmError> {
     match bytes.split_first_chunk::<2>() {

@@ -121,23 +121,24 @@ fn ek_certificate_from_another_ca_is_refused() {
 #[test]
 fn certificates_outside_the_tcg_ek_profile_are_refused() {
     let state = TpmState::manufacture();
-    let now = now_unix();
-    let cas = EkCaBundle::from_pem(&state.ca_bundle_pem()).expect("bundle");
-    cas.verify(&state.ek_certificate("rsa2048"), &[], now)
-        .expect("swtpm's EK certificate follows the profile");
     const BASE: &str = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,keyEncipherment";
     const SAN: &str = "subjectAltName=critical,dirName:tpm\n[tpm]\n0.2.23.133.2.1=id:00001014\n1.2.23.133.2.2=swtpm\n2.2.23.133.2.3=id:20191023";
     let plain = state.issue_by_ek_ca("rsa2048", BASE);
+    let eku_only = state.issue_by_ek_ca("rsa2048", &format!("{BASE}\nextendedKeyUsage=2.23.133.8.1"));
+    let san_only = state.issue_by_ek_ca("rsa2048", &format!("{BASE}\n{SAN}"));
+    let complete = state.issue_by_ek_ca("rsa2048", &format!("{BASE}\nextendedKeyUsage=2.23.133.8.1\n{SAN}"));
+    // After the certificates were issued (they are valid from that second on).
+    let now = now_unix() + 1;
+    let cas = EkCaBundle::from_pem(&state.ca_bundle_pem()).expect("bundle");
+    cas.verify(&state.ek_certificate("rsa2048"), &[], now)
+        .expect("swtpm's EK certificate follows the profile");
     let refusal = cas.verify(&plain, &[], now).unwrap_err();
     assert_eq!(refusal.check, Check::EkProfile, "{refusal}");
     assert!(refusal.detail.contains("subjectAltName"), "{refusal}");
-    let eku_only = state.issue_by_ek_ca("rsa2048", &format!("{BASE}\nextendedKeyUsage=2.23.133.8.1"));
     assert_eq!(cas.verify(&eku_only, &[], now).unwrap_err().check, Check::EkProfile);
-    let san_only = state.issue_by_ek_ca("rsa2048", &format!("{BASE}\n{SAN}"));
     let refusal = cas.verify(&san_only, &[], now).unwrap_err();
     assert_eq!(refusal.check, Check::EkProfile, "{refusal}");
     assert!(refusal.detail.contains("2.23.133.8.1"), "{refusal}");
-    let complete = state.issue_by_ek_ca("rsa2048", &format!("{BASE}\nextendedKeyUsage=2.23.133.8.1\n{SAN}"));
     cas.verify(&complete, &[], now)
         .expect("the profile's parts, issued by the CA");
 

@@ -4,8 +4,10 @@
 //! keys.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kms_node::{NodeError, NodePolicy, NodeVerifier, VerifiedNode};
 use kms_proto::v1 as pb;
 use kms_proto::v1::attestation_service_client::AttestationServiceClient;
 use kms_proto::v1::key_service_client::KeyServiceClient;
@@ -31,17 +33,38 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// How long one call may take.
     pub call_timeout: Duration,
+    /// Which kmsd nodes are trusted to answer ([`NodeTrust`]); required.
+    pub node_trust: Option<NodeTrust>,
+}
+
+/// How the agent decides that an answer comes from a genuine kmsd.
+#[derive(Clone, Debug)]
+pub enum NodeTrust {
+    /// A node whose hardware evidence meets this policy (docs/attested-release.md, "Node
+    /// identity"): the Attest answer and every release must be signed by such a node.
+    Policy(NodePolicy),
+    /// Any node that signs its answers consistently, without evidence. Insecure: whoever can
+    /// answer in kmsd's place (a TLS-terminating proxy) is trusted. Dev and tests only
+    /// (`--danger-unattested-kmsd`).
+    DangerUnattested,
 }
 
 impl ClientConfig {
-    /// `endpoint` with default timeouts and no TLS material yet.
+    /// `endpoint` with default timeouts, no TLS material and no node trust yet.
     pub fn new(endpoint: impl Into<String>) -> Self {
         Self {
             endpoint: endpoint.into(),
             tls: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            node_trust: None,
         }
+    }
+
+    /// Trusting the nodes `trust` says.
+    pub fn with_node_trust(mut self, trust: NodeTrust) -> Self {
+        self.node_trust = Some(trust);
+        self
     }
 
     /// With TLS material.
@@ -112,11 +135,30 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(|e| Error::Input(format!("cannot read {what} {}: {e}", path.display())))
 }
 
-/// A connection to one kmsd. Cheap to clone (the channel is shared).
+/// A connection to one kmsd. Cheap to clone (the channel and the verified nodes are shared).
 #[derive(Clone, Debug)]
 pub struct Client {
     channel: Channel,
     target: String,
+    nodes: Arc<Nodes>,
+}
+
+/// The node verifier and the nodes verified so far (by public key).
+#[derive(Debug)]
+struct Nodes {
+    verifier: NodeVerifier,
+    verified: Mutex<Vec<VerifiedNode>>,
+}
+
+/// How often an identity is asked for before giving up on reaching the node that signed an
+/// answer (a reconnection may land on another replica).
+const IDENTITY_ATTEMPTS: usize = 3;
+
+fn node_verifier(trust: NodeTrust) -> Result<NodeVerifier, Error> {
+    match trust {
+        NodeTrust::Policy(p) => NodeVerifier::new(p).map_err(|e| Error::Config(e.to_string())),
+        NodeTrust::DangerUnattested => Ok(NodeVerifier::danger_unattested()),
+    }
 }
 
 impl Client {
@@ -151,19 +193,77 @@ impl Client {
                 )))
             }
         }
+        let trust = config.node_trust.clone().ok_or_else(|| {
+            Error::Config(
+                "say how kmsd is verified: a node policy (--node-policy FILE), or --danger-unattested-kmsd for a dev-mode kmsd".into(),
+            )
+        })?;
+        let verifier = node_verifier(trust)?;
         let channel = endpoint.connect().await.map_err(|e| Error::Unreachable {
             target: url.clone(),
             detail: error_chain(&e),
         })?;
-        Ok(Self { channel, target: url })
+        Ok(Self::with_verifier(channel, url, verifier))
     }
 
     /// A client over a channel made elsewhere; `target` names it in errors.
-    pub fn from_channel(channel: Channel, target: impl Into<String>) -> Self {
+    pub fn from_channel(channel: Channel, target: impl Into<String>, trust: NodeTrust) -> Result<Self, Error> {
+        Ok(Self::with_verifier(channel, target.into(), node_verifier(trust)?))
+    }
+
+    fn with_verifier(channel: Channel, target: String, verifier: NodeVerifier) -> Self {
         Self {
             channel,
-            target: target.into(),
+            target,
+            nodes: Arc::new(Nodes {
+                verifier,
+                verified: Mutex::new(Vec::new()),
+            }),
         }
+    }
+
+    /// Asks the answering node for its identity (GetNodeIdentity, over a fresh nonce) and
+    /// verifies it against the node trust; remembered for later answers.
+    pub async fn verify_node(&self) -> Result<VerifiedNode, Error> {
+        let nonce =
+            kms_core::random_array::<32>().map_err(|e| Error::Input(format!("random number generator: {e}")))?;
+        let identity = self
+            .attestation()
+            .get_node_identity(pb::GetNodeIdentityRequest { nonce: nonce.to_vec() })
+            .await
+            .map_err(|s| self.failed(s))?
+            .into_inner();
+        let (node, _status) = self
+            .nodes
+            .verifier
+            .verify(&identity, &nonce, kms_core::now_unix_ms() / 1000)?;
+        let mut verified = self.nodes.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if !verified.iter().any(|n| n.public_key == node.public_key) {
+            verified.push(node.clone());
+        }
+        Ok(node)
+    }
+
+    /// The verified node with this public key: known already, or verified now (its identity
+    /// asked for until that node answers).
+    pub(crate) async fn node(&self, public_key: &[u8]) -> Result<VerifiedNode, Error> {
+        for _ in 0..IDENTITY_ATTEMPTS {
+            if let Some(n) = self
+                .nodes
+                .verified
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|n| n.public_key[..] == *public_key)
+            {
+                return Ok(n.clone());
+            }
+            let answered = self.verify_node().await?;
+            if answered.public_key[..] == *public_key {
+                return Ok(answered);
+            }
+        }
+        Err(NodeError::UnknownNode(kms_node::node_id(public_key)).into())
     }
 
     /// The endpoint, for messages.
@@ -265,6 +365,11 @@ mod tests {
             .unwrap()
             .port();
         let e = connect_error(ClientConfig::new(format!("http://127.0.0.1:{port}"))).await;
+        assert!(matches!(&e, Error::Config(m) if m.contains("--node-policy")), "{e:?}");
+        let e = connect_error(
+            ClientConfig::new(format!("http://127.0.0.1:{port}")).with_node_trust(NodeTrust::DangerUnattested),
+        )
+        .await;
         assert!(matches!(e, Error::Unreachable { .. }), "{e:?}");
     }
 }

@@ -183,62 +183,22 @@ impl EnrollmentRequest {
     }
 }
 
-/// The AK file's format tag.
-const AK_FORMAT: &str = "kms-agent-tpm-ak-v1";
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AkJson {
-    format: String,
-    /// Informational: the AK's name, checked against the public area when read.
-    name: String,
-    public: String,
-    private: String,
-}
-
-/// The AK file's contents (JSON): the AK's TPM2B_PUBLIC and TPM2B_PRIVATE in hex, and its name.
-/// The private part is wrapped by the TPM (only that TPM can load it).
+/// The AK file's contents (JSON): the AK's TPM2B_PUBLIC and TPM2B_PRIVATE in hex, and its name
+/// ([`AkKey::to_file`]). The private part is wrapped by the TPM (only that TPM can load it).
 pub fn encode_ak(ak: &AkKey) -> Result<String, Error> {
-    let name = ak.parsed_public()?.name().to_string();
-    let doc = AkJson {
-        format: AK_FORMAT.into(),
-        name,
-        public: hex::encode(&ak.public),
-        private: hex::encode(&ak.private),
-    };
-    serde_json::to_string_pretty(&doc)
-        .map(|s| s + "\n")
-        .map_err(|e| Error::Input(format!("AK file: {e}")))
+    ak.to_file().map_err(ak_file_error)
 }
 
 /// Parses an AK file written by [`encode_ak`], checking the public area and its name.
 pub fn decode_ak(text: &str) -> Result<AkKey, Error> {
-    let doc: AkJson = serde_json::from_str(text).map_err(|e| Error::Input(format!("not an AK file: {e}")))?;
-    if doc.format != AK_FORMAT {
-        return Err(Error::Input(format!(
-            "AK file format {:?}, expected {AK_FORMAT:?}",
-            doc.format
-        )));
+    AkKey::from_file(text).map_err(ak_file_error)
+}
+
+fn ak_file_error(e: TpmError) -> Error {
+    match e {
+        TpmError::Input(m) => Error::Input(m),
+        other => Error::Input(other.to_string()),
     }
-    let hex_field = |name: &str, value: &str| {
-        hex::decode(value).map_err(|e| Error::Input(format!("AK file: {name} is not hex: {e}")))
-    };
-    let ak = AkKey {
-        public: hex_field("public", &doc.public)?,
-        private: hex_field("private", &doc.private)?,
-    };
-    let name = ak
-        .parsed_public()
-        .map_err(|e| Error::Input(format!("AK file: {e}")))?
-        .name()
-        .to_string();
-    if !name.eq_ignore_ascii_case(&doc.name) {
-        return Err(Error::Input(format!(
-            "AK file: its public area is named {name}, the file says {}",
-            doc.name
-        )));
-    }
-    Ok(ak)
 }
 
 impl Client {
@@ -350,7 +310,7 @@ mod tests {
         assert!(decode_ak("{}").is_err());
         let wrong = r#"{"format":"other","name":"00","public":"00","private":"00"}"#;
         assert!(decode_ak(wrong).unwrap_err().to_string().contains("format"));
-        let junk = format!(r#"{{"format":"{AK_FORMAT}","name":"00","public":"0000","private":"0000"}}"#);
-        assert!(matches!(decode_ak(&junk), Err(Error::Input(_))));
+        let junk = r#"{"format":"kms-agent-tpm-ak-v1","name":"00","public":"0000","private":"0000"}"#;
+        assert!(matches!(decode_ak(junk), Err(Error::Input(_))));
     }
 }

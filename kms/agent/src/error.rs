@@ -43,6 +43,10 @@ pub enum Error {
     /// A TPM operation (enrolment, reading an AK) failed.
     #[error("TPM: {0}")]
     Tpm(#[from] TpmError),
+    /// The answering kmsd is not one the node policy trusts, or an answer is not signed by a
+    /// node that was verified: nothing from it is used.
+    #[error("kmsd is not trusted: {0}")]
+    Node(#[from] kms_node::NodeError),
 }
 
 impl Error {

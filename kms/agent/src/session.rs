@@ -18,6 +18,7 @@ use zeroize::{Zeroize as _, Zeroizing};
 use crate::client::Client;
 use crate::error::Error;
 use crate::evidence::{EvidenceRequest, EvidenceSource};
+use kms_node::VerifiedNode;
 
 /// The length of a data key.
 pub const DATA_KEY_LEN: usize = 32;
@@ -56,15 +57,54 @@ impl Client {
         let r = self
             .attestation()
             .attest(pb::AttestRequest {
-                nonce: challenge.nonce,
-                hpke_public_key,
+                nonce: challenge.nonce.clone(),
+                hpke_public_key: hpke_public_key.clone(),
                 evidence: Some(evidence),
             })
             .await
             .map_err(|s| self.failed(s))?
             .into_inner();
+        // The answer must come from a node this agent verified, and the token say what was
+        // asked for: else a proxy could hand the workload a token of its own.
+        let node = self.node(&r.node_public_key).await?;
+        node.check(
+            "the Attest answer",
+            &kms_node::message::AttestAnswer {
+                nonce: &challenge.nonce,
+                hpke_public_key: &hpke_public_key,
+                token: &r.token,
+                token_id: &r.token_id,
+                expires_unix_ms: r.expires_unix_ms,
+                claims_json: &r.claims_json,
+                hardware_id: &r.hardware_id,
+            }
+            .encode(),
+            &r.node_signature,
+        )?;
+        check_token(&r, &hpke_public_key)?;
         Session::new(self.clone(), key, r)
     }
+}
+
+/// The token of a signed Attest answer says what the answer says: this workload's HPKE key, the
+/// token id, hardware and expiry.
+fn check_token(r: &pb::AttestResponse, hpke_public_key: &[u8]) -> Result<(), Error> {
+    let claims = kms_core::token::TokenClaims::read_unverified(&r.token)
+        .map_err(|e| Error::bad_response(format!("the token is not a token: {e}")))?;
+    let key = claims
+        .hpke_public_key()
+        .map_err(|e| Error::bad_response(format!("the token's cnf: {e}")))?;
+    if key[..] != *hpke_public_key {
+        return Err(Error::bad_response(
+            "the token names another HPKE key than this workload's",
+        ));
+    }
+    if claims.jti != r.token_id || claims.sub != r.hardware_id || claims.exp.saturating_mul(1000) != r.expires_unix_ms {
+        return Err(Error::bad_response(
+            "the token's id, hardware or expiry is not the answer's",
+        ));
+    }
+    Ok(())
 }
 
 /// A token and the HPKE key it names: what the workload needs to receive keys. Valid until the
@@ -169,7 +209,9 @@ impl Session {
             .await
             .map_err(|s| self.client.failed(s))?
             .into_inner();
+        let node = self.releasing_node(r.sealed_plaintext.as_ref()).await?;
         let data_key = open_release(
+            &node,
             &self.key,
             ReleaseOperation::GenerateDataKey,
             &self.token_id,
@@ -228,7 +270,9 @@ impl Session {
             .await
             .map_err(|s| self.client.failed(s))?
             .into_inner();
+        let node = self.releasing_node(r.sealed_plaintext.as_ref()).await?;
         open_release(
+            &node,
             &self.key,
             ReleaseOperation::Decrypt,
             &self.token_id,
@@ -241,6 +285,14 @@ impl Session {
                 sealed: r.sealed_plaintext.as_ref(),
             },
         )
+    }
+}
+
+impl Session {
+    /// The verified node that signed `sealed`.
+    async fn releasing_node(&self, sealed: Option<&pb::SealedKey>) -> Result<VerifiedNode, Error> {
+        let sealed = sealed.ok_or_else(|| Error::bad_response("it carries no sealed secret"))?;
+        self.client.node(&sealed.node_public_key).await
     }
 }
 
@@ -286,8 +338,9 @@ fn client_nonce() -> Result<[u8; 16], Error> {
     kms_core::random_array::<16>().map_err(|e| Error::Input(format!("random number generator: {e}")))
 }
 
-/// Checks an answer and opens its sealed secret.
+/// Checks an answer (signed by `node`) and opens its sealed secret.
 fn open_release(
+    node: &VerifiedNode,
     key: &ReleaseKey,
     operation: ReleaseOperation,
     token_id: &str,
@@ -319,6 +372,11 @@ fn open_release(
         token_id,
         answer.client_nonce,
     );
+    node.check(
+        "the sealed release",
+        &kms_node::message::release(&info, answer.blob, &sealed.encapsulated_key, &sealed.ciphertext),
+        &sealed.node_signature,
+    )?;
     key.open_release(
         &Sealed {
             encapsulated_key: sealed.encapsulated_key.clone(),
@@ -346,6 +404,26 @@ mod tests {
     const TOKEN_ID: &str = "tok-1";
     const NONCE: &[u8] = &[9; 16];
 
+    /// The releasing kmsd's node key, as the agent verified it.
+    fn node_key() -> &'static kms_node::NodeKey {
+        static KEY: std::sync::OnceLock<kms_node::NodeKey> = std::sync::OnceLock::new();
+        KEY.get_or_init(|| kms_node::NodeKey::generate().unwrap())
+    }
+
+    fn verified_node() -> VerifiedNode {
+        let k = node_key();
+        VerifiedNode {
+            public_key: k.public_key(),
+            id: k.id(),
+            statement: kms_node::NodeStatement {
+                node_public_key: k.public_key(),
+                unseal_public_key: vec![4; 65],
+                tls_spki_sha256: [0; 32],
+            },
+            claims: None,
+        }
+    }
+
     fn blob(version: u32) -> (KeyId, Vec<u8>) {
         let id = KeyId::generate().unwrap();
         let kek = Kek::generate().unwrap();
@@ -371,9 +449,17 @@ mod tests {
             NONCE,
         );
         let s = seal::<X25519>(&key.public_key(), &info, blob, &[0x42; 32]).unwrap();
+        let signature = node_key().sign(&kms_node::message::release(
+            &info,
+            blob,
+            &s.encapsulated_key,
+            &s.ciphertext,
+        ));
         pb::SealedKey {
             encapsulated_key: s.encapsulated_key,
             ciphertext: s.ciphertext,
+            node_public_key: node_key().public_key().to_vec(),
+            node_signature: signature.to_vec(),
         }
     }
 
@@ -387,6 +473,7 @@ mod tests {
         sealed: Option<&pb::SealedKey>,
     ) -> Result<SecretBytes, Error> {
         open_release(
+            &verified_node(),
             key,
             op,
             TOKEN_ID,
@@ -420,7 +507,8 @@ mod tests {
             &mut Vec::new(),
             Some(&sealed),
         );
-        assert!(matches!(other, Err(Error::BadResponse(m)) if m.contains("does not open")));
+        // (its signature covers the HPKE info, so it fails there first)
+        assert!(matches!(other, Err(Error::Node(_))));
         let other_token = sealed_for(&key, op, &blob, "tok-2");
         assert!(open(&key, op, &blob, &id.to_string(), 3, &mut Vec::new(), Some(&other_token)).is_err());
         let stranger = ReleaseKey::generate();
@@ -428,6 +516,35 @@ mod tests {
         let mut tampered = sealed.clone();
         tampered.ciphertext[0] ^= 1;
         assert!(open(&key, op, &blob, &id.to_string(), 3, &mut Vec::new(), Some(&tampered)).is_err());
+    }
+
+    /// A key sealed to this session's HPKE key with the right info, by someone who is not the
+    /// verified node (a proxy choosing the data key): refused before it is opened.
+    #[test]
+    fn releases_not_signed_by_the_verified_node_are_refused() {
+        let key = ReleaseKey::generate();
+        let (id, blob) = blob(1);
+        let op = ReleaseOperation::GenerateDataKey;
+        let mut forged = sealed_for(&key, op, &blob, TOKEN_ID);
+        let proxy = kms_node::NodeKey::generate().unwrap();
+        let info = release_info(op.as_str(), &id.to_string(), 1, TOKEN_ID, NONCE);
+        forged.node_signature = proxy
+            .sign(&kms_node::message::release(
+                &info,
+                &blob,
+                &forged.encapsulated_key,
+                &forged.ciphertext,
+            ))
+            .to_vec();
+        let e = open(&key, op, &blob, &id.to_string(), 1, &mut Vec::new(), Some(&forged))
+            .err()
+            .unwrap();
+        assert!(matches!(&e, Error::Node(n) if n.reason() == "node_signature"), "{e}");
+        forged.node_signature.clear();
+        assert!(matches!(
+            open(&key, op, &blob, &id.to_string(), 1, &mut Vec::new(), Some(&forged)),
+            Err(Error::Node(_))
+        ));
     }
 
     #[test]

@@ -14,8 +14,8 @@ use attestation::attester::tpm::Tpm;
 use attestation::tpm::{PcrValues, TpmEvidence};
 use kms_agent::evidence::{from_fn, tpm_evidence, EvidenceRequest};
 use kms_agent::{
-    decode_ak, encode_ak, AkScheme, Client, ClientConfig, EnrollmentRequest, Error, EvidenceError, TlsFiles,
-    TpmEnrollOptions, TpmQuoter,
+    decode_ak, encode_ak, AkScheme, Client, ClientConfig, EnrollmentRequest, Error, EvidenceError, NodePolicy,
+    NodeTrust, TlsFiles, TpmEnrollOptions, TpmQuoter,
 };
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
@@ -46,12 +46,62 @@ fn booted_tpm() -> Swtpm {
     tpm
 }
 
-/// The workload's client over mTLS, through the library's own file-based configuration.
+/// The workload's client over mTLS, through the library's own file-based configuration. The
+/// kmsd of these tests has no evidence of its own (see `the_agent_trusts_only_an_attested_kmsd`
+/// for one that does).
 async fn workload(c: &Ceremony) -> Client {
+    workload_at(c, &c.server, NodeTrust::DangerUnattested).await
+}
+
+async fn workload_at(c: &Ceremony, server: &impl Reachable, trust: NodeTrust) -> Client {
     let (cert, key) = c.pki.client_files(APP, "app");
-    let config = ClientConfig::new(format!("https://{}", c.server.addr))
-        .with_tls(TlsFiles::ca(c.pki.ca_path()).with_identity(cert, key));
+    let config = ClientConfig::new(format!("https://{}", server.addr()))
+        .with_tls(TlsFiles::ca(c.pki.ca_path()).with_identity(cert, key))
+        .with_node_trust(trust);
     Client::connect(&config).await.unwrap()
+}
+
+/// kmsd attested by a TPM of its own (another swtpm: the kmsd host's), its AK kept in a file;
+/// and the node policy that trusts exactly that kmsd host, as its operator hands it over.
+struct NodeTpm {
+    tpm: Swtpm,
+    dir: tempfile::TempDir,
+}
+
+impl NodeTpm {
+    fn new() -> Self {
+        Self {
+            tpm: Swtpm::start(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn ak_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("node-ak.json")
+    }
+
+    fn evidence(&self) -> kms_server::node::NodeEvidence {
+        kms_server::node::NodeEvidence::Tpm(kms_server::node::TpmNode {
+            tcti: self.tpm.tcti(),
+            ak_file: self.ak_file(),
+            pcrs: vec![0, 7],
+        })
+    }
+
+    /// The node policy JSON: this host's AK (read from the file kmsd wrote at start) and its
+    /// PCR 0.
+    fn policy_json(&self) -> String {
+        let ak = decode_ak(&std::fs::read_to_string(self.ak_file()).unwrap()).unwrap();
+        let name = ak.parsed_public().unwrap().name().to_hex();
+        let pcr0 = hex::encode([0u8; 32]);
+        format!(
+            r#"{{"version":1,"tpm":{{"ak_names":["{name}"]}},"release_policy":{{"version":1,"attestation":"required","allOf":[{{"claim":"tee","equals":"tpm"}},{{"claim":"tpm.pcr.0","equals":"{pcr0}"}}]}}}}"#
+        )
+    }
+
+    fn policy(&self) -> NodeTrust {
+        NodeTrust::Policy(NodePolicy::parse(&self.policy_json()).unwrap())
+    }
 }
 
 fn policy(ek_digest: &str, pcr7: &str) -> String {
@@ -184,6 +234,128 @@ async fn tpm_release(backend: Backend) {
 }
 
 both_backends!(tpm_release_through_the_agent, super::tpm_release);
+
+/// With a node policy the agent trusts only the kmsd host it names (by its TPM's AK and PCR 0),
+/// and only answers that host signed: through an operator's TLS-terminating proxy the protocol
+/// still works, but a data key of the proxy's choosing sealed to the workload's key with the
+/// right HPKE info, a token of its own, or an identity without the host's evidence are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_trusts_only_an_attested_kmsd() {
+    use kms_tests::proxy::{GrpcProxy, Tamper};
+    use std::sync::{Arc, Mutex};
+
+    let tpm = booted_tpm();
+    let node = NodeTpm::new();
+    let Some(c) = Ceremony::new(
+        Backend::Sqlite,
+        Options {
+            node: node.evidence(),
+            ..options(&tpm)
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let client = workload_at(&c, &c.server, node.policy()).await;
+    let verified = client.verify_node().await.unwrap();
+    assert_eq!(
+        verified.claims.as_ref().unwrap().get("tee").unwrap().as_str(),
+        Some("tpm")
+    );
+    let pending = client.enroll_tpm(&TpmEnrollOptions::new(tpm.tcti())).await.unwrap();
+    let request = EnrollmentRequest::from_json(&pending.request.to_json()).unwrap();
+    enroll(&c, &request).await.unwrap();
+    c.create_key("payroll", &[APP], &policy(&request.ek_digest, PCR7_BOOTED))
+        .await;
+    let mut quoter = TpmQuoter::new(tpm.tcti(), pending.ak.clone(), &[0, 1, 7]).unwrap();
+    let context = ctx(&[("file", "payroll-2026.csv")]);
+    let session = client.attest(&mut quoter).await.unwrap();
+    let generated = session.generate_data_key("payroll", &context).await.unwrap();
+
+    // Through the operator's proxy, untouched: every answer is still the node's.
+    let honest = GrpcProxy::start(&c.pki, &c.server, APP, Tamper::none()).await;
+    let via = workload_at(&c, &honest, node.policy()).await;
+    let s = via.attest(&mut quoter).await.unwrap();
+    let opened = s.decrypt(&generated.ciphertext_blob, &context, None).await.unwrap();
+    assert_eq!(opened.expose_secret(), generated.data_key.expose_secret());
+
+    // The proxy answers GenerateDataKey with a data key it chose, sealed to the workload's
+    // HPKE key (from the token's cnf) with exactly the info the workload expects.
+    let asked: Arc<Mutex<Option<pb::GenerateDataKeyRequest>>> = Arc::default();
+    let seen = asked.clone();
+    let forging = Tamper {
+        request: Arc::new(move |path, bytes| {
+            if path == "/kms.v1.KeyService/GenerateDataKey" {
+                *seen.lock().unwrap() = Some(prost::Message::decode(bytes.as_slice()).unwrap());
+            }
+            Ok(bytes)
+        }),
+        ..Tamper::response(
+            "/kms.v1.KeyService/GenerateDataKey",
+            move |r: &mut pb::GenerateDataKeyResponse| {
+                let req = asked.lock().unwrap().clone().unwrap();
+                let token = kms_core::token::TokenClaims::read_unverified(&req.attestation_token).unwrap();
+                let info = kms_core::hpke_seal::release_info(
+                    "generate_data_key",
+                    &r.key_id,
+                    r.key_version,
+                    &token.jti,
+                    &req.client_nonce,
+                );
+                let chosen = kms_core::hpke_seal::seal_release(
+                    &token.hpke_public_key().unwrap(),
+                    &info,
+                    &r.ciphertext_blob,
+                    &[0x66; 32],
+                )
+                .unwrap();
+                let sealed = r.sealed_plaintext.as_mut().unwrap();
+                sealed.encapsulated_key = chosen.encapsulated_key;
+                sealed.ciphertext = chosen.ciphertext;
+            },
+        )
+    };
+    let proxy = GrpcProxy::start(&c.pki, &c.server, APP, forging).await;
+    let via = workload_at(&c, &proxy, node.policy()).await;
+    let s = via.attest(&mut quoter).await.unwrap();
+    match s.generate_data_key("payroll", &context).await {
+        Err(Error::Node(e)) => assert_eq!(e.reason(), "node_signature", "{e}"),
+        other => panic!("a forged release must be refused: {other:?}"),
+    }
+
+    // A token of the proxy's own (here: another workload's, with another HPKE key).
+    let other_token = s.expose_token().to_owned();
+    let swapping = Tamper::response(
+        "/kms.v1.AttestationService/Attest",
+        move |a: &mut pb::AttestResponse| {
+            a.token.clone_from(&other_token);
+        },
+    );
+    let proxy = GrpcProxy::start(&c.pki, &c.server, APP, swapping).await;
+    let via = workload_at(&c, &proxy, node.policy()).await;
+    match via.attest(&mut quoter).await {
+        Err(Error::Node(e)) => assert_eq!(e.reason(), "node_signature", "{e}"),
+        other => panic!("a token the node did not sign into its answer must be refused: {other:?}"),
+    }
+
+    // An impostor's identity: its own node key, no evidence of the host.
+    let impostor = kms_node::NodeKey::generate().unwrap();
+    let replacing = Tamper::response(
+        "/kms.v1.AttestationService/GetNodeIdentity",
+        move |id: &mut pb::NodeIdentity| {
+            id.node_public_key = impostor.public_key().to_vec();
+            id.evidence = None;
+        },
+    );
+    let proxy = GrpcProxy::start(&c.pki, &c.server, APP, replacing).await;
+    let via = workload_at(&c, &proxy, node.policy()).await;
+    match via.verify_node().await {
+        Err(Error::Node(e)) => assert!(matches!(e.reason(), "node_signature" | "node_unattested"), "{e}"),
+        other => panic!("an impostor's identity must be refused: {other:?}"),
+    }
+    assert_eq!(proxy.seen(), ["/kms.v1.AttestationService/GetNodeIdentity"]);
+}
 
 /// tpm2-tools as the TPM stack: its AK and credential activation for enrolment (through the
 /// library's BeginTpmEnrollment call), its quotes as the evidence source.
@@ -336,11 +508,24 @@ fn mode(path: &std::path::Path) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_end_to_end() {
     let tpm = booted_tpm();
-    let Some(c) = Ceremony::new(Backend::Sqlite, options(&tpm)).await else {
+    let node = NodeTpm::new();
+    let Some(c) = Ceremony::new(
+        Backend::Sqlite,
+        Options {
+            node: node.evidence(),
+            ..options(&tpm)
+        },
+    )
+    .await
+    else {
         return;
     };
     let (cert, key) = c.pki.client_files(APP, "app");
+    let node_policy = node.dir.path().join("node-policy.json");
+    std::fs::write(&node_policy, node.policy_json()).unwrap();
     let connection: Vec<String> = vec![
+        "--node-policy".into(),
+        node_policy.display().to_string(),
         "--endpoint".into(),
         format!("https://{}", c.server.addr),
         "--ca".into(),
@@ -493,7 +678,8 @@ async fn the_command_line_end_to_end() {
         .unwrap()
         .port();
     let mut unreachable = connection.clone();
-    unreachable[1] = format!("https://127.0.0.1:{closed}");
+    let at = unreachable.iter().position(|a| a == "--endpoint").unwrap() + 1;
+    unreachable[at] = format!("https://127.0.0.1:{closed}");
     let (code, doc, _) = agent(&unreachable, &[&["attest"][..], &evidence[..]].concat()).await;
     assert_eq!(code, 3);
     assert_eq!(doc["error"]["kind"], "unreachable");

@@ -384,6 +384,7 @@ async fn cases(backend: Backend) {
     lab.must(
         "alice",
         &[
+            "--danger-unattested-kmsd",
             "init",
             "--seal",
             "shamir",
@@ -407,8 +408,8 @@ async fn cases(backend: Backend) {
     server.stop().await;
     let server = TestServer::start(&db, &pki, pinned()).await;
     lab.point_at(&server, &pki);
-    lab.must("alice", &["unseal"]).await;
-    lab.must("bob", &["unseal"]).await;
+    lab.must("alice", &["--danger-unattested-kmsd", "unseal"]).await;
+    lab.must("bob", &["--danger-unattested-kmsd", "unseal"]).await;
     let status = lab.must("alice", &["--output", "json", "status"]).await;
     let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     let kcv = status["key_check_value"].as_str().unwrap().to_owned();

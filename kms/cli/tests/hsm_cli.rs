@@ -216,6 +216,7 @@ async fn hsm_admins_init_unseal_and_approve_proposals() {
             &[
                 "--output",
                 "json",
+                "--danger-unattested-kmsd",
                 "init",
                 "--seal",
                 "shamir",
@@ -245,11 +246,21 @@ async fn hsm_admins_init_unseal_and_approve_proposals() {
         .expect(0)
         .json();
     assert_eq!(status["sealed"], true);
-    let first = lab.run_as(alice, &["unseal"]).await.expect(0);
+    let first = lab
+        .run_as(alice, &["--danger-unattested-kmsd", "unseal"])
+        .await
+        .expect(0);
     assert!(first.stdout.contains("1/2 shares: still sealed"), "{}", first.stdout);
-    let again = lab.run_as(alice, &["unseal"]).await.expect(1);
+    let again = lab
+        .run_as(alice, &["--danger-unattested-kmsd", "unseal"])
+        .await
+        .expect(1);
     assert!(again.stderr.contains("share_already_submitted"), "{}", again.stderr);
-    let second = lab.run_as(bob, &["--output", "json", "unseal"]).await.expect(0).json();
+    let second = lab
+        .run_as(bob, &["--output", "json", "--danger-unattested-kmsd", "unseal"])
+        .await
+        .expect(0)
+        .json();
     assert_eq!(second["unsealed"], true, "{second}");
     assert_eq!(second["submitted_by"], "bob");
 
@@ -336,7 +347,10 @@ async fn hsm_admins_init_unseal_and_approve_proposals() {
 
     // dave (no share) cannot unseal a sealed server.
     lab.run_as(carol, &["seal"]).await.expect(0);
-    let refused = lab.run_as(dave, &["unseal"]).await.expect(1);
+    let refused = lab
+        .run_as(dave, &["--danger-unattested-kmsd", "unseal"])
+        .await
+        .expect(1);
     assert!(refused.stderr.contains("not_a_custodian"), "{}", refused.stderr);
     server.stop().await;
 }

@@ -80,6 +80,15 @@ pub struct TokenClaims {
 }
 
 impl TokenClaims {
+    /// The claims of `token` read without checking its signature: for a holder that got the
+    /// token over an authenticated channel (the workload, from an Attest answer its node
+    /// signed) and checks that it says what was asked for. Never a basis for a release.
+    pub fn read_unverified(token: &str) -> Result<Self, TokenError> {
+        let payload = token.split('.').nth(1).ok_or(TokenError::Malformed)?;
+        let bytes = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
+        serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)
+    }
+
     /// Claims for a token issued at `now_unix` (seconds) for `lifetime_secs` (1 to
     /// [`MAX_LIFETIME_SECS`]), with a fresh random token id.
     pub fn new(

@@ -50,6 +50,8 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     /// The pkcs11 seal's HSM, if configured (`[seal.pkcs11]`).
     pub hsm: Option<crate::seal::HsmSealConfig>,
+    /// Where this process's node identity evidence comes from (`[node]`).
+    pub node: crate::node::NodeEvidence,
     /// How fast a root rotation re-wraps.
     pub rotation: crate::rotation::RotationPace,
     /// Dev mode: the `dev` seal, plaintext on loopback. Never in production.
@@ -327,9 +329,80 @@ struct File {
     #[serde(default)]
     integrity: IntegritySection,
     #[serde(default)]
+    node: NodeSection,
+    #[serde(default)]
     danger: Danger,
     #[serde(default)]
     log: LogConfig,
+}
+
+/// `[node]`: where this process's node identity evidence comes from.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NodeSection {
+    /// `auto` (default), `none`, `snp` or `tpm`.
+    #[serde(default)]
+    evidence: Option<String>,
+    #[serde(default)]
+    tpm: Option<NodeTpmSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeTpmSection {
+    tcti: String,
+    ak_file: PathBuf,
+    #[serde(default = "default_node_pcrs")]
+    pcrs: Vec<u8>,
+}
+
+fn default_node_pcrs() -> Vec<u8> {
+    (0..=7).collect()
+}
+
+impl NodeSection {
+    fn validate(self) -> Result<crate::node::NodeEvidence, ConfigError> {
+        use crate::node::{NodeEvidence, TpmNode};
+        let tpm = self
+            .tpm
+            .map(|t| {
+                if t.tcti.is_empty() {
+                    return Err(ConfigError(
+                        "node.tpm.tcti: name the TCTI, e.g. \"device:/dev/tpmrm0\"".into(),
+                    ));
+                }
+                if t.pcrs.is_empty() || t.pcrs.iter().any(|p| *p > 23) {
+                    return Err(ConfigError("node.tpm.pcrs: a non-empty list of PCRs 0 to 23".into()));
+                }
+                Ok(TpmNode {
+                    tcti: t.tcti,
+                    ak_file: t.ak_file,
+                    pcrs: t.pcrs,
+                })
+            })
+            .transpose()?;
+        Ok(match (self.evidence.as_deref().unwrap_or("auto"), tpm) {
+            ("auto" | "tpm", Some(t)) => NodeEvidence::Tpm(t),
+            ("auto", None) => NodeEvidence::Auto,
+            ("tpm", None) => {
+                return Err(ConfigError(
+                    "node.evidence = \"tpm\" needs a [node.tpm] section (tcti, ak_file)".into(),
+                ))
+            }
+            ("none", None) => NodeEvidence::None,
+            ("snp", None) => NodeEvidence::Snp,
+            (e @ ("none" | "snp"), Some(_)) => {
+                return Err(ConfigError(format!(
+                    "node.evidence = \"{e}\" and a [node.tpm] section: choose one"
+                )))
+            }
+            (other, _) => {
+                return Err(ConfigError(format!(
+                    "node.evidence: {other:?} is not auto, none, snp or tpm"
+                )))
+            }
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -641,6 +714,7 @@ impl Config {
             }
         }
         let attestation = file.attestation.validate()?;
+        let node = file.node.validate()?;
         if !(1..=86_400).contains(&file.audit.checkpoint_interval_secs) {
             return Err(ConfigError(
                 "audit.checkpoint_interval_secs must be between 1 and 86400".into(),
@@ -665,6 +739,7 @@ impl Config {
             audit_batch_max: file.audit.batch_max,
             checkpoint_interval: Duration::from_secs(file.audit.checkpoint_interval_secs),
             hsm,
+            node,
             rotation,
             dev: None,
             attestation,
@@ -724,6 +799,7 @@ impl Config {
             // Dev mode checkpoints often, so the feature shows within a demo.
             checkpoint_interval: Duration::from_secs(5),
             hsm: None,
+            node: crate::node::NodeEvidence::Auto,
             rotation: crate::rotation::RotationPace {
                 batch_size: default_rotation_batch(),
                 pause: Duration::ZERO,

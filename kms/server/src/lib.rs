@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod identity;
 pub mod keys;
+pub mod node;
 pub mod rotation;
 pub mod seal;
 pub mod service;
@@ -64,6 +65,9 @@ pub enum ServeError {
     /// The gRPC transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The node identity could not be made (the configured evidence is unavailable).
+    #[error("node: {0}")]
+    Node(String),
 }
 
 /// Runs the server on `listener` until `shutdown` completes, then drains in-flight calls and
@@ -82,6 +86,18 @@ pub async fn serve(
     let (audit, audit_task) = AuditLog::start(store.clone(), config.audit_batch_max);
     let violations = tokio::spawn(audit_violations(store.clone(), audit.clone()));
     let keys = Arc::new(Keys::new(store.clone(), seal.clone(), config.key_cache_ttl));
+    let tls_spki = match &config.tls {
+        Some(t) => {
+            let pem = std::fs::read(&t.cert).map_err(|e| ServeError::Tls(format!("{}: {e}", t.cert.display())))?;
+            node::tls_spki_sha256(&pem).map_err(ServeError::Tls)?
+        }
+        None => [0; 32],
+    };
+    let node = Arc::new(
+        node::Node::start(config.node.clone(), seal.unseal_public_key(), tls_spki)
+            .await
+            .map_err(ServeError::Node)?,
+    );
     let test_roots = config.danger.snp_test_roots().map_err(|e| ServeError::Config(e.0))?;
     let attestation = Arc::new(
         attest::Attestation::new(store.clone(), seal.clone(), config.attestation.clone(), test_roots)
@@ -105,6 +121,7 @@ pub async fn serve(
     }
     let identities = Arc::new(Identities::default());
     let data = DataPlane {
+        node: node.clone(),
         keys: keys.clone(),
         audit: audit.clone(),
         identities: identities.clone(),
@@ -113,6 +130,9 @@ pub async fn serve(
         attestation: attestation.clone(),
     };
     let attestation_plane = AttestationPlane {
+        node,
+        store: store.clone(),
+        seal: seal.clone(),
         engine: attestation.clone(),
         audit: audit.clone(),
         identities,

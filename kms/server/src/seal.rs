@@ -681,6 +681,11 @@ impl Seal {
         self.dev_dir.is_some()
     }
 
+    /// This process's unseal public key (P-256, SEC1): custodians' tokens re-wrap shares to it.
+    pub fn unseal_public_key(&self) -> Vec<u8> {
+        self.unseal_key.public_key()
+    }
+
     /// The current status.
     pub fn status(&self) -> Status {
         let unseal_public_key = self.unseal_key.public_key();

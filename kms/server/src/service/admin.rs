@@ -575,31 +575,7 @@ impl AdminPlane {
 
     /// The seal status with the quorum and generation from the database.
     pub(crate) async fn wire_status(&self) -> Result<pb::SealStatus, ApiError> {
-        let status = self.seal.status();
-        let from = status.generation;
-        let sealed = status.sealed;
-        let mut wire = wire_status(status);
-        // While sealed the record cannot be verified yet (it is, when the seal opens); after the
-        // integrity alarm nothing is trusted, and the status says why.
-        let cfg = if sealed || self.store.integrity().alarm().is_some() {
-            self.store.seal_config_unverified().await?
-        } else {
-            self.store.seal_config().await?
-        };
-        if let Some(cfg) = cfg {
-            wire.approval_quorum = cfg.approval_quorum;
-            wire.deployment_id = cfg.deployment_id;
-        }
-        wire.state_version = u64::try_from(self.store.integrity().head().version).unwrap_or(0);
-        if let Some(alarm) = self.store.integrity().alarm() {
-            wire.integrity_alarm = format!("{}: {alarm}", alarm.kind.reason());
-        } else if let Some(refused) = self.seal.open_refused() {
-            wire.integrity_alarm = refused;
-        }
-        if let Some(r) = wire.rotation.as_mut() {
-            r.remaining = self.store.remaining_under(from).await?;
-        }
-        Ok(wire)
+        seal_status(&self.store, &self.seal).await
     }
 
     pub(crate) fn key_metadata(k: &KeyRow) -> pb::KeyMetadata {
@@ -1485,4 +1461,38 @@ pub(crate) fn admin_to_wire(r: &AdminRow) -> pb::Admin {
         encryption_public_key: r.encryption_public_key.clone(),
         removed_unix_ms: r.removed_unix_ms.unwrap_or(0),
     }
+}
+
+/// The seal status of this replica, with the quorum, deployment and generation from the
+/// database (`GetSealStatus`, and signed in `GetNodeIdentity`).
+pub(crate) async fn seal_status(store: &Store, seal: &Seal) -> Result<pb::SealStatus, ApiError> {
+    let status = seal.status();
+    let from = status.generation;
+    let sealed = status.sealed;
+    let mut wire = wire_status(status);
+    // While sealed the record cannot be verified yet (it is, when the seal opens); after the
+    // integrity alarm nothing is trusted, and the status says why.
+    let cfg = if sealed || store.integrity().alarm().is_some() {
+        store.seal_config_unverified().await?
+    } else {
+        match store.seal_config().await {
+            // The alarm went up since it was looked at: the status still answers, and says so.
+            Err(StoreError::Rollback(_)) => store.seal_config_unverified().await?,
+            other => other?,
+        }
+    };
+    if let Some(cfg) = cfg {
+        wire.approval_quorum = cfg.approval_quorum;
+        wire.deployment_id = cfg.deployment_id;
+    }
+    wire.state_version = u64::try_from(store.integrity().head().version).unwrap_or(0);
+    if let Some(alarm) = store.integrity().alarm() {
+        wire.integrity_alarm = format!("{}: {alarm}", alarm.kind.reason());
+    } else if let Some(refused) = seal.open_refused() {
+        wire.integrity_alarm = refused;
+    }
+    if let Some(r) = wire.rotation.as_mut() {
+        r.remaining = store.remaining_under(from).await?;
+    }
+    Ok(wire)
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use attestation::snp::SnpEvidence;
 use attestation::tpm::ek::VerifiedEk;
-use attestation::tpm::{AkPublic, PcrValues, TpmEvidence};
+use attestation::tpm::AkPublic;
 use kms_core::hpke_seal::{self, X25519};
 use kms_core::ids::Principal;
 use kms_proto::v1 as pb;
@@ -17,11 +17,17 @@ use crate::attest::{refusal_reason, Attestation, Evidence};
 use crate::audit::AuditLog;
 use crate::error::ApiError;
 use crate::identity::Identities;
+use crate::node::Node;
+use crate::seal::Seal;
+use crate::storage::Store;
 use crate::storage::TpmEnrollmentRow;
 
 /// The AttestationService implementation.
 #[derive(Debug)]
 pub struct AttestationPlane {
+    pub(crate) node: Arc<Node>,
+    pub(crate) store: Store,
+    pub(crate) seal: Arc<Seal>,
     pub(crate) engine: Arc<Attestation>,
     pub(crate) audit: AuditLog,
     pub(crate) identities: Arc<Identities>,
@@ -50,36 +56,9 @@ pub(crate) fn evidence_from_wire(e: Option<pb::attest_request::Evidence>) -> Res
             check_size("tpm.ak_public", &t.ak_public)?;
             check_size("tpm.quote", &t.quote)?;
             check_size("tpm.signature", &t.signature)?;
-            if t.pcrs.len() > 24 {
-                return Err(ApiError::invalid("evidence_malformed", "tpm.pcrs: at most 24 values"));
-            }
-            let mut pcrs = PcrValues::new();
-            for p in &t.pcrs {
-                let index = u8::try_from(p.index).ok().filter(|i| *i < 24).ok_or_else(|| {
-                    ApiError::invalid(
-                        "evidence_malformed",
-                        format!("tpm.pcrs: index {} is not 0 to 23", p.index),
-                    )
-                })?;
-                let value: [u8; 32] = p.sha256.as_slice().try_into().map_err(|_| {
-                    ApiError::invalid(
-                        "evidence_malformed",
-                        format!("tpm.pcrs[{index}]: {} bytes; a SHA-256 PCR value is 32", p.sha256.len()),
-                    )
-                })?;
-                if pcrs.insert(index, value).is_some() {
-                    return Err(ApiError::invalid(
-                        "evidence_malformed",
-                        format!("tpm.pcrs: PCR {index} appears twice"),
-                    ));
-                }
-            }
-            Ok(Evidence::Tpm(TpmEvidence {
-                ak_public: t.ak_public,
-                quote: t.quote,
-                signature: t.signature,
-                pcrs,
-            }))
+            kms_node::tpm_from_wire(&t)
+                .map(Evidence::Tpm)
+                .map_err(|m| ApiError::invalid("evidence_malformed", m))
         }
     }
 }
@@ -139,13 +118,16 @@ impl AttestationPlane {
         audit.detail("token_id", issued.claims.jti.as_str());
         audit.detail("expires_unix", issued.claims.exp);
         audit.detail("claims", serde_json::to_value(&issued.claims.kms).unwrap_or_default());
-        Ok(pb::AttestResponse {
+        let mut answer = pb::AttestResponse {
             token: issued.token,
             expires_unix_ms: issued.claims.exp.saturating_mul(1000),
             claims_json,
             hardware_id: issued.hardware.id,
             token_id: issued.claims.jti,
-        })
+            ..Default::default()
+        };
+        self.node.sign_attest(&mut answer, &req.nonce, &req.hpke_public_key);
+        Ok(answer)
     }
 
     async fn begin_tpm(
@@ -238,6 +220,20 @@ impl AttestationPlane {
 
 #[tonic::async_trait]
 impl pb::attestation_service_server::AttestationService for AttestationPlane {
+    async fn get_node_identity(
+        &self,
+        request: Request<pb::GetNodeIdentityRequest>,
+    ) -> Result<Response<pb::NodeIdentity>, Status> {
+        let nonce = request.into_inner().nonce;
+        if !(16..=64).contains(&nonce.len()) {
+            return Err(ApiError::invalid("bad_nonce", "nonce: 16 to 64 random bytes").to_status());
+        }
+        let status = super::admin::seal_status(&self.store, &self.seal)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(self.node.identity(&nonce, &status)))
+    }
+
     async fn get_challenge(
         &self,
         request: Request<pb::GetChallengeRequest>,

@@ -19,11 +19,13 @@ use crate::audit::AuditLog;
 use crate::error::ApiError;
 use crate::identity::Identities;
 use crate::keys::Keys;
+use crate::node::Node;
 use crate::storage::KeyRow;
 
 /// The KeyService implementation.
 #[derive(Debug)]
 pub struct DataPlane {
+    pub(crate) node: Arc<Node>,
     pub(crate) keys: Arc<Keys>,
     pub(crate) audit: AuditLog,
     pub(crate) identities: Arc<Identities>,
@@ -58,9 +60,10 @@ enum Release {
 }
 
 impl Release {
-    /// Seals `plaintext` for an attested release; `None` otherwise.
+    /// Seals `plaintext` for an attested release, signed by `node`; `None` otherwise.
     fn seal(
         &self,
+        node: &Node,
         operation: Operation,
         key_id: &str,
         version: KeyVersion,
@@ -76,10 +79,13 @@ impl Release {
             .map_err(|e| ApiError::denied(e.reason(), format!("attestation token: {e}")))?;
         let info = hpke_seal::release_info(operation.as_str(), key_id, version.get(), &auth.token.jti, client_nonce);
         let sealed = hpke_seal::seal_release(&pk, &info, blob, plaintext)?;
-        Ok(Some(pb::SealedKey {
+        let mut wire = pb::SealedKey {
             encapsulated_key: sealed.encapsulated_key,
             ciphertext: sealed.ciphertext,
-        }))
+            ..Default::default()
+        };
+        node.sign_release(&mut wire, &info, blob);
+        Ok(Some(wire))
     }
 
     fn is_attested(&self) -> bool {
@@ -309,8 +315,14 @@ impl pb::key_service_server::KeyService for DataPlane {
                 .await?;
             let version =
                 KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
-            let sealed_plaintext =
-                release.seal(Operation::GenerateDataKey, &key.id, version, &blob, dk.expose_secret())?;
+            let sealed_plaintext = release.seal(
+                &self.node,
+                Operation::GenerateDataKey,
+                &key.id,
+                version,
+                &blob,
+                dk.expose_secret(),
+            )?;
             Ok(pb::GenerateDataKeyResponse {
                 ciphertext_blob: blob,
                 // Never in the clear for an attested release.
@@ -428,6 +440,7 @@ impl pb::key_service_server::KeyService for DataPlane {
                 )
                 .await?;
             let sealed_plaintext = release.seal(
+                &self.node,
                 Operation::Decrypt,
                 &key.id,
                 version,

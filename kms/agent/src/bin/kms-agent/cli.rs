@@ -81,6 +81,21 @@ pub(crate) struct Connection {
     /// The name to verify the server's certificate against, when it differs from the URL's host.
     #[arg(long, env = "KMS_AGENT_TLS_SERVER_NAME", value_name = "NAME")]
     pub(crate) tls_server_name: Option<String>,
+
+    /// The node policy (JSON) a kmsd must meet for its answers to be used: the hardware it may
+    /// run on and conditions on its evidence (docs/attested-release.md, "Node identity").
+    #[arg(
+        long,
+        env = "KMS_AGENT_NODE_POLICY",
+        value_name = "FILE",
+        conflicts_with = "danger_unattested_kmsd"
+    )]
+    pub(crate) node_policy: Option<PathBuf>,
+
+    /// Trust a kmsd that presents no hardware evidence (dev mode): answers must still be signed
+    /// by the node key it presents, but anyone who answers in its place is trusted. Insecure.
+    #[arg(long)]
+    pub(crate) danger_unattested_kmsd: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 
 use base64::Engine as _;
 use kms_agent::{
-    decode_ak, encode_ak, Client, ClientConfig, EvidenceSource, SnpReporter, TlsFiles, TpmEnrollOptions, TpmQuoter,
+    decode_ak, encode_ak, Client, ClientConfig, EvidenceSource, NodePolicy, NodeTrust, SnpReporter, TlsFiles,
+    TpmEnrollOptions, TpmQuoter,
 };
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
@@ -48,6 +49,23 @@ async fn connect(c: &Connection) -> Result<Client, Error> {
             c.endpoint
         )));
     }
+    let trust = match (&c.node_policy, c.danger_unattested_kmsd) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::usage(format!("cannot read the node policy {}: {e}", path.display())))?;
+            NodeTrust::Policy(NodePolicy::parse(&text).map_err(|e| Error::usage(format!("{}: {e}", path.display())))?)
+        }
+        (None, true) => {
+            output::warn("--danger-unattested-kmsd: answers are trusted from any kmsd, attested or not (and from anything that poses as one)");
+            NodeTrust::DangerUnattested
+        }
+        (None, false) => {
+            return Err(Error::usage(
+                "say how kmsd is verified: --node-policy FILE (or KMS_AGENT_NODE_POLICY), or --danger-unattested-kmsd for a dev-mode kmsd",
+            ))
+        }
+    };
+    config = config.with_node_trust(trust);
     if !https && !is_loopback(&c.endpoint) {
         output::warn(&format!(
             "{} is plaintext: the server cannot identify this workload, and anyone on the path sees the token (keys stay HPKE-sealed)",

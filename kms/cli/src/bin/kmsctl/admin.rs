@@ -227,12 +227,27 @@ pub(crate) async fn init(g: &Global, p: &Printer, args: &InitArgs) -> Result<(),
         approval_quorum: args.quorum,
     };
 
+    let verifier = crate::node::required_verifier(g, "init")?;
     let server = Server::connect(g).await?;
+    // The node is verified before anything is sent, and what is recorded (check value,
+    // deployment) is read from the status it signs afterwards, not from the Init answer.
+    let (node, _) = crate::node::verified_status(&server, &verifier).await?;
     let signer = key.signer();
     let response = server
         .admin_call(&signer, Op::Init(op), |mut c, r| async move { c.init(r).await })
         .await?;
-    let status = response.status.unwrap_or_default();
+    let (after, status) = crate::node::verified_status(&server, &verifier).await?;
+    let answered = response.status.unwrap_or_default();
+    if after.public_key != node.public_key
+        || status.key_check_value != answered.key_check_value
+        || status.deployment_id != answered.deployment_id
+    {
+        let what = "the Init answer is not what the verified node signed afterwards (another node answered, or something between rewrote it): do not record its check value; ask the operator".to_owned();
+        return Err(Error::Verification {
+            json: json!({ "ok": false, "reason": "node_statement_mismatch", "message": what }),
+            what,
+        });
+    }
     let kcv = hex::encode(&status.key_check_value);
     p.emit(
         json!({

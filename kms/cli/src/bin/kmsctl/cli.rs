@@ -90,6 +90,18 @@ pub(crate) struct Global {
     #[arg(long, env = "KMSCTL_DEPLOYMENT", global = true, value_name = "ID")]
     pub(crate) deployment: Option<String>,
 
+    /// The node policy (JSON) the kmsd you unseal or initialize must meet: the hardware it may
+    /// run on and conditions on its evidence. `unseal` and `init` verify the answering node
+    /// against it before anything leaves this machine (docs/attested-release.md, "Node
+    /// identity").
+    #[arg(long, env = "KMSCTL_NODE_POLICY", global = true, value_name = "FILE")]
+    pub(crate) node_policy: Option<PathBuf>,
+
+    /// Trust a kmsd that presents no hardware evidence (dev mode, tests): its answers must be
+    /// signed by the node key it presents, but anyone who answers in its place is trusted.
+    #[arg(long, global = true, conflicts_with = "node_policy")]
+    pub(crate) danger_unattested_kmsd: bool,
+
     /// The admin key file (JSON, as `kmsctl admin keygen` writes it) that signs admin requests.
     /// The software path, for development and tests: production admins use an HSM (--hsm-module).
     #[arg(long, env = "KMSCTL_ADMIN_KEY", global = true, value_name = "FILE")]
@@ -201,6 +213,9 @@ pub(crate) enum Command {
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The answering kmsd's node identity.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Verify attestation evidence offline, with the server's verifier code (no server needed).
     ///
     /// Prints the verified claims as JSON on stdout and exits 0; on refusal prints
@@ -213,6 +228,13 @@ pub(crate) enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum NodeCommand {
+    /// Show the node identity of the kmsd that answers (its key, evidence, TLS key) and, with
+    /// --node-policy, whether it meets the policy (exit 1 if not).
+    Show,
 }
 
 #[derive(Subcommand, Debug)]

@@ -117,6 +117,18 @@ impl Server {
     }
 
     /// GetSealStatus (unsigned).
+    /// GetNodeIdentity over `nonce`, unverified.
+    pub(crate) async fn node_identity(&self, nonce: &[u8]) -> Result<pb::NodeIdentity, Error> {
+        match self
+            .attestation()
+            .get_node_identity(pb::GetNodeIdentityRequest { nonce: nonce.to_vec() })
+            .await
+        {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.failed(s).await),
+        }
+    }
+
     pub(crate) async fn seal_status(&self) -> Result<pb::SealStatus, Error> {
         match self.admin().get_seal_status(pb::GetSealStatusRequest {}).await {
             Ok(r) => Ok(r.into_inner()),

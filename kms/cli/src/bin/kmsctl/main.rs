@@ -14,6 +14,7 @@ mod error;
 mod files;
 mod hardware;
 mod keys;
+mod node;
 mod output;
 mod proposal;
 mod seal;
@@ -25,7 +26,9 @@ use std::process::ExitCode;
 use clap::parser::ValueSource;
 use clap::{CommandFactory as _, FromArgMatches as _};
 
-use crate::cli::{AdminCommand, AdminsCommand, AuditCommand, Cli, Command, QuorumCommand, RootCommand, VerifyCommand};
+use crate::cli::{
+    AdminCommand, AdminsCommand, AuditCommand, Cli, Command, NodeCommand, QuorumCommand, RootCommand, VerifyCommand,
+};
 use crate::error::Error;
 use crate::output::Printer;
 
@@ -124,6 +127,7 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Error> {
         }
         Command::Audit(AuditCommand::CheckpointKeys) => audit::checkpoint_keys(g, p).await,
         Command::Audit(AuditCommand::Tail { database, count }) => audit::tail(p, database, *count).await,
+        Command::Node(NodeCommand::Show) => node::show(g, p).await,
         Command::Verify(VerifyCommand::Snp(args)) => verify::snp(args),
         Command::Verify(VerifyCommand::Tpm(args)) => verify::tpm(args),
         Command::Completions { shell } => {

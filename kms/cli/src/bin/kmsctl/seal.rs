@@ -42,9 +42,12 @@ pub(crate) async fn unseal(g: &Global, p: &Printer, args: &UnsealArgs) -> Result
             g.server
         )));
     }
+    let verifier = crate::node::required_verifier(g, "unseal")?;
     let server = Server::connect(g).await?;
 
-    let status = server.seal_status().await?;
+    // Only the status the verified node signed over our nonce counts: its unseal key is the one
+    // the node's evidence binds, so the share is re-wrapped for that process alone.
+    let (node, status) = crate::node::verified_status(&server, &verifier).await?;
     if !status.initialized {
         return Err(Error::server_state("not_initialized", "the server is not initialized"));
     }
@@ -104,6 +107,7 @@ pub(crate) async fn unseal(g: &Global, p: &Printer, args: &UnsealArgs) -> Result
         json!({
             "unsealed": !after.sealed,
             "submitted_by": id,
+            "node": node.id,
             "status": output::seal_status_json(&after),
         }),
         || {

@@ -1,0 +1,151 @@
+//! The node policy a custodian or a workload keeps locally: which nodes it trusts to answer.
+
+use std::collections::BTreeSet;
+
+use attestation::snp::SnpTrust;
+use kms_core::policy::{AttestationRequirement, ReleasePolicy};
+use serde::Deserialize;
+
+/// Which TPM-attested nodes are trusted: those whose quotes are signed by one of these AKs
+/// (their TPM2 names, hex). The AK of a `kmsd` host is what its operator hands the custodians at
+/// deployment, from the host itself (`kmsd` logs it at start) or from `kmsctl node show`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmNodeTrust {
+    /// The trusted AK names (hex, lower or upper case).
+    pub ak_names: BTreeSet<String>,
+}
+
+/// A node policy: the hardware a node may run on and the conditions its claims must meet, in
+/// the release-policy language (docs/release-policy.md) over the node's evidence claims (`tee`,
+/// `snp.*`, `tpm.*`; there are no registry claims for a node).
+///
+/// ```json
+/// {"version": 1,
+///  "tpm": {"ak_names": ["000b5f…"]},
+///  "release_policy": {"version": 1, "attestation": "required",
+///                     "allOf": [{"claim": "tpm.pcr.7", "equals": "…"}]}}
+/// ```
+/// `snp` takes the SEV-SNP trust settings of `[attestation.snp]` (products and their minimum
+/// TCBs, SMT, VMPLs, alias check, VLEK).
+#[derive(Clone, Debug)]
+pub struct NodePolicy {
+    /// Trust for SEV-SNP nodes, if they are accepted.
+    pub snp: Option<SnpTrust>,
+    /// Trust for TPM nodes, if they are accepted.
+    pub tpm: Option<TpmNodeTrust>,
+    /// What the node's claims must meet.
+    pub release_policy: ReleasePolicy,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    version: u32,
+    #[serde(default)]
+    snp: Option<SnpTrust>,
+    #[serde(default)]
+    tpm: Option<TpmNodeTrust>,
+    release_policy: serde_json::Value,
+}
+
+/// A node policy that cannot be used; the message names the part.
+#[derive(Debug, thiserror::Error)]
+#[error("node policy: {0}")]
+pub struct PolicyError(pub String);
+
+impl NodePolicy {
+    /// Parses and checks a node policy document (see the type's documentation).
+    pub fn parse(json: &str) -> Result<Self, PolicyError> {
+        let bad = |m: String| PolicyError(m);
+        let f: File = serde_json::from_str(json).map_err(|e| bad(format!("not a node policy: {e}")))?;
+        if f.version != 1 {
+            return Err(bad(format!("version {} (this kmsctl reads version 1)", f.version)));
+        }
+        let release_policy =
+            ReleasePolicy::parse(&f.release_policy.to_string()).map_err(|e| bad(format!("release_policy: {e}")))?;
+        Self::new(f.snp, f.tpm, release_policy)
+    }
+
+    /// A policy from its parts, checked: at least one kind of node accepted, the release policy
+    /// requires attestation, SNP settings usable, TPM AK names listed and hex.
+    pub fn new(
+        snp: Option<SnpTrust>,
+        tpm: Option<TpmNodeTrust>,
+        release_policy: ReleasePolicy,
+    ) -> Result<Self, PolicyError> {
+        let bad = |m: String| PolicyError(m);
+        if snp.is_none() && tpm.is_none() {
+            return Err(bad("accepts no node: give `snp` or `tpm` (or both)".into()));
+        }
+        if release_policy.attestation() != AttestationRequirement::Required {
+            return Err(bad("release_policy: a node policy must require attestation".into()));
+        }
+        if let Some(s) = &snp {
+            s.check().map_err(|e| bad(format!("snp.{e}")))?;
+        }
+        if let Some(t) = &tpm {
+            if t.ak_names.is_empty() {
+                return Err(bad("tpm.ak_names: list the AK names of the kmsd hosts".into()));
+            }
+            if let Some(n) = t.ak_names.iter().find(|n| n.is_empty() || hex::decode(n).is_err()) {
+                return Err(bad(format!("tpm.ak_names: {n:?} is not a hex AK name")));
+            }
+        }
+        Ok(Self {
+            snp,
+            tpm,
+            release_policy,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_name_their_bad_part() {
+        let ok =
+            r#"{"version":1,"tpm":{"ak_names":["000bAA"]},"release_policy":{"version":1,"attestation":"required"}}"#;
+        let p = NodePolicy::parse(ok).unwrap();
+        assert!(p.snp.is_none() && p.tpm.is_some());
+        for (bad, named) in [
+            (
+                r#"{"version":2,"tpm":{"ak_names":["00"]},"release_policy":{"version":1,"attestation":"required"}}"#,
+                "version 2",
+            ),
+            (
+                r#"{"version":1,"release_policy":{"version":1,"attestation":"required"}}"#,
+                "accepts no node",
+            ),
+            (
+                r#"{"version":1,"tpm":{"ak_names":[]},"release_policy":{"version":1,"attestation":"required"}}"#,
+                "tpm.ak_names",
+            ),
+            (
+                r#"{"version":1,"tpm":{"ak_names":["xyz"]},"release_policy":{"version":1,"attestation":"required"}}"#,
+                "not a hex AK name",
+            ),
+            (
+                r#"{"version":1,"tpm":{"ak_names":["00"]},"release_policy":{"version":1,"attestation":"none"}}"#,
+                "require attestation",
+            ),
+            (
+                r#"{"version":1,"tpm":{"ak_names":["00"]},"release_policy":{"version":1,"attestation":"required","allOf":[{"claim":"snp.measurment","equals":"00"}]}}"#,
+                "release_policy",
+            ),
+            (
+                r#"{"version":1,"snp":{"products":["milan"]},"release_policy":{"version":1,"attestation":"required"}}"#,
+                "snp.minimum_tcb.milan",
+            ),
+            (
+                r#"{"version":1,"tpm":{"ak_names":["00"]},"release_policy":{"version":1,"attestation":"required"},"extra":1}"#,
+                "extra",
+            ),
+        ] {
+            let e = NodePolicy::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(named), "{bad}: {e}");
+        }
+    }
+}

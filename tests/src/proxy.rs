@@ -1,0 +1,255 @@
+//! The operator's proxy: a gRPC server with a certificate the clients trust (the test CA's),
+//! which forwards every call of the three kms.v1 services to a real kmsd over mTLS as a given
+//! principal, and may rewrite what it forwards. Messages are forwarded as bytes (a raw codec),
+//! so a test decodes, changes and re-encodes exactly the message it attacks; the proxy records
+//! the methods it was asked for.
+
+use std::convert::Infallible;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use prost::bytes::{Buf as _, BufMut as _};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{http, BoxFuture, Service};
+use tonic::server::NamedService;
+use tonic::transport::{Certificate, Channel, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+
+use crate::{Pki, Reachable};
+
+/// Rewrites a message on its way: `(method path, message bytes) -> message bytes`.
+pub type Rewrite = dyn Fn(&str, Vec<u8>) -> Result<Vec<u8>, Status> + Send + Sync;
+
+/// What the proxy does to the messages it forwards.
+#[derive(Clone)]
+pub struct Tamper {
+    /// Applied to each request before it is forwarded.
+    pub request: Arc<Rewrite>,
+    /// Applied to each answer before it is returned.
+    pub response: Arc<Rewrite>,
+}
+
+impl Tamper {
+    /// Forwards everything unchanged.
+    pub fn none() -> Self {
+        let same: Arc<Rewrite> = Arc::new(|_, m| Ok(m));
+        Self {
+            request: same.clone(),
+            response: same,
+        }
+    }
+
+    /// Rewrites the answers of `method` (e.g. `/kms.v1.KeyService/GenerateDataKey`), decoded
+    /// as `T`, with `f`.
+    pub fn response<T: prost::Message + Default>(
+        method: &'static str,
+        f: impl Fn(&mut T) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            response: Arc::new(move |path, bytes| {
+                if path != method {
+                    return Ok(bytes);
+                }
+                let mut m = T::decode(bytes.as_slice()).map_err(|e| Status::internal(format!("proxy: {e}")))?;
+                f(&mut m);
+                Ok(m.encode_to_vec())
+            }),
+            ..Self::none()
+        }
+    }
+}
+
+/// A running proxy; stops when dropped.
+pub struct GrpcProxy {
+    addr: SocketAddr,
+    ca: Certificate,
+    seen: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GrpcProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Reachable for GrpcProxy {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn ca(&self) -> &Certificate {
+        &self.ca
+    }
+}
+
+impl GrpcProxy {
+    /// Listens on loopback with a `localhost` certificate of `pki`'s CA, and forwards to
+    /// `upstream` as `principal`, through `tamper`.
+    pub async fn start(pki: &Pki, upstream: &impl Reachable, principal: &str, tamper: Tamper) -> Self {
+        let channel = upstream.channel(pki.client(principal)).await.unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let forward = Forwarder {
+            channel,
+            tamper,
+            seen: seen.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Server::builder()
+            .tls_config(ServerTlsConfig::new().identity(pki.server_identity("operator-proxy")))
+            .unwrap()
+            .add_service(Forward::<KeySvc>::new(forward.clone()))
+            .add_service(Forward::<AdminSvc>::new(forward.clone()))
+            .add_service(Forward::<AttestationSvc>::new(forward))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        let task = tokio::spawn(async move {
+            let _ = server.await;
+        });
+        Self {
+            addr,
+            ca: Certificate::from_pem(pki.ca_pem.clone()),
+            seen,
+            task,
+        }
+    }
+
+    /// The methods forwarded so far (paths, e.g. `/kms.v1.AdminService/Unseal`).
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Bytes in, bytes out.
+#[derive(Clone, Copy, Default)]
+struct Raw;
+
+impl Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        let mut v = vec![0; src.remaining()];
+        src.copy_to_slice(&mut v);
+        Ok(Some(v))
+    }
+}
+
+#[derive(Clone)]
+struct Forwarder {
+    channel: Channel,
+    tamper: Tamper,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Forwarder {
+    async fn call(self, path: String, request: Vec<u8>) -> Result<Vec<u8>, Status> {
+        self.seen.lock().unwrap().push(path.clone());
+        let request = (self.tamper.request)(&path, request)?;
+        let mut client = tonic::client::Grpc::new(self.channel.clone());
+        client
+            .ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("proxy: {e}")))?;
+        let method: http::uri::PathAndQuery = path.parse().map_err(|_| Status::internal("proxy: path"))?;
+        let answer = client.unary(Request::new(request), method, Raw).await?;
+        (self.tamper.response)(&path, answer.into_inner())
+    }
+}
+
+/// A service name the proxy answers for.
+trait ServiceName: Send + Sync + 'static {
+    const NAME: &'static str;
+}
+struct KeySvc;
+struct AdminSvc;
+struct AttestationSvc;
+impl ServiceName for KeySvc {
+    const NAME: &'static str = "kms.v1.KeyService";
+}
+impl ServiceName for AdminSvc {
+    const NAME: &'static str = "kms.v1.AdminService";
+}
+impl ServiceName for AttestationSvc {
+    const NAME: &'static str = "kms.v1.AttestationService";
+}
+
+/// Every unary method of service `S`, forwarded.
+struct Forward<S> {
+    inner: Forwarder,
+    name: PhantomData<S>,
+}
+
+impl<S> Forward<S> {
+    fn new(inner: Forwarder) -> Self {
+        Self {
+            inner,
+            name: PhantomData,
+        }
+    }
+}
+
+impl<S> Clone for Forward<S> {
+    fn clone(&self) -> Self {
+        Self::new(self.inner.clone())
+    }
+}
+
+impl<S: ServiceName> NamedService for Forward<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+/// One call, as tonic's unary handler wants it.
+struct Unary {
+    inner: Forwarder,
+    path: String,
+}
+
+impl tonic::server::UnaryService<Vec<u8>> for Unary {
+    type Response = Vec<u8>;
+    type Future = BoxFuture<Response<Vec<u8>>, Status>;
+    fn call(&mut self, request: Request<Vec<u8>>) -> Self::Future {
+        let inner = self.inner.clone();
+        let path = self.path.clone();
+        Box::pin(async move { inner.call(path, request.into_inner()).await.map(Response::new) })
+    }
+}
+
+impl<S: ServiceName> Service<http::Request<tonic::body::Body>> for Forward<S> {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let svc = Unary {
+            inner: self.inner.clone(),
+            path: request.uri().path().to_owned(),
+        };
+        Box::pin(async move { Ok(tonic::server::Grpc::new(Raw).unary(svc, request).await) })
+    }
+}

@@ -1,0 +1,268 @@
+//! Custodians verify the kmsd they unseal: `kmsctl unseal` asks the answering node for its
+//! identity (its own TPM's quote over its node key, unseal key and TLS key), checks it against
+//! the custodian's node policy (the host's AK, its PCR 0), and re-wraps the share only to the
+//! unseal key of that node, as the node signed it over the custodian's nonce. Refused: no
+//! policy, another PCR 0, another AK, an identity without evidence; an operator's proxy that
+//! relays the genuine identity but swaps the unseal key, or presents its own key with the
+//! genuine evidence. No share reaches such a node.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use kms_proto::v1 as pb;
+use kms_tests::proxy::{GrpcProxy, Tamper};
+use kms_tests::swtpm::Swtpm;
+use kms_tests::*;
+use prost::Message as _;
+
+const SHARE_METHODS: [&str; 2] = ["/kms.v1.AdminService/GetEncryptedShare", "/kms.v1.AdminService/Unseal"];
+
+struct Node {
+    tpm: Swtpm,
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn evidence(&self) -> kms_server::node::NodeEvidence {
+        kms_server::node::NodeEvidence::Tpm(kms_server::node::TpmNode {
+            tcti: self.tpm.tcti(),
+            ak_file: self.dir.path().join("node-ak.json"),
+            pcrs: vec![0, 7],
+        })
+    }
+
+    fn ak_name(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("node-ak.json")).unwrap();
+        attestation::attester::tpm::AkKey::from_file(&text)
+            .unwrap()
+            .parsed_public()
+            .unwrap()
+            .name()
+            .to_hex()
+    }
+
+    /// A node policy file trusting `ak` with PCR 0 = `pcr0`.
+    fn policy(&self, name: &str, ak: &str, pcr0: &str) -> String {
+        let path = self.dir.path().join(format!("{name}.json"));
+        std::fs::write(
+            &path,
+            format!(
+                r#"{{"version":1,"tpm":{{"ak_names":["{ak}"]}},"release_policy":{{"version":1,"attestation":"required","allOf":[{{"claim":"tee","equals":"tpm"}},{{"claim":"tpm.pcr.0","equals":"{pcr0}"}}]}}}}"#
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    }
+}
+
+/// `kmsctl` against `server` as custodian `key_file`, with `args`.
+async fn kmsctl(pki: &Pki, server: &impl Reachable, key_file: &std::path::Path, args: &[&str]) -> Out {
+    let (cert, key) = pki.client_files("spiffe://test/admin-cli", "admin-cli");
+    kmsctl_command(kmsctl_binary().to_str().unwrap())
+        .env("KMSCTL_SERVER", format!("https://{}", server.addr()))
+        .env("KMSCTL_TLS_SERVER_NAME", "localhost")
+        .env("KMSCTL_CA", pki.ca_path())
+        .env("KMSCTL_CERT", cert)
+        .env("KMSCTL_CLIENT_KEY", key)
+        .env("KMSCTL_ADMIN_KEY", key_file)
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+        .into()
+}
+
+async fn progress(pki: &Pki, server: &TestServer) -> u32 {
+    server
+        .admin(pki)
+        .await
+        .get_seal_status(pb::GetSealStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .progress
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custodians_unseal_only_the_attested_node() {
+    let Some(db) = Db::new(Backend::Sqlite).await else {
+        return;
+    };
+    let pki = Pki::new();
+    let node = Node {
+        tpm: Swtpm::start(),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let (alice, bob) = (admin("alice", "DE"), admin("bob", "FR"));
+    let opts = || Options {
+        init_admins: Some(fingerprints([&alice, &bob])),
+        node: node.evidence(),
+        ..Options::default()
+    };
+    let server = TestServer::start(&db, &pki, opts()).await;
+    let mut admin_c = server.admin(&pki).await;
+    init(
+        &mut admin_c,
+        &alice,
+        pb::InitOp {
+            seal: pb::SealKind::Shamir as i32,
+            threshold: 2,
+            admins: vec![new_admin(&alice, true), new_admin(&bob, true)],
+            approval_quorum: 1,
+        },
+    )
+    .await
+    .unwrap();
+    server.stop().await;
+    // Restarted: sealed, a new node key and unseal key, the same AK (kept in its file).
+    let server = TestServer::start(&db, &pki, opts()).await;
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = |k: &kms_core::keyfile::AdminKeyFile, name: &str| {
+        let path = keys.path().join(name);
+        std::fs::write(&path, k.encode().expose_secret()).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        path
+    };
+    let (alice_key, bob_key) = (key_file(&alice, "alice.key"), key_file(&bob, "bob.key"));
+    let zero = hex::encode([0u8; 32]);
+    let good = node.policy("good", &node.ak_name(), &zero);
+
+    // Without a node policy (or the danger flag), nothing is asked for: exit 2.
+    let out = kmsctl(&pki, &server, &alice_key, &["unseal"]).await.expect(2);
+    assert!(out.stderr.contains("--node-policy"), "{}", out.stderr);
+    // Another PCR 0 (another boot chain), another AK (another host).
+    let other_pcr = node.policy("other-pcr", &node.ak_name(), &"11".repeat(32));
+    let out = kmsctl(
+        &pki,
+        &server,
+        &alice_key,
+        &["--node-policy", &other_pcr, "--output", "json", "unseal"],
+    )
+    .await
+    .expect(1);
+    assert_eq!(out.json()["reason"], "node_policy_refused", "{}", out.stdout);
+    let other_ak = node.policy("other-ak", "000b00", &zero);
+    let out = kmsctl(
+        &pki,
+        &server,
+        &alice_key,
+        &["--node-policy", &other_ak, "--output", "json", "unseal"],
+    )
+    .await
+    .expect(1);
+    assert_eq!(out.json()["reason"], "node_not_allowed", "{}", out.stdout);
+    assert_eq!(progress(&pki, &server).await, 0, "no share was sent");
+
+    // The operator's proxy relays the genuine identity with its own unseal key in the status:
+    // the node's signature does not cover it.
+    let impostor_unseal = vec![4u8; 65];
+    let fake = impostor_unseal.clone();
+    let swap_status = Tamper::response(
+        "/kms.v1.AttestationService/GetNodeIdentity",
+        move |id: &mut pb::NodeIdentity| {
+            let mut s = pb::SealStatus::decode(id.status.as_slice()).unwrap();
+            s.unseal_public_key.clone_from(&fake);
+            id.status = s.encode_to_vec();
+        },
+    );
+    let proxy = GrpcProxy::start(&pki, &server, "spiffe://test/admin-cli", swap_status).await;
+    let out = kmsctl(
+        &pki,
+        &proxy,
+        &alice_key,
+        &["--node-policy", &good, "--output", "json", "unseal"],
+    )
+    .await
+    .expect(1);
+    assert_eq!(out.json()["reason"], "node_signature", "{}", out.stdout);
+    assert!(proxy.seen().iter().all(|m| !SHARE_METHODS.contains(&m.as_str())));
+    // Its own node key and unseal key, signed over kmsctl's nonce, with the genuine evidence:
+    // the evidence does not bind its statement.
+    let impostor = std::sync::Arc::new(kms_node::NodeKey::generate().unwrap());
+    let nonce: std::sync::Arc<std::sync::Mutex<Vec<u8>>> = std::sync::Arc::default();
+    let (seen_nonce, used_nonce) = (nonce.clone(), nonce);
+    let own_statement = Tamper {
+        request: std::sync::Arc::new(move |path, bytes| {
+            if path == "/kms.v1.AttestationService/GetNodeIdentity" {
+                *seen_nonce.lock().unwrap() = pb::GetNodeIdentityRequest::decode(bytes.as_slice()).unwrap().nonce;
+            }
+            Ok(bytes)
+        }),
+        ..Tamper::response(
+            "/kms.v1.AttestationService/GetNodeIdentity",
+            move |id: &mut pb::NodeIdentity| {
+                let mut s = pb::SealStatus::decode(id.status.as_slice()).unwrap();
+                s.unseal_public_key.clone_from(&impostor_unseal);
+                id.status = s.encode_to_vec();
+                id.unseal_public_key.clone_from(&impostor_unseal);
+                id.node_public_key = impostor.public_key().to_vec();
+                let statement = kms_node::NodeStatement {
+                    node_public_key: impostor.public_key(),
+                    unseal_public_key: impostor_unseal.clone(),
+                    tls_spki_sha256: id.tls_spki_sha256.as_slice().try_into().unwrap(),
+                };
+                let nonce = used_nonce.lock().unwrap().clone();
+                id.signature = impostor
+                    .sign(&kms_node::message::status(&statement.digest(), &nonce, &id.status))
+                    .to_vec();
+            },
+        )
+    };
+    let proxy = GrpcProxy::start(&pki, &server, "spiffe://test/admin-cli", own_statement).await;
+    let out = kmsctl(
+        &pki,
+        &proxy,
+        &alice_key,
+        &["--node-policy", &good, "--output", "json", "unseal"],
+    )
+    .await
+    .expect(1);
+    assert_eq!(out.json()["reason"], "node_evidence_refused", "{}", out.stdout);
+    assert!(proxy.seen().iter().all(|m| !SHARE_METHODS.contains(&m.as_str())));
+    assert_eq!(progress(&pki, &server).await, 0, "no share was sent");
+
+    // The genuine node: alice directly, bob through an honest proxy (it forwards the share,
+    // sealed to the node's attested unseal key, which it cannot open).
+    let out = kmsctl(&pki, &server, &alice_key, &["--node-policy", &good, "unseal"])
+        .await
+        .expect(0);
+    assert!(out.stdout.contains("1/2 shares"), "{}", out.stdout);
+    let honest = GrpcProxy::start(&pki, &server, "spiffe://test/admin-cli", Tamper::none()).await;
+    let out = kmsctl(
+        &pki,
+        &honest,
+        &bob_key,
+        &["--node-policy", &good, "--output", "json", "unseal"],
+    )
+    .await
+    .expect(0);
+    assert_eq!(out.json()["unsealed"], true, "{}", out.stdout);
+    server.stop().await;
+
+    // A kmsd without evidence: refused under a policy, accepted only with the danger flag.
+    let server = TestServer::start(
+        &db,
+        &pki,
+        Options {
+            node: kms_server::node::NodeEvidence::None,
+            ..opts()
+        },
+    )
+    .await;
+    let out = kmsctl(
+        &pki,
+        &server,
+        &alice_key,
+        &["--node-policy", &good, "--output", "json", "unseal"],
+    )
+    .await
+    .expect(1);
+    assert_eq!(out.json()["reason"], "node_unattested", "{}", out.stdout);
+    let out = kmsctl(&pki, &server, &alice_key, &["--danger-unattested-kmsd", "unseal"])
+        .await
+        .expect(0);
+    assert!(out.stderr.contains("danger"), "{}", out.stderr);
+    let shown = kmsctl(&pki, &server, &alice_key, &["--output", "json", "node", "show"])
+        .await
+        .expect(0);
+    assert_eq!(shown.json()["evidence"]["kind"], "none", "{}", shown.stdout);
+    server.stop().await;
+}
