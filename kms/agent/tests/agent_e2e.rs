@@ -741,3 +741,65 @@ async fn snp_evidence_through_from_fn() {
     let again = later.decrypt(&generated.ciphertext_blob, &context, None).await.unwrap();
     assert_eq!(again.expose_secret(), generated.data_key.expose_secret());
 }
+
+/// A kmsd on an SEV-SNP host (its report made by the synthetic lab, bound to the node
+/// statement): an agent with an SNP node policy (the lab's chain, a floor, the measurement)
+/// trusts it; the same policy with another measurement does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_snp_attested_kmsd_is_verified_by_its_measurement() {
+    use kms_tests::attest::SnpLab;
+    use std::sync::Arc;
+
+    let lab = Arc::new(SnpLab::new());
+    let host = lab.clone();
+    let evidence = kms_server::node::NodeEvidence::DangerTest(Arc::new(move |statement: &kms_node::NodeStatement| {
+        let mut report = host.report();
+        report.policy &= !attestation::snp::danger::test_chain::TestReport::POLICY_SMT;
+        report.platform_info = 1 << 5;
+        report.report_data = statement.snp_report_data();
+        Ok(pb::node_identity::Evidence::Snp(host.evidence(&report)))
+    }));
+    let Some(c) = Ceremony::new(
+        Backend::Sqlite,
+        Options {
+            node: evidence,
+            ..Options::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let policy = |measurement: &str| {
+        NodeTrust::Policy(
+            NodePolicy::new(
+                Some(lab.chain.strict_trust(lab.chain.options().tcb)),
+                None,
+                kms_core::policy::ReleasePolicy::parse(&format!(
+                    r#"{{"version":1,"attestation":"required","allOf":[{{"claim":"tee","equals":"snp"}},{{"claim":"snp.measurement","equals":"{measurement}"}}]}}"#
+                ))
+                .unwrap(),
+            )
+            .unwrap(),
+        )
+    };
+    let node = workload_at(&c, &c.server, policy(&hex::encode([0x33u8; 48])))
+        .await
+        .verify_node()
+        .await
+        .unwrap();
+    let claims = node.claims.unwrap();
+    assert_eq!(claims.get("snp.product").unwrap().as_str(), Some("milan"));
+    assert_eq!(
+        claims.get("danger_test_root"),
+        Some(&kms_core::claims::ClaimValue::Bool(true))
+    );
+    match workload_at(&c, &c.server, policy(&"00".repeat(48)))
+        .await
+        .verify_node()
+        .await
+    {
+        Err(Error::Node(e)) => assert_eq!(e.reason(), "node_policy_refused", "{e}"),
+        other => panic!("another measurement must be refused: {other:?}"),
+    }
+}

@@ -25,6 +25,14 @@ impl NodeKey {
         Ok(Self { pair })
     }
 
+    /// A key from a fixed seed, for test vectors.
+    #[cfg(test)]
+    pub(crate) fn from_seed(seed: &[u8; 32]) -> Self {
+        Self {
+            pair: Ed25519KeyPair::from_seed_unchecked(seed).expect("a 32-byte seed"),
+        }
+    }
+
     /// The public key.
     pub fn public_key(&self) -> [u8; NODE_KEY_LEN] {
         let mut out = [0u8; NODE_KEY_LEN];

@@ -70,6 +70,49 @@ pub fn release(info: &[u8], blob: &[u8], encapsulated_key: &[u8], ciphertext: &[
 mod tests {
     use super::*;
 
+    /// Computed independently by `test_data/release-signature.py` (pyca/cryptography's
+    /// Ed25519, the encoding written out there); the vector of docs/attested-release.md.
+    #[test]
+    fn python_release_signature_vector() {
+        let h = |s: &str| hex::decode(s).unwrap();
+        let key = crate::NodeKey::from_seed(&[0x42; 32]);
+        assert_eq!(
+            key.public_key().to_vec(),
+            h("2152f8d19b791d24453242e15f2eab6cb7cffa7b6a5ed30097960e069881db12")
+        );
+        let info = kms_core::hpke_seal::release_info(
+            "generate_data_key",
+            "k-00112233445566778899aabbccddeeff",
+            7,
+            "0123456789abcdef0123456789abcdef",
+            &[0x5d; 16],
+        );
+        let message = release(
+            &info,
+            b"blob: key id, version and encryption context",
+            &[0x11; 32],
+            &[0x22; 48],
+        );
+        assert_eq!(
+            message,
+            h(concat!(
+                "6b6d732d72656c656173652d7369672d763100000000786b6d732d72656c656173652d76310067656e65",
+                "726174655f646174615f6b6579006b2d30303131323233333434353536363737383839396161626263",
+                "6364646565666600000000073031323334353637383961626364656630313233343536373839616263",
+                "6465665d5d5d5d5d5d5d5d5d5d5d5d5d5d5d5d0000002c626c6f623a206b65792069642c2076657273",
+                "696f6e20616e6420656e6372797074696f6e20636f6e74657874000000201111111111111111111111",
+                "1111111111111111111111111111111111111111110000003022222222222222222222222222222222",
+                "2222222222222222222222222222222222222222222222222222222222222222"
+            ))
+        );
+        let signature = h(concat!(
+            "545b3a570a1bf1a7d72f25917dd857c0b277e3ab769877d229204fe51e57b3bd",
+            "63be1ff58c1df1c1d321b89aa1aba2dd2b710e31b2a089b59476c7b8bf6e2603"
+        ));
+        assert_eq!(key.sign(&message).to_vec(), signature);
+        assert!(crate::verify_signature(&key.public_key(), &message, &signature));
+    }
+
     #[test]
     fn fields_cannot_run_into_each_other() {
         assert_ne!(release(b"ab", b"c", b"", b""), release(b"a", b"bc", b"", b""));

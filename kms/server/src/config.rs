@@ -913,6 +913,42 @@ mod tests {
     }
 
     #[test]
+    fn node_section() {
+        use crate::node::NodeEvidence;
+        let (_d, base) = files();
+        let c = Config::from_toml(&base, []).unwrap();
+        assert!(matches!(c.node, NodeEvidence::Auto));
+        let tpm =
+            format!("{base}\n[node.tpm]\ntcti = \"device:/dev/tpmrm0\"\nak_file = \"/var/lib/kms/node-ak.json\"\n");
+        let c = Config::from_toml(&tpm, []).unwrap();
+        let NodeEvidence::Tpm(t) = c.node else {
+            panic!("[node.tpm] makes the TPM the evidence")
+        };
+        assert_eq!(
+            (t.tcti.as_str(), t.pcrs),
+            ("device:/dev/tpmrm0", (0..=7).collect::<Vec<u8>>())
+        );
+        let c = Config::from_toml(&format!("{base}\n[node]\nevidence = \"none\"\n"), []).unwrap();
+        assert!(matches!(c.node, NodeEvidence::None));
+        for (bad, named) in [
+            ("[node]\nevidence = \"tpm\"\n", "needs a [node.tpm]"),
+            ("[node]\nevidence = \"sgx\"\n", "not auto, none, snp or tpm"),
+            (
+                "[node]\nevidence = \"snp\"\n[node.tpm]\ntcti = \"x\"\nak_file = \"/a\"\n",
+                "choose one",
+            ),
+            (
+                "[node.tpm]\ntcti = \"x\"\nak_file = \"/a\"\npcrs = [24]\n",
+                "node.tpm.pcrs",
+            ),
+            ("[node.tpm]\ntcti = \"\"\nak_file = \"/a\"\n", "node.tpm.tcti"),
+        ] {
+            let e = Config::from_toml(&format!("{base}\n{bad}"), []).unwrap_err().0;
+            assert!(e.contains(named), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn attestation_section() {
         let (d, base) = files();
         let c = Config::from_toml(&base, []).unwrap();
