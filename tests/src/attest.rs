@@ -361,17 +361,5 @@ pub fn assert_status<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: toni
 
 /// TPM evidence (as the attester makes it) on the wire.
 pub fn tpm_evidence(ev: attestation::tpm::TpmEvidence) -> pb::attest_request::Evidence {
-    pb::attest_request::Evidence::Tpm(pb::TpmEvidence {
-        ak_public: ev.ak_public,
-        quote: ev.quote,
-        signature: ev.signature,
-        pcrs: ev
-            .pcrs
-            .iter()
-            .map(|(index, value)| pb::PcrValue {
-                index: u32::from(index),
-                sha256: value.to_vec(),
-            })
-            .collect(),
-    })
+    pb::attest_request::Evidence::Tpm(kms_node::tpm_to_wire(&ev))
 }

@@ -11,7 +11,6 @@ use std::path::Path;
 use attestation::attester::snp::SnpAttester;
 use attestation::attester::tpm::{AkKey, Tpm};
 use attestation::{binding, snp, tpm};
-use kms_proto::v1 as pb;
 
 pub use kms_proto::v1::attest_request::Evidence;
 
@@ -86,28 +85,12 @@ where
 
 /// TPM evidence (AK public, quote, signature, SHA-256 PCR values) in wire form.
 pub fn tpm_evidence(evidence: &tpm::TpmEvidence) -> Evidence {
-    Evidence::Tpm(pb::TpmEvidence {
-        ak_public: evidence.ak_public.clone(),
-        quote: evidence.quote.clone(),
-        signature: evidence.signature.clone(),
-        pcrs: evidence
-            .pcrs
-            .iter()
-            .map(|(index, value)| pb::PcrValue {
-                index: u32::from(index),
-                sha256: value.to_vec(),
-            })
-            .collect(),
-    })
+    Evidence::Tpm(kms_node::tpm_to_wire(evidence))
 }
 
 /// SNP evidence (report, VCEK/VLEK, chain) in wire form.
 pub fn snp_evidence(evidence: snp::SnpEvidence) -> Evidence {
-    Evidence::Snp(pb::SnpEvidence {
-        report: evidence.report,
-        vek_certificate: evidence.vek.unwrap_or_default(),
-        cert_chain: evidence.chain.unwrap_or_default(),
-    })
+    Evidence::Snp(kms_node::snp_to_wire(evidence))
 }
 
 /// The PCRs quoted when nothing else is asked for: the firmware and boot-loader measurements

@@ -109,6 +109,32 @@ impl std::fmt::Debug for NodeVerifier {
     }
 }
 
+/// TPM evidence as the attester makes it, in wire form.
+pub fn tpm_to_wire(e: &TpmEvidence) -> pb::TpmEvidence {
+    pb::TpmEvidence {
+        ak_public: e.ak_public.clone(),
+        quote: e.quote.clone(),
+        signature: e.signature.clone(),
+        pcrs: e
+            .pcrs
+            .iter()
+            .map(|(index, value)| pb::PcrValue {
+                index: u32::from(index),
+                sha256: value.to_vec(),
+            })
+            .collect(),
+    }
+}
+
+/// SEV-SNP evidence as the attester makes it, in wire form.
+pub fn snp_to_wire(e: SnpEvidence) -> pb::SnpEvidence {
+    pb::SnpEvidence {
+        report: e.report,
+        vek_certificate: e.vek.unwrap_or_default(),
+        cert_chain: e.chain.unwrap_or_default(),
+    }
+}
+
 /// Wire TPM evidence to the verifier's types; the message names the bad part.
 pub fn tpm_from_wire(t: &pb::TpmEvidence) -> Result<TpmEvidence, String> {
     if t.pcrs.len() > 24 {

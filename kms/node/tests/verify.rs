@@ -196,19 +196,7 @@ fn tpm_nodes_by_pinned_ak_and_pcrs() {
         .to_hex();
     let pcr7 = hex::encode(ev.pcrs.get(7).unwrap());
     let wire = pb::node_identity::Evidence::Tpm(pb::NodeTpmEvidence {
-        quote: Some(pb::TpmEvidence {
-            ak_public: ev.ak_public.clone(),
-            quote: ev.quote.clone(),
-            signature: ev.signature.clone(),
-            pcrs: ev
-                .pcrs
-                .iter()
-                .map(|(index, v)| pb::PcrValue {
-                    index: u32::from(index),
-                    sha256: v.to_vec(),
-                })
-                .collect(),
-        }),
+        quote: Some(kms_node::tpm_to_wire(&ev)),
         ek_certificate: Vec::new(),
     });
     let verifier = |names: &[&str], pcr: &str| {

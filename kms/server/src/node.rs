@@ -189,11 +189,7 @@ fn evidence_for(
         let e = SnpAttester::open()
             .and_then(|a| a.report(statement.snp_report_data(), None))
             .map_err(|e| format!("SEV-SNP: {e}"))?;
-        Ok(pb::node_identity::Evidence::Snp(pb::SnpEvidence {
-            report: e.report,
-            vek_certificate: e.vek.unwrap_or_default(),
-            cert_chain: e.chain.unwrap_or_default(),
-        }))
+        Ok(pb::node_identity::Evidence::Snp(kms_node::snp_to_wire(e)))
     };
     match source {
         NodeEvidence::None => Ok((None, "node.evidence = \"none\" in the configuration".into())),
@@ -239,19 +235,7 @@ fn tpm_evidence(t: &TpmNode, statement: &NodeStatement) -> Result<pb::node_ident
         .or_else(|_| tpm.ek_certificate(EkKind::EccP384))
         .unwrap_or_default();
     Ok(pb::node_identity::Evidence::Tpm(pb::NodeTpmEvidence {
-        quote: Some(pb::TpmEvidence {
-            ak_public: ev.ak_public,
-            quote: ev.quote,
-            signature: ev.signature,
-            pcrs: ev
-                .pcrs
-                .iter()
-                .map(|(index, v)| pb::PcrValue {
-                    index: u32::from(index),
-                    sha256: v.to_vec(),
-                })
-                .collect(),
-        }),
+        quote: Some(kms_node::tpm_to_wire(&ev)),
         ek_certificate,
     }))
 }
