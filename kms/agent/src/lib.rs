@@ -21,6 +21,7 @@
 
 mod client;
 mod enroll;
+pub mod envelope;
 mod error;
 pub mod evidence;
 mod session;
@@ -28,6 +29,7 @@ mod session;
 pub use attestation::attester::tpm::{AkKey, AkScheme, EkKind};
 pub use client::{Challenge, Client, ClientConfig, NodeTrust, TlsFiles, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT};
 pub use enroll::{decode_ak, encode_ak, EnrollmentRequest, PendingEnrollment, TpmEnrollOptions};
+pub use envelope::KmsdKeyring;
 pub use error::{Error, EvidenceError, Refusal, REASON_METADATA};
 pub use evidence::{EvidenceRequest, EvidenceSource, SnpReporter, TpmQuoter};
 pub use kms_core::secret::SecretBytes;

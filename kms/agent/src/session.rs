@@ -152,6 +152,11 @@ impl Session {
         })
     }
 
+    /// The connection this session was made on.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// The token's id (its `jti`), which every release under it binds.
     pub fn token_id(&self) -> &str {
         &self.token_id

@@ -71,7 +71,7 @@ pub(crate) fn derive(
     if data_key.len() != suite.key_len() {
         return Err(Error::Keyring {
             keyring: "data key".into(),
-            detail: format!("{} bytes; {} needs {}", data_key.len(), suite, suite.key_len()),
+            source: format!("{} bytes; {} needs {}", data_key.len(), suite, suite.key_len()).into(),
         });
     }
     let id = suite.id().to_be_bytes();

@@ -218,7 +218,7 @@ impl Envelope {
             inner,
             header,
             body,
-            self.danger_stream_unverified_signed_frames,
+            self.allows_unverified_signed_frames(),
         ))
     }
 
@@ -338,17 +338,19 @@ impl Envelope {
                 let key = match keyring.unwrap(edk, request).await {
                     Ok(key) => key,
                     Err(e) => {
-                        attempts.push(e.to_string());
+                        attempts.push(e);
                         continue;
                     }
                 };
                 if key.len() != header.suite.key_len() {
-                    attempts.push(format!(
-                        "keyring {}: opened a {}-byte data key; {} needs {}",
-                        keyring.name(),
-                        key.len(),
-                        header.suite,
-                        header.suite.key_len()
+                    attempts.push(crate::keyring::keyring_error(
+                        keyring.as_ref(),
+                        format!(
+                            "opened a {}-byte data key; {} needs {}",
+                            key.len(),
+                            header.suite,
+                            header.suite.key_len()
+                        ),
                     ));
                     continue;
                 }

@@ -56,12 +56,16 @@ pub enum Error {
     /// A pair of the expected encryption context is missing or different in the message.
     #[error("the encryption context does not match: {0}")]
     ContextMismatch(String),
-    /// No wrapped data key could be opened by any keyring; each attempt is named.
-    #[error("no wrapped data key could be opened: {}", if .0.is_empty() { "none is for these keyrings".to_owned() } else { .0.join("; ") })]
-    NoDataKey(Vec<String>),
-    /// A keyring failed while making or wrapping the data key.
-    #[error("keyring {keyring}: {detail}")]
-    Keyring { keyring: String, detail: String },
+    /// No wrapped data key could be opened by any keyring; each attempt's error is kept.
+    #[error("no wrapped data key could be opened: {}", if .0.is_empty() { "none is for these keyrings".to_owned() } else { .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ") })]
+    NoDataKey(Vec<Error>),
+    /// A keyring failed (making, wrapping or opening a data key); its own error is the source
+    /// (e.g. a `kms_agent::Error` with kmsd's refusal).
+    #[error("keyring {keyring}: {source}")]
+    Keyring {
+        keyring: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The encryption context is not usable.
     #[error("invalid encryption context: {0}")]
     InvalidContext(String),

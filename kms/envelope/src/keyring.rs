@@ -68,11 +68,11 @@ pub trait Keyring: Send + Sync {
     ) -> BoxFuture<'a, Result<DataKey, Error>>;
 }
 
-/// A keyring failure, naming the keyring.
-pub fn keyring_error(keyring: &dyn Keyring, detail: impl std::fmt::Display) -> Error {
+/// A keyring failure, naming the keyring; `source` is its own error (or a message).
+pub fn keyring_error(keyring: &dyn Keyring, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
     Error::Keyring {
         keyring: keyring.name(),
-        detail: detail.to_string(),
+        source: source.into(),
     }
 }
 

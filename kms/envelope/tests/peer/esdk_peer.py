@@ -255,6 +255,9 @@ class _Output(object):
         if path == "-":
             self.file = sys.stdout.buffer
             return
+        if os.path.exists(path) and not os.path.isfile(path):
+            # Never rename over a device, pipe or directory (that would replace /dev/null).
+            raise PeerError("output {} exists and is not a regular file".format(path))
         directory = os.path.dirname(os.path.abspath(path))
         try:
             fd, self.tmp = tempfile.mkstemp(prefix=".esdk-peer-", suffix=".tmp", dir=directory)

@@ -112,8 +112,13 @@ pub(crate) enum Command {
     /// Attest, then generate a data key: writes its ciphertext blob (store it with the data) and
     /// the 32-byte key (mode 0600).
     GenerateDataKey(GenerateArgs),
-    /// Attest, then decrypt a ciphertext blob: writes the plaintext (mode 0600).
+    /// Attest, then decrypt a ciphertext blob (--blob) or an envelope message (--in): writes the
+    /// plaintext (mode 0600). A message's plaintext file appears only once all of it verified.
     Decrypt(DecryptArgs),
+    /// Attest, then encrypt a file into an envelope message (the AWS Encryption SDK message
+    /// format, key-committing suite): a data key from kmsd encrypts it, and travels with it
+    /// wrapped under KEY.
+    Encrypt(EncryptArgs),
     /// Attest only: shows the token's id, expiry and the claims release policies will see (not
     /// the token, not the HPKE key).
     Attest(AttestArgs),
@@ -195,7 +200,11 @@ impl From<EkArg> for EkKind {
 #[command(next_help_heading = "Evidence (one of --tpm, --snp)")]
 pub(crate) struct EvidenceArgs {
     /// Attest with this machine's TPM: a quote of --pcrs with the AK enrolled for it (--ak).
-    #[arg(long, required_unless_present = "snp", conflicts_with = "snp")]
+    #[arg(
+        long,
+        required_unless_present_any = ["snp", "insecure_plaintext_release"],
+        conflicts_with_all = ["snp", "insecure_plaintext_release"]
+    )]
     pub(crate) tpm: bool,
     /// The TPM: device:/dev/tpmrm0, or swtpm:host=127.0.0.1,port=N.
     #[arg(long, env = "KMS_AGENT_TCTI", default_value = DEFAULT_TCTI, value_name = "TCTI")]
@@ -215,6 +224,11 @@ pub(crate) struct EvidenceArgs {
     /// The VMPL to request the report at (0 to 3; default: the firmware's).
     #[arg(long, value_name = "N", conflicts_with = "tpm")]
     pub(crate) vmpl: Option<u32>,
+    /// encrypt and decrypt --in only: do not attest; kmsd sends data keys in plaintext, which
+    /// only keys whose release policy says "attestation": "none" do (dev mode, tests). Anything
+    /// that reads the connection sees the data keys.
+    #[arg(long, conflicts_with = "snp")]
+    pub(crate) insecure_plaintext_release: bool,
 }
 
 #[derive(Args, Debug)]
@@ -245,8 +259,17 @@ pub(crate) struct GenerateArgs {
 #[derive(Args, Debug)]
 pub(crate) struct DecryptArgs {
     /// The ciphertext blob.
-    #[arg(long, value_name = "FILE")]
-    pub(crate) blob: PathBuf,
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "input",
+        conflicts_with = "input"
+    )]
+    pub(crate) blob: Option<PathBuf>,
+    /// An envelope message (written by `kms-agent encrypt` or any AWS Encryption SDK with a
+    /// kmsd keyring) instead of a blob.
+    #[arg(long = "in", id = "input", value_name = "FILE")]
+    pub(crate) input: Option<PathBuf>,
     /// An encryption-context pair, exactly as given when the blob was made. Repeatable.
     #[arg(long = "context", value_name = "K=V", value_parser = parse_pair)]
     pub(crate) context: Vec<Pair>,
@@ -264,6 +287,44 @@ pub(crate) struct DecryptArgs {
     pub(crate) force: bool,
     #[command(flatten)]
     pub(crate) evidence: EvidenceArgs,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct EncryptArgs {
+    /// The key (id or name) the data key is wrapped under.
+    #[arg(long, value_name = "KEY")]
+    pub(crate) key: String,
+    /// An encryption-context pair: authenticated in the message and bound to its wrapped key
+    /// (kmsd's release policy and audit see it). Repeatable.
+    #[arg(long = "context", value_name = "K=V", value_parser = parse_pair)]
+    pub(crate) context: Vec<Pair>,
+    /// The plaintext file.
+    #[arg(long = "in", value_name = "FILE")]
+    pub(crate) input: PathBuf,
+    /// Where to write the message.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: PathBuf,
+    /// The algorithm suite: 0x0578 (key commitment and an ECDSA P-384 signature, the default)
+    /// or 0x0478 (key commitment, no signature: anyone who can decrypt could also forge).
+    #[arg(long, value_name = "ID", default_value = "0x0578", value_parser = parse_suite)]
+    pub(crate) suite: kms_envelope::Suite,
+    /// The frame length in bytes (1 to 16 MiB).
+    #[arg(long, value_name = "BYTES", default_value_t = kms_envelope::DEFAULT_FRAME_LENGTH)]
+    pub(crate) frame_length: u32,
+    /// Replace an existing output file.
+    #[arg(long)]
+    pub(crate) force: bool,
+    #[command(flatten)]
+    pub(crate) evidence: EvidenceArgs,
+}
+
+/// Parses a suite id (for clap); only the committing suites are written.
+pub(crate) fn parse_suite(s: &str) -> Result<kms_envelope::Suite, String> {
+    match kms_envelope::Suite::parse(s) {
+        Some(suite) if suite.is_committing() => Ok(suite),
+        Some(suite) => Err(format!("{suite} does not commit to its key; use 0x0478 or 0x0578")),
+        None => Err(format!("{s:?} is not an algorithm suite (0x0478 or 0x0578)")),
+    }
 }
 
 #[derive(Args, Debug)]

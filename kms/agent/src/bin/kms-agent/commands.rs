@@ -6,14 +6,17 @@ use std::fmt::Write as _;
 
 use base64::Engine as _;
 use kms_agent::{
-    decode_ak, encode_ak, Client, ClientConfig, EvidenceSource, NodePolicy, NodeTrust, SnpReporter, TlsFiles,
-    TpmEnrollOptions, TpmQuoter,
+    decode_ak, encode_ak, Client, ClientConfig, EvidenceSource, KmsdKeyring, NodePolicy, NodeTrust, SnpReporter,
+    TlsFiles, TpmEnrollOptions, TpmQuoter,
 };
+use kms_envelope::{EncryptionContext, Envelope};
 use serde_json::{json, Value};
+use std::io::Write as _;
 use zeroize::Zeroizing;
 
 use crate::cli::{
-    context_map, AttestArgs, Cli, Command, Connection, DecryptArgs, EnrollArgs, EvidenceArgs, GenerateArgs, TpmCommand,
+    context_map, AttestArgs, Cli, Command, Connection, DecryptArgs, EncryptArgs, EnrollArgs, EvidenceArgs,
+    GenerateArgs, TpmCommand,
 };
 use crate::error::Error;
 use crate::files;
@@ -26,6 +29,7 @@ pub(crate) async fn run(cli: &Cli, p: &Printer) -> Result<(), Error> {
         Command::Tpm(TpmCommand::Enroll(a)) => enroll(&cli.connection, p, a).await,
         Command::GenerateDataKey(a) => generate(&cli.connection, p, a).await,
         Command::Decrypt(a) => decrypt(&cli.connection, p, a).await,
+        Command::Encrypt(a) => encrypt(&cli.connection, p, a).await,
         Command::Attest(a) => attest(&cli.connection, p, a).await,
     }
 }
@@ -91,7 +95,11 @@ fn is_loopback(url: &str) -> bool {
 /// The evidence source the arguments name, opened (AK file read, SNP device opened) before any
 /// network call.
 fn evidence_source(a: &EvidenceArgs) -> Result<Box<dyn EvidenceSource>, Error> {
-    if a.tpm {
+    if a.insecure_plaintext_release {
+        Err(Error::usage(
+            "--insecure-plaintext-release is for encrypt and decrypt --in; this command attests (--tpm or --snp)",
+        ))
+    } else if a.tpm {
         let path =
             a.ak.as_deref()
                 .ok_or_else(|| Error::usage("--tpm needs --ak FILE (written by `kms-agent tpm enroll`)"))?;
@@ -194,7 +202,12 @@ async fn decrypt(c: &Connection, p: &Printer, a: &DecryptArgs) -> Result<(), Err
     if let Some(out) = &a.out {
         files::check_outputs(&[out], a.force)?;
     }
-    let blob = files::read(&a.blob)?;
+    let blob_path = match (&a.blob, &a.input) {
+        (_, Some(input)) => return decrypt_message(c, p, a, input, context.into()).await,
+        (Some(blob), None) => blob,
+        (None, None) => return Err(Error::usage("give --blob FILE or --in FILE")),
+    };
+    let blob = files::read(blob_path)?;
     let mut source = evidence_source(&a.evidence)?;
     let client = connect(c).await?;
     let session = client.attest(&mut *source).await?;
@@ -233,6 +246,134 @@ async fn decrypt(c: &Connection, p: &Printer, a: &DecryptArgs) -> Result<(), Err
         zeroize::Zeroize::zeroize(s);
     }
     result
+}
+
+/// The kmsd keyring the evidence arguments ask for: attested with their source (opened
+/// before any network call), or with --insecure-plaintext-release not.
+fn keyring_source(a: &EvidenceArgs) -> Result<Option<Box<dyn EvidenceSource>>, Error> {
+    if a.insecure_plaintext_release {
+        output::warn("--insecure-plaintext-release: data keys cross the connection unsealed (only keys with \"attestation\": \"none\" release them)");
+        Ok(None)
+    } else {
+        evidence_source(a).map(Some)
+    }
+}
+
+fn keyring(client: Client, key: &str, source: Option<Box<dyn EvidenceSource>>) -> KmsdKeyring {
+    match source {
+        Some(source) => KmsdKeyring::attested(client, key, source),
+        None => KmsdKeyring::insecure_plaintext_release(client, key),
+    }
+}
+
+fn message_json(header: &kms_envelope::Header) -> Value {
+    let keys: Vec<Value> = header
+        .encrypted_data_keys()
+        .iter()
+        .map(|k| json!({"provider": k.provider_id, "info": String::from_utf8_lossy(&k.provider_info)}))
+        .collect();
+    json!({
+        "suite": format!("0x{:04X}", header.suite().id()),
+        "message_id": hex::encode(header.message_id()),
+        "frame_length": header.frame_length(),
+        "wrapped_keys": keys,
+    })
+}
+
+async fn encrypt(c: &Connection, p: &Printer, a: &EncryptArgs) -> Result<(), Error> {
+    let context: EncryptionContext = context_map(&a.context).map_err(Error::usage)?.into();
+    files::check_outputs(&[&a.out], a.force)?;
+    let mut input = std::fs::File::open(&a.input).map_err(|e| Error::file("read", &a.input, e))?;
+    let len = input.metadata().map_err(|e| Error::file("read", &a.input, e))?.len();
+    let source = keyring_source(&a.evidence)?;
+    let client = connect(c).await?;
+    let envelope = Envelope::new(keyring(client, &a.key, source))
+        .with_suite(a.suite)
+        .and_then(|e| e.with_frame_length(a.frame_length))
+        .map_err(Error::usage)?;
+    let mut out = files::Output::create(&a.out, false, a.force)?;
+    let file = out.file().try_clone().map_err(|e| out.error("write", e))?;
+    let mut writer = envelope
+        .encrypting_writer(std::io::BufWriter::with_capacity(1 << 20, file), &context, Some(len))
+        .await?;
+    std::io::copy(&mut input, &mut writer)
+        .map_err(|e| Error::local(format!("cannot encrypt {}: {e}", a.input.display())))?;
+    writer.finish()?.flush().map_err(|e| out.error("write", e))?;
+    out.publish()?;
+    let size = std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0);
+    let header = kms_envelope::parse_header(
+        &files::read_prefix(&a.out, envelope.limits().max_header_len)?,
+        envelope.limits(),
+    )?
+    .0;
+    let mut doc = message_json(&header);
+    doc["in_bytes"] = json!(len);
+    doc["out_bytes"] = json!(size);
+    doc["out_file"] = json!(a.out);
+    p.emit(&doc, || {
+        let mut text = String::new();
+        let _ = writeln!(text, "encrypted {len} bytes into {} ({size} bytes)", a.out.display());
+        let _ = writeln!(text, "suite:           {}", header.suite());
+        for k in header.encrypted_data_keys() {
+            let _ = writeln!(
+                text,
+                "wrapped key:     {} {}",
+                k.provider_id,
+                String::from_utf8_lossy(&k.provider_info)
+            );
+        }
+        text
+    })
+}
+
+async fn decrypt_message(
+    c: &Connection,
+    p: &Printer,
+    a: &DecryptArgs,
+    input: &std::path::Path,
+    context: EncryptionContext,
+) -> Result<(), Error> {
+    let Some(out_path) = &a.out else {
+        return Err(Error::usage(
+            "decrypt --in writes the plaintext to --out FILE (it is not printed)",
+        ));
+    };
+    let key = a.key.as_deref().ok_or_else(|| {
+        Error::usage("decrypt --in needs --key KEY: the key (id or name) the message's data key must be under")
+    })?;
+    let file = std::fs::File::open(input).map_err(|e| Error::file("read", input, e))?;
+    let source = keyring_source(&a.evidence)?;
+    let client = connect(c).await?;
+    // Streaming a signed message releases frames before its signature is checked; here they go
+    // only to a file that is published once the whole message verified.
+    let envelope = Envelope::new(keyring(client, key, source)).danger_stream_unverified_signed_frames();
+    let mut reader = envelope
+        .decrypting_reader(std::io::BufReader::with_capacity(1 << 20, file), &context)
+        .await?;
+    let mut out = files::Output::create(out_path, true, a.force)?;
+    let mut plain =
+        std::io::BufWriter::with_capacity(1 << 20, out.file().try_clone().map_err(|e| out.error("write", e))?);
+    let bytes = std::io::copy(&mut reader, &mut plain).map_err(|e| match e.into_inner() {
+        Some(inner) => match inner.downcast::<kms_envelope::Error>() {
+            Ok(e) => Error::from(*e),
+            Err(other) => Error::local(format!("cannot decrypt {}: {other}", input.display())),
+        },
+        None => Error::local(format!("cannot read {}", input.display())),
+    })?;
+    plain.flush().map_err(|e| out.error("write", e))?;
+    drop(plain);
+    out.publish()?;
+    let mut doc = message_json(reader.header());
+    doc["bytes"] = json!(bytes);
+    doc["out_file"] = json!(out_path);
+    doc["context"] = json!(reader.header().context().pairs());
+    p.emit(&doc, || {
+        format!(
+            "wrote {bytes} bytes of plaintext to {} (mode 0600)\nsuite:           {}\n",
+            out_path.display(),
+            reader.header().suite()
+        )
+    })
 }
 
 async fn enroll(c: &Connection, p: &Printer, a: &EnrollArgs) -> Result<(), Error> {

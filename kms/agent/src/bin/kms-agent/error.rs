@@ -33,6 +33,23 @@ pub(crate) enum Error {
     Local(String),
 }
 
+/// Envelope errors: a keyring's own error is kept (kmsd's refusal and its exit code); a message
+/// that is malformed or does not verify is a local problem with the input file.
+impl From<kms_envelope::Error> for Error {
+    fn from(e: kms_envelope::Error) -> Self {
+        use kms_envelope::Error as E;
+        match e {
+            E::Keyring { source, keyring } => match source.downcast::<kms_agent::Error>() {
+                Ok(agent) => Self::Agent(*agent),
+                Err(other) => Self::Local(format!("keyring {keyring}: {other}")),
+            },
+            E::NoDataKey(mut attempts) if attempts.len() == 1 => Self::from(attempts.remove(0)),
+            E::Io(io) => Self::Local(format!("i/o: {io}")),
+            other => Self::Local(format!("the message: {other}")),
+        }
+    }
+}
+
 impl From<kms_agent::EvidenceError> for Error {
     fn from(e: kms_agent::EvidenceError) -> Self {
         Self::Agent(e.into())

@@ -3,6 +3,7 @@
 //! secret outputs are created with mode 0600 from the start, so their contents are never readable
 //! by others, not even for a moment. It must never print or log a secret file's contents.
 
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,16 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>, Error> {
 }
 
 /// Reads a whole text file.
+/// At most the first `n` bytes of a file.
+pub(crate) fn read_prefix(path: &Path, n: usize) -> Result<Vec<u8>, Error> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    File::open(path)
+        .and_then(|f| f.take(n as u64).read_to_end(&mut out))
+        .map_err(|e| Error::file("read", path, e))?;
+    Ok(out)
+}
+
 pub(crate) fn read_text(path: &Path) -> Result<String, Error> {
     fs::read_to_string(path).map_err(|e| Error::file("read", path, e))
 }
@@ -78,36 +89,95 @@ fn parent(path: &Path) -> PathBuf {
     }
 }
 
-/// Writes `contents` to `path`: a new file (never replacing one), or with `force` a new file
-/// next to it renamed over it, so a replaced secret file never has another mode, and a reader
-/// never sees half a file. `secret` files get mode 0600, others 0644.
+/// Writes `contents` to `path`: a new file (never replacing one), or with `force` replacing it;
+/// see [`Output`].
 pub(crate) fn write_output(path: &Path, contents: &[u8], secret: bool, force: bool) -> Result<(), Error> {
-    let mode = if secret { 0o600 } else { 0o644 };
-    if !force {
-        let mut f = create_new(path, mode).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                exists(path)
-            } else {
-                Error::file("create", path, e)
+    let mut out = Output::create(path, secret, force)?;
+    out.file().write_all(contents).map_err(|e| out.error("write", e))?;
+    out.publish()
+}
+
+/// An output file being written: a new file beside `path`, synced and then published as
+/// `path` (linked, so never replacing a file; with `force` renamed over it). So a replaced
+/// secret file never has another mode, a reader never sees half a file, and an output that is
+/// dropped unpublished (a failed write, a message that did not verify) leaves nothing. `secret`
+/// files get mode 0600, others 0644.
+pub(crate) struct Output {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: File,
+    force: bool,
+    published: bool,
+}
+
+impl Output {
+    pub(crate) fn create(path: &Path, secret: bool, force: bool) -> Result<Self, Error> {
+        let mode = if secret { 0o600 } else { 0o644 };
+        match fs::symlink_metadata(path) {
+            // Never renamed over a device, pipe or directory (`--force` would replace /dev/null).
+            Ok(m) if !m.is_file() => {
+                return Err(Error::local(format!(
+                    "{} exists and is not a regular file",
+                    path.display()
+                )))
             }
-        })?;
-        return write_all_synced(&mut f, path, contents);
+            Ok(_) if !force => return Err(exists(path)),
+            _ => {}
+        }
+        let name = path
+            .file_name()
+            .ok_or_else(|| Error::local(format!("{} is not a file name", path.display())))?;
+        let suffix = hex::encode(kms_core::random_array::<6>().map_err(|e| Error::local(format!("random: {e}")))?);
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".{suffix}.tmp"));
+        let tmp = parent(path).join(tmp_name);
+        let file = create_new(&tmp, mode).map_err(|e| Error::file("create", &tmp, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            tmp,
+            file,
+            force,
+            published: false,
+        })
     }
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::local(format!("{} is not a file name", path.display())))?;
-    let suffix = hex::encode(kms_core::random_array::<6>().map_err(|e| Error::local(format!("random: {e}")))?);
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{suffix}.tmp"));
-    let tmp = parent(path).join(tmp_name);
-    let mut f = create_new(&tmp, mode).map_err(|e| Error::file("create", &tmp, e))?;
-    let written = write_all_synced(&mut f, &tmp, contents)
-        .and_then(|()| fs::rename(&tmp, path).map_err(|e| Error::file("replace", path, e)));
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
+
+    /// The file to write.
+    pub(crate) fn file(&mut self) -> &mut File {
+        &mut self.file
     }
-    written
+
+    /// A write error, naming the output.
+    pub(crate) fn error(&self, action: &str, e: impl fmt::Display) -> Error {
+        Error::file(action, &self.path, e)
+    }
+
+    /// Syncs and publishes the file as its path.
+    pub(crate) fn publish(mut self) -> Result<(), Error> {
+        self.file.sync_all().map_err(|e| Error::file("write", &self.path, e))?;
+        if self.force {
+            fs::rename(&self.tmp, &self.path).map_err(|e| Error::file("replace", &self.path, e))?;
+        } else {
+            fs::hard_link(&self.tmp, &self.path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    exists(&self.path)
+                } else {
+                    Error::file("create", &self.path, e)
+                }
+            })?;
+            let _ = fs::remove_file(&self.tmp);
+        }
+        self.published = true;
+        Ok(())
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 fn create_new(path: &Path, mode: u32) -> std::io::Result<File> {
@@ -115,11 +185,6 @@ fn create_new(path: &Path, mode: u32) -> std::io::Result<File> {
     opts.write(true).create_new(true);
     set_mode(&mut opts, mode);
     opts.open(path)
-}
-
-fn write_all_synced(f: &mut File, path: &Path, contents: &[u8]) -> Result<(), Error> {
-    f.write_all(contents).map_err(|e| Error::file("write", path, e))?;
-    f.sync_all().map_err(|e| Error::file("write", path, e))
 }
 
 #[cfg(unix)]
@@ -212,5 +277,32 @@ mod tests {
         assert_eq!(read_certificate(&pem).unwrap(), vec![0x30, 0x03, 1, 2, 3]);
         fs::write(&pem, "nothing").unwrap();
         assert!(read_certificate(&pem).is_err());
+    }
+}
+
+#[cfg(test)]
+mod streamed_tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("plain");
+        let mut o = Output::create(&out, true, false).unwrap();
+        o.file().write_all(b"half").unwrap();
+        drop(o);
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no output, no temporary file"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn devices_are_never_replaced() {
+        let e = Output::create(Path::new("/dev/null"), false, true).err().unwrap();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(!fs::symlink_metadata("/dev/null").unwrap().is_file());
     }
 }
