@@ -160,7 +160,12 @@ async fn round_trips_in_one_piece_streamed_and_async() {
             }
         }
     }
-    // tokio adapters.
+}
+
+/// The tokio adapters (feature `tokio`).
+#[cfg(feature = "tokio")]
+#[tokio::test]
+async fn round_trips_through_the_tokio_adapters() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let env = envelope(Suite::Aes256GcmHkdfSha512CommitKey, 1000);
     let plain = data(10_000);
