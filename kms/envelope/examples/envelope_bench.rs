@@ -4,8 +4,8 @@
 //! aws-encryption-sdk (`--python`, `--peer`) on the same machine; peak RSS for a small and a
 //! large message, to show it does not grow with the message.
 //!
-//! Usage: envelope_bench [--gib N] [--frame-length BYTES] [--python PATH --peer esdk_peer.py]
-//!        [--python-mib N] [--dir DIR]
+//! Usage: envelope_bench [--gib N] [--frame-length BYTES] [--repeat N]
+//!        [--python PATH --peer esdk_peer.py] [--python-mib N] [--dir DIR]
 
 use std::io::{self, Read, Write};
 use std::time::Instant;
@@ -22,8 +22,14 @@ struct Pattern {
 
 impl Pattern {
     fn new(total: u64) -> Self {
-        let block = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        Self { block, left: total, pos: 0 }
+        let block = (0..1 << 20)
+            .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        Self {
+            block,
+            left: total,
+            pos: 0,
+        }
     }
 }
 
@@ -71,20 +77,24 @@ fn gbps(bytes: u64, secs: f64) -> f64 {
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 struct Run {
     encrypt_s: f64,
+    /// Decryption through `BufRead`.
     decrypt_s: f64,
+    /// Decryption through `Read` and `io::copy`.
+    decrypt_copy_s: f64,
     message_bytes: u64,
-    rss_kib: u64,
 }
 
-fn run(rt: &tokio::runtime::Runtime, env: &Envelope, bytes: u64, dir: &std::path::Path) -> Run {
+/// Throughput: encrypt a pattern into a sink, decrypt the message (held in memory, like the
+/// bare baseline's buffers) into a sink; both through the streaming adapters and `io::copy`.
+fn run(rt: &tokio::runtime::Runtime, env: &Envelope, bytes: u64) -> Run {
     let ctx = EncryptionContext::new().with("bench", "envelope");
-    reset_peak();
-    // Encrypt into a sink: the library's cost alone.
     let t = Instant::now();
     let mut w = rt
         .block_on(env.encrypting_writer(Sink(0), &ctx, Some(bytes)))
@@ -92,66 +102,102 @@ fn run(rt: &tokio::runtime::Runtime, env: &Envelope, bytes: u64, dir: &std::path
     io::copy(&mut Pattern::new(bytes), &mut w).expect("encrypt");
     let sink = w.finish().expect("finish");
     let encrypt_s = t.elapsed().as_secs_f64();
-    // The message for decryption, in a file (read back through the page cache).
-    let path = dir.join("bench.esdk");
-    let file = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).expect("create"));
-    let mut w = rt.block_on(env.encrypting_writer(file, &ctx, Some(bytes))).expect("start");
+    let mut w = rt
+        .block_on(env.encrypting_writer(Vec::with_capacity(sink.0 as usize), &ctx, Some(bytes)))
+        .expect("start");
     io::copy(&mut Pattern::new(bytes), &mut w).expect("encrypt");
-    w.finish().expect("finish").flush().expect("flush");
-    let file = std::fs::File::open(&path).expect("open");
+    let message = w.finish().expect("finish");
+    // Through BufRead (the frame itself is lent, no copy)...
     let t = Instant::now();
-    let mut r = rt
-        .block_on(env.decrypting_reader(io::BufReader::with_capacity(1 << 20, file), &ctx))
-        .expect("header");
+    let mut r = rt.block_on(env.decrypting_reader(&message[..], &ctx)).expect("header");
     let mut out = Sink(0);
-    io::copy(&mut r, &mut out).expect("decrypt");
+    loop {
+        let buf = io::BufRead::fill_buf(&mut r).expect("decrypt");
+        if buf.is_empty() {
+            break;
+        }
+        let n = buf.len();
+        out.write_all(buf).expect("sink");
+        io::BufRead::consume(&mut r, n);
+    }
     let decrypt_s = t.elapsed().as_secs_f64();
     assert_eq!(out.0, bytes);
-    let _ = std::fs::remove_file(&path);
+    // ...and through Read with io::copy (8 KiB copies).
+    let t = Instant::now();
+    let mut r = rt.block_on(env.decrypting_reader(&message[..], &ctx)).expect("header");
+    let n = io::copy(&mut r, &mut Sink(0)).expect("decrypt");
+    let decrypt_copy_s = t.elapsed().as_secs_f64();
+    assert_eq!(n, bytes);
     Run {
         encrypt_s,
         decrypt_s,
+        decrypt_copy_s,
         message_bytes: sink.0,
-        rss_kib: peak_rss_kib(),
     }
 }
 
-/// Bare AES-256-GCM (ring) over the same bytes, in `frame`-sized buffers sealed and opened in
-/// place: what the library cannot beat.
+/// Peak RSS of streaming a message of `bytes` from a pattern to a file and back to a sink.
+fn peak_rss(rt: &tokio::runtime::Runtime, env: &Envelope, bytes: u64, dir: &std::path::Path) -> u64 {
+    let ctx = EncryptionContext::new().with("bench", "envelope");
+    reset_peak();
+    let path = dir.join("bench.esdk");
+    let file = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).expect("create"));
+    let mut w = rt
+        .block_on(env.encrypting_writer(file, &ctx, Some(bytes)))
+        .expect("start");
+    io::copy(&mut Pattern::new(bytes), &mut w).expect("encrypt");
+    w.finish().expect("finish").flush().expect("flush");
+    let file = std::fs::File::open(&path).expect("open");
+    let mut r = rt
+        .block_on(env.decrypting_reader(io::BufReader::with_capacity(1 << 20, file), &ctx))
+        .expect("header");
+    let n = io::copy(&mut r, &mut Sink(0)).expect("decrypt");
+    assert_eq!(n, bytes);
+    let _ = std::fs::remove_file(&path);
+    peak_rss_kib()
+}
+
+/// Bare AES-256-GCM (ring) over the same bytes in `frame`-sized buffers, the same way in both
+/// directions: encryption copies each frame from the 1 MiB pattern into a buffer and seals it
+/// in place; decryption copies each sealed frame of a message held in memory into a buffer and
+/// opens it in place. What the library cannot beat.
 fn bare(bytes: u64, frame: usize) -> (f64, f64) {
     let key = aead::LessSafeKey::new(aead::UnboundKey::new(&aead::AES_256_GCM, &[7; 32]).expect("key"));
-    let mut source = Pattern::new(bytes);
+    let nonce = |i: usize| {
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&(i as u64).to_be_bytes());
+        aead::Nonce::assume_unique_for_key(n)
+    };
+    let frames = bytes.div_ceil(frame as u64) as usize;
     let mut buf = vec![0u8; frame];
-    let frames = bytes.div_ceil(frame as u64);
-    let mut tags = Vec::with_capacity(frames as usize);
-    let mut sealed = Vec::new();
+    let mut source = Pattern::new(bytes);
     let t = Instant::now();
     for i in 0..frames {
         let n = source.read(&mut buf).expect("read");
-        let mut nonce = [0u8; 12];
-        nonce[4..].copy_from_slice(&i.to_be_bytes());
         let tag = key
-            .seal_in_place_separate_tag(aead::Nonce::assume_unique_for_key(nonce), aead::Aad::from(&[]), &mut buf[..n])
+            .seal_in_place_separate_tag(nonce(i), aead::Aad::from(&[]), &mut buf[..n])
             .expect("seal");
-        tags.push(tag);
-        if i == 0 {
-            sealed = buf[..n].to_vec();
-        }
+        let _ = std::hint::black_box(tag);
     }
     let encrypt_s = t.elapsed().as_secs_f64();
-    // Open the first frame's ciphertext `frames` times (same work as opening each frame).
+    // The sealed frames, for decryption (not timed).
+    let mut sealed = vec![1u8; bytes as usize];
+    let mut source = Pattern::new(bytes);
+    let tags: Vec<aead::Tag> = sealed
+        .chunks_mut(frame)
+        .enumerate()
+        .map(|(i, chunk)| {
+            source.read_exact(chunk).expect("read");
+            key.seal_in_place_separate_tag(nonce(i), aead::Aad::from(&[]), chunk)
+                .expect("seal")
+        })
+        .collect();
     let t = Instant::now();
-    for _ in 0..frames {
-        buf[..sealed.len()].copy_from_slice(&sealed);
-        let nonce = [0u8; 12];
-        key.open_in_place_separate_tag(
-            aead::Nonce::assume_unique_for_key(nonce),
-            aead::Aad::from(&[]),
-            tags[0],
-            &mut buf[..sealed.len()],
-            0..,
-        )
-        .expect("open");
+    for (i, chunk) in sealed.chunks(frame).enumerate() {
+        let b = &mut buf[..chunk.len()];
+        b.copy_from_slice(chunk);
+        key.open_in_place_separate_tag(nonce(i), aead::Aad::from(&[]), tags[i], b, 0..)
+            .expect("open");
     }
     (encrypt_s, t.elapsed().as_secs_f64())
 }
@@ -161,13 +207,19 @@ fn main() {
     let gib: f64 = arg(&args, "--gib").map_or(1.0, |v| v.parse().expect("--gib N"));
     let frame: u32 = arg(&args, "--frame-length").map_or(1 << 20, |v| v.parse().expect("--frame-length BYTES"));
     let python_mib: u64 = arg(&args, "--python-mib").map_or(256, |v| v.parse().expect("--python-mib N"));
+    let repeat: usize = arg(&args, "--repeat").map_or(3, |v| v.parse().expect("--repeat N"));
     let dir = arg(&args, "--dir").map_or_else(std::env::temp_dir, std::path::PathBuf::from);
     let bytes = (gib * (1u64 << 30) as f64) as u64;
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
 
-    println!("envelope bench: {bytes} bytes ({gib} GiB) streamed, frame length {frame}, one thread");
+    println!("envelope bench: {bytes} bytes ({gib} GiB) streamed, frame length {frame}, one thread, best of {repeat}");
     println!("{:<44} {:>10} {:>10}", "", "encrypt", "decrypt");
-    let (be, bd) = bare(bytes, frame as usize);
+    // Best of `repeat` runs for every figure (the machine is shared; the best is the least
+    // disturbed).
+    let best = |a: (f64, f64), b: (f64, f64)| (a.0.min(b.0), a.1.min(b.1));
+    let (be, bd) = (0..repeat)
+        .map(|_| bare(bytes, frame as usize))
+        .fold((f64::MAX, f64::MAX), best);
     println!(
         "{:<44} {:>7.3} GB/s {:>7.3} GB/s",
         "bare AES-256-GCM (ring), same buffers",
@@ -175,7 +227,10 @@ fn main() {
         gbps(bytes, bd)
     );
     let mut results = Vec::new();
-    for suite in [Suite::Aes256GcmHkdfSha512CommitKey, Suite::Aes256GcmHkdfSha512CommitKeyEcdsaP384] {
+    for suite in [
+        Suite::Aes256GcmHkdfSha512CommitKey,
+        Suite::Aes256GcmHkdfSha512CommitKeyEcdsaP384,
+    ] {
         let mut env = Envelope::new(RawAesKeyring::new("bench", "k", &[9; 32]).expect("keyring"))
             .with_suite(suite)
             .expect("suite")
@@ -185,31 +240,39 @@ fn main() {
             // Frames go to a sink; the bench does not act on them before the end.
             env = env.danger_stream_unverified_signed_frames();
         }
-        let r = run(&rt, &env, bytes, &dir);
+        let mut r = run(&rt, &env, bytes);
+        for _ in 1..repeat {
+            let again = run(&rt, &env, bytes);
+            r.encrypt_s = r.encrypt_s.min(again.encrypt_s);
+            r.decrypt_s = r.decrypt_s.min(again.decrypt_s);
+            r.decrypt_copy_s = r.decrypt_copy_s.min(again.decrypt_copy_s);
+        }
         println!(
-            "{:<44} {:>7.3} GB/s {:>7.3} GB/s   ({:.3} / {:.3} of bare; peak RSS {} MiB)",
+            "{:<44} {:>7.3} GB/s {:>7.3} GB/s   ({:.3} / {:.3} of bare; decrypt through io::copy {:.3} GB/s, {:.3})",
             format!("kms-envelope 0x{:04X}", suite.id()),
             gbps(bytes, r.encrypt_s),
             gbps(bytes, r.decrypt_s),
             be / r.encrypt_s,
             bd / r.decrypt_s,
-            r.rss_kib / 1024
+            gbps(bytes, r.decrypt_copy_s),
+            bd / r.decrypt_copy_s,
         );
         assert!(r.message_bytes > bytes);
         results.push((suite, r));
     }
-    // RSS does not grow with the message: the same run on a 1/16 message.
+    // RSS does not grow with the message: file to file, 1/16 of the size and the whole.
     let env = Envelope::new(RawAesKeyring::new("bench", "k", &[9; 32]).expect("keyring"))
         .with_suite(Suite::Aes256GcmHkdfSha512CommitKey)
         .expect("suite")
         .with_frame_length(frame)
         .expect("frame");
-    let small = run(&rt, &env, bytes / 16, &dir);
+    let small = peak_rss(&rt, &env, bytes / 16, &dir);
+    let large = peak_rss(&rt, &env, bytes, &dir);
     println!(
-        "peak RSS: {} MiB for a {} MiB message, {} MiB for {} MiB (0x0478)",
-        small.rss_kib / 1024,
+        "peak RSS streaming through files (0x0478): {} MiB for a {} MiB message, {} MiB for {} MiB",
+        small / 1024,
         bytes / 16 >> 20,
-        results[0].1.rss_kib / 1024,
+        large / 1024,
         bytes >> 20
     );
 
@@ -218,7 +281,13 @@ fn main() {
         for (suite, r) in &results {
             let out = std::process::Command::new(&python)
                 .arg(&peer)
-                .args(["bench", "--bytes", &py_bytes.to_string(), "--frame-length", &frame.to_string()])
+                .args([
+                    "bench",
+                    "--bytes",
+                    &py_bytes.to_string(),
+                    "--frame-length",
+                    &frame.to_string(),
+                ])
                 .args(["--suite", &format!("0x{:04x}", suite.id()), "--repeat", "2"])
                 .output()
                 .expect("run the Python peer");
@@ -232,7 +301,12 @@ fn main() {
             let (py_e, py_d) = (gbps(py_bytes, pe), gbps(py_bytes, pd));
             println!(
                 "{:<44} {:>7.3} GB/s {:>7.3} GB/s   (ours ÷ theirs: {:.2} / {:.2})",
-                format!("python aws-encryption-sdk {} 0x{:04X} ({} MiB)", doc["esdk_version"].as_str().unwrap_or("?"), suite.id(), python_mib),
+                format!(
+                    "python aws-encryption-sdk {} 0x{:04X} ({} MiB)",
+                    doc["esdk_version"].as_str().unwrap_or("?"),
+                    suite.id(),
+                    python_mib
+                ),
                 py_e,
                 py_d,
                 our_e / py_e,

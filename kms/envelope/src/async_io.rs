@@ -27,7 +27,6 @@ pub struct AsyncDecryptingReader<R> {
     inner: R,
     header: Header,
     core: PlainOut,
-    chunk: Vec<u8>,
 }
 
 impl Envelope {
@@ -59,7 +58,6 @@ impl Envelope {
             inner,
             header,
             core: PlainOut::new(body, self.allows_unverified_signed_frames()),
-            chunk: Vec::new(),
         })
     }
 }
@@ -104,9 +102,13 @@ impl<W: AsyncWrite + Unpin> AsyncEncryptingWriter<W> {
 impl<W: AsyncWrite + Unpin> AsyncWrite for AsyncEncryptingWriter<W> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        ready!(this.poll_drain(cx))?;
-        this.core.push(buf).map_err(Error::into_io)?;
-        Poll::Ready(Ok(buf.len()))
+        loop {
+            ready!(this.poll_drain(cx))?;
+            let n = this.core.push(buf).map_err(Error::into_io)?;
+            if n > 0 || buf.is_empty() {
+                return Poll::Ready(Ok(n));
+            }
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -117,6 +119,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for AsyncEncryptingWriter<W> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
         this.core.finish().map_err(Error::into_io)?;
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.inner).poll_shutdown(cx)
@@ -140,11 +143,21 @@ impl<R: AsyncRead + Unpin> AsyncRead for AsyncDecryptingReader<R> {
                     return Poll::Ready(Ok(()));
                 }
                 Progress::NeedInput => {
-                    this.chunk.resize(this.core.read_size(), 0);
-                    let mut rb = ReadBuf::new(&mut this.chunk);
-                    ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
-                    let n = rb.filled().len();
-                    this.core.input(&this.chunk[..n]);
+                    let mut rb = ReadBuf::new(this.core.spare());
+                    match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                        Poll::Ready(Ok(())) => {
+                            let n = rb.filled().len();
+                            this.core.commit(n);
+                        }
+                        Poll::Ready(Err(e)) => {
+                            this.core.cancel();
+                            return Poll::Ready(Err(e));
+                        }
+                        Poll::Pending => {
+                            this.core.cancel();
+                            return Poll::Pending;
+                        }
+                    }
                 }
             }
         }

@@ -166,11 +166,36 @@ impl Envelope {
 
     /// Encrypts `plaintext` in one message bound to `context`.
     pub async fn encrypt(&self, plaintext: &[u8], context: &EncryptionContext) -> Result<Vec<u8>, Error> {
-        let (mut sealer, mut out) = self.start(context, Some(plaintext.len() as u64)).await?;
-        out.reserve(plaintext.len() + plaintext.len() / self.frame_length as usize * 36 + 256);
-        sealer.push(plaintext, &mut out)?;
-        sealer.finish(&mut out)?;
-        Ok(out)
+        let (sealer, header) = self.start(context, Some(plaintext.len() as u64)).await?;
+        let mut out = Vec::with_capacity(
+            header.len() + plaintext.len() + plaintext.len() / self.frame_length as usize * 36 + 256,
+        );
+        let mut core = crate::stream::SealOut::new(sealer, header, Some(plaintext.len() as u64));
+        let mut rest = plaintext;
+        loop {
+            let pending = core.pending();
+            if !pending.is_empty() {
+                out.extend_from_slice(pending);
+                let n = pending.len();
+                core.written(n);
+                continue;
+            }
+            if rest.is_empty() {
+                break;
+            }
+            let n = core.push(rest)?;
+            rest = &rest[n..];
+        }
+        core.finish()?;
+        loop {
+            let pending = core.pending();
+            if pending.is_empty() {
+                return Ok(out);
+            }
+            out.extend_from_slice(pending);
+            let n = pending.len();
+            core.written(n);
+        }
     }
 
     /// Decrypts a whole message. Every pair of `expected` must be in the message's context (or,

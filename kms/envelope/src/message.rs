@@ -4,6 +4,7 @@
 //! front-ends all drive these two, so every rule (sequence, IV, final frame, footer, trailing
 //! bytes) is checked in one place.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use zeroize::Zeroizing;
@@ -18,14 +19,24 @@ use crate::wire::{Cursor, Short};
 /// The sequence-number field of a final frame.
 const FINAL_FRAME_MARK: u32 = 0xFFFF_FFFF;
 
-/// Turns plaintext into a message. Holds at most one frame of plaintext (zeroized).
+/// Room before a frame's plaintext for its header: a final frame's (end mark, sequence number,
+/// IV, length) is the longest.
+const FRAME_HEADER_ROOM: usize = 4 + 4 + IV_LEN + 4;
+
+/// Turns plaintext into a message. It holds one frame: plaintext accumulates in its buffer
+/// behind room for the frame header, is sealed there in place, and is written out from there,
+/// so each byte is copied once on its way in.
 pub(crate) struct Sealer {
     message_id: Vec<u8>,
     key: ContentKey,
     frame_length: usize,
     next_sequence: u32,
     signer: Option<(Arc<Signer>, Transcript)>,
+    /// `FRAME_HEADER_ROOM` bytes, then the frame's plaintext; once sealed, the frame from
+    /// `sealed_from`.
     frame: Zeroizing<Vec<u8>>,
+    /// Where the sealed frame starts in `frame`, while one waits to be written.
+    sealed_from: Option<usize>,
 }
 
 impl Sealer {
@@ -51,6 +62,8 @@ impl Sealer {
             (s, t)
         });
         let frame_length = frame_length as usize;
+        let mut frame = Zeroizing::new(Vec::with_capacity(FRAME_HEADER_ROOM + frame_length + TAG_LEN));
+        frame.resize(FRAME_HEADER_ROOM, 0);
         Ok((
             Self {
                 message_id: message_id.to_vec(),
@@ -58,37 +71,73 @@ impl Sealer {
                 frame_length,
                 next_sequence: 1,
                 signer,
-                frame: Zeroizing::new(Vec::with_capacity(frame_length)),
+                frame,
+                sealed_from: None,
             },
             header,
         ))
     }
 
-    /// Takes plaintext; appends every frame it completes to `out`. A full frame is held until
-    /// more plaintext shows it is not the last.
-    pub(crate) fn push(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
-        while !data.is_empty() {
-            if self.frame.len() == self.frame_length {
-                self.emit(false, out)?;
+    fn held(&self) -> usize {
+        self.frame.len() - FRAME_HEADER_ROOM
+    }
+
+    /// Takes plaintext while no sealed frame waits ([`Sealer::pending`] empty); returns how
+    /// much it took. A full frame is held until more plaintext shows it is not the last; then
+    /// it is sealed and waits to be written, and nothing more is taken.
+    pub(crate) fn push(&mut self, data: &[u8]) -> Result<usize, Error> {
+        if self.sealed_from.is_some() {
+            return Ok(0);
+        }
+        let mut used = 0;
+        while used < data.len() {
+            if self.held() == self.frame_length {
+                self.seal(false)?;
+                return Ok(used);
             }
-            let n = (self.frame_length - self.frame.len()).min(data.len());
-            self.frame.extend_from_slice(&data[..n]);
-            data = &data[n..];
+            let n = (self.frame_length - self.held()).min(data.len() - used);
+            self.frame.extend_from_slice(&data[used..used + n]);
+            used += n;
         }
-        Ok(())
+        Ok(used)
     }
 
-    /// Ends the message: the final frame (what is held, possibly empty) and the footer.
-    pub(crate) fn finish(mut self, out: &mut Vec<u8>) -> Result<(), Error> {
-        self.emit(true, out)?;
-        if let Some((signer, transcript)) = self.signer.take() {
+    /// The sealed frame waiting to be written (empty if none).
+    pub(crate) fn pending(&self) -> &[u8] {
+        match self.sealed_from {
+            Some(from) => &self.frame[from..],
+            None => &[],
+        }
+    }
+
+    /// `n` bytes of [`Sealer::pending`] were written.
+    pub(crate) fn written(&mut self, n: usize) {
+        if let Some(from) = &mut self.sealed_from {
+            *from += n;
+            if *from == self.frame.len() {
+                self.sealed_from = None;
+                self.frame.truncate(FRAME_HEADER_ROOM);
+            }
+        }
+    }
+
+    /// Ends the message: seals the final frame (what is held, possibly empty; it is then
+    /// [`Sealer::pending`]) and returns the footer to write after it.
+    pub(crate) fn finish(&mut self) -> Result<Vec<u8>, Error> {
+        if self.sealed_from.is_some() {
+            return Err(Error::Crypto("finish with a frame not written"));
+        }
+        self.seal(true)?;
+        let mut footer = Vec::new();
+        if let Some((signer, mut transcript)) = self.signer.take() {
+            transcript.update(self.pending());
             let signature = signer.sign(transcript)?;
-            crate::wire::put_u16_prefixed(out, &signature, "the signature")?;
+            crate::wire::put_u16_prefixed(&mut footer, &signature, "the signature")?;
         }
-        Ok(())
+        Ok(footer)
     }
 
-    fn emit(&mut self, last: bool, out: &mut Vec<u8>) -> Result<(), Error> {
+    fn seal(&mut self, last: bool) -> Result<(), Error> {
         let sequence = self.next_sequence;
         if sequence == FINAL_FRAME_MARK {
             return Err(Error::InvalidArgument(
@@ -96,36 +145,42 @@ impl Sealer {
             ));
         }
         self.next_sequence += 1;
-        let len = self.frame.len();
-        let start = out.len();
-        let part = if last {
-            out.extend_from_slice(&FINAL_FRAME_MARK.to_be_bytes());
-            BodyPart::FinalFrame
-        } else {
-            BodyPart::Frame
-        };
+        let len = self.held();
         let iv = crypto::frame_iv(sequence);
-        out.extend_from_slice(&sequence.to_be_bytes());
-        out.extend_from_slice(&iv);
+        let (part, from) = if last {
+            (BodyPart::FinalFrame, 0)
+        } else {
+            (BodyPart::Frame, FRAME_HEADER_ROOM - 4 - IV_LEN)
+        };
+        let mut h = from;
         if last {
-            out.extend_from_slice(&(len as u32).to_be_bytes());
+            self.frame[h..h + 4].copy_from_slice(&FINAL_FRAME_MARK.to_be_bytes());
+            h += 4;
+        }
+        self.frame[h..h + 4].copy_from_slice(&sequence.to_be_bytes());
+        self.frame[h + 4..h + 4 + IV_LEN].copy_from_slice(&iv);
+        if last {
+            self.frame[h + 4 + IV_LEN..FRAME_HEADER_ROOM].copy_from_slice(&(len as u32).to_be_bytes());
         }
         let aad = crypto::frame_aad(&self.message_id, part, sequence, len as u64);
-        let tag = self.key.seal(&iv, &aad, &mut self.frame)?;
-        out.extend_from_slice(&self.frame);
-        out.extend_from_slice(&tag);
-        self.frame.clear();
-        if let Some((_, t)) = &mut self.signer {
-            t.update(&out[start..]);
+        let tag = self.key.seal(&iv, &aad, &mut self.frame[FRAME_HEADER_ROOM..])?;
+        self.frame.extend_from_slice(&tag);
+        if !last {
+            if let Some((_, t)) = &mut self.signer {
+                t.update(&self.frame[from..]);
+            }
         }
+        self.sealed_from = Some(from);
         Ok(())
     }
 }
 
 /// What the body reader produced.
 pub(crate) enum Unit {
-    /// A frame's authenticated plaintext; `last` for the final frame (or a non-framed body).
-    Plaintext { plaintext: Zeroizing<Vec<u8>>, last: bool },
+    /// A frame's authenticated plaintext, decrypted in place: `range` of
+    /// [`BodyReader::plaintext`], valid until input is next added. `last` for the final frame
+    /// (or a non-framed body).
+    Plaintext { range: Range<usize>, last: bool },
     /// The message ended: final frame, footer verified, and no byte after it.
     End,
 }
@@ -137,8 +192,9 @@ enum State {
     Done,
 }
 
-/// Reads the body of a message whose header verified. Input is appended with
-/// [`BodyReader::feed`]; [`BodyReader::next`] parses at most one unit.
+/// Reads the body of a message whose header verified. Input goes in with
+/// [`BodyReader::feed`] or [`BodyReader::spare`]/[`BodyReader::commit`] (read straight into the
+/// buffer); [`BodyReader::next`] parses at most one unit and decrypts it in place.
 pub(crate) struct BodyReader {
     suite: Suite,
     message_id: Vec<u8>,
@@ -149,8 +205,10 @@ pub(crate) struct BodyReader {
     next_sequence: u32,
     verifier: Option<(Verifier, Transcript)>,
     state: State,
-    input: Vec<u8>,
+    /// Input from `start`; before it, consumed bytes (plaintext decrypted in place among them).
+    input: Zeroizing<Vec<u8>>,
     start: usize,
+    spare_from: usize,
 }
 
 impl BodyReader {
@@ -175,8 +233,9 @@ impl BodyReader {
             next_sequence: 1,
             verifier,
             state: State::Body,
-            input: Vec::new(),
+            input: Zeroizing::new(Vec::new()),
             start: 0,
+            spare_from: 0,
         })
     }
 
@@ -185,32 +244,81 @@ impl BodyReader {
         self.suite.signature().is_some()
     }
 
+    /// Decrypted plaintext (a [`Unit::Plaintext`] range).
+    pub(crate) fn plaintext(&self, range: Range<usize>) -> &[u8] {
+        &self.input[range]
+    }
+
     /// Reads the rest of the message, all of it already fed; the plaintext only if everything
     /// verifies.
     pub(crate) fn read_to_end(&mut self) -> Result<kms_core::secret::SecretBytes, Error> {
         let mut plaintext = Zeroizing::new(Vec::with_capacity(self.input.len() - self.start));
         loop {
             match self.next(true)? {
-                Some(Unit::Plaintext { plaintext: p, .. }) => plaintext.extend_from_slice(&p),
+                Some(Unit::Plaintext { range, .. }) => plaintext.extend_from_slice(&self.input[range]),
                 Some(Unit::End) => return Ok(kms_core::secret::SecretBytes::new(std::mem::take(&mut *plaintext))),
                 None => return Err(Error::Truncated("final frame")),
             }
         }
     }
 
-    /// Appends input.
-    pub(crate) fn feed(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start * 2 >= self.input.len() {
+    /// Drops consumed bytes (invalidating plaintext ranges).
+    fn compact(&mut self) {
+        if self.start > 0 {
             self.input.drain(..self.start);
             self.start = 0;
         }
+    }
+
+    /// Appends input.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
+        self.compact();
         self.input.extend_from_slice(bytes);
     }
 
-    /// How many more bytes would let [`BodyReader::next`] make progress, at least (a read
-    /// size hint; bounded by one frame).
+    /// Room for `n` bytes of input, to read into; then [`BodyReader::commit`] how many came.
+    pub(crate) fn spare(&mut self, n: usize) -> &mut [u8] {
+        self.compact();
+        let len = self.input.len();
+        self.input.resize(len + n, 0);
+        self.spare_from = len;
+        &mut self.input[len..]
+    }
+
+    /// `n` bytes were read into the last [`BodyReader::spare`].
+    pub(crate) fn commit(&mut self, n: usize) {
+        let keep = (self.spare_from + n).min(self.input.len());
+        self.input.truncate(keep);
+    }
+
+    /// How many bytes to read next: the rest of the next frame when its size is known (so a
+    /// read ends where a frame does, and nothing is moved), else a frame's worth.
     pub(crate) fn wants(&self) -> usize {
-        (self.frame_length + 64).clamp(4096, 1 << 20)
+        let available = &self.input[self.start..];
+        let frame_total = 4 + IV_LEN + self.frame_length + TAG_LEN;
+        let need = match (self.state, self.content_type) {
+            (State::Done, _) => 1,
+            (State::Footer, _) => match available {
+                [a, b, ..] => 2 + usize::from(u16::from_be_bytes([*a, *b])),
+                _ => 2 + 132,
+            },
+            (State::Body, ContentType::NonFramed) => match available.get(IV_LEN..IV_LEN + 8) {
+                Some(l) => IV_LEN + 8 + u64::from_be_bytes(l.try_into().unwrap_or([0; 8])) as usize + TAG_LEN,
+                None => IV_LEN + 8,
+            },
+            (State::Body, ContentType::Framed) => match available.get(..4) {
+                Some(m) if m == FINAL_FRAME_MARK.to_be_bytes() => match available.get(20..24) {
+                    Some(l) => 24 + u32::from_be_bytes(l.try_into().unwrap_or([0; 4])) as usize + TAG_LEN,
+                    None => 24,
+                },
+                _ => frame_total,
+            },
+        };
+        // At least 64 KiB (small frames: fewer reads), at most a frame or 1 MiB (a length
+        // field read before it is checked allocates nothing large).
+        need.saturating_sub(available.len())
+            .max(64 * 1024)
+            .min(frame_total.max(1 << 20))
     }
 
     /// Parses the next unit from the input. `Ok(None)`: more input is needed; `eof` says there
@@ -248,11 +356,27 @@ impl BodyReader {
         }
     }
 
-    fn consumed(&mut self, n: usize) {
+    /// Consumes `n` bytes (after hashing them for the signature) whose `content` range
+    /// (relative to the unit) is ciphertext to open in place with `iv`, `aad`, `tag`.
+    fn open_unit(
+        &mut self,
+        n: usize,
+        content: Range<usize>,
+        iv: &[u8; IV_LEN],
+        aad: &[u8],
+        tag: &[u8; TAG_LEN],
+        sequence: u32,
+    ) -> Result<Range<usize>, Step> {
+        let base = self.start;
         if let Some((_, t)) = &mut self.verifier {
-            t.update(&self.input[self.start..self.start + n]);
+            t.update(&self.input[base..base + n]);
+        }
+        let range = base + content.start..base + content.end;
+        if !self.key.open(iv, aad, &mut self.input[range.clone()], tag) {
+            return Err(Step::Failed(Error::FrameAuthentication { sequence }));
         }
         self.start += n;
+        Ok(range)
     }
 
     fn frame(&mut self) -> Result<Unit, Step> {
@@ -283,15 +407,13 @@ impl BodyReader {
         } else {
             self.frame_length
         };
-        let mut plaintext = Zeroizing::new(c.take(len)?.to_vec());
+        let at = c.position();
+        c.take(len)?;
         let tag = c.array::<TAG_LEN>()?;
+        let n = c.position();
         let part = if last { BodyPart::FinalFrame } else { BodyPart::Frame };
         let aad = crypto::frame_aad(&self.message_id, part, sequence, len as u64);
-        if !self.key.open(&iv, &aad, &mut plaintext, &tag) {
-            return Err(Step::Failed(Error::FrameAuthentication { sequence }));
-        }
-        let n = c.position();
-        self.consumed(n);
+        let range = self.open_unit(n, at..at + len, &iv, &aad, &tag, sequence)?;
         if last {
             self.state = self.after_body();
         } else if sequence == FINAL_FRAME_MARK - 1 {
@@ -301,7 +423,7 @@ impl BodyReader {
         } else {
             self.next_sequence += 1;
         }
-        Ok(Unit::Plaintext { plaintext, last })
+        Ok(Unit::Plaintext { range, last })
     }
 
     fn single_block(&mut self) -> Result<Unit, Step> {
@@ -315,16 +437,14 @@ impl BodyReader {
                 self.max_non_framed_len
             ))));
         }
-        let mut plaintext = Zeroizing::new(c.take(len as usize)?.to_vec());
+        let at = c.position();
+        c.take(len as usize)?;
         let tag = c.array::<TAG_LEN>()?;
-        let aad = crypto::frame_aad(&self.message_id, BodyPart::SingleBlock, 1, len);
-        if !self.key.open(&iv, &aad, &mut plaintext, &tag) {
-            return Err(Step::Failed(Error::FrameAuthentication { sequence: 1 }));
-        }
         let n = c.position();
-        self.consumed(n);
+        let aad = crypto::frame_aad(&self.message_id, BodyPart::SingleBlock, 1, len);
+        let range = self.open_unit(n, at..at + len as usize, &iv, &aad, &tag, 1)?;
         self.state = self.after_body();
-        Ok(Unit::Plaintext { plaintext, last: true })
+        Ok(Unit::Plaintext { range, last: true })
     }
 
     fn after_body(&self) -> State {

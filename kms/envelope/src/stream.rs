@@ -9,9 +9,6 @@ use crate::error::Error;
 use crate::header::{Header, Limits};
 use crate::message::{BodyReader, Sealer, Unit};
 
-/// How much is read from the source at a time.
-const READ_CHUNK: usize = 64 * 1024;
-
 /// Reads a header from `r`: the header and the bytes read past it.
 pub(crate) fn read_header<R: Read>(r: &mut R, limits: &Limits) -> Result<(Header, Vec<u8>), Error> {
     let mut buf = Vec::new();
@@ -36,61 +33,86 @@ pub(crate) fn read_header<R: Read>(r: &mut R, limits: &Limits) -> Result<(Header
     }
 }
 
-/// The writer's core: plaintext in, message bytes out.
+/// The writer's core: plaintext in, message bytes out (the header, each sealed frame from the
+/// sealer's own buffer, the footer).
 pub(crate) struct SealOut {
-    sealer: Option<Sealer>,
-    /// Message bytes not written yet, from `pos`.
-    pub(crate) out: Vec<u8>,
-    pub(crate) pos: usize,
+    sealer: Sealer,
+    /// The message header, until written.
+    head: Vec<u8>,
+    head_pos: usize,
+    /// The footer, once the message is finished.
+    tail: Vec<u8>,
+    tail_pos: usize,
+    finished: bool,
     remaining: Option<u64>,
 }
 
 impl SealOut {
     pub(crate) fn new(sealer: Sealer, header: Vec<u8>, plaintext_len: Option<u64>) -> Self {
         Self {
-            sealer: Some(sealer),
-            out: header,
-            pos: 0,
+            sealer,
+            head: header,
+            head_pos: 0,
+            tail: Vec::new(),
+            tail_pos: 0,
+            finished: false,
             remaining: plaintext_len,
         }
     }
 
+    /// Bytes to write now (empty: nothing waits).
     pub(crate) fn pending(&self) -> &[u8] {
-        &self.out[self.pos..]
+        if self.head_pos < self.head.len() {
+            &self.head[self.head_pos..]
+        } else if !self.sealer.pending().is_empty() {
+            self.sealer.pending()
+        } else {
+            &self.tail[self.tail_pos..]
+        }
     }
 
     pub(crate) fn written(&mut self, n: usize) {
-        self.pos += n;
-        if self.pos == self.out.len() {
-            self.out.clear();
-            self.pos = 0;
+        if self.head_pos < self.head.len() {
+            self.head_pos += n;
+        } else if !self.sealer.pending().is_empty() {
+            self.sealer.written(n);
+        } else {
+            self.tail_pos += n;
         }
     }
 
-    pub(crate) fn push(&mut self, data: &[u8]) -> Result<(), Error> {
-        let sealer = self
-            .sealer
-            .as_mut()
-            .ok_or_else(|| Error::InvalidArgument("the message is finished".into()))?;
+    /// Takes plaintext once nothing is pending; returns how much (0 when a frame was sealed
+    /// and waits: write [`SealOut::pending`] and push again).
+    pub(crate) fn push(&mut self, data: &[u8]) -> Result<usize, Error> {
+        if self.finished {
+            return Err(Error::InvalidArgument("the message is finished".into()));
+        }
+        if !self.pending().is_empty() {
+            return Ok(0);
+        }
+        let n = self.sealer.push(data)?;
         if let Some(r) = &mut self.remaining {
-            *r = r.checked_sub(data.len() as u64).ok_or_else(|| {
+            *r = r.checked_sub(n as u64).ok_or_else(|| {
                 Error::InvalidArgument("more plaintext than the length given when the message was started".into())
             })?;
         }
-        sealer.push(data, &mut self.out)
+        Ok(n)
     }
 
-    /// Ends the message (once); later calls do nothing.
+    /// Ends the message (once; later calls do nothing): the final frame and footer become
+    /// pending. Call when nothing is pending.
     pub(crate) fn finish(&mut self) -> Result<(), Error> {
-        let Some(sealer) = self.sealer.take() else {
+        if self.finished {
             return Ok(());
-        };
+        }
         if let Some(r) = self.remaining.filter(|r| *r != 0) {
             return Err(Error::InvalidArgument(format!(
                 "{r} bytes fewer plaintext than the length given when the message was started"
             )));
         }
-        sealer.finish(&mut self.out)
+        self.tail = self.sealer.finish()?;
+        self.finished = true;
+        Ok(())
     }
 }
 
@@ -111,14 +133,20 @@ impl<W: Write> EncryptingWriter<W> {
     }
 
     fn drain(&mut self) -> io::Result<()> {
-        self.inner.write_all(self.core.pending())?;
-        let n = self.core.pending().len();
-        self.core.written(n);
-        Ok(())
+        loop {
+            let pending = self.core.pending();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            self.inner.write_all(pending)?;
+            let n = pending.len();
+            self.core.written(n);
+        }
     }
 
     /// Writes the final frame and the signature, flushes, and gives the inner writer back.
     pub fn finish(mut self) -> Result<W, Error> {
+        self.drain()?;
         self.core.finish()?;
         self.drain()?;
         self.inner.flush()?;
@@ -128,9 +156,13 @@ impl<W: Write> EncryptingWriter<W> {
 
 impl<W: Write> Write for EncryptingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.core.push(buf).map_err(Error::into_io)?;
-        self.drain()?;
-        Ok(buf.len())
+        loop {
+            self.drain()?;
+            let n = self.core.push(buf).map_err(Error::into_io)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+        }
     }
 
     /// Writes the frames completed so far (a frame is complete only when the next byte is
@@ -149,11 +181,20 @@ pub(crate) enum Progress {
     NeedInput,
 }
 
+/// Plaintext ready to be read.
+enum Ready {
+    None,
+    /// In the body reader's buffer.
+    Body(std::ops::Range<usize>),
+    /// The final frame, held until the end verified.
+    Held(Zeroizing<Vec<u8>>),
+}
+
 /// The reader's core: message bytes in, authenticated plaintext out, the final frame held
 /// until the end verifies.
 pub(crate) struct PlainOut {
     body: BodyReader,
-    ready: Zeroizing<Vec<u8>>,
+    ready: Ready,
     pos: usize,
     held: Option<Zeroizing<Vec<u8>>>,
     eof: bool,
@@ -166,7 +207,7 @@ impl PlainOut {
     pub(crate) fn new(body: BodyReader, allow_unverified_signed: bool) -> Self {
         Self {
             body,
-            ready: Zeroizing::new(Vec::new()),
+            ready: Ready::None,
             pos: 0,
             held: None,
             eof: false,
@@ -176,62 +217,104 @@ impl PlainOut {
         }
     }
 
-    /// Input read from the source; empty at its end.
-    pub(crate) fn input(&mut self, bytes: &[u8]) {
-        if bytes.is_empty() {
+    /// Room to read input into (see [`BodyReader::spare`]); then [`PlainOut::commit`].
+    pub(crate) fn spare(&mut self) -> &mut [u8] {
+        let n = self.body.wants();
+        self.body.spare(n)
+    }
+
+    /// `n` bytes were read into [`PlainOut::spare`]; 0 at the end of the source.
+    pub(crate) fn commit(&mut self, n: usize) {
+        self.body.commit(n);
+        if n == 0 {
             self.eof = true;
-        } else {
-            self.body.feed(bytes);
         }
     }
 
-    pub(crate) fn read_size(&self) -> usize {
-        self.body.wants().min(READ_CHUNK)
+    /// The read into [`PlainOut::spare`] failed: nothing came.
+    pub(crate) fn cancel(&mut self) {
+        self.body.commit(0);
     }
 
     fn fail(&mut self, e: Error) -> io::Error {
         self.failed = Some(e.to_string());
-        self.ready.clear();
+        self.ready = Ready::None;
         self.held = None;
         e.into_io()
     }
 
-    pub(crate) fn step(&mut self, buf: &mut [u8]) -> io::Result<Progress> {
+    /// Unread plaintext (empty when [`PlainOut::advance`] did not say `Ready`).
+    pub(crate) fn ready(&self) -> &[u8] {
+        let all: &[u8] = match &self.ready {
+            Ready::None => &[],
+            Ready::Body(r) => self.body.plaintext(r.clone()),
+            Ready::Held(v) => v,
+        };
+        all.get(self.pos..).unwrap_or_default()
+    }
+
+    /// `n` bytes of [`PlainOut::ready`] were used.
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.pos += n;
+    }
+
+    /// Makes plaintext ready if it can.
+    pub(crate) fn advance(&mut self) -> io::Result<Avail> {
         loop {
-            if self.pos < self.ready.len() {
-                let n = (self.ready.len() - self.pos).min(buf.len());
-                buf[..n].copy_from_slice(&self.ready[self.pos..self.pos + n]);
-                self.pos += n;
-                return Ok(Progress::Read(n));
+            if !self.ready().is_empty() {
+                return Ok(Avail::Ready);
             }
+            self.ready = Ready::None;
+            self.pos = 0;
             if let Some(reason) = &self.failed {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, reason.clone()));
             }
             if self.ended {
                 match self.held.take() {
                     Some(last) => {
-                        self.ready = last;
-                        self.pos = 0;
+                        self.ready = Ready::Held(last);
                         continue;
                     }
-                    None => return Ok(Progress::Read(0)),
+                    None => return Ok(Avail::End),
                 }
             }
             match self.body.next(self.eof) {
                 Err(e) => return Err(self.fail(e)),
-                Ok(None) => return Ok(Progress::NeedInput),
+                Ok(None) => return Ok(Avail::NeedInput),
                 Ok(Some(Unit::End)) => self.ended = true,
-                Ok(Some(Unit::Plaintext { plaintext, last: true })) => self.held = Some(plaintext),
-                Ok(Some(Unit::Plaintext { plaintext, last: false })) => {
+                Ok(Some(Unit::Plaintext { range, last: true })) => {
+                    self.held = Some(Zeroizing::new(self.body.plaintext(range).to_vec()));
+                }
+                Ok(Some(Unit::Plaintext { range, last: false })) => {
                     if self.body.is_signed() && !self.allow_unverified_signed {
                         return Err(self.fail(Error::SignedStreaming));
                     }
-                    self.ready = plaintext;
-                    self.pos = 0;
+                    self.ready = Ready::Body(range);
                 }
             }
         }
     }
+
+    pub(crate) fn step(&mut self, buf: &mut [u8]) -> io::Result<Progress> {
+        match self.advance()? {
+            Avail::End => Ok(Progress::Read(0)),
+            Avail::NeedInput => Ok(Progress::NeedInput),
+            Avail::Ready => {
+                let ready = self.ready();
+                let n = ready.len().min(buf.len());
+                buf[..n].copy_from_slice(&ready[..n]);
+                self.pos += n;
+                Ok(Progress::Read(n))
+            }
+        }
+    }
+}
+
+/// Whether plaintext is ready.
+pub(crate) enum Avail {
+    Ready,
+    NeedInput,
+    End,
 }
 
 /// Decrypts a message read from the inner reader. End-of-file (`Ok(0)`) comes only after the
@@ -241,7 +324,6 @@ pub struct DecryptingReader<R: Read> {
     inner: R,
     header: Header,
     core: PlainOut,
-    chunk: Vec<u8>,
 }
 
 impl<R: Read> DecryptingReader<R> {
@@ -250,7 +332,6 @@ impl<R: Read> DecryptingReader<R> {
             inner,
             header,
             core: PlainOut::new(body, allow_unverified_signed),
-            chunk: Vec::new(),
         }
     }
 
@@ -260,20 +341,51 @@ impl<R: Read> DecryptingReader<R> {
     }
 }
 
+impl<R: Read> DecryptingReader<R> {
+    /// Reads from the source into the body buffer.
+    fn fill(&mut self) -> io::Result<()> {
+        loop {
+            let spare = self.core.spare();
+            match self.inner.read(spare) {
+                Ok(n) => {
+                    self.core.commit(n);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.core.cancel();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Plaintext without a copy: `fill_buf` lends the decrypted frame itself (the final frame only
+/// once the end verified).
+impl<R: Read> io::BufRead for DecryptingReader<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        loop {
+            match self.core.advance()? {
+                Avail::Ready => return Ok(self.core.ready()),
+                Avail::End => return Ok(&[]),
+                Avail::NeedInput => self.fill()?,
+            }
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.core.consume(n);
+    }
+}
+
 impl<R: Read> Read for DecryptingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.core.step(buf)? {
                 Progress::Read(n) => return Ok(n),
-                Progress::NeedInput => {
-                    self.chunk.resize(self.core.read_size(), 0);
-                    let n = match self.inner.read(&mut self.chunk) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e),
-                    };
-                    self.core.input(&self.chunk[..n]);
-                }
+                Progress::NeedInput => self.fill()?,
             }
         }
     }
