@@ -271,7 +271,7 @@ fn main() {
     println!(
         "peak RSS streaming through files (0x0478): {} MiB for a {} MiB message, {} MiB for {} MiB",
         small / 1024,
-        bytes / 16 >> 20,
+        (bytes / 16) >> 20,
         large / 1024,
         bytes >> 20
     );
