@@ -166,9 +166,71 @@ pub fn x509_ek_cert(data: &[u8]) {
 }
 
 /// The targets by name.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, fn(&[u8])); 5] = [
     ("snp_report", snp_report),
     ("tpm_quote", tpm_quote),
     ("tpm_public", tpm_public),
     ("x509_ek_cert", x509_ek_cert),
+    ("envelope_message", envelope_message),
 ];
+
+/// The wrapping key of the envelope target's messages.
+const ENVELOPE_KEY: [u8; 32] = [0x11; 32];
+
+fn envelope(policy: kms_envelope::CommitmentPolicy) -> kms_envelope::Envelope {
+    let keyring = kms_envelope::RawAesKeyring::new("fuzz", "k", &ENVELOPE_KEY).expect("key");
+    kms_envelope::Envelope::new(keyring).with_commitment_policy(policy)
+}
+
+/// Runs a future that never waits (the raw AES keyring answers at once).
+fn now<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("a raw AES keyring future waited"),
+    }
+}
+
+/// Arbitrary bytes as an envelope message: the header parser, then a whole decryption (header
+/// authentication, frames, footer) under the key the seeds were written with, in one piece and
+/// streamed, reading legacy suites too. A mutated message must never decrypt to anything but
+/// the seed's plaintext, and nothing may panic.
+pub fn envelope_message(data: &[u8]) {
+    use std::io::Read as _;
+    let _ = kms_envelope::parse_header(data, &kms_envelope::Limits::default());
+    let env = envelope(kms_envelope::CommitmentPolicy::RequireEncryptAllowDecrypt);
+    let ctx = kms_envelope::EncryptionContext::new();
+    if let Ok(d) = now(env.decrypt(data, &ctx)) {
+        assert!(d.plaintext.expose_secret().starts_with(b"fuzz seed"), "a forged message decrypted");
+    }
+    let streaming = env.danger_stream_unverified_signed_frames();
+    if let Ok(mut r) = now(streaming.decrypting_reader(data, &ctx)) {
+        let mut out = Vec::new();
+        let _ = r.read_to_end(&mut out);
+    }
+}
+
+/// Seeds made at run time (the envelope target's messages: both suites, several frame sizes).
+pub fn generated_seeds(target: &str) -> Vec<Vec<u8>> {
+    if target != "envelope_message" {
+        return Vec::new();
+    }
+    let mut seeds = Vec::new();
+    for suite in [
+        kms_envelope::Suite::Aes256GcmHkdfSha512CommitKey,
+        kms_envelope::Suite::Aes256GcmHkdfSha512CommitKeyEcdsaP384,
+    ] {
+        for (frame, len) in [(16u32, 0usize), (16, 40), (128, 300), (4096, 5000)] {
+            let env = envelope(kms_envelope::CommitmentPolicy::default())
+                .with_suite(suite)
+                .expect("suite")
+                .with_frame_length(frame)
+                .expect("frame");
+            let mut plaintext = b"fuzz seed".to_vec();
+            plaintext.resize(len.max(9), 0x5a);
+            let ctx = kms_envelope::EncryptionContext::new().with("fuzz", "seed");
+            seeds.push(now(env.encrypt(&plaintext, &ctx)).expect("seed"));
+        }
+    }
+    seeds
+}

@@ -78,6 +78,7 @@ fn main() {
                 }
             }
         }
+        seeds.extend(attestation_fuzz::generated_seeds(name));
         let start = Instant::now();
         let mut execs = 0u64;
         let mut crashes = 0u64;
