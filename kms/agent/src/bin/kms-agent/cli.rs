@@ -15,8 +15,9 @@ Exit codes:
      data key sent in plaintext)
   2  usage error (bad arguments)
   3  cannot reach the server (connection, TLS handshake, timeout)
-  4  a local problem: a file missing, unreadable, malformed or in the way; the TPM or the
-     SEV-SNP device missing or failing
+  4  a local problem: a file missing, unreadable, malformed or in the way (an envelope message
+     that does not verify: no plaintext file is written); the TPM or the SEV-SNP device
+     missing or failing
 
 With --output json, stdout carries one JSON document, also on failure
 ({\"ok\": false, \"error\": {...}}); messages for humans go to stderr.
