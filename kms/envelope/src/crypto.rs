@@ -339,12 +339,12 @@ mod tests {
     use super::*;
 
     /// The Python ESDK's commitment vectors: data key, message id, and the content key and
-    /// commitment a correct derivation gives (`../shared/fixtures/esdk/commitment-test-vectors.json`).
+    /// commitment a correct derivation gives (`test_data/esdk/commitment-test-vectors.json`).
     #[test]
     fn commitment_vectors() {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/fixtures/esdk/commitment-test-vectors.json"
+            "/test_data/esdk/commitment-test-vectors.json"
         );
         let text =
             std::fs::read_to_string(path).unwrap_or_else(|e| panic!("the ESDK commitment vectors at {path}: {e}"));

@@ -1,4 +1,4 @@
-//! The official ESDK test vectors (../shared/fixtures/esdk, read as they are): every raw
+//! The official ESDK test vectors (test_data/esdk, copied unchanged from shared/fixtures/esdk): every raw
 //! AES-keyring case of the decrypt manifests, and the Python ESDK's commitment vectors.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,7 +14,7 @@ use kms_envelope::{
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/esdk")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test_data/esdk")
 }
 
 /// The files of one vector archive, by path.
