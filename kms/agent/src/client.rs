@@ -148,6 +148,8 @@ pub struct Client {
 struct Nodes {
     verifier: NodeVerifier,
     verified: Mutex<Vec<VerifiedNode>>,
+    /// Unique in this process for a connection and its clones (which share its TLS identity).
+    instance: u64,
 }
 
 /// How often an identity is asked for before giving up on reaching the node that signed an
@@ -218,6 +220,10 @@ impl Client {
             nodes: Arc::new(Nodes {
                 verifier,
                 verified: Mutex::new(Vec::new()),
+                instance: {
+                    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                },
             }),
         }
     }
@@ -264,6 +270,12 @@ impl Client {
             }
         }
         Err(NodeError::UnknownNode(kms_node::node_id(public_key)).into())
+    }
+
+    /// Tells connections apart in this process (clones share it): what a data-key cache keys
+    /// kmsd releases by, as connections may present different client identities.
+    pub(crate) fn instance(&self) -> u64 {
+        self.nodes.instance
     }
 
     /// The endpoint, for messages.

@@ -85,6 +85,19 @@ impl KmsdKeyring {
         &self.key
     }
 
+    /// Drops a session kmsd no longer accepts (a token signed by a retired token key, after a
+    /// restart), so the next call attests again. Whether it did.
+    async fn forget_session(&self, e: &Error) -> bool {
+        let token_refused = e.reason().is_some_and(|r| r.starts_with("token_"));
+        match &self.release {
+            Release::Attested { session, .. } if token_refused => {
+                *session.lock().await = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
     async fn session(&self) -> Result<Option<Arc<Session>>, Error> {
         match &self.release {
             Release::InsecurePlaintext => Ok(None),
@@ -102,6 +115,29 @@ impl KmsdKeyring {
                 *held = Some(s.clone());
                 Ok(Some(s))
             }
+        }
+    }
+
+    /// Generates a data key, attesting again once if kmsd refused the session's token.
+    async fn generate_retrying(
+        &self,
+        context: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(DataKey, EncryptedDataKey), Error> {
+        match self.generate_key(context).await {
+            Err(e) if self.forget_session(&e).await => self.generate_key(context).await,
+            other => other,
+        }
+    }
+
+    /// Opens a blob, attesting again once if kmsd refused the session's token.
+    async fn unwrap_retrying(
+        &self,
+        edk: &EncryptedDataKey,
+        context: &std::collections::BTreeMap<String, String>,
+    ) -> Result<DataKey, Error> {
+        match self.unwrap_key(edk, context).await {
+            Err(e) if self.forget_session(&e).await => self.unwrap_key(edk, context).await,
+            other => other,
         }
     }
 
@@ -232,6 +268,16 @@ impl Keyring for KmsdKeyring {
         format!("kmsd {} {}", self.client.target(), self.key)
     }
 
+    /// The endpoint and key, the connection (its client identity) and the release mode: a
+    /// release cached for one principal or mode never serves another.
+    fn cache_identity(&self) -> Vec<u8> {
+        let mode = match self.release {
+            Release::Attested { .. } | Release::Session(_) => "attested",
+            Release::InsecurePlaintext => "plaintext",
+        };
+        format!("{}\0{mode}\0{}", self.name(), self.client.instance()).into_bytes()
+    }
+
     fn generate<'a>(
         &'a self,
         request: KeyringRequest<'a>,
@@ -247,7 +293,7 @@ impl Keyring for KmsdKeyring {
                     ),
                 ));
             }
-            self.generate_key(request.context.pairs())
+            self.generate_retrying(request.context.pairs())
                 .await
                 .map_err(|e| keyring_error(self, e))
         })
@@ -282,7 +328,7 @@ impl Keyring for KmsdKeyring {
     ) -> BoxFuture<'a, Result<DataKey, kms_envelope::Error>> {
         Box::pin(async move {
             let key = self
-                .unwrap_key(edk, request.context.pairs())
+                .unwrap_retrying(edk, request.context.pairs())
                 .await
                 .map_err(|e| keyring_error(self, e))?;
             match key.expose_secret().len() {

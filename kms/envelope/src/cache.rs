@@ -2,7 +2,8 @@
 //! within limits on its age, the messages and the bytes it protects.
 //!
 //! An entry's id is a SHA-512 over everything that defines it: encrypt or decrypt, the suite,
-//! the commitment policy, the keyrings (their names name their wrapping keys), and the
+//! the commitment policy, the keyrings (their cache identities: name, and what tells their wrapping keys or client
+//! identities apart), and the
 //! encryption context (for decryption also every wrapped key of the header). So a key cached
 //! for one commitment policy, context or key set is never used for another (the ESDK's
 //! CVE-2026-6550 was a cache shared across commitment policies).
@@ -188,7 +189,7 @@ fn insert<T>(
 pub(crate) struct CacheId(digest::Context);
 
 impl CacheId {
-    pub(crate) fn new(kind: &str, suite: Suite, policy: CommitmentPolicy, keyrings: &[String]) -> Self {
+    pub(crate) fn new(kind: &str, suite: Suite, policy: CommitmentPolicy, keyrings: &[Vec<u8>]) -> Self {
         let mut id = Self(digest::Context::new(&digest::SHA512));
         id.0.update(b"kms-envelope-cache-v1\0");
         id.field(kind.as_bytes());
@@ -196,7 +197,7 @@ impl CacheId {
         id.field(&[policy.cache_tag()]);
         id.field(&(keyrings.len() as u64).to_be_bytes());
         for k in keyrings {
-            id.field(k.as_bytes());
+            id.field(k);
         }
         id
     }

@@ -164,6 +164,10 @@ impl Envelope {
         self.keyrings.iter().map(|k| k.name()).collect()
     }
 
+    fn cache_identities(&self) -> Vec<Vec<u8>> {
+        self.keyrings.iter().map(|k| k.cache_identity()).collect()
+    }
+
     /// Encrypts `plaintext` in one message bound to `context`.
     pub async fn encrypt(&self, plaintext: &[u8], context: &EncryptionContext) -> Result<Vec<u8>, Error> {
         let (sealer, header) = self.start(context, Some(plaintext.len() as u64)).await?;
@@ -256,7 +260,7 @@ impl Envelope {
         context.check_caller_keys()?;
         let cache = self.cache.as_ref().zip(plaintext_len);
         let id = cache.map(|_| {
-            let mut id = CacheId::new("encrypt", self.suite, self.policy, &self.keyring_names());
+            let mut id = CacheId::new("encrypt", self.suite, self.policy, &self.cache_identities());
             id.context(context);
             id.finish()
         });
@@ -333,10 +337,11 @@ impl Envelope {
         if !self.policy.allows_decrypt(header.suite) {
             return Err(Error::NonCommittingSuite(header.suite));
         }
+        message::check_public_key(header)?;
         let only = message::authenticated_only(header, expected)?;
         let full = message::full_context(header, &only);
         let id = self.cache.as_ref().map(|_| {
-            let mut id = CacheId::new("decrypt", header.suite, self.policy, &self.keyring_names());
+            let mut id = CacheId::new("decrypt", header.suite, self.policy, &self.cache_identities());
             id.context(&full);
             id.field(&(header.edks.len() as u64).to_be_bytes());
             for e in &header.edks {
@@ -406,6 +411,7 @@ pub fn danger_open_with_data_key(
     if !policy.allows_decrypt(header.suite) {
         return Err(Error::NonCommittingSuite(header.suite));
     }
+    message::check_public_key(&header)?;
     let only = message::authenticated_only(&header, expected)?;
     let key = message::open_header(&header, &DataKey::new(data_key), &only)?;
     let mut body = BodyReader::new(&header, key, &limits)?;

@@ -36,6 +36,13 @@ pub trait Keyring: Send + Sync {
     /// under the same key.
     fn name(&self) -> String;
 
+    /// What the data-key cache keys this keyring's entries by: must differ between keyrings
+    /// whose wrapped keys or releases differ (another wrapping key under the same name, another
+    /// client identity or release mode). By default the name.
+    fn cache_identity(&self) -> Vec<u8> {
+        self.name().into_bytes()
+    }
+
     /// A new data key and its wrap under this keyring. By default a random key, wrapped with
     /// [`Keyring::wrap`]; kmsd makes the key itself (GenerateDataKey).
     fn generate<'a>(
@@ -85,11 +92,15 @@ pub struct RawAesKeyring {
     namespace: String,
     name: String,
     key: ContentKey,
+    /// HMAC-SHA-256 of a fixed label under the wrapping key: tells keys apart in cache ids
+    /// without revealing them.
+    key_tag: [u8; 32],
 }
 
 impl RawAesKeyring {
     /// A keyring over a 16-, 24- or 32-byte wrapping key (zeroize your copy).
     pub fn new(namespace: impl Into<String>, name: impl Into<String>, key: &[u8]) -> Result<Self, Error> {
+        let key_bytes = key;
         let key = ContentKey::from_slice(key)
             .map_err(|_| Error::InvalidArgument(format!("a raw AES key is 16, 24 or 32 bytes, not {}", key.len())))?;
         let namespace = namespace.into();
@@ -98,10 +109,17 @@ impl RawAesKeyring {
                 "a raw AES key's namespace may not start with \"aws-kms\" (reserved for AWS KMS)".into(),
             ));
         }
+        let tag = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key_bytes),
+            b"kms-envelope raw AES keyring cache identity",
+        );
+        let mut key_tag = [0u8; 32];
+        key_tag.copy_from_slice(tag.as_ref());
         Ok(Self {
             namespace,
             name: name.into(),
             key,
+            key_tag,
         })
     }
 
@@ -113,6 +131,13 @@ impl RawAesKeyring {
 impl Keyring for RawAesKeyring {
     fn name(&self) -> String {
         format!("raw-aes {}/{}", self.namespace, self.name)
+    }
+
+    fn cache_identity(&self) -> Vec<u8> {
+        let mut id = self.name().into_bytes();
+        id.push(0);
+        id.extend_from_slice(&self.key_tag);
+        id
     }
 
     fn wrap<'a>(

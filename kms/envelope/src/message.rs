@@ -270,15 +270,28 @@ impl BodyReader {
         }
     }
 
+    /// Room for `additional` more bytes. The buffer holds decrypted plaintext, so it never
+    /// reallocates in place: a larger one is made and the old one zeroized as it drops.
+    fn grow(&mut self, additional: usize) {
+        let needed = self.input.len().saturating_add(additional);
+        if needed > self.input.capacity() {
+            let mut bigger = Zeroizing::new(Vec::with_capacity(needed.max(self.input.capacity().saturating_mul(2))));
+            bigger.extend_from_slice(&self.input);
+            self.input = bigger;
+        }
+    }
+
     /// Appends input.
     pub(crate) fn feed(&mut self, bytes: &[u8]) {
         self.compact();
+        self.grow(bytes.len());
         self.input.extend_from_slice(bytes);
     }
 
     /// Room for `n` bytes of input, to read into; then [`BodyReader::commit`] how many came.
     pub(crate) fn spare(&mut self, n: usize) -> &mut [u8] {
         self.compact();
+        self.grow(n);
         let len = self.input.len();
         self.input.resize(len + n, 0);
         self.spare_from = len;
@@ -303,7 +316,9 @@ impl BodyReader {
                 _ => 2 + 132,
             },
             (State::Body, ContentType::NonFramed) => match available.get(IV_LEN..IV_LEN + 8) {
-                Some(l) => IV_LEN + 8 + u64::from_be_bytes(l.try_into().unwrap_or([0; 8])) as usize + TAG_LEN,
+                Some(l) => usize::try_from(u64::from_be_bytes(l.try_into().unwrap_or([0; 8])))
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(IV_LEN + 8 + TAG_LEN),
                 None => IV_LEN + 8,
             },
             (State::Body, ContentType::Framed) => match available.get(..4) {
@@ -499,6 +514,20 @@ pub(crate) fn authenticated_only(header: &Header, expected: &EncryptionContext) 
         }
     }
     Ok(only)
+}
+
+/// A signed suite's header must carry its verification key (and it must parse), an unsigned
+/// one none (ESDK default CMM): checked before any keyring is asked.
+pub(crate) fn check_public_key(header: &Header) -> Result<(), Error> {
+    let key = header.context.get(crate::context::PUBLIC_KEY_KEY);
+    match header.suite.signature() {
+        Some(alg) => Verifier::from_header(alg, key).map(|_| ()),
+        None if key.is_some() => Err(Error::Malformed(format!(
+            "the header of an unsigned suite ({}) carries aws-crypto-public-key",
+            header.suite
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The whole context a message's wrapped keys are bound to: stored pairs and authenticated-only

@@ -90,11 +90,14 @@ impl SealOut {
         if !self.pending().is_empty() {
             return Ok(0);
         }
+        if self.remaining.is_some_and(|r| data.len() as u64 > r) {
+            return Err(Error::InvalidArgument(
+                "more plaintext than the length given when the message was started".into(),
+            ));
+        }
         let n = self.sealer.push(data)?;
         if let Some(r) = &mut self.remaining {
-            *r = r.checked_sub(n as u64).ok_or_else(|| {
-                Error::InvalidArgument("more plaintext than the length given when the message was started".into())
-            })?;
+            *r -= n as u64;
         }
         Ok(n)
     }

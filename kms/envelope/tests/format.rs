@@ -534,3 +534,30 @@ async fn random_mutations_never_decrypt() {
         assert!(lenient.decrypt(&m, &EncryptionContext::new()).await.is_err());
     }
 }
+
+#[tokio::test]
+async fn an_unsigned_suite_carrying_a_signing_key_is_refused_before_any_keyring() {
+    let signed = envelope(Suite::Aes256GcmHkdfSha512CommitKeyEcdsaP384, 64);
+    let mut m = signed.encrypt(b"x", &ctx()).await.unwrap();
+    // The same header layout (both format 2) with the suite id of 0x0478.
+    m[1..3].copy_from_slice(&0x0478u16.to_be_bytes());
+    let (k, _, unwrapped) = Counting::new("a", 1);
+    let e = Envelope::new(k).decrypt(&m, &ctx()).await.err().unwrap();
+    assert!(e.to_string().contains("aws-crypto-public-key"), "{e}");
+    assert_eq!(unwrapped.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn the_cache_tells_wrapping_keys_of_the_same_name_apart() {
+    let cache = Arc::new(DataKeyCache::new(8, CacheLimits::default()));
+    let old = Envelope::new(raw("a", 1)).with_cache(cache.clone());
+    let new = Envelope::new(raw("a", 2)).with_cache(cache.clone());
+    old.encrypt(b"under the old key", &ctx()).await.unwrap();
+    let m = new.encrypt(b"under the new key", &ctx()).await.unwrap();
+    assert_eq!(cache.len().0, 2, "one entry per wrapping key");
+    let reader = Envelope::new(raw("a", 2));
+    assert_eq!(
+        reader.decrypt(&m, &ctx()).await.unwrap().plaintext.expose_secret(),
+        b"under the new key"
+    );
+}

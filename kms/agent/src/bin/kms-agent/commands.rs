@@ -284,7 +284,9 @@ async fn encrypt(c: &Connection, p: &Printer, a: &EncryptArgs) -> Result<(), Err
     let context: EncryptionContext = context_map(&a.context).map_err(Error::usage)?.into();
     files::check_outputs(&[&a.out], a.force)?;
     let mut input = std::fs::File::open(&a.input).map_err(|e| Error::file("read", &a.input, e))?;
-    let len = input.metadata().map_err(|e| Error::file("read", &a.input, e))?.len();
+    let meta = input.metadata().map_err(|e| Error::file("read", &a.input, e))?;
+    // A length only for regular files (a pipe's is 0): it lets the cache count bytes.
+    let declared = meta.is_file().then_some(meta.len());
     let source = keyring_source(&a.evidence)?;
     let client = connect(c).await?;
     let envelope = Envelope::new(keyring(client, &a.key, source))
@@ -294,9 +296,9 @@ async fn encrypt(c: &Connection, p: &Printer, a: &EncryptArgs) -> Result<(), Err
     let mut out = files::Output::create(&a.out, false, a.force)?;
     let file = out.file().try_clone().map_err(|e| out.error("write", e))?;
     let mut writer = envelope
-        .encrypting_writer(std::io::BufWriter::with_capacity(1 << 20, file), &context, Some(len))
+        .encrypting_writer(std::io::BufWriter::with_capacity(1 << 20, file), &context, declared)
         .await?;
-    std::io::copy(&mut input, &mut writer)
+    let len = std::io::copy(&mut input, &mut writer)
         .map_err(|e| Error::local(format!("cannot encrypt {}: {e}", a.input.display())))?;
     writer.finish()?.flush().map_err(|e| out.error("write", e))?;
     out.publish()?;
@@ -353,12 +355,15 @@ async fn decrypt_message(
     let mut out = files::Output::create(out_path, true, a.force)?;
     let mut plain =
         std::io::BufWriter::with_capacity(1 << 20, out.file().try_clone().map_err(|e| out.error("write", e))?);
-    let bytes = std::io::copy(&mut reader, &mut plain).map_err(|e| match e.into_inner() {
-        Some(inner) => match inner.downcast::<kms_envelope::Error>() {
-            Ok(e) => Error::from(*e),
-            Err(other) => Error::local(format!("cannot decrypt {}: {other}", input.display())),
-        },
-        None => Error::local(format!("cannot read {}", input.display())),
+    let bytes = std::io::copy(&mut reader, &mut plain).map_err(|e| {
+        if e.get_ref().is_some_and(|inner| inner.is::<kms_envelope::Error>()) {
+            match e.into_inner().map(|inner| inner.downcast::<kms_envelope::Error>()) {
+                Some(Ok(envelope)) => Error::from(*envelope),
+                _ => Error::local(format!("cannot decrypt {}", input.display())),
+            }
+        } else {
+            Error::local(format!("cannot decrypt {}: {e}", input.display()))
+        }
     })?;
     plain.flush().map_err(|e| out.error("write", e))?;
     drop(plain);
