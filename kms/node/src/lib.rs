@@ -24,4 +24,4 @@ mod verify;
 pub use key::{node_id, verify_signature, NodeKey, NODE_KEY_LEN, NODE_SIGNATURE_LEN};
 pub use policy::{NodePolicy, PolicyError, TpmNodeTrust};
 pub use statement::{spki_sha256, NodeStatement};
-pub use verify::{snp_to_wire, tpm_from_wire, tpm_to_wire, NodeError, NodeVerifier, VerifiedNode};
+pub use verify::{identity, snp_to_wire, tpm_from_wire, tpm_to_wire, NodeError, NodeVerifier, VerifiedNode};

@@ -8,7 +8,7 @@ use kms_core::claims::ReleaseClaims;
 use kms_proto::v1 as pb;
 use prost::Message as _;
 
-use crate::key::{node_id, verify_signature, NODE_KEY_LEN};
+use crate::key::{node_id, verify_signature, NodeKey, NODE_KEY_LEN};
 use crate::policy::{NodePolicy, PolicyError};
 use crate::statement::NodeStatement;
 use crate::{claims, message};
@@ -56,6 +56,30 @@ impl NodeError {
             Self::Policy(_) => "node_policy_refused",
             Self::UnknownNode(_) => "node_unknown",
         }
+    }
+}
+
+/// The answer a node gives to GetNodeIdentity (what [`NodeVerifier::verify`] checks): its
+/// statement's fields, its evidence (or why it has none), and `status` signed over `nonce`.
+pub fn identity(
+    key: &NodeKey,
+    statement: &NodeStatement,
+    evidence: Option<pb::node_identity::Evidence>,
+    no_evidence_reason: &str,
+    nonce: &[u8],
+    status: &pb::SealStatus,
+) -> pb::NodeIdentity {
+    let status = status.encode_to_vec();
+    let signature = key.sign(&message::status(&statement.digest(), nonce, &status)).to_vec();
+    pb::NodeIdentity {
+        node_public_key: statement.node_public_key.to_vec(),
+        unseal_public_key: statement.unseal_public_key.clone(),
+        tls_spki_sha256: statement.tls_spki_sha256.to_vec(),
+        evidence,
+        status,
+        signature,
+        node_id: key.id(),
+        no_evidence_reason: no_evidence_reason.to_owned(),
     }
 }
 

@@ -9,7 +9,6 @@ use attestation::snp::{Product, Signer};
 use kms_core::policy::ReleasePolicy;
 use kms_node::{message, NodeError, NodeKey, NodePolicy, NodeStatement, NodeVerifier, TpmNodeTrust};
 use kms_proto::v1 as pb;
-use prost::Message as _;
 
 const NONCE: &[u8] = &[9; 32];
 
@@ -36,22 +35,8 @@ impl Node {
             unseal_public_key: unseal.to_vec(),
             deployment_id: "dep-1".into(),
             ..Default::default()
-        }
-        .encode_to_vec();
-        let signature = self
-            .key
-            .sign(&message::status(&self.statement.digest(), nonce, &status))
-            .to_vec();
-        pb::NodeIdentity {
-            node_public_key: self.statement.node_public_key.to_vec(),
-            unseal_public_key: self.statement.unseal_public_key.clone(),
-            tls_spki_sha256: self.statement.tls_spki_sha256.to_vec(),
-            evidence,
-            status,
-            signature,
-            node_id: self.key.id(),
-            no_evidence_reason: String::new(),
-        }
+        };
+        kms_node::identity(&self.key, &self.statement, evidence, "", nonce, &status)
     }
 }
 

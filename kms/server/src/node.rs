@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use kms_node::{message, NodeKey, NodeStatement};
 use kms_proto::v1 as pb;
-use prost::Message as _;
 
 /// Where the node's evidence comes from (`[node]` in the configuration).
 #[derive(Clone, Default)]
@@ -127,21 +126,14 @@ impl Node {
 
     /// The identity answer for `nonce`, with `status` signed.
     pub fn identity(&self, nonce: &[u8], status: &pb::SealStatus) -> pb::NodeIdentity {
-        let status = status.encode_to_vec();
-        let signature = self
-            .key
-            .sign(&message::status(&self.statement.digest(), nonce, &status))
-            .to_vec();
-        pb::NodeIdentity {
-            node_public_key: self.statement.node_public_key.to_vec(),
-            unseal_public_key: self.statement.unseal_public_key.clone(),
-            tls_spki_sha256: self.statement.tls_spki_sha256.to_vec(),
-            evidence: self.evidence.clone(),
+        kms_node::identity(
+            &self.key,
+            &self.statement,
+            self.evidence.clone(),
+            &self.no_evidence_reason,
+            nonce,
             status,
-            signature,
-            node_id: self.key.id(),
-            no_evidence_reason: self.no_evidence_reason.clone(),
-        }
+        )
     }
 
     /// Signs a sealed release (`info` and `blob` as sealed).
