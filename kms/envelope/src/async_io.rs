@@ -66,10 +66,8 @@ async fn read_header<R: AsyncRead + Unpin>(r: &mut R, limits: &Limits) -> Result
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 4096];
     loop {
-        match Header::parse(&buf, limits) {
-            Ok((header, used)) => return Ok((header, buf.split_off(used))),
-            Err(e) if Header::is_incomplete(&e) => {}
-            Err(e) => return Err(e),
+        if let Some(done) = crate::stream::header_done(&mut buf, limits)? {
+            return Ok(done);
         }
         let n = r.read(&mut chunk).await?;
         if n == 0 {

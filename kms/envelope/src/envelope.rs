@@ -176,30 +176,15 @@ impl Envelope {
         );
         let mut core = crate::stream::SealOut::new(sealer, header, Some(plaintext.len() as u64));
         let mut rest = plaintext;
-        loop {
-            let pending = core.pending();
-            if !pending.is_empty() {
-                out.extend_from_slice(pending);
-                let n = pending.len();
-                core.written(n);
-                continue;
-            }
-            if rest.is_empty() {
-                break;
-            }
+        while !rest.is_empty() {
+            core.drain_into(&mut out);
             let n = core.push(rest)?;
             rest = &rest[n..];
         }
+        core.drain_into(&mut out);
         core.finish()?;
-        loop {
-            let pending = core.pending();
-            if pending.is_empty() {
-                return Ok(out);
-            }
-            out.extend_from_slice(pending);
-            let n = pending.len();
-            core.written(n);
-        }
+        core.drain_into(&mut out);
+        Ok(out)
     }
 
     /// Decrypts a whole message. Every pair of `expected` must be in the message's context (or,
@@ -208,12 +193,7 @@ impl Envelope {
     pub async fn decrypt(&self, message: &[u8], expected: &EncryptionContext) -> Result<Decrypted, Error> {
         let (header, used) = Header::parse(message, &self.limits)?;
         let opened = self.open(&header, expected).await?;
-        let mut body = BodyReader::new(&header, opened.key, &self.limits)?;
-        body.feed(&message[used..]);
-        Ok(Decrypted {
-            plaintext: body.read_to_end()?,
-            header,
-        })
+        read_whole(header, opened.key, &self.limits, &message[used..])
     }
 
     /// Starts a streamed message to `inner` bound to `context`: write the plaintext, then call
@@ -334,11 +314,7 @@ impl Envelope {
     /// cache, then each wrapped key with each keyring that recognizes it), and verifies it
     /// against the header.
     pub(crate) async fn open(&self, header: &Header, expected: &EncryptionContext) -> Result<Opened, Error> {
-        if !self.policy.allows_decrypt(header.suite) {
-            return Err(Error::NonCommittingSuite(header.suite));
-        }
-        message::check_public_key(header)?;
-        let only = message::authenticated_only(header, expected)?;
+        let only = precheck(self.policy, header, expected)?;
         let full = message::full_context(header, &only);
         let id = self.cache.as_ref().map(|_| {
             let mut id = CacheId::new("decrypt", header.suite, self.policy, &self.cache_identities());
@@ -408,16 +384,31 @@ pub fn danger_open_with_data_key(
 ) -> Result<Decrypted, Error> {
     let limits = Limits::default();
     let (header, used) = Header::parse(message, &limits)?;
+    let only = precheck(policy, &header, expected)?;
+    let key = message::open_header(&header, &DataKey::new(data_key), &only)?;
+    read_whole(header, key, &limits, &message[used..])
+}
+
+/// What is checked before any keyring is asked: the commitment policy, the signing key, and
+/// the expected context against the stored one; gives the authenticated-only pairs.
+fn precheck(
+    policy: CommitmentPolicy,
+    header: &Header,
+    expected: &EncryptionContext,
+) -> Result<EncryptionContext, Error> {
     if !policy.allows_decrypt(header.suite) {
         return Err(Error::NonCommittingSuite(header.suite));
     }
-    message::check_public_key(&header)?;
-    let only = message::authenticated_only(&header, expected)?;
-    let key = message::open_header(&header, &DataKey::new(data_key), &only)?;
-    let mut body = BodyReader::new(&header, key, &limits)?;
-    body.feed(&message[used..]);
+    message::check_public_key(header)?;
+    message::authenticated_only(header, expected)
+}
+
+/// Decrypts a whole body held in memory; the plaintext only if everything verifies.
+fn read_whole(header: Header, key: ContentKey, limits: &Limits, body: &[u8]) -> Result<Decrypted, Error> {
+    let mut reader = BodyReader::new(&header, key, limits)?;
+    reader.feed(body);
     Ok(Decrypted {
-        plaintext: body.read_to_end()?,
+        plaintext: reader.read_to_end()?,
         header,
     })
 }

@@ -9,15 +9,23 @@ use crate::error::Error;
 use crate::header::{Header, Limits};
 use crate::message::{BodyReader, Sealer, Unit};
 
+/// The bytes of a header being read: the header and the bytes read past it once all of it is
+/// there (shared by the blocking and the async readers).
+pub(crate) fn header_done(buf: &mut Vec<u8>, limits: &Limits) -> Result<Option<(Header, Vec<u8>)>, Error> {
+    match Header::parse(buf, limits) {
+        Ok((header, used)) => Ok(Some((header, buf.split_off(used)))),
+        Err(e) if Header::is_incomplete(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Reads a header from `r`: the header and the bytes read past it.
 pub(crate) fn read_header<R: Read>(r: &mut R, limits: &Limits) -> Result<(Header, Vec<u8>), Error> {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 4096];
     loop {
-        match Header::parse(&buf, limits) {
-            Ok((header, used)) => return Ok((header, buf.split_off(used))),
-            Err(e) if Header::is_incomplete(&e) => {}
-            Err(e) => return Err(e),
+        if let Some(done) = header_done(&mut buf, limits)? {
+            return Ok(done);
         }
         let n = loop {
             match r.read(&mut chunk) {
@@ -68,6 +76,19 @@ impl SealOut {
             self.sealer.pending()
         } else {
             &self.tail[self.tail_pos..]
+        }
+    }
+
+    /// Appends everything pending to `out`.
+    pub(crate) fn drain_into(&mut self, out: &mut Vec<u8>) {
+        loop {
+            let pending = self.pending();
+            if pending.is_empty() {
+                return;
+            }
+            out.extend_from_slice(pending);
+            let n = pending.len();
+            self.written(n);
         }
     }
 
