@@ -102,6 +102,18 @@ impl NodeTpm {
     fn policy(&self) -> NodeTrust {
         NodeTrust::Policy(NodePolicy::parse(&self.policy_json()).unwrap())
     }
+
+    /// kmsd (SQLite) attested by this host TPM, trusting the workload TPM `tpm`'s EK CA.
+    async fn kmsd(&self, tpm: &Swtpm) -> Option<Ceremony> {
+        Ceremony::new(
+            Backend::Sqlite,
+            Options {
+                node: self.evidence(),
+                ..options(tpm)
+            },
+        )
+        .await
+    }
 }
 
 fn policy(ek_digest: &str, pcr7: &str) -> String {
@@ -246,15 +258,7 @@ async fn the_agent_trusts_only_an_attested_kmsd() {
 
     let tpm = booted_tpm();
     let node = NodeTpm::new();
-    let Some(c) = Ceremony::new(
-        Backend::Sqlite,
-        Options {
-            node: node.evidence(),
-            ..options(&tpm)
-        },
-    )
-    .await
-    else {
+    let Some(c) = node.kmsd(&tpm).await else {
         return;
     };
     let client = workload_at(&c, &c.server, node.policy()).await;
@@ -509,15 +513,7 @@ fn mode(path: &std::path::Path) -> u32 {
 async fn the_command_line_end_to_end() {
     let tpm = booted_tpm();
     let node = NodeTpm::new();
-    let Some(c) = Ceremony::new(
-        Backend::Sqlite,
-        Options {
-            node: node.evidence(),
-            ..options(&tpm)
-        },
-    )
-    .await
-    else {
+    let Some(c) = node.kmsd(&tpm).await else {
         return;
     };
     let (cert, key) = c.pki.client_files(APP, "app");
