@@ -12,6 +12,9 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kms_v1_descriptor");
 }
 
+pub mod reason;
+pub use reason::Reason;
+
 /// How `kmsd` refusals travel, for every client (kmsctl, kms-agent, tests) and the server alike.
 pub mod status {
     /// The response metadata key that carries the server's stable reason code (`kms-reason`).

@@ -25,6 +25,7 @@ use crate::config::{AttestationConfig, ConfigError};
 use crate::error::ApiError;
 use crate::seal::Seal;
 use crate::storage::{ChallengeUse, HardwareRow, HardwareStatus, Identity, KeyRow, Store, TokenKeyRow, TpmClockRow};
+use kms_proto::Reason;
 
 /// The key id under which token signing seeds are wrapped by the root key (the AAD binds it and
 /// the token key version). Generated key ids are random, so none is all zero.
@@ -101,23 +102,23 @@ fn ttl_ms(d: Duration) -> i64 {
 }
 
 /// The stable reason for an evidence refusal.
-pub fn refusal_reason(check: Check) -> &'static str {
+pub fn refusal_reason(check: Check) -> Reason {
     match check {
-        Check::Malformed => "evidence_malformed",
-        Check::CertificateChain => "evidence_certificate_chain",
-        Check::CertificateValidity => "evidence_certificate_validity",
-        Check::Signature => "evidence_signature",
-        Check::Binding => "evidence_binding_mismatch",
-        Check::Version => "evidence_unsupported_version",
-        Check::GuestPolicy => "evidence_guest_policy",
-        Check::Tcb => "evidence_tcb",
-        Check::Identity => "evidence_hardware_identity",
-        Check::Vmpl => "evidence_vmpl",
-        Check::SigningKey => "evidence_signing_key",
-        Check::Pcrs => "evidence_pcrs",
-        Check::Counters => "evidence_counters",
-        Check::EkProfile => "evidence_ek_profile",
-        _ => "evidence_refused",
+        Check::Malformed => Reason::EvidenceMalformed,
+        Check::CertificateChain => Reason::EvidenceCertificateChain,
+        Check::CertificateValidity => Reason::EvidenceCertificateValidity,
+        Check::Signature => Reason::EvidenceSignature,
+        Check::Binding => Reason::EvidenceBindingMismatch,
+        Check::Version => Reason::EvidenceUnsupportedVersion,
+        Check::GuestPolicy => Reason::EvidenceGuestPolicy,
+        Check::Tcb => Reason::EvidenceTcb,
+        Check::Identity => Reason::EvidenceHardwareIdentity,
+        Check::Vmpl => Reason::EvidenceVmpl,
+        Check::SigningKey => Reason::EvidenceSigningKey,
+        Check::Pcrs => Reason::EvidencePcrs,
+        Check::Counters => Reason::EvidenceCounters,
+        Check::EkProfile => Reason::EvidenceEkProfile,
+        _ => Reason::EvidenceRefused,
     }
 }
 
@@ -127,11 +128,7 @@ fn refused(r: Refusal) -> ApiError {
         "evidence refused: the {} check failed (the audit log has the detail)",
         r.check.as_str()
     );
-    let e = match r.check {
-        Check::Malformed => ApiError::invalid(refusal_reason(r.check), message),
-        _ => ApiError::denied(refusal_reason(r.check), message),
-    };
-    e.with_audit_detail(r.to_string())
+    ApiError::new(refusal_reason(r.check), message).with_audit_detail(r.to_string())
 }
 
 fn db(e: crate::storage::StoreError) -> ApiError {
@@ -196,8 +193,8 @@ impl Attestation {
     /// The EK CA bundle, if TPM enrolment is configured.
     pub fn ek_cas(&self) -> Result<&EkCaBundle, ApiError> {
         self.ek_cas.as_ref().ok_or_else(|| {
-            ApiError::precondition(
-                "tpm_enrollment_not_configured",
+            ApiError::new(
+                Reason::TpmEnrollmentNotConfigured,
                 "this server has no TPM-manufacturer CA bundle (attestation.tpm_ek_ca_bundle): TPM enrolment is off",
             )
         })
@@ -232,8 +229,8 @@ impl Attestation {
         let now = now_ms();
         let open = self.store.open_challenges(principal.as_str(), now).await.map_err(db)?;
         if open >= i64::from(self.config.max_open_challenges) {
-            return Err(ApiError::exhausted(
-                "too_many_challenges",
+            return Err(ApiError::new(
+                Reason::TooManyChallenges,
                 format!(
                     "{principal} holds {open} open challenges (at most {}): use or let them expire",
                     self.config.max_open_challenges
@@ -252,8 +249,8 @@ impl Attestation {
     /// Uses a nonce once, on any replica.
     pub async fn consume(&self, nonce: &[u8], principal: &Principal) -> Result<(), ApiError> {
         if nonce.len() != 32 {
-            return Err(ApiError::invalid(
-                "invalid_nonce",
+            return Err(ApiError::new(
+                Reason::InvalidNonce,
                 format!("nonce: {} bytes; a challenge nonce is 32 bytes", nonce.len()),
             ));
         }
@@ -264,16 +261,16 @@ impl Attestation {
             .map_err(db)?
         {
             ChallengeUse::Fresh => Ok(()),
-            ChallengeUse::Unknown => Err(ApiError::precondition(
-                "nonce_unknown",
+            ChallengeUse::Unknown => Err(ApiError::new(
+                Reason::NonceUnknown,
                 "this nonce was not issued by this service to this caller (call GetChallenge)",
             )),
-            ChallengeUse::Expired => Err(ApiError::precondition(
-                "nonce_expired",
+            ChallengeUse::Expired => Err(ApiError::new(
+                Reason::NonceExpired,
                 "the challenge expired: get a new one and attest again",
             )),
-            ChallengeUse::Replayed => Err(ApiError::precondition(
-                "nonce_replayed",
+            ChallengeUse::Replayed => Err(ApiError::new(
+                Reason::NonceReplayed,
                 "the challenge was already used: every attestation needs its own",
             )),
         }
@@ -321,8 +318,8 @@ impl Attestation {
 
     async fn snp_hardware(&self, claims: &SnpClaims) -> Result<HardwareRow, ApiError> {
         if claims.chip_id_masked {
-            return Err(ApiError::denied(
-                "hardware_not_enrolled",
+            return Err(ApiError::new(
+                Reason::HardwareNotEnrolled,
                 "the report's chip id is masked: the machine cannot be identified",
             ));
         }
@@ -336,8 +333,8 @@ impl Attestation {
             format!("no machine is enrolled with SNP chip id {}…", &chip[..16])
         })?;
         if claims.signer == attestation::snp::Signer::Vlek && !hw.snp_accept_vlek {
-            return Err(ApiError::denied(
-                "vlek_not_accepted",
+            return Err(ApiError::new(
+                Reason::VlekNotAccepted,
                 format!(
                     "the report is VLEK-signed and machine {} was not enrolled to accept VLEK",
                     hw.id
@@ -374,8 +371,8 @@ impl Attestation {
                 return Ok(());
             }
         }
-        Err(ApiError::unavailable(
-            "tpm_clock_contention",
+        Err(ApiError::new(
+            Reason::TpmClockContention,
             "the TPM clock record kept changing; retry",
         ))
     }
@@ -388,8 +385,8 @@ impl Attestation {
         if allowed {
             Ok(())
         } else {
-            Err(ApiError::denied(
-                "hardware_outside_jurisdiction",
+            Err(ApiError::new(
+                Reason::HardwareOutsideJurisdiction,
                 format!(
                     "machine {} is in {}, outside the allowed jurisdictions",
                     hw.id, hw.country
@@ -424,7 +421,7 @@ impl Attestation {
         if rows.is_empty() {
             let seed = SecretKey::<32>::generate()?;
             let signer = TokenSigner::from_seed(&seed)?;
-            let version = KeyVersion::new(1).ok_or_else(|| ApiError::internal("token_key", "version 1"))?;
+            let version = KeyVersion::new(1).ok_or_else(|| ApiError::new(Reason::TokenKey, "version 1"))?;
             let row = TokenKeyRow {
                 version: 1,
                 kid: signer.kid().to_owned(),
@@ -456,7 +453,7 @@ impl Attestation {
         let verifier = TokenVerifier::new(&public)?;
         let signer = signers
             .pop()
-            .ok_or_else(|| ApiError::internal("token_key", "no token signing key unwraps under this root key"))?;
+            .ok_or_else(|| ApiError::new(Reason::TokenKey, "no token signing key unwraps under this root key"))?;
         let keys = Arc::new(TokenKeys {
             signer,
             verifier,
@@ -519,20 +516,26 @@ impl Attestation {
                 if let Ok(mut t) = self.tokens.write() {
                     *t = None;
                 }
-                self.load_token_keys()
-                    .await?
-                    .verifier
-                    .verify(jwt, now)
-                    .map_err(|e| ApiError::denied(e.reason(), format!("attestation token refused: {e}")))?
+                self.load_token_keys().await?.verifier.verify(jwt, now).map_err(|e| {
+                    ApiError::new(
+                        crate::error::token_reason(&e),
+                        format!("attestation token refused: {e}"),
+                    )
+                })?
             }
-            Err(e) => return Err(ApiError::denied(e.reason(), format!("attestation token refused: {e}"))),
+            Err(e) => {
+                return Err(ApiError::new(
+                    crate::error::token_reason(&e),
+                    format!("attestation token refused: {e}"),
+                ))
+            }
         };
         // Named in the audit entry as soon as the signature is known good, refused or not.
         audit.detail("token_id", token.jti.as_str());
         audit.detail("hardware_id", token.sub.as_str());
         if token.principal != principal.as_str() {
-            return Err(ApiError::denied(
-                "token_principal_mismatch",
+            return Err(ApiError::new(
+                Reason::TokenPrincipalMismatch,
                 format!(
                     "the attestation token was issued to {}, not to {principal}",
                     token.principal
@@ -540,10 +543,10 @@ impl Attestation {
             ));
         }
         let (hw, key) = self.store.release_inputs(&token.sub, key_id).await.map_err(db)?;
-        let key = key.ok_or_else(|| ApiError::not_found("key_not_found", format!("no key {key_id}")))?;
+        let key = key.ok_or_else(|| ApiError::new(Reason::KeyNotFound, format!("no key {key_id}")))?;
         let hw = hw.ok_or_else(|| {
-            ApiError::denied(
-                "hardware_not_enrolled",
+            ApiError::new(
+                Reason::HardwareNotEnrolled,
                 format!("the token's machine {} is not in the registry", token.sub),
             )
         })?;
@@ -555,14 +558,14 @@ impl Attestation {
         let mut claims = token.kms.clone();
         location_claims(&mut claims, &hw);
         let policy = ReleasePolicy::parse(&key.release_policy).map_err(|_| {
-            ApiError::internal(
-                "corrupt_policy",
+            ApiError::new(
+                Reason::CorruptPolicy,
                 format!("key {} has an unreadable release policy", key.id),
             )
         })?;
         policy.evaluate(&claims).map_err(|m| {
-            ApiError::denied(
-                "release_policy_not_met",
+            ApiError::new(
+                Reason::ReleasePolicyNotMet,
                 format!(
                     "the attested claims do not meet release policy version {} of key {}: {}",
                     key.release_policy_version,
@@ -578,7 +581,7 @@ impl Attestation {
 
 /// The refusal for a revoked machine; the admin's reason goes to the audit log only.
 fn revoked(h: &HardwareRow) -> ApiError {
-    ApiError::denied("hardware_revoked", format!("machine {} is revoked", h.id)).with_audit_detail(format!(
+    ApiError::new(Reason::HardwareRevoked, format!("machine {} is revoked", h.id)).with_audit_detail(format!(
         "revoked by {} at {}: {}",
         h.revoked_by.as_deref().unwrap_or(""),
         h.revoked_unix_ms.unwrap_or(0),
@@ -591,7 +594,7 @@ fn active(hw: Option<HardwareRow>, missing: impl FnOnce() -> String) -> Result<H
     match hw {
         Some(h) if h.status == HardwareStatus::Active => Ok(h),
         Some(h) => Err(revoked(&h)),
-        None => Err(ApiError::denied("hardware_not_enrolled", missing())),
+        None => Err(ApiError::new(Reason::HardwareNotEnrolled, missing())),
     }
 }
 

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::ApiError;
 use crate::storage::Store;
+use kms_proto::Reason;
 
 struct Pending {
     record: Record,
@@ -44,8 +45,8 @@ impl AuditLog {
     pub async fn record_durable(&self, record: Record) -> Result<(), ApiError> {
         let (done, wait) = oneshot::channel();
         let unavailable = || {
-            ApiError::unavailable(
-                "audit_unavailable",
+            ApiError::new(
+                Reason::AuditUnavailable,
                 "the audit log cannot be written; nothing was released",
             )
         };

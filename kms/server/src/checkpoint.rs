@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use crate::error::ApiError;
 use crate::seal::{AnchorStore, RootOfTrust, Seal, SealSigner};
 use crate::storage::{CheckpointKeyRow, Store, Violation, ViolationKind};
+use kms_proto::Reason;
 
 /// The key id under which checkpoint signing seeds are wrapped by the root key (the AAD binds it
 /// and [`CHECKPOINT_KEY_WRAP_VERSION`]). Distinct from the token keys' (all zero); generated key
@@ -59,9 +60,12 @@ impl Signer {
                 let message = kms_core::audit::checkpoint_message(c);
                 tokio::task::spawn_blocking(move || hsm.sign(&message))
                     .await
-                    .map_err(|_| ApiError::internal("checkpoint_sign", "the HSM signing task failed"))?
+                    .map_err(|_| ApiError::new(Reason::CheckpointSign, "the HSM signing task failed"))?
                     .map_err(|e| {
-                        ApiError::internal("checkpoint_sign", format!("the HSM cannot sign the checkpoint: {e}"))
+                        ApiError::new(
+                            Reason::CheckpointSign,
+                            format!("the HSM cannot sign the checkpoint: {e}"),
+                        )
                     })
             }
         }
@@ -89,13 +93,13 @@ fn hsm_key(root: &dyn RootOfTrust) -> Result<Option<HsmKey>, ApiError> {
     let alg = CheckpointAlgorithm::parse(hsm.algorithm())
         .filter(|a| *a == CheckpointAlgorithm::Es256)
         .ok_or_else(|| {
-            ApiError::internal(
-                "checkpoint_key",
+            ApiError::new(
+                Reason::CheckpointKey,
                 format!("the seal's checkpoint key is {}, not ES256", hsm.algorithm()),
             )
         })?;
     let key = CheckpointKey::new(alg, hsm.public_key())
-        .map_err(|e| ApiError::internal("checkpoint_key", format!("the seal's checkpoint key: {e}")))?;
+        .map_err(|e| ApiError::new(Reason::CheckpointKey, format!("the seal's checkpoint key: {e}")))?;
     Ok(Some(HsmKey { signer: hsm, key }))
 }
 
@@ -201,7 +205,7 @@ async fn signing_key(store: &Store, root: &dyn RootOfTrust) -> Result<Signer, Ap
     let seed = SecretKey::<32>::generate()?;
     let signer = CheckpointSigner::from_seed(&seed)?;
     let (id, version) = wrap_id();
-    let version = version.ok_or_else(|| ApiError::internal("checkpoint_key", "wrap version 0"))?;
+    let version = version.ok_or_else(|| ApiError::new(Reason::CheckpointKey, "wrap version 0"))?;
     let row = CheckpointKeyRow {
         kid: signer.key().kid().to_owned(),
         algorithm: CheckpointAlgorithm::EdDsa.as_str().to_owned(),
@@ -222,8 +226,8 @@ async fn signing_key(store: &Store, root: &dyn RootOfTrust) -> Result<Signer, Ap
     pick(&store.checkpoint_keys().await?)
         .map(Signer::Software)
         .ok_or_else(|| {
-            ApiError::internal(
-                "checkpoint_key",
+            ApiError::new(
+                Reason::CheckpointKey,
                 "no checkpoint signing key unwraps under this root key",
             )
         })
@@ -340,7 +344,7 @@ impl Checkpoints {
             }
         }
         let Some(signer) = known.signer.as_ref() else {
-            return Err(ApiError::internal("checkpoint_key", "no checkpoint signing key"));
+            return Err(ApiError::new(Reason::CheckpointKey, "no checkpoint signing key"));
         };
         let keys = &known.known;
         let mut valid: Vec<Checkpoint> = Vec::new();
@@ -549,7 +553,7 @@ pub fn spawn(checkpoints: Arc<Checkpoints>, seal: Arc<Seal>, interval: Duration)
                 continue;
             }
             if let Err(e) = checkpoint_now(&checkpoints, &seal).await {
-                tracing::warn!(reason = e.reason, error = %e.message, "audit checkpoint not signed");
+                tracing::warn!(reason = %e.reason, error = %e.message, "audit checkpoint not signed");
             }
         }
     })

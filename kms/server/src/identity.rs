@@ -12,6 +12,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::error::ApiError;
+use kms_proto::Reason;
 
 /// Maps client certificates to principals.
 #[derive(Default)]
@@ -33,10 +34,10 @@ impl Identities {
         }
         let certs = request
             .peer_certs()
-            .ok_or_else(|| ApiError::denied("no_client_certificate", "a client certificate is required"))?;
+            .ok_or_else(|| ApiError::new(Reason::NoClientCertificate, "a client certificate is required"))?;
         let leaf = certs
             .first()
-            .ok_or_else(|| ApiError::denied("no_client_certificate", "a client certificate is required"))?;
+            .ok_or_else(|| ApiError::new(Reason::NoClientCertificate, "a client certificate is required"))?;
         let mut key = [0u8; 32];
         key.copy_from_slice(digest::digest(&digest::SHA256, leaf.as_ref()).as_ref());
         if let Some(p) = self.cache.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
@@ -55,7 +56,7 @@ impl Identities {
 /// The principal a certificate names.
 pub fn principal_of(der: &[u8]) -> Result<Principal, ApiError> {
     let (_, cert) = X509Certificate::from_der(der)
-        .map_err(|_| ApiError::denied("bad_client_certificate", "the client certificate cannot be parsed"))?;
+        .map_err(|_| ApiError::new(Reason::BadClientCertificate, "the client certificate cannot be parsed"))?;
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         // Only hierarchical URIs (scheme://…, e.g. SPIFFE IDs): a URI SAN such as `dns:x`, `cn:x`
         // or `anonymous` must not pass for a principal of another form.
@@ -75,8 +76,8 @@ pub fn principal_of(der: &[u8]) -> Result<Principal, ApiError> {
     if let Some(cn) = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()) {
         return Ok(Principal::new(format!("cn:{cn}")));
     }
-    Err(ApiError::denied(
-        "no_client_identity",
+    Err(ApiError::new(
+        Reason::NoClientIdentity,
         "the client certificate names no URI SAN, DNS SAN or common name",
     ))
 }

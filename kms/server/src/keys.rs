@@ -15,6 +15,7 @@ use kms_core::ids::{KeyId, KeyVersion};
 use crate::error::ApiError;
 use crate::seal::Seal;
 use crate::storage::{KeyRow, Store};
+use kms_proto::Reason;
 
 /// The key cache.
 pub struct Keys {
@@ -48,7 +49,10 @@ impl Keys {
     /// The key named by `key_ref` (an id `k-…` or a name).
     pub async fn resolve(&self, key_ref: &str) -> Result<Arc<KeyRow>, ApiError> {
         if key_ref.is_empty() {
-            return Err(ApiError::invalid("missing_key", "no key given (an id `k-…` or a name)"));
+            return Err(ApiError::new(
+                Reason::MissingKey,
+                "no key given (an id `k-…` or a name)",
+            ));
         }
         if KeyId::looks_like_id(key_ref) {
             let id = KeyId::parse(key_ref)?;
@@ -64,7 +68,7 @@ impl Keys {
             .store
             .key_by_name(key_ref)
             .await?
-            .ok_or_else(|| ApiError::not_found("key_not_found", format!("no key named {key_ref:?}")))?;
+            .ok_or_else(|| ApiError::new(Reason::KeyNotFound, format!("no key named {key_ref:?}")))?;
         Ok(self.remember(row))
     }
 
@@ -78,7 +82,7 @@ impl Keys {
             .store
             .key_by_id(&id)
             .await?
-            .ok_or_else(|| ApiError::not_found("key_not_found", format!("no key {id}")))?;
+            .ok_or_else(|| ApiError::new(Reason::KeyNotFound, format!("no key {id}")))?;
         Ok(self.remember(row))
     }
 
@@ -108,22 +112,22 @@ impl Keys {
         let root = self.seal.root()?;
         let wrapped = match self.store.wrapped_kek(&key.id, version.get()).await? {
             None => {
-                return Err(ApiError::not_found(
-                    "key_version_not_found",
+                return Err(ApiError::new(
+                    Reason::KeyVersionNotFound,
                     format!("key {} has no version {version}", key.id),
                 ))
             }
             Some(None) => {
-                return Err(ApiError::precondition(
-                    "key_destroyed",
+                return Err(ApiError::new(
+                    Reason::KeyDestroyed,
                     format!("key {} version {version} has been destroyed", key.id),
                 ))
             }
             Some(Some(w)) => w,
         };
         let kek = Arc::new(root.unwrap(id, version, &wrapped).map_err(|_| {
-            ApiError::internal(
-                "kek_unwrap_failed",
+            ApiError::new(
+                Reason::KekUnwrapFailed,
                 format!(
                     "cannot unwrap key {} version {version}: wrong root key or corrupted record",
                     key.id

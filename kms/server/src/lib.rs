@@ -198,7 +198,7 @@ pub async fn serve(
     // A last checkpoint covers everything written up to the stop.
     if seal.root().is_ok() && store.integrity().alarm().is_none() {
         if let Err(e) = checkpoint::checkpoint_now(&checkpointer, &seal).await {
-            tracing::warn!(reason = e.reason, error = %e.message, "final audit checkpoint not signed");
+            tracing::warn!(reason = %e.reason, error = %e.message, "final audit checkpoint not signed");
         }
     }
     tracing::info!("kmsd stopped");
@@ -259,7 +259,7 @@ async fn audit_violations(store: Store, audit: AuditLog) {
         a.detail("table", v.table);
         a.detail("row", v.key.as_str());
         a.detail("found", v.detail.as_str());
-        let e = error::ApiError::precondition(v.kind.reason(), format!("{}", v));
+        let e = error::ApiError::new(error::violation_reason(v.kind), format!("{}", v));
         audit.record(a.failed(&e)).await;
     }
 }

@@ -26,6 +26,7 @@ use crate::service::admin::{store_err, AdminPlane};
 use crate::service::quorum::Exec;
 use crate::service::Audit;
 use crate::storage::{RewrapItem, RootGenerationRow, SecretTable, ShareRow, Store};
+use kms_proto::Reason;
 
 /// How long after a rotation starts the worker waits before re-wrapping (replicas adopt the
 /// next root within a second).
@@ -46,7 +47,7 @@ fn wrap_binding(item: &RewrapItem) -> Result<(KeyId, KeyVersion), ApiError> {
         u32::try_from(n)
             .ok()
             .and_then(KeyVersion::new)
-            .ok_or_else(|| ApiError::internal("rotation", "a wrapped secret has an invalid version"))
+            .ok_or_else(|| ApiError::new(Reason::RotationInvariant, "a wrapped secret has an invalid version"))
     };
     match item.table {
         SecretTable::KeyVersions => Ok((KeyId::parse(&item.id)?, version(item.number)?)),
@@ -58,7 +59,7 @@ fn wrap_binding(item: &RewrapItem) -> Result<(KeyId, KeyVersion), ApiError> {
             let (id, v) = crate::checkpoint::wrap_id();
             Ok((
                 id,
-                v.ok_or_else(|| ApiError::internal("rotation", "checkpoint wrap version"))?,
+                v.ok_or_else(|| ApiError::new(Reason::RotationInvariant, "checkpoint wrap version"))?,
             ))
         }
     }
@@ -82,8 +83,8 @@ async fn step(store: &Store, seal: &Seal, batch_size: u32) -> Result<Option<u64>
             Some(w) => {
                 let (id, version) = wrap_binding(&item)?;
                 let secret: Kek = current.unwrap(id, version, w).map_err(|_| {
-                    ApiError::internal(
-                        "rotation_unwrap",
+                    ApiError::new(
+                        Reason::RotationUnwrap,
                         format!(
                             "a {:?} secret ({} {}) does not unwrap under generation {old_gen}",
                             item.table, item.id, item.number
@@ -174,10 +175,10 @@ pub fn spawn(store: Store, seal: Arc<Seal>, pace: RotationPace) -> tokio::task::
             tick.tick().await;
             let now = kms_core::now_unix_ms();
             if let Err(e) = seal.refresh_sealed(&store).await {
-                tracing::warn!(reason = e.reason, message = %e.message, "cannot refresh the seal's generation");
+                tracing::warn!(reason = %e.reason, message = %e.message, "cannot refresh the seal's generation");
             }
             if let Err(e) = seal.adopt_rotation(&store).await {
-                tracing::warn!(reason = e.reason, message = %e.message, "cannot adopt the root rotation");
+                tracing::warn!(reason = %e.reason, message = %e.message, "cannot adopt the root rotation");
             }
             let Ok(roots) = seal.roots() else {
                 let _ = store.forget_replica(seal.replica_id(), now - 60_000).await;
@@ -213,7 +214,7 @@ pub fn spawn(store: Store, seal: Arc<Seal>, pace: RotationPace) -> tokio::task::
                 }
             }
             if let Err(e) = run_pending(&store, &seal, pace).await {
-                tracing::warn!(reason = e.reason, message = %e.message, "root rotation step failed; retrying");
+                tracing::warn!(reason = %e.reason, message = %e.message, "root rotation step failed; retrying");
             }
         }
     })
@@ -233,15 +234,15 @@ impl AdminPlane {
             Ok(pb::SealKind::Shamir) => SealKind::Shamir,
             Ok(pb::SealKind::Pkcs11) => SealKind::Pkcs11,
             _ => {
-                return Err(ApiError::invalid(
-                    "bad_seal",
+                return Err(ApiError::new(
+                    Reason::BadSeal,
                     "seal must be SHAMIR or PKCS11 (the dev seal cannot be rotated to)",
                 ))
             }
         };
         if roots.next().is_some() || self.store.pending_root_generation().await?.is_some() {
-            return Err(ApiError::precondition(
-                "rotation_in_progress",
+            return Err(ApiError::new(
+                Reason::RotationInProgress,
                 "a root key rotation is already in progress: wait for it to complete (kmsctl status)",
             ));
         }
@@ -249,7 +250,7 @@ impl AdminPlane {
             .store
             .seal_config()
             .await?
-            .ok_or_else(|| ApiError::precondition("not_initialized", "the server is not initialized"))?;
+            .ok_or_else(|| ApiError::new(Reason::NotInitialized, "the server is not initialized"))?;
         let new_gen = cfg.root_generation + 1;
         audit.detail("seal", kind.as_str());
         audit.detail("from_generation", cfg.root_generation);
@@ -258,8 +259,8 @@ impl AdminPlane {
         let threshold = match kind {
             SealKind::Pkcs11 => {
                 if !op.custodians.is_empty() || op.threshold != 0 {
-                    return Err(ApiError::invalid(
-                        "bad_custodians",
+                    return Err(ApiError::new(
+                        Reason::BadCustodians,
                         "the pkcs11 seal has no custodians or threshold",
                     ));
                 }
@@ -275,26 +276,29 @@ impl AdminPlane {
                 let mut seen = std::collections::BTreeSet::new();
                 for id in &ids {
                     if !seen.insert(id.clone()) {
-                        return Err(ApiError::invalid(
-                            "duplicate_admin",
+                        return Err(ApiError::new(
+                            Reason::DuplicateAdmin,
                             format!("custodian {id} is listed twice"),
                         ));
                     }
                     let a = admins.iter().find(|a| &a.id == id).ok_or_else(|| {
-                        ApiError::invalid("unknown_custodian", format!("custodian {id} is not an active admin"))
+                        ApiError::new(
+                            Reason::UnknownCustodian,
+                            format!("custodian {id} is not an active admin"),
+                        )
                     })?;
                     custodians.push((a.id.clone(), a.encryption_public_key.clone()));
                 }
                 if custodians.is_empty() || custodians.len() > 255 {
-                    return Err(ApiError::invalid(
-                        "bad_custodians",
+                    return Err(ApiError::new(
+                        Reason::BadCustodians,
                         "the shamir seal needs 1 to 255 custodians (none are named and there are none now)",
                     ));
                 }
                 let t = if op.threshold == 0 { cfg.threshold } else { op.threshold };
                 if t == 0 || t as usize > custodians.len() {
-                    return Err(ApiError::invalid(
-                        "bad_threshold",
+                    return Err(ApiError::new(
+                        Reason::BadThreshold,
                         format!(
                             "threshold must be between 1 and the number of custodians ({}), not {t}",
                             custodians.len()
@@ -308,8 +312,8 @@ impl AdminPlane {
         };
         let Exec::Run(close) = exec else {
             if kind == SealKind::Pkcs11 && !self.seal.has_hsm_config() {
-                return Err(ApiError::precondition(
-                    "pkcs11_not_configured",
+                return Err(ApiError::new(
+                    Reason::Pkcs11NotConfigured,
                     "this server has no [seal.pkcs11] configuration (module, token, pin_file or pin_env)",
                 ));
             }

@@ -27,6 +27,7 @@ use kms_hsm::{Hsm, HsmRoot, HsmSigner, PinSource, TokenSelector};
 
 use crate::error::ApiError;
 use crate::storage::{KeyRing, RootGenerationRow, SealConfigRow, Store, StoreError, Table};
+use kms_proto::Reason;
 
 /// Wraps and unwraps KEKs under the root key.
 pub trait RootOfTrust: Send + Sync {
@@ -412,16 +413,16 @@ fn open_integrity(
     wrapped: Option<&[u8]>,
 ) -> Result<Arc<IntegrityKey>, ApiError> {
     let wrapped = wrapped.ok_or_else(|| {
-        ApiError::precondition(
-            "row_integrity",
+        ApiError::new(
+            Reason::RowIntegrity,
             format!("root generation {generation} has no integrity key (a database from before row authentication): initialize a new database"),
         )
     })?;
     let secret = root
         .unwrap(KeyId::from_bytes(INTEGRITY_KEY_WRAP_ID), version_of(generation)?, wrapped)
         .map_err(|_| {
-            ApiError::precondition(
-                "row_integrity",
+            ApiError::new(
+                Reason::RowIntegrity,
                 format!("the integrity key of root generation {generation} does not unwrap under its root key (the generation row was altered)"),
             )
         })?;
@@ -510,12 +511,12 @@ impl Seal {
                 Ok(held) => Some(held),
                 // The HSM (or the key's partition) does not answer yet: start sealed and try
                 // again every second; unsealed as soon as it answers.
-                Err(e) if matches!(e.reason, "hsm_unavailable" | "hsm_key_missing") => {
+                Err(e) if matches!(e.reason, Reason::HsmUnavailable | Reason::HsmKeyMissing) => {
                     tracing::warn!(message = %e.message, "pkcs11 seal: the HSM does not answer; sealed until it does");
                     None
                 }
                 // A refused PIN: never retried (a token locks after wrong PINs).
-                Err(e) if e.reason == "hsm_login_refused" => return Err(LoadError::HsmLoginRefused(e.message)),
+                Err(e) if e.reason == Reason::HsmLoginRefused => return Err(LoadError::HsmLoginRefused(e.message)),
                 // No configuration, or the wrong key under the label: an operator must fix it.
                 Err(e) => return Err(LoadError::Refused(format!("pkcs11 seal: {}", e.message))),
             },
@@ -525,7 +526,7 @@ impl Seal {
             Some(current) => match seal.open(store, generation, current).await {
                 Ok(state) => state,
                 Err(e) => {
-                    tracing::error!(reason = e.reason, message = %e.message, "the database does not verify: staying sealed");
+                    tracing::error!(reason = %e.reason, message = %e.message, "the database does not verify: staying sealed");
                     sealed
                 }
             },
@@ -587,10 +588,10 @@ impl Seal {
         let cfg = store
             .seal_config()
             .await?
-            .ok_or_else(|| ApiError::precondition("not_initialized", "the server is not initialized"))?;
+            .ok_or_else(|| ApiError::new(Reason::NotInitialized, "the server is not initialized"))?;
         let stored = anchors
             .read(&crate::checkpoint::anchor_label(&cfg.deployment_id))
-            .map_err(|e| ApiError::unavailable("hsm_unavailable", format!("reading the checkpoint anchor: {e}")))?;
+            .map_err(|e| ApiError::new(Reason::HsmUnavailable, format!("reading the checkpoint anchor: {e}")))?;
         if stored.is_empty() {
             return Ok(());
         }
@@ -598,9 +599,7 @@ impl Seal {
             .iter()
             .filter_map(|b| kms_core::audit::CheckpointAnchor::decode(b))
             .max_by_key(|a| a.seq)
-            .ok_or_else(|| {
-                ApiError::precondition("state_rollback", "the checkpoint anchor in the HSM is unreadable")
-            })?;
+            .ok_or_else(|| ApiError::new(Reason::StateRollback, "the checkpoint anchor in the HSM is unreadable"))?;
         let Err(e) = store.check_anchor(&anchor).await else {
             return Ok(());
         };
@@ -610,7 +609,7 @@ impl Seal {
             .is_some_and(|c| c.danger_accept_restored_database);
         if !accept || !matches!(e, StoreError::Rollback(_)) {
             let e = ApiError::from(store.integrity().reported_error(e));
-            tracing::error!(reason = e.reason, message = %e.message, "the database is behind the checkpoint anchored in the HSM");
+            tracing::error!(reason = %e.reason, message = %e.message, "the database is behind the checkpoint anchored in the HSM");
             return Err(e);
         }
         // A restore the operator of this host asked for: the earlier state becomes the one this
@@ -629,7 +628,7 @@ impl Seal {
         store.integrity().report(v);
         anchors
             .clear(&crate::checkpoint::anchor_label(&cfg.deployment_id))
-            .map_err(|e| ApiError::unavailable("hsm_unavailable", format!("clearing the checkpoint anchor: {e}")))
+            .map_err(|e| ApiError::new(Reason::HsmUnavailable, format!("clearing the checkpoint anchor: {e}")))
     }
 
     /// Replaces the state and publishes its integrity keys to the store (none unless unsealed).
@@ -646,8 +645,8 @@ impl Seal {
     pub fn roots(&self) -> Result<Arc<Roots>, ApiError> {
         match &*self.read() {
             State::Unsealed { roots, .. } => Ok(roots.clone()),
-            State::Uninitialized => Err(ApiError::precondition(
-                "not_initialized",
+            State::Uninitialized => Err(ApiError::new(
+                Reason::NotInitialized,
                 "the server is not initialized (kmsctl init)",
             )),
             State::Sealed { .. } => Err(ApiError::sealed()),
@@ -664,8 +663,8 @@ impl Seal {
         if self.is_initialized() {
             Ok(())
         } else {
-            Err(ApiError::precondition(
-                "not_initialized",
+            Err(ApiError::new(
+                Reason::NotInitialized,
                 "the server is not initialized (kmsctl init)",
             ))
         }
@@ -747,8 +746,8 @@ impl Seal {
         let row = store
             .root_generation_unverified(number)
             .await?
-            .ok_or_else(|| ApiError::internal("root_generation", format!("generation {number} is missing")))?;
-        let g = generation_of(&row).map_err(|e| ApiError::internal("root_generation", e.to_string()))?;
+            .ok_or_else(|| ApiError::new(Reason::CorruptRootGeneration, format!("generation {number} is missing")))?;
+        let g = generation_of(&row).map_err(|e| ApiError::new(Reason::CorruptRootGeneration, e.to_string()))?;
         let sealed = || State::Sealed {
             generation: g,
             shares: BTreeMap::new(),
@@ -759,15 +758,15 @@ impl Seal {
                 Ok(held) => match self.open(store, g, held).await {
                     Ok(state) => state,
                     Err(e) => {
-                        tracing::warn!(reason = e.reason, message = %e.message, "cannot open the database under the current pkcs11 root; staying sealed");
+                        tracing::warn!(reason = %e.reason, message = %e.message, "cannot open the database under the current pkcs11 root; staying sealed");
                         sealed()
                     }
                 },
                 Err(e) => {
-                    if e.reason == "hsm_login_refused" {
+                    if e.reason == Reason::HsmLoginRefused {
                         tracing::error!(message = %e.message, "pkcs11 seal: the HSM refused the login; sealed until kmsd is restarted with the right PIN");
                     } else {
-                        tracing::debug!(reason = e.reason, message = %e.message, "cannot open the current pkcs11 root; sealed");
+                        tracing::debug!(reason = %e.reason, message = %e.message, "cannot open the current pkcs11 root; sealed");
                         // A dead login (HSM restarted) is reopened at the next try.
                         self.drop_hsm();
                     }
@@ -831,8 +830,8 @@ impl Seal {
             return Ok(h.clone());
         }
         let cfg = self.hsm_config.as_ref().ok_or_else(|| {
-            ApiError::precondition(
-                "pkcs11_not_configured",
+            ApiError::new(
+                Reason::Pkcs11NotConfigured,
                 "this server has no [seal.pkcs11] configuration (module, token, pin_file or pin_env)",
             )
         })?;
@@ -843,7 +842,7 @@ impl Seal {
             .as_ref()
         {
             // Never try a refused PIN again: tokens lock after a few wrong PINs.
-            return Err(ApiError::precondition("hsm_login_refused", why.clone()));
+            return Err(ApiError::new(Reason::HsmLoginRefused, why.clone()));
         }
         let pin = cfg
             .pin
@@ -857,7 +856,7 @@ impl Seal {
             }
             kms_hsm::HsmError::Login { ref reason, .. } if reason.contains("PIN") => self.login_refused(e.to_string()),
             // Anything else (device error, token absent, session lost) may pass: retried.
-            other => ApiError::unavailable("hsm_unavailable", other.to_string()),
+            other => ApiError::new(Reason::HsmUnavailable, other.to_string()),
         })?);
         *slot = Some(hsm.clone());
         Ok(hsm)
@@ -866,7 +865,7 @@ impl Seal {
     /// Records a login refusal (wrong PIN, unreadable PIN source): not retried until restart.
     fn login_refused(&self, why: String) -> ApiError {
         *self.hsm_login_refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
-        ApiError::precondition("hsm_login_refused", why)
+        ApiError::new(Reason::HsmLoginRefused, why)
     }
 
     /// Opens a pkcs11 generation's root key (and its checkpoint key) and checks it against the
@@ -875,14 +874,14 @@ impl Seal {
         let (generation, label, canary) = (row.generation, row.hsm_label.as_deref().unwrap_or(""), &row.kcv);
         let hsm = self.hsm()?;
         let root = hsm.root_key(label).map_err(|e| {
-            ApiError::unavailable(
-                "hsm_key_missing",
+            ApiError::new(
+                Reason::HsmKeyMissing,
                 format!("root key {label:?} of generation {generation}: {e}"),
             )
         })?;
         let signer = hsm.signing_key(&format!("{label}-audit")).map_err(|e| {
-            ApiError::unavailable(
-                "hsm_key_missing",
+            ApiError::new(
+                Reason::HsmKeyMissing,
                 format!("audit checkpoint key of generation {generation}: {e}"),
             )
         })?;
@@ -894,8 +893,8 @@ impl Seal {
         };
         held.unwrap(KeyId::from_bytes(PKCS11_CANARY_ID), version_of(generation)?, canary)
             .map_err(|_| {
-                ApiError::precondition(
-                    "wrong_root_key",
+                ApiError::new(
+                    Reason::WrongRootKey,
                     format!("the HSM key {label:?} is not the root key of generation {generation} (its check value does not open)"),
                 )
             })?;
@@ -913,8 +912,8 @@ impl Seal {
     /// the HSM and returns no material, with the canary as check value.
     pub fn create_root(&self, kind: SealKind, generation: u64) -> Result<NewRoot, ApiError> {
         match kind {
-            SealKind::Dev if self.dev_dir.is_none() => Err(ApiError::precondition(
-                "dev_seal_refused",
+            SealKind::Dev if self.dev_dir.is_none() => Err(ApiError::new(
+                Reason::DevSealRefused,
                 "the dev seal exists only in dev mode (kmsd --dev)",
             )),
             SealKind::Dev | SealKind::Shamir => {
@@ -940,7 +939,7 @@ impl Seal {
             SealKind::Pkcs11 => {
                 let hsm = self.hsm()?;
                 let label = format!("kms-root-g{generation}-{}", hex::encode(kms_core::random_array::<6>()?));
-                let hsm_err = |e: kms_hsm::HsmError| ApiError::unavailable("hsm_unavailable", e.to_string());
+                let hsm_err = |e: kms_hsm::HsmError| ApiError::new(Reason::HsmUnavailable, e.to_string());
                 let root = hsm.generate_root_key(&label).map_err(hsm_err)?;
                 let signer = hsm.generate_signing_key(&format!("{label}-audit")).map_err(hsm_err)?;
                 let held = Pkcs11Root {
@@ -988,16 +987,19 @@ impl Seal {
         let dir = self
             .dev_dir
             .as_ref()
-            .ok_or_else(|| ApiError::precondition("dev_seal_refused", "the dev seal exists only in dev mode"))?;
+            .ok_or_else(|| ApiError::new(Reason::DevSealRefused, "the dev seal exists only in dev mode"))?;
         let path = dir.join(DEV_ROOT_FILE);
         if path.exists() {
             let aside = dir.join(format!("{DEV_ROOT_FILE}.replaced-{}", kms_core::now_unix_ms()));
             std::fs::rename(&path, &aside).map_err(|e| {
-                ApiError::internal("dev_root_write", format!("cannot move the old dev root key aside: {e}"))
+                ApiError::new(
+                    Reason::DevRootWrite,
+                    format!("cannot move the old dev root key aside: {e}"),
+                )
             })?;
         }
         write_secret_file(&path, hex::encode(root.expose_secret()).as_bytes())
-            .map_err(|e| ApiError::internal("dev_root_write", format!("cannot write the dev root key: {e}")))
+            .map_err(|e| ApiError::new(Reason::DevRootWrite, format!("cannot write the dev root key: {e}")))
     }
 
     /// Removes the dev root key file written for an init that did not commit.
@@ -1010,7 +1012,7 @@ impl Seal {
     /// After init is stored: this process holds the root key it created.
     pub fn finish_init(&self, kind: SealKind, threshold: u32, root: NewRoot) -> Result<(), ApiError> {
         let kcv = check_value(kind, &root.check)
-            .ok_or_else(|| ApiError::internal("kcv", "check value of the wrong length"))?;
+            .ok_or_else(|| ApiError::new(Reason::Internal, "check value of the wrong length"))?;
         let state = State::Unsealed {
             generation: Generation {
                 number: 1,
@@ -1046,7 +1048,7 @@ impl Seal {
                 match opened {
                     Ok(state) => state,
                     Err(e) => {
-                        tracing::warn!(reason = e.reason, message = %e.message, "cannot open the pkcs11 root of the database initialized by another replica");
+                        tracing::warn!(reason = %e.reason, message = %e.message, "cannot open the pkcs11 root of the database initialized by another replica");
                         return;
                     }
                 }
@@ -1081,8 +1083,8 @@ impl Seal {
             if let Some(next) = &roots.next {
                 if next.number == cfg.root_generation {
                     if let Some(row) = store.root_generation(next.number).await? {
-                        let g =
-                            generation_of(&row).map_err(|e| ApiError::internal("root_generation", e.to_string()))?;
+                        let g = generation_of(&row)
+                            .map_err(|e| ApiError::new(Reason::CorruptRootGeneration, e.to_string()))?;
                         self.promote(g);
                         return Ok(());
                     }
@@ -1182,8 +1184,8 @@ impl Seal {
         if let Some(cfg) = store.seal_config_unverified().await? {
             if cfg.root_generation != generation.number {
                 self.take_generation(store, cfg.root_generation).await?;
-                return Err(ApiError::precondition(
-                    "generation_changed",
+                return Err(ApiError::new(
+                    Reason::GenerationChanged,
                     format!(
                         "the root key was rotated to generation {} meanwhile: unseal with your shares of that generation",
                         cfg.root_generation
@@ -1194,7 +1196,7 @@ impl Seal {
         let row = store
             .root_generation_unverified(generation.number)
             .await?
-            .ok_or_else(|| ApiError::internal("root_generation", "the current generation is missing"))?;
+            .ok_or_else(|| ApiError::new(Reason::CorruptRootGeneration, "the current generation is missing"))?;
         let current = software_held(&row, SealKind::Shamir, &root)?;
         // The rows are checked before anything is served: a seal record, generation or share
         // that kmsd did not write refuses the unseal (the custodians start again once an
@@ -1218,16 +1220,16 @@ impl Seal {
     /// Adds a share; with the threshold reached, takes the shares and returns the rebuilt root.
     fn add_share(&self, admin_id: &str, envelope: &[u8]) -> Result<Option<(Generation, RootKeyMaterial)>, ApiError> {
         let unreadable = || {
-            ApiError::invalid(
-                "share_unreadable",
+            ApiError::new(
+                Reason::ShareUnreadable,
                 "the share is not wrapped to this server's current unseal key for this admin (fetch the status again)",
             )
         };
         let envelope = ShareEnvelope::decode(envelope).map_err(|_| unreadable())?;
         let plaintext = self.unseal_key.open(&envelope).map_err(|_| unreadable())?;
         let share = share_wrap::parse_share_plaintext(admin_id, &plaintext).map_err(|_| {
-            ApiError::denied(
-                "share_not_yours",
+            ApiError::new(
+                Reason::ShareNotYours,
                 format!("the submitted share is not the one sealed to admin {admin_id}"),
             )
         })?;
@@ -1235,24 +1237,18 @@ impl Seal {
             let mut st = self.write();
             match &mut *st {
                 State::Uninitialized => {
-                    return Err(ApiError::precondition(
-                        "not_initialized",
-                        "the server is not initialized",
-                    ));
+                    return Err(ApiError::new(Reason::NotInitialized, "the server is not initialized"));
                 }
                 State::Unsealed { .. } => {
-                    return Err(ApiError::precondition(
-                        "already_unsealed",
-                        "the server is already unsealed",
-                    ));
+                    return Err(ApiError::new(Reason::AlreadyUnsealed, "the server is already unsealed"));
                 }
                 State::Sealed { generation, shares } => {
                     if generation.kind != SealKind::Shamir {
-                        return Err(ApiError::precondition("not_shamir", "this seal takes no shares"));
+                        return Err(ApiError::new(Reason::NotShamir, "this seal takes no shares"));
                     }
                     if shares.contains_key(admin_id) {
-                        return Err(ApiError::precondition(
-                            "share_already_submitted",
+                        return Err(ApiError::new(
+                            Reason::ShareAlreadySubmitted,
                             format!("admin {admin_id} has already submitted a share in this unseal attempt"),
                         ));
                     }
@@ -1261,11 +1257,11 @@ impl Seal {
                         let all: Vec<SecretBytes> = std::mem::take(shares).into_values().collect();
                         let t = u8::try_from(generation.threshold).unwrap_or(u8::MAX);
                         let root = kms_core::shamir::combine(t, &all, &generation.kcv).map_err(|e| match e {
-                            kms_core::Error::KeyCheckMismatch => ApiError::invalid(
-                                "wrong_share_set",
+                            kms_core::Error::KeyCheckMismatch => ApiError::new(
+                                Reason::WrongShareSet,
                                 "the submitted shares do not rebuild this server's root key; all shares were discarded, start again",
                             ),
-                            other => ApiError::invalid("invalid_share", format!("{other}; all shares were discarded, start again")),
+                            other => ApiError::new(Reason::InvalidShare, format!("{other}; all shares were discarded, start again")),
                         })?;
                         return Ok(Some((*generation, root)));
                     }
@@ -1278,20 +1274,20 @@ impl Seal {
     /// Opens a pending generation's root: from the HSM (pkcs11) or by unwrapping it with the
     /// current root (software).
     fn open_pending(&self, row: &RootGenerationRow, current: &Held) -> Result<Held, ApiError> {
-        let g = generation_of(row).map_err(|e| ApiError::internal("root_generation", e.to_string()))?;
+        let g = generation_of(row).map_err(|e| ApiError::new(Reason::CorruptRootGeneration, e.to_string()))?;
         match g.kind {
             SealKind::Pkcs11 => self.hsm_held(row),
             kind => {
                 let wrapped = row.next_root_wrapped.as_deref().ok_or_else(|| {
-                    ApiError::internal(
-                        "root_generation",
+                    ApiError::new(
+                        Reason::CorruptRootGeneration,
                         "pending software generation without its wrapped root",
                     )
                 })?;
                 let material = current
                     .root
                     .unwrap(KeyId::from_bytes(NEXT_ROOT_WRAP_ID), version_of(g.number)?, wrapped)
-                    .map_err(|_| ApiError::internal("root_generation", "the next root does not unwrap"))?;
+                    .map_err(|_| ApiError::new(Reason::CorruptRootGeneration, "the next root does not unwrap"))?;
                 software_held(row, kind, &material)
             }
         }
@@ -1303,16 +1299,11 @@ impl Seal {
         let generation = match &*st {
             State::Unsealed { generation, .. } => *generation,
             State::Sealed { .. } => return Ok(()),
-            State::Uninitialized => {
-                return Err(ApiError::precondition(
-                    "not_initialized",
-                    "the server is not initialized",
-                ))
-            }
+            State::Uninitialized => return Err(ApiError::new(Reason::NotInitialized, "the server is not initialized")),
         };
         if generation.kind != SealKind::Shamir {
-            return Err(ApiError::precondition(
-                "not_shamir",
+            return Err(ApiError::new(
+                Reason::NotShamir,
                 "only the shamir seal can be sealed at run time (stop the process to seal the others)",
             ));
         }
@@ -1386,7 +1377,7 @@ fn version_of(generation: u64) -> Result<KeyVersion, ApiError> {
     u32::try_from(generation)
         .ok()
         .and_then(KeyVersion::new)
-        .ok_or_else(|| ApiError::internal("root_generation", "generation out of range"))
+        .ok_or_else(|| ApiError::new(Reason::CorruptRootGeneration, "generation out of range"))
 }
 
 fn read_dev_root(dir: &std::path::Path) -> Result<RootKeyMaterial, LoadError> {

@@ -27,6 +27,7 @@ use crate::error::ApiError;
 use crate::keys::Keys;
 use crate::seal::{Seal, SealKind};
 use crate::storage::{AdminRow, KeyRow, QuorumClose, RootGenerationRow, SealConfigRow, ShareRow, Store, StoreError};
+use kms_proto::Reason;
 
 /// The AdminService implementation.
 #[derive(Debug)]
@@ -94,15 +95,19 @@ impl AdminPlane {
         let id = AdminId::parse(&a.id)?;
         let country = Country::parse(&a.country)?;
         if !self.allowed_countries.allows(&country) {
-            return Err(ApiError::denied(
-                "country_not_allowed",
+            return Err(ApiError::new(
+                Reason::CountryNotAllowed,
                 format!("admin {id}: country {country} is outside the allowed jurisdictions"),
             ));
         }
         let signing_key = AdminPublicKey::parse(&a.signing_public_key)
-            .map_err(|e| ApiError::invalid("invalid_public_key", format!("admin {id}: signing_public_key: {e}")))?;
-        share_wrap::check_public_key(&a.encryption_public_key)
-            .map_err(|e| ApiError::invalid("invalid_public_key", format!("admin {id}: encryption_public_key: {e}")))?;
+            .map_err(|e| ApiError::new(Reason::InvalidPublicKey, format!("admin {id}: signing_public_key: {e}")))?;
+        share_wrap::check_public_key(&a.encryption_public_key).map_err(|e| {
+            ApiError::new(
+                Reason::InvalidPublicKey,
+                format!("admin {id}: encryption_public_key: {e}"),
+            )
+        })?;
         Ok(NewAdmin {
             id,
             country,
@@ -122,16 +127,16 @@ impl AdminPlane {
         audit: &mut Audit,
     ) -> Result<(AdminId, Op), ApiError> {
         let req = pb::AdminRequest::decode(signed.payload.as_slice())
-            .map_err(|_| ApiError::invalid("malformed_request", "the signed payload is not an AdminRequest"))?;
+            .map_err(|_| ApiError::new(Reason::MalformedRequest, "the signed payload is not an AdminRequest"))?;
         let admin_id = AdminId::parse(&req.admin_id)?;
         // Until the signature verifies, the caller is only who the request claims to be.
         *audit = Audit::new(format!("unverified:{admin_id}"), audit_op(method));
         let op = req
             .operation
-            .ok_or_else(|| ApiError::invalid("missing_operation", "the request names no operation"))?;
+            .ok_or_else(|| ApiError::new(Reason::MissingOperation, "the request names no operation"))?;
         if op_name(&op) != method {
-            return Err(ApiError::invalid(
-                "operation_mismatch",
+            return Err(ApiError::new(
+                Reason::OperationMismatch,
                 format!(
                     "the signed operation is {} but the method called is {method}",
                     op_name(&op)
@@ -142,8 +147,8 @@ impl AdminPlane {
         let window = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
         let skew = i64::try_from(self.skew.as_millis()).unwrap_or(i64::MAX);
         if now - req.timestamp_unix_ms > window {
-            return Err(ApiError::denied(
-                "stale_request",
+            return Err(ApiError::new(
+                Reason::StaleRequest,
                 format!(
                     "the request's timestamp is {} s behind the server's clock (allowed: {} s)",
                     (now - req.timestamp_unix_ms) / 1000,
@@ -152,8 +157,8 @@ impl AdminPlane {
             ));
         }
         if req.timestamp_unix_ms - now > skew {
-            return Err(ApiError::denied(
-                "future_request",
+            return Err(ApiError::new(
+                Reason::FutureRequest,
                 format!(
                     "the request's timestamp is {} s ahead of the server's clock (allowed: {} s)",
                     (req.timestamp_unix_ms - now) / 1000,
@@ -162,8 +167,8 @@ impl AdminPlane {
             ));
         }
         if !(16..=64).contains(&req.nonce.len()) {
-            return Err(ApiError::invalid(
-                "bad_nonce",
+            return Err(ApiError::new(
+                Reason::BadNonce,
                 "the request nonce must be 16 to 64 bytes",
             ));
         }
@@ -174,13 +179,16 @@ impl AdminPlane {
         let key = match &op {
             Op::Init(init) => {
                 if !req.deployment_id.is_empty() {
-                    return Err(ApiError::invalid(
-                        "wrong_deployment",
+                    return Err(ApiError::new(
+                        Reason::WrongDeployment,
                         "an Init request names no deployment (the deployment is made by Init)",
                     ));
                 }
                 let me = init.admins.iter().find(|a| a.id == admin_id.as_str()).ok_or_else(|| {
-                    ApiError::denied("unknown_admin", "Init must be signed by one of the admins it names")
+                    ApiError::new(
+                        Reason::UnknownAdmin,
+                        "Init must be signed by one of the admins it names",
+                    )
                 })?;
                 AdminPublicKey::parse(&me.signing_public_key)?
             }
@@ -190,12 +198,10 @@ impl AdminPlane {
                 } else {
                     self.store.seal_config().await?
                 }
-                .ok_or_else(|| {
-                    ApiError::precondition("not_initialized", "the server is not initialized (kmsctl init)")
-                })?;
+                .ok_or_else(|| ApiError::new(Reason::NotInitialized, "the server is not initialized (kmsctl init)"))?;
                 if req.deployment_id != seal_record.deployment_id {
-                    return Err(ApiError::denied(
-                        "wrong_deployment",
+                    return Err(ApiError::new(
+                        Reason::WrongDeployment,
                         format!(
                             "the request is signed for deployment {:?}, but this is deployment {} (a request for another deployment cannot be replayed here)",
                             req.deployment_id, seal_record.deployment_id
@@ -207,20 +213,20 @@ impl AdminPlane {
                 } else {
                     self.store.admin(admin_id.as_str()).await?
                 }
-                .ok_or_else(|| ApiError::denied("unknown_admin", format!("no admin {admin_id}")))?;
+                .ok_or_else(|| ApiError::new(Reason::UnknownAdmin, format!("no admin {admin_id}")))?;
                 if row.removed_unix_ms.is_some() {
-                    return Err(ApiError::denied(
-                        "admin_removed",
+                    return Err(ApiError::new(
+                        Reason::AdminRemoved,
                         format!("admin {admin_id} was removed"),
                     ));
                 }
                 AdminPublicKey::parse(&row.signing_public_key)
-                    .map_err(|_| ApiError::internal("corrupt_admin", "stored admin key is unreadable"))?
+                    .map_err(|_| ApiError::new(Reason::CorruptAdmin, "stored admin key is unreadable"))?
             }
         };
         key.verify(&signed.payload, &signed.signature).map_err(|_| {
-            ApiError::denied(
-                "bad_signature",
+            ApiError::new(
+                Reason::BadSignature,
                 format!("the signature does not verify with admin {admin_id}'s key"),
             )
         })?;
@@ -234,8 +240,8 @@ impl AdminPlane {
             )
             .await?
         {
-            return Err(ApiError::denied(
-                "replayed_request",
+            return Err(ApiError::new(
+                Reason::ReplayedRequest,
                 "this request nonce was already used",
             ));
         }
@@ -259,8 +265,8 @@ impl AdminPlane {
             .collect();
         audit.detail("admin_fingerprints", offered.iter().cloned().collect::<Vec<_>>());
         let Some(pinned) = &self.init_admins else {
-            return Err(ApiError::precondition(
-                "init_not_pinned",
+            return Err(ApiError::new(
+                Reason::InitNotPinned,
                 "this server pins no initial admin set (admin.init_admins in its configuration): list the fingerprints of the admins Init will name (kmsctl admin fingerprint) and restart it",
             ));
         };
@@ -268,8 +274,8 @@ impl AdminPlane {
         if offered != pinned {
             let unexpected: Vec<&String> = offered.difference(&pinned).collect();
             let missing = pinned.difference(&offered).count();
-            return Err(ApiError::denied(
-                "init_admins_mismatch",
+            return Err(ApiError::new(
+                Reason::InitAdminsMismatch,
                 format!(
                     "the admins of this Init are not the set pinned in the server's configuration (admin.init_admins): {} not pinned ({}), {missing} pinned admin(s) missing",
                     unexpected.len(),
@@ -290,26 +296,26 @@ impl AdminPlane {
         audit: &mut Audit,
     ) -> Result<crate::seal::Status, ApiError> {
         if self.seal.is_initialized() {
-            return Err(ApiError::precondition(
-                "already_initialized",
+            return Err(ApiError::new(
+                Reason::AlreadyInitialized,
                 "the server is already initialized",
             ));
         }
         if admins.is_empty() {
-            return Err(ApiError::invalid("no_admins", "Init needs at least one admin"));
+            return Err(ApiError::new(Reason::NoAdmins, "Init needs at least one admin"));
         }
         let mut ids = BTreeSet::new();
         for a in &admins {
             if !ids.insert(a.id.clone()) {
-                return Err(ApiError::invalid(
-                    "duplicate_admin",
+                return Err(ApiError::new(
+                    Reason::DuplicateAdmin,
                     format!("admin {} is listed twice", a.id),
                 ));
             }
         }
         if approval_quorum == 0 || approval_quorum as usize > admins.len() {
-            return Err(ApiError::invalid(
-                "bad_quorum",
+            return Err(ApiError::new(
+                Reason::BadQuorum,
                 format!(
                     "approval_quorum {approval_quorum}: must be between 1 and the number of admins ({})",
                     admins.len()
@@ -321,14 +327,14 @@ impl AdminPlane {
             SealKind::Dev | SealKind::Pkcs11 => 0,
             SealKind::Shamir => {
                 if custodians.is_empty() || custodians.len() > 255 {
-                    return Err(ApiError::invalid(
-                        "bad_custodians",
+                    return Err(ApiError::new(
+                        Reason::BadCustodians,
                         "the shamir seal needs 1 to 255 custodians",
                     ));
                 }
                 if threshold == 0 || threshold as usize > custodians.len() {
-                    return Err(ApiError::invalid(
-                        "bad_threshold",
+                    return Err(ApiError::new(
+                        Reason::BadThreshold,
                         format!(
                             "threshold must be between 1 and the number of custodians ({}), not {threshold}",
                             custodians.len()
@@ -409,7 +415,7 @@ impl AdminPlane {
         let record = Audit::clone_allowed(audit);
         let ring = root
             .key_ring()
-            .ok_or_else(|| ApiError::internal("integrity_key", "the new root has no integrity key"))?;
+            .ok_or_else(|| ApiError::new(Reason::IntegrityKey, "the new root has no integrity key"))?;
         match self
             .store
             .initialize(&seal_row, &generation, &rows, &shares, ring, record)
@@ -428,8 +434,8 @@ impl AdminPlane {
                     if let Ok(Some(cfg)) = self.store.seal_config_unverified().await {
                         self.seal.adopt_initialized(&self.store, &cfg).await;
                     }
-                    return Err(ApiError::precondition(
-                        "already_initialized",
+                    return Err(ApiError::new(
+                        Reason::AlreadyInitialized,
                         "the server is already initialized",
                     ));
                 }
@@ -450,15 +456,15 @@ impl AdminPlane {
     ) -> Result<Option<pb::Admin>, ApiError> {
         let new = self.parse_new_admin(&add.admin.unwrap_or_default())?;
         if new.custodian {
-            return Err(ApiError::precondition(
-                "custodian_needs_reshare",
+            return Err(ApiError::new(
+                Reason::CustodianNeedsReshare,
                 "an admin becomes a custodian when the root key is re-shared: add the admin without custodian, then rotate the root key with the new custodian set (rotate_root)",
             ));
         }
         audit.detail("new_admin", new.id.to_string());
         audit.detail("country", new.country.to_string());
         if self.store.admin(new.id.as_str()).await?.is_some() {
-            return Err(ApiError::exists("admin_exists", format!("admin {} exists", new.id)));
+            return Err(ApiError::new(Reason::AdminExists, format!("admin {} exists", new.id)));
         }
         let row = AdminRow {
             id: new.id.to_string(),
@@ -473,7 +479,7 @@ impl AdminPlane {
         let Exec::Run(close) = exec else { return Ok(None) };
         match self.store.add_admin(&row, close, Audit::clone_allowed(audit)).await {
             Ok(()) => Ok(Some(admin_to_wire(&row))),
-            Err(StoreError::Conflict) => Err(ApiError::exists("admin_exists", format!("admin {} exists", row.id))),
+            Err(StoreError::Conflict) => Err(ApiError::new(Reason::AdminExists, format!("admin {} exists", row.id))),
             Err(e) => Err(store_err(e)),
         }
     }
@@ -488,8 +494,8 @@ impl AdminPlane {
     ) -> Result<Option<pb::Admin>, ApiError> {
         let id = AdminId::parse(&op.admin_id)?;
         if op.reason.trim().is_empty() || op.reason.len() > 1024 {
-            return Err(ApiError::invalid(
-                "bad_reason",
+            return Err(ApiError::new(
+                Reason::BadReason,
                 "reason: 1 to 1024 characters, required",
             ));
         }
@@ -499,7 +505,7 @@ impl AdminPlane {
             .admin(id.as_str())
             .await?
             .filter(|r| r.removed_unix_ms.is_none())
-            .ok_or_else(|| ApiError::not_found("admin_not_found", format!("no active admin {id}")))?;
+            .ok_or_else(|| ApiError::new(Reason::AdminNotFound, format!("no active admin {id}")))?;
         let Exec::Run(close) = exec else { return Ok(None) };
         let now = kms_core::now_unix_ms();
         let removed = self
@@ -519,8 +525,8 @@ impl AdminPlane {
     ) -> Result<Option<pb::SealStatus>, ApiError> {
         let admins = self.store.admins(false).await?.len();
         if op.approval_quorum == 0 || op.approval_quorum as usize > admins {
-            return Err(ApiError::invalid(
-                "bad_quorum",
+            return Err(ApiError::new(
+                Reason::BadQuorum,
                 format!(
                     "approval_quorum {}: must be between 1 and the number of admins ({admins})",
                     op.approval_quorum
@@ -544,8 +550,8 @@ impl AdminPlane {
         exec: Exec<'_>,
     ) -> Result<Option<pb::KeyMetadata>, ApiError> {
         if !DELETION_WINDOW_DAYS.contains(&s.pending_window_days) {
-            return Err(ApiError::invalid(
-                "bad_deletion_window",
+            return Err(ApiError::new(
+                Reason::BadDeletionWindow,
                 format!("pending_window_days {}: must be 7 to 30", s.pending_window_days),
             ));
         }
@@ -555,8 +561,8 @@ impl AdminPlane {
             let key = self.keys.resolve(&s.key).await?;
             audit.key(&key.id);
             if !Transition::ScheduleDeletion.from().contains(&key.state) {
-                return Err(ApiError::precondition(
-                    "invalid_state_transition",
+                return Err(ApiError::new(
+                    Reason::InvalidStateTransition,
                     format!(
                         "key {} is {}: only a disabled key can be scheduled for deletion (disable it first)",
                         key.id, key.state
@@ -610,8 +616,8 @@ impl AdminPlane {
     async fn create_key(&self, op: pb::CreateKeyOp, audit: &mut Audit) -> Result<pb::KeyMetadata, ApiError> {
         let name = KeyName::parse(&op.name)?;
         if op.description.chars().count() > 1024 {
-            return Err(ApiError::invalid(
-                "invalid_argument",
+            return Err(ApiError::new(
+                Reason::InvalidArgument,
                 "description: at most 1024 characters",
             ));
         }
@@ -619,8 +625,8 @@ impl AdminPlane {
         let grants = AccessPolicy::new(op.grants.iter().map(grant_from_wire).collect::<Result<_, _>>()?)?;
         let policy = ReleasePolicy::parse(&op.release_policy)?;
         if policy.allows_unattested_release() && !self.allow_unattested {
-            return Err(ApiError::precondition(
-                "unattested_keys_disabled",
+            return Err(ApiError::new(
+                Reason::UnattestedKeysDisabled,
                 "this server does not allow keys that release plaintext without attestation (danger.allow_unattested_keys)",
             ));
         }
@@ -653,8 +659,8 @@ impl AdminPlane {
         {
             Ok(()) => {}
             Err(StoreError::Conflict) => {
-                return Err(ApiError::exists(
-                    "key_name_taken",
+                return Err(ApiError::new(
+                    Reason::KeyNameTaken,
                     format!("a key named {:?} exists", row.name),
                 ));
             }
@@ -700,11 +706,11 @@ impl AdminPlane {
                     .store
                     .key_by_id(&key.id)
                     .await?
-                    .ok_or_else(|| ApiError::not_found("key_not_found", format!("no key {}", key.id)))?;
+                    .ok_or_else(|| ApiError::new(Reason::KeyNotFound, format!("no key {}", key.id)))?;
                 let current = self.keys.remember(current);
                 let allowed: Vec<&str> = transition.from().iter().map(|s| s.as_str()).collect();
-                Err(ApiError::precondition(
-                    "invalid_state_transition",
+                Err(ApiError::new(
+                    Reason::InvalidStateTransition,
                     format!(
                         "key {} is {}; it can become {} only from {}",
                         current.id,
@@ -778,12 +784,12 @@ pub(crate) fn store_err(e: StoreError) -> ApiError {
 
 fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
     if tags.len() > 50 {
-        return Err(ApiError::invalid("invalid_argument", "tags: at most 50"));
+        return Err(ApiError::new(Reason::InvalidArgument, "tags: at most 50"));
     }
     for (k, v) in tags {
         if k.is_empty() || k.len() > 128 || v.len() > 256 {
-            return Err(ApiError::invalid(
-                "invalid_argument",
+            return Err(ApiError::new(
+                Reason::InvalidArgument,
                 format!("tag {k:?}: keys are 1 to 128 bytes, values at most 256"),
             ));
         }
@@ -811,8 +817,8 @@ fn grant_from_wire(g: &pb::Grant) -> Result<Grant, ApiError> {
             Ok(pb::Operation::Decrypt) => Operation::Decrypt,
             Ok(pb::Operation::ReEncrypt) => Operation::ReEncrypt,
             _ => {
-                return Err(ApiError::invalid(
-                    "invalid_policy",
+                return Err(ApiError::new(
+                    Reason::InvalidPolicy,
                     format!("grant for {}: operation {o} is not a data-plane operation", g.principal),
                 ))
             }
@@ -912,7 +918,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                     Ok(pb::SealKind::Shamir) => SealKind::Shamir,
                     Ok(pb::SealKind::Dev) => SealKind::Dev,
                     Ok(pb::SealKind::Pkcs11) => SealKind::Pkcs11,
-                    _ => return Err(ApiError::invalid("bad_seal", "seal must be SHAMIR, PKCS11 or DEV")),
+                    _ => return Err(ApiError::new(Reason::BadSeal, "seal must be SHAMIR, PKCS11 or DEV")),
                 };
                 let admins = init
                     .admins
@@ -949,8 +955,8 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                     .share_of_unverified(admin.as_str(), generation)
                     .await?
                     .ok_or_else(|| {
-                        ApiError::denied(
-                            "not_a_custodian",
+                        ApiError::new(
+                            Reason::NotACustodian,
                             format!("admin {admin} holds no share of root generation {generation}"),
                         )
                     })?;
@@ -979,8 +985,8 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                     .await?
                     .is_none()
                 {
-                    return Err(ApiError::denied(
-                        "not_a_custodian",
+                    return Err(ApiError::new(
+                        Reason::NotACustodian,
                         format!("admin {admin} holds no share of root generation {generation}"),
                     ));
                 }
@@ -1024,7 +1030,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 };
                 match self.direct(&admin, &signed, QOp::AddAdmin(add), &mut audit).await? {
                     pb::proposal::Result::Admin(a) => Ok(a),
-                    _ => Err(ApiError::internal("quorum_result", "unexpected result")),
+                    _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
                 }
             }
         )
@@ -1107,7 +1113,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 let size = super::page_size(l.page_size)?;
                 if !l.page_token.is_empty() {
                     KeyId::parse(&l.page_token).map_err(|_| {
-                        ApiError::invalid("bad_page_token", "page_token is not one this server returned")
+                        ApiError::new(Reason::BadPageToken, "page_token is not one this server returned")
                     })?;
                 }
                 let rows = self.store.list_keys(&l.page_token, size + 1).await?;
@@ -1173,8 +1179,8 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                             .await?
                             .map(|r| r.state.to_string())
                             .unwrap_or_default();
-                        Err(ApiError::precondition(
-                            "key_not_enabled",
+                        Err(ApiError::new(
+                            Reason::KeyNotEnabled,
                             format!("key {} is {current}; only an enabled key can be rotated", key.id),
                         ))
                     }
@@ -1236,7 +1242,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                     .await?
                 {
                     pb::proposal::Result::Key(k) => Ok(k),
-                    _ => Err(ApiError::internal("quorum_result", "unexpected result")),
+                    _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
                 }
             }
         )
@@ -1281,7 +1287,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                     .await?
                 {
                     pb::proposal::Result::Key(k) => Ok(k),
-                    _ => Err(ApiError::internal("quorum_result", "unexpected result")),
+                    _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
                 }
             }
         )
@@ -1300,7 +1306,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 };
                 match self.direct(&admin, &signed, QOp::EnrollHardware(e), &mut audit).await? {
                     pb::proposal::Result::Hardware(h) => Ok(h),
-                    _ => Err(ApiError::internal("quorum_result", "unexpected result")),
+                    _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
                 }
             }
         )

@@ -21,6 +21,7 @@ use crate::node::Node;
 use crate::seal::Seal;
 use crate::storage::Store;
 use crate::storage::TpmEnrollmentRow;
+use kms_proto::Reason;
 
 /// The AttestationService implementation.
 #[derive(Debug)]
@@ -39,8 +40,8 @@ const MAX_PART: usize = 16 * 1024;
 
 fn check_size(what: &str, b: &[u8]) -> Result<(), ApiError> {
     if b.len() > MAX_PART {
-        return Err(ApiError::invalid(
-            "evidence_malformed",
+        return Err(ApiError::new(
+            Reason::EvidenceMalformed,
             format!("{what}: {} bytes; at most {MAX_PART}", b.len()),
         ));
     }
@@ -50,7 +51,7 @@ fn check_size(what: &str, b: &[u8]) -> Result<(), ApiError> {
 /// Wire evidence to the verifier's types; shape errors are INVALID_ARGUMENT.
 pub(crate) fn evidence_from_wire(e: Option<pb::attest_request::Evidence>) -> Result<Evidence, ApiError> {
     match e {
-        None => Err(ApiError::invalid("missing_evidence", "evidence: set `snp` or `tpm`")),
+        None => Err(ApiError::new(Reason::MissingEvidence, "evidence: set `snp` or `tpm`")),
         Some(pb::attest_request::Evidence::Snp(s)) => Ok(Evidence::Snp(snp_from_wire(s)?)),
         Some(pb::attest_request::Evidence::Tpm(t)) => {
             check_size("tpm.ak_public", &t.ak_public)?;
@@ -58,7 +59,7 @@ pub(crate) fn evidence_from_wire(e: Option<pb::attest_request::Evidence>) -> Res
             check_size("tpm.signature", &t.signature)?;
             kms_node::tpm_from_wire(&t)
                 .map(Evidence::Tpm)
-                .map_err(|m| ApiError::invalid("evidence_malformed", m))
+                .map_err(|m| ApiError::new(Reason::EvidenceMalformed, m))
         }
     }
 }
@@ -86,8 +87,8 @@ impl AttestationPlane {
         audit: &mut Audit,
     ) -> Result<pb::AttestResponse, ApiError> {
         hpke_seal::check_public_key::<X25519>(&req.hpke_public_key).map_err(|_| {
-            ApiError::invalid(
-                "invalid_hpke_public_key",
+            ApiError::new(
+                Reason::InvalidHpkePublicKey,
                 format!(
                     "hpke_public_key: {} bytes; an X25519 public key is 32",
                     req.hpke_public_key.len()
@@ -97,8 +98,8 @@ impl AttestationPlane {
         // A key HPKE cannot seal to (e.g. a low-order X25519 point) would make every release
         // under the token fail: refuse it now.
         hpke_seal::seal_release(&req.hpke_public_key, b"kms-attest-check", b"", b"").map_err(|_| {
-            ApiError::invalid(
-                "invalid_hpke_public_key",
+            ApiError::new(
+                Reason::InvalidHpkePublicKey,
                 "hpke_public_key: not an X25519 public key HPKE can seal to",
             )
         })?;
@@ -144,15 +145,15 @@ impl AttestationPlane {
             .open_tpm_enrollments(who.as_str(), kms_core::now_unix_ms())
             .await?;
         if open >= i64::from(limit) {
-            return Err(ApiError::exhausted(
-                "too_many_tpm_enrollments",
+            return Err(ApiError::new(
+                Reason::TooManyTpmEnrollments,
                 format!("{who} holds {open} open TPM enrolment attempts (at most {limit}): complete them or let them expire"),
             ));
         }
         check_size("ek_certificate", &req.ek_certificate)?;
         check_size("ak_public", &req.ak_public)?;
         if req.ek_intermediates.len() > 8 {
-            return Err(ApiError::invalid("invalid_argument", "ek_intermediates: at most 8"));
+            return Err(ApiError::new(Reason::InvalidArgument, "ek_intermediates: at most 8"));
         }
         for i in &req.ek_intermediates {
             check_size("ek_intermediates", i)?;
@@ -162,21 +163,24 @@ impl AttestationPlane {
             .verify(&req.ek_certificate, &intermediates, kms_core::now_unix_ms() / 1000)
             .map_err(|r| {
                 let reason = match r.check {
-                    attestation::Check::Malformed => "ek_certificate_malformed",
-                    attestation::Check::EkProfile => "ek_certificate_not_ek",
-                    _ => "ek_certificate_untrusted",
+                    attestation::Check::Malformed => Reason::EkCertificateMalformed,
+                    attestation::Check::EkProfile => Reason::EkCertificateNotEk,
+                    _ => Reason::EkCertificateUntrusted,
                 };
-                ApiError::denied(reason, format!("EK certificate refused: {r}"))
+                ApiError::new(reason, format!("EK certificate refused: {r}"))
             })?;
         let ak = AkPublic::from_tpm2b_public(&req.ak_public)
-            .map_err(|r| ApiError::invalid(refusal_reason(r.check), format!("ak_public refused: {r}")))?;
+            .map_err(|r| ApiError::new(refusal_reason(r.check), format!("ak_public refused: {r}")))?;
         let ek_digest = ek.digest.to_string();
         let ak_name = ak.name().to_hex();
         audit.detail("ek_digest", ek_digest.as_str());
         audit.detail("ak_name", ak_name.as_str());
         let secret: zeroize::Zeroizing<[u8; 32]> = zeroize::Zeroizing::new(kms_core::random_array()?);
         let blob = attestation::tpm::credential::make_credential(&ek.public, ak.name(), &secret[..]).map_err(|e| {
-            ApiError::precondition("ek_unsupported", format!("cannot make a credential for this EK: {e}"))
+            ApiError::new(
+                Reason::EkUnsupported,
+                format!("cannot make a credential for this EK: {e}"),
+            )
         })?;
         let id_bytes: [u8; 16] = kms_core::random_array()?;
         let id = format!("tpme-{}", hex::encode(id_bytes));
@@ -226,7 +230,7 @@ impl pb::attestation_service_server::AttestationService for AttestationPlane {
     ) -> Result<Response<pb::NodeIdentity>, Status> {
         let nonce = request.into_inner().nonce;
         if !(16..=64).contains(&nonce.len()) {
-            return Err(ApiError::invalid("bad_nonce", "nonce: 16 to 64 random bytes").to_status());
+            return Err(ApiError::new(Reason::BadNonce, "nonce: 16 to 64 random bytes").to_status());
         }
         let status = super::admin::seal_status(&self.store, &self.seal)
             .await

@@ -21,6 +21,7 @@ use crate::identity::Identities;
 use crate::keys::Keys;
 use crate::node::Node;
 use crate::storage::KeyRow;
+use kms_proto::Reason;
 
 /// The KeyService implementation.
 #[derive(Debug)]
@@ -76,7 +77,7 @@ impl Release {
         let pk = auth
             .token
             .hpke_public_key()
-            .map_err(|e| ApiError::denied(e.reason(), format!("attestation token: {e}")))?;
+            .map_err(|e| ApiError::new(crate::error::token_reason(&e), format!("attestation token: {e}")))?;
         let info = hpke_seal::release_info(operation.as_str(), key_id, version.get(), &auth.token.jti, client_nonce);
         let sealed = hpke_seal::seal_release(&pk, &info, blob, plaintext)?;
         let mut wire = pb::SealedKey {
@@ -103,27 +104,27 @@ impl DataPlane {
         match key.state {
             KeyState::Enabled => {}
             KeyState::Disabled => {
-                return Err(ApiError::precondition(
-                    "key_disabled",
+                return Err(ApiError::new(
+                    Reason::KeyDisabled,
                     format!("key {} is disabled", key.id),
                 ))
             }
             KeyState::PendingDeletion => {
-                return Err(ApiError::precondition(
-                    "key_pending_deletion",
+                return Err(ApiError::new(
+                    Reason::KeyPendingDeletion,
                     format!("key {} is pending deletion", key.id),
                 ))
             }
             KeyState::Destroyed => {
-                return Err(ApiError::precondition(
-                    "key_destroyed",
+                return Err(ApiError::new(
+                    Reason::KeyDestroyed,
                     format!("key {} is destroyed", key.id),
                 ))
             }
         }
         if !key.grants.allows(who, op) {
-            return Err(ApiError::denied(
-                "not_permitted",
+            return Err(ApiError::new(
+                Reason::NotPermitted,
                 format!("{who} may not call {} on key {}", op.as_str(), key.id),
             ));
         }
@@ -137,15 +138,15 @@ impl DataPlane {
     fn check_no_downgrade(src: &KeyRow, dst: &KeyRow) -> Result<(), ApiError> {
         let parse = |k: &KeyRow| {
             ReleasePolicy::parse(&k.release_policy).map_err(|_| {
-                ApiError::internal(
-                    "corrupt_policy",
+                ApiError::new(
+                    Reason::CorruptPolicy,
                     format!("key {} has an unreadable release policy", k.id),
                 )
             })
         };
         if !parse(dst)?.is_at_least_as_strict_as(&parse(src)?) {
-            return Err(ApiError::precondition(
-                "release_policy_downgrade",
+            return Err(ApiError::new(
+                Reason::ReleasePolicyDowngrade,
                 format!(
                     "the release policy of key {} is not at least as strict as that of key {}: re-encrypting would weaken it",
                     dst.id, src.id
@@ -161,8 +162,8 @@ impl DataPlane {
     /// the same readers, never to a key that someone else reads.
     fn check_no_grant_widening(src: &KeyRow, dst: &KeyRow) -> Result<(), ApiError> {
         if let Some(who) = dst.grants.widens(&src.grants, Operation::Decrypt) {
-            return Err(ApiError::precondition(
-                "grants_widened",
+            return Err(ApiError::new(
+                Reason::GrantsWidened,
                 format!(
                     "{who} may decrypt under key {} but not under key {}: re-encrypting would let more principals read the data",
                     dst.id, src.id
@@ -175,16 +176,16 @@ impl DataPlane {
     /// Whether plaintext of this key may be returned to a caller that has not attested.
     fn check_release(&self, key: &KeyRow) -> Result<(), ApiError> {
         let policy = ReleasePolicy::parse(&key.release_policy).map_err(|_| {
-            ApiError::internal(
-                "corrupt_policy",
+            ApiError::new(
+                Reason::CorruptPolicy,
                 format!("key {} has an unreadable release policy", key.id),
             )
         })?;
         if policy.allows_unattested_release() && self.allow_unattested {
             Ok(())
         } else {
-            Err(ApiError::precondition(
-                "attestation_required",
+            Err(ApiError::new(
+                Reason::AttestationRequired,
                 format!("key {} releases plaintext only to an attested workload", key.id),
             ))
         }
@@ -216,15 +217,15 @@ impl DataPlane {
         Self::check_usable(&key, who, op)?;
         match client_nonce.len() {
             0 => {
-                return Err(ApiError::invalid(
-                    "missing_client_nonce",
+                return Err(ApiError::new(
+                    Reason::MissingClientNonce,
                     "client_nonce: an attested release needs 16 to 64 random bytes chosen for this request",
                 ))
             }
             16..=64 => {}
             n => {
-                return Err(ApiError::invalid(
-                    "invalid_client_nonce",
+                return Err(ApiError::new(
+                    Reason::InvalidClientNonce,
                     format!("client_nonce: {n} bytes; 16 to 64 are allowed"),
                 ))
             }
@@ -260,7 +261,7 @@ impl DataPlane {
             )
             .await?;
         let version =
-            KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
+            KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::new(Reason::CorruptKey, "version 0"))?;
         let kek = self.keys.kek(&key, version).await?;
         let data_key = DataKey::generate()?;
         let blob = blob::seal(
@@ -289,8 +290,8 @@ impl DataPlane {
         audit.detail("key_version", parsed.version().get());
         let (key, release) = self.gate(who, key, proof, op, audit).await?;
         if parsed.version().get() > key.latest_version {
-            return Err(ApiError::not_found(
-                "key_version_not_found",
+            return Err(ApiError::new(
+                Reason::KeyVersionNotFound,
                 format!("key {} has no version {}", key.id, parsed.version()),
             ));
         }
@@ -314,7 +315,7 @@ impl pb::key_service_server::KeyService for DataPlane {
                 .new_data_key(&who, req, Operation::GenerateDataKey, &mut audit)
                 .await?;
             let version =
-                KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
+                KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::new(Reason::CorruptKey, "version 0"))?;
             let sealed_plaintext = release.seal(
                 &self.node,
                 Operation::GenerateDataKey,
@@ -371,8 +372,8 @@ impl pb::key_service_server::KeyService for DataPlane {
         let result = async {
             self.keys.ensure_unsealed()?;
             if req.plaintext.len() > blob::MAX_PLAINTEXT {
-                return Err(ApiError::invalid(
-                    "plaintext_too_long",
+                return Err(ApiError::new(
+                    Reason::PlaintextTooLong,
                     format!(
                         "plaintext is {} bytes; at most {} may be encrypted",
                         req.plaintext.len(),
@@ -385,7 +386,7 @@ impl pb::key_service_server::KeyService for DataPlane {
             audit.key(&key.id);
             Self::check_usable(&key, &who, Operation::Encrypt)?;
             let version =
-                KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
+                KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::new(Reason::CorruptKey, "version 0"))?;
             let kek = self.keys.kek(&key, version).await?;
             let ciphertext_blob = blob::seal(&kek, KeyId::parse(&key.id)?, version, &context, &req.plaintext)?;
             audit.detail("key_version", version.get());
@@ -412,16 +413,16 @@ impl pb::key_service_server::KeyService for DataPlane {
                 let expected = self.keys.resolve(&req.key).await?;
                 if !expected.grants.allows(&who, Operation::Decrypt) {
                     audit.key(&expected.id);
-                    return Err(ApiError::denied(
-                        "not_permitted",
+                    return Err(ApiError::new(
+                        Reason::NotPermitted,
                         format!("{who} may not call decrypt on key {}", expected.id),
                     ));
                 }
                 let named = Blob::parse(&req.ciphertext_blob)?.key_id().to_string();
                 if named != expected.id {
                     audit.key(&named);
-                    return Err(ApiError::invalid(
-                        "key_mismatch",
+                    return Err(ApiError::new(
+                        Reason::KeyMismatch,
                         format!("the blob is under key {named}, not {}", expected.id),
                     ));
                 }
@@ -493,7 +494,7 @@ impl pb::key_service_server::KeyService for DataPlane {
             Self::check_no_downgrade(&src_key, &dst)?;
             Self::check_no_grant_widening(&src_key, &dst)?;
             let version =
-                KeyVersion::new(dst.latest_version).ok_or_else(|| ApiError::internal("corrupt_key", "version 0"))?;
+                KeyVersion::new(dst.latest_version).ok_or_else(|| ApiError::new(Reason::CorruptKey, "version 0"))?;
             let kek = self.keys.kek(&dst, version).await?;
             let ciphertext_blob = blob::seal(&kek, KeyId::parse(&dst.id)?, version, &dst_ctx, plain.expose_secret())?;
             audit.detail("destination_key_version", version.get());

@@ -17,6 +17,7 @@ use super::Audit;
 use crate::attest::{refusal_reason, report_data_of};
 use crate::error::ApiError;
 use crate::storage::{ChallengeUse, HardwareRow, HardwareStatus, Identity, QuorumClose, StoreError};
+use kms_proto::Reason;
 
 /// `hw-` followed by 32 hex digits.
 fn check_hardware_id(id: &str) -> Result<(), ApiError> {
@@ -26,8 +27,8 @@ fn check_hardware_id(id: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::invalid(
-            "invalid_hardware_id",
+        Err(ApiError::new(
+            Reason::InvalidHardwareId,
             format!("{id:?} is not a hardware id (hw- followed by 32 lowercase hex digits)"),
         ))
     }
@@ -36,8 +37,8 @@ fn check_hardware_id(id: &str) -> Result<(), ApiError> {
 fn check_text(what: &str, s: &str, min: usize, max: usize) -> Result<(), ApiError> {
     let n = s.chars().count();
     if n < min || n > max || s.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "invalid_argument",
+        return Err(ApiError::new(
+            Reason::InvalidArgument,
             format!("{what}: {min} to {max} characters without control characters"),
         ));
     }
@@ -116,8 +117,8 @@ impl AdminPlane {
         audit.detail("site", op.site.as_str());
         audit.detail("operator", op.operator.as_str());
         if !self.attestation.config().allowed_countries.allows(&country) {
-            return Err(ApiError::denied(
-                "hardware_outside_jurisdiction",
+            return Err(ApiError::new(
+                Reason::HardwareOutsideJurisdiction,
                 format!("country {country} is outside the allowed jurisdictions: the machine cannot be enrolled"),
             ));
         }
@@ -148,16 +149,16 @@ impl AdminPlane {
         };
         match op.identity {
             None => {
-                return Err(ApiError::invalid(
-                    "missing_identity",
+                return Err(ApiError::new(
+                    Reason::MissingIdentity,
                     "identity: set `snp` (a report) or `tpm` (a credential-activation answer)",
                 ))
             }
             Some(pb::enroll_hardware_op::Identity::Snp(s)) => {
                 let evidence = snp_from_wire(s.evidence.unwrap_or_default())?;
                 if s.accept_vlek && !self.attestation.config().snp.accept_vlek {
-                    return Err(ApiError::precondition(
-                        "vlek_disabled",
+                    return Err(ApiError::new(
+                        Reason::VlekDisabled,
                         "accept_vlek needs the server setting attestation.snp.accept_vlek",
                     ));
                 }
@@ -166,16 +167,16 @@ impl AdminPlane {
                     .attestation
                     .snp_verifier()
                     .verify(&evidence, &binding, kms_core::now_unix_ms() / 1000)
-                    .map_err(|r| ApiError::denied(refusal_reason(r.check), format!("SNP report refused: {r}")))?;
+                    .map_err(|r| ApiError::new(refusal_reason(r.check), format!("SNP report refused: {r}")))?;
                 if claims.chip_id_masked {
-                    return Err(ApiError::precondition(
-                        "chip_id_masked",
+                    return Err(ApiError::new(
+                        Reason::ChipIdMasked,
                         "the report's chip id is masked: this machine cannot be enrolled by chip",
                     ));
                 }
                 if claims.signer == Signer::Vlek && !s.accept_vlek {
-                    return Err(ApiError::denied(
-                        "vlek_not_accepted",
+                    return Err(ApiError::new(
+                        Reason::VlekNotAccepted,
                         "the report is VLEK-signed (a cloud provider's key, not chip-unique): enrol with accept_vlek to allow it",
                     ));
                 }
@@ -207,15 +208,15 @@ impl AdminPlane {
                     Err(why) => {
                         let (reason, msg) = match why {
                             ChallengeUse::Expired => (
-                                "tpm_enrollment_expired",
+                                Reason::TpmEnrollmentExpired,
                                 "the credential challenge expired: the machine must start again (BeginTpmEnrollment)",
                             ),
                             ChallengeUse::Replayed => {
-                                ("tpm_enrollment_used", "this credential challenge was already used")
+                                (Reason::TpmEnrollmentUsed, "this credential challenge was already used")
                             }
-                            _ => ("tpm_enrollment_unknown", "no such TPM enrolment attempt"),
+                            _ => (Reason::TpmEnrollmentUnknown, "no such TPM enrolment attempt"),
                         };
-                        return Err(ApiError::precondition(reason, msg));
+                        return Err(ApiError::new(reason, msg));
                     }
                 };
                 audit.detail("enrollment_id", attempt.id.as_str());
@@ -225,8 +226,8 @@ impl AdminPlane {
                     self.store
                         .burn_tpm_enrollment(&attempt.id, kms_core::now_unix_ms())
                         .await?;
-                    return Err(ApiError::denied(
-                        "tpm_identity_mismatch",
+                    return Err(ApiError::new(
+                        Reason::TpmIdentityMismatch,
                         format!(
                             "the enrolment attempt is for EK {} / AK {}, not the EK {:?} / AK {:?} this request expects: \
                              the request file does not describe the machine that answered",
@@ -249,8 +250,8 @@ impl AdminPlane {
                     self.store
                         .burn_tpm_enrollment(&attempt.id, kms_core::now_unix_ms())
                         .await?;
-                    return Err(ApiError::denied(
-                        "tpm_credential_mismatch",
+                    return Err(ApiError::new(
+                        Reason::TpmCredentialMismatch,
                         "the activated secret is not the credential: this TPM does not hold the EK, or the AK is not its",
                     ));
                 }
@@ -276,8 +277,8 @@ impl AdminPlane {
                     (_, Some(ek)) => self.store.hardware_by_identity(Identity::TpmEkDigest, ek).await?,
                     _ => None,
                 };
-                Err(ApiError::exists(
-                    "hardware_already_enrolled",
+                Err(ApiError::new(
+                    Reason::HardwareAlreadyEnrolled,
                     format!(
                         "this machine is already enrolled and active as {}: revoke it first to enrol it again",
                         existing.map(|h| h.id).unwrap_or_default()
@@ -295,7 +296,7 @@ impl AdminPlane {
             .store
             .hardware(id)
             .await?
-            .ok_or_else(|| ApiError::not_found("hardware_not_found", format!("no machine {id} in the registry")))?;
+            .ok_or_else(|| ApiError::new(Reason::HardwareNotFound, format!("no machine {id} in the registry")))?;
         Ok(hardware_to_wire(&h))
     }
 
@@ -303,7 +304,7 @@ impl AdminPlane {
         let size = super::page_size(op.page_size)?;
         if !op.page_token.is_empty() {
             check_hardware_id(&op.page_token)
-                .map_err(|_| ApiError::invalid("bad_page_token", "page_token is not one this server returned"))?;
+                .map_err(|_| ApiError::new(Reason::BadPageToken, "page_token is not one this server returned"))?;
         }
         let rows = self.store.list_hardware(&op.page_token, size + 1).await?;
         let more = rows.len() > size as usize;
@@ -346,12 +347,12 @@ impl AdminPlane {
         {
             Some(h) => Ok(hardware_to_wire(&h)),
             None => match self.store.hardware(&op.hardware_id).await? {
-                None => Err(ApiError::not_found(
-                    "hardware_not_found",
+                None => Err(ApiError::new(
+                    Reason::HardwareNotFound,
                     format!("no machine {} in the registry", op.hardware_id),
                 )),
-                Some(_) => Err(ApiError::precondition(
-                    "hardware_already_revoked",
+                Some(_) => Err(ApiError::new(
+                    Reason::HardwareAlreadyRevoked,
                     format!("machine {} is already revoked", op.hardware_id),
                 )),
             },
@@ -370,8 +371,8 @@ impl AdminPlane {
         audit.key(&key.id);
         let policy = ReleasePolicy::parse(&op.release_policy)?;
         if policy.allows_unattested_release() && !self.allow_unattested {
-            return Err(ApiError::precondition(
-                "unattested_keys_disabled",
+            return Err(ApiError::new(
+                Reason::UnattestedKeysDisabled,
                 "this server does not allow keys that release plaintext without attestation (danger.allow_unattested_keys)",
             ));
         }
@@ -390,8 +391,8 @@ impl AdminPlane {
             .await
             .map_err(store_err)?
             .ok_or_else(|| {
-                ApiError::precondition(
-                    "key_destroyed",
+                ApiError::new(
+                    Reason::KeyDestroyed,
                     format!("key {} is destroyed: its release policy cannot change", key.id),
                 )
             })?;

@@ -15,6 +15,7 @@ use kms_core::context::EncryptionContext;
 
 use crate::audit::AuditLog;
 use crate::error::ApiError;
+use kms_proto::Reason;
 
 /// What one call's audit record will say, filled in as the call proceeds.
 #[derive(Debug)]
@@ -81,7 +82,7 @@ impl Audit {
         } else {
             Outcome::Error
         };
-        self.into_record(outcome, e.reason, Some(&e.message), e.audit_detail.as_deref())
+        self.into_record(outcome, e.reason.as_str(), Some(&e.message), e.audit_detail.as_deref())
     }
 }
 
@@ -105,7 +106,7 @@ pub async fn finish<T>(
         }
         Err(e) => {
             if !e.is_refusal() {
-                tracing::warn!(operation = audit.operation, reason = e.reason, message = %e.message, "call failed");
+                tracing::warn!(operation = audit.operation, reason = %e.reason, message = %e.message, "call failed");
             }
             log.record(audit.failed(&e)).await;
             Err(e.to_status())
@@ -136,8 +137,8 @@ pub(crate) fn page_size(requested: u32) -> Result<u32, ApiError> {
     match requested {
         0 => Ok(100),
         n @ 1..=1000 => Ok(n),
-        n => Err(ApiError::invalid(
-            "invalid_argument",
+        n => Err(ApiError::new(
+            Reason::InvalidArgument,
             format!("page_size {n}: at most 1000"),
         )),
     }

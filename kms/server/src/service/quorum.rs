@@ -25,6 +25,7 @@ use crate::storage::{
     AdminRow, ApprovalAdded, ApprovalRow, ProposalRow, ProposalStatus, QuorumClose, RejectionAdded, RejectionRow,
     SealConfigRow,
 };
+use kms_proto::Reason;
 
 /// How a quorum operation is run.
 #[derive(Clone, Copy, Debug)]
@@ -64,16 +65,20 @@ fn quorum_audit_op(op: &QOp) -> &'static str {
 /// Decodes proposal bytes, refusing any encoding but the canonical one (so an operation has one
 /// digest) and an empty operation.
 pub(crate) fn decode_operation(bytes: &[u8]) -> Result<QOp, ApiError> {
-    let op = pb::QuorumOperation::decode(bytes)
-        .map_err(|_| ApiError::invalid("malformed_operation", "operation is not a serialized QuorumOperation"))?;
+    let op = pb::QuorumOperation::decode(bytes).map_err(|_| {
+        ApiError::new(
+            Reason::MalformedOperation,
+            "operation is not a serialized QuorumOperation",
+        )
+    })?;
     if op.encode_to_vec() != bytes {
-        return Err(ApiError::invalid(
-            "non_canonical_operation",
+        return Err(ApiError::new(
+            Reason::NonCanonicalOperation,
             "operation is not in canonical encoding (unknown fields, or fields out of order): re-encode it",
         ));
     }
     op.operation
-        .ok_or_else(|| ApiError::invalid("missing_operation", "the QuorumOperation names no operation"))
+        .ok_or_else(|| ApiError::new(Reason::MissingOperation, "the QuorumOperation names no operation"))
 }
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {
@@ -113,8 +118,8 @@ impl AdminPlane {
         self.seal.require_initialized()?;
         let quorum = self.store.approval_quorum().await?;
         if quorum > 1 {
-            return Err(ApiError::precondition(
-                "quorum_required",
+            return Err(ApiError::new(
+                Reason::QuorumRequired,
                 format!(
                     "{} needs the approval of {quorum} admins: propose it (kmsctl ... --propose, or the Propose RPC) and have the others approve",
                     quorum_op_name(&op)
@@ -125,7 +130,7 @@ impl AdminPlane {
         let proposal = self.submit(admin, signed, bytes, 0, audit).await?;
         proposal
             .result
-            .ok_or_else(|| ApiError::internal("quorum_no_result", "the operation ran but returned nothing"))
+            .ok_or_else(|| ApiError::new(Reason::QuorumNoResult, "the operation ran but returned nothing"))
     }
 
     /// Proposes an operation: checks it, records it with the proposer's approval, and runs it
@@ -146,8 +151,8 @@ impl AdminPlane {
         let ttl = match u64::from(ttl_secs) {
             0 => max,
             t if t < 60 || t > max => {
-                return Err(ApiError::invalid(
-                    "bad_ttl",
+                return Err(ApiError::new(
+                    Reason::BadTtl,
                     format!("ttl_secs {t}: must be between 60 and {max} (admin.proposal_ttl_secs)"),
                 ))
             }
@@ -223,8 +228,8 @@ impl AdminPlane {
     ) -> Result<pb::Proposal, ApiError> {
         let proposal = self.open_proposal(&op.proposal_id, audit).await?;
         if op.operation_sha256 != proposal.digest {
-            return Err(ApiError::invalid(
-                "digest_mismatch",
+            return Err(ApiError::new(
+                Reason::DigestMismatch,
                 format!(
                     "the approval is for operation sha256 {} but proposal {} is sha256 {}: check what you approve (kmsctl proposal show)",
                     hex::encode(&op.operation_sha256),
@@ -281,14 +286,14 @@ impl AdminPlane {
                 if e.is_refusal()
                     && !matches!(
                         e.reason,
-                        "proposal_closed"
-                            | "already_approved"
-                            | "already_rejected"
-                            | "quorum_not_reached"
-                            | "approval_invalid"
-                            | "quorum_required"
-                            | "admin_removed"
-                            | "conflict"
+                        Reason::ProposalClosed
+                            | Reason::AlreadyApproved
+                            | Reason::AlreadyRejected
+                            | Reason::QuorumNotReached
+                            | Reason::ApprovalInvalid
+                            | Reason::QuorumRequired
+                            | Reason::AdminRemoved
+                            | Reason::Conflict
                     ) =>
             {
                 // The quorum was reached but the operation is refused now (e.g. the key was
@@ -304,8 +309,8 @@ impl AdminPlane {
                     .await
                     .map_err(store_err)?;
                 if !closed {
-                    return Err(ApiError::precondition(
-                        "proposal_closed",
+                    return Err(ApiError::new(
+                        Reason::ProposalClosed,
                         format!("proposal {} was closed meanwhile (by another replica)", proposal.id),
                     ));
                 }
@@ -331,8 +336,8 @@ impl AdminPlane {
     ) -> Result<pb::Proposal, ApiError> {
         let proposal = self.open_proposal(&op.proposal_id, audit).await?;
         if op.reason.trim().is_empty() || op.reason.len() > 1024 {
-            return Err(ApiError::invalid(
-                "bad_reason",
+            return Err(ApiError::new(
+                Reason::BadReason,
                 "reason: 1 to 1024 characters, required",
             ));
         }
@@ -404,16 +409,16 @@ impl AdminPlane {
                 if let Err(e) = self.store.expire_proposals(now).await {
                     tracing::warn!(error = %e, "cannot mark expired proposals");
                 }
-                Err(ApiError::precondition(
-                    "proposal_expired",
+                Err(ApiError::new(
+                    Reason::ProposalExpired,
                     format!(
                         "proposal {id} expired at {} without reaching the quorum: propose it again",
                         kms_core::rfc3339_utc(row.expires_unix_ms)
                     ),
                 ))
             }
-            other => Err(ApiError::precondition(
-                "proposal_closed",
+            other => Err(ApiError::new(
+                Reason::ProposalClosed,
                 format!("proposal {id} is {} ({})", other.as_str(), row.outcome),
             )),
         }
@@ -421,15 +426,15 @@ impl AdminPlane {
 
     async fn proposal_row(&self, id: &str) -> Result<ProposalRow, ApiError> {
         if !id.starts_with("prop-") || id.len() != 37 || !id[5..].bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ApiError::invalid(
-                "bad_proposal_id",
+            return Err(ApiError::new(
+                Reason::BadProposalId,
                 format!("{id:?} is not a proposal id (prop- and 32 hex digits)"),
             ));
         }
         self.store
             .proposal(id)
             .await?
-            .ok_or_else(|| ApiError::not_found("proposal_not_found", format!("no proposal {id}")))
+            .ok_or_else(|| ApiError::new(Reason::ProposalNotFound, format!("no proposal {id}")))
     }
 
     async fn proposal_to_wire(&self, r: &ProposalRow, quorum: u32) -> Result<pb::Proposal, ApiError> {
