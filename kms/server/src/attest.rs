@@ -1,8 +1,8 @@
 //! The attested release engine: challenges, evidence verification against the hardware registry,
 //! token issuance and verification, and the release decision. gRPC-free: the handlers in
-//! `service::attestation`, `service::data` and `service::hardware` call it.
+//! `ops::attestation`, `ops::data` and `ops::hardware` call it.
 //!
-//! What holds whatever a key's release policy says (DESIGN §4): a token is issued only for
+//! What holds whatever a key's release policy says: a token is issued only for
 //! evidence that verified, is bound to a fresh challenge and the workload's HPKE key, and comes
 //! from enrolled, active hardware in an allowed jurisdiction; every release re-reads the machine's
 //! registry entry and the key's policy; plaintext is returned only HPKE-sealed to the token's key.
@@ -26,10 +26,6 @@ use crate::error::ApiError;
 use crate::seal::Seal;
 use crate::storage::{ChallengeUse, HardwareRow, HardwareStatus, Identity, KeyRow, Store, TokenKeyRow, TpmClockRow};
 use kms_proto::Reason;
-
-/// The key id under which token signing seeds are wrapped by the root key (the AAD binds it and
-/// the token key version). Generated key ids are random, so none is all zero.
-pub(crate) const TOKEN_KEY_WRAP_ID: [u8; 16] = [0; 16];
 
 /// Token issuer and audience.
 pub const TOKEN_ISSUER: &str = "kms";
@@ -416,7 +412,7 @@ impl Attestation {
             return Ok(k);
         }
         let root = self.seal.root()?;
-        let wrap_id = KeyId::from_bytes(TOKEN_KEY_WRAP_ID);
+        let wrap_id = KeyId::from_bytes(crate::wrap_ids::TOKEN_KEY);
         let mut rows = self.store.token_keys().await.map_err(db)?;
         if rows.is_empty() {
             let seed = SecretKey::<32>::generate()?;
@@ -503,7 +499,7 @@ impl Attestation {
         jwt: &str,
         principal: &Principal,
         key_id: &str,
-        audit: &mut crate::service::Audit,
+        audit: &mut crate::audit::Audit,
     ) -> Result<Authorized, ApiError> {
         let keys = self.token_keys().await?;
         let now = now_ms() / 1000;

@@ -18,9 +18,9 @@ use kms_core::admin::AdminPublicKey;
 use kms_core::ids::AdminId;
 use kms_proto::v1::admin_request::Operation as Op;
 
-use super::admin::{store_err, AdminPlane};
-use super::Audit;
+use crate::audit::Audit;
 use crate::error::ApiError;
+use crate::ops::admin::AdminPlane;
 use crate::storage::{
     AdminRow, ApprovalAdded, ApprovalRow, ProposalRow, ProposalStatus, QuorumClose, RejectionAdded, RejectionRow,
     SealConfigRow,
@@ -214,7 +214,7 @@ impl AdminPlane {
         self.store
             .insert_proposal(&row, &approval, Audit::clone_allowed(audit))
             .await
-            .map_err(store_err)?;
+            .map_err(ApiError::from)?;
         self.proposal_to_wire(&row, quorum).await
     }
 
@@ -255,7 +255,7 @@ impl AdminPlane {
             .store
             .add_approval(&approval, Audit::clone_allowed(audit))
             .await
-            .map_err(store_err)?
+            .map_err(ApiError::from)?
         {
             ApprovalAdded::Recorded(_) => {
                 let row = self.proposal_row(&proposal.id).await?;
@@ -307,7 +307,7 @@ impl AdminPlane {
                     .store
                     .fail_proposal(&approval, approval_check, &outcome, record)
                     .await
-                    .map_err(store_err)?;
+                    .map_err(ApiError::from)?;
                 if !closed {
                     return Err(ApiError::new(
                         Reason::ProposalClosed,
@@ -355,7 +355,7 @@ impl AdminPlane {
             .store
             .add_rejection(&rejection, Audit::clone_allowed(audit))
             .await
-            .map_err(store_err)?;
+            .map_err(ApiError::from)?;
         if let RejectionAdded::Recorded(n) = added {
             tracing::info!(proposal = %proposal.id, rejections = n, "proposal rejection recorded; still pending");
         }
@@ -373,7 +373,7 @@ impl AdminPlane {
     /// Proposals, pending ones unless `include_closed`.
     pub(crate) async fn list_proposals(&self, op: pb::ListProposalsOp) -> Result<pb::ListProposalsResponse, ApiError> {
         self.seal.require_initialized()?;
-        let size = super::page_size(op.page_size)?;
+        let size = crate::wire::page_size(op.page_size)?;
         let now = kms_core::now_unix_ms();
         let rows = self
             .store
@@ -397,7 +397,7 @@ impl AdminPlane {
     }
 
     /// A proposal that can still be approved or rejected.
-    async fn open_proposal(&self, id: &str, audit: &mut Audit) -> Result<ProposalRow, ApiError> {
+    pub(crate) async fn open_proposal(&self, id: &str, audit: &mut Audit) -> Result<ProposalRow, ApiError> {
         self.seal.require_initialized()?;
         audit.detail("proposal", id);
         let row = self.proposal_row(id).await?;
@@ -424,7 +424,7 @@ impl AdminPlane {
         }
     }
 
-    async fn proposal_row(&self, id: &str) -> Result<ProposalRow, ApiError> {
+    pub(crate) async fn proposal_row(&self, id: &str) -> Result<ProposalRow, ApiError> {
         if !id.starts_with("prop-") || id.len() != 37 || !id[5..].bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(ApiError::new(
                 Reason::BadProposalId,
@@ -437,7 +437,7 @@ impl AdminPlane {
             .ok_or_else(|| ApiError::new(Reason::ProposalNotFound, format!("no proposal {id}")))
     }
 
-    async fn proposal_to_wire(&self, r: &ProposalRow, quorum: u32) -> Result<pb::Proposal, ApiError> {
+    pub(crate) async fn proposal_to_wire(&self, r: &ProposalRow, quorum: u32) -> Result<pb::Proposal, ApiError> {
         let approvals = self
             .store
             .approvals(&r.id)
@@ -485,7 +485,7 @@ impl AdminPlane {
 
     /// A one-line description of an operation for approvers (they should also read the
     /// operation itself: `kmsctl proposal show` decodes it locally).
-    async fn summarize(&self, op: &QOp) -> String {
+    pub(crate) async fn summarize(&self, op: &QOp) -> String {
         match op {
             QOp::AddAdmin(a) => {
                 let n = a.admin.clone().unwrap_or_default();

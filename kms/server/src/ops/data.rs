@@ -1,4 +1,4 @@
-//! KeyService: the data plane. Every call checks, in order: the seal, the request's shape, the
+//! The data plane's operations (KeyService). Every call checks, in order: the seal, the request's shape, the
 //! key's state, the caller's grant, and (for plaintext) the release policy. Plaintext data keys
 //! and decrypted payloads are answered only after their audit record is durable.
 
@@ -11,16 +11,16 @@ use kms_core::key::KeyState;
 use kms_core::policy::{Operation, ReleasePolicy};
 use kms_core::secret::DataKey;
 use kms_proto::v1 as pb;
-use tonic::{Request, Response, Status};
 
-use super::{context, finish, Audit};
 use crate::attest::{Attestation, Authorized};
+use crate::audit::Audit;
 use crate::audit::AuditLog;
 use crate::error::ApiError;
 use crate::identity::Identities;
 use crate::keys::Keys;
 use crate::node::Node;
 use crate::storage::KeyRow;
+use crate::wire::context;
 use kms_proto::Reason;
 
 /// The KeyService implementation.
@@ -38,20 +38,20 @@ pub struct DataPlane {
 /// What a request brings for an attested release: the token and its client nonce (both empty
 /// without one).
 #[derive(Clone, Copy)]
-struct Proof<'a> {
-    token: &'a str,
-    client_nonce: &'a [u8],
+pub(crate) struct Proof<'a> {
+    pub(crate) token: &'a str,
+    pub(crate) client_nonce: &'a [u8],
 }
 
 impl Proof<'_> {
-    const NONE: Proof<'static> = Proof {
+    pub(crate) const NONE: Proof<'static> = Proof {
         token: "",
         client_nonce: &[],
     };
 }
 
 /// How plaintext may leave for this call.
-enum Release {
+pub(crate) enum Release {
     /// No plaintext is returned (GenerateDataKeyWithoutPlaintext, ReEncrypt).
     Nothing,
     /// In the clear, for an unattested key (dev, tests).
@@ -62,7 +62,7 @@ enum Release {
 
 impl Release {
     /// Seals `plaintext` for an attested release, signed by `node`; `None` otherwise.
-    fn seal(
+    pub(crate) fn seal(
         &self,
         node: &Node,
         operation: Operation,
@@ -89,18 +89,14 @@ impl Release {
         Ok(Some(wire))
     }
 
-    fn is_attested(&self) -> bool {
+    pub(crate) fn is_attested(&self) -> bool {
         matches!(self, Release::Attested(..))
     }
 }
 
 impl DataPlane {
-    async fn caller<T>(&self, request: &Request<T>, operation: &'static str) -> Result<Principal, Status> {
-        super::identify(&self.identities, &self.audit, request, self.tls, operation).await
-    }
-
     /// A usable key for `op` by `who`: enabled, and granted.
-    fn check_usable(key: &KeyRow, who: &Principal, op: Operation) -> Result<(), ApiError> {
+    pub(crate) fn check_usable(key: &KeyRow, who: &Principal, op: Operation) -> Result<(), ApiError> {
         match key.state {
             KeyState::Enabled => {}
             KeyState::Disabled => {
@@ -135,7 +131,7 @@ impl DataPlane {
     /// release policy must be at least as strict as the source's (a conservative structural
     /// comparison: it contains the source's conditions), so an attested key's blob can move
     /// neither to an unattested key nor to one with fewer conditions.
-    fn check_no_downgrade(src: &KeyRow, dst: &KeyRow) -> Result<(), ApiError> {
+    pub(crate) fn check_no_downgrade(src: &KeyRow, dst: &KeyRow) -> Result<(), ApiError> {
         let parse = |k: &KeyRow| {
             ReleasePolicy::parse(&k.release_policy).map_err(|_| {
                 ApiError::new(
@@ -160,7 +156,7 @@ impl DataPlane {
     /// destination's grants let decrypt must be allowed to decrypt under the source too. A
     /// principal that may only re-encrypt (a rotation job) can so move blobs between keys with
     /// the same readers, never to a key that someone else reads.
-    fn check_no_grant_widening(src: &KeyRow, dst: &KeyRow) -> Result<(), ApiError> {
+    pub(crate) fn check_no_grant_widening(src: &KeyRow, dst: &KeyRow) -> Result<(), ApiError> {
         if let Some(who) = dst.grants.widens(&src.grants, Operation::Decrypt) {
             return Err(ApiError::new(
                 Reason::GrantsWidened,
@@ -174,7 +170,7 @@ impl DataPlane {
     }
 
     /// Whether plaintext of this key may be returned to a caller that has not attested.
-    fn check_release(&self, key: &KeyRow) -> Result<(), ApiError> {
+    pub(crate) fn check_release(&self, key: &KeyRow) -> Result<(), ApiError> {
         let policy = ReleasePolicy::parse(&key.release_policy).map_err(|_| {
             ApiError::new(
                 Reason::CorruptPolicy,
@@ -195,7 +191,7 @@ impl DataPlane {
     /// the machine and the key are read fresh and the key's release policy is evaluated on the
     /// token's claims (the fresh key row then decides state and grants too); without one, only
     /// an unattested key releases. Operations that return no plaintext need neither.
-    async fn gate(
+    pub(crate) async fn gate(
         &self,
         who: &Principal,
         key: Arc<KeyRow>,
@@ -237,7 +233,7 @@ impl DataPlane {
         Ok((fresh, Release::Attested(Box::new(auth), client_nonce.to_vec())))
     }
 
-    async fn new_data_key(
+    pub(crate) async fn new_data_key(
         &self,
         who: &Principal,
         ctx: pb::GenerateDataKeyRequest,
@@ -275,7 +271,7 @@ impl DataPlane {
         Ok((blob, data_key, key, release))
     }
 
-    async fn decrypt_blob(
+    pub(crate) async fn decrypt_blob(
         &self,
         who: &Principal,
         bytes: &[u8],
@@ -298,215 +294,5 @@ impl DataPlane {
         let kek = self.keys.kek(&key, parsed.version()).await?;
         let plain = parsed.open(&kek, ctx)?;
         Ok((plain, key, parsed.version(), release))
-    }
-}
-
-#[tonic::async_trait]
-impl pb::key_service_server::KeyService for DataPlane {
-    async fn generate_data_key(
-        &self,
-        request: Request<pb::GenerateDataKeyRequest>,
-    ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
-        let who = self.caller(&request, "generate_data_key").await?;
-        let mut audit = Audit::new(who.as_str(), "generate_data_key");
-        let req = request.into_inner();
-        let result = async {
-            let (blob, dk, key, release) = self
-                .new_data_key(&who, req, Operation::GenerateDataKey, &mut audit)
-                .await?;
-            let version =
-                KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::new(Reason::CorruptKey, "version 0"))?;
-            let sealed_plaintext = release.seal(
-                &self.node,
-                Operation::GenerateDataKey,
-                &key.id,
-                version,
-                &blob,
-                dk.expose_secret(),
-            )?;
-            Ok(pb::GenerateDataKeyResponse {
-                ciphertext_blob: blob,
-                // Never in the clear for an attested release.
-                plaintext: if release.is_attested() {
-                    Vec::new()
-                } else {
-                    dk.expose_secret().to_vec()
-                },
-                key_id: key.id.clone(),
-                key_version: version.get(),
-                sealed_plaintext,
-            })
-        }
-        .await;
-        finish(&self.audit, audit, result, true).await
-    }
-
-    async fn generate_data_key_without_plaintext(
-        &self,
-        request: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
-    ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
-        let who = self.caller(&request, "generate_data_key_without_plaintext").await?;
-        let mut audit = Audit::new(who.as_str(), "generate_data_key_without_plaintext");
-        let req = request.into_inner();
-        let as_gen = pb::GenerateDataKeyRequest {
-            key: req.key,
-            encryption_context: req.encryption_context,
-            attestation_token: String::new(),
-            client_nonce: Vec::new(),
-        };
-        let result = self
-            .new_data_key(&who, as_gen, Operation::GenerateDataKeyWithoutPlaintext, &mut audit)
-            .await
-            .map(|(blob, _dk, key, _)| pb::GenerateDataKeyWithoutPlaintextResponse {
-                ciphertext_blob: blob,
-                key_id: key.id.clone(),
-                key_version: key.latest_version,
-            });
-        finish(&self.audit, audit, result, true).await
-    }
-
-    async fn encrypt(&self, request: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
-        let who = self.caller(&request, "encrypt").await?;
-        let mut audit = Audit::new(who.as_str(), "encrypt");
-        let req = request.into_inner();
-        let result = async {
-            self.keys.ensure_unsealed()?;
-            if req.plaintext.len() > blob::MAX_PLAINTEXT {
-                return Err(ApiError::new(
-                    Reason::PlaintextTooLong,
-                    format!(
-                        "plaintext is {} bytes; at most {} may be encrypted",
-                        req.plaintext.len(),
-                        blob::MAX_PLAINTEXT
-                    ),
-                ));
-            }
-            let context = context(req.encryption_context)?;
-            let key = self.keys.resolve(&req.key).await?;
-            audit.key(&key.id);
-            Self::check_usable(&key, &who, Operation::Encrypt)?;
-            let version =
-                KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::new(Reason::CorruptKey, "version 0"))?;
-            let kek = self.keys.kek(&key, version).await?;
-            let ciphertext_blob = blob::seal(&kek, KeyId::parse(&key.id)?, version, &context, &req.plaintext)?;
-            audit.detail("key_version", version.get());
-            Ok(pb::EncryptResponse {
-                ciphertext_blob,
-                key_id: key.id.clone(),
-                key_version: version.get(),
-            })
-        }
-        .await;
-        finish(&self.audit, audit, result, true).await
-    }
-
-    async fn decrypt(&self, request: Request<pb::DecryptRequest>) -> Result<Response<pb::DecryptResponse>, Status> {
-        let who = self.caller(&request, "decrypt").await?;
-        let mut audit = Audit::new(who.as_str(), "decrypt");
-        let req = request.into_inner();
-        let result = async {
-            self.keys.ensure_unsealed()?;
-            let context = context(req.encryption_context)?;
-            if !req.key.is_empty() {
-                // The caller must be allowed to decrypt under the key it names before it learns
-                // anything about the blob's key (no probing of key names).
-                let expected = self.keys.resolve(&req.key).await?;
-                if !expected.grants.allows(&who, Operation::Decrypt) {
-                    audit.key(&expected.id);
-                    return Err(ApiError::new(
-                        Reason::NotPermitted,
-                        format!("{who} may not call decrypt on key {}", expected.id),
-                    ));
-                }
-                let named = Blob::parse(&req.ciphertext_blob)?.key_id().to_string();
-                if named != expected.id {
-                    audit.key(&named);
-                    return Err(ApiError::new(
-                        Reason::KeyMismatch,
-                        format!("the blob is under key {named}, not {}", expected.id),
-                    ));
-                }
-            }
-            let (plain, key, version, release) = self
-                .decrypt_blob(
-                    &who,
-                    &req.ciphertext_blob,
-                    &context,
-                    Operation::Decrypt,
-                    Proof {
-                        token: &req.attestation_token,
-                        client_nonce: &req.client_nonce,
-                    },
-                    &mut audit,
-                )
-                .await?;
-            let sealed_plaintext = release.seal(
-                &self.node,
-                Operation::Decrypt,
-                &key.id,
-                version,
-                &req.ciphertext_blob,
-                plain.expose_secret(),
-            )?;
-            Ok(pb::DecryptResponse {
-                plaintext: if release.is_attested() {
-                    Vec::new()
-                } else {
-                    plain.into_exposed()
-                },
-                key_id: key.id.clone(),
-                key_version: version.get(),
-                sealed_plaintext,
-            })
-        }
-        .await;
-        finish(&self.audit, audit, result, true).await
-    }
-
-    async fn re_encrypt(
-        &self,
-        request: Request<pb::ReEncryptRequest>,
-    ) -> Result<Response<pb::ReEncryptResponse>, Status> {
-        let who = self.caller(&request, "re_encrypt").await?;
-        let mut audit = Audit::new(who.as_str(), "re_encrypt");
-        let req = request.into_inner();
-        let result = async {
-            self.keys.ensure_unsealed()?;
-            let src_ctx = context(req.source_encryption_context)?;
-            let dst_ctx = context(req.destination_encryption_context)?;
-            let (plain, src_key, src_version, _) = self
-                .decrypt_blob(
-                    &who,
-                    &req.ciphertext_blob,
-                    &src_ctx,
-                    Operation::ReEncrypt,
-                    Proof::NONE,
-                    &mut audit,
-                )
-                .await?;
-            let dst = if req.destination_key.is_empty() {
-                self.keys.by_id(KeyId::parse(&src_key.id)?).await?
-            } else {
-                self.keys.resolve(&req.destination_key).await?
-            };
-            audit.detail("destination_key_id", dst.id.clone());
-            Self::check_usable(&dst, &who, Operation::ReEncrypt)?;
-            Self::check_no_downgrade(&src_key, &dst)?;
-            Self::check_no_grant_widening(&src_key, &dst)?;
-            let version =
-                KeyVersion::new(dst.latest_version).ok_or_else(|| ApiError::new(Reason::CorruptKey, "version 0"))?;
-            let kek = self.keys.kek(&dst, version).await?;
-            let ciphertext_blob = blob::seal(&kek, KeyId::parse(&dst.id)?, version, &dst_ctx, plain.expose_secret())?;
-            audit.detail("destination_key_version", version.get());
-            Ok(pb::ReEncryptResponse {
-                ciphertext_blob,
-                source_key_id: src_key.id.clone(),
-                source_key_version: src_version.get(),
-                key_id: dst.id.clone(),
-                key_version: version.get(),
-            })
-        }
-        .await;
-        finish(&self.audit, audit, result, true).await
     }
 }

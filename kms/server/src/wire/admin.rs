@@ -1,0 +1,115 @@
+//! Admin-plane messages: protobuf to domain and back.
+
+use crate::error::ApiError;
+use crate::seal::SealKind;
+use crate::storage::AdminRow;
+use kms_core::policy::{Grant, Operation};
+use kms_proto::v1 as pb;
+use kms_proto::Reason;
+use std::collections::BTreeSet;
+
+pub(crate) fn op_to_wire(o: Operation) -> pb::Operation {
+    match o {
+        Operation::GenerateDataKey => pb::Operation::GenerateDataKey,
+        Operation::GenerateDataKeyWithoutPlaintext => pb::Operation::GenerateDataKeyWithoutPlaintext,
+        Operation::Encrypt => pb::Operation::Encrypt,
+        Operation::Decrypt => pb::Operation::Decrypt,
+        Operation::ReEncrypt => pb::Operation::ReEncrypt,
+    }
+}
+
+pub(crate) fn grant_from_wire(g: &pb::Grant) -> Result<Grant, ApiError> {
+    let mut operations = BTreeSet::new();
+    for o in &g.operations {
+        let op = match pb::Operation::try_from(*o) {
+            Ok(pb::Operation::GenerateDataKey) => Operation::GenerateDataKey,
+            Ok(pb::Operation::GenerateDataKeyWithoutPlaintext) => Operation::GenerateDataKeyWithoutPlaintext,
+            Ok(pb::Operation::Encrypt) => Operation::Encrypt,
+            Ok(pb::Operation::Decrypt) => Operation::Decrypt,
+            Ok(pb::Operation::ReEncrypt) => Operation::ReEncrypt,
+            _ => {
+                return Err(ApiError::new(
+                    Reason::InvalidPolicy,
+                    format!("grant for {}: operation {o} is not a data-plane operation", g.principal),
+                ))
+            }
+        };
+        operations.insert(op);
+    }
+    Ok(Grant {
+        principal: g.principal.clone(),
+        operations,
+    })
+}
+
+pub(crate) fn wire_status(s: crate::seal::Status) -> pb::SealStatus {
+    pb::SealStatus {
+        initialized: s.initialized,
+        sealed: s.sealed,
+        seal: match s.kind {
+            None => pb::SealKind::Unspecified,
+            Some(SealKind::Shamir) => pb::SealKind::Shamir,
+            Some(SealKind::Dev) => pb::SealKind::Dev,
+            Some(SealKind::Pkcs11) => pb::SealKind::Pkcs11,
+        } as i32,
+        threshold: s.threshold,
+        progress: s.progress,
+        unseal_public_key: s.unseal_public_key,
+        key_check_value: s.key_check_value,
+        root_generation: s.generation,
+        approval_quorum: 0,
+        deployment_id: String::new(),
+        state_version: 0,
+        integrity_alarm: String::new(),
+        rotation: s.rotating_to.map(|(to, kind)| pb::RootRotation {
+            to_generation: to,
+            seal: match kind {
+                SealKind::Shamir => pb::SealKind::Shamir,
+                SealKind::Dev => pb::SealKind::Dev,
+                SealKind::Pkcs11 => pb::SealKind::Pkcs11,
+            } as i32,
+            remaining: 0,
+        }),
+    }
+}
+
+pub(crate) fn admin_to_wire(r: &AdminRow) -> pb::Admin {
+    pb::Admin {
+        id: r.id.clone(),
+        country: r.country.clone(),
+        signing_public_key: r.signing_public_key.clone(),
+        custodian: r.custodian,
+        created_unix_ms: r.created_unix_ms,
+        encryption_public_key: r.encryption_public_key.clone(),
+        removed_unix_ms: r.removed_unix_ms.unwrap_or(0),
+    }
+}
+
+/// A published checkpoint key (GetAuditCheckpointKeys).
+pub(crate) fn checkpoint_key_to_wire(
+    key: &kms_core::audit::CheckpointKey,
+    created_unix_ms: i64,
+    retired_unix_ms: Option<i64>,
+) -> pb::AuditCheckpointKey {
+    pb::AuditCheckpointKey {
+        kid: key.kid().to_owned(),
+        algorithm: key.algorithm().as_str().to_owned(),
+        public_key: key.public_key().to_vec(),
+        created_unix_ms,
+        retired_unix_ms: retired_unix_ms.unwrap_or(0),
+    }
+}
+
+/// The TPM enrolment attempt a stored `enroll_hardware` proposal waits on, if any (the bytes
+/// were checked as a canonical `QuorumOperation` when proposed).
+pub(crate) fn awaited_tpm_enrollment(payload: &[u8]) -> Option<String> {
+    match <pb::QuorumOperation as prost::Message>::decode(payload) {
+        Ok(pb::QuorumOperation {
+            operation: Some(pb::quorum_operation::Operation::EnrollHardware(op)),
+        }) => match op.identity {
+            Some(pb::enroll_hardware_op::Identity::Tpm(t)) => Some(t.enrollment_id),
+            _ => None,
+        },
+        _ => None,
+    }
+}
