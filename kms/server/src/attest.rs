@@ -97,6 +97,18 @@ fn ttl_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Plaintext HPKE-sealed to an attested workload's key, signed by this node.
+pub struct SealedRelease {
+    /// HPKE encapsulated key.
+    pub encapsulated_key: Vec<u8>,
+    /// HPKE ciphertext of the plaintext.
+    pub ciphertext: Vec<u8>,
+    /// This node's public key.
+    pub node_public_key: Vec<u8>,
+    /// The node's signature over the release (`kms_node::message::release`).
+    pub node_signature: Vec<u8>,
+}
+
 /// The stable reason for an evidence refusal.
 pub fn refusal_reason(check: Check) -> Reason {
     match check {

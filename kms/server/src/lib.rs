@@ -209,7 +209,7 @@ pub async fn serve(
 
 /// Dev mode: on an empty database, create a dev admin (key file in the data directory) and
 /// initialize with the dev seal, so `kmsctl` works at once.
-async fn dev_init(admin: &AdminPlane, dir: &std::path::Path) -> Result<(), ServeError> {
+pub(crate) async fn dev_init(admin: &AdminPlane, dir: &std::path::Path) -> Result<(), ServeError> {
     if admin.seal.is_initialized() {
         return Ok(());
     }

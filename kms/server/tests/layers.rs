@@ -12,7 +12,6 @@ const PROTOBUF_NOT_YET_BEHIND_WIRE: &[&str] = &[
     "node.rs",
     "ops/admin.rs",
     "ops/attestation.rs",
-    "ops/data.rs",
     "ops/hardware.rs",
     "ops/quorum.rs",
     "ops/rotation.rs",

@@ -228,7 +228,8 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 let Op::CreateKey(c) = op else {
                     unreachable!("authenticate checked the operation")
                 };
-                self.create_key(c, &mut audit).await
+                let row = self.create_key(new_key_from_wire(c)?, &mut audit).await?;
+                Ok(key_metadata(&row))
             }
         )
     }
@@ -247,7 +248,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 self.seal.require_initialized()?;
                 let key = self.keys.resolve(&d.key).await?;
                 audit.key(&key.id);
-                Ok(Self::key_metadata(&key))
+                Ok(key_metadata(&key))
             }
         )
     }
@@ -272,7 +273,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                 }
                 let rows = self.store.list_keys(&l.page_token, size + 1).await?;
                 let more = rows.len() > size as usize;
-                let keys: Vec<pb::KeyMetadata> = rows.iter().take(size as usize).map(Self::key_metadata).collect();
+                let keys: Vec<pb::KeyMetadata> = rows.iter().take(size as usize).map(key_metadata).collect();
                 let next_page_token = if more {
                     keys.last().map(|k| k.id.clone()).unwrap_or_default()
                 } else {
@@ -325,7 +326,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
                     .await
                     .map_err(ApiError::from)?;
                 match rotated {
-                    Some(row) => Ok(Self::key_metadata(&self.keys.remember(row))),
+                    Some(row) => Ok(key_metadata(&self.keys.remember(row))),
                     None => {
                         let current = self
                             .store

@@ -6,6 +6,7 @@ use crate::grpc::finish;
 use crate::ops::data::Proof;
 use crate::ops::data::*;
 use crate::wire::context;
+use crate::wire::key::sealed_to_wire;
 use kms_core::blob::{self, Blob};
 use kms_core::ids::{KeyId, KeyVersion};
 use kms_core::policy::Operation;
@@ -34,8 +35,13 @@ impl pb::key_service_server::KeyService for DataPlane {
         let mut audit = Audit::new(who.as_str(), "generate_data_key");
         let req = request.into_inner();
         let result = async {
+            let context = context(req.encryption_context)?;
+            let proof = Proof {
+                token: &req.attestation_token,
+                client_nonce: &req.client_nonce,
+            };
             let (blob, dk, key, release) = self
-                .new_data_key(&who, req, Operation::GenerateDataKey, &mut audit)
+                .new_data_key(&who, &req.key, &context, proof, Operation::GenerateDataKey, &mut audit)
                 .await?;
             let version =
                 KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::new(Reason::CorruptKey, "version 0"))?;
@@ -57,7 +63,7 @@ impl pb::key_service_server::KeyService for DataPlane {
                 },
                 key_id: key.id.clone(),
                 key_version: version.get(),
-                sealed_plaintext,
+                sealed_plaintext: sealed_plaintext.map(sealed_to_wire),
             })
         }
         .await;
@@ -71,20 +77,25 @@ impl pb::key_service_server::KeyService for DataPlane {
         let who = self.caller(&request, "generate_data_key_without_plaintext").await?;
         let mut audit = Audit::new(who.as_str(), "generate_data_key_without_plaintext");
         let req = request.into_inner();
-        let as_gen = pb::GenerateDataKeyRequest {
-            key: req.key,
-            encryption_context: req.encryption_context,
-            attestation_token: String::new(),
-            client_nonce: Vec::new(),
-        };
-        let result = self
-            .new_data_key(&who, as_gen, Operation::GenerateDataKeyWithoutPlaintext, &mut audit)
-            .await
-            .map(|(blob, _dk, key, _)| pb::GenerateDataKeyWithoutPlaintextResponse {
+        let result = async {
+            let context = context(req.encryption_context)?;
+            let (blob, _dk, key, _) = self
+                .new_data_key(
+                    &who,
+                    &req.key,
+                    &context,
+                    Proof::NONE,
+                    Operation::GenerateDataKeyWithoutPlaintext,
+                    &mut audit,
+                )
+                .await?;
+            Ok(pb::GenerateDataKeyWithoutPlaintextResponse {
                 ciphertext_blob: blob,
                 key_id: key.id.clone(),
                 key_version: key.latest_version,
-            });
+            })
+        }
+        .await;
         finish(&self.audit, audit, result, true).await
     }
 
@@ -179,7 +190,7 @@ impl pb::key_service_server::KeyService for DataPlane {
                 },
                 key_id: key.id.clone(),
                 key_version: version.get(),
-                sealed_plaintext,
+                sealed_plaintext: sealed_plaintext.map(sealed_to_wire),
             })
         }
         .await;

@@ -4,16 +4,15 @@
 //! operations run through `ops::quorum` (proposals, approvals, execution at M).
 
 use crate::wire::admin::*;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kms_core::admin::AdminPublicKey;
 use kms_core::blob::Kek;
-use kms_core::ids::{AdminId, KeyId, KeyName, KeyVersion};
+use kms_core::ids::{AdminId, KeyId, KeyVersion};
 use kms_core::jurisdiction::{AllowedCountries, Country};
 use kms_core::key::{KeyState, Transition, DELETION_WINDOW_DAYS};
-use kms_core::policy::{AccessPolicy, ReleasePolicy};
 use kms_core::share_wrap;
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
@@ -22,7 +21,7 @@ use prost::Message;
 use crate::audit::Audit;
 use crate::audit::AuditLog;
 use crate::error::ApiError;
-use crate::keys::Keys;
+use crate::keys::{Keys, NewKey};
 use crate::ops::quorum::Exec;
 use crate::seal::{Seal, SealKind};
 use crate::storage::{AdminRow, KeyRow, QuorumClose, RootGenerationRow, SealConfigRow, ShareRow, Store, StoreError};
@@ -583,46 +582,15 @@ impl AdminPlane {
         seal_status(&self.store, &self.seal).await
     }
 
-    pub(crate) fn key_metadata(k: &KeyRow) -> pb::KeyMetadata {
-        pb::KeyMetadata {
-            id: k.id.clone(),
-            name: k.name.clone(),
-            description: k.description.clone(),
-            tags: k.tags.clone(),
-            state: match k.state {
-                KeyState::Enabled => pb::KeyState::Enabled,
-                KeyState::Disabled => pb::KeyState::Disabled,
-                KeyState::PendingDeletion => pb::KeyState::PendingDeletion,
-                KeyState::Destroyed => pb::KeyState::Destroyed,
-            } as i32,
-            latest_version: k.latest_version,
-            created_unix_ms: k.created_unix_ms,
-            deletion_unix_ms: k.deletion_unix_ms.unwrap_or(0),
-            grants: k
-                .grants
-                .grants
-                .iter()
-                .map(|g| pb::Grant {
-                    principal: g.principal.clone(),
-                    operations: g.operations.iter().map(|o| op_to_wire(*o) as i32).collect(),
-                })
-                .collect(),
-            release_policy: k.release_policy.clone(),
-            release_policy_version: k.release_policy_version,
-        }
-    }
-
-    pub(crate) async fn create_key(&self, op: pb::CreateKeyOp, audit: &mut Audit) -> Result<pb::KeyMetadata, ApiError> {
-        let name = KeyName::parse(&op.name)?;
-        if op.description.chars().count() > 1024 {
-            return Err(ApiError::new(
-                Reason::InvalidArgument,
-                "description: at most 1024 characters",
-            ));
-        }
-        check_tags(&op.tags)?;
-        let grants = AccessPolicy::new(op.grants.iter().map(grant_from_wire).collect::<Result<_, _>>()?)?;
-        let policy = ReleasePolicy::parse(&op.release_policy)?;
+    /// CreateKey: a new Enabled key with version 1 under a fresh KEK wrapped by the root key.
+    pub(crate) async fn create_key(&self, new: NewKey, audit: &mut Audit) -> Result<Arc<KeyRow>, ApiError> {
+        let NewKey {
+            name,
+            description,
+            tags,
+            grants,
+            policy,
+        } = new;
         if policy.allows_unattested_release() && !self.allow_unattested {
             return Err(ApiError::new(
                 Reason::UnattestedKeysDisabled,
@@ -640,8 +608,8 @@ impl AdminPlane {
         let row = KeyRow {
             id: id.to_string(),
             name: name.as_str().to_owned(),
-            description: op.description,
-            tags: op.tags,
+            description,
+            tags,
             state: KeyState::Enabled,
             latest_version: 1,
             grants,
@@ -665,8 +633,7 @@ impl AdminPlane {
             }
             Err(e) => return Err(ApiError::from(e)),
         }
-        let row = self.keys.remember(row);
-        Ok(Self::key_metadata(&row))
+        Ok(self.keys.remember(row))
     }
 
     /// Applies a lifecycle transition. Needs no root key: a sealed replica can still disable a
@@ -699,7 +666,7 @@ impl AdminPlane {
             .await
             .map_err(ApiError::from)?;
         match changed {
-            Some(row) => Ok(Self::key_metadata(&self.keys.remember(row))),
+            Some(row) => Ok(key_metadata(&self.keys.remember(row))),
             None => {
                 let current = self
                     .store
@@ -753,21 +720,6 @@ pub(crate) fn audit_op(method: &'static str) -> &'static str {
     }
 }
 
-pub(crate) fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
-    if tags.len() > 50 {
-        return Err(ApiError::new(Reason::InvalidArgument, "tags: at most 50"));
-    }
-    for (k, v) in tags {
-        if k.is_empty() || k.len() > 128 || v.len() > 256 {
-            return Err(ApiError::new(
-                Reason::InvalidArgument,
-                format!("tag {k:?}: keys are 1 to 128 bytes, values at most 256"),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// The seal status of this replica, with the quorum, deployment and generation from the
 /// database (`GetSealStatus`, and signed in `GetNodeIdentity`).
 pub(crate) async fn seal_status(store: &Store, seal: &Seal) -> Result<pb::SealStatus, ApiError> {
@@ -800,4 +752,106 @@ pub(crate) async fn seal_status(store: &Store, seal: &Seal) -> Result<pb::SealSt
         r.remaining = store.remaining_under(from).await?;
     }
     Ok(wire)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use kms_core::ids::KeyName;
+    use kms_core::key::{KeyState, Transition};
+    use kms_core::policy::{AccessPolicy, Operation, ReleasePolicy};
+    use kms_proto::Reason;
+
+    use crate::audit::Audit;
+    use crate::keys::NewKey;
+    use crate::ops::testkit::{Kit, UNATTESTED};
+
+    fn new_key(name: &str, policy: &str) -> NewKey {
+        NewKey {
+            name: KeyName::parse(name).unwrap(),
+            description: "d".into(),
+            tags: BTreeMap::from([("team".to_owned(), "pay".to_owned())]),
+            grants: AccessPolicy::new(vec![kms_core::policy::Grant {
+                principal: "spiffe://eu/app".into(),
+                operations: BTreeSet::from([Operation::Decrypt]),
+            }])
+            .unwrap(),
+            policy: ReleasePolicy::parse(policy).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn create_key_stores_version_1_and_names_are_unique() {
+        let kit = Kit::new().await;
+        let mut audit = Audit::new("admin:test", "admin.create_key");
+        let row = kit
+            .admin
+            .create_key(new_key("pay", UNATTESTED), &mut audit)
+            .await
+            .unwrap();
+        assert_eq!((row.latest_version, row.state), (1, KeyState::Enabled));
+        let stored = kit.store.key_by_name("pay").await.unwrap().unwrap();
+        assert_eq!(stored.id, row.id);
+        assert_eq!(stored.tags["team"], "pay");
+        let e = kit
+            .admin
+            .create_key(new_key("pay", UNATTESTED), &mut audit)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::KeyNameTaken);
+    }
+
+    #[tokio::test]
+    async fn unattested_keys_need_the_danger_setting() {
+        let mut kit = Kit::new().await;
+        kit.admin.allow_unattested = false;
+        let mut audit = Audit::new("admin:test", "admin.create_key");
+        let e = kit
+            .admin
+            .create_key(new_key("k", UNATTESTED), &mut audit)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::UnattestedKeysDisabled);
+        kit.admin
+            .create_key(new_key("k", r#"{"version":1,"attestation":"required"}"#), &mut audit)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn state_changes_follow_the_key_lifecycle() {
+        let kit = Kit::new().await;
+        let mut audit = Audit::new("admin:test", "admin.create_key");
+        kit.admin
+            .create_key(new_key("k", UNATTESTED), &mut audit)
+            .await
+            .unwrap();
+        let e = kit
+            .admin
+            .change_state("k", Transition::Enable, None, None, &mut audit)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::InvalidStateTransition);
+        kit.admin
+            .change_state("k", Transition::Disable, None, None, &mut audit)
+            .await
+            .unwrap();
+        assert_eq!(
+            kit.store.key_by_name("k").await.unwrap().unwrap().state,
+            KeyState::Disabled
+        );
+        let e = kit
+            .admin
+            .change_state("nope", Transition::Disable, None, None, &mut audit)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::KeyNotFound);
+    }
 }

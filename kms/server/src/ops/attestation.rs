@@ -176,3 +176,49 @@ impl AttestationPlane {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use kms_proto::v1 as pb;
+    use kms_proto::Reason;
+
+    use crate::audit::Audit;
+    use crate::ops::testkit::{who, Kit};
+
+    #[tokio::test]
+    async fn attest_refuses_a_bad_hpke_key_and_missing_evidence() {
+        let kit = Kit::new().await;
+        let app = who("spiffe://eu/app");
+        let mut audit = Audit::new(app.as_str(), "attestation.attest");
+        let req = pb::AttestRequest {
+            nonce: vec![0; 32],
+            hpke_public_key: vec![1; 31],
+            ..Default::default()
+        };
+        let e = kit.attestation.attest(&app, req, &mut audit).await.err().unwrap();
+        assert_eq!(e.reason, Reason::InvalidHpkePublicKey);
+        let req = pb::AttestRequest {
+            nonce: vec![0; 32],
+            hpke_public_key: vec![9; 32],
+            ..Default::default()
+        };
+        let e = kit.attestation.attest(&app, req, &mut audit).await.err().unwrap();
+        assert_eq!(e.reason, Reason::MissingEvidence);
+    }
+
+    #[tokio::test]
+    async fn tpm_enrolment_needs_an_ek_ca_bundle() {
+        let kit = Kit::new().await;
+        let app = who("spiffe://eu/app");
+        let mut audit = Audit::new(app.as_str(), "attestation.begin_tpm_enrollment");
+        let e = kit
+            .attestation
+            .begin_tpm(&app, pb::BeginTpmEnrollmentRequest::default(), &mut audit)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::TpmEnrollmentNotConfigured);
+    }
+}

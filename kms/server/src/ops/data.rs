@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use kms_core::blob::{self, Blob};
+use kms_core::context::EncryptionContext;
 use kms_core::hpke_seal;
 use kms_core::ids::{KeyId, KeyVersion, Principal};
 use kms_core::key::KeyState;
 use kms_core::policy::{Operation, ReleasePolicy};
 use kms_core::secret::DataKey;
-use kms_proto::v1 as pb;
 
-use crate::attest::{Attestation, Authorized};
+use crate::attest::{Attestation, Authorized, SealedRelease};
 use crate::audit::Audit;
 use crate::audit::AuditLog;
 use crate::error::ApiError;
@@ -20,7 +20,6 @@ use crate::identity::Identities;
 use crate::keys::Keys;
 use crate::node::Node;
 use crate::storage::KeyRow;
-use crate::wire::context;
 use kms_proto::Reason;
 
 /// The KeyService implementation.
@@ -70,7 +69,7 @@ impl Release {
         version: KeyVersion,
         blob: &[u8],
         plaintext: &[u8],
-    ) -> Result<Option<pb::SealedKey>, ApiError> {
+    ) -> Result<Option<SealedRelease>, ApiError> {
         let Release::Attested(auth, client_nonce) = self else {
             return Ok(None);
         };
@@ -80,13 +79,13 @@ impl Release {
             .map_err(|e| ApiError::new(crate::error::token_reason(&e), format!("attestation token: {e}")))?;
         let info = hpke_seal::release_info(operation.as_str(), key_id, version.get(), &auth.token.jti, client_nonce);
         let sealed = hpke_seal::seal_release(&pk, &info, blob, plaintext)?;
-        let mut wire = pb::SealedKey {
+        let node_signature = node.sign_release(&info, blob, &sealed.encapsulated_key, &sealed.ciphertext);
+        Ok(Some(SealedRelease {
             encapsulated_key: sealed.encapsulated_key,
             ciphertext: sealed.ciphertext,
-            ..Default::default()
-        };
-        node.sign_release(&mut wire, &info, blob);
-        Ok(Some(wire))
+            node_public_key: node.public_key().to_vec(),
+            node_signature,
+        }))
     }
 
     pub(crate) fn is_attested(&self) -> bool {
@@ -236,37 +235,21 @@ impl DataPlane {
     pub(crate) async fn new_data_key(
         &self,
         who: &Principal,
-        ctx: pb::GenerateDataKeyRequest,
+        key: &str,
+        context: &EncryptionContext,
+        proof: Proof<'_>,
         op: Operation,
         audit: &mut Audit,
     ) -> Result<(Vec<u8>, DataKey, Arc<KeyRow>, Release), ApiError> {
         self.keys.ensure_unsealed()?;
-        let context = context(ctx.encryption_context)?;
-        let key = self.keys.resolve(&ctx.key).await?;
+        let key = self.keys.resolve(key).await?;
         audit.key(&key.id);
-        let (key, release) = self
-            .gate(
-                who,
-                key,
-                Proof {
-                    token: &ctx.attestation_token,
-                    client_nonce: &ctx.client_nonce,
-                },
-                op,
-                audit,
-            )
-            .await?;
+        let (key, release) = self.gate(who, key, proof, op, audit).await?;
         let version =
             KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::new(Reason::CorruptKey, "version 0"))?;
         let kek = self.keys.kek(&key, version).await?;
         let data_key = DataKey::generate()?;
-        let blob = blob::seal(
-            &kek,
-            KeyId::parse(&key.id)?,
-            version,
-            &context,
-            data_key.expose_secret(),
-        )?;
+        let blob = blob::seal(&kek, KeyId::parse(&key.id)?, version, context, data_key.expose_secret())?;
         audit.detail("key_version", version.get());
         Ok((blob, data_key, key, release))
     }
@@ -275,7 +258,7 @@ impl DataPlane {
         &self,
         who: &Principal,
         bytes: &[u8],
-        ctx: &kms_core::context::EncryptionContext,
+        ctx: &EncryptionContext,
         op: Operation,
         proof: Proof<'_>,
         audit: &mut Audit,
@@ -294,5 +277,146 @@ impl DataPlane {
         let kek = self.keys.kek(&key, parsed.version()).await?;
         let plain = parsed.open(&kek, ctx)?;
         Ok((plain, key, parsed.version(), release))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use kms_core::context::EncryptionContext;
+    use kms_core::key::Transition;
+    use kms_core::policy::Operation;
+    use kms_proto::Reason;
+
+    use super::Proof;
+    use crate::audit::Audit;
+    use crate::ops::testkit::{who, Kit, UNATTESTED};
+
+    fn ctx(pairs: &[(&str, &str)]) -> EncryptionContext {
+        EncryptionContext::new(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_data_key_decrypts_under_its_context_only() {
+        let kit = Kit::new().await;
+        let app = who("spiffe://eu/app");
+        kit.key(
+            "orders",
+            app.as_str(),
+            &[Operation::GenerateDataKey, Operation::Decrypt],
+            UNATTESTED,
+        )
+        .await;
+        let c = ctx(&[("tenant", "a")]);
+        let mut audit = Audit::new(app.as_str(), "generate_data_key");
+        let (blob, dk, key, release) = kit
+            .data
+            .new_data_key(&app, "orders", &c, Proof::NONE, Operation::GenerateDataKey, &mut audit)
+            .await
+            .unwrap();
+        assert!(!release.is_attested());
+        assert_eq!(key.name, "orders");
+
+        let mut audit = Audit::new(app.as_str(), "decrypt");
+        let (plain, _, version, _) = kit
+            .data
+            .decrypt_blob(&app, &blob, &c, Operation::Decrypt, Proof::NONE, &mut audit)
+            .await
+            .unwrap();
+        assert_eq!(plain.expose_secret(), dk.expose_secret());
+        assert_eq!(version.get(), 1);
+
+        let mut audit = Audit::new(app.as_str(), "decrypt");
+        let e = kit
+            .data
+            .decrypt_blob(
+                &app,
+                &blob,
+                &ctx(&[("tenant", "b")]),
+                Operation::Decrypt,
+                Proof::NONE,
+                &mut audit,
+            )
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::DecryptFailed);
+
+        let mut tampered = blob.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        let mut audit = Audit::new(app.as_str(), "decrypt");
+        let e = kit
+            .data
+            .decrypt_blob(&app, &tampered, &c, Operation::Decrypt, Proof::NONE, &mut audit)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::DecryptFailed);
+    }
+
+    #[tokio::test]
+    async fn refusals_name_the_check_that_failed() {
+        let kit = Kit::new().await;
+        let app = who("spiffe://eu/app");
+        kit.key("k", app.as_str(), &[Operation::GenerateDataKey], UNATTESTED)
+            .await;
+        kit.key(
+            "attested",
+            app.as_str(),
+            &[Operation::GenerateDataKey],
+            r#"{"version":1,"attestation":"required"}"#,
+        )
+        .await;
+        let c = ctx(&[]);
+        let gen = |principal: &'static str, key: &'static str| {
+            let kit = &kit;
+            let c = &c;
+            async move {
+                let mut audit = Audit::new(principal, "generate_data_key");
+                kit.data
+                    .new_data_key(
+                        &who(principal),
+                        key,
+                        c,
+                        Proof::NONE,
+                        Operation::GenerateDataKey,
+                        &mut audit,
+                    )
+                    .await
+                    .err()
+                    .map(|e| e.reason)
+            }
+        };
+        assert_eq!(gen("spiffe://eu/app", "k").await, None);
+        assert_eq!(gen("spiffe://eu/other", "k").await, Some(Reason::NotPermitted));
+        assert_eq!(gen("spiffe://eu/app", "nosuchkey").await, Some(Reason::KeyNotFound));
+        assert_eq!(
+            gen("spiffe://eu/app", "attested").await,
+            Some(Reason::AttestationRequired)
+        );
+
+        let mut audit = Audit::new("admin:test", "admin.disable_key");
+        kit.admin
+            .change_state("k", Transition::Disable, None, None, &mut audit)
+            .await
+            .unwrap();
+        assert_eq!(gen("spiffe://eu/app", "k").await, Some(Reason::KeyDisabled));
+
+        let mut audit = Audit::new("spiffe://eu/app", "decrypt");
+        let e = kit
+            .data
+            .decrypt_blob(
+                &who("spiffe://eu/app"),
+                b"not a blob",
+                &c,
+                Operation::Decrypt,
+                Proof::NONE,
+                &mut audit,
+            )
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::MalformedBlob);
     }
 }

@@ -2,6 +2,7 @@
 //! revoke) and release policy changes. Called after the signed request is authenticated;
 //! enrolment and policy changes are quorum operations (`ops::quorum`).
 
+use crate::wire::admin::key_metadata;
 use crate::wire::hardware::hardware_to_wire;
 use attestation::snp::Signer;
 use attestation::Verifier;
@@ -345,7 +346,7 @@ impl AdminPlane {
                 )
             })?;
         let row = self.keys.remember(row);
-        Ok(Some(Self::key_metadata(&row)))
+        Ok(Some(key_metadata(&row)))
     }
 }
 

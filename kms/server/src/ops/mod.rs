@@ -8,3 +8,6 @@ pub mod data;
 pub(crate) mod hardware;
 pub(crate) mod quorum;
 pub(crate) mod rotation;
+
+#[cfg(test)]
+pub(crate) mod testkit;

@@ -1,12 +1,16 @@
 //! Admin-plane messages: protobuf to domain and back.
 
-use crate::error::ApiError;
-use crate::seal::SealKind;
-use crate::storage::AdminRow;
-use kms_core::policy::{Grant, Operation};
+use std::collections::{BTreeMap, BTreeSet};
+
+use kms_core::ids::KeyName;
+use kms_core::key::KeyState;
+use kms_core::policy::{AccessPolicy, Grant, Operation, ReleasePolicy};
 use kms_proto::v1 as pb;
 use kms_proto::Reason;
-use std::collections::BTreeSet;
+
+use crate::error::ApiError;
+use crate::seal::SealKind;
+use crate::storage::{AdminRow, KeyRow};
 
 pub(crate) fn op_to_wire(o: Operation) -> pb::Operation {
     match o {
@@ -112,4 +116,69 @@ pub(crate) fn awaited_tpm_enrollment(payload: &[u8]) -> Option<String> {
         },
         _ => None,
     }
+}
+
+pub(crate) fn key_metadata(k: &KeyRow) -> pb::KeyMetadata {
+    pb::KeyMetadata {
+        id: k.id.clone(),
+        name: k.name.clone(),
+        description: k.description.clone(),
+        tags: k.tags.clone(),
+        state: match k.state {
+            KeyState::Enabled => pb::KeyState::Enabled,
+            KeyState::Disabled => pb::KeyState::Disabled,
+            KeyState::PendingDeletion => pb::KeyState::PendingDeletion,
+            KeyState::Destroyed => pb::KeyState::Destroyed,
+        } as i32,
+        latest_version: k.latest_version,
+        created_unix_ms: k.created_unix_ms,
+        deletion_unix_ms: k.deletion_unix_ms.unwrap_or(0),
+        grants: k
+            .grants
+            .grants
+            .iter()
+            .map(|g| pb::Grant {
+                principal: g.principal.clone(),
+                operations: g.operations.iter().map(|o| op_to_wire(*o) as i32).collect(),
+            })
+            .collect(),
+        release_policy: k.release_policy.clone(),
+        release_policy_version: k.release_policy_version,
+    }
+}
+
+/// A CreateKey operation, decoded and checked.
+pub(crate) fn new_key_from_wire(op: pb::CreateKeyOp) -> Result<crate::keys::NewKey, ApiError> {
+    let name = KeyName::parse(&op.name)?;
+    if op.description.chars().count() > 1024 {
+        return Err(ApiError::new(
+            Reason::InvalidArgument,
+            "description: at most 1024 characters",
+        ));
+    }
+    check_tags(&op.tags)?;
+    let grants = AccessPolicy::new(op.grants.iter().map(grant_from_wire).collect::<Result<_, _>>()?)?;
+    let policy = ReleasePolicy::parse(&op.release_policy)?;
+    Ok(crate::keys::NewKey {
+        name,
+        description: op.description,
+        tags: op.tags,
+        grants,
+        policy,
+    })
+}
+
+pub(crate) fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if tags.len() > 50 {
+        return Err(ApiError::new(Reason::InvalidArgument, "tags: at most 50"));
+    }
+    for (k, v) in tags {
+        if k.is_empty() || k.len() > 128 || v.len() > 256 {
+            return Err(ApiError::new(
+                Reason::InvalidArgument,
+                format!("tag {k:?}: keys are 1 to 128 bytes, values at most 256"),
+            ));
+        }
+    }
+    Ok(())
 }

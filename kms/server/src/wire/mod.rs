@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod attestation;
 pub mod hardware;
+pub mod key;
 
 use crate::error::ApiError;
 use kms_core::context::EncryptionContext;
