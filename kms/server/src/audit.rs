@@ -117,8 +117,9 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, batch_max: usize)
     }
 }
 
-/// What one call's audit record will say, filled in as the call proceeds.
-#[derive(Debug)]
+/// What one call's audit record will say, filled in as the call proceeds (ids and details,
+/// never key material, so it may be copied into the records a transaction writes).
+#[derive(Clone, Debug)]
 pub struct Audit {
     pub(crate) caller: String,
     pub(crate) operation: &'static str,
@@ -189,23 +190,11 @@ impl Audit {
 impl Audit {
     /// The success record as it stands, for a transaction to write with its change.
     pub(crate) fn clone_allowed(a: &Audit) -> Record {
-        Audit {
-            caller: a.caller.clone(),
-            operation: a.operation,
-            key_id: a.key_id.clone(),
-            detail: a.detail.clone(),
-        }
-        .allowed()
+        a.clone().allowed()
     }
 
     /// The refusal record as it stands.
     pub(crate) fn clone_failed(a: &Audit, e: &ApiError) -> Record {
-        Audit {
-            caller: a.caller.clone(),
-            operation: a.operation,
-            key_id: a.key_id.clone(),
-            detail: a.detail.clone(),
-        }
-        .failed(e)
+        a.clone().failed(e)
     }
 }

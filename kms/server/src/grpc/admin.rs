@@ -7,8 +7,7 @@ use crate::grpc::finish;
 use crate::ops::admin::*;
 use crate::seal::SealKind;
 use crate::wire::admin::*;
-use kms_core::blob::Kek;
-use kms_core::ids::{KeyId, KeyVersion};
+use kms_core::ids::KeyId;
 use kms_core::key::Transition;
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
@@ -16,36 +15,322 @@ use kms_proto::v1::quorum_operation::Operation as QOp;
 use kms_proto::Reason;
 use tonic::{Request, Response, Status};
 
-/// Runs one admin method: authenticate, run `body`, audit, answer. `durable`: the success
-/// record must be durable before answering (reads that release nothing queue it). `in_tx`: the
-/// body's transaction already wrote the success record.
-macro_rules! admin_call {
-    ($self:ident, $request:ident, $method:literal, durable = $durable:expr, in_tx = $in_tx:expr, |$op:ident, $admin:ident, $audit:ident| $body:expr) => {
-        admin_call!(
-            $self,
-            $request,
-            $method,
-            durable = $durable,
-            in_tx = $in_tx,
-            |$op, $admin, $audit, _signed| $body
-        )
+/// What an admin operation answers: one variant per answer message. Lives for one call, on its
+/// way to being encoded, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Answer {
+    InitResponse(pb::InitResponse),
+    EncryptedShare(pb::EncryptedShare),
+    SealStatus(pb::SealStatus),
+    Admin(pb::Admin),
+    ListAdminsResponse(pb::ListAdminsResponse),
+    KeyMetadata(pb::KeyMetadata),
+    ListKeysResponse(pb::ListKeysResponse),
+    Hardware(pb::Hardware),
+    ListHardwareResponse(pb::ListHardwareResponse),
+    Proposal(pb::Proposal),
+    ListProposalsResponse(pb::ListProposalsResponse),
+}
+
+/// The answer message of one admin method.
+trait FromAnswer: Sized {
+    fn from_answer(answer: Answer) -> Option<Self>;
+}
+
+macro_rules! from_answer {
+    ($($t:ident),*) => {
+        $(impl FromAnswer for pb::$t {
+            fn from_answer(answer: Answer) -> Option<Self> {
+                match answer {
+                    Answer::$t(a) => Some(a),
+                    _ => None,
+                }
+            }
+        })*
     };
-    ($self:ident, $request:ident, $method:literal, durable = $durable:expr, in_tx = $in_tx:expr, |$op:ident, $admin:ident, $audit:ident, $signed:ident| $body:expr) => {{
-        let $signed = $request.into_inner();
-        let mut $audit = Audit::new("unauthenticated", audit_op($method));
+}
+from_answer!(
+    InitResponse,
+    EncryptedShare,
+    SealStatus,
+    Admin,
+    ListAdminsResponse,
+    KeyMetadata,
+    ListKeysResponse,
+    Hardware,
+    ListHardwareResponse,
+    Proposal,
+    ListProposalsResponse
+);
+
+/// How a successful admin call's audit record is written.
+#[derive(Clone, Copy, Debug)]
+enum Commit {
+    /// The operation wrote it in the transaction of its change.
+    InTransaction,
+    /// Made durable before the answer (seal changes, share releases).
+    Durable,
+    /// Queued (reads that release nothing).
+    Queued,
+}
+
+/// Pins the answer type of an operation's body.
+async fn answer<T>(body: impl std::future::Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
+    body.await
+}
+
+impl AdminPlane {
+    /// Every signed admin method: authenticate the request (which checks that its operation is
+    /// the method's), run the operation, write the audit record as the operation requires, and
+    /// answer with the method's message.
+    async fn call<T: FromAnswer>(
+        &self,
+        request: Request<pb::SignedRequest>,
+        method: &'static str,
+    ) -> Result<Response<T>, Status> {
+        let signed = request.into_inner();
+        let mut audit = Audit::new("unauthenticated", audit_op(method));
         let result = async {
-            let ($admin, op) = $self.authenticate(&$signed, $method, &mut $audit).await?;
-            let _ = &$admin;
-            let $op = op;
-            $body
+            let (admin, op) = self.authenticate(&signed, method, &mut audit).await?;
+            let (commit, answer) = self.run(op, &admin, &signed, &mut audit).await?;
+            let answer = T::from_answer(answer).ok_or_else(|| {
+                ApiError::new(
+                    Reason::Internal,
+                    format!("{method}: the operation answered another message"),
+                )
+            })?;
+            Ok((commit, answer))
         }
         .await;
-        if $in_tx && result.is_ok() {
-            Ok(Response::new(result.map_err(|e: ApiError| e.to_status())?))
-        } else {
-            finish(&$self.audit, $audit, result, $durable).await
+        match result {
+            Ok((Commit::InTransaction, answer)) => Ok(Response::new(answer)),
+            Ok((commit, answer)) => finish(&self.audit, audit, Ok(answer), matches!(commit, Commit::Durable)).await,
+            Err(e) => finish::<T>(&self.audit, audit, Err(e), false).await,
         }
-    }};
+    }
+
+    /// The one dispatch of signed admin operations.
+    async fn run(
+        &self,
+        op: Op,
+        admin: &kms_core::ids::AdminId,
+        signed: &pb::SignedRequest,
+        audit: &mut Audit,
+    ) -> Result<(Commit, Answer), ApiError> {
+        Ok(match op {
+            Op::Init(init) => {
+                let answer = answer::<pb::InitResponse>(async {
+                    let kind = match pb::SealKind::try_from(init.seal) {
+                        Ok(pb::SealKind::Shamir) => SealKind::Shamir,
+                        Ok(pb::SealKind::Dev) => SealKind::Dev,
+                        Ok(pb::SealKind::Pkcs11) => SealKind::Pkcs11,
+                        _ => return Err(ApiError::new(Reason::BadSeal, "seal must be SHAMIR, PKCS11 or DEV")),
+                    };
+                    let admins = init
+                        .admins
+                        .iter()
+                        .map(|a| self.parse_new_admin(a))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    self.initialize(kind, init.threshold, init.approval_quorum, admins, audit)
+                        .await?;
+                    Ok(pb::InitResponse {
+                        status: Some(self.wire_status().await?),
+                    })
+                })
+                .await?;
+                (Commit::InTransaction, Answer::InitResponse(answer))
+            }
+            Op::GetEncryptedShare(_) => {
+                let answer = answer::<pb::EncryptedShare>(async {
+                    let (envelope, generation) = self.encrypted_share(admin, audit).await?;
+                    Ok(pb::EncryptedShare { envelope, generation })
+                })
+                .await?;
+                (Commit::Durable, Answer::EncryptedShare(answer))
+            }
+            Op::Unseal(u) => {
+                let answer = answer::<pb::SealStatus>(async {
+                    let progress = self.submit_share(admin, &u.envelope, audit).await?;
+                    let mut wire = self.wire_status().await?;
+                    wire.progress = progress;
+                    Ok(wire)
+                })
+                .await?;
+                (Commit::Durable, Answer::SealStatus(answer))
+            }
+            Op::Seal(_) => {
+                let answer = answer::<pb::SealStatus>(async {
+                    self.seal.seal()?;
+                    self.keys.clear_keks();
+                    self.attestation.clear();
+                    self.wire_status().await
+                })
+                .await?;
+                (Commit::Durable, Answer::SealStatus(answer))
+            }
+            Op::AddAdmin(add) => {
+                let answer = answer::<pb::Admin>(async {
+                    match self.direct(admin, signed, QOp::AddAdmin(add), audit).await? {
+                        pb::proposal::Result::Admin(a) => Ok(a),
+                        _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
+                    }
+                })
+                .await?;
+                (Commit::InTransaction, Answer::Admin(answer))
+            }
+            Op::ListAdmins(l) => {
+                let answer = answer::<pb::ListAdminsResponse>(async {
+                    Ok(pb::ListAdminsResponse {
+                        admins: self
+                            .store
+                            .admins(l.include_removed)
+                            .await?
+                            .iter()
+                            .map(admin_to_wire)
+                            .collect(),
+                    })
+                })
+                .await?;
+                (Commit::Queued, Answer::ListAdminsResponse(answer))
+            }
+            Op::CreateKey(c) => {
+                let answer = answer::<pb::KeyMetadata>(async {
+                    let row = self.create_key(new_key_from_wire(c)?, audit).await?;
+                    Ok(key_metadata(&row))
+                })
+                .await?;
+                (Commit::InTransaction, Answer::KeyMetadata(answer))
+            }
+            Op::DescribeKey(d) => {
+                let answer = answer::<pb::KeyMetadata>(async {
+                    self.seal.require_initialized()?;
+                    let key = self.keys.resolve(&d.key).await?;
+                    audit.key(&key.id);
+                    Ok(key_metadata(&key))
+                })
+                .await?;
+                (Commit::Queued, Answer::KeyMetadata(answer))
+            }
+            Op::ListKeys(l) => {
+                let answer = answer::<pb::ListKeysResponse>(async {
+                    self.seal.require_initialized()?;
+                    let size = crate::wire::page_size(l.page_size)?;
+                    if !l.page_token.is_empty() {
+                        KeyId::parse(&l.page_token).map_err(|_| {
+                            ApiError::new(Reason::BadPageToken, "page_token is not one this server returned")
+                        })?;
+                    }
+                    let rows = self.store.list_keys(&l.page_token, size + 1).await?;
+                    let more = rows.len() > size as usize;
+                    let keys: Vec<pb::KeyMetadata> = rows.iter().take(size as usize).map(key_metadata).collect();
+                    let next_page_token = if more {
+                        keys.last().map(|k| k.id.clone()).unwrap_or_default()
+                    } else {
+                        String::new()
+                    };
+                    Ok(pb::ListKeysResponse { keys, next_page_token })
+                })
+                .await?;
+                (Commit::Queued, Answer::ListKeysResponse(answer))
+            }
+            Op::RotateKey(r) => {
+                let answer = answer::<pb::KeyMetadata>(async {
+                    let row = self.rotate_key(&r.key, audit).await?;
+                    Ok(key_metadata(&row))
+                })
+                .await?;
+                (Commit::InTransaction, Answer::KeyMetadata(answer))
+            }
+            Op::EnableKey(e) => {
+                let answer = answer::<pb::KeyMetadata>(async {
+                    self.change_state(&e.key, Transition::Enable, None, None, audit).await
+                })
+                .await?;
+                (Commit::InTransaction, Answer::KeyMetadata(answer))
+            }
+            Op::DisableKey(d) => {
+                let answer = answer::<pb::KeyMetadata>(async {
+                    self.change_state(&d.key, Transition::Disable, None, None, audit).await
+                })
+                .await?;
+                (Commit::InTransaction, Answer::KeyMetadata(answer))
+            }
+            Op::ScheduleKeyDeletion(s) => {
+                let answer = answer::<pb::KeyMetadata>(async {
+                    match self.direct(admin, signed, QOp::ScheduleKeyDeletion(s), audit).await? {
+                        pb::proposal::Result::Key(k) => Ok(k),
+                        _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
+                    }
+                })
+                .await?;
+                (Commit::InTransaction, Answer::KeyMetadata(answer))
+            }
+            Op::CancelKeyDeletion(c) => {
+                let answer = answer::<pb::KeyMetadata>(async {
+                    self.change_state(&c.key, Transition::CancelDeletion, None, None, audit)
+                        .await
+                })
+                .await?;
+                (Commit::InTransaction, Answer::KeyMetadata(answer))
+            }
+            Op::SetReleasePolicy(p) => {
+                let answer = answer::<pb::KeyMetadata>(async {
+                    match self.direct(admin, signed, QOp::SetReleasePolicy(p), audit).await? {
+                        pb::proposal::Result::Key(k) => Ok(k),
+                        _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
+                    }
+                })
+                .await?;
+                (Commit::InTransaction, Answer::KeyMetadata(answer))
+            }
+            Op::EnrollHardware(e) => {
+                let answer = answer::<pb::Hardware>(async {
+                    match self.direct(admin, signed, QOp::EnrollHardware(e), audit).await? {
+                        pb::proposal::Result::Hardware(h) => Ok(h),
+                        _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
+                    }
+                })
+                .await?;
+                (Commit::InTransaction, Answer::Hardware(answer))
+            }
+            Op::DescribeHardware(d) => {
+                let answer =
+                    answer::<pb::Hardware>(async { self.describe_hardware(&d.hardware_id, audit).await }).await?;
+                (Commit::Queued, Answer::Hardware(answer))
+            }
+            Op::ListHardware(l) => {
+                let answer = answer::<pb::ListHardwareResponse>(async { self.list_hardware(l).await }).await?;
+                (Commit::Queued, Answer::ListHardwareResponse(answer))
+            }
+            Op::RevokeHardware(r) => {
+                let answer = answer::<pb::Hardware>(async { self.revoke_hardware(admin, r, audit).await }).await?;
+                (Commit::InTransaction, Answer::Hardware(answer))
+            }
+            Op::Propose(p) => {
+                let answer =
+                    answer::<pb::Proposal>(async { self.submit(admin, signed, p.operation, p.ttl_secs, audit).await })
+                        .await?;
+                (Commit::InTransaction, Answer::Proposal(answer))
+            }
+            Op::Approve(a) => {
+                let answer = answer::<pb::Proposal>(async { self.approve(admin, signed, a, audit).await }).await?;
+                (Commit::InTransaction, Answer::Proposal(answer))
+            }
+            Op::Reject(r) => {
+                let answer = answer::<pb::Proposal>(async { self.reject(admin, signed, r, audit).await }).await?;
+                (Commit::InTransaction, Answer::Proposal(answer))
+            }
+            Op::DescribeProposal(d) => {
+                let answer =
+                    answer::<pb::Proposal>(async { self.describe_proposal(&d.proposal_id, audit).await }).await?;
+                (Commit::Queued, Answer::Proposal(answer))
+            }
+            Op::ListProposals(l) => {
+                let answer = answer::<pb::ListProposalsResponse>(async { self.list_proposals(l).await }).await?;
+                (Commit::Queued, Answer::ListProposalsResponse(answer))
+            }
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -58,547 +343,120 @@ impl pb::admin_service_server::AdminService for AdminPlane {
     }
 
     async fn init(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::InitResponse>, Status> {
-        admin_call!(
-            self,
-            request,
-            "init",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit| {
-                let Op::Init(init) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                let kind = match pb::SealKind::try_from(init.seal) {
-                    Ok(pb::SealKind::Shamir) => SealKind::Shamir,
-                    Ok(pb::SealKind::Dev) => SealKind::Dev,
-                    Ok(pb::SealKind::Pkcs11) => SealKind::Pkcs11,
-                    _ => return Err(ApiError::new(Reason::BadSeal, "seal must be SHAMIR, PKCS11 or DEV")),
-                };
-                let admins = init
-                    .admins
-                    .iter()
-                    .map(|a| self.parse_new_admin(a))
-                    .collect::<Result<Vec<_>, _>>()?;
-                self.initialize(kind, init.threshold, init.approval_quorum, admins, &mut audit)
-                    .await?;
-                Ok(pb::InitResponse {
-                    status: Some(self.wire_status().await?),
-                })
-            }
-        )
+        self.call(request, "init").await
     }
 
     async fn get_encrypted_share(
         &self,
         request: Request<pb::SignedRequest>,
     ) -> Result<Response<pb::EncryptedShare>, Status> {
-        admin_call!(
-            self,
-            request,
-            "get_encrypted_share",
-            durable = true,
-            in_tx = false,
-            |op, admin, audit| {
-                let _ = op;
-                self.seal.require_initialized()?;
-                self.seal.refresh_sealed(&self.store).await?;
-                let generation = self.seal.status().generation;
-                audit.detail("generation", generation);
-                let envelope = self
-                    .store
-                    .share_of_unverified(admin.as_str(), generation)
-                    .await?
-                    .ok_or_else(|| {
-                        ApiError::new(
-                            Reason::NotACustodian,
-                            format!("admin {admin} holds no share of root generation {generation}"),
-                        )
-                    })?;
-                Ok(pb::EncryptedShare { envelope, generation })
-            }
-        )
+        self.call(request, "get_encrypted_share").await
     }
 
     async fn unseal(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::SealStatus>, Status> {
-        admin_call!(
-            self,
-            request,
-            "unseal",
-            durable = true,
-            in_tx = false,
-            |op, admin, audit| {
-                let Op::Unseal(u) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.seal.refresh_sealed(&self.store).await?;
-                let generation = self.seal.status().generation;
-                audit.detail("generation", generation);
-                if self
-                    .store
-                    .share_of_unverified(admin.as_str(), generation)
-                    .await?
-                    .is_none()
-                {
-                    return Err(ApiError::new(
-                        Reason::NotACustodian,
-                        format!("admin {admin} holds no share of root generation {generation}"),
-                    ));
-                }
-                let status = self.seal.submit_share(&self.store, admin.as_str(), &u.envelope).await?;
-                audit.detail("progress", status.progress);
-                audit.detail("sealed", status.sealed);
-                let mut wire = self.wire_status().await?;
-                wire.progress = status.progress;
-                Ok(wire)
-            }
-        )
+        self.call(request, "unseal").await
     }
 
     async fn seal(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::SealStatus>, Status> {
-        admin_call!(
-            self,
-            request,
-            "seal",
-            durable = true,
-            in_tx = false,
-            |op, admin, audit| {
-                let _ = op;
-                self.seal.seal()?;
-                self.keys.clear_keks();
-                self.attestation.clear();
-                self.wire_status().await
-            }
-        )
+        self.call(request, "seal").await
     }
 
     async fn add_admin(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Admin>, Status> {
-        admin_call!(
-            self,
-            request,
-            "add_admin",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit, signed| {
-                let Op::AddAdmin(add) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                match self.direct(&admin, &signed, QOp::AddAdmin(add), &mut audit).await? {
-                    pb::proposal::Result::Admin(a) => Ok(a),
-                    _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
-                }
-            }
-        )
+        self.call(request, "add_admin").await
     }
 
     async fn list_admins(
         &self,
         request: Request<pb::SignedRequest>,
     ) -> Result<Response<pb::ListAdminsResponse>, Status> {
-        admin_call!(
-            self,
-            request,
-            "list_admins",
-            durable = false,
-            in_tx = false,
-            |op, admin, audit| {
-                let Op::ListAdmins(l) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                Ok(pb::ListAdminsResponse {
-                    admins: self
-                        .store
-                        .admins(l.include_removed)
-                        .await?
-                        .iter()
-                        .map(admin_to_wire)
-                        .collect(),
-                })
-            }
-        )
+        self.call(request, "list_admins").await
     }
 
     async fn create_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(
-            self,
-            request,
-            "create_key",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit| {
-                let Op::CreateKey(c) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                let row = self.create_key(new_key_from_wire(c)?, &mut audit).await?;
-                Ok(key_metadata(&row))
-            }
-        )
+        self.call(request, "create_key").await
     }
 
     async fn describe_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(
-            self,
-            request,
-            "describe_key",
-            durable = false,
-            in_tx = false,
-            |op, admin, audit| {
-                let Op::DescribeKey(d) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.seal.require_initialized()?;
-                let key = self.keys.resolve(&d.key).await?;
-                audit.key(&key.id);
-                Ok(key_metadata(&key))
-            }
-        )
+        self.call(request, "describe_key").await
     }
 
     async fn list_keys(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
-        admin_call!(
-            self,
-            request,
-            "list_keys",
-            durable = false,
-            in_tx = false,
-            |op, admin, audit| {
-                let Op::ListKeys(l) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.seal.require_initialized()?;
-                let size = crate::wire::page_size(l.page_size)?;
-                if !l.page_token.is_empty() {
-                    KeyId::parse(&l.page_token).map_err(|_| {
-                        ApiError::new(Reason::BadPageToken, "page_token is not one this server returned")
-                    })?;
-                }
-                let rows = self.store.list_keys(&l.page_token, size + 1).await?;
-                let more = rows.len() > size as usize;
-                let keys: Vec<pb::KeyMetadata> = rows.iter().take(size as usize).map(key_metadata).collect();
-                let next_page_token = if more {
-                    keys.last().map(|k| k.id.clone()).unwrap_or_default()
-                } else {
-                    String::new()
-                };
-                Ok(pb::ListKeysResponse { keys, next_page_token })
-            }
-        )
+        self.call(request, "list_keys").await
     }
 
     async fn rotate_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(
-            self,
-            request,
-            "rotate_key",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit| {
-                let Op::RotateKey(r) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                let root = self.seal.root()?;
-                let key = self.keys.resolve(&r.key).await?;
-                audit.key(&key.id);
-                let id = KeyId::parse(&key.id)?;
-                let kek = Kek::generate()?;
-                let base = Audit::clone_allowed(&audit);
-                let rotated = self
-                    .store
-                    .rotate_key(
-                        &key.id,
-                        kms_core::now_unix_ms(),
-                        root.generation(),
-                        |v| {
-                            let v = KeyVersion::new(v).ok_or_else(|| kms_core::Error::InvalidId {
-                                kind: "key version",
-                                reason: "version 0".into(),
-                            })?;
-                            root.wrap(id, v, &kek)
-                        },
-                        |v| {
-                            let mut rec = base;
-                            let mut detail: serde_json::Map<String, serde_json::Value> =
-                                serde_json::from_str(&rec.detail).unwrap_or_default();
-                            detail.insert("new_version".into(), v.into());
-                            rec.detail = serde_json::Value::Object(detail).to_string();
-                            rec
-                        },
-                    )
-                    .await
-                    .map_err(ApiError::from)?;
-                match rotated {
-                    Some(row) => Ok(key_metadata(&self.keys.remember(row))),
-                    None => {
-                        let current = self
-                            .store
-                            .key_by_id(&key.id)
-                            .await?
-                            .map(|r| r.state.to_string())
-                            .unwrap_or_default();
-                        Err(ApiError::new(
-                            Reason::KeyNotEnabled,
-                            format!("key {} is {current}; only an enabled key can be rotated", key.id),
-                        ))
-                    }
-                }
-            }
-        )
+        self.call(request, "rotate_key").await
     }
 
     async fn enable_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(
-            self,
-            request,
-            "enable_key",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit| {
-                let Op::EnableKey(e) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.change_state(&e.key, Transition::Enable, None, None, &mut audit)
-                    .await
-            }
-        )
+        self.call(request, "enable_key").await
     }
 
     async fn disable_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(
-            self,
-            request,
-            "disable_key",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit| {
-                let Op::DisableKey(d) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.change_state(&d.key, Transition::Disable, None, None, &mut audit)
-                    .await
-            }
-        )
+        self.call(request, "disable_key").await
     }
 
     async fn schedule_key_deletion(
         &self,
         request: Request<pb::SignedRequest>,
     ) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(
-            self,
-            request,
-            "schedule_key_deletion",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit, signed| {
-                let Op::ScheduleKeyDeletion(s) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                match self
-                    .direct(&admin, &signed, QOp::ScheduleKeyDeletion(s), &mut audit)
-                    .await?
-                {
-                    pb::proposal::Result::Key(k) => Ok(k),
-                    _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
-                }
-            }
-        )
+        self.call(request, "schedule_key_deletion").await
     }
 
     async fn cancel_key_deletion(
         &self,
         request: Request<pb::SignedRequest>,
     ) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(
-            self,
-            request,
-            "cancel_key_deletion",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit| {
-                let Op::CancelKeyDeletion(c) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.change_state(&c.key, Transition::CancelDeletion, None, None, &mut audit)
-                    .await
-            }
-        )
+        self.call(request, "cancel_key_deletion").await
     }
 
     async fn set_release_policy(
         &self,
         request: Request<pb::SignedRequest>,
     ) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(
-            self,
-            request,
-            "set_release_policy",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit, signed| {
-                let Op::SetReleasePolicy(p) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                match self
-                    .direct(&admin, &signed, QOp::SetReleasePolicy(p), &mut audit)
-                    .await?
-                {
-                    pb::proposal::Result::Key(k) => Ok(k),
-                    _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
-                }
-            }
-        )
+        self.call(request, "set_release_policy").await
     }
 
     async fn enroll_hardware(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Hardware>, Status> {
-        admin_call!(
-            self,
-            request,
-            "enroll_hardware",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit, signed| {
-                let Op::EnrollHardware(e) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                match self.direct(&admin, &signed, QOp::EnrollHardware(e), &mut audit).await? {
-                    pb::proposal::Result::Hardware(h) => Ok(h),
-                    _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
-                }
-            }
-        )
+        self.call(request, "enroll_hardware").await
     }
 
     async fn describe_hardware(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Hardware>, Status> {
-        admin_call!(
-            self,
-            request,
-            "describe_hardware",
-            durable = false,
-            in_tx = false,
-            |op, admin, audit| {
-                let Op::DescribeHardware(d) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.describe_hardware(&d.hardware_id, &mut audit).await
-            }
-        )
+        self.call(request, "describe_hardware").await
     }
 
     async fn list_hardware(
         &self,
         request: Request<pb::SignedRequest>,
     ) -> Result<Response<pb::ListHardwareResponse>, Status> {
-        admin_call!(
-            self,
-            request,
-            "list_hardware",
-            durable = false,
-            in_tx = false,
-            |op, admin, audit| {
-                let Op::ListHardware(l) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.list_hardware(l).await
-            }
-        )
+        self.call(request, "list_hardware").await
     }
 
     async fn revoke_hardware(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Hardware>, Status> {
-        admin_call!(
-            self,
-            request,
-            "revoke_hardware",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit| {
-                let Op::RevokeHardware(r) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.revoke_hardware(&admin, r, &mut audit).await
-            }
-        )
+        self.call(request, "revoke_hardware").await
     }
 
     async fn propose(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Proposal>, Status> {
-        admin_call!(
-            self,
-            request,
-            "propose",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit, signed| {
-                let Op::Propose(p) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.submit(&admin, &signed, p.operation, p.ttl_secs, &mut audit).await
-            }
-        )
+        self.call(request, "propose").await
     }
 
     async fn approve(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Proposal>, Status> {
-        admin_call!(
-            self,
-            request,
-            "approve",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit, signed| {
-                let Op::Approve(a) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.approve(&admin, &signed, a, &mut audit).await
-            }
-        )
+        self.call(request, "approve").await
     }
 
     async fn reject(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Proposal>, Status> {
-        admin_call!(
-            self,
-            request,
-            "reject",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit, signed| {
-                let Op::Reject(r) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.reject(&admin, &signed, r, &mut audit).await
-            }
-        )
+        self.call(request, "reject").await
     }
 
     async fn describe_proposal(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Proposal>, Status> {
-        admin_call!(
-            self,
-            request,
-            "describe_proposal",
-            durable = false,
-            in_tx = false,
-            |op, admin, audit| {
-                let Op::DescribeProposal(d) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.describe_proposal(&d.proposal_id, &mut audit).await
-            }
-        )
+        self.call(request, "describe_proposal").await
     }
 
     async fn list_proposals(
         &self,
         request: Request<pb::SignedRequest>,
     ) -> Result<Response<pb::ListProposalsResponse>, Status> {
-        admin_call!(
-            self,
-            request,
-            "list_proposals",
-            durable = false,
-            in_tx = false,
-            |op, admin, audit| {
-                let Op::ListProposals(l) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.list_proposals(l).await
-            }
-        )
+        self.call(request, "list_proposals").await
     }
 
     async fn get_audit_checkpoint_keys(

@@ -582,6 +582,92 @@ impl AdminPlane {
         seal_status(&self.store, &self.seal).await
     }
 
+    /// GetEncryptedShare: this custodian's share envelope of the current root generation, and
+    /// the generation.
+    pub(crate) async fn encrypted_share(&self, admin: &AdminId, audit: &mut Audit) -> Result<(Vec<u8>, u64), ApiError> {
+        self.seal.require_initialized()?;
+        self.seal.refresh_sealed(&self.store).await?;
+        let generation = self.seal.status().generation;
+        audit.detail("generation", generation);
+        let envelope = self
+            .store
+            .share_of_unverified(admin.as_str(), generation)
+            .await?
+            .ok_or_else(|| not_a_custodian(admin, generation))?;
+        Ok((envelope, generation))
+    }
+
+    /// Unseal: one custodian's share, re-wrapped to this process's unseal key. Returns how many
+    /// shares this attempt holds.
+    pub(crate) async fn submit_share(
+        &self,
+        admin: &AdminId,
+        envelope: &[u8],
+        audit: &mut Audit,
+    ) -> Result<u32, ApiError> {
+        self.seal.refresh_sealed(&self.store).await?;
+        let generation = self.seal.status().generation;
+        audit.detail("generation", generation);
+        if self
+            .store
+            .share_of_unverified(admin.as_str(), generation)
+            .await?
+            .is_none()
+        {
+            return Err(not_a_custodian(admin, generation));
+        }
+        let status = self.seal.submit_share(&self.store, admin.as_str(), envelope).await?;
+        audit.detail("progress", status.progress);
+        audit.detail("sealed", status.sealed);
+        Ok(status.progress)
+    }
+
+    /// RotateKey: a new version under a fresh KEK, in one transaction with its audit entry (which
+    /// names the new version).
+    pub(crate) async fn rotate_key(&self, key_ref: &str, audit: &mut Audit) -> Result<Arc<KeyRow>, ApiError> {
+        let root = self.seal.root()?;
+        let key = self.keys.resolve(key_ref).await?;
+        audit.key(&key.id);
+        let id = KeyId::parse(&key.id)?;
+        let kek = Kek::generate()?;
+        let base = audit.clone();
+        let rotated = self
+            .store
+            .rotate_key(
+                &key.id,
+                kms_core::now_unix_ms(),
+                root.generation(),
+                |v| {
+                    let v = KeyVersion::new(v).ok_or_else(|| kms_core::Error::InvalidId {
+                        kind: "key version",
+                        reason: "version 0".into(),
+                    })?;
+                    root.wrap(id, v, &kek)
+                },
+                |v| {
+                    let mut record = base;
+                    record.detail("new_version", v);
+                    record.allowed()
+                },
+            )
+            .await?;
+        match rotated {
+            Some(row) => Ok(self.keys.remember(row)),
+            None => {
+                let current = self
+                    .store
+                    .key_by_id(&key.id)
+                    .await?
+                    .map(|r| r.state.to_string())
+                    .unwrap_or_default();
+                Err(ApiError::new(
+                    Reason::KeyNotEnabled,
+                    format!("key {} is {current}; only an enabled key can be rotated", key.id),
+                ))
+            }
+        }
+    }
+
     /// CreateKey: a new Enabled key with version 1 under a fresh KEK wrapped by the root key.
     pub(crate) async fn create_key(&self, new: NewKey, audit: &mut Audit) -> Result<Arc<KeyRow>, ApiError> {
         let NewKey {
@@ -754,6 +840,14 @@ pub(crate) async fn seal_status(store: &Store, seal: &Seal) -> Result<pb::SealSt
     Ok(wire)
 }
 
+/// The refusal of a share request by an admin without a share of `generation`.
+fn not_a_custodian(admin: &AdminId, generation: u64) -> ApiError {
+    ApiError::new(
+        Reason::NotACustodian,
+        format!("admin {admin} holds no share of root generation {generation}"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -853,5 +947,35 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.reason, Reason::KeyNotFound);
+    }
+
+    #[tokio::test]
+    async fn rotate_key_adds_a_version_and_audits_it_in_the_same_transaction() {
+        let kit = Kit::new().await;
+        let mut audit = Audit::new("admin:test", "admin.create_key");
+        kit.admin
+            .create_key(new_key("k", UNATTESTED), &mut audit)
+            .await
+            .unwrap();
+        let mut audit = Audit::new("admin:test", "admin.rotate_key");
+        let row = kit.admin.rotate_key("k", &mut audit).await.unwrap();
+        assert_eq!(row.latest_version, 2);
+        let details: Vec<String> =
+            sqlx::query_scalar("SELECT detail FROM audit_log WHERE operation = 'admin.rotate_key'")
+                .fetch_all(kit.store.pool())
+                .await
+                .unwrap();
+        assert_eq!(details.len(), 1);
+        let detail: serde_json::Value = serde_json::from_str(&details[0]).unwrap();
+        assert_eq!(detail["new_version"], 2);
+
+        let mut audit = Audit::new("admin:test", "admin.disable_key");
+        kit.admin
+            .change_state("k", Transition::Disable, None, None, &mut audit)
+            .await
+            .unwrap();
+        let mut audit = Audit::new("admin:test", "admin.rotate_key");
+        let e = kit.admin.rotate_key("k", &mut audit).await.err().unwrap();
+        assert_eq!(e.reason, Reason::KeyNotEnabled);
     }
 }
