@@ -17,7 +17,7 @@ use attestation::{Check, Refusal, Verifier};
 use kms_core::claims::ReleaseClaims;
 use kms_core::ids::{KeyId, KeyVersion, Principal};
 use kms_core::jurisdiction::Country;
-use kms_core::policy::ReleasePolicy;
+
 use kms_core::secret::SecretKey;
 use kms_core::token::{TokenClaims, TokenSigner, TokenVerifier};
 
@@ -565,13 +565,7 @@ impl Attestation {
         audit.detail("release_policy_version", key.release_policy_version);
         let mut claims = token.kms.clone();
         location_claims(&mut claims, &hw);
-        let policy = ReleasePolicy::parse(&key.release_policy).map_err(|_| {
-            ApiError::new(
-                Reason::CorruptPolicy,
-                format!("key {} has an unreadable release policy", key.id),
-            )
-        })?;
-        policy.evaluate(&claims).map_err(|m| {
+        key.release_policy.evaluate(&claims).map_err(|m| {
             ApiError::new(
                 Reason::ReleasePolicyNotMet,
                 format!(

@@ -699,7 +699,7 @@ impl AdminPlane {
             state: KeyState::Enabled,
             latest_version: 1,
             grants,
-            release_policy: policy.to_json(),
+            release_policy: policy.clone(),
             release_policy_version: 1,
             created_unix_ms: now,
             updated_unix_ms: now,

@@ -9,7 +9,7 @@ use kms_core::context::EncryptionContext;
 use kms_core::hpke_seal;
 use kms_core::ids::{KeyId, KeyVersion, Principal};
 use kms_core::key::KeyState;
-use kms_core::policy::{Operation, ReleasePolicy};
+use kms_core::policy::Operation;
 use kms_core::secret::DataKey;
 
 use crate::attest::{Attestation, Authorized, SealedRelease};
@@ -131,15 +131,7 @@ impl DataPlane {
     /// comparison: it contains the source's conditions), so an attested key's blob can move
     /// neither to an unattested key nor to one with fewer conditions.
     pub(crate) fn check_no_downgrade(src: &KeyRow, dst: &KeyRow) -> Result<(), ApiError> {
-        let parse = |k: &KeyRow| {
-            ReleasePolicy::parse(&k.release_policy).map_err(|_| {
-                ApiError::new(
-                    Reason::CorruptPolicy,
-                    format!("key {} has an unreadable release policy", k.id),
-                )
-            })
-        };
-        if !parse(dst)?.is_at_least_as_strict_as(&parse(src)?) {
+        if !dst.release_policy.is_at_least_as_strict_as(&src.release_policy) {
             return Err(ApiError::new(
                 Reason::ReleasePolicyDowngrade,
                 format!(
@@ -170,13 +162,7 @@ impl DataPlane {
 
     /// Whether plaintext of this key may be returned to a caller that has not attested.
     pub(crate) fn check_release(&self, key: &KeyRow) -> Result<(), ApiError> {
-        let policy = ReleasePolicy::parse(&key.release_policy).map_err(|_| {
-            ApiError::new(
-                Reason::CorruptPolicy,
-                format!("key {} has an unreadable release policy", key.id),
-            )
-        })?;
-        if policy.allows_unattested_release() && self.allow_unattested {
+        if key.release_policy.allows_unattested_release() && self.allow_unattested {
             Ok(())
         } else {
             Err(ApiError::new(

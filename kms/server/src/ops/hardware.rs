@@ -332,7 +332,7 @@ impl AdminPlane {
             .store
             .set_release_policy(
                 &key.id,
-                &document,
+                &policy,
                 kms_core::now_unix_ms(),
                 close,
                 Audit::clone_allowed(audit),

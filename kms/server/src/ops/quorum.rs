@@ -381,10 +381,15 @@ impl AdminPlane {
             .await?;
         let more = rows.len() > size as usize;
         let quorum = self.store.approval_quorum().await?;
-        let mut proposals = Vec::new();
-        for r in rows.iter().take(size as usize) {
-            proposals.push(self.proposal_to_wire(r, quorum).await?);
-        }
+        let page = &rows[..rows.len().min(size as usize)];
+        let mut votes = match (page.first(), page.last()) {
+            (Some(first), Some(last)) => self.store.votes_between(&first.id, &last.id).await?,
+            _ => Default::default(),
+        };
+        let proposals: Vec<pb::Proposal> = page
+            .iter()
+            .map(|r| crate::wire::admin::proposal_to_wire(r, quorum, votes.remove(&r.id).unwrap_or_default()))
+            .collect();
         let next_page_token = if more {
             proposals.last().map(|p| p.id.clone()).unwrap_or_default()
         } else {
@@ -438,49 +443,13 @@ impl AdminPlane {
     }
 
     pub(crate) async fn proposal_to_wire(&self, r: &ProposalRow, quorum: u32) -> Result<pb::Proposal, ApiError> {
-        let approvals = self
+        let votes = self
             .store
-            .approvals(&r.id)
+            .votes_between(&r.id, &r.id)
             .await?
-            .into_iter()
-            .map(|a| pb::Approval {
-                admin_id: a.admin_id,
-                approved_unix_ms: a.approved_unix_ms,
-            })
-            .collect();
-        let status = match r.status_at(kms_core::now_unix_ms()) {
-            ProposalStatus::Pending => pb::ProposalStatus::Pending,
-            ProposalStatus::Executed => pb::ProposalStatus::Executed,
-            ProposalStatus::Rejected => pb::ProposalStatus::Rejected,
-            ProposalStatus::Expired => pb::ProposalStatus::Expired,
-            ProposalStatus::Failed => pb::ProposalStatus::Failed,
-        };
-        Ok(pb::Proposal {
-            id: r.id.clone(),
-            operation: r.operation.clone(),
-            summary: r.summary.clone(),
-            operation_bytes: r.payload.clone(),
-            operation_sha256: r.digest.clone(),
-            proposed_by: r.proposed_by.clone(),
-            created_unix_ms: r.created_unix_ms,
-            expires_unix_ms: r.expires_unix_ms,
-            status: status as i32,
-            approvals,
-            approvals_required: quorum,
-            outcome: r.outcome.clone(),
-            rejections: self
-                .store
-                .rejections(&r.id)
-                .await?
-                .into_iter()
-                .map(|r| pb::Rejection {
-                    admin_id: r.admin_id,
-                    reason: r.reason,
-                    rejected_unix_ms: r.rejected_unix_ms,
-                })
-                .collect(),
-            result: None,
-        })
+            .remove(&r.id)
+            .unwrap_or_default();
+        Ok(crate::wire::admin::proposal_to_wire(r, quorum, votes))
     }
 
     /// A one-line description of an operation for approvers (they should also read the

@@ -10,7 +10,7 @@ use kms_proto::Reason;
 
 use crate::error::ApiError;
 use crate::seal::SealKind;
-use crate::storage::{AdminRow, KeyRow};
+use crate::storage::{AdminRow, KeyRow, ProposalRow, ProposalStatus, Votes};
 
 pub(crate) fn op_to_wire(o: Operation) -> pb::Operation {
     match o {
@@ -142,7 +142,7 @@ pub(crate) fn key_metadata(k: &KeyRow) -> pb::KeyMetadata {
                 operations: g.operations.iter().map(|o| op_to_wire(*o) as i32).collect(),
             })
             .collect(),
-        release_policy: k.release_policy.clone(),
+        release_policy: k.release_policy.to_json(),
         release_policy_version: k.release_policy_version,
     }
 }
@@ -181,4 +181,47 @@ pub(crate) fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), ApiError
         }
     }
     Ok(())
+}
+
+/// A proposal as sent, with its votes.
+pub(crate) fn proposal_to_wire(r: &ProposalRow, quorum: u32, votes: Votes) -> pb::Proposal {
+    let approvals = votes
+        .approvals
+        .into_iter()
+        .map(|a| pb::Approval {
+            admin_id: a.admin_id,
+            approved_unix_ms: a.approved_unix_ms,
+        })
+        .collect();
+    let status = match r.status_at(kms_core::now_unix_ms()) {
+        ProposalStatus::Pending => pb::ProposalStatus::Pending,
+        ProposalStatus::Executed => pb::ProposalStatus::Executed,
+        ProposalStatus::Rejected => pb::ProposalStatus::Rejected,
+        ProposalStatus::Expired => pb::ProposalStatus::Expired,
+        ProposalStatus::Failed => pb::ProposalStatus::Failed,
+    };
+    pb::Proposal {
+        id: r.id.clone(),
+        operation: r.operation.clone(),
+        summary: r.summary.clone(),
+        operation_bytes: r.payload.clone(),
+        operation_sha256: r.digest.clone(),
+        proposed_by: r.proposed_by.clone(),
+        created_unix_ms: r.created_unix_ms,
+        expires_unix_ms: r.expires_unix_ms,
+        status: status as i32,
+        approvals,
+        approvals_required: quorum,
+        outcome: r.outcome.clone(),
+        rejections: votes
+            .rejections
+            .into_iter()
+            .map(|r| pb::Rejection {
+                admin_id: r.admin_id,
+                reason: r.reason,
+                rejected_unix_ms: r.rejected_unix_ms,
+            })
+            .collect(),
+        result: None,
+    }
 }

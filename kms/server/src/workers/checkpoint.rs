@@ -640,26 +640,9 @@ mod tests {
         let mut v = kms_core::audit::AuditVerifier::new(keys, store.checkpoints().await.unwrap());
         let (head, _) = store.audit_head().await.unwrap();
         // The chain is rebuilt from the head's records only through the stored rows.
-        let rows = sqlx::query("SELECT seq, time_unix_ms, caller, operation, key_id, outcome, reason, detail, prev_hash, hash FROM audit_log ORDER BY seq")
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
-        use sqlx::Row as _;
-        for r in &rows {
-            v.push(&kms_core::audit::Entry {
-                seq: r.get("seq"),
-                record: Record {
-                    time_unix_ms: r.get("time_unix_ms"),
-                    caller: r.get("caller"),
-                    operation: r.get("operation"),
-                    key_id: r.get("key_id"),
-                    outcome: r.get("outcome"),
-                    reason: r.get("reason"),
-                    detail: r.get("detail"),
-                },
-                prev_hash: r.get::<Vec<u8>, _>("prev_hash").try_into().unwrap(),
-                hash: r.get::<Vec<u8>, _>("hash").try_into().unwrap(),
-            });
+        let mut conn = store.pool().acquire().await.unwrap();
+        for e in kms_audit::all_entries(&mut conn).await.unwrap().unwrap() {
+            v.push(&e);
         }
         assert_eq!(v.count(), head);
         v.finish()
