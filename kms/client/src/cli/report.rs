@@ -46,12 +46,14 @@ pub trait Report: fmt::Display {
     }
 }
 
-/// The output format (`--output`).
+/// The output format (`--output`): `human`, short lines for people, or `json`, one JSON document
+/// on stdout.
+// The variants have no doc comments: clap would show them as per-value help, and both binaries'
+// `--help` lists the values alone.
+#[allow(missing_docs)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
-    /// Short lines for people.
     Human,
-    /// One JSON document on stdout.
     Json,
 }
 
