@@ -1,6 +1,7 @@
-//! Parsers for the small argument languages of the command line: `K=V` pairs (encryption
-//! contexts, tags), grants (`PRINCIPAL=OP[,OP...]`), admin ids and countries. They only turn text
-//! into typed values and must never talk to the server or touch files.
+//! Parsers for the small argument languages of the command line: grants
+//! (`PRINCIPAL=OP[,OP...]`), admin ids and countries; `K=V` pairs (encryption contexts, tags) are
+//! kms-client's, shared with kms-agent. They only turn text into typed values and must never talk
+//! to the server or touch files.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -8,37 +9,7 @@ use kms_core::ids::AdminId;
 use kms_core::jurisdiction::Country;
 use kms_proto::v1 as pb;
 
-use crate::error::Error;
-
-/// One `K=V` argument. The key is everything before the first `=`, so values may contain `=`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Pair {
-    pub(crate) key: String,
-    pub(crate) value: String,
-}
-
-/// Parses `K=V` (for clap).
-pub(crate) fn parse_pair(s: &str) -> Result<Pair, String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok(Pair {
-            key: k.to_owned(),
-            value: v.to_owned(),
-        }),
-        Some(_) => Err(format!("{s:?}: the key before `=` is empty")),
-        None => Err(format!("{s:?} is not KEY=VALUE")),
-    }
-}
-
-/// Collects pairs into a map; a key given twice is a mistake, not an override.
-pub(crate) fn pairs_to_map(pairs: &[Pair], what: &str) -> Result<BTreeMap<String, String>, Error> {
-    let mut map = BTreeMap::new();
-    for p in pairs {
-        if map.insert(p.key.clone(), p.value.clone()).is_some() {
-            return Err(Error::usage(format!("{what}: key {:?} is given twice", p.key)));
-        }
-    }
-    Ok(map)
-}
+pub(crate) use kms_client::cli::parse::{pairs_to_map, Pair};
 
 /// One `--grant PRINCIPAL=OP[,OP...]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,32 +102,6 @@ pub(crate) fn parse_country(s: &str) -> Result<Country, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pairs_split_at_the_first_equals() {
-        assert_eq!(
-            parse_pair("tenant=a=b").unwrap(),
-            Pair {
-                key: "tenant".into(),
-                value: "a=b".into()
-            }
-        );
-        assert_eq!(parse_pair("empty=").unwrap().value, "");
-        assert!(parse_pair("=v").is_err());
-        assert!(parse_pair("novalue").is_err());
-    }
-
-    #[test]
-    fn repeated_context_keys_are_refused() {
-        let pairs = vec![parse_pair("a=1").unwrap(), parse_pair("b=2").unwrap()];
-        let m = pairs_to_map(&pairs, "--context").unwrap();
-        assert_eq!(m.get("a").map(String::as_str), Some("1"));
-        assert_eq!(m.len(), 2);
-        let twice = vec![parse_pair("a=1").unwrap(), parse_pair("a=2").unwrap()];
-        let err = pairs_to_map(&twice, "--context").unwrap_err();
-        assert!(err.to_string().contains("twice"), "{err}");
-        assert!(pairs_to_map(&[], "--context").unwrap().is_empty());
-    }
 
     #[test]
     fn grants_parse_operations_and_all() {

@@ -37,7 +37,7 @@ fn now_unix() -> i64 {
 
 fn print_json(value: &Value) -> Result<(), Error> {
     let text = serde_json::to_string_pretty(value).map_err(|e| Error::local(e.to_string()))?;
-    output::stdout(format!("{text}\n").as_bytes())
+    Ok(output::stdout(format!("{text}\n").as_bytes())?)
 }
 
 /// `kmsctl verify snp`.
