@@ -1,13 +1,12 @@
 //! The connection to kmsd: an endpoint URL, TLS with the server's CA and the workload's client
-//! certificate (the data plane and the attestation service identify callers by it), and the
-//! calls the agent makes. It must never log requests or answers: they carry tokens and sealed
-//! keys.
+//! certificate (the data plane and the attestation service identify callers by it; the channel
+//! is built by kms-client), the node trust, and the calls the agent makes. It must never log
+//! requests or answers: they carry tokens and sealed keys.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kms_client::{ChannelConfig, TlsFiles};
-
 use kms_node::{NodeError, NodePolicy, NodeVerifier, VerifiedNode};
 use kms_proto::v1 as pb;
 use kms_proto::v1::attestation_service_client::AttestationServiceClient;

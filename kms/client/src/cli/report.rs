@@ -16,8 +16,8 @@ use super::Failure;
 /// Base64 (standard alphabet, padded): how blobs, keys and certificates are printed.
 pub const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-/// Exit codes, as documented in `kmsctl --help`, `kms-agent --help` and `docs/operations.md`:
-/// they tell a script *whose* problem it was.
+/// Exit codes, as documented in `kmsctl --help` and `kms-agent --help` (and kmsctl's in
+/// `docs/operations.md`): they tell a script *whose* problem it was.
 pub mod exit {
     /// The server refused, or a verification (or the server's answer) was refused.
     pub const REFUSED: u8 = 1;
