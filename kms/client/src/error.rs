@@ -88,20 +88,6 @@ impl Error {
         Self::Refused(Refusal::from_status(&status))
     }
 
-    /// Whether the settings are at fault (the URL, missing or surplus TLS material), not a file,
-    /// the network or the server.
-    pub fn is_config(&self) -> bool {
-        matches!(
-            self,
-            Self::InvalidUrl { .. }
-                | Self::UnsupportedScheme { .. }
-                | Self::MissingCa { .. }
-                | Self::TlsWithoutHttps { .. }
-                | Self::HalfIdentity
-                | Self::Tls(_)
-        )
-    }
-
     /// The server's refusal, when it refused.
     pub fn refusal(&self) -> Option<&Refusal> {
         match self {
