@@ -377,8 +377,6 @@ reasons! {
     KekUnwrapFailed = "kek_unwrap_failed", Internal;
     /// A key row with version 0.
     CorruptKey = "corrupt_key", Internal;
-    /// A stored release policy does not parse.
-    CorruptPolicy = "corrupt_policy", Internal;
     /// A stored admin key does not parse.
     CorruptAdmin = "corrupt_admin", Internal;
     /// HPKE sealing of a released secret failed (not expected in practice).

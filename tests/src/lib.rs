@@ -23,7 +23,7 @@ use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
 use kms_proto::v1::admin_service_client::AdminServiceClient;
 use kms_proto::v1::key_service_client::KeyServiceClient;
-use kms_server::config::{Config, Danger, LogConfig, TlsConfig};
+use kms_server::config::{Config, Danger, TlsConfig};
 use prost::Message;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
 use sqlx::Connection;
@@ -234,12 +234,12 @@ pub struct Options {
     /// `admin.proposal_ttl_secs`.
     pub proposal_ttl: Duration,
     /// `[seal.pkcs11]`.
-    pub hsm: Option<kms_server::seal::HsmSealConfig>,
+    pub hsm: Option<kms_server::config::HsmSealConfig>,
     /// Where the node identity's evidence comes from (default: none; tests of node attestation
     /// give kmsd a TPM of its own).
     pub node: kms_server::node::NodeEvidence,
     /// `[seal]` rotation pace.
-    pub rotation: kms_server::rotation::RotationPace,
+    pub rotation: kms_server::config::RotationPace,
     /// `audit.checkpoint_interval_secs`.
     pub checkpoint_interval: Duration,
     /// `admin.init_admins`: the fingerprints Init must name (the Ceremony sets its own).
@@ -268,7 +268,7 @@ impl Default for Options {
             proposal_ttl: Duration::from_secs(86_400),
             hsm: None,
             node: kms_server::node::NodeEvidence::None,
-            rotation: kms_server::rotation::RotationPace {
+            rotation: kms_server::config::RotationPace {
                 batch_size: 500,
                 pause: Duration::ZERO,
             },
@@ -362,26 +362,22 @@ impl TestServer {
             database_max_connections: 8,
             tls: Some(pki.tls_config()),
             allowed_countries: opts.allowed_countries,
-            admin_request_window: Duration::from_secs(300),
-            admin_clock_skew: Duration::from_secs(30),
             init_admins: opts.init_admins,
             integrity_scan_interval: opts.integrity_scan_interval,
             proposal_ttl: opts.proposal_ttl,
             key_cache_ttl: opts.key_cache_ttl,
             destroy_interval: opts.destroy_interval,
             danger_destroyer_clock_ahead: opts.destroyer_clock_ahead,
-            audit_batch_max: 512,
             checkpoint_interval: opts.checkpoint_interval,
             hsm: opts.hsm,
             node: opts.node,
             rotation: opts.rotation,
-            dev: None,
             attestation: opts.attestation,
             danger: Danger {
                 allow_unattested_keys: opts.allow_unattested,
                 snp_test_roots: opts.snp_test_roots,
             },
-            log: LogConfig::default(),
+            ..Config::default()
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(kms_server::serve(config, listener, async {

@@ -4,35 +4,15 @@
 //! through `kmsctl audit verify` are in kms/cli/tests.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use kms_core::audit::{ChainVerifier, Entry, Record};
+use kms_core::audit::{ChainVerifier, Entry};
 use kms_proto::v1 as pb;
 use kms_tests::*;
-use sqlx::Row;
 
 const APP: &str = "spiffe://eu.example/app";
 
 async fn entries(db: &Db) -> Vec<Entry> {
     let mut conn = db.connect().await;
-    sqlx::query("SELECT seq, time_unix_ms, caller, operation, key_id, outcome, reason, detail, prev_hash, hash FROM audit_log ORDER BY seq")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| Entry {
-            seq: r.get("seq"),
-            record: Record {
-                time_unix_ms: r.get("time_unix_ms"),
-                caller: r.get("caller"),
-                operation: r.get("operation"),
-                key_id: r.get("key_id"),
-                outcome: r.get("outcome"),
-                reason: r.get("reason"),
-                detail: r.get("detail"),
-            },
-            prev_hash: r.get::<Vec<u8>, _>("prev_hash").try_into().unwrap(),
-            hash: r.get::<Vec<u8>, _>("hash").try_into().unwrap(),
-        })
-        .collect()
+    kms_audit::all_entries(&mut conn).await.unwrap().unwrap()
 }
 
 fn verify(entries: &[Entry]) -> Result<i64, kms_core::audit::Break> {

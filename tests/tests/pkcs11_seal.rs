@@ -38,8 +38,8 @@ fn tokens() -> &'static Tokens {
     })
 }
 
-fn hsm_config(token: &softhsm_fixture::TestToken) -> kms_server::seal::HsmSealConfig {
-    kms_server::seal::HsmSealConfig {
+fn hsm_config(token: &softhsm_fixture::TestToken) -> kms_server::config::HsmSealConfig {
+    kms_server::config::HsmSealConfig {
         module: softhsm_fixture::module_path(),
         token: kms_hsm::TokenSelector::Label(token.label.clone()),
         pin: kms_hsm::PinSource::File(token.pin_file(tokens().dir.path())),
@@ -58,7 +58,7 @@ fn opts(backend: Backend) -> Options {
     Options {
         hsm: Some(hsm_config(token_for(backend))),
         // Small, slow batches, so a rotation is observable (and interruptible) mid-way.
-        rotation: kms_server::rotation::RotationPace {
+        rotation: kms_server::config::RotationPace {
             batch_size: 2,
             pause: Duration::from_millis(100),
         },
@@ -218,7 +218,7 @@ async fn pkcs11_init_and_restart(backend: Backend) {
     std::fs::write(&pin, "0000000000000000").unwrap();
     std::fs::set_permissions(&pin, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let wrong_pin = Options {
-        hsm: Some(kms_server::seal::HsmSealConfig {
+        hsm: Some(kms_server::config::HsmSealConfig {
             pin: kms_hsm::PinSource::File(pin),
             ..hsm_config(token_for(backend))
         }),
@@ -505,7 +505,7 @@ async fn anchored_rollback(backend: Backend) {
     // accepts it for one start. It is audited, the earlier state is served, the later one is
     // gone, and the next checkpoint is anchored again.
     let accept = Options {
-        hsm: Some(kms_server::seal::HsmSealConfig {
+        hsm: Some(kms_server::config::HsmSealConfig {
             danger_accept_restored_database: true,
             ..hsm_config(token_for(backend))
         }),

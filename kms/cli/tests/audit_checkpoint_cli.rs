@@ -71,26 +71,7 @@ impl Verify {
 }
 
 async fn entries(conn: &mut sqlx::AnyConnection) -> Vec<Entry> {
-    sqlx::query("SELECT seq, time_unix_ms, caller, operation, key_id, outcome, reason, detail, prev_hash, hash FROM audit_log ORDER BY seq")
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| Entry {
-            seq: r.get("seq"),
-            record: Record {
-                time_unix_ms: r.get("time_unix_ms"),
-                caller: r.get("caller"),
-                operation: r.get("operation"),
-                key_id: r.get("key_id"),
-                outcome: r.get("outcome"),
-                reason: r.get("reason"),
-                detail: r.get("detail"),
-            },
-            prev_hash: r.get::<Vec<u8>, _>("prev_hash").try_into().unwrap(),
-            hash: r.get::<Vec<u8>, _>("hash").try_into().unwrap(),
-        })
-        .collect()
+    kms_audit::all_entries(conn).await.unwrap().unwrap()
 }
 
 /// Replaces the whole chain and its head with `records` chained afresh: what an attacker who can

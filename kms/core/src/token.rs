@@ -32,7 +32,7 @@ pub const AUDIENCE: &str = "kms-release";
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// How far in the future `nbf` and `iat` may be (clock skew between replicas), in seconds.
 pub const CLOCK_SKEW_SECS: i64 = 60;
-/// The longest lifetime (`exp - iat`) of a token, in seconds (DESIGN.md §4: at most 10 minutes).
+/// The longest lifetime (`exp - iat`) of a token, in seconds (at most 10 minutes: docs/attested-release.md).
 pub const MAX_LIFETIME_SECS: i64 = 600;
 
 /// RFC 8410 §7 / RFC 5958 v1 PKCS#8 of an Ed25519 private key, up to the 32-byte seed:

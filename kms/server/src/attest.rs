@@ -1,8 +1,8 @@
 //! The attested release engine: challenges, evidence verification against the hardware registry,
 //! token issuance and verification, and the release decision. gRPC-free: the handlers in
-//! `service::attestation`, `service::data` and `service::hardware` call it.
+//! `ops::attestation`, `ops::data` and `ops::hardware` call it.
 //!
-//! What holds whatever a key's release policy says (DESIGN §4): a token is issued only for
+//! What holds whatever a key's release policy says: a token is issued only for
 //! evidence that verified, is bound to a fresh challenge and the workload's HPKE key, and comes
 //! from enrolled, active hardware in an allowed jurisdiction; every release re-reads the machine's
 //! registry entry and the key's policy; plaintext is returned only HPKE-sealed to the token's key.
@@ -17,7 +17,7 @@ use attestation::{Check, Refusal, Verifier};
 use kms_core::claims::ReleaseClaims;
 use kms_core::ids::{KeyId, KeyVersion, Principal};
 use kms_core::jurisdiction::Country;
-use kms_core::policy::ReleasePolicy;
+
 use kms_core::secret::SecretKey;
 use kms_core::token::{TokenClaims, TokenSigner, TokenVerifier};
 
@@ -26,10 +26,6 @@ use crate::error::ApiError;
 use crate::seal::Seal;
 use crate::storage::{ChallengeUse, HardwareRow, HardwareStatus, Identity, KeyRow, Store, TokenKeyRow, TpmClockRow};
 use kms_proto::Reason;
-
-/// The key id under which token signing seeds are wrapped by the root key (the AAD binds it and
-/// the token key version). Generated key ids are random, so none is all zero.
-pub(crate) const TOKEN_KEY_WRAP_ID: [u8; 16] = [0; 16];
 
 /// Token issuer and audience.
 pub const TOKEN_ISSUER: &str = "kms";
@@ -99,6 +95,18 @@ fn now_ms() -> i64 {
 
 fn ttl_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Plaintext HPKE-sealed to an attested workload's key, signed by this node.
+pub struct SealedRelease {
+    /// HPKE encapsulated key.
+    pub encapsulated_key: Vec<u8>,
+    /// HPKE ciphertext of the plaintext.
+    pub ciphertext: Vec<u8>,
+    /// This node's public key.
+    pub node_public_key: Vec<u8>,
+    /// The node's signature over the release (`kms_node::message::release`).
+    pub node_signature: Vec<u8>,
 }
 
 /// The stable reason for an evidence refusal.
@@ -416,7 +424,7 @@ impl Attestation {
             return Ok(k);
         }
         let root = self.seal.root()?;
-        let wrap_id = KeyId::from_bytes(TOKEN_KEY_WRAP_ID);
+        let wrap_id = KeyId::from_bytes(crate::wrap_ids::TOKEN_KEY);
         let mut rows = self.store.token_keys().await.map_err(db)?;
         if rows.is_empty() {
             let seed = SecretKey::<32>::generate()?;
@@ -503,7 +511,7 @@ impl Attestation {
         jwt: &str,
         principal: &Principal,
         key_id: &str,
-        audit: &mut crate::service::Audit,
+        audit: &mut crate::audit::Audit,
     ) -> Result<Authorized, ApiError> {
         let keys = self.token_keys().await?;
         let now = now_ms() / 1000;
@@ -557,13 +565,7 @@ impl Attestation {
         audit.detail("release_policy_version", key.release_policy_version);
         let mut claims = token.kms.clone();
         location_claims(&mut claims, &hw);
-        let policy = ReleasePolicy::parse(&key.release_policy).map_err(|_| {
-            ApiError::new(
-                Reason::CorruptPolicy,
-                format!("key {} has an unreadable release policy", key.id),
-            )
-        })?;
-        policy.evaluate(&claims).map_err(|m| {
+        key.release_policy.evaluate(&claims).map_err(|m| {
             ApiError::new(
                 Reason::ReleasePolicyNotMet,
                 format!(

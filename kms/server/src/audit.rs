@@ -3,10 +3,12 @@
 //! not per call. A call that releases key material or changes state waits for its batch to be
 //! durable before it answers (fail closed); a refusal queues its record and answers at once.
 //! Records never contain key material.
+//!
+//! [`Audit`] is what one call's record will say, filled in as the call proceeds.
 
 use std::time::Duration;
 
-use kms_core::audit::Record;
+use kms_core::audit::{Outcome, Record};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -112,5 +114,87 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, batch_max: usize)
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+}
+
+/// What one call's audit record will say, filled in as the call proceeds (ids and details,
+/// never key material, so it may be copied into the records a transaction writes).
+#[derive(Clone, Debug)]
+pub struct Audit {
+    pub(crate) caller: String,
+    pub(crate) operation: &'static str,
+    key_id: Option<String>,
+    detail: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Audit {
+    /// For a call by `caller` to `operation`.
+    pub fn new(caller: impl Into<String>, operation: &'static str) -> Self {
+        Self {
+            caller: caller.into(),
+            operation,
+            key_id: None,
+            detail: serde_json::Map::new(),
+        }
+    }
+
+    /// The operation recorded (a quorum call records the operation it runs).
+    pub(crate) fn set_operation(&mut self, operation: &'static str) {
+        self.operation = operation;
+    }
+
+    /// The key concerned.
+    pub fn key(&mut self, id: &str) {
+        self.key_id = Some(id.to_owned());
+    }
+
+    /// A detail (never key material).
+    pub fn detail(&mut self, k: &str, v: impl Into<serde_json::Value>) {
+        self.detail.insert(k.to_owned(), v.into());
+    }
+
+    fn into_record(mut self, outcome: Outcome, reason: &str, message: Option<&str>, extra: Option<&str>) -> Record {
+        if let Some(m) = message {
+            self.detail.insert("message".into(), m.into());
+        }
+        if let Some(d) = extra {
+            self.detail.insert("refusal_detail".into(), d.into());
+        }
+        Record {
+            time_unix_ms: kms_core::now_unix_ms(),
+            caller: self.caller,
+            operation: self.operation.to_owned(),
+            key_id: self.key_id,
+            outcome: outcome.as_str().to_owned(),
+            reason: reason.to_owned(),
+            detail: serde_json::Value::Object(self.detail).to_string(),
+        }
+    }
+
+    /// The record of a success.
+    pub fn allowed(self) -> Record {
+        self.into_record(Outcome::Allowed, "", None, None)
+    }
+
+    /// The record of a refusal or failure.
+    pub fn failed(self, e: &ApiError) -> Record {
+        let outcome = if e.is_refusal() {
+            Outcome::Refused
+        } else {
+            Outcome::Error
+        };
+        self.into_record(outcome, e.reason.as_str(), Some(&e.message), e.audit_detail.as_deref())
+    }
+}
+
+impl Audit {
+    /// The success record as it stands, for a transaction to write with its change.
+    pub(crate) fn clone_allowed(a: &Audit) -> Record {
+        a.clone().allowed()
+    }
+
+    /// The refusal record as it stands.
+    pub(crate) fn clone_failed(a: &Audit, e: &ApiError) -> Record {
+        a.clone().failed(e)
     }
 }

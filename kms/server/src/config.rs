@@ -49,11 +49,11 @@ pub struct Config {
     /// How often a signed audit checkpoint is written (when the chain advanced).
     pub checkpoint_interval: Duration,
     /// The pkcs11 seal's HSM, if configured (`[seal.pkcs11]`).
-    pub hsm: Option<crate::seal::HsmSealConfig>,
+    pub hsm: Option<HsmSealConfig>,
     /// Where this process's node identity evidence comes from (`[node]`).
     pub node: crate::node::NodeEvidence,
     /// How fast a root rotation re-wraps.
-    pub rotation: crate::rotation::RotationPace,
+    pub rotation: RotationPace,
     /// Dev mode: the `dev` seal, plaintext on loopback. Never in production.
     pub dev: Option<DevConfig>,
     /// Attested release: challenge and token lifetimes, evidence trust.
@@ -577,13 +577,13 @@ struct Pkcs11Section {
 }
 
 impl SealSection {
-    fn validate(&self) -> Result<(crate::rotation::RotationPace, Option<crate::seal::HsmSealConfig>), ConfigError> {
+    fn validate(&self) -> Result<(RotationPace, Option<HsmSealConfig>), ConfigError> {
         if !(1..=10_000).contains(&self.rotation_batch_size) {
             return Err(ConfigError(
                 "seal.rotation_batch_size must be between 1 and 10000".into(),
             ));
         }
-        let pace = crate::rotation::RotationPace {
+        let pace = RotationPace {
             batch_size: self.rotation_batch_size,
             pause: Duration::from_millis(self.rotation_batch_pause_ms),
         };
@@ -609,7 +609,7 @@ impl SealSection {
                         p.module.display()
                     )));
                 }
-                Some(crate::seal::HsmSealConfig {
+                Some(HsmSealConfig {
                     module: p.module.clone(),
                     token,
                     pin,
@@ -638,6 +638,41 @@ fn default_batch() -> usize {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
+
+/// What a configuration file that sets only the required keys gives, with no TLS (which a
+/// server outside dev mode refuses) and `127.0.0.1:7300` on SQLite `kms.db`: the base that
+/// embedders and tests override field by field (`Config { listen, tls, ..Config::default() }`).
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7300)),
+            database_url: "sqlite://kms.db?mode=rwc".to_owned(),
+            database_max_connections: default_max_connections(),
+            tls: None,
+            allowed_countries: AllowedCountries::eu(),
+            admin_request_window: Duration::from_secs(default_window()),
+            admin_clock_skew: Duration::from_secs(default_clock_skew()),
+            init_admins: None,
+            integrity_scan_interval: Duration::from_secs(default_scan_interval()),
+            proposal_ttl: Duration::from_secs(default_proposal_ttl()),
+            key_cache_ttl: Duration::from_millis(default_cache_ttl()),
+            destroy_interval: Duration::from_secs(default_destroy_interval()),
+            danger_destroyer_clock_ahead: Duration::ZERO,
+            audit_batch_max: default_batch(),
+            checkpoint_interval: Duration::from_secs(default_checkpoint_interval()),
+            hsm: None,
+            node: crate::node::NodeEvidence::Auto,
+            rotation: RotationPace {
+                batch_size: default_rotation_batch(),
+                pause: Duration::ZERO,
+            },
+            dev: None,
+            attestation: AttestationConfig::default(),
+            danger: Danger::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
 
 impl Config {
     /// Reads `path`, applies `KMSD__…` overrides from `env`, and validates.
@@ -785,25 +820,11 @@ impl Config {
             database_url: format!("sqlite://{}?mode=rwc", data_dir.join("kms.db").display()),
             database_max_connections: 8,
             tls: None,
-            allowed_countries: AllowedCountries::eu(),
-            admin_request_window: Duration::from_secs(default_window()),
-            admin_clock_skew: Duration::from_secs(default_clock_skew()),
             // Dev mode initializes itself with its own dev admin.
             init_admins: None,
             integrity_scan_interval: Duration::from_secs(60),
-            proposal_ttl: Duration::from_secs(default_proposal_ttl()),
-            key_cache_ttl: Duration::from_millis(default_cache_ttl()),
-            destroy_interval: Duration::from_secs(default_destroy_interval()),
-            danger_destroyer_clock_ahead: Duration::ZERO,
-            audit_batch_max: default_batch(),
             // Dev mode checkpoints often, so the feature shows within a demo.
             checkpoint_interval: Duration::from_secs(5),
-            hsm: None,
-            node: crate::node::NodeEvidence::Auto,
-            rotation: crate::rotation::RotationPace {
-                batch_size: default_rotation_batch(),
-                pause: Duration::ZERO,
-            },
             dev: Some(DevConfig { data_dir }),
             // Dev mode accepts every genuine SNP report (no floors, SMT, any VMPL).
             attestation: AttestationConfig {
@@ -814,7 +835,7 @@ impl Config {
                 allow_unattested_keys: true,
                 snp_test_roots: Vec::new(),
             },
-            log: LogConfig::default(),
+            ..Self::default()
         })
     }
 }
@@ -871,6 +892,30 @@ fn set_path(table: &mut toml::Table, parts: &[String], raw: &str) -> Result<(), 
     Ok(())
 }
 
+/// Where the pkcs11 seal's HSM is (`[seal.pkcs11]` in the configuration).
+#[derive(Clone, Debug)]
+pub struct HsmSealConfig {
+    /// The PKCS#11 module.
+    pub module: PathBuf,
+    /// The token.
+    pub token: kms_hsm::TokenSelector,
+    /// Where the user PIN comes from (a file or an environment variable; never the config).
+    pub pin: kms_hsm::PinSource,
+    /// `kmsd --danger-accept-restored-database`, never in a configuration file: at this start,
+    /// a database behind the checkpoint anchored in the HSM (a backup restored on purpose) is
+    /// accepted, audited, and the anchor moved to it, instead of being refused.
+    pub danger_accept_restored_database: bool,
+}
+
+/// The root rotation worker's pace (`[rotation]`).
+#[derive(Clone, Copy, Debug)]
+pub struct RotationPace {
+    /// Secrets re-wrapped per transaction.
+    pub batch_size: u32,
+    /// Pause between batches.
+    pub pause: Duration,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -885,6 +930,22 @@ mod tests {
             d.path().display()
         );
         (d, base)
+    }
+
+    /// `Config::default()` is what a file with only the required keys gives (so the defaults
+    /// are the documented ones, in one place).
+    #[test]
+    fn default_is_a_minimal_file() {
+        let (_d, base) = files();
+        let file = Config::from_toml(&base, []).unwrap();
+        let mut d = Config {
+            database_url: file.database_url.clone(),
+            tls: file.tls.clone(),
+            ..Config::default()
+        };
+        assert_eq!(format!("{file:?}"), format!("{d:?}"));
+        d.database_max_connections += 1;
+        assert_ne!(format!("{file:?}"), format!("{d:?}"));
     }
 
     #[test]

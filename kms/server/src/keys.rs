@@ -165,3 +165,17 @@ fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
+
+/// A key to create, decoded and checked (`wire::admin::new_key_from_wire`).
+pub struct NewKey {
+    /// Its unique name.
+    pub name: kms_core::ids::KeyName,
+    /// Free text, at most 1024 characters.
+    pub description: String,
+    /// At most 50 tags.
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Who may call which data-plane operation.
+    pub grants: kms_core::policy::AccessPolicy,
+    /// Its release policy.
+    pub policy: kms_core::policy::ReleasePolicy,
+}

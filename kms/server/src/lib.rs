@@ -7,16 +7,18 @@
 
 pub mod attest;
 pub mod audit;
-pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod grpc;
 pub mod identity;
 pub mod keys;
 pub mod node;
-pub mod rotation;
+pub mod ops;
 pub mod seal;
-pub mod service;
 pub mod storage;
+pub mod wire;
+pub mod workers;
+pub mod wrap_ids;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,15 +31,15 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+use crate::audit::Audit;
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::identity::Identities;
 use crate::keys::Keys;
+use crate::ops::admin::{AdminPlane, NewAdmin};
+use crate::ops::attestation::AttestationPlane;
+use crate::ops::data::DataPlane;
 use crate::seal::{Seal, SealKind};
-use crate::service::admin::{AdminPlane, NewAdmin};
-use crate::service::attestation::AttestationPlane;
-use crate::service::data::DataPlane;
-use crate::service::Audit;
 use crate::storage::Store;
 
 /// The dev admin's key file, written in the data directory when dev mode initializes.
@@ -80,9 +82,9 @@ pub async fn serve(
     let store = Store::connect(&config.database_url, config.database_max_connections).await?;
     let dev_dir = config.dev.as_ref().map(|d| d.data_dir.clone());
     let seal = Arc::new(Seal::load(&store, dev_dir.clone(), config.hsm.clone()).await?);
-    let rotation_task = rotation::spawn(store.clone(), seal.clone(), config.rotation);
-    let checkpointer = checkpoint::Checkpoints::new(store.clone());
-    let checkpoints = checkpoint::spawn(checkpointer.clone(), seal.clone(), config.checkpoint_interval);
+    let rotation_task = workers::rotation::spawn(store.clone(), seal.clone(), config.rotation);
+    let checkpointer = workers::checkpoint::Checkpoints::new(store.clone());
+    let checkpoints = workers::checkpoint::spawn(checkpointer.clone(), seal.clone(), config.checkpoint_interval);
     let (audit, audit_task) = AuditLog::start(store.clone(), config.audit_batch_max);
     let violations = tokio::spawn(audit_violations(store.clone(), audit.clone()));
     let keys = Arc::new(Keys::new(store.clone(), seal.clone(), config.key_cache_ttl));
@@ -197,7 +199,7 @@ pub async fn serve(
     let _ = audit_task.await;
     // A last checkpoint covers everything written up to the stop.
     if seal.root().is_ok() && store.integrity().alarm().is_none() {
-        if let Err(e) = checkpoint::checkpoint_now(&checkpointer, &seal).await {
+        if let Err(e) = workers::checkpoint::checkpoint_now(&checkpointer, &seal).await {
             tracing::warn!(reason = %e.reason, error = %e.message, "final audit checkpoint not signed");
         }
     }
@@ -207,7 +209,7 @@ pub async fn serve(
 
 /// Dev mode: on an empty database, create a dev admin (key file in the data directory) and
 /// initialize with the dev seal, so `kmsctl` works at once.
-async fn dev_init(admin: &AdminPlane, dir: &std::path::Path) -> Result<(), ServeError> {
+pub(crate) async fn dev_init(admin: &AdminPlane, dir: &std::path::Path) -> Result<(), ServeError> {
     if admin.seal.is_initialized() {
         return Ok(());
     }
@@ -335,7 +337,7 @@ async fn background(
                 if let Err(e) = store.purge_nonces(kms_core::now_unix_ms()).await {
                     tracing::warn!(error = %e, "cannot purge admin nonces");
                 }
-                if let Err(e) = service::hardware::purge_attestation(&store, kms_core::now_unix_ms()).await {
+                if let Err(e) = workers::housekeeping::purge_attestation(&store, kms_core::now_unix_ms()).await {
                     tracing::warn!(error = %e, "cannot purge attestation challenges");
                 }
             }

@@ -137,17 +137,10 @@ impl Node {
     }
 
     /// Signs a sealed release (`info` and `blob` as sealed).
-    pub fn sign_release(&self, sealed: &mut pb::SealedKey, info: &[u8], blob: &[u8]) {
-        sealed.node_public_key = self.public_key().to_vec();
-        sealed.node_signature = self
-            .key
-            .sign(&message::release(
-                info,
-                blob,
-                &sealed.encapsulated_key,
-                &sealed.ciphertext,
-            ))
-            .to_vec();
+    pub fn sign_release(&self, info: &[u8], blob: &[u8], encapsulated_key: &[u8], ciphertext: &[u8]) -> Vec<u8> {
+        self.key
+            .sign(&message::release(info, blob, encapsulated_key, ciphertext))
+            .to_vec()
     }
 
     /// Signs an Attest answer to a request with `nonce` and `hpke_public_key`.

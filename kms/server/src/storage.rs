@@ -30,7 +30,7 @@ mod tables;
 
 pub use attest::{ChallengeUse, Identity};
 pub use integrity::{Integrity, KeyRing, Violation, ViolationKind};
-pub use quorum::{ApprovalAdded, QuorumClose, RejectionAdded};
+pub use quorum::{ApprovalAdded, QuorumClose, RejectionAdded, Votes};
 pub use rotation::{RewrapItem, SecretTable};
 pub use row::Table;
 pub use tables::{
@@ -595,7 +595,7 @@ impl Store {
         tx.insert(&ReleasePolicyRow {
             key_id: key.id.clone(),
             version: 1,
-            document: key.release_policy.clone(),
+            document: key.release_policy.to_json(),
             set_unix_ms: key.created_unix_ms,
             set_by: record.caller.clone(),
         })

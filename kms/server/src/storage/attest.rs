@@ -47,7 +47,7 @@ impl Store {
     pub async fn set_release_policy(
         &self,
         id: &str,
-        document: &str,
+        policy: &kms_core::policy::ReleasePolicy,
         now: i64,
         close: Option<&QuorumClose>,
         record: Record,
@@ -60,7 +60,7 @@ impl Store {
             return Ok(None);
         }
         let mut key = old.row.clone();
-        key.release_policy = document.to_owned();
+        key.release_policy = policy.clone();
         key.release_policy_version = old
             .release_policy_version
             .checked_add(1)
@@ -70,7 +70,7 @@ impl Store {
         tx.insert(&ReleasePolicyRow {
             key_id: id.to_owned(),
             version: key.release_policy_version,
-            document: document.to_owned(),
+            document: policy.to_json(),
             set_unix_ms: now,
             set_by: record.caller.clone(),
         })

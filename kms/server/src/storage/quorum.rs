@@ -6,6 +6,8 @@
 //! with it. A proposal leaves `pending` exactly once; an approval is one row per (proposal,
 //! admin), so no admin counts twice.
 
+use std::collections::BTreeMap;
+
 use kms_core::audit::Record;
 use kms_core::integrity::Value;
 
@@ -357,6 +359,45 @@ impl Store {
         Ok(rows)
     }
 
+    /// The approvals and rejections of every proposal whose id lies in `first..=last`, by
+    /// proposal id, each list ordered as [`Store::approvals`] and [`Store::rejections`] order it:
+    /// three queries for a page of proposals instead of three per proposal.
+    pub async fn votes_between(&self, first: &str, last: &str) -> Result<BTreeMap<String, Votes>, StoreError> {
+        let range = [Value::text(first), Value::text(last)];
+        let mut votes: BTreeMap<String, Votes> = BTreeMap::new();
+        for a in self
+            .all::<ApprovalRow>(
+                "WHERE proposal_id >= $1 AND proposal_id <= $2 ORDER BY approved_unix_ms, admin_id",
+                &range,
+            )
+            .await?
+        {
+            votes
+                .entry(a.row.proposal_id.clone())
+                .or_default()
+                .approvals
+                .push(a.row);
+        }
+        let admins = self.admins(false).await?;
+        for r in self
+            .all::<RejectionRow>("WHERE proposal_id >= $1 AND proposal_id <= $2", &range)
+            .await?
+        {
+            if admins.iter().any(|a| a.id == r.row.admin_id) {
+                votes
+                    .entry(r.row.proposal_id.clone())
+                    .or_default()
+                    .rejections
+                    .push(r.row);
+            }
+        }
+        for v in votes.values_mut() {
+            v.rejections
+                .sort_by(|a, b| (a.rejected_unix_ms, &a.admin_id).cmp(&(b.rejected_unix_ms, &b.admin_id)));
+        }
+        Ok(votes)
+    }
+
     /// Closes a pending proposal as failed: its quorum was reached (`approval` is the one that
     /// reached it, recorded too; every counted approval re-verified) but the operation was
     /// refused. `false` if it was not pending.
@@ -474,6 +515,15 @@ impl Store {
     pub async fn approval_quorum(&self) -> Result<u32, StoreError> {
         Ok(self.seal_config().await?.map_or(1, |s| s.approval_quorum))
     }
+}
+
+/// A proposal's approvals and rejections (see [`Store::votes_between`]).
+#[derive(Clone, Debug, Default)]
+pub struct Votes {
+    /// Its approvals that verify, oldest first.
+    pub approvals: Vec<ApprovalRow>,
+    /// Its rejections by active admins, oldest first.
+    pub rejections: Vec<RejectionRow>,
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use kms_core::integrity::Value;
 use kms_core::key::KeyState;
-use kms_core::policy::AccessPolicy;
+use kms_core::policy::{AccessPolicy, ReleasePolicy};
 
 use super::row::{bytes, int, text, Column, Row, Table, Values};
 
@@ -272,8 +272,8 @@ pub struct KeyRow {
     pub latest_version: u32,
     /// Grants.
     pub grants: AccessPolicy,
-    /// Release policy JSON (canonical form).
-    pub release_policy: String,
+    /// Release policy, parsed once when the row is read (stored as its canonical JSON).
+    pub release_policy: ReleasePolicy,
     /// The release policy's version (1 at creation, +1 per change).
     pub release_policy_version: u32,
     /// Created.
@@ -310,7 +310,7 @@ impl Row for KeyRow {
             Value::text(self.state.as_str()),
             Value::int(self.latest_version),
             Value::text(serde_json::to_string(&self.grants).unwrap_or_default()),
-            Value::text(self.release_policy.clone()),
+            Value::text(self.release_policy.to_json()),
             Value::int(self.created_unix_ms),
             Value::int(self.updated_unix_ms),
             Value::Int(self.deletion_unix_ms),
@@ -327,7 +327,8 @@ impl Row for KeyRow {
             state: KeyState::parse(&state).ok_or("state is not a key state")?,
             latest_version: v.u32("latest_version")?,
             grants: serde_json::from_str(&v.text("grants")?).map_err(|_| "grants is not an access policy")?,
-            release_policy: v.text("release_policy")?,
+            release_policy: ReleasePolicy::parse(&v.text("release_policy")?)
+                .map_err(|_| "release_policy is not a release policy")?,
             release_policy_version: v.u32("release_policy_version")?,
             created_unix_ms: v.int("created_unix_ms")?,
             updated_unix_ms: v.int("updated_unix_ms")?,

@@ -1,8 +1,9 @@
 //! Admin operations of the attested release: the hardware registry (enrol, describe, list,
-//! revoke) and release policy changes. Called from the AdminService handlers after the signed
-//! request is authenticated. One admin suffices today; enrolment and policy changes become
-//! quorum operations with the admin-plane work (issue 5).
+//! revoke) and release policy changes. Called after the signed request is authenticated;
+//! enrolment and policy changes are quorum operations (`ops::quorum`).
 
+use crate::wire::admin::key_metadata;
+use crate::wire::hardware::hardware_to_wire;
 use attestation::snp::Signer;
 use attestation::Verifier;
 use kms_core::ids::AdminId;
@@ -10,13 +11,13 @@ use kms_core::jurisdiction::Country;
 use kms_core::policy::ReleasePolicy;
 use kms_proto::v1 as pb;
 
-use super::admin::{store_err, AdminPlane};
-use super::attestation::snp_from_wire;
-use super::quorum::Exec;
-use super::Audit;
 use crate::attest::{refusal_reason, report_data_of};
+use crate::audit::Audit;
 use crate::error::ApiError;
+use crate::ops::admin::AdminPlane;
+use crate::ops::quorum::Exec;
 use crate::storage::{ChallengeUse, HardwareRow, HardwareStatus, Identity, QuorumClose, StoreError};
+use crate::wire::attestation::snp_from_wire;
 use kms_proto::Reason;
 
 /// `hw-` followed by 32 hex digits.
@@ -43,58 +44,6 @@ fn check_text(what: &str, s: &str, min: usize, max: usize) -> Result<(), ApiErro
         ));
     }
     Ok(())
-}
-
-/// A registry entry on the wire.
-pub(crate) fn hardware_to_wire(h: &HardwareRow) -> pb::Hardware {
-    let eu = Country::parse(&h.country).map(|c| c.is_eu()).unwrap_or(false);
-    pb::Hardware {
-        id: h.id.clone(),
-        kind: match h.kind.as_str() {
-            "snp" => pb::HardwareKind::Snp,
-            "tpm" => pb::HardwareKind::Tpm,
-            _ => pb::HardwareKind::Unspecified,
-        } as i32,
-        status: match h.status {
-            HardwareStatus::Active => pb::HardwareStatus::Active,
-            HardwareStatus::Revoked => pb::HardwareStatus::Revoked,
-        } as i32,
-        country: h.country.clone(),
-        jurisdiction: if eu { "EU".into() } else { String::new() },
-        site: h.site.clone(),
-        operator: h.operator.clone(),
-        description: h.description.clone(),
-        snp_chip_id: h.snp_chip_id.clone().unwrap_or_default(),
-        snp_accept_vlek: h.snp_accept_vlek,
-        tpm_ek_digest: h.tpm_ek_digest.clone().unwrap_or_default(),
-        tpm_ak_name: h.tpm_ak_name.clone().unwrap_or_default(),
-        tpm_ek_certificate: h.tpm_ek_certificate.clone().unwrap_or_default(),
-        enrolled_unix_ms: h.enrolled_unix_ms,
-        enrolled_by: h.enrolled_by.clone(),
-        revoked_unix_ms: h.revoked_unix_ms.unwrap_or(0),
-        revoked_by: h.revoked_by.clone().unwrap_or_default(),
-        revocation_reason: h.revocation_reason.clone().unwrap_or_default(),
-        enrollment_record: h.enrollment_record.clone(),
-    }
-}
-
-/// Housekeeping: forgets attestation challenges and TPM enrolment attempts an hour after they
-/// expired (so a late replay is still named as one), except the attempts that a pending
-/// enrolment proposal names, whose approvals may take the proposal's whole lifetime.
-pub(crate) async fn purge_attestation(store: &crate::storage::Store, now: i64) -> Result<u64, StoreError> {
-    let mut awaiting = std::collections::BTreeSet::new();
-    for p in store.pending_proposals("enroll_hardware", now).await? {
-        // The bytes were checked as a canonical QuorumOperation when proposed.
-        if let Ok(pb::QuorumOperation {
-            operation: Some(pb::quorum_operation::Operation::EnrollHardware(op)),
-        }) = <pb::QuorumOperation as prost::Message>::decode(p.payload.as_slice())
-        {
-            if let Some(pb::enroll_hardware_op::Identity::Tpm(t)) = op.identity {
-                awaiting.insert(t.enrollment_id);
-            }
-        }
-    }
-    store.purge_attestation(now - 3_600_000, &awaiting).await
 }
 
 impl AdminPlane {
@@ -285,7 +234,7 @@ impl AdminPlane {
                     ),
                 ))
             }
-            Err(e) => Err(store_err(e)),
+            Err(e) => Err(ApiError::from(e)),
         }
     }
 
@@ -301,7 +250,7 @@ impl AdminPlane {
     }
 
     pub(crate) async fn list_hardware(&self, op: pb::ListHardwareOp) -> Result<pb::ListHardwareResponse, ApiError> {
-        let size = super::page_size(op.page_size)?;
+        let size = crate::wire::page_size(op.page_size)?;
         if !op.page_token.is_empty() {
             check_hardware_id(&op.page_token)
                 .map_err(|_| ApiError::new(Reason::BadPageToken, "page_token is not one this server returned"))?;
@@ -343,7 +292,7 @@ impl AdminPlane {
                 Audit::clone_allowed(audit),
             )
             .await
-            .map_err(store_err)?
+            .map_err(ApiError::from)?
         {
             Some(h) => Ok(hardware_to_wire(&h)),
             None => match self.store.hardware(&op.hardware_id).await? {
@@ -383,13 +332,13 @@ impl AdminPlane {
             .store
             .set_release_policy(
                 &key.id,
-                &document,
+                &policy,
                 kms_core::now_unix_ms(),
                 close,
                 Audit::clone_allowed(audit),
             )
             .await
-            .map_err(store_err)?
+            .map_err(ApiError::from)?
             .ok_or_else(|| {
                 ApiError::new(
                     Reason::KeyDestroyed,
@@ -397,7 +346,7 @@ impl AdminPlane {
                 )
             })?;
         let row = self.keys.remember(row);
-        Ok(Some(Self::key_metadata(&row)))
+        Ok(Some(key_metadata(&row)))
     }
 }
 
@@ -480,7 +429,12 @@ mod tests {
             .unwrap();
         tx.commit().await.unwrap();
 
-        assert_eq!(purge_attestation(&store, now).await.unwrap(), 2);
+        assert_eq!(
+            crate::workers::housekeeping::purge_attestation(&store, now)
+                .await
+                .unwrap(),
+            2
+        );
         let left = |id: &'static str| {
             let store = store.clone();
             async move { store.tpm_enrollment(id, None).await.unwrap().is_ok() }

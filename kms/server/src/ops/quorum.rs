@@ -18,9 +18,9 @@ use kms_core::admin::AdminPublicKey;
 use kms_core::ids::AdminId;
 use kms_proto::v1::admin_request::Operation as Op;
 
-use super::admin::{store_err, AdminPlane};
-use super::Audit;
+use crate::audit::Audit;
 use crate::error::ApiError;
+use crate::ops::admin::AdminPlane;
 use crate::storage::{
     AdminRow, ApprovalAdded, ApprovalRow, ProposalRow, ProposalStatus, QuorumClose, RejectionAdded, RejectionRow,
     SealConfigRow,
@@ -214,7 +214,7 @@ impl AdminPlane {
         self.store
             .insert_proposal(&row, &approval, Audit::clone_allowed(audit))
             .await
-            .map_err(store_err)?;
+            .map_err(ApiError::from)?;
         self.proposal_to_wire(&row, quorum).await
     }
 
@@ -255,7 +255,7 @@ impl AdminPlane {
             .store
             .add_approval(&approval, Audit::clone_allowed(audit))
             .await
-            .map_err(store_err)?
+            .map_err(ApiError::from)?
         {
             ApprovalAdded::Recorded(_) => {
                 let row = self.proposal_row(&proposal.id).await?;
@@ -307,7 +307,7 @@ impl AdminPlane {
                     .store
                     .fail_proposal(&approval, approval_check, &outcome, record)
                     .await
-                    .map_err(store_err)?;
+                    .map_err(ApiError::from)?;
                 if !closed {
                     return Err(ApiError::new(
                         Reason::ProposalClosed,
@@ -355,7 +355,7 @@ impl AdminPlane {
             .store
             .add_rejection(&rejection, Audit::clone_allowed(audit))
             .await
-            .map_err(store_err)?;
+            .map_err(ApiError::from)?;
         if let RejectionAdded::Recorded(n) = added {
             tracing::info!(proposal = %proposal.id, rejections = n, "proposal rejection recorded; still pending");
         }
@@ -373,7 +373,7 @@ impl AdminPlane {
     /// Proposals, pending ones unless `include_closed`.
     pub(crate) async fn list_proposals(&self, op: pb::ListProposalsOp) -> Result<pb::ListProposalsResponse, ApiError> {
         self.seal.require_initialized()?;
-        let size = super::page_size(op.page_size)?;
+        let size = crate::wire::page_size(op.page_size)?;
         let now = kms_core::now_unix_ms();
         let rows = self
             .store
@@ -381,10 +381,15 @@ impl AdminPlane {
             .await?;
         let more = rows.len() > size as usize;
         let quorum = self.store.approval_quorum().await?;
-        let mut proposals = Vec::new();
-        for r in rows.iter().take(size as usize) {
-            proposals.push(self.proposal_to_wire(r, quorum).await?);
-        }
+        let page = &rows[..rows.len().min(size as usize)];
+        let mut votes = match (page.first(), page.last()) {
+            (Some(first), Some(last)) => self.store.votes_between(&first.id, &last.id).await?,
+            _ => Default::default(),
+        };
+        let proposals: Vec<pb::Proposal> = page
+            .iter()
+            .map(|r| crate::wire::admin::proposal_to_wire(r, quorum, votes.remove(&r.id).unwrap_or_default()))
+            .collect();
         let next_page_token = if more {
             proposals.last().map(|p| p.id.clone()).unwrap_or_default()
         } else {
@@ -397,7 +402,7 @@ impl AdminPlane {
     }
 
     /// A proposal that can still be approved or rejected.
-    async fn open_proposal(&self, id: &str, audit: &mut Audit) -> Result<ProposalRow, ApiError> {
+    pub(crate) async fn open_proposal(&self, id: &str, audit: &mut Audit) -> Result<ProposalRow, ApiError> {
         self.seal.require_initialized()?;
         audit.detail("proposal", id);
         let row = self.proposal_row(id).await?;
@@ -424,7 +429,7 @@ impl AdminPlane {
         }
     }
 
-    async fn proposal_row(&self, id: &str) -> Result<ProposalRow, ApiError> {
+    pub(crate) async fn proposal_row(&self, id: &str) -> Result<ProposalRow, ApiError> {
         if !id.starts_with("prop-") || id.len() != 37 || !id[5..].bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(ApiError::new(
                 Reason::BadProposalId,
@@ -437,55 +442,19 @@ impl AdminPlane {
             .ok_or_else(|| ApiError::new(Reason::ProposalNotFound, format!("no proposal {id}")))
     }
 
-    async fn proposal_to_wire(&self, r: &ProposalRow, quorum: u32) -> Result<pb::Proposal, ApiError> {
-        let approvals = self
+    pub(crate) async fn proposal_to_wire(&self, r: &ProposalRow, quorum: u32) -> Result<pb::Proposal, ApiError> {
+        let votes = self
             .store
-            .approvals(&r.id)
+            .votes_between(&r.id, &r.id)
             .await?
-            .into_iter()
-            .map(|a| pb::Approval {
-                admin_id: a.admin_id,
-                approved_unix_ms: a.approved_unix_ms,
-            })
-            .collect();
-        let status = match r.status_at(kms_core::now_unix_ms()) {
-            ProposalStatus::Pending => pb::ProposalStatus::Pending,
-            ProposalStatus::Executed => pb::ProposalStatus::Executed,
-            ProposalStatus::Rejected => pb::ProposalStatus::Rejected,
-            ProposalStatus::Expired => pb::ProposalStatus::Expired,
-            ProposalStatus::Failed => pb::ProposalStatus::Failed,
-        };
-        Ok(pb::Proposal {
-            id: r.id.clone(),
-            operation: r.operation.clone(),
-            summary: r.summary.clone(),
-            operation_bytes: r.payload.clone(),
-            operation_sha256: r.digest.clone(),
-            proposed_by: r.proposed_by.clone(),
-            created_unix_ms: r.created_unix_ms,
-            expires_unix_ms: r.expires_unix_ms,
-            status: status as i32,
-            approvals,
-            approvals_required: quorum,
-            outcome: r.outcome.clone(),
-            rejections: self
-                .store
-                .rejections(&r.id)
-                .await?
-                .into_iter()
-                .map(|r| pb::Rejection {
-                    admin_id: r.admin_id,
-                    reason: r.reason,
-                    rejected_unix_ms: r.rejected_unix_ms,
-                })
-                .collect(),
-            result: None,
-        })
+            .remove(&r.id)
+            .unwrap_or_default();
+        Ok(crate::wire::admin::proposal_to_wire(r, quorum, votes))
     }
 
     /// A one-line description of an operation for approvers (they should also read the
     /// operation itself: `kmsctl proposal show` decodes it locally).
-    async fn summarize(&self, op: &QOp) -> String {
+    pub(crate) async fn summarize(&self, op: &QOp) -> String {
         match op {
             QOp::AddAdmin(a) => {
                 let n = a.admin.clone().unwrap_or_default();

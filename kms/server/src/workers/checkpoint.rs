@@ -1,4 +1,4 @@
-//! Signed audit checkpoints (DESIGN §6): every so often the server signs the audit chain's head
+//! Signed audit checkpoints: every so often the server signs the audit chain's head
 //! (sequence number, hash, time) with a key the seal holds, so that rewriting the chain up to a
 //! checkpoint, or cutting it short, is caught offline by `kmsctl audit verify` even against
 //! someone who can write the database and recompute every hash.
@@ -18,18 +18,12 @@ use std::time::Duration;
 use kms_core::audit::{Checkpoint, CheckpointAlgorithm, CheckpointAnchor, CheckpointKey, CheckpointSigner, GENESIS};
 use kms_core::ids::{KeyId, KeyVersion};
 use kms_core::secret::SecretKey;
-use kms_proto::v1 as pb;
 use tokio::task::JoinHandle;
 
 use crate::error::ApiError;
 use crate::seal::{AnchorStore, RootOfTrust, Seal, SealSigner};
 use crate::storage::{CheckpointKeyRow, Store, Violation, ViolationKind};
 use kms_proto::Reason;
-
-/// The key id under which checkpoint signing seeds are wrapped by the root key (the AAD binds it
-/// and [`CHECKPOINT_KEY_WRAP_VERSION`]). Distinct from the token keys' (all zero); generated key
-/// ids are random, so none is this one.
-pub const CHECKPOINT_KEY_WRAP_ID: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 /// The key version in the wrapping AAD of every checkpoint seed. `checkpoint_keys` has no
 /// version column: a seed is tied to its row by deriving the row's public key and kid.
@@ -74,7 +68,7 @@ impl Signer {
 
 pub(crate) fn wrap_id() -> (KeyId, Option<KeyVersion>) {
     (
-        KeyId::from_bytes(CHECKPOINT_KEY_WRAP_ID),
+        KeyId::from_bytes(crate::wrap_ids::CHECKPOINT_KEY),
         KeyVersion::new(CHECKPOINT_KEY_WRAP_VERSION),
     )
 }
@@ -505,7 +499,7 @@ impl Checkpoints {
         let Ok(Some(cfg)) = self.store.seal_config().await else {
             return;
         };
-        let label = anchor_label(&cfg.deployment_id);
+        let label = crate::seal::anchor_label(&cfg.deployment_id);
         let value = CheckpointAnchor::of(c).encode();
         let seq = c.seq;
         let done = tokio::task::spawn_blocking(move || {
@@ -526,11 +520,6 @@ impl Checkpoints {
             Err(_) => tracing::warn!("the HSM anchor task failed"),
         }
     }
-}
-
-/// The HSM data object that anchors a deployment's checkpoints.
-pub fn anchor_label(deployment_id: &str) -> String {
-    format!("kms-anchor-{deployment_id}")
 }
 
 /// Signs a checkpoint now with the seal's key (see [`Checkpoints::sign`]). Needs the server
@@ -563,22 +552,31 @@ pub fn spawn(checkpoints: Arc<Checkpoints>, seal: Arc<Seal>, interval: Duration)
 /// none, for GetAuditCheckpointKeys. Needs the server unsealed: only the seal can tell the
 /// server's keys from rows someone else wrote into the database, and publishing those for
 /// pinning would let them sign checkpoints.
-pub(crate) async fn published_keys(store: &Store, seal: &Seal) -> Result<Vec<pb::AuditCheckpointKey>, ApiError> {
+pub(crate) async fn published_keys(store: &Store, seal: &Seal) -> Result<Vec<PublishedKey>, ApiError> {
     vouched_keys(store, seal.root()?.as_ref()).await
 }
 
-async fn vouched_keys(store: &Store, root: &dyn RootOfTrust) -> Result<Vec<pb::AuditCheckpointKey>, ApiError> {
+/// A checkpoint key the seal vouches for, as published.
+#[derive(Clone, Debug)]
+pub struct PublishedKey {
+    /// The key.
+    pub key: CheckpointKey,
+    /// When it was made.
+    pub created_unix_ms: i64,
+    /// When it stopped signing, if it did.
+    pub retired_unix_ms: Option<i64>,
+}
+
+async fn vouched_keys(store: &Store, root: &dyn RootOfTrust) -> Result<Vec<PublishedKey>, ApiError> {
     signing_key(store, root).await?;
     let hsm = hsm_key(root)?.map(|h| h.key);
     let rows = store.checkpoint_keys().await?;
     Ok(trusted_rows(&rows, root, hsm.as_ref())
         .into_iter()
-        .map(|(row, t)| pb::AuditCheckpointKey {
-            kid: t.key().kid().to_owned(),
-            algorithm: t.key().algorithm().as_str().to_owned(),
-            public_key: t.key().public_key().to_vec(),
+        .map(|(row, t)| PublishedKey {
+            key: t.key().clone(),
             created_unix_ms: row.created_unix_ms,
-            retired_unix_ms: row.retired_unix_ms.unwrap_or(0),
+            retired_unix_ms: row.retired_unix_ms,
         })
         .collect())
 }
@@ -633,10 +631,8 @@ mod tests {
         }
     }
 
-    fn pinned(keys: &[pb::AuditCheckpointKey]) -> Vec<CheckpointKey> {
-        keys.iter()
-            .map(|k| CheckpointKey::parse(&k.kid, &k.algorithm, k.public_key.clone()).unwrap())
-            .collect()
+    fn pinned(keys: &[PublishedKey]) -> Vec<CheckpointKey> {
+        keys.iter().map(|k| k.key.clone()).collect()
     }
 
     /// Checks every stored checkpoint against `keys` and the stored chain.
@@ -644,26 +640,9 @@ mod tests {
         let mut v = kms_core::audit::AuditVerifier::new(keys, store.checkpoints().await.unwrap());
         let (head, _) = store.audit_head().await.unwrap();
         // The chain is rebuilt from the head's records only through the stored rows.
-        let rows = sqlx::query("SELECT seq, time_unix_ms, caller, operation, key_id, outcome, reason, detail, prev_hash, hash FROM audit_log ORDER BY seq")
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
-        use sqlx::Row as _;
-        for r in &rows {
-            v.push(&kms_core::audit::Entry {
-                seq: r.get("seq"),
-                record: Record {
-                    time_unix_ms: r.get("time_unix_ms"),
-                    caller: r.get("caller"),
-                    operation: r.get("operation"),
-                    key_id: r.get("key_id"),
-                    outcome: r.get("outcome"),
-                    reason: r.get("reason"),
-                    detail: r.get("detail"),
-                },
-                prev_hash: r.get::<Vec<u8>, _>("prev_hash").try_into().unwrap(),
-                hash: r.get::<Vec<u8>, _>("hash").try_into().unwrap(),
-            });
+        let mut conn = store.pool().acquire().await.unwrap();
+        for e in kms_audit::all_entries(&mut conn).await.unwrap().unwrap() {
+            v.push(&e);
         }
         assert_eq!(v.count(), head);
         v.finish()
@@ -685,9 +664,9 @@ mod tests {
 
         let keys = vouched_keys(&store, &root).await.unwrap();
         assert_eq!(keys.len(), 1);
-        assert_eq!(keys[0].kid, c.kid);
-        assert_eq!(keys[0].algorithm, "EdDSA");
-        assert_eq!(keys[0].retired_unix_ms, 0);
+        assert_eq!(keys[0].key.kid(), c.kid);
+        assert_eq!(keys[0].key.algorithm().as_str(), "EdDSA");
+        assert_eq!(keys[0].retired_unix_ms, None);
         let rows = store.checkpoint_keys().await.unwrap();
         assert_eq!(rows.len(), 1);
         assert!(rows[0].hsm_label.is_none());
@@ -741,7 +720,7 @@ mod tests {
 
         let keys = vouched_keys(&store, &root).await.unwrap();
         assert_eq!(
-            keys.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(),
+            keys.iter().map(|k| k.key.kid()).collect::<Vec<_>>(),
             vec![c.kid.as_str()]
         );
         store.append_audit(vec![record(2)]).await.unwrap();

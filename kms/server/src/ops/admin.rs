@@ -1,30 +1,28 @@
-//! AdminService: key management, admins and the seal. Every call but GetSealStatus is a signed
-//! request; [`AdminPlane::authenticate`] checks it before anything else runs. State changes commit
-//! together with their audit entry (one transaction). Sensitive operations will need a quorum of
-//! admins (a later step); today one authenticated admin suffices.
+//! The admin plane's operations: key management, admins and the seal. Every call but
+//! GetSealStatus is a signed request; [`AdminPlane::authenticate`] checks it before anything else
+//! runs. State changes commit together with their audit entry (one transaction). Quorum
+//! operations run through `ops::quorum` (proposals, approvals, execution at M).
 
-use std::collections::{BTreeMap, BTreeSet};
+use crate::wire::admin::*;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kms_core::admin::AdminPublicKey;
 use kms_core::blob::Kek;
-use kms_core::ids::{AdminId, KeyId, KeyName, KeyVersion};
+use kms_core::ids::{AdminId, KeyId, KeyVersion};
 use kms_core::jurisdiction::{AllowedCountries, Country};
 use kms_core::key::{KeyState, Transition, DELETION_WINDOW_DAYS};
-use kms_core::policy::{AccessPolicy, Grant, Operation, ReleasePolicy};
 use kms_core::share_wrap;
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
-use kms_proto::v1::quorum_operation::Operation as QOp;
 use prost::Message;
-use tonic::{Request, Response, Status};
 
-use super::quorum::Exec;
-use super::{finish, Audit};
+use crate::audit::Audit;
 use crate::audit::AuditLog;
 use crate::error::ApiError;
-use crate::keys::Keys;
+use crate::keys::{Keys, NewKey};
+use crate::ops::quorum::Exec;
 use crate::seal::{Seal, SealKind};
 use crate::storage::{AdminRow, KeyRow, QuorumClose, RootGenerationRow, SealConfigRow, ShareRow, Store, StoreError};
 use kms_proto::Reason;
@@ -54,7 +52,7 @@ pub struct NewAdmin {
     pub country: Country,
     /// Signing key.
     pub signing_key: AdminPublicKey,
-    /// HPKE P-256 encryption key.
+    /// P-256 share key (the custodian's root-key share is wrapped to it: `kms_core::share_wrap`).
     pub encryption_key: Vec<u8>,
     /// Holds a share.
     pub custodian: bool,
@@ -120,7 +118,7 @@ impl AdminPlane {
     /// Checks a signed request: decodes it, checks the method, freshness, the admin, the
     /// signature over the exact bytes, and the nonce (once only, on every replica). Returns the
     /// operation. For Init the signer must be one of the admins it names.
-    async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         signed: &pb::SignedRequest,
         method: &'static str,
@@ -251,7 +249,7 @@ impl AdminPlane {
     /// Init is refused unless the admins it names are exactly those whose fingerprints the
     /// configuration pins (`admin.init_admins`), so whoever reaches an uninitialized server
     /// first cannot make it theirs. Without a pinned set only dev mode initializes (itself).
-    fn check_pinned_admins(&self, admins: &[NewAdmin], audit: &mut Audit) -> Result<(), ApiError> {
+    pub(crate) fn check_pinned_admins(&self, admins: &[NewAdmin], audit: &mut Audit) -> Result<(), ApiError> {
         let offered: BTreeSet<String> = admins
             .iter()
             .map(|a| {
@@ -439,7 +437,7 @@ impl AdminPlane {
                         "the server is already initialized",
                     ));
                 }
-                return Err(store_err(e));
+                return Err(ApiError::from(e));
             }
         }
         self.seal.finish_init(kind, threshold, root)?;
@@ -480,7 +478,7 @@ impl AdminPlane {
         match self.store.add_admin(&row, close, Audit::clone_allowed(audit)).await {
             Ok(()) => Ok(Some(admin_to_wire(&row))),
             Err(StoreError::Conflict) => Err(ApiError::new(Reason::AdminExists, format!("admin {} exists", row.id))),
-            Err(e) => Err(store_err(e)),
+            Err(e) => Err(ApiError::from(e)),
         }
     }
 
@@ -512,7 +510,7 @@ impl AdminPlane {
             .store
             .remove_admin(id.as_str(), by.as_str(), now, close, Audit::clone_allowed(audit))
             .await
-            .map_err(store_err)?;
+            .map_err(ApiError::from)?;
         Ok(Some(admin_to_wire(&removed)))
     }
 
@@ -538,7 +536,7 @@ impl AdminPlane {
         self.store
             .set_approval_quorum(op.approval_quorum, close, Audit::clone_allowed(audit))
             .await
-            .map_err(store_err)?;
+            .map_err(ApiError::from)?;
         Ok(Some(self.wire_status().await?))
     }
 
@@ -584,46 +582,101 @@ impl AdminPlane {
         seal_status(&self.store, &self.seal).await
     }
 
-    pub(crate) fn key_metadata(k: &KeyRow) -> pb::KeyMetadata {
-        pb::KeyMetadata {
-            id: k.id.clone(),
-            name: k.name.clone(),
-            description: k.description.clone(),
-            tags: k.tags.clone(),
-            state: match k.state {
-                KeyState::Enabled => pb::KeyState::Enabled,
-                KeyState::Disabled => pb::KeyState::Disabled,
-                KeyState::PendingDeletion => pb::KeyState::PendingDeletion,
-                KeyState::Destroyed => pb::KeyState::Destroyed,
-            } as i32,
-            latest_version: k.latest_version,
-            created_unix_ms: k.created_unix_ms,
-            deletion_unix_ms: k.deletion_unix_ms.unwrap_or(0),
-            grants: k
-                .grants
-                .grants
-                .iter()
-                .map(|g| pb::Grant {
-                    principal: g.principal.clone(),
-                    operations: g.operations.iter().map(|o| op_to_wire(*o) as i32).collect(),
-                })
-                .collect(),
-            release_policy: k.release_policy.clone(),
-            release_policy_version: k.release_policy_version,
+    /// GetEncryptedShare: this custodian's share envelope of the current root generation, and
+    /// the generation.
+    pub(crate) async fn encrypted_share(&self, admin: &AdminId, audit: &mut Audit) -> Result<(Vec<u8>, u64), ApiError> {
+        self.seal.require_initialized()?;
+        self.seal.refresh_sealed(&self.store).await?;
+        let generation = self.seal.status().generation;
+        audit.detail("generation", generation);
+        let envelope = self
+            .store
+            .share_of_unverified(admin.as_str(), generation)
+            .await?
+            .ok_or_else(|| not_a_custodian(admin, generation))?;
+        Ok((envelope, generation))
+    }
+
+    /// Unseal: one custodian's share, re-wrapped to this process's unseal key. Returns how many
+    /// shares this attempt holds.
+    pub(crate) async fn submit_share(
+        &self,
+        admin: &AdminId,
+        envelope: &[u8],
+        audit: &mut Audit,
+    ) -> Result<u32, ApiError> {
+        self.seal.refresh_sealed(&self.store).await?;
+        let generation = self.seal.status().generation;
+        audit.detail("generation", generation);
+        if self
+            .store
+            .share_of_unverified(admin.as_str(), generation)
+            .await?
+            .is_none()
+        {
+            return Err(not_a_custodian(admin, generation));
+        }
+        let status = self.seal.submit_share(&self.store, admin.as_str(), envelope).await?;
+        audit.detail("progress", status.progress);
+        audit.detail("sealed", status.sealed);
+        Ok(status.progress)
+    }
+
+    /// RotateKey: a new version under a fresh KEK, in one transaction with its audit entry (which
+    /// names the new version).
+    pub(crate) async fn rotate_key(&self, key_ref: &str, audit: &mut Audit) -> Result<Arc<KeyRow>, ApiError> {
+        let root = self.seal.root()?;
+        let key = self.keys.resolve(key_ref).await?;
+        audit.key(&key.id);
+        let id = KeyId::parse(&key.id)?;
+        let kek = Kek::generate()?;
+        let base = audit.clone();
+        let rotated = self
+            .store
+            .rotate_key(
+                &key.id,
+                kms_core::now_unix_ms(),
+                root.generation(),
+                |v| {
+                    let v = KeyVersion::new(v).ok_or_else(|| kms_core::Error::InvalidId {
+                        kind: "key version",
+                        reason: "version 0".into(),
+                    })?;
+                    root.wrap(id, v, &kek)
+                },
+                |v| {
+                    let mut record = base;
+                    record.detail("new_version", v);
+                    record.allowed()
+                },
+            )
+            .await?;
+        match rotated {
+            Some(row) => Ok(self.keys.remember(row)),
+            None => {
+                let current = self
+                    .store
+                    .key_by_id(&key.id)
+                    .await?
+                    .map(|r| r.state.to_string())
+                    .unwrap_or_default();
+                Err(ApiError::new(
+                    Reason::KeyNotEnabled,
+                    format!("key {} is {current}; only an enabled key can be rotated", key.id),
+                ))
+            }
         }
     }
 
-    async fn create_key(&self, op: pb::CreateKeyOp, audit: &mut Audit) -> Result<pb::KeyMetadata, ApiError> {
-        let name = KeyName::parse(&op.name)?;
-        if op.description.chars().count() > 1024 {
-            return Err(ApiError::new(
-                Reason::InvalidArgument,
-                "description: at most 1024 characters",
-            ));
-        }
-        check_tags(&op.tags)?;
-        let grants = AccessPolicy::new(op.grants.iter().map(grant_from_wire).collect::<Result<_, _>>()?)?;
-        let policy = ReleasePolicy::parse(&op.release_policy)?;
+    /// CreateKey: a new Enabled key with version 1 under a fresh KEK wrapped by the root key.
+    pub(crate) async fn create_key(&self, new: NewKey, audit: &mut Audit) -> Result<Arc<KeyRow>, ApiError> {
+        let NewKey {
+            name,
+            description,
+            tags,
+            grants,
+            policy,
+        } = new;
         if policy.allows_unattested_release() && !self.allow_unattested {
             return Err(ApiError::new(
                 Reason::UnattestedKeysDisabled,
@@ -641,12 +694,12 @@ impl AdminPlane {
         let row = KeyRow {
             id: id.to_string(),
             name: name.as_str().to_owned(),
-            description: op.description,
-            tags: op.tags,
+            description,
+            tags,
             state: KeyState::Enabled,
             latest_version: 1,
             grants,
-            release_policy: policy.to_json(),
+            release_policy: policy.clone(),
             release_policy_version: 1,
             created_unix_ms: now,
             updated_unix_ms: now,
@@ -664,15 +717,14 @@ impl AdminPlane {
                     format!("a key named {:?} exists", row.name),
                 ));
             }
-            Err(e) => return Err(store_err(e)),
+            Err(e) => return Err(ApiError::from(e)),
         }
-        let row = self.keys.remember(row);
-        Ok(Self::key_metadata(&row))
+        Ok(self.keys.remember(row))
     }
 
     /// Applies a lifecycle transition. Needs no root key: a sealed replica can still disable a
     /// key (fail-safe) or schedule its deletion.
-    async fn change_state(
+    pub(crate) async fn change_state(
         &self,
         key_ref: &str,
         transition: Transition,
@@ -698,9 +750,9 @@ impl AdminPlane {
                 Audit::clone_allowed(audit),
             )
             .await
-            .map_err(store_err)?;
+            .map_err(ApiError::from)?;
         match changed {
-            Some(row) => Ok(Self::key_metadata(&self.keys.remember(row))),
+            Some(row) => Ok(key_metadata(&self.keys.remember(row))),
             None => {
                 let current = self
                     .store
@@ -724,31 +776,7 @@ impl AdminPlane {
     }
 }
 
-impl Audit {
-    /// The success record as it stands, for a transaction to write with its change.
-    pub(crate) fn clone_allowed(a: &Audit) -> kms_core::audit::Record {
-        Audit {
-            caller: a.caller.clone(),
-            operation: a.operation,
-            key_id: a.key_id.clone(),
-            detail: a.detail.clone(),
-        }
-        .allowed()
-    }
-
-    /// The refusal record as it stands.
-    pub(crate) fn clone_failed(a: &Audit, e: &ApiError) -> kms_core::audit::Record {
-        Audit {
-            caller: a.caller.clone(),
-            operation: a.operation,
-            key_id: a.key_id.clone(),
-            detail: a.detail.clone(),
-        }
-        .failed(e)
-    }
-}
-
-fn audit_op(method: &'static str) -> &'static str {
+pub(crate) fn audit_op(method: &'static str) -> &'static str {
     match method {
         "init" => "admin.init",
         "get_encrypted_share" => "admin.get_encrypted_share",
@@ -775,697 +803,6 @@ fn audit_op(method: &'static str) -> &'static str {
         "describe_proposal" => "admin.describe_proposal",
         "list_proposals" => "admin.list_proposals",
         _ => "admin.unknown",
-    }
-}
-
-pub(crate) fn store_err(e: StoreError) -> ApiError {
-    ApiError::from(e)
-}
-
-fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
-    if tags.len() > 50 {
-        return Err(ApiError::new(Reason::InvalidArgument, "tags: at most 50"));
-    }
-    for (k, v) in tags {
-        if k.is_empty() || k.len() > 128 || v.len() > 256 {
-            return Err(ApiError::new(
-                Reason::InvalidArgument,
-                format!("tag {k:?}: keys are 1 to 128 bytes, values at most 256"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn op_to_wire(o: Operation) -> pb::Operation {
-    match o {
-        Operation::GenerateDataKey => pb::Operation::GenerateDataKey,
-        Operation::GenerateDataKeyWithoutPlaintext => pb::Operation::GenerateDataKeyWithoutPlaintext,
-        Operation::Encrypt => pb::Operation::Encrypt,
-        Operation::Decrypt => pb::Operation::Decrypt,
-        Operation::ReEncrypt => pb::Operation::ReEncrypt,
-    }
-}
-
-fn grant_from_wire(g: &pb::Grant) -> Result<Grant, ApiError> {
-    let mut operations = BTreeSet::new();
-    for o in &g.operations {
-        let op = match pb::Operation::try_from(*o) {
-            Ok(pb::Operation::GenerateDataKey) => Operation::GenerateDataKey,
-            Ok(pb::Operation::GenerateDataKeyWithoutPlaintext) => Operation::GenerateDataKeyWithoutPlaintext,
-            Ok(pb::Operation::Encrypt) => Operation::Encrypt,
-            Ok(pb::Operation::Decrypt) => Operation::Decrypt,
-            Ok(pb::Operation::ReEncrypt) => Operation::ReEncrypt,
-            _ => {
-                return Err(ApiError::new(
-                    Reason::InvalidPolicy,
-                    format!("grant for {}: operation {o} is not a data-plane operation", g.principal),
-                ))
-            }
-        };
-        operations.insert(op);
-    }
-    Ok(Grant {
-        principal: g.principal.clone(),
-        operations,
-    })
-}
-
-fn wire_status(s: crate::seal::Status) -> pb::SealStatus {
-    pb::SealStatus {
-        initialized: s.initialized,
-        sealed: s.sealed,
-        seal: match s.kind {
-            None => pb::SealKind::Unspecified,
-            Some(SealKind::Shamir) => pb::SealKind::Shamir,
-            Some(SealKind::Dev) => pb::SealKind::Dev,
-            Some(SealKind::Pkcs11) => pb::SealKind::Pkcs11,
-        } as i32,
-        threshold: s.threshold,
-        progress: s.progress,
-        unseal_public_key: s.unseal_public_key,
-        key_check_value: s.key_check_value,
-        root_generation: s.generation,
-        approval_quorum: 0,
-        deployment_id: String::new(),
-        state_version: 0,
-        integrity_alarm: String::new(),
-        rotation: s.rotating_to.map(|(to, kind)| pb::RootRotation {
-            to_generation: to,
-            seal: match kind {
-                SealKind::Shamir => pb::SealKind::Shamir,
-                SealKind::Dev => pb::SealKind::Dev,
-                SealKind::Pkcs11 => pb::SealKind::Pkcs11,
-            } as i32,
-            remaining: 0,
-        }),
-    }
-}
-
-/// Runs one admin method: authenticate, run `body`, audit, answer. `durable`: the success
-/// record must be durable before answering (reads that release nothing queue it). `in_tx`: the
-/// body's transaction already wrote the success record.
-macro_rules! admin_call {
-    ($self:ident, $request:ident, $method:literal, durable = $durable:expr, in_tx = $in_tx:expr, |$op:ident, $admin:ident, $audit:ident| $body:expr) => {
-        admin_call!(
-            $self,
-            $request,
-            $method,
-            durable = $durable,
-            in_tx = $in_tx,
-            |$op, $admin, $audit, _signed| $body
-        )
-    };
-    ($self:ident, $request:ident, $method:literal, durable = $durable:expr, in_tx = $in_tx:expr, |$op:ident, $admin:ident, $audit:ident, $signed:ident| $body:expr) => {{
-        let $signed = $request.into_inner();
-        let mut $audit = Audit::new("unauthenticated", audit_op($method));
-        let result = async {
-            let ($admin, op) = $self.authenticate(&$signed, $method, &mut $audit).await?;
-            let _ = &$admin;
-            let $op = op;
-            $body
-        }
-        .await;
-        if $in_tx && result.is_ok() {
-            Ok(Response::new(result.map_err(|e: ApiError| e.to_status())?))
-        } else {
-            finish(&$self.audit, $audit, result, $durable).await
-        }
-    }};
-}
-
-#[tonic::async_trait]
-impl pb::admin_service_server::AdminService for AdminPlane {
-    async fn get_seal_status(
-        &self,
-        _request: Request<pb::GetSealStatusRequest>,
-    ) -> Result<Response<pb::SealStatus>, Status> {
-        self.wire_status().await.map(Response::new).map_err(|e| e.to_status())
-    }
-
-    async fn init(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::InitResponse>, Status> {
-        admin_call!(
-            self,
-            request,
-            "init",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit| {
-                let Op::Init(init) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                let kind = match pb::SealKind::try_from(init.seal) {
-                    Ok(pb::SealKind::Shamir) => SealKind::Shamir,
-                    Ok(pb::SealKind::Dev) => SealKind::Dev,
-                    Ok(pb::SealKind::Pkcs11) => SealKind::Pkcs11,
-                    _ => return Err(ApiError::new(Reason::BadSeal, "seal must be SHAMIR, PKCS11 or DEV")),
-                };
-                let admins = init
-                    .admins
-                    .iter()
-                    .map(|a| self.parse_new_admin(a))
-                    .collect::<Result<Vec<_>, _>>()?;
-                self.initialize(kind, init.threshold, init.approval_quorum, admins, &mut audit)
-                    .await?;
-                Ok(pb::InitResponse {
-                    status: Some(self.wire_status().await?),
-                })
-            }
-        )
-    }
-
-    async fn get_encrypted_share(
-        &self,
-        request: Request<pb::SignedRequest>,
-    ) -> Result<Response<pb::EncryptedShare>, Status> {
-        admin_call!(
-            self,
-            request,
-            "get_encrypted_share",
-            durable = true,
-            in_tx = false,
-            |op, admin, audit| {
-                let _ = op;
-                self.seal.require_initialized()?;
-                self.seal.refresh_sealed(&self.store).await?;
-                let generation = self.seal.status().generation;
-                audit.detail("generation", generation);
-                let envelope = self
-                    .store
-                    .share_of_unverified(admin.as_str(), generation)
-                    .await?
-                    .ok_or_else(|| {
-                        ApiError::new(
-                            Reason::NotACustodian,
-                            format!("admin {admin} holds no share of root generation {generation}"),
-                        )
-                    })?;
-                Ok(pb::EncryptedShare { envelope, generation })
-            }
-        )
-    }
-
-    async fn unseal(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::SealStatus>, Status> {
-        admin_call!(
-            self,
-            request,
-            "unseal",
-            durable = true,
-            in_tx = false,
-            |op, admin, audit| {
-                let Op::Unseal(u) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.seal.refresh_sealed(&self.store).await?;
-                let generation = self.seal.status().generation;
-                audit.detail("generation", generation);
-                if self
-                    .store
-                    .share_of_unverified(admin.as_str(), generation)
-                    .await?
-                    .is_none()
-                {
-                    return Err(ApiError::new(
-                        Reason::NotACustodian,
-                        format!("admin {admin} holds no share of root generation {generation}"),
-                    ));
-                }
-                let status = self.seal.submit_share(&self.store, admin.as_str(), &u.envelope).await?;
-                audit.detail("progress", status.progress);
-                audit.detail("sealed", status.sealed);
-                let mut wire = self.wire_status().await?;
-                wire.progress = status.progress;
-                Ok(wire)
-            }
-        )
-    }
-
-    async fn seal(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::SealStatus>, Status> {
-        admin_call!(
-            self,
-            request,
-            "seal",
-            durable = true,
-            in_tx = false,
-            |op, admin, audit| {
-                let _ = op;
-                self.seal.seal()?;
-                self.keys.clear_keks();
-                self.attestation.clear();
-                self.wire_status().await
-            }
-        )
-    }
-
-    async fn add_admin(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Admin>, Status> {
-        admin_call!(
-            self,
-            request,
-            "add_admin",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit, signed| {
-                let Op::AddAdmin(add) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                match self.direct(&admin, &signed, QOp::AddAdmin(add), &mut audit).await? {
-                    pb::proposal::Result::Admin(a) => Ok(a),
-                    _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
-                }
-            }
-        )
-    }
-
-    async fn list_admins(
-        &self,
-        request: Request<pb::SignedRequest>,
-    ) -> Result<Response<pb::ListAdminsResponse>, Status> {
-        admin_call!(
-            self,
-            request,
-            "list_admins",
-            durable = false,
-            in_tx = false,
-            |op, admin, audit| {
-                let Op::ListAdmins(l) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                Ok(pb::ListAdminsResponse {
-                    admins: self
-                        .store
-                        .admins(l.include_removed)
-                        .await?
-                        .iter()
-                        .map(admin_to_wire)
-                        .collect(),
-                })
-            }
-        )
-    }
-
-    async fn create_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(
-            self,
-            request,
-            "create_key",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit| {
-                let Op::CreateKey(c) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.create_key(c, &mut audit).await
-            }
-        )
-    }
-
-    async fn describe_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(
-            self,
-            request,
-            "describe_key",
-            durable = false,
-            in_tx = false,
-            |op, admin, audit| {
-                let Op::DescribeKey(d) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.seal.require_initialized()?;
-                let key = self.keys.resolve(&d.key).await?;
-                audit.key(&key.id);
-                Ok(Self::key_metadata(&key))
-            }
-        )
-    }
-
-    async fn list_keys(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
-        admin_call!(
-            self,
-            request,
-            "list_keys",
-            durable = false,
-            in_tx = false,
-            |op, admin, audit| {
-                let Op::ListKeys(l) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.seal.require_initialized()?;
-                let size = super::page_size(l.page_size)?;
-                if !l.page_token.is_empty() {
-                    KeyId::parse(&l.page_token).map_err(|_| {
-                        ApiError::new(Reason::BadPageToken, "page_token is not one this server returned")
-                    })?;
-                }
-                let rows = self.store.list_keys(&l.page_token, size + 1).await?;
-                let more = rows.len() > size as usize;
-                let keys: Vec<pb::KeyMetadata> = rows.iter().take(size as usize).map(Self::key_metadata).collect();
-                let next_page_token = if more {
-                    keys.last().map(|k| k.id.clone()).unwrap_or_default()
-                } else {
-                    String::new()
-                };
-                Ok(pb::ListKeysResponse { keys, next_page_token })
-            }
-        )
-    }
-
-    async fn rotate_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(
-            self,
-            request,
-            "rotate_key",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit| {
-                let Op::RotateKey(r) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                let root = self.seal.root()?;
-                let key = self.keys.resolve(&r.key).await?;
-                audit.key(&key.id);
-                let id = KeyId::parse(&key.id)?;
-                let kek = Kek::generate()?;
-                let base = Audit::clone_allowed(&audit);
-                let rotated = self
-                    .store
-                    .rotate_key(
-                        &key.id,
-                        kms_core::now_unix_ms(),
-                        root.generation(),
-                        |v| {
-                            let v = KeyVersion::new(v).ok_or_else(|| kms_core::Error::InvalidId {
-                                kind: "key version",
-                                reason: "version 0".into(),
-                            })?;
-                            root.wrap(id, v, &kek)
-                        },
-                        |v| {
-                            let mut rec = base;
-                            let mut detail: serde_json::Map<String, serde_json::Value> =
-                                serde_json::from_str(&rec.detail).unwrap_or_default();
-                            detail.insert("new_version".into(), v.into());
-                            rec.detail = serde_json::Value::Object(detail).to_string();
-                            rec
-                        },
-                    )
-                    .await
-                    .map_err(store_err)?;
-                match rotated {
-                    Some(row) => Ok(Self::key_metadata(&self.keys.remember(row))),
-                    None => {
-                        let current = self
-                            .store
-                            .key_by_id(&key.id)
-                            .await?
-                            .map(|r| r.state.to_string())
-                            .unwrap_or_default();
-                        Err(ApiError::new(
-                            Reason::KeyNotEnabled,
-                            format!("key {} is {current}; only an enabled key can be rotated", key.id),
-                        ))
-                    }
-                }
-            }
-        )
-    }
-
-    async fn enable_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(
-            self,
-            request,
-            "enable_key",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit| {
-                let Op::EnableKey(e) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.change_state(&e.key, Transition::Enable, None, None, &mut audit)
-                    .await
-            }
-        )
-    }
-
-    async fn disable_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(
-            self,
-            request,
-            "disable_key",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit| {
-                let Op::DisableKey(d) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.change_state(&d.key, Transition::Disable, None, None, &mut audit)
-                    .await
-            }
-        )
-    }
-
-    async fn schedule_key_deletion(
-        &self,
-        request: Request<pb::SignedRequest>,
-    ) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(
-            self,
-            request,
-            "schedule_key_deletion",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit, signed| {
-                let Op::ScheduleKeyDeletion(s) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                match self
-                    .direct(&admin, &signed, QOp::ScheduleKeyDeletion(s), &mut audit)
-                    .await?
-                {
-                    pb::proposal::Result::Key(k) => Ok(k),
-                    _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
-                }
-            }
-        )
-    }
-
-    async fn cancel_key_deletion(
-        &self,
-        request: Request<pb::SignedRequest>,
-    ) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(
-            self,
-            request,
-            "cancel_key_deletion",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit| {
-                let Op::CancelKeyDeletion(c) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.change_state(&c.key, Transition::CancelDeletion, None, None, &mut audit)
-                    .await
-            }
-        )
-    }
-
-    async fn set_release_policy(
-        &self,
-        request: Request<pb::SignedRequest>,
-    ) -> Result<Response<pb::KeyMetadata>, Status> {
-        admin_call!(
-            self,
-            request,
-            "set_release_policy",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit, signed| {
-                let Op::SetReleasePolicy(p) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                match self
-                    .direct(&admin, &signed, QOp::SetReleasePolicy(p), &mut audit)
-                    .await?
-                {
-                    pb::proposal::Result::Key(k) => Ok(k),
-                    _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
-                }
-            }
-        )
-    }
-
-    async fn enroll_hardware(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Hardware>, Status> {
-        admin_call!(
-            self,
-            request,
-            "enroll_hardware",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit, signed| {
-                let Op::EnrollHardware(e) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                match self.direct(&admin, &signed, QOp::EnrollHardware(e), &mut audit).await? {
-                    pb::proposal::Result::Hardware(h) => Ok(h),
-                    _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
-                }
-            }
-        )
-    }
-
-    async fn describe_hardware(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Hardware>, Status> {
-        admin_call!(
-            self,
-            request,
-            "describe_hardware",
-            durable = false,
-            in_tx = false,
-            |op, admin, audit| {
-                let Op::DescribeHardware(d) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.describe_hardware(&d.hardware_id, &mut audit).await
-            }
-        )
-    }
-
-    async fn list_hardware(
-        &self,
-        request: Request<pb::SignedRequest>,
-    ) -> Result<Response<pb::ListHardwareResponse>, Status> {
-        admin_call!(
-            self,
-            request,
-            "list_hardware",
-            durable = false,
-            in_tx = false,
-            |op, admin, audit| {
-                let Op::ListHardware(l) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.list_hardware(l).await
-            }
-        )
-    }
-
-    async fn revoke_hardware(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Hardware>, Status> {
-        admin_call!(
-            self,
-            request,
-            "revoke_hardware",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit| {
-                let Op::RevokeHardware(r) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.revoke_hardware(&admin, r, &mut audit).await
-            }
-        )
-    }
-
-    async fn propose(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Proposal>, Status> {
-        admin_call!(
-            self,
-            request,
-            "propose",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit, signed| {
-                let Op::Propose(p) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.submit(&admin, &signed, p.operation, p.ttl_secs, &mut audit).await
-            }
-        )
-    }
-
-    async fn approve(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Proposal>, Status> {
-        admin_call!(
-            self,
-            request,
-            "approve",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit, signed| {
-                let Op::Approve(a) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.approve(&admin, &signed, a, &mut audit).await
-            }
-        )
-    }
-
-    async fn reject(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Proposal>, Status> {
-        admin_call!(
-            self,
-            request,
-            "reject",
-            durable = true,
-            in_tx = true,
-            |op, admin, audit, signed| {
-                let Op::Reject(r) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.reject(&admin, &signed, r, &mut audit).await
-            }
-        )
-    }
-
-    async fn describe_proposal(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Proposal>, Status> {
-        admin_call!(
-            self,
-            request,
-            "describe_proposal",
-            durable = false,
-            in_tx = false,
-            |op, admin, audit| {
-                let Op::DescribeProposal(d) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.describe_proposal(&d.proposal_id, &mut audit).await
-            }
-        )
-    }
-
-    async fn list_proposals(
-        &self,
-        request: Request<pb::SignedRequest>,
-    ) -> Result<Response<pb::ListProposalsResponse>, Status> {
-        admin_call!(
-            self,
-            request,
-            "list_proposals",
-            durable = false,
-            in_tx = false,
-            |op, admin, audit| {
-                let Op::ListProposals(l) = op else {
-                    unreachable!("authenticate checked the operation")
-                };
-                self.list_proposals(l).await
-            }
-        )
-    }
-
-    async fn get_audit_checkpoint_keys(
-        &self,
-        _request: Request<pb::GetAuditCheckpointKeysRequest>,
-    ) -> Result<Response<pb::AuditCheckpointKeys>, Status> {
-        let keys = crate::checkpoint::published_keys(&self.store, &self.seal)
-            .await
-            .map_err(|e| e.to_status())?;
-        Ok(Response::new(pb::AuditCheckpointKeys { keys }))
-    }
-}
-
-pub(crate) fn admin_to_wire(r: &AdminRow) -> pb::Admin {
-    pb::Admin {
-        id: r.id.clone(),
-        country: r.country.clone(),
-        signing_public_key: r.signing_public_key.clone(),
-        custodian: r.custodian,
-        created_unix_ms: r.created_unix_ms,
-        encryption_public_key: r.encryption_public_key.clone(),
-        removed_unix_ms: r.removed_unix_ms.unwrap_or(0),
     }
 }
 
@@ -1501,4 +838,144 @@ pub(crate) async fn seal_status(store: &Store, seal: &Seal) -> Result<pb::SealSt
         r.remaining = store.remaining_under(from).await?;
     }
     Ok(wire)
+}
+
+/// The refusal of a share request by an admin without a share of `generation`.
+fn not_a_custodian(admin: &AdminId, generation: u64) -> ApiError {
+    ApiError::new(
+        Reason::NotACustodian,
+        format!("admin {admin} holds no share of root generation {generation}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use kms_core::ids::KeyName;
+    use kms_core::key::{KeyState, Transition};
+    use kms_core::policy::{AccessPolicy, Operation, ReleasePolicy};
+    use kms_proto::Reason;
+
+    use crate::audit::Audit;
+    use crate::keys::NewKey;
+    use crate::ops::testkit::{Kit, UNATTESTED};
+
+    fn new_key(name: &str, policy: &str) -> NewKey {
+        NewKey {
+            name: KeyName::parse(name).unwrap(),
+            description: "d".into(),
+            tags: BTreeMap::from([("team".to_owned(), "pay".to_owned())]),
+            grants: AccessPolicy::new(vec![kms_core::policy::Grant {
+                principal: "spiffe://eu/app".into(),
+                operations: BTreeSet::from([Operation::Decrypt]),
+            }])
+            .unwrap(),
+            policy: ReleasePolicy::parse(policy).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn create_key_stores_version_1_and_names_are_unique() {
+        let kit = Kit::new().await;
+        let mut audit = Audit::new("admin:test", "admin.create_key");
+        let row = kit
+            .admin
+            .create_key(new_key("pay", UNATTESTED), &mut audit)
+            .await
+            .unwrap();
+        assert_eq!((row.latest_version, row.state), (1, KeyState::Enabled));
+        let stored = kit.store.key_by_name("pay").await.unwrap().unwrap();
+        assert_eq!(stored.id, row.id);
+        assert_eq!(stored.tags["team"], "pay");
+        let e = kit
+            .admin
+            .create_key(new_key("pay", UNATTESTED), &mut audit)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::KeyNameTaken);
+    }
+
+    #[tokio::test]
+    async fn unattested_keys_need_the_danger_setting() {
+        let mut kit = Kit::new().await;
+        kit.admin.allow_unattested = false;
+        let mut audit = Audit::new("admin:test", "admin.create_key");
+        let e = kit
+            .admin
+            .create_key(new_key("k", UNATTESTED), &mut audit)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::UnattestedKeysDisabled);
+        kit.admin
+            .create_key(new_key("k", r#"{"version":1,"attestation":"required"}"#), &mut audit)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn state_changes_follow_the_key_lifecycle() {
+        let kit = Kit::new().await;
+        let mut audit = Audit::new("admin:test", "admin.create_key");
+        kit.admin
+            .create_key(new_key("k", UNATTESTED), &mut audit)
+            .await
+            .unwrap();
+        let e = kit
+            .admin
+            .change_state("k", Transition::Enable, None, None, &mut audit)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::InvalidStateTransition);
+        kit.admin
+            .change_state("k", Transition::Disable, None, None, &mut audit)
+            .await
+            .unwrap();
+        assert_eq!(
+            kit.store.key_by_name("k").await.unwrap().unwrap().state,
+            KeyState::Disabled
+        );
+        let e = kit
+            .admin
+            .change_state("nope", Transition::Disable, None, None, &mut audit)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::KeyNotFound);
+    }
+
+    #[tokio::test]
+    async fn rotate_key_adds_a_version_and_audits_it_in_the_same_transaction() {
+        let kit = Kit::new().await;
+        let mut audit = Audit::new("admin:test", "admin.create_key");
+        kit.admin
+            .create_key(new_key("k", UNATTESTED), &mut audit)
+            .await
+            .unwrap();
+        let mut audit = Audit::new("admin:test", "admin.rotate_key");
+        let row = kit.admin.rotate_key("k", &mut audit).await.unwrap();
+        assert_eq!(row.latest_version, 2);
+        let details: Vec<String> =
+            sqlx::query_scalar("SELECT detail FROM audit_log WHERE operation = 'admin.rotate_key'")
+                .fetch_all(kit.store.pool())
+                .await
+                .unwrap();
+        assert_eq!(details.len(), 1);
+        let detail: serde_json::Value = serde_json::from_str(&details[0]).unwrap();
+        assert_eq!(detail["new_version"], 2);
+
+        let mut audit = Audit::new("admin:test", "admin.disable_key");
+        kit.admin
+            .change_state("k", Transition::Disable, None, None, &mut audit)
+            .await
+            .unwrap();
+        let mut audit = Audit::new("admin:test", "admin.rotate_key");
+        let e = kit.admin.rotate_key("k", &mut audit).await.err().unwrap();
+        assert_eq!(e.reason, Reason::KeyNotEnabled);
+    }
 }

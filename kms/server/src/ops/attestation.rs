@@ -1,19 +1,18 @@
-//! AttestationService: challenges, Attest (evidence → token), the token keys, and the machine
+//! The attestation service's operations: challenges, Attest (evidence → token), the token keys, and the machine
 //! side of TPM enrolment. Callers are identified by their client certificate, like data-plane
 //! callers; every call that consumes a nonce or issues a token is audited with its claims.
 
+use crate::wire::attestation::*;
 use std::sync::Arc;
 
-use attestation::snp::SnpEvidence;
 use attestation::tpm::ek::VerifiedEk;
 use attestation::tpm::AkPublic;
 use kms_core::hpke_seal::{self, X25519};
 use kms_core::ids::Principal;
 use kms_proto::v1 as pb;
-use tonic::{Request, Response, Status};
 
-use super::{finish, Audit};
 use crate::attest::{refusal_reason, Attestation, Evidence};
+use crate::audit::Audit;
 use crate::audit::AuditLog;
 use crate::error::ApiError;
 use crate::identity::Identities;
@@ -35,52 +34,8 @@ pub struct AttestationPlane {
     pub(crate) tls: bool,
 }
 
-/// Largest evidence part accepted (certificates, reports, quotes are far smaller).
-const MAX_PART: usize = 16 * 1024;
-
-fn check_size(what: &str, b: &[u8]) -> Result<(), ApiError> {
-    if b.len() > MAX_PART {
-        return Err(ApiError::new(
-            Reason::EvidenceMalformed,
-            format!("{what}: {} bytes; at most {MAX_PART}", b.len()),
-        ));
-    }
-    Ok(())
-}
-
-/// Wire evidence to the verifier's types; shape errors are INVALID_ARGUMENT.
-pub(crate) fn evidence_from_wire(e: Option<pb::attest_request::Evidence>) -> Result<Evidence, ApiError> {
-    match e {
-        None => Err(ApiError::new(Reason::MissingEvidence, "evidence: set `snp` or `tpm`")),
-        Some(pb::attest_request::Evidence::Snp(s)) => Ok(Evidence::Snp(snp_from_wire(s)?)),
-        Some(pb::attest_request::Evidence::Tpm(t)) => {
-            check_size("tpm.ak_public", &t.ak_public)?;
-            check_size("tpm.quote", &t.quote)?;
-            check_size("tpm.signature", &t.signature)?;
-            kms_node::tpm_from_wire(&t)
-                .map(Evidence::Tpm)
-                .map_err(|m| ApiError::new(Reason::EvidenceMalformed, m))
-        }
-    }
-}
-
-pub(crate) fn snp_from_wire(s: pb::SnpEvidence) -> Result<SnpEvidence, ApiError> {
-    check_size("snp.report", &s.report)?;
-    check_size("snp.vek_certificate", &s.vek_certificate)?;
-    check_size("snp.cert_chain", &s.cert_chain)?;
-    Ok(SnpEvidence {
-        report: s.report,
-        vek: (!s.vek_certificate.is_empty()).then_some(s.vek_certificate),
-        chain: (!s.cert_chain.is_empty()).then_some(s.cert_chain),
-    })
-}
-
 impl AttestationPlane {
-    async fn caller<T>(&self, request: &Request<T>, operation: &'static str) -> Result<Principal, Status> {
-        super::identify(&self.identities, &self.audit, request, self.tls, operation).await
-    }
-
-    async fn attest(
+    pub(crate) async fn attest(
         &self,
         who: &Principal,
         req: pb::AttestRequest,
@@ -131,7 +86,7 @@ impl AttestationPlane {
         Ok(answer)
     }
 
-    async fn begin_tpm(
+    pub(crate) async fn begin_tpm(
         &self,
         who: &Principal,
         req: pb::BeginTpmEnrollmentRequest,
@@ -222,64 +177,48 @@ impl AttestationPlane {
     }
 }
 
-#[tonic::async_trait]
-impl pb::attestation_service_server::AttestationService for AttestationPlane {
-    async fn get_node_identity(
-        &self,
-        request: Request<pb::GetNodeIdentityRequest>,
-    ) -> Result<Response<pb::NodeIdentity>, Status> {
-        let nonce = request.into_inner().nonce;
-        if !(16..=64).contains(&nonce.len()) {
-            return Err(ApiError::new(Reason::BadNonce, "nonce: 16 to 64 random bytes").to_status());
-        }
-        let status = super::admin::seal_status(&self.store, &self.seal)
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use kms_proto::v1 as pb;
+    use kms_proto::Reason;
+
+    use crate::audit::Audit;
+    use crate::ops::testkit::{who, Kit};
+
+    #[tokio::test]
+    async fn attest_refuses_a_bad_hpke_key_and_missing_evidence() {
+        let kit = Kit::new().await;
+        let app = who("spiffe://eu/app");
+        let mut audit = Audit::new(app.as_str(), "attestation.attest");
+        let req = pb::AttestRequest {
+            nonce: vec![0; 32],
+            hpke_public_key: vec![1; 31],
+            ..Default::default()
+        };
+        let e = kit.attestation.attest(&app, req, &mut audit).await.err().unwrap();
+        assert_eq!(e.reason, Reason::InvalidHpkePublicKey);
+        let req = pb::AttestRequest {
+            nonce: vec![0; 32],
+            hpke_public_key: vec![9; 32],
+            ..Default::default()
+        };
+        let e = kit.attestation.attest(&app, req, &mut audit).await.err().unwrap();
+        assert_eq!(e.reason, Reason::MissingEvidence);
+    }
+
+    #[tokio::test]
+    async fn tpm_enrolment_needs_an_ek_ca_bundle() {
+        let kit = Kit::new().await;
+        let app = who("spiffe://eu/app");
+        let mut audit = Audit::new(app.as_str(), "attestation.begin_tpm_enrollment");
+        let e = kit
+            .attestation
+            .begin_tpm(&app, pb::BeginTpmEnrollmentRequest::default(), &mut audit)
             .await
-            .map_err(|e| e.to_status())?;
-        Ok(Response::new(self.node.identity(&nonce, &status)))
-    }
-
-    async fn get_challenge(
-        &self,
-        request: Request<pb::GetChallengeRequest>,
-    ) -> Result<Response<pb::Challenge>, Status> {
-        let who = self.caller(&request, "attestation.get_challenge").await?;
-        // Not audited when it succeeds: a challenge grants nothing, and Attest records its use.
-        match self.engine.challenge(&who).await {
-            Ok((nonce, expires)) => Ok(Response::new(pb::Challenge {
-                nonce: nonce.to_vec(),
-                expires_unix_ms: expires,
-            })),
-            Err(e) => {
-                self.audit
-                    .record(Audit::new(who.as_str(), "attestation.get_challenge").failed(&e))
-                    .await;
-                Err(e.to_status())
-            }
-        }
-    }
-
-    async fn attest(&self, request: Request<pb::AttestRequest>) -> Result<Response<pb::AttestResponse>, Status> {
-        let who = self.caller(&request, "attestation.attest").await?;
-        let mut audit = Audit::new(who.as_str(), "attestation.attest");
-        let result = self.attest(&who, request.into_inner(), &mut audit).await;
-        finish(&self.audit, audit, result, true).await
-    }
-
-    async fn get_token_keys(
-        &self,
-        _request: Request<pb::GetTokenKeysRequest>,
-    ) -> Result<Response<pb::TokenKeys>, Status> {
-        let jwks_json = self.engine.jwks().await.map_err(|e| e.to_status())?;
-        Ok(Response::new(pb::TokenKeys { jwks_json }))
-    }
-
-    async fn begin_tpm_enrollment(
-        &self,
-        request: Request<pb::BeginTpmEnrollmentRequest>,
-    ) -> Result<Response<pb::TpmEnrollmentChallenge>, Status> {
-        let who = self.caller(&request, "attestation.begin_tpm_enrollment").await?;
-        let mut audit = Audit::new(who.as_str(), "attestation.begin_tpm_enrollment");
-        let result = self.begin_tpm(&who, request.into_inner(), &mut audit).await;
-        finish(&self.audit, audit, result, false).await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::TpmEnrollmentNotConfigured);
     }
 }

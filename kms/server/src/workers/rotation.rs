@@ -16,30 +16,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kms_core::blob::Kek;
-use kms_core::ids::{AdminId, KeyId, KeyVersion};
-use kms_core::share_wrap;
-use kms_proto::v1 as pb;
+use kms_core::ids::{KeyId, KeyVersion};
 
+use crate::audit::Audit;
+use crate::config::RotationPace;
 use crate::error::ApiError;
-use crate::seal::{Seal, SealKind};
-use crate::service::admin::{store_err, AdminPlane};
-use crate::service::quorum::Exec;
-use crate::service::Audit;
-use crate::storage::{RewrapItem, RootGenerationRow, SecretTable, ShareRow, Store};
+use crate::seal::Seal;
+use crate::storage::{RewrapItem, SecretTable, Store};
 use kms_proto::Reason;
 
 /// How long after a rotation starts the worker waits before re-wrapping (replicas adopt the
 /// next root within a second).
 pub const ADOPT_GRACE: Duration = Duration::from_secs(3);
-
-/// The worker's pace.
-#[derive(Clone, Copy, Debug)]
-pub struct RotationPace {
-    /// Secrets re-wrapped per transaction.
-    pub batch_size: u32,
-    /// Pause between batches.
-    pub pause: Duration,
-}
 
 /// Where a wrapped secret's AAD comes from: (key id, version) as it was wrapped.
 fn wrap_binding(item: &RewrapItem) -> Result<(KeyId, KeyVersion), ApiError> {
@@ -51,12 +39,9 @@ fn wrap_binding(item: &RewrapItem) -> Result<(KeyId, KeyVersion), ApiError> {
     };
     match item.table {
         SecretTable::KeyVersions => Ok((KeyId::parse(&item.id)?, version(item.number)?)),
-        SecretTable::TokenKeys => Ok((
-            KeyId::from_bytes(crate::attest::TOKEN_KEY_WRAP_ID),
-            version(item.number)?,
-        )),
+        SecretTable::TokenKeys => Ok((KeyId::from_bytes(crate::wrap_ids::TOKEN_KEY), version(item.number)?)),
         SecretTable::CheckpointKeys => {
-            let (id, v) = crate::checkpoint::wrap_id();
+            let (id, v) = crate::workers::checkpoint::wrap_id();
             Ok((
                 id,
                 v.ok_or_else(|| ApiError::new(Reason::RotationInvariant, "checkpoint wrap version"))?,
@@ -136,7 +121,7 @@ pub async fn run_pending(store: &Store, seal: &Seal, pace: RotationPace) -> Resu
     let moved = store
         .reauthenticate_all(new_gen, pace.batch_size, pace.pause)
         .await
-        .map_err(store_err)?;
+        .map_err(ApiError::from)?;
     if moved > 0 {
         tracing::info!(
             from = old_gen,
@@ -151,7 +136,7 @@ pub async fn run_pending(store: &Store, seal: &Seal, pace: RotationPace) -> Resu
     let done = store
         .complete_rotation(old_gen, new_gen, audit.allowed())
         .await
-        .map_err(store_err)?;
+        .map_err(ApiError::from)?;
     seal.complete_rotation(store).await?;
     if done {
         tracing::info!(from = old_gen, to = new_gen, "root rotation complete");
@@ -218,153 +203,4 @@ pub fn spawn(store: Store, seal: Arc<Seal>, pace: RotationPace) -> tokio::task::
             }
         }
     })
-}
-
-impl AdminPlane {
-    /// RotateRoot (quorum): starts generation g+1 under the seal asked for.
-    pub(crate) async fn rotate_root_op(
-        &self,
-        _admin: &AdminId,
-        op: pb::RotateRootOp,
-        audit: &mut Audit,
-        exec: Exec<'_>,
-    ) -> Result<Option<pb::SealStatus>, ApiError> {
-        let roots = self.seal.roots()?;
-        let kind = match pb::SealKind::try_from(op.seal) {
-            Ok(pb::SealKind::Shamir) => SealKind::Shamir,
-            Ok(pb::SealKind::Pkcs11) => SealKind::Pkcs11,
-            _ => {
-                return Err(ApiError::new(
-                    Reason::BadSeal,
-                    "seal must be SHAMIR or PKCS11 (the dev seal cannot be rotated to)",
-                ))
-            }
-        };
-        if roots.next().is_some() || self.store.pending_root_generation().await?.is_some() {
-            return Err(ApiError::new(
-                Reason::RotationInProgress,
-                "a root key rotation is already in progress: wait for it to complete (kmsctl status)",
-            ));
-        }
-        let cfg = self
-            .store
-            .seal_config()
-            .await?
-            .ok_or_else(|| ApiError::new(Reason::NotInitialized, "the server is not initialized"))?;
-        let new_gen = cfg.root_generation + 1;
-        audit.detail("seal", kind.as_str());
-        audit.detail("from_generation", cfg.root_generation);
-        audit.detail("to_generation", new_gen);
-        let mut custodians = Vec::new();
-        let threshold = match kind {
-            SealKind::Pkcs11 => {
-                if !op.custodians.is_empty() || op.threshold != 0 {
-                    return Err(ApiError::new(
-                        Reason::BadCustodians,
-                        "the pkcs11 seal has no custodians or threshold",
-                    ));
-                }
-                0
-            }
-            _ => {
-                let admins = self.store.admins(false).await?;
-                let ids: Vec<String> = if op.custodians.is_empty() {
-                    admins.iter().filter(|a| a.custodian).map(|a| a.id.clone()).collect()
-                } else {
-                    op.custodians.clone()
-                };
-                let mut seen = std::collections::BTreeSet::new();
-                for id in &ids {
-                    if !seen.insert(id.clone()) {
-                        return Err(ApiError::new(
-                            Reason::DuplicateAdmin,
-                            format!("custodian {id} is listed twice"),
-                        ));
-                    }
-                    let a = admins.iter().find(|a| &a.id == id).ok_or_else(|| {
-                        ApiError::new(
-                            Reason::UnknownCustodian,
-                            format!("custodian {id} is not an active admin"),
-                        )
-                    })?;
-                    custodians.push((a.id.clone(), a.encryption_public_key.clone()));
-                }
-                if custodians.is_empty() || custodians.len() > 255 {
-                    return Err(ApiError::new(
-                        Reason::BadCustodians,
-                        "the shamir seal needs 1 to 255 custodians (none are named and there are none now)",
-                    ));
-                }
-                let t = if op.threshold == 0 { cfg.threshold } else { op.threshold };
-                if t == 0 || t as usize > custodians.len() {
-                    return Err(ApiError::new(
-                        Reason::BadThreshold,
-                        format!(
-                            "threshold must be between 1 and the number of custodians ({}), not {t}",
-                            custodians.len()
-                        ),
-                    ));
-                }
-                audit.detail("custodians", ids);
-                audit.detail("threshold", t);
-                t
-            }
-        };
-        let Exec::Run(close) = exec else {
-            if kind == SealKind::Pkcs11 && !self.seal.has_hsm_config() {
-                return Err(ApiError::new(
-                    Reason::Pkcs11NotConfigured,
-                    "this server has no [seal.pkcs11] configuration (module, token, pin_file or pin_env)",
-                ));
-            }
-            return Ok(None);
-        };
-        let new_root = self.seal.create_root(kind, new_gen)?;
-        let mut shares = Vec::new();
-        let mut next_root_wrapped = None;
-        if let Some(material) = &new_root.material {
-            let n = u8::try_from(custodians.len()).unwrap_or(u8::MAX);
-            let t = u8::try_from(threshold).unwrap_or(u8::MAX);
-            let split = kms_core::shamir::split(material, t, n)?;
-            for ((id, key), share) in custodians.iter().zip(split) {
-                let plaintext = share_wrap::share_plaintext(id, share.expose_secret());
-                let envelope = share_wrap::seal(key, plaintext.expose_secret())?;
-                shares.push(ShareRow {
-                    generation: new_gen,
-                    admin_id: id.clone(),
-                    envelope: envelope.encode(),
-                });
-            }
-            next_root_wrapped = Some(self.seal.wrap_next_root(new_gen, material)?);
-        }
-        let row = RootGenerationRow {
-            generation: new_gen,
-            kind: kind.as_str().to_owned(),
-            status: "pending".into(),
-            threshold,
-            kcv: new_root.check.clone(),
-            hsm_label: new_root.hsm_label.clone(),
-            next_root_wrapped,
-            created_unix_ms: kms_core::now_unix_ms(),
-            created_by: audit.caller.clone(),
-            completed_unix_ms: None,
-            integrity_key: Some(new_root.integrity_key.clone()),
-        };
-        if let Err(e) = self
-            .store
-            .start_rotation(&row, &shares, close, Audit::clone_allowed(audit))
-            .await
-        {
-            // Nothing refers to the keys just made in the HSM: remove them — unless the error
-            // came after a commit that did happen (then the generation row exists).
-            if let Some(label) = &new_root.hsm_label {
-                if matches!(self.store.root_generation(new_gen).await, Ok(None)) {
-                    self.seal.discard_hsm_root(label);
-                }
-            }
-            return Err(store_err(e));
-        }
-        self.seal.install_next(new_gen, new_root);
-        self.wire_status().await.map(Some)
-    }
 }

@@ -1,0 +1,476 @@
+//! AdminService over gRPC: authenticate the signed request, decode it, run the operation, encode
+//! the answer; one audit record per call.
+
+use crate::audit::Audit;
+use crate::error::ApiError;
+use crate::grpc::finish;
+use crate::ops::admin::*;
+use crate::seal::SealKind;
+use crate::wire::admin::*;
+use kms_core::ids::KeyId;
+use kms_core::key::Transition;
+use kms_proto::v1 as pb;
+use kms_proto::v1::admin_request::Operation as Op;
+use kms_proto::v1::quorum_operation::Operation as QOp;
+use kms_proto::Reason;
+use tonic::{Request, Response, Status};
+
+/// What an admin operation answers: one variant per answer message. Lives for one call, on its
+/// way to being encoded, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Answer {
+    InitResponse(pb::InitResponse),
+    EncryptedShare(pb::EncryptedShare),
+    SealStatus(pb::SealStatus),
+    Admin(pb::Admin),
+    ListAdminsResponse(pb::ListAdminsResponse),
+    KeyMetadata(pb::KeyMetadata),
+    ListKeysResponse(pb::ListKeysResponse),
+    Hardware(pb::Hardware),
+    ListHardwareResponse(pb::ListHardwareResponse),
+    Proposal(pb::Proposal),
+    ListProposalsResponse(pb::ListProposalsResponse),
+}
+
+/// The answer message of one admin method.
+trait FromAnswer: Sized {
+    fn from_answer(answer: Answer) -> Option<Self>;
+}
+
+macro_rules! from_answer {
+    ($($t:ident),*) => {
+        $(impl FromAnswer for pb::$t {
+            fn from_answer(answer: Answer) -> Option<Self> {
+                match answer {
+                    Answer::$t(a) => Some(a),
+                    _ => None,
+                }
+            }
+        })*
+    };
+}
+from_answer!(
+    InitResponse,
+    EncryptedShare,
+    SealStatus,
+    Admin,
+    ListAdminsResponse,
+    KeyMetadata,
+    ListKeysResponse,
+    Hardware,
+    ListHardwareResponse,
+    Proposal,
+    ListProposalsResponse
+);
+
+/// How a successful admin call's audit record is written.
+#[derive(Clone, Copy, Debug)]
+enum Commit {
+    /// The operation wrote it in the transaction of its change.
+    InTransaction,
+    /// Made durable before the answer (seal changes, share releases).
+    Durable,
+    /// Queued (reads that release nothing).
+    Queued,
+}
+
+/// Pins the answer type of an operation's body.
+async fn answer<T>(body: impl std::future::Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
+    body.await
+}
+
+impl AdminPlane {
+    /// Every signed admin method: authenticate the request (which checks that its operation is
+    /// the method's), run the operation, write the audit record as the operation requires, and
+    /// answer with the method's message.
+    async fn call<T: FromAnswer>(
+        &self,
+        request: Request<pb::SignedRequest>,
+        method: &'static str,
+    ) -> Result<Response<T>, Status> {
+        let signed = request.into_inner();
+        let mut audit = Audit::new("unauthenticated", audit_op(method));
+        let result = async {
+            let (admin, op) = self.authenticate(&signed, method, &mut audit).await?;
+            let (commit, answer) = self.run(op, &admin, &signed, &mut audit).await?;
+            let answer = T::from_answer(answer).ok_or_else(|| {
+                ApiError::new(
+                    Reason::Internal,
+                    format!("{method}: the operation answered another message"),
+                )
+            })?;
+            Ok((commit, answer))
+        }
+        .await;
+        match result {
+            Ok((Commit::InTransaction, answer)) => Ok(Response::new(answer)),
+            Ok((commit, answer)) => finish(&self.audit, audit, Ok(answer), matches!(commit, Commit::Durable)).await,
+            Err(e) => finish::<T>(&self.audit, audit, Err(e), false).await,
+        }
+    }
+
+    /// The one dispatch of signed admin operations.
+    async fn run(
+        &self,
+        op: Op,
+        admin: &kms_core::ids::AdminId,
+        signed: &pb::SignedRequest,
+        audit: &mut Audit,
+    ) -> Result<(Commit, Answer), ApiError> {
+        Ok(match op {
+            Op::Init(init) => {
+                let answer = answer::<pb::InitResponse>(async {
+                    let kind = match pb::SealKind::try_from(init.seal) {
+                        Ok(pb::SealKind::Shamir) => SealKind::Shamir,
+                        Ok(pb::SealKind::Dev) => SealKind::Dev,
+                        Ok(pb::SealKind::Pkcs11) => SealKind::Pkcs11,
+                        _ => return Err(ApiError::new(Reason::BadSeal, "seal must be SHAMIR, PKCS11 or DEV")),
+                    };
+                    let admins = init
+                        .admins
+                        .iter()
+                        .map(|a| self.parse_new_admin(a))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    self.initialize(kind, init.threshold, init.approval_quorum, admins, audit)
+                        .await?;
+                    Ok(pb::InitResponse {
+                        status: Some(self.wire_status().await?),
+                    })
+                })
+                .await?;
+                (Commit::InTransaction, Answer::InitResponse(answer))
+            }
+            Op::GetEncryptedShare(_) => {
+                let answer = answer::<pb::EncryptedShare>(async {
+                    let (envelope, generation) = self.encrypted_share(admin, audit).await?;
+                    Ok(pb::EncryptedShare { envelope, generation })
+                })
+                .await?;
+                (Commit::Durable, Answer::EncryptedShare(answer))
+            }
+            Op::Unseal(u) => {
+                let answer = answer::<pb::SealStatus>(async {
+                    let progress = self.submit_share(admin, &u.envelope, audit).await?;
+                    let mut wire = self.wire_status().await?;
+                    wire.progress = progress;
+                    Ok(wire)
+                })
+                .await?;
+                (Commit::Durable, Answer::SealStatus(answer))
+            }
+            Op::Seal(_) => {
+                let answer = answer::<pb::SealStatus>(async {
+                    self.seal.seal()?;
+                    self.keys.clear_keks();
+                    self.attestation.clear();
+                    self.wire_status().await
+                })
+                .await?;
+                (Commit::Durable, Answer::SealStatus(answer))
+            }
+            Op::AddAdmin(add) => {
+                let answer = answer::<pb::Admin>(async {
+                    match self.direct(admin, signed, QOp::AddAdmin(add), audit).await? {
+                        pb::proposal::Result::Admin(a) => Ok(a),
+                        _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
+                    }
+                })
+                .await?;
+                (Commit::InTransaction, Answer::Admin(answer))
+            }
+            Op::ListAdmins(l) => {
+                let answer = answer::<pb::ListAdminsResponse>(async {
+                    Ok(pb::ListAdminsResponse {
+                        admins: self
+                            .store
+                            .admins(l.include_removed)
+                            .await?
+                            .iter()
+                            .map(admin_to_wire)
+                            .collect(),
+                    })
+                })
+                .await?;
+                (Commit::Queued, Answer::ListAdminsResponse(answer))
+            }
+            Op::CreateKey(c) => {
+                let answer = answer::<pb::KeyMetadata>(async {
+                    let row = self.create_key(new_key_from_wire(c)?, audit).await?;
+                    Ok(key_metadata(&row))
+                })
+                .await?;
+                (Commit::InTransaction, Answer::KeyMetadata(answer))
+            }
+            Op::DescribeKey(d) => {
+                let answer = answer::<pb::KeyMetadata>(async {
+                    self.seal.require_initialized()?;
+                    let key = self.keys.resolve(&d.key).await?;
+                    audit.key(&key.id);
+                    Ok(key_metadata(&key))
+                })
+                .await?;
+                (Commit::Queued, Answer::KeyMetadata(answer))
+            }
+            Op::ListKeys(l) => {
+                let answer = answer::<pb::ListKeysResponse>(async {
+                    self.seal.require_initialized()?;
+                    let size = crate::wire::page_size(l.page_size)?;
+                    if !l.page_token.is_empty() {
+                        KeyId::parse(&l.page_token).map_err(|_| {
+                            ApiError::new(Reason::BadPageToken, "page_token is not one this server returned")
+                        })?;
+                    }
+                    let rows = self.store.list_keys(&l.page_token, size + 1).await?;
+                    let more = rows.len() > size as usize;
+                    let keys: Vec<pb::KeyMetadata> = rows.iter().take(size as usize).map(key_metadata).collect();
+                    let next_page_token = if more {
+                        keys.last().map(|k| k.id.clone()).unwrap_or_default()
+                    } else {
+                        String::new()
+                    };
+                    Ok(pb::ListKeysResponse { keys, next_page_token })
+                })
+                .await?;
+                (Commit::Queued, Answer::ListKeysResponse(answer))
+            }
+            Op::RotateKey(r) => {
+                let answer = answer::<pb::KeyMetadata>(async {
+                    let row = self.rotate_key(&r.key, audit).await?;
+                    Ok(key_metadata(&row))
+                })
+                .await?;
+                (Commit::InTransaction, Answer::KeyMetadata(answer))
+            }
+            Op::EnableKey(e) => {
+                let answer = answer::<pb::KeyMetadata>(async {
+                    self.change_state(&e.key, Transition::Enable, None, None, audit).await
+                })
+                .await?;
+                (Commit::InTransaction, Answer::KeyMetadata(answer))
+            }
+            Op::DisableKey(d) => {
+                let answer = answer::<pb::KeyMetadata>(async {
+                    self.change_state(&d.key, Transition::Disable, None, None, audit).await
+                })
+                .await?;
+                (Commit::InTransaction, Answer::KeyMetadata(answer))
+            }
+            Op::ScheduleKeyDeletion(s) => {
+                let answer = answer::<pb::KeyMetadata>(async {
+                    match self.direct(admin, signed, QOp::ScheduleKeyDeletion(s), audit).await? {
+                        pb::proposal::Result::Key(k) => Ok(k),
+                        _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
+                    }
+                })
+                .await?;
+                (Commit::InTransaction, Answer::KeyMetadata(answer))
+            }
+            Op::CancelKeyDeletion(c) => {
+                let answer = answer::<pb::KeyMetadata>(async {
+                    self.change_state(&c.key, Transition::CancelDeletion, None, None, audit)
+                        .await
+                })
+                .await?;
+                (Commit::InTransaction, Answer::KeyMetadata(answer))
+            }
+            Op::SetReleasePolicy(p) => {
+                let answer = answer::<pb::KeyMetadata>(async {
+                    match self.direct(admin, signed, QOp::SetReleasePolicy(p), audit).await? {
+                        pb::proposal::Result::Key(k) => Ok(k),
+                        _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
+                    }
+                })
+                .await?;
+                (Commit::InTransaction, Answer::KeyMetadata(answer))
+            }
+            Op::EnrollHardware(e) => {
+                let answer = answer::<pb::Hardware>(async {
+                    match self.direct(admin, signed, QOp::EnrollHardware(e), audit).await? {
+                        pb::proposal::Result::Hardware(h) => Ok(h),
+                        _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
+                    }
+                })
+                .await?;
+                (Commit::InTransaction, Answer::Hardware(answer))
+            }
+            Op::DescribeHardware(d) => {
+                let answer =
+                    answer::<pb::Hardware>(async { self.describe_hardware(&d.hardware_id, audit).await }).await?;
+                (Commit::Queued, Answer::Hardware(answer))
+            }
+            Op::ListHardware(l) => {
+                let answer = answer::<pb::ListHardwareResponse>(async { self.list_hardware(l).await }).await?;
+                (Commit::Queued, Answer::ListHardwareResponse(answer))
+            }
+            Op::RevokeHardware(r) => {
+                let answer = answer::<pb::Hardware>(async { self.revoke_hardware(admin, r, audit).await }).await?;
+                (Commit::InTransaction, Answer::Hardware(answer))
+            }
+            Op::Propose(p) => {
+                let answer =
+                    answer::<pb::Proposal>(async { self.submit(admin, signed, p.operation, p.ttl_secs, audit).await })
+                        .await?;
+                (Commit::InTransaction, Answer::Proposal(answer))
+            }
+            Op::Approve(a) => {
+                let answer = answer::<pb::Proposal>(async { self.approve(admin, signed, a, audit).await }).await?;
+                (Commit::InTransaction, Answer::Proposal(answer))
+            }
+            Op::Reject(r) => {
+                let answer = answer::<pb::Proposal>(async { self.reject(admin, signed, r, audit).await }).await?;
+                (Commit::InTransaction, Answer::Proposal(answer))
+            }
+            Op::DescribeProposal(d) => {
+                let answer =
+                    answer::<pb::Proposal>(async { self.describe_proposal(&d.proposal_id, audit).await }).await?;
+                (Commit::Queued, Answer::Proposal(answer))
+            }
+            Op::ListProposals(l) => {
+                let answer = answer::<pb::ListProposalsResponse>(async { self.list_proposals(l).await }).await?;
+                (Commit::Queued, Answer::ListProposalsResponse(answer))
+            }
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for AdminPlane {
+    async fn get_seal_status(
+        &self,
+        _request: Request<pb::GetSealStatusRequest>,
+    ) -> Result<Response<pb::SealStatus>, Status> {
+        self.wire_status().await.map(Response::new).map_err(|e| e.to_status())
+    }
+
+    async fn init(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::InitResponse>, Status> {
+        self.call(request, "init").await
+    }
+
+    async fn get_encrypted_share(
+        &self,
+        request: Request<pb::SignedRequest>,
+    ) -> Result<Response<pb::EncryptedShare>, Status> {
+        self.call(request, "get_encrypted_share").await
+    }
+
+    async fn unseal(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::SealStatus>, Status> {
+        self.call(request, "unseal").await
+    }
+
+    async fn seal(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::SealStatus>, Status> {
+        self.call(request, "seal").await
+    }
+
+    async fn add_admin(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Admin>, Status> {
+        self.call(request, "add_admin").await
+    }
+
+    async fn list_admins(
+        &self,
+        request: Request<pb::SignedRequest>,
+    ) -> Result<Response<pb::ListAdminsResponse>, Status> {
+        self.call(request, "list_admins").await
+    }
+
+    async fn create_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
+        self.call(request, "create_key").await
+    }
+
+    async fn describe_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
+        self.call(request, "describe_key").await
+    }
+
+    async fn list_keys(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
+        self.call(request, "list_keys").await
+    }
+
+    async fn rotate_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
+        self.call(request, "rotate_key").await
+    }
+
+    async fn enable_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
+        self.call(request, "enable_key").await
+    }
+
+    async fn disable_key(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::KeyMetadata>, Status> {
+        self.call(request, "disable_key").await
+    }
+
+    async fn schedule_key_deletion(
+        &self,
+        request: Request<pb::SignedRequest>,
+    ) -> Result<Response<pb::KeyMetadata>, Status> {
+        self.call(request, "schedule_key_deletion").await
+    }
+
+    async fn cancel_key_deletion(
+        &self,
+        request: Request<pb::SignedRequest>,
+    ) -> Result<Response<pb::KeyMetadata>, Status> {
+        self.call(request, "cancel_key_deletion").await
+    }
+
+    async fn set_release_policy(
+        &self,
+        request: Request<pb::SignedRequest>,
+    ) -> Result<Response<pb::KeyMetadata>, Status> {
+        self.call(request, "set_release_policy").await
+    }
+
+    async fn enroll_hardware(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Hardware>, Status> {
+        self.call(request, "enroll_hardware").await
+    }
+
+    async fn describe_hardware(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Hardware>, Status> {
+        self.call(request, "describe_hardware").await
+    }
+
+    async fn list_hardware(
+        &self,
+        request: Request<pb::SignedRequest>,
+    ) -> Result<Response<pb::ListHardwareResponse>, Status> {
+        self.call(request, "list_hardware").await
+    }
+
+    async fn revoke_hardware(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Hardware>, Status> {
+        self.call(request, "revoke_hardware").await
+    }
+
+    async fn propose(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Proposal>, Status> {
+        self.call(request, "propose").await
+    }
+
+    async fn approve(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Proposal>, Status> {
+        self.call(request, "approve").await
+    }
+
+    async fn reject(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Proposal>, Status> {
+        self.call(request, "reject").await
+    }
+
+    async fn describe_proposal(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::Proposal>, Status> {
+        self.call(request, "describe_proposal").await
+    }
+
+    async fn list_proposals(
+        &self,
+        request: Request<pb::SignedRequest>,
+    ) -> Result<Response<pb::ListProposalsResponse>, Status> {
+        self.call(request, "list_proposals").await
+    }
+
+    async fn get_audit_checkpoint_keys(
+        &self,
+        _request: Request<pb::GetAuditCheckpointKeysRequest>,
+    ) -> Result<Response<pb::AuditCheckpointKeys>, Status> {
+        let keys = crate::workers::checkpoint::published_keys(&self.store, &self.seal)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::AuditCheckpointKeys {
+            keys: keys
+                .iter()
+                .map(|k| checkpoint_key_to_wire(&k.key, k.created_unix_ms, k.retired_unix_ms))
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,82 @@
+//! AttestationService over gRPC: identify the caller, decode, run the operation, encode.
+
+use crate::audit::Audit;
+use crate::error::ApiError;
+use crate::grpc::finish;
+use crate::ops::attestation::*;
+use kms_proto::v1 as pb;
+use kms_proto::Reason;
+use tonic::{Request, Response, Status};
+
+impl AttestationPlane {
+    /// The caller's principal (refused and audited as `unidentified` without one).
+    async fn caller<T>(
+        &self,
+        request: &Request<T>,
+        operation: &'static str,
+    ) -> Result<kms_core::ids::Principal, Status> {
+        super::identify(&self.identities, &self.audit, request, self.tls, operation).await
+    }
+}
+
+#[tonic::async_trait]
+impl pb::attestation_service_server::AttestationService for AttestationPlane {
+    async fn get_node_identity(
+        &self,
+        request: Request<pb::GetNodeIdentityRequest>,
+    ) -> Result<Response<pb::NodeIdentity>, Status> {
+        let nonce = request.into_inner().nonce;
+        if !(16..=64).contains(&nonce.len()) {
+            return Err(ApiError::new(Reason::BadNonce, "nonce: 16 to 64 random bytes").to_status());
+        }
+        let status = crate::ops::admin::seal_status(&self.store, &self.seal)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(self.node.identity(&nonce, &status)))
+    }
+
+    async fn get_challenge(
+        &self,
+        request: Request<pb::GetChallengeRequest>,
+    ) -> Result<Response<pb::Challenge>, Status> {
+        let who = self.caller(&request, "attestation.get_challenge").await?;
+        // Not audited when it succeeds: a challenge grants nothing, and Attest records its use.
+        match self.engine.challenge(&who).await {
+            Ok((nonce, expires)) => Ok(Response::new(pb::Challenge {
+                nonce: nonce.to_vec(),
+                expires_unix_ms: expires,
+            })),
+            Err(e) => {
+                self.audit
+                    .record(Audit::new(who.as_str(), "attestation.get_challenge").failed(&e))
+                    .await;
+                Err(e.to_status())
+            }
+        }
+    }
+
+    async fn attest(&self, request: Request<pb::AttestRequest>) -> Result<Response<pb::AttestResponse>, Status> {
+        let who = self.caller(&request, "attestation.attest").await?;
+        let mut audit = Audit::new(who.as_str(), "attestation.attest");
+        let result = self.attest(&who, request.into_inner(), &mut audit).await;
+        finish(&self.audit, audit, result, true).await
+    }
+
+    async fn get_token_keys(
+        &self,
+        _request: Request<pb::GetTokenKeysRequest>,
+    ) -> Result<Response<pb::TokenKeys>, Status> {
+        let jwks_json = self.engine.jwks().await.map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::TokenKeys { jwks_json }))
+    }
+
+    async fn begin_tpm_enrollment(
+        &self,
+        request: Request<pb::BeginTpmEnrollmentRequest>,
+    ) -> Result<Response<pb::TpmEnrollmentChallenge>, Status> {
+        let who = self.caller(&request, "attestation.begin_tpm_enrollment").await?;
+        let mut audit = Audit::new(who.as_str(), "attestation.begin_tpm_enrollment");
+        let result = self.begin_tpm(&who, request.into_inner(), &mut audit).await;
+        finish(&self.audit, audit, result, false).await
+    }
+}

@@ -1,0 +1,408 @@
+//! The data plane's operations (KeyService). Every call checks, in order: the seal, the request's shape, the
+//! key's state, the caller's grant, and (for plaintext) the release policy. Plaintext data keys
+//! and decrypted payloads are answered only after their audit record is durable.
+
+use std::sync::Arc;
+
+use kms_core::blob::{self, Blob};
+use kms_core::context::EncryptionContext;
+use kms_core::hpke_seal;
+use kms_core::ids::{KeyId, KeyVersion, Principal};
+use kms_core::key::KeyState;
+use kms_core::policy::Operation;
+use kms_core::secret::DataKey;
+
+use crate::attest::{Attestation, Authorized, SealedRelease};
+use crate::audit::Audit;
+use crate::audit::AuditLog;
+use crate::error::ApiError;
+use crate::identity::Identities;
+use crate::keys::Keys;
+use crate::node::Node;
+use crate::storage::KeyRow;
+use kms_proto::Reason;
+
+/// The KeyService implementation.
+#[derive(Debug)]
+pub struct DataPlane {
+    pub(crate) node: Arc<Node>,
+    pub(crate) keys: Arc<Keys>,
+    pub(crate) audit: AuditLog,
+    pub(crate) identities: Arc<Identities>,
+    pub(crate) tls: bool,
+    pub(crate) allow_unattested: bool,
+    pub(crate) attestation: Arc<Attestation>,
+}
+
+/// What a request brings for an attested release: the token and its client nonce (both empty
+/// without one).
+#[derive(Clone, Copy)]
+pub(crate) struct Proof<'a> {
+    pub(crate) token: &'a str,
+    pub(crate) client_nonce: &'a [u8],
+}
+
+impl Proof<'_> {
+    pub(crate) const NONE: Proof<'static> = Proof {
+        token: "",
+        client_nonce: &[],
+    };
+}
+
+/// How plaintext may leave for this call.
+pub(crate) enum Release {
+    /// No plaintext is returned (GenerateDataKeyWithoutPlaintext, ReEncrypt).
+    Nothing,
+    /// In the clear, for an unattested key (dev, tests).
+    Unattested,
+    /// HPKE-sealed to the token's key, bound to the request's client nonce.
+    Attested(Box<Authorized>, Vec<u8>),
+}
+
+impl Release {
+    /// Seals `plaintext` for an attested release, signed by `node`; `None` otherwise.
+    pub(crate) fn seal(
+        &self,
+        node: &Node,
+        operation: Operation,
+        key_id: &str,
+        version: KeyVersion,
+        blob: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Option<SealedRelease>, ApiError> {
+        let Release::Attested(auth, client_nonce) = self else {
+            return Ok(None);
+        };
+        let pk = auth
+            .token
+            .hpke_public_key()
+            .map_err(|e| ApiError::new(crate::error::token_reason(&e), format!("attestation token: {e}")))?;
+        let info = hpke_seal::release_info(operation.as_str(), key_id, version.get(), &auth.token.jti, client_nonce);
+        let sealed = hpke_seal::seal_release(&pk, &info, blob, plaintext)?;
+        let node_signature = node.sign_release(&info, blob, &sealed.encapsulated_key, &sealed.ciphertext);
+        Ok(Some(SealedRelease {
+            encapsulated_key: sealed.encapsulated_key,
+            ciphertext: sealed.ciphertext,
+            node_public_key: node.public_key().to_vec(),
+            node_signature,
+        }))
+    }
+
+    pub(crate) fn is_attested(&self) -> bool {
+        matches!(self, Release::Attested(..))
+    }
+}
+
+impl DataPlane {
+    /// A usable key for `op` by `who`: enabled, and granted.
+    pub(crate) fn check_usable(key: &KeyRow, who: &Principal, op: Operation) -> Result<(), ApiError> {
+        match key.state {
+            KeyState::Enabled => {}
+            KeyState::Disabled => {
+                return Err(ApiError::new(
+                    Reason::KeyDisabled,
+                    format!("key {} is disabled", key.id),
+                ))
+            }
+            KeyState::PendingDeletion => {
+                return Err(ApiError::new(
+                    Reason::KeyPendingDeletion,
+                    format!("key {} is pending deletion", key.id),
+                ))
+            }
+            KeyState::Destroyed => {
+                return Err(ApiError::new(
+                    Reason::KeyDestroyed,
+                    format!("key {} is destroyed", key.id),
+                ))
+            }
+        }
+        if !key.grants.allows(who, op) {
+            return Err(ApiError::new(
+                Reason::NotPermitted,
+                format!("{who} may not call {} on key {}", op.as_str(), key.id),
+            ));
+        }
+        Ok(())
+    }
+
+    /// ReEncrypt must not move data to a key that releases it more easily: the destination's
+    /// release policy must be at least as strict as the source's (a conservative structural
+    /// comparison: it contains the source's conditions), so an attested key's blob can move
+    /// neither to an unattested key nor to one with fewer conditions.
+    pub(crate) fn check_no_downgrade(src: &KeyRow, dst: &KeyRow) -> Result<(), ApiError> {
+        if !dst.release_policy.is_at_least_as_strict_as(&src.release_policy) {
+            return Err(ApiError::new(
+                Reason::ReleasePolicyDowngrade,
+                format!(
+                    "the release policy of key {} is not at least as strict as that of key {}: re-encrypting would weaken it",
+                    dst.id, src.id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// ReEncrypt must not move data to a key that more principals may decrypt: everyone the
+    /// destination's grants let decrypt must be allowed to decrypt under the source too. A
+    /// principal that may only re-encrypt (a rotation job) can so move blobs between keys with
+    /// the same readers, never to a key that someone else reads.
+    pub(crate) fn check_no_grant_widening(src: &KeyRow, dst: &KeyRow) -> Result<(), ApiError> {
+        if let Some(who) = dst.grants.widens(&src.grants, Operation::Decrypt) {
+            return Err(ApiError::new(
+                Reason::GrantsWidened,
+                format!(
+                    "{who} may decrypt under key {} but not under key {}: re-encrypting would let more principals read the data",
+                    dst.id, src.id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether plaintext of this key may be returned to a caller that has not attested.
+    pub(crate) fn check_release(&self, key: &KeyRow) -> Result<(), ApiError> {
+        if key.release_policy.allows_unattested_release() && self.allow_unattested {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                Reason::AttestationRequired,
+                format!("key {} releases plaintext only to an attested workload", key.id),
+            ))
+        }
+    }
+
+    /// Decides how plaintext may leave for `op` on `key`: with a token, the token is verified,
+    /// the machine and the key are read fresh and the key's release policy is evaluated on the
+    /// token's claims (the fresh key row then decides state and grants too); without one, only
+    /// an unattested key releases. Operations that return no plaintext need neither.
+    pub(crate) async fn gate(
+        &self,
+        who: &Principal,
+        key: Arc<KeyRow>,
+        proof: Proof<'_>,
+        op: Operation,
+        audit: &mut Audit,
+    ) -> Result<(Arc<KeyRow>, Release), ApiError> {
+        let Proof { token, client_nonce } = proof;
+        let releases = matches!(op, Operation::GenerateDataKey | Operation::Decrypt);
+        if token.is_empty() || !releases {
+            Self::check_usable(&key, who, op)?;
+            if !releases {
+                return Ok((key, Release::Nothing));
+            }
+            self.check_release(&key)?;
+            return Ok((key, Release::Unattested));
+        }
+        // Grants first: a caller without them learns nothing from the token path.
+        Self::check_usable(&key, who, op)?;
+        match client_nonce.len() {
+            0 => {
+                return Err(ApiError::new(
+                    Reason::MissingClientNonce,
+                    "client_nonce: an attested release needs 16 to 64 random bytes chosen for this request",
+                ))
+            }
+            16..=64 => {}
+            n => {
+                return Err(ApiError::new(
+                    Reason::InvalidClientNonce,
+                    format!("client_nonce: {n} bytes; 16 to 64 are allowed"),
+                ))
+            }
+        }
+        audit.detail("attested", true);
+        let auth = self.attestation.authorize(token, who, &key.id, audit).await?;
+        let fresh = self.keys.remember(auth.key.clone());
+        Self::check_usable(&fresh, who, op)?;
+        Ok((fresh, Release::Attested(Box::new(auth), client_nonce.to_vec())))
+    }
+
+    pub(crate) async fn new_data_key(
+        &self,
+        who: &Principal,
+        key: &str,
+        context: &EncryptionContext,
+        proof: Proof<'_>,
+        op: Operation,
+        audit: &mut Audit,
+    ) -> Result<(Vec<u8>, DataKey, Arc<KeyRow>, Release), ApiError> {
+        self.keys.ensure_unsealed()?;
+        let key = self.keys.resolve(key).await?;
+        audit.key(&key.id);
+        let (key, release) = self.gate(who, key, proof, op, audit).await?;
+        let version =
+            KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::new(Reason::CorruptKey, "version 0"))?;
+        let kek = self.keys.kek(&key, version).await?;
+        let data_key = DataKey::generate()?;
+        let blob = blob::seal(&kek, KeyId::parse(&key.id)?, version, context, data_key.expose_secret())?;
+        audit.detail("key_version", version.get());
+        Ok((blob, data_key, key, release))
+    }
+
+    pub(crate) async fn decrypt_blob(
+        &self,
+        who: &Principal,
+        bytes: &[u8],
+        ctx: &EncryptionContext,
+        op: Operation,
+        proof: Proof<'_>,
+        audit: &mut Audit,
+    ) -> Result<(kms_core::secret::SecretBytes, Arc<KeyRow>, KeyVersion, Release), ApiError> {
+        let parsed = Blob::parse(bytes)?;
+        let key = self.keys.by_id(parsed.key_id()).await?;
+        audit.key(&key.id);
+        audit.detail("key_version", parsed.version().get());
+        let (key, release) = self.gate(who, key, proof, op, audit).await?;
+        if parsed.version().get() > key.latest_version {
+            return Err(ApiError::new(
+                Reason::KeyVersionNotFound,
+                format!("key {} has no version {}", key.id, parsed.version()),
+            ));
+        }
+        let kek = self.keys.kek(&key, parsed.version()).await?;
+        let plain = parsed.open(&kek, ctx)?;
+        Ok((plain, key, parsed.version(), release))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use kms_core::context::EncryptionContext;
+    use kms_core::key::Transition;
+    use kms_core::policy::Operation;
+    use kms_proto::Reason;
+
+    use super::Proof;
+    use crate::audit::Audit;
+    use crate::ops::testkit::{who, Kit, UNATTESTED};
+
+    fn ctx(pairs: &[(&str, &str)]) -> EncryptionContext {
+        EncryptionContext::new(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_data_key_decrypts_under_its_context_only() {
+        let kit = Kit::new().await;
+        let app = who("spiffe://eu/app");
+        kit.key(
+            "orders",
+            app.as_str(),
+            &[Operation::GenerateDataKey, Operation::Decrypt],
+            UNATTESTED,
+        )
+        .await;
+        let c = ctx(&[("tenant", "a")]);
+        let mut audit = Audit::new(app.as_str(), "generate_data_key");
+        let (blob, dk, key, release) = kit
+            .data
+            .new_data_key(&app, "orders", &c, Proof::NONE, Operation::GenerateDataKey, &mut audit)
+            .await
+            .unwrap();
+        assert!(!release.is_attested());
+        assert_eq!(key.name, "orders");
+
+        let mut audit = Audit::new(app.as_str(), "decrypt");
+        let (plain, _, version, _) = kit
+            .data
+            .decrypt_blob(&app, &blob, &c, Operation::Decrypt, Proof::NONE, &mut audit)
+            .await
+            .unwrap();
+        assert_eq!(plain.expose_secret(), dk.expose_secret());
+        assert_eq!(version.get(), 1);
+
+        let mut audit = Audit::new(app.as_str(), "decrypt");
+        let e = kit
+            .data
+            .decrypt_blob(
+                &app,
+                &blob,
+                &ctx(&[("tenant", "b")]),
+                Operation::Decrypt,
+                Proof::NONE,
+                &mut audit,
+            )
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::DecryptFailed);
+
+        let mut tampered = blob.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        let mut audit = Audit::new(app.as_str(), "decrypt");
+        let e = kit
+            .data
+            .decrypt_blob(&app, &tampered, &c, Operation::Decrypt, Proof::NONE, &mut audit)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::DecryptFailed);
+    }
+
+    #[tokio::test]
+    async fn refusals_name_the_check_that_failed() {
+        let kit = Kit::new().await;
+        let app = who("spiffe://eu/app");
+        kit.key("k", app.as_str(), &[Operation::GenerateDataKey], UNATTESTED)
+            .await;
+        kit.key(
+            "attested",
+            app.as_str(),
+            &[Operation::GenerateDataKey],
+            r#"{"version":1,"attestation":"required"}"#,
+        )
+        .await;
+        let c = ctx(&[]);
+        let gen = |principal: &'static str, key: &'static str| {
+            let kit = &kit;
+            let c = &c;
+            async move {
+                let mut audit = Audit::new(principal, "generate_data_key");
+                kit.data
+                    .new_data_key(
+                        &who(principal),
+                        key,
+                        c,
+                        Proof::NONE,
+                        Operation::GenerateDataKey,
+                        &mut audit,
+                    )
+                    .await
+                    .err()
+                    .map(|e| e.reason)
+            }
+        };
+        assert_eq!(gen("spiffe://eu/app", "k").await, None);
+        assert_eq!(gen("spiffe://eu/other", "k").await, Some(Reason::NotPermitted));
+        assert_eq!(gen("spiffe://eu/app", "nosuchkey").await, Some(Reason::KeyNotFound));
+        assert_eq!(
+            gen("spiffe://eu/app", "attested").await,
+            Some(Reason::AttestationRequired)
+        );
+
+        let mut audit = Audit::new("admin:test", "admin.disable_key");
+        kit.admin
+            .change_state("k", Transition::Disable, None, None, &mut audit)
+            .await
+            .unwrap();
+        assert_eq!(gen("spiffe://eu/app", "k").await, Some(Reason::KeyDisabled));
+
+        let mut audit = Audit::new("spiffe://eu/app", "decrypt");
+        let e = kit
+            .data
+            .decrypt_blob(
+                &who("spiffe://eu/app"),
+                b"not a blob",
+                &c,
+                Operation::Decrypt,
+                Proof::NONE,
+                &mut audit,
+            )
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::MalformedBlob);
+    }
+}
