@@ -11,7 +11,7 @@ use kms_client::cli::parse::{parse_pair, Pair};
 use kms_client::cli::{ConnectionArgs, ConnectionFlags, OutputFormat, PlaintextWithTlsFiles};
 
 use crate::args::{parse_admin_id, parse_country, parse_grant, GrantArg};
-use crate::verify::{parse_hex, parse_tcb, parse_time, Hex};
+use crate::args::{parse_hex, parse_tcb, parse_time, Hex};
 
 const EXIT_CODES: &str = "\
 Exit codes:
