@@ -1,25 +1,19 @@
 //! The connection to kmsd: an endpoint URL, TLS with the server's CA and the workload's client
-//! certificate (the data plane and the attestation service identify callers by it), and the
-//! calls the agent makes. It must never log requests or answers: they carry tokens and sealed
-//! keys.
+//! certificate (the data plane and the attestation service identify callers by it; the channel
+//! is built by kms-client), the node trust, and the calls the agent makes. It must never log
+//! requests or answers: they carry tokens and sealed keys.
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kms_client::{ChannelConfig, TlsFiles};
 use kms_node::{NodeError, NodePolicy, NodeVerifier, VerifiedNode};
 use kms_proto::v1 as pb;
 use kms_proto::v1::attestation_service_client::AttestationServiceClient;
 use kms_proto::v1::key_service_client::KeyServiceClient;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use zeroize::Zeroizing;
+use tonic::transport::Channel;
 
-use crate::error::{error_chain, Error};
-
-/// How long connecting may take, by default.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one call may take, by default.
-pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::error::Error;
 
 /// Where kmsd is and how to reach it.
 #[derive(Clone, Debug)]
@@ -52,12 +46,16 @@ pub enum NodeTrust {
 impl ClientConfig {
     /// `endpoint` with default timeouts, no TLS material and no node trust yet.
     pub fn new(endpoint: impl Into<String>) -> Self {
-        Self {
-            endpoint: endpoint.into(),
-            tls: None,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            call_timeout: DEFAULT_CALL_TIMEOUT,
-            node_trust: None,
+        ChannelConfig::new(endpoint).into()
+    }
+
+    /// The channel part of the settings.
+    fn channel(&self) -> ChannelConfig {
+        ChannelConfig {
+            endpoint: self.endpoint.clone(),
+            tls: self.tls.clone(),
+            connect_timeout: self.connect_timeout,
+            call_timeout: self.call_timeout,
         }
     }
 
@@ -74,65 +72,17 @@ impl ClientConfig {
     }
 }
 
-/// TLS material in PEM files.
-#[derive(Clone, Debug)]
-pub struct TlsFiles {
-    /// The CA that issued the server's certificate.
-    pub ca: PathBuf,
-    /// The workload's client certificate (mutual TLS). The server derives the caller's principal
-    /// from it; a token is valid only for the principal it was issued to.
-    pub client_cert: Option<PathBuf>,
-    /// The private key of the client certificate.
-    pub client_key: Option<PathBuf>,
-    /// The name to verify the server's certificate against, when it differs from the URL's host.
-    pub server_name: Option<String>,
-}
-
-impl TlsFiles {
-    /// Only a CA: the server is authenticated, the workload is not.
-    pub fn ca(ca: impl Into<PathBuf>) -> Self {
+/// A channel's settings, with no node trust yet.
+impl From<ChannelConfig> for ClientConfig {
+    fn from(c: ChannelConfig) -> Self {
         Self {
-            ca: ca.into(),
-            client_cert: None,
-            client_key: None,
-            server_name: None,
+            endpoint: c.endpoint,
+            tls: c.tls,
+            connect_timeout: c.connect_timeout,
+            call_timeout: c.call_timeout,
+            node_trust: None,
         }
     }
-
-    /// With a client certificate and its key.
-    pub fn with_identity(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
-        self.client_cert = Some(cert.into());
-        self.client_key = Some(key.into());
-        self
-    }
-
-    fn config(&self) -> Result<ClientTlsConfig, Error> {
-        let mut tls =
-            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&self.ca, "the CA certificate")?));
-        match (&self.client_cert, &self.client_key) {
-            (Some(cert), Some(key)) => {
-                let key = Zeroizing::new(read(key, "the client key")?);
-                tls = tls.identity(Identity::from_pem(
-                    read(cert, "the client certificate")?,
-                    key.as_slice(),
-                ));
-            }
-            (None, None) => {}
-            _ => {
-                return Err(Error::Config(
-                    "a client certificate needs its key and a key its certificate: give both or neither".into(),
-                ))
-            }
-        }
-        if let Some(name) = &self.server_name {
-            tls = tls.domain_name(name.clone());
-        }
-        Ok(tls)
-    }
-}
-
-fn read(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|e| Error::Input(format!("cannot read {what} {}: {e}", path.display())))
 }
 
 /// A connection to one kmsd. Cheap to clone (the channel and the verified nodes are shared).
@@ -167,45 +117,17 @@ impl Client {
     /// Connects now, so an unreachable server or a failed TLS handshake is reported as such
     /// before any evidence is produced.
     pub async fn connect(config: &ClientConfig) -> Result<Self, Error> {
-        let url = config.endpoint.trim_end_matches('/').to_owned();
-        let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| Error::Config(format!("endpoint {url:?} is not a URL: {e}")))?
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.call_timeout);
-        match (endpoint.uri().scheme_str(), &config.tls) {
-            (Some("https"), Some(tls)) => {
-                endpoint = endpoint
-                    .tls_config(tls.config()?)
-                    .map_err(|e| Error::Config(format!("TLS configuration: {}", error_chain(&e))))?;
-            }
-            (Some("https"), None) => {
-                return Err(Error::Config(format!(
-                    "endpoint {url}: https needs the CA certificate that issued the server's certificate (--ca)"
-                )))
-            }
-            (Some("http"), None) => {}
-            (Some("http"), Some(_)) => {
-                return Err(Error::Config(format!(
-                    "endpoint {url} is plaintext http: TLS files are not used with it; use an https:// URL"
-                )))
-            }
-            _ => {
-                return Err(Error::Config(format!(
-                    "endpoint {url:?}: use an http:// or https:// URL"
-                )))
-            }
-        }
+        let channel = config.channel();
+        let endpoint = channel.endpoint()?;
         let trust = config.node_trust.clone().ok_or_else(|| {
             Error::Config(
                 "say how kmsd is verified: a node policy (--node-policy FILE), or --danger-unattested-kmsd for a dev-mode kmsd".into(),
             )
         })?;
         let verifier = node_verifier(trust)?;
-        let channel = endpoint.connect().await.map_err(|e| Error::Unreachable {
-            target: url.clone(),
-            detail: error_chain(&e),
-        })?;
-        Ok(Self::with_verifier(channel, url, verifier))
+        let target = channel.target().to_owned();
+        let channel = kms_client::channel::connect(endpoint, &target).await?;
+        Ok(Self::with_verifier(channel, target, verifier))
     }
 
     /// A client over a channel made elsewhere; `target` names it in errors.

@@ -19,13 +19,28 @@ use kms_envelope::{keyring_error, BoxFuture, DataKey, EncryptedDataKey, Keyring,
 use kms_proto::v1 as pb;
 use tokio::sync::Mutex;
 
-use crate::{Client, Error, EvidenceSource, Session};
+use crate::{Client, Error, EvidenceSource, Reason, Session};
 
 /// The provider id of kmsd-wrapped data keys.
 pub const PROVIDER_ID: &str = "kmsd";
 
 /// A session is renewed when it has less than this left.
 const RENEW_BEFORE: Duration = Duration::from_secs(30);
+
+/// Whether kmsd refused the session's token itself (not the release): attesting again gets a
+/// token it accepts. `token_key` is not one: it is kmsd failing to sign, not refusing a token.
+fn is_token_refusal(reason: Reason) -> bool {
+    matches!(
+        reason,
+        Reason::TokenMalformed
+            | Reason::TokenUnknownKey
+            | Reason::TokenBadSignature
+            | Reason::TokenExpired
+            | Reason::TokenNotYetValid
+            | Reason::TokenWrongAudience
+            | Reason::TokenPrincipalMismatch
+    )
+}
 
 enum Release {
     /// Attest with the source whenever the session is missing or about to expire.
@@ -88,7 +103,7 @@ impl KmsdKeyring {
     /// Drops a session kmsd no longer accepts (a token signed by a retired token key, after a
     /// restart), so the next call attests again. Whether it did.
     async fn forget_session(&self, e: &Error) -> bool {
-        let token_refused = e.reason().is_some_and(|r| r.starts_with("token_"));
+        let token_refused = e.known_reason().is_some_and(is_token_refusal);
         match &self.release {
             Release::Attested { session, .. } if token_refused => {
                 *session.lock().await = None;

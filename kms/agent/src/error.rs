@@ -7,8 +7,9 @@ use std::fmt;
 use attestation::attester::snp::SnpAttesterError;
 use attestation::attester::tpm::TpmError;
 
-use kms_proto::status::code_name;
+pub use kms_client::Refusal;
 pub use kms_proto::status::REASON_METADATA;
+use kms_proto::Reason;
 
 /// Why an agent operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +30,8 @@ pub enum Error {
         /// What the transport said.
         detail: String,
     },
-    /// The server answered with an error status.
-    #[error("{0}")]
+    /// The server answered with an error status (shown with the agent's hint).
+    #[error("{refusal}{hint}", refusal = .0, hint = hint_suffix(.0))]
     Refused(Refusal),
     /// The server's answer is not acceptable: a data key in plaintext where it must be sealed, no
     /// sealed key, a key id or version that does not match the blob, a sealed key that does not
@@ -58,9 +59,14 @@ impl Error {
         }
     }
 
-    /// The server's stable reason code (`kms-reason`), when it refused with one.
+    /// The server's stable reason code (`kms-reason`) as sent, when it refused with one.
     pub fn reason(&self) -> Option<&str> {
-        self.refusal().and_then(|r| r.reason.as_deref())
+        self.refusal().and_then(Refusal::reason_name)
+    }
+
+    /// The server's stable reason, when it refused with one this agent knows: what to match on.
+    pub fn known_reason(&self) -> Option<Reason> {
+        self.refusal().and_then(Refusal::reason)
     }
 
     pub(crate) fn bad_response(what: impl fmt::Display) -> Self {
@@ -68,73 +74,34 @@ impl Error {
     }
 
     /// The error for a failed gRPC call to `target` (an endpoint, for messages): a refusal with
-    /// the server's reason code, or, for a status without a reason code that carries a
-    /// transport error or says "unavailable" (made by the client's own transport, not by kmsd),
-    /// [`Error::Unreachable`].
+    /// the server's reason code and the agent's hint, or, for a status without a reason code
+    /// that carries a transport error or says "unavailable" (made by the client's own
+    /// transport, not by kmsd), [`Error::Unreachable`].
     pub fn from_grpc_status(status: tonic::Status, target: &str) -> Self {
-        let reason = status
-            .metadata()
-            .get(REASON_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        if reason.is_none()
-            && (std::error::Error::source(&status).is_some()
-                || matches!(
-                    status.code(),
-                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-                ))
-        {
-            return Self::Unreachable {
-                target: target.to_owned(),
-                detail: status_detail(&status),
-            };
-        }
-        Self::Refused(Refusal {
-            code: status.code(),
-            message: status.message().to_owned(),
-            reason,
-        })
+        kms_client::Error::from_status(status, target).into()
     }
 }
 
-/// What the server said when it refused a call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Refusal {
-    /// The gRPC status code.
-    pub code: tonic::Code,
-    /// The server's message (for humans; may change).
-    pub message: String,
-    /// The stable `kms-reason` code, when the server sent one.
-    pub reason: Option<String>,
-}
-
-impl Refusal {
-    /// The canonical gRPC name of the status code, e.g. `PERMISSION_DENIED`.
-    pub fn code_name(&self) -> &'static str {
-        code_name(self.code)
-    }
-
-    /// What the workload's operator can do about it, by the reason code.
-    pub fn hint(&self) -> Option<&'static str> {
-        self.reason.as_deref().and_then(hint_for)
+/// The channel's and the call's errors, in the agent's terms: settings are [`Error::Config`], an
+/// unreadable TLS file [`Error::Input`], a refusal gets the agent's hint.
+impl From<kms_client::Error> for Error {
+    fn from(e: kms_client::Error) -> Self {
+        use kms_client::Error as C;
+        match e {
+            C::Unreachable { target, detail } => Self::Unreachable { target, detail },
+            C::Refused(r) => {
+                let hint = r.reason().and_then(hint_for);
+                Self::Refused(r.with_hint(hint))
+            }
+            e @ C::Read { .. } => Self::Input(e.to_string()),
+            e => Self::Config(e.to_string()),
+        }
     }
 }
 
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the server refused: {}", self.code_name())?;
-        if let Some(r) = &self.reason {
-            write!(f, " ({r})")?;
-        }
-        if !self.message.is_empty() {
-            write!(f, ": {}", self.message)?;
-        }
-        if let Some(h) = self.hint() {
-            write!(f, "; {h}")?;
-        }
-        Ok(())
-    }
+/// `; HINT` after a refusal, when the agent knows what to do about it.
+fn hint_suffix(r: &Refusal) -> String {
+    r.hint().map(|h| format!("; {h}")).unwrap_or_default()
 }
 
 /// Why evidence could not be produced.
@@ -162,53 +129,50 @@ impl EvidenceError {
     }
 }
 
-use kms_proto::status::detail as status_detail;
-
-pub(crate) use kms_proto::status::error_chain;
-
-/// What to do about a refusal, by its stable reason code.
-fn hint_for(reason: &str) -> Option<&'static str> {
+/// What the workload's operator can do about a refusal, by its stable reason.
+fn hint_for(reason: Reason) -> Option<&'static str> {
+    use Reason as R;
     Some(match reason {
-        "hardware_not_enrolled" => {
+        R::HardwareNotEnrolled => {
             "this machine is not in the hardware registry: enrol it (`kms-agent tpm enroll`, then an admin submits the request with EnrollHardware)"
         }
-        "hardware_revoked" => "this machine has been revoked by an admin; ask them why before enrolling it again",
-        "hardware_outside_jurisdiction" => "the machine's registered country is not in the server's allowed jurisdictions",
-        "nonce_expired" => "producing the evidence took longer than the challenge lifetime: run again (and check the TPM or SNP device is responsive)",
-        "nonce_replayed" | "nonce_unknown" => {
+        R::HardwareRevoked => "this machine has been revoked by an admin; ask them why before enrolling it again",
+        R::HardwareOutsideJurisdiction => "the machine's registered country is not in the server's allowed jurisdictions",
+        R::NonceExpired => "producing the evidence took longer than the challenge lifetime: run again (and check the TPM or SNP device is responsive)",
+        R::NonceReplayed | R::NonceUnknown => {
             "every attestation asks for a fresh challenge: run again; if this repeats, something replays requests or the replicas do not share a database"
         }
-        "evidence_binding_mismatch" => {
+        R::EvidenceBindingMismatch => {
             "the evidence does not carry H(nonce, HPKE key): an external evidence source must put exactly the binding it was given into REPORT_DATA / the quote's qualifying data"
         }
-        "evidence_hardware_identity" => {
+        R::EvidenceHardwareIdentity => {
             "the quote is signed by another AK than the one enrolled for this machine: use the AK file written at enrolment (--ak)"
         }
-        "evidence_pcrs" => "the PCR values do not match what the quote signed, or are not allowed: check --pcrs and the boot state",
-        "evidence_counters" => "the TPM's clock or reset counters went backwards since the last quote: this TPM's state was rolled back",
-        "token_expired" | "token_not_yet_valid" => "the attestation token is outside its lifetime: attest again (and check the clocks)",
-        "token_malformed" | "token_unknown_key" | "token_bad_signature" | "token_wrong_audience" => {
+        R::EvidencePcrs => "the PCR values do not match what the quote signed, or are not allowed: check --pcrs and the boot state",
+        R::EvidenceCounters => "the TPM's clock or reset counters went backwards since the last quote: this TPM's state was rolled back",
+        R::TokenExpired | R::TokenNotYetValid => "the attestation token is outside its lifetime: attest again (and check the clocks)",
+        R::TokenMalformed | R::TokenUnknownKey | R::TokenBadSignature | R::TokenWrongAudience => {
             "the server does not accept this token (tokens from another server, or the server's token keys changed): attest again"
         }
-        "token_principal_mismatch" => "a token is valid only for the client certificate it was issued to: use the same --cert/--key for attest and release",
-        "release_policy_not_met" => "the key's release policy does not accept this machine's claims (`kms-agent attest` shows them; an admin can show the policy)",
-        "attestation_required" => "this key releases plaintext only to attested workloads",
-        "not_permitted" => "the key's grants do not allow this client certificate this operation",
-        "no_client_certificate" | "bad_client_certificate" => {
+        R::TokenPrincipalMismatch => "a token is valid only for the client certificate it was issued to: use the same --cert/--key for attest and release",
+        R::ReleasePolicyNotMet => "the key's release policy does not accept this machine's claims (`kms-agent attest` shows them; an admin can show the policy)",
+        R::AttestationRequired => "this key releases plaintext only to attested workloads",
+        R::NotPermitted => "the key's grants do not allow this client certificate this operation",
+        R::NoClientCertificate | R::BadClientCertificate => {
             "the server identifies callers by their client certificate: pass --cert and --key"
         }
-        "key_not_found" => "no key with this id or name (or not visible to this client)",
-        "key_disabled" | "key_pending_deletion" | "key_destroyed" => "the key cannot be used in its current state; ask an admin",
-        "decrypt_failed" | "wrong_context" | "invalid_context" => "pass exactly the --context pairs given when the blob was made",
-        "key_mismatch" => "the blob is under another key than --key",
-        "sealed" => "the server is sealed: custodians must unseal it (`kmsctl unseal`)",
-        "tpm_enrollment_not_configured" => "the server has no TPM-manufacturer CA bundle (attestation.tpm_ek_ca_bundle), so it cannot enrol TPMs",
-        "ek_certificate_untrusted" => {
+        R::KeyNotFound => "no key with this id or name (or not visible to this client)",
+        R::KeyDisabled | R::KeyPendingDeletion | R::KeyDestroyed => "the key cannot be used in its current state; ask an admin",
+        R::DecryptFailed | R::InvalidContext => "pass exactly the --context pairs given when the blob was made",
+        R::KeyMismatch => "the blob is under another key than --key",
+        R::Sealed => "the server is sealed: custodians must unseal it (`kmsctl unseal`)",
+        R::TpmEnrollmentNotConfigured => "the server has no TPM-manufacturer CA bundle (attestation.tpm_ek_ca_bundle), so it cannot enrol TPMs",
+        R::EkCertificateUntrusted => {
             "the EK certificate does not chain to the server's TPM-manufacturer CA bundle: pass missing intermediates with --ek-intermediate, or have the bundle extended"
         }
-        "tpm_enrollment_expired" => "the enrolment challenge expired before the admin submitted it: run `kms-agent tpm enroll` again",
-        "tpm_enrollment_used" => "this enrolment request was already submitted",
-        "database_unavailable" | "audit_unavailable" => "the server cannot write to its database; nothing took effect: retry once it is back",
+        R::TpmEnrollmentExpired => "the enrolment challenge expired before the admin submitted it: run `kms-agent tpm enroll` again",
+        R::TpmEnrollmentUsed => "this enrolment request was already submitted",
+        R::DatabaseUnavailable | R::AuditUnavailable => "the server cannot write to its database; nothing took effect: retry once it is back",
         _ => return None,
     })
 }
@@ -232,6 +196,7 @@ mod tests {
             "https://kms",
         );
         assert_eq!(e.reason(), Some("hardware_not_enrolled"));
+        assert_eq!(e.known_reason(), Some(Reason::HardwareNotEnrolled));
         let text = e.to_string();
         assert!(
             text.starts_with("the server refused: PERMISSION_DENIED (hardware_not_enrolled): msg; "),

@@ -27,11 +27,12 @@ pub mod evidence;
 mod session;
 
 pub use attestation::attester::tpm::{AkKey, AkScheme, EkKind};
-pub use client::{Challenge, Client, ClientConfig, NodeTrust, TlsFiles, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT};
+pub use client::{Challenge, Client, ClientConfig, NodeTrust};
 pub use enroll::{decode_ak, encode_ak, EnrollmentRequest, PendingEnrollment, TpmEnrollOptions};
 pub use envelope::KmsdKeyring;
 pub use error::{Error, EvidenceError, Refusal, REASON_METADATA};
 pub use evidence::{EvidenceRequest, EvidenceSource, SnpReporter, TpmQuoter};
+pub use kms_client::{ChannelConfig, Reason, TlsFiles, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT};
 pub use kms_core::secret::SecretBytes;
 pub use kms_node::{NodeError, NodePolicy, VerifiedNode};
 pub use session::{GeneratedKey, ReleaseOperation, Session, DATA_KEY_LEN};

@@ -56,6 +56,18 @@ pub async fn entries(
     rows.iter().map(entry).collect()
 }
 
+/// The newest `count` chain entries, oldest first.
+pub async fn last_entries(conn: &mut AnyConnection, count: i64) -> Result<Vec<Result<Entry, Break>>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT seq, time_unix_ms, caller, operation, key_id, outcome, reason, detail, prev_hash, hash \
+         FROM audit_log ORDER BY seq DESC LIMIT $1",
+    )
+    .bind(count)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().rev().map(entry).collect()
+}
+
 /// Every chain entry, in order; the first that cannot be read is the error.
 pub async fn all_entries(conn: &mut AnyConnection) -> Result<Result<Vec<Entry>, Break>, sqlx::Error> {
     Ok(entries(conn, 0, i64::MAX).await?.into_iter().collect())

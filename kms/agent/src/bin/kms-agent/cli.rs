@@ -2,11 +2,12 @@
 //! the parsers of its small argument languages (`K=V`, PCR lists). It only describes; it must
 //! never connect, read files or touch a TPM.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kms_agent::{AkScheme, EkKind};
+use kms_client::cli::parse::{parse_pair, Pair};
+use kms_client::cli::{ConnectionArgs, ConnectionFlags, OutputFormat, PlaintextWithTlsFiles};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -47,41 +48,30 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
+/// How kms-agent names its connection options.
+#[derive(Debug)]
+pub(crate) struct AgentFlags;
+
+impl ConnectionFlags for AgentFlags {
+    const URL: &'static str = "endpoint";
+    const URL_NOUN: &'static str = "endpoint";
+    const URL_ENV: &'static str = "KMS_AGENT_ENDPOINT";
+    const CA_ENV: &'static str = "KMS_AGENT_CA";
+    const CERT_ENV: &'static str = "KMS_AGENT_CERT";
+    const KEY_ENV: &'static str = "KMS_AGENT_KEY";
+    const SERVER_NAME_ENV: &'static str = "KMS_AGENT_TLS_SERVER_NAME";
+    const CERT_HELP: &'static str = "PEM client certificate for mutual TLS: the server identifies the workload by it, and a token is valid only with the certificate it was issued to";
+    const GLOBAL: bool = false;
+    const PLAINTEXT_WITH_TLS_FILES: PlaintextWithTlsFiles = PlaintextWithTlsFiles::Refuse;
+}
+
 /// How to reach kmsd.
 #[derive(Args, Debug)]
 #[command(next_help_heading = "Connection (before the command)")]
 pub(crate) struct Connection {
-    /// The kmsd gRPC endpoint. https:// URLs use TLS (then --ca is needed).
-    #[arg(
-        long,
-        env = "KMS_AGENT_ENDPOINT",
-        default_value = "http://127.0.0.1:7300",
-        value_name = "URL"
-    )]
-    pub(crate) endpoint: String,
-
-    /// PEM file of the CA that issued the server's certificate (https only).
-    #[arg(long, env = "KMS_AGENT_CA", value_name = "FILE")]
-    pub(crate) ca: Option<PathBuf>,
-
-    /// PEM client certificate for mutual TLS: the server identifies the workload by it, and a
-    /// token is valid only with the certificate it was issued to.
-    #[arg(long, env = "KMS_AGENT_CERT", value_name = "FILE", requires = "client_key")]
-    pub(crate) cert: Option<PathBuf>,
-
-    /// PEM private key of the client certificate.
-    #[arg(
-        long = "key",
-        id = "client_key",
-        env = "KMS_AGENT_KEY",
-        value_name = "FILE",
-        requires = "cert"
-    )]
-    pub(crate) client_key: Option<PathBuf>,
-
-    /// The name to verify the server's certificate against, when it differs from the URL's host.
-    #[arg(long, env = "KMS_AGENT_TLS_SERVER_NAME", value_name = "NAME")]
-    pub(crate) tls_server_name: Option<String>,
+    /// The endpoint and the TLS files.
+    #[command(flatten)]
+    pub(crate) channel: ConnectionArgs<AgentFlags>,
 
     /// The node policy (JSON) a kmsd must meet for its answers to be used: the hardware it may
     /// run on and conditions on its evidence (docs/attested-release.md, "Node identity").
@@ -97,12 +87,6 @@ pub(crate) struct Connection {
     /// by the node key it presents, but anyone who answers in its place is trusted. Insecure.
     #[arg(long)]
     pub(crate) danger_unattested_kmsd: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub(crate) enum OutputFormat {
-    Human,
-    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -334,36 +318,6 @@ pub(crate) struct AttestArgs {
     pub(crate) evidence: EvidenceArgs,
 }
 
-/// One `K=V` argument. The key is everything before the first `=`, so values may contain `=`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Pair {
-    pub(crate) key: String,
-    pub(crate) value: String,
-}
-
-/// Parses `K=V` (for clap).
-pub(crate) fn parse_pair(s: &str) -> Result<Pair, String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok(Pair {
-            key: k.to_owned(),
-            value: v.to_owned(),
-        }),
-        Some(_) => Err(format!("{s:?}: the key before `=` is empty")),
-        None => Err(format!("{s:?} is not KEY=VALUE")),
-    }
-}
-
-/// Collects `--context` pairs into a map; a key given twice is a mistake, not an override.
-pub(crate) fn context_map(pairs: &[Pair]) -> Result<BTreeMap<String, String>, String> {
-    let mut map = BTreeMap::new();
-    for p in pairs {
-        if map.insert(p.key.clone(), p.value.clone()).is_some() {
-            return Err(format!("--context: key {:?} is given twice", p.key));
-        }
-    }
-    Ok(map)
-}
-
 /// A PCR selection, ascending, without repeats.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Pcrs(pub(crate) Vec<u8>);
@@ -421,17 +375,6 @@ mod tests {
     }
 
     #[test]
-    fn context_pairs() {
-        let pairs = vec![parse_pair("a=1=2").unwrap(), parse_pair("b=").unwrap()];
-        let m = context_map(&pairs).unwrap();
-        assert_eq!(m["a"], "1=2");
-        assert_eq!(m["b"], "");
-        assert!(parse_pair("=v").is_err() && parse_pair("novalue").is_err());
-        let twice = [parse_pair("a=1").unwrap(), parse_pair("a=2").unwrap()];
-        assert!(context_map(&twice).unwrap_err().contains("twice"));
-    }
-
-    #[test]
     fn connection_options_go_before_the_command_and_key_means_two_things() {
         let cli = parse(&[
             "--endpoint",
@@ -460,7 +403,8 @@ mod tests {
             "json",
         ])
         .unwrap();
-        assert_eq!(cli.connection.client_key, Some(PathBuf::from("c.key")));
+        assert_eq!(cli.connection.channel.client_key, Some(PathBuf::from("c.key")));
+        assert_eq!(cli.connection.channel.url, "https://kms:7300");
         assert_eq!(cli.output, OutputFormat::Json);
         let Command::GenerateDataKey(g) = cli.command else {
             panic!("not generate-data-key")

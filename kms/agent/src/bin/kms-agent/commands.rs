@@ -7,22 +7,22 @@ use std::fmt::Write as _;
 use base64::Engine as _;
 use kms_agent::{
     decode_ak, encode_ak, Client, ClientConfig, EvidenceSource, KmsdKeyring, NodePolicy, NodeTrust, SnpReporter,
-    TlsFiles, TpmEnrollOptions, TpmQuoter,
+    TpmEnrollOptions, TpmQuoter,
 };
+use kms_client::channel::is_loopback;
+use kms_client::cli::parse::pairs_to_map;
+use kms_client::cli::report::{time, warn};
+use kms_client::cli::{Printer, B64};
 use kms_envelope::{EncryptionContext, Envelope};
 use serde_json::{json, Value};
 use std::io::Write as _;
 use zeroize::Zeroizing;
 
 use crate::cli::{
-    context_map, AttestArgs, Cli, Command, Connection, DecryptArgs, EncryptArgs, EnrollArgs, EvidenceArgs,
-    GenerateArgs, TpmCommand,
+    AttestArgs, Cli, Command, Connection, DecryptArgs, EncryptArgs, EnrollArgs, EvidenceArgs, GenerateArgs, TpmCommand,
 };
 use crate::error::Error;
 use crate::files;
-use crate::output::{self, time, Printer};
-
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 pub(crate) async fn run(cli: &Cli, p: &Printer) -> Result<(), Error> {
     match &cli.command {
@@ -35,24 +35,8 @@ pub(crate) async fn run(cli: &Cli, p: &Printer) -> Result<(), Error> {
 }
 
 async fn connect(c: &Connection) -> Result<Client, Error> {
-    let mut config = ClientConfig::new(c.endpoint.clone());
-    let https = c.endpoint.starts_with("https://");
-    if https {
-        let ca = c.ca.clone().ok_or_else(|| {
-            Error::usage("an https:// endpoint needs --ca FILE (or KMS_AGENT_CA): the CA that issued its certificate")
-        })?;
-        let mut tls = TlsFiles::ca(ca);
-        if let (Some(cert), Some(key)) = (&c.cert, &c.client_key) {
-            tls = tls.with_identity(cert, key);
-        }
-        tls.server_name.clone_from(&c.tls_server_name);
-        config = config.with_tls(tls);
-    } else if c.ca.is_some() || c.cert.is_some() {
-        return Err(Error::usage(format!(
-            "--ca, --cert and --key need an https:// endpoint, not {}",
-            c.endpoint
-        )));
-    }
+    let url = &c.channel.url;
+    let mut config = ClientConfig::from(c.channel.channel_config()?);
     let trust = match (&c.node_policy, c.danger_unattested_kmsd) {
         (Some(path), _) => {
             let text = std::fs::read_to_string(path)
@@ -60,7 +44,7 @@ async fn connect(c: &Connection) -> Result<Client, Error> {
             NodeTrust::Policy(NodePolicy::parse(&text).map_err(|e| Error::usage(format!("{}: {e}", path.display())))?)
         }
         (None, true) => {
-            output::warn("--danger-unattested-kmsd: answers are trusted from any kmsd, attested or not (and from anything that poses as one)");
+            warn("--danger-unattested-kmsd: answers are trusted from any kmsd, attested or not (and from anything that poses as one)");
             NodeTrust::DangerUnattested
         }
         (None, false) => {
@@ -70,26 +54,12 @@ async fn connect(c: &Connection) -> Result<Client, Error> {
         }
     };
     config = config.with_node_trust(trust);
-    if !https && !is_loopback(&c.endpoint) {
-        output::warn(&format!(
-            "{} is plaintext: the server cannot identify this workload, and anyone on the path sees the token (keys stay HPKE-sealed)",
-            c.endpoint
+    if !url.starts_with("https://") && !is_loopback(url) {
+        warn(&format!(
+            "{url} is plaintext: the server cannot identify this workload, and anyone on the path sees the token (keys stay HPKE-sealed)"
         ));
     }
     Ok(Client::connect(&config).await?)
-}
-
-fn is_loopback(url: &str) -> bool {
-    let Ok(uri) = url.parse::<tonic::transport::Uri>() else {
-        return false;
-    };
-    let host = uri.host().unwrap_or_default();
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .map(|ip| ip.is_loopback())
-            .unwrap_or(false)
 }
 
 /// The evidence source the arguments name, opened (AK file read, SNP device opened) before any
@@ -146,7 +116,7 @@ async fn attest(c: &Connection, p: &Printer, a: &AttestArgs) -> Result<(), Error
 }
 
 async fn generate(c: &Connection, p: &Printer, a: &GenerateArgs) -> Result<(), Error> {
-    let context = context_map(&a.context).map_err(Error::usage)?;
+    let context = pairs_to_map(&a.context, "--context")?;
     let mut outputs = vec![a.blob_out.as_path()];
     outputs.extend(a.key_out.as_deref());
     files::check_outputs(&outputs, a.force)?;
@@ -166,7 +136,7 @@ async fn generate(c: &Connection, p: &Printer, a: &GenerateArgs) -> Result<(), E
     doc["blob_file"] = json!(a.blob_out);
     doc["key_file"] = json!(a.key_out);
     let printed = if a.insecure_print_key {
-        output::warn("printing the data key on stdout (--insecure-print-key)");
+        warn("printing the data key on stdout (--insecure-print-key)");
         let b64 = Zeroizing::new(B64.encode(generated.data_key.expose_secret()));
         doc["data_key_base64"] = json!(b64.as_str());
         Some(b64)
@@ -198,7 +168,7 @@ async fn generate(c: &Connection, p: &Printer, a: &GenerateArgs) -> Result<(), E
 }
 
 async fn decrypt(c: &Connection, p: &Printer, a: &DecryptArgs) -> Result<(), Error> {
-    let context = context_map(&a.context).map_err(Error::usage)?;
+    let context = pairs_to_map(&a.context, "--context")?;
     if let Some(out) = &a.out {
         files::check_outputs(&[out], a.force)?;
     }
@@ -219,7 +189,7 @@ async fn decrypt(c: &Connection, p: &Printer, a: &DecryptArgs) -> Result<(), Err
     doc["bytes"] = json!(plaintext.len());
     doc["out_file"] = json!(a.out);
     let printed = if a.insecure_print_plaintext {
-        output::warn("printing the plaintext on stdout (--insecure-print-plaintext)");
+        warn("printing the plaintext on stdout (--insecure-print-plaintext)");
         let b64 = Zeroizing::new(B64.encode(plaintext.expose_secret()));
         doc["plaintext_base64"] = json!(b64.as_str());
         Some(b64)
@@ -252,7 +222,7 @@ async fn decrypt(c: &Connection, p: &Printer, a: &DecryptArgs) -> Result<(), Err
 /// before any network call), or with --insecure-plaintext-release not.
 fn keyring_source(a: &EvidenceArgs) -> Result<Option<Box<dyn EvidenceSource>>, Error> {
     if a.insecure_plaintext_release {
-        output::warn("--insecure-plaintext-release: data keys cross the connection unsealed (only keys with \"attestation\": \"none\" release them)");
+        warn("--insecure-plaintext-release: data keys cross the connection unsealed (only keys with \"attestation\": \"none\" release them)");
         Ok(None)
     } else {
         evidence_source(a).map(Some)
@@ -281,7 +251,7 @@ fn message_json(header: &kms_envelope::Header) -> Value {
 }
 
 async fn encrypt(c: &Connection, p: &Printer, a: &EncryptArgs) -> Result<(), Error> {
-    let context: EncryptionContext = context_map(&a.context).map_err(Error::usage)?.into();
+    let context: EncryptionContext = pairs_to_map(&a.context, "--context")?.into();
     files::check_outputs(&[&a.out], a.force)?;
     let mut input = std::fs::File::open(&a.input).map_err(|e| Error::file("read", &a.input, e))?;
     let meta = input.metadata().map_err(|e| Error::file("read", &a.input, e))?;
@@ -421,18 +391,4 @@ async fn enroll(c: &Connection, p: &Printer, a: &EnrollArgs) -> Result<(), Error
         );
         out
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_endpoints() {
-        assert!(is_loopback("http://127.0.0.1:7300"));
-        assert!(is_loopback("http://localhost:7300"));
-        assert!(is_loopback("http://[::1]:7300"));
-        assert!(!is_loopback("http://kms.example:7300"));
-        assert!(!is_loopback("not a url"));
-    }
 }

@@ -5,19 +5,8 @@
 use std::fmt;
 use std::path::Path;
 
+use kms_client::cli::{exit, Failure, Report};
 use serde_json::{json, Value};
-
-/// Exit codes, as documented in `kms-agent --help`.
-pub(crate) mod exit {
-    /// The server refused, or its answer was refused.
-    pub(crate) const REFUSED: u8 = 1;
-    /// Bad usage (clap's own code for its errors).
-    pub(crate) const USAGE: u8 = 2;
-    /// The server cannot be reached.
-    pub(crate) const UNREACHABLE: u8 = 3;
-    /// A local file, the TPM or the SNP device is missing, malformed or failing.
-    pub(crate) const LOCAL: u8 = 4;
-}
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +39,15 @@ impl From<kms_envelope::Error> for Error {
     }
 }
 
+impl From<Failure> for Error {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Usage(m) => Self::Usage(m),
+            other => Self::Local(other.to_string()),
+        }
+    }
+}
+
 impl From<kms_agent::EvidenceError> for Error {
     fn from(e: kms_agent::EvidenceError) -> Self {
         Self::Agent(e.into())
@@ -67,10 +65,12 @@ impl Error {
 
     /// A file operation failed; names the file.
     pub(crate) fn file(action: &str, path: &Path, e: impl fmt::Display) -> Self {
-        Self::Local(format!("cannot {action} {}: {e}", path.display()))
+        Failure::file(action, path, e).into()
     }
+}
 
-    pub(crate) fn exit_code(&self) -> u8 {
+impl Report for Error {
+    fn exit_code(&self) -> u8 {
         use kms_agent::Error as A;
         match self {
             Self::Agent(A::Refused(_) | A::BadResponse(_)) => exit::REFUSED,
@@ -80,15 +80,14 @@ impl Error {
         }
     }
 
-    /// The document printed on stdout in `--output json` mode.
-    pub(crate) fn to_json(&self) -> Value {
+    fn to_json(&self) -> Value {
         use kms_agent::Error as A;
         let mut error = match self {
             Self::Agent(A::Refused(r)) => json!({
                 "kind": "refused",
                 "code": r.code_name(),
-                "reason": r.reason,
-                "message": r.message,
+                "reason": r.reason_name(),
+                "message": r.message(),
                 "hint": r.hint(),
             }),
             Self::Agent(A::BadResponse(m)) => json!({ "kind": "bad_response", "message": m }),
@@ -101,7 +100,7 @@ impl Error {
             Self::Agent(_) | Self::Local(_) => json!({ "kind": "local" }),
         };
         error["message"] = match self {
-            Self::Agent(A::Refused(r)) => json!(r.message),
+            Self::Agent(A::Refused(r)) => json!(r.message()),
             other => json!(other.to_string()),
         };
         error["exit_code"] = json!(self.exit_code());

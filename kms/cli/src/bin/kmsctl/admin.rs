@@ -121,7 +121,7 @@ pub(crate) fn keygen(p: &Printer, id: AdminId, country: Country, out: &Path) -> 
     if let Err(e) = files::create_new(&public_path, public_json.as_bytes(), false) {
         // The key file was created by this run (create_new), so removing it loses nothing.
         let _ = std::fs::remove_file(out);
-        return Err(e);
+        return Err(e.into());
     }
     p.emit(
         json!({

@@ -1,44 +1,16 @@
-//! Parsers for the small argument languages of the command line: `K=V` pairs (encryption
-//! contexts, tags), grants (`PRINCIPAL=OP[,OP...]`), admin ids and countries. They only turn text
-//! into typed values and must never talk to the server or touch files.
+//! Parsers for the small argument languages of the command line: grants
+//! (`PRINCIPAL=OP[,OP...]`), admin ids and countries, hex bytes, TCB versions and times; `K=V` pairs (encryption contexts, tags) are
+//! kms-client's, shared with kms-agent. They only turn text into typed values and must never talk
+//! to the server or touch files.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use attestation::snp::Tcb;
 use kms_core::ids::AdminId;
 use kms_core::jurisdiction::Country;
 use kms_proto::v1 as pb;
 
-use crate::error::Error;
-
-/// One `K=V` argument. The key is everything before the first `=`, so values may contain `=`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Pair {
-    pub(crate) key: String,
-    pub(crate) value: String,
-}
-
-/// Parses `K=V` (for clap).
-pub(crate) fn parse_pair(s: &str) -> Result<Pair, String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok(Pair {
-            key: k.to_owned(),
-            value: v.to_owned(),
-        }),
-        Some(_) => Err(format!("{s:?}: the key before `=` is empty")),
-        None => Err(format!("{s:?} is not KEY=VALUE")),
-    }
-}
-
-/// Collects pairs into a map; a key given twice is a mistake, not an override.
-pub(crate) fn pairs_to_map(pairs: &[Pair], what: &str) -> Result<BTreeMap<String, String>, Error> {
-    let mut map = BTreeMap::new();
-    for p in pairs {
-        if map.insert(p.key.clone(), p.value.clone()).is_some() {
-            return Err(Error::usage(format!("{what}: key {:?} is given twice", p.key)));
-        }
-    }
-    Ok(map)
-}
+pub(crate) use kms_client::cli::parse::{pairs_to_map, Pair};
 
 /// One `--grant PRINCIPAL=OP[,OP...]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,35 +100,131 @@ pub(crate) fn parse_country(s: &str) -> Result<Country, String> {
     Country::parse(s).map_err(|e| e.to_string())
 }
 
+/// Bytes given in hex on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Hex(pub(crate) Vec<u8>);
+
+/// Hex bytes (an optional `0x` prefix is allowed).
+pub(crate) fn parse_hex(s: &str) -> Result<Hex, String> {
+    let s = s.trim();
+    hex::decode(s.strip_prefix("0x").unwrap_or(s))
+        .map(Hex)
+        .map_err(|e| format!("not hex: {e}"))
+}
+
+/// `bl=N,tee=N,snp=N,ucode=N[,fmc=N]`.
+pub(crate) fn parse_tcb(s: &str) -> Result<Tcb, String> {
+    let (mut bl, mut tee, mut snp, mut ucode, mut fmc) = (None, None, None, None, None);
+    for part in s.split(',') {
+        let (name, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not NAME=N (expected bl=N,tee=N,snp=N,ucode=N[,fmc=N])"))?;
+        let value: u8 = value
+            .trim()
+            .parse()
+            .map_err(|e| format!("{name}: {value:?} is not 0..=255: {e}"))?;
+        let slot = match name.trim() {
+            "bl" => &mut bl,
+            "tee" => &mut tee,
+            "snp" => &mut snp,
+            "ucode" => &mut ucode,
+            "fmc" => &mut fmc,
+            other => return Err(format!("unknown TCB component {other:?} (bl, tee, snp, ucode, fmc)")),
+        };
+        if slot.replace(value).is_some() {
+            return Err(format!("{name} given twice"));
+        }
+    }
+    let need = |v: Option<u8>, name: &str| v.ok_or_else(|| format!("{name}=N is missing"));
+    Ok(Tcb {
+        fmc,
+        bootloader: need(bl, "bl")?,
+        tee: need(tee, "tee")?,
+        snp: need(snp, "snp")?,
+        microcode: need(ucode, "ucode")?,
+    })
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Unix seconds, or RFC 3339 (`2025-06-01T00:00:00Z`, fractions and `+HH:MM` offsets allowed).
+pub(crate) fn parse_time(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().map_err(|e| format!("{s:?}: {e}"));
+    }
+    let bad = || format!("{s:?} is neither Unix seconds nor RFC 3339 (e.g. 2025-06-01T00:00:00Z)");
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
+        let part = s.get(r).ok_or_else(bad)?;
+        if part.bytes().all(|c| c.is_ascii_digit()) {
+            part.parse().map_err(|_| bad())
+        } else {
+            Err(bad())
+        }
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > month_days[usize::try_from(month - 1).map_err(|_| bad())?]
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return Err(bad());
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && rest.as_bytes()[3] == b':' => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return Err(bad()),
+            };
+            let h: i64 = rest[1..3].parse().map_err(|_| bad())?;
+            let m: i64 = rest[4..6].parse().map_err(|_| bad())?;
+            if h > 23 || m > 59 {
+                return Err(bad());
+            }
+            sign * (h * 3600 + m * 60)
+        }
+        _ => return Err(bad()),
+    };
+    Ok(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pairs_split_at_the_first_equals() {
-        assert_eq!(
-            parse_pair("tenant=a=b").unwrap(),
-            Pair {
-                key: "tenant".into(),
-                value: "a=b".into()
-            }
-        );
-        assert_eq!(parse_pair("empty=").unwrap().value, "");
-        assert!(parse_pair("=v").is_err());
-        assert!(parse_pair("novalue").is_err());
-    }
-
-    #[test]
-    fn repeated_context_keys_are_refused() {
-        let pairs = vec![parse_pair("a=1").unwrap(), parse_pair("b=2").unwrap()];
-        let m = pairs_to_map(&pairs, "--context").unwrap();
-        assert_eq!(m.get("a").map(String::as_str), Some("1"));
-        assert_eq!(m.len(), 2);
-        let twice = vec![parse_pair("a=1").unwrap(), parse_pair("a=2").unwrap()];
-        let err = pairs_to_map(&twice, "--context").unwrap_err();
-        assert!(err.to_string().contains("twice"), "{err}");
-        assert!(pairs_to_map(&[], "--context").unwrap().is_empty());
-    }
 
     #[test]
     fn grants_parse_operations_and_all() {
@@ -218,5 +286,43 @@ mod tests {
         assert!(parse_admin_id("al ice").is_err());
         assert!(parse_country("DE").is_ok());
         assert!(parse_country("de").is_err());
+    }
+}
+
+#[cfg(test)]
+mod value_tests {
+    use super::{parse_tcb, parse_time};
+
+    #[test]
+    fn times_parse() {
+        assert_eq!(parse_time("2025-06-01T00:00:00Z"), Ok(1_748_736_000));
+        assert_eq!(parse_time("1748736000"), Ok(1_748_736_000));
+        assert_eq!(parse_time("2025-06-01T02:00:00.5+02:00"), Ok(1_748_736_000));
+        assert_eq!(parse_time("2026-01-01T00:00:00Z"), Ok(1_767_225_600));
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Ok(0));
+        for bad in [
+            "",
+            "2025-06-01",
+            "2025-02-30T00:00:00Z",
+            "2025-06-01T00:00:00",
+            "x025-06-01T00:00:00Z",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tcbs_parse() {
+        let t = parse_tcb("bl=3,tee=0,snp=8,ucode=115").expect("tcb");
+        assert_eq!((t.bootloader, t.tee, t.snp, t.microcode, t.fmc), (3, 0, 8, 115, None));
+        assert_eq!(parse_tcb("bl=1,tee=2,snp=3,ucode=4,fmc=5").expect("tcb").fmc, Some(5));
+        for bad in [
+            "bl=3,tee=0,snp=8",
+            "bl=3,tee=0,snp=8,ucode=256",
+            "bl=1,bl=2,tee=0,snp=8,ucode=1",
+            "x=1",
+        ] {
+            assert!(parse_tcb(bad).is_err(), "{bad}");
+        }
     }
 }

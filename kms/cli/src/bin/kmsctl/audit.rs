@@ -7,12 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
-use kms_core::audit::{AuditReport, AuditVerifier, Break, Checkpoint, CheckpointFault, CheckpointKey, Entry, Record};
+use kms_core::audit::{AuditReport, AuditVerifier, Break, Checkpoint, CheckpointFault, CheckpointKey, Entry};
 use kms_core::integrity::StateHead;
 use kms_proto::v1 as pb;
 use serde_json::{json, Value};
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, Row as _, Transaction};
 
 use crate::cli::Global;
 use crate::client::{error_chain, Server};
@@ -32,66 +30,6 @@ fn hash32(bytes: Vec<u8>, seq: i64, column: &str) -> Result<[u8; 32], Break> {
         seq,
         what: format!("its {column} is {} bytes, not 32", bytes.len()),
     })
-}
-
-/// One row as a chain entry. A field that cannot be read breaks the chain at that entry.
-fn entry(row: &AnyRow) -> Result<Result<Entry, Break>, Error> {
-    let seq: i64 = row.try_get("seq").map_err(db_error)?;
-    let fields = || -> Result<Entry, sqlx::Error> {
-        Ok(Entry {
-            seq,
-            record: Record {
-                time_unix_ms: row.try_get("time_unix_ms")?,
-                caller: row.try_get("caller")?,
-                operation: row.try_get("operation")?,
-                key_id: row.try_get("key_id")?,
-                outcome: row.try_get("outcome")?,
-                reason: row.try_get("reason")?,
-                detail: row.try_get("detail")?,
-            },
-            prev_hash: [0; 32],
-            hash: [0; 32],
-        })
-    };
-    let unreadable = |e: sqlx::Error| Break {
-        seq,
-        what: format!("its row cannot be read: {e}"),
-    };
-    let mut e = match fields() {
-        Ok(e) => e,
-        Err(err) => return Ok(Err(unreadable(err))),
-    };
-    let blob = |column: &str| -> Result<[u8; 32], Break> {
-        hash32(row.try_get::<Vec<u8>, _>(column).map_err(unreadable)?, seq, column)
-    };
-    match (blob("prev_hash"), blob("hash")) {
-        (Ok(prev), Ok(hash)) => {
-            e.prev_hash = prev;
-            e.hash = hash;
-            Ok(Ok(e))
-        }
-        (Err(b), _) | (_, Err(b)) => Ok(Err(b)),
-    }
-}
-
-/// The consistent snapshot the whole check reads from, so a server appending meanwhile cannot
-/// make the rows and the head disagree. SQLite's read transaction is a snapshot already;
-/// PostgreSQL's default (read committed) is not.
-async fn snapshot(database: &str) -> Result<Transaction<'static, Any>, Error> {
-    sqlx::any::install_default_drivers();
-    let pool = AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(database)
-        .await
-        .map_err(db_error)?;
-    let mut tx = pool.begin().await.map_err(db_error)?;
-    if database.starts_with("postgres") {
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-    }
-    Ok(tx)
 }
 
 /// The keys that verify checkpoints, and whether they were pinned by the operator.
@@ -143,111 +81,6 @@ fn key_json(kid: &str, algorithm: &str, public_key: &[u8], created: i64, retired
         "created_unix_ms": created,
         "retired_unix_ms": (retired != 0).then_some(retired),
     })
-}
-
-/// The keys in the database's `checkpoint_keys` table, and the kids of rows that cannot be used.
-async fn database_keys(tx: &mut Transaction<'static, Any>) -> Result<(Vec<CheckpointKey>, Vec<String>), Error> {
-    let rows = sqlx::query("SELECT kid, algorithm, public_key FROM checkpoint_keys ORDER BY created_unix_ms, kid")
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_error)?;
-    let mut keys = Vec::new();
-    let mut unusable = Vec::new();
-    for r in &rows {
-        let kid: String = r.try_get("kid").map_err(db_error)?;
-        let parsed = r
-            .try_get::<String, _>("algorithm")
-            .ok()
-            .zip(r.try_get::<Vec<u8>, _>("public_key").ok())
-            .and_then(|(alg, pk)| CheckpointKey::parse(&kid, &alg, pk).ok());
-        match parsed {
-            Some(k) => keys.push(k),
-            None => unusable.push(kid),
-        }
-    }
-    Ok((keys, unusable))
-}
-
-/// A 32-byte column, or zeros (so whatever it is part of is reported as not verifying).
-fn bytes32(r: &AnyRow, column: &str) -> Result<[u8; 32], Error> {
-    let v: Option<Vec<u8>> = r.try_get(column).map_err(db_error)?;
-    Ok(v.as_deref().and_then(|b| b.try_into().ok()).unwrap_or([0; 32]))
-}
-
-/// Every stored checkpoint with its signature. A hash that is not 32 bytes is read as zeros, so
-/// the checkpoint is reported as not verifying.
-async fn checkpoints(tx: &mut Transaction<'static, Any>) -> Result<Vec<(Checkpoint, Vec<u8>)>, Error> {
-    let rows = sqlx::query(
-        "SELECT seq, hash, time_unix_ms, kid, signature, prev_seq, prev_id, state_version, state_seq, state_hash          FROM audit_checkpoints ORDER BY seq",
-    )
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db_error)?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                Checkpoint {
-                    seq: r.try_get("seq").map_err(db_error)?,
-                    hash: bytes32(r, "hash")?,
-                    time_unix_ms: r.try_get("time_unix_ms").map_err(db_error)?,
-                    kid: r.try_get("kid").map_err(db_error)?,
-                    prev_seq: r.try_get("prev_seq").map_err(db_error)?,
-                    prev_id: bytes32(r, "prev_id")?,
-                    state: StateHead {
-                        version: r.try_get("state_version").map_err(db_error)?,
-                        seq: r.try_get("state_seq").map_err(db_error)?,
-                        hash: bytes32(r, "state_hash")?,
-                    },
-                },
-                r.try_get("signature").map_err(db_error)?,
-            ))
-        })
-        .collect()
-}
-
-/// The state log recomputed: entries that chain from the genesis hash, and the hash at each
-/// seq a verified checkpoint names. `Err` names the first entry that does not chain.
-async fn state_log(
-    tx: &mut Transaction<'static, Any>,
-    wanted: &[i64],
-) -> Result<Result<(i64, std::collections::BTreeMap<i64, [u8; 32]>), String>, Error> {
-    let rows = sqlx::query("SELECT seq, version, tbl, row_key, op, prev_hash, hash FROM state_log ORDER BY seq")
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_error)?;
-    let mut prev = kms_core::integrity::STATE_GENESIS;
-    let mut at = 0i64;
-    let mut found = std::collections::BTreeMap::new();
-    if wanted.contains(&0) {
-        found.insert(0, prev);
-    }
-    for r in &rows {
-        let seq: i64 = r.try_get("seq").map_err(db_error)?;
-        let op: String = r.try_get("op").map_err(db_error)?;
-        let Some(op) = kms_core::integrity::StateOp::parse(&op) else {
-            return Ok(Err(format!("state log entry {seq} has an unknown operation")));
-        };
-        let entry = kms_core::integrity::StateEntry {
-            seq,
-            version: r.try_get("version").map_err(db_error)?,
-            table: r.try_get("tbl").map_err(db_error)?,
-            key: r.try_get("row_key").map_err(db_error)?,
-            op,
-        };
-        let hash = bytes32(r, "hash")?;
-        if seq != at + 1
-            || bytes32(r, "prev_hash")? != prev
-            || kms_core::integrity::state_entry_hash(&prev, &entry) != hash
-        {
-            return Ok(Err(format!("state log entry {} is missing or altered", at + 1)));
-        }
-        prev = hash;
-        at = seq;
-        if wanted.contains(&seq) {
-            found.insert(seq, hash);
-        }
-    }
-    Ok(Ok((at, found)))
 }
 
 /// The auditor's state file: the checkpoint the last verification that passed ended at.
@@ -328,12 +161,9 @@ pub(crate) async fn verify(
 ) -> Result<(), Error> {
     let pinned = read_key_files(checkpoint_keys)?;
     let anchor = state_file.map(read_state_file).transpose()?.flatten();
-    let mut tx = snapshot(database).await?;
-    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_error)?;
-    let (db_keys, unusable) = database_keys(&mut tx).await?;
+    let mut tx = kms_audit::snapshot(database).await.map_err(db_error)?;
+    let head = kms_audit::head(&mut tx).await.map_err(db_error)?;
+    let (db_keys, unusable) = kms_audit::checkpoint_keys(&mut tx).await.map_err(db_error)?;
     let trusted = if pinned.is_empty() {
         eprintln!(
             "warning: no --checkpoint-key: checkpoints are checked against the keys in the database itself, which \
@@ -361,7 +191,7 @@ pub(crate) async fn verify(
     for kid in &not_pinned {
         eprintln!("warning: the database's checkpoint_keys holds key {kid}, which is not pinned");
     }
-    let stored = checkpoints(&mut tx).await?;
+    let stored = kms_audit::checkpoints(&mut tx).await.map_err(db_error)?;
     let state_seqs: Vec<i64> = stored.iter().map(|(c, _)| c.state.seq).collect();
     let stored_states: Vec<(i64, i64, [u8; 32])> =
         stored.iter().map(|(c, _)| (c.seq, c.state.seq, c.state.hash)).collect();
@@ -369,26 +199,18 @@ pub(crate) async fn verify(
     if let Some(a) = &anchor {
         verifier = verifier.with_anchor(a.clone());
     }
-    let state = state_log(&mut tx, &state_seqs).await?;
+    let state = kms_audit::state_log(&mut tx, &state_seqs).await.map_err(db_error)?;
 
     let mut last_seq = 0i64;
     'read: loop {
-        let rows = sqlx::query(
-            "SELECT seq, time_unix_ms, caller, operation, key_id, outcome, reason, detail, prev_hash, hash \
-             FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(last_seq)
-        .bind(batch)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        let rows = kms_audit::entries(&mut tx, last_seq, batch).await.map_err(db_error)?;
         for row in &rows {
-            match entry(row)? {
+            match row {
                 Ok(e) => {
-                    verifier.push(&e);
+                    verifier.push(e);
                     last_seq = e.seq;
                 }
-                Err(b) => verifier.fail(b, true),
+                Err(b) => verifier.fail(b.clone(), true),
             }
             if verifier.chain_broken() {
                 break 'read;
@@ -411,18 +233,14 @@ pub(crate) async fn verify(
                 },
                 false,
             ),
-            Some(head) => {
-                let head_seq: i64 = head.try_get("seq").map_err(db_error)?;
-                let head_hash = head.try_get::<Vec<u8>, _>("hash").map_err(db_error)?;
-                match hash32(head_hash, head_seq, "head hash") {
-                    Err(b) => verifier.fail(b, false),
-                    Ok(h) => {
-                        if let Some(b) = head_mismatch(count, verifier.head(), head_seq, h) {
-                            verifier.fail(b, false);
-                        }
+            Some((head_seq, head_hash)) => match hash32(head_hash, head_seq, "head hash") {
+                Err(b) => verifier.fail(b, false),
+                Ok(h) => {
+                    if let Some(b) = head_mismatch(count, verifier.head(), head_seq, h) {
+                        verifier.fail(b, false);
                     }
                 }
-            }
+            },
         }
     }
     let report = verifier.finish();
@@ -662,19 +480,12 @@ pub(crate) async fn checkpoint_keys(g: &Global, p: &Printer) -> Result<(), Error
 /// `kmsctl audit tail`: the last `count` entries, oldest first (not verified: `audit verify`
 /// does that).
 pub(crate) async fn tail(p: &Printer, database: &str, count: i64) -> Result<(), Error> {
-    let mut tx = snapshot(database).await?;
-    let rows = sqlx::query(
-        "SELECT seq, time_unix_ms, caller, operation, key_id, outcome, reason, detail, prev_hash, hash \
-         FROM audit_log ORDER BY seq DESC LIMIT $1",
-    )
-    .bind(count)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(db_error)?;
+    let mut tx = kms_audit::snapshot(database).await.map_err(db_error)?;
+    let last = kms_audit::last_entries(&mut tx, count).await.map_err(db_error)?;
     let _ = tx.rollback().await;
-    let mut entries = Vec::with_capacity(rows.len());
-    for row in rows.iter().rev() {
-        match entry(row)? {
+    let mut entries = Vec::with_capacity(last.len());
+    for e in last {
+        match e {
             Ok(e) => entries.push(e),
             Err(b) => return Err(Error::local(format!("entry {}: {}", b.seq, b.what))),
         }
@@ -755,7 +566,7 @@ fn head_mismatch(count: i64, chain_hash: [u8; 32], head_seq: i64, head_hash: [u8
 
 #[cfg(test)]
 mod tests {
-    use kms_core::audit::{chain, GENESIS};
+    use kms_core::audit::{chain, Record, GENESIS};
 
     use super::*;
 

@@ -7,8 +7,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use kms_core::ids::AdminId;
 use kms_core::jurisdiction::Country;
 
-use crate::args::{parse_admin_id, parse_country, parse_grant, parse_pair, GrantArg, Pair};
-use crate::verify::{parse_hex, parse_tcb, parse_time, Hex};
+use kms_client::cli::parse::{parse_pair, Pair};
+use kms_client::cli::{ConnectionArgs, ConnectionFlags, OutputFormat, PlaintextWithTlsFiles};
+
+use crate::args::{parse_admin_id, parse_country, parse_grant, GrantArg};
+use crate::args::{parse_hex, parse_tcb, parse_time, Hex};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -45,44 +48,9 @@ pub(crate) struct Cli {
 #[derive(Args, Debug)]
 #[command(next_help_heading = "Global options")]
 pub(crate) struct Global {
-    /// The kmsd gRPC endpoint. https:// URLs use TLS (then --ca is needed).
-    #[arg(
-        long,
-        env = "KMSCTL_SERVER",
-        default_value = "http://127.0.0.1:7300",
-        global = true,
-        value_name = "URL"
-    )]
-    pub(crate) server: String,
-
-    /// PEM file of the CA that issued the server's certificate (https only).
-    #[arg(long, env = "KMSCTL_CA", global = true, value_name = "FILE")]
-    pub(crate) ca: Option<PathBuf>,
-
-    /// PEM client certificate for mutual TLS; the data plane derives the caller's principal from it.
-    #[arg(
-        long,
-        env = "KMSCTL_CERT",
-        global = true,
-        value_name = "FILE",
-        requires = "client_key"
-    )]
-    pub(crate) cert: Option<PathBuf>,
-
-    /// PEM private key of the client certificate.
-    #[arg(
-        long = "key",
-        id = "client_key",
-        env = "KMSCTL_CLIENT_KEY",
-        global = true,
-        value_name = "FILE",
-        requires = "cert"
-    )]
-    pub(crate) client_key: Option<PathBuf>,
-
-    /// The name to verify the server's certificate against, when it differs from the URL's host.
-    #[arg(long, env = "KMSCTL_TLS_SERVER_NAME", global = true, value_name = "NAME")]
-    pub(crate) tls_server_name: Option<String>,
+    /// The server and the TLS files.
+    #[command(flatten)]
+    pub(crate) connection: ConnectionArgs<KmsctlFlags>,
 
     /// The deployment you administer (dep-…, as `kmsctl status` shows it after init): signed
     /// requests name it, and kmsctl refuses to sign for a server that reports another one.
@@ -167,10 +135,22 @@ pub(crate) struct Global {
     pub(crate) output: OutputFormat,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub(crate) enum OutputFormat {
-    Human,
-    Json,
+/// How kmsctl names its connection options.
+#[derive(Debug)]
+pub(crate) struct KmsctlFlags;
+
+impl ConnectionFlags for KmsctlFlags {
+    const URL: &'static str = "server";
+    const URL_NOUN: &'static str = "server";
+    const URL_ENV: &'static str = "KMSCTL_SERVER";
+    const CA_ENV: &'static str = "KMSCTL_CA";
+    const CERT_ENV: &'static str = "KMSCTL_CERT";
+    const KEY_ENV: &'static str = "KMSCTL_CLIENT_KEY";
+    const SERVER_NAME_ENV: &'static str = "KMSCTL_TLS_SERVER_NAME";
+    const CERT_HELP: &'static str =
+        "PEM client certificate for mutual TLS; the data plane derives the caller's principal from it";
+    const GLOBAL: bool = true;
+    const PLAINTEXT_WITH_TLS_FILES: PlaintextWithTlsFiles = PlaintextWithTlsFiles::Warn;
 }
 
 #[derive(Subcommand, Debug)]
@@ -1056,8 +1036,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.global.output, OutputFormat::Json);
-        assert_eq!(cli.global.server, "https://kms.example:7300");
-        assert!(cli.global.client_key.is_some());
+        assert_eq!(cli.global.connection.url, "https://kms.example:7300");
+        assert!(cli.global.connection.client_key.is_some());
         assert!(Cli::try_parse_from(["kmsctl", "status", "--cert", "c.pem"]).is_err());
     }
 }

@@ -1,11 +1,12 @@
-//! Talking to kmsd: the channel (plain or TLS, with an optional client certificate), signing admin
-//! requests, and turning failed calls into [`Error`]s with their reason code and a hint. Admin
-//! requests are signed only through the [`AdminSigner`] boundary, so an HSM signer can replace the
+//! Talking to kmsd: the channel (kms-client's builder: plain or TLS, with an optional client
+//! certificate), signing admin requests, and turning failed calls into [`Error`]s with their
+//! reason and a hint. Admin requests are signed only through the [`AdminSigner`] boundary, so an HSM signer can replace the
 //! key file. It must never log or print a request payload, the admin's private key or a share.
 
 use std::future::Future;
 use std::time::Duration;
 
+use kms_client::Reason;
 use kms_core::admin::AdminSigner;
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
@@ -13,14 +14,11 @@ use kms_proto::v1::admin_service_client::AdminServiceClient;
 use kms_proto::v1::attestation_service_client::AttestationServiceClient;
 use kms_proto::v1::key_service_client::KeyServiceClient;
 use prost::Message as _;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 use crate::cli::Global;
-use crate::error::{Error, Refusal};
-use crate::files;
+use crate::error::Error;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The server accepts 16 to 64; 16 random bytes never repeat in practice.
 const NONCE_LEN: usize = 16;
 
@@ -38,34 +36,11 @@ impl Server {
     /// Connects now, so an unreachable server or a failed TLS handshake is reported as such
     /// (exit code 3) before anything is signed.
     pub(crate) async fn connect(global: &Global) -> Result<Self, Error> {
-        let url = global.server.trim_end_matches('/').to_owned();
-        let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| Error::usage(format!("--server {url:?} is not a URL: {e}")))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(CALL_TIMEOUT);
-        let tls = match endpoint.uri().scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => {
-                return Err(Error::usage(format!(
-                    "--server {url:?}: use an http:// or https:// URL"
-                )))
-            }
-        };
-        if tls {
-            endpoint = endpoint
-                .tls_config(tls_config(global)?)
-                .map_err(|e| Error::local(format!("TLS configuration: {}", error_chain(&e))))?;
-        } else if global.ca.is_some() || global.cert.is_some() {
-            eprintln!("warning: --ca, --cert and --key are not used with the plaintext server URL {url}");
-        }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| Error::unreachable(&url, error_chain(&e)))?;
+        let config = global.connection.channel_config()?;
+        let channel = config.connect().await?;
         Ok(Self {
             channel,
-            url,
+            url: config.target().to_owned(),
             pinned_deployment: global.deployment.clone(),
             deployment: tokio::sync::OnceCell::new(),
         })
@@ -168,45 +143,21 @@ impl Server {
 
     /// The error for a failed call. A `sealed` refusal gets a precise hint from the seal status.
     pub(crate) async fn failed(&self, status: tonic::Status) -> Error {
-        let mut error = Error::from(status);
-        if let Error::Unreachable { target, .. } = &mut error {
-            target.clone_from(&self.url);
-        }
-        if let Error::Refused(Refusal {
-            reason: Some(reason),
-            hint,
-            ..
-        }) = &mut error
-        {
-            if reason == "sealed" {
+        let mut error = Error::from(kms_client::Error::from_status(status, &self.url));
+        if let Error::Refused(refusal) = &mut error {
+            if refusal.reason() == Some(Reason::Sealed) {
                 if let Ok(Ok(s)) = tokio::time::timeout(
                     Duration::from_secs(5),
                     self.admin().get_seal_status(pb::GetSealStatusRequest {}),
                 )
                 .await
                 {
-                    *hint = Some(sealed_hint(&s.into_inner()));
+                    refusal.set_hint(sealed_hint(&s.into_inner()));
                 }
             }
         }
         error
     }
-}
-
-/// Whether `server_url` is plaintext HTTP to another machine, where anyone on the path can read
-/// and change what is sent.
-pub(crate) fn plaintext_to_remote(server_url: &str) -> bool {
-    let Ok(uri) = server_url.parse::<tonic::transport::Uri>() else {
-        return false;
-    };
-    let host = uri.host().unwrap_or_default();
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .map(|ip| ip.is_loopback())
-            .unwrap_or(false);
-    uri.scheme_str() == Some("http") && !loopback
 }
 
 /// What a sealed server needs, from its status.
@@ -225,20 +176,7 @@ pub(crate) fn sealed_hint(s: &pb::SealStatus) -> String {
     )
 }
 
-fn tls_config(global: &Global) -> Result<ClientTlsConfig, Error> {
-    let ca = global.ca.as_deref().ok_or_else(|| {
-        Error::usage("an https:// server needs --ca FILE (or KMSCTL_CA): the CA that issued its certificate")
-    })?;
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(files::read(ca)?));
-    if let (Some(cert), Some(key)) = (&global.cert, &global.client_key) {
-        tls = tls.identity(Identity::from_pem(files::read(cert)?, files::read(key)?));
-    }
-    if let Some(name) = &global.tls_server_name {
-        tls = tls.domain_name(name.clone());
-    }
-    Ok(tls)
-}
-
+pub(crate) use kms_client::channel::is_plaintext_to_remote as plaintext_to_remote;
 pub(crate) use kms_proto::status::error_chain;
 
 /// Who signs admin requests: an admin id and its signer.
@@ -303,16 +241,6 @@ mod tests {
         assert_eq!(req.nonce.len(), 16);
         assert!(matches!(req.operation, Some(Op::Seal(_))));
         assert_ne!(a.payload, b.payload, "every request has a fresh nonce");
-    }
-
-    #[test]
-    fn plaintext_is_remote_unless_loopback() {
-        assert!(plaintext_to_remote("http://kms.example:7300"));
-        assert!(plaintext_to_remote("http://10.0.0.1:7300"));
-        assert!(!plaintext_to_remote("http://127.0.0.1:7300"));
-        assert!(!plaintext_to_remote("http://localhost:7300"));
-        assert!(!plaintext_to_remote("http://[::1]:7300"));
-        assert!(!plaintext_to_remote("https://kms.example:7300"));
     }
 
     #[test]

@@ -4,35 +4,18 @@
 
 use std::fmt;
 
+/// Exit codes, as documented in `kmsctl --help` (shared with kms-agent).
+pub(crate) use kms_client::cli::exit;
+use kms_client::cli::{Failure, Report};
+/// What the server said when it refused a call (with kmsctl's hint).
+pub(crate) use kms_client::Refusal;
+use kms_proto::Reason;
 use serde_json::{json, Value};
-
-/// Exit codes, as documented in `kmsctl --help`.
-pub(crate) mod exit {
-    /// The server refused, or a verification failed.
-    pub(crate) const REFUSED: u8 = 1;
-    /// Bad usage (clap's own code for its errors).
-    pub(crate) const USAGE: u8 = 2;
-    /// The server (or the audit database) cannot be reached.
-    pub(crate) const UNREACHABLE: u8 = 3;
-    /// A local file or key cannot be read, written or used.
-    pub(crate) const LOCAL: u8 = 4;
-}
-
-/// What the server said when it refused a call.
-#[derive(Debug, Clone)]
-pub(crate) struct Refusal {
-    pub(crate) code: tonic::Code,
-    pub(crate) message: String,
-    /// The stable `kms-reason` code, when the server sent one.
-    pub(crate) reason: Option<String>,
-    /// What the operator can do about it, where that is obvious.
-    pub(crate) hint: Option<String>,
-}
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
-    /// The server answered with an error status.
+    /// The server answered with an error status; its hint is printed on a line of its own.
     #[error("{0}")]
     Refused(Refusal),
     /// A check made by `kmsctl` itself failed (audit chain, key check value).
@@ -85,17 +68,14 @@ impl Error {
     /// The server's state (as its status shows) rules the command out; reported like the
     /// refusal the server would have sent.
     pub(crate) fn server_state(reason: &str, message: impl fmt::Display) -> Self {
-        Self::Refused(Refusal {
-            code: tonic::Code::FailedPrecondition,
-            message: message.to_string(),
-            reason: Some(reason.to_owned()),
-            hint: hint_for(reason).map(str::to_owned),
-        })
+        let refusal = Refusal::new(tonic::Code::FailedPrecondition, message.to_string()).with_reason_name(reason);
+        let hint = refusal.reason().and_then(hint_for);
+        Self::Refused(refusal.with_hint(hint))
     }
 
     /// A file operation failed; names the file.
     pub(crate) fn file(action: &str, path: &std::path::Path, e: impl fmt::Display) -> Self {
-        Self::Local(format!("cannot {action} {}: {e}", path.display()))
+        Failure::file(action, path, e).into()
     }
 
     pub(crate) fn exit_code(&self) -> u8 {
@@ -110,7 +90,7 @@ impl Error {
     /// The hint line, if any.
     pub(crate) fn hint(&self) -> Option<&str> {
         match self {
-            Self::Refused(r) => r.hint.as_deref(),
+            Self::Refused(r) => r.hint(),
             Self::Unreachable { hint, .. } => Some(hint),
             _ => None,
         }
@@ -123,9 +103,9 @@ impl Error {
             Self::Refused(r) => (
                 "refused",
                 json!({
-                    "code": code_name(r.code),
-                    "reason": r.reason,
-                    "message": r.message,
+                    "code": r.code_name(),
+                    "reason": r.reason_name(),
+                    "message": r.message(),
                 }),
             ),
             Self::Unreachable { target, detail, .. } => ("unreachable", json!({ "target": target, "detail": detail })),
@@ -143,156 +123,167 @@ impl Error {
     }
 }
 
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the server refused: {}", code_name(self.code))?;
-        if let Some(r) = &self.reason {
-            write!(f, " ({r})")?;
+impl Report for Error {
+    fn exit_code(&self) -> u8 {
+        Error::exit_code(self)
+    }
+
+    fn to_json(&self) -> Value {
+        Error::to_json(self)
+    }
+
+    fn hint(&self) -> Option<&str> {
+        Error::hint(self)
+    }
+
+    /// A verification result ("broken at entry 7: ...") is the answer, not a failure of kmsctl.
+    fn is_verdict(&self) -> bool {
+        matches!(self, Self::Verification { .. })
+    }
+}
+
+impl From<Failure> for Error {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Usage(m) => Self::Usage(m),
+            other => Self::Local(other.to_string()),
         }
-        if !self.message.is_empty() {
-            write!(f, ": {}", self.message)?;
-        }
-        Ok(())
     }
 }
 
 impl From<tonic::Status> for Error {
+    /// A status from "the server"; [`crate::client::Server::failed`] names the URL instead.
     fn from(status: tonic::Status) -> Self {
-        let reason = status
-            .metadata()
-            .get(REASON_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        // A status without a reason code that carries a local error, or says "unavailable", was
-        // made by the client's own transport (connection refused or reset, TLS alert, timeout),
-        // not by kmsd: the server is not reachable as configured.
-        if reason.is_none()
-            && (std::error::Error::source(&status).is_some()
-                || matches!(
-                    status.code(),
-                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-                ))
-        {
-            return Self::unreachable("the server", status_detail(&status));
-        }
-        let hint = reason.as_deref().and_then(hint_for).map(str::to_owned);
-        Self::Refused(Refusal {
-            code: status.code(),
-            message: status.message().to_owned(),
-            reason,
-            hint,
-        })
+        kms_client::Error::from_status(status, "the server").into()
     }
 }
 
-pub(crate) use kms_proto::status::REASON_METADATA;
+/// The channel's and the calls' errors in kmsctl's terms: the URL is --server's, a TLS file is a
+/// local file, and a refusal gets kmsctl's hint.
+impl From<kms_client::Error> for Error {
+    fn from(e: kms_client::Error) -> Self {
+        use kms_client::Error as C;
+        match e {
+            C::InvalidUrl { url, detail } => Self::usage(format!("--server {url:?} is not a URL: {detail}")),
+            C::UnsupportedScheme { url } => Self::usage(format!("--server {url:?}: use an http:// or https:// URL")),
+            C::Read { path, source, .. } => Self::file("read", &path, source),
+            C::Unreachable { target, detail } => Self::unreachable(target, detail),
+            C::Refused(r) => {
+                let hint = r.reason().and_then(hint_for);
+                Self::Refused(r.with_hint(hint))
+            }
+            e @ C::Tls(_) => Self::local(e),
+            e => Self::usage(e),
+        }
+    }
+}
 
-use kms_proto::status::detail as status_detail;
+#[cfg(test)]
+use kms_proto::status::REASON_METADATA;
 
-/// What to do about a refusal, by its stable reason code. `sealed` gets a more precise hint from
+/// What to do about a refusal, by its stable reason. `sealed` gets a more precise hint from
 /// the client, which can ask for the seal status.
-fn hint_for(reason: &str) -> Option<&'static str> {
+fn hint_for(reason: Reason) -> Option<&'static str> {
+    use Reason as R;
     Some(match reason {
-        "sealed" => "run `kmsctl unseal` as enough custodians (`kmsctl status` shows how many)",
-        "not_initialized" => "initialize the server with `kmsctl init`",
-        "already_approved" => "each admin approves once: another admin must approve (`kmsctl proposal show ID` shows who has)",
-        "proposal_not_found" => "`kmsctl proposal list --all` shows the proposals",
-        "proposal_closed" | "proposal_expired" => {
+        R::Sealed => "run `kmsctl unseal` as enough custodians (`kmsctl status` shows how many)",
+        R::NotInitialized => "initialize the server with `kmsctl init`",
+        R::AlreadyApproved => "each admin approves once: another admin must approve (`kmsctl proposal show ID` shows who has)",
+        R::ProposalNotFound => "`kmsctl proposal list --all` shows the proposals",
+        R::ProposalClosed | R::ProposalExpired => {
             "the proposal is no longer open (`kmsctl proposal show ID` shows its outcome); propose the operation again if it is still wanted"
         }
-        "quorum_required" => {
+        R::QuorumRequired => {
             "the approval quorum is above 1: run the same command again with --propose; other admins then run `kmsctl proposal approve ID`"
         }
-        "replayed_request" => {
+        R::ReplayedRequest => {
             "every run signs a fresh nonce, so run the command again; if this repeats, something between you and the server replays requests"
         }
-        "stale_request" => "this machine's clock and the server's differ too much: synchronize them (NTP)",
-        "bad_signature" => "--admin-key is not the key the server has on record for this admin id",
-        "unknown_admin" => "the server has no admin with the id in --admin-key (`kmsctl admins list` shows them)",
-        "not_a_custodian" => "only custodians hold a root-key share; run this with a custodian's --admin-key",
-        "share_already_submitted" => "this custodian's share is in; the remaining custodians run `kmsctl unseal`",
-        "share_unreadable" => "the server restarted since its status was read; run `kmsctl unseal` again",
-        "wrong_share_set" | "invalid_share" => {
+        R::StaleRequest => "this machine's clock and the server's differ too much: synchronize them (NTP)",
+        R::BadSignature => "--admin-key is not the key the server has on record for this admin id",
+        R::UnknownAdmin => "the server has no admin with the id in --admin-key (`kmsctl admins list` shows them)",
+        R::NotACustodian => "only custodians hold a root-key share; run this with a custodian's --admin-key",
+        R::ShareAlreadySubmitted => "this custodian's share is in; the remaining custodians run `kmsctl unseal`",
+        R::ShareUnreadable => "the server restarted since its status was read; run `kmsctl unseal` again",
+        R::WrongShareSet | R::InvalidShare => {
             "compare the key check value (`kmsctl status`) with the one recorded at init, then all custodians start again"
         }
-        "custodian_needs_reshare" => "add the admin with --non-custodian",
-        "admin_exists" => "`kmsctl admins list` shows the existing admins",
-        "country_not_allowed" => "the server accepts admins only from its allowed jurisdictions",
-        "dev_seal_refused" => "the dev seal exists only when kmsd runs with --dev; use --seal shamir",
-        "already_initialized" => "the server is initialized; `kmsctl status` shows its seal",
-        "attestation_required" => {
+        R::CustodianNeedsReshare => "add the admin with --non-custodian",
+        R::AdminExists => "`kmsctl admins list` shows the existing admins",
+        R::CountryNotAllowed => "the server accepts admins only from its allowed jurisdictions",
+        R::DevSealRefused => "the dev seal exists only when kmsd runs with --dev; use --seal shamir",
+        R::AlreadyInitialized => "the server is initialized; `kmsctl status` shows its seal",
+        R::AttestationRequired => {
             "this key releases plaintext only to attested workloads; use the envelope library inside an attested TEE (or `kmsctl data generate` without --with-plaintext)"
         }
-        "unattested_keys_disabled" => {
+        R::UnattestedKeysDisabled => {
             "this server refuses keys that release plaintext without attestation; use a policy that requires attestation"
         }
-        "not_permitted" => "the key's grants do not allow this principal this operation (`kmsctl key describe KEY` shows them)",
-        "no_client_certificate" | "bad_client_certificate" => {
+        R::NotPermitted => "the key's grants do not allow this principal this operation (`kmsctl key describe KEY` shows them)",
+        R::NoClientCertificate | R::BadClientCertificate => {
             "the data plane identifies callers by their client certificate: pass --cert and --key"
         }
-        "key_not_found" => "`kmsctl key list` shows the keys",
-        "key_name_taken" => "choose another name, or `kmsctl key describe NAME` to see the existing key",
-        "key_disabled" | "key_not_enabled" => "enable the key with `kmsctl key enable KEY` if that is intended",
-        "key_pending_deletion" => "`kmsctl key cancel-deletion KEY` stops the deletion (the key becomes disabled)",
-        "decrypt_failed" | "wrong_context" | "invalid_context" => {
+        R::KeyNotFound => "`kmsctl key list` shows the keys",
+        R::KeyNameTaken => "choose another name, or `kmsctl key describe NAME` to see the existing key",
+        R::KeyDisabled | R::KeyNotEnabled => "enable the key with `kmsctl key enable KEY` if that is intended",
+        R::KeyPendingDeletion => "`kmsctl key cancel-deletion KEY` stops the deletion (the key becomes disabled)",
+        R::DecryptFailed | R::InvalidContext => {
             "pass exactly the --context pairs given when the blob was made"
         }
-        "key_mismatch" => "the blob is under another key than --key",
-        "bad_deletion_window" => "--days must be between 7 and 30",
-        "database_unavailable" | "audit_unavailable" => {
+        R::KeyMismatch => "the blob is under another key than --key",
+        R::BadDeletionWindow => "--days must be between 7 and 30",
+        R::DatabaseUnavailable | R::AuditUnavailable => {
             "the server cannot write to its database; nothing took effect: retry once it is back"
         }
-        "bad_page_token" => "start the listing again without --page-token",
-        "invalid_policy" => {
+        R::BadPageToken => "start the listing again without --page-token",
+        R::InvalidPolicy => {
             "the message names the bad part of the document; docs/release-policy.md describes the language"
         }
-        "key_destroyed" => "a destroyed key cannot change",
-        "hardware_outside_jurisdiction" => {
+        R::KeyDestroyed => "a destroyed key cannot change",
+        R::HardwareOutsideJurisdiction => {
             "machines can be enrolled only in the server's allowed jurisdictions (attestation.allowed_countries; by default the EU member states)"
         }
-        "hardware_not_found" => "`kmsctl hardware list` shows the enrolled machines",
-        "invalid_hardware_id" => "a hardware id is hw- followed by 32 hex digits (`kmsctl hardware list` shows them)",
-        "hardware_already_revoked" => {
+        R::HardwareNotFound => "`kmsctl hardware list` shows the enrolled machines",
+        R::InvalidHardwareId => "a hardware id is hw- followed by 32 hex digits (`kmsctl hardware list` shows them)",
+        R::HardwareAlreadyRevoked => {
             "nothing to do: `kmsctl hardware describe HW_ID` shows when and by whom; to trust the machine again, enrol it anew"
         }
-        "hardware_already_enrolled" => {
+        R::HardwareAlreadyEnrolled => {
             "the message names the active entry (`kmsctl hardware describe HW_ID`); revoke it first to enrol the machine again"
         }
-        "vlek_disabled" => "VLEK-signed machines need the server setting attestation.snp.accept_vlek = true",
-        "vlek_not_accepted" => {
+        R::VlekDisabled => "VLEK-signed machines need the server setting attestation.snp.accept_vlek = true",
+        R::VlekNotAccepted => {
             "the report is signed by a cloud provider's VLEK, not the chip's VCEK: add --accept-vlek if you accept that key"
         }
-        "chip_id_masked" => "take the report from a guest launched without MASK_CHIP_ID in its policy",
-        "evidence_malformed" => {
+        R::ChipIdMasked => "take the report from a guest launched without MASK_CHIP_ID in its policy",
+        R::EvidenceMalformed => {
             "--snp-report must be the raw 1184-byte report, --vek the report's VCEK/VLEK (DER or PEM)"
         }
-        "evidence_certificate_chain" | "evidence_signing_key" | "evidence_signature" => {
+        R::EvidenceCertificateChain | R::EvidenceSigningKey | R::EvidenceSignature => {
             "--vek must be the certificate of the chip and TCB that signed the report (AMD KDS serves VCEKs by chip id and reported TCB)"
         }
-        "evidence_certificate_validity" => {
+        R::EvidenceCertificateValidity => {
             "the VCEK/VLEK or AMD's chain is not valid now (VLEKs expire after a year): fetch a current certificate"
         }
-        "evidence_tcb" => "the machine's firmware TCB is below the server's minimum (attestation.snp): update the host firmware",
-        "evidence_guest_policy" | "evidence_vmpl" => {
+        R::EvidenceTcb => "the machine's firmware TCB is below the server's minimum (attestation.snp): update the host firmware",
+        R::EvidenceGuestPolicy | R::EvidenceVmpl => {
             "the guest's policy or VMPL is refused by the server (debug guests never enrol): take the report from a production guest at VMPL 0"
         }
-        "tpm_enrollment_expired" | "tpm_enrollment_unknown" => {
+        R::TpmEnrollmentExpired | R::TpmEnrollmentUnknown => {
             "the machine must start its TPM enrolment again (the workload agent), and you enrol with the new request file promptly"
         }
-        "tpm_enrollment_used" => {
+        R::TpmEnrollmentUsed => {
             "this request file was used already: `kmsctl hardware list` shows whether the machine is enrolled"
         }
-        "tpm_credential_mismatch" => {
+        R::TpmCredentialMismatch => {
             "the TPM that answered does not hold the EK of this enrolment, or the AK is not its: do not enrol the machine until you know why"
         }
-        "tpm_identity_mismatch" => {
+        R::TpmIdentityMismatch => {
             "the enrolment attempt is for another EK or AK than the request file names: the file was altered or mixed up; have the machine run its enrolment again"
         }
         _ => return None,
     })
 }
-
-pub(crate) use kms_proto::status::code_name;
 
 #[cfg(test)]
 mod tests {

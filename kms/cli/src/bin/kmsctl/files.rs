@@ -2,13 +2,17 @@
 //! the file and maps to exit code 4. It must never print or log the contents of a secret file,
 //! and never overwrite a key file.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read as _, Write as _};
+use std::fs;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use kms_core::keyfile::{AdminKeyFile, AdminPublic};
 use zeroize::Zeroizing;
+
+/// Creating and writing outputs (0600 for secrets), and whole-file reads: kms-client's, shared
+/// with kms-agent. `write` replaces an output in place.
+pub(crate) use kms_client::cli::files::{create_new, read, read_text, replace as write};
 
 use crate::error::Error;
 use crate::output::B64;
@@ -32,16 +36,6 @@ pub(crate) fn admin_public(path: &Path) -> Result<AdminPublic, Error> {
     public.signing_key().map_err(|e| Error::file("use", path, e))?;
     public.encryption_key().map_err(|e| Error::file("use", path, e))?;
     Ok(public)
-}
-
-/// Reads a whole file.
-pub(crate) fn read(path: &Path) -> Result<Vec<u8>, Error> {
-    fs::read(path).map_err(|e| Error::file("read", path, e))
-}
-
-/// Reads a whole text file.
-pub(crate) fn read_text(path: &Path) -> Result<String, Error> {
-    fs::read_to_string(path).map_err(|e| Error::file("read", path, e))
 }
 
 /// The DER certificates in `bytes`: every PEM `CERTIFICATE` block, or `bytes` itself if it is
@@ -90,7 +84,7 @@ pub(crate) fn one_certificate(path: &Path, what: &str) -> Result<Vec<u8>, Error>
 /// Reads a whole file, or standard input when `path` is `-`.
 pub(crate) fn read_or_stdin(path: &Path) -> Result<Vec<u8>, Error> {
     if path.as_os_str() != "-" {
-        return read(path);
+        return Ok(read(path)?);
     }
     let mut buf = Vec::new();
     std::io::stdin()
@@ -105,45 +99,6 @@ pub(crate) fn public_path(key_file: &Path) -> PathBuf {
     s.push(".pub.json");
     PathBuf::from(s)
 }
-
-/// Creates `path` with `contents`, refusing to replace an existing file. `secret` files are
-/// created with mode 0600 from the start, so the contents are never readable by others.
-pub(crate) fn create_new(path: &Path, contents: &[u8], secret: bool) -> Result<(), Error> {
-    let mut opts = OpenOptions::new();
-    opts.write(true).create_new(true);
-    set_mode(&mut opts, if secret { 0o600 } else { 0o644 });
-    let mut f = opts.open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::local(format!("{} exists; refusing to overwrite it", path.display()))
-        } else {
-            Error::file("create", path, e)
-        }
-    })?;
-    write_all_synced(&mut f, path, contents)
-}
-
-/// Writes `contents` to `path`, replacing it. `secret` (plaintext) outputs get mode 0600.
-pub(crate) fn write(path: &Path, contents: &[u8], secret: bool) -> Result<(), Error> {
-    let mut opts = OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    set_mode(&mut opts, if secret { 0o600 } else { 0o644 });
-    let mut f = opts.open(path).map_err(|e| Error::file("create", path, e))?;
-    write_all_synced(&mut f, path, contents)
-}
-
-fn write_all_synced(f: &mut File, path: &Path, contents: &[u8]) -> Result<(), Error> {
-    f.write_all(contents).map_err(|e| Error::file("write", path, e))?;
-    f.sync_all().map_err(|e| Error::file("write", path, e))
-}
-
-#[cfg(unix)]
-fn set_mode(opts: &mut OpenOptions, mode: u32) {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    opts.mode(mode);
-}
-
-#[cfg(not(unix))]
-fn set_mode(_opts: &mut OpenOptions, _mode: u32) {}
 
 /// Like ssh, warn about a private key that others can read; a warning rather than a refusal, so
 /// key files on filesystems without Unix modes stay usable.
@@ -173,7 +128,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.json");
         create_new(&path, b"secret", true).unwrap();
-        let e = create_new(&path, b"other", true).unwrap_err();
+        let e = Error::from(create_new(&path, b"other", true).unwrap_err());
         assert_eq!(e.exit_code(), crate::error::exit::LOCAL);
         assert!(e.to_string().contains("refusing to overwrite"), "{e}");
         assert_eq!(fs::read(&path).unwrap(), b"secret");

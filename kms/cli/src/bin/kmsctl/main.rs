@@ -47,19 +47,8 @@ fn main() -> ExitCode {
             args.chain = None;
         }
     }
-    let printer = Printer::new(cli.global.output);
-    let outcome = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::local(format!("cannot start the async runtime: {e}")))
-        .and_then(|rt| rt.block_on(run(&cli, &printer)));
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            printer.error(&e);
-            ExitCode::from(e.exit_code())
-        }
-    }
+    let printer = Printer::new("kmsctl", cli.global.output);
+    kms_client::cli::run(&printer, run(&cli, &printer))
 }
 
 async fn run(cli: &Cli, p: &Printer) -> Result<(), Error> {
@@ -133,7 +122,7 @@ async fn run(cli: &Cli, p: &Printer) -> Result<(), Error> {
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "kmsctl", &mut out);
-            output::stdout(&out)
+            Ok(output::stdout(&out)?)
         }
     }
 }

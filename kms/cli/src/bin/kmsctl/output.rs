@@ -1,83 +1,19 @@
 //! What `kmsctl` prints: one JSON document on stdout with `--output json`, short lines otherwise,
-//! and errors (with their hint) on stderr. Renders wire types for people and scripts. It must
+//! and errors (with their hint) on stderr, through kms-client's `Printer`. Renders wire types for
+//! people and scripts. It must
 //! never print an admin's private key or a root-key share; data-key plaintext only where the
 //! command was asked for it.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 
 use base64::Engine as _;
 use kms_proto::v1 as pb;
 use serde_json::{json, Value};
 
+pub(crate) use kms_client::cli::report::{stdout, time};
+pub(crate) use kms_client::cli::{Printer, B64};
+
 use crate::args::operation_name;
-use crate::cli::OutputFormat;
-use crate::error::Error;
-
-pub(crate) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-/// Prints results in the chosen format.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Printer {
-    format: OutputFormat,
-}
-
-impl Printer {
-    pub(crate) fn new(format: OutputFormat) -> Self {
-        Self { format }
-    }
-
-    pub(crate) fn is_json(&self) -> bool {
-        self.format == OutputFormat::Json
-    }
-
-    /// Prints `json` or, for humans, what `human` renders.
-    pub(crate) fn emit(&self, json: Value, human: impl FnOnce() -> String) -> Result<(), Error> {
-        let mut text = match self.format {
-            OutputFormat::Json => serde_json::to_string_pretty(&json).map_err(|e| Error::local(e.to_string()))?,
-            OutputFormat::Human => human(),
-        };
-        if !text.ends_with('\n') {
-            text.push('\n');
-        }
-        stdout(text.as_bytes())
-    }
-
-    /// Reports a failed command: the message and hint on stderr, and in JSON mode the error
-    /// document on stdout as well, so a script always gets one document.
-    pub(crate) fn error(&self, e: &Error) {
-        let mut err = std::io::stderr().lock();
-        // A verification result ("broken at entry 7: ...") is the answer, not a failure of
-        // kmsctl, so it is printed as it is.
-        let _ = match e {
-            Error::Verification { .. } => writeln!(err, "{e}"),
-            _ => writeln!(err, "kmsctl: {e}"),
-        };
-        if let Some(h) = e.hint() {
-            let _ = writeln!(err, "hint: {h}");
-        }
-        if self.is_json() {
-            if let Ok(doc) = serde_json::to_string_pretty(&e.to_json()) {
-                let _ = stdout(format!("{doc}\n").as_bytes());
-            }
-        }
-    }
-}
-
-/// Writes to stdout; a failed write (full disk behind a redirect) is an error, not a panic.
-pub(crate) fn stdout(bytes: &[u8]) -> Result<(), Error> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(bytes).and_then(|()| out.flush()) {
-        // The reader (e.g. `| head`) has stopped reading: nothing is left to tell it.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        r => r.map_err(|e| Error::local(format!("cannot write to stdout: {e}"))),
-    }
-}
-
-/// Milliseconds since the Unix epoch as RFC 3339 UTC, e.g. `2025-03-01T12:00:00Z`.
-pub(crate) fn time(unix_ms: i64) -> String {
-    kms_core::rfc3339_utc(unix_ms)
-}
 
 pub(crate) fn seal_kind(kind: i32) -> &'static str {
     match pb::SealKind::try_from(kind) {
@@ -445,14 +381,6 @@ pub(crate) fn hardware_table(machines: &[pb::Hardware]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_are_rfc3339_utc() {
-        assert_eq!(time(0), "1970-01-01T00:00:00Z");
-        assert_eq!(time(951_782_400_000), "2000-02-29T00:00:00Z");
-        assert_eq!(time(1_735_689_599_999), "2024-12-31T23:59:59Z");
-        assert_eq!(time(-1000), "1969-12-31T23:59:59Z");
-    }
 
     #[test]
     fn keys_render_for_people_and_scripts() {

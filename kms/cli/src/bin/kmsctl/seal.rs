@@ -36,10 +36,10 @@ pub(crate) async fn unseal(g: &Global, p: &Printer, args: &UnsealArgs) -> Result
         .map(|h| hex::decode(h.trim()))
         .transpose()
         .map_err(|e| Error::usage(format!("--expect-kcv is not hex: {e}")))?;
-    if plaintext_to_remote(&g.server) && !args.danger_plaintext_unseal {
+    if plaintext_to_remote(&g.connection.url) && !args.danger_plaintext_unseal {
         return Err(Error::usage(format!(
             "refusing to send a root-key share over plaintext HTTP to {}: anyone on the path could swap the server's unseal key for theirs. Use an https:// URL (or --danger-plaintext-unseal)",
-            g.server
+            g.connection.url
         )));
     }
     let verifier = crate::node::required_verifier(g, "unseal")?;

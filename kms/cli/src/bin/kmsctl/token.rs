@@ -101,7 +101,7 @@ async fn verify(g: &Global, p: &Printer, args: &TokenVerifyArgs) -> Result<(), E
             let text = server.token_keys().await?;
             note(&format!(
                 "no --jwks: verifying with the keys {} serves now",
-                g.server.trim_end_matches('/')
+                g.connection.url.trim_end_matches('/')
             ));
             let jwks = parse_jwks(&text, "the server's JWKS")?;
             if jwks_summary(&jwks).is_empty() {

@@ -1,0 +1,357 @@
+//! Local files: whole-file inputs, and outputs created with their final mode from the start
+//! (0600 for secrets, so their contents are never readable by others, not even for a moment).
+//! An output either never replaces a file ([`create_new`]) or is written beside its path and
+//! published only once complete ([`Output`]). Every failure names the file; none shows its
+//! contents.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use super::Failure;
+
+/// The mode of secret outputs (keys, plaintext).
+pub const SECRET_MODE: u32 = 0o600;
+/// The mode of other outputs (before the umask).
+pub const PUBLIC_MODE: u32 = 0o644;
+
+fn mode(secret: bool) -> u32 {
+    if secret {
+        SECRET_MODE
+    } else {
+        PUBLIC_MODE
+    }
+}
+
+/// Reads a whole file.
+pub fn read(path: &Path) -> Result<Vec<u8>, Failure> {
+    fs::read(path).map_err(|e| Failure::file("read", path, e))
+}
+
+/// Reads a whole text file.
+pub fn read_text(path: &Path) -> Result<String, Failure> {
+    fs::read_to_string(path).map_err(|e| Failure::file("read", path, e))
+}
+
+/// At most the first `n` bytes of a file.
+pub fn read_prefix(path: &Path, n: usize) -> Result<Vec<u8>, Failure> {
+    let mut out = Vec::new();
+    File::open(path)
+        .and_then(|f| f.take(n as u64).read_to_end(&mut out))
+        .map_err(|e| Failure::file("read", path, e))?;
+    Ok(out)
+}
+
+/// Creates `path` with `contents`, refusing to replace anything there (a file, a link, a
+/// device). `secret` files are created with mode 0600.
+pub fn create_new(path: &Path, contents: &[u8], secret: bool) -> Result<(), Failure> {
+    let mut f = open_new(path, mode(secret)).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Failure::local(format!("{} exists; refusing to overwrite it", path.display()))
+        } else {
+            Failure::file("create", path, e)
+        }
+    })?;
+    write_all_synced(&mut f, path, contents)
+}
+
+/// Writes `contents` to `path` in place, creating it (`secret`: mode 0600) or truncating what is
+/// there; an existing file keeps its mode. For outputs a command always replaces and that may be
+/// a device (`--out /dev/stdout`); [`Output`] is the safer writer where that is not needed.
+pub fn replace(path: &Path, contents: &[u8], secret: bool) -> Result<(), Failure> {
+    let mut opts = OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    set_mode(&mut opts, mode(secret));
+    let mut f = opts.open(path).map_err(|e| Failure::file("create", path, e))?;
+    write_all_synced(&mut f, path, contents)
+}
+
+fn write_all_synced(f: &mut File, path: &Path, contents: &[u8]) -> Result<(), Failure> {
+    f.write_all(contents).map_err(|e| Failure::file("write", path, e))?;
+    f.sync_all().map_err(|e| Failure::file("write", path, e))
+}
+
+/// Checks, before anything is done, that the outputs can be written: distinct, in existing
+/// directories, and (unless `force`) not there yet. Writing checks again; this only avoids doing
+/// the work and then failing at the end.
+pub fn check_outputs(paths: &[&Path], force: bool) -> Result<(), Failure> {
+    for (i, path) in paths.iter().enumerate() {
+        if paths[..i].iter().any(|p| p == path) {
+            return Err(Failure::usage(format!("{} is given for two outputs", path.display())));
+        }
+        if fs::symlink_metadata(path).is_ok() && !force {
+            return Err(exists(path));
+        }
+        let parent = parent(path);
+        if !parent.is_dir() {
+            return Err(Failure::local(format!(
+                "cannot write {}: {} is not a directory",
+                path.display(),
+                parent.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn exists(path: &Path) -> Failure {
+    Failure::local(format!(
+        "{} exists; refusing to overwrite it (--force replaces it)",
+        path.display()
+    ))
+}
+
+fn parent(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Writes `contents` to `path` through an [`Output`]: a new file, or with `force` replacing one.
+pub fn write_output(path: &Path, contents: &[u8], secret: bool, force: bool) -> Result<(), Failure> {
+    let mut out = Output::create(path, secret, force)?;
+    out.file().write_all(contents).map_err(|e| out.error("write", e))?;
+    out.publish()
+}
+
+/// An output file being written: a new file beside `path`, synced and then published as `path`
+/// (linked, so never replacing a file; with `force` renamed over it). So a replaced secret file
+/// never has another mode, a reader never sees half a file, and an output that is dropped
+/// unpublished (a failed write, a message that did not verify) leaves nothing. `secret` files
+/// get mode 0600, others 0644. Only regular files are replaced.
+#[derive(Debug)]
+pub struct Output {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: File,
+    force: bool,
+    published: bool,
+}
+
+impl Output {
+    /// Starts the output `path`: refused if something other than a regular file is there, or
+    /// (without `force`) anything.
+    pub fn create(path: &Path, secret: bool, force: bool) -> Result<Self, Failure> {
+        match fs::symlink_metadata(path) {
+            // Never renamed over a device, pipe or directory (`--force` would replace /dev/null).
+            Ok(m) if !m.is_file() => {
+                return Err(Failure::local(format!(
+                    "{} exists and is not a regular file",
+                    path.display()
+                )))
+            }
+            Ok(_) if !force => return Err(exists(path)),
+            _ => {}
+        }
+        let name = path
+            .file_name()
+            .ok_or_else(|| Failure::local(format!("{} is not a file name", path.display())))?;
+        let suffix = hex::encode(kms_core::random_array::<6>().map_err(|e| Failure::local(format!("random: {e}")))?);
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".{suffix}.tmp"));
+        let tmp = parent(path).join(tmp_name);
+        let file = open_new(&tmp, mode(secret)).map_err(|e| Failure::file("create", &tmp, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            tmp,
+            file,
+            force,
+            published: false,
+        })
+    }
+
+    /// The file to write.
+    pub fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// An error of `action` on the output, naming its path.
+    pub fn error(&self, action: &str, e: impl fmt::Display) -> Failure {
+        Failure::file(action, &self.path, e)
+    }
+
+    /// Syncs and publishes the file as its path.
+    pub fn publish(mut self) -> Result<(), Failure> {
+        self.file
+            .sync_all()
+            .map_err(|e| Failure::file("write", &self.path, e))?;
+        if self.force {
+            fs::rename(&self.tmp, &self.path).map_err(|e| Failure::file("replace", &self.path, e))?;
+        } else {
+            fs::hard_link(&self.tmp, &self.path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    exists(&self.path)
+                } else {
+                    Failure::file("create", &self.path, e)
+                }
+            })?;
+            let _ = fs::remove_file(&self.tmp);
+        }
+        self.published = true;
+        Ok(())
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+fn open_new(path: &Path, mode: u32) -> std::io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.write(true).create_new(true);
+    set_mode(&mut opts, mode);
+    opts.open(path)
+}
+
+#[cfg(unix)]
+fn set_mode(opts: &mut OpenOptions, mode: u32) {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    opts.mode(mode);
+}
+
+#[cfg(not(unix))]
+fn set_mode(_opts: &mut OpenOptions, _mode: u32) {}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::cli::exit;
+
+    #[cfg(unix)]
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn new_files_are_never_overwritten_and_secrets_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.json");
+        create_new(&path, b"secret", true).unwrap();
+        let e = create_new(&path, b"other", true).unwrap_err();
+        assert_eq!(e.exit_code(), exit::LOCAL);
+        assert_eq!(
+            e.to_string(),
+            format!("{} exists; refusing to overwrite it", path.display())
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"secret");
+        #[cfg(unix)]
+        assert_eq!(mode_of(&path), 0o600);
+        #[cfg(unix)]
+        {
+            // Not a device either, nor through a link.
+            assert!(create_new(Path::new("/dev/null"), b"x", true).is_err());
+            let link = dir.path().join("link");
+            std::os::unix::fs::symlink(dir.path().join("target"), &link).unwrap();
+            assert!(create_new(&link, b"x", true).is_err());
+            assert!(!dir.path().join("target").exists());
+        }
+    }
+
+    #[test]
+    fn outputs_are_new_and_secrets_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        write_output(&key, b"secret", true, false).unwrap();
+        let e = write_output(&key, b"other", true, false).unwrap_err();
+        assert!(
+            e.to_string().contains("refusing to overwrite it (--force replaces it)"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), exit::LOCAL);
+        assert_eq!(fs::read(&key).unwrap(), b"secret");
+        #[cfg(unix)]
+        assert_eq!(mode_of(&key), 0o600);
+
+        let blob = dir.path().join("blob");
+        write_output(&blob, b"blob", false, false).unwrap();
+        #[cfg(unix)]
+        assert_eq!(mode_of(&blob) & 0o133, 0, "at most 0644 (the umask may clear more)");
+    }
+
+    #[test]
+    fn force_replaces_with_a_private_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        fs::write(&key, b"old").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&key, fs::Permissions::from_mode(0o666)).unwrap();
+        }
+        write_output(&key, b"new", true, true).unwrap();
+        assert_eq!(fs::read(&key).unwrap(), b"new");
+        #[cfg(unix)]
+        assert_eq!(mode_of(&key), 0o600, "a replaced secret is not left world-readable");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file is left"
+        );
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("plain");
+        let mut o = Output::create(&out, true, false).unwrap();
+        o.file().write_all(b"half").unwrap();
+        drop(o);
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no output, no temporary file"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_regular_files_are_replaced() {
+        let e = Output::create(Path::new("/dev/null"), true, true).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(!fs::symlink_metadata("/dev/null").unwrap().is_file());
+        let dir = tempfile::tempdir().unwrap();
+        let e = Output::create(dir.path(), true, true).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn replace_writes_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        replace(&path, b"one", true).unwrap();
+        #[cfg(unix)]
+        assert_eq!(mode_of(&path), 0o600);
+        replace(&path, b"two", true).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert!(replace(&dir.path().join("no/such/dir"), b"x", false).is_err());
+    }
+
+    #[test]
+    fn outputs_are_checked_before_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        check_outputs(&[&a, &b], false).unwrap();
+        assert_eq!(check_outputs(&[&a, &a], false).unwrap_err().exit_code(), exit::USAGE);
+        fs::write(&a, b"x").unwrap();
+        assert!(check_outputs(&[&a, &b], false).is_err());
+        check_outputs(&[&a, &b], true).unwrap();
+        let nowhere = dir.path().join("missing/dir/out");
+        assert!(check_outputs(&[&nowhere], true)
+            .unwrap_err()
+            .to_string()
+            .contains("not a directory"));
+        assert_eq!(read_prefix(&a, 10).unwrap(), b"x");
+        assert!(read(&b).unwrap_err().to_string().starts_with("cannot read "));
+    }
+}
