@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use kms_proto::v1 as pb;
-use kms_tests::attest::*;
-use kms_tests::*;
+use kms_testkit::attest::*;
+use kms_testkit::*;
 use tonic::Code;
 
 const APP: &str = "spiffe://eu.example/app";

@@ -9,9 +9,9 @@ use attestation::tpm::credential::CredentialBlob;
 use attestation::tpm::PcrValues;
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
-use kms_tests::attest::*;
-use kms_tests::swtpm::Swtpm;
-use kms_tests::*;
+use kms_testkit::attest::*;
+use kms_testkit::swtpm::Swtpm;
+use kms_testkit::*;
 use tonic::Code;
 
 const APP: &str = "spiffe://eu.example/tpm-app";

@@ -6,7 +6,7 @@
 
 use kms_core::audit::{ChainVerifier, Entry};
 use kms_proto::v1 as pb;
-use kms_tests::*;
+use kms_testkit::*;
 
 const APP: &str = "spiffe://eu.example/app";
 

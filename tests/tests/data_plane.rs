@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
-use kms_tests::*;
+use kms_testkit::*;
 use tonic::Code;
 
 const APP: &str = "spiffe://eu.example/app";

@@ -8,9 +8,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use kms_proto::v1 as pb;
-use kms_tests::proxy::{GrpcProxy, Tamper};
-use kms_tests::swtpm::Swtpm;
-use kms_tests::*;
+use kms_testkit::proxy::{GrpcProxy, Tamper};
+use kms_testkit::swtpm::Swtpm;
+use kms_testkit::*;
 use prost::Message as _;
 
 const SHARE_METHODS: [&str; 2] = ["/kms.v1.AdminService/GetEncryptedShare", "/kms.v1.AdminService/Unseal"];

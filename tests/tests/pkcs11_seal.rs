@@ -13,7 +13,7 @@ use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
 use kms_proto::v1::key_service_client::KeyServiceClient;
 use kms_proto::v1::quorum_operation::Operation as QOp;
-use kms_tests::*;
+use kms_testkit::*;
 use tonic::transport::Channel;
 use tonic::Code;
 

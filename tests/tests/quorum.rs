@@ -9,7 +9,7 @@ use std::time::Duration;
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
 use kms_proto::v1::quorum_operation::Operation as QOp;
-use kms_tests::*;
+use kms_testkit::*;
 use tonic::Code;
 
 fn add(k: &kms_core::keyfile::AdminKeyFile) -> QOp {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
 use kms_proto::v1::quorum_operation::Operation as QOp;
-use kms_tests::*;
+use kms_testkit::*;
 use sqlx::Row as _;
 
 const APP: &str = "spiffe://eu.example/app";

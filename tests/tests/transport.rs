@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use kms_proto::v1 as pb;
-use kms_tests::*;
+use kms_testkit::*;
 use rcgen::SanType;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;

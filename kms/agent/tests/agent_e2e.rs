@@ -19,9 +19,9 @@ use kms_agent::{
 };
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
-use kms_tests::attest::revoke;
-use kms_tests::swtpm::Swtpm;
-use kms_tests::*;
+use kms_testkit::attest::revoke;
+use kms_testkit::swtpm::Swtpm;
+use kms_testkit::*;
 
 const APP: &str = "spiffe://eu.example/app";
 
@@ -253,7 +253,7 @@ both_backends!(tpm_release_through_the_agent, super::tpm_release);
 /// right HPKE info, a token of its own, or an identity without the host's evidence are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_trusts_only_an_attested_kmsd() {
-    use kms_tests::proxy::{GrpcProxy, Tamper};
+    use kms_testkit::proxy::{GrpcProxy, Tamper};
     use std::sync::{Arc, Mutex};
 
     let tpm = booted_tpm();
@@ -695,7 +695,7 @@ async fn the_command_line_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snp_evidence_through_from_fn() {
     use kms_agent::evidence::Evidence;
-    use kms_tests::attest::{enroll_snp, SnpLab};
+    use kms_testkit::attest::{enroll_snp, SnpLab};
 
     let lab = SnpLab::new();
     let opts = Options {
@@ -743,7 +743,7 @@ async fn snp_evidence_through_from_fn() {
 /// trusts it; the same policy with another measurement does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_snp_attested_kmsd_is_verified_by_its_measurement() {
-    use kms_tests::attest::SnpLab;
+    use kms_testkit::attest::SnpLab;
     use std::sync::Arc;
 
     let lab = Arc::new(SnpLab::new());

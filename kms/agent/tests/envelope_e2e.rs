@@ -14,8 +14,8 @@ use kms_agent::{
 use kms_envelope::{CacheLimits, DataKeyCache, EncryptionContext, Envelope, Error as EnvelopeError, Suite};
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
-use kms_tests::swtpm::Swtpm;
-use kms_tests::*;
+use kms_testkit::swtpm::Swtpm;
+use kms_testkit::*;
 
 const APP: &str = "spiffe://eu.example/app";
 const BOOT_DIGEST: &str = "12fb8bdb5033fd8c59905d1049cbfcb3d9a5ff3b7342176326a05ab2f0c933a1";

@@ -9,7 +9,7 @@
 use kms_core::audit::{chain, Checkpoint, CheckpointSigner, Entry, Record, GENESIS};
 use kms_core::secret::SecretKey;
 use kms_proto::v1 as pb;
-use kms_tests::*;
+use kms_testkit::*;
 use serde_json::Value;
 use sqlx::Row as _;
 

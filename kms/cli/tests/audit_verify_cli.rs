@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use kms_proto::v1 as pb;
-use kms_tests::*;
+use kms_testkit::*;
 
 const KMSCTL: &str = env!("CARGO_BIN_EXE_kmsctl");
 

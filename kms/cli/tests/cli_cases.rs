@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use kms_tests::*;
+use kms_testkit::*;
 use snapbox::{Assert, Data, Redactions};
 use softhsm_fixture::TestToken;
 

@@ -11,9 +11,9 @@ use std::process::Stdio;
 use attestation::attester::tpm::{AkKey, AkScheme, EkKind, Tpm};
 use kms_proto::v1 as pb;
 use kms_proto::v1::attestation_service_client::AttestationServiceClient;
-use kms_tests::attest::{enroll_snp, SnpLab, Workload};
-use kms_tests::swtpm::Swtpm;
-use kms_tests::*;
+use kms_testkit::attest::{enroll_snp, SnpLab, Workload};
+use kms_testkit::swtpm::Swtpm;
+use kms_testkit::*;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt as _;
 

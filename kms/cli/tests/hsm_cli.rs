@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kms_tests::*;
+use kms_testkit::*;
 use serde_json::Value;
 use softhsm_fixture::TestToken;
 

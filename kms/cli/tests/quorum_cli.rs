@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use kms_core::keyfile::AdminKeyFile;
-use kms_tests::*;
+use kms_testkit::*;
 
 const KMSCTL: &str = env!("CARGO_BIN_EXE_kmsctl");
 

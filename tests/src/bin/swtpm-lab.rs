@@ -1,5 +1,5 @@
 //! `swtpm-lab`: a manufactured software TPM for demos, the same fixture the end-to-end tests
-//! use (`kms_tests::swtpm`): EK certificates from a fresh local CA, the SHA-256 PCR bank, swtpm
+//! use (`kms_testkit::swtpm`): EK certificates from a fresh local CA, the SHA-256 PCR bank, swtpm
 //! serving on free loopback ports. Prints shell assignments, then keeps the TPM running until
 //! standard input closes or it gets SIGTERM/SIGINT, and removes everything.
 //!
@@ -10,7 +10,7 @@
 
 use std::io::{Read, Write};
 
-use kms_tests::swtpm::Swtpm;
+use kms_testkit::swtpm::Swtpm;
 use tokio::signal::unix::{signal, SignalKind};
 
 #[tokio::main(flavor = "current_thread")]

@@ -30,8 +30,8 @@ use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
 use kms_proto::v1::attestation_service_client::AttestationServiceClient;
 use kms_proto::v1::key_service_client::KeyServiceClient;
-use kms_tests::attest::{ctx, enroll_snp, SnpLab};
-use kms_tests::{admin, grants_all, new_admin, signed, Pki};
+use kms_testkit::attest::{ctx, enroll_snp, SnpLab};
+use kms_testkit::{admin, grants_all, new_admin, signed, Pki};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// Nonces live `attestation.challenge_ttl_secs` (at most 300 s): evidence prepared before the
@@ -333,7 +333,7 @@ struct Errors(BTreeMap<String, (u64, String)>);
 
 impl Errors {
     fn add(&mut self, s: &tonic::Status) {
-        let key = format!("{:?}/{}", s.code(), kms_tests::reason(s));
+        let key = format!("{:?}/{}", s.code(), kms_testkit::reason(s));
         self.0.entry(key).or_insert_with(|| (0, s.message().to_owned())).0 += 1;
     }
 
@@ -629,7 +629,7 @@ async fn rotate_root(
                 Op::CreateKey(pb::CreateKeyOp {
                     name: format!("rotate-{i}"),
                     grants: grants_all(&[APP]),
-                    release_policy: kms_tests::UNATTESTED.into(),
+                    release_policy: kms_testkit::UNATTESTED.into(),
                     ..Default::default()
                 }),
             ))
@@ -637,7 +637,7 @@ async fn rotate_root(
             .expect("create key");
     }
     admin_c
-        .propose(kms_tests::propose(
+        .propose(kms_testkit::propose(
             alice,
             pb::quorum_operation::Operation::RotateRoot(pb::RotateRootOp {
                 seal: pb::SealKind::Shamir as i32,
@@ -733,7 +733,7 @@ impl<'a> Started<'a> {
             .port();
         // A fresh database each run, on the given PostgreSQL server, or SQLite in a temp dir.
         let database = match &args.database {
-            Some(base) => kms_tests::Db::fresh_postgres(base, "kms_bench").await.url,
+            Some(base) => kms_testkit::Db::fresh_postgres(base, "kms_bench").await.url,
             None => format!("sqlite://{}?mode=rwc", dir.join("kms.db").display()),
         };
         let mut snp_roots = String::new();
@@ -802,11 +802,11 @@ impl<'a> Started<'a> {
         if legacy {
             admin_c.init(signed(&alice, Op::Init(op))).await.expect("init");
         } else {
-            kms_tests::init(&mut admin_c, &alice, op).await.expect("init");
+            kms_testkit::init(&mut admin_c, &alice, op).await.expect("init");
         }
         let sign = |o: Op| {
             if legacy {
-                kms_tests::signed_for(&alice, "", o, kms_core::now_unix_ms())
+                kms_testkit::signed_for(&alice, "", o, kms_core::now_unix_ms())
             } else {
                 signed(&alice, o)
             }
@@ -815,7 +815,7 @@ impl<'a> Started<'a> {
             .create_key(sign(Op::CreateKey(pb::CreateKeyOp {
                 name: "bench".into(),
                 grants: grants_all(&[APP]),
-                release_policy: kms_tests::UNATTESTED.into(),
+                release_policy: kms_testkit::UNATTESTED.into(),
                 ..Default::default()
             })))
             .await
@@ -1146,7 +1146,7 @@ async fn attest(lab: &SnpLab, channels: &[Channel], args: &Args, p384_all: f64) 
             panic!(
                 "warm-up Attest refused: {:?}/{}: {}",
                 s.code(),
-                kms_tests::reason(&s),
+                kms_testkit::reason(&s),
                 s.message()
             )
         });
@@ -1259,7 +1259,7 @@ async fn attested_generate(lab: &SnpLab, channels: &[Channel], args: &Args) -> (
             panic!(
                 "Attest for a GenerateDataKey token refused: {:?}/{}: {}",
                 s.code(),
-                kms_tests::reason(&s),
+                kms_testkit::reason(&s),
                 s.message()
             )
         }));
@@ -1273,7 +1273,7 @@ async fn attested_generate(lab: &SnpLab, channels: &[Channel], args: &Args) -> (
             panic!(
                 "warm-up attested GenerateDataKey refused: {:?}/{}: {}",
                 s.code(),
-                kms_tests::reason(&s),
+                kms_testkit::reason(&s),
                 s.message()
             )
         })
