@@ -48,7 +48,7 @@ const ATTEST_PRINCIPALS: usize = 32;
 const MAX_PREPARED: usize = ATTEST_PRINCIPALS * 6_000;
 /// The bytes an SNP report signature covers (0x000–0x29F): what kmsd hashes and verifies.
 const SNP_SIGNED_LEN: usize = 0x2A0;
-const USAGE: &str = "usage: kms-bench --kmsd PATH [--baseline-kmsd PATH] [--database URL] [--seconds N] [--concurrency N] [--connections N] [--phases gen,dec,attest,attested-gen,e2e,rotate] [--e2e-iterations N] [--rotate-keys N]";
+const USAGE: &str = "usage: kms-bench --kmsd PATH [--baseline-kmsd PATH [--baseline-legacy]] [--database URL] [--seconds N] [--concurrency N] [--connections N] [--phases gen,dec,attest,attested-gen,e2e,rotate] [--e2e-iterations N] [--rotate-keys N]";
 
 #[derive(Clone, Copy)]
 struct Phases {
@@ -113,6 +113,8 @@ struct Args {
     /// run for a before/after comparison. It speaks the protocol of before deployment ids and
     /// pinned Init (issue 10), which the current kmsd also accepts from the bench's side.
     baseline_kmsd: Option<PathBuf>,
+    /// The baseline predates deployment ids and pinned Init (e.g. 60cca02).
+    baseline_legacy: bool,
     database: Option<String>,
     seconds: u64,
     concurrency: usize,
@@ -126,6 +128,7 @@ fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         kmsd: PathBuf::from("target/release/kmsd"),
         baseline_kmsd: None,
+        baseline_legacy: false,
         database: None,
         seconds: 20,
         concurrency: 64,
@@ -140,6 +143,7 @@ fn parse_args() -> Result<Args, String> {
         match k.as_str() {
             "--kmsd" => a.kmsd = v()?.into(),
             "--baseline-kmsd" => a.baseline_kmsd = Some(v()?.into()),
+            "--baseline-legacy" => a.baseline_legacy = true,
             "--database" => a.database = Some(v()?),
             "--seconds" => a.seconds = v()?.parse().map_err(|_| "--seconds: a number")?,
             "--concurrency" => a.concurrency = v()?.parse().map_err(|_| "--concurrency: a number")?,
@@ -414,7 +418,7 @@ async fn run(args: Args) {
     let mut before: Vec<Phase> = Vec::new();
     if let Some(baseline) = &args.baseline_kmsd {
         eprintln!("kms-bench: the baseline kmsd {} ...", baseline.display());
-        let b = Started::new(&args, baseline, true, None, &pki, &dir.path().join("baseline")).await;
+        let b = Started::new(&args, baseline, args.baseline_legacy, None, &pki, &dir.path().join("baseline")).await;
         before = data_plane(&b, &args).await;
         drop(b);
     }
