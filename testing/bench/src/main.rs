@@ -418,7 +418,15 @@ async fn run(args: Args) {
     let mut before: Vec<Phase> = Vec::new();
     if let Some(baseline) = &args.baseline_kmsd {
         eprintln!("kms-bench: the baseline kmsd {} ...", baseline.display());
-        let b = Started::new(&args, baseline, args.baseline_legacy, None, &pki, &dir.path().join("baseline")).await;
+        let b = Started::new(
+            &args,
+            baseline,
+            args.baseline_legacy,
+            None,
+            &pki,
+            &dir.path().join("baseline"),
+        )
+        .await;
         before = data_plane(&b, &args).await;
         drop(b);
     }
