@@ -84,6 +84,11 @@ fn a_server_that_cannot_start_exits_at_once() {
     let (code, err) = run(&["--config", path.to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("database"), "{err}");
+    // stderr is a pipe here, not a terminal: no colour codes in the log.
+    assert!(
+        !err.contains('\x1b'),
+        "ANSI escapes in a log that is not a terminal: {err:?}"
+    );
     assert!(start.elapsed() < Duration::from_secs(10));
 }
 
