@@ -753,7 +753,7 @@ async fn an_snp_attested_kmsd_is_verified_by_its_measurement() {
         report.policy &= !attestation::snp::danger::test_chain::TestReport::POLICY_SMT;
         report.platform_info = 1 << 5;
         report.report_data = statement.snp_report_data();
-        Ok(pb::node_identity::Evidence::Snp(host.evidence(&report)))
+        Ok(kms_server::node::Evidence::Snp(host.snp_evidence(&report)))
     }));
     let Some(c) = Ceremony::new(
         Backend::Sqlite,

@@ -109,6 +109,42 @@ pub struct SealedRelease {
     pub node_signature: Vec<u8>,
 }
 
+/// An Attest answer: the token and its facts, signed by this node (`Node::sign_attest`).
+#[derive(Debug)]
+pub struct Attested {
+    /// The release token (JWT).
+    pub token: String,
+    /// Its expiry.
+    pub expires_unix_ms: i64,
+    /// The claims it carries, as JSON.
+    pub claims_json: String,
+    /// The registry entry of the machine.
+    pub hardware_id: String,
+    /// The token id.
+    pub token_id: String,
+    /// This node's public key.
+    pub node_public_key: Vec<u8>,
+    /// The node's signature over the answer (`kms_node::message::AttestAnswer`).
+    pub node_signature: Vec<u8>,
+}
+
+/// A TPM credential challenge (BeginTpmEnrollment), for the machine to activate.
+#[derive(Debug)]
+pub struct TpmChallenge {
+    /// The enrolment attempt.
+    pub enrollment_id: String,
+    /// TPM2B_ID_OBJECT.
+    pub id_object: Vec<u8>,
+    /// TPM2B_ENCRYPTED_SECRET.
+    pub encrypted_secret: Vec<u8>,
+    /// When the attempt expires.
+    pub expires_unix_ms: i64,
+    /// The AK's name, as the server computed it.
+    pub ak_name: String,
+    /// The EK's digest.
+    pub ek_digest: String,
+}
+
 /// The stable reason for an evidence refusal.
 pub fn refusal_reason(check: Check) -> Reason {
     match check {

@@ -4,15 +4,49 @@
 //! and are `anonymous`. Parsed principals are cached by certificate digest.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use kms_core::ids::Principal;
 use ring::digest;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::audit::{Audit, AuditLog};
 use crate::error::ApiError;
 use kms_proto::Reason;
+
+/// The callers of a service: each call's principal from its client certificate (`anonymous` on
+/// dev mode's plaintext listener); a call without one is refused and audited as `unidentified`.
+#[derive(Clone, Debug)]
+pub struct Callers {
+    identities: Arc<Identities>,
+    audit: AuditLog,
+    tls: bool,
+}
+
+impl Callers {
+    /// Callers identified by `identities` (`tls`: the listener verifies client certificates).
+    pub fn new(identities: Arc<Identities>, audit: AuditLog, tls: bool) -> Self {
+        Self { identities, audit, tls }
+    }
+
+    /// The caller of `request`, or the refusal (audited for `operation`).
+    pub async fn identify<T>(
+        &self,
+        request: &tonic::Request<T>,
+        operation: &'static str,
+    ) -> Result<Principal, tonic::Status> {
+        match self.identities.principal(request, self.tls) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                self.audit
+                    .record(Audit::new("unidentified", operation).failed(&e))
+                    .await;
+                Err(e.to_status())
+            }
+        }
+    }
+}
 
 /// Maps client certificates to principals.
 #[derive(Default)]

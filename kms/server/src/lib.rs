@@ -14,6 +14,7 @@ pub mod identity;
 pub mod keys;
 pub mod node;
 pub mod ops;
+pub mod request;
 pub mod seal;
 pub mod storage;
 pub mod wire;
@@ -34,11 +35,12 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use crate::audit::Audit;
 use crate::audit::AuditLog;
 use crate::config::Config;
-use crate::identity::Identities;
+use crate::identity::{Callers, Identities};
 use crate::keys::Keys;
-use crate::ops::admin::{AdminPlane, NewAdmin};
+use crate::ops::admin::AdminPlane;
 use crate::ops::attestation::AttestationPlane;
 use crate::ops::data::DataPlane;
+use crate::request::NewAdmin;
 use crate::seal::{Seal, SealKind};
 use crate::storage::Store;
 
@@ -121,13 +123,12 @@ pub async fn serve(
     if let Some(dir) = &dev_dir {
         dev_init(&admin, dir).await?;
     }
-    let identities = Arc::new(Identities::default());
+    let callers = Callers::new(Arc::new(Identities::default()), audit.clone(), config.tls.is_some());
     let data = DataPlane {
         node: node.clone(),
         keys: keys.clone(),
         audit: audit.clone(),
-        identities: identities.clone(),
-        tls: config.tls.is_some(),
+        callers: callers.clone(),
         allow_unattested: config.danger.allow_unattested_keys,
         attestation: attestation.clone(),
     };
@@ -137,8 +138,7 @@ pub async fn serve(
         seal: seal.clone(),
         engine: attestation.clone(),
         audit: audit.clone(),
-        identities,
-        tls: config.tls.is_some(),
+        callers,
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -11,8 +11,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use attestation::snp::SnpEvidence;
+use attestation::tpm::TpmEvidence;
 use kms_node::{message, NodeKey, NodeStatement};
-use kms_proto::v1 as pb;
 
 /// Where the node's evidence comes from (`[node]` in the configuration).
 #[derive(Clone, Default)]
@@ -33,7 +34,22 @@ pub enum NodeEvidence {
 }
 
 /// Makes evidence for a statement ([`NodeEvidence::DangerTest`]).
-pub type MakeEvidence = dyn Fn(&NodeStatement) -> Result<pb::node_identity::Evidence, String> + Send + Sync;
+pub type MakeEvidence = dyn Fn(&NodeStatement) -> Result<Evidence, String> + Send + Sync;
+
+/// The hardware evidence that binds the node statement.
+#[derive(Clone, Debug)]
+pub enum Evidence {
+    /// An SEV-SNP report whose report data is the statement's digest.
+    Snp(SnpEvidence),
+    /// A quote by the host TPM's AK over the statement, with the TPM's EK certificate (empty when
+    /// the TPM holds none).
+    Tpm {
+        /// The quote.
+        quote: TpmEvidence,
+        /// The EK certificate (DER).
+        ek_certificate: Vec<u8>,
+    },
+}
 
 impl std::fmt::Debug for NodeEvidence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,7 +79,7 @@ pub struct TpmNode {
 pub struct Node {
     key: NodeKey,
     statement: NodeStatement,
-    evidence: Option<pb::node_identity::Evidence>,
+    evidence: Option<Evidence>,
     no_evidence_reason: String,
 }
 
@@ -94,10 +110,10 @@ impl Node {
             .await
             .map_err(|e| format!("the evidence task failed: {e}"))??;
         match &evidence {
-            Some(pb::node_identity::Evidence::Snp(_)) => {
+            Some(Evidence::Snp(_)) => {
                 tracing::info!(node = %key.id(), "node identity bound by an SEV-SNP report");
             }
-            Some(pb::node_identity::Evidence::Tpm(_)) => {
+            Some(Evidence::Tpm { .. }) => {
                 tracing::info!(node = %key.id(), "node identity bound by a TPM quote");
             }
             None => tracing::warn!(
@@ -124,16 +140,25 @@ impl Node {
         self.key.id()
     }
 
-    /// The identity answer for `nonce`, with `status` signed.
-    pub fn identity(&self, nonce: &[u8], status: &pb::SealStatus) -> pb::NodeIdentity {
-        kms_node::identity(
-            &self.key,
-            &self.statement,
-            self.evidence.clone(),
-            &self.no_evidence_reason,
-            nonce,
-            status,
-        )
+    /// The node key (it signs only `kms_node::message`'s encodings: `wire::attestation` builds
+    /// the identity answer with it).
+    pub(crate) fn key(&self) -> &NodeKey {
+        &self.key
+    }
+
+    /// The statement the evidence binds.
+    pub fn statement(&self) -> &NodeStatement {
+        &self.statement
+    }
+
+    /// The evidence, or `None` (see [`Self::no_evidence_reason`]).
+    pub fn evidence(&self) -> Option<&Evidence> {
+        self.evidence.as_ref()
+    }
+
+    /// Why there is no evidence (empty when there is).
+    pub fn no_evidence_reason(&self) -> &str {
+        &self.no_evidence_reason
     }
 
     /// Signs a sealed release (`info` and `blob` as sealed).
@@ -144,37 +169,19 @@ impl Node {
     }
 
     /// Signs an Attest answer to a request with `nonce` and `hpke_public_key`.
-    pub fn sign_attest(&self, answer: &mut pb::AttestResponse, nonce: &[u8], hpke_public_key: &[u8]) {
-        answer.node_public_key = self.public_key().to_vec();
-        answer.node_signature = self
-            .key
-            .sign(
-                &message::AttestAnswer {
-                    nonce,
-                    hpke_public_key,
-                    token: &answer.token,
-                    token_id: &answer.token_id,
-                    expires_unix_ms: answer.expires_unix_ms,
-                    claims_json: &answer.claims_json,
-                    hardware_id: &answer.hardware_id,
-                }
-                .encode(),
-            )
-            .to_vec();
+    pub fn sign_attest(&self, answer: &message::AttestAnswer<'_>) -> Vec<u8> {
+        self.key.sign(&answer.encode()).to_vec()
     }
 }
 
 /// The evidence for `statement` from `source`, or why there is none. Blocking (device I/O).
-fn evidence_for(
-    source: NodeEvidence,
-    statement: &NodeStatement,
-) -> Result<(Option<pb::node_identity::Evidence>, String), String> {
+fn evidence_for(source: NodeEvidence, statement: &NodeStatement) -> Result<(Option<Evidence>, String), String> {
     use attestation::attester::snp::{SnpAttester, SEV_GUEST_DEVICE};
-    let snp = |statement: &NodeStatement| -> Result<pb::node_identity::Evidence, String> {
-        let e = SnpAttester::open()
+    let snp = |statement: &NodeStatement| -> Result<Evidence, String> {
+        SnpAttester::open()
             .and_then(|a| a.report(statement.snp_report_data(), None))
-            .map_err(|e| format!("SEV-SNP: {e}"))?;
-        Ok(pb::node_identity::Evidence::Snp(kms_node::snp_to_wire(e)))
+            .map(Evidence::Snp)
+            .map_err(|e| format!("SEV-SNP: {e}"))
     };
     match source {
         NodeEvidence::None => Ok((None, "node.evidence = \"none\" in the configuration".into())),
@@ -196,7 +203,7 @@ fn evidence_for(
 
 /// A quote by the node's AK (loaded from its file, or created under the EK and saved there)
 /// over the statement, with the TPM's EK certificate.
-fn tpm_evidence(t: &TpmNode, statement: &NodeStatement) -> Result<pb::node_identity::Evidence, String> {
+fn tpm_evidence(t: &TpmNode, statement: &NodeStatement) -> Result<Evidence, String> {
     use attestation::attester::tpm::{AkKey, AkScheme, EkKind, Tpm};
     let mut tpm = Tpm::open(&t.tcti).map_err(|e| format!("node TPM: {e}"))?;
     let ak = match std::fs::read_to_string(&t.ak_file) {
@@ -219,10 +226,10 @@ fn tpm_evidence(t: &TpmNode, statement: &NodeStatement) -> Result<pb::node_ident
         .ek_certificate(EkKind::Rsa2048)
         .or_else(|_| tpm.ek_certificate(EkKind::EccP384))
         .unwrap_or_default();
-    Ok(pb::node_identity::Evidence::Tpm(pb::NodeTpmEvidence {
-        quote: Some(kms_node::tpm_to_wire(&ev)),
+    Ok(Evidence::Tpm {
+        quote: ev,
         ek_certificate,
-    }))
+    })
 }
 
 /// Writes `text` to a new file readable by this user only.

@@ -1,21 +1,9 @@
 //! The layer rule of `kms-server` (ARCHITECTURE.md), checked on the source: no import cycles
 //! between its top-level modules, tonic only in the gRPC layer, and protobuf types only in the
-//! gRPC and wire layers (plus the files listed below, which still take protobuf inputs and are to
-//! move behind `wire/`; the list may only shrink).
+//! gRPC and wire layers (and `lib.rs`, which wires the services).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-
-/// Files outside `grpc/` and `wire/` that still use protobuf types. A file that stops using them
-/// must be removed from here; a new file may not be added.
-const PROTOBUF_NOT_YET_BEHIND_WIRE: &[&str] = &[
-    "node.rs",
-    "ops/admin.rs",
-    "ops/attestation.rs",
-    "ops/hardware.rs",
-    "ops/quorum.rs",
-    "ops/rotation.rs",
-];
 
 /// Files that may use tonic: the gRPC layer, the server's wiring, the error → status mapping and
 /// the caller identity read from the TLS connection.
@@ -137,6 +125,7 @@ fn no_import_cycles_between_modules() {
         ("storage", &["grpc", "wire", "ops", "workers", "seal", "attest"][..]),
         ("ops", &["grpc"][..]),
         ("wire", &["grpc", "ops"][..]),
+        ("request", &["grpc", "wire", "ops", "workers"][..]),
         (
             "config",
             &["grpc", "wire", "ops", "workers", "seal", "attest", "storage"][..],
@@ -166,24 +155,14 @@ fn tonic_only_in_the_grpc_layer() {
 
 #[test]
 fn protobuf_only_in_the_grpc_and_wire_layers() {
-    let mut still = BTreeSet::new();
     for (rel, text) in read_all() {
         if rel.starts_with("grpc/") || rel.starts_with("wire/") || rel == "lib.rs" {
             continue;
         }
         let c = code(&text);
-        if c.contains("pb::") || c.contains("kms_proto::v1") {
-            assert!(
-                PROTOBUF_NOT_YET_BEHIND_WIRE.contains(&rel.as_str()),
-                "{rel} uses protobuf types: decode in wire/ and pass domain types"
-            );
-            still.insert(rel);
-        }
-    }
-    for listed in PROTOBUF_NOT_YET_BEHIND_WIRE {
         assert!(
-            still.contains(*listed),
-            "{listed} no longer uses protobuf types: remove it from PROTOBUF_NOT_YET_BEHIND_WIRE"
+            !(c.contains("pb::") || c.contains("kms_proto::v1") || c.contains("prost::")),
+            "{rel} uses protobuf types: decode in wire/ and pass domain types"
         );
     }
 }

@@ -67,6 +67,15 @@ impl SnpLab {
         self.chain.report()
     }
 
+    /// `report` signed, with the VCEK/VLEK, as the verifier takes it.
+    pub fn snp_evidence(&self, report: &TestReport) -> attestation::snp::SnpEvidence {
+        attestation::snp::SnpEvidence {
+            report: self.chain.sign(report).unwrap(),
+            vek: Some(self.chain.vek_der().to_vec()),
+            chain: None,
+        }
+    }
+
     /// `report` signed, with the VCEK/VLEK, as wire evidence.
     pub fn evidence(&self, report: &TestReport) -> pb::SnpEvidence {
         pb::SnpEvidence {

@@ -5,8 +5,10 @@ use crate::audit::Audit;
 use crate::error::ApiError;
 use crate::grpc::finish;
 use crate::ops::admin::*;
-use crate::seal::SealKind;
+use crate::request::{Outcome, Signed};
 use crate::wire::admin::*;
+use crate::wire::hardware::{hardware_page_to_wire, hardware_to_wire};
+use crate::wire::quorum::canonical;
 use kms_core::ids::KeyId;
 use kms_core::key::Transition;
 use kms_proto::v1 as pb;
@@ -88,11 +90,17 @@ impl AdminPlane {
         request: Request<pb::SignedRequest>,
         method: &'static str,
     ) -> Result<Response<T>, Status> {
-        let signed = request.into_inner();
+        let request = request.into_inner();
+        let signed = Signed {
+            payload: &request.payload,
+            signature: &request.signature,
+        };
         let mut audit = Audit::new("unauthenticated", audit_op(method));
         let result = async {
-            let (admin, op) = self.authenticate(&signed, method, &mut audit).await?;
-            let (commit, answer) = self.run(op, &admin, &signed, &mut audit).await?;
+            let (header, op) = open_request(signed.payload)?;
+            let admin = self.authenticate(signed, &header, method, &mut audit).await?;
+            let op = op.ok_or_else(|| ApiError::new(Reason::MissingOperation, "the request names no operation"))?;
+            let (commit, answer) = self.run(op, &admin, signed, &mut audit).await?;
             let answer = T::from_answer(answer).ok_or_else(|| {
                 ApiError::new(
                     Reason::Internal,
@@ -114,27 +122,15 @@ impl AdminPlane {
         &self,
         op: Op,
         admin: &kms_core::ids::AdminId,
-        signed: &pb::SignedRequest,
+        signed: Signed<'_>,
         audit: &mut Audit,
     ) -> Result<(Commit, Answer), ApiError> {
         Ok(match op {
             Op::Init(init) => {
                 let answer = answer::<pb::InitResponse>(async {
-                    let kind = match pb::SealKind::try_from(init.seal) {
-                        Ok(pb::SealKind::Shamir) => SealKind::Shamir,
-                        Ok(pb::SealKind::Dev) => SealKind::Dev,
-                        Ok(pb::SealKind::Pkcs11) => SealKind::Pkcs11,
-                        _ => return Err(ApiError::new(Reason::BadSeal, "seal must be SHAMIR, PKCS11 or DEV")),
-                    };
-                    let admins = init
-                        .admins
-                        .iter()
-                        .map(|a| self.parse_new_admin(a))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    self.initialize(kind, init.threshold, init.approval_quorum, admins, audit)
-                        .await?;
+                    let status = self.init(init_from_wire(&init)?, audit).await?;
                     Ok(pb::InitResponse {
-                        status: Some(self.wire_status().await?),
+                        status: Some(status_to_wire(status)),
                     })
                 })
                 .await?;
@@ -151,9 +147,9 @@ impl AdminPlane {
             Op::Unseal(u) => {
                 let answer = answer::<pb::SealStatus>(async {
                     let progress = self.submit_share(admin, &u.envelope, audit).await?;
-                    let mut wire = self.wire_status().await?;
-                    wire.progress = progress;
-                    Ok(wire)
+                    let mut status = self.status().await?;
+                    status.status.progress = progress;
+                    Ok(status_to_wire(status))
                 })
                 .await?;
                 (Commit::Durable, Answer::SealStatus(answer))
@@ -163,15 +159,18 @@ impl AdminPlane {
                     self.seal.seal()?;
                     self.keys.clear_keks();
                     self.attestation.clear();
-                    self.wire_status().await
+                    self.status().await.map(status_to_wire)
                 })
                 .await?;
                 (Commit::Durable, Answer::SealStatus(answer))
             }
             Op::AddAdmin(add) => {
                 let answer = answer::<pb::Admin>(async {
-                    match self.direct(admin, signed, QOp::AddAdmin(add), audit).await? {
-                        pb::proposal::Result::Admin(a) => Ok(a),
+                    match self
+                        .direct(admin, signed, "add_admin", canonical(QOp::AddAdmin(add)), audit)
+                        .await?
+                    {
+                        Outcome::Admin(a) => Ok(admin_to_wire(&a)),
                         _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
                     }
                 })
@@ -243,22 +242,30 @@ impl AdminPlane {
             }
             Op::EnableKey(e) => {
                 let answer = answer::<pb::KeyMetadata>(async {
-                    self.change_state(&e.key, Transition::Enable, None, None, audit).await
+                    self.change_state(&e.key, Transition::Enable, None, None, audit)
+                        .await
+                        .map(|k| key_metadata(&k))
                 })
                 .await?;
                 (Commit::InTransaction, Answer::KeyMetadata(answer))
             }
             Op::DisableKey(d) => {
                 let answer = answer::<pb::KeyMetadata>(async {
-                    self.change_state(&d.key, Transition::Disable, None, None, audit).await
+                    self.change_state(&d.key, Transition::Disable, None, None, audit)
+                        .await
+                        .map(|k| key_metadata(&k))
                 })
                 .await?;
                 (Commit::InTransaction, Answer::KeyMetadata(answer))
             }
             Op::ScheduleKeyDeletion(s) => {
                 let answer = answer::<pb::KeyMetadata>(async {
-                    match self.direct(admin, signed, QOp::ScheduleKeyDeletion(s), audit).await? {
-                        pb::proposal::Result::Key(k) => Ok(k),
+                    let bytes = canonical(QOp::ScheduleKeyDeletion(s));
+                    match self
+                        .direct(admin, signed, "schedule_key_deletion", bytes, audit)
+                        .await?
+                    {
+                        Outcome::Key(k) => Ok(key_metadata(&k)),
                         _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
                     }
                 })
@@ -269,14 +276,16 @@ impl AdminPlane {
                 let answer = answer::<pb::KeyMetadata>(async {
                     self.change_state(&c.key, Transition::CancelDeletion, None, None, audit)
                         .await
+                        .map(|k| key_metadata(&k))
                 })
                 .await?;
                 (Commit::InTransaction, Answer::KeyMetadata(answer))
             }
             Op::SetReleasePolicy(p) => {
                 let answer = answer::<pb::KeyMetadata>(async {
-                    match self.direct(admin, signed, QOp::SetReleasePolicy(p), audit).await? {
-                        pb::proposal::Result::Key(k) => Ok(k),
+                    let bytes = canonical(QOp::SetReleasePolicy(p));
+                    match self.direct(admin, signed, "set_release_policy", bytes, audit).await? {
+                        Outcome::Key(k) => Ok(key_metadata(&k)),
                         _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
                     }
                 })
@@ -285,8 +294,9 @@ impl AdminPlane {
             }
             Op::EnrollHardware(e) => {
                 let answer = answer::<pb::Hardware>(async {
-                    match self.direct(admin, signed, QOp::EnrollHardware(e), audit).await? {
-                        pb::proposal::Result::Hardware(h) => Ok(h),
+                    let bytes = canonical(QOp::EnrollHardware(e));
+                    match self.direct(admin, signed, "enroll_hardware", bytes, audit).await? {
+                        Outcome::Hardware(h) => Ok(hardware_to_wire(&h)),
                         _ => Err(ApiError::new(Reason::QuorumResult, "unexpected result")),
                     }
                 })
@@ -294,39 +304,75 @@ impl AdminPlane {
                 (Commit::InTransaction, Answer::Hardware(answer))
             }
             Op::DescribeHardware(d) => {
-                let answer =
-                    answer::<pb::Hardware>(async { self.describe_hardware(&d.hardware_id, audit).await }).await?;
+                let answer = answer::<pb::Hardware>(async {
+                    self.describe_hardware(&d.hardware_id, audit)
+                        .await
+                        .map(|h| hardware_to_wire(&h))
+                })
+                .await?;
                 (Commit::Queued, Answer::Hardware(answer))
             }
             Op::ListHardware(l) => {
-                let answer = answer::<pb::ListHardwareResponse>(async { self.list_hardware(l).await }).await?;
+                let answer = answer::<pb::ListHardwareResponse>(async {
+                    self.list_hardware(l.page_size, &l.page_token)
+                        .await
+                        .map(hardware_page_to_wire)
+                })
+                .await?;
                 (Commit::Queued, Answer::ListHardwareResponse(answer))
             }
             Op::RevokeHardware(r) => {
-                let answer = answer::<pb::Hardware>(async { self.revoke_hardware(admin, r, audit).await }).await?;
+                let answer = answer::<pb::Hardware>(async {
+                    self.revoke_hardware(admin, &r.hardware_id, &r.reason, audit)
+                        .await
+                        .map(|h| hardware_to_wire(&h))
+                })
+                .await?;
                 (Commit::InTransaction, Answer::Hardware(answer))
             }
             Op::Propose(p) => {
-                let answer =
-                    answer::<pb::Proposal>(async { self.submit(admin, signed, p.operation, p.ttl_secs, audit).await })
-                        .await?;
+                let answer = answer::<pb::Proposal>(async {
+                    self.submit(admin, signed, p.operation, p.ttl_secs, audit)
+                        .await
+                        .map(proposal_to_wire)
+                })
+                .await?;
                 (Commit::InTransaction, Answer::Proposal(answer))
             }
             Op::Approve(a) => {
-                let answer = answer::<pb::Proposal>(async { self.approve(admin, signed, a, audit).await }).await?;
+                let answer = answer::<pb::Proposal>(async {
+                    self.approve(admin, signed, &a.proposal_id, &a.operation_sha256, audit)
+                        .await
+                        .map(proposal_to_wire)
+                })
+                .await?;
                 (Commit::InTransaction, Answer::Proposal(answer))
             }
             Op::Reject(r) => {
-                let answer = answer::<pb::Proposal>(async { self.reject(admin, signed, r, audit).await }).await?;
+                let answer = answer::<pb::Proposal>(async {
+                    self.reject(admin, signed, &r.proposal_id, r.reason, audit)
+                        .await
+                        .map(proposal_to_wire)
+                })
+                .await?;
                 (Commit::InTransaction, Answer::Proposal(answer))
             }
             Op::DescribeProposal(d) => {
-                let answer =
-                    answer::<pb::Proposal>(async { self.describe_proposal(&d.proposal_id, audit).await }).await?;
+                let answer = answer::<pb::Proposal>(async {
+                    self.describe_proposal(&d.proposal_id, audit)
+                        .await
+                        .map(proposal_to_wire)
+                })
+                .await?;
                 (Commit::Queued, Answer::Proposal(answer))
             }
             Op::ListProposals(l) => {
-                let answer = answer::<pb::ListProposalsResponse>(async { self.list_proposals(l).await }).await?;
+                let answer = answer::<pb::ListProposalsResponse>(async {
+                    self.list_proposals(l.include_closed, l.page_size, &l.page_token)
+                        .await
+                        .map(proposals_to_wire)
+                })
+                .await?;
                 (Commit::Queued, Answer::ListProposalsResponse(answer))
             }
         })
@@ -339,7 +385,10 @@ impl pb::admin_service_server::AdminService for AdminPlane {
         &self,
         _request: Request<pb::GetSealStatusRequest>,
     ) -> Result<Response<pb::SealStatus>, Status> {
-        self.wire_status().await.map(Response::new).map_err(|e| e.to_status())
+        self.status()
+            .await
+            .map(|s| Response::new(status_to_wire(s)))
+            .map_err(|e| e.to_status())
     }
 
     async fn init(&self, request: Request<pb::SignedRequest>) -> Result<Response<pb::InitResponse>, Status> {

@@ -4,20 +4,11 @@ use crate::audit::Audit;
 use crate::error::ApiError;
 use crate::grpc::finish;
 use crate::ops::attestation::*;
+use crate::wire::admin::status_to_wire;
+use crate::wire::attestation::{attested_to_wire, evidence_from_wire, node_identity, tpm_challenge_to_wire};
 use kms_proto::v1 as pb;
 use kms_proto::Reason;
 use tonic::{Request, Response, Status};
-
-impl AttestationPlane {
-    /// The caller's principal (refused and audited as `unidentified` without one).
-    async fn caller<T>(
-        &self,
-        request: &Request<T>,
-        operation: &'static str,
-    ) -> Result<kms_core::ids::Principal, Status> {
-        super::identify(&self.identities, &self.audit, request, self.tls, operation).await
-    }
-}
 
 #[tonic::async_trait]
 impl pb::attestation_service_server::AttestationService for AttestationPlane {
@@ -32,14 +23,18 @@ impl pb::attestation_service_server::AttestationService for AttestationPlane {
         let status = crate::ops::admin::seal_status(&self.store, &self.seal)
             .await
             .map_err(|e| e.to_status())?;
-        Ok(Response::new(self.node.identity(&nonce, &status)))
+        Ok(Response::new(node_identity(
+            &self.node,
+            &nonce,
+            &status_to_wire(status),
+        )))
     }
 
     async fn get_challenge(
         &self,
         request: Request<pb::GetChallengeRequest>,
     ) -> Result<Response<pb::Challenge>, Status> {
-        let who = self.caller(&request, "attestation.get_challenge").await?;
+        let who = self.callers.identify(&request, "attestation.get_challenge").await?;
         // Not audited when it succeeds: a challenge grants nothing, and Attest records its use.
         match self.engine.challenge(&who).await {
             Ok((nonce, expires)) => Ok(Response::new(pb::Challenge {
@@ -56,9 +51,16 @@ impl pb::attestation_service_server::AttestationService for AttestationPlane {
     }
 
     async fn attest(&self, request: Request<pb::AttestRequest>) -> Result<Response<pb::AttestResponse>, Status> {
-        let who = self.caller(&request, "attestation.attest").await?;
+        let who = self.callers.identify(&request, "attestation.attest").await?;
         let mut audit = Audit::new(who.as_str(), "attestation.attest");
-        let result = self.attest(&who, request.into_inner(), &mut audit).await;
+        let req = request.into_inner();
+        let result = async {
+            let evidence = evidence_from_wire(req.evidence)?;
+            self.attest(&who, &req.nonce, &req.hpke_public_key, evidence, &mut audit)
+                .await
+                .map(attested_to_wire)
+        }
+        .await;
         finish(&self.audit, audit, result, true).await
     }
 
@@ -74,9 +76,22 @@ impl pb::attestation_service_server::AttestationService for AttestationPlane {
         &self,
         request: Request<pb::BeginTpmEnrollmentRequest>,
     ) -> Result<Response<pb::TpmEnrollmentChallenge>, Status> {
-        let who = self.caller(&request, "attestation.begin_tpm_enrollment").await?;
+        let who = self
+            .callers
+            .identify(&request, "attestation.begin_tpm_enrollment")
+            .await?;
         let mut audit = Audit::new(who.as_str(), "attestation.begin_tpm_enrollment");
-        let result = self.begin_tpm(&who, request.into_inner(), &mut audit).await;
+        let req = request.into_inner();
+        let result = self
+            .begin_tpm(
+                &who,
+                req.ek_certificate,
+                &req.ek_intermediates,
+                req.ak_public,
+                &mut audit,
+            )
+            .await
+            .map(tpm_challenge_to_wire);
         finish(&self.audit, audit, result, false).await
     }
 }

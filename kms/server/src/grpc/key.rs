@@ -14,24 +14,13 @@ use kms_proto::v1 as pb;
 use kms_proto::Reason;
 use tonic::{Request, Response, Status};
 
-impl DataPlane {
-    /// The caller's principal (refused and audited as `unidentified` without one).
-    async fn caller<T>(
-        &self,
-        request: &Request<T>,
-        operation: &'static str,
-    ) -> Result<kms_core::ids::Principal, Status> {
-        super::identify(&self.identities, &self.audit, request, self.tls, operation).await
-    }
-}
-
 #[tonic::async_trait]
 impl pb::key_service_server::KeyService for DataPlane {
     async fn generate_data_key(
         &self,
         request: Request<pb::GenerateDataKeyRequest>,
     ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
-        let who = self.caller(&request, "generate_data_key").await?;
+        let who = self.callers.identify(&request, "generate_data_key").await?;
         let mut audit = Audit::new(who.as_str(), "generate_data_key");
         let req = request.into_inner();
         let result = async {
@@ -74,7 +63,10 @@ impl pb::key_service_server::KeyService for DataPlane {
         &self,
         request: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
     ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
-        let who = self.caller(&request, "generate_data_key_without_plaintext").await?;
+        let who = self
+            .callers
+            .identify(&request, "generate_data_key_without_plaintext")
+            .await?;
         let mut audit = Audit::new(who.as_str(), "generate_data_key_without_plaintext");
         let req = request.into_inner();
         let result = async {
@@ -100,7 +92,7 @@ impl pb::key_service_server::KeyService for DataPlane {
     }
 
     async fn encrypt(&self, request: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
-        let who = self.caller(&request, "encrypt").await?;
+        let who = self.callers.identify(&request, "encrypt").await?;
         let mut audit = Audit::new(who.as_str(), "encrypt");
         let req = request.into_inner();
         let result = async {
@@ -135,7 +127,7 @@ impl pb::key_service_server::KeyService for DataPlane {
     }
 
     async fn decrypt(&self, request: Request<pb::DecryptRequest>) -> Result<Response<pb::DecryptResponse>, Status> {
-        let who = self.caller(&request, "decrypt").await?;
+        let who = self.callers.identify(&request, "decrypt").await?;
         let mut audit = Audit::new(who.as_str(), "decrypt");
         let req = request.into_inner();
         let result = async {
@@ -201,7 +193,7 @@ impl pb::key_service_server::KeyService for DataPlane {
         &self,
         request: Request<pb::ReEncryptRequest>,
     ) -> Result<Response<pb::ReEncryptResponse>, Status> {
-        let who = self.caller(&request, "re_encrypt").await?;
+        let who = self.callers.identify(&request, "re_encrypt").await?;
         let mut audit = Audit::new(who.as_str(), "re_encrypt");
         let req = request.into_inner();
         let result = async {

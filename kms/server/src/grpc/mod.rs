@@ -36,21 +36,3 @@ pub async fn finish<T>(
         }
     }
 }
-
-/// The caller's principal from its client certificate; a call whose caller cannot be
-/// identified is refused and audited as `unidentified`.
-pub(crate) async fn identify<T>(
-    identities: &crate::identity::Identities,
-    audit: &AuditLog,
-    request: &tonic::Request<T>,
-    tls: bool,
-    operation: &'static str,
-) -> Result<kms_core::ids::Principal, tonic::Status> {
-    match identities.principal(request, tls) {
-        Ok(p) => Ok(p),
-        Err(e) => {
-            audit.record(Audit::new("unidentified", operation).failed(&e)).await;
-            Err(e.to_status())
-        }
-    }
-}

@@ -3,7 +3,6 @@
 //! runs. State changes commit together with their audit entry (one transaction). Quorum
 //! operations run through `ops::quorum` (proposals, approvals, execution at M).
 
-use crate::wire::admin::*;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,19 +10,17 @@ use std::time::Duration;
 use kms_core::admin::AdminPublicKey;
 use kms_core::blob::Kek;
 use kms_core::ids::{AdminId, KeyId, KeyVersion};
-use kms_core::jurisdiction::{AllowedCountries, Country};
+use kms_core::jurisdiction::AllowedCountries;
 use kms_core::key::{KeyState, Transition, DELETION_WINDOW_DAYS};
 use kms_core::share_wrap;
-use kms_proto::v1 as pb;
-use kms_proto::v1::admin_request::Operation as Op;
-use prost::Message;
 
 use crate::audit::Audit;
 use crate::audit::AuditLog;
 use crate::error::ApiError;
 use crate::keys::{Keys, NewKey};
 use crate::ops::quorum::Exec;
-use crate::seal::{Seal, SealKind};
+use crate::request::{Init, NewAdmin, RequestHeader, Signed};
+use crate::seal::{Seal, SealKind, StatusReport};
 use crate::storage::{AdminRow, KeyRow, QuorumClose, RootGenerationRow, SealConfigRow, ShareRow, Store, StoreError};
 use kms_proto::Reason;
 
@@ -43,102 +40,56 @@ pub struct AdminPlane {
     pub(crate) attestation: Arc<crate::attest::Attestation>,
 }
 
-/// A new admin, parsed.
-#[derive(Debug)]
-pub struct NewAdmin {
-    /// Id.
-    pub id: AdminId,
-    /// Country.
-    pub country: Country,
-    /// Signing key.
-    pub signing_key: AdminPublicKey,
-    /// P-256 share key (the custodian's root-key share is wrapped to it: `kms_core::share_wrap`).
-    pub encryption_key: Vec<u8>,
-    /// Holds a share.
-    pub custodian: bool,
-}
-
-fn op_name(op: &Op) -> &'static str {
-    match op {
-        Op::Init(_) => "init",
-        Op::GetEncryptedShare(_) => "get_encrypted_share",
-        Op::Unseal(_) => "unseal",
-        Op::Seal(_) => "seal",
-        Op::AddAdmin(_) => "add_admin",
-        Op::ListAdmins(_) => "list_admins",
-        Op::CreateKey(_) => "create_key",
-        Op::DescribeKey(_) => "describe_key",
-        Op::ListKeys(_) => "list_keys",
-        Op::RotateKey(_) => "rotate_key",
-        Op::EnableKey(_) => "enable_key",
-        Op::DisableKey(_) => "disable_key",
-        Op::ScheduleKeyDeletion(_) => "schedule_key_deletion",
-        Op::CancelKeyDeletion(_) => "cancel_key_deletion",
-        Op::SetReleasePolicy(_) => "set_release_policy",
-        Op::EnrollHardware(_) => "enroll_hardware",
-        Op::DescribeHardware(_) => "describe_hardware",
-        Op::ListHardware(_) => "list_hardware",
-        Op::RevokeHardware(_) => "revoke_hardware",
-        Op::Propose(_) => "propose",
-        Op::Approve(_) => "approve",
-        Op::Reject(_) => "reject",
-        Op::DescribeProposal(_) => "describe_proposal",
-        Op::ListProposals(_) => "list_proposals",
-    }
-}
-
 impl AdminPlane {
-    /// Parses a wire NewAdmin and checks its country against the allowed jurisdictions.
-    pub fn parse_new_admin(&self, a: &pb::NewAdmin) -> Result<NewAdmin, ApiError> {
-        let id = AdminId::parse(&a.id)?;
-        let country = Country::parse(&a.country)?;
-        if !self.allowed_countries.allows(&country) {
+    /// Refuses an admin whose country is outside the allowed jurisdictions.
+    pub(crate) fn check_admin_country(&self, a: &NewAdmin) -> Result<(), ApiError> {
+        if !self.allowed_countries.allows(&a.country) {
             return Err(ApiError::new(
                 Reason::CountryNotAllowed,
-                format!("admin {id}: country {country} is outside the allowed jurisdictions"),
+                format!(
+                    "admin {}: country {} is outside the allowed jurisdictions",
+                    a.id, a.country
+                ),
             ));
         }
-        let signing_key = AdminPublicKey::parse(&a.signing_public_key)
-            .map_err(|e| ApiError::new(Reason::InvalidPublicKey, format!("admin {id}: signing_public_key: {e}")))?;
-        share_wrap::check_public_key(&a.encryption_public_key).map_err(|e| {
-            ApiError::new(
-                Reason::InvalidPublicKey,
-                format!("admin {id}: encryption_public_key: {e}"),
-            )
-        })?;
-        Ok(NewAdmin {
-            id,
-            country,
-            signing_key,
-            encryption_key: a.encryption_public_key.clone(),
-            custodian: a.custodian,
-        })
+        Ok(())
     }
 
-    /// Checks a signed request: decodes it, checks the method, freshness, the admin, the
-    /// signature over the exact bytes, and the nonce (once only, on every replica). Returns the
-    /// operation. For Init the signer must be one of the admins it names.
+    /// Init from a signed request: the seal asked for, the admins' countries, then
+    /// [`Self::initialize`].
+    pub(crate) async fn init(&self, init: Init, audit: &mut Audit) -> Result<StatusReport, ApiError> {
+        let kind = init
+            .seal
+            .ok_or_else(|| ApiError::new(Reason::BadSeal, "seal must be SHAMIR, PKCS11 or DEV"))?;
+        for a in &init.admins {
+            self.check_admin_country(a)?;
+        }
+        self.initialize(kind, init.threshold, init.approval_quorum, init.admins, audit)
+            .await?;
+        self.status().await
+    }
+
+    /// Checks a signed request (`req`, opened from `signed.payload` by `wire::admin`): the
+    /// method, freshness, the admin, the signature over the exact bytes, and the nonce (once only,
+    /// on every replica). Returns the admin. For Init the signer must be one of the admins it
+    /// names.
     pub(crate) async fn authenticate(
         &self,
-        signed: &pb::SignedRequest,
+        signed: Signed<'_>,
+        req: &RequestHeader,
         method: &'static str,
         audit: &mut Audit,
-    ) -> Result<(AdminId, Op), ApiError> {
-        let req = pb::AdminRequest::decode(signed.payload.as_slice())
-            .map_err(|_| ApiError::new(Reason::MalformedRequest, "the signed payload is not an AdminRequest"))?;
+    ) -> Result<AdminId, ApiError> {
         let admin_id = AdminId::parse(&req.admin_id)?;
         // Until the signature verifies, the caller is only who the request claims to be.
         *audit = Audit::new(format!("unverified:{admin_id}"), audit_op(method));
-        let op = req
-            .operation
+        let signed_method = req
+            .method
             .ok_or_else(|| ApiError::new(Reason::MissingOperation, "the request names no operation"))?;
-        if op_name(&op) != method {
+        if signed_method != method {
             return Err(ApiError::new(
                 Reason::OperationMismatch,
-                format!(
-                    "the signed operation is {} but the method called is {method}",
-                    op_name(&op)
-                ),
+                format!("the signed operation is {signed_method} but the method called is {method}"),
             ));
         }
         let now = kms_core::now_unix_ms();
@@ -172,23 +123,26 @@ impl AdminPlane {
         }
         // The custodians' own requests are served while sealed, from rows that are verified
         // when the seal opens; every other request needs the rows to verify now.
-        let sealed_ok =
-            matches!(op, Op::GetEncryptedShare(_) | Op::Unseal(_) | Op::Seal(_)) && self.seal.root().is_err();
-        let key = match &op {
-            Op::Init(init) => {
+        let sealed_ok = matches!(method, "get_encrypted_share" | "unseal" | "seal") && self.seal.root().is_err();
+        let key = match method {
+            "init" => {
                 if !req.deployment_id.is_empty() {
                     return Err(ApiError::new(
                         Reason::WrongDeployment,
                         "an Init request names no deployment (the deployment is made by Init)",
                     ));
                 }
-                let me = init.admins.iter().find(|a| a.id == admin_id.as_str()).ok_or_else(|| {
-                    ApiError::new(
-                        Reason::UnknownAdmin,
-                        "Init must be signed by one of the admins it names",
-                    )
-                })?;
-                AdminPublicKey::parse(&me.signing_public_key)?
+                let (_, key) = req
+                    .init_signers
+                    .iter()
+                    .find(|(id, _)| id == admin_id.as_str())
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            Reason::UnknownAdmin,
+                            "Init must be signed by one of the admins it names",
+                        )
+                    })?;
+                AdminPublicKey::parse(key)?
             }
             _ => {
                 let seal_record = if sealed_ok {
@@ -222,7 +176,7 @@ impl AdminPlane {
                     .map_err(|_| ApiError::new(Reason::CorruptAdmin, "stored admin key is unreadable"))?
             }
         };
-        key.verify(&signed.payload, &signed.signature).map_err(|_| {
+        key.verify(signed.payload, signed.signature).map_err(|_| {
             ApiError::new(
                 Reason::BadSignature,
                 format!("the signature does not verify with admin {admin_id}'s key"),
@@ -243,7 +197,7 @@ impl AdminPlane {
                 "this request nonce was already used",
             ));
         }
-        Ok((admin_id, op))
+        Ok(admin_id)
     }
 
     /// Init is refused unless the admins it names are exactly those whose fingerprints the
@@ -448,11 +402,11 @@ impl AdminPlane {
     /// outside the allowed jurisdictions cannot be added.
     pub(crate) async fn add_admin_op(
         &self,
-        add: pb::AddAdminOp,
+        new: NewAdmin,
         audit: &mut Audit,
         exec: Exec<'_>,
-    ) -> Result<Option<pb::Admin>, ApiError> {
-        let new = self.parse_new_admin(&add.admin.unwrap_or_default())?;
+    ) -> Result<Option<AdminRow>, ApiError> {
+        self.check_admin_country(&new)?;
         if new.custodian {
             return Err(ApiError::new(
                 Reason::CustodianNeedsReshare,
@@ -476,7 +430,7 @@ impl AdminPlane {
         };
         let Exec::Run(close) = exec else { return Ok(None) };
         match self.store.add_admin(&row, close, Audit::clone_allowed(audit)).await {
-            Ok(()) => Ok(Some(admin_to_wire(&row))),
+            Ok(()) => Ok(Some(row)),
             Err(StoreError::Conflict) => Err(ApiError::new(Reason::AdminExists, format!("admin {} exists", row.id))),
             Err(e) => Err(ApiError::from(e)),
         }
@@ -486,19 +440,20 @@ impl AdminPlane {
     pub(crate) async fn remove_admin_op(
         &self,
         by: &AdminId,
-        op: pb::RemoveAdminOp,
+        admin_id: &str,
+        reason: &str,
         audit: &mut Audit,
         exec: Exec<'_>,
-    ) -> Result<Option<pb::Admin>, ApiError> {
-        let id = AdminId::parse(&op.admin_id)?;
-        if op.reason.trim().is_empty() || op.reason.len() > 1024 {
+    ) -> Result<Option<AdminRow>, ApiError> {
+        let id = AdminId::parse(admin_id)?;
+        if reason.trim().is_empty() || reason.len() > 1024 {
             return Err(ApiError::new(
                 Reason::BadReason,
                 "reason: 1 to 1024 characters, required",
             ));
         }
         audit.detail("removed_admin", id.to_string());
-        audit.detail("reason", op.reason.as_str());
+        audit.detail("reason", reason);
         self.store
             .admin(id.as_str())
             .await?
@@ -511,52 +466,50 @@ impl AdminPlane {
             .remove_admin(id.as_str(), by.as_str(), now, close, Audit::clone_allowed(audit))
             .await
             .map_err(ApiError::from)?;
-        Ok(Some(admin_to_wire(&removed)))
+        Ok(Some(removed))
     }
 
     /// SetQuorum (quorum).
     pub(crate) async fn set_quorum_op(
         &self,
-        op: pb::SetQuorumOp,
+        approval_quorum: u32,
         audit: &mut Audit,
         exec: Exec<'_>,
-    ) -> Result<Option<pb::SealStatus>, ApiError> {
+    ) -> Result<Option<StatusReport>, ApiError> {
         let admins = self.store.admins(false).await?.len();
-        if op.approval_quorum == 0 || op.approval_quorum as usize > admins {
+        if approval_quorum == 0 || approval_quorum as usize > admins {
             return Err(ApiError::new(
                 Reason::BadQuorum,
-                format!(
-                    "approval_quorum {}: must be between 1 and the number of admins ({admins})",
-                    op.approval_quorum
-                ),
+                format!("approval_quorum {approval_quorum}: must be between 1 and the number of admins ({admins})"),
             ));
         }
-        audit.detail("approval_quorum", op.approval_quorum);
+        audit.detail("approval_quorum", approval_quorum);
         let Exec::Run(close) = exec else { return Ok(None) };
         self.store
-            .set_approval_quorum(op.approval_quorum, close, Audit::clone_allowed(audit))
+            .set_approval_quorum(approval_quorum, close, Audit::clone_allowed(audit))
             .await
             .map_err(ApiError::from)?;
-        Ok(Some(self.wire_status().await?))
+        Ok(Some(self.status().await?))
     }
 
     /// ScheduleKeyDeletion (quorum).
     pub(crate) async fn schedule_deletion_op(
         &self,
-        s: pb::ScheduleKeyDeletionOp,
+        key_ref: &str,
+        pending_window_days: u32,
         audit: &mut Audit,
         exec: Exec<'_>,
-    ) -> Result<Option<pb::KeyMetadata>, ApiError> {
-        if !DELETION_WINDOW_DAYS.contains(&s.pending_window_days) {
+    ) -> Result<Option<Arc<KeyRow>>, ApiError> {
+        if !DELETION_WINDOW_DAYS.contains(&pending_window_days) {
             return Err(ApiError::new(
                 Reason::BadDeletionWindow,
-                format!("pending_window_days {}: must be 7 to 30", s.pending_window_days),
+                format!("pending_window_days {pending_window_days}: must be 7 to 30"),
             ));
         }
-        audit.detail("pending_window_days", s.pending_window_days);
+        audit.detail("pending_window_days", pending_window_days);
         let Exec::Run(close) = exec else {
             self.seal.require_initialized()?;
-            let key = self.keys.resolve(&s.key).await?;
+            let key = self.keys.resolve(key_ref).await?;
             audit.key(&key.id);
             if !Transition::ScheduleDeletion.from().contains(&key.state) {
                 return Err(ApiError::new(
@@ -570,15 +523,15 @@ impl AdminPlane {
             return Ok(None);
         };
         // The window starts when the quorum is reached, not when it was proposed.
-        let at = kms_core::now_unix_ms() + i64::from(s.pending_window_days) * 86_400_000;
+        let at = kms_core::now_unix_ms() + i64::from(pending_window_days) * 86_400_000;
         audit.detail("deletion_unix_ms", at);
-        self.change_state(&s.key, Transition::ScheduleDeletion, Some(at), close, audit)
+        self.change_state(key_ref, Transition::ScheduleDeletion, Some(at), close, audit)
             .await
             .map(Some)
     }
 
     /// The seal status with the quorum and generation from the database.
-    pub(crate) async fn wire_status(&self) -> Result<pb::SealStatus, ApiError> {
+    pub(crate) async fn status(&self) -> Result<StatusReport, ApiError> {
         seal_status(&self.store, &self.seal).await
     }
 
@@ -731,7 +684,7 @@ impl AdminPlane {
         deletion: Option<i64>,
         close: Option<&QuorumClose>,
         audit: &mut Audit,
-    ) -> Result<pb::KeyMetadata, ApiError> {
+    ) -> Result<Arc<KeyRow>, ApiError> {
         let to = transition.to();
         self.seal.require_initialized()?;
         let key = self.keys.resolve(key_ref).await?;
@@ -752,7 +705,7 @@ impl AdminPlane {
             .await
             .map_err(ApiError::from)?;
         match changed {
-            Some(row) => Ok(key_metadata(&self.keys.remember(row))),
+            Some(row) => Ok(self.keys.remember(row)),
             None => {
                 let current = self
                     .store
@@ -808,11 +761,11 @@ pub(crate) fn audit_op(method: &'static str) -> &'static str {
 
 /// The seal status of this replica, with the quorum, deployment and generation from the
 /// database (`GetSealStatus`, and signed in `GetNodeIdentity`).
-pub(crate) async fn seal_status(store: &Store, seal: &Seal) -> Result<pb::SealStatus, ApiError> {
+pub(crate) async fn seal_status(store: &Store, seal: &Seal) -> Result<StatusReport, ApiError> {
     let status = seal.status();
     let from = status.generation;
     let sealed = status.sealed;
-    let mut wire = wire_status(status);
+    let rotating = status.rotating_to.is_some();
     // While sealed the record cannot be verified yet (it is, when the seal opens); after the
     // integrity alarm nothing is trusted, and the status says why.
     let cfg = if sealed || store.integrity().alarm().is_some() {
@@ -824,20 +777,24 @@ pub(crate) async fn seal_status(store: &Store, seal: &Seal) -> Result<pb::SealSt
             other => other?,
         }
     };
-    if let Some(cfg) = cfg {
-        wire.approval_quorum = cfg.approval_quorum;
-        wire.deployment_id = cfg.deployment_id;
-    }
-    wire.state_version = u64::try_from(store.integrity().head().version).unwrap_or(0);
-    if let Some(alarm) = store.integrity().alarm() {
-        wire.integrity_alarm = format!("{}: {alarm}", alarm.kind.reason());
-    } else if let Some(refused) = seal.open_refused() {
-        wire.integrity_alarm = refused;
-    }
-    if let Some(r) = wire.rotation.as_mut() {
-        r.remaining = store.remaining_under(from).await?;
-    }
-    Ok(wire)
+    let (approval_quorum, deployment_id) = cfg.map_or((0, String::new()), |c| (c.approval_quorum, c.deployment_id));
+    let integrity_alarm = if let Some(alarm) = store.integrity().alarm() {
+        format!("{}: {alarm}", alarm.kind.reason())
+    } else {
+        seal.open_refused().unwrap_or_default()
+    };
+    Ok(StatusReport {
+        status,
+        approval_quorum,
+        deployment_id,
+        state_version: u64::try_from(store.integrity().head().version).unwrap_or(0),
+        integrity_alarm,
+        rotation_remaining: if rotating {
+            store.remaining_under(from).await?
+        } else {
+            0
+        },
+    })
 }
 
 /// The refusal of a share request by an admin without a share of `generation`.

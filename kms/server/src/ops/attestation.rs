@@ -9,13 +9,12 @@ use attestation::tpm::ek::VerifiedEk;
 use attestation::tpm::AkPublic;
 use kms_core::hpke_seal::{self, X25519};
 use kms_core::ids::Principal;
-use kms_proto::v1 as pb;
 
-use crate::attest::{refusal_reason, Attestation, Evidence};
+use crate::attest::{refusal_reason, Attestation, Attested, Evidence, TpmChallenge};
 use crate::audit::Audit;
 use crate::audit::AuditLog;
 use crate::error::ApiError;
-use crate::identity::Identities;
+use crate::identity::Callers;
 use crate::node::Node;
 use crate::seal::Seal;
 use crate::storage::Store;
@@ -30,35 +29,37 @@ pub struct AttestationPlane {
     pub(crate) seal: Arc<Seal>,
     pub(crate) engine: Arc<Attestation>,
     pub(crate) audit: AuditLog,
-    pub(crate) identities: Arc<Identities>,
-    pub(crate) tls: bool,
+    pub(crate) callers: Callers,
 }
 
 impl AttestationPlane {
+    /// Attest: `evidence` bound to the challenge `nonce` and the workload's `hpke_public_key`
+    /// is verified against the registry and the policy's roots, and a token issued for it.
     pub(crate) async fn attest(
         &self,
         who: &Principal,
-        req: pb::AttestRequest,
+        nonce: &[u8],
+        hpke_public_key: &[u8],
+        evidence: Evidence,
         audit: &mut Audit,
-    ) -> Result<pb::AttestResponse, ApiError> {
-        hpke_seal::check_public_key::<X25519>(&req.hpke_public_key).map_err(|_| {
+    ) -> Result<Attested, ApiError> {
+        hpke_seal::check_public_key::<X25519>(hpke_public_key).map_err(|_| {
             ApiError::new(
                 Reason::InvalidHpkePublicKey,
                 format!(
                     "hpke_public_key: {} bytes; an X25519 public key is 32",
-                    req.hpke_public_key.len()
+                    hpke_public_key.len()
                 ),
             )
         })?;
         // A key HPKE cannot seal to (e.g. a low-order X25519 point) would make every release
         // under the token fail: refuse it now.
-        hpke_seal::seal_release(&req.hpke_public_key, b"kms-attest-check", b"", b"").map_err(|_| {
+        hpke_seal::seal_release(hpke_public_key, b"kms-attest-check", b"", b"").map_err(|_| {
             ApiError::new(
                 Reason::InvalidHpkePublicKey,
                 "hpke_public_key: not an X25519 public key HPKE can seal to",
             )
         })?;
-        let evidence = evidence_from_wire(req.evidence)?;
         audit.detail(
             "tee",
             match evidence {
@@ -66,32 +67,46 @@ impl AttestationPlane {
                 Evidence::Tpm(_) => "tpm",
             },
         );
-        self.engine.consume(&req.nonce, who).await?;
-        let (claims, hw) = self.engine.verify(&req.nonce, &req.hpke_public_key, &evidence).await?;
+        self.engine.consume(nonce, who).await?;
+        let (claims, hw) = self.engine.verify(nonce, hpke_public_key, &evidence).await?;
         audit.detail("hardware_id", hw.id.as_str());
-        let issued = self.engine.issue(who, &req.hpke_public_key, claims, hw).await?;
+        let issued = self.engine.issue(who, hpke_public_key, claims, hw).await?;
         let claims_json = serde_json::to_string(&issued.claims.kms).unwrap_or_default();
         audit.detail("token_id", issued.claims.jti.as_str());
         audit.detail("expires_unix", issued.claims.exp);
         audit.detail("claims", serde_json::to_value(&issued.claims.kms).unwrap_or_default());
-        let mut answer = pb::AttestResponse {
+        let mut answer = Attested {
             token: issued.token,
             expires_unix_ms: issued.claims.exp.saturating_mul(1000),
             claims_json,
             hardware_id: issued.hardware.id,
             token_id: issued.claims.jti,
-            ..Default::default()
+            node_public_key: Vec::new(),
+            node_signature: Vec::new(),
         };
-        self.node.sign_attest(&mut answer, &req.nonce, &req.hpke_public_key);
+        answer.node_public_key = self.node.public_key().to_vec();
+        answer.node_signature = self.node.sign_attest(&kms_node::message::AttestAnswer {
+            nonce,
+            hpke_public_key,
+            token: &answer.token,
+            token_id: &answer.token_id,
+            expires_unix_ms: answer.expires_unix_ms,
+            claims_json: &answer.claims_json,
+            hardware_id: &answer.hardware_id,
+        });
         Ok(answer)
     }
 
+    /// BeginTpmEnrollment: the machine's EK certificate (with up to 8 intermediates) is verified
+    /// against the EK CAs, and a credential for its AK made to the EK.
     pub(crate) async fn begin_tpm(
         &self,
         who: &Principal,
-        req: pb::BeginTpmEnrollmentRequest,
+        ek_certificate: Vec<u8>,
+        ek_intermediates: &[Vec<u8>],
+        ak_public: Vec<u8>,
         audit: &mut Audit,
-    ) -> Result<pb::TpmEnrollmentChallenge, ApiError> {
+    ) -> Result<TpmChallenge, ApiError> {
         let cas = self.engine.ek_cas()?;
         let limit = self.engine.config().max_open_tpm_enrollments;
         let open = self
@@ -105,17 +120,17 @@ impl AttestationPlane {
                 format!("{who} holds {open} open TPM enrolment attempts (at most {limit}): complete them or let them expire"),
             ));
         }
-        check_size("ek_certificate", &req.ek_certificate)?;
-        check_size("ak_public", &req.ak_public)?;
-        if req.ek_intermediates.len() > 8 {
+        check_size("ek_certificate", &ek_certificate)?;
+        check_size("ak_public", &ak_public)?;
+        if ek_intermediates.len() > 8 {
             return Err(ApiError::new(Reason::InvalidArgument, "ek_intermediates: at most 8"));
         }
-        for i in &req.ek_intermediates {
+        for i in ek_intermediates {
             check_size("ek_intermediates", i)?;
         }
-        let intermediates: Vec<&[u8]> = req.ek_intermediates.iter().map(Vec::as_slice).collect();
+        let intermediates: Vec<&[u8]> = ek_intermediates.iter().map(Vec::as_slice).collect();
         let ek: VerifiedEk = cas
-            .verify(&req.ek_certificate, &intermediates, kms_core::now_unix_ms() / 1000)
+            .verify(&ek_certificate, &intermediates, kms_core::now_unix_ms() / 1000)
             .map_err(|r| {
                 let reason = match r.check {
                     attestation::Check::Malformed => Reason::EkCertificateMalformed,
@@ -124,7 +139,7 @@ impl AttestationPlane {
                 };
                 ApiError::new(reason, format!("EK certificate refused: {r}"))
             })?;
-        let ak = AkPublic::from_tpm2b_public(&req.ak_public)
+        let ak = AkPublic::from_tpm2b_public(&ak_public)
             .map_err(|r| ApiError::new(refusal_reason(r.check), format!("ak_public refused: {r}")))?;
         let ek_digest = ek.digest.to_string();
         let ak_name = ak.name().to_hex();
@@ -153,9 +168,9 @@ impl AttestationPlane {
             .insert_tpm_enrollment(&TpmEnrollmentRow {
                 id: id.clone(),
                 ek_digest: ek_digest.clone(),
-                ek_certificate: req.ek_certificate,
+                ek_certificate,
                 ek_record: record.to_string(),
-                ak_public: req.ak_public,
+                ak_public,
                 ak_name: ak_name.clone(),
                 secret_sha256: ring::digest::digest(&ring::digest::SHA256, &secret[..])
                     .as_ref()
@@ -166,7 +181,7 @@ impl AttestationPlane {
             })
             .await?;
         audit.detail("enrollment_id", id.as_str());
-        Ok(pb::TpmEnrollmentChallenge {
+        Ok(TpmChallenge {
             enrollment_id: id,
             id_object: blob.id_object().to_vec(),
             encrypted_secret: blob.encrypted_secret().to_vec(),
@@ -181,31 +196,34 @@ impl AttestationPlane {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use kms_proto::v1 as pb;
+    use attestation::snp::SnpEvidence;
     use kms_proto::Reason;
 
+    use crate::attest::Evidence;
     use crate::audit::Audit;
     use crate::ops::testkit::{who, Kit};
 
     #[tokio::test]
-    async fn attest_refuses_a_bad_hpke_key_and_missing_evidence() {
+    async fn attest_refuses_a_bad_hpke_key() {
         let kit = Kit::new().await;
         let app = who("spiffe://eu/app");
         let mut audit = Audit::new(app.as_str(), "attestation.attest");
-        let req = pb::AttestRequest {
-            nonce: vec![0; 32],
-            hpke_public_key: vec![1; 31],
-            ..Default::default()
-        };
-        let e = kit.attestation.attest(&app, req, &mut audit).await.err().unwrap();
+        let evidence = || Evidence::Snp(SnpEvidence::default());
+        let e = kit
+            .attestation
+            .attest(&app, &[0; 32], &[1; 31], evidence(), &mut audit)
+            .await
+            .err()
+            .unwrap();
         assert_eq!(e.reason, Reason::InvalidHpkePublicKey);
-        let req = pb::AttestRequest {
-            nonce: vec![0; 32],
-            hpke_public_key: vec![9; 32],
-            ..Default::default()
-        };
-        let e = kit.attestation.attest(&app, req, &mut audit).await.err().unwrap();
-        assert_eq!(e.reason, Reason::MissingEvidence);
+        // 32 bytes, but the all-zero X25519 point: HPKE cannot seal to it.
+        let e = kit
+            .attestation
+            .attest(&app, &[0; 32], &[0; 32], evidence(), &mut audit)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::InvalidHpkePublicKey);
     }
 
     #[tokio::test]
@@ -215,7 +233,7 @@ mod tests {
         let mut audit = Audit::new(app.as_str(), "attestation.begin_tpm_enrollment");
         let e = kit
             .attestation
-            .begin_tpm(&app, pb::BeginTpmEnrollmentRequest::default(), &mut audit)
+            .begin_tpm(&app, Vec::new(), &[], Vec::new(), &mut audit)
             .await
             .err()
             .unwrap();

@@ -16,7 +16,7 @@ use crate::attest::{Attestation, Authorized, SealedRelease};
 use crate::audit::Audit;
 use crate::audit::AuditLog;
 use crate::error::ApiError;
-use crate::identity::Identities;
+use crate::identity::Callers;
 use crate::keys::Keys;
 use crate::node::Node;
 use crate::storage::KeyRow;
@@ -28,8 +28,7 @@ pub struct DataPlane {
     pub(crate) node: Arc<Node>,
     pub(crate) keys: Arc<Keys>,
     pub(crate) audit: AuditLog,
-    pub(crate) identities: Arc<Identities>,
-    pub(crate) tls: bool,
+    pub(crate) callers: Callers,
     pub(crate) allow_unattested: bool,
     pub(crate) attestation: Arc<Attestation>,
 }

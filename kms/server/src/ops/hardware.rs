@@ -2,22 +2,21 @@
 //! revoke) and release policy changes. Called after the signed request is authenticated;
 //! enrolment and policy changes are quorum operations (`ops::quorum`).
 
-use crate::wire::admin::key_metadata;
-use crate::wire::hardware::hardware_to_wire;
+use std::sync::Arc;
+
 use attestation::snp::Signer;
 use attestation::Verifier;
 use kms_core::ids::AdminId;
 use kms_core::jurisdiction::Country;
 use kms_core::policy::ReleasePolicy;
-use kms_proto::v1 as pb;
 
 use crate::attest::{refusal_reason, report_data_of};
 use crate::audit::Audit;
 use crate::error::ApiError;
 use crate::ops::admin::AdminPlane;
 use crate::ops::quorum::Exec;
-use crate::storage::{ChallengeUse, HardwareRow, HardwareStatus, Identity, QuorumClose, StoreError};
-use crate::wire::attestation::snp_from_wire;
+use crate::request::{EnrollIdentity, Enrollment, Page};
+use crate::storage::{ChallengeUse, HardwareRow, HardwareStatus, Identity, KeyRow, QuorumClose, StoreError};
 use kms_proto::Reason;
 
 /// `hw-` followed by 32 hex digits.
@@ -53,10 +52,10 @@ impl AdminPlane {
     pub(crate) async fn enroll_hardware(
         &self,
         admin: &AdminId,
-        op: pb::EnrollHardwareOp,
+        op: Enrollment,
         audit: &mut Audit,
         exec: Exec<'_>,
-    ) -> Result<Option<pb::Hardware>, ApiError> {
+    ) -> Result<Option<HardwareRow>, ApiError> {
         self.seal.require_initialized()?;
         let country = Country::parse(&op.country)?;
         check_text("site", &op.site, 1, 128)?;
@@ -72,7 +71,7 @@ impl AdminPlane {
             ));
         }
         let attempt_id = match &op.identity {
-            Some(pb::enroll_hardware_op::Identity::Tpm(t)) => Some(t.enrollment_id.clone()),
+            Some(EnrollIdentity::Tpm { enrollment_id, .. }) => Some(enrollment_id.clone()),
             _ => None,
         };
         let id_bytes: [u8; 16] = kms_core::random_array()?;
@@ -103,9 +102,8 @@ impl AdminPlane {
                     "identity: set `snp` (a report) or `tpm` (a credential-activation answer)",
                 ))
             }
-            Some(pb::enroll_hardware_op::Identity::Snp(s)) => {
-                let evidence = snp_from_wire(s.evidence.unwrap_or_default())?;
-                if s.accept_vlek && !self.attestation.config().snp.accept_vlek {
+            Some(EnrollIdentity::Snp { evidence, accept_vlek }) => {
+                if accept_vlek && !self.attestation.config().snp.accept_vlek {
                     return Err(ApiError::new(
                         Reason::VlekDisabled,
                         "accept_vlek needs the server setting attestation.snp.accept_vlek",
@@ -123,7 +121,7 @@ impl AdminPlane {
                         "the report's chip id is masked: this machine cannot be enrolled by chip",
                     ));
                 }
-                if claims.signer == Signer::Vlek && !s.accept_vlek {
+                if claims.signer == Signer::Vlek && !accept_vlek {
                     return Err(ApiError::new(
                         Reason::VlekNotAccepted,
                         "the report is VLEK-signed (a cloud provider's key, not chip-unique): enrol with accept_vlek to allow it",
@@ -131,7 +129,7 @@ impl AdminPlane {
                 }
                 row.kind = "snp".into();
                 row.snp_chip_id = Some(claims.chip_id.to_hex());
-                row.snp_accept_vlek = s.accept_vlek;
+                row.snp_accept_vlek = accept_vlek;
                 row.enrollment_record = serde_json::json!({
                     "product": claims.product.as_str().to_lowercase(),
                     "signer": format!("{:?}", claims.signer).to_lowercase(),
@@ -142,11 +140,16 @@ impl AdminPlane {
                 .to_string();
                 audit.detail("snp_chip_id", claims.chip_id.to_hex());
             }
-            Some(pb::enroll_hardware_op::Identity::Tpm(t)) => {
+            Some(EnrollIdentity::Tpm {
+                enrollment_id,
+                activated_secret,
+                expected_ek_digest,
+                expected_ak_name,
+            }) => {
                 let attempt = match self
                     .store
                     .tpm_enrollment(
-                        &t.enrollment_id,
+                        &enrollment_id,
                         // Expiry matters until the enrolment is proposed: approvals may come
                         // later, within the proposal's lifetime.
                         (!matches!(exec, Exec::Run(Some(QuorumClose::Final { .. })))).then(kms_core::now_unix_ms),
@@ -169,8 +172,8 @@ impl AdminPlane {
                     }
                 };
                 audit.detail("enrollment_id", attempt.id.as_str());
-                if !t.expected_ek_digest.eq_ignore_ascii_case(&attempt.ek_digest)
-                    || !t.expected_ak_name.eq_ignore_ascii_case(&attempt.ak_name)
+                if !expected_ek_digest.eq_ignore_ascii_case(&attempt.ek_digest)
+                    || !expected_ak_name.eq_ignore_ascii_case(&attempt.ak_name)
                 {
                     self.store
                         .burn_tpm_enrollment(&attempt.id, kms_core::now_unix_ms())
@@ -180,13 +183,13 @@ impl AdminPlane {
                         format!(
                             "the enrolment attempt is for EK {} / AK {}, not the EK {:?} / AK {:?} this request expects: \
                              the request file does not describe the machine that answered",
-                            attempt.ek_digest, attempt.ak_name, t.expected_ek_digest, t.expected_ak_name
+                            attempt.ek_digest, attempt.ak_name, expected_ek_digest, expected_ak_name
                         ),
                     ));
                 }
                 audit.detail("tpm_ek_digest", attempt.ek_digest.as_str());
                 audit.detail("tpm_ak_name", attempt.ak_name.as_str());
-                let answer = ring::digest::digest(&ring::digest::SHA256, &t.activated_secret);
+                let answer = ring::digest::digest(&ring::digest::SHA256, &activated_secret);
                 // Constant time: the digest of a 32-byte random secret is compared.
                 let matches = answer.as_ref().len() == attempt.secret_sha256.len()
                     && answer
@@ -219,7 +222,7 @@ impl AdminPlane {
             .insert_hardware(&row, attempt_id.as_deref(), close, Audit::clone_allowed(audit))
             .await
         {
-            Ok(()) => Ok(Some(hardware_to_wire(&row))),
+            Ok(()) => Ok(Some(row)),
             Err(StoreError::Conflict) => {
                 let existing = match (&row.snp_chip_id, &row.tpm_ek_digest) {
                     (Some(chip), _) => self.store.hardware_by_identity(Identity::SnpChipId, chip).await?,
@@ -238,7 +241,7 @@ impl AdminPlane {
         }
     }
 
-    pub(crate) async fn describe_hardware(&self, id: &str, audit: &mut Audit) -> Result<pb::Hardware, ApiError> {
+    pub(crate) async fn describe_hardware(&self, id: &str, audit: &mut Audit) -> Result<HardwareRow, ApiError> {
         check_hardware_id(id)?;
         audit.detail("hardware_id", id);
         let h = self
@@ -246,27 +249,23 @@ impl AdminPlane {
             .hardware(id)
             .await?
             .ok_or_else(|| ApiError::new(Reason::HardwareNotFound, format!("no machine {id} in the registry")))?;
-        Ok(hardware_to_wire(&h))
+        Ok(h)
     }
 
-    pub(crate) async fn list_hardware(&self, op: pb::ListHardwareOp) -> Result<pb::ListHardwareResponse, ApiError> {
-        let size = crate::wire::page_size(op.page_size)?;
-        if !op.page_token.is_empty() {
-            check_hardware_id(&op.page_token)
+    pub(crate) async fn list_hardware(&self, page_size: u32, page_token: &str) -> Result<Page<HardwareRow>, ApiError> {
+        let size = crate::wire::page_size(page_size)?;
+        if !page_token.is_empty() {
+            check_hardware_id(page_token)
                 .map_err(|_| ApiError::new(Reason::BadPageToken, "page_token is not one this server returned"))?;
         }
-        let rows = self.store.list_hardware(&op.page_token, size + 1).await?;
-        let more = rows.len() > size as usize;
-        let hardware: Vec<pb::Hardware> = rows.iter().take(size as usize).map(hardware_to_wire).collect();
-        let next_page_token = if more {
-            hardware.last().map(|h| h.id.clone()).unwrap_or_default()
-        } else {
-            String::new()
+        let mut items = self.store.list_hardware(page_token, size + 1).await?;
+        let more = items.len() > size as usize;
+        items.truncate(size as usize);
+        let next_page_token = match items.last() {
+            Some(last) if more => last.id.clone(),
+            _ => String::new(),
         };
-        Ok(pb::ListHardwareResponse {
-            hardware,
-            next_page_token,
-        })
+        Ok(Page { items, next_page_token })
     }
 
     /// Revokes a machine at once: the next release under any of its tokens is refused on every
@@ -274,35 +273,30 @@ impl AdminPlane {
     pub(crate) async fn revoke_hardware(
         &self,
         admin: &AdminId,
-        op: pb::RevokeHardwareOp,
+        hardware_id: &str,
+        reason: &str,
         audit: &mut Audit,
-    ) -> Result<pb::Hardware, ApiError> {
-        check_hardware_id(&op.hardware_id)?;
-        check_text("reason", &op.reason, 1, 1024)?;
-        audit.detail("hardware_id", op.hardware_id.as_str());
-        audit.detail("reason", op.reason.as_str());
+    ) -> Result<HardwareRow, ApiError> {
+        check_hardware_id(hardware_id)?;
+        check_text("reason", reason, 1, 1024)?;
+        audit.detail("hardware_id", hardware_id);
+        audit.detail("reason", reason);
         let now = kms_core::now_unix_ms();
         match self
             .store
-            .revoke_hardware(
-                &op.hardware_id,
-                admin.as_str(),
-                &op.reason,
-                now,
-                Audit::clone_allowed(audit),
-            )
+            .revoke_hardware(hardware_id, admin.as_str(), reason, now, Audit::clone_allowed(audit))
             .await
             .map_err(ApiError::from)?
         {
-            Some(h) => Ok(hardware_to_wire(&h)),
-            None => match self.store.hardware(&op.hardware_id).await? {
+            Some(h) => Ok(h),
+            None => match self.store.hardware(hardware_id).await? {
                 None => Err(ApiError::new(
                     Reason::HardwareNotFound,
-                    format!("no machine {} in the registry", op.hardware_id),
+                    format!("no machine {hardware_id} in the registry"),
                 )),
                 Some(_) => Err(ApiError::new(
                     Reason::HardwareAlreadyRevoked,
-                    format!("machine {} is already revoked", op.hardware_id),
+                    format!("machine {hardware_id} is already revoked"),
                 )),
             },
         }
@@ -311,14 +305,15 @@ impl AdminPlane {
     /// Replaces a key's release policy (validated; the next policy version).
     pub(crate) async fn set_release_policy(
         &self,
-        op: pb::SetReleasePolicyOp,
+        key_ref: &str,
+        release_policy: &str,
         audit: &mut Audit,
         exec: Exec<'_>,
-    ) -> Result<Option<pb::KeyMetadata>, ApiError> {
+    ) -> Result<Option<Arc<KeyRow>>, ApiError> {
         self.seal.require_initialized()?;
-        let key = self.keys.resolve(&op.key).await?;
+        let key = self.keys.resolve(key_ref).await?;
         audit.key(&key.id);
-        let policy = ReleasePolicy::parse(&op.release_policy)?;
+        let policy = ReleasePolicy::parse(release_policy)?;
         if policy.allows_unattested_release() && !self.allow_unattested {
             return Err(ApiError::new(
                 Reason::UnattestedKeysDisabled,
@@ -345,8 +340,7 @@ impl AdminPlane {
                     format!("key {} is destroyed: its release policy cannot change", key.id),
                 )
             })?;
-        let row = self.keys.remember(row);
-        Ok(Some(key_metadata(&row)))
+        Ok(Some(self.keys.remember(row)))
     }
 }
 
@@ -354,9 +348,9 @@ impl AdminPlane {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use kms_proto::v1 as pb;
     use prost::Message as _;
 
-    use super::*;
     use crate::storage::{test_store, ProposalRow, ProposalStatus, TpmEnrollmentRow, Tx};
 
     fn attempt(id: &str, expires_unix_ms: i64) -> TpmEnrollmentRow {

@@ -10,17 +10,14 @@
 //! EnrollHardware, ...) works as a proposal that executes at once; with M > 1 those RPCs refuse
 //! with `quorum_required`.
 
-use kms_proto::v1 as pb;
-use kms_proto::v1::quorum_operation::Operation as QOp;
-use prost::Message;
-
 use kms_core::admin::AdminPublicKey;
 use kms_core::ids::AdminId;
-use kms_proto::v1::admin_request::Operation as Op;
 
 use crate::audit::Audit;
 use crate::error::ApiError;
 use crate::ops::admin::AdminPlane;
+use crate::request::{Approves, EnrollIdentity, Outcome, Page, ProposalView, QuorumOp, Signed};
+use crate::seal::SealKind;
 use crate::storage::{
     AdminRow, ApprovalAdded, ApprovalRow, ProposalRow, ProposalStatus, QuorumClose, RejectionAdded, RejectionRow,
     SealConfigRow,
@@ -36,49 +33,17 @@ pub(crate) enum Exec<'a> {
     Run(Option<&'a QuorumClose>),
 }
 
-/// The operation's name, as stored in proposals.
-pub(crate) fn quorum_op_name(op: &QOp) -> &'static str {
-    match op {
-        QOp::AddAdmin(_) => "add_admin",
-        QOp::RemoveAdmin(_) => "remove_admin",
-        QOp::SetQuorum(_) => "set_quorum",
-        QOp::EnrollHardware(_) => "enroll_hardware",
-        QOp::SetReleasePolicy(_) => "set_release_policy",
-        QOp::ScheduleKeyDeletion(_) => "schedule_key_deletion",
-        QOp::RotateRoot(_) => "rotate_root",
-    }
-}
-
 /// The audit operation of a quorum operation's execution.
-fn quorum_audit_op(op: &QOp) -> &'static str {
+fn quorum_audit_op(op: &QuorumOp) -> &'static str {
     match op {
-        QOp::AddAdmin(_) => "admin.add_admin",
-        QOp::RemoveAdmin(_) => "admin.remove_admin",
-        QOp::SetQuorum(_) => "admin.set_quorum",
-        QOp::EnrollHardware(_) => "admin.enroll_hardware",
-        QOp::SetReleasePolicy(_) => "admin.set_release_policy",
-        QOp::ScheduleKeyDeletion(_) => "admin.schedule_key_deletion",
-        QOp::RotateRoot(_) => "admin.rotate_root",
+        QuorumOp::AddAdmin(_) => "admin.add_admin",
+        QuorumOp::RemoveAdmin { .. } => "admin.remove_admin",
+        QuorumOp::SetQuorum { .. } => "admin.set_quorum",
+        QuorumOp::EnrollHardware(_) => "admin.enroll_hardware",
+        QuorumOp::SetReleasePolicy { .. } => "admin.set_release_policy",
+        QuorumOp::ScheduleKeyDeletion { .. } => "admin.schedule_key_deletion",
+        QuorumOp::RotateRoot(_) => "admin.rotate_root",
     }
-}
-
-/// Decodes proposal bytes, refusing any encoding but the canonical one (so an operation has one
-/// digest) and an empty operation.
-pub(crate) fn decode_operation(bytes: &[u8]) -> Result<QOp, ApiError> {
-    let op = pb::QuorumOperation::decode(bytes).map_err(|_| {
-        ApiError::new(
-            Reason::MalformedOperation,
-            "operation is not a serialized QuorumOperation",
-        )
-    })?;
-    if op.encode_to_vec() != bytes {
-        return Err(ApiError::new(
-            Reason::NonCanonicalOperation,
-            "operation is not in canonical encoding (unknown fields, or fields out of order): re-encode it",
-        ));
-    }
-    op.operation
-        .ok_or_else(|| ApiError::new(Reason::MissingOperation, "the QuorumOperation names no operation"))
 }
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {
@@ -90,43 +55,63 @@ impl AdminPlane {
     pub(crate) async fn execute(
         &self,
         admin: &AdminId,
-        op: QOp,
+        op: QuorumOp,
         audit: &mut Audit,
         exec: Exec<'_>,
-    ) -> Result<Option<pb::proposal::Result>, ApiError> {
-        use pb::proposal::Result as R;
+    ) -> Result<Option<Outcome>, ApiError> {
         Ok(match op {
-            QOp::AddAdmin(a) => self.add_admin_op(a, audit, exec).await?.map(R::Admin),
-            QOp::RemoveAdmin(r) => self.remove_admin_op(admin, r, audit, exec).await?.map(R::Admin),
-            QOp::SetQuorum(q) => self.set_quorum_op(q, audit, exec).await?.map(R::SealStatus),
-            QOp::EnrollHardware(e) => self.enroll_hardware(admin, e, audit, exec).await?.map(R::Hardware),
-            QOp::SetReleasePolicy(p) => self.set_release_policy(p, audit, exec).await?.map(R::Key),
-            QOp::ScheduleKeyDeletion(s) => self.schedule_deletion_op(s, audit, exec).await?.map(R::Key),
-            QOp::RotateRoot(r) => self.rotate_root_op(admin, r, audit, exec).await?.map(R::SealStatus),
+            QuorumOp::AddAdmin(a) => self.add_admin_op(a, audit, exec).await?.map(Outcome::Admin),
+            QuorumOp::RemoveAdmin { admin_id, reason } => self
+                .remove_admin_op(admin, &admin_id, &reason, audit, exec)
+                .await?
+                .map(Outcome::Admin),
+            QuorumOp::SetQuorum { approval_quorum } => self
+                .set_quorum_op(approval_quorum, audit, exec)
+                .await?
+                .map(Outcome::SealStatus),
+            QuorumOp::EnrollHardware(e) => self
+                .enroll_hardware(admin, e, audit, exec)
+                .await?
+                .map(|h| Outcome::Hardware(Box::new(h))),
+            QuorumOp::SetReleasePolicy { key, release_policy } => self
+                .set_release_policy(&key, &release_policy, audit, exec)
+                .await?
+                .map(Outcome::Key),
+            QuorumOp::ScheduleKeyDeletion {
+                key,
+                pending_window_days,
+            } => self
+                .schedule_deletion_op(&key, pending_window_days, audit, exec)
+                .await?
+                .map(Outcome::Key),
+            QuorumOp::RotateRoot(r) => self
+                .rotate_root_op(admin, r, audit, exec)
+                .await?
+                .map(Outcome::SealStatus),
         })
     }
 
-    /// A quorum operation called through its own RPC: with M = 1 it runs at once (recorded as a
-    /// proposal executed at once); otherwise it must be proposed.
+    /// A quorum operation called through its own RPC (`name`, in its canonical encoding
+    /// `bytes`): with M = 1 it runs at once (recorded as a proposal executed at once); otherwise
+    /// it must be proposed.
     pub(crate) async fn direct(
         &self,
         admin: &AdminId,
-        signed: &pb::SignedRequest,
-        op: QOp,
+        signed: Signed<'_>,
+        name: &'static str,
+        bytes: Vec<u8>,
         audit: &mut Audit,
-    ) -> Result<pb::proposal::Result, ApiError> {
+    ) -> Result<Outcome, ApiError> {
         self.seal.require_initialized()?;
         let quorum = self.store.approval_quorum().await?;
         if quorum > 1 {
             return Err(ApiError::new(
                 Reason::QuorumRequired,
                 format!(
-                    "{} needs the approval of {quorum} admins: propose it (kmsctl ... --propose, or the Propose RPC) and have the others approve",
-                    quorum_op_name(&op)
+                    "{name} needs the approval of {quorum} admins: propose it (kmsctl ... --propose, or the Propose RPC) and have the others approve"
                 ),
             ));
         }
-        let bytes = pb::QuorumOperation { operation: Some(op) }.encode_to_vec();
         let proposal = self.submit(admin, signed, bytes, 0, audit).await?;
         proposal
             .result
@@ -138,14 +123,14 @@ impl AdminPlane {
     pub(crate) async fn submit(
         &self,
         admin: &AdminId,
-        signed: &pb::SignedRequest,
+        signed: Signed<'_>,
         bytes: Vec<u8>,
         ttl_secs: u32,
         audit: &mut Audit,
-    ) -> Result<pb::Proposal, ApiError> {
+    ) -> Result<ProposalView, ApiError> {
         self.seal.require_initialized()?;
-        let op = decode_operation(&bytes)?;
-        let name = quorum_op_name(&op);
+        let op = crate::wire::quorum::decode(&bytes)?;
+        let name = op.name();
         audit.detail("operation", name);
         let max = self.proposal_ttl.as_secs();
         let ttl = match u64::from(ttl_secs) {
@@ -190,8 +175,8 @@ impl AdminPlane {
         let approval = ApprovalRow {
             proposal_id: id.clone(),
             admin_id: admin.to_string(),
-            signed_payload: signed.payload.clone(),
-            signature: signed.signature.clone(),
+            signed_payload: signed.payload.to_vec(),
+            signature: signed.signature.to_vec(),
             approved_unix_ms: now,
         };
         if quorum <= 1 {
@@ -207,45 +192,46 @@ impl AdminPlane {
             executed.closed_unix_ms = Some(now);
             executed.closed_by = Some(admin.to_string());
             executed.outcome = "executed".into();
-            let mut wire = self.proposal_to_wire(&executed, quorum).await?;
-            wire.result = result;
-            return Ok(wire);
+            let mut view = self.view(executed, quorum).await?;
+            view.result = result;
+            return Ok(view);
         }
         self.store
             .insert_proposal(&row, &approval, Audit::clone_allowed(audit))
             .await
             .map_err(ApiError::from)?;
-        self.proposal_to_wire(&row, quorum).await
+        self.view(row, quorum).await
     }
 
     /// Approves a proposal; the approval that reaches M runs the operation.
     pub(crate) async fn approve(
         &self,
         admin: &AdminId,
-        signed: &pb::SignedRequest,
-        op: pb::ApproveOp,
+        signed: Signed<'_>,
+        proposal_id: &str,
+        operation_sha256: &[u8],
         audit: &mut Audit,
-    ) -> Result<pb::Proposal, ApiError> {
-        let proposal = self.open_proposal(&op.proposal_id, audit).await?;
-        if op.operation_sha256 != proposal.digest {
+    ) -> Result<ProposalView, ApiError> {
+        let proposal = self.open_proposal(proposal_id, audit).await?;
+        if operation_sha256 != proposal.digest {
             return Err(ApiError::new(
                 Reason::DigestMismatch,
                 format!(
                     "the approval is for operation sha256 {} but proposal {} is sha256 {}: check what you approve (kmsctl proposal show)",
-                    hex::encode(&op.operation_sha256),
+                    hex::encode(operation_sha256),
                     proposal.id,
                     hex::encode(&proposal.digest)
                 ),
             ));
         }
-        let qop = decode_operation(&proposal.payload)?;
+        let qop = crate::wire::quorum::decode(&proposal.payload)?;
         audit.detail("operation", proposal.operation.as_str());
         let now = kms_core::now_unix_ms();
         let approval = ApprovalRow {
             proposal_id: proposal.id.clone(),
             admin_id: admin.to_string(),
-            signed_payload: signed.payload.clone(),
-            signature: signed.signature.clone(),
+            signed_payload: signed.payload.to_vec(),
+            signature: signed.signature.to_vec(),
             approved_unix_ms: now,
         };
         let quorum = self.store.approval_quorum().await?;
@@ -259,7 +245,7 @@ impl AdminPlane {
         {
             ApprovalAdded::Recorded(_) => {
                 let row = self.proposal_row(&proposal.id).await?;
-                return self.proposal_to_wire(&row, quorum).await;
+                return self.view(row, quorum).await;
             }
             ApprovalAdded::QuorumReached => {}
         }
@@ -315,14 +301,14 @@ impl AdminPlane {
                     ));
                 }
                 let row = self.proposal_row(&proposal.id).await?;
-                return self.proposal_to_wire(&row, quorum).await;
+                return self.view(row, quorum).await;
             }
             Err(e) => return Err(e),
         };
         let row = self.proposal_row(&proposal.id).await?;
-        let mut wire = self.proposal_to_wire(&row, quorum).await?;
-        wire.result = result;
-        Ok(wire)
+        let mut view = self.view(row, quorum).await?;
+        view.result = result;
+        Ok(view)
     }
 
     /// Rejects a pending proposal: the proposer withdraws it; others' rejections close it once M
@@ -330,25 +316,26 @@ impl AdminPlane {
     pub(crate) async fn reject(
         &self,
         admin: &AdminId,
-        signed: &pb::SignedRequest,
-        op: pb::RejectOp,
+        signed: Signed<'_>,
+        proposal_id: &str,
+        reason: String,
         audit: &mut Audit,
-    ) -> Result<pb::Proposal, ApiError> {
-        let proposal = self.open_proposal(&op.proposal_id, audit).await?;
-        if op.reason.trim().is_empty() || op.reason.len() > 1024 {
+    ) -> Result<ProposalView, ApiError> {
+        let proposal = self.open_proposal(proposal_id, audit).await?;
+        if reason.trim().is_empty() || reason.len() > 1024 {
             return Err(ApiError::new(
                 Reason::BadReason,
                 "reason: 1 to 1024 characters, required",
             ));
         }
         audit.detail("operation", proposal.operation.as_str());
-        audit.detail("reason", op.reason.as_str());
+        audit.detail("reason", reason.as_str());
         let rejection = RejectionRow {
             proposal_id: proposal.id.clone(),
             admin_id: admin.to_string(),
-            reason: op.reason,
-            signed_payload: signed.payload.clone(),
-            signature: signed.signature.clone(),
+            reason,
+            signed_payload: signed.payload.to_vec(),
+            signature: signed.signature.to_vec(),
             rejected_unix_ms: kms_core::now_unix_ms(),
         };
         let added = self
@@ -360,24 +347,29 @@ impl AdminPlane {
             tracing::info!(proposal = %proposal.id, rejections = n, "proposal rejection recorded; still pending");
         }
         let row = self.proposal_row(&proposal.id).await?;
-        self.proposal_to_wire(&row, self.store.approval_quorum().await?).await
+        self.view(row, self.store.approval_quorum().await?).await
     }
 
     /// One proposal with its approvals.
-    pub(crate) async fn describe_proposal(&self, id: &str, audit: &mut Audit) -> Result<pb::Proposal, ApiError> {
+    pub(crate) async fn describe_proposal(&self, id: &str, audit: &mut Audit) -> Result<ProposalView, ApiError> {
         audit.detail("proposal", id);
         let row = self.proposal_row(id).await?;
-        self.proposal_to_wire(&row, self.store.approval_quorum().await?).await
+        self.view(row, self.store.approval_quorum().await?).await
     }
 
     /// Proposals, pending ones unless `include_closed`.
-    pub(crate) async fn list_proposals(&self, op: pb::ListProposalsOp) -> Result<pb::ListProposalsResponse, ApiError> {
+    pub(crate) async fn list_proposals(
+        &self,
+        include_closed: bool,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<Page<ProposalView>, ApiError> {
         self.seal.require_initialized()?;
-        let size = crate::wire::page_size(op.page_size)?;
+        let size = crate::wire::page_size(page_size)?;
         let now = kms_core::now_unix_ms();
         let rows = self
             .store
-            .list_proposals(op.include_closed, now, &op.page_token, size + 1)
+            .list_proposals(include_closed, now, page_token, size + 1)
             .await?;
         let more = rows.len() > size as usize;
         let quorum = self.store.approval_quorum().await?;
@@ -386,19 +378,21 @@ impl AdminPlane {
             (Some(first), Some(last)) => self.store.votes_between(&first.id, &last.id).await?,
             _ => Default::default(),
         };
-        let proposals: Vec<pb::Proposal> = page
-            .iter()
-            .map(|r| crate::wire::admin::proposal_to_wire(r, quorum, votes.remove(&r.id).unwrap_or_default()))
-            .collect();
-        let next_page_token = if more {
-            proposals.last().map(|p| p.id.clone()).unwrap_or_default()
-        } else {
-            String::new()
+        let next_page_token = match page.last() {
+            Some(last) if more => last.id.clone(),
+            _ => String::new(),
         };
-        Ok(pb::ListProposalsResponse {
-            proposals,
-            next_page_token,
-        })
+        let items = rows
+            .into_iter()
+            .take(size as usize)
+            .map(|row| ProposalView {
+                votes: votes.remove(&row.id).unwrap_or_default(),
+                row,
+                approvals_required: quorum,
+                result: None,
+            })
+            .collect();
+        Ok(Page { items, next_page_token })
     }
 
     /// A proposal that can still be approved or rejected.
@@ -442,37 +436,42 @@ impl AdminPlane {
             .ok_or_else(|| ApiError::new(Reason::ProposalNotFound, format!("no proposal {id}")))
     }
 
-    pub(crate) async fn proposal_to_wire(&self, r: &ProposalRow, quorum: u32) -> Result<pb::Proposal, ApiError> {
+    /// A proposal with its votes.
+    pub(crate) async fn view(&self, row: ProposalRow, quorum: u32) -> Result<ProposalView, ApiError> {
         let votes = self
             .store
-            .votes_between(&r.id, &r.id)
+            .votes_between(&row.id, &row.id)
             .await?
-            .remove(&r.id)
+            .remove(&row.id)
             .unwrap_or_default();
-        Ok(crate::wire::admin::proposal_to_wire(r, quorum, votes))
+        Ok(ProposalView {
+            row,
+            approvals_required: quorum,
+            votes,
+            result: None,
+        })
     }
 
     /// A one-line description of an operation for approvers (they should also read the
     /// operation itself: `kmsctl proposal show` decodes it locally).
-    pub(crate) async fn summarize(&self, op: &QOp) -> String {
+    pub(crate) async fn summarize(&self, op: &QuorumOp) -> String {
         match op {
-            QOp::AddAdmin(a) => {
-                let n = a.admin.clone().unwrap_or_default();
-                format!(
-                    "add admin {} ({}), signing key sha256:{}",
-                    n.id,
-                    n.country,
-                    hex::encode(&sha256(&n.signing_public_key)[..8])
-                )
-            }
-            QOp::RemoveAdmin(r) => format!("remove admin {}: {}", r.admin_id, r.reason),
-            QOp::SetQuorum(q) => format!("set the approval quorum to {}", q.approval_quorum),
-            QOp::EnrollHardware(e) => {
+            QuorumOp::AddAdmin(n) => format!(
+                "add admin {} ({}), signing key sha256:{}",
+                n.id,
+                n.country,
+                hex::encode(&sha256(n.signing_key.as_bytes())[..8])
+            ),
+            QuorumOp::RemoveAdmin { admin_id, reason } => format!("remove admin {admin_id}: {reason}"),
+            QuorumOp::SetQuorum { approval_quorum } => format!("set the approval quorum to {approval_quorum}"),
+            QuorumOp::EnrollHardware(e) => {
                 let what = match &e.identity {
-                    Some(pb::enroll_hardware_op::Identity::Snp(_)) => "SEV-SNP machine".to_owned(),
-                    Some(pb::enroll_hardware_op::Identity::Tpm(t)) => {
-                        format!("TPM machine (EK {}, AK {})", t.expected_ek_digest, t.expected_ak_name)
-                    }
+                    Some(EnrollIdentity::Snp { .. }) => "SEV-SNP machine".to_owned(),
+                    Some(EnrollIdentity::Tpm {
+                        expected_ek_digest,
+                        expected_ak_name,
+                        ..
+                    }) => format!("TPM machine (EK {expected_ek_digest}, AK {expected_ak_name})"),
                     None => "machine".to_owned(),
                 };
                 format!(
@@ -480,16 +479,17 @@ impl AdminPlane {
                     e.country, e.site, e.operator
                 )
             }
-            QOp::SetReleasePolicy(p) => {
-                format!("set the release policy of key {} to {}", p.key, p.release_policy)
+            QuorumOp::SetReleasePolicy { key, release_policy } => {
+                format!("set the release policy of key {key} to {release_policy}")
             }
-            QOp::ScheduleKeyDeletion(s) => {
-                format!("schedule deletion of key {} in {} days", s.key, s.pending_window_days)
-            }
-            QOp::RotateRoot(r) => {
-                let seal = match pb::SealKind::try_from(r.seal) {
-                    Ok(pb::SealKind::Shamir) => "shamir",
-                    Ok(pb::SealKind::Pkcs11) => "pkcs11",
+            QuorumOp::ScheduleKeyDeletion {
+                key,
+                pending_window_days,
+            } => format!("schedule deletion of key {key} in {pending_window_days} days"),
+            QuorumOp::RotateRoot(r) => {
+                let seal = match r.seal {
+                    Some(SealKind::Shamir) => "shamir",
+                    Some(SealKind::Pkcs11) => "pkcs11",
                     _ => "?",
                 };
                 if r.custodians.is_empty() {
@@ -517,8 +517,7 @@ pub(crate) fn approval_check(
     admin: &AdminRow,
     seal: &SealConfigRow,
 ) -> Result<(), String> {
-    let req = pb::AdminRequest::decode(approval.signed_payload.as_slice())
-        .map_err(|_| "its stored request is not an AdminRequest".to_owned())?;
+    let req = crate::wire::quorum::stored_request(&approval.signed_payload)?;
     if req.admin_id != approval.admin_id || admin.id != approval.admin_id {
         return Err(format!(
             "its stored request is signed as {}, not {}",
@@ -532,31 +531,16 @@ pub(crate) fn approval_check(
         .and_then(|k| k.verify(&approval.signed_payload, &approval.signature))
         .map_err(|_| format!("its signature does not verify under {}'s key", admin.id))?;
     let digest = sha256(&proposal.payload);
-    let approves = match req.operation {
-        Some(Op::Approve(a)) => a.proposal_id == proposal.id && a.operation_sha256 == digest,
-        Some(Op::Propose(p)) => approval.admin_id == proposal.proposed_by && p.operation == proposal.payload,
-        Some(direct) => {
-            approval.admin_id == proposal.proposed_by
-                && direct_operation(direct)
-                    .is_some_and(|op| pb::QuorumOperation { operation: Some(op) }.encode_to_vec() == proposal.payload)
-        }
-        None => false,
+    let approves = match req.approves {
+        Approves::Proposal { id, operation_sha256 } => id == proposal.id && operation_sha256 == digest,
+        // The proposer's own Propose, or (M = 1) the operation's own RPC, of these very bytes.
+        Approves::Operation(bytes) => approval.admin_id == proposal.proposed_by && bytes == proposal.payload,
+        Approves::Nothing => false,
     };
     if !approves {
         return Err("its stored request does not approve this proposal's operation".into());
     }
     Ok(())
-}
-
-/// The quorum operation a direct RPC call carries (with M = 1 the call is its own proposal).
-fn direct_operation(op: Op) -> Option<QOp> {
-    Some(match op {
-        Op::AddAdmin(a) => QOp::AddAdmin(a),
-        Op::SetReleasePolicy(p) => QOp::SetReleasePolicy(p),
-        Op::ScheduleKeyDeletion(s) => QOp::ScheduleKeyDeletion(s),
-        Op::EnrollHardware(e) => QOp::EnrollHardware(e),
-        _ => return None,
-    })
 }
 
 #[cfg(test)]
@@ -566,6 +550,11 @@ mod tests {
     use kms_core::ids::AdminId;
     use kms_core::jurisdiction::Country;
     use kms_core::keyfile::AdminKeyFile;
+
+    use kms_proto::v1 as pb;
+    use kms_proto::v1::admin_request::Operation as Op;
+    use kms_proto::v1::quorum_operation::Operation as QOp;
+    use prost::Message;
 
     use super::*;
     use crate::storage::{AdminRow, ProposalStatus};

@@ -5,11 +5,11 @@ use crate::audit::Audit;
 use crate::error::ApiError;
 use crate::ops::admin::AdminPlane;
 use crate::ops::quorum::Exec;
-use crate::seal::SealKind;
+use crate::request::RootRotation;
+use crate::seal::{SealKind, StatusReport};
 use crate::storage::{RootGenerationRow, ShareRow};
 use kms_core::ids::AdminId;
 use kms_core::share_wrap;
-use kms_proto::v1 as pb;
 use kms_proto::Reason;
 
 impl AdminPlane {
@@ -17,14 +17,13 @@ impl AdminPlane {
     pub(crate) async fn rotate_root_op(
         &self,
         _admin: &AdminId,
-        op: pb::RotateRootOp,
+        op: RootRotation,
         audit: &mut Audit,
         exec: Exec<'_>,
-    ) -> Result<Option<pb::SealStatus>, ApiError> {
+    ) -> Result<Option<StatusReport>, ApiError> {
         let roots = self.seal.roots()?;
-        let kind = match pb::SealKind::try_from(op.seal) {
-            Ok(pb::SealKind::Shamir) => SealKind::Shamir,
-            Ok(pb::SealKind::Pkcs11) => SealKind::Pkcs11,
+        let kind = match op.seal {
+            Some(k @ (SealKind::Shamir | SealKind::Pkcs11)) => k,
             _ => {
                 return Err(ApiError::new(
                     Reason::BadSeal,
@@ -157,6 +156,6 @@ impl AdminPlane {
             return Err(ApiError::from(e));
         }
         self.seal.install_next(new_gen, new_root);
-        self.wire_status().await.map(Some)
+        self.status().await.map(Some)
     }
 }

@@ -13,7 +13,7 @@ use kms_core::policy::{AccessPolicy, Grant, Operation, ReleasePolicy};
 use crate::attest::Attestation;
 use crate::audit::{Audit, AuditLog};
 use crate::config::{AttestationConfig, Config};
-use crate::identity::Identities;
+use crate::identity::{Callers, Identities};
 use crate::keys::{Keys, NewKey};
 use crate::node::{Node, NodeEvidence};
 use crate::ops::admin::AdminPlane;
@@ -62,13 +62,12 @@ impl Kit {
                 .await
                 .unwrap(),
         );
-        let identities = Arc::new(Identities::default());
+        let callers = Callers::new(Arc::new(Identities::default()), audit.clone(), true);
         let data = DataPlane {
             node: node.clone(),
             keys,
             audit: audit.clone(),
-            identities: identities.clone(),
-            tls: true,
+            callers: callers.clone(),
             allow_unattested: true,
             attestation: attestation.clone(),
         };
@@ -78,8 +77,7 @@ impl Kit {
             seal,
             engine: attestation,
             audit,
-            identities,
-            tls: true,
+            callers,
         };
         Self {
             store,

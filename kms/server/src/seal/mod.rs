@@ -147,6 +147,24 @@ pub struct Status {
     pub rotating_to: Option<(u64, SealKind)>,
 }
 
+/// A replica's seal status as answered (GetSealStatus, and signed in GetNodeIdentity): the seal's
+/// own [`Status`] with what the database adds.
+#[derive(Debug)]
+pub struct StatusReport {
+    /// The seal's state in this process.
+    pub status: Status,
+    /// M of the M-of-N quorum (0 before init).
+    pub approval_quorum: u32,
+    /// The deployment Init made (empty before init).
+    pub deployment_id: String,
+    /// The authenticated state version this replica has seen.
+    pub state_version: u64,
+    /// Why nothing is trusted, when the integrity alarm is up or the seal refuses to open.
+    pub integrity_alarm: String,
+    /// Secrets still wrapped under the previous generation, while a rotation runs.
+    pub rotation_remaining: u64,
+}
+
 /// One root key generation's public facts.
 #[derive(Clone, Copy, Debug)]
 struct Generation {

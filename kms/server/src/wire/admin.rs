@@ -8,9 +8,16 @@ use kms_core::policy::{AccessPolicy, Grant, Operation, ReleasePolicy};
 use kms_proto::v1 as pb;
 use kms_proto::Reason;
 
+use kms_core::admin::AdminPublicKey;
+use kms_core::ids::AdminId;
+use kms_core::jurisdiction::Country;
+use kms_core::share_wrap;
+use kms_proto::v1::admin_request::Operation as Op;
+
 use crate::error::ApiError;
-use crate::seal::SealKind;
-use crate::storage::{AdminRow, KeyRow, ProposalRow, ProposalStatus, Votes};
+use crate::request::{Init, NewAdmin, Outcome, Page, ProposalView, RequestHeader};
+use crate::seal::{SealKind, StatusReport};
+use crate::storage::{AdminRow, KeyRow, ProposalStatus};
 
 pub(crate) fn op_to_wire(o: Operation) -> pb::Operation {
     match o {
@@ -46,34 +53,142 @@ pub(crate) fn grant_from_wire(g: &pb::Grant) -> Result<Grant, ApiError> {
     })
 }
 
-pub(crate) fn wire_status(s: crate::seal::Status) -> pb::SealStatus {
+/// A seal kind from the wire (`None`: unspecified, or not one this server knows).
+pub(crate) fn seal_kind_from_wire(kind: i32) -> Option<SealKind> {
+    match pb::SealKind::try_from(kind) {
+        Ok(pb::SealKind::Shamir) => Some(SealKind::Shamir),
+        Ok(pb::SealKind::Dev) => Some(SealKind::Dev),
+        Ok(pb::SealKind::Pkcs11) => Some(SealKind::Pkcs11),
+        _ => None,
+    }
+}
+
+fn seal_kind_to_wire(kind: SealKind) -> pb::SealKind {
+    match kind {
+        SealKind::Shamir => pb::SealKind::Shamir,
+        SealKind::Dev => pb::SealKind::Dev,
+        SealKind::Pkcs11 => pb::SealKind::Pkcs11,
+    }
+}
+
+/// A replica's seal status (GetSealStatus, Init, Unseal, Seal, quorum results; signed in
+/// GetNodeIdentity).
+pub(crate) fn status_to_wire(r: StatusReport) -> pb::SealStatus {
+    let s = r.status;
     pb::SealStatus {
         initialized: s.initialized,
         sealed: s.sealed,
-        seal: match s.kind {
-            None => pb::SealKind::Unspecified,
-            Some(SealKind::Shamir) => pb::SealKind::Shamir,
-            Some(SealKind::Dev) => pb::SealKind::Dev,
-            Some(SealKind::Pkcs11) => pb::SealKind::Pkcs11,
-        } as i32,
+        seal: s.kind.map_or(pb::SealKind::Unspecified, seal_kind_to_wire) as i32,
         threshold: s.threshold,
         progress: s.progress,
         unseal_public_key: s.unseal_public_key,
         key_check_value: s.key_check_value,
         root_generation: s.generation,
-        approval_quorum: 0,
-        deployment_id: String::new(),
-        state_version: 0,
-        integrity_alarm: String::new(),
+        approval_quorum: r.approval_quorum,
+        deployment_id: r.deployment_id,
+        state_version: r.state_version,
+        integrity_alarm: r.integrity_alarm,
         rotation: s.rotating_to.map(|(to, kind)| pb::RootRotation {
             to_generation: to,
-            seal: match kind {
-                SealKind::Shamir => pb::SealKind::Shamir,
-                SealKind::Dev => pb::SealKind::Dev,
-                SealKind::Pkcs11 => pb::SealKind::Pkcs11,
-            } as i32,
-            remaining: 0,
+            seal: seal_kind_to_wire(kind) as i32,
+            remaining: r.rotation_remaining,
         }),
+    }
+}
+
+/// The method name of a signed operation (what the RPC called must be).
+pub(crate) fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Init(_) => "init",
+        Op::GetEncryptedShare(_) => "get_encrypted_share",
+        Op::Unseal(_) => "unseal",
+        Op::Seal(_) => "seal",
+        Op::AddAdmin(_) => "add_admin",
+        Op::ListAdmins(_) => "list_admins",
+        Op::CreateKey(_) => "create_key",
+        Op::DescribeKey(_) => "describe_key",
+        Op::ListKeys(_) => "list_keys",
+        Op::RotateKey(_) => "rotate_key",
+        Op::EnableKey(_) => "enable_key",
+        Op::DisableKey(_) => "disable_key",
+        Op::ScheduleKeyDeletion(_) => "schedule_key_deletion",
+        Op::CancelKeyDeletion(_) => "cancel_key_deletion",
+        Op::SetReleasePolicy(_) => "set_release_policy",
+        Op::EnrollHardware(_) => "enroll_hardware",
+        Op::DescribeHardware(_) => "describe_hardware",
+        Op::ListHardware(_) => "list_hardware",
+        Op::RevokeHardware(_) => "revoke_hardware",
+        Op::Propose(_) => "propose",
+        Op::Approve(_) => "approve",
+        Op::Reject(_) => "reject",
+        Op::DescribeProposal(_) => "describe_proposal",
+        Op::ListProposals(_) => "list_proposals",
+    }
+}
+
+/// Opens a signed request's payload: the header authentication checks, and the operation.
+pub(crate) fn open_request(payload: &[u8]) -> Result<(RequestHeader, Option<Op>), ApiError> {
+    let req = <pb::AdminRequest as prost::Message>::decode(payload)
+        .map_err(|_| ApiError::new(Reason::MalformedRequest, "the signed payload is not an AdminRequest"))?;
+    let init_signers = match &req.operation {
+        Some(Op::Init(init)) => init
+            .admins
+            .iter()
+            .map(|a| (a.id.clone(), a.signing_public_key.clone()))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok((
+        RequestHeader {
+            admin_id: req.admin_id,
+            deployment_id: req.deployment_id,
+            timestamp_unix_ms: req.timestamp_unix_ms,
+            nonce: req.nonce,
+            method: req.operation.as_ref().map(op_name),
+            init_signers,
+        },
+        req.operation,
+    ))
+}
+
+/// A new admin, every field parsed (the allowed jurisdictions are the operation's check).
+pub(crate) fn new_admin_from_wire(a: &pb::NewAdmin) -> Result<NewAdmin, ApiError> {
+    let id = AdminId::parse(&a.id)?;
+    let country = Country::parse(&a.country)?;
+    let signing_key = AdminPublicKey::parse(&a.signing_public_key)
+        .map_err(|e| ApiError::new(Reason::InvalidPublicKey, format!("admin {id}: signing_public_key: {e}")))?;
+    share_wrap::check_public_key(&a.encryption_public_key).map_err(|e| {
+        ApiError::new(
+            Reason::InvalidPublicKey,
+            format!("admin {id}: encryption_public_key: {e}"),
+        )
+    })?;
+    Ok(NewAdmin {
+        id,
+        country,
+        signing_key,
+        encryption_key: a.encryption_public_key.clone(),
+        custodian: a.custodian,
+    })
+}
+
+/// An Init operation, decoded.
+pub(crate) fn init_from_wire(init: &pb::InitOp) -> Result<Init, ApiError> {
+    Ok(Init {
+        seal: seal_kind_from_wire(init.seal),
+        threshold: init.threshold,
+        approval_quorum: init.approval_quorum,
+        admins: init.admins.iter().map(new_admin_from_wire).collect::<Result<_, _>>()?,
+    })
+}
+
+/// An executed quorum operation's result.
+pub(crate) fn outcome_to_wire(o: Outcome) -> pb::proposal::Result {
+    match o {
+        Outcome::Admin(a) => pb::proposal::Result::Admin(admin_to_wire(&a)),
+        Outcome::SealStatus(s) => pb::proposal::Result::SealStatus(status_to_wire(s)),
+        Outcome::Hardware(h) => pb::proposal::Result::Hardware(crate::wire::hardware::hardware_to_wire(&h)),
+        Outcome::Key(k) => pb::proposal::Result::Key(key_metadata(&k)),
     }
 }
 
@@ -101,20 +216,6 @@ pub(crate) fn checkpoint_key_to_wire(
         public_key: key.public_key().to_vec(),
         created_unix_ms,
         retired_unix_ms: retired_unix_ms.unwrap_or(0),
-    }
-}
-
-/// The TPM enrolment attempt a stored `enroll_hardware` proposal waits on, if any (the bytes
-/// were checked as a canonical `QuorumOperation` when proposed).
-pub(crate) fn awaited_tpm_enrollment(payload: &[u8]) -> Option<String> {
-    match <pb::QuorumOperation as prost::Message>::decode(payload) {
-        Ok(pb::QuorumOperation {
-            operation: Some(pb::quorum_operation::Operation::EnrollHardware(op)),
-        }) => match op.identity {
-            Some(pb::enroll_hardware_op::Identity::Tpm(t)) => Some(t.enrollment_id),
-            _ => None,
-        },
-        _ => None,
     }
 }
 
@@ -183,8 +284,14 @@ pub(crate) fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), ApiError
     Ok(())
 }
 
-/// A proposal as sent, with its votes.
-pub(crate) fn proposal_to_wire(r: &ProposalRow, quorum: u32, votes: Votes) -> pb::Proposal {
+/// A proposal as answered, with its votes and, when this call executed it, its result.
+pub(crate) fn proposal_to_wire(view: ProposalView) -> pb::Proposal {
+    let ProposalView {
+        row: r,
+        approvals_required,
+        votes,
+        result,
+    } = view;
     let approvals = votes
         .approvals
         .into_iter()
@@ -201,18 +308,18 @@ pub(crate) fn proposal_to_wire(r: &ProposalRow, quorum: u32, votes: Votes) -> pb
         ProposalStatus::Failed => pb::ProposalStatus::Failed,
     };
     pb::Proposal {
-        id: r.id.clone(),
-        operation: r.operation.clone(),
-        summary: r.summary.clone(),
-        operation_bytes: r.payload.clone(),
-        operation_sha256: r.digest.clone(),
-        proposed_by: r.proposed_by.clone(),
+        id: r.id,
+        operation: r.operation,
+        summary: r.summary,
+        operation_bytes: r.payload,
+        operation_sha256: r.digest,
+        proposed_by: r.proposed_by,
         created_unix_ms: r.created_unix_ms,
         expires_unix_ms: r.expires_unix_ms,
         status: status as i32,
         approvals,
-        approvals_required: quorum,
-        outcome: r.outcome.clone(),
+        approvals_required,
+        outcome: r.outcome,
         rejections: votes
             .rejections
             .into_iter()
@@ -222,6 +329,14 @@ pub(crate) fn proposal_to_wire(r: &ProposalRow, quorum: u32, votes: Votes) -> pb
                 rejected_unix_ms: r.rejected_unix_ms,
             })
             .collect(),
-        result: None,
+        result: result.map(outcome_to_wire),
+    }
+}
+
+/// A page of proposals.
+pub(crate) fn proposals_to_wire(page: Page<ProposalView>) -> pb::ListProposalsResponse {
+    pb::ListProposalsResponse {
+        proposals: page.items.into_iter().map(proposal_to_wire).collect(),
+        next_page_token: page.next_page_token,
     }
 }

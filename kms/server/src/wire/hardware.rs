@@ -1,5 +1,6 @@
 //! Hardware registry messages: domain rows to protobuf.
 
+use crate::request::Page;
 use crate::storage::{HardwareRow, HardwareStatus};
 use kms_core::jurisdiction::Country;
 use kms_proto::v1 as pb;
@@ -34,5 +35,13 @@ pub(crate) fn hardware_to_wire(h: &HardwareRow) -> pb::Hardware {
         revoked_by: h.revoked_by.clone().unwrap_or_default(),
         revocation_reason: h.revocation_reason.clone().unwrap_or_default(),
         enrollment_record: h.enrollment_record.clone(),
+    }
+}
+
+/// A page of the registry.
+pub(crate) fn hardware_page_to_wire(page: Page<HardwareRow>) -> pb::ListHardwareResponse {
+    pb::ListHardwareResponse {
+        hardware: page.items.iter().map(hardware_to_wire).collect(),
+        next_page_token: page.next_page_token,
     }
 }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod attestation;
 pub mod hardware;
 pub mod key;
+pub mod quorum;
 
 use crate::error::ApiError;
 use kms_core::context::EncryptionContext;

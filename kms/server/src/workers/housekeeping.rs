@@ -8,7 +8,7 @@ use crate::storage::StoreError;
 pub(crate) async fn purge_attestation(store: &crate::storage::Store, now: i64) -> Result<u64, StoreError> {
     let mut awaiting = std::collections::BTreeSet::new();
     for p in store.pending_proposals("enroll_hardware", now).await? {
-        if let Some(id) = crate::wire::admin::awaited_tpm_enrollment(&p.payload) {
+        if let Some(id) = crate::wire::quorum::awaited_tpm_enrollment(&p.payload) {
             awaiting.insert(id);
         }
     }
