@@ -12,10 +12,53 @@ use std::time::{Duration, Instant};
 use kms_core::blob::Kek;
 use kms_core::ids::{KeyId, KeyVersion};
 
+use kms_core::secret::SecretBytes;
+
+use crate::attest::SealedRelease;
 use crate::error::ApiError;
 use crate::seal::Seal;
 use crate::storage::{KeyRow, Store};
 use kms_proto::Reason;
+
+/// A blob made by the data plane: the ciphertext and the key version it is under.
+#[derive(Debug)]
+pub struct Wrapped {
+    /// The ciphertext blob (`kms_core::blob`).
+    pub blob: Vec<u8>,
+    /// The key's id.
+    pub key_id: String,
+    /// The key version.
+    pub version: KeyVersion,
+}
+
+/// Plaintext leaving the data plane in one call.
+pub enum Plaintext {
+    /// In the clear: the key releases to unattested callers.
+    Clear(SecretBytes),
+    /// HPKE-sealed to the attested workload's key and signed by this node; never in the clear.
+    Sealed(SealedRelease),
+}
+
+/// Plaintext released by GenerateDataKey or Decrypt.
+pub struct Released {
+    /// The key it was under.
+    pub key_id: String,
+    /// The key version.
+    pub version: KeyVersion,
+    /// The plaintext.
+    pub plaintext: Plaintext,
+}
+
+/// ReEncrypt's result: the source it came from and the new blob.
+#[derive(Debug)]
+pub struct ReEncrypted {
+    /// The source key.
+    pub source_key_id: String,
+    /// The source key version.
+    pub source_version: KeyVersion,
+    /// The blob under the destination key.
+    pub wrapped: Wrapped,
+}
 
 /// The key cache.
 pub struct Keys {

@@ -10,14 +10,14 @@ use kms_core::hpke_seal;
 use kms_core::ids::{KeyId, KeyVersion, Principal};
 use kms_core::key::KeyState;
 use kms_core::policy::Operation;
-use kms_core::secret::DataKey;
+use kms_core::secret::{DataKey, SecretBytes};
 
 use crate::attest::{Attestation, Authorized, SealedRelease};
 use crate::audit::Audit;
 use crate::audit::AuditLog;
 use crate::error::ApiError;
 use crate::identity::Callers;
-use crate::keys::Keys;
+use crate::keys::{Keys, Plaintext, ReEncrypted, Released, Wrapped};
 use crate::node::Node;
 use crate::storage::KeyRow;
 use kms_proto::Reason;
@@ -85,10 +85,6 @@ impl Release {
             node_public_key: node.public_key().to_vec(),
             node_signature,
         }))
-    }
-
-    pub(crate) fn is_attested(&self) -> bool {
-        matches!(self, Release::Attested(..))
     }
 }
 
@@ -217,6 +213,178 @@ impl DataPlane {
         Ok((fresh, Release::Attested(Box::new(auth), client_nonce.to_vec())))
     }
 
+    /// GenerateDataKey: a new data key wrapped under `key`, and its plaintext for the caller
+    /// (sealed to the workload when the call is attested).
+    pub(crate) async fn generate_data_key(
+        &self,
+        who: &Principal,
+        key: &str,
+        context: &EncryptionContext,
+        proof: Proof<'_>,
+        audit: &mut Audit,
+    ) -> Result<(Wrapped, Released), ApiError> {
+        let op = Operation::GenerateDataKey;
+        let (blob, dk, key, release) = self.new_data_key(who, key, context, proof, op, audit).await?;
+        let version = latest_version(&key)?;
+        let plaintext = match release.seal(&self.node, op, &key.id, version, &blob, dk.expose_secret())? {
+            Some(sealed) => Plaintext::Sealed(sealed),
+            None => Plaintext::Clear(SecretBytes::new(dk.expose_secret().to_vec())),
+        };
+        let released = Released {
+            key_id: key.id.clone(),
+            version,
+            plaintext,
+        };
+        let wrapped = Wrapped {
+            blob,
+            key_id: key.id.clone(),
+            version,
+        };
+        Ok((wrapped, released))
+    }
+
+    /// GenerateDataKeyWithoutPlaintext: a new data key, wrapped under `key` only.
+    pub(crate) async fn generate_data_key_without_plaintext(
+        &self,
+        who: &Principal,
+        key: &str,
+        context: &EncryptionContext,
+        audit: &mut Audit,
+    ) -> Result<Wrapped, ApiError> {
+        let op = Operation::GenerateDataKeyWithoutPlaintext;
+        let (blob, _dk, key, _) = self.new_data_key(who, key, context, Proof::NONE, op, audit).await?;
+        Ok(Wrapped {
+            blob,
+            key_id: key.id.clone(),
+            version: latest_version(&key)?,
+        })
+    }
+
+    /// Encrypt: `plaintext` (at most `blob::MAX_PLAINTEXT` bytes) wrapped under `key`.
+    pub(crate) async fn encrypt(
+        &self,
+        who: &Principal,
+        key: &str,
+        context: &EncryptionContext,
+        plaintext: &[u8],
+        audit: &mut Audit,
+    ) -> Result<Wrapped, ApiError> {
+        self.keys.ensure_unsealed()?;
+        if plaintext.len() > blob::MAX_PLAINTEXT {
+            return Err(ApiError::new(
+                Reason::PlaintextTooLong,
+                format!(
+                    "plaintext is {} bytes; at most {} may be encrypted",
+                    plaintext.len(),
+                    blob::MAX_PLAINTEXT
+                ),
+            ));
+        }
+        let key = self.keys.resolve(key).await?;
+        audit.key(&key.id);
+        Self::check_usable(&key, who, Operation::Encrypt)?;
+        let version = latest_version(&key)?;
+        let kek = self.keys.kek(&key, version).await?;
+        let blob = blob::seal(&kek, KeyId::parse(&key.id)?, version, context, plaintext)?;
+        audit.detail("key_version", version.get());
+        Ok(Wrapped {
+            blob,
+            key_id: key.id.clone(),
+            version,
+        })
+    }
+
+    /// Decrypt: the plaintext of `blob` (sealed to the workload when the call is attested).
+    /// With `expected_key` set the caller must be allowed to decrypt under it, and the blob
+    /// must be under it, before anything about the blob's own key is looked at (no probing of
+    /// key names).
+    pub(crate) async fn decrypt(
+        &self,
+        who: &Principal,
+        expected_key: &str,
+        blob: &[u8],
+        context: &EncryptionContext,
+        proof: Proof<'_>,
+        audit: &mut Audit,
+    ) -> Result<Released, ApiError> {
+        self.keys.ensure_unsealed()?;
+        if !expected_key.is_empty() {
+            let expected = self.keys.resolve(expected_key).await?;
+            if !expected.grants.allows(who, Operation::Decrypt) {
+                audit.key(&expected.id);
+                return Err(ApiError::new(
+                    Reason::NotPermitted,
+                    format!("{who} may not call decrypt on key {}", expected.id),
+                ));
+            }
+            let named = Blob::parse(blob)?.key_id().to_string();
+            if named != expected.id {
+                audit.key(&named);
+                return Err(ApiError::new(
+                    Reason::KeyMismatch,
+                    format!("the blob is under key {named}, not {}", expected.id),
+                ));
+            }
+        }
+        let op = Operation::Decrypt;
+        let (plain, key, version, release) = self.decrypt_blob(who, blob, context, op, proof, audit).await?;
+        let plaintext = match release.seal(&self.node, op, &key.id, version, blob, plain.expose_secret())? {
+            Some(sealed) => Plaintext::Sealed(sealed),
+            None => Plaintext::Clear(plain),
+        };
+        Ok(Released {
+            key_id: key.id.clone(),
+            version,
+            plaintext,
+        })
+    }
+
+    /// ReEncrypt: `blob` opened under its key and context and wrapped under `destination` (the
+    /// source key when empty) and `destination_context`, never to a key that releases more
+    /// easily or to more principals.
+    pub(crate) async fn re_encrypt(
+        &self,
+        who: &Principal,
+        blob: &[u8],
+        source_context: &EncryptionContext,
+        destination: &str,
+        destination_context: &EncryptionContext,
+        audit: &mut Audit,
+    ) -> Result<ReEncrypted, ApiError> {
+        self.keys.ensure_unsealed()?;
+        let (plain, src, src_version, _) = self
+            .decrypt_blob(who, blob, source_context, Operation::ReEncrypt, Proof::NONE, audit)
+            .await?;
+        let dst = if destination.is_empty() {
+            self.keys.by_id(KeyId::parse(&src.id)?).await?
+        } else {
+            self.keys.resolve(destination).await?
+        };
+        audit.detail("destination_key_id", dst.id.clone());
+        Self::check_usable(&dst, who, Operation::ReEncrypt)?;
+        Self::check_no_downgrade(&src, &dst)?;
+        Self::check_no_grant_widening(&src, &dst)?;
+        let version = latest_version(&dst)?;
+        let kek = self.keys.kek(&dst, version).await?;
+        let new_blob = blob::seal(
+            &kek,
+            KeyId::parse(&dst.id)?,
+            version,
+            destination_context,
+            plain.expose_secret(),
+        )?;
+        audit.detail("destination_key_version", version.get());
+        Ok(ReEncrypted {
+            source_key_id: src.id.clone(),
+            source_version: src_version,
+            wrapped: Wrapped {
+                blob: new_blob,
+                key_id: dst.id.clone(),
+                version,
+            },
+        })
+    }
+
     pub(crate) async fn new_data_key(
         &self,
         who: &Principal,
@@ -230,8 +398,7 @@ impl DataPlane {
         let key = self.keys.resolve(key).await?;
         audit.key(&key.id);
         let (key, release) = self.gate(who, key, proof, op, audit).await?;
-        let version =
-            KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::new(Reason::CorruptKey, "version 0"))?;
+        let version = latest_version(&key)?;
         let kek = self.keys.kek(&key, version).await?;
         let data_key = DataKey::generate()?;
         let blob = blob::seal(&kek, KeyId::parse(&key.id)?, version, context, data_key.expose_secret())?;
@@ -247,7 +414,7 @@ impl DataPlane {
         op: Operation,
         proof: Proof<'_>,
         audit: &mut Audit,
-    ) -> Result<(kms_core::secret::SecretBytes, Arc<KeyRow>, KeyVersion, Release), ApiError> {
+    ) -> Result<(SecretBytes, Arc<KeyRow>, KeyVersion, Release), ApiError> {
         let parsed = Blob::parse(bytes)?;
         let key = self.keys.by_id(parsed.key_id()).await?;
         audit.key(&key.id);
@@ -263,6 +430,11 @@ impl DataPlane {
         let plain = parsed.open(&kek, ctx)?;
         Ok((plain, key, parsed.version(), release))
     }
+}
+
+/// The version new blobs of `key` are made under.
+fn latest_version(key: &KeyRow) -> Result<KeyVersion, ApiError> {
+    KeyVersion::new(key.latest_version).ok_or_else(|| ApiError::new(Reason::CorruptKey, "version 0"))
 }
 
 #[cfg(test)]
@@ -300,7 +472,7 @@ mod tests {
             .new_data_key(&app, "orders", &c, Proof::NONE, Operation::GenerateDataKey, &mut audit)
             .await
             .unwrap();
-        assert!(!release.is_attested());
+        assert!(matches!(release, super::Release::Unattested));
         assert_eq!(key.name, "orders");
 
         let mut audit = Audit::new(app.as_str(), "decrypt");
@@ -403,5 +575,63 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.reason, Reason::MalformedBlob);
+    }
+
+    #[tokio::test]
+    async fn encrypt_decrypt_and_re_encrypt() {
+        use crate::keys::Plaintext;
+        let kit = Kit::new().await;
+        let app = who("spiffe://eu/app");
+        let ops = [Operation::Encrypt, Operation::Decrypt, Operation::ReEncrypt];
+        kit.key("a", app.as_str(), &ops, UNATTESTED).await;
+        kit.key("b", app.as_str(), &ops, UNATTESTED).await;
+        let (c, c2) = (ctx(&[("t", "1")]), ctx(&[("t", "2")]));
+        let mut audit = Audit::new(app.as_str(), "encrypt");
+        let clear = |p: Plaintext| match p {
+            Plaintext::Clear(p) => p.expose_secret().to_vec(),
+            Plaintext::Sealed(_) => panic!("sealed without a token"),
+        };
+
+        let w = kit.data.encrypt(&app, "a", &c, b"hello", &mut audit).await.unwrap();
+        let r = kit
+            .data
+            .decrypt(&app, "", &w.blob, &c, Proof::NONE, &mut audit)
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.key_id.as_str(), clear(r.plaintext)),
+            (w.key_id.as_str(), b"hello".to_vec())
+        );
+        // Naming another key than the blob's is refused.
+        let e = kit
+            .data
+            .decrypt(&app, "b", &w.blob, &c, Proof::NONE, &mut audit)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::KeyMismatch);
+
+        let moved = kit
+            .data
+            .re_encrypt(&app, &w.blob, &c, "b", &c2, &mut audit)
+            .await
+            .unwrap();
+        assert_eq!(moved.source_key_id, w.key_id);
+        assert_ne!(moved.wrapped.key_id, w.key_id);
+        let r = kit
+            .data
+            .decrypt(&app, "b", &moved.wrapped.blob, &c2, Proof::NONE, &mut audit)
+            .await
+            .unwrap();
+        assert_eq!(clear(r.plaintext), b"hello");
+
+        let too_long = vec![0; kms_core::blob::MAX_PLAINTEXT + 1];
+        let e = kit
+            .data
+            .encrypt(&app, "a", &c, &too_long, &mut audit)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::PlaintextTooLong);
     }
 }

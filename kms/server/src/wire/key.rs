@@ -3,6 +3,7 @@
 use kms_proto::v1 as pb;
 
 use crate::attest::SealedRelease;
+use crate::keys::{Plaintext, ReEncrypted, Released, Wrapped};
 
 /// An attested release as sent.
 pub(crate) fn sealed_to_wire(s: SealedRelease) -> pb::SealedKey {
@@ -11,5 +12,60 @@ pub(crate) fn sealed_to_wire(s: SealedRelease) -> pb::SealedKey {
         ciphertext: s.ciphertext,
         node_public_key: s.node_public_key,
         node_signature: s.node_signature,
+    }
+}
+
+/// Plaintext as the two response fields carry it: in the clear, or sealed (never both).
+fn plaintext_to_wire(p: Plaintext) -> (Vec<u8>, Option<pb::SealedKey>) {
+    match p {
+        Plaintext::Clear(p) => (p.into_exposed(), None),
+        Plaintext::Sealed(s) => (Vec::new(), Some(sealed_to_wire(s))),
+    }
+}
+
+pub(crate) fn generate_data_key_to_wire((wrapped, released): (Wrapped, Released)) -> pb::GenerateDataKeyResponse {
+    let (plaintext, sealed_plaintext) = plaintext_to_wire(released.plaintext);
+    pb::GenerateDataKeyResponse {
+        ciphertext_blob: wrapped.blob,
+        plaintext,
+        key_id: wrapped.key_id,
+        key_version: wrapped.version.get(),
+        sealed_plaintext,
+    }
+}
+
+pub(crate) fn without_plaintext_to_wire(w: Wrapped) -> pb::GenerateDataKeyWithoutPlaintextResponse {
+    pb::GenerateDataKeyWithoutPlaintextResponse {
+        ciphertext_blob: w.blob,
+        key_id: w.key_id,
+        key_version: w.version.get(),
+    }
+}
+
+pub(crate) fn encrypt_to_wire(w: Wrapped) -> pb::EncryptResponse {
+    pb::EncryptResponse {
+        ciphertext_blob: w.blob,
+        key_id: w.key_id,
+        key_version: w.version.get(),
+    }
+}
+
+pub(crate) fn decrypt_to_wire(r: Released) -> pb::DecryptResponse {
+    let (plaintext, sealed_plaintext) = plaintext_to_wire(r.plaintext);
+    pb::DecryptResponse {
+        plaintext,
+        key_id: r.key_id,
+        key_version: r.version.get(),
+        sealed_plaintext,
+    }
+}
+
+pub(crate) fn re_encrypt_to_wire(r: ReEncrypted) -> pb::ReEncryptResponse {
+    pb::ReEncryptResponse {
+        ciphertext_blob: r.wrapped.blob,
+        source_key_id: r.source_key_id,
+        source_key_version: r.source_version.get(),
+        key_id: r.wrapped.key_id,
+        key_version: r.wrapped.version.get(),
     }
 }
