@@ -546,7 +546,7 @@ impl Attestation {
         &self,
         jwt: &str,
         principal: &Principal,
-        key_id: &str,
+        key_id: KeyId,
         audit: &mut crate::audit::Audit,
     ) -> Result<Authorized, ApiError> {
         let keys = self.token_keys().await?;

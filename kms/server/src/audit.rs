@@ -144,8 +144,8 @@ impl Audit {
     }
 
     /// The key concerned.
-    pub fn key(&mut self, id: &str) {
-        self.key_id = Some(id.to_owned());
+    pub fn key(&mut self, id: impl std::fmt::Display) {
+        self.key_id = Some(id.to_string());
     }
 
     /// A detail (never key material).

@@ -26,7 +26,7 @@ pub struct Wrapped {
     /// The ciphertext blob (`kms_core::blob`).
     pub blob: Vec<u8>,
     /// The key's id.
-    pub key_id: String,
+    pub key_id: KeyId,
     /// The key version.
     pub version: KeyVersion,
 }
@@ -42,7 +42,7 @@ pub enum Plaintext {
 /// Plaintext released by GenerateDataKey or Decrypt.
 pub struct Released {
     /// The key it was under.
-    pub key_id: String,
+    pub key_id: KeyId,
     /// The key version.
     pub version: KeyVersion,
     /// The plaintext.
@@ -53,7 +53,7 @@ pub struct Released {
 #[derive(Debug)]
 pub struct ReEncrypted {
     /// The source key.
-    pub source_key_id: String,
+    pub source_key_id: KeyId,
     /// The source key version.
     pub source_version: KeyVersion,
     /// The blob under the destination key.
@@ -65,9 +65,9 @@ pub struct Keys {
     store: Store,
     seal: Arc<Seal>,
     ttl: Duration,
-    meta: RwLock<HashMap<String, (Arc<KeyRow>, Instant)>>,
-    names: RwLock<HashMap<String, String>>,
-    keks: RwLock<HashMap<(KeyId, u32), Arc<Kek>>>,
+    meta: RwLock<HashMap<KeyId, (Arc<KeyRow>, Instant)>>,
+    names: RwLock<HashMap<String, KeyId>>,
+    keks: RwLock<HashMap<(KeyId, KeyVersion), Arc<Kek>>>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -101,9 +101,9 @@ impl Keys {
             let id = KeyId::parse(key_ref)?;
             return self.by_id(id).await;
         }
-        let cached_id = read(&self.names).get(key_ref).cloned();
+        let cached_id = read(&self.names).get(key_ref).copied();
         if let Some(id) = cached_id {
-            if let Some(k) = self.fresh(&id) {
+            if let Some(k) = self.fresh(id) {
                 return Ok(k);
             }
         }
@@ -117,13 +117,12 @@ impl Keys {
 
     /// The key with this id.
     pub async fn by_id(&self, id: KeyId) -> Result<Arc<KeyRow>, ApiError> {
-        let id = id.to_string();
-        if let Some(k) = self.fresh(&id) {
+        if let Some(k) = self.fresh(id) {
             return Ok(k);
         }
         let row = self
             .store
-            .key_by_id(&id)
+            .key_by_id(id)
             .await?
             .ok_or_else(|| ApiError::new(Reason::KeyNotFound, format!("no key {id}")))?;
         Ok(self.remember(row))
@@ -132,28 +131,28 @@ impl Keys {
     /// Records a row just read or written (a change made on this replica applies at once).
     pub fn remember(&self, row: KeyRow) -> Arc<KeyRow> {
         if row.state == kms_core::key::KeyState::Destroyed {
-            write(&self.keks).retain(|(id, _), _| id.to_string() != row.id);
+            write(&self.keks).retain(|(id, _), _| *id != row.id);
         }
         let row = Arc::new(row);
-        write(&self.names).insert(row.name.clone(), row.id.clone());
-        write(&self.meta).insert(row.id.clone(), (row.clone(), Instant::now()));
+        write(&self.names).insert(row.name.as_str().to_owned(), row.id);
+        write(&self.meta).insert(row.id, (row.clone(), Instant::now()));
         row
     }
 
-    fn fresh(&self, id: &str) -> Option<Arc<KeyRow>> {
+    fn fresh(&self, id: KeyId) -> Option<Arc<KeyRow>> {
         let meta = read(&self.meta);
-        let (row, at) = meta.get(id)?;
+        let (row, at) = meta.get(&id)?;
         (at.elapsed() < self.ttl).then(|| row.clone())
     }
 
     /// The KEK of (key, version), unwrapped by the seal once and then cached.
     pub async fn kek(&self, key: &KeyRow, version: KeyVersion) -> Result<Arc<Kek>, ApiError> {
-        let id = KeyId::parse(&key.id)?;
-        if let Some(k) = read(&self.keks).get(&(id, version.get())) {
+        let id = key.id;
+        if let Some(k) = read(&self.keks).get(&(id, version)) {
             return Ok(k.clone());
         }
         let root = self.seal.root()?;
-        let wrapped = match self.store.wrapped_kek(&key.id, version.get()).await? {
+        let wrapped = match self.store.wrapped_kek(id, version).await? {
             None => {
                 return Err(ApiError::new(
                     Reason::KeyVersionNotFound,
@@ -177,7 +176,7 @@ impl Keys {
                 ),
             )
         })?);
-        write(&self.keks).insert((id, version.get()), kek.clone());
+        write(&self.keks).insert((id, version), kek.clone());
         // A Seal that ran while this call unwrapped must not leave its KEK cached.
         if self.seal.root().is_err() {
             self.clear_keks();

@@ -358,10 +358,10 @@ pub async fn destroy_due(store: &Store, keys: &Keys, now: i64) {
     };
     for id in due {
         let mut audit = Audit::new("system:destroyer", "destroy_key");
-        audit.key(&id);
+        audit.key(id);
         let r = store
             .change_state(
-                &id,
+                id,
                 kms_core::key::Transition::Destroy,
                 None,
                 Some(now),

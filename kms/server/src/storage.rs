@@ -14,6 +14,7 @@
 //! the wire is in `crate::error`. It never stores a usable key: KEKs arrive here wrapped.
 
 use kms_core::audit::{self, Record};
+use kms_core::ids::{KeyId, KeyVersion};
 use kms_core::integrity::Value;
 use kms_core::key::{KeyState, Transition};
 use sqlx::any::AnyPoolOptions;
@@ -584,8 +585,8 @@ impl Store {
         require_generation(&mut tx, root_generation).await?;
         tx.insert(key).await?;
         tx.insert(&KeyVersionRow {
-            key_id: key.id.clone(),
-            version: 1,
+            key_id: key.id,
+            version: KeyVersion::FIRST,
             wrapped_kek: Some(wrapped_v1.to_vec()),
             created_unix_ms: key.created_unix_ms,
             destroyed_unix_ms: None,
@@ -593,7 +594,7 @@ impl Store {
         })
         .await?;
         tx.insert(&ReleasePolicyRow {
-            key_id: key.id.clone(),
+            key_id: key.id.to_string(),
             version: 1,
             document: key.release_policy.to_json(),
             set_unix_ms: key.created_unix_ms,
@@ -605,8 +606,8 @@ impl Store {
     }
 
     /// A key by id.
-    pub async fn key_by_id(&self, id: &str) -> Result<Option<KeyRow>, StoreError> {
-        Ok(self.get::<KeyRow>(&[Value::text(id)]).await?.map(|s| s.row))
+    pub async fn key_by_id(&self, id: KeyId) -> Result<Option<KeyRow>, StoreError> {
+        Ok(self.get::<KeyRow>(&[Value::text(id.to_string())]).await?.map(|s| s.row))
     }
 
     /// A key by name (the row that verifies; if only rows that do not verify have the name,
@@ -642,27 +643,32 @@ impl Store {
     /// entry for it. `None` if the key is not enabled (or not there).
     pub async fn rotate_key(
         &self,
-        id: &str,
+        id: KeyId,
         now: i64,
         root_generation: u64,
-        wrap: impl FnOnce(u32) -> Result<Vec<u8>, kms_core::Error>,
-        make_record: impl FnOnce(u32) -> Record,
+        wrap: impl FnOnce(KeyVersion) -> Result<Vec<u8>, kms_core::Error>,
+        make_record: impl FnOnce(KeyVersion) -> Record,
     ) -> Result<Option<KeyRow>, StoreError> {
         let mut tx = Tx::begin(self).await?;
         require_generation(&mut tx, root_generation).await?;
-        let Some(old) = tx.get::<KeyRow>(&[Value::text(id)]).await? else {
+        let Some(old) = tx.get::<KeyRow>(&[Value::text(id.to_string())]).await? else {
             return Ok(None);
         };
         if old.state != KeyState::Enabled {
             return Ok(None);
         }
-        let version = old.latest_version.checked_add(1).ok_or(Refusal::VersionOverflow)?;
+        let version = old
+            .latest_version
+            .get()
+            .checked_add(1)
+            .and_then(KeyVersion::new)
+            .ok_or(Refusal::VersionOverflow)?;
         let mut key = old.row.clone();
         key.latest_version = version;
         key.updated_unix_ms = now;
         tx.update(&old, &key).await?;
         tx.insert(&KeyVersionRow {
-            key_id: id.to_owned(),
+            key_id: id,
             version,
             wrapped_kek: Some(wrap(version)?),
             created_unix_ms: now,
@@ -681,7 +687,7 @@ impl Store {
     #[allow(clippy::too_many_arguments)] // each is a column or a guard of the one change
     pub async fn change_state(
         &self,
-        id: &str,
+        id: KeyId,
         transition: Transition,
         deletion_unix_ms: Option<i64>,
         due_by: Option<i64>,
@@ -690,7 +696,8 @@ impl Store {
         record: Record,
     ) -> Result<Option<KeyRow>, StoreError> {
         let mut tx = self.begin_write(close).await?;
-        let Some(old) = tx.get::<KeyRow>(&[Value::text(id)]).await? else {
+        let id = id.to_string();
+        let Some(old) = tx.get::<KeyRow>(&[Value::text(id.as_str())]).await? else {
             return Ok(None);
         };
         if !transition.from().contains(&old.state) || old.deletion_unix_ms.unwrap_or(0) > due_by.unwrap_or(i64::MAX) {
@@ -704,7 +711,9 @@ impl Store {
         tx.update(&old, &key).await?;
         if to == KeyState::Destroyed {
             // Erase the material: after this no blob under this key can ever be decrypted.
-            let versions = tx.all::<KeyVersionRow>("WHERE key_id = $1", &[Value::text(id)]).await?;
+            let versions = tx
+                .all::<KeyVersionRow>("WHERE key_id = $1", &[Value::text(id.as_str())])
+                .await?;
             for v in versions {
                 let mut erased = v.row.clone();
                 erased.wrapped_kek = None;
@@ -718,15 +727,15 @@ impl Store {
     }
 
     /// The wrapped KEK of one version: `None` if no such version, `Some(None)` if destroyed.
-    pub async fn wrapped_kek(&self, id: &str, version: u32) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+    pub async fn wrapped_kek(&self, id: KeyId, version: KeyVersion) -> Result<Option<Option<Vec<u8>>>, StoreError> {
         Ok(self
-            .get::<KeyVersionRow>(&[Value::text(id), Value::int(version)])
+            .get::<KeyVersionRow>(&[Value::text(id.to_string()), Value::int(version.get())])
             .await?
             .map(|s| s.row.wrapped_kek))
     }
 
     /// Keys whose deletion window has ended.
-    pub async fn due_for_destruction(&self, now: i64) -> Result<Vec<String>, StoreError> {
+    pub async fn due_for_destruction(&self, now: i64) -> Result<Vec<KeyId>, StoreError> {
         Ok(self
             .all::<KeyRow>(
                 "WHERE state = 'pending_deletion' AND deletion_unix_ms <= $1",

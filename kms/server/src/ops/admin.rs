@@ -581,25 +581,19 @@ impl AdminPlane {
         let root = self.seal.root()?;
         let key = self.keys.resolve(key_ref).await?;
         audit.key(&key.id);
-        let id = KeyId::parse(&key.id)?;
+        let id = key.id;
         let kek = Kek::generate()?;
         let base = audit.clone();
         let rotated = self
             .store
             .rotate_key(
-                &key.id,
+                id,
                 kms_core::now_unix_ms(),
                 root.generation(),
-                |v| {
-                    let v = KeyVersion::new(v).ok_or_else(|| kms_core::Error::InvalidId {
-                        kind: "key version",
-                        reason: "version 0".into(),
-                    })?;
-                    root.wrap(id, v, &kek)
-                },
+                |v| root.wrap(id, v, &kek),
                 |v| {
                     let mut record = base;
-                    record.detail("new_version", v);
+                    record.detail("new_version", v.get());
                     record.allowed()
                 },
             )
@@ -609,7 +603,7 @@ impl AdminPlane {
             None => {
                 let current = self
                     .store
-                    .key_by_id(&key.id)
+                    .key_by_id(key.id)
                     .await?
                     .map(|r| r.state.to_string())
                     .unwrap_or_default();
@@ -638,19 +632,19 @@ impl AdminPlane {
         }
         let root = self.seal.root()?;
         let id = KeyId::generate()?;
-        audit.key(&id.to_string());
+        audit.key(id);
         audit.detail("name", name.as_str());
         audit.detail("release_policy", policy.to_json());
         let kek = Kek::generate()?;
         let wrapped = root.wrap(id, KeyVersion::FIRST, &kek)?;
         let now = kms_core::now_unix_ms();
         let row = KeyRow {
-            id: id.to_string(),
-            name: name.as_str().to_owned(),
+            id,
+            name,
             description,
             tags,
             state: KeyState::Enabled,
-            latest_version: 1,
+            latest_version: KeyVersion::FIRST,
             grants,
             release_policy: policy.clone(),
             release_policy_version: 1,
@@ -667,7 +661,7 @@ impl AdminPlane {
             Err(StoreError::Conflict) => {
                 return Err(ApiError::new(
                     Reason::KeyNameTaken,
-                    format!("a key named {:?} exists", row.name),
+                    format!("a key named {:?} exists", row.name.as_str()),
                 ));
             }
             Err(e) => return Err(ApiError::from(e)),
@@ -694,7 +688,7 @@ impl AdminPlane {
         let changed = self
             .store
             .change_state(
-                &key.id,
+                key.id,
                 transition,
                 deletion,
                 None,
@@ -709,7 +703,7 @@ impl AdminPlane {
             None => {
                 let current = self
                     .store
-                    .key_by_id(&key.id)
+                    .key_by_id(key.id)
                     .await?
                     .ok_or_else(|| ApiError::new(Reason::KeyNotFound, format!("no key {}", key.id)))?;
                 let current = self.keys.remember(current);
@@ -843,7 +837,7 @@ mod tests {
             .create_key(new_key("pay", UNATTESTED), &mut audit)
             .await
             .unwrap();
-        assert_eq!((row.latest_version, row.state), (1, KeyState::Enabled));
+        assert_eq!((row.latest_version.get(), row.state), (1, KeyState::Enabled));
         let stored = kit.store.key_by_name("pay").await.unwrap().unwrap();
         assert_eq!(stored.id, row.id);
         assert_eq!(stored.tags["team"], "pay");
@@ -916,7 +910,7 @@ mod tests {
             .unwrap();
         let mut audit = Audit::new("admin:test", "admin.rotate_key");
         let row = kit.admin.rotate_key("k", &mut audit).await.unwrap();
-        assert_eq!(row.latest_version, 2);
+        assert_eq!(row.latest_version.get(), 2);
         let details: Vec<String> =
             sqlx::query_scalar("SELECT detail FROM audit_log WHERE operation = 'admin.rotate_key'")
                 .fetch_all(kit.store.pool())

@@ -326,7 +326,7 @@ impl AdminPlane {
         let row = self
             .store
             .set_release_policy(
-                &key.id,
+                key.id,
                 &policy,
                 kms_core::now_unix_ms(),
                 close,

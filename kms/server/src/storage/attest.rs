@@ -46,14 +46,14 @@ impl Store {
     /// with its audit record. `None` if no such key or it is destroyed.
     pub async fn set_release_policy(
         &self,
-        id: &str,
+        id: kms_core::ids::KeyId,
         policy: &kms_core::policy::ReleasePolicy,
         now: i64,
         close: Option<&QuorumClose>,
         record: Record,
     ) -> Result<Option<KeyRow>, StoreError> {
         let mut tx = self.begin_write(close).await?;
-        let Some(old) = tx.get::<KeyRow>(&[Value::text(id)]).await? else {
+        let Some(old) = tx.get::<KeyRow>(&[Value::text(id.to_string())]).await? else {
             return Ok(None);
         };
         if old.state == kms_core::key::KeyState::Destroyed {
@@ -68,7 +68,7 @@ impl Store {
         key.updated_unix_ms = now;
         tx.update(&old, &key).await?;
         tx.insert(&ReleasePolicyRow {
-            key_id: id.to_owned(),
+            key_id: id.to_string(),
             version: key.release_policy_version,
             document: policy.to_json(),
             set_unix_ms: now,
@@ -282,7 +282,7 @@ impl Store {
     pub async fn release_inputs(
         &self,
         hardware_id: &str,
-        key_id: &str,
+        key_id: kms_core::ids::KeyId,
     ) -> Result<(Option<HardwareRow>, Option<KeyRow>), StoreError> {
         let (hw, key) = tokio::try_join!(self.hardware(hardware_id), self.key_by_id(key_id))?;
         Ok((hw, key))

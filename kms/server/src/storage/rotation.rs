@@ -131,8 +131,8 @@ impl Store {
             .into_iter()
             .map(|r| RewrapItem {
                 table: SecretTable::KeyVersions,
-                id: r.row.key_id,
-                number: i64::from(r.row.version),
+                id: r.row.key_id.to_string(),
+                number: i64::from(r.row.version.get()),
                 wrapped: r.row.wrapped_kek,
             })
             .collect();

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use kms_core::ids::{KeyId, KeyName, KeyVersion};
 use kms_core::integrity::Value;
 use kms_core::key::KeyState;
 use kms_core::policy::{AccessPolicy, ReleasePolicy};
@@ -259,9 +260,9 @@ impl Row for AdminRow {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyRow {
     /// `k-…`.
-    pub id: String,
+    pub id: KeyId,
     /// Unique name.
-    pub name: String,
+    pub name: KeyName,
     /// Description.
     pub description: String,
     /// Tags.
@@ -269,7 +270,7 @@ pub struct KeyRow {
     /// State.
     pub state: KeyState,
     /// Newest version.
-    pub latest_version: u32,
+    pub latest_version: KeyVersion,
     /// Grants.
     pub grants: AccessPolicy,
     /// Release policy, parsed once when the row is read (stored as its canonical JSON).
@@ -303,12 +304,12 @@ impl Row for KeyRow {
     const KEY: usize = 1;
     fn to_values(&self) -> Vec<Value> {
         vec![
-            Value::text(self.id.clone()),
-            Value::text(self.name.clone()),
+            Value::text(self.id.to_string()),
+            Value::text(self.name.as_str()),
             Value::text(self.description.clone()),
             Value::text(serde_json::to_string(&self.tags).unwrap_or_default()),
             Value::text(self.state.as_str()),
-            Value::int(self.latest_version),
+            Value::int(self.latest_version.get()),
             Value::text(serde_json::to_string(&self.grants).unwrap_or_default()),
             Value::text(self.release_policy.to_json()),
             Value::int(self.created_unix_ms),
@@ -320,12 +321,12 @@ impl Row for KeyRow {
     fn from_values(v: &Values<'_>) -> Result<Self, String> {
         let state = v.text("state")?;
         Ok(Self {
-            id: v.text("id")?,
-            name: v.text("name")?,
+            id: KeyId::parse(&v.text("id")?).map_err(|_| "id is not a key id")?,
+            name: KeyName::parse(&v.text("name")?).map_err(|_| "name is not a key name")?,
             description: v.text("description")?,
             tags: serde_json::from_str(&v.text("tags")?).map_err(|_| "tags is not a JSON map")?,
             state: KeyState::parse(&state).ok_or("state is not a key state")?,
-            latest_version: v.u32("latest_version")?,
+            latest_version: KeyVersion::new(v.u32("latest_version")?).ok_or("latest_version is 0")?,
             grants: serde_json::from_str(&v.text("grants")?).map_err(|_| "grants is not an access policy")?,
             release_policy: ReleasePolicy::parse(&v.text("release_policy")?)
                 .map_err(|_| "release_policy is not a release policy")?,
@@ -343,9 +344,9 @@ impl Row for KeyRow {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyVersionRow {
     /// The key.
-    pub key_id: String,
+    pub key_id: KeyId,
     /// The version.
-    pub version: u32,
+    pub version: KeyVersion,
     /// The KEK wrapped under the root key (AAD = key id, version); `None` once destroyed.
     pub wrapped_kek: Option<Vec<u8>>,
     /// Created.
@@ -369,8 +370,8 @@ impl Row for KeyVersionRow {
     const KEY: usize = 2;
     fn to_values(&self) -> Vec<Value> {
         vec![
-            Value::text(self.key_id.clone()),
-            Value::int(self.version),
+            Value::text(self.key_id.to_string()),
+            Value::int(self.version.get()),
             Value::Bytes(self.wrapped_kek.clone()),
             Value::int(self.created_unix_ms),
             Value::Int(self.destroyed_unix_ms),
@@ -379,8 +380,8 @@ impl Row for KeyVersionRow {
     }
     fn from_values(v: &Values<'_>) -> Result<Self, String> {
         Ok(Self {
-            key_id: v.text("key_id")?,
-            version: v.u32("version")?,
+            key_id: KeyId::parse(&v.text("key_id")?).map_err(|_| "key_id is not a key id")?,
+            version: KeyVersion::new(v.u32("version")?).ok_or("version is 0")?,
             wrapped_kek: v.opt_bytes("wrapped_kek")?,
             created_unix_ms: v.int("created_unix_ms")?,
             destroyed_unix_ms: v.opt_int("destroyed_unix_ms")?,

@@ -221,8 +221,8 @@ pub(crate) fn checkpoint_key_to_wire(
 
 pub(crate) fn key_metadata(k: &KeyRow) -> pb::KeyMetadata {
     pb::KeyMetadata {
-        id: k.id.clone(),
-        name: k.name.clone(),
+        id: k.id.to_string(),
+        name: k.name.as_str().to_owned(),
         description: k.description.clone(),
         tags: k.tags.clone(),
         state: match k.state {
@@ -231,7 +231,7 @@ pub(crate) fn key_metadata(k: &KeyRow) -> pb::KeyMetadata {
             KeyState::PendingDeletion => pb::KeyState::PendingDeletion,
             KeyState::Destroyed => pb::KeyState::Destroyed,
         } as i32,
-        latest_version: k.latest_version,
+        latest_version: k.latest_version.get(),
         created_unix_ms: k.created_unix_ms,
         deletion_unix_ms: k.deletion_unix_ms.unwrap_or(0),
         grants: k

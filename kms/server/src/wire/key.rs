@@ -28,7 +28,7 @@ pub(crate) fn generate_data_key_to_wire((wrapped, released): (Wrapped, Released)
     pb::GenerateDataKeyResponse {
         ciphertext_blob: wrapped.blob,
         plaintext,
-        key_id: wrapped.key_id,
+        key_id: wrapped.key_id.to_string(),
         key_version: wrapped.version.get(),
         sealed_plaintext,
     }
@@ -37,7 +37,7 @@ pub(crate) fn generate_data_key_to_wire((wrapped, released): (Wrapped, Released)
 pub(crate) fn without_plaintext_to_wire(w: Wrapped) -> pb::GenerateDataKeyWithoutPlaintextResponse {
     pb::GenerateDataKeyWithoutPlaintextResponse {
         ciphertext_blob: w.blob,
-        key_id: w.key_id,
+        key_id: w.key_id.to_string(),
         key_version: w.version.get(),
     }
 }
@@ -45,7 +45,7 @@ pub(crate) fn without_plaintext_to_wire(w: Wrapped) -> pb::GenerateDataKeyWithou
 pub(crate) fn encrypt_to_wire(w: Wrapped) -> pb::EncryptResponse {
     pb::EncryptResponse {
         ciphertext_blob: w.blob,
-        key_id: w.key_id,
+        key_id: w.key_id.to_string(),
         key_version: w.version.get(),
     }
 }
@@ -54,7 +54,7 @@ pub(crate) fn decrypt_to_wire(r: Released) -> pb::DecryptResponse {
     let (plaintext, sealed_plaintext) = plaintext_to_wire(r.plaintext);
     pb::DecryptResponse {
         plaintext,
-        key_id: r.key_id,
+        key_id: r.key_id.to_string(),
         key_version: r.version.get(),
         sealed_plaintext,
     }
@@ -63,9 +63,9 @@ pub(crate) fn decrypt_to_wire(r: Released) -> pb::DecryptResponse {
 pub(crate) fn re_encrypt_to_wire(r: ReEncrypted) -> pb::ReEncryptResponse {
     pb::ReEncryptResponse {
         ciphertext_blob: r.wrapped.blob,
-        source_key_id: r.source_key_id,
+        source_key_id: r.source_key_id.to_string(),
         source_key_version: r.source_version.get(),
-        key_id: r.wrapped.key_id,
+        key_id: r.wrapped.key_id.to_string(),
         key_version: r.wrapped.version.get(),
     }
 }
