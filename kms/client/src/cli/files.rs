@@ -137,15 +137,52 @@ pub fn create_new(path: &Path, contents: &[u8], secret: bool) -> Result<(), Fail
     write_all_synced(&mut f, path, contents)
 }
 
-/// Writes `contents` to `path` in place, creating it (`secret`: mode 0600) or truncating what is
-/// there; an existing file keeps its mode. For outputs a command always replaces and that may be
-/// a device (`--out /dev/stdout`); [`Output`] is the safer writer where that is not needed.
+/// Writes `contents` to `path`, replacing what is there: for outputs a command always replaces
+/// (`kmsctl data … --out FILE`). A regular file, or nothing, is replaced through an [`Output`]: a
+/// new file with the final mode (`secret`: 0600), renamed over the old one once complete, so a
+/// replaced file never keeps a wider mode and a crash leaves the old file or the new one, never
+/// half of one. A device or a pipe that is there (`/dev/null`, a FIFO, `/dev/stdout`) cannot be
+/// replaced and is written as it is. A directory or a symbolic link is refused.
 pub fn replace(path: &Path, contents: &[u8], secret: bool) -> Result<(), Failure> {
-    let mut opts = OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    set_mode(&mut opts, mode(secret));
-    let mut f = opts.open(path).map_err(|e| Failure::file("create", path, e))?;
-    write_all_synced(&mut f, path, contents)
+    match fs::metadata(path) {
+        Ok(m) if !m.is_file() && !m.is_dir() => {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| Failure::file("open", path, e))?;
+            // Not synced: a pipe or a terminal cannot be (EINVAL), and there is no file to keep.
+            f.write_all(contents)
+                .and_then(|()| f.flush())
+                .map_err(|e| Failure::file("write", path, e))
+        }
+        _ => write_output(path, contents, secret, true),
+    }
+}
+
+/// Whether `path` names standard output: `-`, or the file stdout is (`/dev/stdout`,
+/// `/dev/fd/1`, or the terminal or file it goes to: the same device and inode).
+pub fn is_stdout(path: &Path) -> bool {
+    path.as_os_str() == "-" || is_stdout_file(path)
+}
+
+#[cfg(unix)]
+fn is_stdout_file(path: &Path) -> bool {
+    use std::os::fd::AsFd as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(target) = fs::metadata(path) else {
+        return false;
+    };
+    let Ok(stdout) = std::io::stdout().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    File::from(stdout)
+        .metadata()
+        .is_ok_and(|out| (out.dev(), out.ino()) == (target.dev(), target.ino()))
+}
+
+#[cfg(not(unix))]
+fn is_stdout_file(_path: &Path) -> bool {
+    false
 }
 
 fn write_all_synced(f: &mut File, path: &Path, contents: &[u8]) -> Result<(), Failure> {
@@ -216,6 +253,13 @@ impl Output {
     /// (without `force`) anything.
     pub fn create(path: &Path, secret: bool, force: bool) -> Result<Self, Failure> {
         match fs::symlink_metadata(path) {
+            // Renamed over, a link would be replaced by a file instead of its target written.
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Failure::local(format!(
+                    "{} is a symbolic link; refusing to replace it (name the file itself)",
+                    path.display()
+                )))
+            }
             // Never renamed over a device, pipe or directory (`--force` would replace /dev/null).
             Ok(m) if !m.is_file() => {
                 return Err(Failure::local(format!(
@@ -234,7 +278,8 @@ impl Output {
         tmp_name.push(name);
         tmp_name.push(format!(".{suffix}.tmp"));
         let tmp = parent(path).join(tmp_name);
-        let file = open_new(&tmp, mode(secret)).map_err(|e| Failure::file("create", &tmp, e))?;
+        // Named by the output's path: the temporary name means nothing to the user.
+        let file = open_new(&tmp, mode(secret)).map_err(|e| Failure::file("create", path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
             tmp,
@@ -406,15 +451,55 @@ mod tests {
     }
 
     #[test]
-    fn replace_writes_in_place() {
+    fn replace_publishes_a_new_file_with_the_final_mode() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out");
         replace(&path, b"one", true).unwrap();
         #[cfg(unix)]
         assert_eq!(mode_of(&path), 0o600);
+        // An existing file that others may read is replaced by a private one, not written into.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let before = File::open(&path).unwrap();
         replace(&path, b"two", true).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
+        #[cfg(unix)]
+        assert_eq!(mode_of(&path), 0o600, "a replaced secret gets mode 0600");
+        let mut old = String::new();
+        std::io::Read::read_to_string(&mut &before, &mut old).unwrap();
+        assert_eq!(old, "one", "the old file was not written into: it was replaced");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file is left"
+        );
+
         assert!(replace(&dir.path().join("no/such/dir"), b"x", false).is_err());
+        let e = replace(dir.path(), b"x", false).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        #[cfg(unix)]
+        {
+            // A device is written as it is (it cannot be replaced); a link is not followed.
+            replace(Path::new("/dev/null"), b"discarded", true).unwrap();
+            assert!(!fs::symlink_metadata("/dev/null").unwrap().is_file());
+            let link = dir.path().join("link");
+            std::os::unix::fs::symlink(&path, &link).unwrap();
+            let e = replace(&link, b"x", true).unwrap_err();
+            assert!(e.to_string().contains("is a symbolic link"), "{e}");
+            assert_eq!(fs::read(&path).unwrap(), b"two");
+        }
+    }
+
+    #[test]
+    fn stdout_is_a_dash_or_the_file_stdout_is() {
+        assert!(is_stdout(Path::new("-")));
+        assert!(!is_stdout(Path::new("./-")));
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!is_stdout(&dir.path().join("out")));
+        assert!(!is_stdout(dir.path()));
     }
 
     #[test]

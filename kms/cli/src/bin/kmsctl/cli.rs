@@ -743,7 +743,7 @@ pub(crate) enum DataCommand {
         context: Vec<Pair>,
         #[command(flatten)]
         input: PlaintextInput,
-        /// Write the raw blob to FILE instead of printing it.
+        /// Write the raw blob to FILE instead of printing it; `-` writes it to stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
@@ -758,7 +758,8 @@ pub(crate) enum DataCommand {
         /// Refuse the blob unless it is under this key (id or name).
         #[arg(long, value_name = "KEY")]
         expect_key: Option<String>,
-        /// Write the raw plaintext to FILE (mode 0600) instead of printing it.
+        /// Write the raw plaintext to FILE (mode 0600) instead of printing it; `-` writes it to
+        /// stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
@@ -775,7 +776,7 @@ pub(crate) enum DataCommand {
         /// Encryption context pair for the new blob (repeatable).
         #[arg(long = "to-context", value_name = "K=V", value_parser = parse_pair)]
         to_context: Vec<Pair>,
-        /// Write the raw new blob to FILE instead of printing it.
+        /// Write the raw new blob to FILE instead of printing it; `-` writes it to stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },

@@ -10,9 +10,10 @@ use kms_core::keyfile::{AdminKeyFile, AdminPublic};
 use zeroize::Zeroizing;
 
 /// Creating and writing outputs (0600 for secrets), whole-file reads and certificate files (DER
-/// or PEM): kms-client's, shared with kms-agent. `write` replaces an output in place.
+/// or PEM): kms-client's, shared with kms-agent. `write` replaces an output with a complete new
+/// file (a device or pipe is written as it is); `is_stdout` tells `-` and `/dev/stdout`.
 pub(crate) use kms_client::cli::files::{
-    create_new, read, read_certificate, read_certificates, read_text, replace as write,
+    create_new, is_stdout, read, read_certificate, read_certificates, read_text, replace as write,
 };
 
 use crate::error::Error;
