@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kms_client::{ChannelConfig, TlsFiles};
-use kms_node::{NodeError, NodePolicy, NodeVerifier, VerifiedNode};
+use kms_node::{NodeError, NodeVerifier, VerifiedNode};
 use kms_proto::v1 as pb;
 use kms_proto::v1::attestation_service_client::AttestationServiceClient;
 use kms_proto::v1::key_service_client::KeyServiceClient;
@@ -31,17 +31,10 @@ pub struct ClientConfig {
     pub node_trust: Option<NodeTrust>,
 }
 
-/// How the agent decides that an answer comes from a genuine kmsd.
-#[derive(Clone, Debug)]
-pub enum NodeTrust {
-    /// A node whose hardware evidence meets this policy (docs/attested-release.md, "Node
-    /// identity"): the Attest answer and every release must be signed by such a node.
-    Policy(NodePolicy),
-    /// Any node that signs its answers consistently, without evidence. Insecure: whoever can
-    /// answer in kmsd's place (a TLS-terminating proxy) is trusted. Dev and tests only
-    /// (`--danger-unattested-kmsd`).
-    DangerUnattested,
-}
+/// How the agent decides that an answer comes from a genuine kmsd: a node policy (the Attest
+/// answer and every release must be signed by a node whose evidence meets it), or knowingly any
+/// node (`--danger-unattested-kmsd`). Shared with kmsctl.
+pub use kms_client::NodeTrust;
 
 impl ClientConfig {
     /// `endpoint` with default timeouts, no TLS material and no node trust yet.
@@ -106,11 +99,8 @@ struct Nodes {
 /// answer (a reconnection may land on another replica).
 const IDENTITY_ATTEMPTS: usize = 3;
 
-fn node_verifier(trust: NodeTrust) -> Result<NodeVerifier, Error> {
-    match trust {
-        NodeTrust::Policy(p) => NodeVerifier::new(p).map_err(|e| Error::Config(e.to_string())),
-        NodeTrust::DangerUnattested => Ok(NodeVerifier::danger_unattested()),
-    }
+fn node_verifier(trust: &NodeTrust) -> Result<NodeVerifier, Error> {
+    trust.verifier().map_err(|e| Error::Config(e.to_string()))
 }
 
 impl Client {
@@ -119,7 +109,7 @@ impl Client {
     pub async fn connect(config: &ClientConfig) -> Result<Self, Error> {
         let channel = config.channel();
         let endpoint = channel.endpoint()?;
-        let trust = config.node_trust.clone().ok_or_else(|| {
+        let trust = config.node_trust.as_ref().ok_or_else(|| {
             Error::Config(
                 "say how kmsd is verified: a node policy (--node-policy FILE), or --danger-unattested-kmsd for a dev-mode kmsd".into(),
             )
@@ -132,7 +122,7 @@ impl Client {
 
     /// A client over a channel made elsewhere; `target` names it in errors.
     pub fn from_channel(channel: Channel, target: impl Into<String>, trust: NodeTrust) -> Result<Self, Error> {
-        Ok(Self::with_verifier(channel, target.into(), node_verifier(trust)?))
+        Ok(Self::with_verifier(channel, target.into(), node_verifier(&trust)?))
     }
 
     fn with_verifier(channel: Channel, target: String, verifier: NodeVerifier) -> Self {

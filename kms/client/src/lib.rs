@@ -5,9 +5,10 @@
 //! - [`Error`] and [`Refusal`]: a failed call read into a type. A status that carries one of
 //!   `kmsd`'s stable reasons ([`kms_proto::Reason`]) is a [`Refusal`], matched on its variant;
 //!   one without a reason made by the client's own transport is [`Error::Unreachable`].
+//! - [`NodeTrust`]: which kmsd nodes are trusted to answer (a node policy, or knowingly none).
 //! - `cli` (feature `cli`): the command-line helpers both binaries use: clap connection
-//!   arguments, error reporting with the documented exit codes, stdout and JSON output, output
-//!   files created with their final mode, and value parsers.
+//!   and node-trust arguments, error reporting with the documented exit codes, stdout and JSON
+//!   output, output files created with their final mode, certificate files, and value parsers.
 //!
 //! This crate never logs, and never puts key material, tokens or file contents in an error: it
 //! reads TLS keys only to hand them to the TLS stack.
@@ -15,6 +16,7 @@
 
 pub mod channel;
 mod error;
+mod trust;
 
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -22,3 +24,4 @@ pub mod cli;
 pub use channel::{ChannelConfig, TlsFiles, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT};
 pub use error::{Error, Refusal};
 pub use kms_proto::Reason;
+pub use trust::NodeTrust;

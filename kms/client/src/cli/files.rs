@@ -1,15 +1,17 @@
 //! Local files: whole-file inputs, and outputs created with their final mode from the start
 //! (0600 for secrets, so their contents are never readable by others, not even for a moment).
 //! An output either never replaces a file ([`create_new`]) or is written beside its path and
-//! published only once complete ([`Output`]). Every failure names the file; none shows its
-//! contents.
+//! published only once complete ([`Output`]). Certificate files are DER or PEM
+//! ([`read_certificates`]). Every failure names the file; none shows its contents.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
-use super::Failure;
+use base64::Engine as _;
+
+use super::{Failure, B64};
 
 /// The mode of secret outputs (keys, plaintext).
 pub const SECRET_MODE: u32 = 0o600;
@@ -43,6 +45,85 @@ pub fn read_prefix(path: &Path, n: usize) -> Result<Vec<u8>, Failure> {
     Ok(out)
 }
 
+/// The certificates (DER) in a certificate file, `what` (e.g. `EK intermediate certificates`)
+/// naming it in errors: one DER certificate, or every PEM `CERTIFICATE` block (at least one;
+/// text outside the blocks is ignored). Anything else is refused: a file that is neither, a DER
+/// certificate whose length is not the file's, a block that does not end or is not base64.
+pub fn read_certificates(path: &Path, what: &str) -> Result<Vec<Vec<u8>>, Failure> {
+    certificates(&read(path)?).map_err(|e| Failure::file(&format!("use the {what}"), path, e))
+}
+
+/// The one certificate (DER or PEM, as [`read_certificates`] reads them) in a file that must hold
+/// exactly one, e.g. a VCEK.
+pub fn read_certificate(path: &Path, what: &str) -> Result<Vec<u8>, Failure> {
+    let mut certs = read_certificates(path, what)?;
+    match certs.len() {
+        1 => Ok(certs.remove(0)),
+        n => Err(Failure::file(
+            &format!("use the {what}"),
+            path,
+            format!("it holds {n} certificates; give the {what} alone"),
+        )),
+    }
+}
+
+const PEM_BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+const PEM_END: &str = "-----END CERTIFICATE-----";
+
+fn certificates(bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    if bytes.first() == Some(&0x30) {
+        check_der(bytes)?;
+        return Ok(vec![bytes.to_vec()]);
+    }
+    const NEITHER: &str = "neither a DER certificate nor PEM with a CERTIFICATE block";
+    let text = std::str::from_utf8(bytes).map_err(|_| NEITHER.to_owned())?;
+    let mut ders = Vec::new();
+    let mut body: Option<String> = None;
+    for (i, line) in text.lines().map(str::trim).enumerate() {
+        match (line, body.as_mut()) {
+            (PEM_BEGIN, None) => body = Some(String::new()),
+            (PEM_BEGIN, Some(_)) => return Err(format!("line {}: a CERTIFICATE block begins inside another", i + 1)),
+            (PEM_END, None) => return Err(format!("line {}: a CERTIFICATE block ends that did not begin", i + 1)),
+            (PEM_END, Some(b64)) => {
+                let n = ders.len() + 1;
+                let der = B64
+                    .decode(b64.as_bytes())
+                    .map_err(|e| format!("PEM certificate {n}: not base64: {e}"))?;
+                check_der(&der).map_err(|e| format!("PEM certificate {n}: {e}"))?;
+                ders.push(der);
+                body = None;
+            }
+            (_, Some(b64)) => b64.push_str(line),
+            (_, None) => {}
+        }
+    }
+    if body.is_some() {
+        return Err("the last CERTIFICATE block does not end (is the file cut short?)".into());
+    }
+    if ders.is_empty() {
+        return Err(NEITHER.into());
+    }
+    Ok(ders)
+}
+
+/// Refuses bytes that are not one DER SEQUENCE, as long as they are (a certificate is one).
+fn check_der(der: &[u8]) -> Result<(), String> {
+    let len = match der {
+        [0x30, n, ..] if *n < 0x80 => Some(2 + usize::from(*n)),
+        [0x30, n, rest @ ..] if (0x81..=0x84).contains(n) => {
+            let octets = usize::from(n & 0x7f);
+            rest.get(..octets)
+                .map(|b| 2 + octets + b.iter().fold(0usize, |len, b| (len << 8) | usize::from(*b)))
+        }
+        _ => None,
+    };
+    match len {
+        Some(len) if len == der.len() => Ok(()),
+        Some(len) => Err(format!("a DER certificate of {len} bytes, in {} bytes", der.len())),
+        None => Err("not a DER certificate".into()),
+    }
+}
+
 /// Creates `path` with `contents`, refusing to replace anything there (a file, a link, a
 /// device). `secret` files are created with mode 0600.
 pub fn create_new(path: &Path, contents: &[u8], secret: bool) -> Result<(), Failure> {
@@ -56,15 +137,52 @@ pub fn create_new(path: &Path, contents: &[u8], secret: bool) -> Result<(), Fail
     write_all_synced(&mut f, path, contents)
 }
 
-/// Writes `contents` to `path` in place, creating it (`secret`: mode 0600) or truncating what is
-/// there; an existing file keeps its mode. For outputs a command always replaces and that may be
-/// a device (`--out /dev/stdout`); [`Output`] is the safer writer where that is not needed.
+/// Writes `contents` to `path`, replacing what is there: for outputs a command always replaces
+/// (`kmsctl data … --out FILE`). A regular file, or nothing, is replaced through an [`Output`]: a
+/// new file with the final mode (`secret`: 0600), renamed over the old one once complete, so a
+/// replaced file never keeps a wider mode and a crash leaves the old file or the new one, never
+/// half of one. A device or a pipe that is there (`/dev/null`, a FIFO, `/dev/stdout`) cannot be
+/// replaced and is written as it is. A directory or a symbolic link is refused.
 pub fn replace(path: &Path, contents: &[u8], secret: bool) -> Result<(), Failure> {
-    let mut opts = OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    set_mode(&mut opts, mode(secret));
-    let mut f = opts.open(path).map_err(|e| Failure::file("create", path, e))?;
-    write_all_synced(&mut f, path, contents)
+    match fs::metadata(path) {
+        Ok(m) if !m.is_file() && !m.is_dir() => {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| Failure::file("open", path, e))?;
+            // Not synced: a pipe or a terminal cannot be (EINVAL), and there is no file to keep.
+            f.write_all(contents)
+                .and_then(|()| f.flush())
+                .map_err(|e| Failure::file("write", path, e))
+        }
+        _ => write_output(path, contents, secret, true),
+    }
+}
+
+/// Whether `path` names standard output: `-`, or the file stdout is (`/dev/stdout`,
+/// `/dev/fd/1`, or the terminal or file it goes to: the same device and inode).
+pub fn is_stdout(path: &Path) -> bool {
+    path.as_os_str() == "-" || is_stdout_file(path)
+}
+
+#[cfg(unix)]
+fn is_stdout_file(path: &Path) -> bool {
+    use std::os::fd::AsFd as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(target) = fs::metadata(path) else {
+        return false;
+    };
+    let Ok(stdout) = std::io::stdout().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    File::from(stdout)
+        .metadata()
+        .is_ok_and(|out| (out.dev(), out.ino()) == (target.dev(), target.ino()))
+}
+
+#[cfg(not(unix))]
+fn is_stdout_file(_path: &Path) -> bool {
+    false
 }
 
 fn write_all_synced(f: &mut File, path: &Path, contents: &[u8]) -> Result<(), Failure> {
@@ -135,6 +253,13 @@ impl Output {
     /// (without `force`) anything.
     pub fn create(path: &Path, secret: bool, force: bool) -> Result<Self, Failure> {
         match fs::symlink_metadata(path) {
+            // Renamed over, a link would be replaced by a file instead of its target written.
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Failure::local(format!(
+                    "{} is a symbolic link; refusing to replace it (name the file itself)",
+                    path.display()
+                )))
+            }
             // Never renamed over a device, pipe or directory (`--force` would replace /dev/null).
             Ok(m) if !m.is_file() => {
                 return Err(Failure::local(format!(
@@ -153,7 +278,8 @@ impl Output {
         tmp_name.push(name);
         tmp_name.push(format!(".{suffix}.tmp"));
         let tmp = parent(path).join(tmp_name);
-        let file = open_new(&tmp, mode(secret)).map_err(|e| Failure::file("create", &tmp, e))?;
+        // Named by the output's path: the temporary name means nothing to the user.
+        let file = open_new(&tmp, mode(secret)).map_err(|e| Failure::file("create", path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
             tmp,
@@ -325,15 +451,132 @@ mod tests {
     }
 
     #[test]
-    fn replace_writes_in_place() {
+    fn replace_publishes_a_new_file_with_the_final_mode() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out");
         replace(&path, b"one", true).unwrap();
         #[cfg(unix)]
         assert_eq!(mode_of(&path), 0o600);
+        // An existing file that others may read is replaced by a private one, not written into.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let before = File::open(&path).unwrap();
         replace(&path, b"two", true).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
+        #[cfg(unix)]
+        assert_eq!(mode_of(&path), 0o600, "a replaced secret gets mode 0600");
+        let mut old = String::new();
+        std::io::Read::read_to_string(&mut &before, &mut old).unwrap();
+        assert_eq!(old, "one", "the old file was not written into: it was replaced");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file is left"
+        );
+
         assert!(replace(&dir.path().join("no/such/dir"), b"x", false).is_err());
+        let e = replace(dir.path(), b"x", false).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        #[cfg(unix)]
+        {
+            // A device is written as it is (it cannot be replaced); a link is not followed.
+            replace(Path::new("/dev/null"), b"discarded", true).unwrap();
+            assert!(!fs::symlink_metadata("/dev/null").unwrap().is_file());
+            let link = dir.path().join("link");
+            std::os::unix::fs::symlink(&path, &link).unwrap();
+            let e = replace(&link, b"x", true).unwrap_err();
+            assert!(e.to_string().contains("is a symbolic link"), "{e}");
+            assert_eq!(fs::read(&path).unwrap(), b"two");
+        }
+    }
+
+    #[test]
+    fn stdout_is_a_dash_or_the_file_stdout_is() {
+        assert!(is_stdout(Path::new("-")));
+        assert!(!is_stdout(Path::new("./-")));
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!is_stdout(&dir.path().join("out")));
+        assert!(!is_stdout(dir.path()));
+    }
+
+    #[test]
+    fn certificates_are_der_or_pem_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, contents: &[u8]| {
+            let path = dir.path().join(name);
+            fs::write(&path, contents).unwrap();
+            path
+        };
+        let der = [0x30, 0x03, 1, 2, 3];
+        let long: Vec<u8> = [&[0x30, 0x81, 0x80][..], &[7; 0x80]].concat();
+        assert_eq!(read_certificate(&file("c.der", &der), "VCEK").unwrap(), der);
+        assert_eq!(
+            read_certificates(&file("l.der", &long), "x").unwrap(),
+            vec![long.clone()]
+        );
+        let pem = format!(
+            "Bag Attributes: ignored\n{PEM_BEGIN}\nMAMBAgM=\n{PEM_END}\n\n  {PEM_BEGIN}\n{}\n{}\n  {PEM_END}  \n",
+            &B64.encode(&long)[..64],
+            &B64.encode(&long)[64..]
+        );
+        let two = file("chain.pem", pem.as_bytes());
+        assert_eq!(read_certificates(&two, "chain").unwrap(), vec![der.to_vec(), long]);
+        let e = read_certificate(&two, "EK certificate").unwrap_err();
+        assert_eq!(e.exit_code(), exit::LOCAL);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cannot use the EK certificate {}: it holds 2 certificates; give the EK certificate alone",
+                two.display()
+            )
+        );
+
+        for (name, contents, why) in [
+            ("empty", &b""[..], "neither a DER certificate nor PEM"),
+            ("text", b"nothing", "neither a DER certificate nor PEM"),
+            ("binary", &[0xff, 0x30, 0], "neither a DER certificate nor PEM"),
+            (
+                "trailing.der",
+                &[0x30, 0x03, 1, 2, 3, 0x0a],
+                "a DER certificate of 5 bytes, in 6 bytes",
+            ),
+            ("cut.der", &[0x30, 0x03, 1], "a DER certificate of 5 bytes, in 3 bytes"),
+            ("cut.pem", b"-----BEGIN CERTIFICATE-----\nMAMBAgM=\n", "does not end"),
+            (
+                "end.pem",
+                b"-----END CERTIFICATE-----\n",
+                "line 1: a CERTIFICATE block ends",
+            ),
+            (
+                "nested.pem",
+                b"-----BEGIN CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\n",
+                "line 2: a CERTIFICATE block begins inside another",
+            ),
+            (
+                "b64.pem",
+                b"-----BEGIN CERTIFICATE-----\nMA!!\n-----END CERTIFICATE-----\n",
+                "not base64",
+            ),
+            (
+                "notder.pem",
+                b"-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n",
+                "PEM certificate 1: not a DER certificate",
+            ),
+        ] {
+            let path = file(name, contents);
+            let e = read_certificates(&path, "VCEK/VLEK certificate").unwrap_err();
+            assert_eq!(e.exit_code(), exit::LOCAL, "{name}");
+            let prefix = format!("cannot use the VCEK/VLEK certificate {}: ", path.display());
+            assert!(
+                e.to_string().starts_with(&prefix) && e.to_string().contains(why),
+                "{name}: {e}"
+            );
+        }
+        let e = read_certificates(&dir.path().join("missing.pem"), "x").unwrap_err();
+        assert!(e.to_string().starts_with("cannot read "), "{e}");
     }
 
     #[test]

@@ -5,21 +5,26 @@
 //!
 //! - [`ConnectionArgs`]: the connection options (URL, CA, client certificate and key, server
 //!   name) to `#[command(flatten)]`, named per binary through [`ConnectionFlags`].
+//! - [`NodeTrustArgs`]: which kmsd to trust (`--node-policy FILE`, `--danger-unattested-kmsd`),
+//!   read into a [`crate::NodeTrust`]; flattened the same way, with [`NodeTrustFlags`].
 //! - [`report`]: the exit codes, the [`Report`] of a failed command, the [`Printer`] of results
 //!   and errors (stdout, JSON), and [`run`], the end of every `main`.
-//! - [`files`]: inputs, and outputs created with their final mode (0600 for secrets).
+//! - [`files`]: inputs, certificate files (DER or PEM), and outputs created with their final
+//!   mode (0600 for secrets).
 //! - [`parse`]: the small argument languages both binaries accept (`K=V`).
 
 mod args;
 pub mod files;
 pub mod parse;
 pub mod report;
+mod trust;
 
 use std::fmt;
 use std::path::Path;
 
 pub use args::{ConnectionArgs, ConnectionFlags, PlaintextWithTlsFiles};
 pub use report::{exit, run, OutputFormat, Printer, Report, B64};
+pub use trust::{NodeTrustArgs, NodeTrustFlags};
 
 /// The failure of a helper here, for the binary's own error (both map it with `From`): the
 /// arguments do not fit together (exit code 2), or a local file or stdout failed (exit code 4).

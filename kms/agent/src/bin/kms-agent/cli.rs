@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kms_agent::{AkScheme, EkKind};
 use kms_client::cli::parse::{parse_pair, Pair};
-use kms_client::cli::{ConnectionArgs, ConnectionFlags, OutputFormat, PlaintextWithTlsFiles};
+use kms_client::cli::{
+    ConnectionArgs, ConnectionFlags, NodeTrustArgs, NodeTrustFlags, OutputFormat, PlaintextWithTlsFiles,
+};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -48,7 +50,7 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
-/// How kms-agent names its connection options.
+/// How kms-agent names its connection and node-trust options.
 #[derive(Debug)]
 pub(crate) struct AgentFlags;
 
@@ -65,6 +67,13 @@ impl ConnectionFlags for AgentFlags {
     const PLAINTEXT_WITH_TLS_FILES: PlaintextWithTlsFiles = PlaintextWithTlsFiles::Refuse;
 }
 
+impl NodeTrustFlags for AgentFlags {
+    const POLICY_ENV: &'static str = "KMS_AGENT_NODE_POLICY";
+    const POLICY_HELP: &'static str = "The node policy (JSON) a kmsd must meet for its answers to be used: the hardware it may run on and conditions on its evidence (docs/attested-release.md, \"Node identity\")";
+    const DANGER_HELP: &'static str = "Trust a kmsd that presents no hardware evidence (dev mode): answers must still be signed by the node key it presents, but anyone who answers in its place is trusted. Insecure";
+    const GLOBAL: bool = false;
+}
+
 /// How to reach kmsd.
 #[derive(Args, Debug)]
 #[command(next_help_heading = "Connection (before the command)")]
@@ -73,20 +82,9 @@ pub(crate) struct Connection {
     #[command(flatten)]
     pub(crate) channel: ConnectionArgs<AgentFlags>,
 
-    /// The node policy (JSON) a kmsd must meet for its answers to be used: the hardware it may
-    /// run on and conditions on its evidence (docs/attested-release.md, "Node identity").
-    #[arg(
-        long,
-        env = "KMS_AGENT_NODE_POLICY",
-        value_name = "FILE",
-        conflicts_with = "danger_unattested_kmsd"
-    )]
-    pub(crate) node_policy: Option<PathBuf>,
-
-    /// Trust a kmsd that presents no hardware evidence (dev mode): answers must still be signed
-    /// by the node key it presents, but anyone who answers in its place is trusted. Insecure.
-    #[arg(long)]
-    pub(crate) danger_unattested_kmsd: bool,
+    /// Which kmsd to trust: --node-policy FILE or --danger-unattested-kmsd (one is needed).
+    #[command(flatten)]
+    pub(crate) trust: NodeTrustArgs<AgentFlags>,
 }
 
 #[derive(Subcommand, Debug)]

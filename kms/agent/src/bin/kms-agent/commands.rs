@@ -6,8 +6,7 @@ use std::fmt::Write as _;
 
 use base64::Engine as _;
 use kms_agent::{
-    decode_ak, encode_ak, Client, ClientConfig, EvidenceSource, KmsdKeyring, NodePolicy, NodeTrust, SnpReporter,
-    TpmEnrollOptions, TpmQuoter,
+    decode_ak, encode_ak, Client, ClientConfig, EvidenceSource, KmsdKeyring, SnpReporter, TpmEnrollOptions, TpmQuoter,
 };
 use kms_client::channel::is_loopback;
 use kms_client::cli::parse::pairs_to_map;
@@ -36,24 +35,7 @@ pub(crate) async fn run(cli: &Cli, p: &Printer) -> Result<(), Error> {
 
 async fn connect(c: &Connection) -> Result<Client, Error> {
     let url = &c.channel.url;
-    let mut config = ClientConfig::from(c.channel.channel_config()?);
-    let trust = match (&c.node_policy, c.danger_unattested_kmsd) {
-        (Some(path), _) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Error::usage(format!("cannot read the node policy {}: {e}", path.display())))?;
-            NodeTrust::Policy(NodePolicy::parse(&text).map_err(|e| Error::usage(format!("{}: {e}", path.display())))?)
-        }
-        (None, true) => {
-            warn("--danger-unattested-kmsd: answers are trusted from any kmsd, attested or not (and from anything that poses as one)");
-            NodeTrust::DangerUnattested
-        }
-        (None, false) => {
-            return Err(Error::usage(
-                "say how kmsd is verified: --node-policy FILE (or KMS_AGENT_NODE_POLICY), or --danger-unattested-kmsd for a dev-mode kmsd",
-            ))
-        }
-    };
-    config = config.with_node_trust(trust);
+    let config = ClientConfig::from(c.channel.channel_config()?).with_node_trust(c.trust.required_trust("kms-agent")?);
     if !url.starts_with("https://") && !is_loopback(url) {
         warn(&format!(
             "{url} is plaintext: the server cannot identify this workload, and anyone on the path sees the token (keys stay HPKE-sealed)"
@@ -357,7 +339,9 @@ async fn enroll(c: &Connection, p: &Printer, a: &EnrollArgs) -> Result<(), Error
     options.ak_scheme = a.ak_scheme.into();
     options.ek_kind = a.ek.into();
     for path in &a.ek_intermediates {
-        options.ek_intermediates.push(files::read_certificate(path)?);
+        options
+            .ek_intermediates
+            .extend(files::read_certificates(path, "EK intermediate certificates")?);
     }
     let client = connect(c).await?;
     let pending = client.enroll_tpm(&options).await?;

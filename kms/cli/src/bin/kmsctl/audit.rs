@@ -135,18 +135,14 @@ fn checkpoint_json(c: &Checkpoint) -> Value {
     })
 }
 
-/// Replaces the state file (written next to it, then renamed over it).
+/// Replaces the state file (a new file written next to it, then renamed over it).
 fn write_state_file(path: &Path, c: &Checkpoint) -> Result<(), Error> {
     let doc = json!({
         "about": "kmsctl audit verify --state: the last checkpoint a verification of this deployment's audit log ended at",
         "verified_at": output::time(kms_core::now_unix_ms()),
         "checkpoint": checkpoint_json(c),
     });
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".new");
-    let tmp = PathBuf::from(tmp);
-    files::write(&tmp, format!("{doc:#}\n").as_bytes(), false)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::file("replace", path, e))
+    Ok(files::write(path, format!("{doc:#}\n").as_bytes(), false)?)
 }
 
 /// `kmsctl audit verify`: the chain, the head, and the signed checkpoints against the keys in

@@ -8,7 +8,9 @@ use kms_core::ids::AdminId;
 use kms_core::jurisdiction::Country;
 
 use kms_client::cli::parse::{parse_pair, Pair};
-use kms_client::cli::{ConnectionArgs, ConnectionFlags, OutputFormat, PlaintextWithTlsFiles};
+use kms_client::cli::{
+    ConnectionArgs, ConnectionFlags, NodeTrustArgs, NodeTrustFlags, OutputFormat, PlaintextWithTlsFiles,
+};
 
 use crate::args::{parse_admin_id, parse_country, parse_grant, GrantArg};
 use crate::args::{parse_hex, parse_tcb, parse_time, Hex};
@@ -58,17 +60,10 @@ pub(crate) struct Global {
     #[arg(long, env = "KMSCTL_DEPLOYMENT", global = true, value_name = "ID")]
     pub(crate) deployment: Option<String>,
 
-    /// The node policy (JSON) the kmsd you unseal or initialize must meet: the hardware it may
-    /// run on and conditions on its evidence. `unseal` and `init` verify the answering node
-    /// against it before anything leaves this machine (docs/attested-release.md, "Node
-    /// identity").
-    #[arg(long, env = "KMSCTL_NODE_POLICY", global = true, value_name = "FILE")]
-    pub(crate) node_policy: Option<PathBuf>,
-
-    /// Trust a kmsd that presents no hardware evidence (dev mode, tests): its answers must be
-    /// signed by the node key it presents, but anyone who answers in its place is trusted.
-    #[arg(long, global = true, conflicts_with = "node_policy")]
-    pub(crate) danger_unattested_kmsd: bool,
+    /// Which kmsd to trust: --node-policy FILE or --danger-unattested-kmsd (`unseal` and `init`
+    /// need one).
+    #[command(flatten)]
+    pub(crate) node_trust: NodeTrustArgs<KmsctlFlags>,
 
     /// The admin key file (JSON, as `kmsctl admin keygen` writes it) that signs admin requests.
     /// The software path, for development and tests: production admins use an HSM (--hsm-module).
@@ -135,7 +130,7 @@ pub(crate) struct Global {
     pub(crate) output: OutputFormat,
 }
 
-/// How kmsctl names its connection options.
+/// How kmsctl names its connection and node-trust options.
 #[derive(Debug)]
 pub(crate) struct KmsctlFlags;
 
@@ -151,6 +146,13 @@ impl ConnectionFlags for KmsctlFlags {
         "PEM client certificate for mutual TLS; the data plane derives the caller's principal from it";
     const GLOBAL: bool = true;
     const PLAINTEXT_WITH_TLS_FILES: PlaintextWithTlsFiles = PlaintextWithTlsFiles::Warn;
+}
+
+impl NodeTrustFlags for KmsctlFlags {
+    const POLICY_ENV: &'static str = "KMSCTL_NODE_POLICY";
+    const POLICY_HELP: &'static str = "The node policy (JSON) the kmsd you unseal or initialize must meet: the hardware it may run on and conditions on its evidence. `unseal` and `init` verify the answering node against it before anything leaves this machine (docs/attested-release.md, \"Node identity\")";
+    const DANGER_HELP: &'static str = "Trust a kmsd that presents no hardware evidence (dev mode, tests): its answers must be signed by the node key it presents, but anyone who answers in its place is trusted";
+    const GLOBAL: bool = true;
 }
 
 #[derive(Subcommand, Debug)]
@@ -741,7 +743,7 @@ pub(crate) enum DataCommand {
         context: Vec<Pair>,
         #[command(flatten)]
         input: PlaintextInput,
-        /// Write the raw blob to FILE instead of printing it.
+        /// Write the raw blob to FILE instead of printing it; `-` writes it to stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
@@ -756,7 +758,8 @@ pub(crate) enum DataCommand {
         /// Refuse the blob unless it is under this key (id or name).
         #[arg(long, value_name = "KEY")]
         expect_key: Option<String>,
-        /// Write the raw plaintext to FILE (mode 0600) instead of printing it.
+        /// Write the raw plaintext to FILE (mode 0600) instead of printing it; `-` writes it to
+        /// stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
@@ -773,7 +776,7 @@ pub(crate) enum DataCommand {
         /// Encryption context pair for the new blob (repeatable).
         #[arg(long = "to-context", value_name = "K=V", value_parser = parse_pair)]
         to_context: Vec<Pair>,
-        /// Write the raw new blob to FILE instead of printing it.
+        /// Write the raw new blob to FILE instead of printing it; `-` writes it to stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },

@@ -1,8 +1,10 @@
 //! Data-plane helpers (KeyService): generate a data key, encrypt, decrypt, re-encrypt. Unsigned:
-//! the server knows the caller by the TLS client certificate. Plaintext is held in zeroizing
-//! buffers; it must never be printed unless the command's purpose is to show it (decrypt, or
-//! generate --with-plaintext), and never logged.
+//! the server knows the caller by the TLS client certificate. `--out FILE` replaces FILE with a
+//! complete new file (plaintext: mode 0600); `--out -` writes the raw bytes to stdout. Plaintext
+//! is held in zeroizing buffers; it must never be printed unless the command's purpose is to show
+//! it (decrypt, or generate --with-plaintext), and never logged.
 
+use std::io::Write as _;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -15,7 +17,7 @@ use crate::cli::{BlobInput, DataCommand, Global, PlaintextInput};
 use crate::client::Server;
 use crate::error::Error;
 use crate::files;
-use crate::output::{Printer, B64};
+use crate::output::{self, Printer, B64};
 
 /// `kmsctl data ...`.
 pub(crate) async fn run(g: &Global, p: &Printer, command: &DataCommand) -> Result<(), Error> {
@@ -136,17 +138,47 @@ fn decode_b64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
     B64.decode(compact)
 }
 
+/// Refuses `--out` to stdout with `--output json` before anything is done: stdout carries the
+/// JSON document then.
+fn check_out(p: &Printer, out: Option<&Path>) -> Result<(), Error> {
+    match out {
+        Some(path) if p.is_json() && files::is_stdout(path) => Err(Error::usage(format!(
+            "--out {} writes raw bytes to stdout, where --output json writes its document: give --out FILE, or no --out to have them in the document (base64)",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Writes raw `bytes` to `path` and says so (`what` is what they are): a file is replaced
+/// (`secret`: with mode 0600) and the result printed; to stdout (`-`, `/dev/stdout`) only the
+/// bytes go, and the line saying so goes to stderr.
+fn write_out(
+    p: &Printer,
+    path: &Path,
+    bytes: &[u8],
+    secret: bool,
+    what: &str,
+    mut doc: serde_json::Value,
+) -> Result<(), Error> {
+    if files::is_stdout(path) {
+        output::stdout(bytes)?;
+        let _ = writeln!(std::io::stderr().lock(), "wrote {what} to stdout");
+        return Ok(());
+    }
+    files::write(path, bytes, secret)?;
+    doc["out"] = json!(path);
+    doc["bytes"] = json!(bytes.len());
+    p.emit(doc, || {
+        let mode = if secret { " (mode 0600)" } else { "" };
+        format!("wrote {what} to {}{mode}", path.display())
+    })
+}
+
 /// Prints a new blob as base64, or writes it raw to `out`.
 fn emit_blob(p: &Printer, blob: &[u8], out: Option<&Path>, mut doc: serde_json::Value) -> Result<(), Error> {
     match out {
-        Some(path) => {
-            files::write(path, blob, false)?;
-            doc["out"] = json!(path);
-            doc["bytes"] = json!(blob.len());
-            p.emit(doc, || {
-                format!("wrote the {}-byte blob to {}", blob.len(), path.display())
-            })
-        }
+        Some(path) => write_out(p, path, blob, false, &format!("the {}-byte blob", blob.len()), doc),
         None => {
             let b64 = B64.encode(blob);
             doc["ciphertext_blob"] = json!(b64);
@@ -163,6 +195,7 @@ async fn encrypt(
     input: &PlaintextInput,
     out: Option<&Path>,
 ) -> Result<(), Error> {
+    check_out(p, out)?;
     let encryption_context = pairs_to_map(context, "--context")?;
     let plaintext = plaintext_input(input)?;
     let server = Server::connect(g).await?;
@@ -199,6 +232,7 @@ async fn decrypt(
     expect_key: Option<&str>,
     out: Option<&Path>,
 ) -> Result<(), Error> {
+    check_out(p, out)?;
     let encryption_context = pairs_to_map(context, "--context")?;
     let ciphertext_blob = blob_input(input)?;
     let server = Server::connect(g).await?;
@@ -217,12 +251,8 @@ async fn decrypt(
     let plaintext = Zeroizing::new(std::mem::take(&mut r.plaintext));
     let mut doc = json!({ "key_id": r.key_id, "key_version": r.key_version });
     if let Some(path) = out {
-        files::write(path, &plaintext, true)?;
-        doc["out"] = json!(path);
-        doc["bytes"] = json!(plaintext.len());
-        return p.emit(doc, || {
-            format!("wrote {} bytes of plaintext to {}", plaintext.len(), path.display())
-        });
+        let what = format!("{} bytes of plaintext", plaintext.len());
+        return write_out(p, path, &plaintext, true, &what, doc);
     }
     let b64 = Zeroizing::new(B64.encode(plaintext.as_slice()));
     doc["plaintext_base64"] = json!(b64.as_str());
@@ -244,6 +274,7 @@ async fn re_encrypt(
     to_context: &[Pair],
     out: Option<&Path>,
 ) -> Result<(), Error> {
+    check_out(p, out)?;
     let source_encryption_context = pairs_to_map(context, "--context")?;
     let destination_encryption_context = pairs_to_map(to_context, "--to-context")?;
     let ciphertext_blob = blob_input(input)?;

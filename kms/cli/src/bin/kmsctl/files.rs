@@ -6,16 +6,17 @@ use std::fs;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
 use kms_core::keyfile::{AdminKeyFile, AdminPublic};
 use zeroize::Zeroizing;
 
-/// Creating and writing outputs (0600 for secrets), and whole-file reads: kms-client's, shared
-/// with kms-agent. `write` replaces an output in place.
-pub(crate) use kms_client::cli::files::{create_new, read, read_text, replace as write};
+/// Creating and writing outputs (0600 for secrets), whole-file reads and certificate files (DER
+/// or PEM): kms-client's, shared with kms-agent. `write` replaces an output with a complete new
+/// file (a device or pipe is written as it is); `is_stdout` tells `-` and `/dev/stdout`.
+pub(crate) use kms_client::cli::files::{
+    create_new, is_stdout, read, read_certificate, read_certificates, read_text, replace as write,
+};
 
 use crate::error::Error;
-use crate::output::B64;
 
 /// Loads the admin key file named by --admin-key.
 pub(crate) fn admin_key(path: Option<&Path>) -> Result<AdminKeyFile, Error> {
@@ -36,49 +37,6 @@ pub(crate) fn admin_public(path: &Path) -> Result<AdminPublic, Error> {
     public.signing_key().map_err(|e| Error::file("use", path, e))?;
     public.encryption_key().map_err(|e| Error::file("use", path, e))?;
     Ok(public)
-}
-
-/// The DER certificates in `bytes`: every PEM `CERTIFICATE` block, or `bytes` itself if it is
-/// not PEM.
-pub(crate) fn certificates(path: &Path, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>, Error> {
-    let Ok(text) = std::str::from_utf8(&bytes) else {
-        return Ok(vec![bytes]);
-    };
-    if !text.contains("-----BEGIN") {
-        return Ok(vec![bytes]);
-    }
-    let mut ders = Vec::new();
-    let mut body: Option<String> = None;
-    for line in text.lines().map(str::trim) {
-        if line == "-----BEGIN CERTIFICATE-----" {
-            body = Some(String::new());
-        } else if line == "-----END CERTIFICATE-----" {
-            let b64 = body.take().unwrap_or_default();
-            let der = B64
-                .decode(b64.as_bytes())
-                .map_err(|e| Error::file("decode the PEM certificate in", path, e))?;
-            ders.push(der);
-        } else if let Some(b) = body.as_mut() {
-            b.push_str(line);
-        }
-    }
-    if ders.is_empty() {
-        return Err(Error::local(format!("{}: no PEM CERTIFICATE block", path.display())));
-    }
-    Ok(ders)
-}
-
-/// The single certificate (DER or PEM) in a file, e.g. a VCEK/VLEK.
-pub(crate) fn one_certificate(path: &Path, what: &str) -> Result<Vec<u8>, Error> {
-    let mut certs = certificates(path, read(path)?)?;
-    match (certs.pop(), certs.is_empty()) {
-        (Some(cert), true) => Ok(cert),
-        _ => Err(Error::local(format!(
-            "{}: holds {} certificates, expected the {what} alone",
-            path.display(),
-            certs.len() + 1
-        ))),
-    }
 }
 
 /// Reads a whole file, or standard input when `path` is `-`.

@@ -162,7 +162,7 @@ fn snp_identity(report_path: &Path, args: &EnrollArgs) -> Result<Identity, Error
     let vek_certificate = args
         .vek
         .as_deref()
-        .map(|path| files::one_certificate(path, "VCEK/VLEK"))
+        .map(|path| files::read_certificate(path, "VCEK/VLEK certificate"))
         .transpose()?
         .unwrap_or_default();
     Ok(Identity::Snp(pb::SnpEnrollment {

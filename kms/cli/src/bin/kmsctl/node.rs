@@ -3,9 +3,8 @@
 //! is sent; `kmsctl node show` prints it. Only the seal status the node signed over our nonce is
 //! used: an unseal key relayed by anything else never receives a share.
 
-use std::path::Path;
-
-use kms_node::{NodeError, NodePolicy, NodeVerifier, VerifiedNode};
+use kms_client::NodeTrust;
+use kms_node::{NodeError, NodeVerifier, VerifiedNode};
 use kms_proto::v1 as pb;
 use serde_json::{json, Value};
 
@@ -14,35 +13,22 @@ use crate::client::Server;
 use crate::error::Error;
 use crate::output::Printer;
 
-/// The verifier the command line asks for; `None` if it asks for none.
+/// The verifier the command line asks for (`--node-policy`, `--danger-unattested-kmsd`, read
+/// by kms-client); `None` if it asks for none.
 pub(crate) fn verifier(g: &Global) -> Result<Option<NodeVerifier>, Error> {
-    match (&g.node_policy, g.danger_unattested_kmsd) {
-        (Some(path), _) => Ok(Some(
-            NodeVerifier::new(read_policy(path)?).map_err(|e| Error::usage(format!("{}: {e}", path.display())))?,
-        )),
-        (None, true) => {
-            eprintln!(
-                "warning: --danger-unattested-kmsd: the server is not verified; whoever answers in its place (a TLS-terminating proxy) is trusted"
-            );
-            Ok(Some(NodeVerifier::danger_unattested()))
-        }
-        (None, false) => Ok(None),
-    }
+    g.node_trust.trust()?.as_ref().map(verifier_of).transpose()
 }
 
 /// [`verifier`], which this command needs.
 pub(crate) fn required_verifier(g: &Global, what: &str) -> Result<NodeVerifier, Error> {
-    verifier(g)?.ok_or_else(|| {
-        Error::usage(format!(
-            "{what} needs to know which kmsd to trust: --node-policy FILE (or KMSCTL_NODE_POLICY), the node policy your deployment handed out; or --danger-unattested-kmsd for a kmsd without hardware evidence (dev and tests only)"
-        ))
-    })
+    verifier_of(&g.node_trust.required_trust(what)?)
 }
 
-fn read_policy(path: &Path) -> Result<NodePolicy, Error> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::local(format!("cannot read the node policy {}: {e}", path.display())))?;
-    NodePolicy::parse(&text).map_err(|e| Error::usage(format!("{}: {e}", path.display())))
+fn verifier_of(trust: &NodeTrust) -> Result<NodeVerifier, Error> {
+    // The policy was checked as it was read, so this fails only if the verifier changed its mind.
+    trust
+        .verifier()
+        .map_err(|e| Error::local(format!("the node policy cannot be used: {e}")))
 }
 
 /// The node's identity over a fresh nonce, unverified.

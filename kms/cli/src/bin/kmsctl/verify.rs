@@ -46,7 +46,7 @@ pub(crate) fn snp(args: &VerifySnpArgs) -> Result<(), Error> {
     let vek = args
         .vek
         .as_deref()
-        .map(|path| files::one_certificate(path, "VCEK/VLEK"))
+        .map(|path| files::read_certificate(path, "VCEK/VLEK certificate"))
         .transpose()?;
     let chain = args.chain.as_deref().map(files::read).transpose()?;
 
@@ -96,11 +96,11 @@ pub(crate) fn tpm(args: &VerifyTpmArgs) -> Result<(), Error> {
     let ek_cert = args
         .ek_cert
         .as_deref()
-        .map(|p| files::read(p).map(|b| (p, b)))
+        .map(|p| files::read_certificate(p, "EK certificate"))
         .transpose()?;
     let ek_ca = args.ek_ca.as_deref().map(files::read).transpose()?;
     let ek_intermediates = match args.ek_intermediate.as_deref() {
-        Some(p) => files::certificates(p, files::read(p)?)?,
+        Some(p) => files::read_certificates(p, "EK intermediate certificates")?,
         None => Vec::new(),
     };
     let now = args.at.unwrap_or_else(now_unix);
@@ -136,11 +136,7 @@ pub(crate) fn tpm(args: &VerifyTpmArgs) -> Result<(), Error> {
         .map_err(|r| refused(&r))?;
     let mut value = serde_json::to_value(&claims).map_err(|e| Error::local(e.to_string()))?;
 
-    if let (Some((path, cert)), Some(ca)) = (ek_cert, ek_ca) {
-        let cert = files::certificates(path, cert)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::local(format!("{}: no certificate", path.display())))?;
+    if let (Some(cert), Some(ca)) = (ek_cert, ek_ca) {
         let bundle = EkCaBundle::from_pem(&ca).map_err(|r| refused(&r))?;
         let intermediates: Vec<&[u8]> = ek_intermediates.iter().map(Vec::as_slice).collect();
         let ek = bundle.verify(&cert, &intermediates, now).map_err(|r| refused(&r))?;

@@ -1,0 +1,166 @@
+//! `kmsctl data … --out` against a real `kmsd`: an existing file is replaced by a complete new
+//! one (a plaintext with mode 0600, whatever the old file's mode; the old file is never written
+//! into, and no temporary file is left), `--out -` and `--out /dev/stdout` write the raw bytes to
+//! stdout (the line saying so to stderr), and `--out -` with `--output json` is a usage error.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Read as _;
+use std::path::Path;
+
+use kms_testkit::*;
+
+const KMSCTL: &str = env!("CARGO_BIN_EXE_kmsctl");
+const APP: &str = "spiffe://test/data-cli";
+
+/// Runs kmsctl as the data-plane caller APP, in `dir`; returns its raw stdout too.
+async fn kmsctl(c: &Ceremony, dir: &Path, args: &[&str]) -> (Out, Vec<u8>) {
+    let (cert, key) = c.pki.client_files(APP, "data-cli");
+    let out = kmsctl_command(KMSCTL)
+        .current_dir(dir)
+        .env("KMSCTL_SERVER", format!("https://{}", c.server.addr))
+        .env("KMSCTL_TLS_SERVER_NAME", "localhost")
+        .env("KMSCTL_CA", c.pki.ca_path())
+        .env("KMSCTL_CERT", cert)
+        .env("KMSCTL_CLIENT_KEY", key)
+        .arg("data")
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let raw = out.stdout.clone();
+    (out.into(), raw)
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_replaces_files_with_their_final_mode_and_writes_stdout() {
+    let Some(c) = Ceremony::new(Backend::Sqlite, Options::default()).await else {
+        return;
+    };
+    c.create_key("files", &[APP], UNATTESTED).await;
+    let dir = tempfile::tempdir().unwrap();
+    let blob = dir.path().join("msg.blob");
+    let plain = dir.path().join("plain.txt");
+
+    // A blob over an existing file that everyone may write: a new file, 0644 at the most.
+    std::fs::write(&blob, b"an old blob, longer than nothing").unwrap();
+    #[cfg(unix)]
+    set_mode(&blob, 0o666);
+    let (out, _) = kmsctl(
+        &c,
+        dir.path(),
+        &["encrypt", "files", "--text", "hello", "--out", "msg.blob"],
+    )
+    .await;
+    let out = out.expect(0);
+    assert!(out.stdout.starts_with("wrote the "), "{}", out.stdout);
+    assert!(std::fs::read(&blob).unwrap().starts_with(kms_core::blob::MAGIC));
+    #[cfg(unix)]
+    assert_eq!(mode(&blob) & 0o133, 0, "at most 0644, not the old 0666");
+
+    // A plaintext over an existing 0644 file: replaced by a 0600 one. The old file is not
+    // written into (a reader that has it open still reads the old contents).
+    std::fs::write(&plain, b"the old contents, longer than hello").unwrap();
+    #[cfg(unix)]
+    set_mode(&plain, 0o644);
+    let mut held = std::fs::File::open(&plain).unwrap();
+    let (out, _) = kmsctl(
+        &c,
+        dir.path(),
+        &["--output", "json", "decrypt", "--in", "msg.blob", "--out", "plain.txt"],
+    )
+    .await;
+    let doc = out.expect(0).json();
+    assert_eq!(doc["bytes"], 5, "{doc}");
+    assert_eq!(std::fs::read(&plain).unwrap(), b"hello", "no tail of the old file");
+    #[cfg(unix)]
+    assert_eq!(mode(&plain), 0o600, "the replaced plaintext file is private");
+    let mut old = String::new();
+    held.read_to_string(&mut old).unwrap();
+    assert_eq!(old, "the old contents, longer than hello");
+    assert_eq!(
+        names(dir.path()),
+        ["msg.blob", "plain.txt"],
+        "no temporary file is left"
+    );
+
+    // Human output says where it went, and its mode.
+    let (out, _) = kmsctl(&c, dir.path(), &["decrypt", "--in", "msg.blob", "--out", "plain.txt"]).await;
+    let out = out.expect(0);
+    assert_eq!(
+        out.stdout.trim_end(),
+        "wrote 5 bytes of plaintext to plain.txt (mode 0600)",
+        "{}",
+        out.stdout
+    );
+
+    // To stdout: only the raw bytes there, the line saying so on stderr.
+    for to in ["-", "/dev/stdout"] {
+        let (out, raw) = kmsctl(&c, dir.path(), &["decrypt", "--in", "msg.blob", "--out", to]).await;
+        let out = out.expect(0);
+        assert_eq!(raw, b"hello", "--out {to}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("wrote 5 bytes of plaintext to stdout"),
+            "--out {to}: {}",
+            out.stderr
+        );
+    }
+    let (out, raw) = kmsctl(&c, dir.path(), &["encrypt", "files", "--text", "hello", "--out", "-"]).await;
+    out.expect(0);
+    assert!(raw.starts_with(kms_core::blob::MAGIC), "a raw blob on stdout");
+    assert_eq!(names(dir.path()), ["msg.blob", "plain.txt"], "no file named -");
+
+    // stdout carries the JSON document with --output json: raw bytes there are refused first.
+    let (out, _) = kmsctl(
+        &c,
+        dir.path(),
+        &["--output", "json", "decrypt", "--in", "msg.blob", "--out", "-"],
+    )
+    .await;
+    let doc = out.expect(2).json();
+    assert_eq!(doc["error"]["kind"], "usage", "{doc}");
+
+    // Re-encrypting a blob over itself: read first, then replaced whole.
+    let (out, _) = kmsctl(&c, dir.path(), &["re-encrypt", "--in", "msg.blob", "--out", "msg.blob"]).await;
+    out.expect(0);
+    let (out, raw) = kmsctl(&c, dir.path(), &["decrypt", "--in", "msg.blob", "--out", "-"]).await;
+    out.expect(0);
+    assert_eq!(raw, b"hello");
+
+    // Not over a directory, nor through a link; both exit 4 and name the path.
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let (out, _) = kmsctl(&c, dir.path(), &["decrypt", "--in", "msg.blob", "--out", "sub"]).await;
+    let out = out.expect(4);
+    assert!(
+        out.stderr.contains("sub exists and is not a regular file"),
+        "{}",
+        out.stderr
+    );
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(&plain, dir.path().join("link")).unwrap();
+        let (out, _) = kmsctl(&c, dir.path(), &["decrypt", "--in", "msg.blob", "--out", "link"]).await;
+        let out = out.expect(4);
+        assert!(out.stderr.contains("link is a symbolic link"), "{}", out.stderr);
+    }
+}
