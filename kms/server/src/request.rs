@@ -121,6 +121,19 @@ impl QuorumOp {
             Self::RotateRoot(_) => "rotate_root",
         }
     }
+
+    /// The audit operation of its execution.
+    pub fn audit_operation(&self) -> &'static str {
+        match self {
+            Self::AddAdmin(_) => "admin.add_admin",
+            Self::RemoveAdmin { .. } => "admin.remove_admin",
+            Self::SetQuorum { .. } => "admin.set_quorum",
+            Self::EnrollHardware(_) => "admin.enroll_hardware",
+            Self::SetReleasePolicy { .. } => "admin.set_release_policy",
+            Self::ScheduleKeyDeletion { .. } => "admin.schedule_key_deletion",
+            Self::RotateRoot(_) => "admin.rotate_root",
+        }
+    }
 }
 
 /// A quorum operation with the canonical bytes its digest is taken over.

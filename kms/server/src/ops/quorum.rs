@@ -33,19 +33,6 @@ pub(crate) enum Exec<'a> {
     Run(Option<&'a QuorumClose>),
 }
 
-/// The audit operation of a quorum operation's execution.
-fn quorum_audit_op(op: &QuorumOp) -> &'static str {
-    match op {
-        QuorumOp::AddAdmin(_) => "admin.add_admin",
-        QuorumOp::RemoveAdmin { .. } => "admin.remove_admin",
-        QuorumOp::SetQuorum { .. } => "admin.set_quorum",
-        QuorumOp::EnrollHardware(_) => "admin.enroll_hardware",
-        QuorumOp::SetReleasePolicy { .. } => "admin.set_release_policy",
-        QuorumOp::ScheduleKeyDeletion { .. } => "admin.schedule_key_deletion",
-        QuorumOp::RotateRoot(_) => "admin.rotate_root",
-    }
-}
-
 fn sha256(bytes: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, bytes).as_ref().to_vec()
 }
@@ -180,7 +167,7 @@ impl AdminPlane {
             approved_unix_ms: now,
         };
         if quorum <= 1 {
-            audit.set_operation(quorum_audit_op(&op));
+            audit.set_operation(op.audit_operation());
             audit.detail("approved_by", vec![admin.to_string()]);
             let close = QuorumClose::Immediate {
                 proposal: Box::new(row.clone()),
@@ -258,7 +245,7 @@ impl AdminPlane {
             .map(|a| a.admin_id)
             .collect();
         approvers.push(admin.to_string());
-        audit.set_operation(quorum_audit_op(&qop));
+        audit.set_operation(qop.audit_operation());
         audit.detail("approved_by", approvers);
         let close = QuorumClose::Final {
             approval,
