@@ -24,6 +24,14 @@ struct Tokens {
     pin_dir: tempfile::TempDir,
 }
 
+/// SoftHSM2 guards its file-backed token store with fcntl locks, which do not exclude threads of
+/// one process: two tests creating objects on one token at once make `C_GenerateKeyPair` fail
+/// with CKR_GENERAL_ERROR now and then. The tests run one at a time (they take well under a second).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn tokens() -> &'static Tokens {
     static TOKENS: OnceLock<Tokens> = OnceLock::new();
     TOKENS.get_or_init(|| Tokens {
@@ -51,6 +59,7 @@ fn verify(public: &[u8], message: &[u8], der: &[u8]) -> bool {
 
 #[test]
 fn signing_key_signs_and_verifies_with_ring() {
+    let _one_at_a_time = serial();
     let t = tokens();
     let hsm = open(&t.main);
     assert_eq!(hsm.token_label(), t.main.label);
@@ -93,6 +102,7 @@ fn signing_key_signs_and_verifies_with_ring() {
 
 #[test]
 fn pin_sources_open_the_token() {
+    let _one_at_a_time = serial();
     let t = tokens();
     let file = t.main.pin_file(t.pin_dir.path());
     let p = PinSource::File(file).read().unwrap();
@@ -103,6 +113,7 @@ fn pin_sources_open_the_token() {
 
 #[test]
 fn wrong_pin_is_refused_and_never_printed() {
+    let _one_at_a_time = serial();
     let t = tokens();
     let selector = TokenSelector::Label(t.wrong_pin.label.clone());
     let wrong = Pin::new(Zeroizing::new(b"0000000000000000".to_vec())).unwrap();
@@ -125,6 +136,7 @@ fn wrong_pin_is_refused_and_never_printed() {
 
 #[test]
 fn unknown_token_lists_the_tokens_present() {
+    let _one_at_a_time = serial();
     let t = tokens();
     let e = Hsm::open(
         &module_path(),
@@ -180,6 +192,7 @@ fn value_is_sensitive(module: &PathBuf, token: &TestToken, label: &str) -> bool 
 
 #[test]
 fn keys_are_not_extractable() {
+    let _one_at_a_time = serial();
     let t = tokens();
     let hsm = open(&t.inspect);
     let (sign, share, root) = (
@@ -209,6 +222,7 @@ fn keys_are_not_extractable() {
 
 #[test]
 fn share_rewrap_round_trip() {
+    let _one_at_a_time = serial();
     let t = tokens();
     let hsm = open(&t.main);
     let label = unique_label("custodian");
@@ -254,6 +268,7 @@ fn share_rewrap_round_trip() {
 
 #[test]
 fn rewrap_of_a_foreign_or_tampered_envelope_fails_cleanly() {
+    let _one_at_a_time = serial();
     let t = tokens();
     let hsm = open(&t.main);
     let label = unique_label("custodian-x");
@@ -290,6 +305,7 @@ fn rewrap_of_a_foreign_or_tampered_envelope_fails_cleanly() {
 
 #[test]
 fn root_key_encrypts_in_the_software_root_format() {
+    let _one_at_a_time = serial();
     let t = tokens();
     let hsm = open(&t.main);
     let label = unique_label("root");
@@ -348,6 +364,7 @@ fn root_key_encrypts_in_the_software_root_format() {
 
 #[test]
 fn keys_survive_reopening_the_token() {
+    let _one_at_a_time = serial();
     let t = tokens();
     let (sign, share, root) = (
         unique_label("keep-sign"),
@@ -385,6 +402,7 @@ fn keys_survive_reopening_the_token() {
 
 #[test]
 fn two_tokens_in_one_process() {
+    let _one_at_a_time = serial();
     let t = tokens();
     let a = open(&t.main);
     let b = open(&t.second);
@@ -404,6 +422,7 @@ fn two_tokens_in_one_process() {
 
 #[test]
 fn concurrent_signing_from_several_threads() {
+    let _one_at_a_time = serial();
     let t = tokens();
     let hsm = Arc::new(open(&t.main));
     let signer = Arc::new(hsm.generate_signing_key(&unique_label("threads")).unwrap());
@@ -429,6 +448,7 @@ fn concurrent_signing_from_several_threads() {
 
 #[test]
 fn data_objects_hold_a_value_across_sessions() {
+    let _one_at_a_time = serial();
     let t = tokens();
     let label = unique_label("anchor");
     let hsm = open(&t.main);
