@@ -14,7 +14,7 @@
 //! the wire is in `crate::error`. It never stores a usable key: KEKs arrive here wrapped.
 
 use kms_core::audit::{self, Record};
-use kms_core::ids::{KeyId, KeyVersion};
+use kms_core::ids::{AdminId, KeyId, KeyVersion};
 use kms_core::integrity::Value;
 use kms_core::key::{KeyState, Transition};
 use sqlx::any::AnyPoolOptions;
@@ -93,9 +93,9 @@ pub enum Refusal {
     /// Init has not run.
     NotInitialized,
     /// No active admin with this id.
-    AdminNotFound(String),
+    AdminNotFound(AdminId),
     /// The admin was removed (or is not active).
-    AdminRemoved(String),
+    AdminRemoved(AdminId),
     /// The change would leave fewer active admins than M.
     QuorumUnreachable {
         /// Active admins that would remain.
@@ -103,12 +103,12 @@ pub enum Refusal {
         /// M.
         quorum: u32,
         /// The admin being removed, if that is the change.
-        removing: Option<String>,
+        removing: Option<AdminId>,
     },
     /// Removing the admin would leave fewer custodians than the unseal threshold.
     TooFewCustodians {
         /// The admin.
-        removing: String,
+        removing: AdminId,
         /// Custodians that would remain.
         custodians: i64,
         /// The threshold.
@@ -138,7 +138,7 @@ pub enum Refusal {
     /// This admin approved already (or, rejecting, had approved).
     AlreadyApproved {
         /// The admin.
-        admin: String,
+        admin: AdminId,
         /// The proposal.
         proposal: String,
         /// Whether the admin tried to reject.
@@ -147,7 +147,7 @@ pub enum Refusal {
     /// This admin rejected already (or, approving, had rejected).
     AlreadyRejected {
         /// The admin.
-        admin: String,
+        admin: AdminId,
         /// The proposal.
         proposal: String,
         /// Whether the admin tried to approve.
@@ -159,7 +159,7 @@ pub enum Refusal {
         /// The proposal.
         proposal: String,
         /// The approver.
-        admin: String,
+        admin: AdminId,
         /// What is wrong.
         what: String,
     },
@@ -416,8 +416,8 @@ impl Store {
     }
 
     /// One admin (also a removed one: callers check `removed_unix_ms`), verified.
-    pub async fn admin(&self, id: &str) -> Result<Option<AdminRow>, StoreError> {
-        Ok(self.get::<AdminRow>(&[Value::text(id)]).await?.map(|s| s.row))
+    pub async fn admin(&self, id: &AdminId) -> Result<Option<AdminRow>, StoreError> {
+        Ok(self.get::<AdminRow>(&[Value::text(id.as_str())]).await?.map(|s| s.row))
     }
 
     /// One admin as stored, not verified: for the custodians' requests while sealed (a custodian
@@ -449,7 +449,7 @@ impl Store {
         record: Record,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write(close).await?;
-        if tx.get::<AdminRow>(&[Value::text(&admin.id)]).await?.is_some() {
+        if tx.get::<AdminRow>(&[Value::text(admin.id.as_str())]).await?.is_some() {
             return Err(StoreError::Conflict);
         }
         tx.insert(admin).await?;
@@ -464,7 +464,7 @@ impl Store {
     /// proposals stop counting.
     pub async fn remove_admin(
         &self,
-        id: &str,
+        id: &AdminId,
         by: &str,
         now: i64,
         close: Option<&QuorumClose>,
@@ -476,21 +476,21 @@ impl Store {
         let admins = tx.all::<AdminRow>("", &[]).await?;
         let Some(old) = admins
             .iter()
-            .find(|a| a.id == id && a.removed_unix_ms.is_none())
+            .find(|a| &a.id == id && a.removed_unix_ms.is_none())
             .cloned()
         else {
-            return Err(Refusal::AdminNotFound(id.to_owned()).into());
+            return Err(Refusal::AdminNotFound(id.clone()).into());
         };
         let remaining: Vec<&Stored<AdminRow>> = admins
             .iter()
-            .filter(|a| a.removed_unix_ms.is_none() && a.id != id)
+            .filter(|a| a.removed_unix_ms.is_none() && &a.id != id)
             .collect();
         let active = i64::try_from(remaining.len()).unwrap_or(i64::MAX);
         if active < i64::from(seal.approval_quorum) {
             return Err(Refusal::QuorumUnreachable {
                 admins: active,
                 quorum: seal.approval_quorum,
-                removing: Some(id.to_owned()),
+                removing: Some(id.clone()),
             }
             .into());
         }
@@ -505,7 +505,7 @@ impl Store {
             let custodians = i64::try_from(custodians).unwrap_or(i64::MAX);
             if custodians < i64::from(seal.threshold) {
                 return Err(Refusal::TooFewCustodians {
-                    removing: id.to_owned(),
+                    removing: id.clone(),
                     custodians,
                     threshold: seal.threshold,
                 }
@@ -594,7 +594,7 @@ impl Store {
         })
         .await?;
         tx.insert(&ReleasePolicyRow {
-            key_id: key.id.to_string(),
+            key_id: key.id,
             version: 1,
             document: key.release_policy.to_json(),
             set_unix_ms: key.created_unix_ms,
@@ -873,8 +873,8 @@ pub(crate) async fn test_store() -> (Store, tempfile::TempDir) {
         integrity_key: Some(vec![0; 60]),
     };
     let admin = AdminRow {
-        id: "alice".into(),
-        country: "DE".into(),
+        id: AdminId::parse("alice").expect("a valid admin id"),
+        country: kms_core::jurisdiction::Country::parse("DE").expect("a valid country"),
         signing_public_key: vec![4; 65],
         encryption_public_key: vec![4; 65],
         custodian: false,
@@ -918,6 +918,10 @@ mod tests {
 
     use super::row::{Column, Row};
     use super::*;
+
+    fn alice() -> AdminId {
+        AdminId::parse("alice").unwrap()
+    }
 
     fn names(cols: &[Column]) -> Vec<&'static str> {
         cols.iter().map(|c| c.name).collect()
@@ -1000,7 +1004,7 @@ mod tests {
     #[tokio::test]
     async fn rows_verify_only_as_written() {
         let (store, _dir) = test_store().await;
-        let admin = store.admin("alice").await.unwrap().unwrap();
+        let admin = store.admin(&alice()).await.unwrap().unwrap();
         let mut tx = Tx::begin(&store).await.unwrap();
         let old = tx.get::<AdminRow>(&[Value::text("alice")]).await.unwrap().unwrap();
         let mut removed = old.row.clone();
@@ -1008,7 +1012,7 @@ mod tests {
         removed.removed_by = Some("bob".into());
         tx.update(&old, &removed).await.unwrap();
         tx.commit().await.unwrap();
-        assert_eq!(store.admin("alice").await.unwrap().unwrap(), removed);
+        assert_eq!(store.admin(&alice()).await.unwrap().unwrap(), removed);
         // The older version put back.
         sqlx::query("UPDATE admins SET removed_unix_ms = NULL, removed_by = NULL, row_version = $1, row_mac = $2 WHERE id = 'alice'")
             .bind(old.version)
@@ -1016,14 +1020,14 @@ mod tests {
             .execute(store.pool())
             .await
             .unwrap();
-        assert!(matches!(store.admin("alice").await, Err(StoreError::Rollback(_))));
+        assert!(matches!(store.admin(&alice()).await, Err(StoreError::Rollback(_))));
         // A column changed.
         sqlx::query("UPDATE admins SET removed_unix_ms = 6 WHERE id = 'alice'")
             .execute(store.pool())
             .await
             .unwrap();
-        assert!(matches!(store.admin("alice").await, Err(StoreError::Integrity(_))));
-        assert_eq!(admin.id, "alice");
+        assert!(matches!(store.admin(&alice()).await, Err(StoreError::Integrity(_))));
+        assert_eq!(admin.id.as_str(), "alice");
         // The state log replays to the same view from scratch (another process).
         let again = Store::connect(
             &format!("sqlite://{}?mode=rwc", _dir.path().join("kms.db").display()),
@@ -1031,6 +1035,6 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(matches!(again.admin("alice").await, Err(StoreError::Sealed)));
+        assert!(matches!(again.admin(&alice()).await, Err(StoreError::Sealed)));
     }
 }

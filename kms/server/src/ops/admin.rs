@@ -163,7 +163,7 @@ impl AdminPlane {
                 let row = if sealed_ok {
                     self.store.admin_unverified(admin_id.as_str()).await?
                 } else {
-                    self.store.admin(admin_id.as_str()).await?
+                    self.store.admin(&admin_id).await?
                 }
                 .ok_or_else(|| ApiError::new(Reason::UnknownAdmin, format!("no admin {admin_id}")))?;
                 if row.removed_unix_ms.is_some() {
@@ -335,7 +335,7 @@ impl AdminPlane {
                 let envelope = share_wrap::seal(&c.encryption_key, plaintext.expose_secret())?;
                 shares.push(ShareRow {
                     generation: 1,
-                    admin_id: c.id.to_string(),
+                    admin_id: c.id.clone(),
                     envelope: envelope.encode(),
                 });
             }
@@ -343,8 +343,8 @@ impl AdminPlane {
         let rows: Vec<AdminRow> = admins
             .iter()
             .map(|a| AdminRow {
-                id: a.id.to_string(),
-                country: a.country.to_string(),
+                id: a.id.clone(),
+                country: a.country.clone(),
                 signing_public_key: a.signing_key.as_bytes().to_vec(),
                 encryption_public_key: a.encryption_key.clone(),
                 custodian: a.custodian && kind == SealKind::Shamir,
@@ -360,7 +360,7 @@ impl AdminPlane {
         if let Some(label) = &root.hsm_label {
             audit.detail("hsm_label", label.as_str());
         }
-        audit.detail("admins", rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>());
+        audit.detail("admins", rows.iter().map(|r| r.id.to_string()).collect::<Vec<_>>());
         if let (SealKind::Dev, Some(material)) = (kind, &root.material) {
             self.seal.write_dev_root(material)?;
         }
@@ -415,12 +415,12 @@ impl AdminPlane {
         }
         audit.detail("new_admin", new.id.to_string());
         audit.detail("country", new.country.to_string());
-        if self.store.admin(new.id.as_str()).await?.is_some() {
+        if self.store.admin(&new.id).await?.is_some() {
             return Err(ApiError::new(Reason::AdminExists, format!("admin {} exists", new.id)));
         }
         let row = AdminRow {
-            id: new.id.to_string(),
-            country: new.country.to_string(),
+            id: new.id,
+            country: new.country,
             signing_public_key: new.signing_key.as_bytes().to_vec(),
             encryption_public_key: new.encryption_key,
             custodian: false,
@@ -455,7 +455,7 @@ impl AdminPlane {
         audit.detail("removed_admin", id.to_string());
         audit.detail("reason", reason);
         self.store
-            .admin(id.as_str())
+            .admin(&id)
             .await?
             .filter(|r| r.removed_unix_ms.is_none())
             .ok_or_else(|| ApiError::new(Reason::AdminNotFound, format!("no active admin {id}")))?;
@@ -463,7 +463,7 @@ impl AdminPlane {
         let now = kms_core::now_unix_ms();
         let removed = self
             .store
-            .remove_admin(id.as_str(), by.as_str(), now, close, Audit::clone_allowed(audit))
+            .remove_admin(&id, by.as_str(), now, close, Audit::clone_allowed(audit))
             .await
             .map_err(ApiError::from)?;
         Ok(Some(removed))

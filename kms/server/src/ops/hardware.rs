@@ -405,7 +405,7 @@ mod tests {
                 digest: ring::digest::digest(&ring::digest::SHA256, &payload).as_ref().to_vec(),
                 payload,
                 summary: String::new(),
-                proposed_by: "alice".into(),
+                proposed_by: kms_core::ids::AdminId::parse("alice").unwrap(),
                 created_unix_ms: long_ago,
                 expires_unix_ms: now + 86_400_000,
                 approvals: 1,

@@ -150,7 +150,7 @@ impl AdminPlane {
             payload: bytes,
             digest,
             summary,
-            proposed_by: admin.to_string(),
+            proposed_by: admin.clone(),
             created_unix_ms: now,
             expires_unix_ms: now + i64::try_from(ttl).unwrap_or(i64::MAX / 2) * 1000,
             approvals: 1,
@@ -161,7 +161,7 @@ impl AdminPlane {
         };
         let approval = ApprovalRow {
             proposal_id: id.clone(),
-            admin_id: admin.to_string(),
+            admin_id: admin.clone(),
             signed_payload: signed.payload.to_vec(),
             signature: signed.signature.to_vec(),
             approved_unix_ms: now,
@@ -216,7 +216,7 @@ impl AdminPlane {
         let now = kms_core::now_unix_ms();
         let approval = ApprovalRow {
             proposal_id: proposal.id.clone(),
-            admin_id: admin.to_string(),
+            admin_id: admin.clone(),
             signed_payload: signed.payload.to_vec(),
             signature: signed.signature.to_vec(),
             approved_unix_ms: now,
@@ -242,7 +242,7 @@ impl AdminPlane {
             .approvals(&proposal.id)
             .await?
             .into_iter()
-            .map(|a| a.admin_id)
+            .map(|a| a.admin_id.to_string())
             .collect();
         approvers.push(admin.to_string());
         audit.set_operation(qop.audit_operation());
@@ -319,7 +319,7 @@ impl AdminPlane {
         audit.detail("reason", reason.as_str());
         let rejection = RejectionRow {
             proposal_id: proposal.id.clone(),
-            admin_id: admin.to_string(),
+            admin_id: admin.clone(),
             reason,
             signed_payload: signed.payload.to_vec(),
             signature: signed.signature.to_vec(),
@@ -505,7 +505,7 @@ pub(crate) fn approval_check(
     seal: &SealConfigRow,
 ) -> Result<(), String> {
     let req = crate::wire::quorum::stored_request(&approval.signed_payload)?;
-    if req.admin_id != approval.admin_id || admin.id != approval.admin_id {
+    if req.admin_id != approval.admin_id.as_str() || admin.id != approval.admin_id {
         return Err(format!(
             "its stored request is signed as {}, not {}",
             req.admin_id, approval.admin_id
@@ -553,8 +553,8 @@ mod tests {
     fn row(k: &AdminKeyFile) -> AdminRow {
         let p = k.public();
         AdminRow {
-            id: p.admin_id.clone(),
-            country: p.country.clone(),
+            id: AdminId::parse(&p.admin_id).unwrap(),
+            country: Country::parse(&p.country).unwrap(),
             signing_public_key: hex::decode(&p.signing_public_key).unwrap(),
             encryption_public_key: hex::decode(&p.encryption_public_key).unwrap(),
             custodian: true,
@@ -593,7 +593,7 @@ mod tests {
     fn approval(k: &AdminKeyFile, proposal: &str, (signed_payload, signature): (Vec<u8>, Vec<u8>)) -> ApprovalRow {
         ApprovalRow {
             proposal_id: proposal.into(),
-            admin_id: k.admin_id.to_string(),
+            admin_id: k.admin_id.clone(),
             signed_payload,
             signature,
             approved_unix_ms: 1,
@@ -615,7 +615,7 @@ mod tests {
             payload: op.clone(),
             digest: sha256(&op),
             summary: String::new(),
-            proposed_by: "alice".into(),
+            proposed_by: AdminId::parse("alice").unwrap(),
             created_unix_ms: 0,
             expires_unix_ms: i64::MAX,
             approvals: 1,

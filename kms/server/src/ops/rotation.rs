@@ -60,7 +60,11 @@ impl AdminPlane {
             _ => {
                 let admins = self.store.admins(false).await?;
                 let ids: Vec<String> = if op.custodians.is_empty() {
-                    admins.iter().filter(|a| a.custodian).map(|a| a.id.clone()).collect()
+                    admins
+                        .iter()
+                        .filter(|a| a.custodian)
+                        .map(|a| a.id.to_string())
+                        .collect()
                 } else {
                     op.custodians.clone()
                 };
@@ -72,7 +76,7 @@ impl AdminPlane {
                             format!("custodian {id} is listed twice"),
                         ));
                     }
-                    let a = admins.iter().find(|a| &a.id == id).ok_or_else(|| {
+                    let a = admins.iter().find(|a| a.id.as_str() == id).ok_or_else(|| {
                         ApiError::new(
                             Reason::UnknownCustodian,
                             format!("custodian {id} is not an active admin"),
@@ -118,7 +122,7 @@ impl AdminPlane {
             let t = u8::try_from(threshold).unwrap_or(u8::MAX);
             let split = kms_core::shamir::split(material, t, n)?;
             for ((id, key), share) in custodians.iter().zip(split) {
-                let plaintext = share_wrap::share_plaintext(id, share.expose_secret());
+                let plaintext = share_wrap::share_plaintext(id.as_str(), share.expose_secret());
                 let envelope = share_wrap::seal(key, plaintext.expose_secret())?;
                 shares.push(ShareRow {
                     generation: new_gen,

@@ -68,7 +68,7 @@ impl Store {
         key.updated_unix_ms = now;
         tx.update(&old, &key).await?;
         tx.insert(&ReleasePolicyRow {
-            key_id: id.to_string(),
+            key_id: id,
             version: key.release_policy_version,
             document: policy.to_json(),
             set_unix_ms: now,

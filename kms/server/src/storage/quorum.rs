@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use kms_core::audit::Record;
+use kms_core::ids::AdminId;
 use kms_core::integrity::Value;
 
 use super::tables::{AdminRow, ApprovalRow, ProposalRow, ProposalStatus, RejectionRow, SealConfigRow};
@@ -73,17 +74,20 @@ async fn pending(tx: &mut Tx, id: &str, now: i64) -> Result<Stored<ProposalRow>,
 }
 
 /// The admin's row, which must be active.
-async fn active_admin(tx: &mut Tx, id: &str) -> Result<AdminRow, StoreError> {
-    match tx.get::<AdminRow>(&[Value::text(id)]).await? {
+async fn active_admin(tx: &mut Tx, id: &AdminId) -> Result<AdminRow, StoreError> {
+    match tx.get::<AdminRow>(&[Value::text(id.as_str())]).await? {
         Some(a) if a.removed_unix_ms.is_none() => Ok(a.row),
-        _ => Err(Refusal::AdminRemoved(id.to_owned()).into()),
+        _ => Err(Refusal::AdminRemoved(id.clone()).into()),
     }
 }
 
 /// An admin who rejected a proposal cannot approve it (or count on both sides).
 async fn refuse_if_rejected(tx: &mut Tx, approval: &ApprovalRow) -> Result<(), StoreError> {
     if tx
-        .get::<RejectionRow>(&[Value::text(&approval.proposal_id), Value::text(&approval.admin_id)])
+        .get::<RejectionRow>(&[
+            Value::text(&approval.proposal_id),
+            Value::text(approval.admin_id.as_str()),
+        ])
         .await?
         .is_some()
     {
@@ -100,7 +104,7 @@ async fn refuse_if_rejected(tx: &mut Tx, approval: &ApprovalRow) -> Result<(), S
 /// Inserts an approval; a second one by the same admin is refused.
 async fn insert_new_approval(tx: &mut Tx, a: &ApprovalRow) -> Result<(), StoreError> {
     if tx
-        .get::<ApprovalRow>(&[Value::text(&a.proposal_id), Value::text(&a.admin_id)])
+        .get::<ApprovalRow>(&[Value::text(&a.proposal_id), Value::text(a.admin_id.as_str())])
         .await?
         .is_some()
     {
@@ -178,7 +182,7 @@ async fn close_with_quorum(
     closed.status = status;
     closed.approvals = u32::try_from(approvals).unwrap_or(u32::MAX);
     closed.closed_unix_ms = Some(approval.approved_unix_ms);
-    closed.closed_by = Some(approval.admin_id.clone());
+    closed.closed_by = Some(approval.admin_id.to_string());
     closed.outcome = outcome.to_owned();
     tx.update(proposal, &closed).await
 }
@@ -202,7 +206,7 @@ impl Store {
                 executed.status = ProposalStatus::Executed;
                 executed.approvals = 1;
                 executed.closed_unix_ms = Some(proposal.created_unix_ms);
-                executed.closed_by = Some(approval.admin_id.clone());
+                executed.closed_by = Some(approval.admin_id.to_string());
                 executed.outcome = "executed".into();
                 tx.insert(&executed).await?;
                 tx.insert(approval).await?;
@@ -286,7 +290,10 @@ impl Store {
         let withdrawn = rejection.admin_id == proposal.proposed_by;
         if !withdrawn
             && tx
-                .get::<ApprovalRow>(&[Value::text(&rejection.proposal_id), Value::text(&rejection.admin_id)])
+                .get::<ApprovalRow>(&[
+                    Value::text(&rejection.proposal_id),
+                    Value::text(rejection.admin_id.as_str()),
+                ])
                 .await?
                 .is_some()
         {
@@ -298,7 +305,10 @@ impl Store {
             .into());
         }
         if tx
-            .get::<RejectionRow>(&[Value::text(&rejection.proposal_id), Value::text(&rejection.admin_id)])
+            .get::<RejectionRow>(&[
+                Value::text(&rejection.proposal_id),
+                Value::text(rejection.admin_id.as_str()),
+            ])
             .await?
             .is_some()
         {
@@ -325,7 +335,7 @@ impl Store {
             let mut closed = proposal.row.clone();
             closed.status = ProposalStatus::Rejected;
             closed.closed_unix_ms = Some(rejection.rejected_unix_ms);
-            closed.closed_by = Some(rejection.admin_id.clone());
+            closed.closed_by = Some(rejection.admin_id.to_string());
             closed.outcome = if withdrawn {
                 format!("withdrawn by {}: {}", rejection.admin_id, rejection.reason)
             } else {
@@ -501,7 +511,7 @@ impl Store {
                 key_id: None,
                 outcome: kms_core::audit::Outcome::Allowed.as_str().to_owned(),
                 reason: String::new(),
-                detail: serde_json::json!({ "proposal": p.id, "operation": p.operation, "proposed_by": p.proposed_by })
+                detail: serde_json::json!({ "proposal": p.id, "operation": p.operation, "proposed_by": p.proposed_by.as_str() })
                     .to_string(),
             });
         }
@@ -561,8 +571,8 @@ mod tests {
         let (store, _dir) = test_store().await;
         let mut tx = Tx::begin(&store).await.unwrap();
         let bob = AdminRow {
-            id: "bob".into(),
-            ..store.admin("alice").await.unwrap().unwrap()
+            id: AdminId::parse("bob").unwrap(),
+            ..store.admin(&AdminId::parse("alice").unwrap()).await.unwrap().unwrap()
         };
         tx.insert(&bob).await.unwrap();
         tx.commit().await.unwrap();
@@ -573,7 +583,7 @@ mod tests {
             payload: payload.clone(),
             digest: sha256(&payload),
             summary: String::new(),
-            proposed_by: "alice".into(),
+            proposed_by: AdminId::parse("alice").unwrap(),
             created_unix_ms: 0,
             expires_unix_ms: i64::MAX,
             approvals: 1,
@@ -584,7 +594,7 @@ mod tests {
         };
         let approval = |admin: &str| ApprovalRow {
             proposal_id: proposal.id.clone(),
-            admin_id: admin.into(),
+            admin_id: AdminId::parse(admin).unwrap(),
             signed_payload: vec![1],
             signature: vec![2],
             approved_unix_ms: 1,

@@ -7,6 +7,7 @@
 //! Both leave every row under exactly one generation when interrupted, and resume.
 
 use kms_core::audit::Record;
+use kms_core::ids::AdminId;
 use kms_core::integrity::Value;
 use sqlx::Row as _;
 
@@ -438,7 +439,7 @@ impl Store {
         for s in tx.all::<ShareRow>("WHERE generation = $1", &under).await? {
             tx.delete(&s).await?;
         }
-        let custodians: Vec<String> = tx
+        let custodians: Vec<AdminId> = tx
             .all::<ShareRow>("WHERE generation = $1", &[Value::int(g(new))])
             .await?
             .into_iter()

@@ -5,8 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use kms_core::ids::{KeyId, KeyName, KeyVersion};
+use kms_core::ids::{AdminId, KeyId, KeyName, KeyVersion};
 use kms_core::integrity::Value;
+use kms_core::jurisdiction::Country;
 use kms_core::key::KeyState;
 use kms_core::policy::{AccessPolicy, ReleasePolicy};
 
@@ -159,6 +160,11 @@ impl Row for RootGenerationRow {
     }
 }
 
+/// The `admin_id` column, which kmsd only ever writes from a parsed [`AdminId`].
+fn admin_id(v: &Values<'_>) -> Result<AdminId, String> {
+    AdminId::parse(&v.text("admin_id")?).map_err(|_| "admin_id is not an admin id".to_owned())
+}
+
 // ----- root_shares -------------------------------------------------------------------------------
 
 /// A custodian's share envelope of one root generation.
@@ -167,7 +173,7 @@ pub struct ShareRow {
     /// The generation.
     pub generation: u64,
     /// The custodian.
-    pub admin_id: String,
+    pub admin_id: AdminId,
     /// The share envelope (kms_core::share_wrap), sealed to the custodian's share key.
     pub envelope: Vec<u8>,
 }
@@ -179,14 +185,14 @@ impl Row for ShareRow {
     fn to_values(&self) -> Vec<Value> {
         vec![
             gen(self.generation),
-            Value::text(self.admin_id.clone()),
+            Value::text(self.admin_id.as_str()),
             Value::bytes(self.envelope.clone()),
         ]
     }
     fn from_values(v: &Values<'_>) -> Result<Self, String> {
         Ok(Self {
             generation: v.u64("generation")?,
-            admin_id: v.text("admin_id")?,
+            admin_id: admin_id(v)?,
             envelope: v.bytes("envelope")?,
         })
     }
@@ -198,9 +204,9 @@ impl Row for ShareRow {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdminRow {
     /// Id.
-    pub id: String,
+    pub id: AdminId,
     /// Country.
-    pub country: String,
+    pub country: Country,
     /// SEC1 signing key.
     pub signing_public_key: Vec<u8>,
     /// SEC1 share (encryption) key.
@@ -230,8 +236,8 @@ impl Row for AdminRow {
     const KEY: usize = 1;
     fn to_values(&self) -> Vec<Value> {
         vec![
-            Value::text(self.id.clone()),
-            Value::text(self.country.clone()),
+            Value::text(self.id.as_str()),
+            Value::text(self.country.as_str()),
             Value::bytes(self.signing_public_key.clone()),
             Value::bytes(self.encryption_public_key.clone()),
             Value::bool(self.custodian),
@@ -242,8 +248,8 @@ impl Row for AdminRow {
     }
     fn from_values(v: &Values<'_>) -> Result<Self, String> {
         Ok(Self {
-            id: v.text("id")?,
-            country: v.text("country")?,
+            id: AdminId::parse(&v.text("id")?).map_err(|_| "id is not an admin id")?,
+            country: Country::parse(&v.text("country")?).map_err(|_| "country is not a country code")?,
             signing_public_key: v.bytes("signing_public_key")?,
             encryption_public_key: v.bytes("encryption_public_key")?,
             custodian: v.bool("custodian")?,
@@ -396,7 +402,7 @@ impl Row for KeyVersionRow {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReleasePolicyRow {
     /// The key.
-    pub key_id: String,
+    pub key_id: KeyId,
     /// The policy version.
     pub version: u32,
     /// The canonical document.
@@ -419,7 +425,7 @@ impl Row for ReleasePolicyRow {
     const KEY: usize = 2;
     fn to_values(&self) -> Vec<Value> {
         vec![
-            Value::text(self.key_id.clone()),
+            Value::text(self.key_id.to_string()),
             Value::int(self.version),
             Value::text(self.document.clone()),
             Value::int(self.set_unix_ms),
@@ -428,7 +434,7 @@ impl Row for ReleasePolicyRow {
     }
     fn from_values(v: &Values<'_>) -> Result<Self, String> {
         Ok(Self {
-            key_id: v.text("key_id")?,
+            key_id: KeyId::parse(&v.text("key_id")?).map_err(|_| "key_id is not a key id")?,
             version: v.u32("version")?,
             document: v.text("document")?,
             set_unix_ms: v.int("set_unix_ms")?,
@@ -703,7 +709,7 @@ pub struct ProposalRow {
     /// Human-readable summary.
     pub summary: String,
     /// Who proposed it.
-    pub proposed_by: String,
+    pub proposed_by: AdminId,
     /// When.
     pub created_unix_ms: i64,
     /// Until when it can be approved.
@@ -756,7 +762,7 @@ impl Row for ProposalRow {
             Value::bytes(self.payload.clone()),
             Value::bytes(self.digest.clone()),
             Value::text(self.summary.clone()),
-            Value::text(self.proposed_by.clone()),
+            Value::text(self.proposed_by.as_str()),
             Value::int(self.created_unix_ms),
             Value::int(self.expires_unix_ms),
             Value::int(self.approvals),
@@ -773,7 +779,7 @@ impl Row for ProposalRow {
             payload: v.bytes("payload")?,
             digest: v.bytes("digest")?,
             summary: v.text("summary")?,
-            proposed_by: v.text("proposed_by")?,
+            proposed_by: AdminId::parse(&v.text("proposed_by")?).map_err(|_| "proposed_by is not an admin id")?,
             created_unix_ms: v.int("created_unix_ms")?,
             expires_unix_ms: v.int("expires_unix_ms")?,
             approvals: v.u32("approvals")?,
@@ -791,7 +797,7 @@ pub struct ApprovalRow {
     /// The proposal.
     pub proposal_id: String,
     /// The approving admin.
-    pub admin_id: String,
+    pub admin_id: AdminId,
     /// The signed AdminRequest bytes (a Propose, an Approve carrying the digest, or a direct
     /// call of the operation).
     pub signed_payload: Vec<u8>,
@@ -814,7 +820,7 @@ impl Row for ApprovalRow {
     fn to_values(&self) -> Vec<Value> {
         vec![
             Value::text(self.proposal_id.clone()),
-            Value::text(self.admin_id.clone()),
+            Value::text(self.admin_id.as_str()),
             Value::bytes(self.signed_payload.clone()),
             Value::bytes(self.signature.clone()),
             Value::int(self.approved_unix_ms),
@@ -823,7 +829,7 @@ impl Row for ApprovalRow {
     fn from_values(v: &Values<'_>) -> Result<Self, String> {
         Ok(Self {
             proposal_id: v.text("proposal_id")?,
-            admin_id: v.text("admin_id")?,
+            admin_id: admin_id(v)?,
             signed_payload: v.bytes("signed_payload")?,
             signature: v.bytes("signature")?,
             approved_unix_ms: v.int("approved_unix_ms")?,
@@ -837,7 +843,7 @@ pub struct RejectionRow {
     /// The proposal.
     pub proposal_id: String,
     /// The rejecting admin.
-    pub admin_id: String,
+    pub admin_id: AdminId,
     /// Why.
     pub reason: String,
     /// The signed AdminRequest bytes.
@@ -862,7 +868,7 @@ impl Row for RejectionRow {
     fn to_values(&self) -> Vec<Value> {
         vec![
             Value::text(self.proposal_id.clone()),
-            Value::text(self.admin_id.clone()),
+            Value::text(self.admin_id.as_str()),
             Value::text(self.reason.clone()),
             Value::bytes(self.signed_payload.clone()),
             Value::bytes(self.signature.clone()),
@@ -872,7 +878,7 @@ impl Row for RejectionRow {
     fn from_values(v: &Values<'_>) -> Result<Self, String> {
         Ok(Self {
             proposal_id: v.text("proposal_id")?,
-            admin_id: v.text("admin_id")?,
+            admin_id: admin_id(v)?,
             reason: v.text("reason")?,
             signed_payload: v.bytes("signed_payload")?,
             signature: v.bytes("signature")?,

@@ -194,8 +194,8 @@ pub(crate) fn outcome_to_wire(o: Outcome) -> pb::proposal::Result {
 
 pub(crate) fn admin_to_wire(r: &AdminRow) -> pb::Admin {
     pb::Admin {
-        id: r.id.clone(),
-        country: r.country.clone(),
+        id: r.id.to_string(),
+        country: r.country.to_string(),
         signing_public_key: r.signing_public_key.clone(),
         custodian: r.custodian,
         created_unix_ms: r.created_unix_ms,
@@ -296,7 +296,7 @@ pub(crate) fn proposal_to_wire(view: ProposalView) -> pb::Proposal {
         .approvals
         .into_iter()
         .map(|a| pb::Approval {
-            admin_id: a.admin_id,
+            admin_id: a.admin_id.to_string(),
             approved_unix_ms: a.approved_unix_ms,
         })
         .collect();
@@ -313,7 +313,7 @@ pub(crate) fn proposal_to_wire(view: ProposalView) -> pb::Proposal {
         summary: r.summary,
         operation_bytes: r.payload,
         operation_sha256: r.digest,
-        proposed_by: r.proposed_by,
+        proposed_by: r.proposed_by.to_string(),
         created_unix_ms: r.created_unix_ms,
         expires_unix_ms: r.expires_unix_ms,
         status: status as i32,
@@ -324,7 +324,7 @@ pub(crate) fn proposal_to_wire(view: ProposalView) -> pb::Proposal {
             .rejections
             .into_iter()
             .map(|r| pb::Rejection {
-                admin_id: r.admin_id,
+                admin_id: r.admin_id.to_string(),
                 reason: r.reason,
                 rejected_unix_ms: r.rejected_unix_ms,
             })
