@@ -264,6 +264,9 @@ reasons! {
     InvalidNonce = "invalid_nonce", InvalidArgument;
     /// This service never issued the nonce to this principal (or purged it an hour after expiry).
     NonceUnknown = "nonce_unknown", FailedPrecondition;
+    /// The caller is over its call rate (`limits.principal_per_second`, or per peer address
+    /// `limits.unauthenticated_per_second`); retry later.
+    RateLimited = "rate_limited", ResourceExhausted;
     /// The principal holds `attestation.max_open_challenges` open challenges.
     TooManyChallenges = "too_many_challenges", ResourceExhausted;
     /// The principal holds `attestation.max_open_tpm_enrollments` open enrolment attempts.

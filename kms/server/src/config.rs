@@ -62,6 +62,8 @@ pub struct Config {
     pub danger: Danger,
     /// Log output.
     pub log: LogConfig,
+    /// Call rate limits (`[limits]`).
+    pub limits: LimitsConfig,
 }
 
 /// Attested release settings (`[attestation]`).
@@ -303,6 +305,71 @@ impl Default for LogConfig {
     }
 }
 
+/// `[limits]`: token buckets (per replica) that refuse a flood with `rate_limited`
+/// (RESOURCE_EXHAUSTED) before it does work or writes audit rows. A rate of 0 turns that limit
+/// off.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Calls per second of one principal (client certificate), on every service.
+    #[serde(default = "default_principal_rate")]
+    pub principal_per_second: u32,
+    /// How many calls a principal may make at once above its rate (at least the rate).
+    #[serde(default = "default_principal_burst")]
+    pub principal_burst: u32,
+    /// Calls per second, per peer IP address, whose caller is not established: identification
+    /// failures, and admin requests that fail authentication. Over it they are counted, not
+    /// audited one by one.
+    #[serde(default = "default_unauthenticated_rate")]
+    pub unauthenticated_per_second: u32,
+    /// Burst of `unauthenticated_per_second` (at least the rate).
+    #[serde(default = "default_unauthenticated_burst")]
+    pub unauthenticated_burst: u32,
+    /// How often the refusals are written to the audit log: one `limits.refused` record per
+    /// refused caller, with the count.
+    #[serde(default = "default_limits_report_interval")]
+    pub report_interval_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            principal_per_second: default_principal_rate(),
+            principal_burst: default_principal_burst(),
+            unauthenticated_per_second: default_unauthenticated_rate(),
+            unauthenticated_burst: default_unauthenticated_burst(),
+            report_interval_secs: default_limits_report_interval(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=86_400).contains(&self.report_interval_secs) {
+            return Err(ConfigError(
+                "limits.report_interval_secs must be between 1 and 86400".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_principal_rate() -> u32 {
+    10_000
+}
+fn default_principal_burst() -> u32 {
+    20_000
+}
+fn default_unauthenticated_rate() -> u32 {
+    100
+}
+fn default_unauthenticated_burst() -> u32 {
+    200
+}
+fn default_limits_report_interval() -> u64 {
+    60
+}
+
 fn default_log_format() -> String {
     "text".into()
 }
@@ -334,6 +401,8 @@ struct File {
     danger: Danger,
     #[serde(default)]
     log: LogConfig,
+    #[serde(default)]
+    limits: LimitsConfig,
 }
 
 /// `[node]`: where this process's node identity evidence comes from.
@@ -670,6 +739,7 @@ impl Default for Config {
             attestation: AttestationConfig::default(),
             danger: Danger::default(),
             log: LogConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -757,6 +827,7 @@ impl Config {
         }
         let (rotation, hsm) = file.seal.validate()?;
         file.danger.snp_test_roots()?;
+        file.limits.validate()?;
         Ok(Self {
             listen,
             database_url: file.database.url,
@@ -780,6 +851,7 @@ impl Config {
             attestation,
             danger: file.danger,
             log: file.log,
+            limits: file.limits,
         })
     }
 

@@ -13,38 +13,68 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::audit::{Audit, AuditLog};
 use crate::error::ApiError;
+use crate::limits::Limits;
 use kms_proto::Reason;
 
 /// The callers of a service: each call's principal from its client certificate (`anonymous` on
-/// dev mode's plaintext listener); a call without one is refused and audited as `unidentified`.
+/// dev mode's plaintext listener), within its rate limit; a call without one is refused and
+/// audited as `unidentified` (or, over the peer's limit, counted).
 #[derive(Clone, Debug)]
 pub struct Callers {
     identities: Arc<Identities>,
+    limits: Arc<Limits>,
     audit: AuditLog,
     tls: bool,
 }
 
 impl Callers {
-    /// Callers identified by `identities` (`tls`: the listener verifies client certificates).
-    pub fn new(identities: Arc<Identities>, audit: AuditLog, tls: bool) -> Self {
-        Self { identities, audit, tls }
+    /// Callers identified by `identities` and limited by `limits` (`tls`: the listener verifies
+    /// client certificates).
+    pub fn new(identities: Arc<Identities>, limits: Arc<Limits>, audit: AuditLog, tls: bool) -> Self {
+        Self {
+            identities,
+            limits,
+            audit,
+            tls,
+        }
     }
 
-    /// The caller of `request`, or the refusal (audited for `operation`).
+    /// The caller of `request`, within its rate limit, or the refusal (audited for `operation`,
+    /// unless it is a rate limit's).
     pub async fn identify<T>(
         &self,
         request: &tonic::Request<T>,
         operation: &'static str,
     ) -> Result<Principal, tonic::Status> {
         match self.identities.principal(request, self.tls) {
-            Ok(p) => Ok(p),
+            Ok(p) => {
+                self.limits.check_principal(&p).map_err(|e| e.to_status())?;
+                Ok(p)
+            }
             Err(e) => {
+                self.unauthenticated(request.remote_addr())?;
                 self.audit
                     .record(Audit::new("unidentified", operation).failed(&e))
                     .await;
                 Err(e.to_status())
             }
         }
+    }
+
+    /// Spends from the rate limit of `request`'s caller, for a call that does not need its
+    /// identity (the unauthenticated reads, and admin requests before their signature is
+    /// checked): its principal's, or if it has none its peer's.
+    pub fn limit<T>(&self, request: &tonic::Request<T>) -> Result<(), tonic::Status> {
+        match self.identities.principal(request, self.tls) {
+            Ok(p) => self.limits.check_principal(&p).map_err(|e| e.to_status()),
+            Err(_) => self.unauthenticated(request.remote_addr()),
+        }
+    }
+
+    /// Spends from the limit of the peer address `peer`, for a call whose caller is not
+    /// established and which is about to be audited as such.
+    pub fn unauthenticated(&self, peer: Option<std::net::SocketAddr>) -> Result<(), tonic::Status> {
+        self.limits.check_peer(peer.map(|a| a.ip())).map_err(|e| e.to_status())
     }
 }
 

@@ -12,6 +12,7 @@ pub mod error;
 pub mod grpc;
 pub mod identity;
 pub mod keys;
+pub mod limits;
 pub mod node;
 pub mod ops;
 pub mod request;
@@ -107,6 +108,14 @@ pub async fn serve(
         attest::Attestation::new(store.clone(), seal.clone(), config.attestation.clone(), test_roots)
             .map_err(|e| ServeError::Config(e.0))?,
     );
+    let limits = Arc::new(limits::Limits::new(&config.limits));
+    let limits_report = tokio::spawn(limits.clone().report(audit.clone()));
+    let callers = Callers::new(
+        Arc::new(Identities::default()),
+        limits,
+        audit.clone(),
+        config.tls.is_some(),
+    );
     let admin = AdminPlane {
         store: store.clone(),
         seal: seal.clone(),
@@ -119,11 +128,11 @@ pub async fn serve(
         proposal_ttl: config.proposal_ttl,
         allow_unattested: config.danger.allow_unattested_keys,
         attestation: attestation.clone(),
+        callers: callers.clone(),
     };
     if let Some(dir) = &dev_dir {
         dev_init(&admin, dir).await?;
     }
-    let callers = Callers::new(Arc::new(Identities::default()), audit.clone(), config.tls.is_some());
     let data = DataPlane {
         node: node.clone(),
         keys: keys.clone(),
@@ -193,6 +202,7 @@ pub async fn serve(
     rotation_task.abort();
     checkpoints.abort();
     violations.abort();
+    limits_report.abort();
     drop(audit);
     drop(keys);
     // The writer ends when the last handle is gone and its queue is written.

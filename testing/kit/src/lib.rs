@@ -248,6 +248,8 @@ pub struct Options {
     pub integrity_scan_interval: Duration,
     /// How far ahead the destroyer's clock runs (`Config::danger_destroyer_clock_ahead`).
     pub destroyer_clock_ahead: Duration,
+    /// `[limits]`.
+    pub limits: kms_server::config::LimitsConfig,
 }
 
 impl Default for Options {
@@ -276,6 +278,7 @@ impl Default for Options {
             init_admins: None,
             integrity_scan_interval: Duration::from_secs(300),
             destroyer_clock_ahead: Duration::ZERO,
+            limits: kms_server::config::LimitsConfig::default(),
         }
     }
 }
@@ -373,6 +376,7 @@ impl TestServer {
             node: opts.node,
             rotation: opts.rotation,
             attestation: opts.attestation,
+            limits: opts.limits,
             danger: Danger {
                 allow_unattested_keys: opts.allow_unattested,
                 snp_test_roots: opts.snp_test_roots,

@@ -90,15 +90,29 @@ impl AdminPlane {
         request: Request<pb::SignedRequest>,
         method: &'static str,
     ) -> Result<Response<T>, Status> {
+        self.callers.limit(&request)?;
+        let peer = request.remote_addr();
         let request = request.into_inner();
         let signed = Signed {
             payload: &request.payload,
             signature: &request.signature,
         };
         let mut audit = Audit::new("unauthenticated", audit_op(method));
-        let result = async {
+        let authenticated = async {
             let (header, op) = open_request(signed.payload)?;
             let admin = self.authenticate(signed, &header, method, &mut audit).await?;
+            Ok((admin, op))
+        }
+        .await;
+        let (admin, op) = match authenticated {
+            Ok(a) => a,
+            Err(e) => {
+                // Audited as unauthenticated, one row each: within the peer's limit.
+                self.callers.unauthenticated(peer)?;
+                return finish::<T>(&self.audit, audit, Err(e), false).await;
+            }
+        };
+        let result = async {
             let op = op.ok_or_else(|| ApiError::new(Reason::MissingOperation, "the request names no operation"))?;
             let (commit, answer) = self.run(op, &admin, signed, &mut audit).await?;
             let answer = T::from_answer(answer).ok_or_else(|| {
@@ -383,8 +397,9 @@ impl AdminPlane {
 impl pb::admin_service_server::AdminService for AdminPlane {
     async fn get_seal_status(
         &self,
-        _request: Request<pb::GetSealStatusRequest>,
+        request: Request<pb::GetSealStatusRequest>,
     ) -> Result<Response<pb::SealStatus>, Status> {
+        self.callers.limit(&request)?;
         self.status()
             .await
             .map(|s| Response::new(status_to_wire(s)))

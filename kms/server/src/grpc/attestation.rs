@@ -16,6 +16,7 @@ impl pb::attestation_service_server::AttestationService for AttestationPlane {
         &self,
         request: Request<pb::GetNodeIdentityRequest>,
     ) -> Result<Response<pb::NodeIdentity>, Status> {
+        self.callers.limit(&request)?;
         let nonce = request.into_inner().nonce;
         if !(16..=64).contains(&nonce.len()) {
             return Err(ApiError::new(Reason::BadNonce, "nonce: 16 to 64 random bytes").to_status());
@@ -66,8 +67,9 @@ impl pb::attestation_service_server::AttestationService for AttestationPlane {
 
     async fn get_token_keys(
         &self,
-        _request: Request<pb::GetTokenKeysRequest>,
+        request: Request<pb::GetTokenKeysRequest>,
     ) -> Result<Response<pb::TokenKeys>, Status> {
+        self.callers.limit(&request)?;
         let jwks_json = self.engine.jwks().await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::TokenKeys { jwks_json }))
     }

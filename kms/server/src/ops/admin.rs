@@ -38,6 +38,8 @@ pub struct AdminPlane {
     pub(crate) proposal_ttl: Duration,
     pub(crate) allow_unattested: bool,
     pub(crate) attestation: Arc<crate::attest::Attestation>,
+    /// Who calls, for the rate limits (admins are authenticated by their signatures).
+    pub(crate) callers: crate::identity::Callers,
 }
 
 impl AdminPlane {

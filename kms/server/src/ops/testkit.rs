@@ -43,6 +43,12 @@ impl Kit {
         let attestation =
             Arc::new(Attestation::new(store.clone(), seal.clone(), AttestationConfig::default(), None).unwrap());
         let defaults = Config::default();
+        let callers = Callers::new(
+            Arc::new(Identities::default()),
+            Arc::new(crate::limits::Limits::new(&defaults.limits)),
+            audit.clone(),
+            true,
+        );
         let admin = AdminPlane {
             store: store.clone(),
             seal: seal.clone(),
@@ -55,6 +61,7 @@ impl Kit {
             proposal_ttl: defaults.proposal_ttl,
             allow_unattested: true,
             attestation: attestation.clone(),
+            callers: callers.clone(),
         };
         crate::dev_init(&admin, dir.path()).await.unwrap();
         let node = Arc::new(
@@ -62,7 +69,6 @@ impl Kit {
                 .await
                 .unwrap(),
         );
-        let callers = Callers::new(Arc::new(Identities::default()), audit.clone(), true);
         let data = DataPlane {
             node: node.clone(),
             keys,
