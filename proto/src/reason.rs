@@ -73,7 +73,8 @@ reasons! {
     /// The certificate has no usable URI SAN (one containing `://`), no DNS SAN and no common name.
     NoClientIdentity = "no_client_identity", PermissionDenied;
     // Seal and server state
-    /// The server holds no root key (data plane, `CreateKey`, `RotateKey`); custodians must unseal it.
+    /// The server holds no root key (the data plane, `GetTokenKeys`, and every admin call that
+    /// needs an unsealed server); custodians must unseal it.
     Sealed = "sealed", Unavailable;
     /// `Init` has not run (on this replica's knowledge).
     NotInitialized = "not_initialized", FailedPrecondition;
@@ -111,7 +112,8 @@ reasons! {
     /// The approval would run a proposal whose stored operation or approvals no longer verify (changed after approval): refused, nothing runs, the proposal stays pending.
     ApprovalInvalid = "approval_invalid", FailedPrecondition;
     // Quorum
-    /// A quorum operation's own RPC while M > 1: propose it.
+    /// A quorum operation's own RPC while M > 1, for an operation that passes its checks:
+    /// propose it.
     QuorumRequired = "quorum_required", FailedPrecondition;
     /// The proposed bytes are not a canonical `QuorumOperation`.
     MalformedOperation = "malformed_operation", InvalidArgument;
@@ -208,7 +210,8 @@ reasons! {
     /// The nonce was used before.
     ReplayedRequest = "replayed_request", PermissionDenied;
     // Init, admins, shares
-    /// Seal is neither SHAMIR nor DEV.
+    /// `Init` with a seal other than SHAMIR, PKCS11 or DEV, or `rotate_root` to one other than
+    /// SHAMIR or PKCS11.
     BadSeal = "bad_seal", InvalidArgument;
     /// `Init` names no admin.
     NoAdmins = "no_admins", InvalidArgument;
@@ -228,7 +231,8 @@ reasons! {
     InvalidPublicKey = "invalid_public_key", InvalidArgument;
     /// `AddAdmin` with an existing id.
     AdminExists = "admin_exists", AlreadyExists;
-    /// `AddAdmin` of a custodian (needs re-sharing, not built).
+    /// `AddAdmin` of a custodian: an admin becomes a custodian only when the root key is
+    /// re-shared (`rotate_root` with the new custodian set).
     CustodianNeedsReshare = "custodian_needs_reshare", FailedPrecondition;
     /// `GetEncryptedShare` or `Unseal` by an admin without a share.
     NotACustodian = "not_a_custodian", PermissionDenied;

@@ -138,7 +138,7 @@ async fn custodians_unseal_only_the_attested_node() {
     )
     .await
     .expect(1);
-    assert_eq!(out.json()["reason"], "node_policy_refused", "{}", out.stdout);
+    assert_eq!(out.json()["error"]["kind"], "node_policy_refused", "{}", out.stdout);
     let other_ak = node.policy("other-ak", "000b00", &zero);
     let out = kmsctl(
         &pki,
@@ -148,7 +148,7 @@ async fn custodians_unseal_only_the_attested_node() {
     )
     .await
     .expect(1);
-    assert_eq!(out.json()["reason"], "node_not_allowed", "{}", out.stdout);
+    assert_eq!(out.json()["error"]["kind"], "node_not_allowed", "{}", out.stdout);
     assert_eq!(progress(&pki, &server).await, 0, "no share was sent");
 
     // The operator's proxy relays the genuine identity with its own unseal key in the status:
@@ -172,7 +172,7 @@ async fn custodians_unseal_only_the_attested_node() {
     )
     .await
     .expect(1);
-    assert_eq!(out.json()["reason"], "node_signature", "{}", out.stdout);
+    assert_eq!(out.json()["error"]["kind"], "node_signature", "{}", out.stdout);
     assert!(proxy.seen().iter().all(|m| !SHARE_METHODS.contains(&m.as_str())));
     // Its own node key and unseal key, signed over kmsctl's nonce, with the genuine evidence:
     // the evidence does not bind its statement.
@@ -215,7 +215,7 @@ async fn custodians_unseal_only_the_attested_node() {
     )
     .await
     .expect(1);
-    assert_eq!(out.json()["reason"], "node_evidence_refused", "{}", out.stdout);
+    assert_eq!(out.json()["error"]["kind"], "node_evidence_refused", "{}", out.stdout);
     assert!(proxy.seen().iter().all(|m| !SHARE_METHODS.contains(&m.as_str())));
     assert_eq!(progress(&pki, &server).await, 0, "no share was sent");
 
@@ -255,7 +255,7 @@ async fn custodians_unseal_only_the_attested_node() {
     )
     .await
     .expect(1);
-    assert_eq!(out.json()["reason"], "node_unattested", "{}", out.stdout);
+    assert_eq!(out.json()["error"]["kind"], "node_unattested", "{}", out.stdout);
     let out = kmsctl(&pki, &server, &alice_key, &["--danger-unattested-kmsd", "unseal"])
         .await
         .expect(0);

@@ -2,6 +2,7 @@
 //! the seal), and server reflection.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use kms_proto::v1 as pb;
@@ -146,4 +147,153 @@ async fn principals_come_from_uri_then_dns_then_cn() {
     by_dns.encrypt(enc("by-any")).await.unwrap();
     by_cn.encrypt(enc("by-any")).await.unwrap();
     c.server.stop().await;
+}
+
+/// Encrypts under `key` on a channel presenting `identity`: `Ok` if the server took the call,
+/// the status (or the transport error) otherwise.
+async fn encrypt_as(server: &TestServer, identity: tonic::transport::Identity, key: &str) -> Result<(), String> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(server.ca.clone())
+        .identity(identity)
+        .domain_name("localhost");
+    let channel = Endpoint::from_shared(format!("https://{}", server.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    kms_proto::v1::key_service_client::KeyServiceClient::new(channel)
+        .encrypt(pb::EncryptRequest {
+            key: key.into(),
+            plaintext: vec![1],
+            encryption_context: Default::default(),
+        })
+        .await
+        .map(|_| ())
+        .map_err(|s| {
+            // A refusal by kmsd (a reason) would mean the handshake let the certificate in.
+            assert!(
+                kms_proto::Reason::of(&s).is_none(),
+                "kmsd refused the call, so TLS accepted the certificate: {s:?}"
+            );
+            format!("{s:?}")
+        })
+}
+
+/// A client certificate with an extended key usage extension must list clientAuth; one without
+/// the extension is accepted (RFC 5280, as rustls' verifier reads it). docs/operations.md,
+/// "Certificates and principals".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_that_name_usages_need_client_auth() {
+    use rcgen::ExtendedKeyUsagePurpose as Eku;
+    let Some(c) = Ceremony::new(Backend::Sqlite, Options::default()).await else {
+        return;
+    };
+    c.create_key("eku", &["spiffe://test/eku"], UNATTESTED).await;
+    let with = |usages: Vec<Eku>| {
+        c.pki.client_with_usages(
+            vec![SanType::URI("spiffe://test/eku".try_into().unwrap())],
+            "eku",
+            usages,
+        )
+    };
+    for usages in [vec![Eku::ServerAuth], vec![Eku::CodeSigning]] {
+        let r = encrypt_as(&c.server, with(usages.clone()), "eku").await;
+        assert!(r.is_err(), "a client certificate for {usages:?} was accepted");
+    }
+    for usages in [vec![Eku::ClientAuth], vec![Eku::ServerAuth, Eku::ClientAuth], vec![]] {
+        encrypt_as(&c.server, with(usages.clone()), "eku")
+            .await
+            .unwrap_or_else(|e| panic!("a client certificate for {usages:?} was refused: {e}"));
+    }
+    c.server.stop().await;
+}
+
+/// Serves an uninitialized kmsd (SQLite) whose TLS certificate is `cert`, and runs `kmsctl
+/// status` against `https://127.0.0.1:PORT`, verifying the server as `server_name` if given.
+async fn status_against_server_certificate(
+    pki: &Pki,
+    (cert, key): (PathBuf, PathBuf),
+    server_name: Option<&str>,
+) -> Out {
+    let db = Db::new(Backend::Sqlite).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = kms_server::config::Config {
+        listen: addr,
+        database_url: db.url.clone(),
+        tls: Some(kms_server::config::TlsConfig {
+            cert,
+            key,
+            client_ca: pki.ca_path(),
+        }),
+        node: kms_server::node::NodeEvidence::None,
+        ..kms_server::config::Config::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(kms_server::serve(config, listener, async {
+        let _ = stopped.await;
+    }));
+    let (client_cert, client_key) = pki.client_files("spiffe://test/status", "status");
+    let mut kmsctl = kmsctl_command(kmsctl_binary().to_str().unwrap());
+    kmsctl
+        .env("KMSCTL_SERVER", format!("https://127.0.0.1:{}", addr.port()))
+        .env("KMSCTL_CA", pki.ca_path())
+        .env("KMSCTL_CERT", client_cert)
+        .env("KMSCTL_CLIENT_KEY", client_key);
+    if let Some(name) = server_name {
+        kmsctl.env("KMSCTL_TLS_SERVER_NAME", name);
+    }
+    let out = Out::from(kmsctl.arg("status").output().await.unwrap());
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    out
+}
+
+/// The server certificate as kmsctl (kms-client) verifies it: the name it connects to (the
+/// URL's host, or --tls-server-name) must be a DNS or IP subjectAltName, the common name is not
+/// looked at, and an extended key usage extension must list serverAuth. docs/operations.md,
+/// "Certificates and principals".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_certificates_need_the_name_in_a_san_and_server_auth() {
+    use rcgen::ExtendedKeyUsagePurpose as Eku;
+    let pki = Pki::new();
+    let localhost = || SanType::DnsName("localhost".try_into().unwrap());
+    let loopback = || SanType::IpAddress([127, 0, 0, 1].into());
+
+    // An IP SAN for an https://IP URL; serverAuth listed.
+    let good = pki.files_with(vec![localhost(), loopback()], "kmsd", vec![Eku::ServerAuth], "good");
+    status_against_server_certificate(&pki, good, None).await.expect(0);
+
+    // The address only in the common name: refused, unless kmsctl is told the SAN's name.
+    let dns_only = pki.files_with(vec![localhost()], "127.0.0.1", vec![], "dns-only");
+    let out = status_against_server_certificate(&pki, dns_only.clone(), None)
+        .await
+        .expect(3);
+    assert!(
+        out.stderr.contains("certificate not valid for name \"127.0.0.1\""),
+        "{}",
+        out.stderr
+    );
+    status_against_server_certificate(&pki, dns_only, Some("localhost"))
+        .await
+        .expect(0);
+
+    // A certificate for clients only.
+    let client_only = pki.files_with(
+        vec![localhost(), loopback()],
+        "kmsd",
+        vec![Eku::ClientAuth],
+        "client-only",
+    );
+    let out = status_against_server_certificate(&pki, client_only, None)
+        .await
+        .expect(3);
+    assert!(
+        out.stderr
+            .contains("does not allow extended key usage for server authentication"),
+        "{}",
+        out.stderr
+    );
 }

@@ -12,16 +12,21 @@ use kms_testkit::*;
 const KMSCTL: &str = env!("CARGO_BIN_EXE_kmsctl");
 const APP: &str = "spiffe://test/data-cli";
 
-/// Runs kmsctl as the data-plane caller APP, in `dir`; returns its raw stdout too.
-async fn kmsctl(c: &Ceremony, dir: &Path, args: &[&str]) -> (Out, Vec<u8>) {
+/// `cmd` with the settings of the data-plane caller APP, in `dir`.
+fn as_app(c: &Ceremony, dir: &Path, mut cmd: tokio::process::Command) -> tokio::process::Command {
     let (cert, key) = c.pki.client_files(APP, "data-cli");
-    let out = kmsctl_command(KMSCTL)
-        .current_dir(dir)
+    cmd.current_dir(dir)
         .env("KMSCTL_SERVER", format!("https://{}", c.server.addr))
         .env("KMSCTL_TLS_SERVER_NAME", "localhost")
         .env("KMSCTL_CA", c.pki.ca_path())
         .env("KMSCTL_CERT", cert)
-        .env("KMSCTL_CLIENT_KEY", key)
+        .env("KMSCTL_CLIENT_KEY", key);
+    cmd
+}
+
+/// Runs kmsctl as the data-plane caller APP, in `dir`; returns its raw stdout too.
+async fn kmsctl(c: &Ceremony, dir: &Path, args: &[&str]) -> (Out, Vec<u8>) {
+    let out = as_app(c, dir, kmsctl_command(KMSCTL))
         .arg("data")
         .args(args)
         .output()
@@ -29,6 +34,97 @@ async fn kmsctl(c: &Ceremony, dir: &Path, args: &[&str]) -> (Out, Vec<u8>) {
         .unwrap();
     let raw = out.stdout.clone();
     (out.into(), raw)
+}
+
+/// Runs `script` in `sh` as APP, in `dir`, with `kmsctl` on the PATH: a pipeline exactly as
+/// docs/operations.md shows it.
+async fn shell(c: &Ceremony, dir: &Path, script: &str) -> Out {
+    let bin = Path::new(KMSCTL).parent().unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let mut sh = tokio::process::Command::new("sh");
+    sh.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for var in KMSCTL_VARS {
+        sh.env_remove(var);
+    }
+    let out = as_app(c, dir, sh)
+        .env("PATH", path)
+        .args(["-c", script])
+        .output()
+        .await
+        .unwrap();
+    out.into()
+}
+
+/// docs/operations.md, "Data-plane calls": `kmsctl data generate KEY > blob.b64` writes the blob
+/// alone, which `kmsctl data decrypt --in blob.b64` takes back; `--out FILE` writes it raw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_blobs_redirected_to_a_file_decrypt() {
+    let Some(c) = Ceremony::new(Backend::Sqlite, Options::default()).await else {
+        return;
+    };
+    c.create_key("orders", &[APP], UNATTESTED).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    shell(
+        &c,
+        dir.path(),
+        "kmsctl data generate orders --context tenant=42 > blob.b64",
+    )
+    .await
+    .expect(0);
+    let text = std::fs::read_to_string(dir.path().join("blob.b64")).unwrap();
+    assert_eq!(text.lines().count(), 1, "one line, the blob alone: {text:?}");
+    let (out, key) = kmsctl(
+        &c,
+        dir.path(),
+        &[
+            "decrypt",
+            "--in",
+            "blob.b64",
+            "--context",
+            "tenant=42",
+            "--expect-key",
+            "orders",
+            "--out",
+            "-",
+        ],
+    )
+    .await;
+    out.expect(0);
+    assert_eq!(key.len(), 32, "the 32-byte data key");
+    // The same data key only under the same context.
+    let (out, _) = kmsctl(
+        &c,
+        dir.path(),
+        &["decrypt", "--in", "blob.b64", "--context", "tenant=43"],
+    )
+    .await;
+    assert!(out.expect(1).stderr.contains("decrypt_failed"));
+
+    // --out writes the raw blob, as encrypt's does; JSON still has the key and the blob.
+    let (out, _) = kmsctl(&c, dir.path(), &["generate", "orders", "--out", "blob.bin"]).await;
+    assert!(out.expect(0).stdout.starts_with("wrote the "));
+    assert!(std::fs::read(dir.path().join("blob.bin"))
+        .unwrap()
+        .starts_with(kms_core::blob::MAGIC));
+    let (out, raw) = kmsctl(&c, dir.path(), &["decrypt", "--in", "blob.bin", "--out", "-"]).await;
+    out.expect(0);
+    assert_eq!(raw.len(), 32);
+    let (out, _) = kmsctl(&c, dir.path(), &["--output", "json", "generate", "orders"]).await;
+    let doc = out.expect(0).json();
+    assert_eq!(doc["key_version"], 1, "{doc}");
+    assert!(doc["key_id"].as_str().unwrap().starts_with("k-"), "{doc}");
+    assert!(doc["ciphertext_blob"].is_string(), "{doc}");
+    // The blob alone goes to --out; the plaintext key only with labelled lines (no --out).
+    let (out, _) = kmsctl(
+        &c,
+        dir.path(),
+        &["generate", "orders", "--with-plaintext", "--out", "x"],
+    )
+    .await;
+    out.expect(2);
 }
 
 #[cfg(unix)]

@@ -25,7 +25,10 @@ use kms_proto::v1::admin_service_client::AdminServiceClient;
 use kms_proto::v1::key_service_client::KeyServiceClient;
 use kms_server::config::{Config, Danger, TlsConfig};
 use prost::Message;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
+};
 use sqlx::Connection;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -161,10 +164,16 @@ impl Pki {
     }
 
     fn issue(&self, sans: Vec<SanType>, cn: &str) -> (String, String) {
+        self.issue_with(sans, cn, Vec::new())
+    }
+
+    /// A leaf certificate (PEM) and its key; `usages` empty: no extended key usage extension.
+    fn issue_with(&self, sans: Vec<SanType>, cn: &str, usages: Vec<ExtendedKeyUsagePurpose>) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.subject_alt_names = sans;
         params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = usages;
         let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
         let cert = params.signed_by(&key, &issuer).unwrap();
         (cert.pem(), key.serialize_pem())
@@ -187,6 +196,29 @@ impl Pki {
     pub fn client_with(&self, sans: Vec<SanType>, cn: &str) -> Identity {
         let (cert, key) = self.issue(sans, cn);
         Identity::from_pem(cert, key)
+    }
+
+    /// A client identity with these SANs, common name and extended key usages.
+    pub fn client_with_usages(&self, sans: Vec<SanType>, cn: &str, usages: Vec<ExtendedKeyUsagePurpose>) -> Identity {
+        let (cert, key) = self.issue_with(sans, cn, usages);
+        Identity::from_pem(cert, key)
+    }
+
+    /// A certificate of this CA with these SANs, common name and extended key usages, written to
+    /// `NAME.pem` and `NAME.key`: e.g. a server certificate an operator might get wrong.
+    pub fn files_with(
+        &self,
+        sans: Vec<SanType>,
+        cn: &str,
+        usages: Vec<ExtendedKeyUsagePurpose>,
+        name: &str,
+    ) -> (PathBuf, PathBuf) {
+        let (cert, key) = self.issue_with(sans, cn, usages);
+        let c = self.dir.path().join(format!("{name}.pem"));
+        let k = self.dir.path().join(format!("{name}.key"));
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        (c, k)
     }
 
     /// A client identity whose principal is `spiffe_uri`.

@@ -7,7 +7,8 @@
 //!
 //! M lives in `seal_config.approval_quorum`; it is set at init and changed only by a quorum.
 //! With M = 1 a proposal executes at once, and the operation's own RPC (AddAdmin,
-//! EnrollHardware, ...) works as a proposal that executes at once; with M > 1 those RPCs refuse
+//! EnrollHardware, ...) works as a proposal that executes at once; with M > 1 those RPCs check the
+//! operation as a proposal is checked (so it is refused for its own fault first) and then refuse
 //! with `quorum_required`.
 
 use kms_core::admin::AdminPublicKey;
@@ -80,7 +81,7 @@ impl AdminPlane {
 
     /// A quorum operation called through its own RPC (`name`, in its canonical encoding
     /// `bytes`): with M = 1 it runs at once (recorded as a proposal executed at once); otherwise
-    /// it must be proposed.
+    /// it is checked and, if it could run, refused with `quorum_required`: it must be proposed.
     pub(crate) async fn direct(
         &self,
         admin: &AdminId,
@@ -92,6 +93,12 @@ impl AdminPlane {
         self.seal.require_initialized()?;
         let quorum = self.store.approval_quorum().await?;
         if quorum > 1 {
+            // Checked as a proposal would be first, so an operation that could never run is
+            // refused for what is wrong with it (an admin's country, a bad policy), not sent off
+            // to be proposed.
+            let op = crate::wire::quorum::decode(&bytes)?;
+            let mut scratch = Audit::new(audit.caller.clone(), "admin.propose");
+            self.execute(admin, op, &mut scratch, Exec::Check).await?;
             return Err(ApiError::new(
                 Reason::QuorumRequired,
                 format!(

@@ -358,7 +358,9 @@ pub(crate) struct InitArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct UnsealArgs {
-    /// The root key check value recorded at init (hex); the share is not sent if the server's differs.
+    /// The root key check value recorded at init (hex): if the server's differs, the share is not
+    /// sent and kmsctl exits 1 (key_check_value_mismatch), also when the server is already
+    /// unsealed.
     #[arg(long, value_name = "HEX")]
     pub(crate) expect_kcv: Option<String>,
     /// Send the share over plaintext HTTP to a host other than loopback. Anyone on the path can
@@ -722,17 +724,22 @@ pub(crate) struct PlaintextInput {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum DataCommand {
-    /// Generate a data key; prints its ciphertext blob (base64).
+    /// Generate a data key; prints only its ciphertext blob (base64, as `decrypt --in` reads it)
+    /// or writes it raw with --out.
     Generate {
         /// The key: its id or name.
         key: String,
         /// Encryption context pair (repeatable); the same pairs are needed to decrypt.
         #[arg(long = "context", value_name = "K=V", value_parser = parse_pair)]
         context: Vec<Pair>,
-        /// Also return the data key in plaintext (base64). Only keys whose release policy allows
-        /// release without attestation answer this.
-        #[arg(long)]
+        /// Also return the data key in plaintext (base64): prints the blob, the key and the
+        /// plaintext on labelled lines. Only keys whose release policy allows release without
+        /// attestation answer this.
+        #[arg(long, conflicts_with = "out")]
         with_plaintext: bool,
+        /// Write the raw blob to FILE instead of printing it; `-` writes it to stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Encrypt up to 4096 bytes; prints the blob (base64) or writes it raw with --out.
     Encrypt {
@@ -950,6 +957,11 @@ mod tests {
         ])
         .is_err());
         assert!(Cli::try_parse_from(["kmsctl", "data", "generate", "k", "--context", "novalue"]).is_err());
+        assert!(Cli::try_parse_from(["kmsctl", "data", "generate", "k", "--out", "b.blob"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["kmsctl", "data", "generate", "k", "--with-plaintext", "--out", "b"]).is_err(),
+            "--out writes the blob alone"
+        );
     }
 
     #[test]

@@ -26,7 +26,8 @@ pub(crate) async fn run(g: &Global, p: &Printer, command: &DataCommand) -> Resul
             key,
             context,
             with_plaintext,
-        } => generate(g, p, key, context, *with_plaintext).await,
+            out,
+        } => generate(g, p, key, context, *with_plaintext, out.as_deref()).await,
         DataCommand::Encrypt {
             key,
             context,
@@ -49,7 +50,17 @@ pub(crate) async fn run(g: &Global, p: &Printer, command: &DataCommand) -> Resul
     }
 }
 
-async fn generate(g: &Global, p: &Printer, key: &str, context: &[Pair], with_plaintext: bool) -> Result<(), Error> {
+/// Without the plaintext, like `encrypt`: the blob alone (base64) or raw to `out`, so
+/// `generate KEY > blob.b64` gives what `decrypt --in blob.b64` reads.
+async fn generate(
+    g: &Global,
+    p: &Printer,
+    key: &str,
+    context: &[Pair],
+    with_plaintext: bool,
+    out: Option<&Path>,
+) -> Result<(), Error> {
+    check_out(p, out)?;
     let encryption_context = pairs_to_map(context, "--context")?;
     let server = Server::connect(g).await?;
     if !with_plaintext {
@@ -62,15 +73,11 @@ async fn generate(g: &Global, p: &Printer, key: &str, context: &[Pair], with_pla
                 .await
             })
             .await?;
-        let blob = B64.encode(&r.ciphertext_blob);
-        return p.emit(
-            json!({ "ciphertext_blob": blob, "key_id": r.key_id, "key_version": r.key_version }),
-            || {
-                format!(
-                    "ciphertext blob: {blob}\nkey:             {} version {}",
-                    r.key_id, r.key_version
-                )
-            },
+        return emit_blob(
+            p,
+            &r.ciphertext_blob,
+            out,
+            json!({ "key_id": r.key_id, "key_version": r.key_version }),
         );
     }
     let mut r = server

@@ -18,7 +18,8 @@ pub(crate) enum Error {
     /// The server answered with an error status; its hint is printed on a line of its own.
     #[error("{0}")]
     Refused(Refusal),
-    /// A check made by `kmsctl` itself failed (audit chain, key check value).
+    /// A check made by `kmsctl` itself failed (audit chain, key check value, node identity): a
+    /// verdict, printed as it is.
     #[error("{what}")]
     Verification {
         what: String,
@@ -73,6 +74,22 @@ impl Error {
         Self::Refused(refusal.with_hint(hint))
     }
 
+    /// A check `kmsctl` makes before it acts failed, so nothing was sent: `check` is its stable
+    /// name (like a server's reason, e.g. `key_check_value_mismatch`). Exit code 1; printed as
+    /// `CHECK: message`, and with `--output json` as `{"ok": false, "error": {"kind": CHECK,
+    /// "exit_code": 1, "message": …}}` with `detail`'s fields added to `error`.
+    pub(crate) fn check_failed(check: &str, message: impl fmt::Display, detail: Value) -> Self {
+        let message = message.to_string();
+        let mut error = json!({ "kind": check, "exit_code": exit::REFUSED, "message": message });
+        if let (Some(e), Value::Object(d)) = (error.as_object_mut(), detail) {
+            e.extend(d);
+        }
+        Self::Verification {
+            what: format!("{check}: {message}"),
+            json: json!({ "ok": false, "error": error }),
+        }
+    }
+
     /// A file operation failed; names the file.
     pub(crate) fn file(action: &str, path: &std::path::Path, e: impl fmt::Display) -> Self {
         Failure::file(action, path, e).into()
@@ -108,7 +125,10 @@ impl Error {
                     "message": r.message(),
                 }),
             ),
-            Self::Unreachable { target, detail, .. } => ("unreachable", json!({ "target": target, "detail": detail })),
+            Self::Unreachable { target, detail, .. } => (
+                "unreachable",
+                json!({ "target": target, "detail": detail, "message": self.to_string() }),
+            ),
             Self::Local(m) => ("local", json!({ "message": m })),
             Self::Usage(m) => ("usage", json!({ "message": m })),
         };
@@ -313,5 +333,32 @@ mod tests {
         assert_eq!(j["ok"], false);
         assert_eq!(j["error"]["reason"], "replayed_request");
         assert_eq!(j["error"]["exit_code"], 1);
+    }
+
+    /// kmsctl's own checks and every other failure have the documented error object: `kind`,
+    /// `exit_code` and `message` at least.
+    #[test]
+    fn every_error_has_kind_exit_code_and_message() {
+        let e = Error::check_failed("key_check_value_mismatch", "it differs", json!({ "expected": "00" }));
+        assert_eq!(e.exit_code(), exit::REFUSED);
+        assert_eq!(e.to_string(), "key_check_value_mismatch: it differs");
+        let j = e.to_json();
+        assert_eq!(j["ok"], false);
+        assert_eq!(j["error"]["kind"], "key_check_value_mismatch");
+        assert_eq!(j["error"]["exit_code"], 1);
+        assert_eq!(j["error"]["message"], "it differs");
+        assert_eq!(j["error"]["expected"], "00");
+        for e in [
+            refused(tonic::Code::FailedPrecondition, Some("quorum_required")),
+            Error::unreachable("https://kms", "connection refused"),
+            Error::local("gone"),
+            Error::usage("bad"),
+        ] {
+            let j = e.to_json();
+            assert_eq!(j["ok"], false, "{j}");
+            assert!(j["error"]["kind"].is_string(), "{j}");
+            assert_eq!(j["error"]["exit_code"], e.exit_code(), "{j}");
+            assert!(j["error"]["message"].is_string(), "{j}");
+        }
     }
 }

@@ -234,18 +234,19 @@ async fn enroll(g: &Global, p: &Printer, args: &EnrollArgs) -> Result<(), Error>
     if let Some(request) = &tpm {
         let mismatches = tpm_mismatches(request, &h);
         if !mismatches.is_empty() {
+            let what = format!(
+                "enrolled {}, but {}: the request file does not describe the machine whose TPM answered. Check the machine; if it is not the one you meant, run `kmsctl hardware revoke {} --reason \"wrong machine\"`",
+                h.id,
+                mismatches.join("; "),
+                h.id
+            );
             return Err(Error::Verification {
-                what: format!(
-                    "enrolled {}, but {}: the request file does not describe the machine whose TPM answered. Check the machine; if it is not the one you meant, run `kmsctl hardware revoke {} --reason \"wrong machine\"`",
-                    h.id,
-                    mismatches.join("; "),
-                    h.id
-                ),
                 json: json!({
                     "ok": false,
-                    "error": { "kind": "identity_mismatch", "exit_code": crate::error::exit::REFUSED, "mismatches": mismatches },
+                    "error": { "kind": "identity_mismatch", "exit_code": crate::error::exit::REFUSED, "message": what, "mismatches": mismatches },
                     "hardware": output::hardware_json(&h),
                 }),
+                what,
             });
         }
     }

@@ -39,11 +39,7 @@ async fn identity(server: &Server) -> Result<(pb::NodeIdentity, [u8; 32]), Error
 }
 
 fn refused(e: &NodeError) -> Error {
-    let what = format!("{e}; nothing was sent");
-    Error::Verification {
-        json: json!({ "ok": false, "reason": e.reason(), "message": what }),
-        what,
-    }
+    Error::check_failed(e.reason(), format!("{e}; nothing was sent"), json!({}))
 }
 
 /// The node answering on `server`, verified by `verifier`, and the seal status it signed.

@@ -290,7 +290,7 @@ fn untrustworthy(pr: &pb::Proposal, d: &Decoded) -> Option<Error> {
     Some(Error::Verification {
         json: json!({
             "ok": false,
-            "error": { "kind": "operation_mismatch", "exit_code": crate::error::exit::REFUSED, "problems": problems },
+            "error": { "kind": "operation_mismatch", "exit_code": crate::error::exit::REFUSED, "message": what, "problems": problems },
             "proposal": proposal_json(pr),
         }),
         what,
@@ -300,16 +300,17 @@ fn untrustworthy(pr: &pb::Proposal, d: &Decoded) -> Option<Error> {
 /// Prints a proposal after a propose or an approve; a proposal that ended FAILED is an error.
 fn finish(p: &Printer, pr: &pb::Proposal, verb: &str) -> Result<(), Error> {
     if pr.status == pb::ProposalStatus::Failed as i32 {
+        let what = format!(
+            "proposal {} reached its quorum but the operation failed: {}",
+            pr.id, pr.outcome
+        );
         return Err(Error::Verification {
-            what: format!(
-                "proposal {} reached its quorum but the operation failed: {}",
-                pr.id, pr.outcome
-            ),
             json: json!({
                 "ok": false,
-                "error": { "kind": "proposal_failed", "exit_code": crate::error::exit::REFUSED, "outcome": pr.outcome },
+                "error": { "kind": "proposal_failed", "exit_code": crate::error::exit::REFUSED, "message": what, "outcome": pr.outcome },
                 "proposal": proposal_json(pr),
             }),
+            what,
         });
     }
     p.emit(proposal_json(pr), || {

@@ -51,10 +51,33 @@ pub(crate) async fn unseal(g: &Global, p: &Printer, args: &UnsealArgs) -> Result
     if !status.initialized {
         return Err(Error::server_state("not_initialized", "the server is not initialized"));
     }
+    // Compared whatever the state: an unsealed replica whose root key is not the one made at
+    // init is as wrong as a sealed one (a custodian checking a replica must hear about it).
+    if let Some(expected) = &expected_kcv {
+        if status.key_check_value != *expected {
+            return Err(Error::check_failed(
+                "key_check_value_mismatch",
+                format!(
+                    "the server's key check value is {}, not the expected {}: its root key is not the one made at init. Nothing was sent; do not unseal it, find out what happened to its database",
+                    hex::encode(&status.key_check_value),
+                    hex::encode(expected)
+                ),
+                json!({
+                    "expected": hex::encode(expected),
+                    "key_check_value": hex::encode(&status.key_check_value),
+                }),
+            ));
+        }
+    }
     if !status.sealed {
+        let checked = if expected_kcv.is_some() {
+            " (its key check value is the expected one)"
+        } else {
+            ""
+        };
         return p.emit(
             json!({ "unsealed": true, "status": output::seal_status_json(&status) }),
-            || "the server is already unsealed; nothing sent".into(),
+            || format!("the server is already unsealed{checked}; nothing sent"),
         );
     }
     if status.seal != pb::SealKind::Shamir as i32 {
@@ -62,19 +85,6 @@ pub(crate) async fn unseal(g: &Global, p: &Printer, args: &UnsealArgs) -> Result
             "not_shamir",
             format!("the {} seal takes no shares", output::seal_kind(status.seal)),
         ));
-    }
-    if let Some(expected) = expected_kcv {
-        if status.key_check_value != expected {
-            let what = format!(
-                "the server's key check value is {}, not the expected {}: its root key is not the one made at init; your share was not sent",
-                hex::encode(&status.key_check_value),
-                hex::encode(&expected)
-            );
-            return Err(Error::Verification {
-                json: json!({ "ok": false, "reason": "key_check_value_mismatch", "message": what }),
-                what,
-            });
-        }
     }
 
     let signer = key.signer();
