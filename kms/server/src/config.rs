@@ -1154,7 +1154,10 @@ mod tests {
         }
         // Dev mode: on, on loopback only.
         let mut dev = Config::dev("127.0.0.1:7300".parse().unwrap(), "/tmp/x".into()).unwrap();
-        assert_eq!(dev.metrics.as_ref().map(|m| m.listen), Some(SocketAddr::from(DEV_METRICS_LISTEN)));
+        assert_eq!(
+            dev.metrics.as_ref().map(|m| m.listen),
+            Some(SocketAddr::from(DEV_METRICS_LISTEN))
+        );
         assert!(dev.set_dev_metrics_listen("0.0.0.0:9464".parse().unwrap()).is_err());
         dev.set_dev_metrics_listen("127.0.0.1:0".parse().unwrap()).unwrap();
         assert_eq!(dev.metrics.map(|m| m.listen.port()), Some(0));

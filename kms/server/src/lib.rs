@@ -86,7 +86,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let metrics = match config.metrics.as_ref() {
-        Some(m) => Some(workers::scrape::Endpoint::bind(m.listen).await.map_err(ServeError::Metrics)?),
+        Some(m) => Some(
+            workers::scrape::Endpoint::bind(m.listen)
+                .await
+                .map_err(ServeError::Metrics)?,
+        ),
         None => None,
     };
     let store = Store::connect(&config.database_url, config.database_max_connections).await?;

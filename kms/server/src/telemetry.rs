@@ -95,23 +95,65 @@ pub fn installed() -> bool {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(GRPC_REQUESTS, "gRPC requests by service, method, gRPC code and kmsd reason (ok on success)");
-    describe_histogram!(GRPC_DURATION, Unit::Seconds, "gRPC request latency until the response headers, by service, method, code and reason");
+    describe_counter!(
+        GRPC_REQUESTS,
+        "gRPC requests by service, method, gRPC code and kmsd reason (ok on success)"
+    );
+    describe_histogram!(
+        GRPC_DURATION,
+        Unit::Seconds,
+        "gRPC request latency until the response headers, by service, method, code and reason"
+    );
     describe_gauge!(AUDIT_QUEUE_DEPTH, "audit records queued for the group-commit writer");
-    describe_histogram!(AUDIT_COMMIT_DURATION, Unit::Seconds, "duration of one audit batch's transaction, by outcome");
+    describe_histogram!(
+        AUDIT_COMMIT_DURATION,
+        Unit::Seconds,
+        "duration of one audit batch's transaction, by outcome"
+    );
     describe_counter!(AUDIT_RECORDS_WRITTEN, "audit records written to the database");
-    describe_gauge!(AUDIT_CHECKPOINT_AGE, Unit::Seconds, "seconds since the newest signed audit checkpoint this replica signed or verified");
-    describe_gauge!(AUDIT_UNCHECKPOINTED, "audit records this replica wrote that no checkpoint it knows covers yet");
-    describe_counter!(AUDIT_CHECKPOINT_FAILURES, "audit checkpoint rounds that failed (nothing signed)");
-    describe_gauge!(SEAL_STATE, "1 for the seal's current state (uninitialized, sealed, unsealed), 0 for the others");
-    describe_gauge!(SEAL_KIND, "1 for the seal's kind (shamir, dev, pkcs11), 0 for the others");
-    describe_gauge!(INTEGRITY_ALARM, "1 while the integrity alarm is up (state_rollback: nothing is served)");
+    describe_gauge!(
+        AUDIT_CHECKPOINT_AGE,
+        Unit::Seconds,
+        "seconds since the newest signed audit checkpoint this replica signed or verified"
+    );
+    describe_gauge!(
+        AUDIT_UNCHECKPOINTED,
+        "audit records this replica wrote that no checkpoint it knows covers yet"
+    );
+    describe_counter!(
+        AUDIT_CHECKPOINT_FAILURES,
+        "audit checkpoint rounds that failed (nothing signed)"
+    );
+    describe_gauge!(
+        SEAL_STATE,
+        "1 for the seal's current state (uninitialized, sealed, unsealed), 0 for the others"
+    );
+    describe_gauge!(
+        SEAL_KIND,
+        "1 for the seal's kind (shamir, dev, pkcs11), 0 for the others"
+    );
+    describe_gauge!(
+        INTEGRITY_ALARM,
+        "1 while the integrity alarm is up (state_rollback: nothing is served)"
+    );
     describe_gauge!(ROOT_GENERATION, "the current root key generation");
-    describe_gauge!(ROTATION_IN_PROGRESS, "1 while this replica holds a root rotation's next generation");
-    describe_gauge!(ROTATION_REMAINING, "secrets and rows still under the previous root generation (during a rotation)");
-    describe_counter!(ROTATION_ROWS, "rows this replica's rotation worker moved to the next root generation, by step");
+    describe_gauge!(
+        ROTATION_IN_PROGRESS,
+        "1 while this replica holds a root rotation's next generation"
+    );
+    describe_gauge!(
+        ROTATION_REMAINING,
+        "secrets and rows still under the previous root generation (during a rotation)"
+    );
+    describe_counter!(
+        ROTATION_ROWS,
+        "rows this replica's rotation worker moved to the next root generation, by step"
+    );
     describe_counter!(ROTATIONS_COMPLETED, "root rotations this replica's worker completed");
-    describe_counter!(ATTESTATION_REFUSALS, "evidence refused at Attest, by TEE and failed check");
+    describe_counter!(
+        ATTESTATION_REFUSALS,
+        "evidence refused at Attest, by TEE and failed check"
+    );
     describe_gauge!(DB_POOL_CONNECTIONS, "database pool connections by state (idle, in_use)");
     describe_gauge!(DB_POOL_MAX, "the database pool's maximum size");
 }
@@ -143,7 +185,13 @@ impl RpcOk {
 
 /// A refused or failed call: `code` is the gRPC code's name, `reason` the stable reason (or
 /// `none` for a status kmsd did not give one).
-pub fn rpc_failed(service: &'static str, method: &'static str, code: &'static str, reason: &'static str, elapsed: Duration) {
+pub fn rpc_failed(
+    service: &'static str,
+    method: &'static str,
+    code: &'static str,
+    reason: &'static str,
+    elapsed: Duration,
+) {
     counter!(GRPC_REQUESTS, "service" => service, "method" => method, "code" => code, "reason" => reason).increment(1);
     histogram!(GRPC_DURATION, "service" => service, "method" => method, "code" => code, "reason" => reason)
         .record(elapsed.as_secs_f64());
@@ -223,7 +271,9 @@ fn set(sample: &Sample) {
     gauge!(ROOT_GENERATION).set(sample.root_generation as f64);
     gauge!(ROTATION_IN_PROGRESS).set(flag(sample.rotating));
     gauge!(ROTATION_REMAINING).set(sample.rotation_remaining.unwrap_or(0) as f64);
-    let idle = u32::try_from(sample.db_pool_idle).unwrap_or(u32::MAX).min(sample.db_pool_size);
+    let idle = u32::try_from(sample.db_pool_idle)
+        .unwrap_or(u32::MAX)
+        .min(sample.db_pool_size);
     let backend = sample.db_backend;
     gauge!(DB_POOL_CONNECTIONS, "backend" => backend, "state" => "idle").set(f64::from(idle));
     gauge!(DB_POOL_CONNECTIONS, "backend" => backend, "state" => "in_use").set(f64::from(sample.db_pool_size - idle));

@@ -34,7 +34,10 @@ impl Rpc {
         // the headers. Without grpc-status the call succeeded (OK follows in the trailers).
         let code = match headers.get("grpc-status").and_then(|v| v.to_str().ok()) {
             None => tonic::Code::Ok,
-            Some(s) => s.parse::<i32>().map(tonic::Code::from_i32).unwrap_or(tonic::Code::Unknown),
+            Some(s) => s
+                .parse::<i32>()
+                .map(tonic::Code::from_i32)
+                .unwrap_or(tonic::Code::Unknown),
         };
         if code == tonic::Code::Ok {
             self.ok.record(elapsed);
@@ -61,7 +64,10 @@ fn rpcs() -> &'static HashMap<String, Rpc> {
     static RPCS: OnceLock<HashMap<String, Rpc>> = OnceLock::new();
     RPCS.get_or_init(|| {
         let mut map = HashMap::new();
-        for set in [kms_proto::v1::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET] {
+        for set in [
+            kms_proto::v1::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ] {
             // The sets are generated at build time from our own protos: they always decode.
             let Ok(set) = prost_types::FileDescriptorSet::decode(set) else {
                 tracing::error!("a built-in descriptor set does not decode: RPCs are not counted");
