@@ -53,6 +53,9 @@ const EX_CONFIG: u8 = 64;
 fn main() -> ExitCode {
     let args = Args::parse();
     let config = match (&args.config, args.dev) {
+        (Some(_), false) if args.metrics_listen.is_some() => Err(kms_server::config::ConfigError(
+            "--metrics-listen is for dev mode: with --config, set `[metrics] listen` in the file".into(),
+        )),
         (Some(path), false) => Config::from_file(path, std::env::vars()).and_then(|mut c| {
             if args.danger_accept_restored_database {
                 c.danger_accept_restored_database()?;
