@@ -58,6 +58,29 @@ pub const DB_POOL_CONNECTIONS: &str = "kms_db_pool_connections";
 /// The pool's maximum size (`database.max_connections`) (gauge).
 pub const DB_POOL_MAX: &str = "kms_db_pool_max_connections";
 
+/// Every metric, as docs/operations.md lists them (a test keeps the two the same).
+pub const ALL: &[&str] = &[
+    GRPC_REQUESTS,
+    GRPC_DURATION,
+    AUDIT_QUEUE_DEPTH,
+    AUDIT_COMMIT_DURATION,
+    AUDIT_RECORDS_WRITTEN,
+    AUDIT_CHECKPOINT_AGE,
+    AUDIT_UNCHECKPOINTED,
+    AUDIT_CHECKPOINT_FAILURES,
+    SEAL_STATE,
+    SEAL_KIND,
+    INTEGRITY_ALARM,
+    ROOT_GENERATION,
+    ROTATION_IN_PROGRESS,
+    ROTATION_REMAINING,
+    ROTATION_ROWS,
+    ROTATIONS_COMPLETED,
+    ATTESTATION_REFUSALS,
+    DB_POOL_CONNECTIONS,
+    DB_POOL_MAX,
+];
+
 /// Latency buckets (seconds): 0.5 ms to 10 s.
 const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -387,4 +410,27 @@ where
         hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every metric is in docs/operations.md's "Metrics" table, and the table names no other.
+    #[test]
+    fn every_metric_is_documented() {
+        let docs = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/operations.md"));
+        let section = docs
+            .split("\n## Metrics\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("docs/operations.md has a Metrics section");
+        let documented: std::collections::BTreeSet<&str> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `kms_"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        let ours: std::collections::BTreeSet<&str> = ALL.iter().map(|m| &m["kms_".len()..]).collect();
+        assert_eq!(documented, ours);
+    }
 }

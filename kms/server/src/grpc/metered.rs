@@ -168,3 +168,28 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unary_rpcs_of_our_services_are_known() {
+        let rpcs = rpcs();
+        for path in [
+            "/kms.v1.KeyService/GenerateDataKey",
+            "/kms.v1.KeyService/Decrypt",
+            "/kms.v1.AdminService/CreateKey",
+            "/kms.v1.AttestationService/Attest",
+            "/grpc.health.v1.Health/Check",
+        ] {
+            assert!(rpcs.contains_key(path), "{path}");
+        }
+        let attest = &rpcs["/kms.v1.AttestationService/Attest"];
+        assert_eq!((attest.service, attest.method), ("kms.v1.AttestationService", "Attest"));
+        // Streams and made-up paths are not recorded.
+        for path in ["/grpc.health.v1.Health/Watch", "/kms.v1.KeyService/Nope", "/x"] {
+            assert!(!rpcs.contains_key(path), "{path}");
+        }
+    }
+}
