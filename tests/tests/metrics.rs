@@ -221,18 +221,60 @@ async fn generate(
     .map(|_| ())
 }
 
+fn custodians() -> [kms_core::keyfile::AdminKeyFile; 3] {
+    [admin("alice", "DE"), admin("bob", "FR"), admin("carol", "NL")]
+}
+
+/// The configuration: Init pinned to `custodians`, checkpoints every second, metrics on `port`.
+fn config(custodians: &[kms_core::keyfile::AdminKeyFile], port: u16, more: &str) -> String {
+    let pinned: Vec<String> = fingerprints(custodians).iter().map(|f| format!("\"{f}\"")).collect();
+    format!(
+        "[admin]\ninit_admins = [{}]\n[audit]\ncheckpoint_interval_secs = 1\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n{more}",
+        pinned.join(", ")
+    )
+}
+
+type Admin = pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>;
+
+/// Init: shamir, 2 of the 3 custodians, approval quorum 1.
+async fn init_shamir(admin_c: &mut Admin, custodians: &[kms_core::keyfile::AdminKeyFile]) {
+    let status = init(
+        admin_c,
+        &custodians[0],
+        pb::InitOp {
+            seal: pb::SealKind::Shamir as i32,
+            threshold: 2,
+            admins: custodians.iter().map(|c| new_admin(c, true)).collect(),
+            approval_quorum: 1,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!status.sealed);
+}
+
+async fn create_key(admin_c: &mut Admin, by: &kms_core::keyfile::AdminKeyFile, name: &str) {
+    admin_c
+        .create_key(signed(
+            by,
+            Op::CreateKey(pb::CreateKeyOp {
+                name: name.into(),
+                grants: grants_all(&[APP]),
+                release_policy: UNATTESTED.into(),
+                ..Default::default()
+            }),
+        ))
+        .await
+        .unwrap();
+}
+
 async fn counts_match_the_calls(backend: Backend) {
     let python = python();
     let Some(db) = Db::new(backend).await else { return };
     let pki = Pki::new();
-    let custodians = [admin("alice", "DE"), admin("bob", "FR"), admin("carol", "NL")];
+    let custodians = custodians();
     let port = free_port();
-    let pinned: Vec<String> = fingerprints(&custodians).iter().map(|f| format!("\"{f}\"")).collect();
-    let extra = format!(
-        "[admin]\ninit_admins = [{}]\n[audit]\ncheckpoint_interval_secs = 1\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
-        pinned.join(", ")
-    );
-    let kmsd = KmsdProcess::start(&db, &pki, &extra).await;
+    let kmsd = KmsdProcess::start(&db, &pki, &config(&custodians, port, "")).await;
     let pid = kmsd.pid().unwrap();
     assert_eq!(
         listening_ports(pid),
@@ -251,31 +293,8 @@ async fn counts_match_the_calls(backend: Backend) {
     assert_eq!(before.must("kms_grpc_requests_total", OK), 0.0);
 
     let mut admin_c = kmsd.admin(&pki).await;
-    let status = init(
-        &mut admin_c,
-        &custodians[0],
-        pb::InitOp {
-            seal: pb::SealKind::Shamir as i32,
-            threshold: 2,
-            admins: custodians.iter().map(|c| new_admin(c, true)).collect(),
-            approval_quorum: 1,
-        },
-    )
-    .await
-    .unwrap();
-    assert!(!status.sealed);
-    admin_c
-        .create_key(signed(
-            &custodians[0],
-            Op::CreateKey(pb::CreateKeyOp {
-                name: KEY.into(),
-                grants: grants_all(&[APP]),
-                release_policy: UNATTESTED.into(),
-                ..Default::default()
-            }),
-        ))
-        .await
-        .unwrap();
+    init_shamir(&mut admin_c, &custodians).await;
+    create_key(&mut admin_c, &custodians[0], KEY).await;
 
     // 3 released, 2 for a key that does not exist, 1 by a principal without a grant.
     let mut data = kmsd.data(&pki, APP).await;
@@ -442,6 +461,67 @@ async fn counts_match_the_calls(backend: Backend) {
 }
 
 both_backends!(counts_match_the_calls_made, super::counts_match_the_calls);
+
+/// A root rotation (shamir to shamir, one secret per batch, slowly): the gauges show it under way
+/// with secrets left, the counters the rows the worker moved, and then its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_progress() {
+    let python = python();
+    let db = Db::new(Backend::Sqlite).await.unwrap();
+    let pki = Pki::new();
+    let custodians = custodians();
+    let port = free_port();
+    let more = "[seal]\nrotation_batch_size = 1\nrotation_batch_pause_ms = 100\n";
+    let kmsd = KmsdProcess::start(&db, &pki, &config(&custodians, port, more)).await;
+    let mut admin_c = kmsd.admin(&pki).await;
+    init_shamir(&mut admin_c, &custodians).await;
+    for i in 0..6 {
+        create_key(&mut admin_c, &custodians[0], &format!("rotated-{i}")).await;
+    }
+    let s = scrape(&python, port).await;
+    assert_eq!(s.must("kms_root_rotation_in_progress", &[]), 0.0);
+    assert_eq!(s.must("kms_root_rotation_remaining", &[]), 0.0);
+    assert_eq!(s.value("kms_root_rotations_completed_total", &[]), None);
+
+    admin_c
+        .propose(propose(
+            &custodians[0],
+            pb::quorum_operation::Operation::RotateRoot(pb::RotateRootOp {
+                seal: pb::SealKind::Shamir as i32,
+                threshold: 2,
+                custodians: vec!["alice".into(), "bob".into(), "carol".into()],
+            }),
+        ))
+        .await
+        .unwrap();
+    // Under way: the next generation is held, and at least the six key versions are left.
+    let start = Instant::now();
+    let mut seen_under_way = false;
+    loop {
+        let s = scrape(&python, port).await;
+        if s.value("kms_root_rotations_completed_total", &[]) == Some(1.0) {
+            assert!(seen_under_way, "the rotation was never seen under way");
+            assert_eq!(s.must("kms_root_rotation_in_progress", &[]), 0.0);
+            assert_eq!(s.must("kms_root_rotation_remaining", &[]), 0.0);
+            assert_eq!(s.must("kms_root_generation", &[]), 2.0);
+            assert_eq!(s.must("kms_seal_state", &[("state", "unsealed")]), 1.0);
+            assert!(s.must("kms_root_rotation_rows_total", &[("step", "rewrap")]) >= 6.0);
+            assert!(s.must("kms_root_rotation_rows_total", &[("step", "reauthenticate")]) >= 1.0);
+            break;
+        }
+        if s.must("kms_root_rotation_in_progress", &[]) == 1.0 {
+            assert_eq!(s.must("kms_root_generation", &[]), 1.0);
+            if s.must("kms_root_rotation_remaining", &[]) >= 6.0 {
+                seen_under_way = true;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the rotation did not complete"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 /// Without `[metrics]` kmsd listens on its gRPC port and nowhere else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
