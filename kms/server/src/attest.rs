@@ -166,8 +166,10 @@ pub fn refusal_reason(check: Check) -> Reason {
     }
 }
 
-/// An evidence refusal: the caller learns which check failed, the audit log what exactly.
-fn refused(r: Refusal) -> ApiError {
+/// An evidence refusal of `tee` (`snp`, `tpm`): the caller learns which check failed, the audit
+/// log what exactly, the metrics count it by check.
+fn refused(tee: &'static str, r: Refusal) -> ApiError {
+    crate::telemetry::attestation_refused(tee, r.check.as_str());
     let message = format!(
         "evidence refused: the {} check failed (the audit log has the detail)",
         r.check.as_str()
@@ -334,7 +336,7 @@ impl Attestation {
         match evidence {
             Evidence::Snp(ev) => {
                 let binding = attestation::binding::snp_report_data(nonce, hpke_public_key);
-                let claims = self.snp.verify(ev, &binding, now).map_err(refused)?;
+                let claims = self.snp.verify(ev, &binding, now).map_err(|r| refused("snp", r))?;
                 let hw = self.snp_hardware(&claims).await?;
                 self.check_location(&hw)?;
                 Ok((snp_claims(&claims, &hw), hw))
@@ -345,7 +347,7 @@ impl Attestation {
                 // by the quoting AK's name is then the enrolled-AK check.
                 let binding = attestation::binding::tpm_qualifying_data(nonce, hpke_public_key);
                 let verifier = TpmVerifier::new(TpmTrust::ak_checked_by_caller());
-                let claims = verifier.verify(ev, &binding, now).map_err(refused)?;
+                let claims = verifier.verify(ev, &binding, now).map_err(|r| refused("tpm", r))?;
                 let ak_hex = claims.ak_name.to_hex();
                 let hw = self
                     .store
@@ -406,7 +408,7 @@ impl Attestation {
                     restart_count: p.restart_count,
                     safe: true,
                 };
-                c.check_after(&earlier).map_err(refused)?;
+                c.check_after(&earlier).map_err(|r| refused("tpm", r))?;
                 if p.row == next {
                     return Ok(());
                 }

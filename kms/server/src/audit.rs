@@ -65,11 +65,35 @@ impl AuditLog {
         }
     }
 
+    /// A gauge of the queue that does not keep the writer alive (for the metrics endpoint).
+    pub fn queue_probe(&self) -> QueueProbe {
+        QueueProbe(self.tx.downgrade())
+    }
+
     /// Queues `record` (a refusal or a read); it is written with the next batch.
     pub async fn record(&self, record: Record) {
         if self.tx.send(Pending { record, done: None }).await.is_err() {
             tracing::error!("audit writer stopped; a refusal record was dropped");
         }
+    }
+}
+
+/// How many records wait for the writer, read without keeping it alive.
+#[derive(Clone)]
+pub struct QueueProbe(mpsc::WeakSender<Pending>);
+
+impl std::fmt::Debug for QueueProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueueProbe")
+    }
+}
+
+impl QueueProbe {
+    /// Records queued now (0 once the writer has stopped).
+    pub fn depth(&self) -> usize {
+        self.0
+            .upgrade()
+            .map_or(0, |tx| tx.max_capacity().saturating_sub(tx.capacity()))
     }
 }
 
@@ -91,7 +115,10 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Pending>, batch_max: usize)
         }
         let mut records: Vec<Record> = std::mem::take(&mut retry);
         records.extend(batch.iter().map(|p| p.record.clone()));
-        match store.append_audit(records).await {
+        let (count, started) = (records.len(), std::time::Instant::now());
+        let written = store.append_audit(records).await;
+        crate::telemetry::audit_commit(started.elapsed(), count, written.is_ok());
+        match written {
             Ok(_) => {
                 for p in batch {
                     if let Some(done) = p.done {

@@ -64,6 +64,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Call rate limits (`[limits]`).
     pub limits: LimitsConfig,
+    /// The Prometheus endpoint (`[metrics]`); `None`: no metrics listener.
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// Attested release settings (`[attestation]`).
@@ -403,6 +405,8 @@ struct File {
     log: LogConfig,
     #[serde(default)]
     limits: LimitsConfig,
+    #[serde(default)]
+    metrics: Option<MetricsSection>,
 }
 
 /// `[node]`: where this process's node identity evidence comes from.
@@ -740,6 +744,7 @@ impl Default for Config {
             danger: Danger::default(),
             log: LogConfig::default(),
             limits: LimitsConfig::default(),
+            metrics: None,
         }
     }
 }
@@ -828,6 +833,12 @@ impl Config {
         let (rotation, hsm) = file.seal.validate()?;
         file.danger.snp_test_roots()?;
         file.limits.validate()?;
+        let metrics = file.metrics.map(MetricsSection::validate).transpose()?;
+        if metrics.as_ref().is_some_and(|m: &MetricsConfig| m.listen == listen) {
+            return Err(ConfigError(format!(
+                "metrics.listen: {listen} is the gRPC address (listen): metrics need their own"
+            )));
+        }
         Ok(Self {
             listen,
             database_url: file.database.url,
@@ -852,6 +863,7 @@ impl Config {
             danger: file.danger,
             log: file.log,
             limits: file.limits,
+            metrics,
         })
     }
 
@@ -907,8 +919,23 @@ impl Config {
                 allow_unattested_keys: true,
                 snp_test_roots: Vec::new(),
             },
+            metrics: Some(MetricsConfig {
+                listen: SocketAddr::from(DEV_METRICS_LISTEN),
+            }),
             ..Self::default()
         })
+    }
+
+    /// Dev mode: serve metrics on `listen` instead of [`DEV_METRICS_LISTEN`] (loopback only, like
+    /// the gRPC address; port 0 picks a free port).
+    pub fn set_dev_metrics_listen(&mut self, listen: SocketAddr) -> Result<(), ConfigError> {
+        if !listen.ip().is_loopback() {
+            return Err(ConfigError(format!(
+                "--metrics-listen {listen}: dev mode serves metrics only on a loopback address (127.0.0.1 or ::1)"
+            )));
+        }
+        self.metrics = Some(MetricsConfig { listen });
+        Ok(())
     }
 }
 
@@ -977,6 +1004,36 @@ pub struct HsmSealConfig {
     /// a database behind the checkpoint anchored in the HSM (a backup restored on purpose) is
     /// accepted, audited, and the anchor moved to it, instead of being refused.
     pub danger_accept_restored_database: bool,
+}
+
+/// Where dev mode serves metrics unless `--metrics-listen` says otherwise.
+pub const DEV_METRICS_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 9464);
+
+/// The Prometheus endpoint (`[metrics]`): plaintext HTTP `GET /metrics` on its own listener.
+/// Off unless configured (dev mode: on, on loopback).
+#[derive(Clone, Debug)]
+pub struct MetricsConfig {
+    /// Where to listen, e.g. `127.0.0.1:9464`.
+    pub listen: SocketAddr,
+}
+
+/// `[metrics]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsSection {
+    listen: String,
+}
+
+impl MetricsSection {
+    fn validate(self) -> Result<MetricsConfig, ConfigError> {
+        let listen = self.listen.parse().map_err(|_| {
+            ConfigError(format!(
+                "metrics.listen: {:?} is not an address like 127.0.0.1:9464",
+                self.listen
+            ))
+        })?;
+        Ok(MetricsConfig { listen })
+    }
 }
 
 /// The root rotation worker's pace (`[rotation]`).
@@ -1147,6 +1204,35 @@ mod tests {
         .unwrap_err()
         .0;
         assert!(e.contains("danger.snp_test_roots[0]") && e.contains("rome"), "{e}");
+    }
+
+    #[test]
+    fn metrics_section() {
+        let (_d, base) = files();
+        // Off unless configured.
+        assert!(Config::from_toml(&base, []).unwrap().metrics.is_none());
+        let c = Config::from_toml(&format!("{base}\n[metrics]\nlisten = \"127.0.0.1:9464\"\n"), []).unwrap();
+        assert_eq!(c.metrics.map(|m| m.listen), Some("127.0.0.1:9464".parse().unwrap()));
+        let c = Config::from_toml(&base, [("KMSD__METRICS__LISTEN".into(), "0.0.0.0:9100".into())]).unwrap();
+        assert_eq!(c.metrics.map(|m| m.listen), Some("0.0.0.0:9100".parse().unwrap()));
+        for (bad, named) in [
+            ("[metrics]\nlisten = \"localhost\"\n", "metrics.listen"),
+            ("[metrics]\nlisten = \"127.0.0.1:9464\"\nport = 9464\n", "port"),
+            ("[metrics]\n", "listen"),
+            ("[metrics]\nlisten = \"127.0.0.1:7300\"\n", "their own"),
+        ] {
+            let e = Config::from_toml(&format!("{base}\n{bad}"), []).unwrap_err().0;
+            assert!(e.contains(named), "{bad}: {e}");
+        }
+        // Dev mode: on, on loopback only.
+        let mut dev = Config::dev("127.0.0.1:7300".parse().unwrap(), "/tmp/x".into()).unwrap();
+        assert_eq!(
+            dev.metrics.as_ref().map(|m| m.listen),
+            Some(SocketAddr::from(DEV_METRICS_LISTEN))
+        );
+        assert!(dev.set_dev_metrics_listen("0.0.0.0:9464".parse().unwrap()).is_err());
+        dev.set_dev_metrics_listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_eq!(dev.metrics.map(|m| m.listen.port()), Some(0));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod ops;
 pub mod request;
 pub mod seal;
 pub mod storage;
+pub mod telemetry;
 pub mod wire;
 pub mod workers;
 pub mod wrap_ids;
@@ -73,6 +74,9 @@ pub enum ServeError {
     /// The node identity could not be made (the configured evidence is unavailable).
     #[error("node: {0}")]
     Node(String),
+    /// The metrics endpoint (`[metrics]`) cannot listen.
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 /// Runs the server on `listener` until `shutdown` completes, then drains in-flight calls and
@@ -82,6 +86,14 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let metrics = match config.metrics.as_ref() {
+        Some(m) => Some(
+            workers::scrape::Endpoint::bind(m.listen)
+                .await
+                .map_err(ServeError::Metrics)?,
+        ),
+        None => None,
+    };
     let store = Store::connect(&config.database_url, config.database_max_connections).await?;
     let dev_dir = config.dev.as_ref().map(|d| d.data_dir.clone());
     let seal = Arc::new(Seal::load(&store, dev_dir.clone(), config.hsm.clone()).await?);
@@ -90,6 +102,7 @@ pub async fn serve(
     let checkpoints = workers::checkpoint::spawn(checkpointer.clone(), seal.clone(), config.checkpoint_interval);
     let (audit, audit_task) = AuditLog::start(store.clone(), config.audit_batch_max);
     let violations = tokio::spawn(audit_violations(store.clone(), audit.clone()));
+    let metrics = metrics.map(|m| m.spawn(store.clone(), seal.clone(), audit.queue_probe()));
     let keys = Arc::new(Keys::new(store.clone(), seal.clone(), config.key_cache_ttl));
     let tls_spki = match &config.tls {
         Some(t) => {
@@ -189,6 +202,7 @@ pub async fn serve(
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tracing::info!(addr = %config.listen, tls = config.tls.is_some(), dev = dev_dir.is_some(), "kmsd serving");
     let result = builder
+        .layer(grpc::metered::Metered::new(metrics.is_some()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -203,6 +217,9 @@ pub async fn serve(
     checkpoints.abort();
     violations.abort();
     limits_report.abort();
+    if let Some(m) = &metrics {
+        m.abort();
+    }
     drop(audit);
     drop(keys);
     // The writer ends when the last handle is gone and its queue is written.

@@ -1,7 +1,8 @@
 //! The `kmsd` binary itself: bad configuration exits 64 naming the bad key (and a danger flag
 //! without what it applies to); dev mode refuses a
-//! non-loopback address, initializes itself and serves plaintext on loopback; SIGTERM drains and
-//! exits 0; a restart in dev mode unseals from the dev root key file and keeps its data.
+//! non-loopback address, initializes itself and serves plaintext on loopback (and metrics);
+//! SIGTERM drains and exits 0; a restart in dev mode unseals from the dev root key file and keeps
+//! its data.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Stdio};
@@ -68,6 +69,36 @@ fn bad_configuration_exits_64_and_names_the_problem() {
     let (code, err) = run(&["--dev", "--danger-accept-restored-database"]);
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("not dev mode"), "{err}");
+
+    // `[metrics]`: an address, no other key, not the gRPC address; dev mode on loopback only.
+    let base = "listen = \"127.0.0.1:7300\"\n[database]\nurl = \"sqlite://x.db\"\n[tls]\ncert = \"/etc/hostname\"\nkey = \"/etc/hostname\"\nclient_ca = \"/etc/hostname\"\n";
+    for (metrics, named) in [
+        (
+            "[metrics]\nlisten = \"localhost\"\n",
+            "metrics.listen: \"localhost\" is not an address",
+        ),
+        ("[metrics]\nlisten = \"127.0.0.1:9464\"\nenabled = true\n", "enabled"),
+        ("[metrics]\n", "listen"),
+        (
+            "[metrics]\nlisten = \"127.0.0.1:7300\"\n",
+            "metrics.listen: 127.0.0.1:7300 is the gRPC address",
+        ),
+    ] {
+        std::fs::write(&path, format!("{base}{metrics}")).unwrap();
+        let (code, err) = run(&["--config", path.to_str().unwrap()]);
+        assert_eq!(code, 64, "{metrics}: {err}");
+        assert!(
+            err.contains("bad configuration") && err.contains(named),
+            "{metrics}: {err}"
+        );
+    }
+    let (code, err) = run(&["--dev", "--metrics-listen", "0.0.0.0:9464"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--metrics-listen") && err.contains("loopback"), "{err}");
+    // --metrics-listen is dev mode's; a configuration file has `[metrics]`.
+    let (code, err) = run(&["--config", path.to_str().unwrap(), "--metrics-listen", "127.0.0.1:9464"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("[metrics] listen"), "{err}");
 }
 
 #[test]
@@ -90,6 +121,22 @@ fn a_server_that_cannot_start_exits_at_once() {
         "ANSI escapes in a log that is not a terminal: {err:?}"
     );
     assert!(start.elapsed() < Duration::from_secs(10));
+
+    // The metrics port is taken: nothing starts.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics = taken.local_addr().unwrap();
+    std::fs::write(
+        &path,
+        format!("listen = \"127.0.0.1:{port}\"\n[database]\nurl = \"sqlite://{}/kms.db?mode=rwc\"\n[tls]\ncert = \"/etc/hostname\"\nkey = \"/etc/hostname\"\nclient_ca = \"/etc/hostname\"\n[metrics]\nlisten = \"{metrics}\"\n", dir.path().display()),
+    )
+    .unwrap();
+    let (code, err) = run(&["--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("metrics: cannot listen on {metrics}")), "{err}");
+    assert!(
+        !dir.path().join("kms.db").exists(),
+        "the database was opened before the metrics listener"
+    );
 }
 
 fn free_port() -> u16 {
@@ -113,6 +160,20 @@ async fn wait_up(addr: &str) -> pb::admin_service_client::AdminServiceClient<ton
     }
 }
 
+/// The body of GET /metrics on 127.0.0.1:`port` (HTTP/1.1, the connection closed after it).
+async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    body.to_owned()
+}
+
 async fn sigterm_and_wait(child: &mut std::process::Child) -> i32 {
     rustix::process::kill_process(rustix::process::Pid::from_child(child), rustix::process::Signal::TERM).unwrap();
     let start = Instant::now();
@@ -132,9 +193,19 @@ async fn sigterm_and_wait(child: &mut std::process::Child) -> i32 {
 async fn dev_mode_initializes_serves_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
+    let metrics = free_port();
+    let metrics_listen = format!("127.0.0.1:{metrics}");
     let spawn = || {
         Command::new(KMSD)
-            .args(["--dev", "--listen", &addr, "--data-dir", dir.path().to_str().unwrap()])
+            .args([
+                "--dev",
+                "--listen",
+                &addr,
+                "--data-dir",
+                dir.path().to_str().unwrap(),
+                "--metrics-listen",
+                &metrics_listen,
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -197,6 +268,15 @@ async fn dev_mode_initializes_serves_and_stops_on_sigterm() {
         .await
         .unwrap()
         .into_inner();
+    // Dev mode serves metrics (on the address given): the dev seal, the release just made.
+    let scrape = scrape(metrics).await;
+    for line in [
+        "kms_seal_kind{kind=\"dev\"} 1",
+        "kms_seal_state{state=\"unsealed\"} 1",
+        "kms_grpc_requests_total{service=\"kms.v1.KeyService\",method=\"GenerateDataKey\",code=\"OK\",reason=\"ok\"} 1",
+    ] {
+        assert!(scrape.lines().any(|l| l == line), "no {line:?} in\n{scrape}");
+    }
     assert_eq!(sigterm_and_wait(&mut child).await, 0);
 
     // Restart: unsealed from the dev root key file, the old blob decrypts.

@@ -138,6 +138,10 @@ fn no_import_cycles_between_modules() {
             );
         }
     }
+    // Metrics are recorded from every layer, so `telemetry` names none of them.
+    if let Some(g) = graph.get("telemetry") {
+        assert!(g.is_empty(), "telemetry must not depend on {g:?}");
+    }
 }
 
 #[test]

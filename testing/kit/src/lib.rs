@@ -976,6 +976,11 @@ impl KmsdProcess {
         }
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// Starts the process again with the same configuration.
     pub async fn restart(&mut self, pki: &Pki) {
         self.kill_9();

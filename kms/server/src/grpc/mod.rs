@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod attestation;
 pub mod key;
+pub mod metered;
 
 use crate::audit::{Audit, AuditLog};
 use crate::error::ApiError;

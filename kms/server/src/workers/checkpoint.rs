@@ -541,8 +541,16 @@ pub fn spawn(checkpoints: Arc<Checkpoints>, seal: Arc<Seal>, interval: Duration)
             if seal.root().is_err() || checkpoints.store.integrity().alarm().is_some() {
                 continue;
             }
-            if let Err(e) = checkpoint_now(&checkpoints, &seal).await {
-                tracing::warn!(reason = %e.reason, error = %e.message, "audit checkpoint not signed");
+            match checkpoint_now(&checkpoints, &seal).await {
+                Ok(_) => {
+                    if let Some(c) = checkpoints.last().await {
+                        crate::telemetry::audit_checkpoint(c.seq, c.time_unix_ms);
+                    }
+                }
+                Err(e) => {
+                    crate::telemetry::audit_checkpoint_failed();
+                    tracing::warn!(reason = %e.reason, error = %e.message, "audit checkpoint not signed");
+                }
             }
         }
     })

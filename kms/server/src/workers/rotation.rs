@@ -112,6 +112,7 @@ pub async fn run_pending(store: &Store, seal: &Seal, pace: RotationPace) -> Resu
             break;
         };
         tracing::info!(from = old_gen, to = new_gen, moved, "root rotation: batch re-wrapped");
+        crate::telemetry::rotation_rows("rewrap", moved);
         if !pace.pause.is_zero() {
             tokio::time::sleep(pace.pause).await;
         }
@@ -122,6 +123,7 @@ pub async fn run_pending(store: &Store, seal: &Seal, pace: RotationPace) -> Resu
         .reauthenticate_all(new_gen, pace.batch_size, pace.pause)
         .await
         .map_err(ApiError::from)?;
+    crate::telemetry::rotation_rows("reauthenticate", moved);
     if moved > 0 {
         tracing::info!(
             from = old_gen,
@@ -140,6 +142,7 @@ pub async fn run_pending(store: &Store, seal: &Seal, pace: RotationPace) -> Resu
     seal.complete_rotation(store).await?;
     if done {
         tracing::info!(from = old_gen, to = new_gen, "root rotation complete");
+        crate::telemetry::rotation_completed();
     }
     Ok(done)
 }

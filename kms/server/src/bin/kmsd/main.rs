@@ -31,6 +31,10 @@ struct Args {
     /// (attestation.tpm_ek_ca_bundle in a configuration file).
     #[arg(long, requires = "dev")]
     tpm_ek_ca_bundle: Option<PathBuf>,
+    /// Dev mode: where to serve Prometheus metrics (loopback only; default 127.0.0.1:9464; port 0
+    /// picks a free one). With --config, `[metrics] listen` in the file.
+    #[arg(long, requires = "dev")]
+    metrics_listen: Option<SocketAddr>,
     /// pkcs11 seal: accept, at this start only, a database behind the last checkpoint anchored
     /// in the HSM (a backup restored on purpose; otherwise kmsd stays sealed with
     /// `state_rollback`). Audited. Everything written after the backup is abandoned.
@@ -49,6 +53,9 @@ const EX_CONFIG: u8 = 64;
 fn main() -> ExitCode {
     let args = Args::parse();
     let config = match (&args.config, args.dev) {
+        (Some(_), false) if args.metrics_listen.is_some() => Err(kms_server::config::ConfigError(
+            "--metrics-listen is for dev mode: with --config, set `[metrics] listen` in the file".into(),
+        )),
         (Some(path), false) => Config::from_file(path, std::env::vars()).and_then(|mut c| {
             if args.danger_accept_restored_database {
                 c.danger_accept_restored_database()?;
@@ -67,6 +74,9 @@ fn main() -> ExitCode {
                 })?;
                 let mut config = Config::dev(args.listen, dir)?;
                 config.set_tpm_ek_ca_bundle(args.tpm_ek_ca_bundle.clone())?;
+                if let Some(listen) = args.metrics_listen {
+                    config.set_dev_metrics_listen(listen)?;
+                }
                 Ok(config)
             }),
         _ => Err(kms_server::config::ConfigError(
@@ -165,11 +175,15 @@ async fn shutdown_signal() {
 fn print_dev_banner(config: &Config, dir: &std::path::Path) {
     eprintln!(
         "\n  kmsd DEV MODE — INSECURE: dev seal (root key in a file), plaintext gRPC, unattested keys allowed.\n  \
-         Never use it for real data.\n\n  listening on   http://{listen}\n  data dir       {dir}\n  admin key      {dir}/{key}\n\n  \
+         Never use it for real data.\n\n  listening on   http://{listen}\n  metrics        {metrics}\n  data dir       {dir}\n  admin key      {dir}/{key}\n\n  \
          try:\n    export KMSCTL_SERVER=http://{listen} KMSCTL_ADMIN_KEY={dir}/{key}\n    \
          kmsctl key create demo --grant anonymous=all --release-policy '{{\"version\":1,\"attestation\":\"none\"}}'\n    \
          kmsctl data generate demo --context app=demo --with-plaintext\n",
         listen = config.listen,
+        metrics = config
+            .metrics
+            .as_ref()
+            .map_or("off".to_owned(), |m| format!("http://{}/metrics", m.listen)),
         dir = dir.display(),
         key = kms_server::DEV_ADMIN_KEY_FILE,
     );
