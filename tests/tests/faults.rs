@@ -23,11 +23,10 @@ async fn faults_under_load() {
     let scenarios: Vec<Scenario> = Scenario::ALL
         .into_iter()
         .filter(|s| {
-            let disk = matches!(s, Scenario::DiskFull | Scenario::ReadOnly);
-            if disk && !root {
+            if s.needs_root() && !root {
                 eprintln!("SKIPPED (faults {}): mounting a tmpfs needs root", s.name());
             }
-            !disk || root
+            !s.needs_root() || root
         })
         .collect();
     let settings = Settings {
@@ -38,6 +37,9 @@ async fn faults_under_load() {
         scenarios,
     };
     let reports = faults::run(&settings).await;
+    for r in &reports {
+        eprintln!("{r}");
+    }
     let failed: Vec<String> = reports
         .iter()
         .filter(|r| !r.passed())

@@ -7,7 +7,9 @@
 //! - `postgres-restart`: PostgreSQL shut down immediately (as a crash), started again later;
 //! - `failover`: two kmsd replicas on one database, one killed with kill -9; clients fail over;
 //! - `disk-full`: PostgreSQL's data directory on a small tmpfs, filled up, then freed;
-//! - `read-only`: the same tmpfs remounted read-only, then read-write again.
+//! - `read-only`: PostgreSQL read-only (`default_transaction_read_only`, as a primary demoted
+//!   to a standby would be), then writable again. A read-only remount of its disk cannot be
+//!   had while PostgreSQL runs: the kernel refuses it (EBUSY) while files are open for writing.
 //!
 //! After each: every blob whose GenerateDataKey was acknowledged decrypts (to the plaintext the
 //! client got), no decrypt ever answered other data, every refusal carried a documented reason
@@ -16,7 +18,7 @@
 //! process, reconnected). Run by `tests/tests/faults.rs` (short) and `kms-bench --phases faults`.
 //!
 //! It never mocks a component, and never touches a PostgreSQL server it did not start: the tmpfs
-//! scenarios mount (and unmount) only directories it created, and need root.
+//! scenario mounts (and unmounts) only a directory it created, and needs root.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -60,7 +62,7 @@ pub enum Scenario {
     Failover,
     /// PostgreSQL's disk (a tmpfs) full for the outage, then freed.
     DiskFull,
-    /// PostgreSQL's disk (a tmpfs) read-only for the outage, then read-write.
+    /// PostgreSQL read-only for the outage (every transaction), then writable.
     ReadOnly,
 }
 
@@ -96,7 +98,7 @@ impl Scenario {
             Self::PostgresRestart => "PostgreSQL shut down (immediate mode, as a crash) under load, started again after the outage",
             Self::Failover => "two kmsd replicas on one database; one killed with kill -9, its clients fail over",
             Self::DiskFull => "PostgreSQL's data directory (a tmpfs) full for the outage, then freed",
-            Self::ReadOnly => "PostgreSQL's data directory (a tmpfs) remounted read-only for the outage, then read-write",
+            Self::ReadOnly => "PostgreSQL read-only (default_transaction_read_only) for the outage, then writable",
         }
     }
 
@@ -114,7 +116,12 @@ impl Scenario {
     }
 
     fn on_tmpfs(self) -> bool {
-        matches!(self, Self::DiskFull | Self::ReadOnly)
+        self == Self::DiskFull
+    }
+
+    /// Whether it mounts a tmpfs (root only).
+    pub fn needs_root(self) -> bool {
+        self.on_tmpfs()
     }
 }
 
@@ -338,20 +345,10 @@ async fn drive(
             at
         }
         Scenario::ReadOnly => {
-            let disk = disk.expect("a tmpfs scenario has its tmpfs");
-            disk.remount(true)?;
+            cluster.read_only(true)?;
             tokio::time::sleep(settings.outage).await;
             let at = Instant::now();
-            disk.remount(false)?;
-            // A PostgreSQL that could not write its WAL panics; if the postmaster gave up too,
-            // its operator starts it again (kmsd must still reconnect without a restart).
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            if !cluster.accepts() {
-                report
-                    .notes
-                    .push("PostgreSQL stopped on the read-only disk and was started again by hand".into());
-                cluster.up()?;
-            }
+            cluster.read_only(false)?;
             at
         }
     };
@@ -847,13 +844,24 @@ impl Cluster {
         self.script("up")
     }
 
-    /// Whether the postmaster is running.
-    fn accepts(&self) -> bool {
-        let pid = std::fs::read_to_string(self.dir.join("data/postmaster.pid")).unwrap_or_default();
-        pid.lines()
-            .next()
-            .and_then(|p| p.trim().parse::<u32>().ok())
-            .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+    /// Makes every transaction read-only (sessions open now included, from their next
+    /// transaction), or writable again.
+    fn read_only(&self, on: bool) -> Result<(), String> {
+        let set = if on {
+            "ALTER SYSTEM SET default_transaction_read_only = on"
+        } else {
+            "ALTER SYSTEM RESET default_transaction_read_only"
+        };
+        let out = std::process::Command::new("bash")
+            .arg(SCRIPTS_PG)
+            .args(["sql".as_ref(), self.dir.as_os_str(), set.as_ref(), "SELECT pg_reload_conf()".as_ref()])
+            .output()
+            .map_err(|e| format!("scripts/pg: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("scripts/pg sql: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        }
     }
 
     fn log_tail(&self, lines: usize) -> String {
@@ -917,15 +925,10 @@ impl Tmpfs {
         std::fs::remove_file(self.filler()).map_err(|e| format!("filler: {e}"))
     }
 
-    fn remount(&self, read_only: bool) -> Result<(), String> {
-        let mode = if read_only { "remount,ro" } else { "remount,rw" };
-        command("mount", &["-o", mode, &self.path.display().to_string()])
-    }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = self.remount(false);
         if let Err(e) = command("umount", &[&self.path.display().to_string()]) {
             eprintln!("faults: {e}");
         }
