@@ -48,6 +48,10 @@ async fn faults_under_load() {
     assert!(failed.is_empty(), "faults under load failed:\n{}", failed.join("\n"));
     for r in &reports {
         assert!(r.acked.total() > 0, "{}: nothing was acknowledged", r.scenario.name());
-        assert!(r.unknown > 0 || r.scenario == Scenario::PostgresRestart, "{}: the fault was never seen by a client", r.scenario.name());
+        assert!(
+            r.unknown > 0 || r.scenario == Scenario::PostgresRestart,
+            "{}: the fault was never seen by a client",
+            r.scenario.name()
+        );
     }
 }

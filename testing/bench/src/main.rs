@@ -99,7 +99,12 @@ impl Phases {
                 "e2e" => p.e2e = true,
                 "rotate" => p.rotate = true,
                 "faults" => p.faults = true,
-                "all" => p = Self { faults: p.faults, ..Self::ALL },
+                "all" => {
+                    p = Self {
+                        faults: p.faults,
+                        ..Self::ALL
+                    }
+                }
                 _ => {
                     return Err(format!(
                         "--phases: unknown phase {name:?} (gen, dec, attest, attested-gen, e2e, rotate, faults)"
@@ -680,7 +685,11 @@ async fn faults(args: &Args) -> bool {
     for r in &reports {
         println!("{r}");
     }
-    let failed: Vec<&str> = reports.iter().filter(|r| !r.passed()).map(|r| r.scenario.name()).collect();
+    let failed: Vec<&str> = reports
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| r.scenario.name())
+        .collect();
     if failed.is_empty() {
         println!("faults: every scenario passed");
     } else {

@@ -95,7 +95,9 @@ impl Scenario {
     fn what(self) -> &'static str {
         match self {
             Self::KillRestart => "kill -9 of kmsd under load; restarted at once, sealed, unsealed with one share",
-            Self::PostgresRestart => "PostgreSQL shut down (immediate mode, as a crash) under load, started again after the outage",
+            Self::PostgresRestart => {
+                "PostgreSQL shut down (immediate mode, as a crash) under load, started again after the outage"
+            }
             Self::Failover => "two kmsd replicas on one database; one killed with kill -9, its clients fail over",
             Self::DiskFull => "PostgreSQL's data directory (a tmpfs) full for the outage, then freed",
             Self::ReadOnly => "PostgreSQL read-only (default_transaction_read_only) for the outage, then writable",
@@ -314,11 +316,15 @@ async fn drive(
             d.replicas[0].kill_9();
             d.replicas[0].spawn()?;
             let up = Instant::now();
-            d.unseal(0).await?;
+            let refused = d.unseal(0).await?;
             report.notes.push(format!(
-                "restart until answering {:.2} s, then unseal {:.2} s",
+                "restart until answering {:.2} s, then unseal {:.2} s{}",
                 up.duration_since(fault).as_secs_f64(),
-                up.elapsed().as_secs_f64()
+                up.elapsed().as_secs_f64(),
+                refused
+                    .first()
+                    .map(|r| format!(" (the share was refused {} times first: {r})", refused.len()))
+                    .unwrap_or_default()
             ));
             fault
         }
@@ -414,7 +420,10 @@ async fn check(d: &Deployment<'_>, live: usize, logs: &[WorkerLog], report: &mut
                         ..Default::default()
                     })
                     .await;
-                if answer.as_ref().map_or_else(|s| s.code() != tonic::Code::Unavailable, |_| true) {
+                if answer
+                    .as_ref()
+                    .map_or_else(|s| s.code() != tonic::Code::Unavailable, |_| true)
+                {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -528,7 +537,10 @@ async fn audit(
             ("decrypt", log.acked.decrypt, log.unknown_by_op[2]),
         ];
         for (op, acked, unknown) in ops {
-            let found = allowed.get(&(log.principal.clone(), op.to_owned())).copied().unwrap_or(0);
+            let found = allowed
+                .get(&(log.principal.clone(), op.to_owned()))
+                .copied()
+                .unwrap_or(0);
             if found < acked {
                 problems.push(format!(
                     "audit: {} has {found} allowed {op} records for {acked} acknowledged calls ({} missing)",
@@ -665,19 +677,25 @@ impl<'a> Deployment<'a> {
         }
     }
 
-    /// Unseals replica `i` with alice's share (threshold 1), waiting for it to answer first.
-    async fn unseal(&self, i: usize) -> Result<(), String> {
+    /// Unseals replica `i` with alice's share (threshold 1), waiting for it to answer first;
+    /// returns the refusals before the share was taken.
+    async fn unseal(&self, i: usize) -> Result<Vec<String>, String> {
         self.answering(i).await?;
         let start = Instant::now();
         let mut admin_c = AdminServiceClient::new(self.channel(i, ADMIN));
+        let mut refused = Vec::new();
         loop {
             let last = match submit_share(&mut admin_c, &self.alice).await {
-                Ok(s) if !s.sealed => return Ok(()),
+                Ok(s) if !s.sealed => return Ok(refused),
                 Ok(_) => "still sealed after the share".to_owned(),
                 Err(s) => describe(&s),
             };
+            refused.push(last.clone());
             if start.elapsed() > Duration::from_secs(30) {
-                return Err(format!("kmsd {} was not unsealed within 30 s: {last}", self.replicas[i].addr));
+                return Err(format!(
+                    "kmsd {} was not unsealed within 30 s: {last}",
+                    self.replicas[i].addr
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -854,13 +872,21 @@ impl Cluster {
         };
         let out = std::process::Command::new("bash")
             .arg(SCRIPTS_PG)
-            .args(["sql".as_ref(), self.dir.as_os_str(), set.as_ref(), "SELECT pg_reload_conf()".as_ref()])
+            .args([
+                "sql".as_ref(),
+                self.dir.as_os_str(),
+                set.as_ref(),
+                "SELECT pg_reload_conf()".as_ref(),
+            ])
             .output()
             .map_err(|e| format!("scripts/pg: {e}"))?;
         if out.status.success() {
             Ok(())
         } else {
-            Err(format!("scripts/pg sql: {}", String::from_utf8_lossy(&out.stderr).trim()))
+            Err(format!(
+                "scripts/pg sql: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
         }
     }
 
@@ -924,7 +950,6 @@ impl Tmpfs {
     fn free(&self) -> Result<(), String> {
         std::fs::remove_file(self.filler()).map_err(|e| format!("filler: {e}"))
     }
-
 }
 
 impl Drop for Tmpfs {
@@ -1051,8 +1076,11 @@ async fn worker(
     base: Instant,
     last_ok: Arc<Vec<AtomicU64>>,
 ) -> WorkerLog {
-    let context: BTreeMap<String, String> =
-        [("worker".to_owned(), i.to_string()), ("test".to_owned(), "faults".to_owned())].into();
+    let context: BTreeMap<String, String> = [
+        ("worker".to_owned(), i.to_string()),
+        ("test".to_owned(), "faults".to_owned()),
+    ]
+    .into();
     let mut log = WorkerLog {
         principal,
         context: context.clone(),
@@ -1068,7 +1096,11 @@ async fn worker(
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let mut client = KeyServiceClient::new(channels[current].clone());
-        let op = if log.blobs.is_empty() { (n % 2) as usize } else { (n % 3) as usize };
+        let op = if log.blobs.is_empty() {
+            (n % 2) as usize
+        } else {
+            (n % 3) as usize
+        };
         n += 1;
         let started = Instant::now();
         let outcome: Result<(), tonic::Status> = match op {
@@ -1114,9 +1146,9 @@ async fn worker(
                     let plaintext = r.into_inner().plaintext;
                     log.acked.decrypt += 1;
                     match &log.blobs[k].plaintext {
-                        Some(p) if *p != plaintext => {
-                            log.wrong.push("Decrypt answered other data than the blob's data key".into())
-                        }
+                        Some(p) if *p != plaintext => log
+                            .wrong
+                            .push("Decrypt answered other data than the blob's data key".into()),
                         Some(_) => {}
                         None => log.blobs[k].plaintext = Some(plaintext),
                     }
@@ -1142,9 +1174,15 @@ async fn worker(
                         log.undocumented.push(describe(&s));
                     }
                 }
-                log.errors.entry(key).or_insert_with(|| (0, describe(&s))).0 += 1;
+                log.errors
+                    .entry(key)
+                    .or_insert_with(|| (0, kms_proto::status::detail(&s)))
+                    .0 += 1;
                 // Another replica may answer; this one is down, sealed or without its database.
-                if s.code() == tonic::Code::Unavailable || reason.is_none() || s.code() == tonic::Code::FailedPrecondition {
+                if s.code() == tonic::Code::Unavailable
+                    || reason.is_none()
+                    || s.code() == tonic::Code::FailedPrecondition
+                {
                     current = (current + 1) % channels.len();
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
