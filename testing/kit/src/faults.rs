@@ -305,9 +305,13 @@ async fn drive(
     let endpoints: Vec<SocketAddr> = d.replicas.iter().map(|r| r.addr).collect();
     let load = Load::start(&d.pki_ca, d.pki, &endpoints, settings.workers);
     tokio::time::sleep(settings.settle).await;
-    if load.acked_so_far() == 0 {
+    let answered = load.workers_answered();
+    if answered < settings.workers {
         load.stop().await;
-        return Err("no call was acknowledged before the fault: the load does not run".into());
+        return Err(format!(
+            "only {answered} of {} clients were answered OK before the fault: the load does not run",
+            settings.workers
+        ));
     }
 
     let fault = Instant::now();
@@ -358,6 +362,8 @@ async fn drive(
             at
         }
     };
+    // The repair on the wall clock, which audit records and checkpoints carry.
+    let repaired_unix_ms = kms_core::now_unix_ms() - i64::try_from(millis(repaired.elapsed())).unwrap_or(i64::MAX);
     let recovered = load.recovered_after(repaired, RECOVERY_DEADLINE).await;
     match recovered {
         Some(at) => {
@@ -382,12 +388,12 @@ async fn drive(
         }
     }
     // Replica 0 is up in every scenario (the failover kills replica 1): check through it.
-    check(d, 0, &logs, report).await;
+    check(d, 0, &logs, repaired_unix_ms, report).await;
     Ok(())
 }
 
 /// Every check on what the clients saw and what the database holds.
-async fn check(d: &Deployment<'_>, live: usize, logs: &[WorkerLog], report: &mut Report) {
+async fn check(d: &Deployment<'_>, live: usize, logs: &[WorkerLog], repaired_unix_ms: i64, report: &mut Report) {
     for log in logs {
         report.acked.generate += log.acked.generate;
         report.acked.without_plaintext += log.acked.without_plaintext;
@@ -454,22 +460,44 @@ async fn check(d: &Deployment<'_>, live: usize, logs: &[WorkerLog], report: &mut
         }
     }
 
-    match audit(d, live, logs, decrypts_by_verifier).await {
+    match audit(d, live, logs, decrypts_by_verifier, repaired_unix_ms).await {
         Ok(found) => report.audit = Some(found),
         Err(problems) => report.failures.extend(problems),
     }
 }
 
-/// The audit log: the chain verifies against the head and the pinned checkpoint keys, and each
-/// client's allowed records per operation number at least its acknowledged calls and at most
-/// those plus its unknown ones.
+/// The audit log: checkpoints are signed again after the repair, the chain verifies against the
+/// head and the pinned checkpoint keys, and each client's allowed records per operation number
+/// at least its acknowledged calls and at most those plus its unknown ones.
 async fn audit(
     d: &Deployment<'_>,
     live: usize,
     logs: &[WorkerLog],
     decrypts_by_verifier: u64,
+    repaired_unix_ms: i64,
 ) -> Result<(i64, usize), Vec<String>> {
     let mut problems = Vec::new();
+    let db_error = |e: sqlx::Error| vec![format!("reading the audit tables: {e}")];
+    // kmsd signs a checkpoint every second (`audit.checkpoint_interval_secs = 1`) while the
+    // chain advances; the verifier's decrypts just advanced it.
+    let waiting = Instant::now();
+    loop {
+        let mut tx = kms_audit::snapshot(&d.db.url).await.map_err(db_error)?;
+        let newest = kms_audit::checkpoints(&mut tx)
+            .await
+            .map_err(db_error)?
+            .last()
+            .map(|(c, _)| c.time_unix_ms);
+        let _ = tx.rollback().await;
+        if newest.is_some_and(|t| t > repaired_unix_ms) {
+            break;
+        }
+        if waiting.elapsed() > Duration::from_secs(10) {
+            problems.push("audit: no checkpoint was signed within 10 s after the repair".to_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let pinned: Vec<CheckpointKey> = {
         let mut admin = AdminServiceClient::new(d.channel(live, ADMIN));
         let keys = admin
@@ -483,11 +511,27 @@ async fn audit(
             .collect::<Result<_, _>>()
             .map_err(|e| vec![format!("an unusable checkpoint key: {e}")])?
     };
-    let db_error = |e: sqlx::Error| vec![format!("reading the audit tables: {e}")];
     let mut tx = kms_audit::snapshot(&d.db.url).await.map_err(db_error)?;
     let head = kms_audit::head(&mut tx).await.map_err(db_error)?;
     let stored = kms_audit::checkpoints(&mut tx).await.map_err(db_error)?;
     let entries = kms_audit::entries(&mut tx, 0, i64::MAX).await.map_err(db_error)?;
+    // The state log must chain and hold, at each checkpoint, the state head it signed (as
+    // `kmsctl audit verify` checks it).
+    let state_seqs: Vec<i64> = stored.iter().map(|(c, _)| c.state.seq).collect();
+    match kms_audit::state_log(&mut tx, &state_seqs).await.map_err(db_error)? {
+        Err(what) => problems.push(format!("audit: the state log: {what}")),
+        Ok((_, found)) => {
+            if let Some((c, _)) = stored
+                .iter()
+                .find(|(c, _)| found.get(&c.state.seq) != Some(&c.state.hash))
+            {
+                problems.push(format!(
+                    "audit: checkpoint {} signed state log entry {}, which the state log does not hold as signed",
+                    c.seq, c.state.seq
+                ));
+            }
+        }
+    }
     let _ = tx.rollback().await;
 
     let mut verifier = AuditVerifier::new(&pinned, stored);
@@ -1035,7 +1079,8 @@ impl Load {
         }
     }
 
-    fn acked_so_far(&self) -> usize {
+    /// How many workers have had an acknowledged call.
+    fn workers_answered(&self) -> usize {
         self.last_ok.iter().filter(|t| t.load(Ordering::Relaxed) > 0).count()
     }
 
@@ -1054,13 +1099,20 @@ impl Load {
         }
     }
 
-    async fn stop(self) -> Vec<WorkerLog> {
+    async fn stop(mut self) -> Vec<WorkerLog> {
         self.stop.store(true, Ordering::Relaxed);
         let mut logs = Vec::new();
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             logs.push(t.await.expect("a fault worker panicked"));
         }
         logs
+    }
+}
+
+impl Drop for Load {
+    /// A scenario that ends early (its fault could not be injected) stops its clients too.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
