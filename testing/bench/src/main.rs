@@ -10,11 +10,18 @@
 //!   signing does not compete with kmsd.
 //! - `attested-gen`: GenerateDataKey with an attestation token, against the HPKE release seal rate.
 //! - `e2e`: challenge + report signing + Attest + GenerateDataKey + opening, one at a time.
+//! - `faults` (not in `all`): faults under load (`kms_testkit::faults`): kill -9 of kmsd,
+//!   PostgreSQL restarted, one of two replicas killed, PostgreSQL's disk full and read-only, each
+//!   on a PostgreSQL cluster of its own (scripts/pg; `--database` is not used), `--seconds` of load
+//!   before the fault and after recovery, `--concurrency` clients, `--faults-outage` seconds of
+//!   outage, `--faults-scenarios` to choose. Exits 1 if anything acknowledged was lost or a check
+//!   failed.
 //!
 //! A benchmark, never a test: it trusts a synthetic SNP root, which only `danger` allows.
 //!
 //! Usage: kms-bench --kmsd target/release/kmsd [--database URL] [--seconds 20] [--concurrency 64]
-//!        [--connections 4] [--phases gen,dec,attest,attested-gen,e2e] [--e2e-iterations 300]
+//!        [--connections 4] [--phases gen,dec,attest,attested-gen,e2e,faults] [--e2e-iterations 300]
+//!        [--faults-outage 5] [--faults-scenarios kill-restart,postgres-restart,failover,disk-full,read-only]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -48,7 +55,7 @@ const ATTEST_PRINCIPALS: usize = 32;
 const MAX_PREPARED: usize = ATTEST_PRINCIPALS * 6_000;
 /// The bytes an SNP report signature covers (0x000–0x29F): what kmsd hashes and verifies.
 const SNP_SIGNED_LEN: usize = 0x2A0;
-const USAGE: &str = "usage: kms-bench --kmsd PATH [--baseline-kmsd PATH [--baseline-legacy]] [--database URL] [--seconds N] [--concurrency N] [--connections N] [--phases gen,dec,attest,attested-gen,e2e,rotate] [--e2e-iterations N] [--rotate-keys N]";
+const USAGE: &str = "usage: kms-bench --kmsd PATH [--baseline-kmsd PATH [--baseline-legacy]] [--database URL] [--seconds N] [--concurrency N] [--connections N] [--phases gen,dec,attest,attested-gen,e2e,rotate,faults] [--e2e-iterations N] [--rotate-keys N] [--faults-outage SECS] [--faults-scenarios LIST]";
 
 #[derive(Clone, Copy)]
 struct Phases {
@@ -58,6 +65,8 @@ struct Phases {
     attested_gen: bool,
     e2e: bool,
     rotate: bool,
+    /// Faults under load: minutes long and the disk scenarios need root, so not in `all`.
+    faults: bool,
 }
 
 impl Phases {
@@ -68,6 +77,7 @@ impl Phases {
         attested_gen: true,
         e2e: true,
         rotate: true,
+        faults: false,
     };
 
     fn parse(list: &str) -> Result<Self, String> {
@@ -78,6 +88,7 @@ impl Phases {
             attested_gen: false,
             e2e: false,
             rotate: false,
+            faults: false,
         };
         for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match name {
@@ -87,18 +98,29 @@ impl Phases {
                 "attested-gen" => p.attested_gen = true,
                 "e2e" => p.e2e = true,
                 "rotate" => p.rotate = true,
-                "all" => p = Self::ALL,
+                "faults" => p.faults = true,
+                "all" => {
+                    p = Self {
+                        faults: p.faults,
+                        ..Self::ALL
+                    }
+                }
                 _ => {
                     return Err(format!(
-                        "--phases: unknown phase {name:?} (gen, dec, attest, attested-gen, e2e, rotate)"
+                        "--phases: unknown phase {name:?} (gen, dec, attest, attested-gen, e2e, rotate, faults)"
                     ))
                 }
             }
         }
-        if !(p.gen || p.dec || p.rotate || p.attested()) {
+        if !(p.measured() || p.faults) {
             return Err("--phases: name at least one phase".into());
         }
         Ok(p)
+    }
+
+    /// Whether a measured phase (anything but `faults`) runs.
+    fn measured(&self) -> bool {
+        self.gen || self.dec || self.rotate || self.attested()
     }
 
     /// Whether the SNP lab, the enrolment and the attested key are needed.
@@ -122,6 +144,8 @@ struct Args {
     phases: Phases,
     e2e_iterations: usize,
     rotate_keys: u32,
+    faults_outage: u64,
+    faults_scenarios: Vec<kms_testkit::faults::Scenario>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -136,6 +160,8 @@ fn parse_args() -> Result<Args, String> {
         phases: Phases::ALL,
         e2e_iterations: 300,
         rotate_keys: 10_000,
+        faults_outage: 5,
+        faults_scenarios: kms_testkit::faults::Scenario::ALL.to_vec(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -151,6 +177,17 @@ fn parse_args() -> Result<Args, String> {
             "--phases" => a.phases = Phases::parse(&v()?)?,
             "--e2e-iterations" => a.e2e_iterations = v()?.parse().map_err(|_| "--e2e-iterations: a number")?,
             "--rotate-keys" => a.rotate_keys = v()?.parse().map_err(|_| "--rotate-keys: a number")?,
+            "--faults-outage" => a.faults_outage = v()?.parse().map_err(|_| "--faults-outage: a number")?,
+            "--faults-scenarios" => {
+                a.faults_scenarios = v()?
+                    .split(',')
+                    .map(|n| {
+                        kms_testkit::faults::Scenario::parse(n.trim()).ok_or(format!(
+                            "--faults-scenarios: unknown scenario {n:?} (kill-restart, postgres-restart, failover, disk-full, read-only)"
+                        ))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
             _ => return Err(format!("unknown argument {k}")),
         }
     }
@@ -184,7 +221,9 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(run(args));
+    if !rt.block_on(run(args)) {
+        std::process::exit(1);
+    }
 }
 
 fn cores() -> usize {
@@ -399,9 +438,14 @@ fn bench_context() -> BTreeMap<String, String> {
     ctx(&[("app", "bench")])
 }
 
-async fn run(args: Args) {
+/// Runs the phases; `false` if the faults phase found a loss or a failed check.
+async fn run(args: Args) -> bool {
     let cores = cores();
     let phases = args.phases;
+    let faults_passed = if phases.faults { faults(&args).await } else { true };
+    if !phases.measured() {
+        return faults_passed;
+    }
     eprintln!(
         "kms-bench: measuring baselines ({} s)...",
         if phases.attested() { 18 } else { 8 }
@@ -617,6 +661,41 @@ async fn run(args: Args) {
             println!("  ERRORS preparing {}: {n} × {what}: {message}", p.name);
         }
     }
+    faults_passed
+}
+
+/// The faults phase: every scenario against `--kmsd`, its report on stdout; whether all passed.
+async fn faults(args: &Args) -> bool {
+    use kms_testkit::faults::{self, Settings};
+    let settings = Settings {
+        kmsd: args.kmsd.clone(),
+        workers: args.concurrency,
+        settle: Duration::from_secs(args.seconds),
+        outage: Duration::from_secs(args.faults_outage),
+        scenarios: args.faults_scenarios.clone(),
+    };
+    println!(
+        "kms-bench: faults under load: kmsd {} over mTLS gRPC on loopback, a PostgreSQL cluster of its own per scenario, {} clients, {} s of load before the fault and after recovery, {} s outage\n",
+        args.kmsd.display(),
+        settings.workers,
+        args.seconds,
+        args.faults_outage
+    );
+    let reports = faults::run(&settings).await;
+    for r in &reports {
+        println!("{r}");
+    }
+    let failed: Vec<&str> = reports
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| r.scenario.name())
+        .collect();
+    if failed.is_empty() {
+        println!("faults: every scenario passed");
+    } else {
+        println!("faults: FAILED: {}", failed.join(", "));
+    }
+    failed.is_empty()
 }
 
 /// What the rotation phase measured.

@@ -8,6 +8,7 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod attest;
+pub mod faults;
 pub mod proxy;
 pub mod swtpm;
 
@@ -59,13 +60,7 @@ impl Db {
                 })
             }
             Backend::Postgres => {
-                let Ok(base) = std::env::var("KMS_TEST_POSTGRES_URL") else {
-                    if std::env::var("KMS_TEST_REQUIRE_POSTGRES").as_deref() == Ok("1") {
-                        panic!("KMS_TEST_POSTGRES_URL is not set but KMS_TEST_REQUIRE_POSTGRES=1");
-                    }
-                    eprintln!("SKIPPED (PostgreSQL): KMS_TEST_POSTGRES_URL is not set; scripts/test sets it");
-                    return None;
-                };
+                let base = postgres_url()?;
                 Some(Self::fresh_postgres(&base, "kms_t").await)
             }
         }
@@ -96,6 +91,19 @@ impl Db {
         sqlx::any::install_default_drivers();
         sqlx::AnyConnection::connect(&self.url).await.unwrap()
     }
+}
+
+/// `KMS_TEST_POSTGRES_URL`, or `None` (with a SKIPPED message) when PostgreSQL is not available
+/// and not required; panics when `KMS_TEST_REQUIRE_POSTGRES=1` and it is unset.
+pub fn postgres_url() -> Option<String> {
+    let Ok(base) = std::env::var("KMS_TEST_POSTGRES_URL") else {
+        if std::env::var("KMS_TEST_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+            panic!("KMS_TEST_POSTGRES_URL is not set but KMS_TEST_REQUIRE_POSTGRES=1");
+        }
+        eprintln!("SKIPPED (PostgreSQL): KMS_TEST_POSTGRES_URL is not set; scripts/test sets it");
+        return None;
+    };
+    Some(base)
 }
 
 /// Defines `mod $name { sqlite, postgres }` tests that run `$body(Backend)`.
