@@ -847,9 +847,16 @@ impl<'a> Started<'a> {
             )
         };
         let tls = pki.tls_config();
+        // Every genuine report of the synthetic lab is accepted (the trust settings are tested
+        // elsewhere; SNP is refused until products are listed).
+        let snp_trust = if lab.is_some() {
+            kms_testkit::snp_any_platform_toml()
+        } else {
+            String::new()
+        };
         let config = |limits: &str| {
             format!(
-                "listen = \"127.0.0.1:{port}\"\n[database]\nurl = \"{database}\"\nmax_connections = 16\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n{pinned}[keys]\ncache_ttl_ms = 1000\n[attestation]\nchallenge_ttl_secs = {CHALLENGE_TTL_SECS}\ntoken_ttl_secs = {TOKEN_TTL_SECS}\n[danger]\nallow_unattested_keys = true\n{snp_roots}[log]\nlevel = \"warn\"\n{limits}",
+                "listen = \"127.0.0.1:{port}\"\n[database]\nurl = \"{database}\"\nmax_connections = 16\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n{pinned}[keys]\ncache_ttl_ms = 1000\n[attestation]\nchallenge_ttl_secs = {CHALLENGE_TTL_SECS}\ntoken_ttl_secs = {TOKEN_TTL_SECS}\n[danger]\nallow_unattested_keys = true\n{snp_roots}{snp_trust}[log]\nlevel = \"warn\"\n{limits}",
                 tls.cert.display(),
                 tls.key.display(),
                 tls.client_ca.display()
