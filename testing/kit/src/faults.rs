@@ -879,11 +879,13 @@ impl Cluster {
         })
     }
 
-    fn script(&self, command: &str) -> Result<(), String> {
+    /// `scripts/pg COMMAND DIR ARGS…`.
+    fn script(&self, command: &str, args: &[&str]) -> Result<(), String> {
         let out = std::process::Command::new("bash")
             .arg(SCRIPTS_PG)
             .arg(command)
             .arg(&self.dir)
+            .args(args)
             .output()
             .map_err(|e| format!("scripts/pg: {e}"))?;
         if out.status.success() {
@@ -898,12 +900,12 @@ impl Cluster {
 
     /// Immediate shutdown, as a crash.
     fn down(&self) -> Result<(), String> {
-        self.script("down")
+        self.script("down", &[])
     }
 
     /// Starts it again on the same port.
     fn up(&self) -> Result<(), String> {
-        self.script("up")
+        self.script("up", &[])
     }
 
     /// Makes every transaction read-only (sessions open now included, from their next
@@ -914,24 +916,7 @@ impl Cluster {
         } else {
             "ALTER SYSTEM RESET default_transaction_read_only"
         };
-        let out = std::process::Command::new("bash")
-            .arg(SCRIPTS_PG)
-            .args([
-                "sql".as_ref(),
-                self.dir.as_os_str(),
-                set.as_ref(),
-                "SELECT pg_reload_conf()".as_ref(),
-            ])
-            .output()
-            .map_err(|e| format!("scripts/pg: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "scripts/pg sql: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        self.script("sql", &[set, "SELECT pg_reload_conf()"])
     }
 
     fn log_tail(&self, lines: usize) -> String {
@@ -941,7 +926,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Err(e) = self.script("stop") {
+        if let Err(e) = self.script("stop", &[]) {
             eprintln!("faults: {e}");
         }
     }
