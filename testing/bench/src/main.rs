@@ -130,11 +130,9 @@ impl Phases {
                         ..Self::ALL
                     }
                 }
-                _ => {
-                    return Err(format!(
-                        "--phases: unknown phase {name:?} (gen, dec, attest, attested-gen, e2e, rotate, openbao, faults)"
-                    ))
-                }
+                _ => return Err(format!(
+                    "--phases: unknown phase {name:?} (gen, dec, attest, attested-gen, e2e, rotate, openbao, faults)"
+                )),
             }
         }
         if !(p.measured() || p.faults) {
@@ -479,7 +477,7 @@ async fn run(args: Args) -> bool {
         match openbao::find(args.bao.as_deref()) {
             Ok(b) => Some(b),
             Err(e) => {
-                eprintln!("kms-bench: --phases openbao (in the default phases) needs OpenBao's bao: {e}");
+                eprintln!("kms-bench: the openbao phase (also in the default, all) needs OpenBao's bao: {e}");
                 return false;
             }
         }
@@ -1060,21 +1058,15 @@ async fn data_plane_phases(channels: &[Channel], blob: &[u8], args: &Args) -> Ve
     let mut results = Vec::new();
     if args.phases.gen {
         results.push(
-            load(
-                channels,
-                args.concurrency,
-                args.seconds,
-                GEN,
-                |_, ch| async move {
-                    KeyServiceClient::new(ch)
-                        .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
-                            key: "bench".into(),
-                            encryption_context: bench_context(),
-                        })
-                        .await
-                        .into()
-                },
-            )
+            load(channels, args.concurrency, args.seconds, GEN, |_, ch| async move {
+                KeyServiceClient::new(ch)
+                    .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+                        key: "bench".into(),
+                        encryption_context: bench_context(),
+                    })
+                    .await
+                    .into()
+            })
             .await,
         );
     }
@@ -1101,23 +1093,26 @@ async fn data_plane_phases(channels: &[Channel], blob: &[u8], args: &Args) -> Ve
         // The counterparts of OpenBao's datakey/plaintext and encrypt, with their answers checked
         // as the OpenBao side checks its own.
         results.push(
-            load(channels, args.concurrency, args.seconds, GEN_PLAIN, |_, ch| async move {
-                let r = KeyServiceClient::new(ch)
-                    .generate_data_key(pb::GenerateDataKeyRequest {
-                        key: "bench".into(),
-                        encryption_context: bench_context(),
-                        ..Default::default()
-                    })
-                    .await;
-                match r.map(tonic::Response::into_inner) {
-                    Ok(r) if r.plaintext.len() == 32 && !r.ciphertext_blob.is_empty() => Step::Done,
-                    Ok(r) => Step::Wrong(
-                        "wrong answer".into(),
-                        format!("a {}-byte data key", r.plaintext.len()),
-                    ),
-                    Err(s) => Step::Failed(s),
-                }
-            })
+            load(
+                channels,
+                args.concurrency,
+                args.seconds,
+                GEN_PLAIN,
+                |_, ch| async move {
+                    let r = KeyServiceClient::new(ch)
+                        .generate_data_key(pb::GenerateDataKeyRequest {
+                            key: "bench".into(),
+                            encryption_context: bench_context(),
+                            ..Default::default()
+                        })
+                        .await;
+                    match r.map(tonic::Response::into_inner) {
+                        Ok(r) if r.plaintext.len() == 32 && !r.ciphertext_blob.is_empty() => Step::Done,
+                        Ok(r) => Step::Wrong("wrong answer".into(), format!("a {}-byte data key", r.plaintext.len())),
+                        Err(s) => Step::Failed(s),
+                    }
+                },
+            )
             .await,
         );
         results.push(

@@ -113,7 +113,11 @@ pub(super) fn find(explicit: Option<&Path>) -> Result<Bao, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let version = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_owned();
+    let version = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned();
     if !version.starts_with("OpenBao ") {
         return Err(format!(
             "{} is not OpenBao's bao (its version says {version:?})",
@@ -124,7 +128,8 @@ pub(super) fn find(explicit: Option<&Path>) -> Result<Bao, String> {
 }
 
 fn from_peer_venv() -> Result<PathBuf, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/peer-venv");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let script = root.canonicalize().unwrap_or(root).join("scripts/peer-venv");
     eprintln!("kms-bench: finding OpenBao's bao ({PACKAGE}) in the peer venv (scripts/peer-venv)...");
     let out = Command::new("bash")
         .arg(&script)
@@ -159,7 +164,10 @@ fn from_peer_venv() -> Result<PathBuf, String> {
     }
     // Installers may drop the executable bit (the package's own wrapper restores it too).
     use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(&binary).map_err(|e| e.to_string())?.permissions().mode();
+    let mode = std::fs::metadata(&binary)
+        .map_err(|e| e.to_string())?
+        .permissions()
+        .mode();
     if mode & 0o111 != 0o111 {
         std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(mode | 0o755))
             .map_err(|e| format!("cannot make {} executable: {e}", binary.display()))?;
@@ -185,7 +193,10 @@ impl Comparison {
 /// Starts OpenBao, sets it up, runs the four timed phases and stops it (also when a step fails:
 /// the server is stopped and its directory removed when `Server` is dropped).
 pub(super) async fn measure(bao: &Bao, pki: &Pki, args: &Args) -> Result<Comparison, String> {
-    eprintln!("kms-bench: starting {} (raft storage, mTLS, file audit device)...", bao.version);
+    eprintln!(
+        "kms-bench: starting {} (raft storage, mTLS, file audit device)...",
+        bao.version
+    );
     let server = Server::start(bao, pki)?;
     let (token, decrypt_expect, ciphertext) = server.set_up(pki, args).await?;
 
@@ -243,7 +254,10 @@ fn check(op: Op, body: &[u8], decrypt_expect: &str) -> Result<(), String> {
         Op::Wrapped | Op::Encrypt | Op::Plaintext => {
             let a: Answer<Sealed> = parse(body)?;
             if !a.data.ciphertext.starts_with("vault:v") {
-                return Err(format!("ciphertext {:?} is not a transit ciphertext", a.data.ciphertext));
+                return Err(format!(
+                    "ciphertext {:?} is not a transit ciphertext",
+                    a.data.ciphertext
+                ));
             }
             match (op, a.data.plaintext) {
                 (Op::Plaintext, Some(p)) => match B64.decode(&p) {
@@ -305,7 +319,11 @@ pub(super) fn print(c: &Comparison, kmsd: &[Phase], backend: &str, args: &Args) 
     let mut total = 0;
     for (op, p) in &c.rows {
         total += p.count + p.errors.total();
-        let label = format!("{} ↔ {}", op.kmsd(), op.path().trim_start_matches("/v1/transit/").trim_end_matches("/bench"));
+        let label = format!(
+            "{} ↔ {}",
+            op.kmsd(),
+            op.path().trim_start_matches("/v1/transit/").trim_end_matches("/bench")
+        );
         match kmsd.iter().find(|k| k.name == op.kmsd()) {
             Some(k) => println!(
                 "  {label:<57} {:>13.0} {:>7.2} {:>7.2} {:>7} {:>12.0} {:>15.2}",
@@ -534,9 +552,18 @@ log_level    = "warn"
         let root = Some(&root);
         let audit: serde_json::Value = admin(ch, Method::GET, "/v1/sys/audit", root, serde_json::Value::Null).await?;
         if audit["data"]["file/"]["type"] != "file" {
-            return Err(format!("the file audit device of the configuration is not enabled: {audit}"));
+            return Err(format!(
+                "the file audit device of the configuration is not enabled: {audit}"
+            ));
         }
-        admin_empty(ch, Method::POST, "/v1/sys/mounts/transit", root, serde_json::json!({ "type": "transit" })).await?;
+        admin_empty(
+            ch,
+            Method::POST,
+            "/v1/sys/mounts/transit",
+            root,
+            serde_json::json!({ "type": "transit" }),
+        )
+        .await?;
         admin_empty(
             ch,
             Method::POST,
@@ -556,24 +583,39 @@ log_level    = "warn"
             serde_json::json!({ "policy": policy }),
         )
         .await?;
-        // It must outlive the four phases.
+        // It must outlive the four phases, and the root token's revocation (an orphan: a child
+        // token would be revoked with its parent).
         let ttl = format!("{}s", 4 * args.seconds + 3600);
         let created: TokenCreated = admin(
             ch,
             Method::POST,
             "/v1/auth/token/create",
             root,
-            serde_json::json!({ "policies": ["bench"], "no_default_policy": true, "ttl": ttl, "renewable": false }),
+            serde_json::json!({ "policies": ["bench"], "no_default_policy": true, "no_parent": true, "ttl": ttl, "renewable": false }),
         )
         .await?;
-        admin_empty(ch, Method::POST, "/v1/auth/token/revoke-self", root, serde_json::json!({})).await?;
+        admin_empty(
+            ch,
+            Method::POST,
+            "/v1/auth/token/revoke-self",
+            root,
+            serde_json::json!({}),
+        )
+        .await?;
         let token = created.auth.client_token;
 
         // A sample of every operation, checked in full, with the bench's token.
         let t = HeaderValue::from_str(&token).map_err(|e| e.to_string())?;
         let t = Some(&t);
         let aad = B64.encode(AAD);
-        let dk: Answer<Sealed> = admin(ch, Method::POST, Op::Plaintext.path(), t, serde_json::json!({ "associated_data": aad })).await?;
+        let dk: Answer<Sealed> = admin(
+            ch,
+            Method::POST,
+            Op::Plaintext.path(),
+            t,
+            serde_json::json!({ "associated_data": aad }),
+        )
+        .await?;
         let plaintext = dk.data.plaintext.ok_or("datakey/plaintext returned no plaintext")?;
         if B64.decode(&plaintext).map(|k| k.len()) != Ok(32) {
             return Err("datakey/plaintext returned no 32-byte data key".into());
@@ -608,7 +650,14 @@ log_level    = "warn"
         if B64.decode(&opened.data.plaintext).ok().as_deref() != Some(&PLAINTEXT[..]) {
             return Err("decrypt of an encrypt's ciphertext returned another plaintext".into());
         }
-        let wrapped: Answer<Sealed> = admin(ch, Method::POST, Op::Wrapped.path(), t, serde_json::json!({ "associated_data": aad })).await?;
+        let wrapped: Answer<Sealed> = admin(
+            ch,
+            Method::POST,
+            Op::Wrapped.path(),
+            t,
+            serde_json::json!({ "associated_data": aad }),
+        )
+        .await?;
         if wrapped.data.plaintext.is_some() {
             return Err("datakey/wrapped returned a plaintext".into());
         }
@@ -627,7 +676,9 @@ log_level    = "warn"
         // The token can do nothing else.
         let (s, _) = send(ch, Method::GET, "/v1/sys/audit", t, Bytes::new()).await?;
         if s != StatusCode::FORBIDDEN {
-            return Err(format!("the bench token read sys/audit (HTTP {s}), its policy is too wide"));
+            return Err(format!(
+                "the bench token read sys/audit (HTTP {s}), its policy is too wide"
+            ));
         }
         Ok((token, Arc::new(plaintext), dk.data.ciphertext))
     }
@@ -773,9 +824,15 @@ async fn admin_bytes(
     } else {
         Bytes::from(body.to_string())
     };
-    let (status, answer) = send(ch, method.clone(), path, token, body).await.map_err(|e| format!("{method} {path}: {e}"))?;
+    let (status, answer) = send(ch, method.clone(), path, token, body)
+        .await
+        .map_err(|e| format!("{method} {path}: {e}"))?;
     if !status.is_success() {
-        return Err(format!("{method} {path}: HTTP {}: {}", status.as_u16(), snippet(&answer)));
+        return Err(format!(
+            "{method} {path}: HTTP {}: {}",
+            status.as_u16(),
+            snippet(&answer)
+        ));
     }
     Ok(answer)
 }
