@@ -119,6 +119,21 @@ pub fn check_public_key<K: Kem>(public_key: &[u8]) -> Result<(), Error> {
         .map_err(|_| Error::InvalidPublicKey("HPKE"))
 }
 
+/// Checks that [`seal_release`] can seal to `public_key`: 32 bytes, and not a point of small
+/// order, to which X25519 gives the all-zero shared secret that HPKE refuses (RFC 9180, 7.1.4).
+///
+/// One X25519 scalar multiplication, where a trial seal costs two plus the key schedule and the
+/// AEAD. The scalar need not be secret: X25519 clamps every scalar to a multiple of 8, so the
+/// product is zero exactly when the point's order divides 8, whatever the scalar.
+pub fn check_sealable(public_key: &[u8]) -> Result<(), Error> {
+    let point: [u8; 32] = public_key.try_into().map_err(|_| Error::InvalidPublicKey("HPKE"))?;
+    const ANY_SCALAR: [u8; 32] = [0x5a; 32];
+    if x25519_dalek::x25519(ANY_SCALAR, point) == [0u8; 32] {
+        return Err(Error::InvalidPublicKey("HPKE"));
+    }
+    Ok(())
+}
+
 /// Seals `plaintext` to `public_key` (serialized as [`PrivateKey::public_key`] gives it).
 pub fn seal<K: Kem>(public_key: &[u8], info: &[u8], aad: &[u8], plaintext: &[u8]) -> Result<Sealed, Error> {
     let pk = K::PublicKey::from_bytes(public_key).map_err(|_| Error::InvalidPublicKey("HPKE"))?;
@@ -156,6 +171,38 @@ mod tests {
     fn x25519_round_trip() {
         round_trip::<X25519>();
         assert_eq!(PrivateKey::<X25519>::generate().public_key().len(), 32);
+    }
+
+    /// The X25519 encodings of points of small order (libsodium's list; bit 255 is ignored by
+    /// X25519, so each also with it set).
+    const SMALL_ORDER: [&str; 7] = [
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+        "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    ];
+
+    #[test]
+    fn check_sealable_agrees_with_a_trial_seal() {
+        for hex_point in SMALL_ORDER {
+            let mut point = hex::decode(hex_point).unwrap();
+            for high_bit in [false, true] {
+                point[31] = (point[31] & 0x7f) | if high_bit { 0x80 } else { 0 };
+                assert!(seal_release(&point, b"i", b"", b"").is_err(), "{hex_point} {high_bit}");
+                assert!(check_sealable(&point).is_err(), "{hex_point} {high_bit}");
+            }
+        }
+        for _ in 0..64 {
+            let pk = PrivateKey::<X25519>::generate().public_key();
+            seal_release(&pk, b"i", b"", b"").unwrap();
+            check_sealable(&pk).unwrap();
+        }
+        for len in [0, 31, 33, 65] {
+            assert!(check_sealable(&vec![9u8; len]).is_err());
+        }
     }
 
     const KEY_ID: &str = "k-00112233445566778899aabbccddeeff";

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use attestation::tpm::ek::VerifiedEk;
 use attestation::tpm::AkPublic;
-use kms_core::hpke_seal::{self, X25519};
+use kms_core::hpke_seal;
 use kms_core::ids::Principal;
 
 use crate::attest::{refusal_reason, Attestation, Attested, Evidence, TpmChallenge};
@@ -43,22 +43,18 @@ impl AttestationPlane {
         evidence: Evidence,
         audit: &mut Audit,
     ) -> Result<Attested, ApiError> {
-        hpke_seal::check_public_key::<X25519>(hpke_public_key).map_err(|_| {
-            ApiError::new(
-                Reason::InvalidHpkePublicKey,
+        // A key HPKE cannot seal to (a low-order X25519 point) would make every release under
+        // the token fail: refuse it now.
+        hpke_seal::check_sealable(hpke_public_key).map_err(|_| {
+            let why = if hpke_public_key.len() == 32 {
+                "hpke_public_key: an X25519 point of small order, which HPKE cannot seal to".to_owned()
+            } else {
                 format!(
                     "hpke_public_key: {} bytes; an X25519 public key is 32",
                     hpke_public_key.len()
-                ),
-            )
-        })?;
-        // A key HPKE cannot seal to (e.g. a low-order X25519 point) would make every release
-        // under the token fail: refuse it now.
-        hpke_seal::seal_release(hpke_public_key, b"kms-attest-check", b"", b"").map_err(|_| {
-            ApiError::new(
-                Reason::InvalidHpkePublicKey,
-                "hpke_public_key: not an X25519 public key HPKE can seal to",
-            )
+                )
+            };
+            ApiError::new(Reason::InvalidHpkePublicKey, why)
         })?;
         audit.detail(
             "tee",
