@@ -18,6 +18,11 @@ pub struct Config {
     pub database_url: String,
     /// Pool size.
     pub database_max_connections: u32,
+    /// How long a call waits for a database connection before it fails with
+    /// `database_unavailable`. It also bounds how long kmsd takes to notice that a database which
+    /// was down is back: the pool retries a refused connection with a backoff of up to a fifth of
+    /// it.
+    pub database_acquire_timeout: Duration,
     /// mTLS; `None` only in dev mode (plaintext, loopback).
     pub tls: Option<TlsConfig>,
     /// Countries whose admins may exist.
@@ -484,10 +489,16 @@ struct DatabaseSection {
     url: String,
     #[serde(default = "default_max_connections")]
     max_connections: u32,
+    #[serde(default = "default_acquire_timeout_ms")]
+    acquire_timeout_ms: u64,
 }
 
 fn default_max_connections() -> u32 {
     16
+}
+
+pub(crate) fn default_acquire_timeout_ms() -> u64 {
+    5000
 }
 
 #[derive(Deserialize)]
@@ -721,6 +732,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7300)),
             database_url: "sqlite://kms.db?mode=rwc".to_owned(),
             database_max_connections: default_max_connections(),
+            database_acquire_timeout: Duration::from_millis(default_acquire_timeout_ms()),
             tls: None,
             allowed_countries: AllowedCountries::eu(),
             admin_request_window: Duration::from_secs(default_window()),
@@ -774,6 +786,12 @@ impl Config {
         check_db_url(&file.database.url)?;
         if file.database.max_connections == 0 {
             return Err(ConfigError("database.max_connections must be at least 1".into()));
+        }
+        if !(100..=300_000).contains(&file.database.acquire_timeout_ms) {
+            return Err(ConfigError(format!(
+                "database.acquire_timeout_ms must be 100 to 300000 (got {})",
+                file.database.acquire_timeout_ms
+            )));
         }
         let allowed_countries = AllowedCountries::parse(file.admin.allowed_countries.iter().map(String::as_str))
             .map_err(|e| ConfigError(format!("admin.allowed_countries: {e}")))?;
@@ -843,6 +861,7 @@ impl Config {
             listen,
             database_url: file.database.url,
             database_max_connections: file.database.max_connections,
+            database_acquire_timeout: Duration::from_millis(file.database.acquire_timeout_ms),
             tls: Some(file.tls),
             allowed_countries,
             admin_request_window: Duration::from_secs(file.admin.request_window_secs),
@@ -903,6 +922,7 @@ impl Config {
             listen,
             database_url: format!("sqlite://{}?mode=rwc", data_dir.join("kms.db").display()),
             database_max_connections: 8,
+            database_acquire_timeout: Duration::from_millis(default_acquire_timeout_ms()),
             tls: None,
             // Dev mode initializes itself with its own dev admin.
             init_admins: None,
@@ -1099,6 +1119,14 @@ mod tests {
         assert!(e.contains("database.url"), "{e}");
         let c = Config::from_toml(&base, [("KMSD__DATABASE__MAX_CONNECTIONS".into(), "7".into())]).unwrap();
         assert_eq!(c.database_max_connections, 7);
+        let c = Config::from_toml(&base, [("KMSD__DATABASE__ACQUIRE_TIMEOUT_MS".into(), "750".into())]).unwrap();
+        assert_eq!(c.database_acquire_timeout, Duration::from_millis(750));
+        for bad in ["0", "99", "300001"] {
+            let e = Config::from_toml(&base, [("KMSD__DATABASE__ACQUIRE_TIMEOUT_MS".into(), bad.into())])
+                .unwrap_err()
+                .0;
+            assert!(e.contains("database.acquire_timeout_ms"), "{e}");
+        }
         assert!(!c.danger.allow_unattested_keys);
     }
 

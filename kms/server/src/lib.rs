@@ -94,7 +94,12 @@ pub async fn serve(
         ),
         None => None,
     };
-    let store = Store::connect(&config.database_url, config.database_max_connections).await?;
+    let store = Store::connect_with(
+        &config.database_url,
+        config.database_max_connections,
+        config.database_acquire_timeout,
+    )
+    .await?;
     let dev_dir = config.dev.as_ref().map(|d| d.data_dir.clone());
     let seal = Arc::new(Seal::load(&store, dev_dir.clone(), config.hsm.clone()).await?);
     let rotation_task = workers::rotation::spawn(store.clone(), seal.clone(), config.rotation);

@@ -20,6 +20,7 @@ use kms_core::key::{KeyState, Transition};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, Row as _, Transaction};
 use std::sync::Arc;
+use std::time::Duration;
 
 mod attest;
 pub(crate) mod checkpoint;
@@ -212,8 +213,18 @@ pub(crate) fn g(n: u64) -> i64 {
 }
 
 impl Store {
-    /// Connects and runs the embedded migrations.
+    /// Connects and runs the embedded migrations, with calls waiting for a connection as long as
+    /// `database.acquire_timeout_ms` does by default.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
+        let acquire_timeout = Duration::from_millis(crate::config::default_acquire_timeout_ms());
+        Self::connect_with(url, max_connections, acquire_timeout).await
+    }
+
+    /// Connects and runs the embedded migrations. A call waits up to `acquire_timeout` for a
+    /// connection; while the database refuses connections the pool retries with a backoff of up
+    /// to a fifth of it (sqlx), which is therefore also about how long kmsd takes to serve again
+    /// once the database is back.
+    pub async fn connect_with(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<Self, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -223,6 +234,7 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .min_connections(1)
+            .acquire_timeout(acquire_timeout)
             .connect(url)
             .await?;
         let store = Self {
