@@ -10,7 +10,7 @@
 use std::os::unix::fs::MetadataExt as _;
 use std::time::Duration;
 
-use kms_testkit::faults::{self, Scenario, Settings};
+use kms_testkit::faults::{self, Sabotage, Scenario, Settings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_under_load() {
@@ -35,6 +35,7 @@ async fn faults_under_load() {
         settle: Duration::from_millis(1500),
         outage: Duration::from_millis(1500),
         scenarios,
+        sabotage: Vec::new(),
     };
     let reports = faults::run(&settings).await;
     for r in &reports {
@@ -53,5 +54,49 @@ async fn faults_under_load() {
             "{}: the fault was never seen by a client",
             r.scenario.name()
         );
+    }
+}
+
+/// The checks themselves: a run with damage planted before the checks must fail, naming it. One
+/// run per kind of damage, so that each check is shown to fire on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checks_catch_planted_damage() {
+    if kms_testkit::postgres_url().is_none() {
+        return;
+    }
+    let cases = [
+        (Sabotage::UndecryptableBlob, 1, "does not decrypt"),
+        (
+            Sabotage::OtherDataKey,
+            1,
+            "decrypts to other data than its GenerateDataKey returned",
+        ),
+        (Sabotage::UnauditedCall, 0, "allowed generate_data_key records for"),
+        (Sabotage::DeletedAuditRow, 0, "audit chain: breaks at"),
+    ];
+    for (sabotage, lost, expected) in cases {
+        let settings = Settings {
+            kmsd: kms_testkit::kmsd_binary(),
+            workers: 2,
+            settle: Duration::from_millis(1000),
+            outage: Duration::from_millis(500),
+            scenarios: vec![Scenario::Failover],
+            sabotage: vec![sabotage],
+        };
+        let reports = faults::run(&settings).await;
+        let r = &reports[0];
+        eprintln!("{sabotage:?}:\n{r}");
+        assert!(!r.passed(), "{sabotage:?} went unseen:\n{r}");
+        assert_eq!(r.lost, lost, "{sabotage:?}:\n{r}");
+        let failures = r.failures.join("\n");
+        assert!(
+            failures.contains(expected),
+            "{sabotage:?}: no failure says {expected:?}:\n{failures}"
+        );
+        if sabotage == Sabotage::UnauditedCall {
+            // Only that one record is missing, and nothing else failed.
+            assert_eq!(r.failures.len(), 1, "{failures}");
+            assert!(failures.contains("(1 missing)"), "{failures}");
+        }
     }
 }

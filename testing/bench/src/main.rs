@@ -803,6 +803,7 @@ async fn faults(args: &Args) -> bool {
         settle: Duration::from_secs(args.seconds),
         outage: Duration::from_secs(args.faults_outage),
         scenarios: args.faults_scenarios.clone(),
+        sabotage: Vec::new(),
     };
     println!(
         "kms-bench: faults under load: kmsd {} over mTLS gRPC on loopback, a PostgreSQL cluster of its own per scenario, {} clients, {} s of load before the fault and after recovery, {} s outage\n",

@@ -140,6 +140,25 @@ pub struct Settings {
     pub outage: Duration,
     /// Which scenarios, in order.
     pub scenarios: Vec<Scenario>,
+    /// Damage planted after the load and before the checks, to show that the checks catch it
+    /// (the checks' own test); empty for a real run.
+    pub sabotage: Vec<Sabotage>,
+}
+
+/// What [`Settings::sabotage`] plants, each something a check must report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sabotage {
+    /// One acknowledged blob is damaged (a byte of its tag flipped), as if kmsd had answered a
+    /// blob it cannot open: it must count as lost.
+    UndecryptableBlob,
+    /// The data key a client recorded for one GenerateDataKey is changed, as if kmsd had
+    /// answered a blob of another key: it must count as lost.
+    OtherDataKey,
+    /// One more acknowledged GenerateDataKey than the client made, as if kmsd had answered
+    /// without its audit record: the audit check must find a record missing.
+    UnauditedCall,
+    /// An audit row in the middle of the chain deleted with SQL: the chain must break.
+    DeletedAuditRow,
 }
 
 /// Acknowledged calls by operation.
@@ -376,7 +395,8 @@ async fn drive(
         )),
     }
     tokio::time::sleep(settings.settle).await;
-    let logs = load.stop().await;
+    let mut logs = load.stop().await;
+    sabotage(&settings.sabotage, &d.db, &mut logs).await?;
 
     if scenario.database_fault() {
         for r in &mut d.replicas {
@@ -389,6 +409,49 @@ async fn drive(
     }
     // Replica 0 is up in every scenario (the failover kills replica 1): check through it.
     check(d, 0, &logs, repaired_unix_ms, report).await;
+    Ok(())
+}
+
+/// Plants each of `what` (see [`Sabotage`]).
+async fn sabotage(what: &[Sabotage], db: &Db, logs: &mut [WorkerLog]) -> Result<(), String> {
+    for s in what {
+        match s {
+            Sabotage::UndecryptableBlob | Sabotage::OtherDataKey => {
+                let blob = logs
+                    .iter_mut()
+                    .flat_map(|l| l.blobs.iter_mut())
+                    .find(|b| b.plaintext.is_some())
+                    .ok_or("sabotage: no acknowledged blob with a known data key")?;
+                if *s == Sabotage::UndecryptableBlob {
+                    let last = blob.blob.len() - 1;
+                    blob.blob[last] ^= 1;
+                } else if let Some(p) = blob.plaintext.as_mut() {
+                    p[0] ^= 1;
+                }
+            }
+            Sabotage::UnauditedCall => {
+                let log = logs.first_mut().ok_or("sabotage: no client")?;
+                log.acked.generate += 1;
+            }
+            Sabotage::DeletedAuditRow => {
+                use sqlx::Row as _;
+                let mut conn = db.connect().await;
+                let max: i64 = sqlx::query("SELECT MAX(seq) AS n FROM audit_log")
+                    .fetch_one(&mut conn)
+                    .await
+                    .and_then(|r| r.try_get("n"))
+                    .map_err(|e| format!("sabotage: reading audit_log: {e}"))?;
+                let done = sqlx::query("DELETE FROM audit_log WHERE seq = $1")
+                    .bind(max / 2)
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| format!("sabotage: deleting an audit row: {e}"))?;
+                if done.rows_affected() != 1 {
+                    return Err(format!("sabotage: no audit row {} to delete", max / 2));
+                }
+            }
+        }
+    }
     Ok(())
 }
 
