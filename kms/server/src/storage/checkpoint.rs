@@ -145,9 +145,28 @@ impl Store {
         .collect()
     }
 
-    /// Stores a signed checkpoint. `false` if one for that seq exists (another replica signed
-    /// the same head first).
+    /// Stores a signed checkpoint if it extends the newest stored one (`c.prev_seq` is the
+    /// highest seq, or 0 with none). `false` if it does not, or one for that seq exists: another
+    /// replica extended the chain first, and its checkpoint is checked next time. Without the
+    /// check two replicas signing from the same base (or one from a base the other had already
+    /// extended) fork the chain, and each then reads the other's checkpoint as a rollback.
+    ///
+    /// On PostgreSQL the table is locked against concurrent inserts for the check and the
+    /// insert; SQLite's write lock serialises them.
     pub(crate) async fn insert_checkpoint(&self, c: &Checkpoint, signature: &[u8]) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend() == super::Backend::Postgres {
+            sqlx::query("LOCK TABLE audit_checkpoints IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let newest: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS n FROM audit_checkpoints")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if newest != c.prev_seq {
+            return Ok(false);
+        }
         match sqlx::query(&format!(
             "INSERT INTO audit_checkpoints ({CHECKPOINT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         ))
@@ -161,10 +180,13 @@ impl Store {
         .bind(c.state.version)
         .bind(c.state.seq)
         .bind(c.state.hash.to_vec())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                tx.commit().await?;
+                Ok(true)
+            }
             Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
             Err(e) => Err(e.into()),
         }

@@ -759,6 +759,27 @@ mod tests {
         store.append_audit(vec![record(1)]).await.unwrap();
         let c = sign_head(&store, root.as_ref()).await.unwrap().unwrap();
         assert!(!store.insert_checkpoint(&c, b"sig").await.unwrap());
+        // Nor one of a later head from the same base (a replica that signed while this one did),
+        // nor one from an older base: the chain does not fork.
+        let fork = Checkpoint {
+            seq: c.seq + 5,
+            prev_seq: c.prev_seq,
+            ..c.clone()
+        };
+        assert!(!store.insert_checkpoint(&fork, b"sig").await.unwrap());
+        let next = Checkpoint {
+            seq: c.seq + 5,
+            prev_seq: c.seq,
+            prev_id: c.id(),
+            ..c.clone()
+        };
+        assert!(store.insert_checkpoint(&next, b"sig").await.unwrap());
+        let stale = Checkpoint {
+            seq: c.seq + 9,
+            prev_seq: c.seq,
+            ..c.clone()
+        };
+        assert!(!store.insert_checkpoint(&stale, b"sig").await.unwrap());
     }
 
     struct FakeHsm {
