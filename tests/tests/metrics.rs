@@ -29,16 +29,7 @@ fn root() -> PathBuf {
 
 /// The peers' venv python (built on first use; needs PyPI).
 fn python() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(root().join("scripts/peer-venv"))
-        .output()
-        .expect("run scripts/peer-venv");
-    assert!(
-        out.status.success(),
-        "scripts/peer-venv failed (the Prometheus parser is required):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    peer_python().unwrap_or_else(|e| panic!("the Prometheus parser is required: {e}"))
 }
 
 fn free_port() -> u16 {

