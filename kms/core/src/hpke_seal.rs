@@ -122,13 +122,16 @@ pub fn check_public_key<K: Kem>(public_key: &[u8]) -> Result<(), Error> {
 /// Checks that [`seal_release`] can seal to `public_key`: 32 bytes, and not a point of small
 /// order, to which X25519 gives the all-zero shared secret that HPKE refuses (RFC 9180, 7.1.4).
 ///
-/// One X25519 scalar multiplication, where a trial seal costs two plus the key schedule and the
-/// AEAD. The scalar need not be secret: X25519 clamps every scalar to a multiple of 8, so the
-/// product is zero exactly when the point's order divides 8, whatever the scalar.
+/// X25519 clamps every scalar to a multiple of 8 below the order of the prime subgroup (of the
+/// curve and of its twist), so its product is zero exactly when the point's order divides 8:
+/// this multiplies the point by 8 (four steps of the Montgomery ladder, on the u-coordinate read
+/// as X25519 reads it) and refuses zero. A trial seal would cost two full scalar multiplications
+/// plus the key schedule and the AEAD.
 pub fn check_sealable(public_key: &[u8]) -> Result<(), Error> {
     let point: [u8; 32] = public_key.try_into().map_err(|_| Error::InvalidPublicKey("HPKE"))?;
-    const ANY_SCALAR: [u8; 32] = [0x5a; 32];
-    if x25519_dalek::x25519(ANY_SCALAR, point) == [0u8; 32] {
+    // 8 = 0b1000, most significant bit first.
+    let times_8 = curve25519_dalek::MontgomeryPoint(point).mul_bits_be([true, false, false, false].into_iter());
+    if times_8.to_bytes() == [0u8; 32] {
         return Err(Error::InvalidPublicKey("HPKE"));
     }
     Ok(())
@@ -202,6 +205,36 @@ mod tests {
         }
         for len in [0, 31, 33, 65] {
             assert!(check_sealable(&vec![9u8; len]).is_err());
+        }
+    }
+
+    /// Points of mixed order (a point of the prime subgroup plus each point of order dividing 8)
+    /// and arbitrary bytes (about half of them points of the twist, which X25519 multiplies
+    /// too): sealable, by a trial seal and by the check.
+    #[test]
+    fn check_sealable_accepts_points_off_the_prime_subgroup() {
+        use curve25519_dalek::{constants, Scalar};
+        let mut rng = rand_core::UnwrapErr(rand_core::OsRng);
+        let mut random = || {
+            let mut b = [0u8; 32];
+            rand_core::RngCore::fill_bytes(&mut rng, &mut b);
+            b
+        };
+        let mut points = Vec::new();
+        for torsion in constants::EIGHT_TORSION {
+            for _ in 0..8 {
+                let s = Scalar::from_bytes_mod_order(random());
+                points.push(
+                    (constants::ED25519_BASEPOINT_POINT * s + torsion)
+                        .to_montgomery()
+                        .to_bytes(),
+                );
+            }
+        }
+        points.extend((0..256).map(|_| random()));
+        for point in points {
+            assert!(seal_release(&point, b"i", b"", b"").is_ok(), "{}", hex::encode(point));
+            assert!(check_sealable(&point).is_ok(), "{}", hex::encode(point));
         }
     }
 

@@ -490,6 +490,8 @@ struct Phase {
     exhausted: bool,
     /// Failures while preparing the phase (not counted in `errors`).
     setup_errors: Errors,
+    /// CPU time (user + system) the server process used during the phase.
+    server_cpu: Option<Duration>,
 }
 
 impl Phase {
@@ -500,6 +502,39 @@ impl Phase {
     fn rps(&self) -> f64 {
         self.count as f64 / self.secs
     }
+
+    /// The server's CPU time per answered call, in microseconds.
+    fn cpu_us(&self) -> Option<f64> {
+        let cpu = self.server_cpu?;
+        (self.count > 0).then(|| cpu.as_secs_f64() * 1e6 / self.count as f64)
+    }
+
+    /// [`Phase::cpu_us`] as a table cell.
+    fn cpu_cell(&self) -> String {
+        self.cpu_us().map_or_else(|| "-".to_owned(), |us| format!("{us:.0}"))
+    }
+}
+
+/// The CPU time (user + system) process `pid` has used so far, from `/proc/PID/stat`.
+/// `None` when there is no such process (or no /proc).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    static TICKS_PER_SEC: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let hz = *TICKS_PER_SEC.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|&hz| hz > 0)
+            .unwrap_or(100)
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    // Then field 3 is the state, and utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
 
 /// Percentile `p` (0..=1) of sorted microsecond latencies, in milliseconds.
@@ -583,7 +618,7 @@ async fn run(args: Args) -> bool {
         connect,
     } = started;
     let connect = |principal: &str| connect(principal.to_owned());
-    let results: Vec<Phase> = data_plane_phases(&channels, &blob, &args).await;
+    let results: Vec<Phase> = data_plane_phases(kmsd.pid(), &channels, &blob, &args).await;
     // Right after kmsd's data-plane phases (kmsd idle meanwhile), so that both sides see the
     // same machine.
     let side = match &bao {
@@ -607,12 +642,12 @@ async fn run(args: Args) -> bool {
             for i in 0..ATTEST_PRINCIPALS {
                 tees.push(connect(&format!("spiffe://bench/tee-{i}")).await.expect("connect"));
             }
-            let (phase, note) = attest(lab, &tees, &args, ab.p384_verify.all).await;
+            let (phase, note) = attest(kmsd.pid(), lab, &tees, &args, ab.p384_verify.all).await;
             attest_phase = Some(phase);
             notes.push(note);
         }
         if phases.attested_gen {
-            let (phase, note) = attested_generate(lab, &channels, &args).await;
+            let (phase, note) = attested_generate(kmsd.pid(), lab, &channels, &args).await;
             attested_gen = Some(phase);
             notes.push(note);
         }
@@ -655,16 +690,17 @@ async fn run(args: Args) -> bool {
     );
     if phases.gen || phases.dec {
         println!(
-            "  operation                              req/s    p50 ms   p99 ms  errors  req/s ÷ bare AES-GCM ({cores} thr)"
+            "  operation                              req/s    p50 ms   p99 ms  errors  kmsd CPU µs/call  req/s ÷ bare AES-GCM ({cores} thr)"
         );
         for p in &results {
             println!(
-                "  {:<34} {:>9.0} {:>9.2} {:>8.2} {:>7} {:>12.5}",
+                "  {:<34} {:>9.0} {:>9.2} {:>8.2} {:>7} {:>17} {:>12.5}",
                 p.name,
                 p.rps(),
                 p.pct(0.5),
                 p.pct(0.99),
                 p.errors.total(),
+                p.cpu_cell(),
                 p.rps() / base.aes.all
             );
         }
@@ -716,27 +752,29 @@ async fn run(args: Args) -> bool {
             println!("  {:<45} {:>11.0}", format!("{name}, {cores} threads"), r.all);
         }
         println!();
-        println!("  attested operation                     req/s    p50 ms   p99 ms  errors  ratio");
-        if let Some(p) = &attest_phase {
+        // The CPU ratio: the bare operation's time on one thread over kmsd's CPU time per
+        // call (all its threads), which does not depend on whether kmsd's cores were saturated.
+        let cpu_ratio = |p: &Phase, bare: Rate| {
+            p.cpu_us()
+                .map_or_else(|| "-".to_owned(), |us| format!("{:.3}", 1e6 / bare.one / us))
+        };
+        println!("  attested operation                     req/s    p50 ms   p99 ms  errors  ratio  kmsd CPU µs/call  CPU ratio");
+        for (p, bare, what) in [
+            (&attest_phase, ab.p384_verify, "bare P-384 verify"),
+            (&attested_gen, ab.hpke_seal, "HPKE seal"),
+        ] {
+            let Some(p) = p else { continue };
             println!(
-                "  {:<34} {:>9.0} {:>9.2} {:>8.2} {:>7} {:>7.3}  req/s ÷ bare P-384 verify ({server_threads} thr)",
+                "  {:<34} {:>9.0} {:>9.2} {:>8.2} {:>7} {:>6.3} {:>17} {:>10}  req/s ÷ {what} ({server_threads} thr); {:.0} µs per {what} (1 thr) ÷ kmsd CPU per call",
                 p.name,
                 p.rps(),
                 p.pct(0.5),
                 p.pct(0.99),
                 p.errors.total(),
-                p.rps() / on_servers(ab.p384_verify)
-            );
-        }
-        if let Some(p) = &attested_gen {
-            println!(
-                "  {:<34} {:>9.0} {:>9.2} {:>8.2} {:>7} {:>7.3}  req/s ÷ HPKE seal ({server_threads} thr)",
-                p.name,
-                p.rps(),
-                p.pct(0.5),
-                p.pct(0.99),
-                p.errors.total(),
-                p.rps() / on_servers(ab.hpke_seal)
+                p.rps() / on_servers(bare),
+                p.cpu_cell(),
+                cpu_ratio(p, bare),
+                1e6 / bare.one
             );
         }
         if let Some(p) = &e2e {
@@ -1119,30 +1157,38 @@ impl<'a> Started<'a> {
 
 /// The data-plane phases against `s`.
 async fn data_plane(s: &Started<'_>, args: &Args) -> Vec<Phase> {
-    data_plane_phases(&s.channels, &s.blob, args).await
+    data_plane_phases(s.kmsd.pid(), &s.channels, &s.blob, args).await
 }
 
-/// GenerateDataKeyWithoutPlaintext and Decrypt (as `--phases` asks) over `channels`.
-async fn data_plane_phases(channels: &[Channel], blob: &[u8], args: &Args) -> Vec<Phase> {
+/// GenerateDataKeyWithoutPlaintext and Decrypt (as `--phases` asks) over `channels` to kmsd
+/// process `kmsd`.
+async fn data_plane_phases(kmsd: u32, channels: &[Channel], blob: &[u8], args: &Args) -> Vec<Phase> {
     let mut results = Vec::new();
     if args.phases.gen {
         results.push(
-            load(channels, args.concurrency, args.seconds, GEN, |_, ch| async move {
-                KeyServiceClient::new(ch)
-                    .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
-                        key: "bench".into(),
-                        encryption_context: bench_context(),
-                    })
-                    .await
-                    .into()
-            })
+            load(
+                kmsd,
+                channels,
+                args.concurrency,
+                args.seconds,
+                GEN,
+                |_, ch| async move {
+                    KeyServiceClient::new(ch)
+                        .generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+                            key: "bench".into(),
+                            encryption_context: bench_context(),
+                        })
+                        .await
+                        .into()
+                },
+            )
             .await,
         );
     }
     if args.phases.dec {
         let blob = Arc::new(blob.to_vec());
         results.push(
-            load(channels, args.concurrency, args.seconds, DEC, move |_, ch| {
+            load(kmsd, channels, args.concurrency, args.seconds, DEC, move |_, ch| {
                 let blob = blob.clone();
                 async move {
                     KeyServiceClient::new(ch)
@@ -1163,6 +1209,7 @@ async fn data_plane_phases(channels: &[Channel], blob: &[u8], args: &Args) -> Ve
         // as the OpenBao side checks its own.
         results.push(
             load(
+                kmsd,
                 channels,
                 args.concurrency,
                 args.seconds,
@@ -1185,20 +1232,27 @@ async fn data_plane_phases(channels: &[Channel], blob: &[u8], args: &Args) -> Ve
             .await,
         );
         results.push(
-            load(channels, args.concurrency, args.seconds, ENC, |_, ch| async move {
-                let r = KeyServiceClient::new(ch)
-                    .encrypt(pb::EncryptRequest {
-                        key: "bench".into(),
-                        plaintext: vec![5; 32],
-                        encryption_context: bench_context(),
-                    })
-                    .await;
-                match r.map(tonic::Response::into_inner) {
-                    Ok(r) if !r.ciphertext_blob.is_empty() => Step::Done,
-                    Ok(_) => Step::Wrong("wrong answer".into(), "no ciphertext blob".into()),
-                    Err(s) => Step::Failed(s),
-                }
-            })
+            load(
+                kmsd,
+                channels,
+                args.concurrency,
+                args.seconds,
+                ENC,
+                |_, ch| async move {
+                    let r = KeyServiceClient::new(ch)
+                        .encrypt(pb::EncryptRequest {
+                            key: "bench".into(),
+                            plaintext: vec![5; 32],
+                            encryption_context: bench_context(),
+                        })
+                        .await;
+                    match r.map(tonic::Response::into_inner) {
+                        Ok(r) if !r.ciphertext_blob.is_empty() => Step::Done,
+                        Ok(_) => Step::Wrong("wrong answer".into(), "no ciphertext blob".into()),
+                        Err(s) => Step::Failed(s),
+                    }
+                },
+            )
             .await,
         );
     }
@@ -1206,6 +1260,12 @@ async fn data_plane_phases(channels: &[Channel], blob: &[u8], args: &Args) -> Ve
 }
 
 struct Kmsd(std::process::Child);
+
+impl Kmsd {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
 
 /// `[limits]` of every kmsd the bench starts: far above any rate it reaches.
 const BENCH_LIMITS: &str = "[limits]\nprincipal_per_second = 1000000\nprincipal_burst = 1000000\nunauthenticated_per_second = 1000000\nunauthenticated_burst = 1000000\n";
@@ -1221,13 +1281,21 @@ impl Drop for Kmsd {
 }
 
 /// Runs `call` from `concurrency` workers over `channels` for `seconds` (or until a worker
-/// finds no more prepared work).
-async fn load<F, Fut>(channels: &[Channel], concurrency: usize, seconds: u64, name: &'static str, call: F) -> Phase
+/// finds no more prepared work), and reads the CPU time the server process `server` used.
+async fn load<F, Fut>(
+    server: u32,
+    channels: &[Channel],
+    concurrency: usize,
+    seconds: u64,
+    name: &'static str,
+    call: F,
+) -> Phase
 where
     F: Fn(usize, Channel) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = Step> + Send,
 {
     eprintln!("kms-bench: {name} for {seconds} s...");
+    let cpu_before = cpu_time(server);
     let start = Instant::now();
     let stop = start + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -1263,6 +1331,7 @@ where
         exhausted |= x;
     }
     let secs = start.elapsed().as_secs_f64();
+    let server_cpu = cpu_before.zip(cpu_time(server)).map(|(b, a)| a.saturating_sub(b));
     lat_us.sort_unstable();
     Phase {
         name,
@@ -1272,6 +1341,7 @@ where
         lat_us,
         exhausted,
         setup_errors: Errors::default(),
+        server_cpu,
     }
 }
 
@@ -1417,7 +1487,7 @@ async fn prepare_evidence(
 }
 
 /// The Attest phase: one Attest RPC per timed op, with evidence prepared beforehand.
-async fn attest(lab: &SnpLab, channels: &[Channel], args: &Args, p384_all: f64) -> (Phase, String) {
+async fn attest(kmsd: u32, lab: &SnpLab, channels: &[Channel], args: &Args, p384_all: f64) -> (Phase, String) {
     // Every nonce must outlive the phase: evidence is prepared until this deadline at the latest.
     let deadline =
         Instant::now() + Duration::from_secs((CHALLENGE_TTL_SECS - 30).saturating_sub(args.seconds).min(180));
@@ -1456,7 +1526,15 @@ async fn attest(lab: &SnpLab, channels: &[Channel], args: &Args, p384_all: f64) 
             }
         }
     };
-    let calib = load(channels, args.concurrency, 1, "Attest (calibration)", call.clone()).await;
+    let calib = load(
+        kmsd,
+        channels,
+        args.concurrency,
+        1,
+        "Attest (calibration)",
+        call.clone(),
+    )
+    .await;
     let calib_rps = calib.rps();
     prep_errors.merge(calib.errors);
 
@@ -1472,6 +1550,7 @@ async fn attest(lab: &SnpLab, channels: &[Channel], args: &Args, p384_all: f64) 
     let prep_secs = t.elapsed().as_secs_f64();
     let n_prepared = pools.len();
     let mut phase = load(
+        kmsd,
         channels,
         args.concurrency,
         args.seconds,
@@ -1545,7 +1624,7 @@ fn gdk_request(token: &pb::AttestResponse) -> pb::GenerateDataKeyRequest {
 }
 
 /// GenerateDataKey with a token: one token per connection, obtained beforehand.
-async fn attested_generate(lab: &SnpLab, channels: &[Channel], args: &Args) -> (Phase, String) {
+async fn attested_generate(kmsd: u32, lab: &SnpLab, channels: &[Channel], args: &Args) -> (Phase, String) {
     let mut tokens = Vec::new();
     for ch in channels {
         tokens.push(token(lab, ch).await.unwrap_or_else(|s| {
@@ -1577,6 +1656,7 @@ async fn attested_generate(lab: &SnpLab, channels: &[Channel], args: &Args) -> (
     // Worker i uses connection i and its token (i modulo the connections), as a TEE would.
     let requests: Arc<Vec<pb::GenerateDataKeyRequest>> = Arc::new(tokens.iter().map(|(_, t)| gdk_request(t)).collect());
     let phase = load(
+        kmsd,
         channels,
         args.concurrency,
         args.seconds,
@@ -1686,6 +1766,7 @@ async fn end_to_end(lab: &SnpLab, channel: &Channel, iterations: usize) -> (Phas
         lat_us,
         exhausted: false,
         setup_errors: Errors::default(),
+        server_cpu: None,
     };
     (phase, note)
 }

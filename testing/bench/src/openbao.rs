@@ -207,22 +207,29 @@ pub(super) async fn measure(bao: &Bao, pki: &Pki, args: &Args) -> Result<Compari
         let body = Bytes::from(body.to_string());
         let token = token.clone();
         let expect = decrypt_expect.clone();
-        let phase = load(&channels, args.concurrency, args.seconds, op.name(), move |_, ch| {
-            let (body, token, expect) = (body.clone(), token.clone(), expect.clone());
-            async move {
-                let mut ch = ch;
-                match send(&mut ch, Method::POST, op.path(), Some(&token), body).await {
-                    Err(e) => Step::Wrong("transport".into(), e),
-                    Ok((status, body)) if status != StatusCode::OK => {
-                        Step::Wrong(format!("HTTP {}", status.as_u16()), snippet(&body))
+        let phase = load(
+            server.process.pid(),
+            &channels,
+            args.concurrency,
+            args.seconds,
+            op.name(),
+            move |_, ch| {
+                let (body, token, expect) = (body.clone(), token.clone(), expect.clone());
+                async move {
+                    let mut ch = ch;
+                    match send(&mut ch, Method::POST, op.path(), Some(&token), body).await {
+                        Err(e) => Step::Wrong("transport".into(), e),
+                        Ok((status, body)) if status != StatusCode::OK => {
+                            Step::Wrong(format!("HTTP {}", status.as_u16()), snippet(&body))
+                        }
+                        Ok((_, body)) => match check(op, &body, &expect) {
+                            Ok(()) => Step::Done,
+                            Err(e) => Step::Wrong("wrong answer".into(), e),
+                        },
                     }
-                    Ok((_, body)) => match check(op, &body, &expect) {
-                        Ok(()) => Step::Done,
-                        Err(e) => Step::Wrong("wrong answer".into(), e),
-                    },
                 }
-            }
-        })
+            },
+        )
         .await;
         rows.push((op, phase));
     }
@@ -305,7 +312,7 @@ pub(super) fn print(c: &Comparison, kmsd: &[Phase], backend: &str, args: &Args) 
         "             aes256-gcm96 transit key, a token whose policy allows only transit; both bind \"app=bench\" (kmsd: encryption context, OpenBao: associated_data)"
     );
     println!(
-        "  kmsd operation ↔ OpenBao transit                          OpenBao req/s  p50 ms  p99 ms  errors   kmsd req/s  kmsd ÷ OpenBao"
+        "  kmsd operation ↔ OpenBao transit                          OpenBao req/s  p50 ms  p99 ms  errors   kmsd req/s  kmsd ÷ OpenBao  CPU µs/call OpenBao  kmsd"
     );
     let mut total = 0;
     for (op, p) in &c.rows {
@@ -317,21 +324,25 @@ pub(super) fn print(c: &Comparison, kmsd: &[Phase], backend: &str, args: &Args) 
         );
         match kmsd.iter().find(|k| k.name == op.kmsd()) {
             Some(k) => println!(
-                "  {label:<57} {:>13.0} {:>7.2} {:>7.2} {:>7} {:>12.0} {:>15.2}",
+                "  {label:<57} {:>13.0} {:>7.2} {:>7.2} {:>7} {:>12.0} {:>15.2} {:>20} {:>5}",
                 p.rps(),
                 p.pct(0.5),
                 p.pct(0.99),
                 p.errors.total(),
                 k.rps(),
-                k.rps() / p.rps()
+                k.rps() / p.rps(),
+                p.cpu_cell(),
+                k.cpu_cell()
             ),
             None => println!(
-                "  {label:<57} {:>13.0} {:>7.2} {:>7.2} {:>7} {:>12} {:>15}",
+                "  {label:<57} {:>13.0} {:>7.2} {:>7.2} {:>7} {:>12} {:>15} {:>20} {:>5}",
                 p.rps(),
                 p.pct(0.5),
                 p.pct(0.99),
                 p.errors.total(),
                 "-",
+                "-",
+                p.cpu_cell(),
                 "-"
             ),
         }
@@ -356,6 +367,10 @@ pub(super) fn print(c: &Comparison, kmsd: &[Phase], backend: &str, args: &Args) 
 struct Process(std::sync::Mutex<Child>);
 
 impl Process {
+    fn pid(&self) -> u32 {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).id()
+    }
+
     fn running(&self) -> bool {
         matches!(self.0.lock().unwrap_or_else(|e| e.into_inner()).try_wait(), Ok(None))
     }
