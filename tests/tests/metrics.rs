@@ -327,7 +327,7 @@ async fn counts_match_the_calls(backend: Backend) {
         }
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "the audit writer wrote nothing"
+            "the audit writer did not write the four refusals within 10 s"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
