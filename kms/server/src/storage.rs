@@ -208,6 +208,9 @@ impl From<kms_core::Error> for StoreError {
     }
 }
 
+/// How long a pooled connection may sit unused before it is pinged on its way out of the pool.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 pub(crate) fn g(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -235,6 +238,19 @@ impl Store {
             .max_connections(max_connections)
             .min_connections(1)
             .acquire_timeout(acquire_timeout)
+            // sqlx pings a connection when it returns to the pool and, by default, again when it
+            // is taken out: three round trips for every query. A connection used within the last
+            // second passed its ping when it was put back; only one idle for longer (through a
+            // database restart, say) is pinged before use, and one that fails is replaced.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IDLE_AFTER {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(url)
             .await?;
         let store = Self {
@@ -309,10 +325,77 @@ impl Store {
         let read_at = self.integrity.read_at();
         match self.fetch::<T>(&sql, key).await?.into_iter().next() {
             Some(r) => r.map(Some),
-            None => match self.integrity.missing::<T>(self, &row::key_of(key), read_at).await? {
-                Some(e) => Err(e),
-                None => Ok(None),
-            },
+            None => self.absent::<T>(key, read_at).await,
+        }
+    }
+
+    /// The row of `A` with primary key `a` and the row of `B` with primary key `b`, read in one
+    /// query (one round trip instead of two: both tables outer-joined to a single row, each
+    /// table's columns under a prefix of its own) and each verified as [`Store::get`] verifies
+    /// it: a row that does not verify, or that kmsd wrote but is gone, is the error.
+    pub(crate) async fn get_pair<A: Row, B: Row>(
+        &self,
+        a: &[Value],
+        b: &[Value],
+    ) -> Result<(Option<Stored<A>>, Option<Stored<B>>), StoreError> {
+        let sql = format!(
+            "SELECT {}, {} FROM (SELECT 1 AS one) AS one LEFT JOIN {} AS a ON {} LEFT JOIN {} AS b ON {}",
+            row::select_list_as::<A>("a"),
+            row::select_list_as::<B>("b"),
+            A::TABLE.name(),
+            row::key_on::<A>("a", 1),
+            B::TABLE.name(),
+            row::key_on::<B>("b", 1 + A::KEY),
+        );
+        for _ in 0..3 {
+            let read_at = self.integrity.read_at();
+            let mut q = sqlx::query(&sql);
+            for v in a.iter().chain(b) {
+                q = row::bind(q, v);
+            }
+            let r = q.fetch_one(&self.pool).await?;
+            let (Some(ra), Some(rb)) = (
+                self.pair_side::<A>(&r, "a_", read_at).await?,
+                self.pair_side::<B>(&r, "b_", read_at).await?,
+            ) else {
+                // One of them was read before this process learned of a newer version.
+                continue;
+            };
+            let ra = match ra {
+                Some(s) => Some(s),
+                None => self.absent::<A>(a, read_at).await?,
+            };
+            let rb = match rb {
+                Some(s) => Some(s),
+                None => self.absent::<B>(b, read_at).await?,
+            };
+            return Ok((ra, rb));
+        }
+        // Rewritten at every read: let the caller retry later.
+        Err(StoreError::Conflict)
+    }
+
+    /// One table's row of a [`Store::get_pair`] read, verified: `None` if it must be read again,
+    /// `Some(None)` if the outer join found no row.
+    async fn pair_side<T: Row>(
+        &self,
+        r: &sqlx::any::AnyRow,
+        prefix: &str,
+        read_at: i64,
+    ) -> Result<Option<Option<Stored<T>>>, StoreError> {
+        if !row::present_as::<T>(r, prefix)? {
+            return Ok(Some(None));
+        }
+        let verified = self.integrity.verify_as::<T>(self, r, prefix, read_at).await?;
+        self.integrity.check_alarm()?;
+        Ok(verified.map(Some))
+    }
+
+    /// No row of `T` with primary key `key`: `Ok(None)`, or the rollback if kmsd wrote one.
+    async fn absent<T: Row>(&self, key: &[Value], read_at: i64) -> Result<Option<Stored<T>>, StoreError> {
+        match self.integrity.missing::<T>(self, &row::key_of(key), read_at).await? {
+            Some(e) => Err(e),
+            None => Ok(None),
         }
     }
 
@@ -857,7 +940,43 @@ pub(crate) async fn test_store() -> (Store, tempfile::TempDir) {
     #![allow(clippy::unwrap_used)]
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("kms.db").display());
-    let store = Store::connect(&url, 4).await.unwrap();
+    (test_store_at(&url).await, dir)
+}
+
+/// The same store on SQLite and, when `KMS_TEST_POSTGRES_URL` names a server, on a fresh
+/// PostgreSQL database of its own too.
+#[cfg(test)]
+pub(crate) async fn test_stores() -> (Vec<Store>, tempfile::TempDir) {
+    let (sqlite, dir) = test_store().await;
+    let mut stores = vec![sqlite];
+    if let Some(url) = fresh_postgres_database().await {
+        stores.push(test_store_at(&url).await);
+    }
+    (stores, dir)
+}
+
+/// A new, empty database on the PostgreSQL server `KMS_TEST_POSTGRES_URL` names (its URL), or
+/// `None` without one.
+#[cfg(test)]
+pub(crate) async fn fresh_postgres_database() -> Option<String> {
+    #![allow(clippy::unwrap_used)]
+    use sqlx::Connection as _;
+    let base = std::env::var("KMS_TEST_POSTGRES_URL").ok()?;
+    sqlx::any::install_default_drivers();
+    let name = format!("kms_unit_{}", hex::encode(kms_core::random_array::<6>().unwrap()));
+    let mut c = sqlx::AnyConnection::connect(&base).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let (server, _) = base.rsplit_once('/').unwrap();
+    Some(format!("{server}/{name}"))
+}
+
+#[cfg(test)]
+async fn test_store_at(url: &str) -> Store {
+    #![allow(clippy::unwrap_used)]
+    let store = Store::connect(url, 4).await.unwrap();
     let key = Arc::new(kms_core::integrity::IntegrityKey::new(
         &kms_core::secret::SecretKey::generate().unwrap(),
     ));
@@ -918,10 +1037,10 @@ pub(crate) async fn test_store() -> (Store, tempfile::TempDir) {
         .execute(store.pool())
         .await
         .unwrap();
-    let store = Store::connect(&url, 4).await.unwrap();
+    let store = Store::connect(url, 4).await.unwrap();
     store.integrity().set_keys(Some(ring()));
     store.integrity().open(&store).await.unwrap();
-    (store, dir)
+    store
 }
 
 #[cfg(test)]
@@ -967,16 +1086,8 @@ mod tests {
                 .await
                 .unwrap(),
         ];
-        if let Ok(base) = std::env::var("KMS_TEST_POSTGRES_URL") {
-            use sqlx::Connection as _;
-            let name = format!("kms_schema_{}", hex::encode(kms_core::random_array::<6>().unwrap()));
-            let mut c = sqlx::AnyConnection::connect(&base).await.unwrap();
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut c)
-                .await
-                .unwrap();
-            let (server, _) = base.rsplit_once('/').unwrap();
-            stores.push(Store::connect(&format!("{server}/{name}"), 2).await.unwrap());
+        if let Some(url) = fresh_postgres_database().await {
+            stores.push(Store::connect(&url, 2).await.unwrap());
         }
         macro_rules! check {
             ($store:expr, $($t:ty),*) => {$(

@@ -278,14 +278,17 @@ impl Store {
 
     /// The release decision's inputs: the machine's registry entry and the key's current row,
     /// read fresh (so a revocation or policy change on any replica applies to the very next
-    /// call) and verified.
+    /// call) in one query, and each verified as [`Store::hardware`] and [`Store::key_by_id`]
+    /// verify it.
     pub async fn release_inputs(
         &self,
         hardware_id: &str,
         key_id: kms_core::ids::KeyId,
     ) -> Result<(Option<HardwareRow>, Option<KeyRow>), StoreError> {
-        let (hw, key) = tokio::try_join!(self.hardware(hardware_id), self.key_by_id(key_id))?;
-        Ok((hw, key))
+        let (hw, key) = self
+            .get_pair::<HardwareRow, KeyRow>(&[Value::text(hardware_id)], &[Value::text(key_id.to_string())])
+            .await?;
+        Ok((hw.map(|s| s.row), key.map(|s| s.row)))
     }
 
     // ----- TPM enrolment ---------------------------------------------------------------------
@@ -442,5 +445,162 @@ impl Store {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeMap;
+
+    use kms_core::ids::{KeyId, KeyName, KeyVersion};
+    use kms_core::key::KeyState;
+    use kms_core::policy::{AccessPolicy, ReleasePolicy};
+
+    use super::*;
+
+    fn record(operation: &str) -> Record {
+        Record {
+            time_unix_ms: 0,
+            caller: "test".into(),
+            operation: operation.into(),
+            key_id: None,
+            outcome: "allowed".into(),
+            reason: String::new(),
+            detail: "{}".into(),
+        }
+    }
+
+    fn machine() -> HardwareRow {
+        HardwareRow {
+            id: format!("hw-{}", "ab".repeat(16)),
+            kind: "snp".into(),
+            status: HardwareStatus::Active,
+            country: "DE".into(),
+            site: "FRA-2".into(),
+            operator: "Example GmbH".into(),
+            description: String::new(),
+            snp_chip_id: Some("cd".repeat(64)),
+            snp_accept_vlek: false,
+            tpm_ek_digest: None,
+            tpm_ak_name: None,
+            tpm_ek_certificate: None,
+            enrollment_record: "{}".into(),
+            enrolled_unix_ms: 1,
+            enrolled_by: "alice".into(),
+            revoked_unix_ms: None,
+            revoked_by: None,
+            revocation_reason: None,
+        }
+    }
+
+    fn key() -> KeyRow {
+        KeyRow {
+            id: KeyId::from_bytes([7; 16]),
+            name: KeyName::parse("payroll").unwrap(),
+            description: String::new(),
+            tags: BTreeMap::new(),
+            state: KeyState::Enabled,
+            latest_version: KeyVersion::FIRST,
+            grants: AccessPolicy::new(Vec::new()).unwrap(),
+            release_policy: ReleasePolicy::parse(r#"{"version":1,"attestation":"required"}"#).unwrap(),
+            release_policy_version: 1,
+            created_unix_ms: 1,
+            updated_unix_ms: 1,
+            deletion_unix_ms: None,
+        }
+    }
+
+    async fn sql(store: &Store, sql: &str) {
+        sqlx::query(sql).execute(store.pool()).await.unwrap();
+    }
+
+    /// The release inputs come from one query of both tables; each row is verified as a read of
+    /// its own table verifies it: as written, it is the answer; absent, `None`; changed in the
+    /// database, an integrity error; deleted after kmsd wrote it, a rollback. On SQLite and on
+    /// PostgreSQL.
+    #[tokio::test]
+    async fn release_inputs_verify_each_row_as_a_read_of_its_table_does() {
+        let (stores, _dir) = crate::storage::test_stores().await;
+        for store in &stores {
+            let (hw, k) = (machine(), key());
+            let backend = store.backend();
+            store
+                .insert_hardware(&hw, None, None, record("admin.enroll_hardware"))
+                .await
+                .unwrap();
+            store
+                .create_key(&k, &[1; 60], 1, record("admin.create_key"))
+                .await
+                .unwrap();
+            let both = store.release_inputs(&hw.id, k.id).await.unwrap();
+            assert_eq!(both, (Some(hw.clone()), Some(k.clone())), "{backend:?}");
+            assert_eq!(
+                both,
+                (
+                    store.hardware(&hw.id).await.unwrap(),
+                    store.key_by_id(k.id).await.unwrap()
+                )
+            );
+            let other = KeyId::from_bytes([8; 16]);
+            assert_eq!(
+                store.release_inputs("hw-unknown", other).await.unwrap(),
+                (None, None),
+                "{backend:?}"
+            );
+            assert_eq!(
+                store.release_inputs(&hw.id, other).await.unwrap(),
+                (Some(hw.clone()), None)
+            );
+
+            // A column of either row changed by someone else.
+            sql(store, "CREATE TABLE hw_kept AS SELECT * FROM hardware").await;
+            sql(store, "CREATE TABLE keys_kept AS SELECT * FROM keys").await;
+            sql(store, "UPDATE hardware SET country = 'US'").await;
+            let e = store.release_inputs(&hw.id, k.id).await.unwrap_err();
+            assert!(
+                matches!(&e, StoreError::Integrity(v) if v.table == "hardware"),
+                "{backend:?}: {e}"
+            );
+            sql(store, "DELETE FROM hardware").await;
+            sql(store, "INSERT INTO hardware SELECT * FROM hw_kept").await;
+            sql(
+                store,
+                r#"UPDATE keys SET release_policy = '{"version":1,"attestation":"none"}'"#,
+            )
+            .await;
+            let e = store.release_inputs(&hw.id, k.id).await.unwrap_err();
+            assert!(
+                matches!(&e, StoreError::Integrity(v) if v.table == "keys"),
+                "{backend:?}: {e}"
+            );
+            sql(
+                store,
+                "UPDATE keys SET release_policy = (SELECT release_policy FROM keys_kept)",
+            )
+            .await;
+            assert_eq!(
+                store.release_inputs(&hw.id, k.id).await.unwrap(),
+                (Some(hw.clone()), Some(k.clone()))
+            );
+
+            // Either row deleted: kmsd wrote it, so it is a rollback, not an unknown machine or key.
+            sql(store, "DELETE FROM hardware").await;
+            let e = store.release_inputs(&hw.id, k.id).await.unwrap_err();
+            assert!(
+                matches!(&e, StoreError::Rollback(v) if v.table == "hardware"),
+                "{backend:?}: {e}"
+            );
+            sql(store, "INSERT INTO hardware SELECT * FROM hw_kept").await;
+            sql(store, "DELETE FROM key_versions").await;
+            sql(store, "DELETE FROM release_policies").await;
+            sql(store, "DELETE FROM keys").await;
+            let e = store.release_inputs(&hw.id, k.id).await.unwrap_err();
+            assert!(
+                matches!(&e, StoreError::Rollback(v) if v.table == "keys"),
+                "{backend:?}: {e}"
+            );
+        }
     }
 }

@@ -357,12 +357,17 @@ impl Integrity {
     }
 
     /// Checks a row's authenticator and decodes it; the version is checked by the caller.
-    fn authenticate<T: Row>(&self, ring: &KeyRing, r: &AnyRow) -> Result<(Stored<T>, String), StoreError> {
-        let values = row::read_values(r, T::COLUMNS)?;
+    fn authenticate<T: Row>(
+        &self,
+        ring: &KeyRing,
+        r: &AnyRow,
+        prefix: &str,
+    ) -> Result<(Stored<T>, String), StoreError> {
+        let values = row::read_values_as(r, T::COLUMNS, prefix)?;
         let key = row::key_of(&values[..T::KEY]);
-        let version: i64 = r.try_get("row_version")?;
-        let generation: i64 = r.try_get("row_generation")?;
-        let mac: Option<Vec<u8>> = r.try_get("row_mac")?;
+        let version: i64 = r.try_get(row::prefixed(prefix, "row_version").as_ref())?;
+        let generation: i64 = r.try_get(row::prefixed(prefix, "row_generation").as_ref())?;
+        let mac: Option<Vec<u8>> = r.try_get(row::prefixed(prefix, "row_mac").as_ref())?;
         let fail = |detail: String| StoreError::Integrity(self.violation::<T>(&key, ViolationKind::Integrity, detail));
         let Some(mac) = mac else {
             return Err(fail("it has no authenticator (kmsd did not write it)".into()));
@@ -448,9 +453,20 @@ impl Integrity {
         r: &AnyRow,
         read_at: i64,
     ) -> Result<Option<Stored<T>>, StoreError> {
+        self.verify_as::<T>(store, r, "", read_at).await
+    }
+
+    /// The same, for `T`'s columns in a select of several tables, named `<prefix><name>`.
+    pub(crate) async fn verify_as<T: Row>(
+        &self,
+        store: &Store,
+        r: &AnyRow,
+        prefix: &str,
+        read_at: i64,
+    ) -> Result<Option<Stored<T>>, StoreError> {
         self.check_alarm()?;
         let ring = self.ring()?;
-        let (stored, key) = match self.authenticate::<T>(&ring, r) {
+        let (stored, key) = match self.authenticate::<T>(&ring, r, prefix) {
             Ok(x) => x,
             Err(e) => return Err(self.reported(e)),
         };
@@ -952,7 +968,7 @@ impl Tx {
 
     fn check<T: Row>(&self, r: &AnyRow) -> Result<Stored<T>, StoreError> {
         let i = &self.store.integrity;
-        let (stored, key) = i.authenticate::<T>(&self.ring, r)?;
+        let (stored, key) = i.authenticate::<T>(&self.ring, r, "")?;
         if !T::TABLE.tracked() {
             return Ok(stored);
         }

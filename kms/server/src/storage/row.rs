@@ -236,16 +236,44 @@ impl Values<'_> {
 
 /// Reads `columns` of `r` as raw values (no interpretation: what the authenticator covers).
 pub(crate) fn read_values(r: &AnyRow, columns: &[Column]) -> Result<Vec<Value>, sqlx::Error> {
+    read_values_as(r, columns, "")
+}
+
+/// The same, for a row of a select of several tables, whose columns are named `<prefix><name>`
+/// (see [`select_list_as`]).
+pub(crate) fn read_values_as(r: &AnyRow, columns: &[Column], prefix: &str) -> Result<Vec<Value>, sqlx::Error> {
     columns
         .iter()
         .map(|c| {
+            let name = prefixed(prefix, c.name);
             Ok(match c.kind {
-                Kind::Int => Value::Int(r.try_get(c.name)?),
-                Kind::Text => Value::Text(r.try_get(c.name)?),
-                Kind::Bytes => Value::Bytes(r.try_get(c.name)?),
+                Kind::Int => Value::Int(r.try_get(name.as_ref())?),
+                Kind::Text => Value::Text(r.try_get(name.as_ref())?),
+                Kind::Bytes => Value::Bytes(r.try_get(name.as_ref())?),
             })
         })
         .collect()
+}
+
+/// `name` as a select of several tables calls it (`<prefix><name>`).
+pub(crate) fn prefixed<'a>(prefix: &str, name: &'a str) -> std::borrow::Cow<'a, str> {
+    if prefix.is_empty() {
+        std::borrow::Cow::Borrowed(name)
+    } else {
+        std::borrow::Cow::Owned(format!("{prefix}{name}"))
+    }
+}
+
+/// Whether the row of `T` in a select of several tables (columns named `<prefix><name>`, the
+/// table outer-joined) is there: its first key column is not NULL, which a stored row's never is.
+pub(crate) fn present_as<T: Row>(r: &AnyRow, prefix: &str) -> Result<bool, sqlx::Error> {
+    let c = &T::COLUMNS[0];
+    let name = prefixed(prefix, c.name);
+    Ok(match c.kind {
+        Kind::Int => r.try_get::<Option<i64>, _>(name.as_ref())?.is_some(),
+        Kind::Text => r.try_get::<Option<String>, _>(name.as_ref())?.is_some(),
+        Kind::Bytes => r.try_get::<Option<Vec<u8>>, _>(name.as_ref())?.is_some(),
+    })
 }
 
 /// Binds `v` as the next parameter.
@@ -262,6 +290,29 @@ pub(crate) fn select_list<T: Row>() -> String {
     let mut s: Vec<&str> = T::COLUMNS.iter().map(|c| c.name).collect();
     s.extend(["row_version", "row_generation", "row_mac"]);
     s.join(", ")
+}
+
+/// The columns of `T`'s table joined as `alias`, each renamed `<alias>_<name>`:
+/// `alias.c1 AS alias_c1, …` with the three authentication columns (read with
+/// [`read_values_as`] and the prefix `alias_`).
+pub(crate) fn select_list_as<T: Row>(alias: &str) -> String {
+    T::COLUMNS
+        .iter()
+        .map(|c| c.name)
+        .chain(["row_version", "row_generation", "row_mac"])
+        .map(|n| format!("{alias}.{n} AS {alias}_{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `alias.k1 = $first AND …`: `T`'s primary key, for a join's `ON`.
+pub(crate) fn key_on<T: Row>(alias: &str, first: usize) -> String {
+    T::COLUMNS[..T::KEY]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{alias}.{} = ${}", c.name, first + i))
+        .collect::<Vec<_>>()
+        .join(" AND ")
 }
 
 /// `SELECT <every column> FROM <table> <rest>`.
