@@ -973,8 +973,34 @@ pub(crate) async fn fresh_postgres_database() -> Option<String> {
     Some(format!("{server}/{name}"))
 }
 
+/// Two stores on one fresh PostgreSQL database, as two kmsd processes (replicas) see it, when
+/// `KMS_TEST_POSTGRES_URL` names a server (replicas share PostgreSQL; SQLite is one process's).
+#[cfg(test)]
+pub(crate) async fn test_replicas() -> Option<[Store; 2]> {
+    let url = fresh_postgres_database().await?;
+    let (a, key) = test_store_keyed(&url).await;
+    Some([a, test_process(&url, &key).await])
+}
+
 #[cfg(test)]
 async fn test_store_at(url: &str) -> Store {
+    test_store_keyed(url).await.0
+}
+
+/// Another process's store on the database at `url`, which `key` protects.
+#[cfg(test)]
+async fn test_process(url: &str, key: &Arc<kms_core::integrity::IntegrityKey>) -> Store {
+    #![allow(clippy::unwrap_used)]
+    let store = Store::connect(url, 4).await.unwrap();
+    store
+        .integrity()
+        .set_keys(Some(KeyRing::new(vec![(1, key.clone())]).unwrap()));
+    store.integrity().open(&store).await.unwrap();
+    store
+}
+
+#[cfg(test)]
+async fn test_store_keyed(url: &str) -> (Store, Arc<kms_core::integrity::IntegrityKey>) {
     #![allow(clippy::unwrap_used)]
     let store = Store::connect(url, 4).await.unwrap();
     let key = Arc::new(kms_core::integrity::IntegrityKey::new(
@@ -1037,10 +1063,8 @@ async fn test_store_at(url: &str) -> Store {
         .execute(store.pool())
         .await
         .unwrap();
-    let store = Store::connect(url, 4).await.unwrap();
-    store.integrity().set_keys(Some(ring()));
-    store.integrity().open(&store).await.unwrap();
-    store
+    let store = test_process(url, &key).await;
+    (store, key)
 }
 
 #[cfg(test)]

@@ -300,10 +300,6 @@ impl Checkpoints {
         let mut last = self.last.lock().await;
         // What this process wrote, before the head is read: the head can only be at or past it.
         let written = self.store.integrity().audit_written();
-        // The state first: verified, and never behind what this process saw.
-        self.store.integrity().catch_up(&self.store).await?;
-        let state = self.store.integrity().head();
-        let (head_seq, head_hash) = self.store.audit_head().await?;
         let mut known = self.keys.lock().await;
         if known.signer.is_none() || known.generation != root.generation() {
             let signer = signing_key(&self.store, root).await?;
@@ -327,6 +323,14 @@ impl Checkpoints {
             Some(l) => self.store.checkpoints_from(l.seq).await?,
             None => self.store.checkpoints_tail(TAIL).await?,
         };
+        // The state and the head are read after the checkpoints: every checkpoint read was signed
+        // over a head and a state committed before it was stored, so both are at or past it. Read
+        // before, a checkpoint another replica stored in between would be ahead of them and look
+        // like a rollback.
+        // The state: verified, and never behind what this process saw.
+        self.store.integrity().catch_up(&self.store).await?;
+        let state = self.store.integrity().head();
+        let (head_seq, head_hash) = self.store.audit_head().await?;
         // A key another replica started using (or a new generation's): vouched for by the seal?
         if stored.iter().any(|(c, _)| !keys.iter().any(|k| k.kid() == c.kid)) {
             let hsm = hsm_key(root)?.map(|h| h.key);
@@ -780,6 +784,50 @@ mod tests {
             ..c.clone()
         };
         assert!(!store.insert_checkpoint(&stale, b"sig").await.unwrap());
+    }
+
+    /// Two replicas on one database: one writes audit entries and signs checkpoints as fast as it
+    /// can, the other signs meanwhile, both as a process that knows no checkpoint yet (just
+    /// started) and as one that goes on. A checkpoint the first stores between the other's reads
+    /// is newer than the head or the state the other read before it, and is no rollback: the
+    /// kill -9 failover under load found this (the survivor refused to serve with
+    /// `state_rollback`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn checkpoints_another_replica_stores_meanwhile_are_no_rollback() {
+        let Some([a, b]) = crate::storage::test_replicas().await else {
+            return;
+        };
+        {
+            let root = Arc::new(new_root());
+            a.append_audit(vec![record(0)]).await.unwrap();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let busy = {
+                let (stop, root) = (stop.clone(), root.clone());
+                tokio::spawn(async move {
+                    let signer = Checkpoints::new(b.clone());
+                    let mut signed = 0;
+                    let mut i = 1;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        b.append_audit(vec![record(i), record(i + 1)]).await.unwrap();
+                        b.integrity().catch_up(&b).await.unwrap();
+                        if signer.sign(root.as_ref()).await.unwrap().is_some() {
+                            signed += 1;
+                        }
+                        i += 2;
+                    }
+                    signed
+                })
+            };
+            let going_on = Checkpoints::new(a.clone());
+            for _ in 0..150 {
+                Checkpoints::new(a.clone()).sign(root.as_ref()).await.unwrap();
+                going_on.sign(root.as_ref()).await.unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let signed = busy.await.unwrap();
+            assert!(signed > 10, "the busy replica signed {signed} checkpoints");
+            assert!(a.integrity().alarm().is_none(), "{:?}", a.integrity().alarm());
+        }
     }
 
     struct FakeHsm {
