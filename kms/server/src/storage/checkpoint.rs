@@ -219,7 +219,8 @@ impl Store {
 
     /// Checks that the database still holds what `anchor` (kept outside it, in the HSM) says a
     /// server signed: the checkpoint at its seq with its id, and a state that extends its state
-    /// head. A `state_rollback` violation if not.
+    /// head. A `state_rollback` violation if not. `anchor` must have been read before this call:
+    /// the state is read (and verified) here, after it.
     pub(crate) async fn check_anchor(&self, anchor: &CheckpointAnchor) -> Result<(), StoreError> {
         let fail = |detail: String| {
             StoreError::Rollback(Violation {
@@ -239,6 +240,9 @@ impl Store {
                 anchor.seq
             )));
         }
+        // The state as the database holds it now, not as this process last read it: another
+        // replica may have moved it on and anchored that since, and the anchor was read first.
+        self.integrity.catch_up(self).await?;
         let head = self.integrity.head();
         let log_hash = if anchor.state.seq == 0 {
             Some(kms_core::integrity::STATE_GENESIS)

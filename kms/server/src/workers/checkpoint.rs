@@ -830,6 +830,33 @@ mod tests {
         }
     }
 
+    /// The HSM's anchor is shared by the replicas: one unsealing checks it against a state
+    /// another replica moved on (here by creating its checkpoint key) after this process last
+    /// read the state. That is no rollback; a database behind the anchor still is.
+    #[tokio::test]
+    async fn an_anchor_another_replica_wrote_after_this_one_read_the_state_is_no_rollback() {
+        let Some([a, b]) = crate::storage::test_replicas().await else {
+            return;
+        };
+        let root = new_root();
+        a.append_audit(vec![record(0)]).await.unwrap();
+        let before = a.integrity().head();
+        let c = sign_head(&b, &root).await.unwrap().unwrap();
+        assert!(
+            c.state.version > before.version,
+            "the checkpoint key moved the state on"
+        );
+        assert_eq!(a.integrity().head(), before, "a has not read the state since");
+        a.check_anchor(&CheckpointAnchor::of(&c)).await.unwrap();
+
+        // An anchor past what the database holds is still refused.
+        let mut ahead = CheckpointAnchor::of(&c);
+        ahead.state.version += 1;
+        ahead.state.seq += 1;
+        let e = a.check_anchor(&ahead).await.unwrap_err();
+        assert!(matches!(e, crate::storage::StoreError::Rollback(_)), "{e:?}");
+    }
+
     struct FakeHsm {
         pair: signature::EcdsaKeyPair,
     }
