@@ -680,24 +680,10 @@ mod tests {
 
     fn hw() -> HardwareRow {
         HardwareRow {
-            id: format!("hw-{}", "ab".repeat(16)),
-            kind: "snp".into(),
-            status: HardwareStatus::Active,
-            country: "DE".into(),
-            site: "FRA-2".into(),
-            operator: "Example GmbH".into(),
-            description: String::new(),
             snp_chip_id: None,
-            snp_accept_vlek: false,
             tpm_ek_digest: Some("cd".repeat(32)),
-            tpm_ak_name: None,
-            tpm_ek_certificate: None,
-            enrollment_record: "{}".into(),
             enrolled_unix_ms: 0,
-            enrolled_by: "alice".into(),
-            revoked_unix_ms: None,
-            revoked_by: None,
-            revocation_reason: None,
+            ..HardwareRow::example()
         }
     }
 

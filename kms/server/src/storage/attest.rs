@@ -472,29 +472,6 @@ mod tests {
         }
     }
 
-    fn machine() -> HardwareRow {
-        HardwareRow {
-            id: format!("hw-{}", "ab".repeat(16)),
-            kind: "snp".into(),
-            status: HardwareStatus::Active,
-            country: "DE".into(),
-            site: "FRA-2".into(),
-            operator: "Example GmbH".into(),
-            description: String::new(),
-            snp_chip_id: Some("cd".repeat(64)),
-            snp_accept_vlek: false,
-            tpm_ek_digest: None,
-            tpm_ak_name: None,
-            tpm_ek_certificate: None,
-            enrollment_record: "{}".into(),
-            enrolled_unix_ms: 1,
-            enrolled_by: "alice".into(),
-            revoked_unix_ms: None,
-            revoked_by: None,
-            revocation_reason: None,
-        }
-    }
-
     fn key() -> KeyRow {
         KeyRow {
             id: KeyId::from_bytes([7; 16]),
@@ -524,7 +501,7 @@ mod tests {
     async fn release_inputs_verify_each_row_as_a_read_of_its_table_does() {
         let (stores, _dir) = crate::storage::test_stores().await;
         for store in &stores {
-            let (hw, k) = (machine(), key());
+            let (hw, k) = (HardwareRow::example(), key());
             let backend = store.backend();
             store
                 .insert_hardware(&hw, None, None, record("admin.enroll_hardware"))

@@ -513,6 +513,33 @@ pub struct HardwareRow {
     pub revocation_reason: Option<String>,
 }
 
+#[cfg(test)]
+impl HardwareRow {
+    /// An active SNP machine in Germany, for tests.
+    pub(crate) fn example() -> Self {
+        Self {
+            id: format!("hw-{}", "ab".repeat(16)),
+            kind: "snp".into(),
+            status: HardwareStatus::Active,
+            country: "DE".into(),
+            site: "FRA-2".into(),
+            operator: "Example GmbH".into(),
+            description: String::new(),
+            snp_chip_id: Some("cd".repeat(64)),
+            snp_accept_vlek: false,
+            tpm_ek_digest: None,
+            tpm_ak_name: None,
+            tpm_ek_certificate: None,
+            enrollment_record: "{}".into(),
+            enrolled_unix_ms: 1,
+            enrolled_by: "alice".into(),
+            revoked_unix_ms: None,
+            revoked_by: None,
+            revocation_reason: None,
+        }
+    }
+}
+
 impl Row for HardwareRow {
     const TABLE: Table = Table::Hardware;
     const COLUMNS: &'static [Column] = &[
