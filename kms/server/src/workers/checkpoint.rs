@@ -794,40 +794,39 @@ mod tests {
     /// `state_rollback`).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn checkpoints_another_replica_stores_meanwhile_are_no_rollback() {
+        use std::sync::atomic::{AtomicBool, Ordering};
         let Some([a, b]) = crate::storage::test_replicas().await else {
             return;
         };
-        {
-            let root = Arc::new(new_root());
-            a.append_audit(vec![record(0)]).await.unwrap();
-            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let busy = {
-                let (stop, root) = (stop.clone(), root.clone());
-                tokio::spawn(async move {
-                    let signer = Checkpoints::new(b.clone());
-                    let mut signed = 0;
-                    let mut i = 1;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        b.append_audit(vec![record(i), record(i + 1)]).await.unwrap();
-                        b.integrity().catch_up(&b).await.unwrap();
-                        if signer.sign(root.as_ref()).await.unwrap().is_some() {
-                            signed += 1;
-                        }
-                        i += 2;
+        let root = Arc::new(new_root());
+        a.append_audit(vec![record(0)]).await.unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let busy = {
+            let (stop, root) = (stop.clone(), root.clone());
+            tokio::spawn(async move {
+                let signer = Checkpoints::new(b.clone());
+                let mut signed = 0;
+                let mut i = 1;
+                while !stop.load(Ordering::Relaxed) {
+                    b.append_audit(vec![record(i), record(i + 1)]).await.unwrap();
+                    b.integrity().catch_up(&b).await.unwrap();
+                    if signer.sign(root.as_ref()).await.unwrap().is_some() {
+                        signed += 1;
                     }
-                    signed
-                })
-            };
-            let going_on = Checkpoints::new(a.clone());
-            for _ in 0..150 {
-                Checkpoints::new(a.clone()).sign(root.as_ref()).await.unwrap();
-                going_on.sign(root.as_ref()).await.unwrap();
-            }
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            let signed = busy.await.unwrap();
-            assert!(signed > 10, "the busy replica signed {signed} checkpoints");
-            assert!(a.integrity().alarm().is_none(), "{:?}", a.integrity().alarm());
+                    i += 2;
+                }
+                signed
+            })
+        };
+        let going_on = Checkpoints::new(a.clone());
+        for _ in 0..150 {
+            Checkpoints::new(a.clone()).sign(root.as_ref()).await.unwrap();
+            going_on.sign(root.as_ref()).await.unwrap();
         }
+        stop.store(true, Ordering::Relaxed);
+        let signed = busy.await.unwrap();
+        assert!(signed > 10, "the busy replica signed {signed} checkpoints");
+        assert!(a.integrity().alarm().is_none(), "{:?}", a.integrity().alarm());
     }
 
     /// The HSM's anchor is shared by the replicas: one unsealing checks it against a state
