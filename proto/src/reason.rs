@@ -400,6 +400,8 @@ reasons! {
     CheckpointKey = "checkpoint_key", Internal;
     /// The audit checkpoint key cannot be made, unwrapped or found in the HSM, or the HSM cannot sign.
     CheckpointSign = "checkpoint_sign", Internal;
+    /// A checkpoint row that no checkpoint key the seal holds verifies stands where the next checkpoint must go (the database's operator wrote it): no checkpoint is stored, and the HSM anchor does not move, until it is removed.
+    CheckpointBlocked = "checkpoint_blocked", Internal;
     /// A new root generation has no integrity key (not expected).
     IntegrityKey = "integrity_key", Internal;
     /// A stored root generation is missing or does not decode.

@@ -71,6 +71,7 @@ struct Lab {
     custodians: Vec<AdminKeyFile>,
     snp: SnpLab,
     swtpm: Swtpm,
+    metrics_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -101,9 +102,11 @@ impl Lab {
             .collect::<Vec<_>>()
             .join(", ");
         // Every row checked each second; key metadata read from the database at every call.
+        let metrics_port = free_port();
         let extra = format!(
             "[admin]\ninit_admins = [{pinned}]\n[integrity]\nscan_interval_secs = 1\n[keys]\ncache_ttl_ms = 0\n\
-             [audit]\ncheckpoint_interval_secs = 1\n[attestation]\ntpm_ek_ca_bundle = \"{}\"\n{}{roots}",
+             [audit]\ncheckpoint_interval_secs = 1\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
+             [attestation]\ntpm_ek_ca_bundle = \"{}\"\n{}{roots}",
             swtpm.ca_bundle_path().display(),
             snp_any_platform_toml()
         );
@@ -131,8 +134,18 @@ impl Lab {
             custodians,
             snp,
             swtpm,
+            metrics_port,
             _dir: dir,
         })
+    }
+
+    /// kmsd's counter `name` (no labels), from its metrics endpoint.
+    async fn counter(&self, name: &str) -> f64 {
+        let (status, body) = http_get(self.metrics_port, "/metrics").await;
+        assert!(status.contains(" 200 "), "{status}");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
     }
 
     fn alice(&self) -> &AdminKeyFile {
@@ -1255,3 +1268,120 @@ async fn replay(backend: Backend) {
         .unwrap();
 }
 both_backends!(cross_deployment_replay, super::replay);
+
+/// Rows the operator writes in the way of what kmsd does next. A forged key row inside the first
+/// page of a listing is left out of the page (and audited), and the listing goes on past it: it
+/// does not end there with the keys after it unlisted. A checkpoint copied under a seq far
+/// ahead of the chain stands where every later checkpoint must go: kmsd says so
+/// (`checkpoint_blocked`, audited) rather than taking it for another replica's, which would stop
+/// checkpoints and the HSM anchor silently, and checkpoints again once it is removed.
+async fn in_the_way(backend: Backend) {
+    let Some(lab) = Lab::start(backend).await else { return };
+    for i in 0..5 {
+        lab.create_key(&format!("listed-{i}"), &[APP], UNATTESTED).await;
+    }
+    let ids: Vec<String> = lab
+        .keys("keys", &["id"])
+        .await
+        .into_iter()
+        .map(|k| k[0].clone())
+        .collect();
+    assert_eq!(ids.len(), 5);
+    // An id between the first two (the first with its last digit moved), in the id format.
+    let (stem, last) = ids[0].split_at(ids[0].len() - 1);
+    let digit = u8::from_str_radix(last, 16).unwrap();
+    let forged = format!("{stem}{:x}", if digit < 15 { digit + 1 } else { digit - 1 });
+    assert!(forged < ids[1] && !ids.contains(&forged));
+    let columns: Vec<String> = lab.columns("keys").await.into_iter().map(|(c, _)| c).collect();
+    let select: Vec<String> = columns
+        .iter()
+        .map(|c| match c.as_str() {
+            "id" => format!("'{forged}'"),
+            "name" => "'forged'".to_owned(),
+            c => c.to_owned(),
+        })
+        .collect();
+    let before = lab.audit_seq().await;
+    lab.sql(&format!(
+        "INSERT INTO keys ({}) SELECT {} FROM keys WHERE id = '{}'",
+        columns.join(", "),
+        select.join(", "),
+        ids[0]
+    ))
+    .await;
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = lab
+            .admin
+            .clone()
+            .list_keys(signed(
+                lab.alice(),
+                Op::ListKeys(pb::ListKeysOp {
+                    page_size: 2,
+                    page_token: token.clone(),
+                }),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        listed.extend(page.keys.into_iter().map(|k| k.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(listed, ids, "every genuine key listed, the forged one left out");
+    lab.expect_violations(
+        before,
+        &BTreeSet::from([violation("keys", std::slice::from_ref(&forged), "row_integrity")]),
+    )
+    .await;
+
+    // The checkpoint in the way.
+    let newest = wait_checkpoint_past(&lab, 0).await;
+    let ahead = newest + 1_000_000;
+    let rest = "hash, time_unix_ms, kid, signature, prev_seq, prev_id, state_version, state_seq, state_hash";
+    let before = lab.audit_seq().await;
+    lab.sql(&format!(
+        "INSERT INTO audit_checkpoints (seq, {rest}) SELECT {ahead}, {rest} FROM audit_checkpoints WHERE seq = {newest}"
+    ))
+    .await;
+    let blob = lab.encrypt(APP, "listed-0").await.unwrap();
+    lab.expect_violations(
+        before,
+        &BTreeSet::from([violation("audit_checkpoints", &[ahead.to_string()], "row_integrity")]),
+    )
+    .await;
+    // Rounds go by (one a second) and store nothing behind the forged row; kmsd keeps serving.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stored: Vec<i64> = checkpoints(&lab).await.into_iter().map(|(s, _)| s).collect();
+    let last_genuine = stored.iter().copied().filter(|s| *s < ahead).max().unwrap();
+    assert!(
+        last_genuine < lab.audit_seq().await,
+        "the head advanced past every stored checkpoint"
+    );
+    assert_eq!(lab.decrypt(APP, &blob).await.unwrap(), b"payroll 2026");
+    assert!(
+        status(&lab).await.integrity_alarm.is_empty(),
+        "a forged row is no rollback"
+    );
+    // Each round that stored nothing is counted (and logged as `checkpoint_blocked`).
+    let failed = lab.counter("kms_audit_checkpoint_failures_total").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        lab.counter("kms_audit_checkpoint_failures_total").await >= failed + 1.0,
+        "the blocked rounds are counted as failures"
+    );
+    // Removed, checkpoints go on from the last genuine one.
+    lab.sql(&format!("DELETE FROM audit_checkpoints WHERE seq = {ahead}"))
+        .await;
+    let next = wait_checkpoint_past(&lab, last_genuine).await;
+    let (c, _) = stored_checkpoints(&lab.db)
+        .await
+        .into_iter()
+        .find(|(c, _)| c.seq == next)
+        .unwrap();
+    assert_eq!(c.prev_seq, last_genuine);
+}
+both_backends!(rows_in_the_way, super::in_the_way);

@@ -17,7 +17,6 @@ use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
 use kms_testkit::attest::Workload;
 use kms_testkit::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const APP: &str = "spiffe://eu.example/metrics-app";
 const STRANGER: &str = "spiffe://eu.example/metrics-stranger";
@@ -30,14 +29,6 @@ fn root() -> PathBuf {
 /// The peers' venv python (built on first use; needs PyPI).
 fn python() -> PathBuf {
     peer_python().unwrap_or_else(|e| panic!("the Prometheus parser is required: {e}"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One sample as the parser read it.
@@ -91,33 +82,9 @@ impl Scrape {
     }
 }
 
-/// GET http://127.0.0.1:port/metrics: the status line and the body.
-async fn get(port: u16, path: &str) -> (String, String) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .expect("the metrics endpoint answers within 10 s")
-        .unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head.lines().next().unwrap().to_owned();
-    assert!(
-        !status.contains(" 200 ")
-            || head
-                .to_ascii_lowercase()
-                .contains("content-type: text/plain; version=0.0.4"),
-        "{head}"
-    );
-    (status, body.to_owned())
-}
-
 /// Scrapes and parses with prometheus_client.
 async fn scrape(python: &std::path::Path, port: u16) -> Scrape {
-    let (status, body) = get(port, "/metrics").await;
+    let (status, body) = http_get(port, "/metrics").await;
     assert!(status.contains(" 200 "), "{status}");
     let mut child = Command::new(python)
         .arg(root().join("tests/tests/peer/prom_parse.py"))
@@ -273,7 +240,7 @@ async fn counts_match_the_calls(backend: Backend) {
         "kmsd listens on the gRPC port and the metrics port"
     );
     // Anything but GET /metrics is refused.
-    assert!(get(port, "/").await.0.contains(" 404 "));
+    assert!(http_get(port, "/").await.0.contains(" 404 "));
 
     let before = scrape(&python, port).await;
     assert_eq!(before.must("kms_seal_state", &[("state", "uninitialized")]), 1.0);

@@ -53,6 +53,16 @@ pub enum Backend {
     Sqlite,
 }
 
+/// One page of a listing: the rows that verify, and the token of the next page (empty on the
+/// last).
+#[derive(Debug)]
+pub struct Listing<T> {
+    /// The rows.
+    pub rows: Vec<T>,
+    /// Where the next page starts, empty if there is none.
+    pub next: String,
+}
+
 /// The database.
 #[derive(Clone)]
 pub struct Store {
@@ -290,6 +300,22 @@ impl Store {
         sql: &str,
         binds: &[Value],
     ) -> Result<Vec<Result<Stored<T>, StoreError>>, StoreError> {
+        Ok(self
+            .fetch_with::<T, ()>(sql, binds, |_| Ok(()))
+            .await?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
+    }
+
+    /// [`Store::fetch`], each row with what `key` reads from it as stored (whether or not it
+    /// verifies).
+    async fn fetch_with<T: Row, K>(
+        &self,
+        sql: &str,
+        binds: &[Value],
+        key: impl Fn(&sqlx::any::AnyRow) -> Result<K, sqlx::Error>,
+    ) -> Result<Vec<(K, Result<Stored<T>, StoreError>)>, StoreError> {
         for _ in 0..3 {
             let read_at = self.integrity.read_at();
             let mut q = sqlx::query(sql);
@@ -300,13 +326,14 @@ impl Store {
             let mut out = Vec::with_capacity(rows.len());
             let mut stale = false;
             for r in &rows {
+                let k = key(r)?;
                 match self.integrity.verify::<T>(self, r, read_at).await {
-                    Ok(Some(s)) => out.push(Ok(s)),
+                    Ok(Some(s)) => out.push((k, Ok(s))),
                     Ok(None) => {
                         stale = true;
                         break;
                     }
-                    Err(e @ (StoreError::Integrity(_) | StoreError::Rollback(_))) => out.push(Err(e)),
+                    Err(e @ (StoreError::Integrity(_) | StoreError::Rollback(_))) => out.push((k, Err(e))),
                     Err(e) => return Err(e),
                 }
             }
@@ -714,23 +741,38 @@ impl Store {
             .map(|s| s.row))
     }
 
-    /// Up to `limit` rows of a table keyed by `id` that verify with id greater than `after`, by
-    /// id (one page of a listing).
-    pub(crate) async fn page<T: Row>(&self, after: &str, limit: u32) -> Result<Vec<T>, StoreError> {
-        Ok(self
-            .all::<T>(
-                "WHERE id > $1 ORDER BY id LIMIT $2",
-                &[Value::text(after), Value::int(limit)],
-            )
-            .await?
-            .into_iter()
-            .map(|s| s.row)
-            .collect())
+    /// One page of a listing of a table keyed by `id`: of the first `size` rows with id greater
+    /// than `after` (by id) that `filter` (`AND …`, binds from `$3`) selects, those that verify.
+    /// The next page starts after the last of them as stored, verified or not: a row someone
+    /// else wrote is left out of the page (and reported), and the listing goes on past it.
+    pub(crate) async fn page<T: Row>(
+        &self,
+        filter: &str,
+        binds: &[Value],
+        after: &str,
+        size: u32,
+    ) -> Result<Listing<T>, StoreError> {
+        let mut all = vec![Value::text(after), Value::int(size.saturating_add(1))];
+        all.extend_from_slice(binds);
+        let sql = row::select::<T>(&format!("WHERE id > $1 {filter} ORDER BY id LIMIT $2"));
+        let mut raw = self
+            .fetch_with::<T, String>(&sql, &all, |r| sqlx::Row::try_get::<String, _>(r, "id"))
+            .await?;
+        let more = raw.len() > size as usize;
+        raw.truncate(size as usize);
+        let next = match raw.last() {
+            Some((id, _)) if more => id.clone(),
+            _ => String::new(),
+        };
+        Ok(Listing {
+            rows: raw.into_iter().filter_map(|(_, r)| r.ok()).map(|s| s.row).collect(),
+            next,
+        })
     }
 
-    /// Up to `limit` keys that verify with id greater than `after`, by id.
-    pub async fn list_keys(&self, after: &str, limit: u32) -> Result<Vec<KeyRow>, StoreError> {
-        self.page(after, limit).await
+    /// A page of keys (see [`Store::page`]).
+    pub async fn list_keys(&self, after: &str, size: u32) -> Result<Listing<KeyRow>, StoreError> {
+        self.page("", &[], after, size).await
     }
 
     /// Adds the next version to an enabled key, in one transaction with its audit entry.

@@ -930,6 +930,41 @@ fn workspace_binary(name: &str, package: &str) -> PathBuf {
     path
 }
 
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET http://127.0.0.1:port`path` (kmsd's metrics listener): the status line and the body.
+/// A 200 answer must be Prometheus text (`text/plain; version=0.0.4`).
+pub async fn http_get(port: u16, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("the metrics endpoint answers within 10 s")
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head.lines().next().unwrap().to_owned();
+    assert!(
+        !status.contains(" 200 ")
+            || head
+                .to_ascii_lowercase()
+                .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    (status, body.to_owned())
+}
+
 /// A `kmsd` run as its own process (so a test can kill -9 it), on `db`, mTLS with `pki`'s
 /// server certificate, with `extra` appended to its configuration file.
 pub struct KmsdProcess {
@@ -944,11 +979,7 @@ impl KmsdProcess {
     /// Writes the configuration and starts the process; returns once it answers.
     pub async fn start(db: &Db, pki: &Pki, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let tls = pki.tls_config();
         let config = dir.path().join("kmsd.toml");
         std::fs::write(

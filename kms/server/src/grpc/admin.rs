@@ -233,15 +233,11 @@ impl AdminPlane {
                             ApiError::new(Reason::BadPageToken, "page_token is not one this server returned")
                         })?;
                     }
-                    let rows = self.store.list_keys(&l.page_token, size + 1).await?;
-                    let more = rows.len() > size as usize;
-                    let keys: Vec<pb::KeyMetadata> = rows.iter().take(size as usize).map(key_metadata).collect();
-                    let next_page_token = if more {
-                        keys.last().map(|k| k.id.clone()).unwrap_or_default()
-                    } else {
-                        String::new()
-                    };
-                    Ok(pb::ListKeysResponse { keys, next_page_token })
+                    let page = self.store.list_keys(&l.page_token, size).await?;
+                    Ok(pb::ListKeysResponse {
+                        keys: page.rows.iter().map(key_metadata).collect(),
+                        next_page_token: page.next,
+                    })
                 })
                 .await?;
                 (Commit::Queued, Answer::ListKeysResponse(answer))

@@ -258,14 +258,11 @@ impl AdminPlane {
             check_hardware_id(page_token)
                 .map_err(|_| ApiError::new(Reason::BadPageToken, "page_token is not one this server returned"))?;
         }
-        let mut items = self.store.list_hardware(page_token, size + 1).await?;
-        let more = items.len() > size as usize;
-        items.truncate(size as usize);
-        let next_page_token = match items.last() {
-            Some(last) if more => last.id.clone(),
-            _ => String::new(),
-        };
-        Ok(Page { items, next_page_token })
+        let page = self.store.list_hardware(page_token, size).await?;
+        Ok(Page {
+            items: page.rows,
+            next_page_token: page.next,
+        })
     }
 
     /// Revokes a machine at once: the next release under any of its tokens is refused on every

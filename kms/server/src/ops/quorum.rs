@@ -361,24 +361,16 @@ impl AdminPlane {
         self.seal.require_initialized()?;
         let size = crate::wire::page_size(page_size)?;
         let now = kms_core::now_unix_ms();
-        let rows = self
-            .store
-            .list_proposals(include_closed, now, page_token, size + 1)
-            .await?;
-        let more = rows.len() > size as usize;
+        let page = self.store.list_proposals(include_closed, now, page_token, size).await?;
         let quorum = self.store.approval_quorum().await?;
-        let page = &rows[..rows.len().min(size as usize)];
-        let mut votes = match (page.first(), page.last()) {
+        let mut votes = match (page.rows.first(), page.rows.last()) {
             (Some(first), Some(last)) => self.store.votes_between(&first.id, &last.id).await?,
             _ => Default::default(),
         };
-        let next_page_token = match page.last() {
-            Some(last) if more => last.id.clone(),
-            _ => String::new(),
-        };
-        let items = rows
+        let next_page_token = page.next;
+        let items = page
+            .rows
             .into_iter()
-            .take(size as usize)
             .map(|row| ProposalView {
                 votes: votes.remove(&row.id).unwrap_or_default(),
                 row,

@@ -13,7 +13,7 @@ use super::row::{self, Row};
 use super::tables::{
     HardwareRow, HardwareStatus, KeyRow, ReleasePolicyRow, TokenKeyRow, TpmClockRow, TpmEnrollmentRow,
 };
-use super::{g, require_generation, QuorumClose, Refusal, Store, StoreError, Stored, Tx};
+use super::{g, require_generation, Listing, QuorumClose, Refusal, Store, StoreError, Stored, Tx};
 
 /// What consuming a challenge nonce found.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -243,9 +243,9 @@ impl Store {
         }
     }
 
-    /// Up to `limit` entries that verify with id greater than `after`, by id.
-    pub async fn list_hardware(&self, after: &str, limit: u32) -> Result<Vec<HardwareRow>, StoreError> {
-        self.page(after, limit).await
+    /// A page of the registry (see [`Store::page`]).
+    pub async fn list_hardware(&self, after: &str, size: u32) -> Result<Listing<HardwareRow>, StoreError> {
+        self.page("", &[], after, size).await
     }
 
     /// Revokes an active entry with its audit record. `None` if there is no active entry with

@@ -13,7 +13,7 @@ use kms_core::ids::AdminId;
 use kms_core::integrity::Value;
 
 use super::tables::{AdminRow, ApprovalRow, ProposalRow, ProposalStatus, RejectionRow, SealConfigRow};
-use super::{seal_in, Refusal, Store, StoreError, Stored, Tx};
+use super::{seal_in, Listing, Refusal, Store, StoreError, Stored, Tx};
 
 /// Checks one stored approval at execution: that `approval.signed_payload` is a request signed
 /// by `admin` (its signature verifies under the admin's key, for deployment `deployment_id`)
@@ -436,25 +436,25 @@ impl Store {
         Ok(self.get::<ProposalRow>(&[Value::text(id)]).await?.map(|s| s.row))
     }
 
-    /// Proposals that verify, by id after `after`: pending ones (still open at `now`) only, or
+    /// A page of proposals (see [`Store::page`]): pending ones (still open at `now`) only, or
     /// all.
     pub async fn list_proposals(
         &self,
         include_closed: bool,
         now: i64,
         after: &str,
-        limit: u32,
-    ) -> Result<Vec<ProposalRow>, StoreError> {
+        size: u32,
+    ) -> Result<Listing<ProposalRow>, StoreError> {
         if include_closed {
-            return self.page(after, limit).await;
+            return self.page("", &[], after, size).await;
         }
-        let rows = self
-            .all::<ProposalRow>(
-                "WHERE id > $1 AND status = 'pending' AND expires_unix_ms > $3 ORDER BY id LIMIT $2",
-                &[Value::text(after), Value::int(limit), Value::int(now)],
-            )
-            .await?;
-        Ok(rows.into_iter().map(|s| s.row).collect())
+        self.page(
+            "AND status = 'pending' AND expires_unix_ms > $3",
+            &[Value::int(now)],
+            after,
+            size,
+        )
+        .await
     }
 
     /// The pending proposals (still open at `now`) of `operation` that verify.

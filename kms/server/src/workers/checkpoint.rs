@@ -252,6 +252,20 @@ struct KnownKeys {
     known: Vec<CheckpointKey>,
 }
 
+impl KnownKeys {
+    /// Adds the keys the seal vouches for that the database names now.
+    async fn learn(&mut self, store: &Store, root: &dyn RootOfTrust) -> Result<(), ApiError> {
+        let hsm = hsm_key(root)?.map(|h| h.key);
+        let rows = store.checkpoint_keys().await?;
+        for (_, t) in trusted_rows(&rows, root, hsm.as_ref()) {
+            if !self.known.contains(t.key()) {
+                self.known.push(t.key().clone());
+            }
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for Checkpoints {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Checkpoints")
@@ -333,13 +347,7 @@ impl Checkpoints {
         let (head_seq, head_hash) = self.store.audit_head().await?;
         // A key another replica started using (or a new generation's): vouched for by the seal?
         if stored.iter().any(|(c, _)| !keys.iter().any(|k| k.kid() == c.kid)) {
-            let hsm = hsm_key(root)?.map(|h| h.key);
-            let rows = self.store.checkpoint_keys().await?;
-            for (_, t) in trusted_rows(&rows, root, hsm.as_ref()) {
-                if !known.known.contains(t.key()) {
-                    known.known.push(t.key().clone());
-                }
-            }
+            known.learn(&self.store, root).await?;
         }
         let Some(signer) = known.signer.as_ref() else {
             return Err(ApiError::new(Reason::CheckpointKey, "no checkpoint signing key"));
@@ -484,7 +492,35 @@ impl Checkpoints {
         };
         let signature = signer.sign(&checkpoint).await?;
         if !self.store.insert_checkpoint(&checkpoint, &signature).await? {
-            // Another replica signed this head first; its checkpoint is checked next time.
+            // Refused because a checkpoint with a higher seq (or this one's) is stored. Another
+            // replica's, if it verifies: it is checked next time. A row no checkpoint key
+            // verifies (the operator's) would otherwise stop every checkpoint, and the HSM
+            // anchor with them, without a word: refuse instead, every round, until it is removed.
+            let newest = self.store.checkpoints_tail(1).await?;
+            let verifies = |known: &KnownKeys| {
+                newest
+                    .iter()
+                    .all(|(c, sig)| known.known.iter().any(|k| k.kid() == c.kid && k.verify(c, sig).is_ok()))
+            };
+            if !verifies(&known) {
+                known.learn(&self.store, root).await?;
+            }
+            if !verifies(&known) {
+                let seq = newest.first().map_or(0, |(c, _)| c.seq);
+                self.store.integrity().report(Violation {
+                    table: "audit_checkpoints",
+                    key: format!("[\"{seq}\"]"),
+                    kind: ViolationKind::Integrity,
+                    detail: "its signature does not verify under a checkpoint key the seal holds, and it stands where this server's next checkpoint must go".into(),
+                });
+                return Err(ApiError::new(
+                    Reason::CheckpointBlocked,
+                    format!(
+                        "checkpoint {seq}, stored after checkpoint {}, was not signed by a checkpoint key the seal holds: no checkpoint can be stored after it until it is removed",
+                        checkpoint.prev_seq
+                    ),
+                ));
+            }
             *last = base;
             return Ok(None);
         }
@@ -737,6 +773,47 @@ mod tests {
         );
         store.append_audit(vec![record(2)]).await.unwrap();
         assert_eq!(sign_head(&store, &root).await.unwrap().unwrap().kid, c.kid);
+    }
+
+    /// The operator copies the newest checkpoint under a seq far ahead. Its signature does not
+    /// verify, and it stands where every later checkpoint must go: each round is refused with
+    /// `checkpoint_blocked` (not passed over as another replica's checkpoint, which would stop
+    /// checkpoints and the HSM anchor silently) until the row is removed.
+    #[tokio::test]
+    async fn a_forged_checkpoint_ahead_of_the_chain_is_refused_not_passed_over() {
+        let (store, _dir) = store().await;
+        let root = new_root();
+        let running = Checkpoints::new(store.clone());
+        store.append_audit((0..3).map(record).collect()).await.unwrap();
+        let first = running.sign(&root).await.unwrap().unwrap();
+        let rest = "hash, time_unix_ms, kid, signature, prev_seq, prev_id, state_version, state_seq, state_hash";
+        sqlx::query(&format!(
+            "INSERT INTO audit_checkpoints (seq, {rest}) SELECT seq + 1000000, {rest} FROM audit_checkpoints WHERE seq = $1"
+        ))
+        .bind(first.seq)
+        .execute(store.pool())
+        .await
+        .unwrap();
+        store.append_audit((3..5).map(record).collect()).await.unwrap();
+        // The running process, and one that starts now and remembers no checkpoint.
+        for signer in [&running, &Checkpoints::new(store.clone())] {
+            let e = signer.sign(&root).await.unwrap_err();
+            assert_eq!(e.reason, Reason::CheckpointBlocked, "{}", e.message);
+            assert!(
+                e.message.contains(&format!("checkpoint {}", first.seq + 1_000_000)),
+                "{}",
+                e.message
+            );
+        }
+        assert_eq!(store.checkpoints().await.unwrap().len(), 2, "nothing stored past it");
+        assert!(store.integrity().alarm().is_none(), "a forged row is no rollback");
+        sqlx::query("DELETE FROM audit_checkpoints WHERE seq = $1")
+            .bind(first.seq + 1_000_000)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let next = running.sign(&root).await.unwrap().unwrap();
+        assert_eq!((next.seq, next.prev_seq), (5, first.seq));
     }
 
     #[tokio::test]
