@@ -203,3 +203,49 @@ async fn unauthenticated_admin_requests_are_audited_up_to_the_address_limit_then
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn the_unsigned_admin_reads_spend_the_callers_budget() {
+    let opts = Options {
+        limits: limits(),
+        ..Options::default()
+    };
+    let c = Ceremony::new(Backend::Sqlite, opts).await.expect("sqlite");
+    let mut reader =
+        pb::admin_service_client::AdminServiceClient::new(c.server.channel(c.pki.client(INTRUDER)).await.unwrap());
+    // Seal status and the checkpoint keys need no signature; a flood of either is refused by
+    // the caller's budget, which the two share.
+    let (mut ok, mut limited) = (0u64, 0u64);
+    let started = Instant::now();
+    for i in 0..40 {
+        let answer = if i % 2 == 0 {
+            reader.get_seal_status(pb::GetSealStatusRequest {}).await.map(drop)
+        } else {
+            reader
+                .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest {})
+                .await
+                .map(drop)
+        };
+        match answer {
+            Ok(()) => ok += 1,
+            Err(s) => {
+                assert_rate_limited(&s, "limits.principal_per_second");
+                limited += 1;
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs();
+    assert!(ok >= 10, "the burst is served: {ok}");
+    assert!(
+        ok <= 10 + elapsed + 1,
+        "{ok} served in {elapsed} s over a burst of 10 at 1/s"
+    );
+    assert!(limited >= 20, "{limited} refused");
+    // Both kinds were refused, so neither is exempt.
+    let refused = reader
+        .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest {})
+        .await
+        .unwrap_err();
+    assert_rate_limited(&refused, "limits.principal_per_second");
+    await_reported(&c.db, INTRUDER, limited + 1).await;
+}

@@ -521,8 +521,9 @@ impl pb::admin_service_server::AdminService for AdminPlane {
 
     async fn get_audit_checkpoint_keys(
         &self,
-        _request: Request<pb::GetAuditCheckpointKeysRequest>,
+        request: Request<pb::GetAuditCheckpointKeysRequest>,
     ) -> Result<Response<pb::AuditCheckpointKeys>, Status> {
+        self.callers.limit(&request)?;
         let keys = crate::workers::checkpoint::published_keys(&self.store, &self.seal)
             .await
             .map_err(|e| e.to_status())?;
