@@ -1226,4 +1226,79 @@ mod tests {
         .unwrap();
         assert!(matches!(again.admin(&alice()).await, Err(StoreError::Sealed)));
     }
+
+    /// A key row named `name` with id bytes `id`, for tests that need many.
+    fn numbered_key(id: [u8; 16], name: &str) -> KeyRow {
+        use kms_core::policy::{AccessPolicy, ReleasePolicy};
+        KeyRow {
+            id: KeyId::from_bytes(id),
+            name: kms_core::ids::KeyName::parse(name).unwrap(),
+            description: String::new(),
+            tags: Default::default(),
+            state: KeyState::Enabled,
+            latest_version: KeyVersion::FIRST,
+            grants: AccessPolicy::new(Vec::new()).unwrap(),
+            release_policy: ReleasePolicy::parse(r#"{"version":1,"attestation":"required"}"#).unwrap(),
+            release_policy_version: 1,
+            created_unix_ms: 1,
+            updated_unix_ms: 1,
+            deletion_unix_ms: None,
+        }
+    }
+
+    /// A write transaction of this process moves the view after its commit, without the
+    /// catch-up lock. The race, played step by step on PostgreSQL: `a` commits a key but has
+    /// not moved its view yet; replica `b` commits another; `a` begins a third transaction,
+    /// whose catch-up reads both from the log, and while it does, the first commit moves the
+    /// view. The catch-up must still bring the view to the state it read (it gave up, and the
+    /// transaction raised "the state row changed while it was locked": a false rollback alarm).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_moving_the_view_during_a_catch_up_is_no_rollback() {
+        let Some([a, b]) = test_replicas().await else {
+            return;
+        };
+        let record = || Record {
+            time_unix_ms: 0,
+            caller: "test".into(),
+            operation: "admin.create_key".into(),
+            key_id: None,
+            outcome: "allowed".into(),
+            reason: String::new(),
+            detail: "{}".into(),
+        };
+        let create = |store: &Store, n: u8| {
+            let store = store.clone();
+            async move {
+                store
+                    .create_key(&numbered_key([n; 16], &format!("key-{n}")), &[1; 60], 1, record())
+                    .await
+            }
+        };
+        let gate = a.integrity().hooks.commit_gate.clone().write_owned().await;
+        let first = tokio::spawn(create(&a, 1));
+        // Committed in the database, waiting at the gate to move a's view.
+        let committed = || async {
+            sqlx::query("SELECT count(*) AS n FROM keys")
+                .fetch_one(b.pool())
+                .await
+                .unwrap()
+                .get::<i64, _>("n")
+        };
+        while committed().await < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        create(&b, 2).await.unwrap();
+        // While the third transaction's catch-up has read the log: the first one moves the view.
+        let (moved, moved_rx) = tokio::sync::oneshot::channel();
+        *a.integrity().hooks.before_apply.lock().unwrap() = Some(Box::pin(async move {
+            drop(gate);
+            moved_rx.await.unwrap()
+        }));
+        let third = tokio::spawn(create(&a, 3));
+        first.await.unwrap().unwrap();
+        moved.send(()).unwrap();
+        third.await.unwrap().unwrap();
+        assert!(a.integrity().alarm().is_none(), "{:?}", a.integrity().alarm());
+        assert_eq!(a.list_keys("", 10).await.unwrap().rows.len(), 3);
+    }
 }

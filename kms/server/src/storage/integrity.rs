@@ -145,6 +145,19 @@ pub struct Integrity {
     receiver: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Violation>>>,
     /// The newest audit entry this process wrote (seq, hash): the chain must keep it.
     audit_written: std::sync::Mutex<Option<(i64, [u8; 32])>>,
+    /// Where a test holds a race open.
+    #[cfg(test)]
+    pub(crate) hooks: Hooks,
+}
+
+/// Points where a test stops a transaction or a catch-up, to play a race deterministically.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Hooks {
+    /// Read-locked by a commit between the database's commit and the view's move.
+    pub(crate) commit_gate: Arc<tokio::sync::RwLock<()>>,
+    /// Run (once) by a catch-up between reading the log and moving the view.
+    pub(crate) before_apply: std::sync::Mutex<Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>>,
 }
 
 /// How often the same violation of the same row is reported again.
@@ -207,6 +220,8 @@ impl Integrity {
             violations,
             receiver: std::sync::Mutex::new(Some(receiver)),
             audit_written: std::sync::Mutex::new(None),
+            #[cfg(test)]
+            hooks: Hooks::default(),
         }
     }
 
@@ -562,17 +577,30 @@ impl Integrity {
     }
 
     /// [`Integrity::catch_up`] on a connection (inside a write transaction that holds the state
-    /// row's lock, so nothing moves meanwhile). The caller holds the catch-up lock.
+    /// row's lock, or not). The caller holds the catch-up lock.
     async fn catch_up_on(&self, conn: &mut AnyConnection) -> Result<(), StoreError> {
         self.check_alarm()?;
         let ring = self.ring()?;
+        // A write transaction of this process that committed before the lock was taken moves
+        // the view after its commit, without the lock: if it did so while this replay read the
+        // log, the replay starts again from the moved view (applied over it, the replay would
+        // be thrown away, and the view left behind the state it read: a false rollback). Each
+        // round ends with the view moved by a commit that began before the lock was taken, and
+        // no transaction begins without the lock, so the rounds end.
+        while !self.replay(conn, &ring).await? {}
+        Ok(())
+    }
+
+    /// One round of [`Integrity::catch_up_on`]: `false` if the view moved meanwhile and nothing
+    /// was applied.
+    async fn replay(&self, conn: &mut AnyConnection, ring: &KeyRing) -> Result<bool, StoreError> {
         // The view first: a write transaction moves it only after its commit, so the state
         // read below is at least as new, unless the database went back.
         let (start, loaded) = {
             let v = read(&self.view);
             (v.head, v.loaded)
         };
-        let Some(state) = read_state(conn, &ring).await? else {
+        let Some(state) = read_state(conn, ring).await? else {
             // Not initialized: nothing to replay (a view that saw a state means a deletion).
             let head = self.head();
             if head.version > 0 {
@@ -584,7 +612,7 @@ impl Integrity {
                     ),
                 )));
             }
-            return Ok(());
+            return Ok(true);
         };
         if !start.is_extended_by(&state.head) {
             return Err(self.raise(state_violation(
@@ -596,7 +624,7 @@ impl Integrity {
             )));
         }
         if loaded && state.head == start {
-            return Ok(());
+            return Ok(true);
         }
         let from = if loaded { start.seq } else { 0 };
         let rows = sqlx::query(
@@ -666,10 +694,17 @@ impl Integrity {
                 state.head.seq
             )));
         }
+        #[cfg(test)]
+        {
+            let hook = self.hooks.before_apply.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(hook) = hook {
+                hook.await;
+            }
+        }
         let mut v = write(&self.view);
         if v.head != start || v.loaded != loaded {
-            // Only this function moves the view, under the catch-up lock.
-            return Ok(());
+            // A commit of this process moved it: replay again from there.
+            return Ok(false);
         }
         if !loaded {
             v.rows.clear();
@@ -679,7 +714,7 @@ impl Integrity {
         }
         v.head = state.head;
         v.loaded = true;
-        Ok(())
+        Ok(true)
     }
 
     /// Replays the whole state log (when the seal opens) and checks every tracked row of every
@@ -1157,7 +1192,11 @@ impl Tx {
         if let Some(h) = self.audit_head {
             self.store.integrity.wrote_audit(h);
         }
-        // The view follows this commit (the catch-up lock is held, so nothing else moved it).
+        // The view follows this commit, unless a catch-up that replayed it from the log (this
+        // transaction no longer holds the state row's lock, nor ever the catch-up lock) moved
+        // the view on already.
+        #[cfg(test)]
+        let _gate = self.store.integrity.hooks.commit_gate.read().await;
         let mut v = write(&self.store.integrity.view);
         if v.head == self.start && (v.loaded || self.start.seq == 0) {
             for ((table, key), seen) in self.written.drain() {
