@@ -1301,4 +1301,84 @@ mod tests {
         assert!(a.integrity().alarm().is_none(), "{:?}", a.integrity().alarm());
         assert_eq!(a.list_keys("", 10).await.unwrap().rows.len(), 3);
     }
+
+    /// A row still authenticated under the old generation (say written, after the worker's pass
+    /// over its table, by a replica that held only the old root) holds the rotation open:
+    /// completed, the old generation's integrity key is dropped and the row would never verify
+    /// again.
+    #[tokio::test]
+    async fn a_row_left_under_the_old_generation_holds_the_rotation_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("kms.db").display());
+        let (store, old_key) = test_store_keyed(&url).await;
+        let new_key = Arc::new(kms_core::integrity::IntegrityKey::new(
+            &kms_core::secret::SecretKey::generate().unwrap(),
+        ));
+        let record = |operation: &str| Record {
+            time_unix_ms: 1,
+            caller: "test".into(),
+            operation: operation.into(),
+            key_id: None,
+            outcome: "allowed".into(),
+            reason: String::new(),
+            detail: "{}".into(),
+        };
+        let mut tx = Tx::begin(&store).await.unwrap();
+        tx.insert(&RootGenerationRow {
+            generation: 2,
+            kind: "dev".into(),
+            status: "pending".into(),
+            threshold: 0,
+            kcv: vec![1; 16],
+            hsm_label: None,
+            next_root_wrapped: None,
+            created_unix_ms: 1,
+            created_by: "test".into(),
+            completed_unix_ms: None,
+            integrity_key: Some(vec![0; 60]),
+        })
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        // A key written under generation 1 (by a replica that held only generation 1, after the
+        // worker's pass over the keys table), then both generations held, as during a rotation.
+        let straggler = numbered_key([9; 16], "straggler");
+        store
+            .create_key(&straggler, &[1; 60], 1, record("admin.create_key"))
+            .await
+            .unwrap();
+        let both = KeyRing::new(vec![(1, old_key.clone()), (2, new_key.clone())]).unwrap();
+        store.integrity().set_keys(Some(both));
+        // Its secret re-wrapped (the bytes stand for the new root's wrapping), as the worker does.
+        let batch: Vec<_> = store
+            .rewrap_batch(1, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|item| {
+                let again = item.wrapped.clone();
+                (item, again)
+            })
+            .collect();
+        assert_eq!(store.apply_rewrap(1, 2, &batch).await.unwrap(), 1);
+
+        assert!(
+            !store
+                .complete_rotation(1, 2, record("admin.rotate_root.complete"))
+                .await
+                .unwrap(),
+            "not completed while a row is under generation 1"
+        );
+        store.reauthenticate_all(2, 100, Duration::ZERO).await.unwrap();
+        assert!(store
+            .complete_rotation(1, 2, record("admin.rotate_root.complete"))
+            .await
+            .unwrap());
+        // Generation 1 retired: only the new key is held, and every row verifies under it.
+        store
+            .integrity()
+            .set_keys(Some(KeyRing::new(vec![(2, new_key.clone())]).unwrap()));
+        assert_eq!(store.key_by_id(straggler.id).await.unwrap(), Some(straggler));
+        assert!(store.integrity().scan(&store).await.unwrap().is_empty());
+    }
 }

@@ -1125,6 +1125,22 @@ impl Tx {
         Ok(())
     }
 
+    /// Whether any row of an authenticated table is still authenticated under a generation
+    /// older than `generation` (read under the state row's lock: no write moves it meanwhile).
+    pub(crate) async fn authenticated_before(&mut self, generation: u64) -> Result<bool, StoreError> {
+        let g = i64::try_from(generation).unwrap_or(i64::MAX);
+        for table in Table::ALL {
+            let sql = format!(
+                "SELECT 1 AS one FROM {} WHERE row_generation < $1 LIMIT 1",
+                table.name()
+            );
+            if sqlx::query(&sql).bind(g).fetch_optional(&mut *self.tx).await?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Writes the state log entries and the state row, and commits. Without any authenticated
     /// write, nothing of the state moves.
     pub(crate) async fn commit(mut self) -> Result<(), StoreError> {

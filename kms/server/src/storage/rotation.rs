@@ -386,8 +386,8 @@ impl Store {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// Completes the rotation from `old` to `new` once no secret that verifies is left under
-    /// `old` (and the worker re-authenticated every row under `new`): `new` becomes the seal's current generation (kind, threshold, check value),
+    /// Completes the rotation from `old` to `new` once no secret is left under `old` and no row
+    /// is authenticated under it: `new` becomes the seal's current generation (kind, threshold, check value),
     /// `old` is retired and its shares deleted, custodian flags follow the new shares. `false` if
     /// there is nothing to complete (done by another replica, or secrets remain).
     pub async fn complete_rotation(&self, old: u64, new: u64, record: Record) -> Result<bool, StoreError> {
@@ -416,6 +416,12 @@ impl Store {
                 .await?
                 .is_empty()
         {
+            return Ok(false);
+        }
+        // Nor a row still authenticated under `old` (written after the worker's pass over its
+        // table, by a replica that held only `old`): once `old` is retired no replica holds its
+        // integrity key, and the row would never verify again. The worker passes again.
+        if tx.authenticated_before(new).await? {
             return Ok(false);
         }
         let now = record.time_unix_ms;
