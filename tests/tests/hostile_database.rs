@@ -1269,9 +1269,9 @@ async fn replay(backend: Backend) {
 }
 both_backends!(cross_deployment_replay, super::replay);
 
-/// Rows the operator writes in the way of what kmsd does next. A forged key row inside the first
-/// page of a listing is left out of the page (and audited), and the listing goes on past it: it
-/// does not end there with the keys after it unlisted. A checkpoint copied under a seq far
+/// Rows the operator writes in the way of what kmsd does next. Forged key rows ending pages of a
+/// listing, one of them with an id kmsd would refuse from a caller, are left out (and audited),
+/// and the listing goes on past them: it does not end there with the keys after them unlisted. A checkpoint copied under a seq far
 /// ahead of the chain stands where every later checkpoint must go: kmsd says so
 /// (`checkpoint_blocked`, audited) rather than taking it for another replica's, which would stop
 /// checkpoints and the HSM anchor silently, and checkpoints again once it is removed.
@@ -1293,22 +1293,28 @@ async fn in_the_way(backend: Backend) {
     let forged = format!("{stem}{:x}", if digit < 15 { digit + 1 } else { digit - 1 });
     assert!(forged < ids[1] && !ids.contains(&forged));
     let columns: Vec<String> = lab.columns("keys").await.into_iter().map(|(c, _)| c).collect();
-    let select: Vec<String> = columns
-        .iter()
-        .map(|c| match c.as_str() {
-            "id" => format!("'{forged}'"),
-            "name" => "'forged'".to_owned(),
-            c => c.to_owned(),
-        })
-        .collect();
+    // And one whose id kmsd would refuse from a caller (33 hex digits), right after the second:
+    // pages of two end at each forged row, and the page token after the malformed one must
+    // still be one the server takes.
+    let malformed = format!("{}0", ids[1]);
+    assert!(kms_core::ids::KeyId::parse(&malformed).is_err() && malformed < ids[2]);
     let before = lab.audit_seq().await;
-    lab.sql(&format!(
-        "INSERT INTO keys ({}) SELECT {} FROM keys WHERE id = '{}'",
-        columns.join(", "),
-        select.join(", "),
-        ids[0]
-    ))
-    .await;
+    for (n, (id, copied)) in [(&forged, &ids[0]), (&malformed, &ids[1])].into_iter().enumerate() {
+        let select: Vec<String> = columns
+            .iter()
+            .map(|c| match c.as_str() {
+                "id" => format!("'{id}'"),
+                "name" => format!("'forged-{n}'"),
+                c => c.to_owned(),
+            })
+            .collect();
+        lab.sql(&format!(
+            "INSERT INTO keys ({}) SELECT {} FROM keys WHERE id = '{copied}'",
+            columns.join(", "),
+            select.join(", "),
+        ))
+        .await;
+    }
     let mut listed = Vec::new();
     let mut token = String::new();
     loop {
@@ -1331,10 +1337,13 @@ async fn in_the_way(backend: Backend) {
         }
         token = page.next_page_token;
     }
-    assert_eq!(listed, ids, "every genuine key listed, the forged one left out");
+    assert_eq!(listed, ids, "every genuine key listed, the forged ones left out");
     lab.expect_violations(
         before,
-        &BTreeSet::from([violation("keys", std::slice::from_ref(&forged), "row_integrity")]),
+        &BTreeSet::from([
+            violation("keys", std::slice::from_ref(&forged), "row_integrity"),
+            violation("keys", std::slice::from_ref(&malformed), "row_integrity"),
+        ]),
     )
     .await;
 

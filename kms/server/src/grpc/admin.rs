@@ -9,7 +9,6 @@ use crate::request::{Outcome, Signed};
 use crate::wire::admin::*;
 use crate::wire::hardware::{hardware_page_to_wire, hardware_to_wire};
 use crate::wire::quorum::canonical;
-use kms_core::ids::KeyId;
 use kms_core::key::Transition;
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
@@ -228,15 +227,11 @@ impl AdminPlane {
                 let answer = answer::<pb::ListKeysResponse>(async {
                     self.seal.require_initialized()?;
                     let size = crate::wire::page_size(l.page_size)?;
-                    if !l.page_token.is_empty() {
-                        KeyId::parse(&l.page_token).map_err(|_| {
-                            ApiError::new(Reason::BadPageToken, "page_token is not one this server returned")
-                        })?;
-                    }
-                    let page = self.store.list_keys(&l.page_token, size).await?;
+                    let after = crate::wire::page_after(&l.page_token)?;
+                    let page = self.store.list_keys(&after, size).await?;
                     Ok(pb::ListKeysResponse {
                         keys: page.rows.iter().map(key_metadata).collect(),
-                        next_page_token: page.next,
+                        next_page_token: crate::wire::page_token(page.next),
                     })
                 })
                 .await?;

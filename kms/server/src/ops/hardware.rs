@@ -254,14 +254,11 @@ impl AdminPlane {
 
     pub(crate) async fn list_hardware(&self, page_size: u32, page_token: &str) -> Result<Page<HardwareRow>, ApiError> {
         let size = crate::wire::page_size(page_size)?;
-        if !page_token.is_empty() {
-            check_hardware_id(page_token)
-                .map_err(|_| ApiError::new(Reason::BadPageToken, "page_token is not one this server returned"))?;
-        }
-        let page = self.store.list_hardware(page_token, size).await?;
+        let after = crate::wire::page_after(page_token)?;
+        let page = self.store.list_hardware(&after, size).await?;
         Ok(Page {
             items: page.rows,
-            next_page_token: page.next,
+            next_page_token: crate::wire::page_token(page.next),
         })
     }
 

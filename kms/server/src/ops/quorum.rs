@@ -361,13 +361,14 @@ impl AdminPlane {
         self.seal.require_initialized()?;
         let size = crate::wire::page_size(page_size)?;
         let now = kms_core::now_unix_ms();
-        let page = self.store.list_proposals(include_closed, now, page_token, size).await?;
+        let after = crate::wire::page_after(page_token)?;
+        let page = self.store.list_proposals(include_closed, now, &after, size).await?;
         let quorum = self.store.approval_quorum().await?;
         let mut votes = match (page.rows.first(), page.rows.last()) {
             (Some(first), Some(last)) => self.store.votes_between(&first.id, &last.id).await?,
             _ => Default::default(),
         };
-        let next_page_token = page.next;
+        let next_page_token = crate::wire::page_token(page.next);
         let items = page
             .rows
             .into_iter()
