@@ -468,10 +468,10 @@ async fn check(d: &Deployment<'_>, live: usize, logs: &[WorkerLog], repaired_uni
         for w in &log.wrong {
             report.failures.push(format!("{}: {w}", log.principal));
         }
-        for u in &log.undocumented {
+        for u in &log.misanswered {
             report
                 .failures
-                .push(format!("{}: an error without a documented reason: {u}", log.principal));
+                .push(format!("{}: an error a fault may not cause ({u})", log.principal));
         }
     }
 
@@ -680,6 +680,23 @@ async fn audit(
 }
 
 /// A status as a short line: code, reason and message.
+/// Why an error a client got under a fault is not one a fault may cause (`None` if it is): kmsd
+/// answers what it could not do because of a fault UNAVAILABLE with a documented reason (the
+/// database, the audit log, a restarted replica still sealed: retry). An error without a
+/// reason is a transport failure (the process died mid-call, or was not listening). Anything
+/// else (INTERNAL, or a refusal such as `state_rollback` or `row_integrity` raised by the fault)
+/// would tell a client to give up on a call that a retry would have done, or that its data
+/// is damaged when it is not.
+fn not_a_fault_answer(s: &tonic::Status) -> Option<&'static str> {
+    let text = kms_proto::status::reason(s)?;
+    match Reason::from_name(text) {
+        None => Some("an misanswered reason"),
+        Some(r) if r.code() != s.code() => Some("a reason with another code than its documented one"),
+        Some(_) if s.code() != tonic::Code::Unavailable => Some("not UNAVAILABLE"),
+        Some(_) => None,
+    }
+}
+
 fn describe(s: &tonic::Status) -> String {
     format!(
         "{}/{}: {}",
@@ -1087,8 +1104,8 @@ struct WorkerLog {
     errors: BTreeMap<String, (u64, String)>,
     /// Answers with other data than the client knows.
     wrong: Vec<String>,
-    /// Errors kmsd sent without a documented reason, or with a code not the reason's.
-    undocumented: Vec<String>,
+    /// Errors kmsd sent that a fault may not cause ([`not_a_fault_answer`]).
+    misanswered: Vec<String>,
 }
 
 /// The clients: each its own principal, a channel per replica, calls in a loop (GenerateDataKey,
@@ -1190,7 +1207,7 @@ async fn worker(
         blobs: Vec::new(),
         errors: BTreeMap::new(),
         wrong: Vec::new(),
-        undocumented: Vec::new(),
+        misanswered: Vec::new(),
     };
     let mut current = i % channels.len();
     let mut n = 0u64;
@@ -1268,10 +1285,9 @@ async fn worker(
                     kms_proto::status::code_name(s.code()),
                     reason.as_deref().unwrap_or("transport")
                 );
-                if let Some(text) = &reason {
-                    let documented = Reason::from_name(text).is_some_and(|r| r.code() == s.code());
-                    if !documented && log.undocumented.len() < 5 {
-                        log.undocumented.push(describe(&s));
+                if let Some(why) = not_a_fault_answer(&s) {
+                    if log.misanswered.len() < 5 {
+                        log.misanswered.push(format!("{why}: {}", describe(&s)));
                     }
                 }
                 log.errors
@@ -1290,4 +1306,45 @@ async fn worker(
         }
     }
     log
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: tonic::Code, reason: Option<&str>) -> tonic::Status {
+        let mut s = tonic::Status::new(code, "m");
+        if let Some(r) = reason {
+            s.metadata_mut()
+                .insert(kms_proto::status::REASON_METADATA, r.parse().unwrap());
+        }
+        s
+    }
+
+    #[test]
+    fn a_fault_is_answered_unavailable_with_a_documented_reason() {
+        use tonic::Code;
+        for (code, reason) in [
+            (Code::Unavailable, Some("database_unavailable")),
+            (Code::Unavailable, Some("audit_unavailable")),
+            (Code::Unavailable, Some("sealed")),
+            (Code::Unavailable, None),
+            (Code::Unknown, None),
+            (Code::Cancelled, None),
+        ] {
+            assert_eq!(not_a_fault_answer(&status(code, reason)), None, "{code:?} {reason:?}");
+        }
+        for (code, reason) in [
+            (Code::FailedPrecondition, "state_rollback"),
+            (Code::FailedPrecondition, "row_integrity"),
+            (Code::Internal, "internal"),
+            (Code::Unavailable, "row_integrity"),
+            (Code::Unavailable, "no_such_reason"),
+        ] {
+            assert!(
+                not_a_fault_answer(&status(code, Some(reason))).is_some(),
+                "{code:?} {reason}"
+            );
+        }
+    }
 }
