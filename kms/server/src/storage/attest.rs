@@ -13,7 +13,7 @@ use super::row::{self, Row};
 use super::tables::{
     HardwareRow, HardwareStatus, KeyRow, ReleasePolicyRow, TokenKeyRow, TpmClockRow, TpmEnrollmentRow,
 };
-use super::{g, require_generation, Listing, QuorumClose, Refusal, Store, StoreError, Stored, Tx};
+use super::{g, require_generation, Backend, Listing, QuorumClose, Refusal, Store, StoreError, Stored, Tx};
 
 /// What consuming a challenge nonce found.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -113,16 +113,42 @@ impl Store {
     /// Uses a challenge issued to `principal`: one conditional UPDATE, so of any number of
     /// concurrent callers on any replicas exactly one gets `Fresh`. Another principal's nonce is
     /// `Unknown` to this one (and stays usable by its owner).
+    ///
+    /// On PostgreSQL the UPDATE commits without waiting for its WAL to reach the disk
+    /// (`synchronous_commit` off for this statement's transaction alone): the nonce is used for
+    /// every session, on every replica, from its commit on, and the only thing a database crash
+    /// can undo is a use that no caller was told succeeded. A token is answered only after its
+    /// audit record's commit, which waits for the WAL up to that record, and PostgreSQL's WAL is
+    /// one sequence: the use, committed before, is on disk by then. What a crash can give back is
+    /// a nonce whose attempt failed (or whose answer was never sent), until the nonce expires.
+    /// This saves a disk flush per Attest (docs/performance.md).
     pub async fn consume_challenge(&self, nonce: &[u8], principal: &str, now: i64) -> Result<ChallengeUse, StoreError> {
-        let used = sqlx::query(
-            "UPDATE attestation_nonces SET used_unix_ms = $2 WHERE nonce = $1 AND principal = $3 AND used_unix_ms IS NULL AND expires_unix_ms > $2",
-        )
-        .bind(nonce)
-        .bind(now)
-        .bind(principal)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let used = match self.backend {
+            Backend::Postgres => {
+                // A data-modifying WITH runs exactly once, whatever the outer query reads;
+                // set_config(…, true) lasts until this statement's implicit transaction ends,
+                // after its commit record is written (as SET LOCAL does).
+                let r = sqlx::query(
+                    "WITH used AS (UPDATE attestation_nonces SET used_unix_ms = $2 WHERE nonce = $1 AND principal = $3 AND used_unix_ms IS NULL AND expires_unix_ms > $2 RETURNING 1) \
+                     SELECT COUNT(*) AS n, set_config('synchronous_commit', 'off', true) AS commit_mode FROM used",
+                )
+                .bind(nonce)
+                .bind(now)
+                .bind(principal)
+                .fetch_one(&self.pool)
+                .await?;
+                u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0)
+            }
+            Backend::Sqlite => sqlx::query(
+                "UPDATE attestation_nonces SET used_unix_ms = $2 WHERE nonce = $1 AND principal = $3 AND used_unix_ms IS NULL AND expires_unix_ms > $2",
+            )
+            .bind(nonce)
+            .bind(now)
+            .bind(principal)
+            .execute(&self.pool)
+            .await?
+            .rows_affected(),
+        };
         if used == 1 {
             return Ok(ChallengeUse::Fresh);
         }
@@ -578,6 +604,66 @@ mod tests {
                 matches!(&e, StoreError::Rollback(v) if v.table == "keys"),
                 "{backend:?}: {e}"
             );
+        }
+    }
+
+    /// A challenge is used once, by the principal it was issued to, before it expires; on
+    /// SQLite and PostgreSQL, and on PostgreSQL also raced from two replicas. The PostgreSQL
+    /// statement turns `synchronous_commit` off for its own transaction only: every connection
+    /// of the pool still commits synchronously afterwards (the audit and state writes that
+    /// follow on the same connections must wait for the disk).
+    #[tokio::test]
+    async fn a_challenge_is_used_once_by_its_principal_and_leaves_commits_synchronous() {
+        let (stores, _dir) = crate::storage::test_stores().await;
+        for store in &stores {
+            let backend = store.backend();
+            let now = 1_000_000;
+            store.insert_challenge(&[1; 32], "alice", now + 1000).await.unwrap();
+            store.insert_challenge(&[2; 32], "alice", now - 1).await.unwrap();
+            let use_ =
+                |nonce: u8, who: &'static str| async move { store.consume_challenge(&[nonce; 32], who, now).await };
+            assert_eq!(use_(1, "bob").await.unwrap(), ChallengeUse::Unknown, "{backend:?}");
+            assert_eq!(use_(1, "alice").await.unwrap(), ChallengeUse::Fresh, "{backend:?}");
+            assert_eq!(use_(1, "alice").await.unwrap(), ChallengeUse::Replayed, "{backend:?}");
+            assert_eq!(use_(2, "alice").await.unwrap(), ChallengeUse::Expired, "{backend:?}");
+            assert_eq!(use_(3, "alice").await.unwrap(), ChallengeUse::Unknown, "{backend:?}");
+            assert_eq!(store.open_challenges("alice", now).await.unwrap(), 0, "{backend:?}");
+            if backend == Backend::Postgres {
+                // Hold every connection the pool may have (4) and ask each.
+                let mut held = Vec::new();
+                for _ in 0..4 {
+                    held.push(store.pool().acquire().await.unwrap());
+                }
+                for c in &mut held {
+                    let mode: String = sqlx::query("SHOW synchronous_commit")
+                        .fetch_one(&mut **c)
+                        .await
+                        .unwrap()
+                        .try_get(0)
+                        .unwrap();
+                    assert_eq!(mode, "on");
+                }
+            }
+        }
+        let Some([a, b]) = crate::storage::test_replicas().await else {
+            return;
+        };
+        for round in 0..20u8 {
+            a.insert_challenge(&[round; 32], "alice", i64::MAX).await.unwrap();
+            let uses: Vec<_> = (0..8)
+                .map(|i| {
+                    let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+                    tokio::spawn(async move { s.consume_challenge(&[round; 32], "alice", 1).await.unwrap() })
+                })
+                .collect();
+            let mut fresh = 0;
+            for u in uses {
+                match u.await.unwrap() {
+                    ChallengeUse::Fresh => fresh += 1,
+                    other => assert_eq!(other, ChallengeUse::Replayed),
+                }
+            }
+            assert_eq!(fresh, 1, "round {round}");
         }
     }
 }
