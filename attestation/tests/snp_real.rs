@@ -105,6 +105,11 @@ fn every_real_report_verifies_with_its_own_certificate() {
         assert!(!claims.policy.debug);
         assert!(!claims.danger_test_root);
         assert_eq!(claims.chip_id.0[..], ev.report[0x1A0..0x1E0]);
+        // What kmsd looks the registry up by before verifying is what verifying yields.
+        assert_eq!(
+            attestation::snp::unverified_chip_id(&ev.report).expect("framing"),
+            claims.chip_id
+        );
         assert_eq!(claims.measurement[..], ev.report[0x90..0xC0]);
         // The claims serialize (the offline verifier prints them) and read back.
         let json = serde_json::to_string(&claims).expect("serialize");

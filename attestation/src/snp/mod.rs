@@ -135,6 +135,13 @@ fn hwid_as_chip_id(hwid: &[u8]) -> Option<[u8; 64]> {
     }
 }
 
+/// The chip id `report` claims, **unauthenticated**: nothing about it is checked but the report's
+/// framing (length, version, signature algorithm). For fetching a registry entry in the same
+/// database statement as other work before the signature is verified; act on the entry only
+/// once [`SnpVerifier::verify`] has accepted the report, whose claims carry the same chip id.
+pub fn unverified_chip_id(report: &[u8]) -> Result<ChipId, Refusal> {
+    Ok(ChipId(Report::parse(report)?.chip_id()))
+}
 impl SnpVerifier {
     /// A verifier with AMD's pinned roots for Milan, Genoa and Turin (VCEK and VLEK chains), plus
     /// `trust.danger_test_roots` if set.

@@ -293,76 +293,101 @@ impl Attestation {
     }
 
     /// Uses a nonce once, on any replica.
-    pub async fn consume(&self, nonce: &[u8], principal: &Principal) -> Result<(), ApiError> {
-        if nonce.len() != 32 {
-            return Err(ApiError::new(
-                Reason::InvalidNonce,
-                format!("nonce: {} bytes; a challenge nonce is 32 bytes", nonce.len()),
-            ));
-        }
-        match self
-            .store
-            .consume_challenge(nonce, principal.as_str(), now_ms())
-            .await
-            .map_err(db)?
-        {
-            ChallengeUse::Fresh => Ok(()),
-            ChallengeUse::Unknown => Err(ApiError::new(
-                Reason::NonceUnknown,
-                "this nonce was not issued by this service to this caller (call GetChallenge)",
-            )),
-            ChallengeUse::Expired => Err(ApiError::new(
-                Reason::NonceExpired,
-                "the challenge expired: get a new one and attest again",
-            )),
-            ChallengeUse::Replayed => Err(ApiError::new(
-                Reason::NonceReplayed,
-                "the challenge was already used: every attestation needs its own",
-            )),
-        }
+    async fn consume(&self, nonce: &[u8], principal: &Principal) -> Result<(), ApiError> {
+        check_nonce_length(nonce)?;
+        fresh(
+            self.store
+                .consume_challenge(nonce, principal.as_str(), now_ms())
+                .await
+                .map_err(db)?,
+        )
     }
 
     // ----- evidence --------------------------------------------------------------------------
 
-    /// Verifies evidence bound to (nonce, hpke key), finds its hardware, and returns the claims
-    /// the release policies see. The nonce must already be consumed.
-    pub async fn verify(
+    /// Uses the challenge `nonce` once (on any replica; refused evidence uses it too), verifies
+    /// `evidence` bound to (nonce, hpke key), finds its hardware, and returns the claims the
+    /// release policies see.
+    pub async fn consume_and_verify(
         &self,
         nonce: &[u8],
+        principal: &Principal,
         hpke_public_key: &[u8],
         evidence: &Evidence,
     ) -> Result<(ReleaseClaims, HardwareRow), ApiError> {
+        check_nonce_length(nonce)?;
         let now = now_ms() / 1000;
-        match evidence {
-            Evidence::Snp(ev) => {
-                let binding = attestation::binding::snp_report_data(nonce, hpke_public_key);
-                let claims = self.snp.verify(ev, &binding, now).map_err(|r| refused("snp", r))?;
-                let hw = self.snp_hardware(&claims).await?;
-                self.check_location(&hw)?;
-                Ok((snp_claims(&claims, &hw), hw))
-            }
+        let ev = match evidence {
+            Evidence::Snp(ev) => ev,
             Evidence::Tpm(ev) => {
-                // The quote is verified before the registry is consulted, so nobody learns
-                // whether an AK is enrolled without a quote that AK signed. The registry lookup
-                // by the quoting AK's name is then the enrolled-AK check.
-                let binding = attestation::binding::tpm_qualifying_data(nonce, hpke_public_key);
-                let verifier = TpmVerifier::new(TpmTrust::ak_checked_by_caller());
-                let claims = verifier.verify(ev, &binding, now).map_err(|r| refused("tpm", r))?;
-                let ak_hex = claims.ak_name.to_hex();
-                let hw = self
-                    .store
-                    .hardware_by_identity(Identity::TpmAkName, &ak_hex)
-                    .await
-                    .map_err(db)?;
-                let hw = active(hw, || format!("no machine is enrolled with TPM AK {ak_hex}"))?;
-                self.advance_clock(&ak_hex, &claims).await?;
-                self.check_location(&hw)?;
-                Ok((tpm_claims(&claims, &hw), hw))
+                self.consume(nonce, principal).await?;
+                return self.verify_tpm(nonce, hpke_public_key, ev, now).await;
             }
-        }
+        };
+        let claimed_chip = match attestation::snp::unverified_chip_id(&ev.report) {
+            Ok(chip) => chip,
+            // No chip id to read the registry by: the nonce is used, and the refusal is the one
+            // the verifier gives (it parses the framing first, the same way).
+            Err(r) => {
+                self.consume(nonce, principal).await?;
+                return Err(refused("snp", r));
+            }
+        };
+        // The nonce's use and the registry read are one statement (one round trip). The entry
+        // is read by the chip id the report claims, before its signature is checked, and
+        // looked at only once the report has verified with that chip id: the answer to a
+        // report that does not verify is the same whether or not the chip is enrolled.
+        let claimed_hex = claimed_chip.to_hex();
+        let (used, entry) = self
+            .store
+            .consume_challenge_reading_hardware(nonce, principal.as_str(), now_ms(), &claimed_hex)
+            .await
+            .map_err(db)?;
+        fresh(used)?;
+        let binding = attestation::binding::snp_report_data(nonce, hpke_public_key);
+        let claims = self.snp.verify(ev, &binding, now).map_err(|r| refused("snp", r))?;
+        let entry = if claims.chip_id == claimed_chip {
+            entry
+        } else {
+            // Not reached (the verifier reads the same bytes); read the entry again if it is.
+            self.store
+                .hardware_by_identity(Identity::SnpChipId, &claims.chip_id.to_hex())
+                .await
+        };
+        let hw = self.snp_hardware(&claims, entry.map_err(db)?)?;
+        self.check_location(&hw)?;
+        Ok((snp_claims(&claims, &hw), hw))
     }
 
-    async fn snp_hardware(&self, claims: &SnpClaims) -> Result<HardwareRow, ApiError> {
+    /// Verifies a TPM quote bound to (nonce, hpke key), finds its machine, and returns the claims
+    /// the release policies see. The nonce must already be used.
+    async fn verify_tpm(
+        &self,
+        nonce: &[u8],
+        hpke_public_key: &[u8],
+        ev: &TpmEvidence,
+        now: i64,
+    ) -> Result<(ReleaseClaims, HardwareRow), ApiError> {
+        // The quote is verified before the registry is consulted, so nobody learns whether an
+        // AK is enrolled without a quote that AK signed. The registry lookup by the quoting AK's
+        // name is then the enrolled-AK check.
+        let binding = attestation::binding::tpm_qualifying_data(nonce, hpke_public_key);
+        let verifier = TpmVerifier::new(TpmTrust::ak_checked_by_caller());
+        let claims = verifier.verify(ev, &binding, now).map_err(|r| refused("tpm", r))?;
+        let ak_hex = claims.ak_name.to_hex();
+        let hw = self
+            .store
+            .hardware_by_identity(Identity::TpmAkName, &ak_hex)
+            .await
+            .map_err(db)?;
+        let hw = active(hw, || format!("no machine is enrolled with TPM AK {ak_hex}"))?;
+        self.advance_clock(&ak_hex, &claims).await?;
+        self.check_location(&hw)?;
+        Ok((tpm_claims(&claims, &hw), hw))
+    }
+
+    /// The registry entry `entry` read by a verified report's chip id, checked for it.
+    fn snp_hardware(&self, claims: &SnpClaims, entry: Option<HardwareRow>) -> Result<HardwareRow, ApiError> {
         if claims.chip_id_masked {
             return Err(ApiError::new(
                 Reason::HardwareNotEnrolled,
@@ -370,12 +395,7 @@ impl Attestation {
             ));
         }
         let chip = claims.chip_id.to_hex();
-        let hw = self
-            .store
-            .hardware_by_identity(Identity::SnpChipId, &chip)
-            .await
-            .map_err(db)?;
-        let hw = active(hw, || {
+        let hw = active(entry, || {
             format!("no machine is enrolled with SNP chip id {}…", &chip[..16])
         })?;
         if claims.signer == attestation::snp::Signer::Vlek && !hw.snp_accept_vlek {
@@ -629,6 +649,34 @@ fn revoked(h: &HardwareRow) -> ApiError {
     ))
 }
 
+fn check_nonce_length(nonce: &[u8]) -> Result<(), ApiError> {
+    if nonce.len() != 32 {
+        return Err(ApiError::new(
+            Reason::InvalidNonce,
+            format!("nonce: {} bytes; a challenge nonce is 32 bytes", nonce.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// A nonce's use: fine if it was fresh, else the refusal that says why not.
+fn fresh(used: ChallengeUse) -> Result<(), ApiError> {
+    match used {
+        ChallengeUse::Fresh => Ok(()),
+        ChallengeUse::Unknown => Err(ApiError::new(
+            Reason::NonceUnknown,
+            "this nonce was not issued by this service to this caller (call GetChallenge)",
+        )),
+        ChallengeUse::Expired => Err(ApiError::new(
+            Reason::NonceExpired,
+            "the challenge expired: get a new one and attest again",
+        )),
+        ChallengeUse::Replayed => Err(ApiError::new(
+            Reason::NonceReplayed,
+            "the challenge was already used: every attestation needs its own",
+        )),
+    }
+}
 /// An active registry entry, or the refusal that says why not.
 fn active(hw: Option<HardwareRow>, missing: impl FnOnce() -> String) -> Result<HardwareRow, ApiError> {
     match hw {

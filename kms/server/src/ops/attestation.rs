@@ -63,8 +63,10 @@ impl AttestationPlane {
                 Evidence::Tpm(_) => "tpm",
             },
         );
-        self.engine.consume(nonce, who).await?;
-        let (claims, hw) = self.engine.verify(nonce, hpke_public_key, &evidence).await?;
+        let (claims, hw) = self
+            .engine
+            .consume_and_verify(nonce, who, hpke_public_key, &evidence)
+            .await?;
         audit.detail("hardware_id", hw.id.as_str());
         let issued = self.engine.issue(who, hpke_public_key, claims, hw).await?;
         let claims_json = serde_json::to_string(&issued.claims.kms).unwrap_or_default();

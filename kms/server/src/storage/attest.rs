@@ -149,6 +149,12 @@ impl Store {
             .await?
             .rows_affected(),
         };
+        self.challenge_use(used, nonce, principal).await
+    }
+
+    /// What a use that changed `used` rows means: `Fresh` for one, else why the nonce was not
+    /// usable (one more read).
+    async fn challenge_use(&self, used: u64, nonce: &[u8], principal: &str) -> Result<ChallengeUse, StoreError> {
         if used == 1 {
             return Ok(ChallengeUse::Fresh);
         }
@@ -164,6 +170,64 @@ impl Store {
             Some(r) if r.try_get::<Option<i64>, _>("used_unix_ms")?.is_some() => ChallengeUse::Replayed,
             Some(_) => ChallengeUse::Expired,
         })
+    }
+
+    /// [`Store::consume_challenge`], and the registry entry for an SNP chip id as
+    /// [`Store::hardware_by_identity`] reads it, in one statement on PostgreSQL (one round trip
+    /// and one pool checkout where there were two; in turn on SQLite). For Attest, which reads
+    /// the entry by the chip id its report claims before the report's signature is verified and
+    /// must not act on the entry unless it verifies. The entry's read is `Err` on its own (a row
+    /// that does not verify), so that the nonce's use is known either way.
+    pub async fn consume_challenge_reading_hardware(
+        &self,
+        nonce: &[u8],
+        principal: &str,
+        now: i64,
+        chip_id_hex: &str,
+    ) -> Result<(ChallengeUse, Result<Option<HardwareRow>, StoreError>), StoreError> {
+        if self.backend == Backend::Sqlite {
+            let used = self.consume_challenge(nonce, principal, now).await?;
+            return Ok((used, self.hardware_by_identity(Identity::SnpChipId, chip_id_hex).await));
+        }
+        // The registry is outer-joined to the use's one-row count, so there is a row when no
+        // entry names the chip; the SELECT reads the snapshot from before the UPDATE, which
+        // does not touch the registry. Durability as in consume_challenge.
+        let sql = format!(
+            "WITH used AS (UPDATE attestation_nonces SET used_unix_ms = $2 WHERE nonce = $1 AND principal = $3 AND used_unix_ms IS NULL AND expires_unix_ms > $2 RETURNING 1), \
+             n AS (SELECT COUNT(*) AS n, set_config('synchronous_commit', 'off', true) AS commit_mode FROM used) \
+             SELECT n.n, {} FROM n LEFT JOIN {} AS h ON h.snp_chip_id = $4",
+            row::select_list_as::<HardwareRow>("h"),
+            HardwareRow::TABLE.name(),
+        );
+        let read_at = self.integrity.read_at();
+        let rows = sqlx::query(&sql)
+            .bind(nonce)
+            .bind(now)
+            .bind(principal)
+            .bind(chip_id_hex)
+            .fetch_all(&self.pool)
+            .await?;
+        let used = match rows.first() {
+            Some(r) => u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+            None => 0,
+        };
+        let used = self.challenge_use(used, nonce, principal).await?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if !row::present_as::<HardwareRow>(r, "h_")? {
+                continue;
+            }
+            match self.integrity.verify_as::<HardwareRow>(self, r, "h_", read_at).await {
+                Ok(Some(s)) => entries.push(Ok(s)),
+                // Read before this process learned of a newer version: read the registry again
+                // on its own (the nonce's use is done).
+                Ok(None) => return Ok((used, self.hardware_by_identity(Identity::SnpChipId, chip_id_hex).await)),
+                Err(e @ (StoreError::Integrity(_) | StoreError::Rollback(_))) => entries.push(Err(e)),
+                Err(e) => return Ok((used, Err(e))),
+            }
+        }
+        let entry = self.integrity.check_alarm().and_then(|()| best_entry(entries));
+        Ok((used, entry))
     }
 
     /// Forgets challenges and TPM enrolment attempts that expired before `before`, but not the
@@ -243,30 +307,7 @@ impl Store {
             Identity::TpmEkDigest => "tpm_ek_digest",
         };
         let sql = row::select::<HardwareRow>(&format!("WHERE {column} = $1"));
-        let mut best: Option<HardwareRow> = None;
-        let mut refused = None;
-        for r in self.fetch::<HardwareRow>(&sql, &[Value::text(value)]).await? {
-            match r {
-                Ok(s) => {
-                    let better = match &best {
-                        None => true,
-                        Some(b) => {
-                            (s.status == HardwareStatus::Active && b.status != HardwareStatus::Active)
-                                || (s.status == b.status && s.enrolled_unix_ms > b.enrolled_unix_ms)
-                        }
-                    };
-                    if better {
-                        best = Some(s.row);
-                    }
-                }
-                Err(e) => refused = Some(e),
-            }
-        }
-        match (best, refused) {
-            (Some(h), _) => Ok(Some(h)),
-            (None, Some(e)) => Err(e),
-            (None, None) => Ok(None),
-        }
+        best_entry(self.fetch::<HardwareRow>(&sql, &[Value::text(value)]).await?)
     }
 
     /// A page of the registry (see [`Store::page`]).
@@ -474,6 +515,35 @@ impl Store {
     }
 }
 
+/// Of the registry rows naming one identity, the active one if there is one, else the most
+/// recently enrolled; if only rows that do not verify name it, their refusal.
+fn best_entry(rows: Vec<Result<Stored<HardwareRow>, StoreError>>) -> Result<Option<HardwareRow>, StoreError> {
+    let mut best: Option<HardwareRow> = None;
+    let mut refused = None;
+    for r in rows {
+        match r {
+            Ok(s) => {
+                let better = match &best {
+                    None => true,
+                    Some(b) => {
+                        (s.status == HardwareStatus::Active && b.status != HardwareStatus::Active)
+                            || (s.status == b.status && s.enrolled_unix_ms > b.enrolled_unix_ms)
+                    }
+                };
+                if better {
+                    best = Some(s.row);
+                }
+            }
+            Err(e) => refused = Some(e),
+        }
+    }
+    match (best, refused) {
+        (Some(h), _) => Ok(Some(h)),
+        (None, Some(e)) => Err(e),
+        (None, None) => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -653,7 +723,16 @@ mod tests {
             let uses: Vec<_> = (0..8)
                 .map(|i| {
                     let s = if i % 2 == 0 { a.clone() } else { b.clone() };
-                    tokio::spawn(async move { s.consume_challenge(&[round; 32], "alice", 1).await.unwrap() })
+                    tokio::spawn(async move {
+                        if i < 4 {
+                            s.consume_challenge(&[round; 32], "alice", 1).await.unwrap()
+                        } else {
+                            s.consume_challenge_reading_hardware(&[round; 32], "alice", 1, "cd")
+                                .await
+                                .unwrap()
+                                .0
+                        }
+                    })
                 })
                 .collect();
             let mut fresh = 0;
@@ -664,6 +743,102 @@ mod tests {
                 }
             }
             assert_eq!(fresh, 1, "round {round}");
+        }
+    }
+
+    /// The nonce's use with the registry read (one statement on PostgreSQL) answers what the
+    /// two calls made in turn answer: the use, and the entry chosen as `hardware_by_identity`
+    /// chooses it; an entry changed in the database is an error of its own, after which the
+    /// nonce is still used. On SQLite and PostgreSQL.
+    #[tokio::test]
+    async fn a_challenge_used_with_the_registry_read_answers_as_the_two_calls_do() {
+        let (stores, _dir) = crate::storage::test_stores().await;
+        for store in &stores {
+            let backend = store.backend();
+            let now = 1_000_000;
+            for n in 1..=6u8 {
+                store.insert_challenge(&[n; 32], "alice", now + 1000).await.unwrap();
+            }
+            let hw = HardwareRow::example();
+            let chip = hw.snp_chip_id.clone().unwrap();
+            let both = |nonce: u8, chip: String| async move {
+                let (used, entry) = store
+                    .consume_challenge_reading_hardware(&[nonce; 32], "alice", now, &chip)
+                    .await
+                    .unwrap();
+                let alone = store.hardware_by_identity(Identity::SnpChipId, &chip).await;
+                assert_eq!(
+                    format!("{entry:?}"),
+                    format!("{alone:?}"),
+                    "{backend:?}: the entry read alone"
+                );
+                (used, entry)
+            };
+            let (used, entry) = both(1, chip.clone()).await;
+            assert_eq!((used, entry.unwrap()), (ChallengeUse::Fresh, None), "{backend:?}");
+
+            store
+                .insert_hardware(&hw, None, None, record("admin.enroll_hardware"))
+                .await
+                .unwrap();
+            let (used, entry) = both(2, chip.clone()).await;
+            assert_eq!(
+                (used, entry.unwrap()),
+                (ChallengeUse::Fresh, Some(hw.clone())),
+                "{backend:?}"
+            );
+            let (used, entry) = both(2, chip.clone()).await;
+            assert_eq!(
+                (used, entry.unwrap()),
+                (ChallengeUse::Replayed, Some(hw.clone())),
+                "{backend:?}"
+            );
+            let (used, entry) = both(9, "ee".repeat(64)).await;
+            assert_eq!((used, entry.unwrap()), (ChallengeUse::Unknown, None), "{backend:?}");
+
+            // Revoked and re-enrolled: the active entry of the two.
+            let hw_revoked = store
+                .revoke_hardware(&hw.id, "admin", "replaced", now, record("admin.revoke_hardware"))
+                .await
+                .unwrap()
+                .unwrap();
+            let mut again = HardwareRow::example();
+            again.id = format!("hw-{}", "ef".repeat(16));
+            again.enrolled_unix_ms = hw.enrolled_unix_ms - 1;
+            store
+                .insert_hardware(&again, None, None, record("admin.enroll_hardware"))
+                .await
+                .unwrap();
+            let (used, entry) = both(3, chip.clone()).await;
+            assert_eq!(
+                (used, entry.unwrap()),
+                (ChallengeUse::Fresh, Some(again.clone())),
+                "{backend:?}"
+            );
+
+            // The operator changes one entry: the other is the answer, as alone.
+            sql(
+                store,
+                &format!("UPDATE hardware SET country = 'US' WHERE id = '{}'", again.id),
+            )
+            .await;
+            let (used, entry) = both(5, chip.clone()).await;
+            assert_eq!(
+                (used, entry.unwrap()),
+                (ChallengeUse::Fresh, Some(hw_revoked.clone())),
+                "{backend:?}"
+            );
+            // Both: the read is refused, and the nonce is used all the same.
+            sql(store, "UPDATE hardware SET country = 'US'").await;
+            let (used, entry) = both(4, chip.clone()).await;
+            assert_eq!(used, ChallengeUse::Fresh, "{backend:?}");
+            let e = entry.unwrap_err();
+            assert!(
+                matches!(&e, StoreError::Integrity(v) if v.table == "hardware"),
+                "{backend:?}: {e}"
+            );
+            let (used, _) = both(4, chip.clone()).await;
+            assert_eq!(used, ChallengeUse::Replayed, "{backend:?}");
         }
     }
 }
