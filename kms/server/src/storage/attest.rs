@@ -4,6 +4,7 @@
 //! it, from a workload holding the calling principal's mTLS key (docs/threat-model.md).
 
 use std::collections::BTreeSet;
+use std::sync::LazyLock;
 
 use kms_core::audit::Record;
 use kms_core::integrity::Value;
@@ -192,15 +193,18 @@ impl Store {
         // The registry is outer-joined to the use's one-row count, so there is a row when no
         // entry names the chip; the SELECT reads the snapshot from before the UPDATE, which
         // does not touch the registry. Durability as in consume_challenge.
-        let sql = format!(
-            "WITH used AS (UPDATE attestation_nonces SET used_unix_ms = $2 WHERE nonce = $1 AND principal = $3 AND used_unix_ms IS NULL AND expires_unix_ms > $2 RETURNING 1), \
-             n AS (SELECT COUNT(*) AS n, set_config('synchronous_commit', 'off', true) AS commit_mode FROM used) \
-             SELECT n.n, {} FROM n LEFT JOIN {} AS h ON h.snp_chip_id = $4",
-            row::select_list_as::<HardwareRow>("h"),
-            HardwareRow::TABLE.name(),
-        );
+        // Built once: the column list is fixed.
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH used AS (UPDATE attestation_nonces SET used_unix_ms = $2 WHERE nonce = $1 AND principal = $3 AND used_unix_ms IS NULL AND expires_unix_ms > $2 RETURNING 1), \
+                 n AS (SELECT COUNT(*) AS n, set_config('synchronous_commit', 'off', true) AS commit_mode FROM used) \
+                 SELECT n.n, {} FROM n LEFT JOIN {} AS h ON h.snp_chip_id = $4",
+                row::select_list_as::<HardwareRow>("h"),
+                HardwareRow::TABLE.name(),
+            )
+        });
         let read_at = self.integrity.read_at();
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(SQL.as_str())
             .bind(nonce)
             .bind(now)
             .bind(principal)
