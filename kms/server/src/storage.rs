@@ -225,6 +225,19 @@ pub(crate) fn g(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// The query of [`Store::get_pair`] for `A` and `B`.
+pub(crate) fn pair_sql<A: Row, B: Row>() -> String {
+    format!(
+        "SELECT {}, {} FROM (SELECT 1 AS one) AS one LEFT JOIN {} AS a ON {} LEFT JOIN {} AS b ON {}",
+        row::select_list_as::<A>("a"),
+        row::select_list_as::<B>("b"),
+        A::TABLE.name(),
+        row::key_on::<A>("a", 1),
+        B::TABLE.name(),
+        row::key_on::<B>("b", 1 + A::KEY),
+    )
+}
+
 impl Store {
     /// Connects and runs the embedded migrations, with calls waiting for a connection as long as
     /// `database.acquire_timeout_ms` does by default.
@@ -359,24 +372,17 @@ impl Store {
     /// The row of `A` with primary key `a` and the row of `B` with primary key `b`, read in one
     /// query (one round trip instead of two: both tables outer-joined to a single row, each
     /// table's columns under a prefix of its own) and each verified as [`Store::get`] verifies
-    /// it: a row that does not verify, or that kmsd wrote but is gone, is the error.
+    /// it: a row that does not verify, or that kmsd wrote but is gone, is the error. `sql` is
+    /// [`pair_sql`]`::<A, B>()`, which the caller keeps (building it is a few µs per call).
     pub(crate) async fn get_pair<A: Row, B: Row>(
         &self,
+        sql: &str,
         a: &[Value],
         b: &[Value],
     ) -> Result<(Option<Stored<A>>, Option<Stored<B>>), StoreError> {
-        let sql = format!(
-            "SELECT {}, {} FROM (SELECT 1 AS one) AS one LEFT JOIN {} AS a ON {} LEFT JOIN {} AS b ON {}",
-            row::select_list_as::<A>("a"),
-            row::select_list_as::<B>("b"),
-            A::TABLE.name(),
-            row::key_on::<A>("a", 1),
-            B::TABLE.name(),
-            row::key_on::<B>("b", 1 + A::KEY),
-        );
         for _ in 0..3 {
             let read_at = self.integrity.read_at();
-            let mut q = sqlx::query(&sql);
+            let mut q = sqlx::query(sql);
             for v in a.iter().chain(b) {
                 q = row::bind(q, v);
             }

@@ -356,8 +356,9 @@ impl Store {
         hardware_id: &str,
         key_id: kms_core::ids::KeyId,
     ) -> Result<(Option<HardwareRow>, Option<KeyRow>), StoreError> {
+        static SQL: LazyLock<String> = LazyLock::new(super::pair_sql::<HardwareRow, KeyRow>);
         let (hw, key) = self
-            .get_pair::<HardwareRow, KeyRow>(&[Value::text(hardware_id)], &[Value::text(key_id.to_string())])
+            .get_pair::<HardwareRow, KeyRow>(&SQL, &[Value::text(hardware_id)], &[Value::text(key_id.to_string())])
             .await?;
         Ok((hw.map(|s| s.row), key.map(|s| s.row)))
     }
