@@ -43,6 +43,14 @@ async fn authentication(backend: Backend) {
             "future_request",
         );
     }
+    // The extremes are refused the same way (kmsd is a debug build here: an overflow would panic).
+    for (at, reason) in [(i64::MIN, "stale_request"), (i64::MAX, "future_request")] {
+        assert_refused(
+            c.admin.list_keys(signed_at(alice, list(), at)).await,
+            Code::PermissionDenied,
+            reason,
+        );
+    }
     c.admin
         .list_keys(signed_at(alice, list(), kms_core::now_unix_ms() + 20_000))
         .await
@@ -617,6 +625,20 @@ async fn sealing(backend: Backend) {
         Code::Unavailable,
         "sealed",
     );
+
+    // Seal on a sealed replica discards the shares submitted so far: the unseal starts over.
+    let s = submit_share(&mut c.admin, &c.custodians[0]).await.unwrap();
+    assert!(s.sealed && s.progress == 1);
+    let s = c
+        .admin
+        .seal(signed(&dora, Op::Seal(pb::SealOp {})))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(s.sealed && s.progress == 0, "{s:?}");
+    submit_share(&mut c.admin, &c.custodians[0]).await.unwrap();
+    let s = submit_share(&mut c.admin, &c.custodians[1]).await.unwrap();
+    assert!(!s.sealed);
     c.server.stop().await;
 }
 both_backends!(shamir_seal_restart_unseal, super::sealing);

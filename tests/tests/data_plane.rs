@@ -310,6 +310,21 @@ async fn bad_input(backend: Backend) {
         Code::InvalidArgument,
         "missing_key",
     );
+    // A name no key can have (a character outside the set, or over 128 characters) is the
+    // caller's mistake, and its message does not quote the name back.
+    for bad in ["a b".to_string(), "n".repeat(100_000)] {
+        let status = data
+            .generate_data_key(pb::GenerateDataKeyRequest {
+                key: bad.clone(),
+                encryption_context: ctx(&[]),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(reason(&status), "invalid_argument");
+        assert!(status.message().len() < 200, "{}", status.message());
+    }
     c.server.stop().await;
 }
 both_backends!(tampered_truncated_oversized_unknown, super::bad_input);

@@ -49,8 +49,7 @@ pub struct Authorized {
     pub key: KeyRow,
 }
 
-/// What Attest returns.
-#[derive(Debug)]
+/// What Attest returns (its `Debug` leaves out the token: a bearer credential).
 pub struct Issued {
     /// The JWT.
     pub token: String,
@@ -58,6 +57,16 @@ pub struct Issued {
     pub claims: TokenClaims,
     /// The machine.
     pub hardware: HardwareRow,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("token", &"<redacted>")
+            .field("claims", &self.claims)
+            .field("hardware", &self.hardware)
+            .finish()
+    }
 }
 
 /// Evidence as received.
@@ -109,8 +118,8 @@ pub struct SealedRelease {
     pub node_signature: Vec<u8>,
 }
 
-/// An Attest answer: the token and its facts, signed by this node (`Node::sign_attest`).
-#[derive(Debug)]
+/// An Attest answer: the token and its facts, signed by this node (`Node::sign_attest`); its
+/// `Debug` leaves out the token.
 pub struct Attested {
     /// The release token (JWT).
     pub token: String,
@@ -126,6 +135,18 @@ pub struct Attested {
     pub node_public_key: Vec<u8>,
     /// The node's signature over the answer (`kms_node::message::AttestAnswer`).
     pub node_signature: Vec<u8>,
+}
+
+impl std::fmt::Debug for Attested {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attested")
+            .field("token", &"<redacted>")
+            .field("expires_unix_ms", &self.expires_unix_ms)
+            .field("claims_json", &self.claims_json)
+            .field("hardware_id", &self.hardware_id)
+            .field("token_id", &self.token_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A TPM credential challenge (BeginTpmEnrollment), for the machine to activate.
@@ -725,6 +746,25 @@ pub fn report_data_of(report: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The token is a bearer credential: a `{:?}` in a log line must not carry it.
+    #[test]
+    fn debug_leaves_the_token_out() {
+        let answer = Attested {
+            token: "eyJhbGciOiJFZERTQSJ9.secret-claims.secret-signature".into(),
+            expires_unix_ms: 1,
+            claims_json: "{}".into(),
+            hardware_id: "hw-1".into(),
+            token_id: "t-1".into(),
+            node_public_key: vec![1],
+            node_signature: vec![2],
+        };
+        let shown = format!("{answer:?}");
+        assert!(
+            !shown.contains("secret") && shown.contains("<redacted>") && shown.contains("hw-1"),
+            "{shown}"
+        );
+    }
 
     fn hw() -> HardwareRow {
         HardwareRow {

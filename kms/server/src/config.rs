@@ -604,6 +604,9 @@ impl Default for KeysSection {
     }
 }
 
+/// The longest `keys.cache_ttl_ms`: a minute.
+const MAX_KEY_CACHE_TTL_MS: u64 = 60_000;
+
 fn default_cache_ttl() -> u64 {
     1000
 }
@@ -827,6 +830,14 @@ impl Config {
             return Err(ConfigError(format!(
                 "log.level: {:?} is not a tracing filter (e.g. `info`)",
                 file.log.level
+            )));
+        }
+        if file.keys.cache_ttl_ms > MAX_KEY_CACHE_TTL_MS {
+            // The bound is how late a disable or a deletion made on another replica may still be
+            // ignored by this one.
+            return Err(ConfigError(format!(
+                "keys.cache_ttl_ms must be at most {MAX_KEY_CACHE_TTL_MS} (got {})",
+                file.keys.cache_ttl_ms
             )));
         }
         if file.keys.destroy_interval_secs == 0 {
@@ -1126,6 +1137,14 @@ mod tests {
                 .unwrap_err()
                 .0;
             assert!(e.contains("database.acquire_timeout_ms"), "{e}");
+        }
+        let c = Config::from_toml(&base, [("KMSD__KEYS__CACHE_TTL_MS".into(), "60000".into())]).unwrap();
+        assert_eq!(c.key_cache_ttl, Duration::from_secs(60));
+        for bad in ["60001", "18446744073709551615"] {
+            let e = Config::from_toml(&base, [("KMSD__KEYS__CACHE_TTL_MS".into(), bad.into())])
+                .unwrap_err()
+                .0;
+            assert!(e.contains("keys.cache_ttl_ms"), "{e}");
         }
         assert!(!c.danger.allow_unattested_keys);
     }

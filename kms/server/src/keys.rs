@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use kms_core::blob::Kek;
-use kms_core::ids::{KeyId, KeyVersion};
+use kms_core::ids::{KeyId, KeyName, KeyVersion};
 
 use kms_core::secret::SecretBytes;
 
@@ -101,6 +101,9 @@ impl Keys {
             let id = KeyId::parse(key_ref)?;
             return self.by_id(id).await;
         }
+        // A malformed name is the caller's mistake (`invalid_argument`), not a missing key, and
+        // goes to no database query and, unbounded, into no audit record.
+        KeyName::parse(key_ref)?;
         let cached_id = read(&self.names).get(key_ref).copied();
         if let Some(id) = cached_id {
             if let Some(k) = self.fresh(id) {
@@ -211,7 +214,7 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 /// A key to create, decoded and checked (`wire::admin::new_key_from_wire`).
 pub struct NewKey {
     /// Its unique name.
-    pub name: kms_core::ids::KeyName,
+    pub name: KeyName,
     /// Free text, at most 1024 characters.
     pub description: String,
     /// At most 50 tags.

@@ -97,22 +97,25 @@ impl AdminPlane {
         let now = kms_core::now_unix_ms();
         let window = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
         let skew = i64::try_from(self.skew.as_millis()).unwrap_or(i64::MAX);
-        if now - req.timestamp_unix_ms > window {
+        // Saturating: the timestamp is the caller's, and checked before anything else is.
+        let behind = now.saturating_sub(req.timestamp_unix_ms);
+        let ahead = req.timestamp_unix_ms.saturating_sub(now);
+        if behind > window {
             return Err(ApiError::new(
                 Reason::StaleRequest,
                 format!(
                     "the request's timestamp is {} s behind the server's clock (allowed: {} s)",
-                    (now - req.timestamp_unix_ms) / 1000,
+                    behind / 1000,
                     window / 1000
                 ),
             ));
         }
-        if req.timestamp_unix_ms - now > skew {
+        if ahead > skew {
             return Err(ApiError::new(
                 Reason::FutureRequest,
                 format!(
                     "the request's timestamp is {} s ahead of the server's clock (allowed: {} s)",
-                    (req.timestamp_unix_ms - now) / 1000,
+                    ahead / 1000,
                     skew / 1000
                 ),
             ));

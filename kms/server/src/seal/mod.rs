@@ -565,12 +565,12 @@ impl Seal {
         state_key_of(&self.read())
     }
 
-    /// Drops the root keys (shamir only: the other seals unseal themselves at the next start).
+    /// Drops the root keys, or on a sealed replica the shares submitted so far (shamir only: the
+    /// other seals unseal themselves at the next start).
     pub fn seal(&self) -> Result<(), ApiError> {
         let mut st = self.write();
         let generation = match &*st {
-            State::Unsealed { generation, .. } => *generation,
-            State::Sealed { .. } => return Ok(()),
+            State::Unsealed { generation, .. } | State::Sealed { generation, .. } => *generation,
             State::Uninitialized => return Err(ApiError::new(Reason::NotInitialized, "the server is not initialized")),
         };
         if generation.kind != SealKind::Shamir {
