@@ -99,11 +99,25 @@ async fn snp_round_trip(backend: Backend) {
     };
     let opened = later.open(
         &pb_sealed,
-        &kms_core::hpke_seal::release_info("decrypt", &r.key_id, r.key_version, &token2.token_id, &nonce),
+        &kms_core::hpke_seal::release_info(
+            "decrypt",
+            &r.key_id,
+            r.key_version,
+            &token2.token_id,
+            &requested("", &[("file", "a")]),
+            &nonce,
+        ),
         &g.ciphertext_blob,
     );
     assert_eq!(opened.expose_secret(), data_key.expose_secret());
-    let info = kms_core::hpke_seal::release_info("decrypt", &r.key_id, r.key_version, &token2.token_id, &[0x5D; 16]);
+    let info = kms_core::hpke_seal::release_info(
+        "decrypt",
+        &r.key_id,
+        r.key_version,
+        &token2.token_id,
+        &requested("", &[("file", "a")]),
+        &[0x5D; 16],
+    );
     assert!(later
         .key
         .open(
@@ -126,7 +140,14 @@ async fn snp_round_trip(backend: Backend) {
             why,
         );
     }
-    let info = kms_core::hpke_seal::release_info("decrypt", &r.key_id, r.key_version, &token.token_id, &nonce);
+    let info = kms_core::hpke_seal::release_info(
+        "decrypt",
+        &r.key_id,
+        r.key_version,
+        &token.token_id,
+        &requested("", &[("file", "a")]),
+        &nonce,
+    );
     assert!(later
         .key
         .open(
@@ -139,7 +160,14 @@ async fn snp_round_trip(backend: Backend) {
         )
         .is_err());
     // ... nor does the first workload's key.
-    let info = kms_core::hpke_seal::release_info("decrypt", &r.key_id, r.key_version, &token2.token_id, &nonce);
+    let info = kms_core::hpke_seal::release_info(
+        "decrypt",
+        &r.key_id,
+        r.key_version,
+        &token2.token_id,
+        &requested("", &[("file", "a")]),
+        &nonce,
+    );
     assert!(w
         .key
         .open(

@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 
 use kms_core::blob::Blob;
-use kms_core::hpke_seal::{release_info, ReleaseKey, Sealed};
+use kms_core::context::EncryptionContext;
+use kms_core::hpke_seal::{release_info, release_request, ReleaseKey, Sealed};
 use kms_core::ids::KeyId;
 use kms_core::secret::SecretBytes;
 use kms_proto::v1 as pb;
@@ -201,6 +202,7 @@ impl Session {
         key: &str,
         context: &BTreeMap<String, String>,
     ) -> Result<GeneratedKey, Error> {
+        let request = requested(key, context)?;
         let client_nonce = client_nonce()?;
         let mut r = self
             .client
@@ -222,6 +224,7 @@ impl Session {
             &self.token_id,
             Answer {
                 blob: &r.ciphertext_blob,
+                request: &request,
                 client_nonce: &client_nonce,
                 key_id: &r.key_id,
                 key_version: r.key_version,
@@ -261,6 +264,7 @@ impl Session {
                 )));
             }
         }
+        let request = requested(expected_key.unwrap_or_default(), context)?;
         let client_nonce = client_nonce()?;
         let mut r = self
             .client
@@ -283,6 +287,7 @@ impl Session {
             &self.token_id,
             Answer {
                 blob: ciphertext_blob,
+                request: &request,
                 client_nonce: &client_nonce,
                 key_id: &r.key_id,
                 key_version: r.key_version,
@@ -329,12 +334,22 @@ struct Answer<'a> {
     /// The blob the released secret belongs to (the answer's for GenerateDataKey, the request's
     /// for Decrypt): the HPKE `aad`.
     blob: &'a [u8],
+    /// What this request asked for (`release_request` of its key and context), bound into the
+    /// HPKE `info`: an answer to a request changed on its way does not open.
+    request: &'a [u8; 32],
     /// The random value this request carried, bound into the HPKE `info`.
     client_nonce: &'a [u8],
     key_id: &'a str,
     key_version: u32,
     plaintext: &'a mut Vec<u8>,
     sealed: Option<&'a pb::SealedKey>,
+}
+
+/// The release-request digest of a request naming `key` (as sent) with `context`.
+fn requested(key: &str, context: &BTreeMap<String, String>) -> Result<[u8; 32], Error> {
+    let context =
+        EncryptionContext::new(context.clone()).map_err(|e| Error::Input(format!("the encryption context: {e}")))?;
+    Ok(release_request(key, &context))
 }
 
 /// 16 random bytes for one request: the server binds them into the sealed answer, so an earlier
@@ -375,6 +390,7 @@ fn open_release(
         &blob_key,
         blob.version().get(),
         token_id,
+        answer.request,
         answer.client_nonce,
     );
     node.check(
@@ -400,7 +416,6 @@ fn open_release(
 #[cfg(test)]
 mod tests {
     use kms_core::blob::Kek;
-    use kms_core::context::EncryptionContext;
     use kms_core::hpke_seal::{seal, X25519};
     use kms_core::ids::KeyVersion;
 
@@ -408,6 +423,7 @@ mod tests {
 
     const TOKEN_ID: &str = "tok-1";
     const NONCE: &[u8] = &[9; 16];
+    const REQUEST: &[u8; 32] = &[7; 32];
 
     /// The releasing kmsd's node key, as the agent verified it.
     fn node_key() -> &'static kms_node::NodeKey {
@@ -445,12 +461,24 @@ mod tests {
 
     /// What the server does: seal `secret` to the session key for `op` on `blob`.
     fn sealed_for(key: &ReleaseKey, op: ReleaseOperation, blob: &[u8], token_id: &str) -> pb::SealedKey {
+        sealed_answering(key, op, blob, token_id, REQUEST)
+    }
+
+    /// The same, for a request that asked for `request`.
+    fn sealed_answering(
+        key: &ReleaseKey,
+        op: ReleaseOperation,
+        blob: &[u8],
+        token_id: &str,
+        request: &[u8; 32],
+    ) -> pb::SealedKey {
         let parsed = Blob::parse(blob).unwrap();
         let info = release_info(
             op.as_str(),
             &parsed.key_id().to_string(),
             parsed.version().get(),
             token_id,
+            request,
             NONCE,
         );
         let s = seal::<X25519>(&key.public_key(), &info, blob, &[0x42; 32]).unwrap();
@@ -484,6 +512,7 @@ mod tests {
             TOKEN_ID,
             Answer {
                 blob,
+                request: REQUEST,
                 client_nonce: NONCE,
                 key_id,
                 key_version: version,
@@ -514,6 +543,18 @@ mod tests {
         );
         // (its signature covers the HPKE info, so it fails there first)
         assert!(matches!(other, Err(Error::Node(_))));
+        // An answer to a request that asked for another key (as named) or context: a proxy
+        // changed the request on its way to the server.
+        for other in [
+            release_request("payroll", &EncryptionContext::empty()),
+            release_request(&id.to_string(), &EncryptionContext::empty()),
+        ] {
+            let changed = sealed_answering(&key, op, &blob, TOKEN_ID, &other);
+            let e = open(&key, op, &blob, &id.to_string(), 3, &mut Vec::new(), Some(&changed))
+                .err()
+                .unwrap();
+            assert!(matches!(&e, Error::Node(n) if n.reason() == "node_signature"), "{e}");
+        }
         let other_token = sealed_for(&key, op, &blob, "tok-2");
         assert!(open(&key, op, &blob, &id.to_string(), 3, &mut Vec::new(), Some(&other_token)).is_err());
         let stranger = ReleaseKey::generate();
@@ -532,7 +573,7 @@ mod tests {
         let op = ReleaseOperation::GenerateDataKey;
         let mut forged = sealed_for(&key, op, &blob, TOKEN_ID);
         let proxy = kms_node::NodeKey::generate().unwrap();
-        let info = release_info(op.as_str(), &id.to_string(), 1, TOKEN_ID, NONCE);
+        let info = release_info(op.as_str(), &id.to_string(), 1, TOKEN_ID, REQUEST, NONCE);
         forged.node_signature = proxy
             .sign(&kms_node::message::release(
                 &info,

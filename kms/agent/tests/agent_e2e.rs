@@ -300,11 +300,15 @@ async fn the_agent_trusts_only_an_attested_kmsd() {
             move |r: &mut pb::GenerateDataKeyResponse| {
                 let req = asked.lock().unwrap().clone().unwrap();
                 let token = kms_core::token::TokenClaims::read_unverified(&req.attestation_token).unwrap();
+                let asked_context =
+                    kms_core::context::EncryptionContext::new(req.encryption_context.clone().into_iter().collect())
+                        .unwrap();
                 let info = kms_core::hpke_seal::release_info(
                     "generate_data_key",
                     &r.key_id,
                     r.key_version,
                     &token.jti,
+                    &kms_core::hpke_seal::release_request(&req.key, &asked_context),
                     &req.client_nonce,
                 );
                 let chosen = kms_core::hpke_seal::seal_release(
@@ -326,6 +330,37 @@ async fn the_agent_trusts_only_an_attested_kmsd() {
     match s.generate_data_key("payroll", &context).await {
         Err(Error::Node(e)) => assert_eq!(e.reason(), "node_signature", "{e}"),
         other => panic!("a forged release must be refused: {other:?}"),
+    }
+
+    // The proxy changes the request on its way: another key the workload's token also opens
+    // (named as the workload names keys), or another encryption context. The genuine node
+    // answers the request it got, and the workload, whose release binds what it asked for,
+    // refuses that answer.
+    c.create_key("payroll-weak", &[APP], &policy(&request.ek_digest, PCR7_BOOTED))
+        .await;
+    for change in ["key", "context"] {
+        let rewriting = Tamper {
+            request: Arc::new(move |path, bytes| {
+                if path != "/kms.v1.KeyService/GenerateDataKey" {
+                    return Ok(bytes);
+                }
+                let mut r: pb::GenerateDataKeyRequest = prost::Message::decode(bytes.as_slice()).unwrap();
+                if change == "key" {
+                    r.key = "payroll-weak".into();
+                } else {
+                    r.encryption_context.insert("file".into(), "chosen-by-the-proxy".into());
+                }
+                Ok(prost::Message::encode_to_vec(&r))
+            }),
+            ..Tamper::none()
+        };
+        let proxy = GrpcProxy::start(&c.pki, &c.server, APP, rewriting).await;
+        let via = workload_at(&c, &proxy, node.policy()).await;
+        let s = via.attest(&mut quoter).await.unwrap();
+        match s.generate_data_key("payroll", &context).await {
+            Err(Error::Node(e)) => assert_eq!(e.reason(), "node_signature", "{change}: {e}"),
+            other => panic!("an answer to a changed request ({change}) must be refused: {other:?}"),
+        }
     }
 
     // A token of the proxy's own (here: another workload's, with another HPKE key).

@@ -7,6 +7,7 @@ use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, Kem, OpModeR, OpModeS, Serializable};
 
+use crate::context::EncryptionContext;
 use crate::secret::SecretBytes;
 use crate::Error;
 
@@ -14,27 +15,53 @@ use crate::Error;
 pub type X25519 = X25519HkdfSha256;
 
 /// HPKE `info` of a secret released to an attested workload (proto `SealedKey`):
-/// `"kms-release-v1\0" ‖ operation ‖ 0x00 ‖ key_id ‖ 0x00 ‖ key_version (u32 big-endian) ‖ token_id
-/// ‖ client_nonce`.
+/// `"kms-release-v2\0" ‖ operation ‖ 0x00 ‖ key_id ‖ 0x00 ‖ key_version (u32 big-endian) ‖ token_id
+/// ‖ request (32 bytes, [`release_request`]) ‖ client_nonce`.
 ///
 /// `operation` is `generate_data_key` or `decrypt`, `key_id` the key's id (`k-…`), `token_id` the
 /// attestation token's `jti`. None of them may contain a NUL byte (operations are fixed, ids are
 /// hex), which keeps the encoding unambiguous. The `aad` of such a release is the ciphertext blob,
-/// which binds the key id, version and encryption context; see [`seal_release`]. `client_nonce` is
-/// the workload's random value for this request (the token id before it has a fixed length, 32
-/// hex digits, so the encoding stays unambiguous): a response to another request does not open.
-pub fn release_info(operation: &str, key_id: &str, key_version: u32, token_id: &str, client_nonce: &[u8]) -> Vec<u8> {
+/// which binds the key id, version and encryption context; see [`seal_release`]. `request` binds
+/// what the workload asked for (the key as it named it, and the context), so an answer to a
+/// request changed on its way is refused by the workload that sent it. `client_nonce` is the
+/// workload's random value for this request (the token id and the request before it have fixed
+/// lengths, 32 hex digits and 32 bytes, so the encoding stays unambiguous): a response to another
+/// request does not open.
+pub fn release_info(
+    operation: &str,
+    key_id: &str,
+    key_version: u32,
+    token_id: &str,
+    request: &[u8; 32],
+    client_nonce: &[u8],
+) -> Vec<u8> {
     [
-        b"kms-release-v1\0".as_slice(),
+        b"kms-release-v2\0".as_slice(),
         operation.as_bytes(),
         b"\0",
         key_id.as_bytes(),
         b"\0",
         &key_version.to_be_bytes(),
         token_id.as_bytes(),
+        request,
         client_nonce,
     ]
     .concat()
+}
+
+/// The request an attested release answers, as [`release_info`] binds it: SHA-256 of
+/// `"kms-release-request-v1\0" ‖ u32 BE length ‖ key ‖ context.canonical_bytes()`, where `key` is
+/// the request's `key` field exactly as sent (an id, a name, or empty for a Decrypt that names
+/// none) and `context` its encryption context.
+pub fn release_request(key: &str, context: &EncryptionContext) -> [u8; 32] {
+    let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+    d.update(b"kms-release-request-v1\0");
+    d.update(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
+    d.update(key.as_bytes());
+    d.update(&context.canonical_bytes());
+    let mut out = [0; 32];
+    out.copy_from_slice(d.finish().as_ref());
+    out
 }
 
 /// The workload's side of an attested release: an X25519 key pair whose public key the
@@ -240,28 +267,31 @@ mod tests {
 
     const KEY_ID: &str = "k-00112233445566778899aabbccddeeff";
     const TOKEN_ID: &str = "0123456789abcdef0123456789abcdef";
+    const REQUEST: [u8; 32] = [0x3c; 32];
 
     #[test]
     fn release_info_layout() {
-        let info = release_info("generate_data_key", KEY_ID, 7, TOKEN_ID, b"");
+        let info = release_info("generate_data_key", KEY_ID, 7, TOKEN_ID, &REQUEST, b"nonce");
         let expected = [
-            b"kms-release-v1\0generate_data_key\0".as_slice(),
+            b"kms-release-v2\0generate_data_key\0".as_slice(),
             KEY_ID.as_bytes(),
             &[0, 0, 0, 0, 7],
             TOKEN_ID.as_bytes(),
+            &REQUEST,
+            b"nonce",
         ]
         .concat();
         assert_eq!(info, expected);
         assert_eq!(
-            release_info("decrypt", "k", 0x0102_0304, "t", b""),
-            b"kms-release-v1\0decrypt\0k\0\x01\x02\x03\x04t"
+            release_info("decrypt", "k", 0x0102_0304, "t", &[0; 32], b""),
+            [b"kms-release-v2\0decrypt\0k\0\x01\x02\x03\x04t".as_slice(), &[0; 32]].concat()
         );
     }
 
     #[test]
     fn release_round_trip_binds_every_field() {
         let key = ReleaseKey::generate();
-        let info = release_info("decrypt", KEY_ID, 3, TOKEN_ID, b"");
+        let info = release_info("decrypt", KEY_ID, 3, TOKEN_ID, &REQUEST, b"");
         let sealed = seal_release(&key.public_key(), &info, b"blob", b"data key").unwrap();
         assert_eq!(sealed.encapsulated_key.len(), 32);
         assert_eq!(sealed.ciphertext.len(), b"data key".len() + 16);
@@ -271,12 +301,20 @@ mod tests {
         );
 
         let other_infos = [
-            release_info("generate_data_key", KEY_ID, 3, TOKEN_ID, b""),
-            release_info("decrypt", "k-00112233445566778899aabbccddeefe", 3, TOKEN_ID, b""),
-            release_info("decrypt", KEY_ID, 4, TOKEN_ID, b""),
-            release_info("decrypt", KEY_ID, 3, "0123456789abcdef0123456789abcdee", b""),
-            release_info("decrypt", KEY_ID, 3, "", b""),
-            release_info("decrypt", KEY_ID, 3, TOKEN_ID, &[1; 16]),
+            release_info("generate_data_key", KEY_ID, 3, TOKEN_ID, &REQUEST, b""),
+            release_info(
+                "decrypt",
+                "k-00112233445566778899aabbccddeefe",
+                3,
+                TOKEN_ID,
+                &REQUEST,
+                b"",
+            ),
+            release_info("decrypt", KEY_ID, 4, TOKEN_ID, &REQUEST, b""),
+            release_info("decrypt", KEY_ID, 3, "0123456789abcdef0123456789abcdee", &REQUEST, b""),
+            release_info("decrypt", KEY_ID, 3, "", &REQUEST, b""),
+            release_info("decrypt", KEY_ID, 3, TOKEN_ID, &REQUEST, &[1; 16]),
+            release_info("decrypt", KEY_ID, 3, TOKEN_ID, &[0x3d; 32], b""),
         ];
         for other in &other_infos {
             assert!(key.open_release(&sealed, other, b"blob").is_err());
@@ -299,6 +337,28 @@ mod tests {
         assert!(seal_release(&[], &info, b"blob", b"x").is_err());
     }
 
+    /// The request digest changes with the key as named and with every part of the context.
+    #[test]
+    fn release_request_binds_key_and_context() {
+        let ctx = |pairs: &[(&str, &str)]| {
+            EncryptionContext::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap()
+        };
+        let base = release_request("payroll", &ctx(&[("tenant", "acme")]));
+        for other in [
+            release_request("payroll2", &ctx(&[("tenant", "acme")])),
+            release_request(KEY_ID, &ctx(&[("tenant", "acme")])),
+            release_request("", &ctx(&[("tenant", "acme")])),
+            release_request("payroll", &ctx(&[("tenant", "acm")])),
+            release_request("payroll", &ctx(&[("tenant", "acme"), ("x", "")])),
+            release_request("payroll", &ctx(&[])),
+            // A length prefix keeps the key's end apart from the context's start.
+            release_request("payroll\0", &ctx(&[("tenant", "acme")])),
+        ] {
+            assert_ne!(base, other);
+        }
+        assert_eq!(base, release_request("payroll", &ctx(&[("tenant", "acme")])));
+    }
+
     /// Computed independently by `test_data/hpke-release.py` (RFC 9180 written out with
     /// pyca/cryptography primitives, checked there against pyca's own HPKE).
     #[test]
@@ -309,21 +369,34 @@ mod tests {
             key.public_key(),
             h("c306fb0ef2bf8b7f93bad98155fa37daec74db0c4cbeda6c6f1dba9d36558252")
         );
-        let info = release_info("generate_data_key", KEY_ID, 7, TOKEN_ID, b"");
+        let context = EncryptionContext::new(
+            [("tenant", "acme"), ("b", "2"), ("a", "")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
+        .unwrap();
+        let request = release_request("payroll", &context);
+        assert_eq!(
+            request.to_vec(),
+            h("31a4098f3045c76108eff833176aa9443af28652b45cd6cfdf290b51d6835dbf")
+        );
+        let info = release_info("generate_data_key", KEY_ID, 7, TOKEN_ID, &request, &[0x5d; 16]);
         assert_eq!(
             info,
             h(concat!(
-                "6b6d732d72656c656173652d76310067656e65726174655f646174615f6b6579006b2d3030313132323333",
+                "6b6d732d72656c656173652d76320067656e65726174655f646174615f6b6579006b2d3030313132323333",
                 "34343535363637373838393961616262636364646565666600000000073031323334353637383961626364",
-                "656630313233343536373839616263646566"
+                "65663031323334353637383961626364656631a4098f3045c76108eff833176aa9443af28652b45cd6cf",
+                "df290b51d6835dbf5d5d5d5d5d5d5d5d5d5d5d5d5d5d5d5d"
             ))
         );
         let aad = b"blob: key id, version and encryption context";
         let sealed = Sealed {
             encapsulated_key: h("19d80204bf85f3e1118e1b23410c88f0d0eeced5156f4c5bdf347b14ed7ec63f"),
             ciphertext: h(concat!(
-                "8965ab2ac9336834c37ea623767c0031dc2717755f6e4b6be3671ddf50a315a2",
-                "955f051c4c00a30c4491c2b03cefa11e"
+                "c466bcfad99fe4ed0c2c5872c037a146c3f9096654203659056afb8b8332c175",
+                "fc65450a0051598aa2811dc4d2cc26c3"
             )),
         };
         let plaintext: Vec<u8> = (0u8..32).collect();

@@ -2,8 +2,11 @@
 """Cross-implementation vector for the attested release's HPKE seal (kms/core/src/hpke_seal.rs).
 
 RFC 9180 base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM, with
-  info = "kms-release-v1\\0" || operation || 0x00 || key_id || 0x00 || key_version (u32 BE) || token_id
-  aad  = the ciphertext blob.
+  info    = "kms-release-v2\\0" || operation || 0x00 || key_id || 0x00 || key_version (u32 BE) || token_id
+            || request || client_nonce
+  request = SHA-256("kms-release-request-v1\\0" || u32 BE len || key as requested
+                    || u32 BE count || for each pair in key order: u32 BE len || key || u32 BE len || value)
+  aad     = the ciphertext blob.
 
 pyca/cryptography's HPKE `Suite` (>= 48) has no `aad` argument and picks its own ephemeral key, so
 this script writes the RFC 9180 sender out with pyca primitives (fixed ephemeral key, any aad),
@@ -27,15 +30,29 @@ KEM_SUITE_ID = b"KEM" + struct.pack(">H", 0x0020)
 HPKE_SUITE_ID = b"HPKE" + struct.pack(">HHH", 0x0020, 0x0001, 0x0002)
 
 
-def release_info(operation: str, key_id: str, key_version: int, token_id: str) -> bytes:
+def release_request(key: str, context: dict) -> bytes:
+    canonical = struct.pack(">I", len(context))
+    for k in sorted(context, key=lambda k: k.encode()):
+        canonical += struct.pack(">I", len(k.encode())) + k.encode()
+        canonical += struct.pack(">I", len(context[k].encode())) + context[k].encode()
+    return hashlib.sha256(
+        b"kms-release-request-v1\0" + struct.pack(">I", len(key.encode())) + key.encode() + canonical
+    ).digest()
+
+
+def release_info(operation: str, key_id: str, key_version: int, token_id: str, request: bytes,
+                 client_nonce: bytes) -> bytes:
+    assert len(request) == 32
     return (
-        b"kms-release-v1\0"
+        b"kms-release-v2\0"
         + operation.encode()
         + b"\0"
         + key_id.encode()
         + b"\0"
         + struct.pack(">I", key_version)
         + token_id.encode()
+        + request
+        + client_nonce
     )
 
 
@@ -98,7 +115,7 @@ def self_check() -> None:
     """The written-out sender and receiver agree with pyca's HPKE (which needs an empty aad)."""
     suite = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
     sk_r = x25519.X25519PrivateKey.from_private_bytes(bytes(range(32)))
-    info = release_info("decrypt", "k-" + "0" * 32, 1, "f" * 32)
+    info = release_info("decrypt", "k-" + "0" * 32, 1, "f" * 32, bytes(32), b"")
     enc, ct = seal(raw(sk_r.public_key()), bytes(range(32, 64)), info, b"", b"self check")
     assert suite.decrypt(enc + ct, sk_r, info=info) == b"self check"
     theirs = suite.encrypt(b"the other way", sk_r.public_key(), info=info)
@@ -113,14 +130,15 @@ def main() -> None:
         return
     sk_r = bytes.fromhex("a1" * 32)
     sk_e = bytes.fromhex("e2" * 32)
+    request = release_request("payroll", {"tenant": "acme", "b": "2", "a": ""})
     info = release_info("generate_data_key", "k-00112233445566778899aabbccddeeff", 7,
-                        "0123456789abcdef0123456789abcdef")
+                        "0123456789abcdef0123456789abcdef", request, bytes([0x5D] * 16))
     aad = b"blob: key id, version and encryption context"
     plaintext = bytes(range(32))
     pk_r = raw(x25519.X25519PrivateKey.from_private_bytes(sk_r).public_key())
     enc, ct = seal(pk_r, sk_e, info, aad, plaintext)
     assert open_(sk_r, enc, ct, info, aad) == plaintext
-    for name, value in [("sk_r", sk_r), ("pk_r", pk_r), ("info", info), ("aad", aad),
+    for name, value in [("sk_r", sk_r), ("pk_r", pk_r), ("request", request), ("info", info), ("aad", aad),
                         ("plaintext", plaintext), ("enc", enc), ("ct", ct)]:
         print(f"{name} = {value.hex()}")
 

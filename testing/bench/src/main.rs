@@ -414,6 +414,7 @@ fn attested_baselines() -> AttestedBaselines {
         "k-00112233445566778899aabbccddeeff",
         1,
         "0123456789abcdef0123456789abcdef",
+        &[0x3c; 32],
         &BENCH_CLIENT_NONCE,
     );
     let blob = [0x42u8; 120];
@@ -1599,6 +1600,7 @@ fn open(
         &r.key_id,
         r.key_version,
         &token.token_id,
+        &bench_request(),
         &BENCH_CLIENT_NONCE,
     );
     let sealed = Sealed {
@@ -1613,6 +1615,13 @@ fn open(
 /// The client nonce of the bench's attested requests. A workload draws a fresh one per request
 /// (kms-agent does); the bench reuses one so the load generator spends nothing on it.
 const BENCH_CLIENT_NONCE: [u8; 16] = [7; 16];
+
+/// The release-request digest of [`gdk_request`]'s key and context.
+fn bench_request() -> [u8; 32] {
+    let context =
+        EncryptionContext::new(bench_context().into_iter().collect()).expect("the bench's encryption context");
+    hpke_seal::release_request(ATTESTED_KEY, &context)
+}
 
 fn gdk_request(token: &pb::AttestResponse) -> pb::GenerateDataKeyRequest {
     pb::GenerateDataKeyRequest {

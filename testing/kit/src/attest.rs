@@ -258,7 +258,14 @@ impl Workload {
         let sealed = r.sealed_plaintext.clone().expect("sealed_plaintext");
         let plain = self.open(
             &sealed,
-            &hpke_seal::release_info("generate_data_key", &r.key_id, r.key_version, &token.token_id, &nonce),
+            &hpke_seal::release_info(
+                "generate_data_key",
+                &r.key_id,
+                r.key_version,
+                &token.token_id,
+                &requested(key, context),
+                &nonce,
+            ),
             &r.ciphertext_blob,
         );
         Ok((r, plain))
@@ -290,7 +297,14 @@ impl Workload {
         let sealed = r.sealed_plaintext.clone().expect("sealed_plaintext");
         Ok(self.open(
             &sealed,
-            &hpke_seal::release_info("decrypt", &r.key_id, r.key_version, &token.token_id, &nonce),
+            &hpke_seal::release_info(
+                "decrypt",
+                &r.key_id,
+                r.key_version,
+                &token.token_id,
+                &requested("", context),
+                &nonce,
+            ),
             blob,
         ))
     }
@@ -371,4 +385,17 @@ pub fn assert_status<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: toni
 /// TPM evidence (as the attester makes it) on the wire.
 pub fn tpm_evidence(ev: attestation::tpm::TpmEvidence) -> pb::attest_request::Evidence {
     pb::attest_request::Evidence::Tpm(kms_node::tpm_to_wire(&ev))
+}
+
+/// The release-request digest (`hpke_seal::release_request`) of a request naming `key` (as
+/// sent; empty for a Decrypt that names none) with `context`.
+pub fn requested(key: &str, context: &[(&str, &str)]) -> [u8; 32] {
+    let context = kms_core::context::EncryptionContext::new(
+        context
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    )
+    .expect("a valid encryption context");
+    hpke_seal::release_request(key, &context)
 }

@@ -60,10 +60,16 @@ pub(crate) enum Release {
 
 impl Release {
     /// Seals `plaintext` for an attested release, signed by `node`; `None` otherwise.
+    /// `requested` is the request's `key` field as received, and `context` its encryption
+    /// context: both are bound into the release (`hpke_seal::release_request`), so the workload
+    /// refuses an answer to a request that was changed on its way here.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn seal(
         &self,
         node: &Node,
         operation: Operation,
+        requested: &str,
+        context: &EncryptionContext,
         key_id: KeyId,
         version: KeyVersion,
         blob: &[u8],
@@ -81,6 +87,7 @@ impl Release {
             &key_id.to_string(),
             version.get(),
             &auth.token.jti,
+            &hpke_seal::release_request(requested, context),
             client_nonce,
         );
         let sealed = hpke_seal::seal_release(&pk, &info, blob, plaintext)?;
@@ -230,9 +237,20 @@ impl DataPlane {
         audit: &mut Audit,
     ) -> Result<(Wrapped, Released), ApiError> {
         let op = Operation::GenerateDataKey;
+        let requested = key;
         let (blob, dk, key, release) = self.new_data_key(who, key, context, proof, op, audit).await?;
         let version = latest_version(&key)?;
-        let plaintext = match release.seal(&self.node, op, key.id, version, &blob, dk.expose_secret())? {
+        let sealed = release.seal(
+            &self.node,
+            op,
+            requested,
+            context,
+            key.id,
+            version,
+            &blob,
+            dk.expose_secret(),
+        )?;
+        let plaintext = match sealed {
             Some(sealed) => Plaintext::Sealed(sealed),
             None => Plaintext::Clear(SecretBytes::new(dk.expose_secret().to_vec())),
         };
@@ -334,7 +352,17 @@ impl DataPlane {
         }
         let op = Operation::Decrypt;
         let (plain, key, version, release) = self.decrypt_blob(who, blob, context, op, proof, audit).await?;
-        let plaintext = match release.seal(&self.node, op, key.id, version, blob, plain.expose_secret())? {
+        let sealed = release.seal(
+            &self.node,
+            op,
+            expected_key,
+            context,
+            key.id,
+            version,
+            blob,
+            plain.expose_secret(),
+        )?;
+        let plaintext = match sealed {
             Some(sealed) => Plaintext::Sealed(sealed),
             None => Plaintext::Clear(plain),
         };
