@@ -151,7 +151,8 @@ impl Envelope {
         self.suite
     }
 
-    /// The limits readers apply.
+    /// The limits readers apply; encrypt refuses to write a message they would refuse (more
+    /// wrapped keys, a longer header).
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
@@ -258,17 +259,32 @@ impl Envelope {
                 e
             }
         };
-        Sealer::start(
+        let (sealer, header) = Sealer::start(
             self.suite,
             &entry.data_key,
             &entry.edks,
             &entry.context,
             entry.signer.clone(),
             self.frame_length,
-        )
+        )?;
+        // What this envelope's own reader would refuse is not written (the ESDK's encrypt MUST
+        // refuse more wrapped keys than its maximum).
+        if header.len() > self.limits.max_header_len {
+            return Err(Error::HeaderTooLarge {
+                max: self.limits.max_header_len,
+            });
+        }
+        Ok((sealer, header))
     }
 
     async fn materials(&self, context: &EncryptionContext) -> Result<EncryptionEntry, Error> {
+        // One wrapped key per keyring: checked before any keyring is asked for one.
+        if self.keyrings.len() > self.limits.max_wrapped_keys {
+            return Err(Error::TooManyWrappedKeys {
+                count: self.keyrings.len(),
+                max: self.limits.max_wrapped_keys,
+            });
+        }
         let mut context = context.clone();
         let signer = match self.suite.signature() {
             Some(alg) => {

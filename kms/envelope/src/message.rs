@@ -323,7 +323,9 @@ impl BodyReader {
             },
             (State::Body, ContentType::Framed) => match available.get(..4) {
                 Some(m) if m == FINAL_FRAME_MARK.to_be_bytes() => match available.get(20..24) {
-                    Some(l) => 24 + u32::from_be_bytes(l.try_into().unwrap_or([0; 4])) as usize + TAG_LEN,
+                    Some(l) => usize::try_from(u32::from_be_bytes(l.try_into().unwrap_or([0; 4])))
+                        .unwrap_or(usize::MAX)
+                        .saturating_add(24 + TAG_LEN),
                     None => 24,
                 },
                 _ => frame_total,

@@ -354,6 +354,28 @@ async fn limits_are_checked_before_any_key_is_opened() {
     let e = small.decrypting_reader(&m[..], &ctx()).await.err().unwrap();
     assert_eq!(e.reason(), "header_too_large");
 
+    // A writer does not write what its own limits would refuse to read.
+    let strict_writer = Envelope::new(raw("a", 1))
+        .with_keyring(raw("b", 2))
+        .with_keyring(raw("c", 3))
+        .with_limits(Limits {
+            max_wrapped_keys: 2,
+            ..Limits::default()
+        });
+    let e = strict_writer.encrypt(b"x", &ctx()).await.err().unwrap();
+    assert!(matches!(e, Error::TooManyWrappedKeys { count: 3, max: 2 }), "{e}");
+    let small_writer = Envelope::new(raw("a", 1)).with_limits(Limits {
+        max_header_len: 400,
+        ..Limits::default()
+    });
+    let e = small_writer
+        .encrypt(b"x", &ctx().with("padding", "p".repeat(400)))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::HeaderTooLarge { max: 400 }), "{e}");
+    assert!(small_writer.encrypt(b"x", &ctx()).await.is_ok());
+
     let big_frames = Envelope::new(raw("a", 1)).with_frame_length(1 << 20).unwrap();
     let m = big_frames.encrypt(b"x", &ctx()).await.unwrap();
     let capped = Envelope::new(raw("a", 1)).with_limits(Limits {
