@@ -291,6 +291,51 @@ async fn two_of_three(backend: Backend) {
 }
 both_backends!(two_of_three_quorum, super::two_of_three);
 
+/// The operator copies an approval row (after dropping the table's primary key): every copy
+/// verifies as a genuine row, but an admin's approval counts once, so one more admin's approval
+/// does not reach 3 of 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_approval_row_counts_once() {
+    let opts = Options {
+        approval_quorum: 3,
+        ..Options::default()
+    };
+    let Some(c) = Ceremony::new(Backend::Postgres, opts).await else {
+        return;
+    };
+    let [alice, bob] = [&c.custodians[0], &c.custodians[1]];
+    let dave = admin("dave", "DE");
+    let p = c
+        .admin
+        .clone()
+        .propose(propose(alice, add(&dave)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((p.approvals.len(), p.approvals_required), (1, 3));
+
+    let mut conn = c.db.connect().await;
+    for sql in [
+        "ALTER TABLE approvals DROP CONSTRAINT approvals_pkey".to_owned(),
+        format!(
+            "INSERT INTO approvals SELECT * FROM approvals WHERE proposal_id = '{}' AND admin_id = 'alice'",
+            p.id
+        ),
+    ] {
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    }
+    let copies: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM approvals WHERE admin_id = 'alice'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(copies, 2);
+
+    let after = c.admin.clone().approve(approve(bob, &p)).await.unwrap().into_inner();
+    assert_eq!(after.status, pb::ProposalStatus::Pending as i32, "{after:?}");
+    assert!(!admins(&c).await.contains(&"dave".to_owned()));
+    c.server.stop().await;
+}
+
 async fn expiry(backend: Backend) {
     let opts = Options {
         approval_quorum: 2,

@@ -138,7 +138,14 @@ async fn counted_approvals(
         .await?;
     let admins = tx.all::<AdminRow>("WHERE removed_unix_ms IS NULL", &[]).await?;
     let mut n = 0i64;
+    // Each admin counts once, for this proposal only: every copy of a genuine row verifies, so a
+    // row the database returns twice (its primary key dropped and the row copied) or for another
+    // proposal must not count again.
+    let mut counted = std::collections::BTreeSet::new();
     for a in &approvals {
+        if a.proposal_id != proposal.id || !counted.insert(a.admin_id.as_str()) {
+            continue;
+        }
         let Some(admin) = admins.iter().find(|d| d.id == a.admin_id) else {
             continue;
         };
