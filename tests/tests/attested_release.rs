@@ -92,32 +92,25 @@ async fn snp_round_trip(backend: Backend) {
         .unwrap()
         .into_inner();
     let sealed = r.sealed_plaintext.unwrap();
+    // The HPKE info of an answer to this Decrypt, for a token and a client nonce.
+    let decrypt_info = |token_id: &str, nonce: &[u8]| {
+        kms_core::hpke_seal::release_info(
+            "decrypt",
+            &r.key_id,
+            r.key_version,
+            token_id,
+            &requested("", &[("file", "a")]),
+            nonce,
+        )
+    };
     let pb_sealed = pb::SealedKey {
         encapsulated_key: sealed.encapsulated_key.clone(),
         ciphertext: sealed.ciphertext.clone(),
         ..Default::default()
     };
-    let opened = later.open(
-        &pb_sealed,
-        &kms_core::hpke_seal::release_info(
-            "decrypt",
-            &r.key_id,
-            r.key_version,
-            &token2.token_id,
-            &requested("", &[("file", "a")]),
-            &nonce,
-        ),
-        &g.ciphertext_blob,
-    );
+    let opened = later.open(&pb_sealed, &decrypt_info(&token2.token_id, &nonce), &g.ciphertext_blob);
     assert_eq!(opened.expose_secret(), data_key.expose_secret());
-    let info = kms_core::hpke_seal::release_info(
-        "decrypt",
-        &r.key_id,
-        r.key_version,
-        &token2.token_id,
-        &requested("", &[("file", "a")]),
-        &[0x5D; 16],
-    );
+    let info = decrypt_info(&token2.token_id, &[0x5D; 16]);
     assert!(later
         .key
         .open(
@@ -140,14 +133,7 @@ async fn snp_round_trip(backend: Backend) {
             why,
         );
     }
-    let info = kms_core::hpke_seal::release_info(
-        "decrypt",
-        &r.key_id,
-        r.key_version,
-        &token.token_id,
-        &requested("", &[("file", "a")]),
-        &nonce,
-    );
+    let info = decrypt_info(&token.token_id, &nonce);
     assert!(later
         .key
         .open(
@@ -160,14 +146,7 @@ async fn snp_round_trip(backend: Backend) {
         )
         .is_err());
     // ... nor does the first workload's key.
-    let info = kms_core::hpke_seal::release_info(
-        "decrypt",
-        &r.key_id,
-        r.key_version,
-        &token2.token_id,
-        &requested("", &[("file", "a")]),
-        &nonce,
-    );
+    let info = decrypt_info(&token2.token_id, &nonce);
     assert!(w
         .key
         .open(
