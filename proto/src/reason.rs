@@ -107,6 +107,8 @@ reasons! {
     RowIntegrity = "row_integrity", FailedPrecondition;
     /// The row is an older version than `kmsd` last wrote, a row `kmsd` deleted put back, or a row `kmsd` wrote that is gone.
     RowRollback = "row_rollback", FailedPrecondition;
+    /// The database answered a read with a genuine row the read does not select (another key's row for a lookup by id or name, another machine's registry entry for a lookup by chip id, AK name or EK digest): it is not used. The message names the row returned; the audit entry (`integrity.violation`) names the read.
+    RowSubstituted = "row_substituted", FailedPrecondition;
     /// The database went back behind a state this replica saw: the replica serves nothing but `GetSealStatus` until it is restarted (`SealStatus.integrity_alarm`). Also, sealed, when the database is behind the checkpoint anchored in the pkcs11 seal's HSM: until the database is restored, or `kmsd --danger-accept-restored-database` accepts it.
     StateRollback = "state_rollback", FailedPrecondition;
     /// The approval would run a proposal whose stored operation or approvals no longer verify (changed after approval): refused, nothing runs, the proposal stays pending.

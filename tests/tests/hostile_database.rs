@@ -1394,3 +1394,164 @@ async fn in_the_way(backend: Backend) {
     assert_eq!(c.prev_seq, last_genuine);
 }
 both_backends!(rows_in_the_way, super::in_the_way);
+
+/// The operator redefines what `=` on text means for kmsd's connections (an operator in a schema
+/// searched before `pg_catalog`, set as the database's `search_path`) so that a lookup of one
+/// identity returns another's genuine, current row. Nothing in the row betrays it: only
+/// comparing the row with what was asked for does. Each substitution is refused
+/// (`row_substituted`) and audited; without the check, an AK that was never credential-activated
+/// attests as the enrolled machine, a revoked machine's token releases keys through another
+/// machine's entry, and a key that needs attestation is served through another key's row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_returned_for_another_identity_is_refused() {
+    let Some(mut lab) = Lab::start(Backend::Postgres).await else {
+        return;
+    };
+    lab.create_key("payroll", &[APP], r#"{"version":1,"attestation":"required"}"#)
+        .await;
+    lab.create_key("open", &[APP], UNATTESTED).await;
+    let mut w = Workload::new(&lab.kmsd, &lab.pki, APP).await;
+    let (ak, tpm_hw) = enroll_tpm(&mut lab, &mut w).await;
+    let token = w.attest_tpm(&lab.swtpm, &ak).await.unwrap();
+    w.generate("payroll", &token, &[]).await.unwrap();
+    let mut admin_c = lab.admin.clone();
+    let snp_hw = enroll_snp(
+        &mut admin_c,
+        lab.alice(),
+        lab.snp.evidence(&lab.snp.report()),
+        "DE",
+        false,
+    )
+    .await
+    .unwrap();
+    // A second AK in the same TPM, never credential-activated: not enrolled.
+    let stranger = Tpm::open(&lab.swtpm.tcti())
+        .unwrap()
+        .create_ak(AkScheme::RsaSsa)
+        .unwrap();
+    let stranger_name = stranger.parsed_public().unwrap().name().to_hex();
+    assert_status(
+        w.attest_tpm(&lab.swtpm, &stranger).await,
+        Code::PermissionDenied,
+        "hardware_not_enrolled",
+    );
+    assert_status(
+        plain_data_key(&lab, "payroll").await,
+        Code::FailedPrecondition,
+        "attestation_required",
+    );
+
+    // The rigged `=`: `column = 'asked'` holds for the row whose column is `answer`.
+    lab.sql_all(&[
+        "CREATE TABLE public.rigged (asked TEXT PRIMARY KEY, answer TEXT NOT NULL)".to_owned(),
+        "CREATE FUNCTION public.rigged_eq(l TEXT, r TEXT) RETURNS BOOLEAN LANGUAGE plpgsql STABLE AS $$ \
+         DECLARE a TEXT; BEGIN \
+         SELECT answer INTO a FROM public.rigged WHERE asked OPERATOR(pg_catalog.=) r; \
+         IF FOUND THEN RETURN l OPERATOR(pg_catalog.=) a; END IF; \
+         RETURN l OPERATOR(pg_catalog.=) r; END $$"
+            .to_owned(),
+        "CREATE OPERATOR public.= (LEFTARG = TEXT, RIGHTARG = TEXT, FUNCTION = public.rigged_eq)".to_owned(),
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET search_path = public, pg_catalog', current_database()); END $$"
+            .to_owned(),
+        format!(
+            "INSERT INTO public.rigged VALUES ('{stranger_name}', '{}'), ('payroll', 'open')",
+            tpm_hw.tpm_ak_name
+        ),
+        // kmsd's pooled connections reconnect, with the new search_path.
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            .to_owned(),
+    ])
+    .await;
+    {
+        // The rigging works: the database answers a lookup of the stranger with the enrolled AK.
+        let mut conn = lab.db.connect().await;
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM hardware WHERE tpm_ak_name = $1")
+            .bind(&stranger_name)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(ids, std::slice::from_ref(&tpm_hw.id));
+    }
+    // Until kmsd has replaced the connections cut (each may fail one call).
+    let mut reconnected = false;
+    for _ in 0..100 {
+        if w.attestation.get_challenge(pb::GetChallengeRequest {}).await.is_ok() {
+            reconnected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reconnected, "kmsd did not reconnect to the database");
+    let after = lab.audit_seq().await;
+
+    // (1) By identity: the never-activated AK would attest as the enrolled machine.
+    assert_status(
+        w.attest_tpm(&lab.swtpm, &stranger).await,
+        Code::FailedPrecondition,
+        "row_substituted",
+    );
+    // (2) By name: "payroll" (attestation required) served through "open"'s row.
+    assert_status(
+        plain_data_key(&lab, "payroll").await,
+        Code::FailedPrecondition,
+        "row_substituted",
+    );
+    // (3) By id: the TPM machine revoked, its token's entry answered with the SNP machine's.
+    lab.sql("DELETE FROM public.rigged").await;
+    revoke(&mut admin_c, lab.alice(), &tpm_hw.id).await.unwrap();
+    assert_status(
+        w.generate("payroll", &token, &[]).await.map(|(r, _)| r),
+        Code::PermissionDenied,
+        "hardware_revoked",
+    );
+    lab.sql(&format!(
+        "INSERT INTO public.rigged VALUES ('{}', '{}')",
+        tpm_hw.id, snp_hw.id
+    ))
+    .await;
+    assert_status(
+        w.generate("payroll", &token, &[]).await.map(|(r, _)| r),
+        Code::FailedPrecondition,
+        "row_substituted",
+    );
+    lab.expect_violations(
+        after,
+        &[
+            violation("hardware", std::slice::from_ref(&tpm_hw.id), "row_substituted"),
+            violation("hardware", std::slice::from_ref(&snp_hw.id), "row_substituted"),
+            violation("keys", &[lab_key_id(&lab, "open").await], "row_substituted"),
+        ]
+        .into_iter()
+        .collect(),
+    )
+    .await;
+    assert_audited(&lab.db, "attestation.attest", "row_substituted").await;
+    assert_audited(&lab.db, "generate_data_key", "row_substituted").await;
+
+    // Rows looked up as asked are served on: the untouched key encrypts.
+    lab.sql("DELETE FROM public.rigged").await;
+    lab.encrypt(APP, "open").await.unwrap();
+}
+
+/// The id of key `name`, read as stored (with `pg_catalog`'s `=`).
+async fn lab_key_id(lab: &Lab, name: &str) -> String {
+    let mut conn = lab.db.connect().await;
+    sqlx::query_scalar("SELECT id FROM keys WHERE name OPERATOR(pg_catalog.=) $1")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// GenerateDataKey without a token, as `APP`: the data key in the clear (an unattested release).
+async fn plain_data_key(lab: &Lab, key: &str) -> Result<pb::GenerateDataKeyResponse, tonic::Status> {
+    lab.kmsd
+        .data(&lab.pki, APP)
+        .await
+        .generate_data_key(pb::GenerateDataKeyRequest {
+            key: key.into(),
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}

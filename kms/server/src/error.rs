@@ -93,6 +93,7 @@ pub fn violation_reason(kind: crate::storage::ViolationKind) -> Reason {
         K::Integrity => Reason::RowIntegrity,
         K::Rollback => Reason::RowRollback,
         K::StateRollback => Reason::StateRollback,
+        K::Substituted => Reason::RowSubstituted,
     }
 }
 
@@ -116,6 +117,14 @@ impl From<crate::storage::StoreError> for ApiError {
             E::Conflict => Self::new(Reason::Conflict, "a concurrent change conflicts with this one; retry"),
             E::Db(d) => d.into(),
             E::Sealed => Self::sealed(),
+            E::Integrity(v) if v.kind == crate::storage::ViolationKind::Substituted => Self::new(
+                Reason::RowSubstituted,
+                format!(
+                    "the database answered a read with the {} row {}, which the read does not select, so it is not used (an operator must look: see the audit log)",
+                    v.table, v.key
+                ),
+            )
+            .with_audit_detail(v.detail),
             E::Integrity(v) => Self::new(
                 Reason::RowIntegrity,
                 format!(

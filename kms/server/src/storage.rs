@@ -305,16 +305,20 @@ impl Store {
 
     // ----- generic reads ---------------------------------------------------------------------
 
-    /// Runs `sql` (a select of `T`'s columns) with `binds` and verifies every row. A row read
-    /// before this process learned of a newer version of it (written meanwhile) is read again:
-    /// the whole query, up to three times. Rows that do not verify are `Err` in the result.
+    /// Selects `T`'s rows by `rest` (the SQL after `SELECT … FROM`) with `binds` and verifies
+    /// every row. A row read before this process learned of a newer version of it (written
+    /// meanwhile) is read again: the whole query, up to three times. Rows that do not verify are
+    /// `Err` in the result, and so are genuine rows that `selects` (`rest`'s condition restated
+    /// in Rust) refuses: the database answered with a row the query does not select
+    /// (`row_substituted`).
     pub(crate) async fn fetch<T: Row>(
         &self,
-        sql: &str,
+        rest: &str,
         binds: &[Value],
+        selects: impl Fn(&Stored<T>) -> bool,
     ) -> Result<Vec<Result<Stored<T>, StoreError>>, StoreError> {
         Ok(self
-            .fetch_with::<T, ()>(sql, binds, |_| Ok(()))
+            .fetch_with::<T, ()>(rest, binds, selects, |_| Ok(()))
             .await?
             .into_iter()
             .map(|(_, r)| r)
@@ -325,13 +329,15 @@ impl Store {
     /// verifies).
     async fn fetch_with<T: Row, K>(
         &self,
-        sql: &str,
+        rest: &str,
         binds: &[Value],
+        selects: impl Fn(&Stored<T>) -> bool,
         key: impl Fn(&sqlx::any::AnyRow) -> Result<K, sqlx::Error>,
     ) -> Result<Vec<(K, Result<Stored<T>, StoreError>)>, StoreError> {
+        let sql = row::select::<T>(rest);
         for _ in 0..3 {
             let read_at = self.integrity.read_at();
-            let mut q = sqlx::query(sql);
+            let mut q = sqlx::query(&sql);
             for v in binds {
                 q = row::bind(q, v);
             }
@@ -341,7 +347,8 @@ impl Store {
             for r in &rows {
                 let k = key(r)?;
                 match self.integrity.verify::<T>(self, r, read_at).await {
-                    Ok(Some(s)) => out.push((k, Ok(s))),
+                    Ok(Some(s)) if selects(&s) => out.push((k, Ok(s))),
+                    Ok(Some(s)) => out.push((k, Err(self.integrity.substituted(&s, rest)))),
                     Ok(None) => {
                         stale = true;
                         break;
@@ -361,9 +368,12 @@ impl Store {
 
     /// The row of `T` with primary key `key`, verified.
     pub(crate) async fn get<T: Row>(&self, key: &[Value]) -> Result<Option<Stored<T>>, StoreError> {
-        let sql = row::select::<T>(&row::key_where::<T>(1));
+        let asked = row::key_of(key);
         let read_at = self.integrity.read_at();
-        match self.fetch::<T>(&sql, key).await?.into_iter().next() {
+        let rows = self
+            .fetch::<T>(&row::key_where::<T>(1), key, |s| s.row.key() == asked)
+            .await?;
+        match rows.into_iter().next() {
             Some(r) => r.map(Some),
             None => self.absent::<T>(key, read_at).await,
         }
@@ -395,11 +405,11 @@ impl Store {
                 continue;
             };
             let ra = match ra {
-                Some(s) => Some(s),
+                Some(s) => Some(self.asked_for(s, a)?),
                 None => self.absent::<A>(a, read_at).await?,
             };
             let rb = match rb {
-                Some(s) => Some(s),
+                Some(s) => Some(self.asked_for(s, b)?),
                 None => self.absent::<B>(b, read_at).await?,
             };
             return Ok((ra, rb));
@@ -424,6 +434,16 @@ impl Store {
         Ok(verified.map(Some))
     }
 
+    /// `s` if it is the row with primary key `key`, else its `row_substituted` refusal.
+    fn asked_for<T: Row>(&self, s: Stored<T>, key: &[Value]) -> Result<Stored<T>, StoreError> {
+        let asked = row::key_of(key);
+        if s.row.key() == asked {
+            Ok(s)
+        } else {
+            Err(self.integrity.substituted(&s, &format!("key {asked}")))
+        }
+    }
+
     /// No row of `T` with primary key `key`: `Ok(None)`, or the rollback if kmsd wrote one.
     async fn absent<T: Row>(&self, key: &[Value], read_at: i64) -> Result<Option<Stored<T>>, StoreError> {
         match self.integrity.missing::<T>(self, &row::key_of(key), read_at).await? {
@@ -432,11 +452,16 @@ impl Store {
         }
     }
 
-    /// Rows of `T` selected by `rest` with `binds`, verified; rows that fail are reported and
-    /// left out.
-    pub(crate) async fn all<T: Row>(&self, rest: &str, binds: &[Value]) -> Result<Vec<Stored<T>>, StoreError> {
+    /// Rows of `T` selected by `rest` with `binds` (and by `selects`, see [`Store::fetch`]),
+    /// verified; rows that fail are reported and left out.
+    pub(crate) async fn all<T: Row>(
+        &self,
+        rest: &str,
+        binds: &[Value],
+        selects: impl Fn(&Stored<T>) -> bool,
+    ) -> Result<Vec<Stored<T>>, StoreError> {
         Ok(self
-            .fetch::<T>(&row::select::<T>(rest), binds)
+            .fetch::<T>(rest, binds, selects)
             .await?
             .into_iter()
             .filter_map(Result::ok)
@@ -445,9 +470,14 @@ impl Store {
 
     /// The first row of `T` selected by `rest` that verifies; if only rows that do not verify are
     /// selected, the refusal of the first of them.
-    pub(crate) async fn first<T: Row>(&self, rest: &str, binds: &[Value]) -> Result<Option<Stored<T>>, StoreError> {
+    pub(crate) async fn first<T: Row>(
+        &self,
+        rest: &str,
+        binds: &[Value],
+        selects: impl Fn(&Stored<T>) -> bool,
+    ) -> Result<Option<Stored<T>>, StoreError> {
         let mut refused = None;
-        for r in self.fetch::<T>(&row::select::<T>(rest), binds).await? {
+        for r in self.fetch::<T>(rest, binds, selects).await? {
             match r {
                 Ok(s) => return Ok(Some(s)),
                 Err(e) => refused = refused.or(Some(e)),
@@ -561,7 +591,7 @@ impl Store {
     /// Every admin that verifies, by id: active ones, or all.
     pub async fn admins(&self, include_removed: bool) -> Result<Vec<AdminRow>, StoreError> {
         Ok(self
-            .all::<AdminRow>("ORDER BY id", &[])
+            .all::<AdminRow>("ORDER BY id", &[], row::every)
             .await?
             .into_iter()
             .map(|s| s.row)
@@ -601,7 +631,7 @@ impl Store {
         let mut tx = self.begin_write(close).await?;
         let seal = seal_in(&mut tx).await?;
         rotation::refuse_if_rotating(&mut tx).await?;
-        let admins = tx.all::<AdminRow>("", &[]).await?;
+        let admins = tx.all::<AdminRow>("", &[], row::every).await?;
         let Some(old) = admins
             .iter()
             .find(|a| &a.id == id && a.removed_unix_ms.is_none())
@@ -624,7 +654,9 @@ impl Store {
         }
         if seal.kind == "shamir" {
             let shares = tx
-                .all::<ShareRow>("WHERE generation = $1", &[Value::int(g(seal.root_generation))])
+                .all::<ShareRow>("WHERE generation = $1", &[Value::int(g(seal.root_generation))], |s| {
+                    s.generation == seal.root_generation
+                })
                 .await?;
             let custodians = shares
                 .iter()
@@ -742,27 +774,31 @@ impl Store {
     /// their refusal).
     pub async fn key_by_name(&self, name: &str) -> Result<Option<KeyRow>, StoreError> {
         Ok(self
-            .first::<KeyRow>("WHERE name = $1", &[Value::text(name)])
+            .first::<KeyRow>("WHERE name = $1", &[Value::text(name)], |k| k.name.as_str() == name)
             .await?
             .map(|s| s.row))
     }
 
     /// One page of a listing of a table keyed by `id`: of the first `size` rows with id greater
-    /// than `after` (by id) that `filter` (`AND …`, binds from `$3`) selects, those that verify.
+    /// than `after` (by id) that `filter` (`AND …`, binds from `$3`; restated in Rust as
+    /// `selects`, see [`Store::fetch`]) selects, those that verify.
     /// The next page starts after the last of them as stored, verified or not: a row someone
     /// else wrote is left out of the page (and reported), and the listing goes on past it.
     pub(crate) async fn page<T: Row>(
         &self,
         filter: &str,
         binds: &[Value],
+        selects: impl Fn(&Stored<T>) -> bool,
         after: &str,
         size: u32,
     ) -> Result<Listing<T>, StoreError> {
         let mut all = vec![Value::text(after), Value::int(size.saturating_add(1))];
         all.extend_from_slice(binds);
-        let sql = row::select::<T>(&format!("WHERE id > $1 {filter} ORDER BY id LIMIT $2"));
+        // `id > $1` is not restated: text order is the database's collation. A row out of
+        // order only moves the listing's cursor; every row listed is genuine and selected.
+        let rest = format!("WHERE id > $1 {filter} ORDER BY id LIMIT $2");
         let mut raw = self
-            .fetch_with::<T, String>(&sql, &all, |r| sqlx::Row::try_get::<String, _>(r, "id"))
+            .fetch_with::<T, String>(&rest, &all, selects, |r| sqlx::Row::try_get::<String, _>(r, "id"))
             .await?;
         let more = raw.len() > size as usize;
         raw.truncate(size as usize);
@@ -778,7 +814,7 @@ impl Store {
 
     /// A page of keys (see [`Store::page`]).
     pub async fn list_keys(&self, after: &str, size: u32) -> Result<Listing<KeyRow>, StoreError> {
-        self.page("", &[], after, size).await
+        self.page("", &[], row::every, after, size).await
     }
 
     /// Adds the next version to an enabled key, in one transaction with its audit entry.
@@ -855,7 +891,9 @@ impl Store {
         if to == KeyState::Destroyed {
             // Erase the material: after this no blob under this key can ever be decrypted.
             let versions = tx
-                .all::<KeyVersionRow>("WHERE key_id = $1", &[Value::text(id.as_str())])
+                .all::<KeyVersionRow>("WHERE key_id = $1", &[Value::text(id.as_str())], |v| {
+                    v.key_id.to_string() == id.as_str()
+                })
                 .await?;
             for v in versions {
                 let mut erased = v.row.clone();
@@ -883,6 +921,7 @@ impl Store {
             .all::<KeyRow>(
                 "WHERE state = 'pending_deletion' AND deletion_unix_ms <= $1",
                 &[Value::int(now)],
+                |k| k.state == KeyState::PendingDeletion && k.deletion_unix_ms.is_some_and(|t| t <= now),
             )
             .await?
             .into_iter()
@@ -915,7 +954,10 @@ pub(crate) async fn seal_in(tx: &mut Tx) -> Result<SealConfigRow, StoreError> {
 
 /// Active admins that verify, counted inside a write transaction.
 pub(crate) async fn active_admins(tx: &mut Tx) -> Result<i64, StoreError> {
-    let n = tx.all::<AdminRow>("WHERE removed_unix_ms IS NULL", &[]).await?.len();
+    let n = tx
+        .all::<AdminRow>("WHERE removed_unix_ms IS NULL", &[], |a| a.removed_unix_ms.is_none())
+        .await?
+        .len();
     Ok(i64::try_from(n).unwrap_or(i64::MAX))
 }
 

@@ -247,14 +247,18 @@ impl Store {
         let expired = |rows: &[Stored<TpmEnrollmentRow>]| rows.iter().any(|r| !keep.contains(&r.id));
         if !expired(
             &self
-                .all::<TpmEnrollmentRow>("WHERE expires_unix_ms < $1", &[Value::int(before)])
+                .all::<TpmEnrollmentRow>("WHERE expires_unix_ms < $1", &[Value::int(before)], |e| {
+                    e.expires_unix_ms < before
+                })
                 .await?,
         ) {
             return Ok(a);
         }
         let mut tx = Tx::begin(self).await?;
         let rows = tx
-            .all::<TpmEnrollmentRow>("WHERE expires_unix_ms < $1", &[Value::int(before)])
+            .all::<TpmEnrollmentRow>("WHERE expires_unix_ms < $1", &[Value::int(before)], |e| {
+                e.expires_unix_ms < before
+            })
             .await?;
         let mut b = 0;
         for e in rows.iter().filter(|r| !keep.contains(&r.id)) {
@@ -305,18 +309,24 @@ impl Store {
     /// rows that verify are considered; if only rows that do not verify name the identity, their
     /// refusal is the answer.
     pub async fn hardware_by_identity(&self, column: Identity, value: &str) -> Result<Option<HardwareRow>, StoreError> {
-        let column = match column {
-            Identity::SnpChipId => "snp_chip_id",
-            Identity::TpmAkName => "tpm_ak_name",
-            Identity::TpmEkDigest => "tpm_ek_digest",
+        let (column, of): (_, fn(&HardwareRow) -> Option<&String>) = match column {
+            Identity::SnpChipId => ("snp_chip_id", |h| h.snp_chip_id.as_ref()),
+            Identity::TpmAkName => ("tpm_ak_name", |h| h.tpm_ak_name.as_ref()),
+            Identity::TpmEkDigest => ("tpm_ek_digest", |h| h.tpm_ek_digest.as_ref()),
         };
-        let sql = row::select::<HardwareRow>(&format!("WHERE {column} = $1"));
-        best_entry(self.fetch::<HardwareRow>(&sql, &[Value::text(value)]).await?)
+        // The entry must name the identity itself: an entry the database returns for a lookup
+        // of another chip is refused (`row_substituted`), not taken as that chip's enrolment.
+        let rows = self
+            .fetch::<HardwareRow>(&format!("WHERE {column} = $1"), &[Value::text(value)], |h| {
+                of(h).is_some_and(|v| v == value)
+            })
+            .await?;
+        best_entry(rows)
     }
 
     /// A page of the registry (see [`Store::page`]).
     pub async fn list_hardware(&self, after: &str, size: u32) -> Result<Listing<HardwareRow>, StoreError> {
-        self.page("", &[], after, size).await
+        self.page("", &[], row::every, after, size).await
     }
 
     /// Revokes an active entry with its audit record. `None` if there is no active entry with
@@ -445,7 +455,7 @@ impl Store {
     /// Every token signing key that verifies, oldest first.
     pub async fn token_keys(&self) -> Result<Vec<TokenKeyRow>, StoreError> {
         Ok(self
-            .all::<TokenKeyRow>("ORDER BY version", &[])
+            .all::<TokenKeyRow>("ORDER BY version", &[], row::every)
             .await?
             .into_iter()
             .map(|s| s.row)

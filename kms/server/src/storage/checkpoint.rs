@@ -8,6 +8,7 @@ use kms_core::integrity::{StateHead, Value};
 use sqlx::any::AnyRow;
 use sqlx::Row as _;
 
+use super::row;
 use super::tables::CheckpointKeyRow;
 use super::{require_generation, Store, StoreError, Tx, Violation, ViolationKind};
 
@@ -70,7 +71,7 @@ impl Store {
     /// same one.
     pub(crate) async fn checkpoint_keys(&self) -> Result<Vec<CheckpointKeyRow>, StoreError> {
         Ok(self
-            .all::<CheckpointKeyRow>(KEYS_IN_ORDER, &[])
+            .all::<CheckpointKeyRow>(KEYS_IN_ORDER, &[], row::every)
             .await?
             .into_iter()
             .map(|s| s.row)
@@ -89,7 +90,7 @@ impl Store {
         let mut tx = Tx::begin(self).await?;
         require_generation(&mut tx, u64::try_from(row.root_generation).unwrap_or(0)).await?;
         let rows: Vec<CheckpointKeyRow> = tx
-            .all::<CheckpointKeyRow>(KEYS_IN_ORDER, &[])
+            .all::<CheckpointKeyRow>(KEYS_IN_ORDER, &[], row::every)
             .await?
             .into_iter()
             .map(|s| s.row)

@@ -72,6 +72,12 @@ pub enum ViolationKind {
     Rollback,
     /// The state head went back, or the state log was rewritten (`state_rollback`).
     StateRollback,
+    /// A genuine, current row returned for a read that does not select it: another key's row
+    /// for a lookup by key, another machine's entry for a lookup by chip id
+    /// (`row_substituted`). What the database's answer is checked against is the read's own
+    /// condition, restated in Rust, so neither an operator-defined `=` on `kmsd`'s
+    /// `search_path` nor a proxy on the wire can answer one question with another row.
+    Substituted,
 }
 
 impl ViolationKind {
@@ -81,6 +87,7 @@ impl ViolationKind {
             Self::Integrity => "row_integrity",
             Self::Rollback => "row_rollback",
             Self::StateRollback => "state_rollback",
+            Self::Substituted => "row_substituted",
         }
     }
 }
@@ -505,6 +512,16 @@ impl Integrity {
                 _ => StoreError::Rollback(v),
             })),
         }
+    }
+
+    /// The refusal (reported) of a genuine row the database returned for a read (`read`, the
+    /// SQL condition or the key asked for) that does not select it.
+    pub(crate) fn substituted<T: Row>(&self, stored: &Stored<T>, read: &str) -> StoreError {
+        self.reported(StoreError::Integrity(self.violation::<T>(
+            &stored.row.key(),
+            ViolationKind::Substituted,
+            format!("the database returned it for a read that does not select it ({read})"),
+        )))
     }
 
     /// Reports an integrity error (passes others through).
@@ -957,7 +974,12 @@ impl Tx {
 
     /// Rows of `T` selected by `rest` (`WHERE …`, `$1…` bound to `binds`), verified against the
     /// view and this transaction's own writes. Rows that fail are reported and left out.
-    pub(crate) async fn all<T: Row>(&mut self, rest: &str, binds: &[Value]) -> Result<Vec<Stored<T>>, StoreError> {
+    pub(crate) async fn all<T: Row>(
+        &mut self,
+        rest: &str,
+        binds: &[Value],
+        selects: impl Fn(&Stored<T>) -> bool,
+    ) -> Result<Vec<Stored<T>>, StoreError> {
         let sql = row::select::<T>(rest);
         let mut q = sqlx::query(&sql);
         for b in binds {
@@ -967,7 +989,10 @@ impl Tx {
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             match self.check::<T>(r) {
-                Ok(s) => out.push(s),
+                Ok(s) if selects(&s) => out.push(s),
+                Ok(s) => {
+                    self.store.integrity.substituted(&s, rest);
+                }
                 Err(StoreError::Integrity(v) | StoreError::Rollback(v)) => self.store.integrity.report(v),
                 Err(e) => return Err(e),
             }
@@ -985,7 +1010,11 @@ impl Tx {
         }
         match q.fetch_optional(&mut *self.tx).await? {
             Some(r) => match self.check::<T>(&r) {
-                Ok(s) => Ok(Some(s)),
+                Ok(s) if s.row.key() == row::key_of(key) => Ok(Some(s)),
+                Ok(s) => Err(self
+                    .store
+                    .integrity
+                    .substituted(&s, &format!("key {}", row::key_of(key)))),
                 Err(e) => Err(self.store.integrity.reported(e)),
             },
             None => {

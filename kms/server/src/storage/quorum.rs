@@ -12,6 +12,7 @@ use kms_core::audit::Record;
 use kms_core::ids::AdminId;
 use kms_core::integrity::Value;
 
+use super::row;
 use super::tables::{AdminRow, ApprovalRow, ProposalRow, ProposalStatus, RejectionRow, SealConfigRow};
 use super::{seal_in, Listing, Refusal, Store, StoreError, Stored, Tx};
 
@@ -134,9 +135,13 @@ async fn counted_approvals(
     check: Option<ApprovalCheck>,
 ) -> Result<i64, StoreError> {
     let approvals = tx
-        .all::<ApprovalRow>("WHERE proposal_id = $1", &[Value::text(&proposal.id)])
+        .all::<ApprovalRow>("WHERE proposal_id = $1", &[Value::text(&proposal.id)], |a| {
+            a.proposal_id == proposal.id
+        })
         .await?;
-    let admins = tx.all::<AdminRow>("WHERE removed_unix_ms IS NULL", &[]).await?;
+    let admins = tx
+        .all::<AdminRow>("WHERE removed_unix_ms IS NULL", &[], |a| a.removed_unix_ms.is_none())
+        .await?;
     let mut n = 0i64;
     // Each admin counts once, for this proposal only: every copy of a genuine row verifies, so a
     // row the database returns twice (its primary key dropped and the row copied) or for another
@@ -327,9 +332,13 @@ impl Store {
             .into());
         }
         tx.insert(rejection).await?;
-        let admins = tx.all::<AdminRow>("WHERE removed_unix_ms IS NULL", &[]).await?;
+        let admins = tx
+            .all::<AdminRow>("WHERE removed_unix_ms IS NULL", &[], |a| a.removed_unix_ms.is_none())
+            .await?;
         let rejections = tx
-            .all::<RejectionRow>("WHERE proposal_id = $1", &[Value::text(&rejection.proposal_id)])
+            .all::<RejectionRow>("WHERE proposal_id = $1", &[Value::text(&rejection.proposal_id)], |r| {
+                r.proposal_id == rejection.proposal_id
+            })
             .await?
             .iter()
             .filter(|r| admins.iter().any(|a| a.id == r.admin_id))
@@ -366,7 +375,9 @@ impl Store {
     pub async fn rejections(&self, proposal_id: &str) -> Result<Vec<RejectionRow>, StoreError> {
         let admins = self.admins(false).await?;
         let mut rows: Vec<RejectionRow> = self
-            .all::<RejectionRow>("WHERE proposal_id = $1", &[Value::text(proposal_id)])
+            .all::<RejectionRow>("WHERE proposal_id = $1", &[Value::text(proposal_id)], |r| {
+                r.proposal_id == proposal_id
+            })
             .await?
             .into_iter()
             .map(|s| s.row)
@@ -386,6 +397,10 @@ impl Store {
             .all::<ApprovalRow>(
                 "WHERE proposal_id >= $1 AND proposal_id <= $2 ORDER BY approved_unix_ms, admin_id",
                 &range,
+                // A range of text: restating it would need the database's collation. Each vote
+                // is filed under the proposal its own row names, so a row outside the range
+                // only lists a vote where it was cast.
+                row::every,
             )
             .await?
         {
@@ -397,7 +412,7 @@ impl Store {
         }
         let admins = self.admins(false).await?;
         for r in self
-            .all::<RejectionRow>("WHERE proposal_id >= $1 AND proposal_id <= $2", &range)
+            .all::<RejectionRow>("WHERE proposal_id >= $1 AND proposal_id <= $2", &range, row::every)
             .await?
         {
             if admins.iter().any(|a| a.id == r.row.admin_id) {
@@ -453,11 +468,12 @@ impl Store {
         size: u32,
     ) -> Result<Listing<ProposalRow>, StoreError> {
         if include_closed {
-            return self.page("", &[], after, size).await;
+            return self.page("", &[], row::every, after, size).await;
         }
         self.page(
             "AND status = 'pending' AND expires_unix_ms > $3",
             &[Value::int(now)],
+            |p: &Stored<ProposalRow>| p.status == ProposalStatus::Pending && p.expires_unix_ms > now,
             after,
             size,
         )
@@ -470,6 +486,7 @@ impl Store {
             .all::<ProposalRow>(
                 "WHERE operation = $1 AND status = 'pending' AND expires_unix_ms > $2",
                 &[Value::text(operation), Value::int(now)],
+                |p| p.operation == operation && p.status == ProposalStatus::Pending && p.expires_unix_ms > now,
             )
             .await?;
         Ok(rows.into_iter().map(|s| s.row).collect())
@@ -481,6 +498,7 @@ impl Store {
             .all::<ApprovalRow>(
                 "WHERE proposal_id = $1 ORDER BY approved_unix_ms, admin_id",
                 &[Value::text(proposal_id)],
+                |a| a.proposal_id == proposal_id,
             )
             .await?
             .into_iter()
@@ -493,7 +511,11 @@ impl Store {
     pub async fn expire_proposals(&self, now: i64) -> Result<usize, StoreError> {
         // Most of the time there is nothing to expire: look before taking the state lock.
         if self
-            .all::<ProposalRow>("WHERE status = 'pending' AND expires_unix_ms <= $1", &[Value::int(now)])
+            .all::<ProposalRow>(
+                "WHERE status = 'pending' AND expires_unix_ms <= $1",
+                &[Value::int(now)],
+                |p| p.status == ProposalStatus::Pending && p.expires_unix_ms <= now,
+            )
             .await?
             .is_empty()
         {
@@ -501,7 +523,11 @@ impl Store {
         }
         let mut tx = Tx::begin(self).await?;
         let due = tx
-            .all::<ProposalRow>("WHERE status = 'pending' AND expires_unix_ms <= $1", &[Value::int(now)])
+            .all::<ProposalRow>(
+                "WHERE status = 'pending' AND expires_unix_ms <= $1",
+                &[Value::int(now)],
+                |p| p.status == ProposalStatus::Pending && p.expires_unix_ms <= now,
+            )
             .await?;
         let mut records = Vec::new();
         for p in &due {

@@ -44,7 +44,7 @@ pub struct RewrapItem {
 /// `rotation_in_progress` while a generation is pending (its custodians and root are fixed).
 pub(super) async fn refuse_if_rotating(tx: &mut Tx) -> Result<(), StoreError> {
     if !tx
-        .all::<RootGenerationRow>("WHERE status = 'pending'", &[])
+        .all::<RootGenerationRow>("WHERE status = 'pending'", &[], |r| r.status == "pending")
         .await?
         .is_empty()
     {
@@ -76,7 +76,9 @@ impl Store {
     /// The generation being rotated to, if a rotation is in progress, verified.
     pub async fn pending_root_generation(&self) -> Result<Option<RootGenerationRow>, StoreError> {
         Ok(self
-            .all::<RootGenerationRow>("WHERE status = 'pending' ORDER BY generation", &[])
+            .all::<RootGenerationRow>("WHERE status = 'pending' ORDER BY generation", &[], |r| {
+                r.status == "pending"
+            })
             .await?
             .into_iter()
             .next()
@@ -127,7 +129,7 @@ impl Store {
         let under = [Value::int(g(old)), Value::int(limit)];
         let rest = "WHERE root_generation = $1 ORDER BY key_id, version LIMIT $2";
         let out: Vec<RewrapItem> = self
-            .all::<KeyVersionRow>(rest, &under)
+            .all::<KeyVersionRow>(rest, &under, |v| v.root_generation == old)
             .await?
             .into_iter()
             .map(|r| RewrapItem {
@@ -141,7 +143,9 @@ impl Store {
             return Ok(out);
         }
         let out: Vec<RewrapItem> = self
-            .all::<TokenKeyRow>("WHERE root_generation = $1 ORDER BY version LIMIT $2", &under)
+            .all::<TokenKeyRow>("WHERE root_generation = $1 ORDER BY version LIMIT $2", &under, |k| {
+                k.root_generation == old
+            })
             .await?
             .into_iter()
             .map(|r| RewrapItem {
@@ -155,7 +159,9 @@ impl Store {
             return Ok(out);
         }
         Ok(self
-            .all::<CheckpointKeyRow>("WHERE root_generation = $1 ORDER BY kid LIMIT $2", &under)
+            .all::<CheckpointKeyRow>("WHERE root_generation = $1 ORDER BY kid LIMIT $2", &under, |k| {
+                k.root_generation == g(old)
+            })
             .await?
             .into_iter()
             .map(|r| RewrapItem {
@@ -295,7 +301,7 @@ impl Store {
                     )
                 }
             };
-            let rows = self.fetch::<T>(&row::select::<T>(&rest), &binds).await?;
+            let rows = self.fetch::<T>(&rest, &binds, |s| s.generation < newest).await?;
             let Some(last) = rows.last() else { break };
             after = Some(match last {
                 Ok(s) => s.row.to_values()[..T::KEY].to_vec(),
@@ -353,7 +359,9 @@ impl Store {
     /// Live replicas (seen since `since`, rows that verify) that hold `old` but not yet `new`.
     pub async fn replicas_behind(&self, old: u64, new: u64, since: i64) -> Result<Vec<String>, StoreError> {
         let mut ids: Vec<String> = self
-            .all::<ReplicaRow>("WHERE seen_unix_ms > $1", &[Value::int(since)])
+            .all::<ReplicaRow>("WHERE seen_unix_ms > $1", &[Value::int(since)], |r| {
+                r.seen_unix_ms > since
+            })
             .await?
             .into_iter()
             .filter(|r| r.generation == old && r.next_generation != Some(new))
@@ -404,15 +412,15 @@ impl Store {
         }
         let under = [Value::int(g(old))];
         if !tx
-            .all::<KeyVersionRow>("WHERE root_generation = $1", &under)
+            .all::<KeyVersionRow>("WHERE root_generation = $1", &under, |v| v.root_generation == old)
             .await?
             .is_empty()
             || !tx
-                .all::<TokenKeyRow>("WHERE root_generation = $1", &under)
+                .all::<TokenKeyRow>("WHERE root_generation = $1", &under, |k| k.root_generation == old)
                 .await?
                 .is_empty()
             || !tx
-                .all::<CheckpointKeyRow>("WHERE root_generation = $1", &under)
+                .all::<CheckpointKeyRow>("WHERE root_generation = $1", &under, |k| k.root_generation == g(old))
                 .await?
                 .is_empty()
         {
@@ -442,16 +450,19 @@ impl Store {
         cfg.threshold = promoted.threshold;
         cfg.kcv = promoted.kcv.clone();
         tx.update(&seal, &cfg).await?;
-        for s in tx.all::<ShareRow>("WHERE generation = $1", &under).await? {
+        for s in tx
+            .all::<ShareRow>("WHERE generation = $1", &under, |s| s.generation == old)
+            .await?
+        {
             tx.delete(&s).await?;
         }
         let custodians: Vec<AdminId> = tx
-            .all::<ShareRow>("WHERE generation = $1", &[Value::int(g(new))])
+            .all::<ShareRow>("WHERE generation = $1", &[Value::int(g(new))], |s| s.generation == new)
             .await?
             .into_iter()
             .map(|s| s.row.admin_id)
             .collect();
-        for a in tx.all::<AdminRow>("", &[]).await? {
+        for a in tx.all::<AdminRow>("", &[], row::every).await? {
             let custodian = custodians.contains(&a.id);
             if a.custodian != custodian {
                 let mut n = a.row.clone();

@@ -154,6 +154,12 @@ pub(crate) trait Row: Sized + Send + Sync {
     }
 }
 
+/// The condition of a read that selects every row (it only orders them), for
+/// [`Store::fetch`](super::Store::fetch) and its kin.
+pub(crate) fn every<S>(_: &S) -> bool {
+    true
+}
+
 /// The canonical text of a primary key's values.
 pub(crate) fn key_of(values: &[Value]) -> String {
     key_text(values.iter().map(|v| match v {
