@@ -771,3 +771,89 @@ async fn lifecycle(backend: Backend) {
     c.server.stop().await;
 }
 both_backends!(key_lifecycle_to_destruction, super::lifecycle);
+
+/// The database's operator hides a key's second version from any read that selects versions by
+/// key id alone (a view in the table's place that looks at the query being run). Destruction
+/// still erases that version's KEK: it reads every version, 1 to the key's latest, by its
+/// primary key. (Before, it read `WHERE key_id = $1`, and the hidden version kept its wrapped
+/// KEK under a key reported destroyed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destruction_erases_a_version_hidden_from_a_read_by_key() {
+    let Some(mut c) = Ceremony::new(Backend::Postgres, Options::default()).await else {
+        return;
+    };
+    let key = c.create_key("doomed", &[APP], UNATTESTED).await;
+    let by = &c.custodians[0];
+    c.admin
+        .rotate_key(signed(by, Op::RotateKey(pb::RotateKeyOp { key: "doomed".into() })))
+        .await
+        .unwrap();
+    c.admin
+        .disable_key(signed(by, Op::DisableKey(pb::DisableKeyOp { key: "doomed".into() })))
+        .await
+        .unwrap();
+    c.admin
+        .schedule_key_deletion(signed(
+            by,
+            Op::ScheduleKeyDeletion(pb::ScheduleKeyDeletionOp {
+                key: "doomed".into(),
+                pending_window_days: 7,
+            }),
+        ))
+        .await
+        .unwrap();
+    let mut conn = c.db.connect().await;
+    for sql in [
+        "ALTER TABLE key_versions RENAME TO key_versions_stored".to_owned(),
+        format!(
+            "CREATE VIEW key_versions AS SELECT * FROM key_versions_stored WHERE NOT (\
+             key_id = '{}' AND version = 2 \
+             AND current_query() LIKE '%key_id = $1%' AND current_query() NOT LIKE '%version = $%')",
+            key.id
+        ),
+    ] {
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    }
+    let visible: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM key_versions WHERE key_id = $1")
+        .bind(&key.id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(visible, 1, "the view hides version 2 from a read by key id");
+
+    // The window ends (the destroyer's clock 31 days ahead).
+    c.restart(Options {
+        destroy_interval: std::time::Duration::from_millis(100),
+        destroyer_clock_ahead: std::time::Duration::from_secs(31 * 86_400),
+        ..Options::default()
+    })
+    .await;
+    c.unseal().await;
+    let mut destroyed = false;
+    for _ in 0..100 {
+        let m = c
+            .admin
+            .describe_key(signed(
+                &c.custodians[0],
+                Op::DescribeKey(pb::DescribeKeyOp { key: "doomed".into() }),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        if m.state == pb::KeyState::Destroyed as i32 {
+            destroyed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(destroyed, "the destroyer did not run");
+    let kept: Vec<i64> = sqlx::query_scalar(
+        "SELECT version FROM key_versions_stored WHERE key_id = $1 AND wrapped_kek IS NOT NULL ORDER BY version",
+    )
+    .bind(&key.id)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(kept.is_empty(), "versions {kept:?} of a destroyed key keep their KEK");
+    c.server.stop().await;
+}

@@ -890,12 +890,17 @@ impl Store {
         tx.update(&old, &key).await?;
         if to == KeyState::Destroyed {
             // Erase the material: after this no blob under this key can ever be decrypted.
-            let versions = tx
-                .all::<KeyVersionRow>("WHERE key_id = $1", &[Value::text(id.as_str())], |v| {
-                    v.key_id.to_string() == id.as_str()
-                })
-                .await?;
-            for v in versions {
+            // Every version is read by its primary key, 1 to the latest: a read of "the versions
+            // of this key" could be answered without one of them, which would keep its KEK. A
+            // version kmsd wrote that the database does not return refuses the destruction
+            // (`row_rollback`): the key stays pending deletion, audited, until it is back.
+            for n in 1..=old.latest_version.get() {
+                let Some(v) = tx
+                    .get::<KeyVersionRow>(&[Value::text(id.as_str()), Value::int(i64::from(n))])
+                    .await?
+                else {
+                    continue;
+                };
                 let mut erased = v.row.clone();
                 erased.wrapped_kek = None;
                 erased.destroyed_unix_ms = Some(now);
@@ -913,6 +918,35 @@ impl Store {
             .get::<KeyVersionRow>(&[Value::text(id.to_string()), Value::int(version.get())])
             .await?
             .map(|s| s.row.wrapped_kek))
+    }
+
+    /// Versions of destroyed keys that still hold a wrapped KEK (the scan's check that a
+    /// destruction erased everything), as violations.
+    pub(crate) async fn destroyed_keys_with_material(&self) -> Result<Vec<Violation>, StoreError> {
+        let destroyed: std::collections::BTreeSet<String> = self
+            .all::<KeyRow>("WHERE state = 'destroyed'", &[], |k| k.state == KeyState::Destroyed)
+            .await?
+            .into_iter()
+            .map(|s| s.row.id.to_string())
+            .collect();
+        if destroyed.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .all::<KeyVersionRow>("WHERE wrapped_kek IS NOT NULL", &[], |v| v.wrapped_kek.is_some())
+            .await?
+            .into_iter()
+            .filter(|v| destroyed.contains(&v.key_id.to_string()))
+            .map(|v| Violation {
+                table: Table::KeyVersions.name(),
+                key: v.row.key(),
+                kind: ViolationKind::Integrity,
+                detail: format!(
+                    "key {} is destroyed, yet version {} still holds its wrapped KEK",
+                    v.key_id, v.version
+                ),
+            })
+            .collect())
     }
 
     /// Keys whose deletion window has ended.
@@ -1291,6 +1325,61 @@ mod tests {
             created_unix_ms: 1,
             updated_unix_ms: 1,
             deletion_unix_ms: None,
+        }
+    }
+
+    /// The scan reports what no single row shows: a genuine row stored twice (its primary key
+    /// dropped and the row copied), and a destroyed key whose version still holds a KEK.
+    #[tokio::test]
+    async fn the_scan_reports_copied_rows_and_material_left_under_a_destroyed_key() {
+        let (stores, _dir) = test_stores().await;
+        for store in stores {
+            let record = Record {
+                time_unix_ms: 1,
+                caller: "test".into(),
+                operation: "admin.create_key".into(),
+                key_id: None,
+                outcome: "allowed".into(),
+                reason: String::new(),
+                detail: "{}".into(),
+            };
+            let key = numbered_key([7; 16], "kept");
+            store.create_key(&key, &[1; 60], 1, record).await.unwrap();
+            assert!(store.integrity().scan(&store).await.unwrap().is_empty());
+            let version = row::key_of(&[Value::text(key.id.to_string()), Value::int(1)]);
+
+            // A destroyed key (written as a destruction that erased nothing would be).
+            let mut tx = Tx::begin(&store).await.unwrap();
+            let old = tx
+                .get::<KeyRow>(&[Value::text(key.id.to_string())])
+                .await
+                .unwrap()
+                .unwrap();
+            let mut destroyed = old.row.clone();
+            destroyed.state = KeyState::Destroyed;
+            tx.update(&old, &destroyed).await.unwrap();
+            tx.commit().await.unwrap();
+            let found = store.integrity().scan(&store).await.unwrap();
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert_eq!((found[0].table, &found[0].key), ("key_versions", &version));
+            assert!(found[0].detail.contains("still holds its wrapped KEK"), "{found:?}");
+
+            // The versions table rebuilt without its primary key, and the row copied.
+            for sql in [
+                "CREATE TABLE kv_copy AS SELECT * FROM key_versions",
+                "DROP TABLE key_versions",
+                "ALTER TABLE kv_copy RENAME TO key_versions",
+                "INSERT INTO key_versions SELECT * FROM key_versions",
+            ] {
+                sqlx::query(sql).execute(store.pool()).await.unwrap();
+            }
+            let found = store.integrity().scan(&store).await.unwrap();
+            assert!(
+                found
+                    .iter()
+                    .any(|v| v.key == version && v.detail.contains("more than once")),
+                "{found:?}"
+            );
         }
     }
 
