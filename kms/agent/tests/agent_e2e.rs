@@ -833,4 +833,32 @@ async fn an_snp_attested_kmsd_is_verified_by_its_measurement() {
         Err(Error::Node(e)) => assert_eq!(e.reason(), "node_policy_refused", "{e}"),
         other => panic!("another measurement must be refused: {other:?}"),
     }
+
+    // Pinned to the deployment it serves (from its signed status), kmsd is trusted; pinned to
+    // another (genuine kmsd on allowed hardware, initialized by someone else), it is not.
+    let served = c
+        .admin
+        .clone()
+        .get_seal_status(pb::GetSealStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .deployment_id;
+    let pinned = |deployment: &str| match policy(&hex::encode([0x33u8; 48])) {
+        NodeTrust::Policy(p) => NodeTrust::Policy(p.pinned_to(deployment).unwrap()),
+        NodeTrust::DangerUnattested => unreachable!(),
+    };
+    workload_at(&c, &c.server, pinned(&served))
+        .await
+        .verify_node()
+        .await
+        .unwrap();
+    match workload_at(&c, &c.server, pinned("dep-someone-else"))
+        .await
+        .verify_node()
+        .await
+    {
+        Err(Error::Node(e)) => assert_eq!(e.reason(), "node_wrong_deployment", "{e}"),
+        other => panic!("another deployment must be refused: {other:?}"),
+    }
 }

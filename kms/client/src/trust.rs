@@ -7,6 +7,7 @@ use kms_node::{NodePolicy, NodeVerifier, PolicyError};
 
 /// How a client decides that an answer comes from a genuine kmsd.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // one per client, made once at start: a box would buy nothing
 pub enum NodeTrust {
     /// A node whose hardware evidence meets this policy (docs/attested-release.md, "Node
     /// identity"): its answers are used only if that node signed them.

@@ -27,7 +27,9 @@ pub struct TpmNodeTrust {
 ///                     "allOf": [{"claim": "tpm.pcr.7", "equals": "…"}]}}
 /// ```
 /// `snp` takes the SEV-SNP trust settings of `[attestation.snp]` (products and their minimum
-/// TCBs, SMT, VMPLs, alias check, VLEK).
+/// TCBs, SMT, VMPLs, alias check, VLEK). `deployment_id` (optional) pins the deployment the node
+/// must serve, as its signed status names it: genuine `kmsd` on allowed hardware, initialized by
+/// someone else with a root and admins of their own, is then refused.
 #[derive(Clone, Debug)]
 pub struct NodePolicy {
     /// Trust for SEV-SNP nodes, if they are accepted.
@@ -36,6 +38,8 @@ pub struct NodePolicy {
     pub tpm: Option<TpmNodeTrust>,
     /// What the node's claims must meet.
     pub release_policy: ReleasePolicy,
+    /// The deployment the node must serve (`SealStatus.deployment_id`), if pinned.
+    pub deployment_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +51,8 @@ struct File {
     #[serde(default)]
     tpm: Option<TpmNodeTrust>,
     release_policy: serde_json::Value,
+    #[serde(default)]
+    deployment_id: Option<String>,
 }
 
 /// A node policy that cannot be used; the message names the part.
@@ -64,7 +70,23 @@ impl NodePolicy {
         }
         let release_policy =
             ReleasePolicy::parse(&f.release_policy.to_string()).map_err(|e| bad(format!("release_policy: {e}")))?;
-        Self::new(f.snp, f.tpm, release_policy)
+        let policy = Self::new(f.snp, f.tpm, release_policy)?;
+        match f.deployment_id {
+            Some(d) => policy.pinned_to(d),
+            None => Ok(policy),
+        }
+    }
+
+    /// The same policy, accepting only nodes that serve deployment `deployment_id`.
+    pub fn pinned_to(mut self, deployment_id: impl Into<String>) -> Result<Self, PolicyError> {
+        let d = deployment_id.into();
+        if d.is_empty() || d.len() > 128 || d.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(PolicyError(format!(
+                "deployment_id: {d:?} is not a deployment id (kmsctl status prints it)"
+            )));
+        }
+        self.deployment_id = Some(d);
+        Ok(self)
     }
 
     /// A policy from its parts, checked: at least one kind of node accepted, the release policy
@@ -96,6 +118,7 @@ impl NodePolicy {
             snp,
             tpm,
             release_policy,
+            deployment_id: None,
         })
     }
 }
@@ -103,6 +126,23 @@ impl NodePolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_policy_may_pin_a_deployment() {
+        let base = r#""tpm":{"ak_names":["000bAA"]},"release_policy":{"version":1,"attestation":"required"}"#;
+        let p = NodePolicy::parse(&format!(r#"{{"version":1,{base},"deployment_id":"dep-7f3a"}}"#)).unwrap();
+        assert_eq!(p.deployment_id.as_deref(), Some("dep-7f3a"));
+        assert_eq!(
+            NodePolicy::parse(&format!(r#"{{"version":1,{base}}}"#))
+                .unwrap()
+                .deployment_id,
+            None
+        );
+        for bad in ["", "dep 1"] {
+            let e = NodePolicy::parse(&format!(r#"{{"version":1,{base},"deployment_id":"{bad}"}}"#)).unwrap_err();
+            assert!(e.to_string().contains("deployment_id"), "{e}");
+        }
+    }
 
     #[test]
     fn policies_name_their_bad_part() {

@@ -38,6 +38,14 @@ pub enum NodeError {
     /// The node's claims do not meet the policy's conditions.
     #[error("the node's claims do not meet the node policy: {0}")]
     Policy(String),
+    /// The node serves another deployment than the policy pins.
+    #[error("the node serves deployment {served:?}, and the node policy pins {pinned:?}")]
+    WrongDeployment {
+        /// What the node's signed status names.
+        served: String,
+        /// What the policy pins.
+        pinned: String,
+    },
     /// An answer is signed by a node key that was not verified.
     #[error("the answer is signed by node {0}, which was not verified")]
     UnknownNode(String),
@@ -54,6 +62,7 @@ impl NodeError {
             Self::Evidence(_) => "node_evidence_refused",
             Self::NotAllowed(_) => "node_not_allowed",
             Self::Policy(_) => "node_policy_refused",
+            Self::WrongDeployment { .. } => "node_wrong_deployment",
             Self::UnknownNode(_) => "node_unknown",
         }
     }
@@ -313,6 +322,14 @@ impl NodeVerifier {
             .release_policy
             .evaluate(&claims)
             .map_err(|m| NodeError::Policy(m.to_string()))?;
+        if let Some(pinned) = &policy.deployment_id {
+            if status.deployment_id != *pinned {
+                return Err(NodeError::WrongDeployment {
+                    served: status.deployment_id,
+                    pinned: pinned.clone(),
+                });
+            }
+        }
         Ok((
             VerifiedNode {
                 claims: Some(claims),

@@ -101,6 +101,27 @@ fn snp_nodes_against_a_measurement_policy() {
         Some(measurement.as_str())
     );
 
+    // The same policy pinned to the deployment the node serves, and to another: genuine kmsd
+    // on allowed hardware that serves someone else's deployment is refused.
+    let pinned = |deployment: &str| {
+        NodeVerifier::new(
+            NodePolicy::new(
+                Some(chain.strict_trust(chain.options().tcb)),
+                None,
+                release_policy(r#"{"version":1,"attestation":"required"}"#),
+            )
+            .unwrap()
+            .pinned_to(deployment)
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    let identity = node.identity(NONCE, Some(good.clone()), &unseal);
+    pinned("dep-1").verify(&identity, NONCE, VALID_AT).unwrap();
+    let refused = pinned("dep-2").verify(&identity, NONCE, VALID_AT).unwrap_err();
+    assert_eq!(refused.reason(), "node_wrong_deployment");
+    assert!(refused.to_string().contains("\"dep-1\""), "{refused}");
+
     // Another measurement than the policy's.
     assert_eq!(
         reason(policy(&"00".repeat(48)).verify(&node.identity(NONCE, Some(good.clone()), &unseal), NONCE, VALID_AT)),
