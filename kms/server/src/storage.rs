@@ -1107,13 +1107,13 @@ pub(crate) async fn test_replicas() -> Option<[Store; 2]> {
 }
 
 #[cfg(test)]
-async fn test_store_at(url: &str) -> Store {
+pub(crate) async fn test_store_at(url: &str) -> Store {
     test_store_keyed(url).await.0
 }
 
 /// Another process's store on the database at `url`, which `key` protects.
 #[cfg(test)]
-async fn test_process(url: &str, key: &Arc<kms_core::integrity::IntegrityKey>) -> Store {
+pub(crate) async fn test_process(url: &str, key: &Arc<kms_core::integrity::IntegrityKey>) -> Store {
     #![allow(clippy::unwrap_used)]
     let store = Store::connect(url, 4).await.unwrap();
     store
@@ -1124,7 +1124,7 @@ async fn test_process(url: &str, key: &Arc<kms_core::integrity::IntegrityKey>) -
 }
 
 #[cfg(test)]
-async fn test_store_keyed(url: &str) -> (Store, Arc<kms_core::integrity::IntegrityKey>) {
+pub(crate) async fn test_store_keyed(url: &str) -> (Store, Arc<kms_core::integrity::IntegrityKey>) {
     #![allow(clippy::unwrap_used)]
     let store = Store::connect(url, 4).await.unwrap();
     let key = Arc::new(kms_core::integrity::IntegrityKey::new(

@@ -222,7 +222,9 @@ impl Store {
                 continue;
             }
             match self.integrity.verify_as::<HardwareRow>(self, r, "h_", read_at).await {
-                Ok(Some(s)) => entries.push(Ok(s)),
+                // The entry must name the chip itself (see hardware_by_identity).
+                Ok(Some(s)) if s.snp_chip_id.as_deref() == Some(chip_id_hex) => entries.push(Ok(s)),
+                Ok(Some(s)) => entries.push(Err(self.integrity.substituted(&s, "h.snp_chip_id = $4"))),
                 // Read before this process learned of a newer version: read the registry again
                 // on its own (the nonce's use is done).
                 Ok(None) => return Ok((used, self.hardware_by_identity(Identity::SnpChipId, chip_id_hex).await)),
@@ -690,6 +692,85 @@ mod tests {
                 "{backend:?}: {e}"
             );
         }
+    }
+
+    /// On PostgreSQL the operator can redefine `=` on text for kmsd's connections (an operator
+    /// in `public`, searched before `pg_catalog`): a lookup of an unknown chip id or machine id
+    /// then returns an enrolled machine's genuine row. Every read refuses it as
+    /// `row_substituted`, the attest path's combined read included.
+    #[tokio::test]
+    async fn a_row_returned_for_another_identity_is_refused_on_postgresql() {
+        use sqlx::Connection as _;
+        let Some(url) = crate::storage::fresh_postgres_database().await else {
+            return;
+        };
+        let (hw, k) = (HardwareRow::example(), key());
+        let chip = hw.snp_chip_id.clone().unwrap();
+        let (stranger_chip, stranger_id) = ("ef".repeat(64), "hw-stranger");
+        // kmsd's schema first (its partial indexes need the real `=`), then the rigging, then a
+        // replica whose connections all have it.
+        let (writer, integrity_key) = crate::storage::test_store_keyed(&url).await;
+        writer
+            .insert_hardware(&hw, None, None, record("admin.enroll_hardware"))
+            .await
+            .unwrap();
+        writer
+            .create_key(&k, &[1; 60], 1, record("admin.create_key"))
+            .await
+            .unwrap();
+        let mut c = sqlx::AnyConnection::connect(&url).await.unwrap();
+        for sql in [
+            "CREATE TABLE public.rigged (asked TEXT PRIMARY KEY, answer TEXT NOT NULL)".to_owned(),
+            "CREATE FUNCTION public.rigged_eq(l TEXT, r TEXT) RETURNS BOOLEAN LANGUAGE plpgsql STABLE AS $$ \
+             DECLARE a TEXT; BEGIN \
+             SELECT answer INTO a FROM public.rigged WHERE asked OPERATOR(pg_catalog.=) r; \
+             IF FOUND THEN RETURN l OPERATOR(pg_catalog.=) a; END IF; \
+             RETURN l OPERATOR(pg_catalog.=) r; END $$"
+                .to_owned(),
+            "CREATE OPERATOR public.= (LEFTARG = TEXT, RIGHTARG = TEXT, FUNCTION = public.rigged_eq)".to_owned(),
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET search_path = public, pg_catalog', current_database()); END $$"
+                .to_owned(),
+            format!("INSERT INTO public.rigged VALUES ('{stranger_chip}', '{chip}'), ('{stranger_id}', '{}')", hw.id),
+        ] {
+            sqlx::query(&sql).execute(&mut c).await.unwrap();
+        }
+        c.close().await.unwrap();
+        let store = crate::storage::test_process(&url, &integrity_key).await;
+        // The rigging works: the database answers for the stranger with the enrolled machine.
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM hardware WHERE snp_chip_id = $1")
+            .bind(&stranger_chip)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        let substituted = |e: StoreError| {
+            assert!(
+                matches!(&e, StoreError::Integrity(v) if v.kind == crate::storage::ViolationKind::Substituted && v.table == "hardware"),
+                "{e:?}"
+            );
+        };
+        substituted(
+            store
+                .hardware_by_identity(Identity::SnpChipId, &stranger_chip)
+                .await
+                .unwrap_err(),
+        );
+        substituted(store.hardware(stranger_id).await.unwrap_err());
+        substituted(store.release_inputs(stranger_id, k.id).await.unwrap_err());
+        let nonce = [9u8; 32];
+        store.insert_challenge(&nonce, "app", i64::MAX).await.unwrap();
+        let (used, entry) = store
+            .consume_challenge_reading_hardware(&nonce, "app", 1, &stranger_chip)
+            .await
+            .unwrap();
+        assert_eq!(used, ChallengeUse::Fresh);
+        substituted(entry.unwrap_err());
+        // Asked for as they are, the rows are served.
+        assert_eq!(
+            store.hardware_by_identity(Identity::SnpChipId, &chip).await.unwrap(),
+            Some(hw.clone())
+        );
+        assert_eq!(store.release_inputs(&hw.id, k.id).await.unwrap(), (Some(hw), Some(k)));
     }
 
     /// A challenge is used once, by the principal it was issued to, before it expires; on
