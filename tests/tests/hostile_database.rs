@@ -1555,3 +1555,56 @@ async fn plain_data_key(lab: &Lab, key: &str) -> Result<pb::GenerateDataKeyRespo
         .await
         .map(tonic::Response::into_inner)
 }
+
+/// The database's operator inserts a challenge row of its own for the workload's principal (a
+/// nonce it chose, unused, expiring far ahead), and hands another principal's genuine challenge
+/// to it. Neither is usable: whether a nonce was issued, to whom and until when is read from the nonce
+/// (its authenticator), not from the row. (Before, a made-up row was a fresh challenge, so
+/// evidence over a nonce the attacker chose in advance attested.)
+async fn made_up_challenges(backend: Backend) {
+    let Some(mut lab) = Lab::start(backend).await else {
+        return;
+    };
+    let mut w = Workload::new(&lab.kmsd, &lab.pki, APP).await;
+    let (ak, _) = enroll_tpm(&mut lab, &mut w).await;
+    let quote = |w: &Workload, nonce: &[u8]| {
+        let qd = attestation::binding::tpm_qualifying_data(nonce, &w.public_key());
+        tpm_evidence(
+            Tpm::open(&lab.swtpm.tcti())
+                .unwrap()
+                .quote(&ak, &qd, &[0, 1, 7])
+                .unwrap(),
+        )
+    };
+    let chosen = [0x41u8; 32];
+    lab.sql(&format!(
+        "INSERT INTO attestation_nonces (nonce, principal, expires_unix_ms) VALUES ({}, '{APP}', 9000000000000)",
+        hex_literal(lab.backend, &chosen)
+    ))
+    .await;
+    let evidence = quote(&w, &chosen);
+    assert_status(
+        w.attest(chosen.to_vec(), evidence).await,
+        Code::FailedPrecondition,
+        "nonce_unknown",
+    );
+    assert_audited(&lab.db, "attestation.attest", "nonce_unknown").await;
+
+    // A genuine challenge, issued to another principal: moved to this one in the database.
+    let mut other = Workload::new(&lab.kmsd, &lab.pki, MALLORY).await;
+    let theirs = other.challenge().await;
+    lab.sql(&format!(
+        "UPDATE attestation_nonces SET principal = '{APP}' WHERE nonce = {}",
+        hex_literal(lab.backend, &theirs)
+    ))
+    .await;
+    let evidence = quote(&w, &theirs);
+    assert_status(
+        w.attest(theirs.to_vec(), evidence).await,
+        Code::FailedPrecondition,
+        "nonce_unknown",
+    );
+    // A genuine challenge of this principal is one.
+    w.attest_tpm(&lab.swtpm, &ak).await.unwrap();
+}
+both_backends!(made_up_challenge_rows, super::made_up_challenges);

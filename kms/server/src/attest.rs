@@ -304,8 +304,12 @@ impl Attestation {
                 ),
             ));
         }
-        let nonce: [u8; 32] = kms_core::random_array()?;
         let expires = now + ttl_ms(self.config.challenge_ttl);
+        let nonce = self
+            .store
+            .integrity()
+            .challenge_nonce(principal.as_str(), expires)
+            .map_err(db)?;
         self.store
             .insert_challenge(&nonce, principal.as_str(), expires)
             .await
@@ -313,9 +317,25 @@ impl Attestation {
         Ok((nonce, expires))
     }
 
+    /// Whether `nonce` is a challenge this service issued to `principal` and that has not
+    /// expired, from the nonce itself (its authenticator), before the database is asked.
+    fn issued(&self, nonce: &[u8], principal: &Principal) -> Result<(), ApiError> {
+        check_nonce_length(nonce)?;
+        match self
+            .store
+            .integrity()
+            .challenge_expiry(principal.as_str(), nonce)
+            .map_err(db)?
+        {
+            None => fresh(ChallengeUse::Unknown),
+            Some(expires) if expires <= now_ms() => fresh(ChallengeUse::Expired),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Uses a nonce once, on any replica.
     async fn consume(&self, nonce: &[u8], principal: &Principal) -> Result<(), ApiError> {
-        check_nonce_length(nonce)?;
+        self.issued(nonce, principal)?;
         fresh(
             self.store
                 .consume_challenge(nonce, principal.as_str(), now_ms())
@@ -336,7 +356,7 @@ impl Attestation {
         hpke_public_key: &[u8],
         evidence: &Evidence,
     ) -> Result<(ReleaseClaims, HardwareRow), ApiError> {
-        check_nonce_length(nonce)?;
+        self.issued(nonce, principal)?;
         let now = now_ms() / 1000;
         let ev = match evidence {
             Evidence::Snp(ev) => ev,

@@ -1328,6 +1328,44 @@ mod tests {
         }
     }
 
+    /// A challenge nonce carries its principal and expiry under the integrity key: it is known
+    /// as issued only to that principal, with that expiry, and not once any byte changes.
+    #[tokio::test]
+    async fn a_challenge_nonce_says_whom_it_was_issued_to_and_until_when() {
+        let (store, _dir) = test_store().await;
+        let i = store.integrity();
+        let nonce = i.challenge_nonce("spiffe://eu.example/app", 1_000).unwrap();
+        assert_eq!(
+            i.challenge_expiry("spiffe://eu.example/app", &nonce).unwrap(),
+            Some(1_000)
+        );
+        assert_eq!(i.challenge_expiry("spiffe://eu.example/other", &nonce).unwrap(), None);
+        assert_ne!(nonce, i.challenge_nonce("spiffe://eu.example/app", 1_000).unwrap());
+        for at in [0, 7, 8, 15, 16, 31] {
+            let mut changed = nonce;
+            changed[at] ^= 1;
+            assert_eq!(
+                i.challenge_expiry("spiffe://eu.example/app", &changed).unwrap(),
+                None,
+                "byte {at}"
+            );
+        }
+        assert_eq!(
+            i.challenge_expiry("spiffe://eu.example/app", &nonce[..31]).unwrap(),
+            None
+        );
+        // Sealed (no integrity key held), no challenge is issued or recognized.
+        i.set_keys(None);
+        assert!(matches!(
+            i.challenge_nonce("spiffe://eu.example/app", 1),
+            Err(StoreError::Sealed)
+        ));
+        assert!(matches!(
+            i.challenge_expiry("spiffe://eu.example/app", &nonce),
+            Err(StoreError::Sealed)
+        ));
+    }
+
     /// The scan reports what no single row shows: a genuine row stored twice (its primary key
     /// dropped and the row copied), and a destroyed key whose version still holds a KEK.
     #[tokio::test]

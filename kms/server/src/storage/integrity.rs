@@ -255,6 +255,43 @@ impl Integrity {
         read(&self.ring).clone().ok_or(StoreError::Sealed)
     }
 
+    /// A challenge nonce for `principal` that expires at `expires_unix_ms` (32 bytes): the expiry
+    /// (8 bytes, big-endian), 8 random bytes, and the first 16 bytes of their authenticator
+    /// under the newest integrity key (a `RowEncoding` of `attestation_challenge`, a name no
+    /// table has, so it is no row's authenticator). Whether a nonce was issued, to whom, and
+    /// until when is then known from the nonce itself: a row of `attestation_nonces` the
+    /// database's operator inserts or prolongs does not make a nonce usable. (The row still
+    /// records its single use.)
+    pub(crate) fn challenge_nonce(&self, principal: &str, expires_unix_ms: i64) -> Result<[u8; 32], StoreError> {
+        let random: [u8; 8] = kms_core::random_array().map_err(StoreError::Crypto)?;
+        let ring = self.ring()?;
+        let mut nonce = [0u8; 32];
+        nonce[..8].copy_from_slice(&expires_unix_ms.to_be_bytes());
+        nonce[8..16].copy_from_slice(&random);
+        let tag = ring.newest().1.tag(&challenge_encoding(principal, &nonce[..16]));
+        nonce[16..].copy_from_slice(&tag[..16]);
+        Ok(nonce)
+    }
+
+    /// The expiry of a challenge nonce issued to `principal` by [`Integrity::challenge_nonce`]
+    /// under a key held; `None` if it was not (made up, another principal's, or under a root
+    /// generation retired since).
+    pub(crate) fn challenge_expiry(&self, principal: &str, nonce: &[u8]) -> Result<Option<i64>, StoreError> {
+        use subtle::ConstantTimeEq as _;
+        let Ok(nonce) = <&[u8; 32]>::try_from(nonce) else {
+            return Ok(None);
+        };
+        let ring = self.ring()?;
+        let encoding = challenge_encoding(principal, &nonce[..16]);
+        let issued = ring
+            .keys
+            .iter()
+            .any(|(_, k)| bool::from(k.tag(&encoding)[..16].ct_eq(&nonce[16..])));
+        let mut expiry = [0u8; 8];
+        expiry.copy_from_slice(&nonce[..8]);
+        Ok(issued.then(|| i64::from_be_bytes(expiry)))
+    }
+
     /// The keys held, for a rotation's re-authentication.
     pub(crate) fn ring_for_rotation(&self) -> Result<Arc<KeyRing>, StoreError> {
         self.ring()
@@ -883,6 +920,17 @@ fn decode_state(r: &AnyRow, ring: &KeyRing) -> Result<StateRow, StoreError> {
     )
     .map_err(|_| bad("the state row's authenticator does not match (it was written by someone else)"))?;
     Ok(StateRow { head, generation, mac })
+}
+
+/// What a challenge nonce's authenticator covers: the principal, and the nonce's expiry and
+/// random bytes.
+fn challenge_encoding(principal: &str, expiry_and_random: &[u8]) -> kms_core::integrity::RowEncoding {
+    let (principal, body) = (Value::text(principal), Value::bytes(expiry_and_random));
+    kms_core::integrity::RowEncoding::new(
+        "attestation_challenge",
+        0,
+        [("principal", &principal), ("nonce", &body)],
+    )
 }
 
 /// A row as read and verified, with what a later update of it needs.
