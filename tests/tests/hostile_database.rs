@@ -1092,6 +1092,7 @@ async fn audit_cut(backend: Backend) {
         cert.to_str().unwrap(),
         "--key",
         key.to_str().unwrap(),
+        "--danger-unattested-kmsd",
         "audit",
         "checkpoint-keys",
     ])

@@ -266,3 +266,89 @@ async fn custodians_unseal_only_the_attested_node() {
     assert_eq!(shown.json()["evidence"]["kind"], "none", "{}", shown.stdout);
     server.stop().await;
 }
+
+/// An auditor pins the audit checkpoint keys (`kmsctl audit checkpoint-keys`) only as the
+/// attested node signed them: the operator's proxy that swaps in a key of its own (with a
+/// matching kid), and so could sign checkpoints over a rewritten log, is refused and nothing is
+/// written; without a node policy nothing is asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auditors_pin_checkpoint_keys_only_from_the_attested_node() {
+    let Some(db) = Db::new(Backend::Sqlite).await else {
+        return;
+    };
+    let pki = Pki::new();
+    let node = Node {
+        tpm: Swtpm::start(),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let alice = admin("alice", "DE");
+    let server = TestServer::start(
+        &db,
+        &pki,
+        Options {
+            init_admins: Some(fingerprints([&alice])),
+            node: node.evidence(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut admin_c = server.admin(&pki).await;
+    init(
+        &mut admin_c,
+        &alice,
+        pb::InitOp {
+            seal: pb::SealKind::Shamir as i32,
+            threshold: 1,
+            admins: vec![new_admin(&alice, true)],
+            approval_quorum: 1,
+        },
+    )
+    .await
+    .unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let alice_key = keys.path().join("alice.key");
+    std::fs::write(&alice_key, alice.encode().expose_secret()).unwrap();
+    std::fs::set_permissions(&alice_key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let good = node.policy("good", &node.ak_name(), &hex::encode([0u8; 32]));
+    let pin = [
+        "--node-policy",
+        good.as_str(),
+        "--output",
+        "json",
+        "audit",
+        "checkpoint-keys",
+    ];
+
+    let out = kmsctl(&pki, &server, &alice_key, &["audit", "checkpoint-keys"])
+        .await
+        .expect(2);
+    assert!(out.stderr.contains("--node-policy"), "{}", out.stderr);
+    let honest = GrpcProxy::start(&pki, &server, "spiffe://test/admin-cli", Tamper::none()).await;
+    let pinned = kmsctl(&pki, &honest, &alice_key, &pin).await.expect(0);
+    let genuine: serde_json::Value = serde_json::from_str(&pinned.stdout).unwrap();
+    assert!(pinned.stdout.contains("EdDSA"), "{}", pinned.stdout);
+
+    // The proxy's own key, with the kid that goes with it.
+    let own = vec![0x5au8; 32];
+    let kid = hex::encode(&ring::digest::digest(&ring::digest::SHA256, &own).as_ref()[..16]);
+    let swap = Tamper::response(
+        "/kms.v1.AdminService/GetAuditCheckpointKeys",
+        move |k: &mut pb::AuditCheckpointKeys| {
+            for key in &mut k.keys {
+                key.public_key.clone_from(&own);
+                key.kid.clone_from(&kid);
+            }
+        },
+    );
+    let proxy = GrpcProxy::start(&pki, &server, "spiffe://test/admin-cli", swap).await;
+    let out = kmsctl(&pki, &proxy, &alice_key, &pin).await.expect(1);
+    assert_eq!(out.json()["error"]["kind"], "node_signature", "{}", out.stdout);
+    assert!(!out.stdout.contains("EdDSA"), "no key was written: {}", out.stdout);
+    // Through the honest proxy again: the same keys as before.
+    let again = kmsctl(&pki, &honest, &alice_key, &pin).await.expect(0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&again.stdout).unwrap(),
+        genuine
+    );
+    server.stop().await;
+}

@@ -147,6 +147,7 @@ pub async fn serve(
         allow_unattested: config.danger.allow_unattested_keys,
         attestation: attestation.clone(),
         callers: callers.clone(),
+        node: node.clone(),
     };
     if let Some(dir) = &dev_dir {
         dev_init(&admin, dir).await?;

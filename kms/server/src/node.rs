@@ -168,6 +168,11 @@ impl Node {
             .to_vec()
     }
 
+    /// Signs the published audit checkpoint keys.
+    pub fn sign_checkpoint_keys(&self, keys: &[kms_proto::v1::AuditCheckpointKey]) -> Vec<u8> {
+        self.key.sign(&message::checkpoint_keys(keys)).to_vec()
+    }
+
     /// Signs an Attest answer to a request with `nonce` and `hpke_public_key`.
     pub fn sign_attest(&self, answer: &message::AttestAnswer<'_>) -> Vec<u8> {
         self.key.sign(&answer.encode()).to_vec()

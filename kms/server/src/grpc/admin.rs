@@ -522,11 +522,14 @@ impl pb::admin_service_server::AdminService for AdminPlane {
         let keys = crate::workers::checkpoint::published_keys(&self.store, &self.seal)
             .await
             .map_err(|e| e.to_status())?;
+        let keys: Vec<pb::AuditCheckpointKey> = keys
+            .iter()
+            .map(|k| checkpoint_key_to_wire(&k.key, k.created_unix_ms, k.retired_unix_ms))
+            .collect();
         Ok(Response::new(pb::AuditCheckpointKeys {
-            keys: keys
-                .iter()
-                .map(|k| checkpoint_key_to_wire(&k.key, k.created_unix_ms, k.retired_unix_ms))
-                .collect(),
+            node_public_key: self.node.public_key().to_vec(),
+            node_signature: self.node.sign_checkpoint_keys(&keys),
+            keys,
         }))
     }
 }

@@ -40,6 +40,8 @@ pub struct AdminPlane {
     pub(crate) attestation: Arc<crate::attest::Attestation>,
     /// Who calls, for the rate limits (admins are authenticated by their signatures).
     pub(crate) callers: crate::identity::Callers,
+    /// This node: it signs the audit checkpoint keys it publishes.
+    pub(crate) node: Arc<crate::node::Node>,
 }
 
 impl AdminPlane {

@@ -49,6 +49,11 @@ impl Kit {
             audit.clone(),
             true,
         );
+        let node = Arc::new(
+            Node::start(NodeEvidence::None, seal.unseal_public_key(), [0; 32])
+                .await
+                .unwrap(),
+        );
         let admin = AdminPlane {
             store: store.clone(),
             seal: seal.clone(),
@@ -62,13 +67,9 @@ impl Kit {
             allow_unattested: true,
             attestation: attestation.clone(),
             callers: callers.clone(),
+            node: node.clone(),
         };
         crate::dev_init(&admin, dir.path()).await.unwrap();
-        let node = Arc::new(
-            Node::start(NodeEvidence::None, seal.unseal_public_key(), [0; 32])
-                .await
-                .unwrap(),
-        );
         let data = DataPlane {
             node: node.clone(),
             keys,

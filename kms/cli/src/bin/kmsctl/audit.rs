@@ -432,19 +432,34 @@ fn fault_name(f: &CheckpointFault) -> &'static str {
     }
 }
 
-/// `kmsctl audit checkpoint-keys`: the server's checkpoint keys (GetAuditCheckpointKeys,
-/// unsigned) as the JSON document `audit verify --checkpoint-key` reads, on stdout in both
-/// formats so it can be saved. Each key's kid is checked against its public key first.
+/// `kmsctl audit checkpoint-keys`: the server's checkpoint keys (GetAuditCheckpointKeys) as the
+/// JSON document `audit verify --checkpoint-key` reads, on stdout in both formats so it can be
+/// saved. Written only if a node verified against the node policy signed them (a proxy that
+/// hands the auditor keys of its own could sign checkpoints over a rewritten log), and each
+/// key's kid is checked against its public key.
 pub(crate) async fn checkpoint_keys(g: &Global, p: &Printer) -> Result<(), Error> {
+    let verifier = crate::node::required_verifier(g, "audit checkpoint-keys")?;
     let server = Server::connect(g).await?;
-    let keys = match server
+    let answer = match server
         .admin()
         .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest {})
         .await
     {
-        Ok(r) => r.into_inner().keys,
+        Ok(r) => r.into_inner(),
         Err(s) => return Err(server.failed(s).await),
     };
+    let refused = |e: &kms_node::NodeError| {
+        Error::check_failed(e.reason(), format!("{e}; no key was written"), serde_json::json!({}))
+    };
+    crate::node::signer(&server, &verifier, &answer.node_public_key, refused)
+        .await?
+        .check(
+            "the checkpoint keys",
+            &kms_node::message::checkpoint_keys(&answer.keys),
+            &answer.node_signature,
+        )
+        .map_err(|e| refused(&e))?;
+    let keys = answer.keys;
     let mut list = Vec::new();
     for k in &keys {
         CheckpointKey::parse(&k.kid, &k.algorithm, k.public_key.clone())

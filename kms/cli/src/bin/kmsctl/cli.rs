@@ -817,7 +817,9 @@ pub(crate) enum AuditCommand {
         #[arg(long, default_value_t = 60, value_name = "SECS")]
         checkpoint_interval: u64,
     },
-    /// Fetch the server's audit checkpoint public keys (JSON on stdout), to pin for `verify`.
+    /// Fetch the server's audit checkpoint public keys (JSON on stdout), to pin for `verify`:
+    /// written only if the kmsd verified against --node-policy (or --danger-unattested-kmsd)
+    /// signed them.
     CheckpointKeys,
     /// Print the last entries of the audit log, straight from the database.
     Tail {

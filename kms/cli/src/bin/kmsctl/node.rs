@@ -53,6 +53,27 @@ pub(crate) async fn verified_status(
         .map_err(|e| refused(&e))
 }
 
+/// The verified node whose key is `public_key` (it signed an answer): the node answering on
+/// `server`, verified by `verifier`, asked again (a few times: behind a load balancer another
+/// replica may answer) until it is that node.
+pub(crate) async fn signer(
+    server: &Server,
+    verifier: &NodeVerifier,
+    public_key: &[u8],
+    unverified: impl Fn(&NodeError) -> Error,
+) -> Result<VerifiedNode, Error> {
+    for _ in 0..3 {
+        let (id, nonce) = identity(server).await?;
+        let (node, _) = verifier
+            .verify(&id, &nonce, kms_core::now_unix_ms() / 1000)
+            .map_err(|e| unverified(&e))?;
+        if node.public_key[..] == *public_key {
+            return Ok(node);
+        }
+    }
+    Err(unverified(&NodeError::UnknownNode(kms_node::node_id(public_key))))
+}
+
 fn evidence_json(id: &pb::NodeIdentity) -> Value {
     match &id.evidence {
         None => json!({ "kind": "none", "reason": id.no_evidence_reason }),
