@@ -48,7 +48,8 @@ impl AdminPublic {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+/// The file's fields; the two keys in base64, wiped when it is dropped.
+#[derive(Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 #[serde(deny_unknown_fields)]
 struct Stored {
     version: u32,

@@ -20,8 +20,11 @@ impl Seal {
                 )
             })?;
         }
-        write_secret_file(&path, hex::encode(root.expose_secret()).as_bytes())
-            .map_err(|e| ApiError::new(Reason::DevRootWrite, format!("cannot write the dev root key: {e}")))
+        write_secret_file(
+            &path,
+            zeroize::Zeroizing::new(hex::encode(root.expose_secret())).as_bytes(),
+        )
+        .map_err(|e| ApiError::new(Reason::DevRootWrite, format!("cannot write the dev root key: {e}")))
     }
 
     /// Removes the dev root key file written for an init that did not commit.
@@ -36,8 +39,10 @@ pub(super) const DEV_ROOT_FILE: &str = "dev-root-key";
 
 pub(super) fn read_dev_root(dir: &std::path::Path) -> Result<RootKeyMaterial, LoadError> {
     let path = dir.join(DEV_ROOT_FILE);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| LoadError::Refused(format!("cannot read {}: {e}", path.display())))?;
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&path)
+            .map_err(|e| LoadError::Refused(format!("cannot read {}: {e}", path.display())))?,
+    );
     let mut bytes = zeroize::Zeroizing::new(
         hex::decode(text.trim()).map_err(|_| LoadError::Refused(format!("{} is corrupt", path.display())))?,
     );
