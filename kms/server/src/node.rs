@@ -168,9 +168,12 @@ impl Node {
             .to_vec()
     }
 
-    /// Signs the published audit checkpoint keys.
-    pub fn sign_checkpoint_keys(&self, keys: &[kms_proto::v1::AuditCheckpointKey]) -> Vec<u8> {
-        self.key.sign(&message::checkpoint_keys(keys)).to_vec()
+    /// Signs the published audit checkpoint keys, given as their
+    /// [`message::checkpoint_keys`] encoding (which the gRPC layer builds from the wire list, so
+    /// the signature covers exactly the bytes the auditor re-encodes).
+    pub fn sign_checkpoint_keys(&self, encoded: &[u8]) -> Vec<u8> {
+        debug_assert!(encoded.starts_with(b"kms-checkpoint-keys-v1\0"));
+        self.key.sign(encoded).to_vec()
     }
 
     /// Signs an Attest answer to a request with `nonce` and `hpke_public_key`.

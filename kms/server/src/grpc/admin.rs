@@ -528,7 +528,9 @@ impl pb::admin_service_server::AdminService for AdminPlane {
             .collect();
         Ok(Response::new(pb::AuditCheckpointKeys {
             node_public_key: self.node.public_key().to_vec(),
-            node_signature: self.node.sign_checkpoint_keys(&keys),
+            node_signature: self
+                .node
+                .sign_checkpoint_keys(&kms_node::message::checkpoint_keys(&keys)),
             keys,
         }))
     }
