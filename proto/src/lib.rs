@@ -83,3 +83,103 @@ pub mod status {
         s
     }
 }
+
+/// The signed admin plane, for the server and its clients alike: which method each operation
+/// belongs to, and how an answer carries the node's signature.
+///
+/// Every successful answer to a `SignedRequest` carries, as binary response metadata, the
+/// node public key that signed it ([`ANSWER_NODE_KEY_METADATA`]) and the Ed25519 signature
+/// ([`ANSWER_SIGNATURE_METADATA`]) over `kms_node::message::admin_answer`: the method, the
+/// request's payload exactly as signed by the admin, and the answer message exactly as sent. A
+/// client checks it over the bytes it received ([`crate::codec::RawCodec`]), before decoding
+/// them.
+pub mod admin {
+    use crate::v1::admin_request::Operation as Op;
+
+    /// The response metadata key of the node key that signed an admin answer (32 bytes).
+    pub const ANSWER_NODE_KEY_METADATA: &str = "kms-node-key-bin";
+    /// The response metadata key of the node's signature over an admin answer (64 bytes).
+    pub const ANSWER_SIGNATURE_METADATA: &str = "kms-node-signature-bin";
+
+    /// The `AdminService` method an operation must be sent to: its name (as audit records and
+    /// signed answers name it) and its gRPC path.
+    pub fn method(op: &Op) -> (&'static str, &'static str) {
+        match op {
+            Op::Init(_) => ("init", "/kms.v1.AdminService/Init"),
+            Op::GetEncryptedShare(_) => ("get_encrypted_share", "/kms.v1.AdminService/GetEncryptedShare"),
+            Op::Unseal(_) => ("unseal", "/kms.v1.AdminService/Unseal"),
+            Op::Seal(_) => ("seal", "/kms.v1.AdminService/Seal"),
+            Op::AddAdmin(_) => ("add_admin", "/kms.v1.AdminService/AddAdmin"),
+            Op::ListAdmins(_) => ("list_admins", "/kms.v1.AdminService/ListAdmins"),
+            Op::CreateKey(_) => ("create_key", "/kms.v1.AdminService/CreateKey"),
+            Op::DescribeKey(_) => ("describe_key", "/kms.v1.AdminService/DescribeKey"),
+            Op::ListKeys(_) => ("list_keys", "/kms.v1.AdminService/ListKeys"),
+            Op::RotateKey(_) => ("rotate_key", "/kms.v1.AdminService/RotateKey"),
+            Op::EnableKey(_) => ("enable_key", "/kms.v1.AdminService/EnableKey"),
+            Op::DisableKey(_) => ("disable_key", "/kms.v1.AdminService/DisableKey"),
+            Op::ScheduleKeyDeletion(_) => ("schedule_key_deletion", "/kms.v1.AdminService/ScheduleKeyDeletion"),
+            Op::CancelKeyDeletion(_) => ("cancel_key_deletion", "/kms.v1.AdminService/CancelKeyDeletion"),
+            Op::SetReleasePolicy(_) => ("set_release_policy", "/kms.v1.AdminService/SetReleasePolicy"),
+            Op::EnrollHardware(_) => ("enroll_hardware", "/kms.v1.AdminService/EnrollHardware"),
+            Op::DescribeHardware(_) => ("describe_hardware", "/kms.v1.AdminService/DescribeHardware"),
+            Op::ListHardware(_) => ("list_hardware", "/kms.v1.AdminService/ListHardware"),
+            Op::RevokeHardware(_) => ("revoke_hardware", "/kms.v1.AdminService/RevokeHardware"),
+            Op::Propose(_) => ("propose", "/kms.v1.AdminService/Propose"),
+            Op::Approve(_) => ("approve", "/kms.v1.AdminService/Approve"),
+            Op::Reject(_) => ("reject", "/kms.v1.AdminService/Reject"),
+            Op::DescribeProposal(_) => ("describe_proposal", "/kms.v1.AdminService/DescribeProposal"),
+            Op::ListProposals(_) => ("list_proposals", "/kms.v1.AdminService/ListProposals"),
+        }
+    }
+}
+
+/// Codecs beside tonic-prost's.
+pub mod codec {
+    use prost::bytes::{Buf as _, BufMut as _};
+
+    /// A gRPC codec that sends and receives messages as their encoded bytes, so a client can
+    /// check a signature over an answer exactly as it arrived (a decoded and re-encoded message
+    /// would lose the fields a newer server added), and a proxy can forward what it never decodes.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct RawCodec;
+
+    /// [`RawCodec`]'s encoder and decoder.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct RawCoder;
+
+    impl tonic::codec::Codec for RawCodec {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = RawCoder;
+        type Decoder = RawCoder;
+
+        fn encoder(&mut self) -> RawCoder {
+            RawCoder
+        }
+
+        fn decoder(&mut self) -> RawCoder {
+            RawCoder
+        }
+    }
+
+    impl tonic::codec::Encoder for RawCoder {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+
+        fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl tonic::codec::Decoder for RawCoder {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+
+        fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+            let mut out = vec![0; src.remaining()];
+            src.copy_to_slice(&mut out);
+            Ok(Some(out))
+        }
+    }
+}

@@ -352,3 +352,226 @@ async fn auditors_pin_checkpoint_keys_only_from_the_attested_node() {
     );
     server.stop().await;
 }
+
+/// An admin acts only on answers the attested node signed over their own request: the
+/// operator's proxy (a certificate the admin's CA trusts) that strips the signature, changes an
+/// answer, replays an older genuine answer (hiding that the key was disabled since), or signs
+/// with a key of its own is refused (`node_unsigned`, `node_signature`, `node_unknown`) and
+/// nothing it said is printed; without a node policy nothing is signed or sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_act_only_on_answers_the_attested_node_signed() {
+    use std::sync::{Arc, Mutex};
+
+    let Some(db) = Db::new(Backend::Sqlite).await else {
+        return;
+    };
+    let pki = Pki::new();
+    let node = Node {
+        tpm: Swtpm::start(),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let alice = admin("alice", "DE");
+    let server = TestServer::start(
+        &db,
+        &pki,
+        Options {
+            init_admins: Some(fingerprints([&alice])),
+            node: node.evidence(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut admin_c = server.admin(&pki).await;
+    init(
+        &mut admin_c,
+        &alice,
+        pb::InitOp {
+            seal: pb::SealKind::Shamir as i32,
+            threshold: 1,
+            admins: vec![new_admin(&alice, true)],
+            approval_quorum: 1,
+        },
+    )
+    .await
+    .unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let alice_key = keys.path().join("alice.key");
+    std::fs::write(&alice_key, alice.encode().expose_secret()).unwrap();
+    std::fs::set_permissions(&alice_key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let good = node.policy("good", &node.ak_name(), &hex::encode([0u8; 32]));
+    let pinned = |args: &[&'static str]| -> Vec<&str> {
+        let mut all = vec!["--node-policy", good.as_str(), "--output", "json"];
+        all.extend_from_slice(args);
+        all
+    };
+    const DESCRIBE: &str = "/kms.v1.AdminService/DescribeKey";
+
+    // Without a node policy (or the danger flag) nothing is signed or sent: exit 2.
+    let honest = GrpcProxy::start(&pki, &server, "spiffe://test/admin-cli", Tamper::none()).await;
+    let out = kmsctl(&pki, &honest, &alice_key, &["key", "create", "payroll"])
+        .await
+        .expect(2);
+    assert!(out.stderr.contains("--node-policy"), "{}", out.stderr);
+    assert!(
+        honest.seen().iter().all(|m| !m.starts_with("/kms.v1.AdminService/")),
+        "{:?}",
+        honest.seen()
+    );
+    // Through an honest proxy (it forwards the node's signature): the genuine answers.
+    let created = kmsctl(&pki, &honest, &alice_key, &pinned(&["key", "create", "payroll"]))
+        .await
+        .expect(0);
+    assert_eq!(created.json()["name"], "payroll", "{}", created.stdout);
+    assert!(
+        honest
+            .seen()
+            .contains(&"/kms.v1.AttestationService/GetNodeIdentity".to_owned()),
+        "the signer was verified: {:?}",
+        honest.seen()
+    );
+
+    // A proxy that records the genuine answer to a DescribeKey, signature and all.
+    let recorded: Arc<Mutex<(Vec<u8>, tonic::metadata::MetadataMap)>> = Arc::default();
+    let (bytes_to, metadata_to) = (recorded.clone(), recorded.clone());
+    let recording = Tamper {
+        response: Arc::new(move |path, bytes| {
+            if path == DESCRIBE {
+                bytes_to.lock().unwrap().0.clone_from(&bytes);
+            }
+            Ok(bytes)
+        }),
+        metadata: Arc::new(move |path, metadata| {
+            if path == DESCRIBE {
+                metadata_to.lock().unwrap().1 = metadata.clone();
+            }
+        }),
+        ..Tamper::none()
+    };
+    let recorder = GrpcProxy::start(&pki, &server, "spiffe://test/admin-cli", recording).await;
+    let enabled = kmsctl(&pki, &recorder, &alice_key, &pinned(&["key", "describe", "payroll"]))
+        .await
+        .expect(0);
+    assert_eq!(enabled.json()["state"], "enabled", "{}", enabled.stdout);
+    assert!(
+        !recorded.lock().unwrap().1.is_empty(),
+        "the answer carried kms- metadata"
+    );
+
+    // Stripped: the disable went through (kmsd did it), but kmsctl does not vouch for it.
+    let stripping = Tamper {
+        metadata: Arc::new(|_, metadata| *metadata = tonic::metadata::MetadataMap::new()),
+        ..Tamper::none()
+    };
+    let proxy = GrpcProxy::start(&pki, &server, "spiffe://test/admin-cli", stripping).await;
+    let out = kmsctl(&pki, &proxy, &alice_key, &pinned(&["key", "disable", "payroll"]))
+        .await
+        .expect(1);
+    assert_eq!(out.json()["error"]["kind"], "node_unsigned", "{}", out.stdout);
+    assert_eq!(out.json()["error"]["method"], "disable_key", "{}", out.stdout);
+    assert!(out.stderr.contains("may or may not have done it"), "{}", out.stderr);
+    assert!(
+        !out.stdout.contains("\"state\""),
+        "nothing the proxy said is printed: {}",
+        out.stdout
+    );
+
+    // Replayed: the genuine, signed answer of the earlier describe ("enabled"), for a new one.
+    let (old_bytes, old_metadata) = recorded.lock().unwrap().clone();
+    let replaying = Tamper {
+        response: Arc::new(move |path, bytes| Ok(if path == DESCRIBE { old_bytes.clone() } else { bytes })),
+        metadata: Arc::new(move |path, metadata| {
+            if path == DESCRIBE {
+                *metadata = old_metadata.clone();
+            }
+        }),
+        ..Tamper::none()
+    };
+    let proxy = GrpcProxy::start(&pki, &server, "spiffe://test/admin-cli", replaying).await;
+    let out = kmsctl(&pki, &proxy, &alice_key, &pinned(&["key", "describe", "payroll"]))
+        .await
+        .expect(1);
+    assert_eq!(out.json()["error"]["kind"], "node_signature", "{}", out.stdout);
+    assert!(!out.stdout.contains("enabled"), "{}", out.stdout);
+
+    // Changed: "enabled" again, under the genuine signature.
+    let changing = Tamper::response(DESCRIBE, |k: &mut pb::KeyMetadata| {
+        k.state = pb::KeyState::Enabled as i32;
+    });
+    let proxy = GrpcProxy::start(&pki, &server, "spiffe://test/admin-cli", changing).await;
+    let out = kmsctl(&pki, &proxy, &alice_key, &pinned(&["key", "describe", "payroll"]))
+        .await
+        .expect(1);
+    assert_eq!(out.json()["error"]["kind"], "node_signature", "{}", out.stdout);
+
+    // Changed and signed with the proxy's own key: the node answering GetNodeIdentity (the
+    // genuine one: the proxy cannot make evidence for its key) holds another.
+    let impostor = Arc::new(kms_node::NodeKey::generate().unwrap());
+    let payload: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let (seen_payload, used_payload) = (payload.clone(), payload);
+    let answer: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let (changed_to, signed_from) = (answer.clone(), answer);
+    let resigning = Tamper {
+        request: Arc::new(move |path, bytes| {
+            if path == DESCRIBE {
+                *seen_payload.lock().unwrap() = pb::SignedRequest::decode(bytes.as_slice()).unwrap().payload;
+            }
+            Ok(bytes)
+        }),
+        response: Arc::new(move |path, bytes| {
+            if path != DESCRIBE {
+                return Ok(bytes);
+            }
+            let mut k = pb::KeyMetadata::decode(bytes.as_slice()).unwrap();
+            k.state = pb::KeyState::Enabled as i32;
+            let changed = k.encode_to_vec();
+            changed_to.lock().unwrap().clone_from(&changed);
+            Ok(changed)
+        }),
+        metadata: Arc::new(move |path, metadata| {
+            if path != DESCRIBE {
+                return;
+            }
+            let message = kms_node::message::admin_answer(
+                "describe_key",
+                &used_payload.lock().unwrap(),
+                &signed_from.lock().unwrap(),
+            );
+            metadata.insert_bin(
+                kms_proto::admin::ANSWER_NODE_KEY_METADATA,
+                tonic::metadata::MetadataValue::from_bytes(&impostor.public_key()),
+            );
+            metadata.insert_bin(
+                kms_proto::admin::ANSWER_SIGNATURE_METADATA,
+                tonic::metadata::MetadataValue::from_bytes(&impostor.sign(&message)),
+            );
+        }),
+    };
+    let proxy = GrpcProxy::start(&pki, &server, "spiffe://test/admin-cli", resigning).await;
+    let out = kmsctl(&pki, &proxy, &alice_key, &pinned(&["key", "describe", "payroll"]))
+        .await
+        .expect(1);
+    assert_eq!(out.json()["error"]["kind"], "node_unknown", "{}", out.stdout);
+
+    // The token keys a relying party pins: a proxy's own JWKS (its tokens would verify) is
+    // refused, the genuine one is taken.
+    let own_jwks = Tamper::response("/kms.v1.AttestationService/GetTokenKeys", |k: &mut pb::TokenKeys| {
+        k.jwks_json = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"proxy","alg":"EdDSA","use":"sig"}]}"#.into();
+    });
+    let proxy = GrpcProxy::start(&pki, &server, "spiffe://test/admin-cli", own_jwks).await;
+    let out = kmsctl(&pki, &proxy, &alice_key, &pinned(&["token", "keys"]))
+        .await
+        .expect(1);
+    assert_eq!(out.json()["error"]["kind"], "node_signature", "{}", out.stdout);
+    assert!(!out.stdout.contains("proxy"), "{}", out.stdout);
+    let out = kmsctl(&pki, &honest, &alice_key, &pinned(&["token", "keys"]))
+        .await
+        .expect(0);
+    assert!(out.json()["keys"].is_array(), "{}", out.stdout);
+
+    // The truth, through the honest proxy: the disable that the stripped answer did not vouch for.
+    let now = kmsctl(&pki, &honest, &alice_key, &pinned(&["key", "describe", "payroll"]))
+        .await
+        .expect(0);
+    assert_eq!(now.json()["state"], "disabled", "{}", now.stdout);
+    server.stop().await;
+}

@@ -88,6 +88,21 @@ pub fn checkpoint_keys(keys: &[kms_proto::v1::AuditCheckpointKey]) -> Vec<u8> {
     encode(b"kms-checkpoint-keys-v1\0", &fields)
 }
 
+/// The token verification keys a node serves: `"kms-token-keys-v1\0"`, the caller's nonce (empty
+/// if it sent none) and the JWKS exactly as sent. A relying party that verifies tokens with keys
+/// a proxy chose would accept the proxy's tokens.
+pub fn token_keys(nonce: &[u8], jwks_json: &str) -> Vec<u8> {
+    encode(b"kms-token-keys-v1\0", &[nonce, jwks_json.as_bytes()])
+}
+
+/// The answer to a signed admin request: `"kms-admin-answer-v1\0"`, the method's name (as
+/// `kms_proto::admin::method` gives it), the request's payload exactly as the admin signed it
+/// (its fresh nonce makes the answer unreplayable) and the answer message exactly as sent. A
+/// proxy can drop the answer or refuse in kmsd's name, but not claim that kmsd did something.
+pub fn admin_answer(method: &str, request_payload: &[u8], answer: &[u8]) -> Vec<u8> {
+    encode(b"kms-admin-answer-v1\0", &[method.as_bytes(), request_payload, answer])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

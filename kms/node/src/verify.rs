@@ -46,6 +46,9 @@ pub enum NodeError {
         /// What the policy pins.
         pinned: String,
     },
+    /// An answer that must be signed carries no node signature (or no node key).
+    #[error("{0} carries no node signature")]
+    Unsigned(&'static str),
     /// An answer is signed by a node key that was not verified.
     #[error("the answer is signed by node {0}, which was not verified")]
     UnknownNode(String),
@@ -57,6 +60,7 @@ impl NodeError {
         match self {
             Self::Malformed(_) => "node_malformed",
             Self::Signature(_) => "node_signature",
+            Self::Unsigned(_) => "node_unsigned",
             Self::Mismatch(_) => "node_statement_mismatch",
             Self::NoEvidence(_) => "node_unattested",
             Self::Evidence(_) => "node_evidence_refused",

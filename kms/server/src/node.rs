@@ -176,6 +176,18 @@ impl Node {
         self.key.sign(encoded).to_vec()
     }
 
+    /// Signs the token keys answered to a request with `nonce`.
+    pub fn sign_token_keys(&self, nonce: &[u8], jwks_json: &str) -> Vec<u8> {
+        self.key.sign(&message::token_keys(nonce, jwks_json)).to_vec()
+    }
+
+    /// Signs the answer to a signed admin request, given as its [`message::admin_answer`]
+    /// encoding (built in the gRPC layer from the answer's bytes).
+    pub fn sign_admin_answer(&self, encoded: &[u8]) -> Vec<u8> {
+        debug_assert!(encoded.starts_with(b"kms-admin-answer-v1\0"));
+        self.key.sign(encoded).to_vec()
+    }
+
     /// Signs an Attest answer to a request with `nonce` and `hpke_public_key`.
     pub fn sign_attest(&self, answer: &message::AttestAnswer<'_>) -> Vec<u8> {
         self.key.sign(&answer.encode()).to_vec()

@@ -1107,6 +1107,7 @@ pub const KMSCTL_VARS: &[&str] = &[
     "KMSCTL_AUDIT_DATABASE",
     "KMSCTL_DEPLOYMENT",
     "KMSCTL_NODE_POLICY",
+    "KMSCTL_DANGER_UNATTESTED_KMSD",
 ];
 
 /// The `kmsctl` binary at `path`, with none of the `KMSCTL_*` settings of the environment that

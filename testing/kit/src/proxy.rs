@@ -1,17 +1,18 @@
 //! The operator's proxy: a gRPC server with a certificate the clients trust (the test CA's),
 //! which forwards every call of the three kms.v1 services to a real kmsd over mTLS as a given
 //! principal, and may rewrite what it forwards. Messages are forwarded as bytes (a raw codec),
-//! so a test decodes, changes and re-encodes exactly the message it attacks; the proxy records
-//! the methods it was asked for.
+//! so a test decodes, changes and re-encodes exactly the message it attacks; the answers' `kms-*`
+//! metadata (the node's signature over an admin answer) is forwarded too, and may be rewritten;
+//! the proxy records the methods it was asked for.
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use prost::bytes::{Buf as _, BufMut as _};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use kms_proto::codec::RawCodec as Raw;
 use tonic::codegen::{http, BoxFuture, Service};
+use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::transport::{Certificate, Channel, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
@@ -21,6 +22,9 @@ use crate::{Pki, Reachable};
 /// Rewrites a message on its way: `(method path, message bytes) -> message bytes`.
 pub type Rewrite = dyn Fn(&str, Vec<u8>) -> Result<Vec<u8>, Status> + Send + Sync;
 
+/// Rewrites an answer's metadata on its way back: `(method path, metadata)`.
+pub type RewriteMetadata = dyn Fn(&str, &mut MetadataMap) + Send + Sync;
+
 /// What the proxy does to the messages it forwards.
 #[derive(Clone)]
 pub struct Tamper {
@@ -28,6 +32,9 @@ pub struct Tamper {
     pub request: Arc<Rewrite>,
     /// Applied to each answer before it is returned.
     pub response: Arc<Rewrite>,
+    /// Applied to each answer's `kms-*` metadata (the node's signature over an admin answer)
+    /// before it is returned.
+    pub metadata: Arc<RewriteMetadata>,
 }
 
 impl Tamper {
@@ -37,6 +44,7 @@ impl Tamper {
         Self {
             request: same.clone(),
             response: same,
+            metadata: Arc::new(|_, _| {}),
         }
     }
 
@@ -120,42 +128,6 @@ impl GrpcProxy {
     }
 }
 
-/// Bytes in, bytes out.
-#[derive(Clone, Copy, Default)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        let mut v = vec![0; src.remaining()];
-        src.copy_to_slice(&mut v);
-        Ok(Some(v))
-    }
-}
-
 #[derive(Clone)]
 struct Forwarder {
     channel: Channel,
@@ -164,7 +136,7 @@ struct Forwarder {
 }
 
 impl Forwarder {
-    async fn call(self, path: String, request: Vec<u8>) -> Result<Vec<u8>, Status> {
+    async fn call(self, path: String, request: Vec<u8>) -> Result<Response<Vec<u8>>, Status> {
         self.seen.lock().unwrap().push(path.clone());
         let request = (self.tamper.request)(&path, request)?;
         let mut client = tonic::client::Grpc::new(self.channel.clone());
@@ -174,7 +146,19 @@ impl Forwarder {
             .map_err(|e| Status::unavailable(format!("proxy: {e}")))?;
         let method: http::uri::PathAndQuery = path.parse().map_err(|_| Status::internal("proxy: path"))?;
         let answer = client.unary(Request::new(request), method, Raw).await?;
-        (self.tamper.response)(&path, answer.into_inner())
+        // An honest gRPC proxy forwards the answer's own metadata (the node's signature);
+        // the HTTP and gRPC headers are the proxy's.
+        let mut metadata = MetadataMap::new();
+        for entry in answer.metadata().iter() {
+            if let tonic::metadata::KeyAndValueRef::Binary(k, v) = entry {
+                if k.as_str().starts_with("kms-") {
+                    metadata.insert_bin(k.clone(), v.clone());
+                }
+            }
+        }
+        (self.tamper.metadata)(&path, &mut metadata);
+        let message = (self.tamper.response)(&path, answer.into_inner())?;
+        Ok(Response::from_parts(metadata, message, tonic::Extensions::default()))
     }
 }
 
@@ -232,7 +216,7 @@ impl tonic::server::UnaryService<Vec<u8>> for Unary {
     fn call(&mut self, request: Request<Vec<u8>>) -> Self::Future {
         let inner = self.inner.clone();
         let path = self.path.clone();
-        Box::pin(async move { inner.call(path, request.into_inner()).await.map(Response::new) })
+        Box::pin(async move { inner.call(path, request.into_inner()).await })
     }
 }
 

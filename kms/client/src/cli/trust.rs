@@ -23,6 +23,9 @@ pub trait NodeTrustFlags {
     const POLICY_HELP: &'static str;
     /// The help of `--danger-unattested-kmsd`.
     const DANGER_HELP: &'static str;
+    /// The environment variable of `--danger-unattested-kmsd` (`1`, `true`, `yes` or `on`), for
+    /// dev shells and test harnesses; with a node policy too it is a usage error, as the flags.
+    const DANGER_ENV: &'static str;
     /// Whether the options are accepted after the subcommand too.
     const GLOBAL: bool;
 }
@@ -37,6 +40,16 @@ pub struct NodeTrustArgs<F> {
     /// `--danger-unattested-kmsd`: trust a kmsd without hardware evidence.
     pub danger_unattested_kmsd: bool,
     flags: PhantomData<fn() -> F>,
+}
+
+impl<F> Clone for NodeTrustArgs<F> {
+    fn clone(&self) -> Self {
+        Self {
+            node_policy: self.node_policy.clone(),
+            danger_unattested_kmsd: self.danger_unattested_kmsd,
+            flags: PhantomData,
+        }
+    }
 }
 
 impl<F> fmt::Debug for NodeTrustArgs<F> {
@@ -102,6 +115,9 @@ impl<F: NodeTrustFlags> clap::Args for NodeTrustArgs<F> {
         .arg(
             Arg::new(DANGER)
                 .long("danger-unattested-kmsd")
+                .env(F::DANGER_ENV)
+                // `1`, `true`, `yes`, `on` (and their opposites) in the variable.
+                .value_parser(clap::builder::BoolishValueParser::new())
                 .global(F::GLOBAL)
                 .action(ArgAction::SetTrue)
                 .help(F::DANGER_HELP),
@@ -142,6 +158,7 @@ mod tests {
         const POLICY_ENV: &'static str = "KMS_CLIENT_TEST_NODE_POLICY";
         const POLICY_HELP: &'static str = "The node policy";
         const DANGER_HELP: &'static str = "Trust any kmsd";
+        const DANGER_ENV: &'static str = "KMS_CLIENT_TEST_DANGER_UNATTESTED_KMSD";
         const GLOBAL: bool = false;
     }
 

@@ -14,6 +14,7 @@ use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
 use kms_proto::v1::quorum_operation::Operation as QOp;
 use kms_proto::Reason;
+use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 /// What an admin operation answers: one variant per answer message. Lives for one call, on its
@@ -84,7 +85,7 @@ impl AdminPlane {
     /// Every signed admin method: authenticate the request (which checks that its operation is
     /// the method's), run the operation, write the audit record as the operation requires, and
     /// answer with the method's message.
-    async fn call<T: FromAnswer>(
+    async fn call<T: FromAnswer + prost::Message>(
         &self,
         request: Request<pb::SignedRequest>,
         method: &'static str,
@@ -123,11 +124,38 @@ impl AdminPlane {
             Ok((commit, answer))
         }
         .await;
-        match result {
+        let answered = match result {
             Ok((Commit::InTransaction, answer)) => Ok(Response::new(answer)),
             Ok((commit, answer)) => finish(&self.audit, audit, Ok(answer), matches!(commit, Commit::Durable)).await,
             Err(e) => finish::<T>(&self.audit, audit, Err(e), false).await,
-        }
+        };
+        answered.map(|r| self.signed(method, &request.payload, r))
+    }
+
+    /// `response` with the node's signature over it (`kms_proto::admin`): the method, the
+    /// request's payload as the admin signed it and the answer's bytes as tonic will send them
+    /// (prost encodes a message the same way every time). Refusals are not signed: a proxy can
+    /// always refuse in kmsd's name, but not claim that kmsd did something.
+    fn signed<T: prost::Message>(
+        &self,
+        method: &'static str,
+        payload: &[u8],
+        mut response: Response<T>,
+    ) -> Response<T> {
+        let answer = response.get_ref().encode_to_vec();
+        let signature = self
+            .node
+            .sign_admin_answer(&kms_node::message::admin_answer(method, payload, &answer));
+        let metadata = response.metadata_mut();
+        metadata.insert_bin(
+            kms_proto::admin::ANSWER_NODE_KEY_METADATA,
+            MetadataValue::from_bytes(&self.node.public_key()),
+        );
+        metadata.insert_bin(
+            kms_proto::admin::ANSWER_SIGNATURE_METADATA,
+            MetadataValue::from_bytes(&signature),
+        );
+        response
     }
 
     /// The one dispatch of signed admin operations.

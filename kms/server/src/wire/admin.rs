@@ -98,32 +98,7 @@ pub(crate) fn status_to_wire(r: StatusReport) -> pb::SealStatus {
 
 /// The method name of a signed operation (what the RPC called must be).
 pub(crate) fn op_name(op: &Op) -> &'static str {
-    match op {
-        Op::Init(_) => "init",
-        Op::GetEncryptedShare(_) => "get_encrypted_share",
-        Op::Unseal(_) => "unseal",
-        Op::Seal(_) => "seal",
-        Op::AddAdmin(_) => "add_admin",
-        Op::ListAdmins(_) => "list_admins",
-        Op::CreateKey(_) => "create_key",
-        Op::DescribeKey(_) => "describe_key",
-        Op::ListKeys(_) => "list_keys",
-        Op::RotateKey(_) => "rotate_key",
-        Op::EnableKey(_) => "enable_key",
-        Op::DisableKey(_) => "disable_key",
-        Op::ScheduleKeyDeletion(_) => "schedule_key_deletion",
-        Op::CancelKeyDeletion(_) => "cancel_key_deletion",
-        Op::SetReleasePolicy(_) => "set_release_policy",
-        Op::EnrollHardware(_) => "enroll_hardware",
-        Op::DescribeHardware(_) => "describe_hardware",
-        Op::ListHardware(_) => "list_hardware",
-        Op::RevokeHardware(_) => "revoke_hardware",
-        Op::Propose(_) => "propose",
-        Op::Approve(_) => "approve",
-        Op::Reject(_) => "reject",
-        Op::DescribeProposal(_) => "describe_proposal",
-        Op::ListProposals(_) => "list_proposals",
-    }
+    kms_proto::admin::method(op).0
 }
 
 /// Opens a signed request's payload: the header authentication checks, and the operation.

@@ -71,6 +71,7 @@ impl NodeTrustFlags for AgentFlags {
     const POLICY_ENV: &'static str = "KMS_AGENT_NODE_POLICY";
     const POLICY_HELP: &'static str = "The node policy (JSON) a kmsd must meet for its answers to be used: the hardware it may run on and conditions on its evidence (docs/attested-release.md, \"Node identity\")";
     const DANGER_HELP: &'static str = "Trust a kmsd that presents no hardware evidence (dev mode): answers must still be signed by the node key it presents, but anyone who answers in its place is trusted. Insecure";
+    const DANGER_ENV: &'static str = "KMS_AGENT_DANGER_UNATTESTED_KMSD";
     const GLOBAL: bool = false;
 }
 

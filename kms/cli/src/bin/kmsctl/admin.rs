@@ -233,9 +233,7 @@ pub(crate) async fn init(g: &Global, p: &Printer, args: &InitArgs) -> Result<(),
     // deployment) is read from the status it signs afterwards, not from the Init answer.
     let (node, _) = crate::node::verified_status(&server, &verifier).await?;
     let signer = key.signer();
-    let response = server
-        .admin_call(&signer, Op::Init(op), |mut c, r| async move { c.init(r).await })
-        .await?;
+    let response = server.admin_call::<pb::InitResponse>(&signer, Op::Init(op)).await?;
     let (after, status) = crate::node::verified_status(&server, &verifier).await?;
     let answered = response.status.unwrap_or_default();
     if after.public_key != node.public_key
@@ -302,11 +300,7 @@ pub(crate) async fn add(
     let server = Server::connect(g).await?;
     let signer = key.signer();
     let admin = server
-        .admin_call(
-            &signer,
-            Op::AddAdmin(pb::AddAdminOp { admin: Some(new) }),
-            |mut c, r| async move { c.add_admin(r).await },
-        )
+        .admin_call::<pb::Admin>(&signer, Op::AddAdmin(pb::AddAdminOp { admin: Some(new) }))
         .await?;
     p.emit(output::admin_json(&admin), || {
         format!(
@@ -343,11 +337,7 @@ pub(crate) async fn list(g: &Global, p: &Printer) -> Result<(), Error> {
     let server = Server::connect(g).await?;
     let signer = key.signer();
     let response = server
-        .admin_call(
-            &signer,
-            Op::ListAdmins(pb::ListAdminsOp { include_removed: false }),
-            |mut c, r| async move { c.list_admins(r).await },
-        )
+        .admin_call::<pb::ListAdminsResponse>(&signer, Op::ListAdmins(pb::ListAdminsOp { include_removed: false }))
         .await?;
     p.emit(
         json!({ "admins": response.admins.iter().map(output::admin_json).collect::<Vec<_>>() }),

@@ -60,8 +60,8 @@ pub(crate) struct Global {
     #[arg(long, env = "KMSCTL_DEPLOYMENT", global = true, value_name = "ID")]
     pub(crate) deployment: Option<String>,
 
-    /// Which kmsd to trust: --node-policy FILE or --danger-unattested-kmsd (`unseal` and `init`
-    /// need one).
+    /// Which kmsd to trust: --node-policy FILE or --danger-unattested-kmsd (every signed admin
+    /// command needs one: it verifies the node that signs the answer).
     #[command(flatten)]
     pub(crate) node_trust: NodeTrustArgs<KmsctlFlags>,
 
@@ -150,8 +150,9 @@ impl ConnectionFlags for KmsctlFlags {
 
 impl NodeTrustFlags for KmsctlFlags {
     const POLICY_ENV: &'static str = "KMSCTL_NODE_POLICY";
-    const POLICY_HELP: &'static str = "The node policy (JSON) the kmsd you unseal or initialize must meet: the hardware it may run on and conditions on its evidence. `unseal` and `init` verify the answering node against it before anything leaves this machine (docs/attested-release.md, \"Node identity\")";
+    const POLICY_HELP: &'static str = "The node policy (JSON) the kmsd you administer must meet: the hardware it may run on and conditions on its evidence. Every signed admin command needs it: `unseal` and `init` verify the answering node against it before anything leaves this machine, and every answer must be signed by a node verified against it (docs/attested-release.md, \"Node identity\")";
     const DANGER_HELP: &'static str = "Trust a kmsd that presents no hardware evidence (dev mode, tests): its answers must be signed by the node key it presents, but anyone who answers in its place is trusted";
+    const DANGER_ENV: &'static str = "KMSCTL_DANGER_UNATTESTED_KMSD";
     const GLOBAL: bool = true;
 }
 

@@ -6,8 +6,10 @@
 use std::future::Future;
 use std::time::Duration;
 
+use kms_client::cli::NodeTrustArgs;
 use kms_client::Reason;
 use kms_core::admin::AdminSigner;
+use kms_node::{NodeError, NodeVerifier, VerifiedNode};
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
 use kms_proto::v1::admin_service_client::AdminServiceClient;
@@ -16,7 +18,9 @@ use kms_proto::v1::key_service_client::KeyServiceClient;
 use prost::Message as _;
 use tonic::transport::Channel;
 
-use crate::cli::Global;
+use serde_json::json;
+
+use crate::cli::{Global, KmsctlFlags};
 use crate::error::Error;
 
 /// The server accepts 16 to 64; 16 random bytes never repeat in practice.
@@ -30,6 +34,12 @@ pub(crate) struct Server {
     pinned_deployment: Option<String>,
     /// The deployment the server reported, once asked.
     deployment: tokio::sync::OnceCell<String>,
+    /// Which kmsd signed admin answers must come from (--node-policy, --danger-unattested-kmsd).
+    trust: NodeTrustArgs<KmsctlFlags>,
+    /// Its verifier, made on the first signed call.
+    verifier: tokio::sync::OnceCell<NodeVerifier>,
+    /// The node keys verified so far in this run (behind a load balancer, one per replica).
+    signers: std::sync::Mutex<Vec<VerifiedNode>>,
 }
 
 impl Server {
@@ -43,6 +53,9 @@ impl Server {
             url: config.target().to_owned(),
             pinned_deployment: global.deployment.clone(),
             deployment: tokio::sync::OnceCell::new(),
+            trust: global.node_trust.clone(),
+            verifier: tokio::sync::OnceCell::new(),
+            signers: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -83,10 +96,14 @@ impl Server {
         AttestationServiceClient::new(self.channel.clone())
     }
 
-    /// The keys that verify attestation tokens (a JWKS; unsigned).
-    pub(crate) async fn token_keys(&self) -> Result<String, Error> {
-        match self.attestation().get_token_keys(pb::GetTokenKeysRequest {}).await {
-            Ok(r) => Ok(r.into_inner().jwks_json),
+    /// The keys that verify attestation tokens (a JWKS), signed over `nonce`, unverified.
+    pub(crate) async fn token_keys(&self, nonce: &[u8]) -> Result<pb::TokenKeys, Error> {
+        match self
+            .attestation()
+            .get_token_keys(pb::GetTokenKeysRequest { nonce: nonce.to_vec() })
+            .await
+        {
+            Ok(r) => Ok(r.into_inner()),
             Err(s) => Err(self.failed(s).await),
         }
     }
@@ -111,21 +128,110 @@ impl Server {
         }
     }
 
-    /// Signs `op` as `admin` and makes the call `f` with it.
-    pub(crate) async fn admin_call<T, F, Fut>(&self, admin: &Signer<'_>, op: Op, f: F) -> Result<T, Error>
-    where
-        F: FnOnce(AdminServiceClient<Channel>, pb::SignedRequest) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
+    /// Signs `op` as `admin`, sends it to its method, and answers what kmsd answered: only if
+    /// the answer is signed by a node verified under the node trust (`--node-policy`), over this
+    /// request and the answer's bytes as received (see `kms_proto::admin`). Without a node trust
+    /// nothing is signed or sent (a usage error).
+    pub(crate) async fn admin_call<T: prost::Message + Default>(&self, admin: &Signer<'_>, op: Op) -> Result<T, Error> {
+        let (method, path) = kms_proto::admin::method(&op);
+        let verifier = self.verifier(method).await?;
         let deployment = match op {
             // Init makes the deployment.
             Op::Init(_) => "",
             _ => self.deployment().await?,
         };
         let request = admin.sign(deployment, op)?;
-        match f(self.admin(), request).await {
-            Ok(r) => Ok(r.into_inner()),
-            Err(s) => Err(self.failed(s).await),
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        let sent = async {
+            grpc.ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("the connection is not ready: {e}")))?;
+            grpc.unary(
+                tonic::Request::new(request.encode_to_vec()),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                kms_proto::codec::RawCodec,
+            )
+            .await
+        };
+        let response = match sent.await {
+            Ok(r) => r,
+            Err(s) => return Err(self.failed(s).await),
+        };
+        let untrusted = |e: &NodeError| {
+            Error::check_failed(
+                e.reason(),
+                format!("{method}: {e}; the answer is not trusted (kmsd may or may not have done it: check with a signed read)"),
+                json!({ "method": method }),
+            )
+        };
+        let metadata = response.metadata();
+        let bin = |key: &str| {
+            metadata
+                .get_bin(key)
+                .and_then(|v| v.to_bytes().ok())
+                .ok_or_else(|| untrusted(&NodeError::Unsigned("the answer")))
+        };
+        let (node_key, signature) = (
+            bin(kms_proto::admin::ANSWER_NODE_KEY_METADATA)?,
+            bin(kms_proto::admin::ANSWER_SIGNATURE_METADATA)?,
+        );
+        let answer = response.get_ref();
+        self.signer(verifier, &node_key, &untrusted)
+            .await?
+            .check(
+                "the answer",
+                &kms_node::message::admin_answer(method, &request.payload, answer),
+                &signature,
+            )
+            .map_err(|e| untrusted(&e))?;
+        T::decode(answer.as_slice()).map_err(|e| {
+            Error::local(format!(
+                "{method}: kmsd signed an answer this kmsctl cannot read ({e}): is kmsctl older than kmsd?"
+            ))
+        })
+    }
+
+    /// The node trust's verifier; a usage error (nothing sent) if the command line names none.
+    async fn verifier(&self, method: &str) -> Result<&NodeVerifier, Error> {
+        self.verifier
+            .get_or_try_init(|| async {
+                let trust = self
+                    .trust
+                    .required_trust(&format!("a signed admin request ({method})"))?;
+                trust
+                    .verifier()
+                    .map_err(|e| Error::local(format!("the node policy cannot be used: {e}")))
+            })
+            .await
+    }
+
+    /// The verified node whose key is `public_key`: one verified earlier in this run, or the
+    /// node answering GetNodeIdentity, verified now (see [`crate::node::signer`]).
+    async fn signer(
+        &self,
+        verifier: &NodeVerifier,
+        public_key: &[u8],
+        untrusted: &dyn Fn(&NodeError) -> Error,
+    ) -> Result<VerifiedNode, Error> {
+        let known = self
+            .signers
+            .lock()
+            .ok()
+            .and_then(|s| s.iter().find(|n| n.public_key[..] == *public_key).cloned());
+        if let Some(node) = known {
+            return Ok(node);
+        }
+        let node = crate::node::signer(self, verifier, public_key, untrusted).await?;
+        self.remember(&node);
+        Ok(node)
+    }
+
+    /// Records `node` as verified in this run: its later answers need no new GetNodeIdentity.
+    pub(crate) fn remember(&self, node: &VerifiedNode) {
+        if let Ok(mut signers) = self.signers.lock() {
+            if !signers.iter().any(|n| n.public_key == node.public_key) {
+                signers.push(node.clone());
+            }
         }
     }
 

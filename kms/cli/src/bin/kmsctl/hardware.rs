@@ -46,7 +46,7 @@ pub(crate) async fn run(g: &Global, p: &Printer, command: &HardwareCommand) -> R
             let op = Op::DescribeHardware(pb::DescribeHardwareOp {
                 hardware_id: hardware_id.clone(),
             });
-            let h = signed_call(g, op, |mut c, r| async move { c.describe_hardware(r).await }).await?;
+            let h = signed_call(g, op).await?;
             p.emit(output::hardware_json(&h), || output::hardware_human(&h))
         }
         HardwareCommand::Revoke { hardware_id, reason } => {
@@ -54,7 +54,7 @@ pub(crate) async fn run(g: &Global, p: &Printer, command: &HardwareCommand) -> R
                 hardware_id: hardware_id.clone(),
                 reason: reason.clone(),
             });
-            let h = signed_call(g, op, |mut c, r| async move { c.revoke_hardware(r).await }).await?;
+            let h = signed_call(g, op).await?;
             p.emit(output::hardware_json(&h), || {
                 format!(
                     "revoked {}: releases under its tokens are refused from now on, and its evidence obtains no new token\n{}",
@@ -67,15 +67,11 @@ pub(crate) async fn run(g: &Global, p: &Printer, command: &HardwareCommand) -> R
 }
 
 /// Loads the admin key, connects, and makes one signed call.
-async fn signed_call<F, Fut>(g: &Global, op: Op, f: F) -> Result<pb::Hardware, Error>
-where
-    F: FnOnce(pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>, pb::SignedRequest) -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<pb::Hardware>, tonic::Status>>,
-{
+async fn signed_call(g: &Global, op: Op) -> Result<pb::Hardware, Error> {
     let admin_key = Credential::load(g)?;
     let signer = admin_key.signer();
     let server = Server::connect(g).await?;
-    server.admin_call(&signer, op, f).await
+    server.admin_call::<pb::Hardware>(&signer, op, f).await
 }
 
 /// What a TPM machine's enrolment request file holds: the JSON the workload agent writes after
@@ -230,7 +226,7 @@ async fn enroll(g: &Global, p: &Printer, args: &EnrollArgs) -> Result<(), Error>
         return proposal::propose(g, p, QOp::EnrollHardware(enroll), args.propose.ttl).await;
     }
     let op = Op::EnrollHardware(enroll);
-    let h = signed_call(g, op, |mut c, r| async move { c.enroll_hardware(r).await }).await?;
+    let h = signed_call(g, op).await?;
     if let Some(request) = &tpm {
         let mismatches = tpm_mismatches(request, &h);
         if !mismatches.is_empty() {
@@ -271,9 +267,7 @@ async fn list(g: &Global, p: &Printer, page_size: u32, mut page_token: String, a
             page_size,
             page_token: std::mem::take(&mut page_token),
         });
-        let page = server
-            .admin_call(&signer, op, |mut c, r| async move { c.list_hardware(r).await })
-            .await?;
+        let page = server.admin_call::<pb::ListHardwareResponse>(&signer, op).await?;
         machines.extend(page.hardware);
         if !all || page.next_page_token.is_empty() {
             break page.next_page_token;

@@ -118,46 +118,14 @@ pub(crate) async fn run(g: &Global, p: &Printer, command: &KeyCommand) -> Result
     let signer = admin_key.signer();
     let server = Server::connect(g).await?;
     let k = match op {
-        o @ Op::CreateKey(_) => {
-            server
-                .admin_call(&signer, o, |mut c, r| async move { c.create_key(r).await })
-                .await?
-        }
-        o @ Op::DescribeKey(_) => {
-            server
-                .admin_call(&signer, o, |mut c, r| async move { c.describe_key(r).await })
-                .await?
-        }
-        o @ Op::RotateKey(_) => {
-            server
-                .admin_call(&signer, o, |mut c, r| async move { c.rotate_key(r).await })
-                .await?
-        }
-        o @ Op::EnableKey(_) => {
-            server
-                .admin_call(&signer, o, |mut c, r| async move { c.enable_key(r).await })
-                .await?
-        }
-        o @ Op::DisableKey(_) => {
-            server
-                .admin_call(&signer, o, |mut c, r| async move { c.disable_key(r).await })
-                .await?
-        }
-        o @ Op::ScheduleKeyDeletion(_) => {
-            server
-                .admin_call(&signer, o, |mut c, r| async move { c.schedule_key_deletion(r).await })
-                .await?
-        }
-        o @ Op::CancelKeyDeletion(_) => {
-            server
-                .admin_call(&signer, o, |mut c, r| async move { c.cancel_key_deletion(r).await })
-                .await?
-        }
-        o @ Op::SetReleasePolicy(_) => {
-            server
-                .admin_call(&signer, o, |mut c, r| async move { c.set_release_policy(r).await })
-                .await?
-        }
+        o @ Op::CreateKey(_) => server.admin_call::<pb::KeyMetadata>(&signer, o).await?,
+        o @ Op::DescribeKey(_) => server.admin_call::<pb::KeyMetadata>(&signer, o).await?,
+        o @ Op::RotateKey(_) => server.admin_call::<pb::KeyMetadata>(&signer, o).await?,
+        o @ Op::EnableKey(_) => server.admin_call::<pb::KeyMetadata>(&signer, o).await?,
+        o @ Op::DisableKey(_) => server.admin_call::<pb::KeyMetadata>(&signer, o).await?,
+        o @ Op::ScheduleKeyDeletion(_) => server.admin_call::<pb::KeyMetadata>(&signer, o).await?,
+        o @ Op::CancelKeyDeletion(_) => server.admin_call::<pb::KeyMetadata>(&signer, o).await?,
+        o @ Op::SetReleasePolicy(_) => server.admin_call::<pb::KeyMetadata>(&signer, o).await?,
         // Only key operations are built above.
         _ => return Err(Error::usage("not a key command")),
     };
@@ -199,9 +167,7 @@ async fn list(g: &Global, p: &Printer, page_size: u32, mut page_token: String, a
             page_size,
             page_token: std::mem::take(&mut page_token),
         });
-        let page = server
-            .admin_call(&signer, op, |mut c, r| async move { c.list_keys(r).await })
-            .await?;
+        let page = server.admin_call::<pb::ListKeysResponse>(&signer, op).await?;
         keys.extend(page.keys);
         if !all || page.next_page_token.is_empty() {
             break page.next_page_token;

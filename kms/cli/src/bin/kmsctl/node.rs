@@ -48,9 +48,11 @@ pub(crate) async fn verified_status(
     verifier: &NodeVerifier,
 ) -> Result<(VerifiedNode, pb::SealStatus), Error> {
     let (id, nonce) = identity(server).await?;
-    verifier
+    let (node, status) = verifier
         .verify(&id, &nonce, kms_core::now_unix_ms() / 1000)
-        .map_err(|e| refused(&e))
+        .map_err(|e| refused(&e))?;
+    server.remember(&node);
+    Ok((node, status))
 }
 
 /// The verified node whose key is `public_key` (it signed an answer): the node answering on
@@ -67,6 +69,7 @@ pub(crate) async fn signer(
         let (node, _) = verifier
             .verify(&id, &nonce, kms_core::now_unix_ms() / 1000)
             .map_err(|e| unverified(&e))?;
+        server.remember(&node);
         if node.public_key[..] == *public_key {
             return Ok(node);
         }

@@ -342,9 +342,7 @@ pub(crate) async fn propose_with(
         operation: encode(op),
         ttl_secs: ttl.unwrap_or(0),
     });
-    let pr = server
-        .admin_call(signer, request, |mut c, r| async move { c.propose(r).await })
-        .await?;
+    let pr = server.admin_call::<pb::Proposal>(signer, request).await?;
     finish(p, &pr, "proposed")
 }
 
@@ -359,9 +357,7 @@ async fn describe(server: &Server, signer: &Signer<'_>, id: &str) -> Result<pb::
     let op = Op::DescribeProposal(pb::DescribeProposalOp {
         proposal_id: id.to_owned(),
     });
-    server
-        .admin_call(signer, op, |mut c, r| async move { c.describe_proposal(r).await })
-        .await
+    server.admin_call::<pb::Proposal>(signer, op).await
 }
 
 /// `kmsctl proposal ...`.
@@ -379,9 +375,7 @@ pub(crate) async fn run(g: &Global, p: &Printer, command: &ProposalCommand) -> R
                     page_size: 0,
                     page_token: std::mem::take(&mut page_token),
                 });
-                let page = server
-                    .admin_call(&signer, op, |mut c, r| async move { c.list_proposals(r).await })
-                    .await?;
+                let page = server.admin_call::<pb::ListProposalsResponse>(&signer, op).await?;
                 proposals.extend(page.proposals);
                 if page.next_page_token.is_empty() {
                     break;
@@ -458,9 +452,7 @@ pub(crate) async fn run(g: &Global, p: &Printer, command: &ProposalCommand) -> R
                 proposal_id: pr.id.clone(),
                 operation_sha256: d.sha256,
             });
-            let after = server
-                .admin_call(&signer, op, |mut c, r| async move { c.approve(r).await })
-                .await?;
+            let after = server.admin_call::<pb::Proposal>(&signer, op).await?;
             finish(p, &after, "approved")
         }
         ProposalCommand::Reject { id, reason } => {
@@ -468,9 +460,7 @@ pub(crate) async fn run(g: &Global, p: &Printer, command: &ProposalCommand) -> R
                 proposal_id: id.clone(),
                 reason: reason.clone(),
             });
-            let pr = server
-                .admin_call(&signer, op, |mut c, r| async move { c.reject(r).await })
-                .await?;
+            let pr = server.admin_call::<pb::Proposal>(&signer, op).await?;
             p.emit(proposal_json(&pr), || {
                 if pr.status == pb::ProposalStatus::Pending as i32 {
                     format!(

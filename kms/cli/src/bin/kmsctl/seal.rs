@@ -90,11 +90,7 @@ pub(crate) async fn unseal(g: &Global, p: &Printer, args: &UnsealArgs) -> Result
     let signer = key.signer();
     let id = signer.admin_id().to_owned();
     let share = server
-        .admin_call(
-            &signer,
-            Op::GetEncryptedShare(pb::GetEncryptedShareOp {}),
-            |mut c, r| async move { c.get_encrypted_share(r).await },
-        )
+        .admin_call::<pb::EncryptedShare>(&signer, Op::GetEncryptedShare(pb::GetEncryptedShareOp {}))
         .await?;
     let envelope = ShareEnvelope::decode(&share.envelope).map_err(|e| {
         Error::server_state(
@@ -104,12 +100,11 @@ pub(crate) async fn unseal(g: &Global, p: &Printer, args: &UnsealArgs) -> Result
     })?;
     let rewrapped = key.rewrap_share(&envelope, &status.unseal_public_key)?;
     let after = server
-        .admin_call(
+        .admin_call::<pb::SealStatus>(
             &signer,
             Op::Unseal(pb::UnsealOp {
                 envelope: rewrapped.encode(),
             }),
-            |mut c, r| async move { c.unseal(r).await },
         )
         .await?;
     let progress = if after.sealed { after.progress } else { after.threshold };
@@ -140,11 +135,7 @@ pub(crate) async fn seal(g: &Global, p: &Printer) -> Result<(), Error> {
     let server = Server::connect(g).await?;
     let signer = key.signer();
     let s = server
-        .admin_call(
-            &signer,
-            Op::Seal(pb::SealOp {}),
-            |mut c, r| async move { c.seal(r).await },
-        )
+        .admin_call::<pb::SealStatus>(&signer, Op::Seal(pb::SealOp {}))
         .await?;
     p.emit(output::seal_status_json(&s), || {
         format!(

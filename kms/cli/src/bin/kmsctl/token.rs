@@ -1,5 +1,6 @@
-//! Attestation tokens: the server's verification keys (GetTokenKeys, unsigned) and offline
-//! verification of a token with `kms_core::token`, the code the server verifies tokens with. It
+//! Attestation tokens: the server's verification keys (GetTokenKeys, taken only as a node
+//! verified under the node policy signed them over our nonce) and offline verification of a
+//! token with `kms_core::token`, the code the server verifies tokens with. It
 //! must never print the token itself (whoever holds it and the workload's HPKE key can obtain
 //! releases), and never report a refused token as valid.
 
@@ -55,8 +56,7 @@ fn parse_jwks(text: &str, from: &str) -> Result<Value, Error> {
 /// `kmsctl token keys`: the JWKS itself on stdout (in both formats), so it can be saved for
 /// `token verify --jwks`.
 async fn keys(g: &Global, p: &Printer) -> Result<(), Error> {
-    let server = Server::connect(g).await?;
-    let text = server.token_keys().await?;
+    let text = signed_jwks(g, "token keys").await?;
     let jwks = parse_jwks(&text, "the server's JWKS")?;
     if !p.is_json() {
         let summary = jwks_summary(&jwks);
@@ -75,6 +75,27 @@ async fn keys(g: &Global, p: &Printer) -> Result<(), Error> {
     }
     let pretty = serde_json::to_string_pretty(&jwks).map_err(|e| Error::local(e.to_string()))?;
     p.emit(jwks, || pretty)
+}
+
+/// The JWKS the answering node serves, only as a node verified under the node trust signed it
+/// over a fresh nonce: a proxy's own keys would make its own tokens verify. `what` names the
+/// command in the usage error without a node trust.
+async fn signed_jwks(g: &Global, what: &str) -> Result<String, Error> {
+    let verifier = crate::node::required_verifier(g, what)?;
+    let server = Server::connect(g).await?;
+    let nonce = kms_core::random_array::<32>().map_err(|e| Error::local(format!("random number generator: {e}")))?;
+    let answer = server.token_keys(&nonce).await?;
+    let refused =
+        |e: &kms_node::NodeError| Error::check_failed(e.reason(), format!("{e}; the keys are not used"), json!({}));
+    crate::node::signer(&server, &verifier, &answer.node_public_key, refused)
+        .await?
+        .check(
+            "the token keys",
+            &kms_node::message::token_keys(&nonce, &answer.jwks_json),
+            &answer.node_signature,
+        )
+        .map_err(|e| refused(&e))?;
+    Ok(answer.jwks_json)
 }
 
 fn now_unix() -> i64 {
@@ -97,8 +118,7 @@ async fn verify(g: &Global, p: &Printer, args: &TokenVerifyArgs) -> Result<(), E
             TokenVerifier::from_jwks_json(&text).map_err(|e| Error::file("use the JWKS", path, e))?
         }
         None => {
-            let server = Server::connect(g).await?;
-            let text = server.token_keys().await?;
+            let text = signed_jwks(g, "token verify without --jwks").await?;
             note(&format!(
                 "no --jwks: verifying with the keys {} serves now",
                 g.connection.url.trim_end_matches('/')

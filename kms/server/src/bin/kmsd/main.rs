@@ -176,7 +176,7 @@ fn print_dev_banner(config: &Config, dir: &std::path::Path) {
     eprintln!(
         "\n  kmsd DEV MODE — INSECURE: dev seal (root key in a file), plaintext gRPC, unattested keys allowed.\n  \
          Never use it for real data.\n\n  listening on   http://{listen}\n  metrics        {metrics}\n  data dir       {dir}\n  admin key      {dir}/{key}\n\n  \
-         try:\n    export KMSCTL_SERVER=http://{listen} KMSCTL_ADMIN_KEY={dir}/{key}\n    \
+         try:\n    export KMSCTL_SERVER=http://{listen} KMSCTL_ADMIN_KEY={dir}/{key} KMSCTL_DANGER_UNATTESTED_KMSD=1\n    \
          kmsctl key create demo --grant anonymous=all --release-policy '{{\"version\":1,\"attestation\":\"none\"}}'\n    \
          kmsctl data generate demo --context app=demo --with-plaintext\n",
         listen = config.listen,
