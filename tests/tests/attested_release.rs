@@ -762,13 +762,31 @@ async fn hardening(backend: Backend) {
         (s.code(), reason(&s).as_str()),
         (Code::PermissionDenied, "token_unknown_key")
     );
-    let jwks = w
+    // The keys come signed by the node over the caller's nonce; a nonce too short is refused.
+    let nonce = [0x4eu8; 16];
+    let keys = w
         .attestation
-        .get_token_keys(pb::GetTokenKeysRequest {})
+        .get_token_keys(pb::GetTokenKeysRequest { nonce: nonce.to_vec() })
         .await
         .unwrap()
-        .into_inner()
-        .jwks_json;
+        .into_inner();
+    assert!(kms_node::verify_signature(
+        &keys.node_public_key,
+        &kms_node::message::token_keys(&nonce, &keys.jwks_json),
+        &keys.node_signature
+    ));
+    assert!(!kms_node::verify_signature(
+        &keys.node_public_key,
+        &kms_node::message::token_keys(&[], &keys.jwks_json),
+        &keys.node_signature
+    ));
+    let s = w
+        .attestation
+        .get_token_keys(pb::GetTokenKeysRequest { nonce: vec![1; 5] })
+        .await
+        .unwrap_err();
+    assert_eq!((s.code(), reason(&s).as_str()), (Code::InvalidArgument, "bad_nonce"));
+    let jwks = keys.jwks_json;
     assert!(!jwks.contains(evil.kid()), "{jwks}");
     let verifier = kms_core::token::TokenVerifier::from_jwks_json(&jwks).unwrap();
     assert_eq!(verifier.keys().len(), 1);

@@ -71,7 +71,7 @@ async fn signed_call(g: &Global, op: Op) -> Result<pb::Hardware, Error> {
     let admin_key = Credential::load(g)?;
     let signer = admin_key.signer();
     let server = Server::connect(g).await?;
-    server.admin_call::<pb::Hardware>(&signer, op, f).await
+    server.admin_call(&signer, op).await
 }
 
 /// What a TPM machine's enrolment request file holds: the JSON the workload agent writes after
