@@ -84,22 +84,33 @@ pub mod status {
     }
 }
 
-/// The signed admin plane, for the server and its clients alike: which method each operation
-/// belongs to, and how an answer carries the node's signature.
+/// Answers signed by the answering node, carried as binary response metadata beside the message:
+/// the node public key ([`NODE_KEY_METADATA`]) and its Ed25519 signature
+/// ([`SIGNATURE_METADATA`]).
 ///
-/// Every successful answer to a `SignedRequest` carries, as binary response metadata, the
-/// node public key that signed it ([`ANSWER_NODE_KEY_METADATA`]) and the Ed25519 signature
-/// ([`ANSWER_SIGNATURE_METADATA`]) over `kms_node::message::admin_answer`: the method, the
-/// request's payload exactly as signed by the admin, and the answer message exactly as sent. A
-/// client checks it over the bytes it received ([`crate::codec::RawCodec`]), before decoding
-/// them.
+/// - Every successful answer to a `SignedRequest` (the admin plane) is signed, over
+///   `kms_node::message::admin_answer`: the method, the request's payload exactly as the admin
+///   signed it, and the answer message exactly as sent.
+/// - A `KeyService` answer is signed when the request carries a nonce ([`NONCE_METADATA`], 16 to
+///   64 bytes), over `kms_node::message::data_answer`: the method, the request as kmsd decoded
+///   it, the nonce and the answer exactly as sent.
+///
+/// A client checks the signature over the bytes it received ([`crate::codec::RawCodec`]) before
+/// it decodes them, under a node it verified (`GetNodeIdentity`).
+pub mod answer {
+    /// The response metadata key of the node key that signed the answer (32 bytes).
+    pub const NODE_KEY_METADATA: &str = "kms-node-key-bin";
+    /// The response metadata key of the node's signature over the answer (64 bytes).
+    pub const SIGNATURE_METADATA: &str = "kms-node-signature-bin";
+    /// The request metadata key of the nonce a `KeyService` caller wants its answer signed
+    /// over (16 to 64 random bytes, else `bad_nonce`).
+    pub const NONCE_METADATA: &str = "kms-answer-nonce-bin";
+}
+
+/// The signed admin plane, for the server and its clients alike: which method each operation
+/// belongs to (its answer is signed: [`answer`]).
 pub mod admin {
     use crate::v1::admin_request::Operation as Op;
-
-    /// The response metadata key of the node key that signed an admin answer (32 bytes).
-    pub const ANSWER_NODE_KEY_METADATA: &str = "kms-node-key-bin";
-    /// The response metadata key of the node's signature over an admin answer (64 bytes).
-    pub const ANSWER_SIGNATURE_METADATA: &str = "kms-node-signature-bin";
 
     /// The `AdminService` method an operation must be sent to: its name (as audit records and
     /// signed answers name it) and its gRPC path.

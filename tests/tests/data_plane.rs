@@ -267,6 +267,54 @@ async fn bad_input(backend: Backend) {
     })
     .await
     .unwrap();
+    // An answer nonce (kms-answer-nonce-bin) of the wrong size; one of the right size gets the
+    // answer signed by the node over the request as sent, the nonce and the answer.
+    let asking = |nonce: &[u8]| {
+        let mut r = tonic::Request::new(pb::EncryptRequest {
+            key: "k".into(),
+            plaintext: vec![2; 32],
+            encryption_context: ctx(&[("a", "1"), ("b", "2")]),
+        });
+        r.metadata_mut().insert_bin(
+            kms_proto::answer::NONCE_METADATA,
+            tonic::metadata::MetadataValue::from_bytes(nonce),
+        );
+        r
+    };
+    assert_refused(data.encrypt(asking(&[1; 15])).await, Code::InvalidArgument, "bad_nonce");
+    assert_refused(data.encrypt(asking(&[1; 65])).await, Code::InvalidArgument, "bad_nonce");
+    let request = asking(&[9; 16]);
+    let sent = prost::Message::encode_to_vec(request.get_ref());
+    let answer = data.encrypt(request).await.unwrap();
+    let bin = |k: &str| answer.metadata().get_bin(k).unwrap().to_bytes().unwrap();
+    let (node_key, signature) = (
+        bin(kms_proto::answer::NODE_KEY_METADATA),
+        bin(kms_proto::answer::SIGNATURE_METADATA),
+    );
+    let bytes = prost::Message::encode_to_vec(answer.get_ref());
+    let signed = |request: &[u8], nonce: &[u8]| {
+        kms_node::verify_signature(
+            &node_key,
+            &kms_node::message::data_answer("encrypt", request, nonce, &bytes),
+            &signature,
+        )
+    };
+    assert!(signed(&sent, &[9; 16]));
+    assert!(!signed(&sent, &[8; 16]), "another nonce");
+    assert!(!signed(&sent[..sent.len() - 1], &[9; 16]), "another request");
+    // Without a nonce, nothing is signed (the data plane's speed is not taxed).
+    let unasked = data
+        .encrypt(pb::EncryptRequest {
+            key: "k".into(),
+            plaintext: vec![2; 32],
+            encryption_context: ctx(&[]),
+        })
+        .await
+        .unwrap();
+    assert!(unasked
+        .metadata()
+        .get_bin(kms_proto::answer::SIGNATURE_METADATA)
+        .is_none());
     // Context too large.
     let big: BTreeMap<String, String> = (0..65).map(|i| (format!("k{i}"), String::new())).collect();
     assert_refused(

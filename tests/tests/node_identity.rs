@@ -537,11 +537,11 @@ async fn admins_act_only_on_answers_the_attested_node_signed() {
                 &signed_from.lock().unwrap(),
             );
             metadata.insert_bin(
-                kms_proto::admin::ANSWER_NODE_KEY_METADATA,
+                kms_proto::answer::NODE_KEY_METADATA,
                 tonic::metadata::MetadataValue::from_bytes(&impostor.public_key()),
             );
             metadata.insert_bin(
-                kms_proto::admin::ANSWER_SIGNATURE_METADATA,
+                kms_proto::answer::SIGNATURE_METADATA,
                 tonic::metadata::MetadataValue::from_bytes(&impostor.sign(&message)),
             );
         }),

@@ -168,18 +168,19 @@ impl KmsdKeyring {
                 (key, g.ciphertext_blob, g.key_id, g.key_version)
             }
             None => {
-                let mut r = self
+                let mut r: pb::GenerateDataKeyResponse = self
                     .client
-                    .keys()
-                    .generate_data_key(pb::GenerateDataKeyRequest {
-                        key: self.key.clone(),
-                        encryption_context: context.clone().into_iter().collect(),
-                        attestation_token: String::new(),
-                        client_nonce: Vec::new(),
-                    })
-                    .await
-                    .map_err(|s| self.client.failed(s))?
-                    .into_inner();
+                    .signed_key_call(
+                        "generate_data_key",
+                        "/kms.v1.KeyService/GenerateDataKey",
+                        &pb::GenerateDataKeyRequest {
+                            key: self.key.clone(),
+                            encryption_context: context.clone().into_iter().collect(),
+                            attestation_token: String::new(),
+                            client_nonce: Vec::new(),
+                        },
+                    )
+                    .await?;
                 check_blob(&r.ciphertext_blob, &r.key_id, r.key_version)?;
                 (
                     DataKey::new(std::mem::take(&mut r.plaintext)),
@@ -201,17 +202,20 @@ impl KmsdKeyring {
         if !matches!(self.release, Release::InsecurePlaintext) {
             self.client.verify_node().await?;
         }
-        let r = self
+        // Signed by that node over this request: a proxy cannot answer with another genuine blob
+        // (which this message's readers could not open through this keyring).
+        let r: pb::EncryptResponse = self
             .client
-            .keys()
-            .encrypt(pb::EncryptRequest {
-                key: self.key.clone(),
-                plaintext: key.expose_secret().to_vec(),
-                encryption_context: context.clone().into_iter().collect(),
-            })
-            .await
-            .map_err(|s| self.client.failed(s))?
-            .into_inner();
+            .signed_key_call(
+                "encrypt",
+                "/kms.v1.KeyService/Encrypt",
+                &pb::EncryptRequest {
+                    key: self.key.clone(),
+                    plaintext: key.expose_secret().to_vec(),
+                    encryption_context: context.clone().into_iter().collect(),
+                },
+            )
+            .await?;
         check_blob(&r.ciphertext_blob, &r.key_id, r.key_version)?;
         Ok(edk(r.ciphertext_blob, &r.key_id, r.key_version))
     }
@@ -227,19 +231,20 @@ impl KmsdKeyring {
                 s.decrypt(&edk.ciphertext, context, expected).await?.into_exposed(),
             )),
             None => {
-                let mut r = self
+                let mut r: pb::DecryptResponse = self
                     .client
-                    .keys()
-                    .decrypt(pb::DecryptRequest {
-                        ciphertext_blob: edk.ciphertext.clone(),
-                        encryption_context: context.clone().into_iter().collect(),
-                        key: self.key.clone(),
-                        attestation_token: String::new(),
-                        client_nonce: Vec::new(),
-                    })
-                    .await
-                    .map_err(|s| self.client.failed(s))?
-                    .into_inner();
+                    .signed_key_call(
+                        "decrypt",
+                        "/kms.v1.KeyService/Decrypt",
+                        &pb::DecryptRequest {
+                            ciphertext_blob: edk.ciphertext.clone(),
+                            encryption_context: context.clone().into_iter().collect(),
+                            key: self.key.clone(),
+                            attestation_token: String::new(),
+                            client_nonce: Vec::new(),
+                        },
+                    )
+                    .await?;
                 if r.plaintext.is_empty() {
                     return Err(Error::bad_response(
                         "no plaintext: the key releases only to attested workloads (use an attested keyring)",

@@ -190,6 +190,114 @@ async fn plaintext_release_and_two_deployments() {
     assert_eq!(d.plaintext.expose_secret(), b"kept in two regions");
 }
 
+/// The node check inside an envelope error (`node_signature`, …), if that is what it is.
+fn node_reason(e: &EnvelopeError) -> Option<&'static str> {
+    match e {
+        EnvelopeError::Keyring { source, .. } => match source.downcast_ref::<kms_agent::Error>() {
+            Some(kms_agent::Error::Node(n)) => Some(n.reason()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The second deployment's wrapped key (Encrypt) comes signed by its node over the request and
+/// a fresh nonce: the operator's proxy in front of it that answers with another genuine blob
+/// (an earlier message's: the same key, another data key) or strips the signature makes
+/// encrypt fail, instead of writing a message that would not open through that deployment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_cannot_swap_the_wrapped_key_of_another_deployment() {
+    use kms_testkit::proxy::{GrpcProxy, Tamper};
+    use std::sync::Mutex;
+    use tonic::metadata::MetadataMap;
+
+    let Some(west) = Ceremony::new(Backend::Sqlite, Options::default()).await else {
+        return;
+    };
+    let Some(central) = Ceremony::new(Backend::Sqlite, Options::default()).await else {
+        return;
+    };
+    west.create_key("files", &[APP], UNATTESTED).await;
+    central.create_key("files", &[APP], UNATTESTED).await;
+    let direct = workload(&west).await;
+    let via = |proxy: &GrpcProxy| {
+        let (cert, key) = central.pki.client_files(APP, "app");
+        let config = ClientConfig::new(format!("https://{}", proxy.addr()))
+            .with_tls(TlsFiles::ca(central.pki.ca_path()).with_identity(cert, key))
+            .with_node_trust(NodeTrust::DangerUnattested);
+        async move { Client::connect(&config).await.unwrap() }
+    };
+    let both = |central: Client| {
+        Envelope::new(KmsdKeyring::insecure_plaintext_release(direct.clone(), "files"))
+            .with_keyring(KmsdKeyring::insecure_plaintext_release(central, "files"))
+    };
+    const ENCRYPT: &str = "/kms.v1.KeyService/Encrypt";
+
+    // An honest proxy that keeps the first Encrypt answer, signature and all.
+    let kept_blob: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+    let kept_signature: Arc<Mutex<Option<MetadataMap>>> = Arc::default();
+    let (blob_to, signature_to) = (kept_blob.clone(), kept_signature.clone());
+    let recording = Tamper {
+        response: Arc::new(move |path, bytes| {
+            if path == ENCRYPT {
+                blob_to.lock().unwrap().get_or_insert_with(|| bytes.clone());
+            }
+            Ok(bytes)
+        }),
+        metadata: Arc::new(move |path, metadata| {
+            if path == ENCRYPT {
+                signature_to.lock().unwrap().get_or_insert_with(|| metadata.clone());
+            }
+        }),
+        ..Tamper::none()
+    };
+    let honest = GrpcProxy::start(&central.pki, &central.server, APP, recording).await;
+    let first = both(via(&honest).await).encrypt(b"first", &context()).await.unwrap();
+    let central_alone = Envelope::new(KmsdKeyring::insecure_plaintext_release(
+        workload(&central).await,
+        "files",
+    ));
+    let d = central_alone.decrypt(&first, &context()).await.unwrap();
+    assert_eq!(d.plaintext.expose_secret(), b"first");
+    let old_blob = kept_blob.lock().unwrap().clone().unwrap();
+    let old_signature = kept_signature.lock().unwrap().clone().unwrap();
+    assert!(!old_signature.is_empty(), "the answer was signed");
+
+    // The first message's genuine, signed answer, for the second message's request.
+    let replaying = Tamper {
+        response: Arc::new(move |path, bytes| Ok(if path == ENCRYPT { old_blob.clone() } else { bytes })),
+        metadata: Arc::new(move |path, metadata| {
+            if path == ENCRYPT {
+                metadata.clone_from(&old_signature);
+            }
+        }),
+        ..Tamper::none()
+    };
+    let proxy = GrpcProxy::start(&central.pki, &central.server, APP, replaying).await;
+    let e = both(via(&proxy).await)
+        .encrypt(b"second", &context())
+        .await
+        .unwrap_err();
+    assert_eq!(node_reason(&e), Some("node_signature"), "{e}");
+
+    // No signature at all.
+    let stripping = Tamper {
+        metadata: Arc::new(|_, metadata| *metadata = MetadataMap::new()),
+        ..Tamper::none()
+    };
+    let proxy = GrpcProxy::start(&central.pki, &central.server, APP, stripping).await;
+    let e = both(via(&proxy).await)
+        .encrypt(b"second", &context())
+        .await
+        .unwrap_err();
+    assert_eq!(node_reason(&e), Some("node_unsigned"), "{e}");
+
+    // Through the honest proxy, the second message opens through either deployment.
+    let second = both(via(&honest).await).encrypt(b"second", &context()).await.unwrap();
+    let d = central_alone.decrypt(&second, &context()).await.unwrap();
+    assert_eq!(d.plaintext.expose_secret(), b"second");
+}
+
 /// `kms-agent encrypt` and `decrypt --in`: attested with the TPM, plaintext only once the
 /// message verified, exit codes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,6 +103,20 @@ pub fn admin_answer(method: &str, request_payload: &[u8], answer: &[u8]) -> Vec<
     encode(b"kms-admin-answer-v1\0", &[method.as_bytes(), request_payload, answer])
 }
 
+/// A `KeyService` answer the caller asked to be signed: `"kms-data-answer-v1\0"`, the method's
+/// name (as audit records name it: `encrypt`, `generate_data_key`, …), the SHA-256 of the
+/// request message (as the client encoded it, and as kmsd re-encodes what it decoded: prost
+/// writes a message one way, maps in key order), the caller's nonce, and the answer message
+/// exactly as sent. A proxy cannot hand the caller another genuine answer (another request's,
+/// or an older one) nor change the request it forwards.
+pub fn data_answer(method: &str, request: &[u8], nonce: &[u8], answer: &[u8]) -> Vec<u8> {
+    let request_sha256 = ring::digest::digest(&ring::digest::SHA256, request);
+    encode(
+        b"kms-data-answer-v1\0",
+        &[method.as_bytes(), request_sha256.as_ref(), nonce, answer],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -181,10 +181,10 @@ impl Node {
         self.key.sign(&message::token_keys(nonce, jwks_json)).to_vec()
     }
 
-    /// Signs the answer to a signed admin request, given as its [`message::admin_answer`]
+    /// Signs an answer, given as its [`message::admin_answer`] or [`message::data_answer`]
     /// encoding (built in the gRPC layer from the answer's bytes).
-    pub fn sign_admin_answer(&self, encoded: &[u8]) -> Vec<u8> {
-        debug_assert!(encoded.starts_with(b"kms-admin-answer-v1\0"));
+    pub fn sign_answer(&self, encoded: &[u8]) -> Vec<u8> {
+        debug_assert!(encoded.starts_with(b"kms-admin-answer-v1\0") || encoded.starts_with(b"kms-data-answer-v1\0"));
         self.key.sign(encoded).to_vec()
     }
 

@@ -1,8 +1,9 @@
 //! The operator's proxy: a gRPC server with a certificate the clients trust (the test CA's),
 //! which forwards every call of the three kms.v1 services to a real kmsd over mTLS as a given
 //! principal, and may rewrite what it forwards. Messages are forwarded as bytes (a raw codec),
-//! so a test decodes, changes and re-encodes exactly the message it attacks; the answers' `kms-*`
-//! metadata (the node's signature over an admin answer) is forwarded too, and may be rewritten;
+//! so a test decodes, changes and re-encodes exactly the message it attacks; `kms-*` metadata
+//! is forwarded both ways too (a caller's answer nonce, the node's signature over an answer),
+//! and an answer's may be rewritten;
 //! the proxy records the methods it was asked for.
 
 use std::convert::Infallible;
@@ -136,30 +137,39 @@ struct Forwarder {
 }
 
 impl Forwarder {
-    async fn call(self, path: String, request: Vec<u8>) -> Result<Response<Vec<u8>>, Status> {
+    async fn call(self, path: String, request: Request<Vec<u8>>) -> Result<Response<Vec<u8>>, Status> {
         self.seen.lock().unwrap().push(path.clone());
-        let request = (self.tamper.request)(&path, request)?;
+        let asked = kms_metadata(request.metadata());
+        let request = (self.tamper.request)(&path, request.into_inner())?;
+        let mut request = Request::new(request);
+        *request.metadata_mut() = asked;
         let mut client = tonic::client::Grpc::new(self.channel.clone());
         client
             .ready()
             .await
             .map_err(|e| Status::unavailable(format!("proxy: {e}")))?;
         let method: http::uri::PathAndQuery = path.parse().map_err(|_| Status::internal("proxy: path"))?;
-        let answer = client.unary(Request::new(request), method, Raw).await?;
-        // An honest gRPC proxy forwards the answer's own metadata (the node's signature);
-        // the HTTP and gRPC headers are the proxy's.
-        let mut metadata = MetadataMap::new();
-        for entry in answer.metadata().iter() {
-            if let tonic::metadata::KeyAndValueRef::Binary(k, v) = entry {
-                if k.as_str().starts_with("kms-") {
-                    metadata.insert_bin(k.clone(), v.clone());
-                }
-            }
-        }
+        let answer = client.unary(request, method, Raw).await?;
+        let mut metadata = kms_metadata(answer.metadata());
         (self.tamper.metadata)(&path, &mut metadata);
         let message = (self.tamper.response)(&path, answer.into_inner())?;
         Ok(Response::from_parts(metadata, message, tonic::Extensions::default()))
     }
+}
+
+/// The `kms-*` binary entries of `from`: what an honest gRPC proxy forwards both ways (the
+/// nonce a caller wants its answer signed over, the node's signature); the HTTP and gRPC
+/// headers are the proxy's own.
+fn kms_metadata(from: &MetadataMap) -> MetadataMap {
+    let mut to = MetadataMap::new();
+    for entry in from.iter() {
+        if let tonic::metadata::KeyAndValueRef::Binary(k, v) = entry {
+            if k.as_str().starts_with("kms-") {
+                to.insert_bin(k.clone(), v.clone());
+            }
+        }
+    }
+    to
 }
 
 /// A service name the proxy answers for.
@@ -216,7 +226,7 @@ impl tonic::server::UnaryService<Vec<u8>> for Unary {
     fn call(&mut self, request: Request<Vec<u8>>) -> Self::Future {
         let inner = self.inner.clone();
         let path = self.path.clone();
-        Box::pin(async move { inner.call(path, request.into_inner()).await })
+        Box::pin(async move { inner.call(path, request).await })
     }
 }
 

@@ -14,7 +14,6 @@ use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
 use kms_proto::v1::quorum_operation::Operation as QOp;
 use kms_proto::Reason;
-use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 /// What an admin operation answers: one variant per answer message. Lives for one call, on its
@@ -129,33 +128,13 @@ impl AdminPlane {
             Ok((commit, answer)) => finish(&self.audit, audit, Ok(answer), matches!(commit, Commit::Durable)).await,
             Err(e) => finish::<T>(&self.audit, audit, Err(e), false).await,
         };
-        answered.map(|r| self.signed(method, &request.payload, r))
-    }
-
-    /// `response` with the node's signature over it (`kms_proto::admin`): the method, the
-    /// request's payload as the admin signed it and the answer's bytes as tonic will send them
-    /// (prost encodes a message the same way every time). Refusals are not signed: a proxy can
-    /// always refuse in kmsd's name, but not claim that kmsd did something.
-    fn signed<T: prost::Message>(
-        &self,
-        method: &'static str,
-        payload: &[u8],
-        mut response: Response<T>,
-    ) -> Response<T> {
-        let answer = response.get_ref().encode_to_vec();
-        let signature = self
-            .node
-            .sign_admin_answer(&kms_node::message::admin_answer(method, payload, &answer));
-        let metadata = response.metadata_mut();
-        metadata.insert_bin(
-            kms_proto::admin::ANSWER_NODE_KEY_METADATA,
-            MetadataValue::from_bytes(&self.node.public_key()),
-        );
-        metadata.insert_bin(
-            kms_proto::admin::ANSWER_SIGNATURE_METADATA,
-            MetadataValue::from_bytes(&signature),
-        );
-        response
+        // Refusals are not signed: a proxy can always refuse in kmsd's name, but not claim that
+        // kmsd did something.
+        answered.map(|r| {
+            crate::grpc::signed(&self.node, r, |answer| {
+                kms_node::message::admin_answer(method, &request.payload, answer)
+            })
+        })
     }
 
     /// The one dispatch of signed admin operations.

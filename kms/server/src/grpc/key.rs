@@ -1,7 +1,8 @@
-//! KeyService over gRPC: identify the caller, decode, run the data-plane operation, encode.
+//! KeyService over gRPC: identify the caller, decode, run the data-plane operation, encode; sign
+//! the answer when the caller sent a nonce for it (`kms_proto::answer`).
 
 use crate::audit::Audit;
-use crate::grpc::finish;
+use crate::grpc::{finish, SignFor};
 use crate::ops::data::{DataPlane, Proof};
 use crate::wire::context;
 use crate::wire::key::*;
@@ -16,6 +17,10 @@ impl pb::key_service_server::KeyService for DataPlane {
     ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
         let who = self.callers.identify(&request, "generate_data_key").await?;
         let mut audit = Audit::new(who.as_str(), "generate_data_key");
+        let sign_for = match SignFor::asked(&request) {
+            Ok(s) => s,
+            Err(e) => return finish::<pb::GenerateDataKeyResponse>(&self.audit, audit, Err(e), false).await,
+        };
         let req = request.into_inner();
         let result = async {
             let context = context(req.encryption_context)?;
@@ -28,7 +33,9 @@ impl pb::key_service_server::KeyService for DataPlane {
                 .map(generate_data_key_to_wire)
         }
         .await;
-        finish(&self.audit, audit, result, true).await
+        finish(&self.audit, audit, result, true)
+            .await
+            .map(|r| SignFor::answer(sign_for, &self.node, "generate_data_key", r))
     }
 
     async fn generate_data_key_without_plaintext(
@@ -40,6 +47,12 @@ impl pb::key_service_server::KeyService for DataPlane {
             .identify(&request, "generate_data_key_without_plaintext")
             .await?;
         let mut audit = Audit::new(who.as_str(), "generate_data_key_without_plaintext");
+        let sign_for = match SignFor::asked(&request) {
+            Ok(s) => s,
+            Err(e) => {
+                return finish::<pb::GenerateDataKeyWithoutPlaintextResponse>(&self.audit, audit, Err(e), false).await
+            }
+        };
         let req = request.into_inner();
         let result = async {
             let context = context(req.encryption_context)?;
@@ -48,12 +61,18 @@ impl pb::key_service_server::KeyService for DataPlane {
                 .map(without_plaintext_to_wire)
         }
         .await;
-        finish(&self.audit, audit, result, true).await
+        finish(&self.audit, audit, result, true)
+            .await
+            .map(|r| SignFor::answer(sign_for, &self.node, "generate_data_key_without_plaintext", r))
     }
 
     async fn encrypt(&self, request: Request<pb::EncryptRequest>) -> Result<Response<pb::EncryptResponse>, Status> {
         let who = self.callers.identify(&request, "encrypt").await?;
         let mut audit = Audit::new(who.as_str(), "encrypt");
+        let sign_for = match SignFor::asked(&request) {
+            Ok(s) => s,
+            Err(e) => return finish::<pb::EncryptResponse>(&self.audit, audit, Err(e), false).await,
+        };
         let req = request.into_inner();
         let result = async {
             let context = context(req.encryption_context)?;
@@ -62,12 +81,18 @@ impl pb::key_service_server::KeyService for DataPlane {
                 .map(encrypt_to_wire)
         }
         .await;
-        finish(&self.audit, audit, result, true).await
+        finish(&self.audit, audit, result, true)
+            .await
+            .map(|r| SignFor::answer(sign_for, &self.node, "encrypt", r))
     }
 
     async fn decrypt(&self, request: Request<pb::DecryptRequest>) -> Result<Response<pb::DecryptResponse>, Status> {
         let who = self.callers.identify(&request, "decrypt").await?;
         let mut audit = Audit::new(who.as_str(), "decrypt");
+        let sign_for = match SignFor::asked(&request) {
+            Ok(s) => s,
+            Err(e) => return finish::<pb::DecryptResponse>(&self.audit, audit, Err(e), false).await,
+        };
         let req = request.into_inner();
         let result = async {
             let context = context(req.encryption_context)?;
@@ -80,7 +105,9 @@ impl pb::key_service_server::KeyService for DataPlane {
                 .map(decrypt_to_wire)
         }
         .await;
-        finish(&self.audit, audit, result, true).await
+        finish(&self.audit, audit, result, true)
+            .await
+            .map(|r| SignFor::answer(sign_for, &self.node, "decrypt", r))
     }
 
     async fn re_encrypt(
@@ -89,6 +116,10 @@ impl pb::key_service_server::KeyService for DataPlane {
     ) -> Result<Response<pb::ReEncryptResponse>, Status> {
         let who = self.callers.identify(&request, "re_encrypt").await?;
         let mut audit = Audit::new(who.as_str(), "re_encrypt");
+        let sign_for = match SignFor::asked(&request) {
+            Ok(s) => s,
+            Err(e) => return finish::<pb::ReEncryptResponse>(&self.audit, audit, Err(e), false).await,
+        };
         let req = request.into_inner();
         let result = async {
             let src_ctx = context(req.source_encryption_context)?;
@@ -105,6 +136,8 @@ impl pb::key_service_server::KeyService for DataPlane {
             .map(re_encrypt_to_wire)
         }
         .await;
-        finish(&self.audit, audit, result, true).await
+        finish(&self.audit, audit, result, true)
+            .await
+            .map(|r| SignFor::answer(sign_for, &self.node, "re_encrypt", r))
     }
 }

@@ -172,8 +172,8 @@ impl Server {
                 .ok_or_else(|| untrusted(&NodeError::Unsigned("the answer")))
         };
         let (node_key, signature) = (
-            bin(kms_proto::admin::ANSWER_NODE_KEY_METADATA)?,
-            bin(kms_proto::admin::ANSWER_SIGNATURE_METADATA)?,
+            bin(kms_proto::answer::NODE_KEY_METADATA)?,
+            bin(kms_proto::answer::SIGNATURE_METADATA)?,
         );
         let answer = response.get_ref();
         self.signer(verifier, &node_key, &untrusted)
