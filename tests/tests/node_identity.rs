@@ -357,7 +357,8 @@ async fn auditors_pin_checkpoint_keys_only_from_the_attested_node() {
 /// operator's proxy (a certificate the admin's CA trusts) that strips the signature, changes an
 /// answer, replays an older genuine answer (hiding that the key was disabled since), or signs
 /// with a key of its own is refused (`node_unsigned`, `node_signature`, `node_unknown`) and
-/// nothing it said is printed; without a node policy nothing is signed or sent.
+/// nothing it said is printed; without a node policy nothing is signed or sent. The same for a
+/// data-plane request the proxy changes (`kmsctl data encrypt`) and for the token keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admins_act_only_on_answers_the_attested_node_signed() {
     use std::sync::{Arc, Mutex};
@@ -551,6 +552,45 @@ async fn admins_act_only_on_answers_the_attested_node_signed() {
         .await
         .expect(1);
     assert_eq!(out.json()["error"]["kind"], "node_unknown", "{}", out.stdout);
+
+    // Data-plane answers too: a proxy that changes the context of an Encrypt it forwards gets a
+    // blob kmsd signed for another request (`node_signature`); the honest path gets the blob.
+    let files = [
+        "key",
+        "create",
+        "files",
+        "--grant",
+        "spiffe://test/admin-cli=all",
+        "--release-policy",
+        r#"{"version":1,"attestation":"none"}"#,
+    ];
+    kmsctl(&pki, &honest, &alice_key, &pinned(&files)).await.expect(0);
+    let encrypt = [
+        "data",
+        "encrypt",
+        "files",
+        "--context",
+        "app=payroll",
+        "--text",
+        "salaries",
+    ];
+    let recontext = Tamper {
+        request: Arc::new(|path, bytes| {
+            if path != "/kms.v1.KeyService/Encrypt" {
+                return Ok(bytes);
+            }
+            let mut r = pb::EncryptRequest::decode(bytes.as_slice()).unwrap();
+            r.encryption_context.insert("app".into(), "proxy".into());
+            Ok(r.encode_to_vec())
+        }),
+        ..Tamper::none()
+    };
+    let proxy = GrpcProxy::start(&pki, &server, "spiffe://test/admin-cli", recontext).await;
+    let out = kmsctl(&pki, &proxy, &alice_key, &pinned(&encrypt)).await.expect(1);
+    assert_eq!(out.json()["error"]["kind"], "node_signature", "{}", out.stdout);
+    assert_eq!(out.json()["error"]["method"], "encrypt", "{}", out.stdout);
+    let out = kmsctl(&pki, &honest, &alice_key, &pinned(&encrypt)).await.expect(0);
+    assert!(out.json()["ciphertext_blob"].is_string(), "{}", out.stdout);
 
     // The token keys a relying party pins: a proxy's own JWKS (its tokens would verify) is
     // refused, the genuine one is taken.

@@ -214,44 +214,16 @@ impl Client {
         path: &'static str,
         request: &Q,
     ) -> Result<A, Error> {
-        use kms_proto::answer::{NODE_KEY_METADATA, NONCE_METADATA, SIGNATURE_METADATA};
-        use tonic::metadata::MetadataValue;
-
         let nonce =
             kms_core::random_array::<32>().map_err(|e| Error::Input(format!("random number generator: {e}")))?;
-        let body = request.encode_to_vec();
         // An Encrypt request holds the data key it wraps: wiped once checked against.
-        let sent = zeroize::Zeroizing::new(body.clone());
-        let mut call = tonic::Request::new(body);
-        call.metadata_mut()
-            .insert_bin(NONCE_METADATA, MetadataValue::from_bytes(&nonce));
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-        grpc.ready()
-            .await
-            .map_err(|e| self.failed(tonic::Status::unavailable(format!("the connection is not ready: {e}"))))?;
-        let response = grpc
-            .unary(
-                call,
-                tonic::codegen::http::uri::PathAndQuery::from_static(path),
-                kms_proto::codec::RawCodec,
-            )
+        let sent = zeroize::Zeroizing::new(request.encode_to_vec());
+        let answer = kms_client::signed::call(&self.channel, path, sent.to_vec(), Some(&nonce))
             .await
             .map_err(|s| self.failed(s))?;
-        let metadata = response.metadata();
-        let bin = |key: &str| {
-            metadata
-                .get_bin(key)
-                .and_then(|v| v.to_bytes().ok())
-                .ok_or(NodeError::Unsigned("the answer"))
-        };
-        let (node_key, signature) = (bin(NODE_KEY_METADATA)?, bin(SIGNATURE_METADATA)?);
-        let answer = response.get_ref();
-        self.node(&node_key).await?.check(
-            "the answer",
-            &kms_node::message::data_answer(method, &sent, &nonce, answer),
-            &signature,
-        )?;
-        A::decode(answer.as_slice()).map_err(|e| Error::bad_response(format!("{method}: {e}")))
+        let node = self.node(answer.node_key()?).await?;
+        let bytes = answer.check(&node, |a| kms_node::message::data_answer(method, &sent, &nonce, a))?;
+        A::decode(bytes).map_err(|e| Error::bad_response(format!("{method}: {e}")))
     }
 
     pub(crate) fn failed(&self, status: tonic::Status) -> Error {

@@ -6,6 +6,7 @@
 //!   `kmsd`'s stable reasons ([`kms_proto::Reason`]) is a [`Refusal`], matched on its variant;
 //!   one without a reason made by the client's own transport is [`Error::Unreachable`].
 //! - [`NodeTrust`]: which kmsd nodes are trusted to answer (a node policy, or knowingly none).
+//! - [`signed`]: calls whose answer the answering node signs, checked over the bytes received.
 //! - `cli` (feature `cli`): the command-line helpers both binaries use: clap connection
 //!   and node-trust arguments, error reporting with the documented exit codes, stdout and JSON
 //!   output, output files created with their final mode, certificate files, and value parsers.
@@ -16,6 +17,7 @@
 
 pub mod channel;
 mod error;
+pub mod signed;
 mod trust;
 
 #[cfg(feature = "cli")]

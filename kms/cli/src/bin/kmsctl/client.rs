@@ -1,9 +1,9 @@
 //! Talking to kmsd: the channel (kms-client's builder: plain or TLS, with an optional client
-//! certificate), signing admin requests, and turning failed calls into [`Error`]s with their
+//! certificate), signing admin requests, taking an answer (admin or data plane) only as a node
+//! verified under the node trust signed it, and turning failed calls into [`Error`]s with their
 //! reason and a hint. Admin requests are signed only through the [`AdminSigner`] boundary, so an HSM signer can replace the
 //! key file. It must never log or print a request payload, the admin's private key or a share.
 
-use std::future::Future;
 use std::time::Duration;
 
 use kms_client::cli::NodeTrustArgs;
@@ -14,7 +14,6 @@ use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
 use kms_proto::v1::admin_service_client::AdminServiceClient;
 use kms_proto::v1::attestation_service_client::AttestationServiceClient;
-use kms_proto::v1::key_service_client::KeyServiceClient;
 use prost::Message as _;
 use tonic::transport::Channel;
 
@@ -88,10 +87,6 @@ impl Server {
         AdminServiceClient::new(self.channel.clone())
     }
 
-    pub(crate) fn data(&self) -> KeyServiceClient<Channel> {
-        KeyServiceClient::new(self.channel.clone())
-    }
-
     pub(crate) fn attestation(&self) -> AttestationServiceClient<Channel> {
         AttestationServiceClient::new(self.channel.clone())
     }
@@ -141,20 +136,49 @@ impl Server {
             _ => self.deployment().await?,
         };
         let request = admin.sign(deployment, op)?;
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-        let sent = async {
-            grpc.ready()
-                .await
-                .map_err(|e| tonic::Status::unavailable(format!("the connection is not ready: {e}")))?;
-            grpc.unary(
-                tonic::Request::new(request.encode_to_vec()),
-                tonic::codegen::http::uri::PathAndQuery::from_static(path),
-                kms_proto::codec::RawCodec,
-            )
-            .await
-        };
-        let response = match sent.await {
-            Ok(r) => r,
+        let answer = self
+            .signed_answer(verifier, method, path, request.encode_to_vec(), None, |answer| {
+                kms_node::message::admin_answer(method, &request.payload, answer)
+            })
+            .await?;
+        T::decode(answer.as_slice()).map_err(|e| unreadable(method, &e))
+    }
+
+    /// A data-plane call (`method` as audit records name it, at gRPC `path`) whose answer the
+    /// answering node signs over this request and a fresh nonce: checked as
+    /// [`Server::admin_call`] checks its answers, and needs a node trust the same way.
+    pub(crate) async fn data_call<Q: prost::Message, A: prost::Message + Default>(
+        &self,
+        method: &'static str,
+        path: &'static str,
+        request: &Q,
+    ) -> Result<A, Error> {
+        let verifier = self.verifier(method).await?;
+        let nonce =
+            kms_core::random_array::<32>().map_err(|e| Error::local(format!("random number generator: {e}")))?;
+        // An Encrypt request holds the caller's plaintext: wiped once checked against.
+        let sent = zeroize::Zeroizing::new(request.encode_to_vec());
+        let answer = self
+            .signed_answer(verifier, method, path, sent.to_vec(), Some(&nonce), |answer| {
+                kms_node::message::data_answer(method, &sent, &nonce, answer)
+            })
+            .await?;
+        A::decode(answer.as_slice()).map_err(|e| unreadable(method, &e))
+    }
+
+    /// Sends `request` to `path` and answers the answer's bytes once a node verified under
+    /// `verifier` signed `message(answer bytes)`; the refusals name `method`.
+    async fn signed_answer(
+        &self,
+        verifier: &NodeVerifier,
+        method: &'static str,
+        path: &'static str,
+        request: Vec<u8>,
+        nonce: Option<&[u8]>,
+        message: impl FnOnce(&[u8]) -> Vec<u8>,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+        let answer = match kms_client::signed::call(&self.channel, path, request, nonce).await {
+            Ok(a) => a,
             Err(s) => return Err(self.failed(s).await),
         };
         let untrusted = |e: &NodeError| {
@@ -164,40 +188,18 @@ impl Server {
                 json!({ "method": method }),
             )
         };
-        let metadata = response.metadata();
-        let bin = |key: &str| {
-            metadata
-                .get_bin(key)
-                .and_then(|v| v.to_bytes().ok())
-                .ok_or_else(|| untrusted(&NodeError::Unsigned("the answer")))
-        };
-        let (node_key, signature) = (
-            bin(kms_proto::answer::NODE_KEY_METADATA)?,
-            bin(kms_proto::answer::SIGNATURE_METADATA)?,
-        );
-        let answer = response.get_ref();
-        self.signer(verifier, &node_key, &untrusted)
-            .await?
-            .check(
-                "the answer",
-                &kms_node::message::admin_answer(method, &request.payload, answer),
-                &signature,
-            )
-            .map_err(|e| untrusted(&e))?;
-        T::decode(answer.as_slice()).map_err(|e| {
-            Error::local(format!(
-                "{method}: kmsd signed an answer this kmsctl cannot read ({e}): is kmsctl older than kmsd?"
-            ))
-        })
+        let node_key = answer.node_key().map_err(|e| untrusted(&e))?;
+        let node = self.signer(verifier, node_key, &untrusted).await?;
+        let bytes = answer.check(&node, message).map_err(|e| untrusted(&e))?;
+        // A data-plane answer may hold plaintext.
+        Ok(zeroize::Zeroizing::new(bytes.to_vec()))
     }
 
     /// The node trust's verifier; a usage error (nothing sent) if the command line names none.
     async fn verifier(&self, method: &str) -> Result<&NodeVerifier, Error> {
         self.verifier
             .get_or_try_init(|| async {
-                let trust = self
-                    .trust
-                    .required_trust(&format!("a signed admin request ({method})"))?;
+                let trust = self.trust.required_trust(&format!("kmsctl's {method}"))?;
                 trust
                     .verifier()
                     .map_err(|e| Error::local(format!("the node policy cannot be used: {e}")))
@@ -235,18 +237,6 @@ impl Server {
         }
     }
 
-    /// Makes a data-plane call `f`.
-    pub(crate) async fn data_call<T, F, Fut>(&self, f: F) -> Result<T, Error>
-    where
-        F: FnOnce(KeyServiceClient<Channel>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        match f(self.data()).await {
-            Ok(r) => Ok(r.into_inner()),
-            Err(s) => Err(self.failed(s).await),
-        }
-    }
-
     /// The error for a failed call. A `sealed` refusal gets a precise hint from the seal status.
     pub(crate) async fn failed(&self, status: tonic::Status) -> Error {
         let mut error = Error::from(kms_client::Error::from_status(status, &self.url));
@@ -264,6 +254,13 @@ impl Server {
         }
         error
     }
+}
+
+/// The error for an answer a verified node signed but this kmsctl cannot decode.
+fn unreadable(method: &str, e: &prost::DecodeError) -> Error {
+    Error::local(format!(
+        "{method}: kmsd signed an answer this kmsctl cannot read ({e}): is kmsctl older than kmsd?"
+    ))
 }
 
 /// What a sealed server needs, from its status.

@@ -65,13 +65,14 @@ async fn generate(
     let server = Server::connect(g).await?;
     if !with_plaintext {
         let r = server
-            .data_call(|mut c| async move {
-                c.generate_data_key_without_plaintext(pb::GenerateDataKeyWithoutPlaintextRequest {
+            .data_call::<_, pb::GenerateDataKeyWithoutPlaintextResponse>(
+                "generate_data_key_without_plaintext",
+                "/kms.v1.KeyService/GenerateDataKeyWithoutPlaintext",
+                &pb::GenerateDataKeyWithoutPlaintextRequest {
                     key: key.to_owned(),
                     encryption_context,
-                })
-                .await
-            })
+                },
+            )
             .await?;
         return emit_blob(
             p,
@@ -81,17 +82,18 @@ async fn generate(
         );
     }
     let mut r = server
-        .data_call(|mut c| async move {
-            c.generate_data_key(pb::GenerateDataKeyRequest {
+        .data_call::<_, pb::GenerateDataKeyResponse>(
+            "generate_data_key",
+            "/kms.v1.KeyService/GenerateDataKey",
+            &pb::GenerateDataKeyRequest {
                 key: key.to_owned(),
                 encryption_context,
                 // kmsctl holds no attested TEE key to open a sealed release: only keys that
                 // allow unattested release answer with plaintext here.
                 attestation_token: String::new(),
                 client_nonce: Vec::new(),
-            })
-            .await
-        })
+            },
+        )
         .await?;
     let plaintext = Zeroizing::new(std::mem::take(&mut r.plaintext));
     let plaintext_b64 = Zeroizing::new(B64.encode(plaintext.as_slice()));
@@ -207,14 +209,15 @@ async fn encrypt(
     let plaintext = plaintext_input(input)?;
     let server = Server::connect(g).await?;
     let r = server
-        .data_call(|mut c| async move {
-            c.encrypt(pb::EncryptRequest {
+        .data_call::<_, pb::EncryptResponse>(
+            "encrypt",
+            "/kms.v1.KeyService/Encrypt",
+            &pb::EncryptRequest {
                 key: key.to_owned(),
                 plaintext: plaintext.to_vec(),
                 encryption_context,
-            })
-            .await
-        })
+            },
+        )
         .await?;
     emit_blob(
         p,
@@ -244,16 +247,17 @@ async fn decrypt(
     let ciphertext_blob = blob_input(input)?;
     let server = Server::connect(g).await?;
     let mut r = server
-        .data_call(|mut c| async move {
-            c.decrypt(pb::DecryptRequest {
+        .data_call::<_, pb::DecryptResponse>(
+            "decrypt",
+            "/kms.v1.KeyService/Decrypt",
+            &pb::DecryptRequest {
                 ciphertext_blob,
                 encryption_context,
                 key: expect_key.unwrap_or_default().to_owned(),
                 attestation_token: String::new(),
                 client_nonce: Vec::new(),
-            })
-            .await
-        })
+            },
+        )
         .await?;
     let plaintext = Zeroizing::new(std::mem::take(&mut r.plaintext));
     let mut doc = json!({ "key_id": r.key_id, "key_version": r.key_version });
@@ -287,15 +291,16 @@ async fn re_encrypt(
     let ciphertext_blob = blob_input(input)?;
     let server = Server::connect(g).await?;
     let r = server
-        .data_call(|mut c| async move {
-            c.re_encrypt(pb::ReEncryptRequest {
+        .data_call::<_, pb::ReEncryptResponse>(
+            "re_encrypt",
+            "/kms.v1.KeyService/ReEncrypt",
+            &pb::ReEncryptRequest {
                 ciphertext_blob,
                 source_encryption_context,
                 destination_key: to.unwrap_or_default().to_owned(),
                 destination_encryption_context,
-            })
-            .await
-        })
+            },
+        )
         .await?;
     emit_blob(
         p,
