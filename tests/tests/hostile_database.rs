@@ -393,7 +393,7 @@ async fn populate(lab: &mut Lab) -> (pb::KeyMetadata, Vec<u8>) {
     lab.admin.approve(approve(&lab.custodians[1], &p)).await.unwrap();
     // A checkpoint key, token keys: made by the server on first use.
     lab.admin
-        .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest {})
+        .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest::default())
         .await
         .unwrap();
     (kept, blob)

@@ -268,9 +268,10 @@ async fn custodians_unseal_only_the_attested_node() {
 }
 
 /// An auditor pins the audit checkpoint keys (`kmsctl audit checkpoint-keys`) only as the
-/// attested node signed them: the operator's proxy that swaps in a key of its own (with a
-/// matching kid), and so could sign checkpoints over a rewritten log, is refused and nothing is
-/// written; without a node policy nothing is asked for.
+/// attested node signed them over the auditor's nonce: the operator's proxy that swaps in a key
+/// of its own (with a matching kid), and so could sign checkpoints over a rewritten log, or
+/// replays an older genuine answer, is refused and nothing is written; without a node policy
+/// nothing is asked for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auditors_pin_checkpoint_keys_only_from_the_attested_node() {
     let Some(db) = Db::new(Backend::Sqlite).await else {
@@ -323,10 +324,39 @@ async fn auditors_pin_checkpoint_keys_only_from_the_attested_node() {
         .await
         .expect(2);
     assert!(out.stderr.contains("--node-policy"), "{}", out.stderr);
-    let honest = GrpcProxy::start(&pki, &server, "spiffe://test/admin-cli", Tamper::none()).await;
+    // An honest proxy, which keeps the answer it forwards.
+    let kept: std::sync::Arc<std::sync::Mutex<Vec<u8>>> = std::sync::Arc::default();
+    let keep = kept.clone();
+    let recording = Tamper {
+        response: std::sync::Arc::new(move |path, bytes| {
+            if path == "/kms.v1.AdminService/GetAuditCheckpointKeys" {
+                keep.lock().unwrap().clone_from(&bytes);
+            }
+            Ok(bytes)
+        }),
+        ..Tamper::none()
+    };
+    let honest = GrpcProxy::start(&pki, &server, "spiffe://test/admin-cli", recording).await;
     let pinned = kmsctl(&pki, &honest, &alice_key, &pin).await.expect(0);
     let genuine: serde_json::Value = serde_json::from_str(&pinned.stdout).unwrap();
     assert!(pinned.stdout.contains("EdDSA"), "{}", pinned.stdout);
+
+    // That genuine answer replayed later (signed over the earlier request's nonce): the key set
+    // could since have gained a key the replay hides.
+    let old = kept.lock().unwrap().clone();
+    let replaying = Tamper {
+        response: std::sync::Arc::new(move |path, bytes| {
+            Ok(if path == "/kms.v1.AdminService/GetAuditCheckpointKeys" {
+                old.clone()
+            } else {
+                bytes
+            })
+        }),
+        ..Tamper::none()
+    };
+    let proxy = GrpcProxy::start(&pki, &server, "spiffe://test/admin-cli", replaying).await;
+    let out = kmsctl(&pki, &proxy, &alice_key, &pin).await.expect(1);
+    assert_eq!(out.json()["error"]["kind"], "node_signature", "{}", out.stdout);
 
     // The proxy's own key, with the kid that goes with it.
     let own = vec![0x5au8; 32];

@@ -167,7 +167,7 @@ async fn pkcs11_init_and_restart(backend: Backend) {
     // Audit checkpoints are signed by an ECDSA key in the HSM (one was written when the first
     // server stopped), and the published key verifies them.
     let keys = admin_c
-        .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest {})
+        .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest::default())
         .await
         .unwrap()
         .into_inner()

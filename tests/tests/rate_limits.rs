@@ -222,7 +222,7 @@ async fn the_unsigned_admin_reads_spend_the_callers_budget() {
             reader.get_seal_status(pb::GetSealStatusRequest {}).await.map(drop)
         } else {
             reader
-                .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest {})
+                .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest::default())
                 .await
                 .map(drop)
         };
@@ -243,7 +243,7 @@ async fn the_unsigned_admin_reads_spend_the_callers_budget() {
     assert!(limited >= 20, "{limited} refused");
     // Both kinds were refused, so neither is exempt.
     let refused = reader
-        .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest {})
+        .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest::default())
         .await
         .unwrap_err();
     assert_rate_limited(&refused, "limits.principal_per_second");

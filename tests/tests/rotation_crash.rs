@@ -105,7 +105,7 @@ async fn killed_mid_rotation(backend: Backend) {
             .collect()
     };
     let first = admin_c
-        .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest {})
+        .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -217,7 +217,7 @@ async fn killed_mid_rotation(backend: Backend) {
     // Both generations' checkpoint keys are still published (the retired one's key is still in
     // the HSM), so checkpoints signed before the rotation stay verifiable.
     let after = admin_c
-        .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest {})
+        .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest::default())
         .await
         .unwrap()
         .into_inner()

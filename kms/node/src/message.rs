@@ -66,16 +66,17 @@ pub fn release(info: &[u8], blob: &[u8], encapsulated_key: &[u8], ciphertext: &[
     encode(b"kms-release-sig-v1\0", &[info, blob, encapsulated_key, ciphertext])
 }
 
-/// The audit checkpoint keys a node publishes: `"kms-checkpoint-keys-v1\0"`, the number of
-/// keys (u64), then for each its kid, algorithm, public key, and creation and retirement times
-/// (i64, 0 while in use). An auditor pins keys only under a verified node's signature.
-pub fn checkpoint_keys(keys: &[kms_proto::v1::AuditCheckpointKey]) -> Vec<u8> {
+/// The audit checkpoint keys a node publishes: `"kms-checkpoint-keys-v1\0"`, the caller's nonce
+/// (empty if it sent none), the number of keys (u64), then for each its kid, algorithm, public
+/// key, and creation and retirement times (i64, 0 while in use). An auditor pins keys only under
+/// a verified node's signature over its own fresh nonce.
+pub fn checkpoint_keys(nonce: &[u8], keys: &[kms_proto::v1::AuditCheckpointKey]) -> Vec<u8> {
     let count = u64::try_from(keys.len()).unwrap_or(u64::MAX).to_be_bytes();
     let times: Vec<([u8; 8], [u8; 8])> = keys
         .iter()
         .map(|k| (k.created_unix_ms.to_be_bytes(), k.retired_unix_ms.to_be_bytes()))
         .collect();
-    let mut fields: Vec<&[u8]> = vec![&count];
+    let mut fields: Vec<&[u8]> = vec![nonce, &count];
     for (k, (created, retired)) in keys.iter().zip(&times) {
         fields.extend([
             k.kid.as_bytes(),

@@ -564,7 +564,7 @@ async fn audit(
     let pinned: Vec<CheckpointKey> = {
         let mut admin = AdminServiceClient::new(d.channel(live, ADMIN));
         let keys = admin
-            .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest {})
+            .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest::default())
             .await
             .map_err(|s| vec![format!("GetAuditCheckpointKeys: {}", describe(&s))])?
             .into_inner()

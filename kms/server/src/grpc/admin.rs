@@ -526,6 +526,8 @@ impl pb::admin_service_server::AdminService for AdminPlane {
         request: Request<pb::GetAuditCheckpointKeysRequest>,
     ) -> Result<Response<pb::AuditCheckpointKeys>, Status> {
         self.callers.limit(&request)?;
+        let nonce = request.into_inner().nonce;
+        crate::grpc::optional_nonce(&nonce)?;
         let keys = crate::workers::checkpoint::published_keys(&self.store, &self.seal)
             .await
             .map_err(|e| e.to_status())?;
@@ -537,7 +539,7 @@ impl pb::admin_service_server::AdminService for AdminPlane {
             node_public_key: self.node.public_key().to_vec(),
             node_signature: self
                 .node
-                .sign_checkpoint_keys(&kms_node::message::checkpoint_keys(&keys)),
+                .sign_checkpoint_keys(&kms_node::message::checkpoint_keys(&nonce, &keys)),
             keys,
         }))
     }

@@ -71,9 +71,7 @@ impl pb::attestation_service_server::AttestationService for AttestationPlane {
     ) -> Result<Response<pb::TokenKeys>, Status> {
         self.callers.limit(&request)?;
         let nonce = request.into_inner().nonce;
-        if !(nonce.is_empty() || (16..=64).contains(&nonce.len())) {
-            return Err(ApiError::new(Reason::BadNonce, "nonce: empty, or 16 to 64 random bytes").to_status());
-        }
+        crate::grpc::optional_nonce(&nonce)?;
         let jwks_json = self.engine.jwks().await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::TokenKeys {
             node_public_key: self.node.public_key().to_vec(),

@@ -100,3 +100,13 @@ impl SignFor {
         }
     }
 }
+
+/// The nonce of an unauthenticated read whose answer the node signs (`GetTokenKeys`,
+/// `GetAuditCheckpointKeys`): empty, or 16 to 64 bytes (`bad_nonce`).
+pub(crate) fn optional_nonce(nonce: &[u8]) -> Result<(), tonic::Status> {
+    if nonce.is_empty() || (16..=64).contains(&nonce.len()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(Reason::BadNonce, "nonce: empty, or 16 to 64 random bytes").to_status())
+    }
+}

@@ -440,9 +440,10 @@ fn fault_name(f: &CheckpointFault) -> &'static str {
 pub(crate) async fn checkpoint_keys(g: &Global, p: &Printer) -> Result<(), Error> {
     let verifier = crate::node::required_verifier(g, "audit checkpoint-keys")?;
     let server = Server::connect(g).await?;
+    let nonce = kms_core::random_array::<32>().map_err(|e| Error::local(format!("random number generator: {e}")))?;
     let answer = match server
         .admin()
-        .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest {})
+        .get_audit_checkpoint_keys(pb::GetAuditCheckpointKeysRequest { nonce: nonce.to_vec() })
         .await
     {
         Ok(r) => r.into_inner(),
@@ -455,7 +456,7 @@ pub(crate) async fn checkpoint_keys(g: &Global, p: &Printer) -> Result<(), Error
         .await?
         .check(
             "the checkpoint keys",
-            &kms_node::message::checkpoint_keys(&answer.keys),
+            &kms_node::message::checkpoint_keys(&nonce, &answer.keys),
             &answer.node_signature,
         )
         .map_err(|e| refused(&e))?;
