@@ -101,7 +101,7 @@ pub(crate) fn derive(
 /// Constant-time comparison of a derived commitment with the header's.
 pub(crate) fn commitment_matches(derived: &[u8; COMMITMENT_LEN], stored: &[u8; COMMITMENT_LEN]) -> bool {
     // Every byte is compared (no early exit): the time does not depend on where they differ.
-    derived.iter().zip(stored).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    subtle::ConstantTimeEq::ct_eq(&derived[..], &stored[..]).into()
 }
 
 /// An AES-GCM content key (128 and 256 through ring; 192, for legacy suites, through aes-gcm).

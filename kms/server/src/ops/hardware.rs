@@ -191,13 +191,8 @@ impl AdminPlane {
                 audit.detail("tpm_ak_name", attempt.ak_name.as_str());
                 let answer = ring::digest::digest(&ring::digest::SHA256, &activated_secret);
                 // Constant time: the digest of a 32-byte random secret is compared.
-                let matches = answer.as_ref().len() == attempt.secret_sha256.len()
-                    && answer
-                        .as_ref()
-                        .iter()
-                        .zip(&attempt.secret_sha256)
-                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                        == 0;
+                let matches: bool =
+                    subtle::ConstantTimeEq::ct_eq(answer.as_ref(), attempt.secret_sha256.as_slice()).into();
                 if !matches {
                     self.store
                         .burn_tpm_enrollment(&attempt.id, kms_core::now_unix_ms())
