@@ -75,6 +75,7 @@ const GEN: &str = "GenerateDataKeyWithoutPlaintext";
 const GEN_PLAIN: &str = "GenerateDataKey (unattested)";
 const DEC: &str = "Decrypt";
 const ENC: &str = "Encrypt (32 B)";
+const ENC_SIGNED: &str = "Encrypt (32 B), signed answer";
 
 #[derive(Clone, Copy)]
 struct Phases {
@@ -1251,6 +1252,50 @@ async fn data_plane_phases(kmsd: u32, channels: &[Channel], blob: &[u8], args: &
                         Ok(r) if !r.ciphertext_blob.is_empty() => Step::Done,
                         Ok(_) => Step::Wrong("wrong answer".into(), "no ciphertext blob".into()),
                         Err(s) => Step::Failed(s),
+                    }
+                },
+            )
+            .await,
+        );
+        // The same with the answer signed by the node over the request and a nonce (what the
+        // envelope keyring asks for), checked here: the price of a signed answer.
+        results.push(
+            load(
+                kmsd,
+                channels,
+                args.concurrency,
+                args.seconds,
+                ENC_SIGNED,
+                |i, ch| async move {
+                    let request = pb::EncryptRequest {
+                        key: "bench".into(),
+                        plaintext: vec![5; 32],
+                        encryption_context: bench_context(),
+                    };
+                    let sent = prost::Message::encode_to_vec(&request);
+                    let nonce = (i as u128).to_be_bytes();
+                    let mut call = tonic::Request::new(request);
+                    call.metadata_mut().insert_bin(
+                        kms_proto::answer::NONCE_METADATA,
+                        tonic::metadata::MetadataValue::from_bytes(&nonce),
+                    );
+                    let r = match KeyServiceClient::new(ch).encrypt(call).await {
+                        Ok(r) => r,
+                        Err(s) => return Step::Failed(s),
+                    };
+                    let bin = |k: &str| r.metadata().get_bin(k).and_then(|v| v.to_bytes().ok());
+                    let (Some(key), Some(signature)) = (
+                        bin(kms_proto::answer::NODE_KEY_METADATA),
+                        bin(kms_proto::answer::SIGNATURE_METADATA),
+                    ) else {
+                        return Step::Wrong("unsigned answer".into(), "no node signature".into());
+                    };
+                    let answer = prost::Message::encode_to_vec(r.get_ref());
+                    let message = kms_node::message::data_answer("encrypt", &sent, &nonce, &answer);
+                    if kms_node::verify_signature(&key, &message, &signature) {
+                        Step::Done
+                    } else {
+                        Step::Wrong("bad signature".into(), "the node signature does not verify".into())
                     }
                 },
             )
