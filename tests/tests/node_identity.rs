@@ -267,6 +267,67 @@ async fn custodians_unseal_only_the_attested_node() {
     server.stop().await;
 }
 
+/// A kmsd attested by its own swtpm (the node policy `good` pins its AK and PCR 0), initialized
+/// by alice alone (shamir 1 of 1, quorum 1) and unsealed, with alice's key file.
+struct AttestedLab {
+    server: TestServer,
+    pki: Pki,
+    alice_key: std::path::PathBuf,
+    good: String,
+    _node: Node,
+    _keys: tempfile::TempDir,
+    _db: Db,
+}
+
+impl AttestedLab {
+    async fn start() -> Option<Self> {
+        let db = Db::new(Backend::Sqlite).await?;
+        let pki = Pki::new();
+        let node = Node {
+            tpm: Swtpm::start(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let alice = admin("alice", "DE");
+        let server = TestServer::start(
+            &db,
+            &pki,
+            Options {
+                init_admins: Some(fingerprints([&alice])),
+                node: node.evidence(),
+                ..Options::default()
+            },
+        )
+        .await;
+        let mut admin_c = server.admin(&pki).await;
+        init(
+            &mut admin_c,
+            &alice,
+            pb::InitOp {
+                seal: pb::SealKind::Shamir as i32,
+                threshold: 1,
+                admins: vec![new_admin(&alice, true)],
+                approval_quorum: 1,
+            },
+        )
+        .await
+        .unwrap();
+        let keys = tempfile::tempdir().unwrap();
+        let alice_key = keys.path().join("alice.key");
+        std::fs::write(&alice_key, alice.encode().expose_secret()).unwrap();
+        std::fs::set_permissions(&alice_key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let good = node.policy("good", &node.ak_name(), &hex::encode([0u8; 32]));
+        Some(Self {
+            server,
+            pki,
+            alice_key,
+            good,
+            _node: node,
+            _keys: keys,
+            _db: db,
+        })
+    }
+}
+
 /// An auditor pins the audit checkpoint keys (`kmsctl audit checkpoint-keys`) only as the
 /// attested node signed them over the auditor's nonce: the operator's proxy that swaps in a key
 /// of its own (with a matching kid), and so could sign checkpoints over a rewritten log, or
@@ -274,43 +335,16 @@ async fn custodians_unseal_only_the_attested_node() {
 /// nothing is asked for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auditors_pin_checkpoint_keys_only_from_the_attested_node() {
-    let Some(db) = Db::new(Backend::Sqlite).await else {
+    let Some(lab) = AttestedLab::start().await else {
         return;
     };
-    let pki = Pki::new();
-    let node = Node {
-        tpm: Swtpm::start(),
-        dir: tempfile::tempdir().unwrap(),
-    };
-    let alice = admin("alice", "DE");
-    let server = TestServer::start(
-        &db,
-        &pki,
-        Options {
-            init_admins: Some(fingerprints([&alice])),
-            node: node.evidence(),
-            ..Options::default()
-        },
-    )
-    .await;
-    let mut admin_c = server.admin(&pki).await;
-    init(
-        &mut admin_c,
-        &alice,
-        pb::InitOp {
-            seal: pb::SealKind::Shamir as i32,
-            threshold: 1,
-            admins: vec![new_admin(&alice, true)],
-            approval_quorum: 1,
-        },
-    )
-    .await
-    .unwrap();
-    let keys = tempfile::tempdir().unwrap();
-    let alice_key = keys.path().join("alice.key");
-    std::fs::write(&alice_key, alice.encode().expose_secret()).unwrap();
-    std::fs::set_permissions(&alice_key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let good = node.policy("good", &node.ak_name(), &hex::encode([0u8; 32]));
+    let AttestedLab {
+        pki,
+        server,
+        alice_key,
+        good,
+        ..
+    } = lab;
     let pin = [
         "--node-policy",
         good.as_str(),
@@ -393,43 +427,16 @@ async fn auditors_pin_checkpoint_keys_only_from_the_attested_node() {
 async fn admins_act_only_on_answers_the_attested_node_signed() {
     use std::sync::{Arc, Mutex};
 
-    let Some(db) = Db::new(Backend::Sqlite).await else {
+    let Some(lab) = AttestedLab::start().await else {
         return;
     };
-    let pki = Pki::new();
-    let node = Node {
-        tpm: Swtpm::start(),
-        dir: tempfile::tempdir().unwrap(),
-    };
-    let alice = admin("alice", "DE");
-    let server = TestServer::start(
-        &db,
-        &pki,
-        Options {
-            init_admins: Some(fingerprints([&alice])),
-            node: node.evidence(),
-            ..Options::default()
-        },
-    )
-    .await;
-    let mut admin_c = server.admin(&pki).await;
-    init(
-        &mut admin_c,
-        &alice,
-        pb::InitOp {
-            seal: pb::SealKind::Shamir as i32,
-            threshold: 1,
-            admins: vec![new_admin(&alice, true)],
-            approval_quorum: 1,
-        },
-    )
-    .await
-    .unwrap();
-    let keys = tempfile::tempdir().unwrap();
-    let alice_key = keys.path().join("alice.key");
-    std::fs::write(&alice_key, alice.encode().expose_secret()).unwrap();
-    std::fs::set_permissions(&alice_key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let good = node.policy("good", &node.ak_name(), &hex::encode([0u8; 32]));
+    let AttestedLab {
+        pki,
+        server,
+        alice_key,
+        good,
+        ..
+    } = lab;
     let pinned = |args: &[&'static str]| -> Vec<&str> {
         let mut all = vec!["--node-policy", good.as_str(), "--output", "json"];
         all.extend_from_slice(args);
