@@ -188,6 +188,10 @@ reasons! {
     InvalidContext = "invalid_context", InvalidArgument;
     /// `Encrypt` with more than 4096 bytes.
     PlaintextTooLong = "plaintext_too_long", InvalidArgument;
+    /// `Encrypt.sealed_plaintext` is malformed, given with `plaintext`, or does not open (sealed for another key as named or encryption context, or altered).
+    BadSealedPlaintext = "bad_sealed_plaintext", InvalidArgument;
+    /// `Encrypt.sealed_plaintext` is sealed to another node's HPKE key (another replica, or this one before a restart): seal to the key the answering node's `GetNodeIdentity` names.
+    SealedForOtherNode = "sealed_for_other_node", FailedPrecondition;
     /// Not a v1 blob: length, magic, format version or version 0.
     MalformedBlob = "malformed_blob", InvalidArgument;
     /// Authentication failed: wrong encryption context, or the blob was altered.

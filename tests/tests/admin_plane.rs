@@ -407,6 +407,7 @@ async fn sealing(backend: Backend) {
             key: "s".into(),
             plaintext: b"survives restarts".to_vec(),
             encryption_context: ctx.clone(),
+            sealed_plaintext: None,
         })
         .await
         .unwrap()
@@ -694,6 +695,7 @@ async fn concurrent_rotation(backend: Backend) {
             key: "rot".into(),
             plaintext: b"v".to_vec(),
             encryption_context: Default::default(),
+            sealed_plaintext: None,
         })
         .await
         .unwrap()

@@ -335,6 +335,7 @@ async fn refusals(backend: Backend) {
             key: "strict".into(),
             plaintext: b"secret".to_vec(),
             encryption_context: ctx(&[]),
+            sealed_plaintext: None,
         })
         .await
         .unwrap()
@@ -357,6 +358,7 @@ async fn refusals(backend: Backend) {
             key: "payroll".into(),
             plaintext: b"secret".to_vec(),
             encryption_context: ctx(&[]),
+            sealed_plaintext: None,
         })
         .await
         .unwrap()

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
+use kms_testkit::attest::audit_entries;
 use kms_testkit::*;
 use tonic::Code;
 
@@ -77,6 +78,7 @@ async fn round_trips(backend: Backend) {
             key: "orders".into(),
             plaintext: b"hello".to_vec(),
             encryption_context: ctx(&[("a", "b")]),
+            sealed_plaintext: None,
         })
         .await
         .unwrap()
@@ -109,6 +111,7 @@ async fn round_trips(backend: Backend) {
             key: "orders".into(),
             plaintext: b"v2".to_vec(),
             encryption_context: ctx(&[]),
+            sealed_plaintext: None,
         })
         .await
         .unwrap()
@@ -199,6 +202,7 @@ async fn bad_input(backend: Backend) {
             key: "k".into(),
             plaintext: vec![7; 100],
             encryption_context: ctx(&[]),
+            sealed_plaintext: None,
         })
         .await
         .unwrap()
@@ -255,6 +259,7 @@ async fn bad_input(backend: Backend) {
             key: "k".into(),
             plaintext: vec![0; 4097],
             encryption_context: ctx(&[]),
+            sealed_plaintext: None,
         })
         .await,
         Code::InvalidArgument,
@@ -264,6 +269,7 @@ async fn bad_input(backend: Backend) {
         key: "k".into(),
         plaintext: vec![0; 4096],
         encryption_context: ctx(&[]),
+        sealed_plaintext: None,
     })
     .await
     .unwrap();
@@ -274,6 +280,7 @@ async fn bad_input(backend: Backend) {
             key: "k".into(),
             plaintext: vec![2; 32],
             encryption_context: ctx(&[("a", "1"), ("b", "2")]),
+            sealed_plaintext: None,
         });
         r.metadata_mut().insert_bin(
             kms_proto::answer::NONCE_METADATA,
@@ -308,6 +315,7 @@ async fn bad_input(backend: Backend) {
             key: "k".into(),
             plaintext: vec![2; 32],
             encryption_context: ctx(&[]),
+            sealed_plaintext: None,
         })
         .await
         .unwrap();
@@ -315,6 +323,136 @@ async fn bad_input(backend: Backend) {
         .metadata()
         .get_bin(kms_proto::answer::SIGNATURE_METADATA)
         .is_none());
+    // A plaintext sealed to the node (GetNodeIdentity names its HPKE key) for this request:
+    // wrapped, and the blob decrypts to it. Refused, and audited against the key: sealed for
+    // another key or context, altered, sealed to another node, sent with a plaintext too, or
+    // with a malformed recipient.
+    let identity = kms_proto::v1::attestation_service_client::AttestationServiceClient::new(
+        c.server.channel(c.pki.client(APP)).await.unwrap(),
+    )
+    .get_node_identity(pb::GetNodeIdentityRequest { nonce: vec![5; 16] })
+    .await
+    .unwrap()
+    .into_inner();
+    let node_hpke = identity.node_hpke_public_key.clone();
+    let seal_for = |recipient: &[u8], key: &str, context: &[(&str, &str)], plaintext: &[u8]| {
+        let context = kms_core::context::EncryptionContext::new(ctx(context)).unwrap();
+        let sealed = kms_core::hpke_seal::seal_encrypt_input(recipient, key, &context, plaintext).unwrap();
+        pb::SealedPlaintext {
+            node_hpke_public_key: recipient.to_vec(),
+            encapsulated_key: sealed.encapsulated_key,
+            ciphertext: sealed.ciphertext,
+        }
+    };
+    let sealed_request = |sealed: pb::SealedPlaintext, plaintext: Vec<u8>| pb::EncryptRequest {
+        key: "k".into(),
+        plaintext,
+        encryption_context: ctx(&[("a", "1")]),
+        sealed_plaintext: Some(sealed),
+    };
+    let wrapped = data
+        .encrypt(sealed_request(
+            seal_for(&node_hpke, "k", &[("a", "1")], b"sealed data key"),
+            vec![],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let opened = data
+        .decrypt(pb::DecryptRequest {
+            ciphertext_blob: wrapped.ciphertext_blob,
+            encryption_context: ctx(&[("a", "1")]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(opened.plaintext, b"sealed data key");
+    let refusals_before = audit_entries(&c.db).await.iter().filter(|e| e.1 != "allowed").count();
+    for (what, request, code, reason) in [
+        (
+            "sealed for another key",
+            sealed_request(seal_for(&node_hpke, "other", &[("a", "1")], b"x"), vec![]),
+            Code::InvalidArgument,
+            "bad_sealed_plaintext",
+        ),
+        (
+            "sealed for another context",
+            sealed_request(seal_for(&node_hpke, "k", &[("a", "2")], b"x"), vec![]),
+            Code::InvalidArgument,
+            "bad_sealed_plaintext",
+        ),
+        (
+            "altered",
+            {
+                let mut s = seal_for(&node_hpke, "k", &[("a", "1")], b"x");
+                s.ciphertext[0] ^= 1;
+                sealed_request(s, vec![])
+            },
+            Code::InvalidArgument,
+            "bad_sealed_plaintext",
+        ),
+        (
+            "sealed to another node",
+            sealed_request(
+                seal_for(
+                    &kms_core::hpke_seal::NodeInputKey::generate().public_key(),
+                    "k",
+                    &[("a", "1")],
+                    b"x",
+                ),
+                vec![],
+            ),
+            Code::FailedPrecondition,
+            "sealed_for_other_node",
+        ),
+        (
+            "with a plaintext too",
+            sealed_request(seal_for(&node_hpke, "k", &[("a", "1")], b"x"), vec![1]),
+            Code::InvalidArgument,
+            "bad_sealed_plaintext",
+        ),
+        (
+            "a short recipient",
+            {
+                let mut s = seal_for(&node_hpke, "k", &[("a", "1")], b"x");
+                s.node_hpke_public_key.pop();
+                sealed_request(s, vec![])
+            },
+            Code::InvalidArgument,
+            "bad_sealed_plaintext",
+        ),
+        (
+            "a short encapsulated key",
+            {
+                let mut s = seal_for(&node_hpke, "k", &[("a", "1")], b"x");
+                s.encapsulated_key.pop();
+                sealed_request(s, vec![])
+            },
+            Code::InvalidArgument,
+            "bad_sealed_plaintext",
+        ),
+        (
+            "over 4096 bytes once opened",
+            sealed_request(seal_for(&node_hpke, "k", &[("a", "1")], &[0; 4097]), vec![]),
+            Code::InvalidArgument,
+            "plaintext_too_long",
+        ),
+    ] {
+        let r = data.encrypt(request).await;
+        assert!(r.is_err(), "{what}: accepted");
+        assert_refused(r, code, reason);
+    }
+    let entries = audit_entries(&c.db).await;
+    let refused: Vec<_> = entries
+        .iter()
+        .filter(|e| e.1 != "allowed")
+        .skip(refusals_before)
+        .collect();
+    assert_eq!(refused.len(), 8, "{refused:?}");
+    assert!(refused.iter().all(|e| e.0 == "encrypt"), "{refused:?}");
+    assert_eq!(refused[0].2, "bad_sealed_plaintext");
+    assert_eq!(refused[3].2, "sealed_for_other_node");
     // Context too large.
     let big: BTreeMap<String, String> = (0..65).map(|i| (format!("k{i}"), String::new())).collect();
     assert_refused(
@@ -322,6 +460,7 @@ async fn bad_input(backend: Backend) {
             key: "k".into(),
             plaintext: vec![1],
             encryption_context: big,
+            sealed_plaintext: None,
         })
         .await,
         Code::InvalidArgument,
@@ -333,6 +472,7 @@ async fn bad_input(backend: Backend) {
             key: "nope".into(),
             plaintext: vec![1],
             encryption_context: ctx(&[]),
+            sealed_plaintext: None,
         })
         .await,
         Code::NotFound,
@@ -343,6 +483,7 @@ async fn bad_input(backend: Backend) {
             key: format!("k-{}", "0".repeat(32)),
             plaintext: vec![1],
             encryption_context: ctx(&[]),
+            sealed_plaintext: None,
         })
         .await,
         Code::NotFound,
@@ -520,6 +661,7 @@ async fn grants_and_release(backend: Backend) {
             key: "ledger".into(),
             plaintext: b"ledger entry".to_vec(),
             encryption_context: ctx(&[]),
+            sealed_plaintext: None,
         })
         .await
         .unwrap()
@@ -606,6 +748,7 @@ async fn lifecycle(backend: Backend) {
             key: "life".into(),
             plaintext: b"x".to_vec(),
             encryption_context: ctx(&[]),
+            sealed_plaintext: None,
         })
         .await
         .unwrap()

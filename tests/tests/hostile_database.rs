@@ -189,6 +189,7 @@ impl Lab {
                 key: key.into(),
                 plaintext: b"payroll 2026".to_vec(),
                 encryption_context: Default::default(),
+                sealed_plaintext: None,
             })
             .await
             .map(|r| r.into_inner().ciphertext_blob)

@@ -198,6 +198,7 @@ async fn custodians_unseal_only_the_attested_node() {
                     node_public_key: impostor.public_key(),
                     unseal_public_key: impostor_unseal.clone(),
                     tls_spki_sha256: id.tls_spki_sha256.as_slice().try_into().unwrap(),
+                    hpke_public_key: id.node_hpke_public_key.as_slice().try_into().unwrap(),
                 };
                 let nonce = used_nonce.lock().unwrap().clone();
                 id.signature = impostor
@@ -590,8 +591,10 @@ async fn admins_act_only_on_answers_the_attested_node_signed() {
         .expect(1);
     assert_eq!(out.json()["error"]["kind"], "node_unknown", "{}", out.stdout);
 
-    // Data-plane answers too: a proxy that changes the context of an Encrypt it forwards gets a
-    // blob kmsd signed for another request (`node_signature`); the honest path gets the blob.
+    // Data-plane calls too. kmsctl seals the Encrypt plaintext to the attested node's HPKE key:
+    // the proxy sees only HPKE ciphertext, a context it changes makes kmsd refuse the sealed
+    // plaintext (`bad_sealed_plaintext`, nothing wrapped), and a blob it swaps into the answer is
+    // not the one kmsd signed for this request (`node_signature`); the honest path gets the blob.
     let files = [
         "key",
         "create",
@@ -624,8 +627,33 @@ async fn admins_act_only_on_answers_the_attested_node_signed() {
     };
     let proxy = GrpcProxy::start(&pki, &server, "spiffe://test/admin-cli", recontext).await;
     let out = kmsctl(&pki, &proxy, &alice_key, &pinned(&encrypt)).await.expect(1);
+    assert_eq!(out.json()["error"]["reason"], "bad_sealed_plaintext", "{}", out.stdout);
+    let sent: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let recorded = sent.clone();
+    let reblob = Tamper {
+        request: Arc::new(move |path, bytes| {
+            if path == "/kms.v1.KeyService/Encrypt" {
+                recorded.lock().unwrap().push(bytes.clone());
+            }
+            Ok(bytes)
+        }),
+        ..Tamper::response("/kms.v1.KeyService/Encrypt", |r: &mut pb::EncryptResponse| {
+            r.ciphertext_blob[40] ^= 1;
+        })
+    };
+    let proxy = GrpcProxy::start(&pki, &server, "spiffe://test/admin-cli", reblob).await;
+    let out = kmsctl(&pki, &proxy, &alice_key, &pinned(&encrypt)).await.expect(1);
     assert_eq!(out.json()["error"]["kind"], "node_signature", "{}", out.stdout);
     assert_eq!(out.json()["error"]["method"], "encrypt", "{}", out.stdout);
+    let sent = sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    let request = pb::EncryptRequest::decode(sent[0].as_slice()).unwrap();
+    assert!(request.plaintext.is_empty());
+    assert!(request.sealed_plaintext.is_some());
+    assert!(
+        !sent[0].windows(b"salaries".len()).any(|w| w == b"salaries"),
+        "the proxy saw the plaintext"
+    );
     let out = kmsctl(&pki, &honest, &alice_key, &pinned(&encrypt)).await.expect(0);
     assert!(out.json()["ciphertext_blob"].is_string(), "{}", out.stdout);
 

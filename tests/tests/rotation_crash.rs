@@ -133,6 +133,7 @@ async fn killed_mid_rotation(backend: Backend) {
                 key: name,
                 plaintext: plaintext.clone(),
                 encryption_context: Default::default(),
+                sealed_plaintext: None,
             })
             .await
             .unwrap()

@@ -88,6 +88,7 @@ async fn assert_rejected(server: &TestServer, tls: ClientTlsConfig, what: &str) 
                 key: "k".into(),
                 plaintext: vec![1],
                 encryption_context: Default::default(),
+                sealed_plaintext: None,
             })
             .await;
         assert!(r.is_err(), "a call {what} succeeded");
@@ -129,6 +130,7 @@ async fn principals_come_from_uri_then_dns_then_cn() {
         key: key.into(),
         plaintext: vec![1],
         encryption_context: Default::default(),
+        sealed_plaintext: None,
     };
     let mut by_dns = kms_proto::v1::key_service_client::KeyServiceClient::new(c.server.channel(dns).await.unwrap());
     let mut by_cn = kms_proto::v1::key_service_client::KeyServiceClient::new(c.server.channel(cn).await.unwrap());
@@ -168,6 +170,7 @@ async fn encrypt_as(server: &TestServer, identity: tonic::transport::Identity, k
             key: key.into(),
             plaintext: vec![1],
             encryption_context: Default::default(),
+            sealed_plaintext: None,
         })
         .await
         .map(|_| ())

@@ -3,10 +3,11 @@
 //! is built by kms-client), the node trust, and the calls the agent makes. It must never log
 //! requests or answers: they carry tokens and sealed keys.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kms_client::{ChannelConfig, TlsFiles};
+use kms_client::{ChannelConfig, Reason, TlsFiles};
 use kms_node::{NodeError, NodeVerifier, VerifiedNode};
 use kms_proto::v1 as pb;
 use kms_proto::v1::attestation_service_client::AttestationServiceClient;
@@ -224,6 +225,43 @@ impl Client {
         let node = self.node(answer.node_key()?).await?;
         let bytes = answer.check(&node, |a| kms_node::message::data_answer(method, &sent, &nonce, a))?;
         A::decode(bytes).map_err(|e| Error::bad_response(format!("{method}: {e}")))
+    }
+
+    /// Encrypt with `plaintext` sealed to the answering node (verified now: its evidence binds
+    /// the HPKE key) and the answer signed by it over this request: a TLS-terminating relay sees
+    /// only HPKE ciphertext, and can swap in no other blob. Behind a load balancer another replica
+    /// may take the call and refuse it (`sealed_for_other_node`): the identity is asked for again
+    /// and the plaintext sealed to the node that answers.
+    pub(crate) async fn encrypt_sealed(
+        &self,
+        key: &str,
+        context: &BTreeMap<String, String>,
+        plaintext: &[u8],
+    ) -> Result<pb::EncryptResponse, Error> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let node = self.verify_node().await?;
+            let sealed = kms_client::sealed::encrypt_input(&node, key, context, plaintext)
+                .map_err(|e| Error::Input(format!("sealing the plaintext to {}: {e}", node.id)))?;
+            let request = pb::EncryptRequest {
+                key: key.to_owned(),
+                plaintext: Vec::new(),
+                encryption_context: context.clone().into_iter().collect(),
+                sealed_plaintext: Some(sealed),
+            };
+            match self
+                .signed_key_call("encrypt", "/kms.v1.KeyService/Encrypt", &request)
+                .await
+            {
+                Err(Error::Refused(r))
+                    if r.reason() == Some(Reason::SealedForOtherNode) && attempt < IDENTITY_ATTEMPTS =>
+                {
+                    continue
+                }
+                answer => return answer,
+            }
+        }
     }
 
     pub(crate) fn failed(&self, status: tonic::Status) -> Error {

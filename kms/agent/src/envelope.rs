@@ -198,23 +198,13 @@ impl KmsdKeyring {
         key: &DataKey,
         context: &std::collections::BTreeMap<String, String>,
     ) -> Result<EncryptedDataKey, Error> {
-        // The data key travels to this kmsd (over TLS): make sure it is the node we trust.
-        if !matches!(self.release, Release::InsecurePlaintext) {
-            self.client.verify_node().await?;
-        }
-        // Signed by that node over this request: a proxy cannot answer with another genuine blob
-        // (which this message's readers could not open through this keyring).
-        let r: pb::EncryptResponse = self
+        // The data key travels to this kmsd sealed to the node verified now (a TLS-terminating
+        // relay sees only HPKE ciphertext), and the answer is signed by that node over this
+        // request: a proxy cannot answer with another genuine blob (which this message's readers
+        // could not open through this keyring).
+        let r = self
             .client
-            .signed_key_call(
-                "encrypt",
-                "/kms.v1.KeyService/Encrypt",
-                &pb::EncryptRequest {
-                    key: self.key.clone(),
-                    plaintext: key.expose_secret().to_vec(),
-                    encryption_context: context.clone().into_iter().collect(),
-                },
-            )
+            .encrypt_sealed(&self.key, context, key.expose_secret())
             .await?;
         check_blob(&r.ciphertext_blob, &r.key_id, r.key_version)?;
         Ok(edk(r.ciphertext_blob, &r.key_id, r.key_version))

@@ -440,6 +440,7 @@ mod tests {
                 node_public_key: k.public_key(),
                 unseal_public_key: vec![4; 65],
                 tls_spki_sha256: [0; 32],
+                hpke_public_key: [0; 32],
             },
             claims: None,
         }

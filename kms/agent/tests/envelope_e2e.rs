@@ -201,13 +201,16 @@ fn node_reason(e: &EnvelopeError) -> Option<&'static str> {
     }
 }
 
-/// The second deployment's wrapped key (Encrypt) comes signed by its node over the request and
-/// a fresh nonce: the operator's proxy in front of it that answers with another genuine blob
-/// (an earlier message's: the same key, another data key) or strips the signature makes
-/// encrypt fail, instead of writing a message that would not open through that deployment.
+/// The data key goes to the second deployment (Encrypt) sealed to its node's HPKE key, and the
+/// wrapped key comes back signed by that node over the request and a fresh nonce: the operator's
+/// proxy in front of it sees only HPKE ciphertext, cannot move the sealed key into a request for
+/// a key it may decrypt, and when it answers with another genuine blob (an earlier message's:
+/// the same key, another data key) or strips the signature, encrypt fails instead of writing a
+/// message that would not open through that deployment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_cannot_swap_the_wrapped_key_of_another_deployment() {
     use kms_testkit::proxy::{GrpcProxy, Tamper};
+    use prost::Message as _;
     use std::sync::Mutex;
     use tonic::metadata::MetadataMap;
 
@@ -251,8 +254,25 @@ async fn a_proxy_cannot_swap_the_wrapped_key_of_another_deployment() {
         }),
         ..Tamper::none()
     };
+    let kept_request: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+    let request_to = kept_request.clone();
+    let recording = Tamper {
+        request: Arc::new(move |path, bytes| {
+            if path == ENCRYPT {
+                request_to.lock().unwrap().get_or_insert_with(|| bytes.clone());
+            }
+            Ok(bytes)
+        }),
+        ..recording
+    };
     let honest = GrpcProxy::start(&central.pki, &central.server, APP, recording).await;
     let first = both(via(&honest).await).encrypt(b"first", &context()).await.unwrap();
+    // The data key went to the second deployment sealed to its node's HPKE key: the proxy saw
+    // only HPKE ciphertext.
+    let sent = pb::EncryptRequest::decode(kept_request.lock().unwrap().clone().unwrap().as_slice()).unwrap();
+    assert!(sent.plaintext.is_empty(), "the data key crossed the proxy in clear");
+    let sealed = sent.sealed_plaintext.unwrap();
+    assert_eq!((sealed.encapsulated_key.len(), sealed.ciphertext.len()), (32, 32 + 16));
     let central_alone = Envelope::new(KmsdKeyring::insecure_plaintext_release(
         workload(&central).await,
         "files",
@@ -279,6 +299,34 @@ async fn a_proxy_cannot_swap_the_wrapped_key_of_another_deployment() {
         .await
         .unwrap_err();
     assert_eq!(node_reason(&e), Some("node_signature"), "{e}");
+
+    // The sealed data key moved into an Encrypt under a key the proxy's principal may decrypt
+    // in clear: it opens only for the request it was sealed for.
+    central.create_key("loot", &[APP], UNATTESTED).await;
+    let moving = Tamper {
+        request: Arc::new(|path, bytes| {
+            if path != ENCRYPT {
+                return Ok(bytes);
+            }
+            let mut r = pb::EncryptRequest::decode(bytes.as_slice()).unwrap();
+            r.key = "loot".into();
+            Ok(r.encode_to_vec())
+        }),
+        ..Tamper::none()
+    };
+    let proxy = GrpcProxy::start(&central.pki, &central.server, APP, moving).await;
+    let e = both(via(&proxy).await)
+        .encrypt(b"second", &context())
+        .await
+        .unwrap_err();
+    let refused = match &e {
+        EnvelopeError::Keyring { source, .. } => source
+            .downcast_ref::<kms_agent::Error>()
+            .and_then(|a| a.refusal())
+            .and_then(|r| r.reason()),
+        _ => None,
+    };
+    assert_eq!(refused, Some(kms_agent::Reason::BadSealedPlaintext), "{e}");
 
     // No signature at all.
     let stripping = Tamper {

@@ -118,6 +118,7 @@ async fn encrypt_some(c: &Ceremony, n: u8) {
             key: "audited".into(),
             plaintext: vec![i],
             encryption_context: Default::default(),
+            sealed_plaintext: None,
         })
         .await
         .unwrap();

@@ -31,6 +31,7 @@ async fn tamper_cases(backend: Backend) {
             key: "audited".into(),
             plaintext: vec![i],
             encryption_context: Default::default(),
+            sealed_plaintext: None,
         })
         .await
         .unwrap();

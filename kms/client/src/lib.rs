@@ -7,6 +7,7 @@
 //!   one without a reason made by the client's own transport is [`Error::Unreachable`].
 //! - [`NodeTrust`]: which kmsd nodes are trusted to answer (a node policy, or knowingly none).
 //! - [`signed`]: calls whose answer the answering node signs, checked over the bytes received.
+//! - [`sealed`]: plaintext sealed to a verified node's HPKE key for `Encrypt`.
 //! - `cli` (feature `cli`): the command-line helpers both binaries use: clap connection
 //!   and node-trust arguments, error reporting with the documented exit codes, stdout and JSON
 //!   output, output files created with their final mode, certificate files, and value parsers.
@@ -17,6 +18,7 @@
 
 pub mod channel;
 mod error;
+pub mod sealed;
 pub mod signed;
 mod trust;
 

@@ -81,7 +81,55 @@ impl PrivateKey<X25519> {
     pub fn open_release(&self, sealed: &Sealed, info: &[u8], blob: &[u8]) -> Result<SecretBytes, Error> {
         self.open(sealed, info, blob)
     }
+
+    /// Opens what [`seal_encrypt_input`] sealed to this key for a request naming `key` with
+    /// `context`.
+    pub fn open_encrypt_input(
+        &self,
+        sealed: &Sealed,
+        key: &str,
+        context: &EncryptionContext,
+    ) -> Result<SecretBytes, Error> {
+        self.open(sealed, &encrypt_input_info(&self.public_key(), key, context), b"")
+    }
 }
+
+/// HPKE `info` of an `Encrypt` plaintext sealed to a node (proto `SealedPlaintext`):
+/// `"kms-encrypt-input-v1\0" ‖ node HPKE public key (32 bytes) ‖ request (32 bytes,
+/// [`release_request`] of the request's `key` exactly as sent and its encryption context)`. The
+/// `aad` is empty.
+///
+/// The node key names the process it is sealed to (each replica makes its own at start), and the
+/// request binds where the plaintext may be wrapped: moved into another request (a key whose
+/// blobs the mover may decrypt, another context), it does not open.
+pub fn encrypt_input_info(node_hpke_public_key: &[u8], key: &str, context: &EncryptionContext) -> Vec<u8> {
+    [
+        b"kms-encrypt-input-v1\0".as_slice(),
+        node_hpke_public_key,
+        &release_request(key, context),
+    ]
+    .concat()
+}
+
+/// Seals an `Encrypt` plaintext to a node's HPKE `node_hpke_public_key` for a request naming
+/// `key` with `context` ([`encrypt_input_info`]).
+pub fn seal_encrypt_input(
+    node_hpke_public_key: &[u8],
+    key: &str,
+    context: &EncryptionContext,
+    plaintext: &[u8],
+) -> Result<Sealed, Error> {
+    seal::<X25519>(
+        node_hpke_public_key,
+        &encrypt_input_info(node_hpke_public_key, key, context),
+        b"",
+        plaintext,
+    )
+}
+
+/// A node's HPKE key: what `Encrypt` plaintexts are sealed to (made when the process starts,
+/// kept in memory only).
+pub type NodeInputKey = PrivateKey<X25519>;
 
 /// An HPKE ciphertext: the encapsulated key and the AEAD ciphertext.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -214,6 +262,33 @@ mod tests {
         "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
         "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
     ];
+
+    #[test]
+    fn an_encrypt_input_opens_only_for_its_node_key_and_request() {
+        let node = NodeInputKey::generate();
+        let c = EncryptionContext::new([("tenant".to_owned(), "a".to_owned())].into()).unwrap();
+        let sealed = seal_encrypt_input(&node.public_key(), "payments", &c, b"data key").unwrap();
+        assert_eq!(
+            node.open_encrypt_input(&sealed, "payments", &c)
+                .unwrap()
+                .expose_secret(),
+            b"data key"
+        );
+        // Another key as named, another context, another node: it does not open.
+        assert!(node.open_encrypt_input(&sealed, "k-payments", &c).is_err());
+        assert!(node
+            .open_encrypt_input(&sealed, "payments", &EncryptionContext::default())
+            .is_err());
+        assert!(NodeInputKey::generate()
+            .open_encrypt_input(&sealed, "payments", &c)
+            .is_err());
+        let mut altered = sealed.clone();
+        altered.ciphertext[0] ^= 1;
+        assert!(node.open_encrypt_input(&altered, "payments", &c).is_err());
+        let info = encrypt_input_info(&node.public_key(), "payments", &c);
+        assert_eq!(&info[..21], b"kms-encrypt-input-v1\0");
+        assert_eq!(info.len(), 21 + 32 + 32);
+    }
 
     #[test]
     fn check_sealable_agrees_with_a_trial_seal() {

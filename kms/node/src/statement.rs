@@ -4,11 +4,11 @@ use ring::digest;
 
 use crate::key::NODE_KEY_LEN;
 
-const LABEL: &[u8] = b"kms-node-v1\0";
+const LABEL: &[u8] = b"kms-node-v2\0";
 
 /// The keys a `kmsd` process answers with: its node key, the unseal key custodians' tokens
-/// re-wrap shares to, and (the SHA-256 of the SubjectPublicKeyInfo of) its TLS server key, all
-/// made or read when the process starts. The hardware evidence binds [`NodeStatement::encode`]:
+/// re-wrap shares to, (the SHA-256 of the SubjectPublicKeyInfo of) its TLS server key, and the
+/// HPKE key callers seal `Encrypt` plaintexts to, all made or read when the process starts. The hardware evidence binds [`NodeStatement::encode`]:
 /// SHA-512 of it as SEV-SNP REPORT_DATA, SHA-256 as TPM qualifying data.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct NodeStatement {
@@ -19,13 +19,17 @@ pub struct NodeStatement {
     /// SHA-256 of the TLS server certificate's SubjectPublicKeyInfo; all zero when the process
     /// serves plaintext (dev mode).
     pub tls_spki_sha256: [u8; 32],
+    /// The node's HPKE public key (X25519, 32 bytes): `Encrypt` plaintexts are sealed to it
+    /// (`kms_core::hpke_seal::seal_encrypt_input`), so a TLS-terminating relay sees only HPKE
+    /// ciphertext.
+    pub hpke_public_key: [u8; 32],
 }
 
 impl NodeStatement {
-    /// `"kms-node-v1\0" ‖ node public key (32) ‖ u16 BE length ‖ unseal public key ‖ TLS SPKI
-    /// SHA-256 (32)`.
+    /// `"kms-node-v2\0" ‖ node public key (32) ‖ u16 BE length ‖ unseal public key ‖ TLS SPKI
+    /// SHA-256 (32) ‖ HPKE public key (32)`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(LABEL.len() + 32 + 2 + self.unseal_public_key.len() + 32);
+        let mut out = Vec::with_capacity(LABEL.len() + 32 + 2 + self.unseal_public_key.len() + 32 + 32);
         out.extend_from_slice(LABEL);
         out.extend_from_slice(&self.node_public_key);
         out.extend_from_slice(
@@ -35,6 +39,7 @@ impl NodeStatement {
         );
         out.extend_from_slice(&self.unseal_public_key);
         out.extend_from_slice(&self.tls_spki_sha256);
+        out.extend_from_slice(&self.hpke_public_key);
         out
     }
 
@@ -77,6 +82,7 @@ mod tests {
             node_public_key: [1; 32],
             unseal_public_key: vec![4; 65],
             tls_spki_sha256: [2; 32],
+            hpke_public_key: [3; 32],
         };
         let mut other = s.clone();
         other.node_public_key[0] ^= 1;
@@ -87,7 +93,11 @@ mod tests {
         let mut other = s.clone();
         other.tls_spki_sha256[31] ^= 1;
         assert_ne!(s.snp_report_data(), other.snp_report_data());
+        let mut other = s.clone();
+        other.hpke_public_key[0] ^= 1;
+        assert_ne!(s.digest(), other.digest());
         assert_eq!(s.tpm_qualifying_data(), s.digest());
-        assert_eq!(&s.encode()[..12], b"kms-node-v1\0");
+        assert_eq!(&s.encode()[..12], b"kms-node-v2\0");
+        assert_eq!(s.encode().len(), 12 + 32 + 2 + 65 + 32 + 32);
     }
 }

@@ -88,6 +88,7 @@ pub fn identity(
         node_public_key: statement.node_public_key.to_vec(),
         unseal_public_key: statement.unseal_public_key.clone(),
         tls_spki_sha256: statement.tls_spki_sha256.to_vec(),
+        node_hpke_public_key: statement.hpke_public_key.to_vec(),
         evidence,
         status,
         signature,
@@ -250,10 +251,17 @@ impl NodeVerifier {
                 identity.tls_spki_sha256.len()
             ))
         })?;
+        let hpke_public_key: [u8; 32] = identity.node_hpke_public_key.as_slice().try_into().map_err(|_| {
+            NodeError::Malformed(format!(
+                "node_hpke_public_key is {} bytes, not 32",
+                identity.node_hpke_public_key.len()
+            ))
+        })?;
         let statement = NodeStatement {
             node_public_key,
             unseal_public_key: identity.unseal_public_key.clone(),
             tls_spki_sha256,
+            hpke_public_key,
         };
         let node = VerifiedNode {
             public_key: node_public_key,

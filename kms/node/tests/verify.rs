@@ -24,6 +24,7 @@ impl Node {
             node_public_key: key.public_key(),
             unseal_public_key: vec![4; 65],
             tls_spki_sha256: [7; 32],
+            hpke_public_key: [8; 32],
         };
         Self { key, statement }
     }
@@ -156,6 +157,14 @@ fn snp_nodes_against_a_measurement_policy() {
         reason(verifier.verify(&node.identity(NONCE, Some(good.clone()), &[4; 64]), NONCE, VALID_AT)),
         "node_statement_mismatch"
     );
+    // A relay that shows the genuine identity with its own HPKE key, to read what callers seal
+    // to the node: the evidence (and the signed status) bind the genuine key.
+    let mut relayed = node.identity(NONCE, Some(good.clone()), &unseal);
+    relayed.node_hpke_public_key = vec![9; 32];
+    assert_eq!(reason(verifier.verify(&relayed, NONCE, VALID_AT)), "node_signature");
+    relayed.node_hpke_public_key = vec![8; 31];
+    assert_eq!(reason(verifier.verify(&relayed, NONCE, VALID_AT)), "node_malformed");
+    assert_eq!(verified.statement.hpke_public_key, [8; 32]);
     // A host with SMT, against the strict default trust.
     let mut smt = snp_report(&chain, &node.statement);
     smt.policy |= TestReport::POLICY_SMT;

@@ -31,6 +31,20 @@ pub struct Wrapped {
     pub version: KeyVersion,
 }
 
+/// What `Encrypt` wraps: the plaintext as sent, or sealed to this node's HPKE key (so a
+/// TLS-terminating relay saw only HPKE ciphertext).
+pub enum EncryptInput<'a> {
+    /// In the request, in clear.
+    Clear(&'a [u8]),
+    /// Sealed to `recipient` (the node HPKE public key the caller names).
+    Sealed {
+        /// The node HPKE public key the caller sealed to.
+        recipient: &'a [u8],
+        /// The HPKE ciphertext.
+        sealed: kms_core::hpke_seal::Sealed,
+    },
+}
+
 /// Plaintext leaving the data plane in one call.
 pub enum Plaintext {
     /// In the clear: the key releases to unattested callers.

@@ -1,18 +1,21 @@
 //! This process's node identity (`kms_node`): the node key made at start, the statement that
-//! names it with the unseal key and the TLS server key, and the hardware evidence that binds the
-//! statement where the host has any (SEV-SNP through `/dev/sev-guest`, or the host's TPM with an
+//! names it with the unseal key, the TLS server key and the HPKE key `Encrypt` plaintexts are
+//! sealed to, and the hardware evidence that binds the statement where the host has any (SEV-SNP through `/dev/sev-guest`, or the host's TPM with an
 //! AK kept in a file). Every Attest answer and every sealed release is signed with the node key;
 //! `GetNodeIdentity` answers with the statement, the evidence and the seal status signed over the
 //! caller's nonce (docs/attested-release.md, "Node identity").
 //!
-//! Must never let the node key leave the process, nor sign anything but `kms_node::message`'s
-//! encodings.
+//! Must never let the node key or the HPKE key leave the process, nor sign anything but
+//! `kms_node::message`'s encodings.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use attestation::snp::SnpEvidence;
 use attestation::tpm::TpmEvidence;
+use kms_core::context::EncryptionContext;
+use kms_core::hpke_seal::{NodeInputKey, Sealed};
+use kms_core::secret::SecretBytes;
 use kms_node::{message, NodeKey, NodeStatement};
 
 /// Where the node's evidence comes from (`[node]` in the configuration).
@@ -78,6 +81,8 @@ pub struct TpmNode {
 /// The node identity of this process.
 pub struct Node {
     key: NodeKey,
+    /// What callers seal `Encrypt` plaintexts to.
+    input_key: NodeInputKey,
     statement: NodeStatement,
     evidence: Option<Evidence>,
     no_evidence_reason: String,
@@ -92,18 +97,22 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// Makes the node key, the statement of `unseal_public_key` and `tls_spki_sha256`, and the
-    /// evidence `source` gives for it.
+    /// Makes the node key and HPKE key, the statement of them with `unseal_public_key` and
+    /// `tls_spki_sha256`, and the evidence `source` gives for it.
     pub async fn start(
         source: NodeEvidence,
         unseal_public_key: Vec<u8>,
         tls_spki_sha256: [u8; 32],
     ) -> Result<Self, String> {
         let key = NodeKey::generate().map_err(|e| e.to_string())?;
+        let input_key = NodeInputKey::generate();
+        let mut hpke_public_key = [0u8; 32];
+        hpke_public_key.copy_from_slice(&input_key.public_key());
         let statement = NodeStatement {
             node_public_key: key.public_key(),
             unseal_public_key,
             tls_spki_sha256,
+            hpke_public_key,
         };
         let s = statement.clone();
         let (evidence, no_evidence_reason) = tokio::task::spawn_blocking(move || evidence_for(source, &s))
@@ -124,6 +133,7 @@ impl Node {
         }
         Ok(Self {
             key,
+            input_key,
             statement,
             evidence,
             no_evidence_reason,
@@ -161,6 +171,23 @@ impl Node {
         &self.no_evidence_reason
     }
 
+    /// Opens an `Encrypt` plaintext sealed to `recipient` (the HPKE public key the caller names)
+    /// for a request naming `key` with `context`.
+    pub fn open_encrypt_input(
+        &self,
+        recipient: &[u8],
+        sealed: &Sealed,
+        key: &str,
+        context: &EncryptionContext,
+    ) -> Result<SecretBytes, InputRefused> {
+        if recipient != self.statement.hpke_public_key {
+            return Err(InputRefused::OtherNode);
+        }
+        self.input_key
+            .open_encrypt_input(sealed, key, context)
+            .map_err(|_| InputRefused::DoesNotOpen)
+    }
+
     /// Signs a sealed release (`info` and `blob` as sealed).
     pub fn sign_release(&self, info: &[u8], blob: &[u8], encapsulated_key: &[u8], ciphertext: &[u8]) -> Vec<u8> {
         self.key
@@ -192,6 +219,16 @@ impl Node {
     pub fn sign_attest(&self, answer: &message::AttestAnswer<'_>) -> Vec<u8> {
         self.key.sign(&answer.encode()).to_vec()
     }
+}
+
+/// Why a sealed `Encrypt` plaintext is refused ([`Node::open_encrypt_input`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum InputRefused {
+    /// Sealed to another node's HPKE key (another replica, or this one before a restart).
+    OtherNode,
+    /// Sealed to this node, and it does not open for this request (another key or context, or
+    /// altered).
+    DoesNotOpen,
 }
 
 /// The evidence for `statement` from `source`, or why there is none. Blocking (device I/O).

@@ -1246,6 +1246,7 @@ async fn data_plane_phases(kmsd: u32, channels: &[Channel], blob: &[u8], args: &
                             key: "bench".into(),
                             plaintext: vec![5; 32],
                             encryption_context: bench_context(),
+                            sealed_plaintext: None,
                         })
                         .await;
                     match r.map(tonic::Response::into_inner) {
@@ -1271,6 +1272,7 @@ async fn data_plane_phases(kmsd: u32, channels: &[Channel], blob: &[u8], args: &
                         key: "bench".into(),
                         plaintext: vec![5; 32],
                         encryption_context: bench_context(),
+                        sealed_plaintext: None,
                     };
                     let sent = prost::Message::encode_to_vec(&request);
                     let nonce = (i as u128).to_be_bytes();

@@ -1161,6 +1161,7 @@ pub async fn encrypt_all(data: &mut KeyServiceClient<Channel>, keys: &[String]) 
                 key: k.clone(),
                 plaintext: plaintext.clone(),
                 encryption_context: Default::default(),
+                sealed_plaintext: None,
             })
             .await
             .unwrap()

@@ -76,7 +76,8 @@ impl pb::key_service_server::KeyService for DataPlane {
         let req = request.into_inner();
         let result = async {
             let context = context(req.encryption_context)?;
-            self.encrypt(&who, &req.key, &context, &req.plaintext, &mut audit)
+            let input = encrypt_input(&req.plaintext, req.sealed_plaintext.as_ref())?;
+            self.encrypt(&who, &req.key, &context, input, &mut audit)
                 .await
                 .map(encrypt_to_wire)
         }

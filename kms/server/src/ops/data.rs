@@ -17,8 +17,8 @@ use crate::audit::Audit;
 use crate::audit::AuditLog;
 use crate::error::ApiError;
 use crate::identity::Callers;
-use crate::keys::{Keys, Plaintext, ReEncrypted, Released, Wrapped};
-use crate::node::Node;
+use crate::keys::{EncryptInput, Keys, Plaintext, ReEncrypted, Released, Wrapped};
+use crate::node::{InputRefused, Node};
 use crate::storage::KeyRow;
 use kms_proto::Reason;
 
@@ -284,29 +284,62 @@ impl DataPlane {
         })
     }
 
-    /// Encrypt: `plaintext` (at most `blob::MAX_PLAINTEXT` bytes) wrapped under `key`.
+    /// Encrypt: the plaintext (at most `blob::MAX_PLAINTEXT` bytes, in clear or sealed to this
+    /// node for this `key` as named and `context`) wrapped under `key`.
     pub(crate) async fn encrypt(
         &self,
         who: &Principal,
         key: &str,
         context: &EncryptionContext,
-        plaintext: &[u8],
+        input: EncryptInput<'_>,
         audit: &mut Audit,
     ) -> Result<Wrapped, ApiError> {
         self.keys.ensure_unsealed()?;
-        if plaintext.len() > blob::MAX_PLAINTEXT {
-            return Err(ApiError::new(
+        let too_long = |len: usize| {
+            ApiError::new(
                 Reason::PlaintextTooLong,
                 format!(
-                    "plaintext is {} bytes; at most {} may be encrypted",
-                    plaintext.len(),
+                    "plaintext is {len} bytes; at most {} may be encrypted",
                     blob::MAX_PLAINTEXT
                 ),
-            ));
+            )
+        };
+        if let EncryptInput::Clear(p) = &input {
+            if p.len() > blob::MAX_PLAINTEXT {
+                return Err(too_long(p.len()));
+            }
         }
+        let requested = key;
         let key = self.keys.resolve(key).await?;
         audit.key(&key.id);
         Self::check_usable(&key, who, Operation::Encrypt)?;
+        let opened;
+        let plaintext = match input {
+            EncryptInput::Clear(p) => p,
+            EncryptInput::Sealed { recipient, sealed } => {
+                audit.detail("input", "sealed");
+                opened = self
+                    .node
+                    .open_encrypt_input(recipient, &sealed, requested, context)
+                    .map_err(|refused| match refused {
+                        InputRefused::OtherNode => ApiError::new(
+                            Reason::SealedForOtherNode,
+                            format!(
+                                "sealed_plaintext is sealed to another node's HPKE key; this is {}: seal to the key its GetNodeIdentity names",
+                                self.node.id()
+                            ),
+                        ),
+                        InputRefused::DoesNotOpen => ApiError::new(
+                            Reason::BadSealedPlaintext,
+                            "sealed_plaintext does not open: sealed for another key or encryption context, or altered",
+                        ),
+                    })?;
+                opened.expose_secret()
+            }
+        };
+        if plaintext.len() > blob::MAX_PLAINTEXT {
+            return Err(too_long(plaintext.len()));
+        }
         let version = latest_version(&key)?;
         let kek = self.keys.kek(&key, version).await?;
         let blob = blob::seal(&kek, key.id, version, context, plaintext)?;
@@ -470,12 +503,14 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use kms_core::context::EncryptionContext;
+    use kms_core::hpke_seal;
     use kms_core::key::Transition;
     use kms_core::policy::Operation;
     use kms_proto::Reason;
 
     use super::Proof;
     use crate::audit::Audit;
+    use crate::keys::EncryptInput;
     use crate::ops::testkit::{who, Kit, UNATTESTED};
 
     fn ctx(pairs: &[(&str, &str)]) -> EncryptionContext {
@@ -620,7 +655,11 @@ mod tests {
             Plaintext::Sealed(_) => panic!("sealed without a token"),
         };
 
-        let w = kit.data.encrypt(&app, "a", &c, b"hello", &mut audit).await.unwrap();
+        let w = kit
+            .data
+            .encrypt(&app, "a", &c, EncryptInput::Clear(b"hello"), &mut audit)
+            .await
+            .unwrap();
         let r = kit
             .data
             .decrypt(&app, "", &w.blob, &c, Proof::NONE, &mut audit)
@@ -653,7 +692,76 @@ mod tests {
         let too_long = vec![0; kms_core::blob::MAX_PLAINTEXT + 1];
         let e = kit
             .data
-            .encrypt(&app, "a", &c, &too_long, &mut audit)
+            .encrypt(&app, "a", &c, EncryptInput::Clear(&too_long), &mut audit)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::PlaintextTooLong);
+    }
+
+    #[tokio::test]
+    async fn encrypt_opens_only_what_is_sealed_to_this_node_for_this_request() {
+        use crate::keys::Plaintext;
+        let kit = Kit::new().await;
+        let app = who("spiffe://eu/app");
+        let ops = [Operation::Encrypt, Operation::Decrypt];
+        kit.key("a", app.as_str(), &ops, UNATTESTED).await;
+        kit.key("b", app.as_str(), &ops, UNATTESTED).await;
+        let c = ctx(&[("t", "1")]);
+        let mut audit = Audit::new(app.as_str(), "encrypt");
+        let node_key = kit.data.node.statement().hpke_public_key;
+        let sealed_for = |key: &str, plaintext: &[u8]| EncryptInput::Sealed {
+            recipient: &node_key,
+            sealed: hpke_seal::seal_encrypt_input(&node_key, key, &c, plaintext).unwrap(),
+        };
+
+        let w = kit
+            .data
+            .encrypt(&app, "a", &c, sealed_for("a", b"data key"), &mut audit)
+            .await
+            .unwrap();
+        let r = kit
+            .data
+            .decrypt(&app, "a", &w.blob, &c, Proof::NONE, &mut audit)
+            .await
+            .unwrap();
+        let Plaintext::Clear(p) = r.plaintext else {
+            panic!("sealed without a token")
+        };
+        assert_eq!(p.expose_secret(), b"data key");
+
+        // Moved into a request for another key (one whose blobs the mover could decrypt).
+        let e = kit
+            .data
+            .encrypt(&app, "b", &c, sealed_for("a", b"data key"), &mut audit)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::BadSealedPlaintext);
+        // Sealed to another node (another replica, or a relay's key).
+        let other = hpke_seal::NodeInputKey::generate().public_key();
+        let e = kit
+            .data
+            .encrypt(
+                &app,
+                "a",
+                &c,
+                EncryptInput::Sealed {
+                    recipient: &other,
+                    sealed: hpke_seal::seal_encrypt_input(&other, "a", &c, b"data key").unwrap(),
+                },
+                &mut audit,
+            )
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, Reason::SealedForOtherNode);
+        assert!(e.message.contains(&kit.data.node.id()), "{}", e.message);
+        // Over the limit once opened.
+        let too_long = vec![0; kms_core::blob::MAX_PLAINTEXT + 1];
+        let e = kit
+            .data
+            .encrypt(&app, "a", &c, sealed_for("a", &too_long), &mut audit)
             .await
             .err()
             .unwrap();

@@ -2,8 +2,45 @@
 
 use kms_proto::v1 as pb;
 
+use kms_core::hpke_seal::Sealed;
+use kms_proto::Reason;
+
 use crate::attest::SealedRelease;
-use crate::keys::{Plaintext, ReEncrypted, Released, Wrapped};
+use crate::error::ApiError;
+use crate::keys::{EncryptInput, Plaintext, ReEncrypted, Released, Wrapped};
+
+/// What an `EncryptRequest` asks to wrap: `plaintext`, or `sealed_plaintext` (not both).
+pub(crate) fn encrypt_input<'a>(
+    plaintext: &'a [u8],
+    sealed: Option<&'a pb::SealedPlaintext>,
+) -> Result<EncryptInput<'a>, ApiError> {
+    let Some(s) = sealed else {
+        return Ok(EncryptInput::Clear(plaintext));
+    };
+    let bad = |m: String| ApiError::new(Reason::BadSealedPlaintext, m);
+    if !plaintext.is_empty() {
+        return Err(bad("plaintext and sealed_plaintext are both set: send one".to_owned()));
+    }
+    if s.node_hpke_public_key.len() != 32 {
+        return Err(bad(format!(
+            "sealed_plaintext.node_hpke_public_key is {} bytes, not 32",
+            s.node_hpke_public_key.len()
+        )));
+    }
+    if s.encapsulated_key.len() != 32 {
+        return Err(bad(format!(
+            "sealed_plaintext.encapsulated_key is {} bytes, not 32",
+            s.encapsulated_key.len()
+        )));
+    }
+    Ok(EncryptInput::Sealed {
+        recipient: &s.node_hpke_public_key,
+        sealed: Sealed {
+            encapsulated_key: s.encapsulated_key.clone(),
+            ciphertext: s.ciphertext.clone(),
+        },
+    })
+}
 
 /// An attested release as sent.
 pub(crate) fn sealed_to_wire(s: SealedRelease) -> pb::SealedKey {

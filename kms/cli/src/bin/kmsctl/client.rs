@@ -166,6 +166,40 @@ impl Server {
         A::decode(answer.as_slice()).map_err(|e| unreadable(method, &e))
     }
 
+    /// Encrypt with `plaintext` sealed to the answering node, verified now under the node trust
+    /// (its evidence binds the HPKE key: a TLS-terminating relay sees only HPKE ciphertext), and
+    /// the answer signed by it over this request. Behind a load balancer another replica may take
+    /// the call and refuse it (`sealed_for_other_node`): the identity is asked for again and the
+    /// plaintext sealed to the node that answers.
+    pub(crate) async fn encrypt_sealed(
+        &self,
+        key: &str,
+        context: &std::collections::BTreeMap<String, String>,
+        plaintext: &[u8],
+    ) -> Result<pb::EncryptResponse, Error> {
+        let verifier = self.verifier("encrypt").await?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (node, _) = crate::node::verified_status(self, verifier).await?;
+            let sealed = kms_client::sealed::encrypt_input(&node, key, context, plaintext)
+                .map_err(|e| Error::local(format!("sealing the plaintext to {}: {e}", node.id)))?;
+            let request = pb::EncryptRequest {
+                key: key.to_owned(),
+                plaintext: Vec::new(),
+                encryption_context: context.clone(),
+                sealed_plaintext: Some(sealed),
+            };
+            match self
+                .data_call::<_, pb::EncryptResponse>("encrypt", "/kms.v1.KeyService/Encrypt", &request)
+                .await
+            {
+                Err(Error::Refused(r)) if r.reason() == Some(Reason::SealedForOtherNode) && attempt < 3 => continue,
+                answer => return answer,
+            }
+        }
+    }
+
     /// Sends `request` to `path` and answers the answer's bytes once a node verified under
     /// `verifier` signed `message(answer bytes)`; the refusals name `method`.
     async fn signed_answer(

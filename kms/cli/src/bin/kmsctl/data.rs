@@ -208,17 +208,8 @@ async fn encrypt(
     let encryption_context = pairs_to_map(context, "--context")?;
     let plaintext = plaintext_input(input)?;
     let server = Server::connect(g).await?;
-    let r = server
-        .data_call::<_, pb::EncryptResponse>(
-            "encrypt",
-            "/kms.v1.KeyService/Encrypt",
-            &pb::EncryptRequest {
-                key: key.to_owned(),
-                plaintext: plaintext.to_vec(),
-                encryption_context,
-            },
-        )
-        .await?;
+    // Sealed to the node verified now: a TLS-terminating relay sees only HPKE ciphertext.
+    let r = server.encrypt_sealed(key, &encryption_context, &plaintext).await?;
     emit_blob(
         p,
         &r.ciphertext_blob,
