@@ -76,6 +76,7 @@ const GEN_PLAIN: &str = "GenerateDataKey (unattested)";
 const DEC: &str = "Decrypt";
 const ENC: &str = "Encrypt (32 B)";
 const ENC_SIGNED: &str = "Encrypt (32 B), signed answer";
+const ENC_SEALED: &str = "Encrypt (32 B), sealed input + signed answer";
 
 #[derive(Clone, Copy)]
 struct Phases {
@@ -1258,8 +1259,8 @@ async fn data_plane_phases(kmsd: u32, channels: &[Channel], blob: &[u8], args: &
             )
             .await,
         );
-        // The same with the answer signed by the node over the request and a nonce (what the
-        // envelope keyring asks for), checked here: the price of a signed answer.
+        // The same with the answer signed by the node over the request and a nonce, checked
+        // here: the price of a signed answer.
         results.push(
             load(
                 kmsd,
@@ -1274,37 +1275,92 @@ async fn data_plane_phases(kmsd: u32, channels: &[Channel], blob: &[u8], args: &
                         encryption_context: bench_context(),
                         sealed_plaintext: None,
                     };
-                    let sent = prost::Message::encode_to_vec(&request);
-                    let nonce = (i as u128).to_be_bytes();
-                    let mut call = tonic::Request::new(request);
-                    call.metadata_mut().insert_bin(
-                        kms_proto::answer::NONCE_METADATA,
-                        tonic::metadata::MetadataValue::from_bytes(&nonce),
-                    );
-                    let r = match KeyServiceClient::new(ch).encrypt(call).await {
-                        Ok(r) => r,
-                        Err(s) => return Step::Failed(s),
-                    };
-                    let bin = |k: &str| r.metadata().get_bin(k).and_then(|v| v.to_bytes().ok());
-                    let (Some(key), Some(signature)) = (
-                        bin(kms_proto::answer::NODE_KEY_METADATA),
-                        bin(kms_proto::answer::SIGNATURE_METADATA),
-                    ) else {
-                        return Step::Wrong("unsigned answer".into(), "no node signature".into());
-                    };
-                    let answer = prost::Message::encode_to_vec(r.get_ref());
-                    let message = kms_node::message::data_answer("encrypt", &sent, &nonce, &answer);
-                    if kms_node::verify_signature(&key, &message, &signature) {
-                        Step::Done
-                    } else {
-                        Step::Wrong("bad signature".into(), "the node signature does not verify".into())
-                    }
+                    signed_encrypt(ch, request, i).await
                 },
             )
             .await,
         );
+        // What our clients send (the envelope keyring to a second deployment, `kmsctl data
+        // encrypt`): the plaintext HPKE-sealed to the node's key, the answer signed and checked.
+        match AttestationServiceClient::new(channels[0].clone())
+            .get_node_identity(pb::GetNodeIdentityRequest { nonce: vec![7; 16] })
+            .await
+        {
+            Ok(identity) => {
+                let node_hpke = Arc::new(identity.into_inner().node_hpke_public_key);
+                results.push(
+                    load(
+                        kmsd,
+                        channels,
+                        args.concurrency,
+                        args.seconds,
+                        ENC_SEALED,
+                        move |i, ch| {
+                            let node_hpke = node_hpke.clone();
+                            async move {
+                                let context = match EncryptionContext::new(bench_context()) {
+                                    Ok(c) => c,
+                                    Err(e) => return Step::Wrong("bad context".into(), e.to_string()),
+                                };
+                                let sealed =
+                                    match hpke_seal::seal_encrypt_input(&node_hpke, "bench", &context, &[5; 32]) {
+                                        Ok(s) => s,
+                                        Err(e) => return Step::Wrong("cannot seal".into(), e.to_string()),
+                                    };
+                                let request = pb::EncryptRequest {
+                                    key: "bench".into(),
+                                    plaintext: Vec::new(),
+                                    encryption_context: bench_context(),
+                                    sealed_plaintext: Some(pb::SealedPlaintext {
+                                        node_hpke_public_key: node_hpke.to_vec(),
+                                        encapsulated_key: sealed.encapsulated_key,
+                                        ciphertext: sealed.ciphertext,
+                                    }),
+                                };
+                                signed_encrypt(ch, request, i).await
+                            }
+                        },
+                    )
+                    .await,
+                );
+            }
+            Err(s) => eprintln!(
+                "kms-bench: {ENC_SEALED}: skipped, GetNodeIdentity failed: {}",
+                s.message()
+            ),
+        }
     }
     results
+}
+
+/// An Encrypt whose answer the node signs over the request and a nonce made of `i`, checked as a
+/// client checks it.
+async fn signed_encrypt(ch: Channel, request: pb::EncryptRequest, i: usize) -> Step {
+    let sent = prost::Message::encode_to_vec(&request);
+    let nonce = (i as u128).to_be_bytes();
+    let mut call = tonic::Request::new(request);
+    call.metadata_mut().insert_bin(
+        kms_proto::answer::NONCE_METADATA,
+        tonic::metadata::MetadataValue::from_bytes(&nonce),
+    );
+    let r = match KeyServiceClient::new(ch).encrypt(call).await {
+        Ok(r) => r,
+        Err(s) => return Step::Failed(s),
+    };
+    let bin = |k: &str| r.metadata().get_bin(k).and_then(|v| v.to_bytes().ok());
+    let (Some(key), Some(signature)) = (
+        bin(kms_proto::answer::NODE_KEY_METADATA),
+        bin(kms_proto::answer::SIGNATURE_METADATA),
+    ) else {
+        return Step::Wrong("unsigned answer".into(), "no node signature".into());
+    };
+    let answer = prost::Message::encode_to_vec(r.get_ref());
+    let message = kms_node::message::data_answer("encrypt", &sent, &nonce, &answer);
+    if kms_node::verify_signature(&key, &message, &signature) {
+        Step::Done
+    } else {
+        Step::Wrong("bad signature".into(), "the node signature does not verify".into())
+    }
 }
 
 struct Kmsd(std::process::Child);

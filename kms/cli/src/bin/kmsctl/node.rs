@@ -114,6 +114,7 @@ pub(crate) async fn show(g: &Global, p: &Printer) -> Result<(), Error> {
         "node_public_key": hex::encode(&id.node_public_key),
         "unseal_public_key": hex::encode(&id.unseal_public_key),
         "tls_spki_sha256": hex::encode(&id.tls_spki_sha256),
+        "hpke_public_key": hex::encode(&id.node_hpke_public_key),
         "evidence": evidence,
         "verified": verdict.as_ref().map(|v| v.is_ok()),
         "refusal": verdict.as_ref().and_then(|v| v.as_ref().err()).map(|e| json!({ "reason": e.reason(), "message": e.to_string() })),
@@ -136,6 +137,7 @@ pub(crate) async fn show(g: &Global, p: &Printer) -> Result<(), Error> {
             "TLS key:         sha256:{}\n",
             hex::encode(&id.tls_spki_sha256)
         ));
+        s.push_str(&format!("HPKE key:        {}\n", hex::encode(&id.node_hpke_public_key)));
         match &verdict {
             None => s.push_str("verified:        no (give --node-policy FILE to check it)\n"),
             Some(Ok(_)) => s.push_str("verified:        yes, under the node policy\n"),
