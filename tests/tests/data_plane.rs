@@ -368,7 +368,6 @@ async fn bad_input(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(opened.plaintext, b"sealed data key");
-    let refusals_before = audit_entries(&c.db).await.iter().filter(|e| e.1 != "allowed").count();
     for (what, request, code, reason) in [
         (
             "sealed for another key",
@@ -443,16 +442,34 @@ async fn bad_input(backend: Backend) {
         assert!(r.is_err(), "{what}: accepted");
         assert_refused(r, code, reason);
     }
-    let entries = audit_entries(&c.db).await;
-    let refused: Vec<_> = entries
-        .iter()
-        .filter(|e| e.1 != "allowed")
-        .skip(refusals_before)
-        .collect();
-    assert_eq!(refused.len(), 8, "{refused:?}");
-    assert!(refused.iter().all(|e| e.0 == "encrypt"), "{refused:?}");
-    assert_eq!(refused[0].2, "bad_sealed_plaintext");
-    assert_eq!(refused[3].2, "sealed_for_other_node");
+    // Refusals are queued (group commit): wait for the eight, each with its reason.
+    let counts = |entries: &[(String, String, String, String)]| {
+        let n = |reason: &str, sealed: bool| {
+            entries
+                .iter()
+                .filter(|e| {
+                    e.0 == "encrypt"
+                        && e.1 == "refused"
+                        && e.2 == reason
+                        && (!sealed || e.3.contains("\"input\":\"sealed\""))
+                })
+                .count()
+        };
+        (
+            n("bad_sealed_plaintext", false),
+            n("sealed_for_other_node", true),
+            n("plaintext_too_long", true),
+        )
+    };
+    let mut entries = audit_entries(&c.db).await;
+    for _ in 0..100 {
+        if counts(&entries) == (6, 1, 1) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        entries = audit_entries(&c.db).await;
+    }
+    assert_eq!(counts(&entries), (6, 1, 1), "{entries:?}");
     // Context too large.
     let big: BTreeMap<String, String> = (0..65).map(|i| (format!("k{i}"), String::new())).collect();
     assert_refused(
