@@ -4,11 +4,12 @@
 //! requests or answers: they carry tokens and sealed keys.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use kms_client::nodes::{VerifiedNodes, IDENTITY_ATTEMPTS};
 use kms_client::{ChannelConfig, Reason, TlsFiles};
-use kms_node::{NodeError, NodeVerifier, VerifiedNode};
+use kms_node::{NodeVerifier, VerifiedNode};
 use kms_proto::v1 as pb;
 use kms_proto::v1::attestation_service_client::AttestationServiceClient;
 use kms_proto::v1::key_service_client::KeyServiceClient;
@@ -87,18 +88,13 @@ pub struct Client {
     nodes: Arc<Nodes>,
 }
 
-/// The node verifier and the nodes verified so far (by public key).
+/// The nodes verified so far under the node trust.
 #[derive(Debug)]
 struct Nodes {
-    verifier: NodeVerifier,
-    verified: Mutex<Vec<VerifiedNode>>,
+    verified: VerifiedNodes,
     /// Unique in this process for a connection and its clones (which share its TLS identity).
     instance: u64,
 }
-
-/// How often an identity is asked for before giving up on reaching the node that signed an
-/// answer (a reconnection may land on another replica).
-const IDENTITY_ATTEMPTS: usize = 3;
 
 fn node_verifier(trust: &NodeTrust) -> Result<NodeVerifier, Error> {
     trust.verifier().map_err(|e| Error::Config(e.to_string()))
@@ -131,8 +127,7 @@ impl Client {
             channel,
             target,
             nodes: Arc::new(Nodes {
-                verifier,
-                verified: Mutex::new(Vec::new()),
+                verified: VerifiedNodes::new(verifier),
                 instance: {
                     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
                     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -152,37 +147,17 @@ impl Client {
             .await
             .map_err(|s| self.failed(s))?
             .into_inner();
-        let (node, _status) = self
-            .nodes
-            .verifier
-            .verify(&identity, &nonce, kms_core::now_unix_ms() / 1000)?;
-        let mut verified = self.nodes.verified.lock().unwrap_or_else(|p| p.into_inner());
-        if !verified.iter().any(|n| n.public_key == node.public_key) {
-            verified.push(node.clone());
-        }
+        let (node, _status) = self.nodes.verified.verify(&identity, &nonce)?;
         Ok(node)
     }
 
     /// The verified node with this public key: known already, or verified now (its identity
     /// asked for until that node answers).
     pub(crate) async fn node(&self, public_key: &[u8]) -> Result<VerifiedNode, Error> {
-        for _ in 0..IDENTITY_ATTEMPTS {
-            if let Some(n) = self
-                .nodes
-                .verified
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .find(|n| n.public_key[..] == *public_key)
-            {
-                return Ok(n.clone());
-            }
-            let answered = self.verify_node().await?;
-            if answered.public_key[..] == *public_key {
-                return Ok(answered);
-            }
-        }
-        Err(NodeError::UnknownNode(kms_node::node_id(public_key)).into())
+        self.nodes
+            .verified
+            .signer(public_key, || self.verify_node(), Error::from)
+            .await
     }
 
     /// Tells connections apart in this process (clones share it): what a data-key cache keys

@@ -5,7 +5,8 @@
 //! - [`Error`] and [`Refusal`]: a failed call read into a type. A status that carries one of
 //!   `kmsd`'s stable reasons ([`kms_proto::Reason`]) is a [`Refusal`], matched on its variant;
 //!   one without a reason made by the client's own transport is [`Error::Unreachable`].
-//! - [`NodeTrust`]: which kmsd nodes are trusted to answer (a node policy, or knowingly none).
+//! - [`NodeTrust`]: which kmsd nodes are trusted to answer (a node policy, or knowingly none);
+//!   [`nodes::VerifiedNodes`]: the nodes verified under it in a run.
 //! - [`signed`]: calls whose answer the answering node signs, checked over the bytes received.
 //! - [`sealed`]: plaintext sealed to a verified node's HPKE key for `Encrypt`.
 //! - `cli` (feature `cli`): the command-line helpers both binaries use: clap connection
@@ -18,6 +19,7 @@
 
 pub mod channel;
 mod error;
+pub mod nodes;
 pub mod sealed;
 pub mod signed;
 mod trust;

@@ -227,14 +227,14 @@ pub(crate) async fn init(g: &Global, p: &Printer, args: &InitArgs) -> Result<(),
         approval_quorum: args.quorum,
     };
 
-    let verifier = crate::node::required_verifier(g, "init")?;
+    let nodes = crate::node::required_nodes(g, "init")?;
     let server = Server::connect(g).await?;
     // The node is verified before anything is sent, and what is recorded (check value,
     // deployment) is read from the status it signs afterwards, not from the Init answer.
-    let (node, _) = crate::node::verified_status(&server, &verifier).await?;
+    let (node, _) = crate::node::verified_status(&server, &nodes).await?;
     let signer = key.signer();
     let response = server.admin_call::<pb::InitResponse>(&signer, Op::Init(op)).await?;
-    let (after, status) = crate::node::verified_status(&server, &verifier).await?;
+    let (after, status) = crate::node::verified_status(&server, &nodes).await?;
     let answered = response.status.unwrap_or_default();
     if after.public_key != node.public_key
         || status.key_check_value != answered.key_check_value

@@ -438,7 +438,7 @@ fn fault_name(f: &CheckpointFault) -> &'static str {
 /// hands the auditor keys of its own could sign checkpoints over a rewritten log), and each
 /// key's kid is checked against its public key.
 pub(crate) async fn checkpoint_keys(g: &Global, p: &Printer) -> Result<(), Error> {
-    let verifier = crate::node::required_verifier(g, "audit checkpoint-keys")?;
+    let nodes = crate::node::required_nodes(g, "audit checkpoint-keys")?;
     let server = Server::connect(g).await?;
     let nonce = kms_core::random_array::<32>().map_err(|e| Error::local(format!("random number generator: {e}")))?;
     let answer = match server
@@ -452,7 +452,7 @@ pub(crate) async fn checkpoint_keys(g: &Global, p: &Printer) -> Result<(), Error
     let refused = |e: &kms_node::NodeError| {
         Error::check_failed(e.reason(), format!("{e}; no key was written"), serde_json::json!({}))
     };
-    crate::node::signer(&server, &verifier, &answer.node_public_key, refused)
+    crate::node::signer(&server, &nodes, &answer.node_public_key, refused)
         .await?
         .check(
             "the checkpoint keys",

@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use kms_client::cli::NodeTrustArgs;
+use kms_client::nodes::{VerifiedNodes, IDENTITY_ATTEMPTS};
 use kms_client::Reason;
 use kms_core::admin::AdminSigner;
-use kms_node::{NodeError, NodeVerifier, VerifiedNode};
+use kms_node::NodeError;
 use kms_proto::v1 as pb;
 use kms_proto::v1::admin_request::Operation as Op;
 use kms_proto::v1::admin_service_client::AdminServiceClient;
@@ -35,10 +36,9 @@ pub(crate) struct Server {
     deployment: tokio::sync::OnceCell<String>,
     /// Which kmsd signed admin answers must come from (--node-policy, --danger-unattested-kmsd).
     trust: NodeTrustArgs<KmsctlFlags>,
-    /// Its verifier, made on the first signed call.
-    verifier: tokio::sync::OnceCell<NodeVerifier>,
-    /// The node keys verified so far in this run (behind a load balancer, one per replica).
-    signers: std::sync::Mutex<Vec<VerifiedNode>>,
+    /// The nodes verified under it so far in this run (behind a load balancer, one per
+    /// replica), from the first signed call on.
+    nodes: tokio::sync::OnceCell<VerifiedNodes>,
 }
 
 impl Server {
@@ -53,8 +53,7 @@ impl Server {
             pinned_deployment: global.deployment.clone(),
             deployment: tokio::sync::OnceCell::new(),
             trust: global.node_trust.clone(),
-            verifier: tokio::sync::OnceCell::new(),
-            signers: std::sync::Mutex::new(Vec::new()),
+            nodes: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -129,7 +128,7 @@ impl Server {
     /// nothing is signed or sent (a usage error).
     pub(crate) async fn admin_call<T: prost::Message + Default>(&self, admin: &Signer<'_>, op: Op) -> Result<T, Error> {
         let (method, path) = kms_proto::admin::method(&op);
-        let verifier = self.verifier(method).await?;
+        let nodes = self.nodes(method).await?;
         let deployment = match op {
             // Init makes the deployment.
             Op::Init(_) => "",
@@ -137,7 +136,7 @@ impl Server {
         };
         let request = admin.sign(deployment, op)?;
         let answer = self
-            .signed_answer(verifier, method, path, request.encode_to_vec(), None, |answer| {
+            .signed_answer(nodes, method, path, request.encode_to_vec(), None, |answer| {
                 kms_node::message::admin_answer(method, &request.payload, answer)
             })
             .await?;
@@ -153,13 +152,13 @@ impl Server {
         path: &'static str,
         request: &Q,
     ) -> Result<A, Error> {
-        let verifier = self.verifier(method).await?;
+        let nodes = self.nodes(method).await?;
         let nonce =
             kms_core::random_array::<32>().map_err(|e| Error::local(format!("random number generator: {e}")))?;
         // An Encrypt request holds the caller's plaintext: wiped once checked against.
         let sent = zeroize::Zeroizing::new(request.encode_to_vec());
         let answer = self
-            .signed_answer(verifier, method, path, sent.to_vec(), Some(&nonce), |answer| {
+            .signed_answer(nodes, method, path, sent.to_vec(), Some(&nonce), |answer| {
                 kms_node::message::data_answer(method, &sent, &nonce, answer)
             })
             .await?;
@@ -177,11 +176,11 @@ impl Server {
         context: &std::collections::BTreeMap<String, String>,
         plaintext: &[u8],
     ) -> Result<pb::EncryptResponse, Error> {
-        let verifier = self.verifier("encrypt").await?;
+        let nodes = self.nodes("encrypt").await?;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (node, _) = crate::node::verified_status(self, verifier).await?;
+            let (node, _) = crate::node::verified_status(self, nodes).await?;
             let sealed = kms_client::sealed::encrypt_input(&node, key, context, plaintext)
                 .map_err(|e| Error::local(format!("sealing the plaintext to {}: {e}", node.id)))?;
             let request = pb::EncryptRequest {
@@ -194,17 +193,21 @@ impl Server {
                 .data_call::<_, pb::EncryptResponse>("encrypt", "/kms.v1.KeyService/Encrypt", &request)
                 .await
             {
-                Err(Error::Refused(r)) if r.reason() == Some(Reason::SealedForOtherNode) && attempt < 3 => continue,
+                Err(Error::Refused(r))
+                    if r.reason() == Some(Reason::SealedForOtherNode) && attempt < IDENTITY_ATTEMPTS =>
+                {
+                    continue
+                }
                 answer => return answer,
             }
         }
     }
 
     /// Sends `request` to `path` and answers the answer's bytes once a node verified under
-    /// `verifier` signed `message(answer bytes)`; the refusals name `method`.
+    /// `nodes`' trust signed `message(answer bytes)`; the refusals name `method`.
     async fn signed_answer(
         &self,
-        verifier: &NodeVerifier,
+        nodes: &VerifiedNodes,
         method: &'static str,
         path: &'static str,
         request: Vec<u8>,
@@ -223,52 +226,24 @@ impl Server {
             )
         };
         let node_key = answer.node_key().map_err(|e| untrusted(&e))?;
-        let node = self.signer(verifier, node_key, &untrusted).await?;
+        let node = crate::node::signer(self, nodes, node_key, &untrusted).await?;
         let bytes = answer.check(&node, message).map_err(|e| untrusted(&e))?;
         // A data-plane answer may hold plaintext.
         Ok(zeroize::Zeroizing::new(bytes.to_vec()))
     }
 
-    /// The node trust's verifier; a usage error (nothing sent) if the command line names none.
-    async fn verifier(&self, method: &str) -> Result<&NodeVerifier, Error> {
-        self.verifier
+    /// The nodes verified under the node trust; a usage error (nothing sent) if the command
+    /// line names none.
+    async fn nodes(&self, method: &str) -> Result<&VerifiedNodes, Error> {
+        self.nodes
             .get_or_try_init(|| async {
                 let trust = self.trust.required_trust(&format!("kmsctl's {method}"))?;
                 trust
                     .verifier()
+                    .map(VerifiedNodes::new)
                     .map_err(|e| Error::local(format!("the node policy cannot be used: {e}")))
             })
             .await
-    }
-
-    /// The verified node whose key is `public_key`: one verified earlier in this run, or the
-    /// node answering GetNodeIdentity, verified now (see [`crate::node::signer`]).
-    async fn signer(
-        &self,
-        verifier: &NodeVerifier,
-        public_key: &[u8],
-        untrusted: &dyn Fn(&NodeError) -> Error,
-    ) -> Result<VerifiedNode, Error> {
-        let known = self
-            .signers
-            .lock()
-            .ok()
-            .and_then(|s| s.iter().find(|n| n.public_key[..] == *public_key).cloned());
-        if let Some(node) = known {
-            return Ok(node);
-        }
-        let node = crate::node::signer(self, verifier, public_key, untrusted).await?;
-        self.remember(&node);
-        Ok(node)
-    }
-
-    /// Records `node` as verified in this run: its later answers need no new GetNodeIdentity.
-    pub(crate) fn remember(&self, node: &VerifiedNode) {
-        if let Ok(mut signers) = self.signers.lock() {
-            if !signers.iter().any(|n| n.public_key == node.public_key) {
-                signers.push(node.clone());
-            }
-        }
     }
 
     /// The error for a failed call. A `sealed` refusal gets a precise hint from the seal status.

@@ -3,6 +3,7 @@
 //! is sent; `kmsctl node show` prints it. Only the seal status the node signed over our nonce is
 //! used: an unseal key relayed by anything else never receives a share.
 
+use kms_client::nodes::VerifiedNodes;
 use kms_client::NodeTrust;
 use kms_node::{NodeError, NodeVerifier, VerifiedNode};
 use kms_proto::v1 as pb;
@@ -19,9 +20,10 @@ pub(crate) fn verifier(g: &Global) -> Result<Option<NodeVerifier>, Error> {
     g.node_trust.trust()?.as_ref().map(verifier_of).transpose()
 }
 
-/// [`verifier`], which this command needs.
-pub(crate) fn required_verifier(g: &Global, what: &str) -> Result<NodeVerifier, Error> {
-    verifier_of(&g.node_trust.required_trust(what)?)
+/// The nodes to verify under the trust the command line names, which this command needs (a
+/// usage error before anything is sent if it names none).
+pub(crate) fn required_nodes(g: &Global, what: &str) -> Result<VerifiedNodes, Error> {
+    verifier_of(&g.node_trust.required_trust(what)?).map(VerifiedNodes::new)
 }
 
 fn verifier_of(trust: &NodeTrust) -> Result<NodeVerifier, Error> {
@@ -42,39 +44,39 @@ fn refused(e: &NodeError) -> Error {
     Error::check_failed(e.reason(), format!("{e}; nothing was sent"), json!({}))
 }
 
-/// The node answering on `server`, verified by `verifier`, and the seal status it signed.
+/// The node answering on `server`, verified now under `nodes`' trust, and the seal status it
+/// signed.
 pub(crate) async fn verified_status(
     server: &Server,
-    verifier: &NodeVerifier,
+    nodes: &VerifiedNodes,
 ) -> Result<(VerifiedNode, pb::SealStatus), Error> {
     let (id, nonce) = identity(server).await?;
-    let (node, status) = verifier
-        .verify(&id, &nonce, kms_core::now_unix_ms() / 1000)
-        .map_err(|e| refused(&e))?;
-    server.remember(&node);
-    Ok((node, status))
+    nodes.verify(&id, &nonce).map_err(|e| refused(&e))
 }
 
-/// The verified node whose key is `public_key` (it signed an answer): the node answering on
-/// `server`, verified by `verifier`, asked again (a few times: behind a load balancer another
-/// replica may answer) until it is that node.
+/// The verified node whose key is `public_key` (it signed an answer): one `nodes` verified
+/// earlier in this run, or the node answering on `server`, verified now, asked again (a few
+/// times: behind a load balancer another replica may answer) until it is that node.
 pub(crate) async fn signer(
     server: &Server,
-    verifier: &NodeVerifier,
+    nodes: &VerifiedNodes,
     public_key: &[u8],
     unverified: impl Fn(&NodeError) -> Error,
 ) -> Result<VerifiedNode, Error> {
-    for _ in 0..3 {
-        let (id, nonce) = identity(server).await?;
-        let (node, _) = verifier
-            .verify(&id, &nonce, kms_core::now_unix_ms() / 1000)
-            .map_err(|e| unverified(&e))?;
-        server.remember(&node);
-        if node.public_key[..] == *public_key {
-            return Ok(node);
-        }
-    }
-    Err(unverified(&NodeError::UnknownNode(kms_node::node_id(public_key))))
+    let unverified = &unverified;
+    nodes
+        .signer(
+            public_key,
+            move || async move {
+                let (id, nonce) = identity(server).await?;
+                nodes
+                    .verify(&id, &nonce)
+                    .map(|(node, _)| node)
+                    .map_err(|e| unverified(&e))
+            },
+            |e| unverified(&e),
+        )
+        .await
 }
 
 fn evidence_json(id: &pb::NodeIdentity) -> Value {
