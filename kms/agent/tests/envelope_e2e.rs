@@ -346,6 +346,64 @@ async fn a_proxy_cannot_swap_the_wrapped_key_of_another_deployment() {
     assert_eq!(d.plaintext.expose_secret(), b"second");
 }
 
+/// Behind a load balancer, a reconnection may land on another replica of the second deployment
+/// than the one whose HPKE key the data key was sealed to: that replica refuses it
+/// (`sealed_for_other_node`, audited), and the keyring verifies the node that answers now and
+/// seals to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_key_sealed_to_one_replica_is_sealed_again_for_the_one_that_answers() {
+    use kms_testkit::proxy::GrpcProxy;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let Some(west) = Ceremony::new(Backend::Sqlite, Options::default()).await else {
+        return;
+    };
+    let Some(central) = Ceremony::new(Backend::Postgres, Options::default()).await else {
+        return;
+    };
+    west.create_key("files", &[APP], UNATTESTED).await;
+    central.create_key("files", &[APP], UNATTESTED).await;
+    let replica = TestServer::start(&central.db, &central.pki, Options::default()).await;
+    let mut admin = replica.admin(&central.pki).await;
+    submit_share(&mut admin, &central.custodians[1]).await.unwrap();
+    submit_share(&mut admin, &central.custodians[2]).await.unwrap();
+    // Every call to the first replica until the first Encrypt, then every one to the second.
+    let moved = Arc::new(AtomicBool::new(false));
+    let on_encrypt = moved.clone();
+    let balancer = GrpcProxy::balancing(&central.pki, &[&central.server, &replica], APP, move |path| {
+        if path == "/kms.v1.KeyService/Encrypt" {
+            on_encrypt.store(true, Ordering::SeqCst);
+        }
+        usize::from(on_encrypt.load(Ordering::SeqCst))
+    })
+    .await;
+    let (cert, key) = central.pki.client_files(APP, "app");
+    let config = ClientConfig::new(format!("https://{}", balancer.addr()))
+        .with_tls(TlsFiles::ca(central.pki.ca_path()).with_identity(cert, key))
+        .with_node_trust(NodeTrust::DangerUnattested);
+    let envelope = Envelope::new(KmsdKeyring::insecure_plaintext_release(workload(&west).await, "files")).with_keyring(
+        KmsdKeyring::insecure_plaintext_release(Client::connect(&config).await.unwrap(), "files"),
+    );
+    let message = envelope.encrypt(b"balanced", &context()).await.unwrap();
+    assert!(moved.load(Ordering::SeqCst));
+    assert_eq!(
+        balancer.seen(),
+        [
+            "/kms.v1.AttestationService/GetNodeIdentity",
+            "/kms.v1.KeyService/Encrypt",
+            "/kms.v1.AttestationService/GetNodeIdentity",
+            "/kms.v1.KeyService/Encrypt",
+        ]
+    );
+    attest::assert_audited(&central.db, "encrypt", "sealed_for_other_node").await;
+    let central_alone = Envelope::new(KmsdKeyring::insecure_plaintext_release(
+        workload(&central).await,
+        "files",
+    ));
+    let d = central_alone.decrypt(&message, &context()).await.unwrap();
+    assert_eq!(d.plaintext.expose_secret(), b"balanced");
+}
+
 /// `kms-agent encrypt` and `decrypt --in`: attested with the TPM, plaintext only once the
 /// message verified, exit codes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,9 @@
 //! so a test decodes, changes and re-encodes exactly the message it attacks; `kms-*` metadata
 //! is forwarded both ways too (a caller's answer nonce, the node's signature over an answer),
 //! and an answer's may be rewritten;
-//! the proxy records the methods it was asked for.
+//! the proxy records the methods it was asked for. [`GrpcProxy::balancing`] spreads the calls
+//! over several upstreams (replicas), as a load balancer does when a reconnection lands on
+//! another replica.
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
@@ -69,6 +71,9 @@ impl Tamper {
     }
 }
 
+/// Which upstream a call goes to: `(method path) -> index` into the upstreams.
+pub type Route = dyn Fn(&str) -> usize + Send + Sync;
+
 /// A running proxy; stops when dropped.
 pub struct GrpcProxy {
     addr: SocketAddr,
@@ -97,9 +102,28 @@ impl GrpcProxy {
     /// `upstream` as `principal`, through `tamper`.
     pub async fn start(pki: &Pki, upstream: &impl Reachable, principal: &str, tamper: Tamper) -> Self {
         let channel = upstream.channel(pki.client(principal)).await.unwrap();
+        Self::serve(pki, vec![channel], Arc::new(|_| 0), tamper).await
+    }
+
+    /// Forwards each call unchanged to the upstream `route` picks for it, as `principal`.
+    pub async fn balancing<R: Reachable>(
+        pki: &Pki,
+        upstreams: &[&R],
+        principal: &str,
+        route: impl Fn(&str) -> usize + Send + Sync + 'static,
+    ) -> Self {
+        let mut channels = Vec::new();
+        for upstream in upstreams {
+            channels.push(upstream.channel(pki.client(principal)).await.unwrap());
+        }
+        Self::serve(pki, channels, Arc::new(route), Tamper::none()).await
+    }
+
+    async fn serve(pki: &Pki, channels: Vec<Channel>, route: Arc<Route>, tamper: Tamper) -> Self {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let forward = Forwarder {
-            channel,
+            channels,
+            route,
             tamper,
             seen: seen.clone(),
         };
@@ -131,7 +155,8 @@ impl GrpcProxy {
 
 #[derive(Clone)]
 struct Forwarder {
-    channel: Channel,
+    channels: Vec<Channel>,
+    route: Arc<Route>,
     tamper: Tamper,
     seen: Arc<Mutex<Vec<String>>>,
 }
@@ -143,7 +168,11 @@ impl Forwarder {
         let request = (self.tamper.request)(&path, request.into_inner())?;
         let mut request = Request::new(request);
         *request.metadata_mut() = asked;
-        let mut client = tonic::client::Grpc::new(self.channel.clone());
+        let upstream = self
+            .channels
+            .get((self.route)(&path))
+            .ok_or_else(|| Status::internal("proxy: no such upstream"))?;
+        let mut client = tonic::client::Grpc::new(upstream.clone());
         client
             .ready()
             .await
