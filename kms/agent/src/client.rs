@@ -213,11 +213,12 @@ impl Client {
         context: &BTreeMap<String, String>,
         plaintext: &[u8],
     ) -> Result<pb::EncryptResponse, Error> {
+        let bound = kms_client::sealed::context(context).map_err(Error::Refused)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let node = self.verify_node().await?;
-            let sealed = kms_client::sealed::encrypt_input(&node, key, context, plaintext)
+            let sealed = kms_client::sealed::encrypt_input(&node, key, &bound, plaintext)
                 .map_err(|e| Error::Input(format!("sealing the plaintext to {}: {e}", node.id)))?;
             let request = pb::EncryptRequest {
                 key: key.to_owned(),

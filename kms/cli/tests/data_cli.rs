@@ -238,6 +238,28 @@ async fn out_replaces_files_with_their_final_mode_and_writes_stdout() {
     let doc = out.expect(2).json();
     assert_eq!(doc["error"]["kind"], "usage", "{doc}");
 
+    // A context kmsd would refuse is refused as kmsd refuses it, before the plaintext is sealed
+    // or anything is sent.
+    let long = format!("k={}", "v".repeat(5000));
+    let (out, _) = kmsctl(
+        &c,
+        dir.path(),
+        &[
+            "--output",
+            "json",
+            "encrypt",
+            "files",
+            "--context",
+            &long,
+            "--text",
+            "hi",
+        ],
+    )
+    .await;
+    let doc = out.expect(1).json();
+    assert_eq!(doc["error"]["reason"], "invalid_context", "{doc}");
+    assert_eq!(doc["error"]["code"], "INVALID_ARGUMENT", "{doc}");
+
     // Re-encrypting a blob over itself: read first, then replaced whole.
     let (out, _) = kmsctl(&c, dir.path(), &["re-encrypt", "--in", "msg.blob", "--out", "msg.blob"]).await;
     out.expect(0);

@@ -264,6 +264,15 @@ mod tests {
     ];
 
     #[test]
+    fn x25519_private_keys_are_wiped_on_drop() {
+        // hpke's X25519 private key wraps this type, and says it wipes on drop. x25519-dalek
+        // derives `Zeroize` with `#[zeroize(drop)]` (a wiping `Drop`) only with its `zeroize`
+        // feature, which the workspace turns on: without it this does not compile.
+        fn wiped_on_drop<T: zeroize::Zeroize>() {}
+        wiped_on_drop::<x25519_dalek::StaticSecret>();
+    }
+
+    #[test]
     fn an_encrypt_input_opens_only_for_its_node_key_and_request() {
         let node = NodeInputKey::generate();
         let c = EncryptionContext::new([("tenant".to_owned(), "a".to_owned())].into()).unwrap();

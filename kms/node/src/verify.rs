@@ -252,10 +252,14 @@ impl NodeVerifier {
             ))
         })?;
         let hpke_public_key: [u8; 32] = identity.node_hpke_public_key.as_slice().try_into().map_err(|_| {
-            NodeError::Malformed(format!(
-                "node_hpke_public_key is {} bytes, not 32",
-                identity.node_hpke_public_key.len()
-            ))
+            NodeError::Malformed(if identity.node_hpke_public_key.is_empty() {
+                "node_hpke_public_key is missing: this kmsd is older than this client (its node statement has no HPKE key); upgrade kmsd".to_owned()
+            } else {
+                format!(
+                    "node_hpke_public_key is {} bytes, not 32",
+                    identity.node_hpke_public_key.len()
+                )
+            })
         })?;
         let statement = NodeStatement {
             node_public_key,

@@ -164,6 +164,10 @@ fn snp_nodes_against_a_measurement_policy() {
     assert_eq!(reason(verifier.verify(&relayed, NONCE, VALID_AT)), "node_signature");
     relayed.node_hpke_public_key = vec![8; 31];
     assert_eq!(reason(verifier.verify(&relayed, NONCE, VALID_AT)), "node_malformed");
+    // A kmsd from before the HPKE key (a v1 statement) says nothing of it.
+    relayed.node_hpke_public_key.clear();
+    let older = verifier.verify(&relayed, NONCE, VALID_AT).unwrap_err();
+    assert!(older.to_string().contains("older than this client"), "{older}");
     assert_eq!(verified.statement.hpke_public_key, [8; 32]);
     // A host with SMT, against the strict default trust.
     let mut smt = snp_report(&chain, &node.statement);

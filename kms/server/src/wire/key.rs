@@ -33,6 +33,18 @@ pub(crate) fn encrypt_input<'a>(
             s.encapsulated_key.len()
         )));
     }
+    // AES-256-GCM adds its 16-byte tag: a longer seal holds more than may be encrypted, and is
+    // refused before anything is opened, as a long plaintext is before its key is looked up.
+    if s.ciphertext.len() > kms_core::blob::MAX_PLAINTEXT + 16 {
+        return Err(ApiError::new(
+            Reason::PlaintextTooLong,
+            format!(
+                "sealed_plaintext.ciphertext is {} bytes: it holds more than the {} bytes that may be encrypted",
+                s.ciphertext.len(),
+                kms_core::blob::MAX_PLAINTEXT
+            ),
+        ));
+    }
     Ok(EncryptInput::Sealed {
         recipient: &s.node_hpke_public_key,
         sealed: Sealed {

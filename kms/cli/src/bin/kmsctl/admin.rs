@@ -228,13 +228,14 @@ pub(crate) async fn init(g: &Global, p: &Printer, args: &InitArgs) -> Result<(),
     };
 
     let nodes = crate::node::required_nodes(g, "init")?;
-    let server = Server::connect(g).await?;
+    let server = Server::connect(g).await?.trusting(nodes);
+    let nodes = server.nodes("init").await?;
     // The node is verified before anything is sent, and what is recorded (check value,
     // deployment) is read from the status it signs afterwards, not from the Init answer.
-    let (node, _) = crate::node::verified_status(&server, &nodes).await?;
+    let (node, _) = crate::node::verified_status(&server, nodes).await?;
     let signer = key.signer();
     let response = server.admin_call::<pb::InitResponse>(&signer, Op::Init(op)).await?;
-    let (after, status) = crate::node::verified_status(&server, &nodes).await?;
+    let (after, status) = crate::node::verified_status(&server, nodes).await?;
     let answered = response.status.unwrap_or_default();
     if after.public_key != node.public_key
         || status.key_check_value != answered.key_check_value

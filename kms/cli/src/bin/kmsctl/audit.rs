@@ -439,7 +439,8 @@ fn fault_name(f: &CheckpointFault) -> &'static str {
 /// key's kid is checked against its public key.
 pub(crate) async fn checkpoint_keys(g: &Global, p: &Printer) -> Result<(), Error> {
     let nodes = crate::node::required_nodes(g, "audit checkpoint-keys")?;
-    let server = Server::connect(g).await?;
+    let server = Server::connect(g).await?.trusting(nodes);
+    let nodes = server.nodes("audit checkpoint-keys").await?;
     let nonce = kms_core::random_array::<32>().map_err(|e| Error::local(format!("random number generator: {e}")))?;
     let answer = match server
         .admin()
@@ -452,7 +453,7 @@ pub(crate) async fn checkpoint_keys(g: &Global, p: &Printer) -> Result<(), Error
     let refused = |e: &kms_node::NodeError| {
         Error::check_failed(e.reason(), format!("{e}; no key was written"), serde_json::json!({}))
     };
-    crate::node::signer(&server, &nodes, &answer.node_public_key, refused)
+    crate::node::signer(&server, nodes, &answer.node_public_key, refused)
         .await?
         .check(
             "the checkpoint keys",

@@ -177,11 +177,12 @@ impl Server {
         plaintext: &[u8],
     ) -> Result<pb::EncryptResponse, Error> {
         let nodes = self.nodes("encrypt").await?;
+        let bound = kms_client::sealed::context(context).map_err(|r| Error::from(kms_client::Error::Refused(r)))?;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let (node, _) = crate::node::verified_status(self, nodes).await?;
-            let sealed = kms_client::sealed::encrypt_input(&node, key, context, plaintext)
+            let sealed = kms_client::sealed::encrypt_input(&node, key, &bound, plaintext)
                 .map_err(|e| Error::local(format!("sealing the plaintext to {}: {e}", node.id)))?;
             let request = pb::EncryptRequest {
                 key: key.to_owned(),
@@ -232,9 +233,18 @@ impl Server {
         Ok(zeroize::Zeroizing::new(bytes.to_vec()))
     }
 
+    /// With `nodes` as the nodes verified under the node trust: for a command that made them
+    /// before connecting (so that a missing trust is refused before anything is sent), and then
+    /// shares them with every signed call of the run.
+    pub(crate) fn trusting(self, nodes: VerifiedNodes) -> Self {
+        // Only a fresh connection is handed its set.
+        let _ = self.nodes.set(nodes);
+        self
+    }
+
     /// The nodes verified under the node trust; a usage error (nothing sent) if the command
     /// line names none.
-    async fn nodes(&self, method: &str) -> Result<&VerifiedNodes, Error> {
+    pub(crate) async fn nodes(&self, method: &str) -> Result<&VerifiedNodes, Error> {
         self.nodes
             .get_or_try_init(|| async {
                 let trust = self.trust.required_trust(&format!("kmsctl's {method}"))?;

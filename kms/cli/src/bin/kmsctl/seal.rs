@@ -43,11 +43,12 @@ pub(crate) async fn unseal(g: &Global, p: &Printer, args: &UnsealArgs) -> Result
         )));
     }
     let nodes = crate::node::required_nodes(g, "unseal")?;
-    let server = Server::connect(g).await?;
+    let server = Server::connect(g).await?.trusting(nodes);
+    let nodes = server.nodes("unseal").await?;
 
     // Only the status the verified node signed over our nonce counts: its unseal key is the one
     // the node's evidence binds, so the share is re-wrapped for that process alone.
-    let (node, status) = crate::node::verified_status(&server, &nodes).await?;
+    let (node, status) = crate::node::verified_status(&server, nodes).await?;
     if !status.initialized {
         return Err(Error::server_state("not_initialized", "the server is not initialized"));
     }

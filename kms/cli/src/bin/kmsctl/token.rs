@@ -82,12 +82,13 @@ async fn keys(g: &Global, p: &Printer) -> Result<(), Error> {
 /// command in the usage error without a node trust.
 async fn signed_jwks(g: &Global, what: &str) -> Result<String, Error> {
     let nodes = crate::node::required_nodes(g, what)?;
-    let server = Server::connect(g).await?;
+    let server = Server::connect(g).await?.trusting(nodes);
+    let nodes = server.nodes(what).await?;
     let nonce = kms_core::random_array::<32>().map_err(|e| Error::local(format!("random number generator: {e}")))?;
     let answer = server.token_keys(&nonce).await?;
     let refused =
         |e: &kms_node::NodeError| Error::check_failed(e.reason(), format!("{e}; the keys are not used"), json!({}));
-    crate::node::signer(&server, &nodes, &answer.node_public_key, refused)
+    crate::node::signer(&server, nodes, &answer.node_public_key, refused)
         .await?
         .check(
             "the token keys",
