@@ -29,6 +29,16 @@ async fn workload(c: &Ceremony) -> Client {
     Client::connect(&config).await.unwrap()
 }
 
+/// Two deployments, the first on SQLite and the second on `central`, each with the dev key
+/// "files" (`"attestation": "none"`) that APP may use; `None` without that backend.
+async fn two_deployments(central: Backend) -> Option<(Ceremony, Ceremony)> {
+    let west = Ceremony::new(Backend::Sqlite, Options::default()).await?;
+    let central = Ceremony::new(central, Options::default()).await?;
+    west.create_key("files", &[APP], UNATTESTED).await;
+    central.create_key("files", &[APP], UNATTESTED).await;
+    Some((west, central))
+}
+
 fn context() -> EncryptionContext {
     EncryptionContext::new()
         .with("tenant", "acme")
@@ -164,14 +174,9 @@ both_backends!(attested_envelope_messages, super::attested_messages);
 /// for it; two deployments wrap one message, and either opens it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_release_and_two_deployments() {
-    let Some(eu_west) = Ceremony::new(Backend::Sqlite, Options::default()).await else {
+    let Some((eu_west, eu_central)) = two_deployments(Backend::Sqlite).await else {
         return;
     };
-    let Some(eu_central) = Ceremony::new(Backend::Sqlite, Options::default()).await else {
-        return;
-    };
-    eu_west.create_key("files", &[APP], UNATTESTED).await;
-    eu_central.create_key("files", &[APP], UNATTESTED).await;
     let west = workload(&eu_west).await;
     let central = workload(&eu_central).await;
     let both = Envelope::new(KmsdKeyring::insecure_plaintext_release(west.clone(), "files"))
@@ -214,14 +219,9 @@ async fn a_proxy_cannot_swap_the_wrapped_key_of_another_deployment() {
     use std::sync::Mutex;
     use tonic::metadata::MetadataMap;
 
-    let Some(west) = Ceremony::new(Backend::Sqlite, Options::default()).await else {
+    let Some((west, central)) = two_deployments(Backend::Sqlite).await else {
         return;
     };
-    let Some(central) = Ceremony::new(Backend::Sqlite, Options::default()).await else {
-        return;
-    };
-    west.create_key("files", &[APP], UNATTESTED).await;
-    central.create_key("files", &[APP], UNATTESTED).await;
     let direct = workload(&west).await;
     let via = |proxy: &GrpcProxy| {
         let (cert, key) = central.pki.client_files(APP, "app");
@@ -355,14 +355,9 @@ async fn a_data_key_sealed_to_one_replica_is_sealed_again_for_the_one_that_answe
     use kms_testkit::proxy::GrpcProxy;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    let Some(west) = Ceremony::new(Backend::Sqlite, Options::default()).await else {
+    let Some((west, central)) = two_deployments(Backend::Postgres).await else {
         return;
     };
-    let Some(central) = Ceremony::new(Backend::Postgres, Options::default()).await else {
-        return;
-    };
-    west.create_key("files", &[APP], UNATTESTED).await;
-    central.create_key("files", &[APP], UNATTESTED).await;
     let replica = TestServer::start(&central.db, &central.pki, Options::default()).await;
     let mut admin = replica.admin(&central.pki).await;
     submit_share(&mut admin, &central.custodians[1]).await.unwrap();
