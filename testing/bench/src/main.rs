@@ -76,7 +76,7 @@ const GEN_PLAIN: &str = "GenerateDataKey (unattested)";
 const DEC: &str = "Decrypt";
 const ENC: &str = "Encrypt (32 B)";
 const ENC_SIGNED: &str = "Encrypt (32 B), signed answer";
-const ENC_SEALED: &str = "Encrypt (32 B), sealed input + signed answer";
+const ENC_SEALED: &str = "Encrypt (32 B), sealed + signed";
 
 #[derive(Clone, Copy)]
 struct Phases {
