@@ -39,7 +39,7 @@ pub enum EncryptInput<'a> {
     /// Sealed to `recipient` (the node HPKE public key the caller names).
     Sealed {
         /// The node HPKE public key the caller sealed to.
-        recipient: &'a [u8],
+        recipient: [u8; 32],
         /// The HPKE ciphertext.
         sealed: kms_core::hpke_seal::Sealed,
     },

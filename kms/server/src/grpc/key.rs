@@ -73,10 +73,10 @@ impl pb::key_service_server::KeyService for DataPlane {
             Ok(s) => s,
             Err(e) => return finish::<pb::EncryptResponse>(&self.audit, audit, Err(e), false).await,
         };
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         let result = async {
             let context = context(req.encryption_context)?;
-            let input = encrypt_input(&req.plaintext, req.sealed_plaintext.as_ref())?;
+            let input = encrypt_input(&req.plaintext, req.sealed_plaintext.take())?;
             self.encrypt(&who, &req.key, &context, input, &mut audit)
                 .await
                 .map(encrypt_to_wire)

@@ -320,7 +320,7 @@ impl DataPlane {
                 audit.detail("input", "sealed");
                 opened = self
                     .node
-                    .open_encrypt_input(recipient, &sealed, requested, context)
+                    .open_encrypt_input(&recipient, &sealed, requested, context)
                     .map_err(|refused| match refused {
                         InputRefused::OtherNode => ApiError::new(
                             Reason::SealedForOtherNode,
@@ -711,7 +711,7 @@ mod tests {
         let mut audit = Audit::new(app.as_str(), "encrypt");
         let node_key = kit.data.node.statement().hpke_public_key;
         let sealed_for = |key: &str, plaintext: &[u8]| EncryptInput::Sealed {
-            recipient: &node_key,
+            recipient: node_key,
             sealed: hpke_seal::seal_encrypt_input(&node_key, key, &c, plaintext).unwrap(),
         };
 
@@ -747,7 +747,7 @@ mod tests {
                 "a",
                 &c,
                 EncryptInput::Sealed {
-                    recipient: &other,
+                    recipient: other.as_slice().try_into().unwrap(),
                     sealed: hpke_seal::seal_encrypt_input(&other, "a", &c, b"data key").unwrap(),
                 },
                 &mut audit,

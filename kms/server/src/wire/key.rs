@@ -9,11 +9,12 @@ use crate::attest::SealedRelease;
 use crate::error::ApiError;
 use crate::keys::{EncryptInput, Plaintext, ReEncrypted, Released, Wrapped};
 
-/// What an `EncryptRequest` asks to wrap: `plaintext`, or `sealed_plaintext` (not both).
-pub(crate) fn encrypt_input<'a>(
-    plaintext: &'a [u8],
-    sealed: Option<&'a pb::SealedPlaintext>,
-) -> Result<EncryptInput<'a>, ApiError> {
+/// What an `EncryptRequest` asks to wrap: `plaintext`, or `sealed_plaintext` (not both; taken
+/// from the request, not copied).
+pub(crate) fn encrypt_input(
+    plaintext: &[u8],
+    sealed: Option<pb::SealedPlaintext>,
+) -> Result<EncryptInput<'_>, ApiError> {
     let Some(s) = sealed else {
         return Ok(EncryptInput::Clear(plaintext));
     };
@@ -21,12 +22,12 @@ pub(crate) fn encrypt_input<'a>(
     if !plaintext.is_empty() {
         return Err(bad("plaintext and sealed_plaintext are both set: send one".to_owned()));
     }
-    if s.node_hpke_public_key.len() != 32 {
-        return Err(bad(format!(
+    let recipient: [u8; 32] = s.node_hpke_public_key.as_slice().try_into().map_err(|_| {
+        bad(format!(
             "sealed_plaintext.node_hpke_public_key is {} bytes, not 32",
             s.node_hpke_public_key.len()
-        )));
-    }
+        ))
+    })?;
     if s.encapsulated_key.len() != 32 {
         return Err(bad(format!(
             "sealed_plaintext.encapsulated_key is {} bytes, not 32",
@@ -46,10 +47,10 @@ pub(crate) fn encrypt_input<'a>(
         ));
     }
     Ok(EncryptInput::Sealed {
-        recipient: &s.node_hpke_public_key,
+        recipient,
         sealed: Sealed {
-            encapsulated_key: s.encapsulated_key.clone(),
-            ciphertext: s.ciphertext.clone(),
+            encapsulated_key: s.encapsulated_key,
+            ciphertext: s.ciphertext,
         },
     })
 }
