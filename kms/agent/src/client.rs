@@ -202,11 +202,12 @@ impl Client {
         A::decode(bytes).map_err(|e| Error::bad_response(format!("{method}: {e}")))
     }
 
-    /// Encrypt with `plaintext` sealed to the answering node (verified now: its evidence binds
-    /// the HPKE key) and the answer signed by it over this request: a TLS-terminating relay sees
-    /// only HPKE ciphertext, and can swap in no other blob. Behind a load balancer another replica
-    /// may take the call and refuse it (`sealed_for_other_node`): the identity is asked for again
-    /// and the plaintext sealed to the node that answers.
+    /// Encrypt with `plaintext` sealed to the node this connection reached last (verified: its
+    /// evidence binds the HPKE key; verified now if none was yet) and the answer signed by it over
+    /// this request: a TLS-terminating relay sees only HPKE ciphertext, and can swap in no other
+    /// blob. After a reconnection another replica (or a restarted kmsd) may take the call and
+    /// refuse it (`sealed_for_other_node`): the identity is asked for again and the plaintext
+    /// sealed to the node that answers.
     pub(crate) async fn encrypt_sealed(
         &self,
         key: &str,
@@ -214,10 +215,13 @@ impl Client {
         plaintext: &[u8],
     ) -> Result<pb::EncryptResponse, Error> {
         let bound = kms_client::sealed::context(context).map_err(Error::Refused)?;
+        let mut node = match self.nodes.verified.last() {
+            Some(node) => node,
+            None => self.verify_node().await?,
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let node = self.verify_node().await?;
             let sealed = kms_client::sealed::encrypt_input(&node, key, &bound, plaintext)
                 .map_err(|e| Error::Input(format!("sealing the plaintext to {}: {e}", node.id)))?;
             let request = pb::EncryptRequest {
@@ -233,7 +237,7 @@ impl Client {
                 Err(Error::Refused(r))
                     if r.reason() == Some(Reason::SealedForOtherNode) && attempt < IDENTITY_ATTEMPTS =>
                 {
-                    continue
+                    node = self.verify_node().await?;
                 }
                 answer => return answer,
             }

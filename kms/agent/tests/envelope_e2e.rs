@@ -349,7 +349,7 @@ async fn a_proxy_cannot_swap_the_wrapped_key_of_another_deployment() {
 /// Behind a load balancer, a reconnection may land on another replica of the second deployment
 /// than the one whose HPKE key the data key was sealed to: that replica refuses it
 /// (`sealed_for_other_node`, audited), and the keyring verifies the node that answers now and
-/// seals to it.
+/// seals to it, and to it again for the next message without asking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_key_sealed_to_one_replica_is_sealed_again_for_the_one_that_answers() {
     use kms_testkit::proxy::GrpcProxy;
@@ -391,12 +391,19 @@ async fn a_data_key_sealed_to_one_replica_is_sealed_again_for_the_one_that_answe
         ]
     );
     attest::assert_audited(&central.db, "encrypt", "sealed_for_other_node").await;
+    // The next message is sealed to the node verified last (the one this connection reaches
+    // now): one Encrypt, no identity asked again.
+    let second = envelope.encrypt(b"again", &context()).await.unwrap();
+    assert_eq!(balancer.seen().len(), 5);
+    assert_eq!(balancer.seen()[4], "/kms.v1.KeyService/Encrypt");
     let central_alone = Envelope::new(KmsdKeyring::insecure_plaintext_release(
         workload(&central).await,
         "files",
     ));
     let d = central_alone.decrypt(&message, &context()).await.unwrap();
     assert_eq!(d.plaintext.expose_secret(), b"balanced");
+    let d = central_alone.decrypt(&second, &context()).await.unwrap();
+    assert_eq!(d.plaintext.expose_secret(), b"again");
 }
 
 /// `kms-agent encrypt` and `decrypt --in`: attested with the TPM, plaintext only once the

@@ -18,6 +18,8 @@ pub const IDENTITY_ATTEMPTS: usize = 3;
 pub struct VerifiedNodes {
     verifier: NodeVerifier,
     verified: Mutex<Vec<VerifiedNode>>,
+    /// The node that answered the last identity verified.
+    last: Mutex<Option<VerifiedNode>>,
 }
 
 impl VerifiedNodes {
@@ -26,6 +28,7 @@ impl VerifiedNodes {
         Self {
             verifier,
             verified: Mutex::new(Vec::new()),
+            last: Mutex::new(None),
         }
     }
 
@@ -46,7 +49,14 @@ impl VerifiedNodes {
         if !verified.iter().any(|n| n.public_key == node.public_key) {
             verified.push(node.clone());
         }
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
         Ok((node, status))
+    }
+
+    /// The node whose identity was verified last: the one this connection reached most recently
+    /// (what a plaintext is sealed to before any identity is asked again).
+    pub fn last(&self) -> Option<VerifiedNode> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The node holding `public_key`, if it was verified.
@@ -139,6 +149,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((found.public_key, answered), (b_key, 2));
+        assert_eq!(nodes.last().unwrap().public_key, b_key);
         // Both are known now: no identity is asked for.
         let found = nodes
             .signer(&a_key, || async { unreachable!("asked again") }, |e: NodeError| e)
