@@ -242,6 +242,11 @@ pub struct Danger {
     /// verified through one carry `danger_test_root = true`; kmsd warns at start.
     #[serde(default)]
     pub snp_test_roots: Vec<SnpTestRoot>,
+    /// Do not lock kmsd's memory (`mlockall`), so its keys may be swapped out: for a host
+    /// without swap or with encrypted swap only, where the lock limit cannot be raised.
+    /// Without it a production kmsd that cannot lock refuses to start; dev mode tries and warns.
+    #[serde(default)]
+    pub allow_swap: bool,
 }
 
 /// A test-only SNP root: an ARK and the ASK (or ASVK) it issued, DER files.
@@ -949,6 +954,7 @@ impl Config {
             danger: Danger {
                 allow_unattested_keys: true,
                 snp_test_roots: Vec::new(),
+                allow_swap: false,
             },
             metrics: Some(MetricsConfig {
                 listen: SocketAddr::from(DEV_METRICS_LISTEN),

@@ -2,7 +2,7 @@
 //! without what it applies to); dev mode refuses a
 //! non-loopback address, initializes itself and serves plaintext on loopback (and metrics);
 //! SIGTERM drains and exits 0; a restart in dev mode unseals from the dev root key file and keeps
-//! its data.
+//! its data; kmsd locks its memory, and a production kmsd that cannot refuses to start.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Stdio};
@@ -297,4 +297,117 @@ async fn dev_mode_initializes_serves_and_stops_on_sigterm() {
         .into_inner();
     assert_eq!(d.plaintext, g.plaintext);
     assert_eq!(sigterm_and_wait(&mut child).await, 0);
+}
+
+/// kmsd's command line under an 8 MiB `RLIMIT_MEMLOCK` and, when the test runs as root, without
+/// `CAP_IPC_LOCK` (as a service user without `LimitMEMLOCK=infinity` would start it).
+fn under_lock_limit(args: &[&str]) -> Command {
+    let mut c = Command::new("prlimit");
+    c.arg("--memlock=8388608:8388608");
+    if rustix::process::geteuid().is_root() {
+        c.args(["setpriv", "--bounding-set=-ipc_lock", "--inh-caps=-ipc_lock"]);
+    }
+    // Whatever the developer's environment says (CONTRIBUTING.md).
+    c.arg(KMSD).args(args).env_remove("KMSD__DANGER__ALLOW_SWAP");
+    c
+}
+
+/// `VmLck` of /proc/PID/status, in kB: memory kmsd has locked against swapping.
+fn locked_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmLck:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Whether this process could lock all its memory (root's CAP_IPC_LOCK, or no limit), as a
+/// kmsd started from it could.
+fn may_lock() -> bool {
+    let caps = rustix::thread::capabilities(None).unwrap();
+    caps.effective.contains(rustix::thread::CapabilitySet::IPC_LOCK)
+        || rustix::process::getrlimit(rustix::process::Resource::Memlock)
+            .current
+            .is_none()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kmsd_locks_its_memory_or_a_production_server_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kmsd.toml");
+    let port = free_port();
+    std::fs::write(
+        &path,
+        format!("listen = \"127.0.0.1:{port}\"\n[database]\nurl = \"sqlite://{}/kms.db?mode=rwc\"\n[tls]\ncert = \"/etc/hostname\"\nkey = \"/etc/hostname\"\nclient_ca = \"/etc/hostname\"\n", dir.path().display()),
+    )
+    .unwrap();
+    let config = path.to_str().unwrap();
+
+    // Production, memory that cannot be locked: refused before anything starts, naming the fix.
+    let out = under_lock_limit(&["--config", config]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    for part in [
+        "bad configuration: kmsd cannot lock its memory",
+        "RLIMIT_MEMLOCK) is 8192 KiB",
+        "LimitMEMLOCK=infinity",
+        "danger.allow_swap = true",
+    ] {
+        assert!(err.contains(part), "no {part:?} in {err}");
+    }
+    assert!(!dir.path().join("kms.db").exists(), "the database was opened");
+
+    // danger.allow_swap: past the lock (on to the TLS files, which are not certificates), warned.
+    let out = under_lock_limit(&["--config", config])
+        .env("KMSD__DANGER__ALLOW_SWAP", "true")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("tls:"), "{err}");
+    assert!(err.contains("danger.allow_swap: memory not locked"), "{err}");
+
+    // Dev mode under the limit: serves, and says its memory is not locked.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let dev_dir = dir.path().join("dev");
+    let dev = |c: &mut Command| {
+        c.args([
+            "--dev",
+            "--listen",
+            &addr,
+            "--data-dir",
+            dev_dir.to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let mut child = dev(&mut under_lock_limit(&[]));
+    let _ = wait_up(&addr).await;
+    // prlimit and setpriv exec what they run: the child is kmsd itself.
+    let pid = child.id();
+    assert!(std::fs::read_link(format!("/proc/{pid}/exe"))
+        .unwrap()
+        .ends_with("kmsd"));
+    assert_eq!(locked_kb(pid), 0);
+    assert_eq!(sigterm_and_wait(&mut child).await, 0);
+    let mut err = String::new();
+    use std::io::Read;
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(err.contains("dev mode: memory not locked"), "{err}");
+
+    // Where the process may lock (root, as the suite runs; the kms package's unit): it does.
+    if may_lock() {
+        let mut child = dev(&mut Command::new(KMSD));
+        let _ = wait_up(&addr).await;
+        let locked = locked_kb(child.id());
+        assert!(locked > 0, "kmsd locked no memory");
+        assert_eq!(sigterm_and_wait(&mut child).await, 0);
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(!err.contains("memory not locked"), "{err}");
+    } else {
+        eprintln!("this test process may not lock its memory (not root, RLIMIT_MEMLOCK limited): the locked case is checked by scripts/test-package and runs as root");
+    }
 }

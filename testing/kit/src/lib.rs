@@ -440,6 +440,8 @@ impl TestServer {
             danger: Danger {
                 allow_unattested_keys: opts.allow_unattested,
                 snp_test_roots: opts.snp_test_roots,
+                // The server runs in the test process, which locks nothing: only kmsd's main does.
+                allow_swap: false,
             },
             ..Config::default()
         };

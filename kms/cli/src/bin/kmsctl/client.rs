@@ -181,7 +181,12 @@ impl Server {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (node, _) = crate::node::verified_status(self, nodes).await?;
+            // After a replica refused what was sealed for another one, something was sent.
+            let consequence = match attempt {
+                1 => "nothing was sent",
+                _ => "nothing was encrypted (the plaintext sent before was sealed to another replica, which alone can open it)",
+            };
+            let (node, _) = crate::node::verified_status_or(self, nodes, consequence).await?;
             let sealed = kms_client::sealed::encrypt_input(&node, key, &bound, plaintext)
                 .map_err(|e| Error::local(format!("sealing the plaintext to {}: {e}", node.id)))?;
             let request = pb::EncryptRequest {

@@ -40,18 +40,25 @@ async fn identity(server: &Server) -> Result<(pb::NodeIdentity, [u8; 32]), Error
     Ok((id, nonce))
 }
 
-fn refused(e: &NodeError) -> Error {
-    Error::check_failed(e.reason(), format!("{e}; nothing was sent"), json!({}))
-}
-
 /// The node answering on `server`, verified now under `nodes`' trust, and the seal status it
 /// signed.
 pub(crate) async fn verified_status(
     server: &Server,
     nodes: &VerifiedNodes,
 ) -> Result<(VerifiedNode, pb::SealStatus), Error> {
+    verified_status_or(server, nodes, "nothing was sent").await
+}
+
+/// [`verified_status`], whose refusal ends with `consequence` (what the command did not do).
+pub(crate) async fn verified_status_or(
+    server: &Server,
+    nodes: &VerifiedNodes,
+    consequence: &str,
+) -> Result<(VerifiedNode, pb::SealStatus), Error> {
     let (id, nonce) = identity(server).await?;
-    nodes.verify(&id, &nonce).map_err(|e| refused(&e))
+    nodes
+        .verify(&id, &nonce)
+        .map_err(|e| Error::check_failed(e.reason(), format!("{e}; {consequence}"), json!({})))
 }
 
 /// The verified node whose key is `public_key` (it signed an answer): one `nodes` verified

@@ -1,5 +1,5 @@
 //! `kmsd`: parses the command line and configuration, sets up logging, hardens the process
-//! (no core dumps, not ptrace-able by other users), and runs [`kms_server::serve`] until SIGTERM
+//! (no core dumps, not ptrace-able by other users, its memory locked out of swap), and runs [`kms_server::serve`] until SIGTERM
 //! or SIGINT, then drains in-flight calls within a grace period.
 
 use std::net::SocketAddr;
@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use kms_server::config::Config;
+
+mod memory;
 
 /// The key management service.
 #[derive(Parser, Debug)]
@@ -92,6 +94,25 @@ fn main() -> ExitCode {
     };
     init_logging(args.log_json || config.log.format == "json", &config.log.level);
     harden();
+    // Before the runtime starts and before any key is read.
+    let policy = match (config.danger.allow_swap, config.dev.is_some()) {
+        (true, _) => memory::Policy::Off,
+        (false, true) => memory::Policy::Try,
+        (false, false) => memory::Policy::Require,
+    };
+    match memory::lock(policy) {
+        Ok(memory::Outcome::Locked) => tracing::debug!("memory locked: no key material is swapped out"),
+        Ok(memory::Outcome::Unlocked(why)) => {
+            tracing::warn!("dev mode: memory not locked, keys may be swapped out: {why}")
+        }
+        Ok(memory::Outcome::Allowed) => {
+            tracing::warn!("danger.allow_swap: memory not locked: keys may be swapped out")
+        }
+        Err(why) => {
+            eprintln!("kmsd: bad configuration: {}", memory::refusal(&why));
+            return ExitCode::from(EX_CONFIG);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
