@@ -76,7 +76,9 @@ impl pb::key_service_server::KeyService for DataPlane {
         let mut req = request.into_inner();
         let result = async {
             let context = context(req.encryption_context)?;
-            let input = encrypt_input(&req.plaintext, req.sealed_plaintext.take())?;
+            // Wiped when the call ends (the bytes tonic decoded it from are not: threat-model.md).
+            let plaintext = zeroize::Zeroizing::new(std::mem::take(&mut req.plaintext));
+            let input = encrypt_input(&plaintext, req.sealed_plaintext.take())?;
             self.encrypt(&who, &req.key, &context, input, &mut audit)
                 .await
                 .map(encrypt_to_wire)
