@@ -1,6 +1,7 @@
 //! `kmsd`: parses the command line and configuration, sets up logging, hardens the process
-//! (no core dumps, not ptrace-able by other users, its memory locked out of swap), and runs [`kms_server::serve`] until SIGTERM
-//! or SIGINT, then drains in-flight calls within a grace period.
+//! (no core dumps, not ptrace-able by other users, its memory locked out of swap), and runs
+//! [`kms_server::serve`] until SIGTERM or SIGINT, then drains in-flight calls within a grace
+//! period.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
