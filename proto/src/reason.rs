@@ -225,6 +225,12 @@ reasons! {
     InitNotPinned = "init_not_pinned", FailedPrecondition;
     /// The admins `Init` names are not exactly the pinned set (the message counts the unexpected and missing ones).
     InitAdminsMismatch = "init_admins_mismatch", PermissionDenied;
+    /// `GetEncryptedShare` or `Unseal` on a sealed server whose configuration pins no
+    /// custodians (`admin.custodians`, or else `admin.init_admins`).
+    UnsealNotPinned = "unseal_not_pinned", FailedPrecondition;
+    /// `GetEncryptedShare` or `Unseal` on a sealed server by an admin whose stored id, country
+    /// and keys are not one of the custodians its configuration pins.
+    CustodianNotPinned = "custodian_not_pinned", PermissionDenied;
     /// An admin id appears twice in `Init`.
     DuplicateAdmin = "duplicate_admin", InvalidArgument;
     /// Shamir seal with 0 or more than 255 custodians.

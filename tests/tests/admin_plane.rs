@@ -713,3 +713,50 @@ async fn concurrent_rotation(backend: Backend) {
     c.server.stop().await;
 }
 both_backends!(two_servers_rotate_concurrently, super::concurrent_rotation);
+
+/// A sealed server takes `GetEncryptedShare` and `Unseal` only from the custodians its
+/// configuration pins (it cannot verify the database's admin rows before the root is back):
+/// `admin.custodians` when set, else `admin.init_admins`, and neither is refused outright.
+async fn pinned_custodians(backend: Backend) {
+    let Some(mut c) = Ceremony::new(backend, Options::default()).await else {
+        return;
+    };
+    // admin.custodians pins bob and carol: alice, an init admin, is refused while sealed.
+    let bob_and_carol = fingerprints(&c.custodians[1..]);
+    c.restart(Options {
+        custodians: Some(bob_and_carol),
+        ..Options::default()
+    })
+    .await;
+    let fetch = |k: &kms_core::keyfile::AdminKeyFile| signed(k, Op::GetEncryptedShare(pb::GetEncryptedShareOp {}));
+    let (alice, bob, carol) = (&c.custodians[0], &c.custodians[1], &c.custodians[2]);
+    assert_refused(
+        c.admin.get_encrypted_share(fetch(alice)).await,
+        Code::PermissionDenied,
+        "custodian_not_pinned",
+    );
+    submit_share(&mut c.admin, bob).await.unwrap();
+    let s = submit_share(&mut c.admin, carol).await.unwrap();
+    assert!(!s.sealed);
+    // Unsealed, the rows verify: alice is an admin like any other.
+    c.admin.get_encrypted_share(fetch(alice)).await.unwrap();
+    attest::assert_audited(&c.db, "admin.get_encrypted_share", "custodian_not_pinned").await;
+
+    // Neither setting: no share is taken.
+    let old = std::mem::replace(
+        &mut c.server,
+        TestServer::start(&c.db, &c.pki, Options::default()).await,
+    );
+    old.stop().await;
+    c.admin = c.server.admin(&c.pki).await;
+    assert_refused(
+        c.admin.get_encrypted_share(fetch(&c.custodians[1])).await,
+        Code::FailedPrecondition,
+        "unseal_not_pinned",
+    );
+    attest::assert_audited(&c.db, "admin.get_encrypted_share", "unseal_not_pinned").await;
+}
+both_backends!(
+    a_sealed_server_takes_shares_only_from_pinned_custodians,
+    super::pinned_custodians
+);

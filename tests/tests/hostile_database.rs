@@ -1610,3 +1610,111 @@ async fn made_up_challenges(backend: Backend) {
     w.attest_tpm(&lab.swtpm, &ak).await.unwrap();
 }
 both_backends!(made_up_challenge_rows, super::made_up_challenges);
+
+/// The operator seals every replica and tries to unseal it alone. A replica follows the
+/// database's root generation, so a seal record naming a generation it never held (a copy of
+/// the current one) seals it within a second. A sealed replica cannot verify admin rows (their
+/// key is under the root), so the operator's next step would be an admin of its own, or its key
+/// in a custodian's row, with a share row for that generation: a root of its own, unsealed by
+/// no custodian. The replica takes shares only from the custodians its configuration pins
+/// (`admin.init_admins` here), by the fingerprint of the stored row: both are refused before
+/// anything is fetched or combined, and audited; a pinned custodian gets past the pin.
+async fn unseal_alone(backend: Backend) {
+    let Some(lab) = Lab::start(backend).await else {
+        return;
+    };
+    lab.drop_foreign_keys().await;
+    let deployment = deployment_of(lab.alice());
+    lab.sql_all(&[
+        "CREATE TABLE forged_generation AS SELECT * FROM root_generations WHERE generation = 1".to_owned(),
+        "UPDATE forged_generation SET generation = 99".to_owned(),
+        "INSERT INTO root_generations SELECT * FROM forged_generation".to_owned(),
+        "UPDATE seal_config SET root_generation = 99".to_owned(),
+    ])
+    .await;
+    // (Until it follows, the unsealed replica refuses the changed seal record: row_integrity.)
+    let mut last = None;
+    for _ in 0..100 {
+        let s = lab.admin.clone().get_seal_status(pb::GetSealStatusRequest {}).await;
+        if let Ok(s) = &s {
+            if s.get_ref().sealed && s.get_ref().root_generation == 99 {
+                last = None;
+                break;
+            }
+        }
+        last = Some(s);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(last.is_none(), "the replica did not follow the seal record: {last:?}");
+
+    // An admin of the operator's own, a custodian with a share of generation 99.
+    let mallory = admin("mallory", "DE");
+    let m = new_admin(&mallory, true);
+    let alice = lab.alice().admin_id.to_string();
+    lab.sql_all(&[
+        format!(
+            "INSERT INTO admins SELECT 'mallory', country, {}, {}, custodian, created_unix_ms, removed_unix_ms, \
+             removed_by, row_version, row_generation, row_mac FROM admins WHERE id = '{alice}'",
+            hex_literal(lab.backend, &m.signing_public_key),
+            hex_literal(lab.backend, &m.encryption_public_key),
+        ),
+        format!("CREATE TABLE forged_share AS SELECT * FROM root_shares WHERE generation = 1 AND admin_id = '{alice}'"),
+        "UPDATE forged_share SET generation = 99, admin_id = 'mallory'".to_owned(),
+        "INSERT INTO root_shares SELECT * FROM forged_share".to_owned(),
+    ])
+    .await;
+    // The operator's keys in custodian bob's row, with a share of generation 99 for "bob".
+    let as_bob = admin("bob", "FR");
+    let b = new_admin(&as_bob, true);
+    lab.sql_all(&[
+        format!(
+            "UPDATE admins SET signing_public_key = {}, encryption_public_key = {} WHERE id = 'bob'",
+            hex_literal(lab.backend, &b.signing_public_key),
+            hex_literal(lab.backend, &b.encryption_public_key),
+        ),
+        "UPDATE forged_share SET admin_id = 'bob'".to_owned(),
+        "INSERT INTO root_shares SELECT * FROM forged_share".to_owned(),
+    ])
+    .await;
+    let fetch = |k: &AdminKeyFile| {
+        signed_for(
+            k,
+            &deployment,
+            Op::GetEncryptedShare(pb::GetEncryptedShareOp {}),
+            kms_core::now_unix_ms(),
+        )
+    };
+    let mut admin_c = lab.admin.clone();
+    for k in [&mallory, &as_bob] {
+        assert_refused(
+            admin_c.get_encrypted_share(fetch(k)).await,
+            Code::PermissionDenied,
+            "custodian_not_pinned",
+        );
+        let unseal = signed_for(
+            k,
+            &deployment,
+            Op::Unseal(pb::UnsealOp { envelope: vec![0; 64] }),
+            kms_core::now_unix_ms(),
+        );
+        assert_refused(
+            admin_c.unseal(unseal).await,
+            Code::PermissionDenied,
+            "custodian_not_pinned",
+        );
+    }
+    assert_audited(&lab.db, "admin.get_encrypted_share", "custodian_not_pinned").await;
+    assert_audited(&lab.db, "admin.unseal", "custodian_not_pinned").await;
+    // A pinned custodian passes the pin (and has no share of the operator's generation).
+    assert_refused(
+        admin_c.get_encrypted_share(fetch(lab.alice())).await,
+        Code::PermissionDenied,
+        "not_a_custodian",
+    );
+    let s = status(&lab).await;
+    assert!(s.sealed, "{s:?}");
+}
+both_backends!(
+    a_sealed_replica_takes_shares_only_from_pinned_custodians,
+    super::unseal_alone
+);

@@ -36,6 +36,11 @@ pub struct Config {
     /// name (`admin.init_admins`). Without it Init is refused (outside dev mode), so whoever
     /// reaches an uninitialized server first cannot make it theirs.
     pub init_admins: Option<Vec<String>>,
+    /// The fingerprints of the admins who may fetch their share and unseal while the server is
+    /// sealed (`admin.custodians`; unset: `init_admins`). A sealed server cannot verify the
+    /// database's admin rows (their key is under the root), so without this pin whoever writes
+    /// the database could write an admin and a seal record of their own and unseal alone.
+    pub custodians: Option<Vec<String>>,
     /// How often every row is read and checked, and missing rows looked for (`integrity`).
     pub integrity_scan_interval: Duration,
     /// How long a quorum proposal stays open (default and maximum).
@@ -519,6 +524,8 @@ struct AdminSection {
     max_clock_skew_secs: u64,
     #[serde(default)]
     init_admins: Option<Vec<String>>,
+    #[serde(default)]
+    custodians: Option<Vec<String>>,
 }
 
 impl Default for AdminSection {
@@ -529,6 +536,7 @@ impl Default for AdminSection {
             proposal_ttl_secs: default_proposal_ttl(),
             max_clock_skew_secs: default_clock_skew(),
             init_admins: None,
+            custodians: None,
         }
     }
 }
@@ -557,12 +565,11 @@ fn default_scan_interval() -> u64 {
     300
 }
 
-/// Checks pinned admin fingerprints: `sha256:` and 64 lowercase hex digits, no duplicates.
-fn check_init_admins(list: &[String]) -> Result<Vec<String>, ConfigError> {
+/// Checks pinned admin fingerprints (`admin.{key}`): `sha256:` and 64 lowercase hex digits,
+/// no duplicates.
+fn check_fingerprints(key: &str, list: &[String]) -> Result<Vec<String>, ConfigError> {
     if list.is_empty() {
-        return Err(ConfigError(
-            "admin.init_admins: list at least one admin fingerprint".into(),
-        ));
+        return Err(ConfigError(format!("admin.{key}: list at least one admin fingerprint")));
     }
     let mut seen = std::collections::BTreeSet::new();
     for (i, f) in list.iter().enumerate() {
@@ -571,11 +578,11 @@ fn check_init_admins(list: &[String]) -> Result<Vec<String>, ConfigError> {
             .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         if !ok {
             return Err(ConfigError(format!(
-                "admin.init_admins[{i}]: {f:?} is not an admin fingerprint (sha256: and 64 hex digits, as `kmsctl admin fingerprint` prints)"
+                "admin.{key}[{i}]: {f:?} is not an admin fingerprint (sha256: and 64 hex digits, as `kmsctl admin fingerprint` prints)"
             )));
         }
         if !seen.insert(f.clone()) {
-            return Err(ConfigError(format!("admin.init_admins[{i}]: {f} is listed twice")));
+            return Err(ConfigError(format!("admin.{key}[{i}]: {f} is listed twice")));
         }
     }
     Ok(list.to_vec())
@@ -746,6 +753,7 @@ impl Default for Config {
             admin_request_window: Duration::from_secs(default_window()),
             admin_clock_skew: Duration::from_secs(default_clock_skew()),
             init_admins: None,
+            custodians: None,
             integrity_scan_interval: Duration::from_secs(default_scan_interval()),
             proposal_ttl: Duration::from_secs(default_proposal_ttl()),
             key_cache_ttl: Duration::from_millis(default_cache_ttl()),
@@ -811,7 +819,18 @@ impl Config {
         if file.admin.max_clock_skew_secs > 600 {
             return Err(ConfigError("admin.max_clock_skew_secs must be at most 600".into()));
         }
-        let init_admins = file.admin.init_admins.as_deref().map(check_init_admins).transpose()?;
+        let init_admins = file
+            .admin
+            .init_admins
+            .as_deref()
+            .map(|l| check_fingerprints("init_admins", l))
+            .transpose()?;
+        let custodians = file
+            .admin
+            .custodians
+            .as_deref()
+            .map(|l| check_fingerprints("custodians", l))
+            .transpose()?;
         if !(1..=86_400).contains(&file.integrity.scan_interval_secs) {
             return Err(ConfigError(
                 "integrity.scan_interval_secs must be between 1 and 86400".into(),
@@ -883,6 +902,7 @@ impl Config {
             admin_request_window: Duration::from_secs(file.admin.request_window_secs),
             admin_clock_skew: Duration::from_secs(file.admin.max_clock_skew_secs),
             init_admins,
+            custodians,
             integrity_scan_interval: Duration::from_secs(file.integrity.scan_interval_secs),
             proposal_ttl: Duration::from_secs(file.admin.proposal_ttl_secs),
             key_cache_ttl: Duration::from_millis(file.keys.cache_ttl_ms),
@@ -942,6 +962,7 @@ impl Config {
             tls: None,
             // Dev mode initializes itself with its own dev admin.
             init_admins: None,
+            custodians: None,
             integrity_scan_interval: Duration::from_secs(60),
             // Dev mode checkpoints often, so the feature shows within a demo.
             checkpoint_interval: Duration::from_secs(5),
@@ -1153,6 +1174,44 @@ mod tests {
             assert!(e.contains("keys.cache_ttl_ms"), "{e}");
         }
         assert!(!c.danger.allow_unattested_keys);
+    }
+
+    #[test]
+    fn pinned_custodians() {
+        let (_d, base) = files();
+        let f = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let c = Config::from_toml(&base, []).unwrap();
+        assert_eq!((c.init_admins, c.custodians), (None, None));
+        let c = Config::from_toml(
+            &format!(
+                "{base}\n[admin]\ninit_admins = [\"{}\"]\ncustodians = [\"{}\", \"{}\"]\n",
+                f('a'),
+                f('b'),
+                f('c')
+            ),
+            [],
+        )
+        .unwrap();
+        assert_eq!(c.init_admins, Some(vec![f('a')]));
+        assert_eq!(c.custodians, Some(vec![f('b'), f('c')]));
+        let e = Config::from_toml(&format!("{base}\n[admin]\ncustodians = [\"sha256:ab\"]\n"), [])
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("admin.custodians[0]") && e.contains("not an admin fingerprint"),
+            "{e}"
+        );
+        let e = Config::from_toml(&format!("{base}\n[admin]\ncustodians = []\n"), [])
+            .unwrap_err()
+            .0;
+        assert!(e.contains("admin.custodians: list at least one"), "{e}");
+        let e = Config::from_toml(
+            &format!("{base}\n[admin]\ncustodians = [\"{}\", \"{}\"]\n", f('d'), f('d')),
+            [],
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("admin.custodians[1]") && e.contains("listed twice"), "{e}");
     }
 
     #[test]

@@ -143,6 +143,7 @@ pub async fn serve(
         window: config.admin_request_window,
         skew: config.admin_clock_skew,
         init_admins: config.init_admins.clone(),
+        custodians: config.custodians.clone().or_else(|| config.init_admins.clone()),
         proposal_ttl: config.proposal_ttl,
         allow_unattested: config.danger.allow_unattested_keys,
         attestation: attestation.clone(),

@@ -304,6 +304,8 @@ pub struct Options {
     pub checkpoint_interval: Duration,
     /// `admin.init_admins`: the fingerprints Init must name (the Ceremony sets its own).
     pub init_admins: Option<Vec<String>>,
+    /// `admin.custodians`: who may unseal (unset: `init_admins`).
+    pub custodians: Option<Vec<String>>,
     /// `integrity.scan_interval_secs`.
     pub integrity_scan_interval: Duration,
     /// How far ahead the destroyer's clock runs (`Config::danger_destroyer_clock_ahead`).
@@ -336,6 +338,7 @@ impl Default for Options {
             },
             checkpoint_interval: Duration::from_secs(60),
             init_admins: None,
+            custodians: None,
             integrity_scan_interval: Duration::from_secs(300),
             destroyer_clock_ahead: Duration::ZERO,
             limits: kms_server::config::LimitsConfig::default(),
@@ -426,6 +429,7 @@ impl TestServer {
             tls: Some(pki.tls_config()),
             allowed_countries: opts.allowed_countries,
             init_admins: opts.init_admins,
+            custodians: opts.custodians,
             integrity_scan_interval: opts.integrity_scan_interval,
             proposal_ttl: opts.proposal_ttl,
             key_cache_ttl: opts.key_cache_ttl,

@@ -35,6 +35,9 @@ pub struct AdminPlane {
     pub(crate) window: Duration,
     pub(crate) skew: Duration,
     pub(crate) init_admins: Option<Vec<String>>,
+    /// Who may fetch a share and unseal while sealed: `admin.custodians`, or else
+    /// `admin.init_admins` ([`Self::check_pinned_custodian`]).
+    pub(crate) custodians: Option<Vec<String>>,
     pub(crate) proposal_ttl: Duration,
     pub(crate) allow_unattested: bool,
     pub(crate) attestation: Arc<crate::attest::Attestation>,
@@ -179,6 +182,9 @@ impl AdminPlane {
                         format!("admin {admin_id} was removed"),
                     ));
                 }
+                if sealed_ok && method != "seal" {
+                    self.check_pinned_custodian(&row, audit)?;
+                }
                 AdminPublicKey::parse(&row.signing_public_key)
                     .map_err(|_| ApiError::new(Reason::CorruptAdmin, "stored admin key is unreadable"))?
             }
@@ -205,6 +211,39 @@ impl AdminPlane {
             ));
         }
         Ok(admin_id)
+    }
+
+    /// A sealed server reads the admin row of a custodian's `GetEncryptedShare` or `Unseal`
+    /// unverified (the rows' key is under the root it does not hold yet), so whoever writes the
+    /// database could add an admin of their own, or put their key in a custodian's row, beside
+    /// a seal record for a root of their own with one share, and unseal alone. The stored id,
+    /// country and keys must therefore be one of the custodians the configuration pins
+    /// (`admin.custodians`, or else `admin.init_admins`): the database can name only admins
+    /// whose HSM keys it does not hold.
+    pub(crate) fn check_pinned_custodian(&self, row: &AdminRow, audit: &mut Audit) -> Result<(), ApiError> {
+        let Some(pinned) = &self.custodians else {
+            return Err(ApiError::new(
+                Reason::UnsealNotPinned,
+                "this server pins no custodians (admin.custodians, or admin.init_admins, in its configuration): a sealed server cannot verify the database's admin rows, so it takes shares only from pinned admins; list their fingerprints (kmsctl admin fingerprint) and restart it",
+            ));
+        };
+        let stored = kms_core::admin::fingerprint(
+            row.id.as_str(),
+            row.country.as_str(),
+            &row.signing_public_key,
+            &row.encryption_public_key,
+        );
+        if !pinned.contains(&stored) {
+            audit.detail("admin_fingerprint", stored.clone());
+            return Err(ApiError::new(
+                Reason::CustodianNotPinned,
+                format!(
+                    "the database's admin {} (fingerprint {stored}) is not a custodian this server's configuration pins (admin.custodians, or admin.init_admins): a sealed server takes shares only from pinned admins",
+                    row.id
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Init is refused unless the admins it names are exactly those whose fingerprints the

@@ -63,6 +63,7 @@ impl Kit {
             window: defaults.admin_request_window,
             skew: defaults.admin_clock_skew,
             init_admins: None,
+            custodians: None,
             proposal_ttl: defaults.proposal_ttl,
             allow_unattested: true,
             attestation: attestation.clone(),
