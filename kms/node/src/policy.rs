@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use attestation::snp::SnpTrust;
-use kms_core::policy::{AttestationRequirement, ReleasePolicy};
+use kms_core::policy::{AttestationRequirement, Condition, ReleasePolicy};
 use serde::Deserialize;
 
 /// Which TPM-attested nodes are trusted: those whose quotes are signed by one of these AKs
@@ -105,6 +105,13 @@ impl NodePolicy {
         }
         if let Some(s) = &snp {
             s.check().map_err(|e| bad(format!("snp.{e}")))?;
+            if !pins_snp_software(&release_policy) {
+                return Err(bad(format!(
+                    "release_policy: a policy that accepts SEV-SNP nodes must pin their software, or any SEV-SNP guest on any AMD host passes: \
+                     require {} with `equals` or `in` (in `allOf`, or in every `anyOf` branch an SNP node can meet)",
+                    SNP_SOFTWARE_CLAIMS.join(", ")
+                )));
+            }
         }
         if let Some(t) = &tpm {
             if t.ak_names.is_empty() {
@@ -121,6 +128,37 @@ impl NodePolicy {
             deployment_id: None,
         })
     }
+}
+
+/// The claims that name an SEV-SNP guest's software: its launch measurement, or the key that
+/// signed its ID block (which commits to the measurement) or that key's author key.
+/// `snp.host_data` is set by the host, and `snp.chip_id` names hardware, not what runs on it.
+const SNP_SOFTWARE_CLAIMS: [&str; 3] = ["snp.measurement", "snp.id_key_digest", "snp.author_key_digest"];
+
+/// Whether every SEV-SNP node that meets `policy` has its software pinned: a condition
+/// `equals` or `in` on one of [`SNP_SOFTWARE_CLAIMS`] on every way of meeting it. A structural
+/// check, so conservative: a branch an SNP node cannot meet (`tee` other than `snp`, any `tpm.*`
+/// claim, which SNP evidence never has) needs no pin.
+fn pins_snp_software(policy: &ReleasePolicy) -> bool {
+    fn pins(c: &Condition) -> bool {
+        match c {
+            Condition::AllOf(all) => all.iter().any(pins),
+            Condition::AnyOf(any) => !any.is_empty() && any.iter().all(pins),
+            Condition::Equals { claim, value } => {
+                SNP_SOFTWARE_CLAIMS.contains(&claim.as_str())
+                    || claim.starts_with("tpm.")
+                    || (claim == "tee" && value.as_str() != Some("snp"))
+            }
+            Condition::In { claim, values } => {
+                SNP_SOFTWARE_CLAIMS.contains(&claim.as_str())
+                    || claim.starts_with("tpm.")
+                    || (claim == "tee" && values.iter().all(|v| v.as_str() != Some("snp")))
+            }
+            Condition::AtLeast { claim, .. } => claim.starts_with("tpm."),
+            _ => false,
+        }
+    }
+    policy.all_of().iter().any(pins) || (!policy.any_of().is_empty() && policy.any_of().iter().all(pins))
 }
 
 #[cfg(test)]
@@ -141,6 +179,47 @@ mod tests {
         for bad in ["", "dep 1"] {
             let e = NodePolicy::parse(&format!(r#"{{"version":1,{base},"deployment_id":"{bad}"}}"#)).unwrap_err();
             assert!(e.to_string().contains("deployment_id"), "{e}");
+        }
+    }
+
+    #[test]
+    fn snp_nodes_must_have_their_software_pinned() {
+        let m = "33".repeat(48);
+        let snp =
+            r#""snp":{"products":["milan"],"minimum_tcb":{"milan":{"bootloader":0,"tee":0,"snp":0,"microcode":0}}}"#;
+        let parse = |rp: &str| {
+            NodePolicy::parse(&format!(
+                r#"{{"version":1,{snp},"tpm":{{"ak_names":["00"]}},"release_policy":{rp}}}"#
+            ))
+        };
+        for pinned in [
+            format!(
+                r#"{{"version":1,"attestation":"required","allOf":[{{"claim":"snp.measurement","equals":"{m}"}}]}}"#
+            ),
+            format!(
+                r#"{{"version":1,"attestation":"required","allOf":[{{"claim":"snp.id_key_digest","in":["{m}"]}}]}}"#
+            ),
+            format!(
+                r#"{{"version":1,"attestation":"required","allOf":[{{"anyOf":[{{"claim":"snp.measurement","equals":"{m}"}},{{"claim":"snp.author_key_digest","equals":"{m}"}}]}}]}}"#
+            ),
+            // SNP nodes cannot meet a TPM branch (nor a policy that admits only TPM nodes).
+            format!(
+                r#"{{"version":1,"attestation":"required","anyOf":[{{"claim":"tpm.pcr.7","equals":"{}"}},{{"allOf":[{{"claim":"tee","equals":"snp"}},{{"claim":"snp.measurement","equals":"{m}"}}]}}]}}"#,
+                "00".repeat(32)
+            ),
+            r#"{"version":1,"attestation":"required","allOf":[{"claim":"tee","equals":"tpm"}]}"#.to_owned(),
+        ] {
+            parse(&pinned).unwrap_or_else(|e| panic!("{pinned}: {e}"));
+        }
+        for open in [
+            r#"{"version":1,"attestation":"required"}"#.to_owned(),
+            r#"{"version":1,"attestation":"required","allOf":[{"claim":"tee","equals":"snp"},{"claim":"snp.guest_svn","atLeast":3}]}"#.to_owned(),
+            format!(r#"{{"version":1,"attestation":"required","allOf":[{{"claim":"snp.host_data","equals":"{}"}},{{"claim":"snp.chip_id","equals":"{}"}}]}}"#, "00".repeat(32), "00".repeat(64)),
+            // One branch an SNP node can meet without a pinned measurement.
+            format!(r#"{{"version":1,"attestation":"required","anyOf":[{{"claim":"snp.measurement","equals":"{m}"}},{{"claim":"snp.policy.debug","equals":false}}]}}"#),
+        ] {
+            let e = parse(&open).unwrap_err().to_string();
+            assert!(e.contains("must pin their software") && e.contains("snp.measurement"), "{open}: {e}");
         }
     }
 

@@ -109,7 +109,9 @@ fn snp_nodes_against_a_measurement_policy() {
             NodePolicy::new(
                 Some(chain.strict_trust(chain.options().tcb)),
                 None,
-                release_policy(r#"{"version":1,"attestation":"required"}"#),
+                release_policy(&format!(
+                    r#"{{"version":1,"attestation":"required","allOf":[{{"claim":"snp.measurement","equals":"{measurement}"}}]}}"#
+                )),
             )
             .unwrap()
             .pinned_to(deployment)
