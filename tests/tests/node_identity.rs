@@ -70,6 +70,18 @@ async fn kmsctl(pki: &Pki, server: &impl Reachable, key_file: &std::path::Path, 
         .into()
 }
 
+/// The deployment the server's status names.
+async fn deployment_of_status(pki: &Pki, server: &TestServer) -> String {
+    server
+        .admin(pki)
+        .await
+        .get_seal_status(pb::GetSealStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .deployment_id
+}
+
 async fn progress(pki: &Pki, server: &TestServer) -> u32 {
     server
         .admin(pki)
@@ -672,6 +684,45 @@ async fn admins_act_only_on_answers_the_attested_node_signed() {
         .await
         .expect(0);
     assert!(out.json()["keys"].is_array(), "{}", out.stdout);
+
+    // The deployment a request is signed for comes from the verified node's signed status, not
+    // from the unsigned GetSealStatus: a proxy that names another deployment there (one where
+    // the same admin key is an admin too, say) cannot make kmsctl sign for it, with or without
+    // --deployment.
+    let deployment = deployment_of_status(&pki, &server).await;
+    let elsewhere = Tamper::response("/kms.v1.AdminService/GetSealStatus", |s: &mut pb::SealStatus| {
+        s.deployment_id = "dep-elsewhere".into();
+    });
+    let proxy = GrpcProxy::start(&pki, &server, "spiffe://test/admin-cli", elsewhere).await;
+    // `kmsctl status` shows what the proxy wrote unless asked for the node's signed status.
+    let unsigned = kmsctl(&pki, &proxy, &alice_key, &["--output", "json", "status"])
+        .await
+        .expect(0);
+    assert_eq!(unsigned.json()["deployment_id"], "dep-elsewhere", "{}", unsigned.stdout);
+    assert!(unsigned.json().get("signed_by").is_none(), "{}", unsigned.stdout);
+    let signed = kmsctl(&pki, &proxy, &alice_key, &pinned(&["status"])).await.expect(0);
+    assert_eq!(signed.json()["deployment_id"], deployment.as_str(), "{}", signed.stdout);
+    assert!(
+        signed.json()["signed_by"].as_str().unwrap().starts_with("node-"),
+        "{}",
+        signed.stdout
+    );
+    let listed = kmsctl(&pki, &proxy, &alice_key, &pinned(&["key", "list"]))
+        .await
+        .expect(0);
+    assert!(listed.stdout.contains("payroll"), "{}", listed.stdout);
+    let mut with_pin = vec!["--deployment", deployment.as_str()];
+    with_pin.extend(pinned(&["key", "list"]));
+    kmsctl(&pki, &proxy, &alice_key, &with_pin).await.expect(0);
+    let mut elsewhere_pin = vec!["--deployment", "dep-elsewhere"];
+    elsewhere_pin.extend(pinned(&["key", "list"]));
+    let out = kmsctl(&pki, &proxy, &alice_key, &elsewhere_pin).await.expect(4);
+    assert!(
+        out.stdout.contains("refusing to sign") || out.stderr.contains("refusing to sign"),
+        "{} {}",
+        out.stdout,
+        out.stderr
+    );
 
     // The truth, through the honest proxy: the disable that the stripped answer did not vouch for.
     let now = kmsctl(&pki, &honest, &alice_key, &pinned(&["key", "describe", "payroll"]))

@@ -57,12 +57,14 @@ impl Server {
         })
     }
 
-    /// The deployment signed requests name: the server's (from its status), which must be the
-    /// pinned one if --deployment is given.
-    async fn deployment(&self) -> Result<&str, Error> {
+    /// The deployment signed requests name: the one the answering node's status names, signed
+    /// over a fresh nonce by a node verified under `nodes`' trust (so a proxy cannot make this
+    /// kmsctl sign for a deployment of its choosing, as it could with the unsigned
+    /// `GetSealStatus`), which must be the pinned one if --deployment is given.
+    async fn deployment(&self, nodes: &VerifiedNodes) -> Result<&str, Error> {
         self.deployment
             .get_or_try_init(|| async {
-                let status = self.seal_status().await?;
+                let (_, status) = crate::node::verified_status(self, nodes).await?;
                 if !status.initialized {
                     return Err(Error::local(
                         "the server is not initialized: it has no deployment to sign requests for (kmsctl init first)",
@@ -132,7 +134,7 @@ impl Server {
         let deployment = match op {
             // Init makes the deployment.
             Op::Init(_) => "",
-            _ => self.deployment().await?,
+            _ => self.deployment(nodes).await?,
         };
         let request = admin.sign(deployment, op)?;
         let answer = self

@@ -15,11 +15,29 @@ use crate::error::Error;
 use crate::output::{self, Printer};
 
 /// `kmsctl status`.
+/// With a node trust (`--node-policy`) the status is the one the answering node signed over a
+/// fresh nonce, verified under it (and says which node signed it); without one it is the unsigned
+/// `GetSealStatus`, which anything on the path could have written.
 pub(crate) async fn status(g: &Global, p: &Printer) -> Result<(), Error> {
     let server = Server::connect(g).await?;
-    let s = server.seal_status().await?;
-    p.emit(output::seal_status_json(&s), || {
+    let (s, signed_by) = match crate::node::verifier(g)? {
+        Some(v) => {
+            let server = server.trusting(kms_client::nodes::VerifiedNodes::new(v));
+            let nodes = server.nodes("status").await?;
+            let (node, s) = crate::node::verified_status(&server, nodes).await?;
+            (s, Some(node.id))
+        }
+        None => (server.seal_status().await?, None),
+    };
+    let mut json = output::seal_status_json(&s);
+    if let Some(id) = &signed_by {
+        json["signed_by"] = serde_json::Value::String(id.clone());
+    }
+    p.emit(json, || {
         let mut out = output::seal_status_human(&s);
+        if let Some(id) = &signed_by {
+            out.push_str(&format!("signed by:       {id} (verified under the node trust)\n"));
+        }
         if s.initialized && s.sealed && s.seal == pb::SealKind::Shamir as i32 {
             out.push_str(&format!("next: {}\n", sealed_hint(&s)));
         }
