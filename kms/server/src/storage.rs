@@ -468,24 +468,6 @@ impl Store {
             .collect())
     }
 
-    /// The first row of `T` selected by `rest` that verifies; if only rows that do not verify are
-    /// selected, the refusal of the first of them.
-    pub(crate) async fn first<T: Row>(
-        &self,
-        rest: &str,
-        binds: &[Value],
-        selects: impl Fn(&Stored<T>) -> bool,
-    ) -> Result<Option<Stored<T>>, StoreError> {
-        let mut refused = None;
-        for r in self.fetch::<T>(rest, binds, selects).await? {
-            match r {
-                Ok(s) => return Ok(Some(s)),
-                Err(e) => refused = refused.or(Some(e)),
-            }
-        }
-        refused.map_or(Ok(None), Err)
-    }
-
     /// Rows of `T` selected by `rest`, as stored and **not verified**: only for what must be
     /// read while sealed (the seal record, generations, shares, the admins who unseal), each of
     /// which is verified when the seal opens.
@@ -771,12 +753,26 @@ impl Store {
     }
 
     /// A key by name (the row that verifies; if only rows that do not verify have the name,
-    /// their refusal).
+    /// their refusal). Names are unique, but only the database's UNIQUE constraint says so: if
+    /// two rows kmsd wrote have the name (the constraint dropped, and a second key created
+    /// under it), neither is used, so which key a name means is never the database's choice.
     pub async fn key_by_name(&self, name: &str) -> Result<Option<KeyRow>, StoreError> {
-        Ok(self
-            .first::<KeyRow>("WHERE name = $1", &[Value::text(name)], |k| k.name.as_str() == name)
+        let mut genuine = Vec::new();
+        let mut refused = None;
+        for r in self
+            .fetch::<KeyRow>("WHERE name = $1", &[Value::text(name)], |k| k.name.as_str() == name)
             .await?
-            .map(|s| s.row))
+        {
+            match r {
+                Ok(s) => genuine.push(s.row),
+                Err(e) => refused = refused.or(Some(e)),
+            }
+        }
+        match genuine.len() {
+            0 => refused.map_or(Ok(None), Err),
+            1 => Ok(genuine.pop()),
+            n => Err(self.integrity.ambiguous_name(&genuine[1], name, n)),
+        }
     }
 
     /// One page of a listing of a table keyed by `id`: of the first `size` rows with id greater
@@ -1364,6 +1360,68 @@ mod tests {
             i.challenge_expiry("spiffe://eu.example/app", &nonce),
             Err(StoreError::Sealed)
         ));
+    }
+
+    /// Key names are unique only by the database's UNIQUE constraint. With it dropped (the
+    /// table rebuilt without it on SQLite), two genuine keys of one name leave the name unused
+    /// and reported, rather than resolved to whichever row the database returns first.
+    #[tokio::test]
+    async fn a_name_two_genuine_keys_have_is_not_used() {
+        let (stores, _dir) = test_stores().await;
+        for store in stores {
+            let without_unique = match store.backend {
+                Backend::Postgres => vec!["ALTER TABLE keys DROP CONSTRAINT keys_name_key".to_owned()],
+                Backend::Sqlite => {
+                    let create: String =
+                        sqlx::query("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'keys'")
+                            .fetch_one(&store.pool)
+                            .await
+                            .unwrap()
+                            .get("sql");
+                    let rebuilt = create.replacen("CREATE TABLE keys", "CREATE TABLE keys_rebuilt", 1);
+                    assert!(rebuilt.contains("name TEXT NOT NULL UNIQUE"), "{rebuilt}");
+                    vec![
+                        "PRAGMA foreign_keys = OFF".to_owned(),
+                        rebuilt.replacen("name TEXT NOT NULL UNIQUE", "name TEXT NOT NULL", 1),
+                        "DROP TABLE keys".to_owned(),
+                        "ALTER TABLE keys_rebuilt RENAME TO keys".to_owned(),
+                    ]
+                }
+            };
+            let mut conn = store.pool.acquire().await.unwrap();
+            for sql in without_unique {
+                sqlx::query(&sql).execute(&mut *conn).await.unwrap();
+            }
+            drop(conn);
+            let record = || Record {
+                time_unix_ms: 1,
+                caller: "test".into(),
+                operation: "admin.create_key".into(),
+                key_id: None,
+                outcome: "allowed".into(),
+                reason: String::new(),
+                detail: "{}".into(),
+            };
+            store
+                .create_key(&numbered_key([1; 16], "payroll"), &[1; 60], 1, record())
+                .await
+                .unwrap();
+            assert_eq!(
+                store.key_by_name("payroll").await.unwrap().unwrap().id,
+                KeyId::from_bytes([1; 16])
+            );
+            store
+                .create_key(&numbered_key([2; 16], "payroll"), &[1; 60], 1, record())
+                .await
+                .unwrap();
+            match store.key_by_name("payroll").await {
+                Err(StoreError::Integrity(v)) => {
+                    assert!(v.detail.contains("2 rows kmsd wrote are named \"payroll\""), "{v:?}");
+                    assert_eq!(v.table, "keys");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     /// The scan reports what no single row shows: a genuine row stored twice (its primary key

@@ -677,6 +677,15 @@ impl AdminPlane {
             ));
         }
         let root = self.seal.root()?;
+        // The UNIQUE constraint answers this too (Conflict below), but it is the database's: a
+        // second key under a name, with the constraint dropped, would leave the name to the
+        // database's choice of row (which `key_by_name` refuses).
+        if self.store.key_by_name(name.as_str()).await?.is_some() {
+            return Err(ApiError::new(
+                Reason::KeyNameTaken,
+                format!("a key named {:?} exists", name.as_str()),
+            ));
+        }
         let id = KeyId::generate()?;
         audit.key(id);
         audit.detail("name", name.as_str());

@@ -561,6 +561,18 @@ impl Integrity {
         )))
     }
 
+    /// `n` rows kmsd wrote, `second` among them, have the name `name`, which only one may have
+    /// (reported; the name is not used).
+    pub(crate) fn ambiguous_name<T: Row>(&self, second: &T, name: &str, n: usize) -> StoreError {
+        self.reported(StoreError::Integrity(self.violation::<T>(
+            &second.key(),
+            ViolationKind::Integrity,
+            format!(
+                "{n} rows kmsd wrote are named {name:?}, which only one may be (the database's UNIQUE constraint on the name was dropped): the name is not used"
+            ),
+        )))
+    }
+
     /// Reports an integrity error (passes others through).
     pub(crate) fn reported_error(&self, e: StoreError) -> StoreError {
         self.reported(e)
