@@ -1067,3 +1067,113 @@ async fn destruction_erases_a_version_hidden_from_a_read_by_key() {
     assert!(kept.is_empty(), "versions {kept:?} of a destroyed key keep their KEK");
     c.server.stop().await;
 }
+
+/// A root rotation completes, and retires the old root for good, only once no secret is left
+/// under it. The database answers the rotation's reads `WHERE root_generation = $1` without one
+/// key version (a view in the table's place that looks at the query being run), so the worker
+/// never re-wraps that version's KEK. The completion reads every version, and the log's count
+/// of them: the rotation stays open, the blob keeps decrypting, and once the table answers
+/// honestly again the rotation completes with the version re-wrapped. (Before, the completion
+/// read `WHERE root_generation = $1` too, retired the old root over the hidden version, and
+/// its KEK could never be unwrapped again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_rotation_does_not_complete_over_a_secret_hidden_from_it() {
+    let Some(c) = Ceremony::new(Backend::Postgres, Options::default()).await else {
+        return;
+    };
+    let key = c.create_key("kept", &[APP], UNATTESTED).await;
+    let mut data = c.server.data(&c.pki, APP).await;
+    let blob = data
+        .encrypt(pb::EncryptRequest {
+            key: "kept".into(),
+            plaintext: b"kept through rotations".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext_blob;
+    let decrypts = |mut data: kms_proto::v1::key_service_client::KeyServiceClient<tonic::transport::Channel>,
+                    blob: Vec<u8>| async move {
+        data.decrypt(pb::DecryptRequest {
+            ciphertext_blob: blob,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().plaintext)
+    };
+    let mut conn = c.db.connect().await;
+    for sql in [
+        "ALTER TABLE key_versions RENAME TO key_versions_stored".to_owned(),
+        format!(
+            "CREATE VIEW key_versions AS SELECT * FROM key_versions_stored WHERE NOT (\
+             key_id = '{}' AND current_query() LIKE '%root_generation = $1%')",
+            key.id
+        ),
+    ] {
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    }
+    let status = |mut admin: kms_proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>| async move {
+        admin
+            .get_seal_status(pb::GetSealStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    c.admin
+        .clone()
+        .propose(propose(
+            &c.custodians[0],
+            pb::quorum_operation::Operation::RotateRoot(pb::RotateRootOp {
+                seal: pb::SealKind::Shamir as i32,
+                threshold: 2,
+                custodians: vec!["alice".into(), "bob".into(), "carol".into()],
+            }),
+        ))
+        .await
+        .unwrap();
+    // The rotation worker starts after its grace period and passes several times (once a
+    // second): the rotation stays open.
+    for _ in 0..16 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let s = status(c.admin.clone()).await;
+        assert_eq!(
+            s.root_generation, 1,
+            "the rotation completed over a hidden secret: {s:?}"
+        );
+        assert!(s.rotation.is_some(), "{s:?}");
+        assert_eq!(
+            decrypts(data.clone(), blob.clone()).await.unwrap(),
+            b"kept through rotations"
+        );
+    }
+    for sql in [
+        "DROP VIEW key_versions",
+        "ALTER TABLE key_versions_stored RENAME TO key_versions",
+    ] {
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+    let mut done = false;
+    for _ in 0..200 {
+        let s = status(c.admin.clone()).await;
+        if s.root_generation == 2 && s.rotation.is_none() {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(done, "the rotation did not complete once the table answered honestly");
+    assert_eq!(
+        decrypts(data.clone(), blob.clone()).await.unwrap(),
+        b"kept through rotations"
+    );
+    let generations: Vec<i64> = sqlx::query_scalar("SELECT root_generation FROM key_versions WHERE key_id = $1")
+        .bind(&key.id)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(generations, [2]);
+    data = c.server.data(&c.pki, APP).await;
+    decrypts(data, blob).await.unwrap();
+    c.server.stop().await;
+}

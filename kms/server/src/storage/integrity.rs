@@ -1077,6 +1077,61 @@ impl Tx {
         Ok(out)
     }
 
+    /// Every row of the tracked table `T`, verified, and complete: a row that does not verify,
+    /// or one the log says exists that the database did not return (a view in the table's place
+    /// can leave rows out of any answer, filtered by `WHERE` or not), fails the read. For what
+    /// must see every row, such as a rotation's completion, which retires the old root for good.
+    pub(crate) async fn every<T: Row>(&mut self) -> Result<Vec<Stored<T>>, StoreError> {
+        debug_assert!(T::TABLE.tracked());
+        let sql = row::select::<T>("");
+        let rows = sqlx::query(&sql).fetch_all(&mut *self.tx).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut returned = std::collections::HashSet::with_capacity(rows.len());
+        for r in &rows {
+            let s = self.check::<T>(r).map_err(|e| self.store.integrity.reported(e))?;
+            if !returned.insert(s.row.key()) {
+                return Err(self
+                    .store
+                    .integrity
+                    .reported(StoreError::Integrity(self.store.integrity.violation::<T>(
+                        &s.row.key(),
+                        ViolationKind::Integrity,
+                        "the table holds this row more than once (its primary key was dropped and the row copied)",
+                    ))));
+            }
+            out.push(s);
+        }
+        // The transaction holds the state lock: the view, with this transaction's own writes,
+        // is every row the table holds.
+        let expected: Vec<(String, i64)> = {
+            let view = read(&self.store.integrity.view);
+            view.rows
+                .iter()
+                .filter(|((t, _), _)| *t == T::TABLE)
+                .map(|((_, k), seen)| (k.clone(), *seen))
+                .chain(
+                    self.written
+                        .iter()
+                        .filter(|((t, _), _)| *t == T::TABLE)
+                        .map(|((_, k), seen)| (k.clone(), *seen)),
+                )
+                .collect::<HashMap<String, Seen>>()
+                .into_iter()
+                .filter(|(_, seen)| !seen.deleted)
+                .map(|(k, seen)| (k, seen.version))
+                .collect()
+        };
+        for (key, version) in expected {
+            if !returned.contains(&key) {
+                return Err(self
+                    .store
+                    .integrity
+                    .reported(StoreError::Rollback(self.store.integrity.gone::<T>(&key, version))));
+            }
+        }
+        Ok(out)
+    }
+
     /// The one row of `T` with primary key `key` (its key columns' values), verified; a row the
     /// log says exists but which is gone is a `row_rollback`.
     pub(crate) async fn get<T: Row>(&mut self, key: &[Value]) -> Result<Option<Stored<T>>, StoreError> {

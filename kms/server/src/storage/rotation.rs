@@ -411,18 +411,26 @@ impl Store {
             return Ok(false);
         }
         let under = [Value::int(g(old))];
-        if !tx
-            .all::<KeyVersionRow>("WHERE root_generation = $1", &under, |v| v.root_generation == old)
+        // Every secret read, not those a `WHERE root_generation = old` returns: the database
+        // can leave rows out of an answer (a view in the table's place), and one left out here
+        // would keep its secret wrapped under a root retired for good. A row missing from the
+        // whole table, or one that does not verify, fails the completion (the rotation stays
+        // open); the worker tries again.
+        if tx
+            .every::<KeyVersionRow>()
             .await?
-            .is_empty()
-            || !tx
-                .all::<TokenKeyRow>("WHERE root_generation = $1", &under, |k| k.root_generation == old)
+            .iter()
+            .any(|v| v.root_generation == old)
+            || tx
+                .every::<TokenKeyRow>()
                 .await?
-                .is_empty()
-            || !tx
-                .all::<CheckpointKeyRow>("WHERE root_generation = $1", &under, |k| k.root_generation == g(old))
+                .iter()
+                .any(|k| k.root_generation == old)
+            || tx
+                .every::<CheckpointKeyRow>()
                 .await?
-                .is_empty()
+                .iter()
+                .any(|k| k.root_generation == g(old))
         {
             return Ok(false);
         }
