@@ -179,9 +179,10 @@ pub async fn state_log(
     conn: &mut AnyConnection,
     wanted: &[i64],
 ) -> Result<Result<(i64, BTreeMap<i64, [u8; 32]>), String>, sqlx::Error> {
-    let rows = sqlx::query("SELECT seq, version, tbl, row_key, op, prev_hash, hash FROM state_log ORDER BY seq")
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows =
+        sqlx::query("SELECT seq, version, tbl, row_key, op, row_digest, prev_hash, hash FROM state_log ORDER BY seq")
+            .fetch_all(&mut *conn)
+            .await?;
     let mut prev = STATE_GENESIS;
     let mut at = 0i64;
     let mut found = BTreeMap::new();
@@ -200,6 +201,13 @@ pub async fn state_log(
             table: r.try_get("tbl")?,
             key: r.try_get("row_key")?,
             op,
+            digest: match r.try_get::<Option<Vec<u8>>, _>("row_digest")? {
+                None => None,
+                Some(d) => match <[u8; 32]>::try_from(d.as_slice()) {
+                    Ok(d) => Some(d),
+                    Err(_) => return Ok(Err(format!("state log entry {seq} has a malformed row digest"))),
+                },
+            },
         };
         let hash = bytes32(r, "hash")?;
         if seq != at + 1

@@ -25,6 +25,8 @@ use crate::Error;
 
 const ROW_LABEL: &[u8] = b"kms-row-v1\0";
 const STATE_LABEL: &[u8] = b"kms-state-v1\0";
+const STATE_LABEL_V2: &[u8] = b"kms-state-v2\0";
+const ROW_DIGEST_LABEL: &[u8] = b"kms-row-digest-v1\0";
 
 /// The hash before the first state log entry.
 pub const STATE_GENESIS: [u8; 32] = [0u8; 32];
@@ -196,13 +198,23 @@ pub struct StateEntry {
     pub key: String,
     /// Put or delete.
     pub op: StateOp,
+    /// For a put, the [`row_digest`] of the row as written: which content the version is, so a
+    /// row authenticated at this version by a transaction that never committed (the same
+    /// version, other content) is not taken for it. `None` for a delete, and for entries
+    /// written before the digest was logged.
+    pub digest: Option<[u8; 32]>,
 }
 
-/// The hash of `entry` after `prev`: SHA-256 of "kms-state-v1\0" ‖ prev ‖ seq (i64 BE) ‖ version
-/// (i64 BE) ‖ table, key and op name, each as u32 BE length ‖ UTF-8.
+/// The hash of `entry` after `prev`. Without a digest: SHA-256 of "kms-state-v1\0" ‖ prev ‖ seq
+/// (i64 BE) ‖ version (i64 BE) ‖ table, key and op name, each as u32 BE length ‖ UTF-8. With
+/// one: the same under "kms-state-v2\0", followed by the 32-byte digest.
 pub fn state_entry_hash(prev: &[u8; 32], entry: &StateEntry) -> [u8; 32] {
     let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(STATE_LABEL);
+    ctx.update(if entry.digest.is_some() {
+        STATE_LABEL_V2
+    } else {
+        STATE_LABEL
+    });
     ctx.update(prev);
     ctx.update(&entry.seq.to_be_bytes());
     ctx.update(&entry.version.to_be_bytes());
@@ -210,6 +222,21 @@ pub fn state_entry_hash(prev: &[u8; 32], entry: &StateEntry) -> [u8; 32] {
         ctx.update(&u32::try_from(field.len()).unwrap_or(u32::MAX).to_be_bytes());
         ctx.update(field.as_bytes());
     }
+    if let Some(d) = &entry.digest {
+        ctx.update(d);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// What a state log entry records of a row's content: SHA-256 of "kms-row-digest-v1\0" ‖ the
+/// row's [`RowEncoding`] (which holds its table, version and every column). Independent of the
+/// integrity key, so a root rotation that re-authenticates the row keeps it.
+pub fn row_digest(row: &RowEncoding) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(ROW_DIGEST_LABEL);
+    ctx.update(row.as_bytes());
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     out
@@ -321,8 +348,26 @@ mod tests {
             table: "admins".into(),
             key: key_text(["alice"]),
             op: StateOp::Put,
+            digest: None,
         };
         let h1 = state_entry_hash(&STATE_GENESIS, &e1);
+        // A digest is covered, and which content it names matters.
+        let with = StateEntry {
+            digest: Some([7; 32]),
+            ..e1.clone()
+        };
+        let h_with = state_entry_hash(&STATE_GENESIS, &with);
+        assert_ne!(h_with, h1);
+        assert_ne!(
+            state_entry_hash(
+                &STATE_GENESIS,
+                &StateEntry {
+                    digest: Some([8; 32]),
+                    ..e1.clone()
+                }
+            ),
+            h_with
+        );
         let e2 = StateEntry { seq: 2, ..e1.clone() };
         assert_ne!(state_entry_hash(&h1, &e2), state_entry_hash(&STATE_GENESIS, &e2));
         let deleted = StateEntry {

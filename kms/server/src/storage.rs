@@ -1362,6 +1362,83 @@ mod tests {
         ));
     }
 
+    /// A transaction that did not commit leaves nothing behind, yet its rows were authenticated
+    /// at the version the next transaction takes: the operator who saw them written (a trigger,
+    /// `log_statement`) and made the commit fail could put one back in place of the row
+    /// committed at that version. Here the aborted write disables a key, the committed one
+    /// changes its description: the aborted row, with a valid authenticator at the committed
+    /// version, is refused, because the state log records which content that version is.
+    #[tokio::test]
+    async fn a_row_of_a_transaction_that_did_not_commit_is_not_taken_for_the_committed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut urls = vec![format!("sqlite://{}?mode=rwc", dir.path().join("kms.db").display())];
+        urls.extend(fresh_postgres_database().await);
+        for url in urls {
+            let (store, ik) = test_store_keyed(&url).await;
+            let record = Record {
+                time_unix_ms: 1,
+                caller: "test".into(),
+                operation: "admin.create_key".into(),
+                key_id: None,
+                outcome: "allowed".into(),
+                reason: String::new(),
+                detail: "{}".into(),
+            };
+            let key = numbered_key([9; 16], "payroll");
+            store.create_key(&key, &[1; 60], 1, record).await.unwrap();
+            let id = [Value::text(key.id.to_string())];
+
+            // The write that does not commit: the key disabled (rolled back when dropped).
+            let mut tx = Tx::begin(&store).await.unwrap();
+            let old = tx.get::<KeyRow>(&id).await.unwrap().unwrap();
+            let mut disabled = old.row.clone();
+            disabled.state = KeyState::Disabled;
+            tx.update(&old, &disabled).await.unwrap();
+            drop(tx);
+
+            // The one that commits, at the same version.
+            let mut tx = Tx::begin(&store).await.unwrap();
+            let old = tx.get::<KeyRow>(&id).await.unwrap().unwrap();
+            let mut described = old.row.clone();
+            described.description = "payroll, from 2027".into();
+            tx.update(&old, &described).await.unwrap();
+            tx.commit().await.unwrap();
+            let committed = store.key_by_id(key.id).await.unwrap().unwrap();
+            assert_eq!(committed.description, "payroll, from 2027");
+            let version: i64 = sqlx::query("SELECT row_version FROM keys WHERE id = $1")
+                .bind(key.id.to_string())
+                .fetch_one(&store.pool)
+                .await
+                .unwrap()
+                .get("row_version");
+
+            // The aborted row as that transaction wrote it, put in the committed one's place.
+            let values = disabled.to_values();
+            let mac = ik
+                .tag(&row::encoding(KeyRow::TABLE.name(), KeyRow::COLUMNS, &values, version))
+                .to_vec();
+            let sql = row::update_sql::<KeyRow>();
+            let mut q = sqlx::query(&sql);
+            for v in &values[KeyRow::KEY..] {
+                q = row::bind(q, v);
+            }
+            q = q.bind(version).bind(1i64).bind(mac);
+            for v in &values[..KeyRow::KEY] {
+                q = row::bind(q, v);
+            }
+            assert_eq!(q.bind(version).execute(&store.pool).await.unwrap().rows_affected(), 1);
+            match store.key_by_id(key.id).await {
+                Err(StoreError::Integrity(v)) => {
+                    assert!(v.detail.contains("not the content kmsd committed"), "{v:?}");
+                }
+                other => panic!("the aborted write was taken for the committed one: {other:?}"),
+            }
+            // A writer reading it inside its transaction refuses it too.
+            let mut tx = Tx::begin(&store).await.unwrap();
+            assert!(matches!(tx.get::<KeyRow>(&id).await, Err(StoreError::Integrity(_))));
+        }
+    }
+
     /// Key names are unique only by the database's UNIQUE constraint. With it dropped (the
     /// table rebuilt without it on SQLite), two genuine keys of one name leave the name unused
     /// and reported, rather than resolved to whichever row the database returns first.

@@ -118,6 +118,18 @@ struct Seen {
     deleted: bool,
     /// The log entry that said so: a row read before the view learned of it may be older.
     seq: i64,
+    /// The digest of the content written at `version` (`None` for a delete, or an entry from
+    /// before digests were logged).
+    digest: Option<[u8; 32]>,
+}
+
+/// A row at the version `seen` names: current if its content is what was committed (or the
+/// log entry predates digests).
+fn seen_content(seen: &Seen, digest: &[u8; 32]) -> VersionCheck {
+    match &seen.digest {
+        Some(d) if d != digest => VersionCheck::NotCommitted,
+        _ => VersionCheck::Current,
+    }
 }
 
 /// This process's replay of the state log.
@@ -139,6 +151,9 @@ enum VersionCheck {
     /// Newer than the view knows, or older than a version the view learned only after the row
     /// was read: the view must catch up (or the row be read again) before anything is decided.
     Unknown,
+    /// The version kmsd last wrote, but not the content it committed at that version: a row
+    /// authenticated by a transaction that did not commit, put in the committed row's place.
+    NotCommitted,
 }
 
 /// The integrity state of a [`Store`], shared by its clones.
@@ -439,10 +454,11 @@ impl Integrity {
                     "it is authenticated under root generation {generation}, which this server does not hold"
                 ))
             })?;
-        ik.verify(&row::encoding(T::TABLE.name(), T::COLUMNS, &values, version), &mac)
-            .map_err(|_| {
-                fail("its authenticator does not match its content (it was written or changed by someone else)".into())
-            })?;
+        let encoding = row::encoding(T::TABLE.name(), T::COLUMNS, &values, version);
+        ik.verify(&encoding, &mac).map_err(|_| {
+            fail("its authenticator does not match its content (it was written or changed by someone else)".into())
+        })?;
+        let digest = kms_core::integrity::row_digest(&encoding);
         let parsed = T::from_values(&Values {
             columns: T::COLUMNS,
             values: &values,
@@ -454,6 +470,7 @@ impl Integrity {
                 version,
                 generation: u64::try_from(generation).unwrap_or(0),
                 mac,
+                content_digest: digest,
             },
             key,
         ))
@@ -462,12 +479,12 @@ impl Integrity {
     /// Checks a row's `version` against the view. `read_at` is the log position the view was at
     /// before the row was read: a newer version the view learned after that may have been
     /// written after the read, so it proves nothing yet.
-    fn check_version(&self, table: Table, key: &str, version: i64, read_at: i64) -> VersionCheck {
+    fn check_version(&self, table: Table, key: &str, version: i64, digest: &[u8; 32], read_at: i64) -> VersionCheck {
         if !table.tracked() {
             return VersionCheck::Current;
         }
         match read(&self.view).rows.get(&(table, key.to_owned())) {
-            Some(s) if s.version == version && !s.deleted => VersionCheck::Current,
+            Some(s) if s.version == version && !s.deleted => seen_content(s, digest),
             Some(s) if s.seq > read_at => VersionCheck::Unknown,
             Some(s) if s.deleted && s.version >= version => VersionCheck::Deleted(s.version),
             Some(s) if s.version > version => VersionCheck::Older(s.version),
@@ -478,6 +495,15 @@ impl Integrity {
     fn version_violation<T: Row>(&self, key: &str, version: i64, check: &VersionCheck) -> Option<Violation> {
         let detail = match check {
             VersionCheck::Current => return None,
+            VersionCheck::NotCommitted => {
+                return Some(self.violation::<T>(
+                    key,
+                    ViolationKind::Integrity,
+                    format!(
+                        "it is version {version}, but not the content kmsd committed as that version (a write of a transaction that did not commit, put in its place)"
+                    ),
+                ))
+            }
             VersionCheck::Older(current) => format!(
                 "it is version {version}, but kmsd last wrote version {current} of it (an older row was put back)"
             ),
@@ -529,10 +555,10 @@ impl Integrity {
             Ok(x) => x,
             Err(e) => return Err(self.reported(e)),
         };
-        let mut check = self.check_version(T::TABLE, &key, stored.version, read_at);
+        let mut check = self.check_version(T::TABLE, &key, stored.version, &stored.content_digest, read_at);
         if matches!(check, VersionCheck::Unknown) {
             self.catch_up(store).await?;
-            check = self.check_version(T::TABLE, &key, stored.version, read_at);
+            check = self.check_version(T::TABLE, &key, stored.version, &stored.content_digest, read_at);
             if matches!(check, VersionCheck::Unknown)
                 && read(&self.view)
                     .rows
@@ -694,7 +720,7 @@ impl Integrity {
         }
         let from = if loaded { start.seq } else { 0 };
         let rows = sqlx::query(
-            "SELECT seq, version, tbl, row_key, op, prev_hash, hash FROM state_log WHERE seq >= $1 AND seq <= $2 ORDER BY seq",
+            "SELECT seq, version, tbl, row_key, op, row_digest, prev_hash, hash FROM state_log WHERE seq >= $1 AND seq <= $2 ORDER BY seq",
         )
         .bind(from.max(1))
         .bind(state.head.seq)
@@ -727,6 +753,12 @@ impl Integrity {
                 key: r.try_get("row_key")?,
                 op: StateOp::parse(&r.try_get::<String, _>("op")?)
                     .ok_or_else(|| broken(format!("state log entry {seq}: unknown operation")))?,
+                digest: match r.try_get::<Option<Vec<u8>>, _>("row_digest")? {
+                    None => None,
+                    Some(d) => {
+                        Some(hash32(&d).ok_or_else(|| broken(format!("state log entry {seq}: bad row digest")))?)
+                    }
+                },
             };
             let prev_col: Vec<u8> = r.try_get("prev_hash")?;
             if seq != expect
@@ -748,6 +780,7 @@ impl Integrity {
                     version: entry.version,
                     deleted: entry.op == StateOp::Delete,
                     seq,
+                    digest: entry.digest,
                 },
             ));
             last_version = entry.version;
@@ -956,6 +989,9 @@ pub(crate) struct Stored<T> {
     pub(crate) generation: u64,
     /// Its authenticator.
     pub(crate) mac: Vec<u8>,
+    /// The digest of its content ([`kms_core::integrity::row_digest`]; not `digest`, which
+    /// would hide a row's own column of that name behind `Deref`).
+    pub(crate) content_digest: [u8; 32],
 }
 
 impl<T> std::ops::Deref for Stored<T> {
@@ -975,7 +1011,7 @@ pub(crate) struct Tx {
     ring: Arc<KeyRing>,
     start: StateHead,
     version: i64,
-    entries: Vec<(Table, String, StateOp)>,
+    entries: Vec<(Table, String, StateOp, Option<[u8; 32]>)>,
     written: HashMap<(Table, String), Seen>,
     audit_head: Option<(i64, [u8; 32])>,
 }
@@ -1170,10 +1206,10 @@ impl Tx {
         }
         let check = match self.written.get(&(T::TABLE, key.clone())) {
             Some(s) if s.deleted => VersionCheck::Deleted(s.version),
-            Some(s) if s.version == stored.version => VersionCheck::Current,
+            Some(s) if s.version == stored.version => seen_content(s, &stored.content_digest),
             Some(s) => VersionCheck::Older(s.version),
             // The transaction holds the state lock: the view is the database's state.
-            None => i.check_version(T::TABLE, &key, stored.version, i64::MAX),
+            None => i.check_version(T::TABLE, &key, stored.version, &stored.content_digest, i64::MAX),
         };
         match i.version_violation::<T>(&key, stored.version, &check) {
             None => Ok(stored),
@@ -1182,18 +1218,21 @@ impl Tx {
         }
     }
 
-    fn authenticator<T: Row>(&self, values: &[Value], version: i64) -> (u64, Vec<u8>) {
+    /// The authenticator of `values` at `version` (its generation and tag), and the digest of
+    /// the content the state log records.
+    fn authenticator<T: Row>(&self, values: &[Value], version: i64) -> (u64, Vec<u8>, [u8; 32]) {
         let (generation, key) = self.ring.newest();
+        let encoding = row::encoding(T::TABLE.name(), T::COLUMNS, values, version);
         (
             generation,
-            key.tag(&row::encoding(T::TABLE.name(), T::COLUMNS, values, version))
-                .to_vec(),
+            key.tag(&encoding).to_vec(),
+            kms_core::integrity::row_digest(&encoding),
         )
     }
 
-    fn record<T: Row>(&mut self, key: String, op: StateOp) {
+    fn record<T: Row>(&mut self, key: String, op: StateOp, digest: Option<[u8; 32]>) {
         if T::TABLE.tracked() {
-            self.entries.push((T::TABLE, key.clone(), op));
+            self.entries.push((T::TABLE, key.clone(), op, digest));
             self.written.insert(
                 (T::TABLE, key),
                 Seen {
@@ -1201,6 +1240,7 @@ impl Tx {
                     deleted: op == StateOp::Delete,
                     // Its log position, once committed.
                     seq: self.start.seq + i64::try_from(self.entries.len()).unwrap_or(i64::MAX),
+                    digest,
                 },
             );
         }
@@ -1218,7 +1258,7 @@ impl Tx {
     pub(crate) async fn insert<T: Row>(&mut self, row: &T) -> Result<(), StoreError> {
         let values = row.to_values();
         let version = self.row_version::<T>();
-        let (generation, mac) = self.authenticator::<T>(&values, version);
+        let (generation, mac, digest) = self.authenticator::<T>(&values, version);
         let sql = row::insert_sql::<T>();
         let mut q = sqlx::query(&sql);
         for v in &values {
@@ -1229,7 +1269,7 @@ impl Tx {
             .bind(mac)
             .execute(&mut *self.tx)
             .await?;
-        self.record::<T>(row::key_of(&values[..T::KEY]), StateOp::Put);
+        self.record::<T>(row::key_of(&values[..T::KEY]), StateOp::Put, Some(digest));
         Ok(())
     }
 
@@ -1243,7 +1283,7 @@ impl Tx {
             )));
         }
         let version = self.row_version::<T>();
-        let (generation, mac) = self.authenticator::<T>(&values, version);
+        let (generation, mac, digest) = self.authenticator::<T>(&values, version);
         let sql = row::update_sql::<T>();
         let mut q = sqlx::query(&sql);
         for v in &values[T::KEY..] {
@@ -1260,7 +1300,7 @@ impl Tx {
         if n != 1 {
             return Err(StoreError::Conflict);
         }
-        self.record::<T>(key, StateOp::Put);
+        self.record::<T>(key, StateOp::Put, Some(digest));
         Ok(())
     }
 
@@ -1276,7 +1316,7 @@ impl Tx {
         if n != 1 {
             return Err(StoreError::Conflict);
         }
-        self.record::<T>(row::key_of(&values[..T::KEY]), StateOp::Delete);
+        self.record::<T>(row::key_of(&values[..T::KEY]), StateOp::Delete, None);
         Ok(())
     }
 
@@ -1314,13 +1354,14 @@ impl Tx {
         }
         let mut head = self.start;
         let mut logged = Vec::with_capacity(self.entries.len());
-        for (table, key, op) in std::mem::take(&mut self.entries) {
+        for (table, key, op, digest) in std::mem::take(&mut self.entries) {
             let entry = StateEntry {
                 seq: head.seq + 1,
                 version: self.version,
                 table: table.name().to_owned(),
                 key,
                 op,
+                digest,
             };
             let hash = state_entry_hash(&head.hash, &entry);
             logged.push((entry, head.hash, hash));
@@ -1330,8 +1371,8 @@ impl Tx {
         head.version = self.version;
         for chunk in logged.chunks(100) {
             let sql = format!(
-                "INSERT INTO state_log (seq, version, tbl, row_key, op, prev_hash, hash) VALUES {}",
-                row::values_params(chunk.len(), 7)
+                "INSERT INTO state_log (seq, version, tbl, row_key, op, row_digest, prev_hash, hash) VALUES {}",
+                row::values_params(chunk.len(), 8)
             );
             let mut q = sqlx::query(&sql);
             for (e, prev, hash) in chunk {
@@ -1341,6 +1382,7 @@ impl Tx {
                     .bind(e.table.clone())
                     .bind(e.key.clone())
                     .bind(e.op.as_str())
+                    .bind(e.digest.map(|d| d.to_vec()))
                     .bind(prev.to_vec())
                     .bind(hash.to_vec());
             }
