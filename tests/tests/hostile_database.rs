@@ -1718,3 +1718,43 @@ both_backends!(
     a_sealed_replica_takes_shares_only_from_pinned_custodians,
     super::unseal_alone
 );
+
+/// The operator deletes an admin request's nonce from `admin_nonces` and replays the request
+/// (captured on the way, inside its freshness window) to undo a later one: alice's re-enable of
+/// a key, replayed after bob disabled it again. The replica that took the nonce remembers it
+/// until the request is stale, so the replay is refused and the key stays disabled.
+async fn nonce_deleted(backend: Backend) {
+    let Some(lab) = Lab::start(backend).await else {
+        return;
+    };
+    lab.create_key("switched", &[APP], UNATTESTED).await;
+    let mut admin_c = lab.admin.clone();
+    let key = || "switched".to_owned();
+    admin_c
+        .disable_key(signed(lab.alice(), Op::DisableKey(pb::DisableKeyOp { key: key() })))
+        .await
+        .unwrap();
+    let enable = signed(lab.alice(), Op::EnableKey(pb::EnableKeyOp { key: key() }));
+    admin_c.enable_key(enable.clone()).await.unwrap();
+    admin_c
+        .disable_key(signed(
+            &lab.custodians[1],
+            Op::DisableKey(pb::DisableKeyOp { key: key() }),
+        ))
+        .await
+        .unwrap();
+    lab.sql("DELETE FROM admin_nonces").await;
+    assert_refused(
+        admin_c.enable_key(enable).await,
+        Code::PermissionDenied,
+        "replayed_request",
+    );
+    let described = admin_c
+        .describe_key(signed(lab.alice(), Op::DescribeKey(pb::DescribeKeyOp { key: key() })))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(described.state, pb::KeyState::Disabled as i32);
+    assert!(lab.encrypt(APP, "switched").await.is_err());
+}
+both_backends!(a_deleted_nonce_does_not_let_a_request_run_twice, super::nonce_deleted);

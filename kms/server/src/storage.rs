@@ -69,6 +69,9 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     integrity: Arc<Integrity>,
+    /// The admin request nonces this process took, with when they stop mattering: `admin_nonces`
+    /// is the database's, and a row deleted there must not let a request run twice here.
+    nonces: Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, i64>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -280,6 +283,7 @@ impl Store {
             pool,
             backend,
             integrity: Arc::new(Integrity::new()),
+            nonces: Arc::default(),
         };
         match backend {
             Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&store.pool).await?,
@@ -690,17 +694,39 @@ impl Store {
 
     /// Records an admin request nonce until `expires_unix_ms`. `false` if it was seen before (a
     /// replay).
+    ///
+    /// The database's table is shared by the replicas; this process also remembers the nonces
+    /// it took until they expire, so a row deleted from `admin_nonces` does not let a request
+    /// run twice on this replica (another replica knows only the table).
     pub async fn use_nonce(&self, nonce: &[u8], expires_unix_ms: i64) -> Result<bool, StoreError> {
+        if self.nonce_taken_here(nonce) {
+            return Ok(false);
+        }
         match sqlx::query("INSERT INTO admin_nonces (nonce, expires_unix_ms) VALUES ($1, $2)")
             .bind(nonce)
             .bind(expires_unix_ms)
             .execute(&self.pool)
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                let mut taken = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+                if taken.len() >= 4096 {
+                    let now = kms_core::now_unix_ms();
+                    taken.retain(|_, expires| *expires >= now);
+                }
+                // Taken concurrently by another call of this process: one of them is a replay.
+                Ok(taken.insert(nonce.to_vec(), expires_unix_ms).is_none())
+            }
             Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn nonce_taken_here(&self, nonce: &[u8]) -> bool {
+        let taken = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        taken
+            .get(nonce)
+            .is_some_and(|expires| *expires >= kms_core::now_unix_ms())
     }
 
     /// Forgets nonces whose requests can no longer be fresh.
