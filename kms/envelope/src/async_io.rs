@@ -12,7 +12,7 @@ use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::header::{Header, Limits};
 use crate::message::BodyReader;
-use crate::stream::{PlainOut, Progress, SealOut};
+use crate::stream::{HeaderBuf, PlainOut, Progress, SealOut};
 
 /// Encrypts what is written into a message written to the inner writer;
 /// `shutdown()` ends the message (final frame, signature) and shuts the inner writer down.
@@ -63,17 +63,16 @@ impl Envelope {
 }
 
 async fn read_header<R: AsyncRead + Unpin>(r: &mut R, limits: &Limits) -> Result<(Header, Vec<u8>), Error> {
-    let mut buf = Vec::new();
+    let mut header = HeaderBuf::default();
     let mut chunk = vec![0u8; 4096];
     loop {
-        if let Some(done) = crate::stream::header_done(&mut buf, limits)? {
-            return Ok(done);
-        }
         let n = r.read(&mut chunk).await?;
         if n == 0 {
             return Err(Error::Truncated("header"));
         }
-        buf.extend_from_slice(&chunk[..n]);
+        if let Some(done) = header.push(&chunk[..n], limits)? {
+            return Ok(done);
+        }
     }
 }
 

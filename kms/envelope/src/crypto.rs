@@ -303,6 +303,23 @@ impl Verifier {
         let point = B64
             .decode(b64)
             .map_err(|_| Error::Malformed("aws-crypto-public-key is not base64".into()))?;
+        // The format carries the compressed point (as every ESDK writes it); the SEC1 parser
+        // would take the uncompressed form too, giving one key two encodings in the header.
+        let (curve, compressed_len) = match alg {
+            SignatureAlgorithm::EcdsaP256Sha256 => ("P-256", 33),
+            SignatureAlgorithm::EcdsaP384Sha384 => ("P-384", 49),
+        };
+        if point.len() != compressed_len || !matches!(point.first(), Some(0x02 | 0x03)) {
+            return Err(Error::Malformed(format!(
+                "aws-crypto-public-key is {} bytes{}; the format stores a compressed {curve} point \
+                 ({compressed_len} bytes, starting 0x02 or 0x03)",
+                point.len(),
+                match point.first() {
+                    Some(tag) => format!(" starting 0x{tag:02X}"),
+                    None => String::new(),
+                }
+            )));
+        }
         let bad = |_| Error::Malformed("aws-crypto-public-key is not a point on the suite's curve".into());
         Ok(match alg {
             SignatureAlgorithm::EcdsaP256Sha256 => {
@@ -337,6 +354,30 @@ impl Verifier {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// The header carries the compressed point; the same key uncompressed (which the SEC1
+    /// parser takes) or of another length is refused, naming what is expected.
+    #[test]
+    fn the_public_key_must_be_a_compressed_point() {
+        for alg in [SignatureAlgorithm::EcdsaP256Sha256, SignatureAlgorithm::EcdsaP384Sha384] {
+            let signer = Signer::generate(alg).unwrap();
+            let compressed = signer.public_key_b64();
+            assert!(Verifier::from_header(alg, Some(&compressed)).is_ok());
+            let uncompressed = match &signer {
+                Signer::P256(k) => k.verifying_key().to_encoded_point(false).as_bytes().to_vec(),
+                Signer::P384(k) => k.verifying_key().to_encoded_point(false).as_bytes().to_vec(),
+            };
+            let mut truncated = B64.decode(&compressed).unwrap();
+            truncated.pop();
+            for bad in [uncompressed, truncated, Vec::new()] {
+                match Verifier::from_header(alg, Some(&B64.encode(&bad))) {
+                    Err(Error::Malformed(m)) => assert!(m.contains("compressed"), "{m}"),
+                    Err(e) => panic!("{alg:?}: {e}"),
+                    Ok(_) => panic!("{alg:?}: a {}-byte key is accepted", bad.len()),
+                }
+            }
+        }
+    }
 
     /// The Python ESDK's commitment vectors: data key, message id, and the content key and
     /// commitment a correct derivation gives (`test_data/esdk/commitment-test-vectors.json`).

@@ -5,8 +5,10 @@ use crate::suite::Suite;
 /// Why a message could not be read (inside the parser).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum FormatError {
-    /// More input is needed.
-    Incomplete,
+    /// More input is needed: at least `needed` bytes in all.
+    Incomplete {
+        needed: usize,
+    },
     Malformed(&'static str),
     UnsupportedVersion(u8),
     UnsupportedSuite(u16),
@@ -113,7 +115,7 @@ impl Error {
 
     pub(crate) fn from_format(e: FormatError, truncated_in: &'static str) -> Self {
         match e {
-            FormatError::Incomplete => Error::Truncated(truncated_in),
+            FormatError::Incomplete { .. } => Error::Truncated(truncated_in),
             FormatError::Malformed(m) => Error::Malformed(m.to_owned()),
             FormatError::UnsupportedVersion(v) => Error::UnsupportedVersion(v),
             FormatError::UnsupportedSuite(s) => Error::UnsupportedSuite(s),

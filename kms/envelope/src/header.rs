@@ -113,26 +113,30 @@ impl Header {
     }
 
     /// Parses a header from the start of `buf`: the header and the number of bytes it took, or
-    /// `Incomplete` if `buf` ends inside it.
+    /// `Truncated` if `buf` ends inside it.
     pub(crate) fn parse(buf: &[u8], limits: &Limits) -> Result<(Header, usize), Error> {
-        match parse_inner(buf, limits) {
-            Ok((_, n)) if n > limits.max_header_len => Err(Error::HeaderTooLarge {
-                max: limits.max_header_len,
-            }),
-            Ok(ok) => Ok(ok),
-            Err(Parse::Format(FormatError::Incomplete)) if buf.len() >= limits.max_header_len => {
-                Err(Error::HeaderTooLarge {
-                    max: limits.max_header_len,
-                })
-            }
-            Err(Parse::Format(e)) => Err(Error::from_format(e, "header")),
-            Err(Parse::Limit(e)) => Err(e),
+        match Self::parse_partial(buf, limits)? {
+            Partial::Done(header, used) => Ok((header, used)),
+            Partial::Needs(_) => Err(Error::Truncated("header")),
         }
     }
 
-    /// Whether a parse error only means the header is not all there yet.
-    pub(crate) fn is_incomplete(e: &Error) -> bool {
-        matches!(e, Error::Truncated("header"))
+    /// As [`Header::parse`], for a reader that may not have all of the header yet: if `buf`
+    /// ends inside it, how many bytes it has at least. A parse of a longer prefix makes the same
+    /// decisions up to that field, so a reader need not parse again before that many arrived.
+    pub(crate) fn parse_partial(buf: &[u8], limits: &Limits) -> Result<Partial, Error> {
+        let too_large = Error::HeaderTooLarge {
+            max: limits.max_header_len,
+        };
+        match parse_inner(buf, limits) {
+            Ok((_, n)) if n > limits.max_header_len => Err(too_large),
+            Ok((header, n)) => Ok(Partial::Done(header, n)),
+            // The header is at least `needed` bytes: known too large before it is all read.
+            Err(Parse::Format(FormatError::Incomplete { needed })) if needed > limits.max_header_len => Err(too_large),
+            Err(Parse::Format(FormatError::Incomplete { needed })) => Ok(Partial::Needs(needed)),
+            Err(Parse::Format(e)) => Err(Error::from_format(e, "header")),
+            Err(Parse::Limit(e)) => Err(e),
+        }
     }
 
     /// The body part of the header (what its authentication covers).
@@ -141,14 +145,22 @@ impl Header {
     }
 }
 
+/// What a prefix of a message gave.
+pub(crate) enum Partial {
+    /// The header, and the number of bytes it took.
+    Done(Header, usize),
+    /// `buf` ends inside the header, which is at least this many bytes.
+    Needs(usize),
+}
+
 enum Parse {
     Format(FormatError),
     Limit(Error),
 }
 
 impl From<Short> for Parse {
-    fn from(_: Short) -> Self {
-        Parse::Format(FormatError::Incomplete)
+    fn from(short: Short) -> Self {
+        Parse::Format(FormatError::Incomplete { needed: short.needed })
     }
 }
 

@@ -179,6 +179,16 @@ impl Keyring for RawAesKeyring {
         request: KeyringRequest<'a>,
     ) -> BoxFuture<'a, Result<DataKey, Error>> {
         Box::pin(async move {
+            // `unwrap` is public: it may be given any wrapped key, not only those `recognizes`
+            // accepted. One that is not this keyring's is refused before the provider info is
+            // read by this keyring's layout.
+            if !self.recognizes(edk) {
+                return Err(keyring_error(
+                    self,
+                    "the wrapped key is not this keyring's: its provider id is not the namespace, or its provider \
+                     info is not the key name, a 128-bit tag length, a 12-byte IV length and the IV",
+                ));
+            }
             let len = request.suite.key_len();
             if edk.ciphertext.len() != len + TAG_LEN {
                 return Err(keyring_error(

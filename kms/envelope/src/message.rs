@@ -19,6 +19,10 @@ use crate::wire::{Cursor, Short};
 /// The sequence-number field of a final frame.
 const FINAL_FRAME_MARK: u32 = 0xFFFF_FFFF;
 
+/// The longest non-framed body the format allows (`data-format/message-body.md`): AES-GCM
+/// encrypts at most 2^36 - 32 bytes under one IV.
+const MAX_NON_FRAMED_LEN: u64 = (1 << 36) - 32;
+
 /// Room before a frame's plaintext for its header: a final frame's (end mark, sequence number,
 /// IV, length) is the longest.
 const FRAME_HEADER_ROOM: usize = 4 + 4 + IV_LEN + 4;
@@ -205,10 +209,19 @@ pub(crate) struct BodyReader {
     next_sequence: u32,
     verifier: Option<(Verifier, Transcript)>,
     state: State,
-    /// Input from `start`; before it, consumed bytes (plaintext decrypted in place among them).
+    /// Input in `start..filled`; before it, consumed bytes (plaintext decrypted in place among
+    /// them); after it, bytes zeroed (or left from earlier input) for reads to come. That tail
+    /// is kept rather than truncated, so each byte of the buffer is zero-filled once, not at
+    /// every read (a 16 MiB frame arriving 1 KiB at a time would otherwise cost 16 MiB of
+    /// zeroing per read).
     input: Zeroizing<Vec<u8>>,
     start: usize,
-    spare_from: usize,
+    filled: usize,
+    /// The end of the last [`BodyReader::spare`]: a commit never claims more.
+    spare_end: usize,
+    /// Bytes zero-filled so far (tests bound the reader's work with it).
+    #[cfg(test)]
+    zero_filled: usize,
 }
 
 impl BodyReader {
@@ -235,8 +248,17 @@ impl BodyReader {
             state: State::Body,
             input: Zeroizing::new(Vec::new()),
             start: 0,
-            spare_from: 0,
+            filled: 0,
+            spare_end: 0,
+            #[cfg(test)]
+            zero_filled: 0,
         })
+    }
+
+    /// Bytes zero-filled so far.
+    #[cfg(test)]
+    pub(crate) fn zero_filled(&self) -> usize {
+        self.zero_filled
     }
 
     /// Whether the suite signs (the caller holds plaintext until [`Unit::End`]).
@@ -252,7 +274,7 @@ impl BodyReader {
     /// Reads the rest of the message, all of it already fed; the plaintext only if everything
     /// verifies.
     pub(crate) fn read_to_end(&mut self) -> Result<kms_core::secret::SecretBytes, Error> {
-        let mut plaintext = Zeroizing::new(Vec::with_capacity(self.input.len() - self.start));
+        let mut plaintext = Zeroizing::new(Vec::with_capacity(self.filled - self.start));
         loop {
             match self.next(true)? {
                 Some(Unit::Plaintext { range, .. }) => plaintext.extend_from_slice(&self.input[range]),
@@ -262,21 +284,31 @@ impl BodyReader {
         }
     }
 
-    /// Drops consumed bytes (invalidating plaintext ranges).
+    /// The input not yet consumed.
+    fn available(&self) -> &[u8] {
+        &self.input[self.start..self.filled]
+    }
+
+    /// Drops consumed bytes (invalidating plaintext ranges): moves the unconsumed input to the
+    /// front (part of one unit: input is asked for only once no whole unit is left).
     fn compact(&mut self) {
         if self.start > 0 {
-            self.input.drain(..self.start);
+            self.input.copy_within(self.start..self.filled, 0);
+            self.filled -= self.start;
             self.start = 0;
+            self.spare_end = self.filled;
         }
     }
 
     /// Room for `additional` more bytes. The buffer holds decrypted plaintext, so it never
-    /// reallocates in place: a larger one is made and the old one zeroized as it drops.
+    /// reallocates in place: a larger one is made and the old one zeroized as it drops. Its
+    /// capacity at least doubles, so zero-filling the new room costs at most twice the largest
+    /// buffer in all.
     fn grow(&mut self, additional: usize) {
-        let needed = self.input.len().saturating_add(additional);
+        let needed = self.filled.saturating_add(additional);
         if needed > self.input.capacity() {
             let mut bigger = Zeroizing::new(Vec::with_capacity(needed.max(self.input.capacity().saturating_mul(2))));
-            bigger.extend_from_slice(&self.input);
+            bigger.extend_from_slice(&self.input[..self.filled]);
             self.input = bigger;
         }
     }
@@ -285,29 +317,42 @@ impl BodyReader {
     pub(crate) fn feed(&mut self, bytes: &[u8]) {
         self.compact();
         self.grow(bytes.len());
-        self.input.extend_from_slice(bytes);
+        // Into the kept tail first, then past it.
+        let into_tail = (self.input.len() - self.filled).min(bytes.len());
+        self.input[self.filled..self.filled + into_tail].copy_from_slice(&bytes[..into_tail]);
+        self.input.extend_from_slice(&bytes[into_tail..]);
+        self.filled += bytes.len();
+        self.spare_end = self.filled;
     }
 
     /// Room for `n` bytes of input, to read into; then [`BodyReader::commit`] how many came.
+    /// Only room never handed out before is zero-filled; the rest holds whatever it held (old
+    /// input, consumed), which the read overwrites.
     pub(crate) fn spare(&mut self, n: usize) -> &mut [u8] {
         self.compact();
         self.grow(n);
-        let len = self.input.len();
-        self.input.resize(len + n, 0);
-        self.spare_from = len;
-        &mut self.input[len..]
+        let end = self.filled.saturating_add(n);
+        if self.input.len() < end {
+            #[cfg(test)]
+            {
+                self.zero_filled += end - self.input.len();
+            }
+            self.input.resize(end, 0);
+        }
+        self.spare_end = end;
+        &mut self.input[self.filled..end]
     }
 
     /// `n` bytes were read into the last [`BodyReader::spare`].
     pub(crate) fn commit(&mut self, n: usize) {
-        let keep = (self.spare_from + n).min(self.input.len());
-        self.input.truncate(keep);
+        self.filled = self.filled.saturating_add(n).min(self.spare_end);
+        self.spare_end = self.filled;
     }
 
     /// How many bytes to read next: the rest of the next frame when its size is known (so a
     /// read ends where a frame does, and nothing is moved), else a frame's worth.
     pub(crate) fn wants(&self) -> usize {
-        let available = &self.input[self.start..];
+        let available = self.available();
         let frame_total = 4 + IV_LEN + self.frame_length + TAG_LEN;
         let need = match (self.state, self.content_type) {
             (State::Done, _) => 1,
@@ -341,7 +386,7 @@ impl BodyReader {
     /// Parses the next unit from the input. `Ok(None)`: more input is needed; `eof` says there
     /// is none, and then a missing part is `Truncated`.
     pub(crate) fn next(&mut self, eof: bool) -> Result<Option<Unit>, Error> {
-        let available = &self.input[self.start..];
+        let available = self.available();
         let parsed = match self.state {
             State::Done => {
                 return if !available.is_empty() {
@@ -397,8 +442,7 @@ impl BodyReader {
     }
 
     fn frame(&mut self) -> Result<Unit, Step> {
-        let input = &self.input[self.start..];
-        let mut c = Cursor::new(input);
+        let mut c = Cursor::new(self.available());
         let mark = c.u32()?;
         let last = mark == FINAL_FRAME_MARK;
         let sequence = if last { c.u32()? } else { mark };
@@ -444,22 +488,32 @@ impl BodyReader {
     }
 
     fn single_block(&mut self) -> Result<Unit, Step> {
-        let input = &self.input[self.start..];
-        let mut c = Cursor::new(input);
+        let mut c = Cursor::new(self.available());
         let iv = c.array::<IV_LEN>()?;
         let len = c.u64()?;
+        // The format's own cap (AES-GCM's limit for one IV), whatever the reader's limits say.
+        if len > MAX_NON_FRAMED_LEN {
+            return Err(Step::Failed(Error::Malformed(format!(
+                "a non-framed body of {len} bytes; the format allows at most 2^36 - 32"
+            ))));
+        }
         if len > self.max_non_framed_len {
             return Err(Step::Failed(Error::InvalidArgument(format!(
                 "a non-framed body of {len} bytes exceeds this reader's limit of {}",
                 self.max_non_framed_len
             ))));
         }
+        let size = usize::try_from(len).map_err(|_| {
+            Step::Failed(Error::InvalidArgument(format!(
+                "a non-framed body of {len} bytes does not fit in this machine's address space"
+            )))
+        })?;
         let at = c.position();
-        c.take(len as usize)?;
+        c.take(size)?;
         let tag = c.array::<TAG_LEN>()?;
         let n = c.position();
         let aad = crypto::frame_aad(&self.message_id, BodyPart::SingleBlock, 1, len);
-        let range = self.open_unit(n, at..at + len as usize, &iv, &aad, &tag, 1)?;
+        let range = self.open_unit(n, at..at + size, &iv, &aad, &tag, 1)?;
         self.state = self.after_body();
         Ok(Unit::Plaintext { range, last: true })
     }
@@ -473,8 +527,7 @@ impl BodyReader {
     }
 
     fn footer(&mut self) -> Result<(), Step> {
-        let input = &self.input[self.start..];
-        let mut c = Cursor::new(input);
+        let mut c = Cursor::new(self.available());
         let signature = c.u16_prefixed()?.to_vec();
         let n = c.position();
         self.start += n;
@@ -557,4 +610,61 @@ pub(crate) fn open_header(header: &Header, data_key: &DataKey, only: &Encryption
         return Err(Error::HeaderAuthentication);
     }
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A non-framed body's reader, under any key (nothing here gets as far as opening).
+    fn non_framed(limits: &Limits) -> BodyReader {
+        let header = Header {
+            suite: Suite::Aes256GcmHkdfSha512CommitKey,
+            message_id: vec![0; 32],
+            context: EncryptionContext::new(),
+            edks: Vec::new(),
+            content_type: ContentType::NonFramed,
+            frame_length: 0,
+            commitment: None,
+            auth_iv: [0; IV_LEN],
+            auth_tag: [0; TAG_LEN],
+            raw: Vec::new(),
+            body_len: 0,
+        };
+        BodyReader::new(&header, ContentKey::from_slice(&[0; 32]).unwrap(), limits).unwrap()
+    }
+
+    fn claiming(len: u64) -> Vec<u8> {
+        let mut body = vec![0u8; IV_LEN];
+        body.extend_from_slice(&len.to_be_bytes());
+        body
+    }
+
+    /// The format's cap on a non-framed body holds whatever the reader's limits allow; under it,
+    /// the reader's own limit decides.
+    #[test]
+    fn a_non_framed_body_above_the_formats_cap_is_malformed() {
+        let unlimited = Limits {
+            max_non_framed_len: u64::MAX,
+            ..Limits::default()
+        };
+        for len in [MAX_NON_FRAMED_LEN + 1, u64::MAX] {
+            let mut r = non_framed(&unlimited);
+            r.feed(&claiming(len));
+            match r.next(false) {
+                Err(Error::Malformed(m)) => assert!(m.contains("2^36 - 32"), "{m}"),
+                Err(e) => panic!("{len}: {e}"),
+                Ok(_) => panic!("{len}: accepted"),
+            }
+        }
+        // At the cap the body is only incomplete (or, on a 32-bit host, too large to hold).
+        let mut r = non_framed(&unlimited);
+        r.feed(&claiming(MAX_NON_FRAMED_LEN));
+        assert!(!matches!(r.next(false), Err(Error::Malformed(_))));
+        // The default limit (64 MiB) refuses it as the reader's choice.
+        let mut r = non_framed(&Limits::default());
+        r.feed(&claiming(MAX_NON_FRAMED_LEN));
+        assert!(matches!(r.next(false), Err(Error::InvalidArgument(_))));
+    }
 }

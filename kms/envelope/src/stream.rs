@@ -6,27 +6,49 @@ use std::io::{self, Read, Write};
 use zeroize::Zeroizing;
 
 use crate::error::Error;
-use crate::header::{Header, Limits};
+use crate::header::{Header, Limits, Partial};
 use crate::message::{BodyReader, Sealer, Unit};
 
-/// The bytes of a header being read: the header and the bytes read past it once all of it is
-/// there (shared by the blocking and the async readers).
-pub(crate) fn header_done(buf: &mut Vec<u8>, limits: &Limits) -> Result<Option<(Header, Vec<u8>)>, Error> {
-    match Header::parse(buf, limits) {
-        Ok((header, used)) => Ok(Some((header, buf.split_off(used)))),
-        Err(e) if Header::is_incomplete(&e) => Ok(None),
-        Err(e) => Err(e),
+/// A header being read (shared by the blocking and the async readers): the bytes so far, and
+/// the least the header needs as the last parse found. It is parsed again only once that many
+/// bytes are there, so a header arriving a byte at a time is parsed at most once for each field
+/// it ends inside (ten, and six per wrapped key: three lengths and what they prefix, which the
+/// limits bound), then once whole; not once per byte.
+#[derive(Default)]
+pub(crate) struct HeaderBuf {
+    buf: Vec<u8>,
+    needed: usize,
+    /// How many times the header was parsed (tests bound the work with it).
+    #[cfg(test)]
+    parses: usize,
+}
+
+impl HeaderBuf {
+    /// Adds bytes read: the header and the bytes read past it once all of it is there.
+    pub(crate) fn push(&mut self, bytes: &[u8], limits: &Limits) -> Result<Option<(Header, Vec<u8>)>, Error> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() < self.needed {
+            return Ok(None);
+        }
+        #[cfg(test)]
+        {
+            self.parses += 1;
+        }
+        match Header::parse_partial(&self.buf, limits)? {
+            Partial::Done(header, used) => Ok(Some((header, self.buf.split_off(used)))),
+            Partial::Needs(needed) => {
+                self.needed = needed;
+                Ok(None)
+            }
+        }
     }
 }
 
 /// Reads a header from `r`: the header and the bytes read past it.
 pub(crate) fn read_header<R: Read>(r: &mut R, limits: &Limits) -> Result<(Header, Vec<u8>), Error> {
-    let mut buf = Vec::new();
+    let mut header = HeaderBuf::default();
     let mut chunk = vec![0u8; 4096];
     loop {
-        if let Some(done) = header_done(&mut buf, limits)? {
-            return Ok(done);
-        }
         let n = loop {
             match r.read(&mut chunk) {
                 Ok(n) => break n,
@@ -37,7 +59,9 @@ pub(crate) fn read_header<R: Read>(r: &mut R, limits: &Limits) -> Result<(Header
         if n == 0 {
             return Err(Error::Truncated("header"));
         }
-        buf.extend_from_slice(&chunk[..n]);
+        if let Some(done) = header.push(&chunk[..n], limits)? {
+            return Ok(done);
+        }
     }
 }
 
@@ -412,5 +436,164 @@ impl<R: Read> Read for DecryptingReader<R> {
                 Progress::NeedInput => self.fill()?,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::context::EncryptionContext;
+    use crate::crypto::DataKey;
+    use crate::header::EncryptedDataKey;
+    use crate::suite::Suite;
+
+    const SUITE: Suite = Suite::Aes256GcmHkdfSha512CommitKey;
+
+    fn data_key() -> DataKey {
+        DataKey::new(vec![0x42; 32])
+    }
+
+    fn plaintext(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + 3) as u8).collect()
+    }
+
+    /// A message under [`data_key`] (the wrapped key is a stand-in: these tests open the header
+    /// with the data key itself).
+    fn message(plain: &[u8], frame_length: u32, context: &EncryptionContext, edks: usize) -> Vec<u8> {
+        let edks: Vec<_> = (0..edks)
+            .map(|i| EncryptedDataKey {
+                provider_id: format!("tests-{i}"),
+                provider_info: b"info".to_vec(),
+                ciphertext: vec![0; 48],
+            })
+            .collect();
+        let (sealer, header) = Sealer::start(SUITE, &data_key(), &edks, context, None, frame_length).unwrap();
+        let mut core = SealOut::new(sealer, header, Some(plain.len() as u64));
+        let mut out = Vec::new();
+        let mut rest = plain;
+        while !rest.is_empty() {
+            core.drain_into(&mut out);
+            let n = core.push(rest).unwrap();
+            rest = &rest[n..];
+        }
+        core.drain_into(&mut out);
+        core.finish().unwrap();
+        core.drain_into(&mut out);
+        out
+    }
+
+    /// The reader's core over `message`, its header read `header_step` bytes at a time.
+    fn open(message: &[u8], header_step: usize) -> (PlainOut, usize, usize) {
+        let limits = Limits::default();
+        let mut header = HeaderBuf::default();
+        let mut fed = 0;
+        let (h, rest) = loop {
+            let end = (fed + header_step).min(message.len());
+            if let Some(done) = header.push(&message[fed..end], &limits).unwrap() {
+                fed = end;
+                break done;
+            }
+            fed = end;
+        };
+        let key = crate::message::open_header(&h, &data_key(), &EncryptionContext::new()).unwrap();
+        let mut body = BodyReader::new(&h, key, &limits).unwrap();
+        body.feed(&rest);
+        (PlainOut::new(body, false), fed, header.parses)
+    }
+
+    /// Frames of 4 MiB arriving 1 to 4 KiB per read, each read preceded by reads that came to
+    /// nothing (as the async reader does on `Poll::Pending`): the buffer is zero-filled about
+    /// once, not once per read (which was 4 MiB per read, gigabytes per frame).
+    #[test]
+    fn large_frames_in_small_reads_zero_fill_each_byte_once() {
+        let frame = 4u32 << 20;
+        let plain = plaintext(2 * frame as usize + 12_345);
+        let m = message(&plain, frame, &EncryptionContext::new(), 1);
+        let (mut core, mut pos, _) = open(&m, 4096);
+        let sizes = [1024, 4096, 1, 3000, 2048];
+        let (mut reads, mut out, mut buf) = (0usize, Vec::new(), vec![0u8; 8192]);
+        loop {
+            match core.step(&mut buf).unwrap() {
+                Progress::Read(0) => break,
+                Progress::Read(n) => out.extend_from_slice(&buf[..n]),
+                Progress::NeedInput => {
+                    for _ in 0..3 {
+                        let _ = core.spare();
+                        core.cancel();
+                    }
+                    let spare = core.spare();
+                    let n = sizes[reads % sizes.len()].min(spare.len()).min(m.len() - pos);
+                    spare[..n].copy_from_slice(&m[pos..pos + n]);
+                    core.commit(n);
+                    pos += n;
+                    reads += 1;
+                }
+            }
+        }
+        assert!(out == plain, "the plaintext differs");
+        assert!(reads > 4000, "{reads} reads");
+        let frame_total = 4 + 12 + frame as usize + 16;
+        let zeroed = core.body.zero_filled();
+        assert!(
+            zeroed <= 2 * frame_total,
+            "{zeroed} bytes zero-filled for {reads} reads of a {frame_total}-byte frame"
+        );
+    }
+
+    /// A header arriving one byte per read is parsed once per field it holds, not once per
+    /// byte, and the message still decrypts.
+    #[test]
+    fn a_header_fed_a_byte_at_a_time_is_parsed_once_per_field() {
+        let context: EncryptionContext = (0..20).map(|i| (format!("key-{i}"), "v".repeat(30))).collect();
+        let plain = plaintext(1000);
+        let edks = 3;
+        let m = message(&plain, 256, &context, edks);
+        let header_len = Header::parse(&m, &Limits::default()).unwrap().1;
+        let (mut core, fed, parses) = open(&m, 1);
+        assert_eq!(fed, header_len, "the header is taken as soon as all of it is there");
+        // Version, suite, message id, context length and context, the key count, two fields per
+        // part of each wrapped key, content type, frame length, commitment, tag; then the whole.
+        assert!(
+            parses <= 10 + 6 * edks + 1,
+            "{parses} parses of a {header_len}-byte header"
+        );
+        assert!(
+            header_len > 20 * parses,
+            "{parses} parses of a {header_len}-byte header"
+        );
+        // The body a byte per read too.
+        let mut pos = fed;
+        let (mut out, mut buf) = (Vec::new(), [0u8; 64]);
+        loop {
+            match core.step(&mut buf).unwrap() {
+                Progress::Read(0) => break,
+                Progress::Read(n) => out.extend_from_slice(&buf[..n]),
+                Progress::NeedInput => {
+                    let n = usize::from(pos < m.len());
+                    core.spare()[..n].copy_from_slice(&m[pos..pos + n]);
+                    core.commit(n);
+                    pos += n;
+                }
+            }
+        }
+        assert_eq!(out, plain);
+    }
+
+    /// A header whose fields already show it is longer than the limit is refused then, before
+    /// the rest is read.
+    #[test]
+    fn a_header_known_too_large_is_refused_before_it_is_read() {
+        let mut start = vec![2u8];
+        start.extend_from_slice(&SUITE.id().to_be_bytes());
+        start.extend_from_slice(&[0; 32]);
+        start.extend_from_slice(&u16::MAX.to_be_bytes()); // the context: 65,535 bytes
+        let limits = Limits {
+            max_header_len: 1000,
+            ..Limits::default()
+        };
+        let mut header = HeaderBuf::default();
+        let e = header.push(&start, &limits).expect_err("refused");
+        assert!(matches!(e, Error::HeaderTooLarge { max: 1000 }), "{e}");
     }
 }

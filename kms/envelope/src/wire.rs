@@ -1,9 +1,12 @@
 //! Big-endian field reading over a byte slice. Running out of bytes is its own error, so a
 //! streaming reader can tell "wait for more input" from "malformed".
 
-/// The input ended inside a field.
+/// The input ended inside a field: `needed` is how many bytes from the cursor's start that field
+/// ends at, so a streaming reader knows the least it must have before parsing again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Short;
+pub(crate) struct Short {
+    pub(crate) needed: usize,
+}
 
 pub(crate) struct Cursor<'a> {
     bytes: &'a [u8],
@@ -25,11 +28,10 @@ impl<'a> Cursor<'a> {
     }
 
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], Short> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|e| *e <= self.bytes.len())
-            .ok_or(Short)?;
+        let end = self.pos.saturating_add(n);
+        if end > self.bytes.len() {
+            return Err(Short { needed: end });
+        }
         let out = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(out)

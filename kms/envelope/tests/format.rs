@@ -1,7 +1,8 @@
 //! The library against bad input and misuse: every flipped bit and every truncation, trailing
 //! data, reordered and spliced frames, wrong context or key, a header whose wrapped keys open
 //! to different data keys, the reader's limits, signed streaming, the cache and several
-//! keyrings. None may yield plaintext.
+//! keyrings, slow sources, keyrings asked about wrapped keys not theirs. None may yield
+//! plaintext.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -582,4 +583,199 @@ async fn the_cache_tells_wrapping_keys_of_the_same_name_apart() {
         reader.decrypt(&m, &ctx()).await.unwrap().plaintext.expose_secret(),
         b"under the new key"
     );
+}
+
+/// A source that gives at most `sizes[i]` bytes on its i-th read (cycling), as a slow pipe or
+/// socket would.
+struct Trickle<'a> {
+    bytes: &'a [u8],
+    sizes: &'a [usize],
+    reads: usize,
+}
+
+impl<'a> Trickle<'a> {
+    fn new(bytes: &'a [u8], sizes: &'a [usize]) -> Self {
+        Self { bytes, sizes, reads: 0 }
+    }
+
+    fn give(&mut self, buf: &mut [u8]) -> usize {
+        let n = self.sizes[self.reads % self.sizes.len()]
+            .min(buf.len())
+            .min(self.bytes.len());
+        buf[..n].copy_from_slice(&self.bytes[..n]);
+        self.bytes = &self.bytes[n..];
+        self.reads += 1;
+        n
+    }
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        Ok(self.give(buf))
+    }
+}
+
+/// A [`Trickle`] whose every other poll is `Pending` (waking at once), as a socket without data
+/// would be.
+#[cfg(feature = "tokio")]
+struct Hesitant<'a> {
+    inner: Trickle<'a>,
+    pended: bool,
+}
+
+#[cfg(feature = "tokio")]
+impl<'a> Hesitant<'a> {
+    fn new(bytes: &'a [u8], sizes: &'a [usize]) -> Self {
+        Self {
+            inner: Trickle::new(bytes, sizes),
+            pended: false,
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl tokio::io::AsyncRead for Hesitant<'_> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        this.pended = !this.pended;
+        if this.pended {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        let n = this.inner.give(buf.initialize_unfilled());
+        buf.advance(n);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Frames of 4 MiB arriving 1 to 4 KiB per read decrypt (the reader's buffer is zero-filled
+/// once, not per read: `stream.rs` counts it).
+#[tokio::test]
+async fn large_frames_stream_through_small_reads() {
+    let env = envelope(Suite::Aes256GcmHkdfSha512CommitKey, 4 << 20);
+    let plain = data((8 << 20) + 12_345);
+    let m = env.encrypt(&plain, &ctx()).await.unwrap();
+    let sizes = [1024, 4096, 1, 3000, 2048];
+    let mut r = env.decrypting_reader(Trickle::new(&m, &sizes), &ctx()).await.unwrap();
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).unwrap();
+    assert!(out == plain, "the plaintext differs");
+}
+
+#[cfg(feature = "tokio")]
+#[tokio::test]
+async fn large_frames_stream_through_small_async_reads() {
+    use tokio::io::AsyncReadExt as _;
+    let env = envelope(Suite::Aes256GcmHkdfSha512CommitKey, 4 << 20);
+    let plain = data((8 << 20) + 12_345);
+    let m = env.encrypt(&plain, &ctx()).await.unwrap();
+    let sizes = [1024, 4096, 1, 3000, 2048];
+    let mut r = env
+        .async_decrypting_reader(Hesitant::new(&m, &sizes), &ctx())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).await.unwrap();
+    assert!(out == plain, "the plaintext differs");
+}
+
+/// A message arriving one byte per read (header included) decrypts, blocking and async.
+#[tokio::test]
+async fn a_message_read_a_byte_at_a_time_decrypts() {
+    for suite in COMMITTING {
+        let env = envelope(suite, 64).danger_stream_unverified_signed_frames();
+        let plain = data(300);
+        let context = ctx().with("padding", "p".repeat(200));
+        let m = env.encrypt(&plain, &context).await.unwrap();
+        let mut r = env.decrypting_reader(Trickle::new(&m, &[1]), &context).await.unwrap();
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out, plain, "{suite}");
+        #[cfg(feature = "tokio")]
+        {
+            use tokio::io::AsyncReadExt as _;
+            let mut r = env
+                .async_decrypting_reader(Hesitant::new(&m, &[1]), &context)
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).await.unwrap();
+            assert_eq!(out, plain, "{suite} (async)");
+        }
+    }
+}
+
+/// `Keyring::unwrap` is public: the raw AES keyring refuses, without panicking, a wrapped key
+/// it does not recognize, whatever its provider info.
+#[tokio::test]
+async fn the_raw_aes_keyring_refuses_to_unwrap_what_it_does_not_recognize() {
+    let keyring = raw("a", 1);
+    let context = ctx();
+    let request = KeyringRequest {
+        suite: Suite::Aes256GcmHkdfSha512CommitKey,
+        context: &context,
+    };
+    let good = keyring.wrap(&DataKey::new(vec![9; 32]), request).await.unwrap();
+    assert_eq!(keyring.unwrap(&good, request).await.unwrap().expose_secret(), [9; 32]);
+    let with_info = |info: Vec<u8>| EncryptedDataKey {
+        provider_info: info,
+        ..good.clone()
+    };
+    let mut wrong_tag_length = good.provider_info.clone();
+    wrong_tag_length[4] = 0x60; // 96-bit tags
+    let unknown = [
+        with_info(Vec::new()),
+        with_info(b"a".to_vec()),
+        with_info(good.provider_info[..good.provider_info.len() - 1].to_vec()),
+        with_info([&good.provider_info[..], &[0]].concat()),
+        with_info(wrong_tag_length),
+        with_info([b"b", &good.provider_info[1..]].concat()),
+        EncryptedDataKey {
+            provider_id: "other".into(),
+            ..good.clone()
+        },
+    ];
+    for edk in &unknown {
+        assert!(!keyring.recognizes(edk));
+        let e = keyring.unwrap(edk, request).await.err().expect("refused");
+        assert_eq!(e.reason(), "keyring", "{e}");
+        assert!(e.to_string().contains("not this keyring's"), "{e}");
+    }
+}
+
+/// The header must carry the signing key as a compressed point: the same key uncompressed is
+/// refused before any keyring is asked.
+#[tokio::test]
+async fn an_uncompressed_public_key_is_refused_before_any_keyring() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let env = envelope(Suite::Aes256GcmHkdfSha512CommitKeyEcdsaP384, 64);
+    let m = env.encrypt(b"x", &ctx()).await.unwrap();
+    let header = kms_envelope::parse_header(&m, &Limits::default()).unwrap().0;
+    let compressed = header.context().get("aws-crypto-public-key").unwrap().to_owned();
+    let point = p384::ecdsa::VerifyingKey::from_sec1_bytes(&b64.decode(&compressed).unwrap()).unwrap();
+    let uncompressed = b64.encode(point.to_encoded_point(false).as_bytes());
+    // Put it in place of the compressed one, with its value's and the context's lengths.
+    let at = m
+        .windows(compressed.len())
+        .position(|w| w == compressed.as_bytes())
+        .unwrap();
+    let grow = uncompressed.len() - compressed.len();
+    let mut bad = m[..at].to_vec();
+    bad[at - 2..at].copy_from_slice(&(uncompressed.len() as u16).to_be_bytes());
+    bad.extend_from_slice(uncompressed.as_bytes());
+    bad.extend_from_slice(&m[at + compressed.len()..]);
+    let context_len = u16::from_be_bytes([bad[35], bad[36]]) as usize + grow;
+    bad[35..37].copy_from_slice(&(context_len as u16).to_be_bytes());
+    let reparsed = kms_envelope::parse_header(&bad, &Limits::default()).unwrap().0;
+    assert_eq!(reparsed.context().get("aws-crypto-public-key"), Some(&uncompressed[..]));
+    let (k, _, unwrapped) = Counting::new("a", 1);
+    let e = Envelope::new(k).decrypt(&bad, &ctx()).await.err().unwrap();
+    assert_eq!(e.reason(), "malformed", "{e}");
+    assert!(e.to_string().contains("compressed P-384 point"), "{e}");
+    assert_eq!(unwrapped.load(Ordering::SeqCst), 0);
 }
