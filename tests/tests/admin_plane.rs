@@ -650,7 +650,7 @@ async fn concurrent_rotation(backend: Backend) {
     };
     c.create_key("rot", &[APP], UNATTESTED).await;
     // A second server (replica) on the same database, unsealed by the same custodians.
-    let second = TestServer::start(&c.db, &c.pki, Options::default()).await;
+    let second = c.replica(Options::default()).await;
     let mut admin2 = second.admin(&c.pki).await;
     submit_share(&mut admin2, &c.custodians[0]).await.unwrap();
     submit_share(&mut admin2, &c.custodians[2]).await.unwrap();

@@ -666,7 +666,7 @@ async fn two_replicas_share_nonces_and_revocations() {
     let hw = enroll_snp(&mut c.admin, &c.custodians[0], lab.evidence(&lab.report()), "DE", false)
         .await
         .unwrap();
-    let second = TestServer::start(&c.db, &c.pki, options(&[&lab])).await;
+    let second = c.replica(options(&[&lab])).await;
     let mut admin2 = second.admin(&c.pki).await;
     submit_share(&mut admin2, &c.custodians[1]).await.unwrap();
     submit_share(&mut admin2, &c.custodians[2]).await.unwrap();

@@ -383,7 +383,7 @@ async fn exactly_once_with_two_replicas() {
     let Some(mut c) = Ceremony::new(Backend::Postgres, opts.clone()).await else {
         return;
     };
-    let second = TestServer::start(&c.db, &c.pki, opts).await;
+    let second = c.replica(opts).await;
     let mut admin2 = second.admin(&c.pki).await;
     // A replica serves nothing until it is unsealed (it cannot verify the rows before).
     submit_share(&mut admin2, &c.custodians[0]).await.unwrap();

@@ -358,7 +358,7 @@ async fn a_data_key_sealed_to_one_replica_is_sealed_again_for_the_one_that_answe
     let Some((west, central)) = two_deployments(Backend::Postgres).await else {
         return;
     };
-    let replica = TestServer::start(&central.db, &central.pki, Options::default()).await;
+    let replica = central.replica(Options::default()).await;
     let mut admin = replica.admin(&central.pki).await;
     submit_share(&mut admin, &central.custodians[1]).await.unwrap();
     submit_share(&mut admin, &central.custodians[2]).await.unwrap();

@@ -1332,6 +1332,19 @@ mod tests {
     }
 
     /// A key row named `name` with id bytes `id`, for tests that need many.
+    /// An allowed audit record of `operation` by "test".
+    fn allowed_record(time_unix_ms: i64, operation: &str) -> Record {
+        Record {
+            time_unix_ms,
+            caller: "test".into(),
+            operation: operation.into(),
+            key_id: None,
+            outcome: "allowed".into(),
+            reason: String::new(),
+            detail: "{}".into(),
+        }
+    }
+
     fn numbered_key(id: [u8; 16], name: &str) -> KeyRow {
         use kms_core::policy::{AccessPolicy, ReleasePolicy};
         KeyRow {
@@ -1401,15 +1414,7 @@ mod tests {
         urls.extend(fresh_postgres_database().await);
         for url in urls {
             let (store, ik) = test_store_keyed(&url).await;
-            let record = Record {
-                time_unix_ms: 1,
-                caller: "test".into(),
-                operation: "admin.create_key".into(),
-                key_id: None,
-                outcome: "allowed".into(),
-                reason: String::new(),
-                detail: "{}".into(),
-            };
+            let record = allowed_record(1, "admin.create_key");
             let key = numbered_key([9; 16], "payroll");
             store.create_key(&key, &[1; 60], 1, record).await.unwrap();
             let id = [Value::text(key.id.to_string())];
@@ -1496,15 +1501,7 @@ mod tests {
                 sqlx::query(&sql).execute(&mut *conn).await.unwrap();
             }
             drop(conn);
-            let record = || Record {
-                time_unix_ms: 1,
-                caller: "test".into(),
-                operation: "admin.create_key".into(),
-                key_id: None,
-                outcome: "allowed".into(),
-                reason: String::new(),
-                detail: "{}".into(),
-            };
+            let record = || allowed_record(1, "admin.create_key");
             store
                 .create_key(&numbered_key([1; 16], "payroll"), &[1; 60], 1, record())
                 .await
@@ -1533,15 +1530,7 @@ mod tests {
     async fn the_scan_reports_copied_rows_and_material_left_under_a_destroyed_key() {
         let (stores, _dir) = test_stores().await;
         for store in stores {
-            let record = Record {
-                time_unix_ms: 1,
-                caller: "test".into(),
-                operation: "admin.create_key".into(),
-                key_id: None,
-                outcome: "allowed".into(),
-                reason: String::new(),
-                detail: "{}".into(),
-            };
+            let record = allowed_record(1, "admin.create_key");
             let key = numbered_key([7; 16], "kept");
             store.create_key(&key, &[1; 60], 1, record).await.unwrap();
             assert!(store.integrity().scan(&store).await.unwrap().is_empty());
@@ -1593,15 +1582,7 @@ mod tests {
         let Some([a, b]) = test_replicas().await else {
             return;
         };
-        let record = || Record {
-            time_unix_ms: 0,
-            caller: "test".into(),
-            operation: "admin.create_key".into(),
-            key_id: None,
-            outcome: "allowed".into(),
-            reason: String::new(),
-            detail: "{}".into(),
-        };
+        let record = || allowed_record(0, "admin.create_key");
         let create = |store: &Store, n: u8| {
             let store = store.clone();
             async move {

@@ -901,6 +901,16 @@ impl Ceremony {
         self.admin = self.server.admin(&self.pki).await;
     }
 
+    /// Another replica on this deployment's database (sealed), started with `opts`, pinning
+    /// this ceremony's custodians as every replica's configuration does (a sealed replica takes
+    /// shares only from the custodians it pins).
+    pub async fn replica(&self, mut opts: Options) -> TestServer {
+        if opts.init_admins.is_none() && opts.custodians.is_none() {
+            opts.init_admins = Some(fingerprints(&self.custodians));
+        }
+        TestServer::start(&self.db, &self.pki, opts).await
+    }
+
     /// Unseals with the first two custodians.
     pub async fn unseal(&mut self) {
         submit_share(&mut self.admin, &self.custodians[0]).await.unwrap();
