@@ -356,8 +356,8 @@ async fn replicas_follow_a_rotation() {
         return;
     };
     let alice = admin_clone(&c.custodians[0]);
-    let replica_c = TestServer::start(&c.db, &c.pki, opts(backend)).await;
-    let replica_b = TestServer::start(&c.db, &c.pki, opts(backend)).await;
+    let replica_c = c.replica(opts(backend)).await;
+    let replica_b = c.replica(opts(backend)).await;
     let mut admin_c = replica_c.admin(&c.pki).await;
     let mut admin_b = replica_b.admin(&c.pki).await;
     submit_share(&mut admin_c, &c.custodians[0]).await.unwrap();
