@@ -70,8 +70,8 @@ async fn kmsctl(pki: &Pki, server: &impl Reachable, key_file: &std::path::Path, 
         .into()
 }
 
-/// The deployment the server's status names.
-async fn deployment_of_status(pki: &Pki, server: &TestServer) -> String {
+/// The server's (unsigned) seal status, asked directly.
+async fn seal_status(pki: &Pki, server: &TestServer) -> pb::SealStatus {
     server
         .admin(pki)
         .await
@@ -79,18 +79,10 @@ async fn deployment_of_status(pki: &Pki, server: &TestServer) -> String {
         .await
         .unwrap()
         .into_inner()
-        .deployment_id
 }
 
 async fn progress(pki: &Pki, server: &TestServer) -> u32 {
-    server
-        .admin(pki)
-        .await
-        .get_seal_status(pb::GetSealStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .progress
+    seal_status(pki, server).await.progress
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -689,7 +681,7 @@ async fn admins_act_only_on_answers_the_attested_node_signed() {
     // from the unsigned GetSealStatus: a proxy that names another deployment there (one where
     // the same admin key is an admin too, say) cannot make kmsctl sign for it, with or without
     // --deployment.
-    let deployment = deployment_of_status(&pki, &server).await;
+    let deployment = seal_status(&pki, &server).await.deployment_id;
     let elsewhere = Tamper::response("/kms.v1.AdminService/GetSealStatus", |s: &mut pb::SealStatus| {
         s.deployment_id = "dep-elsewhere".into();
     });

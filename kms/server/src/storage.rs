@@ -1631,15 +1631,7 @@ mod tests {
         let new_key = Arc::new(kms_core::integrity::IntegrityKey::new(
             &kms_core::secret::SecretKey::generate().unwrap(),
         ));
-        let record = |operation: &str| Record {
-            time_unix_ms: 1,
-            caller: "test".into(),
-            operation: operation.into(),
-            key_id: None,
-            outcome: "allowed".into(),
-            reason: String::new(),
-            detail: "{}".into(),
-        };
+        let record = |operation: &str| allowed_record(1, operation);
         let mut tx = Tx::begin(&store).await.unwrap();
         tx.insert(&RootGenerationRow {
             generation: 2,
