@@ -1128,6 +1128,20 @@ pub(crate) async fn test_replicas() -> Option<[Store; 2]> {
     Some([a, test_process(&url, &key).await])
 }
 
+/// An allowed audit record of `operation` by "test", for tests that write through the store.
+#[cfg(test)]
+pub(crate) fn test_record(time_unix_ms: i64, operation: &str) -> Record {
+    Record {
+        time_unix_ms,
+        caller: "test".into(),
+        operation: operation.into(),
+        key_id: None,
+        outcome: "allowed".into(),
+        reason: String::new(),
+        detail: "{}".into(),
+    }
+}
+
 #[cfg(test)]
 pub(crate) async fn test_store_at(url: &str) -> Store {
     test_store_keyed(url).await.0
@@ -1185,15 +1199,7 @@ pub(crate) async fn test_store_keyed(url: &str) -> (Store, Arc<kms_core::integri
         removed_unix_ms: None,
         removed_by: None,
     };
-    let record = Record {
-        time_unix_ms: 0,
-        caller: "test".into(),
-        operation: "admin.init".into(),
-        key_id: None,
-        outcome: "allowed".into(),
-        reason: String::new(),
-        detail: "{}".into(),
-    };
+    let record = test_record(0, "admin.init");
     store
         .initialize(&seal, &generation, &[admin], &[], ring(), record)
         .await
@@ -1332,19 +1338,6 @@ mod tests {
     }
 
     /// A key row named `name` with id bytes `id`, for tests that need many.
-    /// An allowed audit record of `operation` by "test".
-    fn allowed_record(time_unix_ms: i64, operation: &str) -> Record {
-        Record {
-            time_unix_ms,
-            caller: "test".into(),
-            operation: operation.into(),
-            key_id: None,
-            outcome: "allowed".into(),
-            reason: String::new(),
-            detail: "{}".into(),
-        }
-    }
-
     fn numbered_key(id: [u8; 16], name: &str) -> KeyRow {
         use kms_core::policy::{AccessPolicy, ReleasePolicy};
         KeyRow {
@@ -1414,7 +1407,7 @@ mod tests {
         urls.extend(fresh_postgres_database().await);
         for url in urls {
             let (store, ik) = test_store_keyed(&url).await;
-            let record = allowed_record(1, "admin.create_key");
+            let record = test_record(1, "admin.create_key");
             let key = numbered_key([9; 16], "payroll");
             store.create_key(&key, &[1; 60], 1, record).await.unwrap();
             let id = [Value::text(key.id.to_string())];
@@ -1501,7 +1494,7 @@ mod tests {
                 sqlx::query(&sql).execute(&mut *conn).await.unwrap();
             }
             drop(conn);
-            let record = || allowed_record(1, "admin.create_key");
+            let record = || test_record(1, "admin.create_key");
             store
                 .create_key(&numbered_key([1; 16], "payroll"), &[1; 60], 1, record())
                 .await
@@ -1530,7 +1523,7 @@ mod tests {
     async fn the_scan_reports_copied_rows_and_material_left_under_a_destroyed_key() {
         let (stores, _dir) = test_stores().await;
         for store in stores {
-            let record = allowed_record(1, "admin.create_key");
+            let record = test_record(1, "admin.create_key");
             let key = numbered_key([7; 16], "kept");
             store.create_key(&key, &[1; 60], 1, record).await.unwrap();
             assert!(store.integrity().scan(&store).await.unwrap().is_empty());
@@ -1582,7 +1575,7 @@ mod tests {
         let Some([a, b]) = test_replicas().await else {
             return;
         };
-        let record = || allowed_record(0, "admin.create_key");
+        let record = || test_record(0, "admin.create_key");
         let create = |store: &Store, n: u8| {
             let store = store.clone();
             async move {
@@ -1631,7 +1624,7 @@ mod tests {
         let new_key = Arc::new(kms_core::integrity::IntegrityKey::new(
             &kms_core::secret::SecretKey::generate().unwrap(),
         ));
-        let record = |operation: &str| allowed_record(1, operation);
+        let record = |operation: &str| test_record(1, operation);
         let mut tx = Tx::begin(&store).await.unwrap();
         tx.insert(&RootGenerationRow {
             generation: 2,

@@ -574,15 +574,7 @@ mod tests {
     use super::*;
 
     fn record(operation: &str) -> Record {
-        Record {
-            time_unix_ms: 0,
-            caller: "test".into(),
-            operation: operation.into(),
-            key_id: None,
-            outcome: "allowed".into(),
-            reason: String::new(),
-            detail: "{}".into(),
-        }
+        crate::storage::test_record(0, operation)
     }
 
     fn key() -> KeyRow {

@@ -111,6 +111,10 @@ impl std::fmt::Display for Violation {
     }
 }
 
+/// A genuine row a table returns twice: every copy verifies, so a read that counts rows would
+/// count it again.
+const COPIED_ROW: &str = "the table holds this row more than once (its primary key was dropped and the row copied)";
+
 /// What the log says of one tracked row.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Seen {
@@ -845,8 +849,7 @@ impl Integrity {
                             table: table.name(),
                             key,
                             kind: ViolationKind::Integrity,
-                            detail: "the table holds this row more than once (its primary key was dropped and the row copied)"
-                                .into(),
+                            detail: COPIED_ROW.into(),
                         };
                         self.report(v.clone());
                         found.push(v);
@@ -1132,7 +1135,7 @@ impl Tx {
                     .reported(StoreError::Integrity(self.store.integrity.violation::<T>(
                         &s.row.key(),
                         ViolationKind::Integrity,
-                        "the table holds this row more than once (its primary key was dropped and the row copied)",
+                        COPIED_ROW,
                     ))));
             }
             out.push(s);

@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::output::{self, Printer};
 
 /// `kmsctl status`.
+///
 /// With a node policy (`--node-policy`) the status is the one the answering node signed over a
 /// fresh nonce, verified under it (and says which node signed it); otherwise (also with
 /// `--danger-unattested-kmsd`, under which any signer passes) it is the unsigned
