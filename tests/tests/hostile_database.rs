@@ -48,6 +48,7 @@ const TABLES: &[(&str, &[&str])] = &[
     ("rejections", &["proposal_id", "admin_id"]),
     ("token_keys", &["version"]),
     ("checkpoint_keys", &["kid"]),
+    ("admin_requests", &["nonce"]),
     ("replicas", &["id"]),
     ("tpm_clocks", &["ak_name"]),
 ];
@@ -72,6 +73,8 @@ struct Lab {
     snp: SnpLab,
     swtpm: Swtpm,
     metrics_port: u16,
+    /// The configuration beside the database and TLS (for a replica's).
+    extra: String,
     _dir: tempfile::TempDir,
 }
 
@@ -101,10 +104,12 @@ impl Lab {
             .map(|f| format!("\"{f}\""))
             .collect::<Vec<_>>()
             .join(", ");
-        // Every row checked each second; key metadata read from the database at every call.
+        // Every row checked each second; key metadata read from the database at every call;
+        // admin requests' nonces kept for the longest window (none is purged while a test runs,
+        // so a snapshot of the tables restored later holds only rows kmsd still has).
         let metrics_port = free_port();
         let extra = format!(
-            "[admin]\ninit_admins = [{pinned}]\n[integrity]\nscan_interval_secs = 1\n[keys]\ncache_ttl_ms = 0\n\
+            "[admin]\ninit_admins = [{pinned}]\nrequest_window_secs = 3600\n[integrity]\nscan_interval_secs = 1\n[keys]\ncache_ttl_ms = 0\n\
              [audit]\ncheckpoint_interval_secs = 1\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
              [attestation]\ntpm_ek_ca_bundle = \"{}\"\n{}{roots}",
             swtpm.ca_bundle_path().display(),
@@ -135,8 +140,24 @@ impl Lab {
             snp,
             swtpm,
             metrics_port,
+            extra,
             _dir: dir,
         })
+    }
+
+    /// Another replica on the database, configured as this one (its metrics on another port),
+    /// unsealed by alice and bob.
+    async fn replica(&self) -> (KmsdProcess, AdminServiceClient<Channel>) {
+        let metrics = format!("listen = \"127.0.0.1:{}\"", self.metrics_port);
+        let extra = self
+            .extra
+            .replace(&metrics, &format!("listen = \"127.0.0.1:{}\"", free_port()));
+        let kmsd = KmsdProcess::start(&self.db, &self.pki, &extra).await;
+        let mut admin_c = kmsd.admin(&self.pki).await;
+        submit_share(&mut admin_c, &self.custodians[0]).await.unwrap();
+        let s = submit_share(&mut admin_c, &self.custodians[1]).await.unwrap();
+        assert!(!s.sealed, "{s:?}");
+        (kmsd, admin_c)
     }
 
     /// kmsd's counter `name` (no labels), from its metrics endpoint.
@@ -1719,10 +1740,12 @@ both_backends!(
     super::unseal_alone
 );
 
-/// The operator deletes an admin request's nonce from `admin_nonces` and replays the request
-/// (captured on the way, inside its freshness window) to undo a later one: alice's re-enable of
-/// a key, replayed after bob disabled it again. The replica that took the nonce remembers it
-/// until the request is stale, so the replay is refused and the key stays disabled.
+/// The operator deletes an admin request's nonce (from `admin_requests`, where an unsealed
+/// replica records it, and from `admin_nonces`) and replays the request (captured on the way,
+/// inside its freshness window) to undo a later one: alice's re-enable of a key, replayed after
+/// bob disabled it again. The replica that took the nonce remembers it until the request is
+/// stale; a replica that never saw the request knows the nonce from the state log and finds its
+/// row gone (`row_rollback`). The replay is refused on both, and the key stays disabled.
 async fn nonce_deleted(backend: Backend) {
     let Some(lab) = Lab::start(backend).await else {
         return;
@@ -1743,11 +1766,22 @@ async fn nonce_deleted(backend: Backend) {
         ))
         .await
         .unwrap();
+    // The enable's nonce is among the rows an unsealed replica recorded (hex, tracked).
+    let taken = lab.keys("admin_requests", &["nonce"]).await;
+    let request = <pb::AdminRequest as prost::Message>::decode(enable.payload.as_slice()).unwrap();
+    assert!(taken.contains(&vec![hex::encode(&request.nonce)]), "{taken:?}");
     lab.sql("DELETE FROM admin_nonces").await;
+    lab.sql("DELETE FROM admin_requests").await;
     assert_refused(
-        admin_c.enable_key(enable).await,
+        admin_c.enable_key(enable.clone()).await,
         Code::PermissionDenied,
         "replayed_request",
+    );
+    let (_other, mut other_c) = lab.replica().await;
+    assert_refused(
+        other_c.enable_key(enable).await,
+        Code::FailedPrecondition,
+        "row_rollback",
     );
     let described = admin_c
         .describe_key(signed(lab.alice(), Op::DescribeKey(pb::DescribeKeyOp { key: key() })))

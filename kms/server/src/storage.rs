@@ -36,9 +36,9 @@ pub use quorum::{ApprovalAdded, QuorumClose, RejectionAdded, Votes};
 pub use rotation::{RewrapItem, SecretTable};
 pub use row::Table;
 pub use tables::{
-    AdminRow, ApprovalRow, CheckpointKeyRow, HardwareRow, HardwareStatus, KeyRow, KeyVersionRow, ProposalRow,
-    ProposalStatus, RejectionRow, ReleasePolicyRow, ReplicaRow, RootGenerationRow, SealConfigRow, ShareRow,
-    TokenKeyRow, TpmClockRow, TpmEnrollmentRow,
+    AdminRequestRow, AdminRow, ApprovalRow, CheckpointKeyRow, HardwareRow, HardwareStatus, KeyRow, KeyVersionRow,
+    ProposalRow, ProposalStatus, RejectionRow, ReleasePolicyRow, ReplicaRow, RootGenerationRow, SealConfigRow,
+    ShareRow, TokenKeyRow, TpmClockRow, TpmEnrollmentRow,
 };
 
 pub(crate) use integrity::{Stored, Tx};
@@ -695,31 +695,71 @@ impl Store {
     /// Records an admin request nonce until `expires_unix_ms`. `false` if it was seen before (a
     /// replay).
     ///
-    /// The database's table is shared by the replicas; this process also remembers the nonces
-    /// it took until they expire, so a row deleted from `admin_nonces` does not let a request
-    /// run twice on this replica (another replica knows only the table).
+    /// An unsealed replica records it in `admin_requests`, a table tracked by the state log, in
+    /// a transaction of its own: once taken, the nonce is in every replica's view of the log, so
+    /// a row deleted to let the request run again is a `row_rollback` on every replica. A sealed
+    /// replica holds no integrity key, and records it in `admin_nonces`, unauthenticated; a row
+    /// in either table is a use, so what the database adds there can only refuse requests. This
+    /// process also remembers the nonces it took until they expire.
     pub async fn use_nonce(&self, nonce: &[u8], expires_unix_ms: i64) -> Result<bool, StoreError> {
         if self.nonce_taken_here(nonce) {
             return Ok(false);
         }
-        match sqlx::query("INSERT INTO admin_nonces (nonce, expires_unix_ms) VALUES ($1, $2)")
-            .bind(nonce)
-            .bind(expires_unix_ms)
-            .execute(&self.pool)
-            .await
-        {
-            Ok(_) => {
-                let mut taken = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
-                if taken.len() >= 4096 {
-                    let now = kms_core::now_unix_ms();
-                    taken.retain(|_, expires| *expires >= now);
+        let hex = hex::encode(nonce);
+        let used_anywhere = sqlx::query(
+            "SELECT 1 AS one FROM admin_nonces WHERE nonce = $1 UNION ALL SELECT 1 AS one FROM admin_requests WHERE nonce = $2",
+        )
+        .bind(nonce)
+        .bind(hex.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        .is_some();
+        let fresh = match Tx::begin(self).await {
+            Ok(mut tx) => {
+                let key = [Value::text(hex.clone())];
+                // A row of its own the database put there (not verifying) is refused as such.
+                if used_anywhere || tx.get::<AdminRequestRow>(&key).await?.is_some() {
+                    false
+                } else {
+                    let row = AdminRequestRow {
+                        nonce: hex,
+                        expires_unix_ms,
+                    };
+                    match tx.insert(&row).await {
+                        Ok(()) => {
+                            tx.commit().await?;
+                            true
+                        }
+                        Err(StoreError::Conflict) => false,
+                        Err(e) => return Err(e),
+                    }
                 }
-                // Taken concurrently by another call of this process: one of them is a replay.
-                Ok(taken.insert(nonce.to_vec(), expires_unix_ms).is_none())
             }
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
-            Err(e) => Err(e.into()),
+            Err(StoreError::Sealed) if !used_anywhere => {
+                match sqlx::query("INSERT INTO admin_nonces (nonce, expires_unix_ms) VALUES ($1, $2)")
+                    .bind(nonce)
+                    .bind(expires_unix_ms)
+                    .execute(&self.pool)
+                    .await
+                {
+                    Ok(_) => true,
+                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => false,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(StoreError::Sealed) => false,
+            Err(e) => return Err(e),
+        };
+        if !fresh {
+            return Ok(false);
         }
+        let mut taken = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        if taken.len() >= 4096 {
+            let now = kms_core::now_unix_ms();
+            taken.retain(|_, expires| *expires >= now);
+        }
+        // Taken concurrently by another call of this process: one of them is a replay.
+        Ok(taken.insert(nonce.to_vec(), expires_unix_ms).is_none())
     }
 
     fn nonce_taken_here(&self, nonce: &[u8]) -> bool {
@@ -729,13 +769,26 @@ impl Store {
             .is_some_and(|expires| *expires >= kms_core::now_unix_ms())
     }
 
-    /// Forgets nonces whose requests can no longer be fresh.
+    /// Forgets nonces whose requests can no longer be fresh: in `admin_nonces`, and in
+    /// `admin_requests` as deletions the state log records (so that their absence is no
+    /// rollback). Rows of `admin_requests` that do not verify are reported and left.
     pub async fn purge_nonces(&self, now_unix_ms: i64) -> Result<u64, StoreError> {
-        Ok(sqlx::query("DELETE FROM admin_nonces WHERE expires_unix_ms < $1")
+        let untracked = sqlx::query("DELETE FROM admin_nonces WHERE expires_unix_ms < $1")
             .bind(now_unix_ms)
             .execute(&self.pool)
             .await?
-            .rows_affected())
+            .rows_affected();
+        let mut tx = Tx::begin(self).await?;
+        let stale = tx
+            .all::<AdminRequestRow>("WHERE expires_unix_ms < $1", &[Value::int(now_unix_ms)], |r| {
+                r.expires_unix_ms < now_unix_ms
+            })
+            .await?;
+        for r in &stale {
+            tx.delete(r).await?;
+        }
+        tx.commit().await?;
+        Ok(untracked + u64::try_from(stale.len()).unwrap_or(u64::MAX))
     }
 
     // ----- keys ------------------------------------------------------------------------------
@@ -797,7 +850,12 @@ impl Store {
         match genuine.len() {
             0 => refused.map_or(Ok(None), Err),
             1 => Ok(genuine.pop()),
-            n => Err(self.integrity.ambiguous_name(&genuine[1], name, n)),
+            n => Err(self.integrity.ambiguous(
+                &genuine[1],
+                format!(
+                    "{n} rows kmsd wrote are named {name:?}, which only one may be (the database's UNIQUE constraint on the name was dropped): the name is not used"
+                ),
+            )),
         }
     }
 
@@ -1291,11 +1349,12 @@ mod tests {
                 RejectionRow,
                 TokenKeyRow,
                 CheckpointKeyRow,
+                AdminRequestRow,
                 ReplicaRow,
                 TpmClockRow
             );
         }
-        assert_eq!(Table::ALL.len(), 16);
+        assert_eq!(Table::ALL.len(), 17);
     }
 
     /// A row written through a transaction verifies when read; changed in the database, it does

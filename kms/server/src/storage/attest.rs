@@ -232,7 +232,10 @@ impl Store {
                 Err(e) => return Ok((used, Err(e))),
             }
         }
-        let entry = self.integrity.check_alarm().and_then(|()| best_entry(entries));
+        let entry = self
+            .integrity
+            .check_alarm()
+            .and_then(|()| self.best_entry(entries, "snp_chip_id", chip_id_hex));
         Ok((used, entry))
     }
 
@@ -275,6 +278,13 @@ impl Store {
 
     /// Enrols a machine with its audit record. `Conflict` if one of its identities is already
     /// active in another entry.
+    ///
+    /// That no identity is active twice is checked here, against the whole registry read and
+    /// verified as the state log knows it ([`Tx::every`]), not only by the database's partial
+    /// unique indexes: with those dropped, a second entry for an enrolled chip (another country,
+    /// another policy) would otherwise be enrolled, and which of the two a lookup finds would be
+    /// the database's choice. The read takes a verification per entry; enrolments are rare and
+    /// quorum-approved.
     /// With `tpm_enrollment`, the credential-activation attempt is claimed (marked used) in the
     /// same transaction: refused if it was used meanwhile. Its expiry was checked when the
     /// enrolment was proposed (the approvals that follow have the proposal's lifetime).
@@ -294,6 +304,11 @@ impl Store {
                     tx.update(&a, &used).await?;
                 }
                 _ => return Err(Refusal::TpmEnrollmentUsed.into()),
+            }
+        }
+        for s in tx.every::<HardwareRow>().await? {
+            if s.status == HardwareStatus::Active && s.identities().any(|i| h.identities().any(|j| i == j)) {
+                return Err(StoreError::Conflict);
             }
         }
         tx.insert(h).await?;
@@ -323,7 +338,56 @@ impl Store {
                 of(h).is_some_and(|v| v == value)
             })
             .await?;
-        best_entry(rows)
+        self.best_entry(rows, column, value)
+    }
+
+    /// Of the entries a lookup of `column` = `value` read: the active one, else the newest
+    /// revoked one, else the refusal of one that did not verify. Two genuine active entries
+    /// with the identity (the partial unique index dropped, and a second enrolment slipped in
+    /// before [`Store::insert_hardware`] checked the registry) are refused, so which machine an
+    /// identity means is never the database's choice.
+    fn best_entry(
+        &self,
+        rows: Vec<Result<Stored<HardwareRow>, StoreError>>,
+        column: &str,
+        value: &str,
+    ) -> Result<Option<HardwareRow>, StoreError> {
+        let mut best: Option<HardwareRow> = None;
+        let mut active = 0;
+        let mut refused = None;
+        for r in rows {
+            match r {
+                Ok(s) => {
+                    if s.status == HardwareStatus::Active {
+                        active += 1;
+                        if active > 1 {
+                            return Err(self.integrity.ambiguous(
+                                &s.row,
+                                format!(
+                                    "{active} active registry entries kmsd wrote have {column} {value}, which only one may have (the database's unique index on it was dropped): the machine is not trusted until all but one are revoked"
+                                ),
+                            ));
+                        }
+                    }
+                    let better = match &best {
+                        None => true,
+                        Some(b) => {
+                            (s.status == HardwareStatus::Active && b.status != HardwareStatus::Active)
+                                || (s.status == b.status && s.enrolled_unix_ms > b.enrolled_unix_ms)
+                        }
+                    };
+                    if better {
+                        best = Some(s.row);
+                    }
+                }
+                Err(e) => refused = Some(e),
+            }
+        }
+        match (best, refused) {
+            (Some(h), _) => Ok(Some(h)),
+            (None, Some(e)) => Err(e),
+            (None, None) => Ok(None),
+        }
     }
 
     /// A page of the registry (see [`Store::page`]).
@@ -529,35 +593,6 @@ impl Store {
             }
         }
         Ok(())
-    }
-}
-
-/// Of the registry rows naming one identity, the active one if there is one, else the most
-/// recently enrolled; if only rows that do not verify name it, their refusal.
-fn best_entry(rows: Vec<Result<Stored<HardwareRow>, StoreError>>) -> Result<Option<HardwareRow>, StoreError> {
-    let mut best: Option<HardwareRow> = None;
-    let mut refused = None;
-    for r in rows {
-        match r {
-            Ok(s) => {
-                let better = match &best {
-                    None => true,
-                    Some(b) => {
-                        (s.status == HardwareStatus::Active && b.status != HardwareStatus::Active)
-                            || (s.status == b.status && s.enrolled_unix_ms > b.enrolled_unix_ms)
-                    }
-                };
-                if better {
-                    best = Some(s.row);
-                }
-            }
-            Err(e) => refused = Some(e),
-        }
-    }
-    match (best, refused) {
-        (Some(h), _) => Ok(Some(h)),
-        (None, Some(e)) => Err(e),
-        (None, None) => Ok(None),
     }
 }
 
@@ -927,6 +962,106 @@ mod tests {
             );
             let (used, _) = both(4, chip.clone()).await;
             assert_eq!(used, ChallengeUse::Replayed, "{backend:?}");
+        }
+    }
+
+    /// That a machine's identity (SNP chip id, TPM EK digest, TPM AK name) is active in one
+    /// registry entry only is kmsd's own check, not only the database's partial unique
+    /// indexes: with the indexes dropped (on SQLite and PostgreSQL), a second enrolment of an
+    /// active identity is still refused; and two active entries kmsd wrote for one chip (put
+    /// past the check here) make every lookup of the chip refuse, the attest path's combined
+    /// read included, instead of answering with the one the database picks.
+    #[tokio::test]
+    async fn an_identity_is_active_in_one_entry_without_the_unique_indexes() {
+        let (stores, _dir) = crate::storage::test_stores().await;
+        for store in &stores {
+            let backend = store.backend();
+            for index in ["hardware_active_chip", "hardware_active_ek", "hardware_active_ak"] {
+                sqlx::query(&format!("DROP INDEX {index}"))
+                    .execute(store.pool())
+                    .await
+                    .unwrap();
+            }
+            let enrol = |h: HardwareRow| async move {
+                store
+                    .insert_hardware(&h, None, None, record("admin.enroll_hardware"))
+                    .await
+            };
+            let hw = HardwareRow::example();
+            let chip = hw.snp_chip_id.clone().unwrap();
+            enrol(hw.clone()).await.unwrap();
+            let mut elsewhere = HardwareRow::example();
+            elsewhere.id = format!("hw-{}", "ef".repeat(16));
+            elsewhere.country = "US".into();
+            elsewhere.enrolled_unix_ms = 2;
+            assert!(
+                matches!(enrol(elsewhere.clone()).await, Err(StoreError::Conflict)),
+                "{backend:?}: a chip enrolled twice"
+            );
+            // A TPM: its EK, and its AK, are each active once.
+            let mut tpm = HardwareRow::example();
+            tpm.id = format!("hw-{}", "01".repeat(16));
+            tpm.kind = "tpm".into();
+            tpm.snp_chip_id = None;
+            tpm.tpm_ek_digest = Some("0e".repeat(32));
+            tpm.tpm_ak_name = Some("000b".to_owned() + &"0a".repeat(32));
+            enrol(tpm.clone()).await.unwrap();
+            let mut same_ek = tpm.clone();
+            same_ek.id = format!("hw-{}", "02".repeat(16));
+            same_ek.tpm_ak_name = Some("000b".to_owned() + &"0b".repeat(32));
+            let mut same_ak = tpm.clone();
+            same_ak.id = format!("hw-{}", "03".repeat(16));
+            same_ak.tpm_ek_digest = Some("0f".repeat(32));
+            for (what, h) in [("EK", same_ek), ("AK", same_ak)] {
+                assert!(
+                    matches!(enrol(h).await, Err(StoreError::Conflict)),
+                    "{backend:?}: a TPM {what} enrolled twice"
+                );
+            }
+            // Revoked, the chip can be enrolled again.
+            store
+                .revoke_hardware(&hw.id, "admin", "moved", 3, record("admin.revoke_hardware"))
+                .await
+                .unwrap()
+                .unwrap();
+            enrol(elsewhere.clone()).await.unwrap();
+            assert_eq!(
+                store.hardware_by_identity(Identity::SnpChipId, &chip).await.unwrap(),
+                Some(elsewhere.clone()),
+                "{backend:?}"
+            );
+            // A second active entry for the chip, written past the check.
+            let mut third = HardwareRow::example();
+            third.id = format!("hw-{}", "04".repeat(16));
+            third.enrolled_unix_ms = 4;
+            let mut tx = store.begin_write(None).await.unwrap();
+            tx.insert(&third).await.unwrap();
+            tx.audit(vec![record("admin.enroll_hardware")]).await.unwrap();
+            tx.commit().await.unwrap();
+            let ambiguous = |e: StoreError| match e {
+                StoreError::Integrity(v) => {
+                    assert_eq!(v.table, "hardware", "{backend:?}");
+                    assert!(
+                        v.detail
+                            .contains(&format!("2 active registry entries kmsd wrote have snp_chip_id {chip}")),
+                        "{backend:?}: {v:?}"
+                    );
+                }
+                other => panic!("{backend:?}: {other:?}"),
+            };
+            ambiguous(
+                store
+                    .hardware_by_identity(Identity::SnpChipId, &chip)
+                    .await
+                    .unwrap_err(),
+            );
+            store.insert_challenge(&[7; 32], "app", i64::MAX).await.unwrap();
+            let (used, entry) = store
+                .consume_challenge_reading_hardware(&[7; 32], "app", 5, &chip)
+                .await
+                .unwrap();
+            assert_eq!(used, ChallengeUse::Fresh, "{backend:?}");
+            ambiguous(entry.unwrap_err());
         }
     }
 }

@@ -591,15 +591,14 @@ impl Integrity {
         )))
     }
 
-    /// `n` rows kmsd wrote, `second` among them, have the name `name`, which only one may have
-    /// (reported; the name is not used).
-    pub(crate) fn ambiguous_name<T: Row>(&self, second: &T, name: &str, n: usize) -> StoreError {
+    /// Rows kmsd wrote, `second` among them, hold a value only one row may hold (a name, a
+    /// machine's identity), which only the database's dropped constraint said: reported, and
+    /// the value is not used. `detail` says which value.
+    pub(crate) fn ambiguous<T: Row>(&self, second: &T, detail: String) -> StoreError {
         self.reported(StoreError::Integrity(self.violation::<T>(
             &second.key(),
             ViolationKind::Integrity,
-            format!(
-                "{n} rows kmsd wrote are named {name:?}, which only one may be (the database's UNIQUE constraint on the name was dropped): the name is not used"
-            ),
+            detail,
         )))
     }
 
@@ -932,6 +931,7 @@ async fn scan_one(i: &Integrity, store: &Store, table: Table, r: &AnyRow, read_a
         Table::CheckpointKeys => check!(CheckpointKeyRow),
         Table::Replicas => check!(ReplicaRow),
         Table::TpmClocks => check!(TpmClockRow),
+        Table::AdminRequests => check!(AdminRequestRow),
     }
 }
 

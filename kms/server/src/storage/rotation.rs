@@ -272,6 +272,9 @@ impl Store {
         moved += self
             .reauthenticate_table::<CheckpointKeyRow>(newest, page, pause)
             .await?;
+        moved += self
+            .reauthenticate_table::<AdminRequestRow>(newest, page, pause)
+            .await?;
         moved += self.reauthenticate_table::<ReplicaRow>(newest, page, pause).await?;
         moved += self.reauthenticate_table::<TpmClockRow>(newest, page, pause).await?;
         moved += u64::from(self.integrity.reauthenticate_state(self).await?);

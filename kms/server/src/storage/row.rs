@@ -39,6 +39,8 @@ pub enum Table {
     TokenKeys,
     /// `checkpoint_keys`.
     CheckpointKeys,
+    /// `admin_requests`.
+    AdminRequests,
     /// `replicas` (authenticated, not tracked by the state log).
     Replicas,
     /// `tpm_clocks` (authenticated, not tracked by the state log).
@@ -47,7 +49,7 @@ pub enum Table {
 
 impl Table {
     /// Every authenticated table.
-    pub const ALL: [Table; 16] = [
+    pub const ALL: [Table; 17] = [
         Table::SealConfig,
         Table::RootGenerations,
         Table::RootShares,
@@ -62,6 +64,7 @@ impl Table {
         Table::Rejections,
         Table::TokenKeys,
         Table::CheckpointKeys,
+        Table::AdminRequests,
         Table::Replicas,
         Table::TpmClocks,
     ];
@@ -85,6 +88,7 @@ impl Table {
             Self::CheckpointKeys => "checkpoint_keys",
             Self::Replicas => "replicas",
             Self::TpmClocks => "tpm_clocks",
+            Self::AdminRequests => "admin_requests",
         }
     }
 

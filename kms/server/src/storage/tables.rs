@@ -513,9 +513,21 @@ pub struct HardwareRow {
     pub revocation_reason: Option<String>,
 }
 
-#[cfg(test)]
 impl HardwareRow {
+    /// The identities only one active entry may hold (the SNP chip id, the TPM EK digest, the
+    /// TPM AK name) that this entry holds, by column.
+    pub(crate) fn identities(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("snp_chip_id", &self.snp_chip_id),
+            ("tpm_ek_digest", &self.tpm_ek_digest),
+            ("tpm_ak_name", &self.tpm_ak_name),
+        ]
+        .into_iter()
+        .filter_map(|(column, v)| v.as_deref().map(|v| (column, v)))
+    }
+
     /// An active SNP machine in Germany, for tests.
+    #[cfg(test)]
     pub(crate) fn example() -> Self {
         Self {
             id: format!("hw-{}", "ab".repeat(16)),
@@ -605,6 +617,34 @@ impl Row for HardwareRow {
             revoked_unix_ms: v.opt_int("revoked_unix_ms")?,
             revoked_by: v.opt_text("revoked_by")?,
             revocation_reason: v.opt_text("revocation_reason")?,
+        })
+    }
+}
+
+// ----- admin_requests ----------------------------------------------------------------------------
+
+/// A signed admin request an unsealed replica took, by its nonce, kept until the request is
+/// stale on every replica. Tracked by the state log, so a row deleted to let the request run
+/// again is missed by every replica (`row_rollback`), not only by the one that took it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminRequestRow {
+    /// The request's nonce (hex).
+    pub nonce: String,
+    /// When the request can no longer be fresh anywhere.
+    pub expires_unix_ms: i64,
+}
+
+impl Row for AdminRequestRow {
+    const TABLE: Table = Table::AdminRequests;
+    const COLUMNS: &'static [Column] = &[text("nonce"), int("expires_unix_ms")];
+    const KEY: usize = 1;
+    fn to_values(&self) -> Vec<Value> {
+        vec![Value::text(self.nonce.clone()), Value::int(self.expires_unix_ms)]
+    }
+    fn from_values(v: &Values<'_>) -> Result<Self, String> {
+        Ok(Self {
+            nonce: v.text("nonce")?,
+            expires_unix_ms: v.int("expires_unix_ms")?,
         })
     }
 }
