@@ -552,3 +552,99 @@ async fn anchored_rollback(backend: Backend) {
     server.stop().await;
 }
 both_backends!(pkcs11_seal_refuses_a_rolled_back_database, super::anchored_rollback);
+
+/// The operator forks the database: after a clean stop it copies it, and runs one replica on
+/// each copy, both with the deployment's HSM. Each copy then serves writes the other never
+/// sees, and every row of each verifies. Every checkpoint round checks that the database holds
+/// the checkpoint the HSM's anchor names and extends its state: both replicas anchor there, so
+/// the one whose copy the other anchored past raises `state_rollback` and stops serving.
+async fn forked(backend: Backend) {
+    let Some(db) = Db::new(backend).await else { return };
+    let pki = Pki::new();
+    let alice = admin("alice", "DE");
+    let opts = || Options {
+        init_admins: Some(fingerprints([&alice])),
+        checkpoint_interval: Duration::from_millis(200),
+        ..opts(backend)
+    };
+    let server = TestServer::start(&db, &pki, opts()).await;
+    let mut admin_c = server.admin(&pki).await;
+    init_pkcs11_alone(&mut admin_c, &alice).await.unwrap();
+    let create = |name: &str| {
+        signed(
+            &alice,
+            Op::CreateKey(pb::CreateKeyOp {
+                name: name.into(),
+                grants: grants_all(&[APP]),
+                release_policy: UNATTESTED.into(),
+                ..Default::default()
+            }),
+        )
+    };
+    admin_c.create_key(create("shared")).await.unwrap();
+    for _ in 0..100 {
+        if !stored_checkpoints(&db).await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!stored_checkpoints(&db).await.is_empty(), "no checkpoint");
+    server.stop().await;
+    let copy = db.fork().await;
+
+    let servers = [
+        TestServer::start(&db, &pki, opts()).await,
+        TestServer::start(&copy, &pki, opts()).await,
+    ];
+    let mut admins = Vec::new();
+    let mut data = Vec::new();
+    for (i, s) in servers.iter().enumerate() {
+        let mut a = s.admin(&pki).await;
+        let st = status(&mut a).await;
+        assert!(!st.sealed && st.integrity_alarm.is_empty(), "replica {i}: {st:?}");
+        data.push(s.data(&pki, APP).await);
+        admins.push(a);
+    }
+    // Each copy takes writes of its own (a key the other never sees) and data calls, whose
+    // audit entries its checkpoints cover.
+    for (i, a) in admins.iter_mut().enumerate() {
+        a.create_key(create(&format!("only-on-{i}"))).await.unwrap();
+    }
+    let gen = pb::GenerateDataKeyWithoutPlaintextRequest {
+        key: "shared".into(),
+        encryption_context: Default::default(),
+    };
+    let mut alarmed = Vec::new();
+    for _ in 0..100 {
+        for d in &mut data {
+            let _ = d.generate_data_key_without_plaintext(gen.clone()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        alarmed.clear();
+        for (i, a) in admins.iter_mut().enumerate() {
+            let st = status(a).await;
+            if !st.integrity_alarm.is_empty() {
+                alarmed.push((i, st.integrity_alarm));
+            }
+        }
+        if !alarmed.is_empty() {
+            break;
+        }
+    }
+    assert!(!alarmed.is_empty(), "neither replica of the forked database noticed");
+    for (i, alarm) in &alarmed {
+        assert!(
+            alarm.starts_with("state_rollback") && alarm.contains("anchor") && alarm.contains("forked"),
+            "replica {i}: {alarm}"
+        );
+        let e = data[*i]
+            .generate_data_key_without_plaintext(gen.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&e), "state_rollback", "replica {i}: {e:?}");
+    }
+    for s in servers {
+        s.stop().await;
+    }
+}
+both_backends!(pkcs11_seal_stops_a_replica_on_a_forked_database, super::forked);

@@ -86,6 +86,53 @@ impl Db {
         }
     }
 
+    /// A copy of this database as it is now, as an operator would make one to run a second
+    /// replica on (a fork). Servers on this database should be stopped first: on PostgreSQL
+    /// the copy is `CREATE DATABASE … TEMPLATE`, which needs no other session on the source
+    /// (any left are ended); on SQLite it is `VACUUM INTO`.
+    pub async fn fork(&self) -> Self {
+        match self.backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("kms.db");
+                let mut conn = self.connect().await;
+                sqlx::query(&format!("VACUUM INTO '{}'", path.display()))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                conn.close().await.unwrap();
+                Self {
+                    url: format!("sqlite://{}?mode=rwc", path.display()),
+                    backend: Backend::Sqlite,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let (server, source) = self.url.rsplit_once('/').unwrap();
+                let name = format!("{source}_fork");
+                let mut conn = sqlx::AnyConnection::connect(&format!("{server}/postgres"))
+                    .await
+                    .expect("connect to PostgreSQL");
+                sqlx::query(&format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{source}' AND pid <> pg_backend_pid()"
+                ))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+                sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {source}"))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                conn.close().await.unwrap();
+                Self {
+                    url: format!("{server}/{name}"),
+                    backend: Backend::Postgres,
+                    _dir: None,
+                }
+            }
+        }
+    }
+
     /// A direct connection, for tests that look at or tamper with rows.
     pub async fn connect(&self) -> sqlx::AnyConnection {
         sqlx::any::install_default_drivers();

@@ -311,6 +311,7 @@ impl Checkpoints {
     /// already checkpointed, or another replica stored a checkpoint for this head first).
     pub async fn sign(&self, root: &dyn RootOfTrust) -> Result<Option<Checkpoint>, ApiError> {
         self.store.integrity().check_alarm()?;
+        self.check_anchored(root).await?;
         let mut last = self.last.lock().await;
         // What this process wrote, before the head is read: the head can only be at or past it.
         let written = self.store.integrity().audit_written();
@@ -531,6 +532,53 @@ impl Checkpoints {
             self.anchor(anchors, &checkpoint).await;
         }
         Ok(Some(checkpoint))
+    }
+
+    /// With a seal that anchors checkpoints (the pkcs11 seal's HSM): the database still holds
+    /// the checkpoint the HSM's anchor names, as it was signed, and its state extends the
+    /// anchored one, as the seal checks at start; checked every round. Every replica of the
+    /// deployment anchors its checkpoints there, so a replica run on a copy of the database (a
+    /// fork, each copy serving writes the other never sees) finds the other copy's newer anchor
+    /// missing from its own database at its next round: the alarm is raised (`state_rollback`)
+    /// and it serves nothing more. An HSM that cannot be read is logged and the round goes on
+    /// (the anchor is a check on the database, not a condition of serving).
+    async fn check_anchored(&self, root: &dyn RootOfTrust) -> Result<(), ApiError> {
+        let Some(anchors) = root.anchor_store() else {
+            return Ok(());
+        };
+        let Some(cfg) = self.store.seal_config().await? else {
+            return Ok(());
+        };
+        let label = crate::seal::anchor_label(&cfg.deployment_id);
+        let stored = match tokio::task::spawn_blocking(move || anchors.read(&label)).await {
+            Ok(Ok(stored)) => stored,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the checkpoint anchor in the HSM");
+                return Ok(());
+            }
+            Err(_) => {
+                tracing::warn!("the HSM anchor task failed");
+                return Ok(());
+            }
+        };
+        let Some(anchor) = stored
+            .iter()
+            .filter_map(|b| CheckpointAnchor::decode(b))
+            .max_by_key(|a| a.seq)
+        else {
+            return Ok(());
+        };
+        match self.store.check_anchor(&anchor).await {
+            Ok(()) => Ok(()),
+            Err(crate::storage::StoreError::Rollback(mut v)) => {
+                v.detail = format!(
+                    "{} (checked while serving: another replica of this deployment anchored it, so this database is a copy that forked from the one it serves, or was rolled back)",
+                    v.detail
+                );
+                Err(self.store.integrity().raise(v).into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Records `c` in the seal's HSM (if it is newer than what the HSM holds), so a database
