@@ -475,6 +475,16 @@ async fn rotation_progress() {
         let s = scrape(&python, port).await;
         if s.value("kms_root_rotations_completed_total", &[]) == Some(1.0) {
             assert!(seen_under_way, "the rotation was never seen under way");
+            // The counter moves at completion; the gauges at the next sample of the seal
+            // (every second).
+            let mut s = s;
+            for _ in 0..30 {
+                if s.must("kms_root_rotation_in_progress", &[]) == 0.0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                s = scrape(&python, port).await;
+            }
             assert_eq!(s.must("kms_root_rotation_in_progress", &[]), 0.0);
             assert_eq!(s.must("kms_root_rotation_remaining", &[]), 0.0);
             assert_eq!(s.must("kms_root_generation", &[]), 2.0);

@@ -314,7 +314,7 @@ impl Store {
     /// meanwhile) is read again: the whole query, up to three times. Rows that do not verify are
     /// `Err` in the result, and so are genuine rows that `selects` (`rest`'s condition restated
     /// in Rust) refuses: the database answered with a row the query does not select
-    /// (`row_substituted`).
+    /// (`row_substituted`), and second copies of a genuine row (its primary key dropped).
     pub(crate) async fn fetch<T: Row>(
         &self,
         rest: &str,
@@ -347,10 +347,15 @@ impl Store {
             }
             let rows = q.fetch_all(&self.pool).await?;
             let mut out = Vec::with_capacity(rows.len());
+            let mut returned = std::collections::HashSet::with_capacity(rows.len());
             let mut stale = false;
             for r in &rows {
                 let k = key(r)?;
                 match self.integrity.verify::<T>(self, r, read_at).await {
+                    // Every copy of a genuine row verifies: it is one row, not two.
+                    Ok(Some(s)) if !returned.insert(s.row.key()) => {
+                        out.push((k, Err(self.integrity.copied::<T>(&s.row.key()))))
+                    }
                     Ok(Some(s)) if selects(&s) => out.push((k, Ok(s))),
                     Ok(Some(s)) => out.push((k, Err(self.integrity.substituted(&s, rest)))),
                     Ok(None) => {
@@ -616,8 +621,11 @@ impl Store {
     ) -> Result<AdminRow, StoreError> {
         let mut tx = self.begin_write(close).await?;
         let seal = seal_in(&mut tx).await?;
-        rotation::refuse_if_rotating(&mut tx).await?;
-        let admins = tx.all::<AdminRow>("", &[], row::every).await?;
+        rotation::refuse_if_rotating(&mut tx, seal.root_generation).await?;
+        // Every admin and share, complete and each once: the guards below count them, and an
+        // admin the database hid or copied would make them pass for a removal that leaves fewer
+        // admins than M, or fewer custodians than the threshold.
+        let admins = tx.every::<AdminRow>().await?;
         let Some(old) = admins
             .iter()
             .find(|a| &a.id == id && a.removed_unix_ms.is_none())
@@ -639,14 +647,10 @@ impl Store {
             .into());
         }
         if seal.kind == "shamir" {
-            let shares = tx
-                .all::<ShareRow>("WHERE generation = $1", &[Value::int(g(seal.root_generation))], |s| {
-                    s.generation == seal.root_generation
-                })
-                .await?;
+            let shares = tx.every::<ShareRow>().await?;
             let custodians = shares
                 .iter()
-                .filter(|s| remaining.iter().any(|a| a.id == s.admin_id))
+                .filter(|s| s.generation == seal.root_generation && remaining.iter().any(|a| a.id == s.admin_id))
                 .count();
             let custodians = i64::try_from(custodians).unwrap_or(i64::MAX);
             if custodians < i64::from(seal.threshold) {
@@ -695,30 +699,45 @@ impl Store {
     /// Records an admin request nonce until `expires_unix_ms`. `false` if it was seen before (a
     /// replay).
     ///
-    /// An unsealed replica records it in `admin_requests`, a table tracked by the state log, in
-    /// a transaction of its own: once taken, the nonce is in every replica's view of the log, so
-    /// a row deleted to let the request run again is a `row_rollback` on every replica. A sealed
-    /// replica holds no integrity key, and records it in `admin_nonces`, unauthenticated; a row
-    /// in either table is a use, so what the database adds there can only refuse requests. This
-    /// process also remembers the nonces it took until they expire.
-    pub async fn use_nonce(&self, nonce: &[u8], expires_unix_ms: i64) -> Result<bool, StoreError> {
+    /// Every request's nonce goes into `admin_nonces`, whose primary key decides between
+    /// replicas, sealed or not. That table is not authenticated: a row deleted there lets a
+    /// captured request run again. So a request that `changes` something, taken by an
+    /// unsealed replica, is also recorded in `admin_requests`, in the same transaction: a row
+    /// tracked by the state log, so once it is taken every unsealed replica knows it from its
+    /// view of the log, and the row deleted is `row_rollback` there. (Reads are not recorded
+    /// there, so they add nothing to the state log: a replayed read tells the one who captured
+    /// the request only what its answer said then.) A row in either table is a use, so what the
+    /// database adds there can only refuse requests. This process also remembers the nonces it
+    /// took until they expire.
+    pub async fn use_nonce(&self, nonce: &[u8], expires_unix_ms: i64, changes: bool) -> Result<bool, StoreError> {
         if self.nonce_taken_here(nonce) {
             return Ok(false);
         }
         let hex = hex::encode(nonce);
-        let used_anywhere = sqlx::query(
-            "SELECT 1 AS one FROM admin_nonces WHERE nonce = $1 UNION ALL SELECT 1 AS one FROM admin_requests WHERE nonce = $2",
-        )
-        .bind(nonce)
-        .bind(hex.as_str())
-        .fetch_optional(&self.pool)
-        .await?
-        .is_some();
-        let fresh = match Tx::begin(self).await {
-            Ok(mut tx) => {
+        // Any row, verified or not: a sealed replica does not follow the log.
+        let recorded = sqlx::query("SELECT 1 AS one FROM admin_requests WHERE nonce = $1")
+            .bind(hex.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some();
+        if recorded {
+            return Ok(false);
+        }
+        let tx = if changes {
+            match Tx::begin(self).await {
+                Ok(tx) => Some(tx),
+                Err(StoreError::Sealed) => None,
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        let fresh = match tx {
+            Some(mut tx) => {
                 let key = [Value::text(hex.clone())];
-                // A row of its own the database put there (not verifying) is refused as such.
-                if used_anywhere || tx.get::<AdminRequestRow>(&key).await?.is_some() {
+                if tx.get::<AdminRequestRow>(&key).await?.is_some()
+                    || !tx.claim_admin_nonce(nonce, expires_unix_ms).await?
+                {
                     false
                 } else {
                     let row = AdminRequestRow {
@@ -735,20 +754,16 @@ impl Store {
                     }
                 }
             }
-            Err(StoreError::Sealed) if !used_anywhere => {
-                match sqlx::query("INSERT INTO admin_nonces (nonce, expires_unix_ms) VALUES ($1, $2)")
-                    .bind(nonce)
-                    .bind(expires_unix_ms)
-                    .execute(&self.pool)
-                    .await
-                {
-                    Ok(_) => true,
-                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => false,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Err(StoreError::Sealed) => false,
-            Err(e) => return Err(e),
+            None => match sqlx::query("INSERT INTO admin_nonces (nonce, expires_unix_ms) VALUES ($1, $2)")
+                .bind(nonce)
+                .bind(expires_unix_ms)
+                .execute(&self.pool)
+                .await
+            {
+                Ok(_) => true,
+                Err(sqlx::Error::Database(d)) if d.is_unique_violation() => false,
+                Err(e) => return Err(e.into()),
+            },
         };
         if !fresh {
             return Ok(false);
@@ -1066,12 +1081,15 @@ pub(crate) async fn seal_in(tx: &mut Tx) -> Result<SealConfigRow, StoreError> {
     Ok(seal_stored(tx).await?.row)
 }
 
-/// Active admins that verify, counted inside a write transaction.
+/// Active admins, counted inside a write transaction over the whole table, complete and
+/// verified ([`Tx::every`]): the count guards M, which a hidden or copied admin would move.
 pub(crate) async fn active_admins(tx: &mut Tx) -> Result<i64, StoreError> {
     let n = tx
-        .all::<AdminRow>("WHERE removed_unix_ms IS NULL", &[], |a| a.removed_unix_ms.is_none())
+        .every::<AdminRow>()
         .await?
-        .len();
+        .iter()
+        .filter(|a| a.removed_unix_ms.is_none())
+        .count();
     Ok(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
@@ -1573,6 +1591,98 @@ mod tests {
                 }
                 other => panic!("{other:?}"),
             }
+        }
+    }
+
+    /// The guards that count admins read the whole table, complete and each row once: with
+    /// `admins`' primary key dropped and a genuine row copied (on SQLite and PostgreSQL), the
+    /// copy is not a second admin, so neither a removal that would leave fewer active admins
+    /// than M nor an M above the admins there are passes on its strength.
+    #[tokio::test]
+    async fn a_copied_admin_row_is_not_a_second_admin() {
+        let (stores, _dir) = test_stores().await;
+        for store in stores {
+            let backend = store.backend;
+            let bob = AdminRow {
+                id: AdminId::parse("bob").unwrap(),
+                country: kms_core::jurisdiction::Country::parse("FR").unwrap(),
+                signing_public_key: vec![4; 65],
+                encryption_public_key: vec![4; 65],
+                custodian: false,
+                created_unix_ms: 1,
+                removed_unix_ms: None,
+                removed_by: None,
+            };
+            store
+                .add_admin(&bob, None, test_record(1, "admin.add_admin"))
+                .await
+                .unwrap();
+            store
+                .set_approval_quorum(2, None, test_record(1, "admin.set_quorum"))
+                .await
+                .unwrap();
+            let without_key = match backend {
+                Backend::Postgres => vec!["ALTER TABLE admins DROP CONSTRAINT admins_pkey CASCADE".to_owned()],
+                Backend::Sqlite => {
+                    let create: String =
+                        sqlx::query("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'admins'")
+                            .fetch_one(&store.pool)
+                            .await
+                            .unwrap()
+                            .get("sql");
+                    let rebuilt = create.replacen("CREATE TABLE admins", "CREATE TABLE admins_rebuilt", 1);
+                    assert!(rebuilt.contains("id TEXT PRIMARY KEY"), "{rebuilt}");
+                    vec![
+                        "PRAGMA foreign_keys = OFF".to_owned(),
+                        rebuilt.replacen("id TEXT PRIMARY KEY", "id TEXT NOT NULL", 1),
+                        "INSERT INTO admins_rebuilt SELECT * FROM admins".to_owned(),
+                        "DROP TABLE admins".to_owned(),
+                        "ALTER TABLE admins_rebuilt RENAME TO admins".to_owned(),
+                    ]
+                }
+            };
+            let mut conn = store.pool.acquire().await.unwrap();
+            for sql in without_key {
+                sqlx::query(&sql).execute(&mut *conn).await.unwrap();
+            }
+            sqlx::query("INSERT INTO admins SELECT * FROM admins WHERE id = 'bob'")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            drop(conn);
+            let copied = |e: StoreError| match e {
+                StoreError::Integrity(v) => {
+                    assert_eq!(v.table, "admins", "{backend:?}");
+                    assert!(v.detail.contains("more than once"), "{backend:?}: {v:?}");
+                }
+                other => panic!("{backend:?}: {other:?}"),
+            };
+            // Alice removed would leave bob alone, under M = 2: bob twice would be two.
+            copied(
+                store
+                    .remove_admin(&alice(), "bob", 2, None, test_record(1, "admin.remove_admin"))
+                    .await
+                    .unwrap_err(),
+            );
+            copied(
+                store
+                    .set_approval_quorum(3, None, test_record(1, "admin.set_quorum"))
+                    .await
+                    .unwrap_err(),
+            );
+            // Reads that are not guards take the copy for the one row it is.
+            assert_eq!(
+                store
+                    .admins(false)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .filter(|a| a.id.as_str() == "bob")
+                    .count(),
+                1,
+                "{backend:?}"
+            );
+            assert_eq!(store.admin(&bob.id).await.unwrap(), Some(bob.clone()), "{backend:?}");
         }
     }
 

@@ -202,6 +202,7 @@ impl AdminPlane {
             .use_nonce(
                 &req.nonce,
                 req.timestamp_unix_ms.saturating_add(window).saturating_add(skew),
+                !reads_only(method),
             )
             .await?
         {
@@ -776,6 +777,22 @@ impl AdminPlane {
             }
         }
     }
+}
+
+/// Whether the admin method only reads (its replay changes nothing; see `Store::use_nonce`).
+/// A method not listed changes something.
+fn reads_only(method: &str) -> bool {
+    matches!(
+        method,
+        "get_encrypted_share"
+            | "list_admins"
+            | "describe_key"
+            | "list_keys"
+            | "describe_hardware"
+            | "list_hardware"
+            | "describe_proposal"
+            | "list_proposals"
+    )
 }
 
 pub(crate) fn audit_op(method: &'static str) -> &'static str {

@@ -243,17 +243,9 @@ impl AdminPlane {
             }
             ApprovalAdded::QuorumReached => {}
         }
-        // This approval reaches M: run the operation, closing the proposal in its transaction.
-        let mut approvers: Vec<String> = self
-            .store
-            .approvals(&proposal.id)
-            .await?
-            .into_iter()
-            .map(|a| a.admin_id.to_string())
-            .collect();
-        approvers.push(admin.to_string());
+        // This approval reaches M: run the operation, closing the proposal in its transaction,
+        // whose audit record names the approvals counted there (`approved_by`).
         audit.set_operation(qop.audit_operation());
-        audit.detail("approved_by", approvers);
         let close = QuorumClose::Final {
             approval,
             payload: proposal.payload.clone(),

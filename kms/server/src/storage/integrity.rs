@@ -147,6 +147,20 @@ struct LogView {
     rows: HashMap<(Table, String), Seen>,
 }
 
+impl LogView {
+    /// Takes a row's newest log entry. A deleted row is remembered (a deleted row put back is
+    /// a rollback), except a deleted `admin_requests` row: it is deleted only once its request
+    /// is stale everywhere, when a row put back can only refuse that request again, and
+    /// remembering one per admin request ever made would grow the view without end.
+    fn apply(&mut self, key: (Table, String), seen: Seen) {
+        if seen.deleted && key.0 == Table::AdminRequests {
+            self.rows.remove(&key);
+        } else {
+            self.rows.insert(key, seen);
+        }
+    }
+}
+
 /// What a version check found.
 enum VersionCheck {
     Current,
@@ -591,6 +605,16 @@ impl Integrity {
         )))
     }
 
+    /// A genuine row that a read returned more than once (its primary key dropped and the row
+    /// copied): reported; the copy is not taken for another row.
+    pub(crate) fn copied<T: Row>(&self, key: &str) -> StoreError {
+        self.reported(StoreError::Integrity(self.violation::<T>(
+            key,
+            ViolationKind::Integrity,
+            COPIED_ROW,
+        )))
+    }
+
     /// Rows kmsd wrote, `second` among them, hold a value only one row may hold (a name, a
     /// machine's identity), which only the database's dropped constraint said: reported, and
     /// the value is not used. `detail` says which value.
@@ -812,7 +836,7 @@ impl Integrity {
             v.rows.clear();
         }
         for (k, s) in applied {
-            v.rows.insert(k, s);
+            v.apply(k, s);
         }
         v.head = state.head;
         v.loaded = true;
@@ -1017,6 +1041,7 @@ pub(crate) struct Tx {
     entries: Vec<(Table, String, StateOp, Option<[u8; 32]>)>,
     written: HashMap<(Table, String), Seen>,
     audit_head: Option<(i64, [u8; 32])>,
+    approved_by: Option<Vec<String>>,
 }
 
 impl Tx {
@@ -1060,6 +1085,7 @@ impl Tx {
             entries: Vec::new(),
             written: HashMap::new(),
             audit_head: None,
+            approved_by: None,
         })
     }
 
@@ -1085,11 +1111,14 @@ impl Tx {
             entries: Vec::new(),
             written: HashMap::new(),
             audit_head: None,
+            approved_by: None,
         })
     }
 
     /// Rows of `T` selected by `rest` (`WHERE …`, `$1…` bound to `binds`), verified against the
-    /// view and this transaction's own writes. Rows that fail are reported and left out.
+    /// view and this transaction's own writes. Rows that fail are reported and left out, and so
+    /// are second copies of a row (its primary key dropped and the row copied). Not complete:
+    /// the database can leave rows out of the answer (see [`Tx::every`]).
     pub(crate) async fn all<T: Row>(
         &mut self,
         rest: &str,
@@ -1103,8 +1132,13 @@ impl Tx {
         }
         let rows = q.fetch_all(&mut *self.tx).await?;
         let mut out = Vec::with_capacity(rows.len());
+        let mut returned = std::collections::HashSet::with_capacity(rows.len());
         for r in &rows {
             match self.check::<T>(r) {
+                // Every copy of a genuine row verifies: counted once, whatever counts them.
+                Ok(s) if !returned.insert(s.row.key()) => {
+                    self.store.integrity.copied::<T>(&s.row.key());
+                }
                 Ok(s) if selects(&s) => out.push(s),
                 Ok(s) => {
                     self.store.integrity.substituted(&s, rest);
@@ -1323,8 +1357,39 @@ impl Tx {
         Ok(())
     }
 
-    /// Appends audit records in this transaction.
-    pub(crate) async fn audit(&mut self, records: Vec<Record>) -> Result<(), StoreError> {
+    /// Records an admin request's nonce in `admin_nonces` (not authenticated: its primary key
+    /// is what decides between replicas) in this transaction. `false` if it is there already.
+    pub(crate) async fn claim_admin_nonce(&mut self, nonce: &[u8], expires_unix_ms: i64) -> Result<bool, StoreError> {
+        match sqlx::query("INSERT INTO admin_nonces (nonce, expires_unix_ms) VALUES ($1, $2)")
+            .bind(nonce)
+            .bind(expires_unix_ms)
+            .execute(&mut *self.tx)
+            .await
+        {
+            Ok(_) => Ok(true),
+            // The transaction is done for (PostgreSQL aborts it): the caller drops it.
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Names the admins whose approvals this transaction's quorum counted: the audit records it
+    /// appends get them as `approved_by`.
+    pub(crate) fn set_approved_by(&mut self, admins: Vec<String>) {
+        self.approved_by = Some(admins);
+    }
+
+    /// Appends audit records in this transaction (with `approved_by`, see
+    /// [`Tx::set_approved_by`]).
+    pub(crate) async fn audit(&mut self, mut records: Vec<Record>) -> Result<(), StoreError> {
+        if let Some(admins) = &self.approved_by {
+            for r in &mut records {
+                let mut detail: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(&r.detail).unwrap_or_default();
+                detail.insert("approved_by".into(), serde_json::json!(admins));
+                r.detail = serde_json::Value::Object(detail).to_string();
+            }
+        }
         self.audit_head = Some(append_in_tx(&mut self.tx, records).await?);
         Ok(())
     }
@@ -1421,8 +1486,8 @@ impl Tx {
         let _gate = self.store.integrity.hooks.commit_gate.read().await;
         let mut v = write(&self.store.integrity.view);
         if v.head == self.start && (v.loaded || self.start.seq == 0) {
-            for ((table, key), seen) in self.written.drain() {
-                v.rows.insert((table, key), seen);
+            for (k, seen) in self.written.drain() {
+                v.apply(k, seen);
             }
             v.head = head;
             v.loaded = true;

@@ -126,14 +126,14 @@ async fn insert_new_approval(tx: &mut Tx, a: &ApprovalRow) -> Result<(), StoreEr
     })
 }
 
-/// The approvals of active admins (every one that verifies as a row; with `check`, every one
-/// whose signed request verifies too, else the whole count is refused).
+/// The admins whose approvals count: active admins, each once, with an approval row that
+/// verifies (with `check`, whose signed request verifies too, else the whole count is refused).
 async fn counted_approvals(
     tx: &mut Tx,
     proposal: &ProposalRow,
     seal: &SealConfigRow,
     check: Option<ApprovalCheck>,
-) -> Result<i64, StoreError> {
+) -> Result<Vec<AdminId>, StoreError> {
     let approvals = tx
         .all::<ApprovalRow>("WHERE proposal_id = $1", &[Value::text(&proposal.id)], |a| {
             a.proposal_id == proposal.id
@@ -142,7 +142,7 @@ async fn counted_approvals(
     let admins = tx
         .all::<AdminRow>("WHERE removed_unix_ms IS NULL", &[], |a| a.removed_unix_ms.is_none())
         .await?;
-    let mut n = 0i64;
+    let mut n = Vec::new();
     // Each admin counts once, for this proposal only: every copy of a genuine row verifies, so a
     // row the database returns twice (its primary key dropped and the row copied) or for another
     // proposal must not count again.
@@ -161,7 +161,7 @@ async fn counted_approvals(
                 what,
             })?;
         }
-        n += 1;
+        n.push(a.admin_id.clone());
     }
     Ok(n)
 }
@@ -181,7 +181,8 @@ async fn close_with_quorum(
     active_admin(tx, &approval.admin_id).await?;
     refuse_if_rejected(tx, approval).await?;
     insert_new_approval(tx, approval).await?;
-    let approvals = counted_approvals(tx, proposal, &seal, Some(check)).await?;
+    let approvers = counted_approvals(tx, proposal, &seal, Some(check)).await?;
+    let approvals = i64::try_from(approvers.len()).unwrap_or(i64::MAX);
     if approvals < i64::from(seal.approval_quorum) {
         return Err(Refusal::QuorumNotReached {
             proposal: proposal.id.clone(),
@@ -196,7 +197,10 @@ async fn close_with_quorum(
     closed.closed_unix_ms = Some(approval.approved_unix_ms);
     closed.closed_by = Some(approval.admin_id.to_string());
     closed.outcome = outcome.to_owned();
-    tx.update(proposal, &closed).await
+    tx.update(proposal, &closed).await?;
+    // The operation's audit record names the approvals counted here, not a read outside.
+    tx.set_approved_by(approvers.iter().map(ToString::to_string).collect());
+    Ok(())
 }
 
 impl Store {
@@ -277,7 +281,8 @@ impl Store {
         active_admin(&mut tx, &approval.admin_id).await?;
         refuse_if_rejected(&mut tx, approval).await?;
         insert_new_approval(&mut tx, approval).await?;
-        let approvals = counted_approvals(&mut tx, &proposal, &seal, None).await?;
+        let approvals =
+            i64::try_from(counted_approvals(&mut tx, &proposal, &seal, None).await?.len()).unwrap_or(i64::MAX);
         if approvals >= i64::from(seal.approval_quorum) {
             // Rolled back: the caller runs the operation instead.
             return Ok(ApprovalAdded::QuorumReached);
@@ -332,9 +337,13 @@ impl Store {
             .into());
         }
         tx.insert(rejection).await?;
-        let admins = tx
-            .all::<AdminRow>("WHERE removed_unix_ms IS NULL", &[], |a| a.removed_unix_ms.is_none())
-            .await?;
+        // Every admin, complete and once: `active` bounds what a rejection closes.
+        let admins: Vec<Stored<AdminRow>> = tx
+            .every::<AdminRow>()
+            .await?
+            .into_iter()
+            .filter(|a| a.removed_unix_ms.is_none())
+            .collect();
         let rejections = tx
             .all::<RejectionRow>("WHERE proposal_id = $1", &[Value::text(&rejection.proposal_id)], |r| {
                 r.proposal_id == rejection.proposal_id

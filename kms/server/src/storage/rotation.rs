@@ -42,12 +42,14 @@ pub struct RewrapItem {
 }
 
 /// `rotation_in_progress` while a generation is pending (its custodians and root are fixed).
-pub(super) async fn refuse_if_rotating(tx: &mut Tx) -> Result<(), StoreError> {
-    if !tx
-        .all::<RootGenerationRow>("WHERE status = 'pending'", &[], |r| r.status == "pending")
-        .await?
-        .is_empty()
-    {
+/// The pending generation is always the one after `current` ([`Store::start_rotation`]): it is
+/// read by primary key, so a row the database hides from the read is `row_rollback`, not "no
+/// rotation".
+pub(super) async fn refuse_if_rotating(tx: &mut Tx, current: u64) -> Result<(), StoreError> {
+    let next = tx
+        .get::<RootGenerationRow>(&[Value::int(g(current.saturating_add(1)))])
+        .await?;
+    if next.is_some_and(|r| r.status == "pending") {
         return Err(Refusal::RotationInProgress.into());
     }
     Ok(())
@@ -114,7 +116,7 @@ impl Store {
         if seal.root_generation + 1 != next.generation {
             return Err(Refusal::RotationRaced.into());
         }
-        refuse_if_rotating(&mut tx).await?;
+        refuse_if_rotating(&mut tx, seal.root_generation).await?;
         tx.insert(next).await?;
         for s in shares {
             tx.insert(s).await?;

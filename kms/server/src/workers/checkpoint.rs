@@ -311,7 +311,8 @@ impl Checkpoints {
     /// already checkpointed, or another replica stored a checkpoint for this head first).
     pub async fn sign(&self, root: &dyn RootOfTrust) -> Result<Option<Checkpoint>, ApiError> {
         self.store.integrity().check_alarm()?;
-        self.check_anchored(root).await?;
+        // Read before the checkpoints, the head and the state (below), as they are.
+        let anchor = self.check_anchored(root).await?;
         let mut last = self.last.lock().await;
         // What this process wrote, before the head is read: the head can only be at or past it.
         let written = self.store.integrity().audit_written();
@@ -478,6 +479,23 @@ impl Checkpoints {
                 ));
             }
         }
+        // The checkpoint the HSM anchors is on the chain verified above: with its seq at or past
+        // the last checkpoint known here, it is one of the checkpoints that verified and
+        // descend from that one, over the entries recomputed. A copy of the database that
+        // forked from the one another replica serves holds neither the other's entries nor
+        // (unless the operator copied the row over) its checkpoints.
+        if let Some(a) = &anchor {
+            if a.seq > head_seq || (a.seq >= from_seq && !valid.iter().any(|c| c.seq == a.seq && c.id() == a.id)) {
+                return Err(self.rollback(
+                    "audit_checkpoints",
+                    a.seq,
+                    format!(
+                        "the HSM's anchor names checkpoint {}, which is not on this database's audit chain (it ends at {head_seq}): another replica of this deployment signed it over entries this database does not hold, so this database is a copy that forked from the one it serves, or was rolled back",
+                        a.seq
+                    ),
+                ));
+            }
+        }
         if head_seq == 0 || base.as_ref().is_some_and(|b| b.seq >= head_seq) {
             *last = base;
             return Ok(None);
@@ -534,45 +552,47 @@ impl Checkpoints {
         Ok(Some(checkpoint))
     }
 
-    /// With a seal that anchors checkpoints (the pkcs11 seal's HSM): the database still holds
-    /// the checkpoint the HSM's anchor names, as it was signed, and its state extends the
-    /// anchored one, as the seal checks at start; checked every round. Every replica of the
-    /// deployment anchors its checkpoints there, so a replica run on a copy of the database (a
-    /// fork, each copy serving writes the other never sees) finds the other copy's newer anchor
-    /// missing from its own database at its next round: the alarm is raised (`state_rollback`)
-    /// and it serves nothing more. An HSM that cannot be read is logged and the round goes on
-    /// (the anchor is a check on the database, not a condition of serving).
-    async fn check_anchored(&self, root: &dyn RootOfTrust) -> Result<(), ApiError> {
+    /// With a seal that anchors checkpoints (the pkcs11 seal's HSM): the anchor, after checking
+    /// that the database still holds the checkpoint it names, as it was signed, and that its
+    /// state extends the anchored one, as the seal checks at start; every round. Every replica
+    /// of the deployment anchors its checkpoints there, so a replica run on a copy of the
+    /// database (a fork, each copy serving writes the other never sees) finds the other copy's
+    /// newer anchor missing from its own database, or (the row copied over) off its own audit
+    /// chain ([`Checkpoints::sign`]), at its next round: the alarm is raised (`state_rollback`)
+    /// and it serves nothing more. An HSM that cannot be read fails the round (no checkpoint is
+    /// signed without the check; `kms_audit_checkpoint_failures_total` counts it).
+    async fn check_anchored(&self, root: &dyn RootOfTrust) -> Result<Option<CheckpointAnchor>, ApiError> {
         let Some(anchors) = root.anchor_store() else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(cfg) = self.store.seal_config().await? else {
-            return Ok(());
+            return Ok(None);
         };
         let label = crate::seal::anchor_label(&cfg.deployment_id);
         let stored = match tokio::task::spawn_blocking(move || anchors.read(&label)).await {
             Ok(Ok(stored)) => stored,
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read the checkpoint anchor in the HSM");
-                return Ok(());
+                return Err(ApiError::new(
+                    Reason::HsmUnavailable,
+                    format!("reading the checkpoint anchor: {e}"),
+                ))
             }
-            Err(_) => {
-                tracing::warn!("the HSM anchor task failed");
-                return Ok(());
-            }
+            Err(_) => return Err(ApiError::new(Reason::HsmUnavailable, "the HSM anchor task failed")),
         };
         let Some(anchor) = stored
             .iter()
             .filter_map(|b| CheckpointAnchor::decode(b))
             .max_by_key(|a| a.seq)
         else {
-            return Ok(());
+            return Ok(None);
         };
         match self.store.check_anchor(&anchor).await {
-            Ok(()) => Ok(()),
-            Err(crate::storage::StoreError::Rollback(mut v)) => {
+            Ok(()) => Ok(Some(anchor)),
+            Err(crate::storage::StoreError::Rollback(mut v))
+                if v.kind == ViolationKind::StateRollback && v.table == "audit_checkpoints" =>
+            {
                 v.detail = format!(
-                    "{} (checked while serving: another replica of this deployment anchored it, so this database is a copy that forked from the one it serves, or was rolled back)",
+                    "{} (found while serving: another replica of this deployment anchored it, so this database is a copy that forked from the one it serves, or was rolled back)",
                     v.detail
                 );
                 Err(self.store.integrity().raise(v).into())
