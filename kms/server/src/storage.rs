@@ -1686,6 +1686,67 @@ mod tests {
         }
     }
 
+    /// Whether a rotation is under way is read by the pending generation's primary key: a view
+    /// in `root_generations`' place that hides pending generations (on SQLite and PostgreSQL)
+    /// makes an admin's removal, refused during a rotation (its custodians are fixed), fail as
+    /// `row_rollback` instead of running as if no rotation were pending.
+    #[tokio::test]
+    async fn a_hidden_pending_generation_still_holds_removals_back() {
+        let (stores, _dir) = test_stores().await;
+        for store in stores {
+            let backend = store.backend;
+            let bob = AdminRow {
+                id: AdminId::parse("bob").unwrap(),
+                country: kms_core::jurisdiction::Country::parse("FR").unwrap(),
+                signing_public_key: vec![4; 65],
+                encryption_public_key: vec![4; 65],
+                custodian: false,
+                created_unix_ms: 1,
+                removed_unix_ms: None,
+                removed_by: None,
+            };
+            store
+                .add_admin(&bob, None, test_record(1, "admin.add_admin"))
+                .await
+                .unwrap();
+            let mut tx = Tx::begin(&store).await.unwrap();
+            tx.insert(&RootGenerationRow {
+                generation: 2,
+                kind: "dev".into(),
+                status: "pending".into(),
+                threshold: 0,
+                kcv: vec![1; 16],
+                hsm_label: None,
+                next_root_wrapped: None,
+                created_unix_ms: 1,
+                created_by: "test".into(),
+                completed_unix_ms: None,
+                integrity_key: Some(vec![0; 60]),
+            })
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+            let remove = || store.remove_admin(&bob.id, "alice", 2, None, test_record(1, "admin.remove_admin"));
+            assert!(
+                matches!(remove().await, Err(StoreError::Refused(Refusal::RotationInProgress))),
+                "{backend:?}"
+            );
+            let mut conn = store.pool.acquire().await.unwrap();
+            for sql in [
+                "ALTER TABLE root_generations RENAME TO root_generations_stored",
+                "CREATE VIEW root_generations AS SELECT * FROM root_generations_stored WHERE status <> 'pending'",
+            ] {
+                sqlx::query(sql).execute(&mut *conn).await.unwrap();
+            }
+            drop(conn);
+            match remove().await {
+                Err(StoreError::Rollback(v)) => assert_eq!(v.table, "root_generations", "{backend:?}"),
+                other => panic!("{backend:?}: {other:?}"),
+            }
+            assert!(store.admin(&bob.id).await.unwrap().unwrap().removed_unix_ms.is_none());
+        }
+    }
+
     /// The scan reports what no single row shows: a genuine row stored twice (its primary key
     /// dropped and the row copied), and a destroyed key whose version still holds a KEK.
     #[tokio::test]

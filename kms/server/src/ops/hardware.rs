@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::ops::admin::AdminPlane;
 use crate::ops::quorum::Exec;
 use crate::request::{EnrollIdentity, Enrollment, Page};
-use crate::storage::{ChallengeUse, HardwareRow, HardwareStatus, Identity, KeyRow, QuorumClose, StoreError};
+use crate::storage::{ChallengeUse, HardwareRow, HardwareStatus, KeyRow, QuorumClose, StoreError};
 use kms_proto::Reason;
 
 /// `hw-` followed by 32 hex digits.
@@ -219,11 +219,16 @@ impl AdminPlane {
         {
             Ok(()) => Ok(Some(row)),
             Err(StoreError::Conflict) => {
-                let existing = match (&row.snp_chip_id, &row.tpm_ek_digest) {
-                    (Some(chip), _) => self.store.hardware_by_identity(Identity::SnpChipId, chip).await?,
-                    (_, Some(ek)) => self.store.hardware_by_identity(Identity::TpmEkDigest, ek).await?,
-                    _ => None,
-                };
+                // The entry holding one of its identities (a TPM may clash on its AK alone).
+                let mut existing = None;
+                for (identity, value) in row.identities() {
+                    if let Some(h) = self.store.hardware_by_identity(identity, value).await? {
+                        if h.status == HardwareStatus::Active {
+                            existing = Some(h);
+                            break;
+                        }
+                    }
+                }
                 Err(ApiError::new(
                     Reason::HardwareAlreadyEnrolled,
                     format!(

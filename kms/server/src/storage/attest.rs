@@ -30,7 +30,7 @@ pub enum ChallengeUse {
 }
 
 /// Which identity column to look a machine up by.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Identity {
     /// SNP chip id (hex).
     SnpChipId,
@@ -38,6 +38,17 @@ pub enum Identity {
     TpmAkName,
     /// TPM EK digest (hex).
     TpmEkDigest,
+}
+
+impl Identity {
+    /// The registry's column.
+    pub fn column(self) -> &'static str {
+        match self {
+            Self::SnpChipId => "snp_chip_id",
+            Self::TpmAkName => "tpm_ak_name",
+            Self::TpmEkDigest => "tpm_ek_digest",
+        }
+    }
 }
 
 impl Store {
@@ -235,7 +246,7 @@ impl Store {
         let entry = self
             .integrity
             .check_alarm()
-            .and_then(|()| self.best_entry(entries, "snp_chip_id", chip_id_hex));
+            .and_then(|()| self.best_entry(entries, Identity::SnpChipId.column(), chip_id_hex));
         Ok((used, entry))
     }
 
@@ -325,17 +336,17 @@ impl Store {
     /// there is one, else the most recently revoked one (so a refusal can say "revoked"). Only
     /// rows that verify are considered; if only rows that do not verify name the identity, their
     /// refusal is the answer.
-    pub async fn hardware_by_identity(&self, column: Identity, value: &str) -> Result<Option<HardwareRow>, StoreError> {
-        let (column, of): (_, fn(&HardwareRow) -> Option<&String>) = match column {
-            Identity::SnpChipId => ("snp_chip_id", |h| h.snp_chip_id.as_ref()),
-            Identity::TpmAkName => ("tpm_ak_name", |h| h.tpm_ak_name.as_ref()),
-            Identity::TpmEkDigest => ("tpm_ek_digest", |h| h.tpm_ek_digest.as_ref()),
-        };
+    pub async fn hardware_by_identity(
+        &self,
+        identity: Identity,
+        value: &str,
+    ) -> Result<Option<HardwareRow>, StoreError> {
+        let column = identity.column();
         // The entry must name the identity itself: an entry the database returns for a lookup
         // of another chip is refused (`row_substituted`), not taken as that chip's enrolment.
         let rows = self
             .fetch::<HardwareRow>(&format!("WHERE {column} = $1"), &[Value::text(value)], |h| {
-                of(h).is_some_and(|v| v == value)
+                h.identities().any(|(i, v)| i == identity && v == value)
             })
             .await?;
         self.best_entry(rows, column, value)

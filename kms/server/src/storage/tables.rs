@@ -515,12 +515,12 @@ pub struct HardwareRow {
 
 impl HardwareRow {
     /// The identities only one active entry may hold (the SNP chip id, the TPM EK digest, the
-    /// TPM AK name) that this entry holds, by column.
-    pub(crate) fn identities(&self) -> impl Iterator<Item = (&'static str, &str)> {
+    /// TPM AK name) that this entry holds.
+    pub(crate) fn identities(&self) -> impl Iterator<Item = (super::Identity, &str)> {
         [
-            ("snp_chip_id", &self.snp_chip_id),
-            ("tpm_ek_digest", &self.tpm_ek_digest),
-            ("tpm_ak_name", &self.tpm_ak_name),
+            (super::Identity::SnpChipId, &self.snp_chip_id),
+            (super::Identity::TpmEkDigest, &self.tpm_ek_digest),
+            (super::Identity::TpmAkName, &self.tpm_ak_name),
         ]
         .into_iter()
         .filter_map(|(column, v)| v.as_deref().map(|v| (column, v)))
