@@ -14,7 +14,10 @@ use super::row::{self, Row};
 use super::tables::{
     HardwareRow, HardwareStatus, KeyRow, ReleasePolicyRow, TokenKeyRow, TpmClockRow, TpmEnrollmentRow,
 };
-use super::{g, require_generation, Backend, Listing, QuorumClose, Refusal, Store, StoreError, Stored, Tx};
+use super::{
+    g, require_generation, Backend, Listing, QuorumClose, Refusal, Store, StoreError, Stored, Tx, Violation,
+    ViolationKind,
+};
 
 /// What consuming a challenge nonce found.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -401,6 +404,39 @@ impl Store {
         }
     }
 
+    /// For the scan: each machine identity that more than one active entry kmsd wrote holds
+    /// (the partial unique indexes dropped, and a second entry enrolled before
+    /// [`Store::insert_hardware`] checked the whole registry), one violation per entry after
+    /// the first. Lookups of such an identity refuse it already; the scan reports it even if
+    /// nothing looks it up.
+    pub(crate) async fn identities_active_twice(&self) -> Result<Vec<Violation>, StoreError> {
+        let active = self
+            .all::<HardwareRow>("WHERE status = 'active'", &[], |h| h.status == HardwareStatus::Active)
+            .await?;
+        let mut holders: std::collections::BTreeMap<(&'static str, &str), Vec<&HardwareRow>> =
+            std::collections::BTreeMap::new();
+        for h in &active {
+            for (identity, value) in h.identities() {
+                holders.entry((identity.column(), value)).or_default().push(&h.row);
+            }
+        }
+        Ok(holders
+            .into_iter()
+            .filter(|(_, entries)| entries.len() > 1)
+            .flat_map(|((column, value), entries)| {
+                let first = entries[0].id.clone();
+                entries.into_iter().skip(1).map(move |h| Violation {
+                    table: HardwareRow::TABLE.name(),
+                    key: h.key(),
+                    kind: ViolationKind::Integrity,
+                    detail: format!(
+                        "active like entry {first} with {column} {value}, which only one active entry may have (the database's unique index on it was dropped)"
+                    ),
+                })
+            })
+            .collect())
+    }
+
     /// A page of the registry (see [`Store::page`]).
     pub async fn list_hardware(&self, after: &str, size: u32) -> Result<Listing<HardwareRow>, StoreError> {
         self.page("", &[], row::every, after, size).await
@@ -783,7 +819,7 @@ mod tests {
         assert_eq!(n, 1);
         let substituted = |e: StoreError| {
             assert!(
-                matches!(&e, StoreError::Integrity(v) if v.kind == crate::storage::ViolationKind::Substituted && v.table == "hardware"),
+                matches!(&e, StoreError::Integrity(v) if v.kind == ViolationKind::Substituted && v.table == "hardware"),
                 "{e:?}"
             );
         };
@@ -1073,6 +1109,14 @@ mod tests {
                 .unwrap();
             assert_eq!(used, ChallengeUse::Fresh, "{backend:?}");
             ambiguous(entry.unwrap_err());
+            // The scan reports the second entry, whether or not anything looks the chip up.
+            let found = store.integrity().scan(store).await.unwrap();
+            assert!(
+                found
+                    .iter()
+                    .any(|v| v.table == "hardware" && v.detail.contains(&format!("with snp_chip_id {chip}"))),
+                "{backend:?}: {found:?}"
+            );
         }
     }
 }

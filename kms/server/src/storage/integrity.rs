@@ -915,7 +915,12 @@ impl Integrity {
                 found.push(v);
             }
         }
-        for v in store.destroyed_keys_with_material().await? {
+        for v in store
+            .destroyed_keys_with_material()
+            .await?
+            .into_iter()
+            .chain(store.identities_active_twice().await?)
+        {
             self.report(v.clone());
             found.push(v);
         }
