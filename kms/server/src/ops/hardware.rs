@@ -222,7 +222,8 @@ impl AdminPlane {
                 // The entry holding one of its identities (a TPM may clash on its AK alone).
                 let mut existing = None;
                 for (identity, value) in row.identities() {
-                    if let Some(h) = self.store.hardware_by_identity(identity, value).await? {
+                    // For the message only: a lookup that fails names no entry.
+                    if let Ok(Some(h)) = self.store.hardware_by_identity(identity, value).await {
                         if h.status == HardwareStatus::Active {
                             existing = Some(h);
                             break;

@@ -231,11 +231,16 @@ impl Store {
         };
         let used = self.challenge_use(used, nonce, principal).await?;
         let mut entries = Vec::with_capacity(rows.len());
+        let mut returned = std::collections::HashSet::with_capacity(rows.len());
         for r in &rows {
             if !row::present_as::<HardwareRow>(r, "h_")? {
                 continue;
             }
             match self.integrity.verify_as::<HardwareRow>(self, r, "h_", read_at).await {
+                // A copy of a genuine entry is one entry (see Store::fetch).
+                Ok(Some(s)) if !returned.insert(s.row.key()) => {
+                    entries.push(Err(self.integrity.copied::<HardwareRow>(&s.row.key())))
+                }
                 // The entry must name the chip itself (see hardware_by_identity).
                 Ok(Some(s)) if s.snp_chip_id.as_deref() == Some(chip_id_hex) => entries.push(Ok(s)),
                 Ok(Some(s)) => entries.push(Err(self.integrity.substituted(&s, "h.snp_chip_id = $4"))),

@@ -199,7 +199,9 @@ async fn close_with_quorum(
     closed.outcome = outcome.to_owned();
     tx.update(proposal, &closed).await?;
     // The operation's audit record names the approvals counted here, not a read outside.
-    tx.set_approved_by(approvers.iter().map(ToString::to_string).collect());
+    let mut approved_by: Vec<String> = approvers.iter().map(ToString::to_string).collect();
+    approved_by.sort();
+    tx.set_approved_by(approved_by);
     Ok(())
 }
 
