@@ -554,7 +554,8 @@ async fn anchored_rollback(backend: Backend) {
 both_backends!(pkcs11_seal_refuses_a_rolled_back_database, super::anchored_rollback);
 
 /// Copies into `to` the checkpoints of `from` that it has no row for (by seq), as an operator
-/// who keeps two copies of the database would to make each accept the other's anchor.
+/// who keeps two copies of the database would to make each accept the other's anchor (a seq
+/// the replica on `to` stores meanwhile keeps its own row).
 async fn copy_checkpoints(from: &Db, to: &Db) {
     let have: Vec<i64> = stored_checkpoints(to).await.iter().map(|(c, _)| c.seq).collect();
     let mut conn = to.connect().await;
@@ -564,7 +565,7 @@ async fn copy_checkpoints(from: &Db, to: &Db) {
         }
         sqlx::query(
             "INSERT INTO audit_checkpoints (seq, hash, time_unix_ms, kid, signature, prev_seq, prev_id, state_version, state_seq, state_hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (seq) DO NOTHING",
         )
         .bind(c.seq)
         .bind(c.hash.to_vec())

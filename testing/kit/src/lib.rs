@@ -113,16 +113,29 @@ impl Db {
                 let mut conn = sqlx::AnyConnection::connect(&format!("{server}/postgres"))
                     .await
                     .expect("connect to PostgreSQL");
-                sqlx::query(&format!(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{source}' AND pid <> pg_backend_pid()"
-                ))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-                sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {source}"))
+                // Ended sessions take a moment to go: until then the copy is refused ("being
+                // accessed by other users").
+                let mut tries = 0;
+                loop {
+                    sqlx::query(&format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{source}' AND pid <> pg_backend_pid()"
+                    ))
                     .execute(&mut conn)
                     .await
                     .unwrap();
+                    match sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {source}"))
+                        .execute(&mut conn)
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(e) if tries < 50 => {
+                            tries += 1;
+                            eprintln!("copying {source}: {e}; again");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(e) => panic!("copying {source}: {e}"),
+                    }
+                }
                 conn.close().await.unwrap();
                 Self {
                     url: format!("{server}/{name}"),
