@@ -429,6 +429,28 @@ async fn replicas_follow_a_rotation() {
     decrypt_all(&mut data_b, &blobs).await;
 }
 
+/// A pkcs11 server with alice pinned for Init, checkpointing every 200 ms.
+fn anchored_opts(backend: Backend, alice: &kms_core::keyfile::AdminKeyFile) -> Options {
+    Options {
+        init_admins: Some(fingerprints([alice])),
+        checkpoint_interval: Duration::from_millis(200),
+        ..opts(backend)
+    }
+}
+
+/// Alice's request to create key `name` for APP, unattested.
+fn create_key_op(alice: &kms_core::keyfile::AdminKeyFile, name: &str) -> pb::SignedRequest {
+    signed(
+        alice,
+        Op::CreateKey(pb::CreateKeyOp {
+            name: name.into(),
+            grants: grants_all(&[APP]),
+            release_policy: UNATTESTED.into(),
+            ..Default::default()
+        }),
+    )
+}
+
 /// With the pkcs11 seal the last checkpoint is anchored in the HSM: a database put back to an
 /// earlier, genuine state (every table, its state log, audit log and checkpoints with it) is
 /// refused when the server starts, though every row of it verifies: the server stays sealed and
@@ -437,25 +459,11 @@ async fn anchored_rollback(backend: Backend) {
     let Some(db) = Db::new(backend).await else { return };
     let pki = Pki::new();
     let alice = admin("alice", "DE");
-    let opts = || Options {
-        init_admins: Some(fingerprints([&alice])),
-        checkpoint_interval: Duration::from_millis(200),
-        ..opts(backend)
-    };
+    let opts = || anchored_opts(backend, &alice);
     let server = TestServer::start(&db, &pki, opts()).await;
     let mut admin_c = server.admin(&pki).await;
     init_pkcs11_alone(&mut admin_c, &alice).await.unwrap();
-    let create = |name: &str| {
-        signed(
-            &alice,
-            Op::CreateKey(pb::CreateKeyOp {
-                name: name.into(),
-                grants: grants_all(&[APP]),
-                release_policy: UNATTESTED.into(),
-                ..Default::default()
-            }),
-        )
-    };
+    let create = |name: &str| create_key_op(&alice, name);
     admin_c.create_key(create("before")).await.unwrap();
     let wait_checkpoint = |above: i64| {
         let db = &db;
@@ -595,25 +603,11 @@ async fn forked(backend: Backend, copy: bool) {
     let Some(db) = Db::new(backend).await else { return };
     let pki = Pki::new();
     let alice = admin("alice", "DE");
-    let opts = || Options {
-        init_admins: Some(fingerprints([&alice])),
-        checkpoint_interval: Duration::from_millis(200),
-        ..opts(backend)
-    };
+    let opts = || anchored_opts(backend, &alice);
     let server = TestServer::start(&db, &pki, opts()).await;
     let mut admin_c = server.admin(&pki).await;
     init_pkcs11_alone(&mut admin_c, &alice).await.unwrap();
-    let create = |name: &str| {
-        signed(
-            &alice,
-            Op::CreateKey(pb::CreateKeyOp {
-                name: name.into(),
-                grants: grants_all(&[APP]),
-                release_policy: UNATTESTED.into(),
-                ..Default::default()
-            }),
-        )
-    };
+    let create = |name: &str| create_key_op(&alice, name);
     admin_c.create_key(create("shared")).await.unwrap();
     for _ in 0..100 {
         if !stored_checkpoints(&db).await.is_empty() {

@@ -1547,30 +1547,14 @@ mod tests {
     async fn a_name_two_genuine_keys_have_is_not_used() {
         let (stores, _dir) = test_stores().await;
         for store in stores {
-            let without_unique = match store.backend {
-                Backend::Postgres => vec!["ALTER TABLE keys DROP CONSTRAINT keys_name_key".to_owned()],
-                Backend::Sqlite => {
-                    let create: String =
-                        sqlx::query("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'keys'")
-                            .fetch_one(&store.pool)
-                            .await
-                            .unwrap()
-                            .get("sql");
-                    let rebuilt = create.replacen("CREATE TABLE keys", "CREATE TABLE keys_rebuilt", 1);
-                    assert!(rebuilt.contains("name TEXT NOT NULL UNIQUE"), "{rebuilt}");
-                    vec![
-                        "PRAGMA foreign_keys = OFF".to_owned(),
-                        rebuilt.replacen("name TEXT NOT NULL UNIQUE", "name TEXT NOT NULL", 1),
-                        "DROP TABLE keys".to_owned(),
-                        "ALTER TABLE keys_rebuilt RENAME TO keys".to_owned(),
-                    ]
-                }
-            };
-            let mut conn = store.pool.acquire().await.unwrap();
-            for sql in without_unique {
-                sqlx::query(&sql).execute(&mut *conn).await.unwrap();
-            }
-            drop(conn);
+            drop_constraint(
+                &store,
+                "keys",
+                "ALTER TABLE keys DROP CONSTRAINT keys_name_key",
+                "name TEXT NOT NULL UNIQUE",
+                "name TEXT NOT NULL",
+            )
+            .await;
             let record = || test_record(1, "admin.create_key");
             store
                 .create_key(&numbered_key([1; 16], "payroll"), &[1; 60], 1, record())
@@ -1594,6 +1578,88 @@ mod tests {
         }
     }
 
+    /// Admin bob (France, not a custodian), added.
+    async fn add_bob(store: &Store) -> AdminRow {
+        let bob = AdminRow {
+            id: AdminId::parse("bob").unwrap(),
+            country: kms_core::jurisdiction::Country::parse("FR").unwrap(),
+            signing_public_key: vec![4; 65],
+            encryption_public_key: vec![4; 65],
+            custodian: false,
+            created_unix_ms: 1,
+            removed_unix_ms: None,
+            removed_by: None,
+        };
+        store
+            .add_admin(&bob, None, test_record(1, "admin.add_admin"))
+            .await
+            .unwrap();
+        bob
+    }
+
+    /// A pending generation 2 (dev seal), as a rotation's start writes it.
+    async fn start_pending_generation(store: &Store) {
+        let mut tx = Tx::begin(store).await.unwrap();
+        tx.insert(&RootGenerationRow {
+            generation: 2,
+            kind: "dev".into(),
+            status: "pending".into(),
+            threshold: 0,
+            kcv: vec![1; 16],
+            hsm_label: None,
+            next_root_wrapped: None,
+            created_unix_ms: 1,
+            created_by: "test".into(),
+            completed_unix_ms: None,
+            integrity_key: Some(vec![0; 60]),
+        })
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    /// Drops a constraint of `table` as its operator can: on PostgreSQL with `postgres`; on
+    /// SQLite, which cannot drop one, by rebuilding the table (rows kept) with the column
+    /// definition `column` written as `without`. The connection, for more of the same (on
+    /// SQLite, foreign keys are off on it: the rebuilt table no longer matches them).
+    async fn drop_constraint(
+        store: &Store,
+        table: &str,
+        postgres: &str,
+        column: &str,
+        without: &str,
+    ) -> sqlx::pool::PoolConnection<Any> {
+        let statements = match store.backend {
+            Backend::Postgres => vec![postgres.to_owned()],
+            Backend::Sqlite => {
+                let create: String = sqlx::query("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = $1")
+                    .bind(table)
+                    .fetch_one(&store.pool)
+                    .await
+                    .unwrap()
+                    .get("sql");
+                let rebuilt = create.replacen(
+                    &format!("CREATE TABLE {table}"),
+                    &format!("CREATE TABLE {table}_rebuilt"),
+                    1,
+                );
+                assert!(rebuilt.contains(column), "{rebuilt}");
+                vec![
+                    "PRAGMA foreign_keys = OFF".to_owned(),
+                    rebuilt.replacen(column, without, 1),
+                    format!("INSERT INTO {table}_rebuilt SELECT * FROM {table}"),
+                    format!("DROP TABLE {table}"),
+                    format!("ALTER TABLE {table}_rebuilt RENAME TO {table}"),
+                ]
+            }
+        };
+        let mut conn = store.pool.acquire().await.unwrap();
+        for sql in statements {
+            sqlx::query(&sql).execute(&mut *conn).await.unwrap();
+        }
+        conn
+    }
+
     /// The guards that count admins read the whole table, complete and each row once: with
     /// `admins`' primary key dropped and a genuine row copied (on SQLite and PostgreSQL), the
     /// copy is not a second admin, so neither a removal that would leave fewer active admins
@@ -1603,48 +1669,19 @@ mod tests {
         let (stores, _dir) = test_stores().await;
         for store in stores {
             let backend = store.backend;
-            let bob = AdminRow {
-                id: AdminId::parse("bob").unwrap(),
-                country: kms_core::jurisdiction::Country::parse("FR").unwrap(),
-                signing_public_key: vec![4; 65],
-                encryption_public_key: vec![4; 65],
-                custodian: false,
-                created_unix_ms: 1,
-                removed_unix_ms: None,
-                removed_by: None,
-            };
-            store
-                .add_admin(&bob, None, test_record(1, "admin.add_admin"))
-                .await
-                .unwrap();
+            let bob = add_bob(&store).await;
             store
                 .set_approval_quorum(2, None, test_record(1, "admin.set_quorum"))
                 .await
                 .unwrap();
-            let without_key = match backend {
-                Backend::Postgres => vec!["ALTER TABLE admins DROP CONSTRAINT admins_pkey CASCADE".to_owned()],
-                Backend::Sqlite => {
-                    let create: String =
-                        sqlx::query("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'admins'")
-                            .fetch_one(&store.pool)
-                            .await
-                            .unwrap()
-                            .get("sql");
-                    let rebuilt = create.replacen("CREATE TABLE admins", "CREATE TABLE admins_rebuilt", 1);
-                    assert!(rebuilt.contains("id TEXT PRIMARY KEY"), "{rebuilt}");
-                    vec![
-                        "PRAGMA foreign_keys = OFF".to_owned(),
-                        rebuilt.replacen("id TEXT PRIMARY KEY", "id TEXT NOT NULL", 1),
-                        "INSERT INTO admins_rebuilt SELECT * FROM admins".to_owned(),
-                        "DROP TABLE admins".to_owned(),
-                        "ALTER TABLE admins_rebuilt RENAME TO admins".to_owned(),
-                    ]
-                }
-            };
-            let mut conn = store.pool.acquire().await.unwrap();
-            for sql in without_key {
-                sqlx::query(&sql).execute(&mut *conn).await.unwrap();
-            }
+            let mut conn = drop_constraint(
+                &store,
+                "admins",
+                "ALTER TABLE admins DROP CONSTRAINT admins_pkey CASCADE",
+                "id TEXT PRIMARY KEY",
+                "id TEXT NOT NULL",
+            )
+            .await;
             sqlx::query("INSERT INTO admins SELECT * FROM admins WHERE id = 'bob'")
                 .execute(&mut *conn)
                 .await
@@ -1695,37 +1732,8 @@ mod tests {
         let (stores, _dir) = test_stores().await;
         for store in stores {
             let backend = store.backend;
-            let bob = AdminRow {
-                id: AdminId::parse("bob").unwrap(),
-                country: kms_core::jurisdiction::Country::parse("FR").unwrap(),
-                signing_public_key: vec![4; 65],
-                encryption_public_key: vec![4; 65],
-                custodian: false,
-                created_unix_ms: 1,
-                removed_unix_ms: None,
-                removed_by: None,
-            };
-            store
-                .add_admin(&bob, None, test_record(1, "admin.add_admin"))
-                .await
-                .unwrap();
-            let mut tx = Tx::begin(&store).await.unwrap();
-            tx.insert(&RootGenerationRow {
-                generation: 2,
-                kind: "dev".into(),
-                status: "pending".into(),
-                threshold: 0,
-                kcv: vec![1; 16],
-                hsm_label: None,
-                next_root_wrapped: None,
-                created_unix_ms: 1,
-                created_by: "test".into(),
-                completed_unix_ms: None,
-                integrity_key: Some(vec![0; 60]),
-            })
-            .await
-            .unwrap();
-            tx.commit().await.unwrap();
+            let bob = add_bob(&store).await;
+            start_pending_generation(&store).await;
             let remove = || store.remove_admin(&bob.id, "alice", 2, None, test_record(1, "admin.remove_admin"));
             assert!(
                 matches!(remove().await, Err(StoreError::Refused(Refusal::RotationInProgress))),
@@ -1855,23 +1863,7 @@ mod tests {
             &kms_core::secret::SecretKey::generate().unwrap(),
         ));
         let record = |operation: &str| test_record(1, operation);
-        let mut tx = Tx::begin(&store).await.unwrap();
-        tx.insert(&RootGenerationRow {
-            generation: 2,
-            kind: "dev".into(),
-            status: "pending".into(),
-            threshold: 0,
-            kcv: vec![1; 16],
-            hsm_label: None,
-            next_root_wrapped: None,
-            created_unix_ms: 1,
-            created_by: "test".into(),
-            completed_unix_ms: None,
-            integrity_key: Some(vec![0; 60]),
-        })
-        .await
-        .unwrap();
-        tx.commit().await.unwrap();
+        start_pending_generation(&store).await;
         // A key written under generation 1 (by a replica that held only generation 1, after the
         // worker's pass over the keys table), then both generations held, as during a rotation.
         let straggler = numbered_key([9; 16], "straggler");
