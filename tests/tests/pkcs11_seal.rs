@@ -438,6 +438,25 @@ fn anchored_opts(backend: Backend, alice: &kms_core::keyfile::AdminKeyFile) -> O
     }
 }
 
+/// A pkcs11 deployment on a new database, initialized by alice alone ([`anchored_opts`]).
+async fn anchored_deployment(
+    backend: Backend,
+) -> Option<(
+    Db,
+    Pki,
+    kms_core::keyfile::AdminKeyFile,
+    TestServer,
+    pb::admin_service_client::AdminServiceClient<Channel>,
+)> {
+    let db = Db::new(backend).await?;
+    let pki = Pki::new();
+    let alice = admin("alice", "DE");
+    let server = TestServer::start(&db, &pki, anchored_opts(backend, &alice)).await;
+    let mut admin_c = server.admin(&pki).await;
+    init_pkcs11_alone(&mut admin_c, &alice).await.unwrap();
+    Some((db, pki, alice, server, admin_c))
+}
+
 /// Alice's request to create key `name` for APP, unattested.
 fn create_key_op(alice: &kms_core::keyfile::AdminKeyFile, name: &str) -> pb::SignedRequest {
     signed(
@@ -456,13 +475,10 @@ fn create_key_op(alice: &kms_core::keyfile::AdminKeyFile, name: &str) -> pb::Sig
 /// refused when the server starts, though every row of it verifies: the server stays sealed and
 /// says why.
 async fn anchored_rollback(backend: Backend) {
-    let Some(db) = Db::new(backend).await else { return };
-    let pki = Pki::new();
-    let alice = admin("alice", "DE");
+    let Some((db, pki, alice, server, mut admin_c)) = anchored_deployment(backend).await else {
+        return;
+    };
     let opts = || anchored_opts(backend, &alice);
-    let server = TestServer::start(&db, &pki, opts()).await;
-    let mut admin_c = server.admin(&pki).await;
-    init_pkcs11_alone(&mut admin_c, &alice).await.unwrap();
     let create = |name: &str| create_key_op(&alice, name);
     admin_c.create_key(create("before")).await.unwrap();
     let wait_checkpoint = |above: i64| {
@@ -600,13 +616,10 @@ async fn copy_checkpoints(from: &Db, to: &Db) {
 /// logs (no admin writes after the fork, so the state heads stay alike) and the operator
 /// copies each copy's checkpoints into the other as they appear.
 async fn forked(backend: Backend, copy: bool) {
-    let Some(db) = Db::new(backend).await else { return };
-    let pki = Pki::new();
-    let alice = admin("alice", "DE");
+    let Some((db, pki, alice, server, mut admin_c)) = anchored_deployment(backend).await else {
+        return;
+    };
     let opts = || anchored_opts(backend, &alice);
-    let server = TestServer::start(&db, &pki, opts()).await;
-    let mut admin_c = server.admin(&pki).await;
-    init_pkcs11_alone(&mut admin_c, &alice).await.unwrap();
     let create = |name: &str| create_key_op(&alice, name);
     admin_c.create_key(create("shared")).await.unwrap();
     for _ in 0..100 {

@@ -754,16 +754,7 @@ impl Store {
                     }
                 }
             }
-            None => match sqlx::query("INSERT INTO admin_nonces (nonce, expires_unix_ms) VALUES ($1, $2)")
-                .bind(nonce)
-                .bind(expires_unix_ms)
-                .execute(&self.pool)
-                .await
-            {
-                Ok(_) => true,
-                Err(sqlx::Error::Database(d)) if d.is_unique_violation() => false,
-                Err(e) => return Err(e.into()),
-            },
+            None => claim_admin_nonce(&self.pool, nonce, expires_unix_ms).await?,
         };
         if !fresh {
             return Ok(false);
@@ -1071,6 +1062,25 @@ impl Store {
 }
 
 /// The seal record, read and verified inside a write transaction.
+/// Records an admin request's nonce in `admin_nonces` (not authenticated: its primary key is
+/// what decides between replicas). `false` if it is there already.
+pub(crate) async fn claim_admin_nonce<'c>(
+    e: impl sqlx::Executor<'c, Database = Any>,
+    nonce: &[u8],
+    expires_unix_ms: i64,
+) -> Result<bool, StoreError> {
+    match sqlx::query("INSERT INTO admin_nonces (nonce, expires_unix_ms) VALUES ($1, $2)")
+        .bind(nonce)
+        .bind(expires_unix_ms)
+        .execute(e)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub(crate) async fn seal_stored(tx: &mut Tx) -> Result<Stored<SealConfigRow>, StoreError> {
     tx.get::<SealConfigRow>(&[Value::int(1)])
         .await?

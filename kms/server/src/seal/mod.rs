@@ -22,8 +22,8 @@ pub use dev::write_secret_file;
 use dev::*;
 pub use generations::NewRoot;
 use generations::*;
-pub use pkcs11::anchor_label;
 use pkcs11::*;
+pub use pkcs11::{anchor_label, read_anchor};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -9,6 +9,27 @@ pub fn anchor_label(deployment_id: &str) -> String {
     format!("kms-anchor-{deployment_id}")
 }
 
+/// The newest checkpoint anchored for `deployment_id` in `anchors` (blocking: an HSM read),
+/// `None` before the first. Values none of which decode are `state_rollback`: the anchor was
+/// written by someone else.
+pub fn read_anchor(
+    anchors: &dyn AnchorStore,
+    deployment_id: &str,
+) -> Result<Option<kms_core::audit::CheckpointAnchor>, ApiError> {
+    let stored = anchors
+        .read(&anchor_label(deployment_id))
+        .map_err(|e| ApiError::new(Reason::HsmUnavailable, format!("reading the checkpoint anchor: {e}")))?;
+    if stored.is_empty() {
+        return Ok(None);
+    }
+    stored
+        .iter()
+        .filter_map(|b| kms_core::audit::CheckpointAnchor::decode(b))
+        .max_by_key(|a| a.seq)
+        .map(Some)
+        .ok_or_else(|| ApiError::new(Reason::StateRollback, "the checkpoint anchor in the HSM is unreadable"))
+}
+
 impl Seal {
     /// With a seal that keeps an anchor outside the database (the pkcs11 seal's HSM): the
     /// database must still hold the last checkpoint any replica anchored there, and a state that
@@ -22,17 +43,9 @@ impl Seal {
             .seal_config()
             .await?
             .ok_or_else(|| ApiError::new(Reason::NotInitialized, "the server is not initialized"))?;
-        let stored = anchors
-            .read(&anchor_label(&cfg.deployment_id))
-            .map_err(|e| ApiError::new(Reason::HsmUnavailable, format!("reading the checkpoint anchor: {e}")))?;
-        if stored.is_empty() {
+        let Some(anchor) = read_anchor(anchors.as_ref(), &cfg.deployment_id)? else {
             return Ok(());
-        }
-        let anchor = stored
-            .iter()
-            .filter_map(|b| kms_core::audit::CheckpointAnchor::decode(b))
-            .max_by_key(|a| a.seq)
-            .ok_or_else(|| ApiError::new(Reason::StateRollback, "the checkpoint anchor in the HSM is unreadable"))?;
+        };
         let Err(e) = store.check_anchor(&anchor).await else {
             return Ok(());
         };

@@ -1369,17 +1369,8 @@ impl Tx {
     /// Records an admin request's nonce in `admin_nonces` (not authenticated: its primary key
     /// is what decides between replicas) in this transaction. `false` if it is there already.
     pub(crate) async fn claim_admin_nonce(&mut self, nonce: &[u8], expires_unix_ms: i64) -> Result<bool, StoreError> {
-        match sqlx::query("INSERT INTO admin_nonces (nonce, expires_unix_ms) VALUES ($1, $2)")
-            .bind(nonce)
-            .bind(expires_unix_ms)
-            .execute(&mut *self.tx)
-            .await
-        {
-            Ok(_) => Ok(true),
-            // The transaction is done for (PostgreSQL aborts it): the caller drops it.
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        // A refusal ends the transaction on PostgreSQL: the caller drops it.
+        super::claim_admin_nonce(&mut *self.tx, nonce, expires_unix_ms).await
     }
 
     /// Names the admins whose approvals this transaction's quorum counted: the audit records it

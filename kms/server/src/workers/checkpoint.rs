@@ -568,21 +568,9 @@ impl Checkpoints {
         let Some(cfg) = self.store.seal_config().await? else {
             return Ok(None);
         };
-        let label = crate::seal::anchor_label(&cfg.deployment_id);
-        let stored = match tokio::task::spawn_blocking(move || anchors.read(&label)).await {
-            Ok(Ok(stored)) => stored,
-            Ok(Err(e)) => {
-                return Err(ApiError::new(
-                    Reason::HsmUnavailable,
-                    format!("reading the checkpoint anchor: {e}"),
-                ))
-            }
-            Err(_) => return Err(ApiError::new(Reason::HsmUnavailable, "the HSM anchor task failed")),
-        };
-        let Some(anchor) = stored
-            .iter()
-            .filter_map(|b| CheckpointAnchor::decode(b))
-            .max_by_key(|a| a.seq)
+        let deployment = cfg.deployment_id;
+        let read = tokio::task::spawn_blocking(move || crate::seal::read_anchor(anchors.as_ref(), &deployment)).await;
+        let Some(anchor) = read.map_err(|_| ApiError::new(Reason::HsmUnavailable, "the HSM anchor task failed"))??
         else {
             return Ok(None);
         };
